@@ -1,0 +1,318 @@
+-- luamp.process -- Process objects, as in Python's multiprocessing: the
+-- policy over the fork/wait/signal mechanism of luamp.core.
+
+local core = require "luamp.core"
+
+local error, getmetatable, ipairs, pairs, rawget, setmetatable, tostring,
+  type, xpcall = error, getmetatable, ipairs, pairs, rawget, setmetatable,
+  tostring, type, xpcall
+local concat, unpack = table.concat, table.unpack
+local format = string.format
+local traceback = debug.traceback
+local stderr = io.stderr
+
+local M = {}
+
+local Process = {}   -- methods
+local mt = {__name = "luamp.Process"}
+local getters = {}   -- computed fields: exitcode, pid, sentinel...
+
+local current        -- this process's Process object
+local parent         -- its parent, or nil in the main process
+local children = {}  -- started here and not yet seen to end, in order
+local counter = 0    -- processes made here, for their names
+
+local function callable(f)
+  if type(f) == "function" then return true end
+  local m = getmetatable(f)
+  return m ~= nil and type(m) == "table" and m.__call ~= nil
+end
+
+local function argerror(n, fname, msg)
+  error(format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
+end
+
+local function checktimeout(fname, t)
+  if t ~= nil and type(t) ~= "number" then
+    argerror(1, fname, "number expected, got " .. type(t))
+  end
+end
+
+local function checkclosed(self)
+  if rawget(self, "_closed") then
+    error("process object is closed", 3)
+  end
+end
+
+local function forget(p)
+  for i, c in ipairs(children) do
+    if c == p then
+      table.remove(children, i)
+      return
+    end
+  end
+end
+
+-- Drops the children that have ended from `children`.
+local function cleanup()
+  local i = 1
+  while i <= #children do
+    local p = children[i]
+    local code = p._child:exitcode()
+    if code ~= nil then
+      p._exitcode = code
+      table.remove(children, i)
+    else
+      i = i + 1
+    end
+  end
+end
+
+function mt.__index(self, k)
+  local get = getters[k]
+  if get then return get(self) end
+  return Process[k]
+end
+
+function mt.__tostring(self)
+  local info = {"<Process name=" .. format("%q", tostring(self.name))}
+  local pid, code = rawget(self, "_pid"), nil
+  local status
+  if self == current then
+    status = "started"
+  elseif rawget(self, "_closed") then
+    status = "closed"
+  elseif not rawget(self, "_child") then
+    status = "initial"
+  else
+    code = self.exitcode
+    status = code ~= nil and "stopped" or "started"
+  end
+  if pid then info[#info + 1] = "pid=" .. pid end
+  if self._parent_pid then info[#info + 1] = "parent=" .. self._parent_pid end
+  info[#info + 1] = status
+  if code ~= nil then info[#info + 1] = "exitcode=" .. code end
+  if self.daemon then info[#info + 1] = "daemon" end
+  return concat(info, " ") .. ">"
+end
+
+-- `local p <close> = mp.Process{...}`: at the end of the scope the child is
+-- joined (if it was started) and the object closed.
+function mt.__close(self)
+  if rawget(self, "_closed") then return end
+  local child = rawget(self, "_child")
+  if child and child:ours() then self:join() end
+  self:close()
+end
+
+function getters.exitcode(self)
+  local code = rawget(self, "_exitcode")
+  if code ~= nil or rawget(self, "_closed") then return code end
+  local child = rawget(self, "_child")
+  if not child or not child:ours() then return nil end
+  code = child:exitcode()
+  if code ~= nil then
+    self._exitcode = code
+    forget(self)
+  end
+  return code
+end
+
+function getters.pid(self)
+  return rawget(self, "_pid")
+end
+getters.ident = getters.pid
+
+function getters.sentinel(self)
+  checkclosed(self)
+  local child = rawget(self, "_child")
+  if not child then error("process not started", 2) end
+  return child
+end
+
+-- The default run: target(table.unpack(args)).
+function Process:run()
+  local target = self.target
+  if target == nil then return end
+  local args = self.args
+  if args == nil then return target() end
+  return target(unpack(args, 1, args.n or #args))
+end
+
+local function report(e)
+  if type(e) ~= "string" then
+    local m = getmetatable(e)
+    e = (m and m.__tostring) and tostring(e)
+      or format("(error object is a %s value)", type(e))
+  end
+  -- The frames below the child's own code (xpcall, fork, start and the
+  -- parent's caller) are not its story: cut them.
+  local tb = traceback(e, 2)
+  local cut = tb:find("\n%s*%(%.%.%.tail calls%.%.%.%)\n%s*%[C%]: in function 'xpcall'")
+    or tb:find("\n%s*%[C%]: in function 'xpcall'")
+  return cut and tb:sub(1, cut - 1) or tb
+end
+
+-- The first Lua code a new child runs: it becomes the current process,
+-- with no children of its own yet, and runs `run`.  The value returned is
+-- the exit status.
+local function bootstrap(self)
+  parent = setmetatable({name = current.name, _pid = self._parent_pid},
+                        M.ParentProcess)
+  current = self
+  children = {}
+  counter = 0
+  self._pid = core.getpid()
+  self._child = nil
+  local ok, err = xpcall(self.run, report, self)
+  if not ok then
+    if core.interrupted() then error(err, 0) end -- dies of the SIGINT
+    stderr:write("Process ", tostring(self.name), ":\n", err, "\n")
+    stderr:flush()
+    return 1
+  end
+  return 0
+end
+
+-- Forks; the child runs self:run() and exits (0 on return, 1 on error).
+function Process:start()
+  checkclosed(self)
+  if rawget(self, "_child") or rawget(self, "_pid") then
+    error("cannot start a process twice", 2)
+  end
+  if self._parent_pid ~= core.getpid() then
+    error("can only start a process object created by current process", 2)
+  end
+  cleanup()
+  local child = core.fork(function() return bootstrap(self) end,
+                          self.daemon and true or false)
+  self._child = child
+  self._pid = child:pid()
+  children[#children + 1] = self
+end
+
+-- Waits for the child to end; true if it has (false after a timeout).
+function Process:join(timeout)
+  checktimeout("join", timeout)
+  checkclosed(self)
+  if self._parent_pid ~= core.getpid() then
+    error("can only join a child process", 2)
+  end
+  local child = rawget(self, "_child")
+  if not child then error("can only join a started process", 2) end
+  local ended = child:wait(timeout)
+  if ended then
+    self._exitcode = child:exitcode()
+    forget(self)
+  end
+  return ended
+end
+
+function Process:is_alive()
+  checkclosed(self)
+  if self == current then return true end
+  if self._parent_pid ~= core.getpid() then
+    error("can only test a child process", 2)
+  end
+  if not rawget(self, "_child") then return false end
+  return self.exitcode == nil
+end
+
+local function signal(self, signum, what)
+  checkclosed(self)
+  local child = rawget(self, "_child")
+  if not child then error("cannot " .. what .. " a process that was never started", 3) end
+  child:signal(signum)
+end
+
+function Process:terminate() signal(self, 15, "terminate") end
+function Process:kill() signal(self, 9, "kill") end
+
+-- Releases the process's resources; raises if it is still running.
+function Process:close()
+  if rawget(self, "_closed") then return end
+  local child = rawget(self, "_child")
+  if child and child:ours() then
+    local code = child:exitcode()
+    if code == nil then
+      error("cannot close a process while it is still running; " ..
+            "call join() or terminate() first", 2)
+    end
+    self._exitcode = code
+    child:close()
+  end
+  forget(self)
+  self._closed = true
+end
+
+-- mp.Process{target=f, args={...}, name="x", daemon=false, ...}: any other
+-- field becomes a field of the object (run = function(self) ... end).
+function M.Process(opts)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    argerror(1, "Process", "table expected, got " .. type(opts))
+  end
+  if opts.target ~= nil and not callable(opts.target) then
+    argerror(1, "Process", "field 'target' is not callable (a " ..
+             type(opts.target) .. " value)")
+  end
+  if opts.args ~= nil and type(opts.args) ~= "table" then
+    argerror(1, "Process", "field 'args' must be a table, got " ..
+             type(opts.args))
+  end
+  if opts.name ~= nil and type(opts.name) ~= "string" then
+    argerror(1, "Process", "field 'name' must be a string, got " ..
+             type(opts.name))
+  end
+  local self = {}
+  for k, v in pairs(opts) do self[k] = v end
+  counter = counter + 1
+  local identity = {}
+  for i, n in ipairs(current._identity) do identity[i] = n end
+  identity[#identity + 1] = counter
+  self._identity = identity
+  if self.name == nil then self.name = "Process-" .. concat(identity, ":") end
+  if opts.daemon == nil then
+    self.daemon = current.daemon and true or false
+  else
+    self.daemon = opts.daemon and true or false
+  end
+  self._parent_pid = core.getpid()
+  return setmetatable(self, mt)
+end
+
+M.class = Process
+M.metatable = mt
+
+-- The parent of a child process: a name, a pid and is_alive().
+local ParentProcess = {__name = "luamp.ParentProcess"}
+ParentProcess.__index = function(self, k)
+  if k == "pid" or k == "ident" then return rawget(self, "_pid") end
+  return ParentProcess[k]
+end
+function ParentProcess:is_alive() return core.alive(self._pid) end
+function ParentProcess:join()
+  error("can only join a child process", 2)
+end
+function ParentProcess.__tostring(self)
+  return format("<ParentProcess name=%q pid=%d>", self.name, self._pid)
+end
+M.ParentProcess = ParentProcess
+
+current = setmetatable({
+  name = "MainProcess", daemon = false, _identity = {}, _pid = core.getpid(),
+}, mt)
+
+function M.current_process() return current end
+function M.parent_process() return parent end
+
+-- The children started here that are still running (those that have
+-- ended are reaped as a side effect, as in Python).
+function M.active_children()
+  cleanup()
+  local list = {}
+  for i, p in ipairs(children) do list[i] = p end
+  return list
+end
+
+return M

@@ -1,0 +1,642 @@
+/* arena.c -- the shared arena: one MAP_SHARED mapping that every process
+ * of a family sees at the same address, a process-safe allocator inside it,
+ * shared object headers with reference counts, and the process slots that
+ * let a reaper release what a killed process held.  No Lua in here.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/*
+ * Layout.  The arena is one anonymous shared mapping, reserved whole with
+ * MAP_NORESERVE so that untouched pages cost nothing:
+ *
+ *   +--------------+------------------------+--------------------------+
+ *   | header       | process slots          | heap: blocks ... | top   |
+ *   +--------------+------------------------+--------------------------+
+ *
+ * The heap is a boundary-tag allocator.  Every block starts with a 16-byte
+ * tag: the size of the previous block (meaningful only while that block is
+ * free) and this block's size with two flag bits (in use, previous in use).
+ * A free block keeps the offsets of its neighbours in its free list in its
+ * first 16 payload bytes, so the smallest block is 32 bytes.  Free blocks
+ * sit in size bins: exact 16-byte classes below 1 KiB, then four bins per
+ * power of two; a bitmap finds the first non-empty bin at or above a size.
+ * Freeing coalesces with free neighbours and gives back to `top` a block
+ * that ends there.  Free blocks of 256 KiB or more return their pages to
+ * the kernel (MADV_REMOVE) so a freed large message costs no memory.
+ *
+ * One robust, process-shared mutex guards the heap.  A process killed while
+ * holding it leaves it to the next locker (EOWNERDEAD), which marks it
+ * consistent: heap operations are short and touch few words, and a killed
+ * process cannot be half-way through one for long.
+ */
+
+#define ALIGN 16
+#define TAG 16 /* bytes of block tag */
+#define MINBLOCK 32
+#define F_INUSE 1u
+#define F_PREV 2u
+#define SIZEMASK (~(uint64_t)15)
+#define BIG_FREE ((size_t)256 << 10)
+
+#define NEXACT 64 /* bins of exact 16-byte classes: sizes < 1024 */
+#define NBINS 256
+#define ARENA_MAGIC 0x616e6572616d706cull /* "lmparena" */
+
+typedef struct block {
+  uint64_t prev_size;
+  uint64_t head; /* size | flags */
+  lmp_off next, prev; /* only while free */
+} block;
+
+typedef struct arena_hdr {
+  uint64_t magic;
+  uint64_t size;
+  uint8_t key[16];
+  pthread_mutex_t lock;
+  lmp_off heap; /* first block */
+  lmp_off top;  /* first byte never handed out */
+  uint64_t used, blocks;
+  _Atomic uint64_t objects;
+  _Atomic uint32_t nprocs;
+  uint32_t slot_hint;
+  uint64_t binmap[NBINS / 64];
+  lmp_off bins[NBINS];
+} arena_hdr;
+
+char *lmp_base;
+static arena_hdr *H;
+static lmp_slot *slots;
+lmp_slot *lmp_self;
+uint32_t lmp_self_index;
+
+#define BLK(off) ((block *)(lmp_base + (off)))
+#define BSIZE(b) ((b)->head & SIZEMASK)
+
+static void lock_heap(void) {
+  int rc = pthread_mutex_lock(&H->lock);
+  if (rc == EOWNERDEAD) pthread_mutex_consistent(&H->lock);
+}
+
+static void unlock_heap(void) { pthread_mutex_unlock(&H->lock); }
+
+int lmp_parse_size(const char *s, size_t *out) {
+  char *end;
+  unsigned long long v;
+  if (s == NULL || *s < '0' || *s > '9') return -EINVAL;
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (errno != 0) return -EINVAL;
+  switch (*end) {
+    case 'k': case 'K': v <<= 10; end++; break;
+    case 'm': case 'M': v <<= 20; end++; break;
+    case 'g': case 'G': v <<= 30; end++; break;
+    case 't': case 'T': v <<= 40; end++; break;
+    default: break;
+  }
+  if (*end == 'i') end++;
+  if (*end == 'b' || *end == 'B') end++;
+  if (*end != '\0') return -EINVAL;
+  *out = (size_t)v;
+  return 0;
+}
+
+int lmp_arena_ready(void) { return H != NULL; }
+
+int lmp_arena_init(size_t size) {
+  pthread_mutexattr_t ma;
+  size_t hdr, off;
+  void *m;
+  if (H != NULL) return 0;
+  if (size == 0) {
+    const char *env = getenv("LUAMP_ARENA");
+    size = LMP_ARENA_DEFAULT;
+    if (env != NULL && *env != '\0' && lmp_parse_size(env, &size) < 0)
+      return -EINVAL;
+  }
+  if (size < LMP_ARENA_MIN) size = LMP_ARENA_MIN;
+  size = (size + 4095) & ~(size_t)4095;
+  m = mmap(NULL, size, PROT_READ | PROT_WRITE,
+           MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return -ENOMEM;
+  lmp_base = m;
+  H = m;
+  H->magic = ARENA_MAGIC;
+  H->size = size;
+  if (getrandom(H->key, sizeof H->key, 0) != (ssize_t)sizeof H->key) {
+    /* No entropy source: fall back to something unguessable enough for a
+     * family-local key (the address and the clock). */
+    struct timespec ts;
+    uint64_t k[2];
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    k[0] = (uint64_t)(uintptr_t)m ^ (uint64_t)getpid();
+    k[1] = (uint64_t)ts.tv_nsec * 1000003u ^ (uint64_t)ts.tv_sec;
+    memcpy(H->key, k, sizeof k);
+  }
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&H->lock, &ma);
+  pthread_mutexattr_destroy(&ma);
+  hdr = (sizeof(arena_hdr) + 63) & ~(size_t)63;
+  slots = (lmp_slot *)(lmp_base + hdr);
+  off = hdr + sizeof(lmp_slot) * LMP_MAX_PROCS;
+  off = (off + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+  if (off + MINBLOCK * 4 > size) {
+    munmap(m, size);
+    H = NULL;
+    lmp_base = NULL;
+    return -ENOMEM;
+  }
+  H->heap = off;
+  H->top = off;
+  BLK(off)->head = F_PREV; /* nothing before the first block to merge */
+  /* The first process of the family takes slot 0. */
+  lmp_self_index = 0;
+  lmp_self = &slots[0];
+  atomic_store(&lmp_self->pid, (int32_t)getpid());
+  atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
+  lmp_self->gen = 1;
+  H->nprocs = 1;
+  H->slot_hint = 1;
+  return 0;
+}
+
+const uint8_t *lmp_arena_key(void) { return H->key; }
+
+int lmp_in_arena(const void *p, size_t n) {
+  const char *c = p;
+  if (H == NULL || c < lmp_base + H->heap) return 0;
+  return (size_t)(c - lmp_base) <= H->size && n <= H->size - (size_t)(c - lmp_base);
+}
+
+/* ------------------------------------------------------------ allocator */
+
+static unsigned binof(uint64_t size) {
+  unsigned lg;
+  if (size < 1024) return (unsigned)(size >> 4);
+  lg = 63u - (unsigned)__builtin_clzll(size); /* >= 10 */
+  return NEXACT + (lg - 10) * 4 + (unsigned)((size >> (lg - 2)) & 3);
+}
+
+static void bin_insert(lmp_off off) {
+  block *b = BLK(off);
+  unsigned i = binof(BSIZE(b));
+  b->prev = 0;
+  b->next = H->bins[i];
+  if (b->next) BLK(b->next)->prev = off;
+  H->bins[i] = off;
+  H->binmap[i / 64] |= (uint64_t)1 << (i % 64);
+}
+
+static void bin_remove(lmp_off off) {
+  block *b = BLK(off);
+  unsigned i = binof(BSIZE(b));
+  if (b->prev) BLK(b->prev)->next = b->next;
+  else H->bins[i] = b->next;
+  if (b->next) BLK(b->next)->prev = b->prev;
+  if (H->bins[i] == 0) H->binmap[i / 64] &= ~((uint64_t)1 << (i % 64));
+}
+
+/* First non-empty bin at or above i, or NBINS. */
+static unsigned bin_next(unsigned i) {
+  unsigned w = i / 64;
+  uint64_t m;
+  if (i >= NBINS) return NBINS;
+  m = H->binmap[w] & (~(uint64_t)0 << (i % 64));
+  while (m == 0) {
+    if (++w == NBINS / 64) return NBINS;
+    m = H->binmap[w];
+  }
+  return w * 64 + (unsigned)__builtin_ctzll(m);
+}
+
+/* Marks [off, off+size) as an in-use block and keeps the following
+ * block's PREV flag right. */
+static void set_inuse(lmp_off off, uint64_t size) {
+  block *b = BLK(off);
+  b->head = size | F_INUSE | (b->head & F_PREV);
+  BLK(off + size)->head |= F_PREV; /* the next tag, maybe the top one */
+}
+
+/* Makes [off, off+size) a free block in a bin (no coalescing). */
+static void make_free(lmp_off off, uint64_t size) {
+  block *b = BLK(off);
+  b->head = size | (b->head & F_PREV);
+  BLK(off + size)->prev_size = size; /* the footer, in the next tag */
+  BLK(off + size)->head &= ~(uint64_t)F_PREV;
+  bin_insert(off);
+}
+
+static void give_back(lmp_off off, uint64_t size) {
+  /* Keep the tag and list links; drop the pages behind them. */
+  uintptr_t from = ((uintptr_t)(lmp_base + off) + sizeof(block) + 4095) &
+                   ~(uintptr_t)4095;
+  uintptr_t to = ((uintptr_t)(lmp_base + off + size)) & ~(uintptr_t)4095;
+  if (to > from) madvise((void *)from, to - from, MADV_REMOVE);
+}
+
+void *lmp_alloc(size_t n) {
+  uint64_t need;
+  unsigned i;
+  lmp_off off = 0;
+  if (n > H->size) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  need = ((uint64_t)n + TAG + ALIGN - 1) & SIZEMASK;
+  if (need < MINBLOCK) need = MINBLOCK;
+  lock_heap();
+  i = binof(need);
+  if (i < NEXACT) {
+    /* Every block in an exact bin fits. */
+    i = bin_next(i);
+    if (i < NBINS) off = H->bins[i];
+  } else {
+    /* Blocks in this bin may be smaller than need: first fit in it, else
+     * any block of a higher bin. */
+    lmp_off o;
+    for (o = H->bins[i]; o; o = BLK(o)->next)
+      if (BSIZE(BLK(o)) >= need) break;
+    off = o;
+    if (off == 0) {
+      i = bin_next(i + 1);
+      if (i < NBINS) off = H->bins[i];
+    }
+  }
+  if (off != 0) {
+    uint64_t have = BSIZE(BLK(off));
+    bin_remove(off);
+    if (have - need >= MINBLOCK) {
+      BLK(off + need)->head = F_PREV; /* tag of the remainder */
+      make_free(off + need, have - need);
+      have = need;
+    }
+    BLK(off)->head = (BLK(off)->head & F_PREV) | have;
+    set_inuse(off, have);
+    need = have;
+  } else {
+    if (H->top + need + TAG > H->size) {
+      unlock_heap();
+      errno = ENOMEM;
+      return NULL;
+    }
+    off = H->top;
+    /* The tag at top carries PREV for the block before it. */
+    BLK(off)->head = (BLK(off)->head & F_PREV) | need | F_INUSE;
+    H->top += need;
+    BLK(H->top)->head = F_PREV;
+  }
+  H->used += need;
+  H->blocks++;
+  unlock_heap();
+  return lmp_base + off + TAG;
+}
+
+void *lmp_calloc(size_t n) {
+  void *p = lmp_alloc(n);
+  if (p != NULL) memset(p, 0, n);
+  return p;
+}
+
+void lmp_free(void *p) {
+  lmp_off off;
+  uint64_t size;
+  block *b;
+  if (p == NULL) return;
+  off = LMP_OFF(p) - TAG;
+  lock_heap();
+  b = BLK(off);
+  size = BSIZE(b);
+  H->used -= size;
+  H->blocks--;
+  if (!(b->head & F_PREV)) { /* merge with the free block before */
+    uint64_t psize = b->prev_size;
+    off -= psize;
+    bin_remove(off);
+    size += psize;
+    b = BLK(off);
+  }
+  if (off + size == H->top) { /* the block ends at top: lower top */
+    if (size >= BIG_FREE) give_back(off, size);
+    H->top = off;
+    b->head = (b->head & F_PREV);
+    unlock_heap();
+    return;
+  }
+  {
+    block *nb = BLK(off + size);
+    if (!(nb->head & F_INUSE)) { /* merge with the free block after */
+      uint64_t nsize = BSIZE(nb);
+      bin_remove(off + size);
+      size += nsize;
+      if (off + size == H->top) {
+        if (size >= BIG_FREE) give_back(off, size);
+        H->top = off;
+        b->head = (b->head & F_PREV);
+        BLK(H->top)->head = b->head;
+        unlock_heap();
+        return;
+      }
+    }
+  }
+  make_free(off, size);
+  if (size >= BIG_FREE) give_back(off, size);
+  unlock_heap();
+}
+
+size_t lmp_usable(const void *p) {
+  const block *b = (const block *)((const char *)p - TAG);
+  return (size_t)(BSIZE(b) - TAG);
+}
+
+void lmp_arena_stats_get(lmp_arena_stats *st) {
+  lock_heap();
+  st->size = H->size;
+  st->used = H->used;
+  st->reserved = H->top - H->heap;
+  st->blocks = H->blocks;
+  unlock_heap();
+  st->objects = atomic_load(&H->objects);
+  st->processes = atomic_load(&H->nprocs);
+}
+
+/* -------------------------------------------------------------- objects */
+
+static struct {
+  const char *name;
+  lmp_dtor dtor;
+} types[LMP_T_MAX];
+
+void lmp_obj_settype(int type, const char *name, lmp_dtor dtor) {
+  types[type].name = name;
+  types[type].dtor = dtor;
+}
+
+const char *lmp_obj_typename(int type) {
+  if (type <= 0 || type >= LMP_T_MAX || types[type].name == NULL)
+    return "object";
+  return types[type].name;
+}
+
+lmp_obj *lmp_obj_new(int type, size_t size) {
+  lmp_obj *o = lmp_calloc(size);
+  if (o == NULL) return NULL;
+  o->magic = LMP_OBJ_MAGIC;
+  o->type = (uint16_t)type;
+  atomic_fetch_add(&H->objects, 1);
+  return o;
+}
+
+void lmp_obj_incref(lmp_obj *o) {
+  atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+}
+
+void lmp_obj_decref(lmp_obj *o) {
+  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  if (o->type < LMP_T_MAX && types[o->type].dtor != NULL)
+    types[o->type].dtor(o);
+  o->magic = 0;
+  atomic_fetch_sub(&H->objects, 1);
+  lmp_free(o);
+}
+
+int lmp_obj_check(lmp_off off, int type) {
+  const lmp_obj *o;
+  const block *b;
+  if (H == NULL || off % ALIGN != 0 || off < H->heap + TAG ||
+      off > H->size - sizeof(lmp_obj))
+    return 0;
+  b = (const block *)(lmp_base + off - TAG);
+  if (!(b->head & F_INUSE)) return 0;
+  o = LMP_PTR(off);
+  if (o->magic != LMP_OBJ_MAGIC || atomic_load(&o->refs) <= 0) return 0;
+  return type < 0 || o->type == type;
+}
+
+/* ---------------------------------------------------------- hold tables */
+
+/*
+ * A process's hold table records the objects it holds handles to: an
+ * open-addressing hash from object offset to a handle count.  The process
+ * holds one reference on each object whose count is non-zero.  Only the
+ * process itself writes its table, and its reaper reads it once it is dead,
+ * so each change is ordered to leave the table readable if the process is
+ * killed between any two stores: a count drops to zero (a tombstone) before
+ * the reference goes, a new table is filled before it is published.  The
+ * worst a kill can do is leak one reference.
+ */
+typedef struct hold_ent {
+  lmp_off obj;
+  _Atomic uint32_t n;
+  uint32_t pad;
+} hold_ent;
+
+typedef struct hold_tab {
+  uint32_t cap;  /* power of two */
+  uint32_t used; /* entries with obj != 0, tombstones included */
+  hold_ent e[];
+} hold_tab;
+
+static uint32_t hashoff(lmp_off off, uint32_t cap) {
+  uint64_t h = (off >> 4) * 0x9e3779b97f4a7c15ull;
+  return (uint32_t)(h >> 32) & (cap - 1);
+}
+
+static hold_tab *tab_new(uint32_t cap) {
+  hold_tab *t = lmp_calloc(sizeof(hold_tab) + cap * sizeof(hold_ent));
+  if (t != NULL) t->cap = cap;
+  return t;
+}
+
+/* Rebuilds the table at twice the live size (or more); -ENOMEM. */
+static int tab_grow(lmp_slot *s) {
+  hold_tab *old = s->refs ? LMP_PTR(s->refs) : NULL, *t;
+  uint32_t live = 0, cap = 16, i;
+  if (old != NULL)
+    for (i = 0; i < old->cap; i++)
+      if (atomic_load(&old->e[i].n) > 0) live++;
+  while (cap < (live + 1) * 4) cap *= 2;
+  t = tab_new(cap);
+  if (t == NULL) return -ENOMEM;
+  if (old != NULL) {
+    for (i = 0; i < old->cap; i++) {
+      uint32_t n = atomic_load(&old->e[i].n), j;
+      if (n == 0) continue;
+      j = hashoff(old->e[i].obj, cap);
+      while (t->e[j].obj != 0) j = (j + 1) & (cap - 1);
+      t->e[j].obj = old->e[i].obj;
+      atomic_store(&t->e[j].n, n);
+      t->used++;
+    }
+  }
+  atomic_thread_fence(memory_order_release);
+  s->refs = LMP_OFF(t);
+  lmp_free(old);
+  return 0;
+}
+
+static hold_ent *tab_find(hold_tab *t, lmp_off off, hold_ent **freeslot) {
+  uint32_t j = hashoff(off, t->cap);
+  *freeslot = NULL;
+  for (;;) {
+    hold_ent *e = &t->e[j];
+    if (e->obj == off) return e;
+    if (e->obj == 0) {
+      if (*freeslot == NULL) *freeslot = e;
+      return NULL;
+    }
+    if (*freeslot == NULL && atomic_load(&e->n) == 0) *freeslot = e;
+    j = (j + 1) & (t->cap - 1);
+  }
+}
+
+int lmp_hold(lmp_obj *o) {
+  lmp_slot *s = lmp_self;
+  lmp_off off = LMP_OFF(o);
+  hold_tab *t;
+  hold_ent *e, *fs;
+  if (s->refs == 0 && tab_grow(s) < 0) return -ENOMEM;
+  t = LMP_PTR(s->refs);
+  e = tab_find(t, off, &fs);
+  if (e != NULL && atomic_load(&e->n) > 0) {
+    atomic_fetch_add(&e->n, 1);
+    return 0;
+  }
+  if (e == NULL && fs != NULL && fs->obj == 0 && (t->used + 1) * 4 > t->cap * 3) {
+    if (tab_grow(s) < 0) return -ENOMEM;
+    t = LMP_PTR(s->refs);
+    e = tab_find(t, off, &fs);
+  }
+  lmp_obj_incref(o);
+  if (e == NULL) {
+    e = fs;
+    if (e->obj == 0) t->used++;
+    atomic_store(&e->n, 0);
+    e->obj = off;
+  }
+  atomic_store(&e->n, 1);
+  return 0;
+}
+
+void lmp_unhold(lmp_obj *o) {
+  lmp_slot *s = lmp_self;
+  hold_ent *e, *fs;
+  if (s == NULL || s->refs == 0) return;
+  e = tab_find(LMP_PTR(s->refs), LMP_OFF(o), &fs);
+  if (e == NULL || atomic_load(&e->n) == 0) return;
+  if (atomic_fetch_sub(&e->n, 1) == 1) lmp_obj_decref(o);
+}
+
+/* --------------------------------------------------------- process slots */
+
+lmp_slot *lmp_slot_at(uint32_t idx) { return &slots[idx]; }
+
+int lmp_slot_prepare_child(void) {
+  uint32_t i, k;
+  lmp_slot *c = NULL;
+  for (k = 0; k < LMP_MAX_PROCS; k++) {
+    uint32_t expect = LMP_SLOT_FREE;
+    i = (H->slot_hint + k) % LMP_MAX_PROCS;
+    if (atomic_compare_exchange_strong(&slots[i].state, &expect,
+                                       LMP_SLOT_RESERVED)) {
+      c = &slots[i];
+      break;
+    }
+  }
+  if (c == NULL) return -EAGAIN;
+  H->slot_hint = i + 1;
+  c->gen++;
+  c->parent = lmp_self_index;
+  atomic_store(&c->pid, 0);
+  atomic_store(&c->sleeping, 0);
+  c->refs = 0;
+  atomic_fetch_add(&H->nprocs, 1);
+  if (lmp_self->refs != 0) {
+    hold_tab *mine = LMP_PTR(lmp_self->refs), *t;
+    uint32_t j;
+    t = tab_new(mine->cap);
+    if (t == NULL) {
+      atomic_fetch_sub(&H->nprocs, 1);
+      atomic_store(&c->state, LMP_SLOT_FREE);
+      return -ENOMEM;
+    }
+    /* The same hash layout; tombstones are dropped but probes still end at
+     * the same empty entries, so copying positions is safe. */
+    for (j = 0; j < mine->cap; j++) {
+      uint32_t n = atomic_load(&mine->e[j].n);
+      if (mine->e[j].obj == 0) continue;
+      t->e[j].obj = mine->e[j].obj;
+      t->used++;
+      if (n > 0) {
+        lmp_obj_incref(LMP_PTR(mine->e[j].obj));
+        atomic_store(&t->e[j].n, n);
+      }
+    }
+    c->refs = LMP_OFF(t);
+  }
+  return (int)i;
+}
+
+void lmp_slot_adopt(uint32_t idx) {
+  lmp_self_index = idx;
+  lmp_self = &slots[idx];
+  atomic_store(&lmp_self->pid, (int32_t)getpid());
+  atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
+}
+
+/* Drops every reference in the slot's table and frees the table. */
+static void release_refs(lmp_slot *s) {
+  hold_tab *t;
+  uint32_t j;
+  if (s->refs == 0) return;
+  t = LMP_PTR(s->refs);
+  s->refs = 0;
+  for (j = 0; j < t->cap; j++) {
+    if (t->e[j].obj != 0 && atomic_exchange(&t->e[j].n, 0) > 0)
+      lmp_obj_decref(LMP_PTR(t->e[j].obj));
+  }
+  lmp_free(t);
+}
+
+void lmp_slot_retire(void) {
+  if (lmp_self == NULL) return;
+  release_refs(lmp_self);
+  atomic_store(&lmp_self->state, LMP_SLOT_DEAD);
+}
+
+void lmp_slot_release(uint32_t idx) {
+  lmp_slot *s = &slots[idx];
+  uint32_t st = atomic_load(&s->state);
+  if (st == LMP_SLOT_FREE) return;
+  release_refs(s);
+  atomic_store(&s->pid, 0);
+  atomic_fetch_sub(&H->nprocs, 1);
+  atomic_store(&s->state, LMP_SLOT_FREE);
+}
+
+/* ----------------------------------------------------------------- wake */
+
+void lmp_wake(uint32_t idx) {
+  lmp_slot *s = &slots[idx];
+  atomic_fetch_add(&s->wake, 1);
+  syscall(SYS_futex, &s->wake, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  if (atomic_load(&s->sleeping)) {
+    pid_t pid = atomic_load(&s->pid);
+    if (pid > 0) kill(pid, SIGURG);
+  }
+}

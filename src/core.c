@@ -1,0 +1,205 @@
+/* core.c -- the luamp module: opens the runtime, builds the `luamp.core`
+ * table of C mechanism and hands it to the Lua front (lua/luamp/), which is
+ * compiled into the binary.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "luamp.h"
+
+#define ATEXIT_KEY "luamp.atexit"
+#define HOSTED_KEY "luamp.hosted"
+#define THROW_KEY "luamp.throw"
+
+static int atexit_done;
+static int atexit_rc; /* what lmp_shutdown_children said */
+
+int lmp_throw(lua_State *L, const char *type, const char *fmt, ...) {
+  va_list ap;
+  lua_getfield(L, LUA_REGISTRYINDEX, THROW_KEY);
+  lua_pushstring(L, type);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_call(L, 2, 0); /* raises */
+  return 0;
+}
+
+int lmp_run_atexit(lua_State *L) {
+  if (atexit_done) return atexit_rc;
+  atexit_done = 1;
+  if (L != NULL) {
+    lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
+    if (lua_isfunction(L, -1)) {
+      if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        fprintf(stderr, "luamp: error at exit: %s\n", lua_tostring(L, -1));
+        lua_pop(L, 1);
+      }
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  atexit_rc = lmp_shutdown_children();
+  return atexit_rc;
+}
+
+/* For a new child: it has its own exit to run. */
+void lmp_reset_atexit(void) { atexit_done = 0; }
+
+static int never(void *ud) {
+  (void)ud;
+  return 0;
+}
+
+/* sleep(seconds): sleeps while the process's own luamp work goes on. */
+static int core_sleep(lua_State *L) {
+  lua_Number t = luaL_checknumber(L, 1);
+  luaL_argcheck(L, t >= 0, 1, "seconds must be non-negative");
+  if (lmp_wait(never, NULL, lmp_now() + t) < 0) return lmp_raise_interrupt(L);
+  return 0;
+}
+
+static int core_monotonic(lua_State *L) {
+  lua_pushnumber(L, lmp_now());
+  return 1;
+}
+
+static int core_stats(lua_State *L) {
+  lmp_arena_stats st;
+  lmp_reap_children();
+  lmp_arena_stats_get(&st);
+  lua_createtable(L, 0, 7);
+  lua_pushinteger(L, (lua_Integer)st.size);
+  lua_setfield(L, -2, "arena_size");
+  lua_pushinteger(L, (lua_Integer)st.used);
+  lua_setfield(L, -2, "arena_used");
+  lua_pushinteger(L, (lua_Integer)st.reserved);
+  lua_setfield(L, -2, "arena_reserved");
+  lua_pushinteger(L, (lua_Integer)st.blocks);
+  lua_setfield(L, -2, "arena_blocks");
+  lua_pushinteger(L, (lua_Integer)st.objects);
+  lua_setfield(L, -2, "objects");
+  lua_pushinteger(L, (lua_Integer)st.processes);
+  lua_setfield(L, -2, "processes");
+  lua_pushinteger(L, lmp_live_children());
+  lua_setfield(L, -2, "children");
+  return 1;
+}
+
+static int core_interrupted(lua_State *L) {
+  lua_pushboolean(L, lmp_interrupted_flag);
+  return 1;
+}
+
+static int core_is_child(lua_State *L) {
+  lua_pushboolean(L, lmp_is_child());
+  return 1;
+}
+
+/* on_exit(fn): the Lua part of this process's exit (see lmp_run_atexit). */
+static int core_on_exit(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
+  return 0;
+}
+
+/* set_throw(fn): the Lua function that raises error objects for C. */
+static int core_set_throw(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, THROW_KEY);
+  return 0;
+}
+
+/* os.exit for luamp processes: a child leaves through its own exit path
+ * (never the parent's atexit handlers); the main process first waits for
+ * its children as at the end of a script. */
+static int core_os_exit(lua_State *L) {
+  int status;
+  if (lua_isboolean(L, 1))
+    status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  if (lmp_is_child()) lmp_exit_child(L, status);
+  if (lmp_run_atexit(L) == -EINTR) status = 130;
+  if (lua_toboolean(L, 2)) lua_close(L);
+  exit(status);
+}
+
+static int gc_sentinel(lua_State *L) {
+  (void)L;
+  if (!lmp_is_child()) lmp_run_atexit(L);
+  return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+  {"sleep", core_sleep},
+  {"monotonic", core_monotonic},
+  {"stats", core_stats},
+  {"interrupted", core_interrupted},
+  {"is_child", core_is_child},
+  {"on_exit", core_on_exit},
+  {"set_throw", core_set_throw},
+  {"encode", lmp_codec_encode},
+  {"decode", lmp_codec_decode},
+  {NULL, NULL}
+};
+
+int lmp_open_core(lua_State *L) {
+  luaL_newlib(L, core_funcs);
+  lmp_open_process(L);
+  lmp_open_blob(L);
+  lua_pushinteger(L, LMP_MAX_PROCS);
+  lua_setfield(L, -2, "max_processes");
+  return 1;
+}
+
+/* Replaces os.exit in the state's os table, if it has one. */
+static void patch_os_exit(lua_State *L) {
+  if (lua_getglobal(L, "os") == LUA_TTABLE) {
+    lua_pushcfunction(L, core_os_exit);
+    lua_setfield(L, -2, "exit");
+  }
+  lua_pop(L, 1);
+}
+
+void lmp_mark_hosted(lua_State *L) {
+  lua_pushboolean(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, HOSTED_KEY);
+}
+
+LUAMP_EXPORT int luaopen_luamp(lua_State *L) {
+  int rc = lmp_arena_init(0);
+  if (rc == -EINVAL)
+    return luaL_error(L, "bad LUAMP_ARENA '%s' (expected a size such as "
+                      "256M or 4G)", getenv("LUAMP_ARENA"));
+  if (rc < 0)
+    return luaL_error(L, "cannot reserve the shared arena: %s "
+                      "(set LUAMP_ARENA to a smaller size)", strerror(-rc));
+  if ((rc = lmp_runtime_init(NULL)) < 0)
+    return luaL_error(L, "cannot start the event loop: error %d", rc);
+  lmp_sigint_install(L);
+  luaL_requiref(L, "luamp.core", lmp_open_core, 0);
+  lua_pop(L, 1);
+  lmp_open_embedded(L);
+  patch_os_exit(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, HOSTED_KEY) == LUA_TNIL) {
+    /* A stock lua5.4: wait for children when the state closes. */
+    lua_newuserdatauv(L, 1, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, gc_sentinel);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luamp.sentinel");
+  }
+  lua_pop(L, 1);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luamp.init");
+  lua_call(L, 1, 1);
+  return 1;
+}

@@ -1,0 +1,253 @@
+/* loop.c -- the per-process runtime: the libuv loop, the signals luamp
+ * watches (SIGCHLD, SIGURG, SIGINT), and lmp_wait, the one way every
+ * blocking call in luamp sleeps.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "internal.h"
+
+/*
+ * Waking up.  Every process has a wake word in its arena slot.  A blocked
+ * luamp call sleeps on its own word with FUTEX_WAIT, having read the word
+ * before it last checked its condition; anything that may make the
+ * condition true bumps the word and wakes it:
+ *
+ *   - a shared object changed by another process (lmp_wake on our slot);
+ *   - a signal we watch: our handlers run libuv's (which queues the signal
+ *     for the loop) and then bump our own word, so a SIGCHLD that lands
+ *     between the check and the sleep still ends the sleep.
+ *
+ * After each wake the waiter runs the loop once without blocking
+ * (lmp_service), which reaps children and runs whatever else the process
+ * owes, then checks its condition again.  There is no polling: a waiter
+ * with nothing to do sleeps until its deadline.
+ */
+
+static uv_loop_t own_loop;
+static uv_loop_t *loop;
+static int loop_owned;
+static uv_signal_t chld_h, urg_h;
+static pid_t runtime_pid;
+
+volatile sig_atomic_t lmp_sigint;
+volatile sig_atomic_t lmp_interrupted_flag;
+static lua_State *int_L;
+
+typedef void (*sa_fn)(int, siginfo_t *, void *);
+static struct sigaction uv_chld, uv_urg; /* libuv's handlers, chained */
+
+double lmp_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void bump_self(void) {
+  if (lmp_self != NULL) {
+    atomic_fetch_add(&lmp_self->wake, 1);
+    syscall(SYS_futex, &lmp_self->wake, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  }
+}
+
+static void call_prev(const struct sigaction *sa, int sig, siginfo_t *si,
+                      void *uc) {
+  if (sa->sa_flags & SA_SIGINFO) {
+    if (sa->sa_sigaction != NULL) sa->sa_sigaction(sig, si, uc);
+  } else if (sa->sa_handler != SIG_DFL && sa->sa_handler != SIG_IGN &&
+             sa->sa_handler != NULL) {
+    sa->sa_handler(sig);
+  }
+}
+
+static void on_signal(int sig, siginfo_t *si, void *uc) {
+  int saved = errno;
+  call_prev(sig == SIGCHLD ? &uv_chld : &uv_urg, sig, si, uc);
+  bump_self();
+  errno = saved;
+}
+
+/* Puts our handler in front of the one libuv just installed for sig. */
+static void chain(int sig, struct sigaction *prev) {
+  struct sigaction sa;
+  sigaction(sig, NULL, prev);
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_signal;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigfillset(&sa.sa_mask);
+  sigaction(sig, &sa, NULL);
+}
+
+static void on_chld(uv_signal_t *h, int sig) {
+  (void)h;
+  (void)sig;
+  lmp_reap_children();
+}
+
+static void on_urg(uv_signal_t *h, int sig) {
+  (void)h;
+  (void)sig; /* only here to end a sleep in the loop */
+}
+
+static int watch_signals(void) {
+  int rc;
+  if ((rc = uv_signal_init(loop, &chld_h)) < 0) return rc;
+  if ((rc = uv_signal_init(loop, &urg_h)) < 0) return rc;
+  if ((rc = uv_signal_start(&chld_h, on_chld, SIGCHLD)) < 0) return rc;
+  if ((rc = uv_signal_start(&urg_h, on_urg, SIGURG)) < 0) return rc;
+  /* The signal handles must not keep uv_run(UV_RUN_DEFAULT) alive. */
+  uv_unref((uv_handle_t *)&chld_h);
+  uv_unref((uv_handle_t *)&urg_h);
+  chain(SIGCHLD, &uv_chld);
+  chain(SIGURG, &uv_urg);
+  return 0;
+}
+
+int lmp_runtime_init(void *userloop) {
+  int rc;
+  if (loop != NULL && runtime_pid == getpid()) return 0;
+  if (userloop != NULL) {
+    loop = userloop;
+    loop_owned = 0;
+  } else {
+    if ((rc = uv_loop_init(&own_loop)) < 0) return rc;
+    loop = &own_loop;
+    loop_owned = 1;
+  }
+  runtime_pid = getpid();
+  return watch_signals();
+}
+
+void *lmp_loop(void) { return loop; }
+
+static void close_cb(uv_handle_t *h) { (void)h; }
+
+static void close_all(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (h->type == UV_SIGNAL) {
+    /* A signal the parent caught but had not dispatched at the fork would
+     * keep the handle from ever closing here: its message was in the
+     * parent's signal pipe, which is not ours any more. */
+    uv_signal_t *s = (uv_signal_t *)h;
+    s->dispatched_signals = s->caught_signals;
+  }
+  if (!uv_is_closing(h)) uv_close(h, close_cb);
+}
+
+/*
+ * The child's loop.  The parent's loop comes across the fork with its
+ * handles and its kernel state (epoll set, signal pipe) shared with the
+ * parent.  uv_loop_fork gives the child its own kernel state; then every
+ * inherited handle is closed without running, and the child watches its
+ * own signals on the same loop.
+ */
+void lmp_runtime_after_fork(void) {
+  if (loop == NULL) return;
+  uv_loop_fork(loop);
+  uv_walk(loop, close_all, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
+  runtime_pid = getpid();
+  lmp_sigint = 0;
+  lmp_interrupted_flag = 0;
+  watch_signals();
+}
+
+void lmp_service(void) {
+  if (loop != NULL) uv_run(loop, UV_RUN_NOWAIT);
+  lmp_reap_children();
+}
+
+/* ---------------------------------------------------------------- SIGINT */
+
+static void int_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  lmp_raise_interrupt(L);
+}
+
+static void on_sigint(int sig) {
+  int saved = errno;
+  (void)sig;
+  lmp_sigint = 1;
+  if (int_L != NULL) /* as lua.c does: the hook raises at the next step */
+    lua_sethook(int_L, int_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
+                1);
+  bump_self();
+  errno = saved;
+}
+
+static void install_sigint(void) {
+  struct sigaction sa, cur;
+  sigaction(SIGINT, NULL, &cur);
+  if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_sigint) return;
+  if (cur.sa_handler == SIG_IGN) return; /* e.g. a background job */
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0; /* no SA_RESTART: let blocking reads end */
+  sigaction(SIGINT, &sa, NULL);
+}
+
+void lmp_sigint_install(lua_State *L) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  int_L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  install_sigint();
+}
+
+void lmp_sigint_forget(void) { int_L = NULL; }
+
+void lmp_take_interrupt(void) {
+  lmp_sigint = 0;
+  if (int_L != NULL) lua_sethook(int_L, NULL, 0, 0);
+  lmp_interrupted_flag = 1;
+}
+
+int lmp_raise_interrupt(lua_State *L) {
+  lmp_take_interrupt();
+  return luaL_error(L, "interrupted!");
+}
+
+/* ------------------------------------------------------------------ wait */
+
+int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
+  install_sigint(); /* lua.c may have put its own back between calls */
+  for (;;) {
+    uint32_t seq = atomic_load(&lmp_self->wake);
+    double now;
+    lmp_service();
+    if (ready(ud)) return 1;
+    if (lmp_sigint) return -EINTR;
+    now = lmp_now();
+    if (deadline >= 0 && now >= deadline) return 0;
+    if (deadline < 0) {
+      syscall(SYS_futex, &lmp_self->wake, FUTEX_WAIT, seq, NULL, NULL, 0);
+    } else {
+      struct timespec ts;
+      double left = deadline - now;
+      ts.tv_sec = (time_t)left;
+      ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+      syscall(SYS_futex, &lmp_self->wake, FUTEX_WAIT, seq, &ts, NULL, 0);
+    }
+  }
+}
+
+double lmp_deadline(lua_State *L, int idx) {
+  lua_Number t;
+  if (lua_isnoneornil(L, idx)) return -1;
+  t = luaL_checknumber(L, idx);
+  if (t != t) luaL_argerror(L, idx, "timeout must be a number, not NaN");
+  if (t == HUGE_VAL) return -1;
+  if (t <= 0) return 0;
+  return lmp_now() + t;
+}

@@ -1,0 +1,468 @@
+/* process.c -- forking, tracking and reaping child processes: the
+ * mechanism under lua/luamp/process.lua.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define CHILD "luamp.Child"
+
+/*
+ * A child record lives in C memory, not in the arena: only the process
+ * that forked a child can wait for it.  The record is on the `children`
+ * list from fork until it is reaped, and is also pointed to by the Lua
+ * handle (a luamp.Child userdata, which is what `p.sentinel` is); it is
+ * freed when both are done with it.  After a fork the child forgets its
+ * parent's list: records it inherited through Lua handles stay readable
+ * but belong to another process (`owner`).
+ */
+struct lmp_child {
+  pid_t pid;
+  pid_t owner;    /* the pid that forked it */
+  uint32_t slot;  /* the child's arena slot */
+  int status;     /* wait status, once ended */
+  int ended;      /* reaped */
+  int daemon;
+  int handles;    /* Lua handles pointing here */
+  int listed;     /* on the children list */
+  lmp_child *next, *prev;
+};
+
+static lmp_child *children;
+static int nchildren; /* listed and not reaped */
+static int in_child;  /* this process was forked by luamp */
+static uint32_t parent_slot;
+
+typedef struct child_ud {
+  lmp_child *c;
+} child_ud;
+
+static void unlist(lmp_child *c) {
+  if (!c->listed) return;
+  if (c->prev) c->prev->next = c->next;
+  else children = c->next;
+  if (c->next) c->next->prev = c->prev;
+  c->listed = 0;
+  c->next = c->prev = NULL;
+}
+
+static void maybe_free(lmp_child *c) {
+  if (!c->listed && c->handles == 0) free(c);
+}
+
+/* Records the end of c: its status, and releases what its slot held. */
+static void ended(lmp_child *c, int status) {
+  c->status = status;
+  c->ended = 1;
+  nchildren--;
+  lmp_slot_release(c->slot);
+  unlist(c);
+}
+
+/* Reaps c if it has ended; returns 1 if it has. */
+static int reap(lmp_child *c) {
+  int status;
+  pid_t r;
+  if (c->ended) return 1;
+  if (c->owner != getpid()) return 0;
+  do r = waitpid(c->pid, &status, WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == c->pid) {
+    ended(c, status);
+    return 1;
+  }
+  if (r < 0 && errno == ECHILD) { /* reaped by someone else: report lost */
+    ended(c, W_EXITCODE(255, 0));
+    return 1;
+  }
+  return 0;
+}
+
+void lmp_reap_children(void) {
+  lmp_child *c = children, *next;
+  while (c != NULL) {
+    next = c->next;
+    if (reap(c)) maybe_free(c);
+    c = next;
+  }
+}
+
+int lmp_live_children(void) { return nchildren; }
+
+int lmp_is_child(void) { return in_child; }
+
+static int exitcode(const lmp_child *c) {
+  if (WIFEXITED(c->status)) return WEXITSTATUS(c->status);
+  if (WIFSIGNALED(c->status)) return -WTERMSIG(c->status);
+  return 255;
+}
+
+/* ------------------------------------------------------------ fork path */
+
+/*
+ * After fork, in the child, before any Lua code runs, in this order:
+ *   1. ask to die with the parent (PR_SET_PDEATHSIG), then check the parent
+ *      did not die before we asked;
+ *   2. adopt the arena slot the parent prepared (it already holds a
+ *      reference on every object the parent held, for us);
+ *   3. forget the parent's children: they are not ours to wait for;
+ *   4. get our own loop state and signal handlers;
+ * The child then runs its target and leaves through lmp_exit_child, never
+ * returning into the code that called fork.
+ */
+void lmp_after_fork_child(uint32_t slot) {
+  lmp_child *c = children, *next;
+  pid_t ppid_then = (pid_t)atomic_load(&lmp_self->pid);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != ppid_then) _exit(1);
+  parent_slot = lmp_self_index;
+  lmp_slot_adopt(slot);
+  while (c != NULL) {
+    next = c->next;
+    c->listed = 0;
+    c->next = c->prev = NULL;
+    if (c->handles == 0) free(c);
+    c = next;
+  }
+  children = NULL;
+  nchildren = 0;
+  in_child = 1;
+  lmp_reset_atexit();
+  lmp_runtime_after_fork();
+}
+
+/* Leaves a child process: the Lua exit hook (join its own children), stdio,
+ * the arena references, then _exit.  Never returns. */
+void lmp_exit_child(lua_State *L, int status) {
+  if (L != NULL) lmp_run_atexit(L);
+  fflush(NULL);
+  lmp_slot_retire();
+  _exit(status & 0xff);
+}
+
+/* fork(fn, daemon) -> Child.  In the child, calls fn() and exits with the
+ * integer it returns (or 1 if it raises); never returns there. */
+static int proc_fork(lua_State *L) {
+  int daemon = lua_toboolean(L, 2);
+  child_ud *u;
+  lmp_child *c;
+  int slot;
+  pid_t pid;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->c = NULL;
+  luaL_setmetatable(L, CHILD);
+  c = calloc(1, sizeof *c);
+  if (c == NULL) return luaL_error(L, "not enough memory");
+  slot = lmp_slot_prepare_child();
+  if (slot < 0) {
+    free(c);
+    if (slot == -EAGAIN)
+      return luaL_error(L, "cannot start a process: all %d process slots "
+                        "of the family are in use", LMP_MAX_PROCS);
+    return lmp_nomem(L, 0);
+  }
+  fflush(NULL); /* nothing buffered is printed twice */
+  pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    lmp_slot_release((uint32_t)slot);
+    free(c);
+    return luaL_error(L, "cannot start a process: %s", strerror(e));
+  }
+  if (pid == 0) {
+    int status;
+    lmp_after_fork_child((uint32_t)slot);
+    lua_settop(L, 1);
+    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
+      if (lmp_interrupted_flag) { /* Ctrl-C: die of it, quietly */
+        lmp_run_atexit(L);
+        fflush(NULL);
+        lmp_slot_retire();
+        signal(SIGINT, SIG_DFL);
+        raise(SIGINT);
+      }
+      fprintf(stderr, "%s\n", luaL_tolstring(L, -1, NULL));
+      status = 1;
+    } else {
+      status = (int)lua_tointeger(L, -1);
+    }
+    lmp_exit_child(L, status);
+  }
+  c->pid = pid;
+  c->owner = getpid();
+  c->slot = (uint32_t)slot;
+  c->daemon = daemon;
+  c->handles = 1;
+  c->listed = 1;
+  c->next = children;
+  if (children) children->prev = c;
+  children = c;
+  nchildren++;
+  u->c = c;
+  return 1;
+}
+
+/* -------------------------------------------------------- Child methods */
+
+static lmp_child *checkchild(lua_State *L, int idx) {
+  child_ud *u = luaL_checkudata(L, idx, CHILD);
+  if (u->c == NULL) luaL_error(L, "attempt to use a closed process handle");
+  return u->c;
+}
+
+static int child_pid(lua_State *L) {
+  lua_pushinteger(L, checkchild(L, 1)->pid);
+  return 1;
+}
+
+/* exitcode() -> integer or nil while running; reaps without waiting. */
+static int child_exitcode(lua_State *L) {
+  lmp_child *c = checkchild(L, 1);
+  if (!reap(c)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  lua_pushinteger(L, exitcode(c));
+  return 1;
+}
+
+static int child_ours(lua_State *L) {
+  lua_pushboolean(L, checkchild(L, 1)->owner == getpid());
+  return 1;
+}
+
+static int ready_child(void *ud) { return reap(ud); }
+
+/* wait([timeout]) -> true once ended, false on timeout; raises on Ctrl-C. */
+static int child_wait(lua_State *L) {
+  lmp_child *c = checkchild(L, 1);
+  double deadline = lmp_deadline(L, 2);
+  int rc;
+  if (c->owner != getpid())
+    return luaL_error(L, "can only join a child process");
+  rc = lmp_wait(ready_child, c, deadline);
+  if (rc < 0) return lmp_raise_interrupt(L);
+  lua_pushboolean(L, rc);
+  return 1;
+}
+
+/* signal(signum) -> true if sent; false if the child has ended. */
+static int child_signal(lua_State *L) {
+  lmp_child *c = checkchild(L, 1);
+  int sig = (int)luaL_checkinteger(L, 2);
+  if (c->owner != getpid() || reap(c)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushboolean(L, kill(c->pid, sig) == 0);
+  return 1;
+}
+
+static int child_close(lua_State *L) {
+  child_ud *u = luaL_checkudata(L, 1, CHILD);
+  if (u->c != NULL) {
+    lmp_child *c = u->c;
+    u->c = NULL;
+    c->handles--;
+    maybe_free(c);
+  }
+  return 0;
+}
+
+static int child_tostring(lua_State *L) {
+  child_ud *u = luaL_checkudata(L, 1, CHILD);
+  if (u->c == NULL) lua_pushliteral(L, "luamp.Sentinel (closed)");
+  else lua_pushfstring(L, "luamp.Sentinel (pid %d)", (int)u->c->pid);
+  return 1;
+}
+
+/* --------------------------------------------------------- shutdown */
+
+static int ready_none(void *ud) {
+  int daemons = *(int *)ud, left = 0;
+  lmp_child *c;
+  lmp_reap_children();
+  for (c = children; c != NULL; c = c->next)
+    if (!c->ended && (daemons || !c->daemon)) left++;
+  return left == 0;
+}
+
+static void signal_all(int sig, int daemons_only) {
+  lmp_child *c;
+  for (c = children; c != NULL; c = c->next)
+    if (!c->ended && (!daemons_only || c->daemon)) kill(c->pid, sig);
+}
+
+/* Ends every child still running: SIGTERM, then SIGKILL after `grace`
+ * seconds, then waits for them all.  Returns how many had to be ended. */
+int lmp_terminate_children(double grace, int daemons_only) {
+  int n = 0, all = 1;
+  lmp_child *c, *next;
+  lmp_reap_children();
+  for (c = children; c != NULL; c = c->next)
+    if (!c->ended && (!daemons_only || c->daemon)) n++;
+  if (n == 0) return 0;
+  signal_all(SIGTERM, daemons_only);
+  if (lmp_wait(ready_none, &all, lmp_now() + grace) != 1) {
+    signal_all(SIGKILL, daemons_only);
+    for (c = children; c != NULL; c = next) {
+      int status;
+      pid_t r;
+      next = c->next;
+      if (c->ended || (daemons_only && !c->daemon)) continue;
+      do r = waitpid(c->pid, &status, 0);
+      while (r < 0 && errno == EINTR);
+      ended(c, r == c->pid ? status : W_EXITCODE(255, 0));
+      maybe_free(c);
+    }
+  }
+  return n;
+}
+
+/*
+ * The end of a process's main code, as Python's atexit handler does it:
+ * wait for the non-daemon children, then terminate the daemon ones.  A
+ * Ctrl-C during the wait ends every child at once.  Returns -EINTR when it
+ * was interrupted, else the number of children that had to be terminated.
+ */
+int lmp_shutdown_children(void) {
+  int none = 0, rc;
+  rc = lmp_wait(ready_none, &none, -1);
+  if (rc < 0) {
+    lmp_take_interrupt();
+    lmp_terminate_children(0.5, 0);
+    return -EINTR;
+  }
+  return lmp_terminate_children(0.5, 1);
+}
+
+/* --------------------------------------------------------- cpu_count */
+
+static int cgroup_quota(void) {
+  char path[512], line[512], mnt[256] = "";
+  FILE *f;
+  int best = 0;
+  /* Where cgroup v2 is mounted. */
+  if ((f = fopen("/proc/self/mountinfo", "r")) == NULL) return 0;
+  while (fgets(line, sizeof line, f) != NULL) {
+    char *sep = strstr(line, " - cgroup2 ");
+    if (sep != NULL) {
+      char m[256];
+      if (sscanf(line, "%*s %*s %*s %*s %255s", m) == 1) {
+        snprintf(mnt, sizeof mnt, "%s", m);
+        break;
+      }
+    }
+  }
+  fclose(f);
+  if (mnt[0] == '\0') return 0;
+  /* Our group in it, then each ancestor: the smallest quota binds. */
+  if ((f = fopen("/proc/self/cgroup", "r")) == NULL) return 0;
+  path[0] = '\0';
+  while (fgets(line, sizeof line, f) != NULL) {
+    if (strncmp(line, "0::", 3) == 0) {
+      line[strcspn(line, "\n")] = '\0';
+      snprintf(path, sizeof path, "%s", line + 3);
+      break;
+    }
+  }
+  fclose(f);
+  for (;;) {
+    char file[1024], quota[64];
+    long long q, period;
+    snprintf(file, sizeof file, "%s%s/cpu.max", mnt,
+             strcmp(path, "/") == 0 ? "" : path);
+    if ((f = fopen(file, "r")) != NULL) {
+      if (fscanf(f, "%63s %lld", quota, &period) == 2 &&
+          strcmp(quota, "max") != 0 && period > 0) {
+        q = atoll(quota);
+        int n = (int)((q + period - 1) / period);
+        if (n < 1) n = 1;
+        if (best == 0 || n < best) best = n;
+      }
+      fclose(f);
+    }
+    if (path[0] == '\0' || strcmp(path, "/") == 0) break;
+    {
+      char *slash = strrchr(path, '/');
+      if (slash == NULL) break;
+      if (slash == path) strcpy(path, "/");
+      else *slash = '\0';
+    }
+  }
+  return best;
+}
+
+int lmp_cpu_count(void) {
+  cpu_set_t set;
+  int n = 0, q;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+  if (n <= 0) n = 1;
+  q = cgroup_quota();
+  if (q > 0 && q < n) n = q;
+  return n;
+}
+
+static int proc_cpu_count(lua_State *L) {
+  lua_pushinteger(L, lmp_cpu_count());
+  return 1;
+}
+
+static int proc_getpid(lua_State *L) {
+  lua_pushinteger(L, getpid());
+  return 1;
+}
+
+static int proc_getppid(lua_State *L) {
+  lua_pushinteger(L, getppid());
+  return 1;
+}
+
+/* alive(pid) -> whether a process with that pid exists. */
+static int proc_alive(lua_State *L) {
+  pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+  lua_pushboolean(L, kill(pid, 0) == 0 || errno == EPERM);
+  return 1;
+}
+
+static const luaL_Reg child_meth[] = {
+  {"pid", child_pid},       {"exitcode", child_exitcode},
+  {"wait", child_wait},     {"signal", child_signal},
+  {"ours", child_ours},     {"close", child_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg child_metameth[] = {
+  {"__index", NULL}, {"__gc", child_close}, {"__close", child_close},
+  {"__tostring", child_tostring}, {NULL, NULL}
+};
+
+static const luaL_Reg proc_funcs[] = {
+  {"fork", proc_fork},         {"cpu_count", proc_cpu_count},
+  {"getpid", proc_getpid},     {"getppid", proc_getppid},
+  {"alive", proc_alive},       {NULL, NULL}
+};
+
+/* Adds the process functions to the core table on the top of the stack. */
+int lmp_open_process(lua_State *L) {
+  if (luaL_newmetatable(L, CHILD)) {
+    luaL_setfuncs(L, child_metameth, 0);
+    luaL_newlibtable(L, child_meth);
+    luaL_setfuncs(L, child_meth, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, proc_funcs, 0);
+  return 0;
+}

@@ -1,0 +1,266 @@
+/* test_arena.c -- unit tests of the shared arena: allocation patterns,
+ * several processes allocating at once, exhaustion, object references and
+ * the release of a killed process's references. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static int failures;
+
+#define ASSERT_TRUE(c)                                                   \
+  do {                                                                   \
+    if (!(c)) {                                                          \
+      fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #c);   \
+      failures++;                                                        \
+    }                                                                    \
+  } while (0)
+
+#define ASSERT_EQ(a, b)                                                  \
+  do {                                                                   \
+    long long a_ = (long long)(a), b_ = (long long)(b);                  \
+    if (a_ != b_) {                                                      \
+      fprintf(stderr, "%s:%d: %s == %lld, expected %s == %lld\n",        \
+              __FILE__, __LINE__, #a, a_, #b, b_);                       \
+      failures++;                                                        \
+    }                                                                    \
+  } while (0)
+
+static size_t used(void) {
+  lmp_arena_stats st;
+  lmp_arena_stats_get(&st);
+  return st.used;
+}
+
+static size_t reserved(void) {
+  lmp_arena_stats st;
+  lmp_arena_stats_get(&st);
+  return st.reserved;
+}
+
+static unsigned long long rng = 88172645463325252ull;
+static unsigned long long xorshift(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return rng;
+}
+
+static void test_patterns(void) {
+  enum { N = 2000 };
+  static char *p[N];
+  static size_t sz[N];
+  size_t base = used(), base_top = reserved();
+  int i, round;
+  /* Every size up to a few KiB: aligned, writable, disjoint. */
+  for (i = 0; i < N; i++) {
+    sz[i] = (size_t)(i * 7 % 3000) + 1;
+    p[i] = lmp_alloc(sz[i]);
+    ASSERT_TRUE(p[i] != NULL);
+    ASSERT_EQ((uintptr_t)p[i] % 16, 0);
+    ASSERT_TRUE(lmp_usable(p[i]) >= sz[i]);
+    memset(p[i], i & 0xff, sz[i]);
+  }
+  for (i = 0; i < N; i++) {
+    size_t k;
+    for (k = 0; k < sz[i]; k++)
+      if ((unsigned char)p[i][k] != (i & 0xff)) break;
+    ASSERT_EQ(k, sz[i]);
+  }
+  /* Free the odd ones, reallocate, free all: back to where we started. */
+  for (i = 1; i < N; i += 2) lmp_free(p[i]);
+  for (i = 1; i < N; i += 2) p[i] = lmp_alloc(sz[i]);
+  for (i = 0; i < N; i++) lmp_free(p[i]);
+  ASSERT_EQ(used(), base);
+  ASSERT_EQ(reserved(), base_top);
+  /* Random churn with large blocks mixed in. */
+  memset(p, 0, sizeof p);
+  for (round = 0; round < 200000; round++) {
+    int k = (int)(xorshift() % N);
+    if (p[k] != NULL) {
+      lmp_free(p[k]);
+      p[k] = NULL;
+    } else {
+      unsigned long long r = xorshift();
+      sz[k] = (r % 100 == 0) ? (size_t)(r % (1 << 20)) : (size_t)(r % 512);
+      p[k] = lmp_alloc(sz[k]);
+      ASSERT_TRUE(p[k] != NULL);
+      if (p[k] != NULL && sz[k] > 0) p[k][sz[k] - 1] = 1;
+    }
+  }
+  for (i = 0; i < N; i++) lmp_free(p[i]);
+  ASSERT_EQ(used(), base);
+  ASSERT_EQ(reserved(), base_top);
+  lmp_free(NULL);
+}
+
+static void test_exhaustion(void) {
+  enum { MAXB = 4096 };
+  static void *blocks[MAXB];
+  lmp_arena_stats st;
+  void *p;
+  size_t base = used();
+  int n = 0, i;
+  lmp_arena_stats_get(&st);
+  ASSERT_TRUE(lmp_alloc(st.size) == NULL); /* more than there is */
+  ASSERT_TRUE(lmp_alloc((size_t)-1) == NULL);
+  while (n < MAXB && (blocks[n] = lmp_alloc(1 << 20)) != NULL) n++;
+  ASSERT_TRUE(n > 0 && n < MAXB); /* it runs out, and does not crash */
+  ASSERT_TRUE(lmp_alloc(1 << 20) == NULL);
+  p = lmp_alloc(1000); /* smaller blocks may still fit at the top */
+  lmp_free(p);
+  lmp_free(blocks[n / 2]); /* and it recovers once memory is freed */
+  blocks[n / 2] = lmp_alloc(1 << 20);
+  ASSERT_TRUE(blocks[n / 2] != NULL);
+  for (i = 0; i < n; i++) lmp_free(blocks[i]);
+  ASSERT_EQ(used(), base);
+}
+
+/* Several processes allocate and free at once; each checks its blocks
+ * were not touched by the others. */
+static void test_concurrent(void) {
+  enum { PROCS = 4, ROUNDS = 20000, KEEP = 64 };
+  size_t base = used();
+  int i;
+  pid_t pids[PROCS];
+  for (i = 0; i < PROCS; i++) {
+    pids[i] = fork();
+    if (pids[i] == 0) {
+      unsigned char *mine[KEEP] = {0};
+      size_t len[KEEP] = {0};
+      int r, bad = 0;
+      rng = 1234567u * (unsigned)(i + 1);
+      for (r = 0; r < ROUNDS; r++) {
+        int k = (int)(xorshift() % KEEP);
+        if (mine[k] != NULL) {
+          size_t j;
+          for (j = 0; j < len[k]; j++)
+            if (mine[k][j] != (unsigned char)(i + 1)) bad++;
+          lmp_free(mine[k]);
+          mine[k] = NULL;
+        } else {
+          len[k] = (size_t)(xorshift() % 2000) + 1;
+          mine[k] = lmp_alloc(len[k]);
+          if (mine[k] == NULL) _exit(3);
+          memset(mine[k], i + 1, len[k]);
+        }
+      }
+      for (r = 0; r < KEEP; r++) lmp_free(mine[r]);
+      _exit(bad ? 2 : 0);
+    }
+  }
+  for (i = 0; i < PROCS; i++) {
+    int status;
+    waitpid(pids[i], &status, 0);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+  }
+  ASSERT_EQ(used(), base);
+}
+
+/* A child holds objects and is killed: its reaper releases them. */
+static void test_killed_holder(void) {
+  lmp_arena_stats st;
+  size_t base;
+  lmp_obj *o;
+  int slot, status;
+  pid_t pid;
+  int fds[2];
+  char c;
+  lmp_arena_stats_get(&st);
+  base = st.objects;
+  o = lmp_obj_new(LMP_T_BLOB, 64);
+  ASSERT_TRUE(o != NULL);
+  ASSERT_EQ(lmp_hold(o), 0);
+  ASSERT_EQ(atomic_load(&o->refs), 1);
+  ASSERT_EQ(pipe(fds), 0);
+  slot = lmp_slot_prepare_child();
+  ASSERT_TRUE(slot > 0);
+  ASSERT_EQ(atomic_load(&o->refs), 2); /* the child's share */
+  pid = fork();
+  if (pid == 0) {
+    int k;
+    lmp_slot_adopt((uint32_t)slot);
+    for (k = 0; k < 1000; k++) { /* many objects, held and never freed */
+      lmp_obj *x = lmp_obj_new(LMP_T_BLOB, 100);
+      if (x == NULL || lmp_hold(x) < 0) _exit(2);
+    }
+    if (write(fds[1], "x", 1) != 1) _exit(2);
+    pause();
+    _exit(0);
+  }
+  ASSERT_EQ(read(fds[0], &c, 1), 1);
+  lmp_arena_stats_get(&st);
+  ASSERT_EQ(st.objects, base + 1001);
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
+  lmp_slot_release((uint32_t)slot);
+  lmp_arena_stats_get(&st);
+  ASSERT_EQ(st.objects, base + 1);
+  ASSERT_EQ(atomic_load(&o->refs), 1);
+  lmp_unhold(o);
+  lmp_arena_stats_get(&st);
+  ASSERT_EQ(st.objects, base);
+  ASSERT_TRUE(!lmp_obj_check(LMP_OFF(o), -1));
+  close(fds[0]);
+  close(fds[1]);
+}
+
+static void test_hold_table(void) {
+  enum { N = 5000 };
+  static lmp_obj *objs[N];
+  size_t base = used();
+  int i;
+  for (i = 0; i < N; i++) {
+    objs[i] = lmp_obj_new(LMP_T_BLOB, 32);
+    ASSERT_EQ(lmp_hold(objs[i]), 0);
+    ASSERT_EQ(lmp_hold(objs[i]), 0); /* a second handle */
+  }
+  for (i = 0; i < N; i++) {
+    ASSERT_EQ(atomic_load(&objs[i]->refs), 1);
+    ASSERT_TRUE(lmp_obj_check(LMP_OFF(objs[i]), LMP_T_BLOB));
+    lmp_unhold(objs[i]);
+  }
+  for (i = 0; i < N; i++) lmp_unhold(objs[i]);
+  /* The table itself may stay; nothing else does. */
+  ASSERT_TRUE(used() - base < (size_t)N * 64);
+  ASSERT_TRUE(!lmp_obj_check(0, -1));
+  ASSERT_TRUE(!lmp_obj_check(12345, -1));
+  ASSERT_TRUE(!lmp_obj_check((lmp_off)1 << 62, -1));
+}
+
+static void test_parse_size(void) {
+  size_t n;
+  ASSERT_EQ(lmp_parse_size("64M", &n), 0);
+  ASSERT_EQ(n, 64 << 20);
+  ASSERT_EQ(lmp_parse_size("2g", &n), 0);
+  ASSERT_EQ(n, 2ull << 30);
+  ASSERT_EQ(lmp_parse_size("512KiB", &n), 0);
+  ASSERT_EQ(n, 512 << 10);
+  ASSERT_EQ(lmp_parse_size("12x", &n), -22);
+  ASSERT_EQ(lmp_parse_size("", &n), -22);
+}
+
+int main(void) {
+  int rc = lmp_arena_init(64u << 20);
+  if (rc < 0) {
+    fprintf(stderr, "arena init failed: %d\n", rc);
+    return 1;
+  }
+  test_parse_size();
+  test_patterns();
+  test_exhaustion();
+  test_concurrent();
+  test_killed_holder();
+  test_hold_table();
+  if (failures) {
+    fprintf(stderr, "test_arena: %d failures\n", failures);
+    return 1;
+  }
+  printf("test_arena: all passed\n");
+  return 0;
+}
