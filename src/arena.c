@@ -79,6 +79,7 @@ typedef struct arena_hdr {
 
 char *lmp_base;
 static arena_hdr *H;
+static int tab_grow(lmp_slot *s);
 static lmp_slot *slots;
 lmp_slot *lmp_self;
 uint32_t lmp_self_index;
@@ -172,6 +173,9 @@ int lmp_arena_init(size_t size) {
   lmp_self->gen = 1;
   H->nprocs = 1;
   H->slot_hint = 1;
+  /* Every live slot has a hold table from the start, so that the number
+   * of arena blocks does not move when a process takes its first handle. */
+  if (tab_grow(lmp_self) < 0) return -ENOMEM;
   return 0;
 }
 
@@ -566,7 +570,7 @@ int lmp_slot_prepare_child(void) {
   atomic_store(&c->sleeping, 0);
   c->refs = 0;
   atomic_fetch_add(&H->nprocs, 1);
-  if (lmp_self->refs != 0) {
+  {
     hold_tab *mine = LMP_PTR(lmp_self->refs), *t;
     uint32_t j;
     t = tab_new(mine->cap);

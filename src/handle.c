@@ -78,7 +78,7 @@ typedef struct blob {
 
 static blob *checkblob(lua_State *L) {
   lmp_handle *h = luaL_checkudata(L, 1, BLOB);
-  luaL_argcheck(L, h->obj != NULL, 1, "attempt to use a closed blob");
+  if (h->obj == NULL) luaL_error(L, "attempt to use a closed blob");
   return (blob *)h->obj;
 }
 

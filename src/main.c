@@ -52,8 +52,9 @@ static void report(lua_State *L, int status) {
 
 /* Builds the global `arg` as lua.c does: script at 0, options below. */
 static void createargtable(lua_State *L, char **argv, int argc, int script) {
-  int i, narg = argc - (script + 1);
+  int i, narg;
   if (script == argc) script = 0; /* no script: arg[0] is the command */
+  narg = argc - (script + 1);
   lua_createtable(L, narg, script + 1);
   for (i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);

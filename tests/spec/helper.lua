@@ -5,6 +5,8 @@
 
 local mp = require "luamp"
 local lfs = require "lfs"
+local busted = require "busted"
+local assert = require "luassert"
 
 local H = {}
 
@@ -29,10 +31,10 @@ end
 -- Installs before_each/after_each in the calling describe block.
 function H.leakcheck()
   local before
-  before_each(function()
+  busted.before_each(function()
     before = H.snapshot()
   end)
-  after_each(function()
+  busted.after_each(function()
     local left = mp.active_children()
     for _, p in ipairs(left) do
       p:kill()
