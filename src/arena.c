@@ -75,6 +75,12 @@ typedef struct arena_hdr {
   uint32_t slot_hint;
   uint64_t binmap[NBINS / 64];
   lmp_off bins[NBINS];
+  pthread_mutex_t watch_lock;
+  uint32_t nwatch; /* entries in use, from the start of watch[] */
+  struct {
+    lmp_off obj;
+    uint32_t slot, n;
+  } watch[LMP_MAX_WATCH];
 } arena_hdr;
 
 char *lmp_base;
@@ -151,6 +157,7 @@ int lmp_arena_init(size_t size) {
   pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
   pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
   pthread_mutex_init(&H->lock, &ma);
+  pthread_mutex_init(&H->watch_lock, &ma);
   pthread_mutexattr_destroy(&ma);
   hdr = (sizeof(arena_hdr) + 63) & ~(size_t)63;
   slots = (lmp_slot *)(lmp_base + hdr);
@@ -383,12 +390,15 @@ void lmp_arena_stats_get(lmp_arena_stats *st) {
 static struct {
   const char *name;
   lmp_dtor dtor;
+  lmp_owns_fn owns;
 } types[LMP_T_MAX];
 
 void lmp_obj_settype(int type, const char *name, lmp_dtor dtor) {
   types[type].name = name;
   types[type].dtor = dtor;
 }
+
+void lmp_obj_setowns(int type, lmp_owns_fn owns) { types[type].owns = owns; }
 
 const char *lmp_obj_typename(int type) {
   if (type <= 0 || type >= LMP_T_MAX || types[type].name == NULL)
@@ -568,6 +578,9 @@ int lmp_slot_prepare_child(void) {
   c->parent = lmp_self_index;
   atomic_store(&c->pid, 0);
   atomic_store(&c->sleeping, 0);
+  atomic_store(&c->waiting_on, 0);
+  atomic_store(&c->pending_obj, 0);
+  atomic_store(&c->pending_blk, 0);
   c->refs = 0;
   atomic_fetch_add(&H->nprocs, 1);
   {
@@ -623,10 +636,24 @@ void lmp_slot_retire(void) {
   atomic_store(&lmp_self->state, LMP_SLOT_DEAD);
 }
 
+static void unwatch_slot(uint32_t idx);
+
 void lmp_slot_release(uint32_t idx) {
   lmp_slot *s = &slots[idx];
   uint32_t st = atomic_load(&s->state);
+  lmp_off blk;
   if (st == LMP_SLOT_FREE) return;
+  /* A block it had in transit: the object it was going to or coming from
+   * is still alive (the dead process held it), so ask it. */
+  blk = atomic_exchange(&s->pending_blk, 0);
+  if (blk != 0) {
+    lmp_obj *o = s->pending_obj ? LMP_PTR(s->pending_obj) : NULL;
+    if (o == NULL || o->type >= LMP_T_MAX || types[o->type].owns == NULL ||
+        !types[o->type].owns(o, blk))
+      lmp_free(LMP_PTR(blk));
+  }
+  atomic_store(&s->pending_obj, 0);
+  unwatch_slot(idx);
   release_refs(s);
   atomic_store(&s->pid, 0);
   atomic_fetch_sub(&H->nprocs, 1);
@@ -635,12 +662,128 @@ void lmp_slot_release(uint32_t idx) {
 
 /* ----------------------------------------------------------------- wake */
 
+void lmp_futex_bump(_Atomic uint32_t *word, int n) {
+  atomic_fetch_add(word, 1);
+  syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline) {
+  if (deadline < 0) {
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, NULL, NULL, 0);
+  } else {
+    struct timespec now, ts;
+    double left;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    left = deadline - ((double)now.tv_sec + (double)now.tv_nsec * 1e-9);
+    if (left <= 0) return;
+    ts.tv_sec = (time_t)left;
+    ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
+  }
+}
+
+/*
+ * A sleeping process sleeps either on its own wake word or on a word of
+ * the object it waits for (`waiting_on`).  Waking it bumps both, so a
+ * wake-up is never lost whichever it chose: its futex wait compares the
+ * word it sleeps on with the value it read before checking its condition.
+ */
 void lmp_wake(uint32_t idx) {
   lmp_slot *s = &slots[idx];
-  atomic_fetch_add(&s->wake, 1);
-  syscall(SYS_futex, &s->wake, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-  if (atomic_load(&s->sleeping)) {
+  lmp_off w = atomic_load(&s->waiting_on);
+  lmp_futex_bump(&s->wake, INT_MAX);
+  if (w != 0) lmp_futex_bump((_Atomic uint32_t *)LMP_PTR(w), INT_MAX);
+  if (atomic_load(&s->sleeping) && s != lmp_self) {
     pid_t pid = atomic_load(&s->pid);
     if (pid > 0) kill(pid, SIGURG);
   }
+}
+
+void lmp_pending(lmp_obj *o, void *blk) {
+  if (blk == NULL) {
+    atomic_store(&lmp_self->pending_blk, 0);
+    atomic_store(&lmp_self->pending_obj, 0);
+  } else {
+    atomic_store(&lmp_self->pending_obj, LMP_OFF(o));
+    atomic_store(&lmp_self->pending_blk, LMP_OFF(blk));
+  }
+}
+
+/* ---------------------------------------------------------------- watch */
+
+/*
+ * The watch table: which process watches which object, for mp.wait and
+ * for owners that must hear of changes while they wait for something
+ * else.  It is small and shared by the family; a notifier touches it only
+ * when the object's `watchers` count says someone is there.
+ */
+
+static void lock_watch(void) {
+  if (pthread_mutex_lock(&H->watch_lock) == EOWNERDEAD)
+    pthread_mutex_consistent(&H->watch_lock);
+}
+
+int lmp_watch(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i, fr = UINT32_MAX;
+  lock_watch();
+  for (i = 0; i < H->nwatch; i++) {
+    if (H->watch[i].obj == off && H->watch[i].slot == lmp_self_index) {
+      H->watch[i].n++;
+      pthread_mutex_unlock(&H->watch_lock);
+      return 0;
+    }
+    if (H->watch[i].obj == 0 && fr == UINT32_MAX) fr = i;
+  }
+  if (fr == UINT32_MAX) {
+    if (H->nwatch == LMP_MAX_WATCH) {
+      pthread_mutex_unlock(&H->watch_lock);
+      return -EAGAIN;
+    }
+    fr = H->nwatch++;
+  }
+  H->watch[fr].slot = lmp_self_index;
+  H->watch[fr].n = 1;
+  H->watch[fr].obj = off;
+  atomic_fetch_add(&o->watchers, 1);
+  pthread_mutex_unlock(&H->watch_lock);
+  return 0;
+}
+
+static void drop_watch(uint32_t i) {
+  lmp_obj *o = LMP_PTR(H->watch[i].obj);
+  atomic_fetch_sub(&o->watchers, 1);
+  H->watch[i].obj = 0;
+  while (H->nwatch > 0 && H->watch[H->nwatch - 1].obj == 0) H->nwatch--;
+}
+
+void lmp_unwatch(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i;
+  lock_watch();
+  for (i = 0; i < H->nwatch; i++) {
+    if (H->watch[i].obj == off && H->watch[i].slot == lmp_self_index) {
+      if (--H->watch[i].n == 0) drop_watch(i);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&H->watch_lock);
+}
+
+static void unwatch_slot(uint32_t idx) {
+  uint32_t i;
+  lock_watch();
+  for (i = 0; i < H->nwatch; i++)
+    if (H->watch[i].obj != 0 && H->watch[i].slot == idx) drop_watch(i);
+  pthread_mutex_unlock(&H->watch_lock);
+}
+
+void lmp_notify_watchers(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i;
+  if (atomic_load(&o->watchers) == 0) return;
+  lock_watch();
+  for (i = 0; i < H->nwatch; i++)
+    if (H->watch[i].obj == off) lmp_wake(H->watch[i].slot);
+  pthread_mutex_unlock(&H->watch_lock);
 }

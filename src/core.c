@@ -154,6 +154,7 @@ int lmp_open_core(lua_State *L) {
   luaL_newlib(L, core_funcs);
   lmp_open_process(L);
   lmp_open_blob(L);
+  lmp_open_queue(L);
   lua_pushinteger(L, LMP_MAX_PROCS);
   lua_setfield(L, -2, "max_processes");
   return 1;

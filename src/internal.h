@@ -72,7 +72,7 @@ typedef struct lmp_obj {
   uint16_t type;  /* LMP_T_* */
   uint16_t flags;
   _Atomic int32_t refs;
-  uint32_t pad;
+  _Atomic uint32_t watchers; /* processes watching it (lmp_watch) */
 } lmp_obj;
 
 #define LMP_OBJ_MAGIC 0x6f706d6cu /* "lmpo" */
@@ -91,7 +91,10 @@ enum {
 /* Called with the object when its last reference goes, before its memory is
  * freed; it releases what the object owns.  Must not block or raise. */
 typedef void (*lmp_dtor)(lmp_obj *o);
+/* Says whether block `blk` is still owned by object o (see lmp_pending). */
+typedef int (*lmp_owns_fn)(lmp_obj *o, lmp_off blk);
 void lmp_obj_settype(int type, const char *name, lmp_dtor dtor);
+void lmp_obj_setowns(int type, lmp_owns_fn owns);
 const char *lmp_obj_typename(int type);
 
 /* Allocates a zeroed object of `size` bytes (header included) with no
@@ -118,7 +121,9 @@ typedef struct lmp_slot {
   _Atomic uint32_t sleeping; /* 1 while blocked in the event loop */
   uint32_t gen;
   lmp_off refs; /* the hold table: see arena.c */
-  uint8_t pad[24];
+  _Atomic lmp_off waiting_on; /* futex word it sleeps on, 0 for `wake` */
+  _Atomic lmp_off pending_obj; /* see lmp_pending */
+  _Atomic lmp_off pending_blk;
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
@@ -141,14 +146,37 @@ void lmp_slot_release(uint32_t idx);
  * the slot). */
 void lmp_slot_retire(void);
 
+/* A block in transit between this process and object o (a message being
+ * put or taken): if the process dies before lmp_pending(NULL, NULL), its
+ * reaper frees the block unless o says it owns it.  So a kill at any
+ * moment neither leaks the block nor frees one the object still uses. */
+void lmp_pending(lmp_obj *o, void *blk);
+
+/* mp.wait support: this process watches o, and whoever changes o calls
+ * lmp_notify_watchers(o), which wakes every watcher.  -EAGAIN when the
+ * family's watch table is full. */
+int lmp_watch(lmp_obj *o);
+void lmp_unwatch(lmp_obj *o);
+void lmp_notify_watchers(lmp_obj *o);
+#define LMP_MAX_WATCH 4096
+
 /* This process takes (hold) or gives up (unhold) one reference to `o`.
  * Returns 0 or -ENOMEM when the hold table cannot grow. */
 int lmp_hold(lmp_obj *o);
 void lmp_unhold(lmp_obj *o);
 
-/* Wakes the process in slot `idx` (futex wake; a signal if it sleeps in
- * the event loop). */
+/* Wakes the process in slot `idx`: bumps its wake word and the word it
+ * sleeps on, and signals it (SIGURG) if it sleeps in the event loop.
+ * Async-signal-safe. */
 void lmp_wake(uint32_t idx);
+
+/* Bumps a futex word in the arena and wakes `n` of its sleepers (INT_MAX
+ * for all). */
+void lmp_futex_bump(_Atomic uint32_t *word, int n);
+/* Sleeps on word while it holds `seen`, at most until deadline (lmp_now
+ * scale; negative = no limit).  Returns when woken, on a signal or at the
+ * deadline; callers re-check their condition. */
+void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline);
 
 /* ---------------------------------------------------------------- codec.c */
 
@@ -239,6 +267,12 @@ void lmp_service(void);
 typedef int (*lmp_ready_fn)(void *ud);
 int lmp_wait(lmp_ready_fn ready, void *ud, double deadline);
 
+/* As lmp_wait, but sleeping on `word`, a futex word of a shared object
+ * that whoever changes the condition bumps (lmp_futex_bump).  Signals and
+ * lmp_wake bump it too, so they end the sleep. */
+int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
+                double deadline);
+
 /* Converts a Lua timeout argument at idx (nil = forever, <= 0 = now) to a
  * deadline for lmp_wait. */
 double lmp_deadline(lua_State *L, int idx);
@@ -286,6 +320,11 @@ int lmp_cpu_count(void);
 int lmp_run_atexit(lua_State *L);
 
 int lmp_open_process(lua_State *L); /* adds process functions to core */
+
+/* ---------------------------------------------------------------- queue.c */
+
+int lmp_open_queue(lua_State *L);   /* adds Queue & co. to core */
+int lmp_queue_ready(lmp_obj *o);    /* would a get not block? */
 int lmp_open_blob(lua_State *L);
 
 /* ------------------------------------------------------------------ core */

@@ -53,11 +53,10 @@ double lmp_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+static volatile sig_atomic_t sig_pending; /* the loop has signals to run */
+
 static void bump_self(void) {
-  if (lmp_self != NULL) {
-    atomic_fetch_add(&lmp_self->wake, 1);
-    syscall(SYS_futex, &lmp_self->wake, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-  }
+  if (lmp_self != NULL) lmp_wake(lmp_self_index);
 }
 
 static void call_prev(const struct sigaction *sa, int sig, siginfo_t *si,
@@ -73,6 +72,7 @@ static void call_prev(const struct sigaction *sa, int sig, siginfo_t *si,
 static void on_signal(int sig, siginfo_t *si, void *uc) {
   int saved = errno;
   call_prev(sig == SIGCHLD ? &uv_chld : &uv_urg, sig, si, uc);
+  sig_pending = 1;
   bump_self();
   errno = saved;
 }
@@ -163,6 +163,7 @@ void lmp_runtime_after_fork(void) {
 }
 
 void lmp_service(void) {
+  sig_pending = 0;
   if (loop != NULL) uv_run(loop, UV_RUN_NOWAIT);
   lmp_reap_children();
 }
@@ -220,26 +221,28 @@ int lmp_raise_interrupt(lua_State *L) {
 
 /* ------------------------------------------------------------------ wait */
 
-int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
+int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
+                double deadline) {
+  _Atomic uint32_t *w = word != NULL ? word : &lmp_self->wake;
+  int rc;
   install_sigint(); /* lua.c may have put its own back between calls */
+  if (word != NULL) atomic_store(&lmp_self->waiting_on, LMP_OFF(word));
   for (;;) {
-    uint32_t seq = atomic_load(&lmp_self->wake);
-    double now;
-    lmp_service();
-    if (ready(ud)) return 1;
-    if (lmp_sigint) return -EINTR;
-    now = lmp_now();
-    if (deadline >= 0 && now >= deadline) return 0;
-    if (deadline < 0) {
-      syscall(SYS_futex, &lmp_self->wake, FUTEX_WAIT, seq, NULL, NULL, 0);
-    } else {
-      struct timespec ts;
-      double left = deadline - now;
-      ts.tv_sec = (time_t)left;
-      ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
-      syscall(SYS_futex, &lmp_self->wake, FUTEX_WAIT, seq, &ts, NULL, 0);
-    }
+    uint32_t seq = atomic_load(w);
+    /* The loop runs when a signal asked for it; a plain wake-up costs no
+     * syscall. */
+    if (sig_pending) lmp_service();
+    if (ready(ud)) { rc = 1; break; }
+    if (lmp_sigint) { rc = -EINTR; break; }
+    if (deadline >= 0 && lmp_now() >= deadline) { rc = 0; break; }
+    lmp_futex_wait(w, seq, deadline);
   }
+  if (word != NULL) atomic_store(&lmp_self->waiting_on, 0);
+  return rc;
+}
+
+int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
+  return lmp_wait_on(NULL, ready, ud, deadline);
 }
 
 double lmp_deadline(lua_State *L, int idx) {

@@ -19,6 +19,10 @@ M.current_process = process.current_process
 M.parent_process = process.parent_process
 M.active_children = process.active_children
 
+M.Queue = core.Queue
+M.JoinableQueue = core.JoinableQueue
+M.SimpleQueue = core.SimpleQueue
+
 M.cpu_count = core.cpu_count
 M.sleep = core.sleep
 M.monotonic = core.monotonic
