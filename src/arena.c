@@ -676,6 +676,7 @@ void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline) {
     clock_gettime(CLOCK_MONOTONIC, &now);
     left = deadline - ((double)now.tv_sec + (double)now.tv_nsec * 1e-9);
     if (left <= 0) return;
+    if (left > 1e6) left = 1e6; /* the caller loops; keep tv_sec sane */
     ts.tv_sec = (time_t)left;
     ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
     syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);

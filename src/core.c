@@ -2,6 +2,8 @@
  * table of C mechanism and hands it to the Lua front (lua/luamp/), which is
  * compiled into the binary.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -58,8 +60,10 @@ static int never(void *ud) {
 /* sleep(seconds): sleeps while the process's own luamp work goes on. */
 static int core_sleep(lua_State *L) {
   lua_Number t = luaL_checknumber(L, 1);
+  luaL_argcheck(L, t == t, 1, "seconds must be a number, not NaN");
   luaL_argcheck(L, t >= 0, 1, "seconds must be non-negative");
-  if (lmp_wait(never, NULL, lmp_now() + t) < 0) return lmp_raise_interrupt(L);
+  if (lmp_wait(never, NULL, t >= 1e15 ? -1 : lmp_now() + t) < 0)
+    return lmp_raise_interrupt(L);
   return 0;
 }
 
@@ -92,6 +96,11 @@ static int core_stats(lua_State *L) {
 
 static int core_interrupted(lua_State *L) {
   lua_pushboolean(L, lmp_interrupted_flag);
+  return 1;
+}
+
+static int core_is_interrupt(lua_State *L) {
+  lua_pushboolean(L, lmp_is_interrupt(L, 1));
   return 1;
 }
 
@@ -142,6 +151,7 @@ static const luaL_Reg core_funcs[] = {
   {"monotonic", core_monotonic},
   {"stats", core_stats},
   {"interrupted", core_interrupted},
+  {"is_interrupt", core_is_interrupt},
   {"is_child", core_is_child},
   {"on_exit", core_on_exit},
   {"set_throw", core_set_throw},
@@ -155,6 +165,8 @@ int lmp_open_core(lua_State *L) {
   lmp_open_process(L);
   lmp_open_blob(L);
   lmp_open_queue(L);
+  lmp_open_pipe(L);
+  lmp_open_wait(L);
   lua_pushinteger(L, LMP_MAX_PROCS);
   lua_setfield(L, -2, "max_processes");
   return 1;
@@ -190,7 +202,12 @@ LUAMP_EXPORT int luaopen_luamp(lua_State *L) {
   lmp_open_embedded(L);
   patch_os_exit(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, HOSTED_KEY) == LUA_TNIL) {
-    /* A stock lua5.4: wait for children when the state closes. */
+    /* A stock lua5.4.  Our os.exit may close the state, which unloads
+     * this module while its code is still on the stack: stay loaded. */
+    Dl_info info;
+    if (dladdr((void *)luaopen_luamp, &info) && info.dli_fname != NULL)
+      dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    /* And wait for children when the state closes. */
     lua_newuserdatauv(L, 1, 0);
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, gc_sentinel);

@@ -16,10 +16,12 @@ struct luamp_host {
 };
 
 static luamp_host *last_host; /* keeps the state reachable for leak checks */
+int lmp_error_was_interrupt;
 
 /* The message handler: a traceback for strings, tostring for objects. */
 static int msghandler(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
+  lmp_error_was_interrupt = lmp_is_interrupt(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
       return 1;
@@ -46,9 +48,14 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   if (cfg == NULL) cfg = &defaults;
   rc = lmp_arena_init(cfg->arena_size);
   if (rc < 0) {
-    if (err != NULL)
-      *err = rc == -EINVAL ? "bad LUAMP_ARENA (expected a size such as 1G)"
-                           : "cannot reserve the shared arena";
+    static char msg[160];
+    if (rc == -EINVAL)
+      snprintf(msg, sizeof msg, "bad LUAMP_ARENA '%.40s' (expected a size "
+               "such as 256M or 4G)", getenv("LUAMP_ARENA"));
+    else
+      snprintf(msg, sizeof msg, "cannot reserve the shared arena (set a "
+               "smaller size with --arena or LUAMP_ARENA)");
+    if (err != NULL) *err = msg;
     return NULL;
   }
   if (lmp_runtime_init(cfg->loop) < 0) {

@@ -273,6 +273,15 @@ int lmp_wait(lmp_ready_fn ready, void *ud, double deadline);
 int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
                 double deadline);
 
+/* Waits until one of fds is ready (poll events in .revents), ready(ud)
+ * (may be NULL) holds, the deadline passes or SIGINT arrives, while
+ * children are reaped and lmp_wake can end the sleep (the process is
+ * marked sleeping, so wakers signal it).  Returns 1 when something is
+ * ready, 0 on timeout, -EINTR or -errno. */
+struct pollfd;
+int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
+                 double deadline);
+
 /* Converts a Lua timeout argument at idx (nil = forever, <= 0 = now) to a
  * deadline for lmp_wait. */
 double lmp_deadline(lua_State *L, int idx);
@@ -281,6 +290,9 @@ double lmp_deadline(lua_State *L, int idx);
  * lmp_take_interrupt, which consumes a pending SIGINT (flag and hook). */
 int lmp_raise_interrupt(lua_State *L);
 void lmp_take_interrupt(void);
+/* Is the value at idx the error a Ctrl-C raised? */
+int lmp_is_interrupt(lua_State *L, int idx);
+extern int lmp_error_was_interrupt; /* the host's last uncaught error */
 
 /* Installs the SIGINT handler that interrupts running Lua code in L. */
 void lmp_sigint_install(lua_State *L);
@@ -325,6 +337,13 @@ int lmp_open_process(lua_State *L); /* adds process functions to core */
 
 int lmp_open_queue(lua_State *L);   /* adds Queue & co. to core */
 int lmp_queue_ready(lmp_obj *o);    /* would a get not block? */
+
+/* ---------------------------------------------------------- pipe.c, wait.c */
+
+int lmp_open_pipe(lua_State *L);
+int lmp_open_wait(lua_State *L);
+int lmp_conn_buffered(lua_State *L, int idx, int *fd);
+int lmp_child_ended(lua_State *L, int idx);
 int lmp_open_blob(lua_State *L);
 
 /* ------------------------------------------------------------------ core */

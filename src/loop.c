@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -180,6 +181,7 @@ static void on_sigint(int sig) {
   int saved = errno;
   (void)sig;
   lmp_sigint = 1;
+  sig_pending = 1;
   if (int_L != NULL) /* as lua.c does: the hook raises at the next step */
     lua_sethook(int_L, int_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
                 1);
@@ -214,9 +216,25 @@ void lmp_take_interrupt(void) {
   lmp_interrupted_flag = 1;
 }
 
+/* The interruption is an error object of type KeyboardInterrupt, so that
+ * whoever catches an error can tell it from any other. */
 int lmp_raise_interrupt(lua_State *L) {
   lmp_take_interrupt();
-  return luaL_error(L, "interrupted!");
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.throw") != LUA_TFUNCTION)
+    return luaL_error(L, "interrupted!");
+  lua_pop(L, 1);
+  return lmp_throw(L, "KeyboardInterrupt", "interrupted");
+}
+
+int lmp_is_interrupt(lua_State *L, int idx) {
+  int is;
+  if (lua_type(L, idx) != LUA_TTABLE) return 0;
+  lua_pushliteral(L, "type");
+  lua_rawget(L, idx < 0 ? idx - 1 : idx);
+  is = lua_type(L, -1) == LUA_TSTRING &&
+       strcmp(lua_tostring(L, -1), "KeyboardInterrupt") == 0;
+  lua_pop(L, 1);
+  return is;
 }
 
 /* ------------------------------------------------------------------ wait */
@@ -245,12 +263,56 @@ int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
   return lmp_wait_on(NULL, ready, ud, deadline);
 }
 
+/*
+ * Waiting on descriptors.  The signals that must end a sleep (SIGINT,
+ * SIGCHLD, SIGURG) are blocked while the conditions are checked and
+ * unblocked atomically by ppoll, so one that lands between the check and
+ * the sleep interrupts the sleep instead of being missed.
+ */
+int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
+                 double deadline) {
+  sigset_t block, old;
+  int rc;
+  install_sigint();
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGCHLD);
+  sigaddset(&block, SIGURG);
+  sigprocmask(SIG_BLOCK, &block, &old);
+  atomic_store(&lmp_self->sleeping, 1);
+  for (;;) {
+    struct timespec ts, *tsp = NULL;
+    int n;
+    if (sig_pending) lmp_service();
+    if (ready != NULL && ready(ud)) { rc = 1; break; }
+    if (lmp_sigint) { rc = -EINTR; break; }
+    if (deadline >= 0) {
+      double left = deadline - lmp_now();
+      if (left < 0) left = 0;
+      if (left > 1e6) left = 1e6; /* we loop; keep tv_sec sane */
+      ts.tv_sec = (time_t)left;
+      ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+      tsp = &ts;
+    }
+    n = ppoll(fds, (nfds_t)nfds, tsp, &old);
+    if (n > 0) { rc = 1; break; }
+    if (n == 0 && deadline >= 0 && lmp_now() >= deadline) {
+      rc = ready != NULL ? ready(ud) : 0;
+      break;
+    }
+    if (n < 0 && errno != EINTR) { rc = -errno; break; }
+  }
+  atomic_store(&lmp_self->sleeping, 0);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  return rc;
+}
+
 double lmp_deadline(lua_State *L, int idx) {
   lua_Number t;
   if (lua_isnoneornil(L, idx)) return -1;
   t = luaL_checknumber(L, idx);
   if (t != t) luaL_argerror(L, idx, "timeout must be a number, not NaN");
-  if (t == HUGE_VAL) return -1;
+  if (t >= 1e15) return -1; /* math.huge and friends: no limit */
   if (t <= 0) return 0;
   return lmp_now() + t;
 }

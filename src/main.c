@@ -283,7 +283,7 @@ int main(int argc, char **argv) {
     }
   }
   exitcode = status == LUA_OK ? EXIT_SUCCESS : EXIT_FAILURE;
-  if (status != LUA_OK && luamp_interrupted()) {
+  if (status != LUA_OK && lmp_error_was_interrupt) {
     /* Ctrl-C ended the script: every child goes now, and the status says
      * why, as a shell reports a job killed by SIGINT. */
     lmp_terminate_children(0.5, 0);

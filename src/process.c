@@ -184,7 +184,7 @@ static int proc_fork(lua_State *L) {
     lmp_after_fork_child((uint32_t)slot);
     lua_settop(L, 1);
     if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-      if (lmp_interrupted_flag) { /* Ctrl-C: die of it, quietly */
+      if (lmp_is_interrupt(L, -1)) { /* Ctrl-C: die of it, quietly */
         lmp_run_atexit(L);
         fflush(NULL);
         lmp_slot_retire();
@@ -465,4 +465,12 @@ int lmp_open_process(lua_State *L) {
   lua_pop(L, 1);
   luaL_setfuncs(L, proc_funcs, 0);
   return 0;
+}
+
+/* For mp.wait: -1 if the value at idx is not a child handle (a sentinel)
+ * of this process, else 1 once the child has ended, 0 before. */
+int lmp_child_ended(lua_State *L, int idx) {
+  child_ud *u = luaL_testudata(L, idx, CHILD);
+  if (u == NULL || u->c == NULL || u->c->owner != getpid()) return -1;
+  return reap(u->c);
 }

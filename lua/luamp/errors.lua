@@ -11,6 +11,7 @@ local M = {}
 M.types = {
   "Empty", "Full", "TimeoutError", "EOFError", "BrokenBarrierError",
   "RemoteError", "WorkerLostError", "ProcessError", "AuthenticationError",
+  "KeyboardInterrupt",
 }
 
 local Error = {}

@@ -23,6 +23,37 @@ M.Queue = core.Queue
 M.JoinableQueue = core.JoinableQueue
 M.SimpleQueue = core.SimpleQueue
 
+M.Pipe = core.Pipe
+
+-- mp.wait(objects, [timeout]): the ready subset of connections, process
+-- sentinels (or Process objects) and queues, in the order given.
+function M.wait(objects, timeout)
+  if type(objects) ~= "table" then
+    error("bad argument #1 to 'wait' (table expected, got " ..
+          type(objects) .. ")", 2)
+  end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    error("bad argument #2 to 'wait' (number expected, got " ..
+          type(timeout) .. ")", 2)
+  end
+  local list, map = {}, nil
+  for i = 1, #objects do
+    local o = objects[i]
+    if getmetatable(o) == process.metatable then
+      map = map or {}
+      local s = o.sentinel
+      map[s] = o
+      o = s
+    end
+    list[i] = o
+  end
+  local ready = core.wait(list, timeout)
+  if map then
+    for i, o in ipairs(ready) do ready[i] = map[o] or o end
+  end
+  return ready
+end
+
 M.cpu_count = core.cpu_count
 M.sleep = core.sleep
 M.monotonic = core.monotonic

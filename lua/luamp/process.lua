@@ -36,6 +36,7 @@ local function checktimeout(fname, t)
   if t ~= nil and type(t) ~= "number" then
     argerror(1, fname, "number expected, got " .. type(t))
   end
+  if t ~= t then argerror(1, fname, "timeout must be a number, not NaN") end
 end
 
 local function checkclosed(self)
@@ -140,6 +141,7 @@ function Process:run()
 end
 
 local function report(e)
+  if core.is_interrupt(e) then return e end
   if type(e) ~= "string" then
     local m = getmetatable(e)
     e = (m and m.__tostring) and tostring(e)
@@ -166,7 +168,7 @@ local function bootstrap(self)
   self._child = nil
   local ok, err = xpcall(self.run, report, self)
   if not ok then
-    if core.interrupted() then error(err, 0) end -- dies of the SIGINT
+    if core.is_interrupt(err) then error(err, 0) end -- dies of the SIGINT
     stderr:write("Process ", tostring(self.name), ":\n", err, "\n")
     stderr:flush()
     return 1

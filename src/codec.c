@@ -1,0 +1,1407 @@
+/* codec.c -- the message codec: the one place that decides which Lua values
+ * may cross a process boundary, and turns them into bytes and back.  It also
+ * owns lmp_buf, the growable byte buffer messages are built in.
+ */
+
+/*
+ * The message format
+ * ==================
+ *
+ * A message is one version byte (VERSION) and one encoded value.  A value
+ * is a tag byte and what the tag calls for.  Lengths and counts are
+ * varints: 7 bits a byte, least significant group first, the high bit set
+ * on every byte but the last.  The decoder also accepts padded varints
+ * (0x83 0x80 0x00 is 3), which the encoder writes when it patches a count
+ * in place.  Messages never leave one machine and one build, so floats and
+ * MACs are in native byte order.
+ *
+ *   tag         what follows
+ *   0x00        nil
+ *   0x01, 0x02  false, true
+ *   0x03        an integer as a zigzag varint (0, -1, 1, -2... -> 0, 1, 2,
+ *               3...), so that small negatives are short
+ *   0x04        a float: the 8 bytes of the double (-0.0, inf, NaN kept)
+ *   0x05        a string: varint length, bytes (any bytes, NULs included)
+ *   0x06        a table: varint narr, one byte nhash, narr values (keys
+ *               1..narr), then key, value pairs, then 0x00 where a key
+ *               would be (a key is never nil).  nhash is the number of
+ *               pairs capped at 255: a hint to presize the table, no more
+ *   0x07        a Lua function: varint nups, varint len, an 8-byte MAC,
+ *               len bytes of lua_dump output (debug info kept, so
+ *               tracebacks name lines), then nups upvalues, each a value
+ *               or a join
+ *   0x08        ref: varint k, the k-th table or function of this message
+ *               (counted from 1 in the order their tags appear) met again;
+ *               this is how cycles and shared references survive
+ *   0x09        join, only in place of an upvalue: varint k, varint n.  The
+ *               upvalue is upvalue n of function k, shared with it
+ *               (lua_upvaluejoin) as it was in the sender
+ *   0x0a        the globals: the sender's globals table, decoded as the
+ *               receiver's.  A function's _ENV rebinds this way, as after
+ *               a fork
+ *   0x0b        a C function by name: varint length, module name, varint
+ *               length, field name; package.loaded[module][field]
+ *   0x0c        a module by name: varint length, name; package.loaded[name]
+ *   0x0d        a luamp object: varint type, varint arena offset
+ *   0x16, 0x17  a table or function (0x06, 0x07 with the keep bit 0x10)
+ *               that a later ref or join names; the decoder keeps these,
+ *               and only these, where refs can find them
+ *   0x40..0x7f  a string of tag - 0x40 bytes (0..63), then the bytes
+ *   0x80..0xff  the integer tag - 0x80 (0..127)
+ *
+ * Tables.  The array part of a table is the run of keys 1, 2, 3... that
+ * lua_next yields first; the rest, holes and all, go as pairs.  Metatables
+ * are not sent: the receiver gets plain tables.
+ *
+ * Sharing.  The encoder numbers tables and Lua functions as it first meets
+ * them and remembers them, by lua_topointer, in a small C hash; meeting one
+ * again writes a ref and sets the keep bit on its first tag.  Upvalues are
+ * remembered by lua_upvalueid in the same hash, so that a second closure
+ * over the same variable (or a recursive local function, whose upvalue is
+ * itself) writes a join or a ref.
+ *
+ * Names.  C functions cannot be copied, so they travel as the name they
+ * have in package.loaded: a reverse map, value -> encoded name, built from
+ * package.loaded (each module, and the C functions among the fields of each
+ * module table, modules other than _G first) and cached in the registry.
+ * A C function missing from it makes the encoder rebuild the map once.
+ * Tables are sent by name only when they are modules themselves (`local
+ * str = string`): a table that is merely reachable from a module, a global
+ * say, is data and is copied.  So is a module loaded after the map was last
+ * built; the next miss on a C function picks it up.
+ *
+ * Objects.  Each object written gains a reference owned by the message,
+ * taken once the whole message is written so that an error leaks none.
+ * lmp_msg_release walks a message without Lua and drops them.
+ *
+ * What cannot be sent (coroutines, light and foreign userdata, a C function
+ * with no name, nesting deeper than MAXDEPTH) raises "cannot send
+ * <root><path>: <reason>".  The path reads as Lua would index: args[2].file,
+ * value["a b"], value[true], value[<table>] for the value under a table
+ * key, value[<key>] for the key itself, and value[1]<upvalue fh> for an
+ * upvalue of the function at value[1].  It is built only on that error
+ * path, from the keys still on the stack, and cut at MAXPATH bytes.
+ *
+ * Decoding untrusted bytes
+ * ------------------------
+ * The decoder assumes nothing about its input.  Every read is bounds
+ * checked; a length or count larger than the bytes left is an error before
+ * anything is allocated, and a claimed array presizes at most 2^20 slots;
+ * nesting is capped at MAXDEPTH, as in the encoder; refs and joins must
+ * name a kept table or Lua function already decoded, and a join an upvalue
+ * it has; NaN keys are refused; object offsets must pass lmp_obj_check.
+ * Loading crafted bytecode can crash Lua, so each function's bytecode
+ * carries a MAC, SipHash-2-4 keyed with the family's secret
+ * (lmp_arena_key), and the decoder loads only bytecode whose MAC matches,
+ * in binary mode only.  Any failure raises "malformed message: <what>"; a
+ * name this process cannot resolve raises "cannot receive ...".
+ */
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define VERSION 1
+#define MAXDEPTH 200 /* nested tables and functions, as LUAI_MAXCCALLS */
+#define MAXPATH 200  /* bytes of path in an error message */
+
+/* Stack room: each level of nesting holds at most LEVELSTACK slots (a key
+ * and a value, or a table, key and value), and any level may push 8 more
+ * for a moment.  The first PRESTACK levels are reserved on entry, so that
+ * small messages check the stack once. */
+#define LEVELSTACK 3
+#define PRESTACK 16
+#define ENTRYSTACK (3 + 8 + PRESTACK * LEVELSTACK)
+
+enum {
+  T_NIL = 0x00, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_FUNC,
+  T_REF, T_JOIN, T_GLOBALS, T_NAME, T_MODULE, T_OBJ,
+  T_KEEP = 0x10,     /* on T_TABLE or T_FUNC: a ref or join names it */
+  T_SHORTSTR = 0x40, /* 0x40..0x7f */
+  T_FIXINT = 0x80    /* 0x80..0xff */
+};
+
+#define NORETURN __attribute__((noreturn))
+
+static const char NAMES_KEY = 'n'; /* registry: value -> encoded name */
+static const char DUMPS_KEY = 'd'; /* registry: function -> len, MAC, dump */
+static const char SPARE_KEY = 'b'; /* registry: encode()'s spare lmp_buf */
+#define SPARE_MAX ((size_t)64 << 10)
+
+/* ------------------------------------------------------------- SipHash */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                         \
+  do {                                                                   \
+    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);            \
+    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                               \
+    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                               \
+    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);            \
+  } while (0)
+
+static uint64_t le64(const unsigned char *p) {
+  uint64_t v = 0;
+  int i;
+  for (i = 7; i >= 0; i--) v = (v << 8) | p[i];
+  return v;
+}
+
+/* SipHash-2-4 (Aumasson and Bernstein) of in[0..n) under a 16-byte key. */
+static uint64_t siphash(const uint8_t *key, const unsigned char *in,
+                        size_t n) {
+  uint64_t k0 = le64(key), k1 = le64(key + 8), m, b = (uint64_t)n << 56;
+  uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
+  uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
+  const unsigned char *end = in + (n & ~(size_t)7);
+  int i;
+  for (; in != end; in += 8) {
+    m = le64(in);
+    v3 ^= m;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= m;
+  }
+  for (i = (int)(n & 7) - 1; i >= 0; i--) b |= (uint64_t)in[i] << (8 * i);
+  v3 ^= b;
+  SIPROUND;
+  SIPROUND;
+  v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The MAC of a function's bytecode, or 0 (with ok cleared) when there is no
+ * arena and so no key. */
+static uint64_t codemac(const char *code, size_t n, int *ok) {
+  *ok = lmp_arena_ready();
+  return *ok ? siphash(lmp_arena_key(), (const unsigned char *)code, n) : 0;
+}
+
+/* -------------------------------------------------------------- lmp_buf */
+
+#define BUF "luamp.buf"
+
+int lmp_buf_reserve(lmp_buf *b, size_t extra) {
+  size_t cap;
+  char *p;
+  if (b->cap - b->len >= extra) return 0;
+  if (extra > SIZE_MAX / 2 - b->len) return -ENOMEM;
+  cap = b->cap ? b->cap : 128;
+  while (cap < b->len + extra) cap *= 2;
+  p = realloc(b->data, cap);
+  if (p == NULL) return -ENOMEM;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+void lmp_buf_free(lmp_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+static int buf_close(lua_State *L) {
+  lmp_buf_free(luaL_checkudata(L, 1, BUF));
+  return 0;
+}
+
+static int buf_tostring(lua_State *L) {
+  lmp_buf *b = luaL_checkudata(L, 1, BUF);
+  lua_pushfstring(L, BUF " (%I bytes)", (lua_Integer)b->len);
+  return 1;
+}
+
+static const luaL_Reg buf_metameth[] = {
+  {"__gc", buf_close}, {"__close", buf_close},
+  {"__tostring", buf_tostring}, {NULL, NULL}
+};
+
+lmp_buf *lmp_buf_new(lua_State *L) {
+  lmp_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->data = NULL;
+  b->len = b->cap = 0;
+  if (luaL_newmetatable(L, BUF)) luaL_setfuncs(L, buf_metameth, 0);
+  lua_setmetatable(L, -2);
+  return b;
+}
+
+/* ------------------------------------------------------------ encoding */
+
+/* A table, function or upvalue already met.  For a table or function, idx
+ * is its number and pos the offset of its tag; for an upvalue, idx and pos
+ * are those of the first function seen closing over it, and n its index
+ * there. */
+typedef struct seen {
+  const void *p;
+  size_t pos;
+  uint32_t idx, n;
+} seen;
+
+/* How the encoder went down one level, kept so that an error can name the
+ * path to the bad value without costing anything on success. */
+typedef struct frame {
+  int kind; /* F_* */
+  int idx;  /* stack index of the key, or of the function */
+  lua_Integer i; /* array index, or upvalue number */
+} frame;
+
+enum { F_INDEX, F_FIELD, F_KEY, F_UPVAL };
+
+#define NINLINE 8 /* seen entries before the encoder allocates a hash */
+
+typedef struct enc {
+  lua_State *L;
+  lmp_buf *b;
+  const char *root;
+  size_t start;        /* where this message begins in b */
+  const void *globals; /* the globals table, NULL until needed */
+  int slot;   /* stack: slot = scratch memory, +1 names cache, +2 dumps */
+  int depth;  /* tables and functions entered */
+  int rebuilt; /* the names cache was built during this call */
+  struct names *names; /* the names cache, NULL until needed */
+  uint32_t nref;  /* tables and functions numbered */
+  size_t nobj;    /* objects written */
+  seen *ents;
+  size_t nents, cap;
+  uint32_t *hash; /* index + 1 into ents; NULL while cap == NINLINE */
+  seen inl[NINLINE];
+  frame frames[MAXDEPTH];
+} enc;
+
+static void encvalue(enc *e, int idx);
+
+/* Raises a message without a position, unlike luaL_error: the codec's
+ * errors are about a value, and its callers are mostly C. */
+static NORETURN void raisef(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_error(L);
+  __builtin_unreachable();
+}
+
+static NORETURN void nomem(enc *e) { raisef(e->L, "not enough memory"); }
+
+static int isident(const char *s, size_t n) {
+  static const char *const reserved[] = {
+    "and", "break", "do", "else", "elseif", "end", "false", "for",
+    "function", "goto", "if", "in", "local", "nil", "not", "or", "repeat",
+    "return", "then", "true", "until", "while", NULL
+  };
+  size_t i;
+  int k;
+  if (n == 0 || n > 40 || (s[0] >= '0' && s[0] <= '9')) return 0;
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (!(c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9')))
+      return 0;
+  }
+  for (k = 0; reserved[k] != NULL; k++)
+    if (strlen(reserved[k]) == n && memcmp(reserved[k], s, n) == 0) return 0;
+  return 1;
+}
+
+/* Writes "[key]", or ".key" for a name, for the key at idx into tmp (at
+ * least 128 bytes); returns the length. */
+static size_t keytext(lua_State *L, int idx, char *tmp) {
+  const size_t sz = 128;
+  int n;
+  switch (lua_type(L, idx)) {
+    case LUA_TSTRING: {
+      size_t len, i;
+      const char *s = lua_tolstring(L, idx, &len);
+      if (isident(s, len)) return (size_t)snprintf(tmp, sz, ".%s", s);
+      n = 0;
+      tmp[n++] = '[';
+      tmp[n++] = '"';
+      for (i = 0; i < len && n < 80; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+          tmp[n++] = '\\';
+          tmp[n++] = (char)c;
+        } else if (c == '\n') {
+          tmp[n++] = '\\';
+          tmp[n++] = 'n';
+        } else if (c < 32 || c == 127) {
+          n += snprintf(tmp + n, sz - (size_t)n, "\\%d", c);
+        } else {
+          tmp[n++] = (char)c;
+        }
+      }
+      if (i < len) n += snprintf(tmp + n, sz - (size_t)n, "...");
+      n += snprintf(tmp + n, sz - (size_t)n, "\"]");
+      break;
+    }
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx))
+        n = snprintf(tmp, sz, "[" LUA_INTEGER_FMT "]",
+                     (LUAI_UACINT)lua_tointeger(L, idx));
+      else
+        n = snprintf(tmp, sz, "[" LUA_NUMBER_FMT "]",
+                     (LUAI_UACNUMBER)lua_tonumber(L, idx));
+      break;
+    case LUA_TBOOLEAN:
+      n = snprintf(tmp, sz, "[%s]", lua_toboolean(L, idx) ? "true" : "false");
+      break;
+    default:
+      n = snprintf(tmp, sz, "[<%s>]", luaL_typename(L, idx));
+      break;
+  }
+  return (size_t)n;
+}
+
+/* Why the value at idx cannot be sent, in words, written into buf. */
+static const char *reason(lua_State *L, int idx, char *buf, size_t sz) {
+  switch (lua_type(L, idx)) {
+    case LUA_TLIGHTUSERDATA:
+      return "light userdata";
+    case LUA_TFUNCTION:
+      return "C function not named in package.loaded";
+    case LUA_TUSERDATA: {
+      int closed = luaL_getmetafield(L, idx, "__luamp") != LUA_TNIL;
+      if (closed) lua_pop(L, 1);
+      if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING) {
+        snprintf(buf, sz, closed ? "closed %.80s" : "userdata (%.80s)",
+                 lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return buf;
+      }
+      if (luaL_getmetafield(L, idx, "__name") != LUA_TNIL) lua_pop(L, 1);
+      return "userdata";
+    }
+    default:
+      return luaL_typename(L, idx);
+  }
+}
+
+/* Raises "cannot send <root><path>: <why>"; why NULL means the value at
+ * idx is of a kind that cannot be sent. */
+static NORETURN void fail(enc *e, int idx, const char *why) {
+  lua_State *L = e->L;
+  char buf[128], path[MAXPATH + 4], tmp[128];
+  size_t n = 0, k = 0;
+  int d;
+  lua_checkstack(L, 8); /* if it fails, the message is all that is lost */
+  for (d = 0; d < e->depth; d++) {
+    frame *f = &e->frames[d];
+    switch (f->kind) {
+      case F_INDEX:
+        k = (size_t)snprintf(tmp, sizeof tmp, "[" LUA_INTEGER_FMT "]",
+                             (LUAI_UACINT)f->i);
+        break;
+      case F_FIELD:
+        k = keytext(L, f->idx, tmp);
+        break;
+      case F_KEY:
+        k = (size_t)snprintf(tmp, sizeof tmp, "[<key>]");
+        break;
+      case F_UPVAL: {
+        const char *name = lua_getupvalue(L, f->idx, (int)f->i);
+        lua_pop(L, 1); /* the name lives in the function's prototype */
+        k = (size_t)snprintf(tmp, sizeof tmp, "<upvalue %.40s>",
+                             *name ? name : "?");
+        break;
+      }
+    }
+    if (n + k > MAXPATH) { /* cut at a whole step */
+      memcpy(path + n, "...", 3);
+      n += 3;
+      break;
+    }
+    memcpy(path + n, tmp, k);
+    n += k;
+  }
+  if (why == NULL) why = reason(L, idx, buf, sizeof buf);
+  lua_pushfstring(L, "cannot send %s", e->root);
+  lua_pushlstring(L, path, n);
+  lua_pushfstring(L, ": %s", why);
+  lua_concat(L, 3);
+  lua_error(L);
+  __builtin_unreachable();
+}
+
+static inline void need(enc *e, size_t n) {
+  if (e->b->cap - e->b->len < n && lmp_buf_reserve(e->b, n) != 0) nomem(e);
+}
+
+static inline char *putvarint(char *p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = (char)(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = (char)v;
+  return p;
+}
+
+static inline void putbyte(enc *e, int c) {
+  need(e, 1);
+  e->b->data[e->b->len++] = (char)c;
+}
+
+/* Appends a tag and a varint. */
+static void puttagv(enc *e, int tag, uint64_t v) {
+  char *p;
+  need(e, 11);
+  p = e->b->data + e->b->len;
+  *p++ = (char)tag;
+  e->b->len = (size_t)(putvarint(p, v) - e->b->data);
+}
+
+static void putbytes(enc *e, const char *s, size_t n) {
+  need(e, n);
+  memcpy(e->b->data + e->b->len, s, n);
+  e->b->len += n;
+}
+
+static size_t hashptr(const void *p) {
+  uint64_t x = (uint64_t)(uintptr_t)p;
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  return (size_t)x;
+}
+
+static seen *findseen(enc *e, const void *p) {
+  size_t i, m;
+  if (e->hash == NULL) {
+    for (i = 0; i < e->nents; i++)
+      if (e->ents[i].p == p) return &e->ents[i];
+    return NULL;
+  }
+  m = 2 * e->cap - 1;
+  for (i = hashptr(p) & m; e->hash[i] != 0; i = (i + 1) & m)
+    if (e->ents[e->hash[i] - 1].p == p) return &e->ents[e->hash[i] - 1];
+  return NULL;
+}
+
+static void hashin(enc *e, size_t k) {
+  size_t m = 2 * e->cap - 1, i = hashptr(e->ents[k].p) & m;
+  while (e->hash[i] != 0) i = (i + 1) & m;
+  e->hash[i] = (uint32_t)(k + 1);
+}
+
+/* Doubles the seen table.  Its memory is a userdata in the scratch slot, so
+ * that an error raised anywhere in the encoder frees it. */
+static void growseen(enc *e) {
+  lua_State *L = e->L;
+  size_t cap = e->cap * 2, k;
+  seen *ents;
+  if (cap > UINT32_MAX / 2) nomem(e);
+  ents = lua_newuserdatauv(L, cap * (sizeof(seen) + 2 * sizeof(uint32_t)), 0);
+  memcpy(ents, e->ents, e->nents * sizeof(seen));
+  e->ents = ents;
+  e->cap = cap;
+  e->hash = (uint32_t *)(ents + cap);
+  memset(e->hash, 0, 2 * cap * sizeof(uint32_t));
+  for (k = 0; k < e->nents; k++) hashin(e, k);
+  lua_replace(L, e->slot); /* drops the old memory */
+}
+
+static void addseen(enc *e, const void *p, size_t pos, uint32_t idx,
+                    uint32_t n) {
+  seen *s;
+  if (e->nents == e->cap) growseen(e);
+  s = &e->ents[e->nents];
+  s->p = p;
+  s->pos = pos;
+  s->idx = idx;
+  s->n = n;
+  if (e->hash != NULL) hashin(e, e->nents);
+  e->nents++;
+}
+
+/* Enters a table or function: checks depth and stack room. */
+static void enter(enc *e) {
+  if (e->depth >= MAXDEPTH) fail(e, 0, "nesting too deep");
+  if (e->depth >= PRESTACK && !lua_checkstack(e->L, LEVELSTACK + 8))
+    fail(e, 0, "stack overflow");
+  e->depth++;
+}
+
+/* Writes a ref to s, marking its first occurrence kept. */
+static void putref(enc *e, const seen *s) {
+  e->b->data[s->pos] |= T_KEEP;
+  puttagv(e, T_REF, s->idx);
+}
+
+/* ---- names: C functions and modules */
+
+static const void *globals(enc *e) {
+  if (e->globals == NULL) {
+    lua_rawgeti(e->L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+    e->globals = lua_topointer(e->L, -1);
+    lua_pop(e->L, 1);
+  }
+  return e->globals;
+}
+
+/* The names cache, registry[NAMES_KEY]: a userdata holding a set of the
+ * addresses of module tables, so that telling an ordinary table from a
+ * module costs no Lua call, with the map value -> encoded name as its user
+ * value.  The map's keys are strong, so no address in the set can be
+ * reused by a new table while the cache lives. */
+typedef struct names {
+  size_t mask;
+  const void *mods[1]; /* open addressing, mask + 1 slots */
+} names;
+
+static int ismodule(const names *nm, const void *p) {
+  size_t i;
+  for (i = hashptr(p) & nm->mask; nm->mods[i] != NULL; i = (i + 1) & nm->mask)
+    if (nm->mods[i] == p) return 1;
+  return 0;
+}
+
+/* Records map[value at v] = the encoding of module[.field], unless the
+ * value already has a name. */
+static void addname(lua_State *L, int map, int v, const char *mod,
+                    size_t mlen, const char *field, size_t flen) {
+  char tmp[24];
+  luaL_Buffer B;
+  lua_pushvalue(L, v);
+  if (lua_rawget(L, map) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, v);
+  luaL_buffinit(L, &B);
+  tmp[0] = field ? T_NAME : T_MODULE;
+  luaL_addlstring(&B, tmp, (size_t)(putvarint(tmp + 1, mlen) - tmp));
+  luaL_addlstring(&B, mod, mlen);
+  if (field) {
+    luaL_addlstring(&B, tmp, (size_t)(putvarint(tmp, flen) - tmp));
+    luaL_addlstring(&B, field, flen);
+  }
+  luaL_pushresult(&B);
+  lua_rawset(L, map);
+}
+
+/* Builds the names cache from package.loaded into the names slot and the
+ * registry.  Modules other than _G go first, so that string.format is
+ * named after string even if a global also holds it. */
+static void buildnames(enc *e) {
+  lua_State *L = e->L;
+  int map, loaded, pass;
+  size_t nmods = 0, cap = 8;
+  names *nm;
+  if (!lua_checkstack(L, 16)) nomem(e);
+  lua_createtable(L, 0, 256);
+  map = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    loaded = lua_gettop(L);
+    for (pass = 0; pass < 2; pass++) {
+      lua_pushnil(L);
+      while (lua_next(L, loaded)) {
+        size_t mlen;
+        const char *mod;
+        int t = lua_type(L, -1);
+        if (lua_type(L, -2) != LUA_TSTRING) {
+          lua_pop(L, 1);
+          continue;
+        }
+        mod = lua_tolstring(L, -2, &mlen);
+        if ((mlen == 2 && memcmp(mod, "_G", 2) == 0) != pass) {
+          lua_pop(L, 1);
+          continue;
+        }
+        if ((t == LUA_TTABLE && lua_topointer(L, -1) != globals(e)) ||
+            lua_iscfunction(L, -1))
+          addname(L, map, lua_gettop(L), mod, mlen, NULL, 0);
+        if (t == LUA_TTABLE) {
+          int m = lua_gettop(L);
+          nmods++;
+          lua_pushnil(L);
+          while (lua_next(L, m)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+              size_t flen;
+              const char *field = lua_tolstring(L, -2, &flen);
+              addname(L, map, lua_gettop(L), mod, mlen, field, flen);
+            }
+            lua_pop(L, 1);
+          }
+        }
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 1); /* package.loaded */
+  while (cap < 2 * nmods) cap *= 2;
+  nm = lua_newuserdatauv(L, offsetof(names, mods) + cap * sizeof(void *), 1);
+  nm->mask = cap - 1;
+  memset(nm->mods, 0, cap * sizeof(void *));
+  lua_pushnil(L);
+  while (lua_next(L, map)) {
+    if (lua_type(L, -2) == LUA_TTABLE) { /* only modules are table keys */
+      const void *p = lua_topointer(L, -2);
+      size_t i = hashptr(p) & nm->mask;
+      while (nm->mods[i] != NULL) i = (i + 1) & nm->mask;
+      nm->mods[i] = p;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, map);
+  lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
+  lua_replace(L, e->slot + 1);
+  lua_pop(L, 1); /* map */
+  e->names = nm;
+  e->rebuilt = 1;
+}
+
+/* Writes the name of the value at idx (at address p) and returns 1, or
+ * returns 0 when it has none.  For a table that is not a module this costs
+ * no Lua call. */
+static int putname(enc *e, int idx, const void *p, int table) {
+  lua_State *L = e->L;
+  if (e->names == NULL) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY) == LUA_TUSERDATA) {
+      e->names = lua_touserdata(L, -1);
+      lua_replace(L, e->slot + 1);
+    } else {
+      lua_pop(L, 1);
+      buildnames(e);
+    }
+  }
+  if (table && !ismodule(e->names, p)) return 0;
+  lua_getiuservalue(L, e->slot + 1, 1);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, -2) == LUA_TSTRING) {
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    putbytes(e, s, n);
+    lua_pop(L, 2);
+    return 1;
+  }
+  lua_pop(L, 2);
+  return 0;
+}
+
+static void enccfunction(enc *e, int idx) {
+  if (putname(e, idx, NULL, 0)) return;
+  if (!e->rebuilt) {
+    buildnames(e);
+    if (putname(e, idx, NULL, 0)) return;
+  }
+  fail(e, idx, NULL);
+}
+
+/* ---- tables */
+
+/* Rewrites the varint at pos, `width` bytes long, to hold v (v fits). */
+static void patchvarint(enc *e, size_t pos, uint64_t v, size_t width) {
+  char *p = e->b->data + pos;
+  size_t i;
+  for (i = 0; i + 1 < width; i++, v >>= 7) p[i] = (char)((v & 0x7f) | 0x80);
+  p[i] = (char)v;
+}
+
+/* Tables are walked once with lua_next, which yields the array part first
+ * and in order: the leading run of keys 1, 2, 3... goes as the array part,
+ * everything after it as pairs.  Its length is patched in at the end, in
+ * the width written for lua_rawlen, which is a border and so at least as
+ * long as any run that starts at 1. */
+static void enctable(enc *e, int idx) {
+  lua_State *L = e->L;
+  const void *tp = lua_topointer(L, idx);
+  const seen *s;
+  lua_Unsigned n, m = 0;
+  size_t pos, hintpos, npairs = 0;
+  int top, run;
+  frame *f;
+  if (tp == globals(e)) {
+    putbyte(e, T_GLOBALS);
+    return;
+  }
+  if ((s = findseen(e, tp)) != NULL) {
+    putref(e, s);
+    return;
+  }
+  if (putname(e, idx, tp, 1)) return;
+  enter(e);
+  f = &e->frames[e->depth - 1];
+  pos = e->b->len;
+  addseen(e, tp, pos, ++e->nref, 0);
+  n = lua_rawlen(L, idx);
+  puttagv(e, T_TABLE, n);
+  hintpos = e->b->len;
+  putbyte(e, 0);
+  run = n > 0;
+  top = lua_gettop(L) + 2; /* where lua_next leaves the value */
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (run) {
+      if (lua_isinteger(L, top - 1) &&
+          lua_tointeger(L, top - 1) == (lua_Integer)(m + 1)) {
+        f->kind = F_INDEX;
+        f->i = (lua_Integer)++m;
+        encvalue(e, top);
+        lua_settop(L, top - 1);
+        continue;
+      }
+      run = 0;
+    }
+    f->kind = F_KEY;
+    encvalue(e, top - 1);
+    f->kind = F_FIELD;
+    f->idx = top - 1;
+    encvalue(e, top);
+    lua_settop(L, top - 1);
+    npairs++;
+  }
+  putbyte(e, T_NIL);
+  if (m != n) patchvarint(e, pos + 1, m, hintpos - pos - 1);
+  e->b->data[hintpos] = (char)(npairs > 255 ? 255 : npairs);
+  e->depth--;
+}
+
+/* ---- Lua functions */
+
+static int dumpwriter(lua_State *L, const void *p, size_t n, void *ud) {
+  lmp_buf *b = ud;
+  (void)L;
+  if (lmp_buf_reserve(b, n) != 0) return 1;
+  memcpy(b->data + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+/* Appends "varint len, MAC, bytecode" for the function at idx, from the
+ * dump cache when it has it.  Bytecode depends only on the prototype, so a
+ * closure's dump can be reused for as long as the closure lives. */
+static void putcode(enc *e, int idx) {
+  lua_State *L = e->L;
+  lmp_buf *b = e->b;
+  size_t start = b->len, n, hl;
+  char hdr[18];
+  uint64_t mac;
+  int ok;
+  if (lua_isnil(L, e->slot + 2)) {
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DUMPS_KEY) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      lua_createtable(L, 0, 4);
+      lua_createtable(L, 0, 1);
+      lua_pushliteral(L, "k");
+      lua_setfield(L, -2, "__mode");
+      lua_setmetatable(L, -2);
+      lua_pushvalue(L, -1);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &DUMPS_KEY);
+    }
+    lua_replace(L, e->slot + 2);
+  }
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->slot + 2) == LUA_TSTRING) {
+    const char *s = lua_tolstring(L, -1, &n);
+    putbytes(e, s, n);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, idx);
+  ok = lua_dump(L, dumpwriter, b, 0) == 0;
+  lua_pop(L, 1);
+  if (!ok) nomem(e);
+  n = b->len - start;
+  mac = codemac(b->data + start, n, &ok);
+  if (!ok) fail(e, idx, "function (no shared arena to sign it with)");
+  hl = (size_t)(putvarint(hdr, n) - hdr);
+  memcpy(hdr + hl, &mac, 8);
+  hl += 8;
+  need(e, hl);
+  memmove(b->data + start + hl, b->data + start, n);
+  memcpy(b->data + start, hdr, hl);
+  b->len += hl;
+  lua_pushvalue(L, idx);
+  lua_pushlstring(L, b->data + start, b->len - start);
+  lua_rawset(L, e->slot + 2);
+}
+
+static void encfunction(enc *e, int idx) {
+  lua_State *L = e->L;
+  const void *fp = lua_topointer(L, idx);
+  const seen *s;
+  lua_Debug ar;
+  uint32_t fidx;
+  size_t pos;
+  int i;
+  frame *f;
+  if ((s = findseen(e, fp)) != NULL) {
+    putref(e, s);
+    return;
+  }
+  pos = e->b->len;
+  fidx = ++e->nref;
+  addseen(e, fp, pos, fidx, 0);
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">u", &ar);
+  puttagv(e, T_FUNC, ar.nups);
+  putcode(e, idx);
+  enter(e);
+  f = &e->frames[e->depth - 1];
+  f->kind = F_UPVAL;
+  f->idx = idx;
+  for (i = 1; i <= ar.nups; i++) {
+    const void *id = lua_upvalueid(L, idx, i);
+    if ((s = findseen(e, id)) != NULL) {
+      char *p;
+      e->b->data[s->pos] |= T_KEEP;
+      need(e, 21);
+      p = e->b->data + e->b->len;
+      *p++ = T_JOIN;
+      p = putvarint(p, s->idx);
+      e->b->len = (size_t)(putvarint(p, s->n) - e->b->data);
+      continue;
+    }
+    addseen(e, id, pos, fidx, (uint32_t)i);
+    lua_getupvalue(L, idx, i);
+    f->i = i;
+    encvalue(e, lua_gettop(L));
+    lua_pop(L, 1);
+  }
+  e->depth--;
+}
+
+static void encvalue(enc *e, int idx) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+      putbyte(e, T_NIL);
+      break;
+    case LUA_TBOOLEAN:
+      putbyte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+      break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        lua_Integer v = lua_tointeger(L, idx);
+        uint64_t z = (uint64_t)v << 1;
+        if (v >= 0 && v < 128)
+          putbyte(e, T_FIXINT + (int)v);
+        else
+          puttagv(e, T_INT, v < 0 ? ~z : z);
+      } else {
+        lua_Number v = lua_tonumber(L, idx);
+        need(e, 9);
+        e->b->data[e->b->len] = T_FLOAT;
+        memcpy(e->b->data + e->b->len + 1, &v, 8);
+        e->b->len += 9;
+      }
+      break;
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      char *p;
+      need(e, n + 11);
+      p = e->b->data + e->b->len;
+      if (n < 64) {
+        *p++ = (char)(T_SHORTSTR + n);
+      } else {
+        *p++ = T_STR;
+        p = putvarint(p, n);
+      }
+      memcpy(p, s, n);
+      e->b->len = (size_t)(p + n - e->b->data);
+      break;
+    }
+    case LUA_TTABLE:
+      enctable(e, idx);
+      break;
+    case LUA_TFUNCTION:
+      if (lua_iscfunction(L, idx))
+        enccfunction(e, idx);
+      else
+        encfunction(e, idx);
+      break;
+    case LUA_TUSERDATA: {
+      lmp_obj *o = lmp_toobj(L, idx);
+      char *p;
+      if (o == NULL) fail(e, idx, NULL);
+      need(e, 21);
+      p = e->b->data + e->b->len;
+      *p++ = T_OBJ;
+      p = putvarint(p, o->type);
+      e->b->len = (size_t)(putvarint(p, LMP_OFF(o)) - e->b->data);
+      e->nobj++;
+      break;
+    }
+    default:
+      fail(e, idx, NULL);
+  }
+}
+
+static int walk(const char *p, size_t n, void (*fn)(lmp_obj *));
+
+void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
+  enc e;
+  idx = lua_absindex(L, idx);
+  if (!lua_checkstack(L, ENTRYSTACK)) raisef(L, "stack overflow");
+  e.L = L;
+  e.b = b;
+  e.root = root ? root : "value";
+  e.start = b->len;
+  e.globals = NULL;
+  e.depth = e.rebuilt = 0;
+  e.names = NULL;
+  e.nref = 0;
+  e.nobj = 0;
+  e.ents = e.inl;
+  e.nents = 0;
+  e.cap = NINLINE;
+  e.hash = NULL;
+  e.slot = lua_gettop(L) + 1;
+  lua_settop(L, e.slot + 2); /* scratch memory, names cache, dump cache */
+  putbyte(&e, VERSION);
+  encvalue(&e, idx);
+  /* Only now that nothing can fail does the message own its objects. */
+  if (e.nobj > 0) walk(b->data + e.start, b->len - e.start, lmp_obj_incref);
+  lua_settop(L, e.slot - 1);
+}
+
+/* ------------------------------------------------------------ decoding */
+
+typedef struct dec {
+  lua_State *L;
+  const unsigned char *p, *end;
+  int depth;
+  int base;          /* stack index of the first value pushed */
+  int refs;          /* stack index of the kept values, 0 until needed */
+  lua_Integer count; /* tables and functions decoded */
+} dec;
+
+static void decvalue(dec *d);
+
+static NORETURN void bad(dec *d, const char *what) {
+  raisef(d->L, "malformed message: %s", what);
+}
+
+static uint64_t getvarint(dec *d) {
+  uint64_t v = 0;
+  int shift;
+  for (shift = 0;; shift += 7) {
+    unsigned c;
+    if (d->p == d->end) bad(d, "truncated");
+    c = *d->p++;
+    if (shift == 63 && c > 1) bad(d, "integer out of range");
+    v |= (uint64_t)(c & 0x7f) << shift;
+    if (c < 0x80) return v;
+  }
+}
+
+/* A length: no more than the bytes left. */
+static size_t getlen(dec *d) {
+  uint64_t n = getvarint(d);
+  if (n > (uint64_t)(d->end - d->p)) bad(d, "truncated");
+  return (size_t)n;
+}
+
+static void denter(dec *d) {
+  if (d->depth >= MAXDEPTH) bad(d, "nesting too deep");
+  if (d->depth >= PRESTACK && !lua_checkstack(d->L, LEVELSTACK + 8))
+    raisef(d->L, "stack overflow");
+  d->depth++;
+}
+
+/* Numbers the table or function on the top and keeps it if a ref or join
+ * will name it. */
+static void keep(dec *d, int tag) {
+  lua_State *L = d->L;
+  d->count++;
+  if (!(tag & T_KEEP)) return;
+  if (d->refs == 0) { /* slip it in under everything decoded so far */
+    lua_newtable(L);
+    lua_insert(L, d->base);
+    d->refs = d->base;
+  }
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, d->refs, d->count);
+}
+
+/* Pushes kept value k. */
+static void getref(dec *d, uint64_t k) {
+  if (d->refs == 0 || k == 0 || k > (uint64_t)d->count ||
+      lua_rawgeti(d->L, d->refs, (lua_Integer)k) == LUA_TNIL)
+    bad(d, "bad reference");
+}
+
+static void dectable(dec *d, int tag) {
+  lua_State *L = d->L;
+  uint64_t narr = getvarint(d), i;
+  int nhash;
+  if (narr > (uint64_t)(d->end - d->p)) bad(d, "truncated");
+  if (d->p == d->end) bad(d, "truncated");
+  nhash = *d->p++;
+  denter(d);
+  /* Presize, but let a huge claimed array grow as it really arrives. */
+  lua_createtable(L, narr > (1 << 20) ? 1 << 20 : (int)narr, nhash);
+  keep(d, tag);
+  for (i = 1; i <= narr; i++) {
+    decvalue(d);
+    lua_rawseti(L, -2, (lua_Integer)i);
+  }
+  for (;;) {
+    if (d->p == d->end) bad(d, "truncated");
+    if (*d->p == T_NIL) break;
+    if (*d->p == T_FLOAT && d->end - d->p > 8) {
+      lua_Number k;
+      memcpy(&k, d->p + 1, 8);
+      if (k != k) bad(d, "bad table key"); /* NaN */
+    }
+    decvalue(d); /* no other tag decodes to nil or NaN */
+    decvalue(d);
+    lua_rawset(L, -3);
+  }
+  d->p++;
+  d->depth--;
+}
+
+typedef struct reader {
+  const char *p;
+  size_t n;
+} reader;
+
+static const char *readcode(lua_State *L, void *ud, size_t *n) {
+  reader *r = ud;
+  const char *p = r->p;
+  (void)L;
+  *n = r->n;
+  r->n = 0;
+  return *n ? p : NULL;
+}
+
+static int nups(lua_State *L, int idx) {
+  lua_Debug ar;
+  lua_pushvalue(L, idx);
+  lua_getinfo(L, ">u", &ar);
+  return ar.nups;
+}
+
+static void decfunction(dec *d, int tag) {
+  lua_State *L = d->L;
+  uint64_t n = getvarint(d), mac;
+  size_t len = getlen(d);
+  reader r;
+  int i, ok;
+  if (n > 255) bad(d, "bad function");
+  if ((size_t)(d->end - d->p) < 8 || len > (size_t)(d->end - d->p) - 8)
+    bad(d, "truncated");
+  r.p = (const char *)d->p + 8;
+  r.n = len;
+  mac = codemac(r.p, len, &ok);
+  if (!ok || memcmp(&mac, d->p, 8) != 0) bad(d, "bad function signature");
+  d->p += 8 + len;
+  denter(d);
+  if (lua_load(L, readcode, &r, "=message", "b") != LUA_OK) {
+    lua_pop(L, 1);
+    bad(d, "bad function");
+  }
+  if (nups(L, -1) != (int)n) bad(d, "bad function");
+  keep(d, tag);
+  for (i = 1; i <= (int)n; i++) {
+    if (d->p < d->end && *d->p == T_JOIN) {
+      uint64_t k, j;
+      d->p++;
+      k = getvarint(d);
+      j = getvarint(d);
+      getref(d, k);
+      if (!lua_isfunction(L, -1) || lua_iscfunction(L, -1) || j == 0 ||
+          j > (uint64_t)nups(L, -1))
+        bad(d, "bad upvalue join");
+      lua_upvaluejoin(L, -2, i, -1, (int)j);
+      lua_pop(L, 1);
+    } else {
+      decvalue(d);
+      lua_setupvalue(L, -2, i);
+    }
+  }
+  d->depth--;
+}
+
+/* Copies s for an error message, making unprintable bytes '?'. */
+static void printable(char *buf, size_t sz, const unsigned char *s, size_t n) {
+  size_t i;
+  if (n > sz - 1) n = sz - 1;
+  for (i = 0; i < n; i++)
+    buf[i] = (s[i] >= 32 && s[i] < 127) ? (char)s[i] : '?';
+  buf[n] = '\0';
+}
+
+/* T_NAME and T_MODULE: resolve the name in this process's package.loaded. */
+static void decname(dec *d, int tag) {
+  lua_State *L = d->L;
+  const unsigned char *mod, *field = NULL;
+  size_t mlen, flen = 0;
+  char m[64], f[64];
+  int t;
+  mlen = getlen(d);
+  mod = d->p;
+  d->p += mlen;
+  if (tag == T_NAME) {
+    flen = getlen(d);
+    field = d->p;
+    d->p += flen;
+  }
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    lua_pushlstring(L, (const char *)mod, mlen);
+    t = lua_rawget(L, -2);
+    if (field != NULL && t == LUA_TTABLE) {
+      lua_pushlstring(L, (const char *)field, flen);
+      t = lua_rawget(L, -2);
+      lua_remove(L, -2);
+      if (t == LUA_TFUNCTION) {
+        lua_remove(L, -2);
+        return;
+      }
+    } else if (field == NULL && (t == LUA_TTABLE || t == LUA_TFUNCTION)) {
+      lua_remove(L, -2);
+      return;
+    }
+  }
+  printable(m, sizeof m, mod, mlen);
+  if (field == NULL)
+    raisef(L, "cannot receive module %s: not loaded here", m);
+  printable(f, sizeof f, field, flen);
+  raisef(L, "cannot receive C function %s.%s: not loaded here", m, f);
+}
+
+static void decobject(dec *d) {
+  uint64_t type = getvarint(d), off = getvarint(d);
+  if (type == 0 || type >= LMP_T_MAX || !lmp_obj_check(off, (int)type))
+    bad(d, "bad object reference");
+  lmp_pushobj(d->L, LMP_PTR(off));
+}
+
+static void decvalue(dec *d) {
+  lua_State *L = d->L;
+  int tag;
+  if (d->p == d->end) bad(d, "truncated");
+  tag = *d->p++;
+  if (tag >= T_FIXINT) {
+    lua_pushinteger(L, tag - T_FIXINT);
+    return;
+  }
+  if (tag >= T_SHORTSTR) {
+    size_t n = (size_t)(tag - T_SHORTSTR);
+    if (n > (size_t)(d->end - d->p)) bad(d, "truncated");
+    lua_pushlstring(L, (const char *)d->p, n);
+    d->p += n;
+    return;
+  }
+  switch (tag) {
+    case T_NIL:
+      lua_pushnil(L);
+      break;
+    case T_FALSE:
+    case T_TRUE:
+      lua_pushboolean(L, tag == T_TRUE);
+      break;
+    case T_INT: {
+      uint64_t z = getvarint(d);
+      lua_pushinteger(L, (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1));
+      break;
+    }
+    case T_FLOAT: {
+      lua_Number v;
+      if (d->end - d->p < 8) bad(d, "truncated");
+      memcpy(&v, d->p, 8);
+      d->p += 8;
+      lua_pushnumber(L, v);
+      break;
+    }
+    case T_STR: {
+      size_t n = getlen(d);
+      lua_pushlstring(L, (const char *)d->p, n);
+      d->p += n;
+      break;
+    }
+    case T_TABLE:
+    case T_TABLE | T_KEEP:
+      dectable(d, tag);
+      break;
+    case T_FUNC:
+    case T_FUNC | T_KEEP:
+      decfunction(d, tag);
+      break;
+    case T_REF:
+      getref(d, getvarint(d));
+      break;
+    case T_GLOBALS:
+      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+      break;
+    case T_NAME:
+    case T_MODULE:
+      decname(d, tag);
+      break;
+    case T_OBJ:
+      decobject(d);
+      break;
+    default:
+      bad(d, "unknown tag");
+  }
+}
+
+void lmp_decode(lua_State *L, const char *p, size_t n) {
+  dec d;
+  if (!lua_checkstack(L, ENTRYSTACK)) raisef(L, "stack overflow");
+  d.L = L;
+  d.p = (const unsigned char *)p;
+  d.end = d.p + n;
+  d.depth = 0;
+  d.count = 0;
+  d.refs = 0;
+  if (n == 0) bad(&d, "empty");
+  if (*d.p++ != VERSION) bad(&d, "unknown version");
+  d.base = lua_gettop(L) + 1;
+  decvalue(&d);
+  if (d.p != d.end) bad(&d, "trailing bytes");
+  if (d.refs != 0) lua_remove(L, d.refs);
+}
+
+/* ------------------------------------------------------------- walking */
+
+/* Walks a message without Lua, calling fn on every object it names that
+ * lmp_obj_check accepts.  Stops at the first thing it cannot read. */
+
+typedef struct walker {
+  const unsigned char *p, *end;
+  void (*fn)(lmp_obj *);
+} walker;
+
+static int wvarint(walker *w, uint64_t *v) {
+  int shift;
+  *v = 0;
+  for (shift = 0; shift < 64; shift += 7) {
+    unsigned c;
+    if (w->p == w->end) return -1;
+    c = *w->p++;
+    *v |= (uint64_t)(c & 0x7f) << shift;
+    if (c < 0x80) return 0;
+  }
+  return -1;
+}
+
+static int wskip(walker *w, uint64_t n) {
+  if (n > (uint64_t)(w->end - w->p)) return -1;
+  w->p += n;
+  return 0;
+}
+
+static int wlen(walker *w) {
+  uint64_t n;
+  return wvarint(w, &n) < 0 ? -1 : wskip(w, n);
+}
+
+static int wvalue(walker *w, int depth) {
+  uint64_t n, k, i;
+  int tag;
+  if (w->p == w->end) return -1;
+  tag = *w->p++;
+  if (tag >= T_FIXINT) return 0;
+  if (tag >= T_SHORTSTR) return wskip(w, (uint64_t)(tag - T_SHORTSTR));
+  switch (tag) {
+    case T_NIL: case T_FALSE: case T_TRUE: case T_GLOBALS:
+      return 0;
+    case T_INT: case T_REF:
+      return wvarint(w, &n);
+    case T_FLOAT:
+      return wskip(w, 8);
+    case T_STR: case T_MODULE:
+      return wlen(w);
+    case T_NAME:
+      return wlen(w) < 0 ? -1 : wlen(w);
+    case T_TABLE:
+    case T_TABLE | T_KEEP:
+      if (depth >= MAXDEPTH || wvarint(w, &n) < 0 || wskip(w, 1) < 0)
+        return -1;
+      for (i = 0; i < n; i++)
+        if (wvalue(w, depth + 1) < 0) return -1;
+      for (;;) {
+        if (w->p == w->end) return -1;
+        if (*w->p == T_NIL) return wskip(w, 1);
+        if (wvalue(w, depth + 1) < 0 || wvalue(w, depth + 1) < 0) return -1;
+      }
+    case T_FUNC:
+    case T_FUNC | T_KEEP:
+      if (depth >= MAXDEPTH || wvarint(w, &n) < 0 || n > 255 ||
+          wvarint(w, &k) < 0 || wskip(w, 8) < 0 || wskip(w, k) < 0)
+        return -1;
+      for (i = 0; i < n; i++) {
+        if (w->p < w->end && *w->p == T_JOIN) {
+          w->p++;
+          if (wvarint(w, &k) < 0 || wvarint(w, &k) < 0) return -1;
+        } else if (wvalue(w, depth + 1) < 0) {
+          return -1;
+        }
+      }
+      return 0;
+    case T_OBJ:
+      if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
+      if (k > 0 && k < LMP_T_MAX && lmp_obj_check(n, (int)k))
+        w->fn(LMP_PTR(n));
+      return 0;
+    default:
+      return -1;
+  }
+}
+
+static int walk(const char *p, size_t n, void (*fn)(lmp_obj *)) {
+  walker w;
+  if (n == 0 || p[0] != VERSION) return -1;
+  w.p = (const unsigned char *)p + 1;
+  w.end = (const unsigned char *)p + n;
+  w.fn = fn;
+  return wvalue(&w, 0);
+}
+
+void lmp_msg_release(const char *p, size_t n) { walk(p, n, lmp_obj_decref); }
+
+/* ------------------------------------------------------------ bindings */
+
+/* encode(v) -> string.  The string owns no references: it can be decoded
+ * only while the objects it names are still alive elsewhere.  A spare
+ * buffer waits in the registry between calls; a call takes it out while it
+ * works, so that a nested call (from a finalizer) or an error cannot share
+ * or lose it, and only a buffer of modest size is put back. */
+int lmp_codec_encode(lua_State *L) {
+  lmp_buf *b;
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SPARE_KEY) == LUA_TUSERDATA) {
+    b = lua_touserdata(L, 2);
+    b->len = 0;
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &SPARE_KEY);
+  } else {
+    lua_pop(L, 1);
+    b = lmp_buf_new(L);
+  }
+  lmp_encode(L, 1, "value", b);
+  lmp_msg_release(b->data, b->len);
+  lua_pushlstring(L, b->data, b->len);
+  if (b->cap <= SPARE_MAX) {
+    lua_pushvalue(L, 2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &SPARE_KEY);
+  } else {
+    lmp_buf_free(b);
+  }
+  return 1;
+}
+
+/* decode(s) -> value */
+int lmp_codec_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lmp_decode(L, s, n);
+  return 1;
+}

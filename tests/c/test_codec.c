@@ -1,0 +1,599 @@
+/* test_codec.c -- round trips, error paths, hostile input and speed of the
+ * message codec.  Two lua_States stand for the sending and the receiving
+ * process; shared objects are checked within one state.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <lualib.h>
+
+#include "internal.h"
+
+static int failures;
+
+#define FAIL(...)                                               \
+  do {                                                          \
+    fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);             \
+    fprintf(stderr, __VA_ARGS__);                               \
+    fputc('\n', stderr);                                        \
+    failures++;                                                 \
+  } while (0)
+
+#define ASSERT_TRUE(c) \
+  do { if (!(c)) FAIL("expected %s", #c); } while (0)
+
+#define ASSERT_INT_EQ(a, b)                                               \
+  do {                                                                    \
+    long long a_ = (long long)(a), b_ = (long long)(b);                   \
+    if (a_ != b_) FAIL("%s == %s: got %lld, want %lld", #a, #b, a_, b_);  \
+  } while (0)
+
+#define ASSERT_STR_EQ(a, b)                                               \
+  do {                                                                    \
+    const char *a_ = (a), *b_ = (b);                                      \
+    if (a_ == NULL || strcmp(a_, b_) != 0)                                \
+      FAIL("%s: got \"%s\", want \"%s\"", #a, a_ ? a_ : "(null)", b_);    \
+  } while (0)
+
+#define ASSERT_PREFIX(a, b)                                               \
+  do {                                                                    \
+    const char *a_ = (a), *b_ = (b);                                      \
+    if (a_ == NULL || strncmp(a_, b_, strlen(b_)) != 0)                   \
+      FAIL("%s: got \"%s\", want it to start \"%s\"", #a,                 \
+           a_ ? a_ : "(null)", b_);                                       \
+  } while (0)
+
+/* Lua helpers shared by the test chunks: same() compares type, subtype and
+ * value (NaN equal to NaN, -0.0 apart from 0.0) and names both sides;
+ * fails() runs f and wants exactly the error message `want`. */
+static const char prelude[] =
+  "function same(got, want, what)\n"
+  "  local ok\n"
+  "  if type(got) == 'number' and type(want) == 'number' then\n"
+  "    if want ~= want then ok = got ~= got\n"
+  "    else ok = got == want and math.type(got) == math.type(want)\n"
+  "      and (want ~= 0 or 1/got == 1/want) end\n"
+  "  else ok = rawequal(got, want) end\n"
+  "  if not ok then\n"
+  "    error(string.format('%s: got %s (%s), want %s (%s)', what or 'value',\n"
+  "      tostring(got), math.type(got) or type(got),\n"
+  "      tostring(want), math.type(want) or type(want)), 2)\n"
+  "  end\n"
+  "end\n"
+  "function rt(v) return decode(encode(v)) end\n"
+  "function fails(f, want)\n"
+  "  local ok, err = pcall(f)\n"
+  "  if ok then error('no error; wanted: ' .. want, 2) end\n"
+  "  if err ~= want then\n"
+  "    error(string.format('error: got %q, want %q', tostring(err), want), 2)\n"
+  "  end\n"
+  "end\n";
+
+static int unnamed(lua_State *L) {
+  lua_pushliteral(L, "unnamed");
+  return 1;
+}
+
+static lua_State *newstate(void) {
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  lua_register(L, "encode", lmp_codec_encode);
+  lua_register(L, "decode", lmp_codec_decode);
+  lua_newtable(L);
+  lmp_open_blob(L); /* core.blob(n) makes a shared object */
+  lua_setglobal(L, "core");
+  /* A C function reachable from no module, and a light userdata. */
+  lua_pushcfunction(L, unnamed);
+  lua_setfield(L, LUA_REGISTRYINDEX, "test.unnamed");
+  lua_pushlightuserdata(L, &failures);
+  lua_setfield(L, LUA_REGISTRYINDEX, "test.light");
+  if (luaL_dostring(L, prelude) != LUA_OK) {
+    fprintf(stderr, "prelude: %s\n", lua_tostring(L, -1));
+    exit(2);
+  }
+  return L;
+}
+
+/* Runs a test chunk; it reports failures by raising. */
+#define RUN(L, code) run(L, code, __LINE__)
+static void run(lua_State *L, const char *code, int line) {
+  if (luaL_dostring(L, code) != LUA_OK) {
+    fprintf(stderr, "%s:%d: %s\n", __FILE__, line, lua_tostring(L, -1));
+    failures++;
+  }
+  lua_settop(L, 0);
+}
+
+static lua_State *S, *R; /* sender and receiver */
+
+/* Copies the sender's global `msg` to the receiver. */
+static void carry(void) {
+  size_t n;
+  const char *s;
+  lua_getglobal(S, "msg");
+  s = lua_tolstring(S, -1, &n);
+  ASSERT_TRUE(s != NULL);
+  lua_pushlstring(R, s ? s : "", s ? n : 0);
+  lua_setglobal(R, "msg");
+  lua_pop(S, 1);
+}
+
+static void test_scalars(void) {
+  RUN(S,
+      "local vals = {false, true, 0, 1, -1, 63, 64, 127, 128, -128, 255, 256,"
+      "  2^31, -2^31, 2^53, math.maxinteger, math.mininteger,"
+      "  math.maxinteger - 1, math.mininteger + 1, 1 << 62, -(1 << 62),"
+      "  0.0, -0.0, 1.5, -1.5, 1/0, -1/0, 0/0, 1e308, 5e-324, 2.0^63,"
+      "  3.0, math.pi, '', 'a', ('x'):rep(63), ('y'):rep(64),"
+      "  ('z'):rep(100000), '\\0', 'a\\0b\\0', '\\255\\254\\0\\1'}\n"
+      "local all = {}\n"
+      "for i = 1, #vals do\n"
+      "  same(rt(vals[i]), vals[i], 'scalar ' .. i)\n"
+      "  all[i] = vals[i]\n"
+      "end\n"
+      "same(rt(nil), nil, 'nil')\n"
+      "same(select('#', rt(nil)), 1, 'decode returns one value')\n"
+      "local back = rt(all)\n"
+      "for i = 1, #vals do same(back[i], vals[i], 'in table ' .. i) end\n"
+      "same(#back, #vals, 'length')\n"
+      "same(#encode(5), 2, 'small integers take one byte')\n"
+      "same(#encode('abc'), 5, 'short strings take one tag byte')\n"
+      "same(#encode(-1), 3, 'small negatives are zigzagged')\n"
+      "msg = encode(all)\n");
+  carry();
+  RUN(R,
+      "local t = decode(msg)\n"
+      "same(t[1], false) same(t[2], true) same(t[16], math.maxinteger)\n"
+      "same(t[17], math.mininteger) same(t[23], -0.0) same(t[26], 1/0)\n"
+      "same(t[28], 0/0) same(t[41], '\\255\\254\\0\\1')\n");
+}
+
+static void test_tables(void) {
+  RUN(S,
+      "local t = {1, 2, 3, x = 'y', [1.5] = 'f', [true] = 't', [false] = 0,\n"
+      "  [-7] = 'neg', [100] = 'far', sub = {a = {b = {c = 'deep'}}}}\n"
+      "local r = rt(t)\n"
+      "same(#r, 3) same(r[1], 1) same(r[3], 3) same(r.x, 'y')\n"
+      "same(r[1.5], 'f') same(r[true], 't') same(r[false], 0)\n"
+      "same(r[-7], 'neg') same(r[100], 'far') same(r.sub.a.b.c, 'deep')\n"
+      /* holes end the array part; the rest still arrive */
+      "local h = {1, 2, nil, 4, nil, nil, 7}\n"
+      "local rh = rt(h)\n"
+      "for i = 1, 7 do same(rh[i], h[i], 'hole ' .. i) end\n"
+      /* a big table, with more than 255 pairs */
+      "local big = {}\n"
+      "for i = 1, 100000 do big[i] = i * 2 end\n"
+      "for i = 1, 1000 do big['k' .. i] = -i end\n"
+      "local rb = rt(big)\n"
+      "same(#rb, 100000) same(rb[99999], 199998) same(rb.k1000, -1000)\n"
+      "local n = 0 for _ in pairs(rb) do n = n + 1 end same(n, 101000)\n"
+      /* cycles and shared references */
+      "local c = {} c.self = c c[1] = c\n"
+      "local rc = rt(c)\n"
+      "same(rc.self, rc, 'cycle') same(rc[1], rc, 'cycle in array')\n"
+      "local a = {v = 1}\n"
+      "local s = rt({a, a, x = a, {y = a}})\n"
+      "same(s[1], s[2], 'shared') same(s.x, s[1]) same(s[3].y, s[1])\n"
+      "same(s[1].v, 1)\n"
+      /* many tables: the seen set outgrows its inline slots */
+      "local arr = {}\n"
+      "for i = 1, 10000 do arr[i] = {i} end\n"
+      "arr.again = arr[5000]\n"
+      "local ra = rt(arr)\n"
+      "same(ra.again, ra[5000], 'shared among many')\n"
+      "same(ra[10000][1], 10000)\n"
+      /* integer keys that live in the hash part */
+      "local hk = {a = 1, b = 2, c = 3} hk[1] = 'x' hk[2] = 'y'\n"
+      "local rk2 = rt(hk)\n"
+      "same(rk2[1], 'x') same(rk2[2], 'y') same(rk2.c, 3)\n"
+      /* tables as keys, shared with values */
+      "local k = {name = 'key'}\n"
+      "local rk = rt({[k] = 'v', k = k})\n"
+      "same(rk[rk.k], 'v', 'table key') same(rk.k.name, 'key')\n"
+      /* metatables are not sent */
+      "local m = rt(setmetatable({1}, {__index = function() return 9 end}))\n"
+      "same(getmetatable(m), nil, 'metatable') same(m[5], nil)\n"
+      /* 200 nested tables go; 201 do not */
+      "local function nest(n)\n"
+      "  local t = {} local r = t\n"
+      "  for i = 2, n do local x = {} r[1] = x r = x end\n"
+      "  return t\n"
+      "end\n"
+      "local d = rt(nest(200))\n"
+      "for i = 2, 200 do d = d[1] end same(next(d), nil, 'innermost')\n"
+      "local ok, err = pcall(encode, nest(201))\n"
+      "same(ok, false)\n"
+      "assert(err:find('^cannot send value%[1%]'), err)\n"
+      "assert(err:find('%.%.%.: nesting too deep$'), err)\n"
+      "assert(#err < 260, 'path is capped: ' .. #err)\n"
+      "same(pcall(encode, nest(10000)), false, 'very deep')\n");
+}
+
+static void test_functions(void) {
+  RUN(S,
+      "who = 'sender'\n"
+      "local n = 0\n"
+      "local function inc() n = n + 1 return n end\n"
+      "local function get() return n end\n"
+      "local function fact(k) return k <= 1 and 1 or k * fact(k - 1) end\n"
+      "local t\n"
+      "local function h() return t end\n"
+      "t = {h}\n"
+      "local function k() return t end\n"
+      "local fmt, str, g = string.format, string, _G\n"
+      "local function env() return who, fmt('%d', 7), str.upper('x'), g end\n"
+      "local function boom() error('boom') end\n"
+      "local function zero() return 0 end\n"
+      "local cnt, many = 0, {}\n"
+      "for i = 1, 50 do many[i] = function() cnt = cnt + i return cnt end end\n"
+      "msg = encode({inc = inc, get = get, fact = fact, k = k, env = env,\n"
+      "              boom = boom, twice = {inc, inc}, zero = zero,\n"
+      "              many = many})\n"
+      "same(encode(fact), encode(fact), 'encoding is repeatable')\n");
+  carry();
+  RUN(R,
+      "who = 'receiver'\n"
+      "local f = decode(msg)\n"
+      "same(f.inc(), 1) same(f.inc(), 2) same(f.get(), 2, 'shared upvalue')\n"
+      "same(f.twice[1], f.inc, 'same function twice')\n"
+      "same(f.fact(10), 3628800, 'recursive local function')\n"
+      "local t = f.k()\n"
+      "same(t[1](), t, 'upvalue shared through a table')\n"
+      "local w, s, u, g = f.env()\n"
+      "same(w, 'receiver', '_ENV rebinds') same(s, '7') same(u, 'X')\n"
+      "same(g, _G, 'globals by reference')\n"
+      "same(f.zero(), 0, 'no upvalues')\n"
+      "same(f.many[1](), 1) same(f.many[2](), 3) same(f.many[50](), 53)\n"
+      "local ok, err = pcall(f.boom)\n"
+      "assert(err:find(':%d+: boom$'), 'line info kept: ' .. err)\n");
+}
+
+static void test_names(void) {
+  RUN(S,
+      "msg = encode({string.format, string, math.floor, print, math,\n"
+      "              require, io.write, string.format})\n"
+      "same(rt(string.format), string.format, 'C function by name')\n"
+      "same(rt(string), string, 'module by name')\n");
+  carry();
+  RUN(R,
+      "local t = decode(msg)\n"
+      "same(t[1], string.format) same(t[2], string) same(t[3], math.floor)\n"
+      "same(t[4], print) same(t[5], math) same(t[6], require)\n"
+      "same(t[7], io.write) same(t[8], t[1])\n");
+  /* A module loaded after the names were cached is found on a miss, and a
+   * module name with a dot is one name. */
+  RUN(S,
+      "local unnamed = debug.getregistry()['test.unnamed']\n"
+      "fails(function() encode({f = unnamed}) end,\n"
+      "  'cannot send value.f: C function not named in package.loaded')\n"
+      "package.loaded['my.mod'] = {cf = unnamed}\n"
+      "same(rt(unnamed), unnamed, 'found after a rebuild')\n"
+      "msg = encode(unnamed)\n");
+  carry();
+  RUN(R,
+      "fails(function() decode(msg) end,\n"
+      "  'cannot receive C function my.mod.cf: not loaded here')\n"
+      "package.loaded['my.mod'] = {cf = print}\n"
+      "same(decode(msg), print, 'resolved by name here')\n");
+}
+
+static void test_errors(void) {
+  RUN(S,
+      "local co = coroutine.create(print)\n"
+      "fails(function() encode(co) end, 'cannot send value: thread')\n"
+      "fails(function() encode({1, {file = io.stdout}}) end,\n"
+      "  'cannot send value[2].file: userdata (FILE*)')\n"
+      "local fh = io.stdout\n"
+      "local function w() return fh end\n"
+      "fails(function() encode({w}) end,\n"
+      "  'cannot send value[1]<upvalue fh>: userdata (FILE*)')\n"
+      "fails(function() encode({['a b'] = co}) end,\n"
+      "  'cannot send value[\"a b\"]: thread')\n"
+      "fails(function() encode({['end'] = co}) end,\n"
+      "  'cannot send value[\"end\"]: thread')\n"
+      "fails(function() encode({['q\"\\n'] = co}) end,\n"
+      "  'cannot send value[\"q\\\\\"\\\\n\"]: thread')\n"
+      "fails(function() encode({[true] = co}) end,\n"
+      "  'cannot send value[true]: thread')\n"
+      "fails(function() encode({[2.5] = co}) end,\n"
+      "  'cannot send value[2.5]: thread')\n"
+      "fails(function() encode({[{}] = co}) end,\n"
+      "  'cannot send value[<table>]: thread')\n"
+      "fails(function() encode({x = {[co] = 1}}) end,\n"
+      "  'cannot send value.x[<key>]: thread')\n"
+      "fails(function() encode({[{y = co}] = 1}) end,\n"
+      "  'cannot send value[<key>].y: thread')\n"
+      "local reg = debug.getregistry()\n"
+      "fails(function() encode({reg['test.light']}) end,\n"
+      "  'cannot send value[1]: light userdata')\n"
+      "local b = core.blob(8) b:close()\n"
+      "fails(function() encode({b}) end,\n"
+      "  'cannot send value[1]: closed luamp.Blob')\n");
+}
+
+/* Messages kept for the hostile-input tests. */
+#define NMSG 16
+static char *msgs[NMSG];
+static size_t lens[NMSG];
+static int nmsgs;
+
+static void keep(lua_State *L, const char *expr) {
+  char code[1024];
+  size_t n;
+  const char *s;
+  snprintf(code, sizeof code, "return encode(%s)", expr);
+  if (luaL_dostring(L, code) != LUA_OK) {
+    FAIL("encode %s: %s", expr, lua_tostring(L, -1));
+    lua_settop(L, 0);
+    return;
+  }
+  s = lua_tolstring(L, -1, &n);
+  msgs[nmsgs] = malloc(n);
+  memcpy(msgs[nmsgs], s, n);
+  lens[nmsgs++] = n;
+  lua_settop(L, 0);
+}
+
+static int pdecode(lua_State *L) {
+  size_t n;
+  const char *s = lua_tolstring(L, 1, &n);
+  lmp_decode(L, s, n);
+  return 1;
+}
+
+/* Decodes [s, s+n) in R under pcall; returns the error or NULL. */
+static const char *trydecode(const char *s, size_t n) {
+  static char err[256];
+  int rc;
+  lua_settop(R, 0);
+  lua_pushcfunction(R, pdecode);
+  lua_pushlstring(R, s, n);
+  rc = lua_pcall(R, 1, 1, 0);
+  lmp_msg_release(s, n);
+  if (rc == LUA_OK) return NULL;
+  snprintf(err, sizeof err, "%s", lua_tostring(R, -1));
+  lua_settop(R, 0);
+  return err;
+}
+
+static void test_hostile(void) {
+  static const unsigned char flips[] = {0x01, 0x10, 0x40, 0x80, 0xff};
+  int i, m;
+  size_t k;
+  char *tmp;
+  RUN(S,
+      "who = 1 local up = {1, 2}\n"
+      "local function f(x) return up, who, string.rep(x, 2) end\n"
+      "local function g() return up, f end\n"
+      "local c = {} c.c = c\n"
+      "samples = {\n"
+      "  f = f, g = g, c = c, mods = {string, math.max, _G},\n"
+      "  mixed = {1, 'two', 3.5, {x = -1, [{}] = true}, ('s'):rep(300)},\n"
+      "}\n");
+  keep(S, "samples");
+  keep(S, "samples.f");
+  keep(S, "samples.g");
+  keep(S, "samples.c");
+  keep(S, "samples.mods");
+  keep(S, "samples.mixed");
+  keep(S, "-12345678901");
+  keep(S, "0/0");
+  /* Every valid message decodes; every proper prefix is "truncated". */
+  for (m = 0; m < nmsgs; m++) {
+    const char *err = trydecode(msgs[m], lens[m]);
+    if (err != NULL) FAIL("message %d: %s", m, err);
+    for (k = 0; k < lens[m]; k++) {
+      tmp = malloc(k ? k : 1); /* exact size, so ASan sees overreads */
+      memcpy(tmp, msgs[m], k);
+      err = trydecode(tmp, k);
+      if (k == 0)
+        ASSERT_STR_EQ(err, "malformed message: empty");
+      else
+        ASSERT_STR_EQ(err, "malformed message: truncated");
+      free(tmp);
+    }
+  }
+  /* Single byte changes anywhere give a value or a clean error. */
+  for (m = 0; m < nmsgs; m++) {
+    tmp = malloc(lens[m]);
+    for (k = 0; k < lens[m]; k++)
+      for (i = 0; i < (int)sizeof flips; i++) {
+        const char *err;
+        memcpy(tmp, msgs[m], lens[m]);
+        tmp[k] ^= (char)flips[i];
+        err = trydecode(tmp, lens[m]);
+        if (err != NULL && strncmp(err, "malformed message: ", 19) != 0 &&
+            strncmp(err, "cannot receive ", 15) != 0)
+          FAIL("flip %d@%zu of message %d: %s", flips[i], k, m, err);
+      }
+    free(tmp);
+  }
+  /* Changed bytecode is refused by its signature. */
+  tmp = malloc(lens[1]);
+  memcpy(tmp, msgs[1], lens[1]);
+  tmp[20] ^= 1;
+  ASSERT_STR_EQ(trydecode(tmp, lens[1]),
+                "malformed message: bad function signature");
+  free(tmp);
+  ASSERT_STR_EQ(trydecode("\2\0", 2), "malformed message: unknown version");
+  ASSERT_STR_EQ(trydecode("\1\0\0", 3), "malformed message: trailing bytes");
+  ASSERT_STR_EQ(trydecode("\1\x3f", 2), "malformed message: unknown tag");
+  ASSERT_STR_EQ(trydecode("\1\x08\x01", 3), "malformed message: bad reference");
+  ASSERT_STR_EQ(trydecode("\1\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 12),
+                "malformed message: integer out of range");
+  ASSERT_STR_EQ(trydecode("\1\x05\xff\xff\xff\xff\x0f", 7),
+                "malformed message: truncated");
+  ASSERT_STR_EQ(trydecode("\1\x06\x05\x00\x00", 5),
+                "malformed message: truncated");
+  ASSERT_STR_EQ(trydecode("\1\x0d\x01\x40", 4),
+                "malformed message: bad object reference");
+  /* Random bytes after a version byte. */
+  srand(1);
+  tmp = malloc(64);
+  for (m = 0; m < 200000; m++) {
+    size_t n = 1 + (size_t)(rand() % 63);
+    const char *err;
+    tmp[0] = 1;
+    for (k = 1; k < n; k++) tmp[k] = (char)(rand() % 24);
+    err = trydecode(tmp, n);
+    if (err != NULL && strncmp(err, "malformed message: ", 19) != 0 &&
+        strncmp(err, "cannot receive ", 15) != 0)
+      FAIL("random input %d: %s", m, err);
+  }
+  free(tmp);
+  for (m = 0; m < nmsgs; m++) free(msgs[m]);
+}
+
+static int encode_args(lua_State *L) {
+  lmp_encode(L, 1, "args", lmp_buf_new(L));
+  return 0;
+}
+
+static void test_objects(void) {
+  lmp_buf *b;
+  lmp_obj *o;
+  int refs;
+  RUN(S, "blob = core.blob(16) blob:set('shared')");
+  lua_getglobal(S, "blob");
+  o = lmp_toobj(S, -1);
+  ASSERT_TRUE(o != NULL);
+  if (o == NULL) return;
+  refs = atomic_load(&o->refs);
+  /* Each occurrence in a message is one reference the message owns. */
+  RUN(S, "pair = {blob, {blob}}");
+  b = lmp_buf_new(S);
+  lua_getglobal(S, "pair");
+  lmp_encode(S, -1, "value", b);
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs + 2);
+  lmp_decode(S, b->data, b->len);
+  lua_setglobal(S, "got");
+  RUN(S,
+      "same(got[1]:get(), 'shared\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0')\n"
+      "got[1]:set('changed')\n"
+      "same(blob:get():sub(1, 7), 'changed', 'the same shared object')\n");
+  /* The decoded handles count in this process's hold, not as references. */
+  lmp_msg_release(b->data, b->len);
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  /* An encoding that fails takes no references. */
+  b->len = 0;
+  RUN(S, "bad = {blob, coroutine.create(print)}");
+  lua_getglobal(S, "bad");
+  lua_pushcfunction(S, lmp_codec_encode);
+  lua_pushvalue(S, -2);
+  ASSERT_INT_EQ(lua_pcall(S, 1, 1, 0), LUA_ERRRUN);
+  ASSERT_STR_EQ(lua_tostring(S, -1), "cannot send value[2]: thread");
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  /* A message after other bytes in the buffer counts from its own start;
+   * the Lua encode() owns no references. */
+  lua_settop(S, 0);
+  b = lmp_buf_new(S);
+  memcpy(b->data = malloc(4), "head", 4);
+  b->len = b->cap = 4;
+  lua_getglobal(S, "blob");
+  lmp_encode(S, -1, "value", b);
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs + 1);
+  ASSERT_TRUE(memcmp(b->data, "head", 4) == 0);
+  lmp_msg_release(b->data + 4, b->len - 4);
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  /* An object reached through an upvalue counts too; a failure names the
+   * root it was given. */
+  lua_settop(S, 0);
+  b = lmp_buf_new(S);
+  RUN(S, "local x = blob function usesblob() return x end");
+  lua_getglobal(S, "usesblob");
+  lmp_encode(S, -1, "args", b);
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs + 1);
+  lmp_msg_release(b->data, b->len);
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  lua_pushcfunction(S, encode_args);
+  lua_getglobal(S, "bad");
+  ASSERT_INT_EQ(lua_pcall(S, 1, 0, 0), LUA_ERRRUN);
+  ASSERT_STR_EQ(lua_tostring(S, -1), "cannot send args[2]: thread");
+  RUN(S, "local s = encode(blob) same(rt(blob):get(), blob:get())");
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  RUN(S, "got = nil collectgarbage() collectgarbage()");
+  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  lua_settop(S, 0);
+}
+
+static void test_buf(void) {
+  lmp_buf b = {NULL, 0, 0};
+  ASSERT_INT_EQ(lmp_buf_reserve(&b, 10), 0);
+  ASSERT_TRUE(b.cap >= 10);
+  ASSERT_INT_EQ(lmp_buf_reserve(&b, SIZE_MAX - 5), -ENOMEM);
+  lmp_buf_free(&b);
+  lmp_buf_free(&b); /* idempotent */
+  ASSERT_TRUE(b.data == NULL);
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Speed of a typical small record, reported, not asserted. */
+static void bench(void) {
+  const int n = 1000000;
+  lmp_buf *b;
+  double t0, t1;
+  int i, top;
+  RUN(S,
+      "rec = {id = 12345, name = 'alpha', score = 3.5,"
+      " tags = {'a', 'b', 'c'}, ok = true}");
+  lua_getglobal(S, "rec");
+  b = lmp_buf_new(S);
+  top = lua_gettop(S);
+  t0 = now();
+  for (i = 0; i < n; i++) {
+    b->len = 0;
+    lmp_encode(S, 1, "value", b);
+    lmp_decode(S, b->data, b->len);
+    lua_settop(S, top);
+  }
+  t1 = now();
+  printf("codec: %.0f ns per round trip (%zu-byte message, C API)\n",
+         (t1 - t0) * 1e9 / n, b->len);
+  t0 = now();
+  for (i = 0; i < n; i++) {
+    b->len = 0;
+    lmp_encode(S, 1, "value", b);
+  }
+  t1 = now();
+  printf("codec: %.0f ns per encode\n", (t1 - t0) * 1e9 / n);
+  lua_settop(S, 0);
+  t0 = now();
+  RUN(S, "local r, e, d = rec, encode, decode for i = 1, 1e6 do d(e(r)) end");
+  t1 = now();
+  printf("codec: %.0f ns per round trip (Lua encode/decode)\n",
+         (t1 - t0) * 1e9 / n);
+}
+
+int main(int argc, char **argv) {
+  if (lmp_arena_init(64 << 20) != 0) {
+    fprintf(stderr, "cannot make the arena\n");
+    return 2;
+  }
+  S = newstate();
+  R = newstate();
+  test_buf();
+  test_scalars();
+  test_tables();
+  test_functions();
+  test_names();
+  test_errors();
+  test_objects();
+  test_hostile();
+  if (argc < 2 || strcmp(argv[1], "--no-bench") != 0) bench();
+  lua_close(S);
+  lua_close(R);
+  if (failures) {
+    fprintf(stderr, "test_codec: %d failure(s)\n", failures);
+    return 1;
+  }
+  printf("test_codec: ok\n");
+  return 0;
+}

@@ -1,0 +1,505 @@
+-- 00-cli_spec.lua -- the `luamp` command: lua(1)'s interface, exit
+-- statuses, the shared arena options, Ctrl-C, and what happens to children
+-- when the script ends or the host dies.
+
+local mp = require "luamp"
+local lfs = require "lfs"
+local H = require "spec_helper"
+
+local q = H.q
+local luamp = q(H.luamp)
+
+-- Every run of the command is bounded, so that a host that hangs fails
+-- its test (status 137) instead of stopping the suite.
+local limit = "timeout -s KILL 20 "
+
+local function readfile(path)
+  local f = io.open(path, "rb")
+  if f == nil then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function writefile(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- Files made by a test, removed after it, and processes it started,
+-- killed after it if they are still there.
+local made, started = {}, {}
+
+local function tmpfile(content)
+  local path = os.tmpname()
+  made[#made + 1] = path
+  if content then writefile(path, content) else os.remove(path) end
+  return path
+end
+
+local cleanup -- defined below pstate
+
+local function remove_files()
+  for i = #made, 1, -1 do
+    local path = made[i]
+    if lfs.attributes(path, "mode") == "directory" then
+      for name in lfs.dir(path) do
+        if name ~= "." and name ~= ".." then os.remove(path .. "/" .. name) end
+      end
+      lfs.rmdir(path)
+    else
+      os.remove(path)
+    end
+    made[i] = nil
+  end
+end
+
+-- Runs `luamp <args>`; returns status, stdout, stderr.
+local function run(args, env)
+  return H.run((env or "") .. " " .. limit .. luamp .. " " .. args)
+end
+
+-- Runs a script file with the given source and arguments.
+local function run_script(source, args, env)
+  local path = tmpfile(source)
+  local status, out, err = run(q(path) .. " " .. (args or ""), env)
+  return status, out, err, path
+end
+
+-- Polls pred() until it is true or `timeout` seconds have passed.
+local function wait_for(pred, timeout)
+  local deadline = mp.monotonic() + timeout
+  repeat
+    if pred() then return true end
+    mp.sleep(0.01)
+  until mp.monotonic() >= deadline
+  return pred() and true or false
+end
+
+-- The state letter of a process in /proc (R, S, Z...), nil if it is gone.
+local function pstate(pid)
+  local s = readfile("/proc/" .. pid .. "/stat")
+  return s and s:match("^%d+ %(.*%) (%a)")
+end
+
+-- True when no process `pid` runs any more (a zombie has ended too).
+local function gone(pid)
+  local st = pstate(pid)
+  return st == nil or st == "Z" or st == "X"
+end
+
+function cleanup()
+  remove_files()
+  for i = #started, 1, -1 do
+    if not gone(started[i]) then os.execute("kill -9 " .. started[i]) end
+    started[i] = nil
+  end
+end
+
+local function lines(s)
+  local n = 0
+  for _ in s:gmatch("\n") do n = n + 1 end
+  return n
+end
+
+-- Starts `luamp script` in the background with SIGINT at its default
+-- disposition (a test runner may have it ignored).  The script writes
+-- "<host pid> <child pid>" to `ready` once its child has started, then
+-- joins it (or, with `nojoin`, ends and leaves the host to wait for it).
+-- Returns the popen handle and the two pids.
+local function start_host(ready, nojoin)
+  local script = tmpfile(([[
+    local mp = require "luamp"
+    local p = mp.Process{target = function() mp.sleep(60) end}
+    p:start()
+    local f = assert(io.open(%q, "w"))
+    f:write(mp.current_process().pid, " ", p.pid)
+    f:close()
+    os.rename(%q, %q)
+    if not %s then p:join() end
+  ]]):format(ready .. ".tmp", ready .. ".tmp", ready, tostring(nojoin)))
+  -- Its output goes elsewhere than the pipe: a child that outlived it
+  -- would keep the pipe open, and fh:close() would wait for that child.
+  local fh = assert(io.popen("exec env --default-signal=INT " .. luamp
+    .. " " .. q(script) .. " >/dev/null 2>&1"))
+  assert.is_true(wait_for(function() return readfile(ready) end, 5),
+    "the script did not start its child")
+  local host, child = readfile(ready):match("^(%d+) (%d+)$")
+  host, child = tonumber(host), tonumber(child)
+  started[#started + 1] = host
+  started[#started + 1] = child
+  return fh, host, child
+end
+
+-- Waits (5 s at most) for the host started by start_host to end, then
+-- returns how it ended, as io.close does: "exit"/"signal" and a number.
+local function finish_host(fh, host)
+  if not wait_for(function() return gone(host) end, 5) then
+    os.execute("kill -9 " .. host)
+  end
+  local _, how, status = fh:close()
+  return how, status
+end
+
+describe("the luamp command", function()
+  H.leakcheck()
+  after_each(cleanup)
+
+  describe("running a script", function()
+    it("gives the script its arguments in arg and as ...", function()
+      local status, out, err, path = run_script([[
+        io.write(arg[-1], "|", arg[0], "|", arg[1], "|", arg[2], "|", #arg,
+                 "|", select("#", ...), "|", table.concat({...}, ","))
+      ]], "a 'b c'")
+      assert.are.equal("", err)
+      assert.are.equal(0, status)
+      assert.are.equal(H.luamp .. "|" .. path .. "|a|b c|2|2|a,b c", out)
+    end)
+
+    it("exits 0 when the script succeeds", function()
+      local status, out, err = run_script("io.write('ok')")
+      assert.are.same({0, "ok", ""}, {status, out, err})
+    end)
+
+    it("exits 1 with a traceback on stderr after an uncaught error",
+       function()
+      local status, out, err, path = run_script([[
+        local function fail() error("boom") end
+        fail()
+      ]])
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.are.equal("luamp: " .. path .. ":1: boom\n",
+        err:match("^[^\n]*\n"))
+      assert.matches("\nstack traceback:\n", err, 1, true)
+    end)
+
+    it("prints an uncaught error object through its __tostring", function()
+      local status, _, err = run_script([[
+        error(setmetatable({}, {__tostring = function()
+          return "custom error"
+        end}))
+      ]])
+      assert.are.equal(1, status)
+      assert.are.equal("luamp: custom error\n", err)
+    end)
+
+    it("reports a missing script in one line and exits 1", function()
+      local path = tmpfile()
+      local status, out, err = run(q(path))
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.are.equal(1, lines(err), err)
+      assert.are.equal("luamp: cannot open " .. path,
+        err:sub(1, #("luamp: cannot open " .. path)))
+    end)
+
+    it("reports a syntax error in one line and exits 1", function()
+      local status, out, err, path = run_script("x = = 1\n")
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.are.equal("luamp: " .. path .. ":1: unexpected symbol near '='\n",
+        err)
+    end)
+
+    it("runs stdin when given no script and stdin is not a terminal",
+       function()
+      local status, out, err = H.run("echo 'io.write(\"from stdin\")' | "
+        .. limit .. luamp)
+      assert.are.same({0, "from stdin", ""}, {status, out, err})
+    end)
+
+    it("reads the script from stdin after -", function()
+      local status, out, err = H.run("echo 'io.write(table.concat({arg[0], "
+        .. "...}, \" \"))' | " .. limit .. luamp .. " - a b")
+      assert.are.same({0, "- a b", ""}, {status, out, err})
+    end)
+  end)
+
+  describe("os.exit", function()
+    it("exits with the status it is given", function()
+      assert.are.equal(3, (run("-e 'os.exit(3)'")))
+      assert.are.equal(0, (run("-e 'os.exit(0)'")))
+    end)
+
+    it("exits 0 for true and 1 for false", function()
+      assert.are.equal(0, (run("-e 'os.exit(true)'")))
+      assert.are.equal(1, (run("-e 'os.exit(false)'")))
+    end)
+
+    it("first waits for the children that are not daemons", function()
+      local done = tmpfile()
+      local status, out, err = run_script(([[
+        local mp = require "luamp"
+        mp.Process{target = function()
+          mp.sleep(0.2)
+          local f = assert(io.open(%q, "w"))
+          f:write("done")
+          f:close()
+        end}:start()
+        os.exit(3)
+      ]]):format(done))
+      assert.are.same({3, "", ""}, {status, out, err})
+      assert.are.equal("done", readfile(done))
+    end)
+
+    it("flushes what the script has written, closing the state or not",
+       function()
+      assert.are.same({2, "kept", ""},
+        {run("-e 'io.write(\"kept\") os.exit(2)'")})
+      assert.are.same({2, "kept", ""},
+        {run("-e 'io.write(\"kept\") os.exit(2, true)'")})
+    end)
+  end)
+
+  describe("options", function()
+    it("-e runs each chunk in order", function()
+      local status, out, err = run("-e 'x = 20' -e 'io.write(x + 22)'")
+      assert.are.same({0, "42", ""}, {status, out, err})
+    end)
+
+    it("-l requires a module into a global of its name, or g=mod", function()
+      local dir = tmpfile()
+      assert.is_true(lfs.mkdir(dir))
+      writefile(dir .. "/mymod.lua", "return {answer = 42}\n")
+      local env = "LUA_PATH=" .. q(dir .. "/?.lua;;")
+      local status, out, err = run("-l mymod -e 'io.write(mymod.answer)'",
+        env)
+      assert.are.same({0, "42", ""}, {status, out, err})
+      status, out, err = run("-l m=mymod -e 'io.write(m.answer, "
+        .. "tostring(mymod))'", env)
+      assert.are.same({0, "42nil", ""}, {status, out, err})
+    end)
+
+    it("-l of a missing module is an error, status 1", function()
+      local status, out, err = run("-l no_such_module_xyz -e 'print(1)'")
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.matches("^luamp: module 'no_such_module_xyz' not found", err)
+    end)
+
+    it("-v prints a version line naming luamp and Lua 5.4", function()
+      local status, out, err = run("-v")
+      assert.are.equal(0, status)
+      assert.are.equal("", err)
+      assert.are.equal(1, lines(out), out)
+      assert.matches("^luamp .*Lua 5%.4", out)
+    end)
+
+    it("-h prints the usage and exits 0", function()
+      local status, out, err = run("-h")
+      assert.are.equal(0, status)
+      assert.are.equal("", err)
+      assert.matches("^usage: luamp ", out)
+      assert.matches("--arena", out, 1, true)
+    end)
+
+    it("rejects an unknown option with the usage, status 1", function()
+      local status, out, err = run("--bogus")
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.matches("^luamp: unrecognized option '%-%-bogus'\n", err)
+      assert.matches("\nusage: luamp ", err)
+    end)
+
+    it("-i reads statements and prints the values of expressions",
+       function()
+      local status, out, err = H.run("printf 'return 1+1\\nx = 40\\n"
+        .. "return x + 2\\n' | " .. limit .. luamp .. " -i")
+      assert.are.equal(0, status)
+      assert.are.equal("", err)
+      assert.matches("%f[%S]2\n", out)
+      assert.matches("%f[%S]42\n", out)
+    end)
+  end)
+
+  describe("--arena", function()
+    local size = "-e 'io.write(require(\"luamp\").stats().arena_size)'"
+
+    it("sizes the shared arena", function()
+      assert.are.same({0, "67108864", ""}, {run("--arena 64M " .. size)})
+      assert.are.same({0, "67108864", ""}, {run("--arena=64M " .. size)})
+    end)
+
+    it("rejects a size it cannot read, status 1", function()
+      local status, out, err = run("--arena bogus " .. size)
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.are.equal("luamp: --arena needs a size such as 256M or 4G\n",
+        err)
+    end)
+
+    it("is taken from LUAMP_ARENA too, the option winning", function()
+      assert.are.same({0, "33554432", ""},
+        {run(size, "LUAMP_ARENA=32M")})
+      assert.are.same({0, "67108864", ""},
+        {run("--arena 64M " .. size, "LUAMP_ARENA=32M")})
+    end)
+
+    it("rejects a LUAMP_ARENA it cannot read, status 1", function()
+      local status, out, err = run(size, "LUAMP_ARENA=bogus")
+      assert.are.equal(1, status)
+      assert.are.equal("", out)
+      assert.are.equal(1, lines(err), err)
+      assert.matches("^luamp: .*LUAMP_ARENA", err)
+    end)
+  end)
+
+  describe("Ctrl-C", function()
+    it("exits 130 with every child gone", function()
+      local ready = tmpfile()
+      local fh, host, child = start_host(ready)
+      -- Asleep in join: the signal lands there.
+      assert.is_true(wait_for(function() return pstate(host) == "S" end, 5),
+        "the host did not block in join")
+      assert.is_false(gone(child))
+      local t0 = mp.monotonic()
+      os.execute("kill -INT " .. host)
+      assert.are.same({"exit", 130}, {finish_host(fh, host)})
+      assert.is_true(wait_for(function() return gone(child) end, 1),
+        "the child outlived the host")
+      assert.is_true(mp.monotonic() - t0 < 2, "the host took long to end")
+    end)
+
+    it("exits 130 when it comes while the host waits for its children at "
+       .. "the end", function()
+      local ready = tmpfile()
+      local fh, host, child = start_host(ready, true)
+      assert.is_true(wait_for(function() return pstate(host) == "S" end, 5),
+        "the host did not block waiting for its child")
+      os.execute("kill -INT " .. host)
+      assert.are.same({"exit", 130}, {finish_host(fh, host)})
+      assert.is_true(wait_for(function() return gone(child) end, 1),
+        "the child outlived the host")
+    end)
+  end)
+
+  describe("when the host is killed", function()
+    it("takes its children with it", function()
+      local ready = tmpfile()
+      local fh, host, child = start_host(ready)
+      assert.is_false(gone(child))
+      os.execute("kill -9 " .. host)
+      assert.are.same({"signal", 9}, {finish_host(fh, host)})
+      assert.is_true(wait_for(function() return gone(child) end, 1),
+        "the child outlived the host")
+    end)
+  end)
+
+  describe("output", function()
+    it("is not printed twice by a child", function()
+      local status, out, err = run_script([[
+        local mp = require "luamp"
+        io.write("x")
+        local p = mp.Process{target = function() end}
+        p:start()
+        p:join()
+      ]])
+      assert.are.same({0, "x", ""}, {status, out, err})
+    end)
+
+    it("of the parent and the child both appear, once each", function()
+      local status, out, err = run_script([[
+        local mp = require "luamp"
+        io.write("a")
+        local p = mp.Process{target = function() io.write("b") end}
+        p:start()
+        p:join()
+        io.write("c")
+      ]])
+      assert.are.same({0, "abc", ""}, {status, out, err})
+    end)
+  end)
+
+  describe("at the end of the script", function()
+    it("waits for the children that are not daemons", function()
+      local done = tmpfile()
+      local t0 = mp.monotonic()
+      local status, out, err = run_script(([[
+        local mp = require "luamp"
+        mp.Process{target = function()
+          mp.sleep(0.3)
+          local f = assert(io.open(%q, "w"))
+          f:write("done")
+          f:close()
+        end}:start()
+      ]]):format(done))
+      local dt = mp.monotonic() - t0
+      assert.are.same({0, "", ""}, {status, out, err})
+      assert.are.equal("done", readfile(done))
+      assert.is_true(dt >= 0.29 and dt < 5, "luamp returned after " .. dt
+        .. " s")
+    end)
+
+    it("terminates the daemon children", function()
+      local pidfile = tmpfile()
+      local t0 = mp.monotonic()
+      local status, out, err = run_script(([[
+        local mp = require "luamp"
+        local p = mp.Process{daemon = true, target = function()
+          mp.sleep(30)
+        end}
+        p:start()
+        local f = assert(io.open(%q, "w"))
+        f:write(p.pid)
+        f:close()
+      ]]):format(pidfile))
+      local dt = mp.monotonic() - t0
+      local pid = tonumber(readfile(pidfile))
+      assert.is_not_nil(pid, "the script did not start its daemon")
+      started[#started + 1] = pid
+      assert.are.same({0, "", ""}, {status, out, err})
+      assert.is_true(dt < 1.5, "luamp returned after " .. dt .. " s")
+      assert.is_true(gone(pid), "the daemon is still running")
+    end)
+  end)
+end)
+
+describe("the luamp module in a stock lua5.4", function()
+  H.leakcheck()
+  after_each(cleanup)
+
+  local env = "LUA_CPATH=" .. q(H.build .. "/lib/lua/5.4/?.so;;")
+
+  local function lua(code)
+    return H.run(env .. " " .. limit .. "lua5.4 -e " .. q(code))
+  end
+
+  it("waits for the children that are not daemons when the state closes, "
+     .. "and terminates the daemons", function()
+    local done, pidfile = tmpfile(), tmpfile()
+    local t0 = mp.monotonic()
+    local status, out, err = lua(([[
+      local mp = require "luamp"
+      mp.Process{target = function()
+        mp.sleep(0.3)
+        local f = assert(io.open(%q, "w"))
+        f:write("done")
+        f:close()
+      end}:start()
+      local d = mp.Process{daemon = true, target = function() mp.sleep(30) end}
+      d:start()
+      local f = assert(io.open(%q, "w"))
+      f:write(d.pid)
+      f:close()
+    ]]):format(done, pidfile))
+    local dt = mp.monotonic() - t0
+    local pid = tonumber(readfile(pidfile))
+    assert.is_not_nil(pid, "the script did not start its daemon")
+    started[#started + 1] = pid
+    assert.are.same({0, "", ""}, {status, out, err})
+    assert.are.equal("done", readfile(done))
+    assert.is_true(gone(pid), "the daemon is still running")
+    assert.is_true(dt >= 0.29 and dt < 1.5, "lua5.4 returned after " .. dt)
+  end)
+
+  it("exits with the status of os.exit(n, true), output intact", function()
+    local status, out, err = lua([[
+      require "luamp"
+      io.write("kept")
+      os.exit(3, true)
+    ]])
+    assert.are.same({3, "kept", ""}, {status, out, err})
+  end)
+end)
