@@ -134,33 +134,38 @@ void *lmp_loop(void) { return loop; }
 static void close_cb(uv_handle_t *h) { (void)h; }
 
 static void close_all(uv_handle_t *h, void *arg) {
-  (void)arg;
+  int *closed = arg;
   if (h->type == UV_SIGNAL) {
     /* A signal the parent caught but had not dispatched at the fork would
-     * keep the handle from ever closing here: its message was in the
-     * parent's signal pipe, which is not ours any more. */
+     * keep the handle from ever closing (or firing) here: its message was
+     * in the parent's signal pipe, which is not ours any more. */
     uv_signal_t *s = (uv_signal_t *)h;
     s->dispatched_signals = s->caught_signals;
   }
-  if (!uv_is_closing(h)) uv_close(h, close_cb);
+  if (h == (uv_handle_t *)&chld_h || h == (uv_handle_t *)&urg_h) return;
+  if (!uv_is_closing(h)) {
+    uv_close(h, close_cb);
+    (*closed)++;
+  }
 }
 
 /*
  * The child's loop.  The parent's loop comes across the fork with its
  * handles and its kernel state (epoll set, signal pipe) shared with the
  * parent.  uv_loop_fork gives the child its own kernel state; then every
- * inherited handle is closed without running, and the child watches its
- * own signals on the same loop.
+ * inherited handle but our own signal watchers (which carry on, with the
+ * same handlers) is closed without running.
  */
 void lmp_runtime_after_fork(void) {
+  int closed = 0;
   if (loop == NULL) return;
   uv_loop_fork(loop);
-  uv_walk(loop, close_all, NULL);
-  uv_run(loop, UV_RUN_NOWAIT);
+  uv_walk(loop, close_all, &closed);
+  if (closed > 0) uv_run(loop, UV_RUN_NOWAIT);
   runtime_pid = getpid();
   lmp_sigint = 0;
   lmp_interrupted_flag = 0;
-  watch_signals();
+  sig_pending = 0;
 }
 
 void lmp_service(void) {

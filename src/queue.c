@@ -395,18 +395,25 @@ static const char *tname(uint32_t kind) {
   return kind == K_JOINABLE ? JQUEUE : kind == K_SIMPLE ? SQUEUE : QUEUE;
 }
 
+/* The three queue metatables are the upvalues of every method, so that
+ * checking self is two pointer comparisons at most, not a string lookup. */
 static qhandle *toq(lua_State *L) {
   qhandle *h = lua_touserdata(L, 1);
-  if (h == NULL || !lua_getmetatable(L, 1) ||
-      lua_getfield(L, -1, "__luamp_queue") != LUA_TBOOLEAN)
-    luaL_typeerror(L, 1, QUEUE);
-  lua_pop(L, 2);
+  int ok = 0;
+  if (h != NULL && lua_getmetatable(L, 1)) {
+    ok = lua_rawequal(L, -1, lua_upvalueindex(1)) ||
+         lua_rawequal(L, -1, lua_upvalueindex(2)) ||
+         lua_rawequal(L, -1, lua_upvalueindex(3));
+    lua_pop(L, 1);
+  }
+  if (!ok) luaL_typeerror(L, 1, QUEUE);
   return h;
 }
 
-static queue *checkq(lua_State *L) {
+static queue *checkq(lua_State *L, qhandle **hp) {
   qhandle *h = toq(L);
   if (h->h.obj == NULL) luaL_error(L, "queue is closed");
+  if (hp != NULL) *hp = h;
   return (queue *)h->h.obj;
 }
 
@@ -453,8 +460,8 @@ static int fail(lua_State *L, int rc, size_t want, const char *etype,
 
 /* put(v, [block], [timeout]): raises Full when it cannot. */
 static int queue_put(lua_State *L) {
-  qhandle *h = toq(L);
-  queue *q = checkq(L);
+  qhandle *h;
+  queue *q = checkq(L, &h);
   double deadline;
   int rc;
   luaL_checkany(L, 2);
@@ -475,8 +482,8 @@ static int queue_put_nowait(lua_State *L) {
 
 /* get([block], [timeout]) -> value: raises Empty when it cannot. */
 static int queue_get(lua_State *L) {
-  qhandle *h = toq(L);
-  queue *q = checkq(L);
+  qhandle *h;
+  queue *q = checkq(L, &h);
   double deadline = blocktimeout(L, 2);
   uint64_t *blk;
   int rc = qget(q, h->buf, &blk, deadline);
@@ -499,28 +506,28 @@ static int queue_get_nowait(lua_State *L) {
 }
 
 static int queue_qsize(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)atomic_load(&checkq(L)->count));
+  lua_pushinteger(L, (lua_Integer)atomic_load(&checkq(L, NULL)->count));
   return 1;
 }
 
 static int queue_empty(lua_State *L) {
-  lua_pushboolean(L, atomic_load(&checkq(L)->count) == 0);
+  lua_pushboolean(L, atomic_load(&checkq(L, NULL)->count) == 0);
   return 1;
 }
 
 static int queue_full(lua_State *L) {
-  queue *q = checkq(L);
+  queue *q = checkq(L, NULL);
   lua_pushboolean(L, q->maxsize > 0 && atomic_load(&q->count) >= q->maxsize);
   return 1;
 }
 
 static int queue_maxsize(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)checkq(L)->maxsize);
+  lua_pushinteger(L, (lua_Integer)checkq(L, NULL)->maxsize);
   return 1;
 }
 
 static int queue_task_done(lua_State *L) {
-  queue *q = checkq(L);
+  queue *q = checkq(L, NULL);
   int zero;
   qlock(q);
   if (q->unfinished <= 0) {
@@ -535,7 +542,7 @@ static int queue_task_done(lua_State *L) {
 
 /* join([timeout]) -> true when every item put has been task_done. */
 static int queue_join(lua_State *L) {
-  queue *q = checkq(L);
+  queue *q = checkq(L, NULL);
   double deadline = lmp_deadline(L, 2);
   int rc = lmp_wait_on(&q->join_seq, all_done, q, deadline);
   if (rc < 0) return lmp_raise_interrupt(L);
@@ -584,18 +591,29 @@ static const luaL_Reg queue_metameth[] = {
   {"__tostring", queue_tostring}, {NULL, NULL}
 };
 
-static void newmeta(lua_State *L, const char *name, const luaL_Reg *m1,
-                    const luaL_Reg *m2) {
+static void newmeta(lua_State *L, const char *name) {
   luaL_newmetatable(L, name);
-  luaL_setfuncs(L, queue_metameth, 0);
-  lua_newtable(L);
-  luaL_setfuncs(L, m1, 0);
-  if (m2 != NULL) luaL_setfuncs(L, m2, 0);
-  lua_setfield(L, -2, "__index");
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "__luamp");
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "__luamp_queue");
+  lua_pop(L, 1);
+}
+
+/* Fills the metatable `name` with its methods, each closing over the
+ * three metatables. */
+static void setmeta(lua_State *L, const char *name, const luaL_Reg *m1,
+                    const luaL_Reg *m2) {
+  int i;
+  luaL_getmetatable(L, name);
+  for (i = 0; i < 3; i++) luaL_getmetatable(L, tname((uint32_t)i));
+  luaL_setfuncs(L, queue_metameth, 3); /* pops the upvalues */
+  lua_newtable(L);
+  for (i = 0; i < 3; i++) luaL_getmetatable(L, tname((uint32_t)i));
+  luaL_setfuncs(L, m1, 3);
+  if (m2 != NULL) {
+    for (i = 0; i < 3; i++) luaL_getmetatable(L, tname((uint32_t)i));
+    luaL_setfuncs(L, m2, 3);
+  }
+  lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 }
 
@@ -604,9 +622,12 @@ int lmp_open_queue(lua_State *L) {
     {"Queue", queue_Queue}, {"JoinableQueue", queue_JoinableQueue},
     {"SimpleQueue", queue_SimpleQueue}, {NULL, NULL}
   };
-  newmeta(L, QUEUE, queue_meth, NULL);
-  newmeta(L, JQUEUE, queue_meth, jqueue_meth);
-  newmeta(L, SQUEUE, squeue_meth, NULL);
+  newmeta(L, QUEUE);
+  newmeta(L, JQUEUE);
+  newmeta(L, SQUEUE);
+  setmeta(L, QUEUE, queue_meth, NULL);
+  setmeta(L, JQUEUE, queue_meth, jqueue_meth);
+  setmeta(L, SQUEUE, squeue_meth, NULL);
   lmp_obj_settype(LMP_T_QUEUE, "queue", queue_dtor);
   lmp_obj_setowns(LMP_T_QUEUE, queue_owns);
   lmp_settypepusher(LMP_T_QUEUE, push_queue);

@@ -1,0 +1,35 @@
+"""process.py -- Python twin of process.lua: start+join of a trivial child
+with multiprocessing's fork start method.
+Prints: start_join <ms per start+join> ms
+Usage: python3 process.py [N=500]
+"""
+import multiprocessing as mp
+import sys
+import time
+
+
+def noop():
+    pass
+
+
+def once():
+    p = mp.Process(target=noop)
+    p.start()
+    p.join()
+    p.close()
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    for _ in range(20):  # warm up, as the Lua version does
+        once()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        once()
+    dt = time.perf_counter() - t0
+    print("start_join %.4f ms" % (dt * 1e3 / n))
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    main()

@@ -1,0 +1,36 @@
+-- queue_throughput.lua -- one producer process, one consumer (this process), through
+-- a Queue: small integers, the 5-field record, and a 64 MiB string.
+-- Prints: ints <M msg/s> M/s, records <M msg/s> M/s, big <GB/s> GB/s
+-- Usage: luamp queue_throughput.lua [N_INTS=200000] [N_RECORDS=100000] [BIG_ROUNDS=4]
+
+local mp = require "luamp"
+
+local N_INTS = tonumber(arg and arg[1]) or 200000
+local N_RECS = tonumber(arg and arg[2]) or 100000
+local BIG_ROUNDS = tonumber(arg and arg[3]) or 4
+
+-- Times `n` items from a producer child to this process.
+local function run(n, item)
+  local q = mp.Queue()
+  local p = mp.Process{target = function()
+    for _ = 1, n do q:put(item) end
+  end}
+  local t0 = mp.monotonic()
+  p:start()
+  for _ = 1, n do q:get() end
+  local dt = mp.monotonic() - t0
+  p:join()
+  q:close()
+  return dt
+end
+
+local rec = {id = 12345, name = "alpha", score = 3.5,
+             tags = {"a", "b", "c"}, ok = true}
+
+run(N_INTS // 10, 1) -- warm up
+print(string.format("ints %.3f M/s", N_INTS / run(N_INTS, 12345) / 1e6))
+print(string.format("records %.3f M/s", N_RECS / run(N_RECS, rec) / 1e6))
+
+local big = string.rep("x", 64 << 20)
+local dt = run(BIG_ROUNDS, big)
+print(string.format("big %.3f GB/s", BIG_ROUNDS * #big / dt / 1e9))

@@ -1,0 +1,41 @@
+# queue_throughput.py -- the twin of queue_throughput.lua: multiprocessing.Queue, fork start
+# method, one producer process and this process consuming.
+import multiprocessing as mp
+import sys
+import time
+
+
+def produce(q, n, item):
+    for _ in range(n):
+        q.put(item)
+
+
+def run(n, item):
+    q = mp.Queue()
+    p = mp.Process(target=produce, args=(q, n, item))
+    t0 = time.monotonic()
+    p.start()
+    for _ in range(n):
+        q.get()
+    dt = time.monotonic() - t0
+    p.join()
+    q.close()
+    return dt
+
+
+def main():
+    n_ints = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
+    n_recs = int(sys.argv[2]) if len(sys.argv) > 2 else 100000
+    big_rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    rec = {"id": 12345, "name": "alpha", "score": 3.5,
+           "tags": ["a", "b", "c"], "ok": True}
+    run(n_ints // 10, 1)
+    print("ints %.3f M/s" % (n_ints / run(n_ints, 12345) / 1e6))
+    print("records %.3f M/s" % (n_recs / run(n_recs, rec) / 1e6))
+    big = "x" * (64 << 20)
+    print("big %.3f GB/s" % (big_rounds * len(big) / run(big_rounds, big) / 1e9))
+
+
+if __name__ == "__main__":
+    mp.set_start_method("fork")
+    main()
