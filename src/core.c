@@ -146,7 +146,14 @@ static int gc_sentinel(lua_State *L) {
   return 0;
 }
 
+/* metatable(name) -> the metatable registered under name, or nil. */
+static int core_metatable(lua_State *L) {
+  luaL_getmetatable(L, luaL_checkstring(L, 1));
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"metatable", core_metatable},
   {"sleep", core_sleep},
   {"monotonic", core_monotonic},
   {"stats", core_stats},
@@ -167,6 +174,9 @@ int lmp_open_core(lua_State *L) {
   lmp_open_queue(L);
   lmp_open_pipe(L);
   lmp_open_wait(L);
+  lmp_open_sync(L);
+  lmp_open_cond(L);
+  lmp_open_shared(L);
   lua_pushinteger(L, LMP_MAX_PROCS);
   lua_setfield(L, -2, "max_processes");
   return 1;

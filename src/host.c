@@ -82,6 +82,7 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   lua_pushvalue(h->L, -2);
   lua_setfield(h->L, -2, "luamp");
   lua_pop(h->L, 2);
+  lmp_sigint_own();
   last_host = h;
   return h;
 }

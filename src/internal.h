@@ -85,6 +85,11 @@ enum {
   LMP_T_QUEUE,
   LMP_T_DICT,
   LMP_T_LIST,
+  LMP_T_SEM,
+  LMP_T_EVENT,
+  LMP_T_COND,
+  LMP_T_BARRIER,
+  LMP_T_ARRAY,
   LMP_T_MAX = 32
 };
 
@@ -297,6 +302,7 @@ extern int lmp_error_was_interrupt; /* the host's last uncaught error */
 /* Installs the SIGINT handler that interrupts running Lua code in L. */
 void lmp_sigint_install(lua_State *L);
 void lmp_sigint_forget(void);
+void lmp_sigint_own(void); /* the host's: installed once, for good */
 
 /* In a forked child: own kernel state for the loop, signals re-watched. */
 void lmp_runtime_after_fork(void);
@@ -337,6 +343,41 @@ int lmp_open_process(lua_State *L); /* adds process functions to core */
 
 int lmp_open_queue(lua_State *L);   /* adds Queue & co. to core */
 int lmp_queue_ready(lmp_obj *o);    /* would a get not block? */
+
+/* --------------------------------------------------------------- sync.c */
+
+#include <pthread.h>
+
+/* A Lock or RLock: the owner's pid in one word (0: free). */
+typedef struct lmp_lock {
+  lmp_obj h;
+  uint32_t kind; /* 0 Lock, 1 RLock */
+  _Atomic int32_t owner;
+  int32_t count; /* levels held, RLock */
+  _Atomic uint32_t seq, nwait;
+} lmp_lock;
+
+extern pid_t lmp_pid; /* getpid(), kept current across forks */
+
+lmp_lock *lmp_lock_new(int recursive);
+/* 1 (taken, *died if from a dead owner), 0 (deadline passed), -EINTR. */
+int lmp_lock_acquire(lmp_lock *l, double deadline, int *died);
+/* 0, -EPERM (an RLock not ours), -EINVAL (not locked). */
+int lmp_lock_release(lmp_lock *l);
+int lmp_lock_owned(lmp_lock *l);
+int32_t lmp_lock_release_all(lmp_lock *l);
+int lmp_lock_restore(lmp_lock *l, int32_t levels, int *died);
+
+/* Is the process with this pid gone (or a zombie)? */
+int lmp_pid_dead(pid_t pid);
+void lmp_mutex_init(pthread_mutex_t *mu);  /* robust, process-shared */
+int lmp_mutex_lock(pthread_mutex_t *mu);   /* 1 if the last owner died */
+double lmp_block_timeout(lua_State *L, int idx);
+void lmp_newclass(lua_State *L, const char *name, const luaL_Reg *m,
+                  int nup, lua_CFunction ts);
+int lmp_open_sync(lua_State *L);
+int lmp_open_cond(lua_State *L);
+int lmp_open_shared(lua_State *L);
 
 /* ---------------------------------------------------------- pipe.c, wait.c */
 

@@ -7,9 +7,11 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <math.h>
+#include <stdlib.h>
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,8 +58,19 @@ double lmp_now(void) {
 
 static volatile sig_atomic_t sig_pending; /* the loop has signals to run */
 
+/* While a process sleeps in poll (lmp_wait_fds) its signal handlers also
+ * write to this eventfd, which is in the poll set: a signal that lands
+ * between the last check and the poll still ends the poll. */
+static int wake_fd = -1;
+static volatile sig_atomic_t polling;
+
 static void bump_self(void) {
   if (lmp_self != NULL) lmp_wake(lmp_self_index);
+  if (polling && wake_fd >= 0) {
+    uint64_t one = 1;
+    ssize_t r = write(wake_fd, &one, sizeof one);
+    (void)r;
+  }
 }
 
 static void call_prev(const struct sigaction *sa, int sig, siginfo_t *si,
@@ -126,6 +139,9 @@ int lmp_runtime_init(void *userloop) {
     loop_owned = 1;
   }
   runtime_pid = getpid();
+  lmp_pid = runtime_pid;
+  wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd < 0) return -errno;
   return watch_signals();
 }
 
@@ -166,6 +182,10 @@ void lmp_runtime_after_fork(void) {
   lmp_sigint = 0;
   lmp_interrupted_flag = 0;
   sig_pending = 0;
+  polling = 0;
+  /* The parent's eventfd is shared with it: get our own. */
+  if (wake_fd >= 0) close(wake_fd);
+  wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 }
 
 void lmp_service(void) {
@@ -194,8 +214,11 @@ static void on_sigint(int sig) {
   errno = saved;
 }
 
+static int sigint_owned; /* a host's: nobody else installs handlers */
+
 static void install_sigint(void) {
   struct sigaction sa, cur;
+  if (sigint_owned) return;
   sigaction(SIGINT, NULL, &cur);
   if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_sigint) return;
   if (cur.sa_handler == SIG_IGN) return; /* e.g. a background job */
@@ -214,6 +237,15 @@ void lmp_sigint_install(lua_State *L) {
 }
 
 void lmp_sigint_forget(void) { int_L = NULL; }
+
+/* A host owns SIGINT: its handler, once installed, stays; a module in a
+ * stock lua5.4 re-checks before each wait, since lua.c installs its own
+ * around every chunk it runs. */
+void lmp_sigint_own(void) {
+  sigint_owned = 0;
+  install_sigint();
+  sigint_owned = 1;
+}
 
 void lmp_take_interrupt(void) {
   lmp_sigint = 0;
@@ -269,25 +301,28 @@ int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
 }
 
 /*
- * Waiting on descriptors.  The signals that must end a sleep (SIGINT,
- * SIGCHLD, SIGURG) are blocked while the conditions are checked and
- * unblocked atomically by ppoll, so one that lands between the check and
- * the sleep interrupts the sleep instead of being missed.
+ * Waiting on descriptors.  The process is marked as polling (so its signal
+ * handlers write to wake_fd) and sleeping (so lmp_wake from other
+ * processes signals it) before the conditions are checked; wake_fd is in
+ * the poll set, so nothing that happens after the check is missed.
  */
 int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
                  double deadline) {
-  sigset_t block, old;
+  struct pollfd stack[8], *all = stack;
   int rc;
   install_sigint();
-  sigemptyset(&block);
-  sigaddset(&block, SIGINT);
-  sigaddset(&block, SIGCHLD);
-  sigaddset(&block, SIGURG);
-  sigprocmask(SIG_BLOCK, &block, &old);
+  if (nfds + 1 > 8) {
+    all = malloc(sizeof(struct pollfd) * (size_t)(nfds + 1));
+    if (all == NULL) return -ENOMEM;
+  }
+  memcpy(all, fds, sizeof(struct pollfd) * (size_t)nfds);
+  all[nfds].fd = wake_fd;
+  all[nfds].events = POLLIN;
+  polling = 1;
   atomic_store(&lmp_self->sleeping, 1);
   for (;;) {
     struct timespec ts, *tsp = NULL;
-    int n;
+    int n, i;
     if (sig_pending) lmp_service();
     if (ready != NULL && ready(ud)) { rc = 1; break; }
     if (lmp_sigint) { rc = -EINTR; break; }
@@ -299,16 +334,25 @@ int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
       ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
       tsp = &ts;
     }
-    n = ppoll(fds, (nfds_t)nfds, tsp, &old);
+    for (i = 0; i <= nfds; i++) all[i].revents = 0;
+    n = ppoll(all, (nfds_t)nfds + 1, tsp, NULL);
+    if (n < 0 && errno != EINTR) { rc = -errno; break; }
+    if (n > 0 && all[nfds].revents) { /* drain; then re-check */
+      uint64_t v;
+      ssize_t r = read(wake_fd, &v, sizeof v);
+      (void)r;
+      n--;
+    }
     if (n > 0) { rc = 1; break; }
     if (n == 0 && deadline >= 0 && lmp_now() >= deadline) {
       rc = ready != NULL ? ready(ud) : 0;
       break;
     }
-    if (n < 0 && errno != EINTR) { rc = -errno; break; }
   }
+  polling = 0;
   atomic_store(&lmp_self->sleeping, 0);
-  sigprocmask(SIG_SETMASK, &old, NULL);
+  for (int i = 0; i < nfds; i++) fds[i].revents = all[i].revents;
+  if (all != stack) free(all);
   return rc;
 }
 

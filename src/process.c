@@ -37,6 +37,8 @@ struct lmp_child {
   lmp_child *next, *prev;
 };
 
+pid_t lmp_pid; /* set at start and in each child: getpid() is a syscall */
+
 static lmp_child *children;
 static int nchildren; /* listed and not reaped */
 static int in_child;  /* this process was forked by luamp */
@@ -124,6 +126,7 @@ void lmp_after_fork_child(uint32_t slot) {
   pid_t ppid_then = (pid_t)atomic_load(&lmp_self->pid);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != ppid_then) _exit(1);
+  lmp_pid = getpid();
   parent_slot = lmp_self_index;
   lmp_slot_adopt(slot);
   while (c != NULL) {

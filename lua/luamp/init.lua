@@ -25,6 +25,60 @@ M.SimpleQueue = core.SimpleQueue
 
 M.Pipe = core.Pipe
 
+M.Lock = core.Lock
+M.RLock = core.RLock
+M.Semaphore = core.Semaphore
+M.BoundedSemaphore = core.BoundedSemaphore
+M.Condition = core.Condition
+M.Event = core.Event
+M.Barrier = core.Barrier
+M.Value = core.Value
+M.Array = core.Array
+
+-- mp.RawValue(typecode, [init]), mp.RawArray(typecode, size_or_table):
+-- Value and Array without a lock.
+function M.RawValue(typecode, init)
+  return core.Value(typecode, init, false)
+end
+
+function M.RawArray(typecode, size_or_table)
+  return core.Array(typecode, size_or_table, false)
+end
+
+-- lock:with(fn, ...) -> what fn returns: fn runs holding the lock, which
+-- is released whether fn returns or raises.
+local function with(self, fn, ...)
+  self:acquire()
+  local r = table.pack(pcall(fn, ...))
+  self:release()
+  if not r[1] then error(r[2], 0) end
+  return table.unpack(r, 2, r.n)
+end
+
+-- cond:wait_for(predicate, [timeout]) -> the predicate's last value:
+-- waits until it is true, or the timeout has passed.
+local function wait_for(self, predicate, timeout)
+  local result = predicate()
+  local endtime = timeout and core.monotonic() + timeout
+  while not result do
+    local left
+    if endtime then
+      left = endtime - core.monotonic()
+      if left <= 0 then break end
+    end
+    self:wait(left)
+    result = predicate()
+  end
+  return result
+end
+
+for _, name in ipairs{"Lock", "RLock", "Semaphore", "BoundedSemaphore",
+                      "Condition"} do
+  local methods = core.metatable("luamp." .. name).__index
+  methods.with = with
+end
+core.metatable("luamp.Condition").__index.wait_for = wait_for
+
 -- mp.wait(objects, [timeout]): the ready subset of connections, process
 -- sentinels (or Process objects) and queues, in the order given.
 function M.wait(objects, timeout)

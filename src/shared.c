@@ -1,0 +1,504 @@
+/* shared.c -- Value and Array: typed C data in the arena with Python's
+ * typecodes, an optional lock, and atomic add and compare-and-swap.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+/*
+ * Every element is read and written with one atomic access of its size,
+ * so a reader never sees a torn value even without the lock; the lock
+ * (an RLock by default, as in Python) is there for the caller's
+ * read-modify-write sequences, and `add` and `cas` make most of those
+ * unnecessary for integers.
+ */
+
+#define VALUE "luamp.Value"
+#define ARRAY "luamp.Array"
+
+typedef struct shval {
+  lmp_obj h;
+  char tc;
+  uint8_t esize;
+  uint8_t is_array;
+  uint8_t pad;
+  uint32_t pad2;
+  uint64_t n; /* elements */
+  lmp_off lock;
+  _Alignas(8) char data[];
+} shval;
+
+static int esize(char tc) {
+  switch (tc) {
+    case 'b': case 'B': case 'c': case '?': return 1;
+    case 'h': case 'H': return 2;
+    case 'i': case 'I': case 'f': return 4;
+    case 'l': case 'L': case 'q': case 'Q': case 'd': return 8;
+    default: return 0;
+  }
+}
+
+static int is_int(char tc) { return strchr("bBhHiIlLqQ", tc) != NULL; }
+
+static void *elem(shval *v, uint64_t i) { return v->data + i * v->esize; }
+
+static uint64_t load(shval *v, uint64_t i) {
+  void *p = elem(v, i);
+  switch (v->esize) {
+    case 1: return __atomic_load_n((uint8_t *)p, __ATOMIC_SEQ_CST);
+    case 2: return __atomic_load_n((uint16_t *)p, __ATOMIC_SEQ_CST);
+    case 4: return __atomic_load_n((uint32_t *)p, __ATOMIC_SEQ_CST);
+    default: return __atomic_load_n((uint64_t *)p, __ATOMIC_SEQ_CST);
+  }
+}
+
+static void store(shval *v, uint64_t i, uint64_t bits) {
+  void *p = elem(v, i);
+  switch (v->esize) {
+    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)bits, __ATOMIC_SEQ_CST); break;
+    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)bits, __ATOMIC_SEQ_CST); break;
+    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)bits, __ATOMIC_SEQ_CST); break;
+    default: __atomic_store_n((uint64_t *)p, bits, __ATOMIC_SEQ_CST); break;
+  }
+}
+
+/* The bits of an element as a Lua value. */
+static void push_bits(lua_State *L, char tc, uint64_t bits) {
+  switch (tc) {
+    case 'b': lua_pushinteger(L, (int8_t)bits); break;
+    case 'B': lua_pushinteger(L, (uint8_t)bits); break;
+    case 'h': lua_pushinteger(L, (int16_t)bits); break;
+    case 'H': lua_pushinteger(L, (uint16_t)bits); break;
+    case 'i': lua_pushinteger(L, (int32_t)bits); break;
+    case 'I': lua_pushinteger(L, (uint32_t)bits); break;
+    case 'l': case 'q': case 'L': case 'Q':
+      lua_pushinteger(L, (lua_Integer)bits); /* Q wraps as in C */
+      break;
+    case 'f': {
+      float f;
+      uint32_t b = (uint32_t)bits;
+      memcpy(&f, &b, sizeof f);
+      lua_pushnumber(L, (lua_Number)f);
+      break;
+    }
+    case 'd': {
+      double d;
+      memcpy(&d, &bits, sizeof d);
+      lua_pushnumber(L, d);
+      break;
+    }
+    case '?': lua_pushboolean(L, (uint8_t)bits != 0); break;
+    default: { /* 'c' */
+      char c = (char)bits;
+      lua_pushlstring(L, &c, 1);
+    }
+  }
+}
+
+/* The Lua value at idx as element bits for tc; raises if it does not fit
+ * the typecode's kind (integers wrap, as in C). */
+static uint64_t to_bits(lua_State *L, int idx, char tc) {
+  if (is_int(tc)) {
+    if (!lua_isinteger(L, idx)) {
+      if (lua_type(L, idx) == LUA_TNUMBER)
+        luaL_error(L, "integer expected for typecode '%c', got float %s", tc,
+                   lua_tostring(L, idx));
+      luaL_error(L, "integer expected for typecode '%c', got %s", tc,
+                 luaL_typename(L, idx));
+    }
+    return (uint64_t)lua_tointeger(L, idx);
+  }
+  switch (tc) {
+    case 'f': case 'd': {
+      lua_Number x;
+      if (lua_type(L, idx) != LUA_TNUMBER)
+        luaL_error(L, "number expected for typecode '%c', got %s", tc,
+                   luaL_typename(L, idx));
+      x = lua_tonumber(L, idx);
+      if (tc == 'f') {
+        float f = (float)x;
+        uint32_t b;
+        memcpy(&b, &f, sizeof b);
+        return b;
+      } else {
+        uint64_t b;
+        double d = (double)x;
+        memcpy(&b, &d, sizeof b);
+        return b;
+      }
+    }
+    case '?':
+      if (!lua_isboolean(L, idx))
+        luaL_error(L, "boolean expected for typecode '?', got %s",
+                   luaL_typename(L, idx));
+      return (uint64_t)lua_toboolean(L, idx);
+    default: { /* 'c' */
+      size_t n;
+      const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n)
+                                                      : NULL;
+      if (s == NULL || n != 1)
+        luaL_error(L, "string of length 1 expected for typecode 'c'");
+      return (uint8_t)s[0];
+    }
+  }
+}
+
+static shval *checkval(lua_State *L, int idx) {
+  lmp_handle *h = luaL_testudata(L, idx, VALUE);
+  const char *what = "value";
+  if (h == NULL) {
+    h = luaL_checkudata(L, idx, ARRAY);
+    what = "array";
+  }
+  if (h->obj == NULL) luaL_error(L, "attempt to use a closed %s", what);
+  return (shval *)h->obj;
+}
+
+static void shval_dtor(lmp_obj *o) {
+  shval *v = (shval *)o;
+  if (v->lock) lmp_obj_decref(LMP_PTR(v->lock));
+}
+
+static void push_shval(lua_State *L, lmp_obj *o) {
+  shval *v = (shval *)o;
+  lmp_handle *h = lmp_newhandle(L, sizeof *h, v->is_array ? ARRAY : VALUE);
+  lmp_bind(L, h, o);
+  if (v->lock) {
+    lmp_pushobj(L, LMP_PTR(v->lock));
+    lua_setiuservalue(L, -2, 1);
+  }
+}
+
+/* Makes a Value or Array of n elements; the lock argument is at idx:
+ * nil/true (a new RLock), false (none) or a Lock/RLock. */
+static shval *make(lua_State *L, char tc, uint64_t n, int is_array,
+                   int lockidx) {
+  int es = esize(tc);
+  lmp_obj *lk = NULL;
+  shval *v;
+  size_t size;
+  if (es == 0 || tc == '\0')
+    luaL_argerror(L, 1, "bad typecode (expected one of b B h H i I l L q Q "
+                  "f d c ?)");
+  if (lua_isnoneornil(L, lockidx) ||
+      (lua_isboolean(L, lockidx) && lua_toboolean(L, lockidx))) {
+    lmp_lock *nl = lmp_lock_new(1);
+    if (nl == NULL) lmp_nomem(L, sizeof(lmp_lock));
+    lk = &nl->h;
+  } else if (!lua_isboolean(L, lockidx)) {
+    lk = lmp_toobj(L, lockidx);
+    luaL_argcheck(L, lk != NULL && lk->type == LMP_T_LOCK, lockidx,
+                  "lock must be a boolean, a Lock or an RLock");
+  }
+  size = sizeof(shval) + (size_t)n * (size_t)es;
+  if (n > ((uint64_t)1 << 40)) luaL_argerror(L, 2, "array too large");
+  v = (shval *)lmp_obj_new(is_array ? LMP_T_ARRAY : LMP_T_VALUE, size);
+  if (v == NULL) {
+    if (lk != NULL && atomic_load(&lk->refs) == 0) { /* ours: free it */
+      lmp_obj_incref(lk);
+      lmp_obj_decref(lk);
+    }
+    lmp_nomem(L, size);
+  }
+  v->tc = tc;
+  v->esize = (uint8_t)es;
+  v->is_array = (uint8_t)is_array;
+  v->n = n;
+  if (lk != NULL) {
+    lmp_obj_incref(lk);
+    v->lock = LMP_OFF(lk);
+  }
+  return v;
+}
+
+static char checktc(lua_State *L) {
+  size_t n;
+  const char *tc = luaL_checklstring(L, 1, &n);
+  if (n != 1 || esize(tc[0]) == 0)
+    luaL_argerror(L, 1, "bad typecode (expected one of b B h H i I l L q Q "
+                  "f d c ?)");
+  return tc[0];
+}
+
+/* Value(typecode, [init], [lock]) */
+static int shared_Value(lua_State *L) {
+  char tc = checktc(L);
+  shval *v;
+  uint64_t bits = 0;
+  if (!lua_isnoneornil(L, 2)) bits = to_bits(L, 2, tc);
+  v = make(L, tc, 1, 0, 3);
+  store(v, 0, bits);
+  push_shval(L, &v->h);
+  return 1;
+}
+
+/* Array(typecode, size_or_table, [lock]) */
+static int shared_Array(lua_State *L) {
+  char tc = checktc(L);
+  shval *v;
+  uint64_t n, i;
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    n = (uint64_t)luaL_len(L, 2);
+    for (i = 1; i <= n; i++) { /* check every value before allocating */
+      lua_geti(L, 2, (lua_Integer)i);
+      to_bits(L, -1, tc);
+      lua_pop(L, 1);
+    }
+    v = make(L, tc, n, 1, 3);
+    for (i = 1; i <= n; i++) {
+      lua_geti(L, 2, (lua_Integer)i);
+      store(v, i - 1, to_bits(L, -1, tc));
+      lua_pop(L, 1);
+    }
+  } else if (lua_type(L, 2) == LUA_TSTRING && tc == 'c') {
+    size_t len;
+    const char *s = lua_tolstring(L, 2, &len);
+    v = make(L, tc, len, 1, 3);
+    memcpy(v->data, s, len);
+  } else {
+    lua_Integer k = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, k >= 0, 2, "size must be non-negative");
+    v = make(L, tc, (uint64_t)k, 1, 3);
+  }
+  push_shval(L, &v->h);
+  return 1;
+}
+
+/* Element index at idx (1-based) -> 0-based, or -1 when out of range. */
+static int64_t index_of(lua_State *L, shval *v, int idx) {
+  lua_Integer i;
+  if (!lua_isinteger(L, idx)) return -2;
+  i = lua_tointeger(L, idx);
+  if (i < 1 || (uint64_t)i > v->n) return -1;
+  return i - 1;
+}
+
+static int checkindex(lua_State *L, shval *v, int idx) {
+  int64_t i = index_of(L, v, idx);
+  if (i == -2) luaL_typeerror(L, idx, "integer index");
+  if (i < 0)
+    luaL_error(L, "index %I out of range (array has %I elements)",
+               lua_tointeger(L, idx), (lua_Integer)v->n);
+  return (int)i;
+}
+
+/* The 'c' array as a string: .value stops at the first NUL, as Python's
+ * c_char arrays do; :raw() is every byte. */
+static void push_cstring(lua_State *L, shval *v, int whole) {
+  size_t n = (size_t)v->n;
+  if (!whole) {
+    const char *z = memchr(v->data, '\0', n);
+    if (z != NULL) n = (size_t)(z - v->data);
+  }
+  lua_pushlstring(L, v->data, n);
+}
+
+static int val_index(lua_State *L) {
+  shval *v = checkval(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    const char *k = lua_tostring(L, 2);
+    if (strcmp(k, "value") == 0) {
+      if (!v->is_array) push_bits(L, v->tc, load(v, 0));
+      else if (v->tc == 'c') push_cstring(L, v, 0);
+      else return luaL_error(L, "only 'c' arrays have a value field");
+      return 1;
+    }
+    if (strcmp(k, "typecode") == 0) {
+      lua_pushlstring(L, &v->tc, 1);
+      return 1;
+    }
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "methods");
+    lua_getfield(L, -1, k);
+    return 1;
+  }
+  if (v->is_array) {
+    int64_t i = index_of(L, v, 2);
+    if (i >= 0) push_bits(L, v->tc, load(v, (uint64_t)i));
+    else lua_pushnil(L); /* as a table: ipairs stops here */
+    return 1;
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+static int val_newindex(lua_State *L) {
+  shval *v = checkval(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "value") == 0) {
+    if (!v->is_array) {
+      store(v, 0, to_bits(L, 3, v->tc));
+    } else if (v->tc == 'c') {
+      size_t n;
+      const char *s = luaL_checklstring(L, 3, &n);
+      if (n > v->n)
+        return luaL_error(L, "string too long (%I bytes for %I)",
+                          (lua_Integer)n, (lua_Integer)v->n);
+      memcpy(v->data, s, n);
+      if (n < v->n) v->data[n] = '\0';
+    } else {
+      return luaL_error(L, "only 'c' arrays have a value field");
+    }
+    return 0;
+  }
+  if (v->is_array && lua_type(L, 2) == LUA_TNUMBER) {
+    int i = checkindex(L, v, 2);
+    store(v, (uint64_t)i, to_bits(L, 3, v->tc));
+    return 0;
+  }
+  return luaL_error(L, "cannot set field '%s' of a %s", luaL_tolstring(L, 2, NULL),
+                    v->is_array ? ARRAY : VALUE);
+}
+
+static int val_len(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)checkval(L, 1)->n);
+  return 1;
+}
+
+static int val_totable(lua_State *L) {
+  shval *v = checkval(L, 1);
+  uint64_t i;
+  lua_createtable(L, (int)v->n, 0);
+  for (i = 0; i < v->n; i++) {
+    push_bits(L, v->tc, load(v, i));
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+static int val_raw(lua_State *L) {
+  shval *v = checkval(L, 1);
+  luaL_argcheck(L, v->tc == 'c', 1, "only 'c' arrays have raw bytes");
+  push_cstring(L, v, 1);
+  return 1;
+}
+
+static int val_get_lock(lua_State *L) {
+  shval *v = checkval(L, 1);
+  if (v->lock == 0)
+    return luaL_error(L, "this %s has no lock (it was made without one)",
+                      v->is_array ? "Array" : "Value");
+  lua_getiuservalue(L, 1, 1);
+  return 1;
+}
+
+/* The element add/cas act on: a Value's only one, or the Array's i-th
+ * (argument 2, shifting the rest by one). */
+static int target(lua_State *L, shval *v, int *arg) {
+  if (!is_int(v->tc))
+    luaL_error(L, "add and cas need an integer typecode, not '%c'", v->tc);
+  if (!v->is_array) {
+    *arg = 2;
+    return 0;
+  }
+  *arg = 3;
+  return checkindex(L, v, 2);
+}
+
+#define ATOMIC_ADD(T)                                                      \
+  push_bits(L, v->tc,                                                      \
+            (uint64_t)(T)__atomic_add_fetch((T *)elem(v, (uint64_t)i),     \
+                                            (T)d, __ATOMIC_SEQ_CST))
+
+/* add(n) / add(i, n) -> the new value */
+static int val_add(lua_State *L) {
+  shval *v = checkval(L, 1);
+  int arg, i = target(L, v, &arg);
+  lua_Integer d = luaL_checkinteger(L, arg);
+  switch (v->esize) {
+    case 1: ATOMIC_ADD(uint8_t); break;
+    case 2: ATOMIC_ADD(uint16_t); break;
+    case 4: ATOMIC_ADD(uint32_t); break;
+    default: ATOMIC_ADD(uint64_t); break;
+  }
+  return 1;
+}
+
+#define ATOMIC_CAS(T)                                                      \
+  do {                                                                     \
+    T e = (T)old;                                                          \
+    ok = __atomic_compare_exchange_n((T *)elem(v, (uint64_t)i), &e,       \
+                                     (T) new, 0, __ATOMIC_SEQ_CST,         \
+                                     __ATOMIC_SEQ_CST);                    \
+  } while (0)
+
+/* cas(old, new) / cas(i, old, new) -> whether it swapped */
+static int val_cas(lua_State *L) {
+  shval *v = checkval(L, 1);
+  int arg, i = target(L, v, &arg), ok;
+  uint64_t old = to_bits(L, arg, v->tc), new = to_bits(L, arg + 1, v->tc);
+  switch (v->esize) {
+    case 1: ATOMIC_CAS(uint8_t); break;
+    case 2: ATOMIC_CAS(uint16_t); break;
+    case 4: ATOMIC_CAS(uint32_t); break;
+    default: ATOMIC_CAS(uint64_t); break;
+  }
+  lua_pushboolean(L, ok);
+  return 1;
+}
+
+static int val_close(lua_State *L) {
+  lmp_handle *h = lua_touserdata(L, 1);
+  if (h != NULL) lmp_unbind(h);
+  return 0;
+}
+
+static int val_tostring(lua_State *L) {
+  lmp_handle *h = lua_touserdata(L, 1);
+  shval *v = h ? (shval *)h->obj : NULL;
+  const char *name = VALUE;
+  if (lua_getmetatable(L, 1)) {
+    lua_getfield(L, -1, "__name");
+    if (lua_isstring(L, -1)) name = lua_tostring(L, -1);
+  }
+  if (v == NULL) {
+    lua_pushfstring(L, "%s (closed)", name);
+  } else if (!v->is_array) {
+    push_bits(L, v->tc, load(v, 0));
+    lua_pushfstring(L, "%s('%c', %s)", name, v->tc, luaL_tolstring(L, -1, NULL));
+  } else {
+    lua_pushfstring(L, "%s('%c', %I)", name, v->tc, (lua_Integer)v->n);
+  }
+  return 1;
+}
+
+static const luaL_Reg val_meth[] = {
+  {"totable", val_totable}, {"get_lock", val_get_lock},
+  {"add", val_add},         {"cas", val_cas},
+  {"raw", val_raw},         {"close", val_close}, {NULL, NULL}
+};
+
+int lmp_open_shared(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"Value", shared_Value}, {"Array", shared_Array}, {NULL, NULL}
+  };
+  static const char *names[] = {VALUE, ARRAY};
+  int k;
+  for (k = 0; k < 2; k++) {
+    luaL_newmetatable(L, names[k]);
+    luaL_newlib(L, val_meth);
+    lua_setfield(L, -2, "methods");
+    lua_pushcfunction(L, val_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, val_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, val_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushcfunction(L, val_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, val_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, val_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "__luamp");
+    lua_pop(L, 1);
+  }
+  lmp_obj_settype(LMP_T_VALUE, "value", shval_dtor);
+  lmp_obj_settype(LMP_T_ARRAY, "array", shval_dtor);
+  lmp_settypepusher(LMP_T_VALUE, push_shval);
+  lmp_settypepusher(LMP_T_ARRAY, push_shval);
+  luaL_setfuncs(L, funcs, 0);
+  return 0;
+}
