@@ -145,15 +145,25 @@ static uint64_t to_bits(lua_State *L, int idx, char tc) {
   }
 }
 
+/* Every method and metamethod closes over the Value and Array metatables
+ * (upvalues 1 and 2) and the string "value" (3): checking self and the
+ * common key are pointer comparisons. */
 static shval *checkval(lua_State *L, int idx) {
-  lmp_handle *h = luaL_testudata(L, idx, VALUE);
-  const char *what = "value";
-  if (h == NULL) {
-    h = luaL_checkudata(L, idx, ARRAY);
-    what = "array";
+  lmp_handle *h = lua_touserdata(L, idx);
+  int kind = 0;
+  if (h != NULL && lua_getmetatable(L, idx)) {
+    if (lua_rawequal(L, -1, lua_upvalueindex(1))) kind = 1;
+    else if (lua_rawequal(L, -1, lua_upvalueindex(2))) kind = 2;
+    lua_pop(L, 1);
   }
-  if (h->obj == NULL) luaL_error(L, "attempt to use a closed %s", what);
+  if (kind == 0) luaL_typeerror(L, idx, VALUE);
+  if (h->obj == NULL)
+    luaL_error(L, "attempt to use a closed %s", kind == 1 ? "value" : "array");
   return (shval *)h->obj;
+}
+
+static int is_value_key(lua_State *L, int idx) {
+  return lua_rawequal(L, idx, lua_upvalueindex(3));
 }
 
 static void shval_dtor(lmp_obj *o) {
@@ -299,7 +309,7 @@ static int val_index(lua_State *L) {
   shval *v = checkval(L, 1);
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
-    if (strcmp(k, "value") == 0) {
+    if (is_value_key(L, 2)) {
       if (!v->is_array) push_bits(L, v->tc, load(v, 0));
       else if (v->tc == 'c') push_cstring(L, v, 0);
       else return luaL_error(L, "only 'c' arrays have a value field");
@@ -326,7 +336,7 @@ static int val_index(lua_State *L) {
 
 static int val_newindex(lua_State *L) {
   shval *v = checkval(L, 1);
-  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "value") == 0) {
+  if (is_value_key(L, 2)) {
     if (!v->is_array) {
       store(v, 0, to_bits(L, 3, v->tc));
     } else if (v->tc == 'c') {
@@ -469,6 +479,18 @@ static const luaL_Reg val_meth[] = {
   {"raw", val_raw},         {"close", val_close}, {NULL, NULL}
 };
 
+static const luaL_Reg val_metameth[] = {
+  {"__index", val_index}, {"__newindex", val_newindex}, {"__len", val_len},
+  {"__gc", val_close},    {"__close", val_close},
+  {"__tostring", val_tostring}, {NULL, NULL}
+};
+
+static void upvalues(lua_State *L) {
+  luaL_getmetatable(L, VALUE);
+  luaL_getmetatable(L, ARRAY);
+  lua_pushliteral(L, "value");
+}
+
 int lmp_open_shared(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"Value", shared_Value}, {"Array", shared_Array}, {NULL, NULL}
@@ -477,22 +499,18 @@ int lmp_open_shared(lua_State *L) {
   int k;
   for (k = 0; k < 2; k++) {
     luaL_newmetatable(L, names[k]);
-    luaL_newlib(L, val_meth);
-    lua_setfield(L, -2, "methods");
-    lua_pushcfunction(L, val_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, val_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushcfunction(L, val_len);
-    lua_setfield(L, -2, "__len");
-    lua_pushcfunction(L, val_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, val_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, val_tostring);
-    lua_setfield(L, -2, "__tostring");
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "__luamp");
+    lua_pop(L, 1);
+  }
+  for (k = 0; k < 2; k++) {
+    luaL_getmetatable(L, names[k]);
+    lua_newtable(L);
+    upvalues(L);
+    luaL_setfuncs(L, val_meth, 3);
+    lua_setfield(L, -2, "methods");
+    upvalues(L);
+    luaL_setfuncs(L, val_metameth, 3);
     lua_pop(L, 1);
   }
   lmp_obj_settype(LMP_T_VALUE, "value", shval_dtor);
