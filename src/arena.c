@@ -35,8 +35,10 @@
  * sit in size bins: exact 16-byte classes below 1 KiB, then four bins per
  * power of two; a bitmap finds the first non-empty bin at or above a size.
  * Freeing coalesces with free neighbours and gives back to `top` a block
- * that ends there.  Free blocks of 256 KiB or more return their pages to
- * the kernel (MADV_REMOVE) so a freed large message costs no memory.
+ * that ends there.  Free blocks of 256 KiB or more keep their pages up to
+ * a budget (RETAIN_MAX), so that the next large message does not pay for
+ * fresh zeroed pages; past it they return their pages to the kernel
+ * (MADV_REMOVE), so freed large messages cost no memory for long.
  *
  * One robust, process-shared mutex guards the heap.  A process killed while
  * holding it leaves it to the next locker (EOWNERDEAD), which marks it
@@ -51,6 +53,7 @@
 #define F_PREV 2u
 #define SIZEMASK (~(uint64_t)15)
 #define BIG_FREE ((size_t)256 << 10)
+#define RETAIN_MAX ((uint64_t)256 << 20)
 
 #define NEXACT 64 /* bins of exact 16-byte classes: sizes < 1024 */
 #define NBINS 256
@@ -70,6 +73,7 @@ typedef struct arena_hdr {
   lmp_off heap; /* first block */
   lmp_off top;  /* first byte never handed out */
   uint64_t used, blocks;
+  uint64_t retained; /* bytes of large free blocks that kept their pages */
   _Atomic uint64_t objects;
   _Atomic uint32_t nprocs;
   uint32_t slot_hint;
@@ -252,7 +256,15 @@ static void make_free(lmp_off off, uint64_t size) {
   bin_insert(off);
 }
 
+/* A large free block: keep its pages while within budget, else drop them.
+ * (The budget is a running estimate: reuse of any large block counts
+ * against it.) */
 static void give_back(lmp_off off, uint64_t size) {
+  uint64_t budget = H->size / 4 < RETAIN_MAX ? H->size / 4 : RETAIN_MAX;
+  if (H->retained + size <= budget) {
+    H->retained += size;
+    return;
+  }
   /* Keep the tag and list links; drop the pages behind them. */
   uintptr_t from = ((uintptr_t)(lmp_base + off) + sizeof(block) + 4095) &
                    ~(uintptr_t)4095;
@@ -313,6 +325,7 @@ void *lmp_alloc(size_t n) {
   }
   H->used += need;
   H->blocks++;
+  if (need >= BIG_FREE) H->retained -= need < H->retained ? need : H->retained;
   unlock_heap();
   return lmp_base + off + TAG;
 }

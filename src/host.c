@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 #include <string.h>
 
 #include <lualib.h>
@@ -16,6 +17,80 @@ struct luamp_host {
 };
 
 static luamp_host *last_host; /* keeps the state reachable for leak checks */
+
+/*
+ * The host's allocator: Lua's own (realloc and free), except that a few
+ * large blocks freed by Lua are kept for the next large allocation.  A
+ * program that receives big messages makes a big string for each; glibc
+ * gives every allocation of that size fresh pages from the kernel, which
+ * must be faulted in and zeroed, at a cost several times the copy itself.
+ * A kept block has its pages already.
+ */
+#define BIG_BLOCK ((size_t)1 << 20)
+#define KEEP_BLOCKS 4
+#define KEEP_BYTES ((size_t)256 << 20)
+
+static struct {
+  void *p;
+  size_t size;
+} kept[KEEP_BLOCKS];
+static size_t kept_bytes;
+
+static void *take_kept(size_t n) {
+  int i, best = -1;
+  void *p;
+  for (i = 0; i < KEEP_BLOCKS; i++) {
+    if (kept[i].p != NULL && kept[i].size >= n && kept[i].size / 2 <= n &&
+        (best < 0 || kept[i].size < kept[best].size))
+      best = i;
+  }
+  if (best < 0) return NULL;
+  kept_bytes -= kept[best].size;
+  p = kept[best].p;
+  kept[best].p = NULL;
+  kept[best].size = 0;
+  return p;
+}
+
+static void keep_or_free(void *p) {
+  size_t n = malloc_usable_size(p);
+  int i;
+  if (n + kept_bytes <= KEEP_BYTES) {
+    for (i = 0; i < KEEP_BLOCKS; i++) {
+      if (kept[i].p == NULL) {
+        kept[i].p = p;
+        kept[i].size = n;
+        kept_bytes += n;
+        return;
+      }
+    }
+  }
+  free(p);
+}
+
+static void free_kept(void) {
+  int i;
+  for (i = 0; i < KEEP_BLOCKS; i++) {
+    free(kept[i].p);
+    kept[i].p = NULL;
+    kept[i].size = 0;
+  }
+  kept_bytes = 0;
+}
+
+static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  (void)ud;
+  if (nsize == 0) {
+    if (ptr != NULL && osize >= BIG_BLOCK) keep_or_free(ptr);
+    else free(ptr);
+    return NULL;
+  }
+  if (ptr == NULL && nsize >= BIG_BLOCK) {
+    void *p = take_kept(nsize);
+    if (p != NULL) return p;
+  }
+  return realloc(ptr, nsize);
+}
 int lmp_error_was_interrupt;
 
 /* The message handler: a traceback for strings, tostring for objects. */
@@ -68,6 +143,7 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
     if (err != NULL) *err = "not enough memory";
     return NULL;
   }
+  lua_setallocf(h->L, host_alloc, NULL);
   if (!cfg->no_stdlibs) luaL_openlibs(h->L);
   lmp_mark_hosted(h->L);
   lua_pushcfunction(h->L, luaopen_luamp);
@@ -115,6 +191,7 @@ LUAMP_EXPORT int luamp_close(luamp_host *h) {
   if (n >= 0) n += lmp_terminate_children(0.5, 0);
   lmp_sigint_forget();
   lua_close(h->L);
+  free_kept();
   if (last_host == h) last_host = NULL;
   free(h);
   return n;

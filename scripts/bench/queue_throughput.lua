@@ -1,17 +1,19 @@
 -- queue_throughput.lua -- one producer process, one consumer (this process), through
 -- a Queue: small integers, the 5-field record, and a 64 MiB string.
 -- Prints: ints <M msg/s> M/s, records <M msg/s> M/s, big <GB/s> GB/s
--- Usage: luamp queue_throughput.lua [N_INTS=200000] [N_RECORDS=100000] [BIG_ROUNDS=4]
+-- Usage: luamp queue_throughput.lua [N_INTS=200000] [N_RECORDS=100000]
+--                                   [BIG_ROUNDS=16]
 
 local mp = require "luamp"
 
 local N_INTS = tonumber(arg and arg[1]) or 200000
 local N_RECS = tonumber(arg and arg[2]) or 100000
-local BIG_ROUNDS = tonumber(arg and arg[3]) or 4
+local BIG_ROUNDS = tonumber(arg and arg[3]) or 16
 
--- Times `n` items from a producer child to this process.
-local function run(n, item)
-  local q = mp.Queue()
+-- Times `n` items from a producer child to this process, through a
+-- queue of at most `maxsize` items.
+local function run(n, item, maxsize)
+  local q = mp.Queue(maxsize)
   local p = mp.Process{target = function()
     for _ = 1, n do q:put(item) end
   end}
@@ -31,6 +33,8 @@ run(N_INTS // 10, 1) -- warm up
 print(string.format("ints %.3f M/s", N_INTS / run(N_INTS, 12345) / 1e6))
 print(string.format("records %.3f M/s", N_RECS / run(N_RECS, rec) / 1e6))
 
+-- A stream of large messages through a queue of two: the steady state of a
+-- pipeline that hands big results on.
 local big = string.rep("x", 64 << 20)
-local dt = run(BIG_ROUNDS, big)
+local dt = run(BIG_ROUNDS, big, 2)
 print(string.format("big %.3f GB/s", BIG_ROUNDS * #big / dt / 1e9))

@@ -10,8 +10,8 @@ def produce(q, n, item):
         q.put(item)
 
 
-def run(n, item):
-    q = mp.Queue()
+def run(n, item, maxsize=0):
+    q = mp.Queue(maxsize)
     p = mp.Process(target=produce, args=(q, n, item))
     t0 = time.monotonic()
     p.start()
@@ -26,14 +26,15 @@ def run(n, item):
 def main():
     n_ints = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
     n_recs = int(sys.argv[2]) if len(sys.argv) > 2 else 100000
-    big_rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 4
+    big_rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 16
     rec = {"id": 12345, "name": "alpha", "score": 3.5,
            "tags": ["a", "b", "c"], "ok": True}
     run(n_ints // 10, 1)
     print("ints %.3f M/s" % (n_ints / run(n_ints, 12345) / 1e6))
     print("records %.3f M/s" % (n_recs / run(n_recs, rec) / 1e6))
     big = "x" * (64 << 20)
-    print("big %.3f GB/s" % (big_rounds * len(big) / run(big_rounds, big) / 1e9))
+    dt = run(big_rounds, big, 2)
+    print("big %.3f GB/s" % (big_rounds * len(big) / dt / 1e9))
 
 
 if __name__ == "__main__":
