@@ -1,6 +1,7 @@
 /* codec.c -- the message codec: the one place that decides which Lua values
- * may cross a process boundary, and turns them into bytes and back.  It also
- * owns lmp_buf, the growable byte buffer messages are built in.
+ * may cross a process boundary, and its encoder (decode.c reads messages
+ * back).  It also owns lmp_buf, the growable byte buffer messages are built
+ * in.
  */
 
 /*
@@ -103,99 +104,37 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "codec.h"
 
-#define VERSION 1
-#define MAXDEPTH 200 /* nested tables and functions, as LUAI_MAXCCALLS */
-#define MAXPATH 200  /* bytes of path in an error message */
-
-/* Stack room: each level of nesting holds at most LEVELSTACK slots (a key
- * and a value, or a table, key and value), and any level may push 8 more
- * for a moment.  The first PRESTACK levels are reserved on entry, so that
- * small messages check the stack once. */
-#define LEVELSTACK 3
-#define PRESTACK 16
-#define ENTRYSTACK (3 + 8 + PRESTACK * LEVELSTACK)
-
-enum {
-  T_NIL = 0x00, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_FUNC,
-  T_REF, T_JOIN, T_GLOBALS, T_NAME, T_MODULE, T_OBJ,
-  T_KEEP = 0x10,     /* on T_TABLE or T_FUNC: a ref or join names it */
-  T_SHORTSTR = 0x40, /* 0x40..0x7f */
-  T_FIXINT = 0x80    /* 0x80..0xff */
-};
-
-#define NORETURN __attribute__((noreturn))
+#define MAXPATH 200 /* bytes of path in an error message */
 
 static const char NAMES_KEY = 'n'; /* registry: value -> encoded name */
 static const char DUMPS_KEY = 'd'; /* registry: function -> len, MAC, dump */
-static const char SPARE_KEY = 'b'; /* registry: encode()'s spare lmp_buf */
-#define SPARE_MAX ((size_t)64 << 10)
 
-/* ------------------------------------------------------------- SipHash */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                         \
-  do {                                                                   \
-    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);            \
-    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                               \
-    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                               \
-    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);            \
-  } while (0)
-
-static uint64_t le64(const unsigned char *p) {
-  uint64_t v = 0;
-  int i;
-  for (i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-
-/* SipHash-2-4 (Aumasson and Bernstein) of in[0..n) under a 16-byte key. */
-static uint64_t siphash(const uint8_t *key, const unsigned char *in,
-                        size_t n) {
-  uint64_t k0 = le64(key), k1 = le64(key + 8), m, b = (uint64_t)n << 56;
-  uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
-  uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
-  const unsigned char *end = in + (n & ~(size_t)7);
-  int i;
-  for (; in != end; in += 8) {
-    m = le64(in);
-    v3 ^= m;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= m;
-  }
-  for (i = (int)(n & 7) - 1; i >= 0; i--) b |= (uint64_t)in[i] << (8 * i);
-  v3 ^= b;
-  SIPROUND;
-  SIPROUND;
-  v0 ^= b;
-  v2 ^= 0xff;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  return v0 ^ v1 ^ v2 ^ v3;
-}
-
-/* The MAC of a function's bytecode, or 0 (with ok cleared) when there is no
- * arena and so no key. */
-static uint64_t codemac(const char *code, size_t n, int *ok) {
-  *ok = lmp_arena_ready();
-  return *ok ? siphash(lmp_arena_key(), (const unsigned char *)code, n) : 0;
-}
+/* encode() builds its message in a C array of LOCALBUF bytes, moving to
+ * an lmp_buf in a stack slot only when that overflows.  Strings of ROPEMIN
+ * bytes or more it does not copy at all: it leaves a gap for each of the
+ * first ROPEMAX of them and fills the gaps as lua_concat builds the result,
+ * so that their bytes are copied once, straight into the message. */
+#define LOCALBUF 1024
+#define ROPEMIN ((size_t)16 << 10)
+#define ROPEMAX 16
 
 /* -------------------------------------------------------------- lmp_buf */
 
 #define BUF "luamp.buf"
 
+/* The buffer doubles, so that a message built from many small appends
+ * copies each byte a bounded number of times; but an append that doubling
+ * would not hold gets exactly the room it asks for, so that a big string is
+ * copied in once and carries no slack. */
 int lmp_buf_reserve(lmp_buf *b, size_t extra) {
   size_t cap;
   char *p;
   if (b->cap - b->len >= extra) return 0;
   if (extra > SIZE_MAX / 2 - b->len) return -ENOMEM;
-  cap = b->cap ? b->cap : 128;
-  while (cap < b->len + extra) cap *= 2;
+  cap = b->cap ? b->cap * 2 : 128;
+  if (cap < b->len + extra) cap = b->len + extra;
   p = realloc(b->data, cap);
   if (p == NULL) return -ENOMEM;
   b->data = p;
@@ -260,11 +199,14 @@ enum { F_INDEX, F_FIELD, F_KEY, F_UPVAL };
 
 typedef struct enc {
   lua_State *L;
-  lmp_buf *b;
+  lmp_buf *b;          /* the caller's, &local, or the one in slot + 3 */
+  lmp_buf local;       /* encode()'s C array, before it overflows */
   const char *root;
-  size_t start;        /* where this message begins in b */
   const void *globals; /* the globals table, NULL until needed */
-  int slot;   /* stack: slot = scratch memory, +1 names cache, +2 dumps */
+  int slot; /* stack: slot = scratch memory, +1 names cache, +2 dumps,
+             * +3 the buffer encode() moves to, +4 the gap strings */
+  int rope;  /* gaps made so far, or -1 when b is the caller's */
+  size_t gaps[ROPEMAX]; /* where each gap is in b */
   int depth;  /* tables and functions entered */
   int rebuilt; /* the names cache was built during this call */
   struct names *names; /* the names cache, NULL until needed */
@@ -278,10 +220,9 @@ typedef struct enc {
 } enc;
 
 static void encvalue(enc *e, int idx);
+static void encother(enc *e, int idx, int t);
 
-/* Raises a message without a position, unlike luaL_error: the codec's
- * errors are about a value, and its callers are mostly C. */
-static NORETURN void raisef(lua_State *L, const char *fmt, ...) {
+void lmp_codec_raise(lua_State *L, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
@@ -290,7 +231,9 @@ static NORETURN void raisef(lua_State *L, const char *fmt, ...) {
   __builtin_unreachable();
 }
 
-static NORETURN void nomem(enc *e) { raisef(e->L, "not enough memory"); }
+static NORETURN void nomem(enc *e) {
+  lmp_codec_raise(e->L, "not enough memory");
+}
 
 static int isident(const char *s, size_t n) {
   static const char *const reserved[] = {
@@ -431,8 +374,23 @@ static NORETURN void fail(enc *e, int idx, const char *why) {
   __builtin_unreachable();
 }
 
+/* Makes room for n more bytes.  A message outgrowing encode()'s C array
+ * moves to a buffer in a stack slot, which an error frees. */
+static void grow(enc *e, size_t n) {
+  lmp_buf *b = e->b;
+  if (b == &e->local) {
+    b = lmp_buf_new(e->L);
+    lua_replace(e->L, e->slot + 3);
+    if (lmp_buf_reserve(b, 2 * e->local.cap + n) != 0) nomem(e);
+    memcpy(b->data, e->local.data, e->local.len);
+    b->len = e->local.len;
+    e->b = b;
+  }
+  if (lmp_buf_reserve(b, n) != 0) nomem(e);
+}
+
 static inline void need(enc *e, size_t n) {
-  if (e->b->cap - e->b->len < n && lmp_buf_reserve(e->b, n) != 0) nomem(e);
+  if (e->b->cap - e->b->len < n) grow(e, n);
 }
 
 static inline char *putvarint(char *p, uint64_t v) {
@@ -533,6 +491,85 @@ static void enter(enc *e) {
 static void putref(enc *e, const seen *s) {
   e->b->data[s->pos] |= T_KEEP;
   puttagv(e, T_REF, s->idx);
+}
+
+/* A string of 64 bytes or more: its length is reserved exactly, and the
+ * bytes are copied once (or not at all, in a gap). */
+static void putlong(enc *e, int idx, const char *s, size_t n) {
+  char hdr[11], *p;
+  size_t hl;
+  hdr[0] = T_STR;
+  hl = (size_t)(putvarint(hdr + 1, n) - hdr);
+  if (n >= ROPEMIN && e->rope >= 0 && e->rope < ROPEMAX) {
+    lua_State *L = e->L;
+    if (e->rope == 0) {
+      lua_createtable(L, ROPEMAX, 0);
+      lua_replace(L, e->slot + 4);
+    }
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, e->slot + 4, e->rope + 1);
+    putbytes(e, hdr, hl);
+    e->gaps[e->rope++] = e->b->len;
+    return;
+  }
+  need(e, hl + n);
+  p = e->b->data + e->b->len;
+  memcpy(p, hdr, hl);
+  memcpy(p + hl, s, n);
+  e->b->len += hl + n;
+}
+
+/* Writes the value at idx, of type t.  The scalars are written here, with
+ * as few calls into Lua as their values need, since a message is mostly
+ * made of them. */
+static inline __attribute__((always_inline)) void encany(enc *e, int idx,
+                                                        int t) {
+  lua_State *L = e->L;
+  char *p;
+  switch (t) {
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      if (n >= 64) {
+        putlong(e, idx, s, n);
+        break;
+      }
+      need(e, 64);
+      p = e->b->data + e->b->len;
+      *p = (char)(T_SHORTSTR + n);
+      memcpy(p + 1, s, n);
+      e->b->len += n + 1;
+      break;
+    }
+    case LUA_TNUMBER:
+      need(e, 11);
+      p = e->b->data + e->b->len;
+      if (lua_isinteger(L, idx)) {
+        lua_Integer v = lua_tointeger(L, idx);
+        uint64_t z = (uint64_t)v << 1;
+        if (v >= 0 && v < 128) {
+          *p++ = (char)(T_FIXINT + v);
+        } else {
+          *p++ = T_INT;
+          p = putvarint(p, v < 0 ? ~z : z);
+        }
+      } else {
+        lua_Number v = lua_tonumber(L, idx);
+        *p++ = T_FLOAT;
+        memcpy(p, &v, 8);
+        p += 8;
+      }
+      e->b->len = (size_t)(p - e->b->data);
+      break;
+    case LUA_TBOOLEAN:
+      putbyte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+      break;
+    case LUA_TNIL:
+      putbyte(e, T_NIL);
+      break;
+    default:
+      encother(e, idx, t);
+  }
 }
 
 /* ---- names: C functions and modules */
@@ -747,17 +784,17 @@ static void enctable(enc *e, int idx) {
           lua_tointeger(L, top - 1) == (lua_Integer)(m + 1)) {
         f->kind = F_INDEX;
         f->i = (lua_Integer)++m;
-        encvalue(e, top);
+        encany(e, top, lua_type(L, top));
         lua_settop(L, top - 1);
         continue;
       }
       run = 0;
     }
     f->kind = F_KEY;
-    encvalue(e, top - 1);
+    encany(e, top - 1, lua_type(L, top - 1));
     f->kind = F_FIELD;
     f->idx = top - 1;
-    encvalue(e, top);
+    encany(e, top, lua_type(L, top));
     lua_settop(L, top - 1);
     npairs++;
   }
@@ -783,11 +820,14 @@ static int dumpwriter(lua_State *L, const void *p, size_t n, void *ud) {
  * closure's dump can be reused for as long as the closure lives. */
 static void putcode(enc *e, int idx) {
   lua_State *L = e->L;
-  lmp_buf *b = e->b;
-  size_t start = b->len, n, hl;
+  lmp_buf *b;
+  size_t start, n, hl;
   char hdr[18];
   uint64_t mac;
   int ok;
+  if (e->b == &e->local) grow(e, e->local.cap); /* dumpwriter reallocs */
+  b = e->b;
+  start = b->len;
   if (lua_isnil(L, e->slot + 2)) {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DUMPS_KEY) != LUA_TTABLE) {
       lua_pop(L, 1);
@@ -814,7 +854,7 @@ static void putcode(enc *e, int idx) {
   lua_pop(L, 1);
   if (!ok) nomem(e);
   n = b->len - start;
-  mac = codemac(b->data + start, n, &ok);
+  mac = lmp_codemac(b->data + start, n, &ok);
   if (!ok) fail(e, idx, "function (no shared arena to sign it with)");
   hl = (size_t)(putvarint(hdr, n) - hdr);
   memcpy(hdr + hl, &mac, 8);
@@ -873,47 +913,10 @@ static void encfunction(enc *e, int idx) {
   e->depth--;
 }
 
-static void encvalue(enc *e, int idx) {
+/* Tables, functions, userdata and what cannot be sent. */
+static void encother(enc *e, int idx, int t) {
   lua_State *L = e->L;
-  switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-      putbyte(e, T_NIL);
-      break;
-    case LUA_TBOOLEAN:
-      putbyte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
-      break;
-    case LUA_TNUMBER:
-      if (lua_isinteger(L, idx)) {
-        lua_Integer v = lua_tointeger(L, idx);
-        uint64_t z = (uint64_t)v << 1;
-        if (v >= 0 && v < 128)
-          putbyte(e, T_FIXINT + (int)v);
-        else
-          puttagv(e, T_INT, v < 0 ? ~z : z);
-      } else {
-        lua_Number v = lua_tonumber(L, idx);
-        need(e, 9);
-        e->b->data[e->b->len] = T_FLOAT;
-        memcpy(e->b->data + e->b->len + 1, &v, 8);
-        e->b->len += 9;
-      }
-      break;
-    case LUA_TSTRING: {
-      size_t n;
-      const char *s = lua_tolstring(L, idx, &n);
-      char *p;
-      need(e, n + 11);
-      p = e->b->data + e->b->len;
-      if (n < 64) {
-        *p++ = (char)(T_SHORTSTR + n);
-      } else {
-        *p++ = T_STR;
-        p = putvarint(p, n);
-      }
-      memcpy(p, s, n);
-      e->b->len = (size_t)(p + n - e->b->data);
-      break;
-    }
+  switch (t) {
     case LUA_TTABLE:
       enctable(e, idx);
       break;
@@ -940,16 +943,38 @@ static void encvalue(enc *e, int idx) {
   }
 }
 
-static int walk(const char *p, size_t n, void (*fn)(lmp_obj *));
+static void encvalue(enc *e, int idx) { encany(e, idx, lua_type(e->L, idx)); }
 
-void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
+/* Pushes the message in b as a string, filling its gaps. */
+static void pushmsg(enc *e) {
+  lua_State *L = e->L;
+  size_t at = 0;
+  int i;
+  if (!lua_checkstack(L, 2 * e->rope + 1)) nomem(e);
+  for (i = 0; i < e->rope; i++) {
+    lua_pushlstring(L, e->b->data + at, e->gaps[i] - at);
+    lua_rawgeti(L, e->slot + 4, i + 1);
+    at = e->gaps[i];
+  }
+  lua_pushlstring(L, e->b->data + at, e->b->len - at);
+  lua_concat(L, 2 * e->rope + 1);
+}
+
+/* Appends the encoding of the value at idx to b and returns how many
+ * objects it names, whose references the caller takes or does not.  With
+ * b NULL it pushes the message as a string instead. */
+static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   enc e;
+  char local[LOCALBUF];
   idx = lua_absindex(L, idx);
-  if (!lua_checkstack(L, ENTRYSTACK)) raisef(L, "stack overflow");
+  if (!lua_checkstack(L, ENTRYSTACK)) lmp_codec_raise(L, "stack overflow");
   e.L = L;
-  e.b = b;
+  e.local.data = local;
+  e.local.len = 0;
+  e.local.cap = sizeof local;
+  e.b = b ? b : &e.local;
+  e.rope = b ? -1 : 0;
   e.root = root ? root : "value";
-  e.start = b->len;
   e.globals = NULL;
   e.depth = e.rebuilt = 0;
   e.names = NULL;
@@ -960,448 +985,35 @@ void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   e.cap = NINLINE;
   e.hash = NULL;
   e.slot = lua_gettop(L) + 1;
-  lua_settop(L, e.slot + 2); /* scratch memory, names cache, dump cache */
+  lua_settop(L, e.slot + 4); /* see enc.slot */
   putbyte(&e, VERSION);
   encvalue(&e, idx);
+  if (b != NULL) {
+    lua_settop(L, e.slot - 1);
+  } else if (e.b == &e.local && e.rope == 0) { /* nothing on the stack */
+    lua_settop(L, e.slot - 1);
+    lua_pushlstring(L, local, e.local.len);
+  } else {
+    pushmsg(&e);
+    lua_replace(L, e.slot);
+    lua_settop(L, e.slot);
+  }
+  return e.nobj;
+}
+
+void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
+  size_t start = b->len;
   /* Only now that nothing can fail does the message own its objects. */
-  if (e.nobj > 0) walk(b->data + e.start, b->len - e.start, lmp_obj_incref);
-  lua_settop(L, e.slot - 1);
+  if (encode(L, idx, root, b) > 0)
+    lmp_msg_walk(b->data + start, b->len - start, lmp_obj_incref);
 }
-
-/* ------------------------------------------------------------ decoding */
-
-typedef struct dec {
-  lua_State *L;
-  const unsigned char *p, *end;
-  int depth;
-  int base;          /* stack index of the first value pushed */
-  int refs;          /* stack index of the kept values, 0 until needed */
-  lua_Integer count; /* tables and functions decoded */
-} dec;
-
-static void decvalue(dec *d);
-
-static NORETURN void bad(dec *d, const char *what) {
-  raisef(d->L, "malformed message: %s", what);
-}
-
-static uint64_t getvarint(dec *d) {
-  uint64_t v = 0;
-  int shift;
-  for (shift = 0;; shift += 7) {
-    unsigned c;
-    if (d->p == d->end) bad(d, "truncated");
-    c = *d->p++;
-    if (shift == 63 && c > 1) bad(d, "integer out of range");
-    v |= (uint64_t)(c & 0x7f) << shift;
-    if (c < 0x80) return v;
-  }
-}
-
-/* A length: no more than the bytes left. */
-static size_t getlen(dec *d) {
-  uint64_t n = getvarint(d);
-  if (n > (uint64_t)(d->end - d->p)) bad(d, "truncated");
-  return (size_t)n;
-}
-
-static void denter(dec *d) {
-  if (d->depth >= MAXDEPTH) bad(d, "nesting too deep");
-  if (d->depth >= PRESTACK && !lua_checkstack(d->L, LEVELSTACK + 8))
-    raisef(d->L, "stack overflow");
-  d->depth++;
-}
-
-/* Numbers the table or function on the top and keeps it if a ref or join
- * will name it. */
-static void keep(dec *d, int tag) {
-  lua_State *L = d->L;
-  d->count++;
-  if (!(tag & T_KEEP)) return;
-  if (d->refs == 0) { /* slip it in under everything decoded so far */
-    lua_newtable(L);
-    lua_insert(L, d->base);
-    d->refs = d->base;
-  }
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, d->refs, d->count);
-}
-
-/* Pushes kept value k. */
-static void getref(dec *d, uint64_t k) {
-  if (d->refs == 0 || k == 0 || k > (uint64_t)d->count ||
-      lua_rawgeti(d->L, d->refs, (lua_Integer)k) == LUA_TNIL)
-    bad(d, "bad reference");
-}
-
-static void dectable(dec *d, int tag) {
-  lua_State *L = d->L;
-  uint64_t narr = getvarint(d), i;
-  int nhash;
-  if (narr > (uint64_t)(d->end - d->p)) bad(d, "truncated");
-  if (d->p == d->end) bad(d, "truncated");
-  nhash = *d->p++;
-  denter(d);
-  /* Presize, but let a huge claimed array grow as it really arrives. */
-  lua_createtable(L, narr > (1 << 20) ? 1 << 20 : (int)narr, nhash);
-  keep(d, tag);
-  for (i = 1; i <= narr; i++) {
-    decvalue(d);
-    lua_rawseti(L, -2, (lua_Integer)i);
-  }
-  for (;;) {
-    if (d->p == d->end) bad(d, "truncated");
-    if (*d->p == T_NIL) break;
-    if (*d->p == T_FLOAT && d->end - d->p > 8) {
-      lua_Number k;
-      memcpy(&k, d->p + 1, 8);
-      if (k != k) bad(d, "bad table key"); /* NaN */
-    }
-    decvalue(d); /* no other tag decodes to nil or NaN */
-    decvalue(d);
-    lua_rawset(L, -3);
-  }
-  d->p++;
-  d->depth--;
-}
-
-typedef struct reader {
-  const char *p;
-  size_t n;
-} reader;
-
-static const char *readcode(lua_State *L, void *ud, size_t *n) {
-  reader *r = ud;
-  const char *p = r->p;
-  (void)L;
-  *n = r->n;
-  r->n = 0;
-  return *n ? p : NULL;
-}
-
-static int nups(lua_State *L, int idx) {
-  lua_Debug ar;
-  lua_pushvalue(L, idx);
-  lua_getinfo(L, ">u", &ar);
-  return ar.nups;
-}
-
-static void decfunction(dec *d, int tag) {
-  lua_State *L = d->L;
-  uint64_t n = getvarint(d), mac;
-  size_t len = getlen(d);
-  reader r;
-  int i, ok;
-  if (n > 255) bad(d, "bad function");
-  if ((size_t)(d->end - d->p) < 8 || len > (size_t)(d->end - d->p) - 8)
-    bad(d, "truncated");
-  r.p = (const char *)d->p + 8;
-  r.n = len;
-  mac = codemac(r.p, len, &ok);
-  if (!ok || memcmp(&mac, d->p, 8) != 0) bad(d, "bad function signature");
-  d->p += 8 + len;
-  denter(d);
-  if (lua_load(L, readcode, &r, "=message", "b") != LUA_OK) {
-    lua_pop(L, 1);
-    bad(d, "bad function");
-  }
-  if (nups(L, -1) != (int)n) bad(d, "bad function");
-  keep(d, tag);
-  for (i = 1; i <= (int)n; i++) {
-    if (d->p < d->end && *d->p == T_JOIN) {
-      uint64_t k, j;
-      d->p++;
-      k = getvarint(d);
-      j = getvarint(d);
-      getref(d, k);
-      if (!lua_isfunction(L, -1) || lua_iscfunction(L, -1) || j == 0 ||
-          j > (uint64_t)nups(L, -1))
-        bad(d, "bad upvalue join");
-      lua_upvaluejoin(L, -2, i, -1, (int)j);
-      lua_pop(L, 1);
-    } else {
-      decvalue(d);
-      lua_setupvalue(L, -2, i);
-    }
-  }
-  d->depth--;
-}
-
-/* Copies s for an error message, making unprintable bytes '?'. */
-static void printable(char *buf, size_t sz, const unsigned char *s, size_t n) {
-  size_t i;
-  if (n > sz - 1) n = sz - 1;
-  for (i = 0; i < n; i++)
-    buf[i] = (s[i] >= 32 && s[i] < 127) ? (char)s[i] : '?';
-  buf[n] = '\0';
-}
-
-/* T_NAME and T_MODULE: resolve the name in this process's package.loaded. */
-static void decname(dec *d, int tag) {
-  lua_State *L = d->L;
-  const unsigned char *mod, *field = NULL;
-  size_t mlen, flen = 0;
-  char m[64], f[64];
-  int t;
-  mlen = getlen(d);
-  mod = d->p;
-  d->p += mlen;
-  if (tag == T_NAME) {
-    flen = getlen(d);
-    field = d->p;
-    d->p += flen;
-  }
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_type(L, -1) == LUA_TTABLE) {
-    lua_pushlstring(L, (const char *)mod, mlen);
-    t = lua_rawget(L, -2);
-    if (field != NULL && t == LUA_TTABLE) {
-      lua_pushlstring(L, (const char *)field, flen);
-      t = lua_rawget(L, -2);
-      lua_remove(L, -2);
-      if (t == LUA_TFUNCTION) {
-        lua_remove(L, -2);
-        return;
-      }
-    } else if (field == NULL && (t == LUA_TTABLE || t == LUA_TFUNCTION)) {
-      lua_remove(L, -2);
-      return;
-    }
-  }
-  printable(m, sizeof m, mod, mlen);
-  if (field == NULL)
-    raisef(L, "cannot receive module %s: not loaded here", m);
-  printable(f, sizeof f, field, flen);
-  raisef(L, "cannot receive C function %s.%s: not loaded here", m, f);
-}
-
-static void decobject(dec *d) {
-  uint64_t type = getvarint(d), off = getvarint(d);
-  if (type == 0 || type >= LMP_T_MAX || !lmp_obj_check(off, (int)type))
-    bad(d, "bad object reference");
-  lmp_pushobj(d->L, LMP_PTR(off));
-}
-
-static void decvalue(dec *d) {
-  lua_State *L = d->L;
-  int tag;
-  if (d->p == d->end) bad(d, "truncated");
-  tag = *d->p++;
-  if (tag >= T_FIXINT) {
-    lua_pushinteger(L, tag - T_FIXINT);
-    return;
-  }
-  if (tag >= T_SHORTSTR) {
-    size_t n = (size_t)(tag - T_SHORTSTR);
-    if (n > (size_t)(d->end - d->p)) bad(d, "truncated");
-    lua_pushlstring(L, (const char *)d->p, n);
-    d->p += n;
-    return;
-  }
-  switch (tag) {
-    case T_NIL:
-      lua_pushnil(L);
-      break;
-    case T_FALSE:
-    case T_TRUE:
-      lua_pushboolean(L, tag == T_TRUE);
-      break;
-    case T_INT: {
-      uint64_t z = getvarint(d);
-      lua_pushinteger(L, (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1));
-      break;
-    }
-    case T_FLOAT: {
-      lua_Number v;
-      if (d->end - d->p < 8) bad(d, "truncated");
-      memcpy(&v, d->p, 8);
-      d->p += 8;
-      lua_pushnumber(L, v);
-      break;
-    }
-    case T_STR: {
-      size_t n = getlen(d);
-      lua_pushlstring(L, (const char *)d->p, n);
-      d->p += n;
-      break;
-    }
-    case T_TABLE:
-    case T_TABLE | T_KEEP:
-      dectable(d, tag);
-      break;
-    case T_FUNC:
-    case T_FUNC | T_KEEP:
-      decfunction(d, tag);
-      break;
-    case T_REF:
-      getref(d, getvarint(d));
-      break;
-    case T_GLOBALS:
-      lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-      break;
-    case T_NAME:
-    case T_MODULE:
-      decname(d, tag);
-      break;
-    case T_OBJ:
-      decobject(d);
-      break;
-    default:
-      bad(d, "unknown tag");
-  }
-}
-
-void lmp_decode(lua_State *L, const char *p, size_t n) {
-  dec d;
-  if (!lua_checkstack(L, ENTRYSTACK)) raisef(L, "stack overflow");
-  d.L = L;
-  d.p = (const unsigned char *)p;
-  d.end = d.p + n;
-  d.depth = 0;
-  d.count = 0;
-  d.refs = 0;
-  if (n == 0) bad(&d, "empty");
-  if (*d.p++ != VERSION) bad(&d, "unknown version");
-  d.base = lua_gettop(L) + 1;
-  decvalue(&d);
-  if (d.p != d.end) bad(&d, "trailing bytes");
-  if (d.refs != 0) lua_remove(L, d.refs);
-}
-
-/* ------------------------------------------------------------- walking */
-
-/* Walks a message without Lua, calling fn on every object it names that
- * lmp_obj_check accepts.  Stops at the first thing it cannot read. */
-
-typedef struct walker {
-  const unsigned char *p, *end;
-  void (*fn)(lmp_obj *);
-} walker;
-
-static int wvarint(walker *w, uint64_t *v) {
-  int shift;
-  *v = 0;
-  for (shift = 0; shift < 64; shift += 7) {
-    unsigned c;
-    if (w->p == w->end) return -1;
-    c = *w->p++;
-    *v |= (uint64_t)(c & 0x7f) << shift;
-    if (c < 0x80) return 0;
-  }
-  return -1;
-}
-
-static int wskip(walker *w, uint64_t n) {
-  if (n > (uint64_t)(w->end - w->p)) return -1;
-  w->p += n;
-  return 0;
-}
-
-static int wlen(walker *w) {
-  uint64_t n;
-  return wvarint(w, &n) < 0 ? -1 : wskip(w, n);
-}
-
-static int wvalue(walker *w, int depth) {
-  uint64_t n, k, i;
-  int tag;
-  if (w->p == w->end) return -1;
-  tag = *w->p++;
-  if (tag >= T_FIXINT) return 0;
-  if (tag >= T_SHORTSTR) return wskip(w, (uint64_t)(tag - T_SHORTSTR));
-  switch (tag) {
-    case T_NIL: case T_FALSE: case T_TRUE: case T_GLOBALS:
-      return 0;
-    case T_INT: case T_REF:
-      return wvarint(w, &n);
-    case T_FLOAT:
-      return wskip(w, 8);
-    case T_STR: case T_MODULE:
-      return wlen(w);
-    case T_NAME:
-      return wlen(w) < 0 ? -1 : wlen(w);
-    case T_TABLE:
-    case T_TABLE | T_KEEP:
-      if (depth >= MAXDEPTH || wvarint(w, &n) < 0 || wskip(w, 1) < 0)
-        return -1;
-      for (i = 0; i < n; i++)
-        if (wvalue(w, depth + 1) < 0) return -1;
-      for (;;) {
-        if (w->p == w->end) return -1;
-        if (*w->p == T_NIL) return wskip(w, 1);
-        if (wvalue(w, depth + 1) < 0 || wvalue(w, depth + 1) < 0) return -1;
-      }
-    case T_FUNC:
-    case T_FUNC | T_KEEP:
-      if (depth >= MAXDEPTH || wvarint(w, &n) < 0 || n > 255 ||
-          wvarint(w, &k) < 0 || wskip(w, 8) < 0 || wskip(w, k) < 0)
-        return -1;
-      for (i = 0; i < n; i++) {
-        if (w->p < w->end && *w->p == T_JOIN) {
-          w->p++;
-          if (wvarint(w, &k) < 0 || wvarint(w, &k) < 0) return -1;
-        } else if (wvalue(w, depth + 1) < 0) {
-          return -1;
-        }
-      }
-      return 0;
-    case T_OBJ:
-      if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
-      if (k > 0 && k < LMP_T_MAX && lmp_obj_check(n, (int)k))
-        w->fn(LMP_PTR(n));
-      return 0;
-    default:
-      return -1;
-  }
-}
-
-static int walk(const char *p, size_t n, void (*fn)(lmp_obj *)) {
-  walker w;
-  if (n == 0 || p[0] != VERSION) return -1;
-  w.p = (const unsigned char *)p + 1;
-  w.end = (const unsigned char *)p + n;
-  w.fn = fn;
-  return wvalue(&w, 0);
-}
-
-void lmp_msg_release(const char *p, size_t n) { walk(p, n, lmp_obj_decref); }
 
 /* ------------------------------------------------------------ bindings */
 
 /* encode(v) -> string.  The string owns no references: it can be decoded
- * only while the objects it names are still alive elsewhere.  A spare
- * buffer waits in the registry between calls; a call takes it out while it
- * works, so that a nested call (from a finalizer) or an error cannot share
- * or lose it, and only a buffer of modest size is put back. */
+ * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
-  lmp_buf *b;
   luaL_checkany(L, 1);
-  lua_settop(L, 1);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SPARE_KEY) == LUA_TUSERDATA) {
-    b = lua_touserdata(L, 2);
-    b->len = 0;
-    lua_pushnil(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &SPARE_KEY);
-  } else {
-    lua_pop(L, 1);
-    b = lmp_buf_new(L);
-  }
-  lmp_encode(L, 1, "value", b);
-  lmp_msg_release(b->data, b->len);
-  lua_pushlstring(L, b->data, b->len);
-  if (b->cap <= SPARE_MAX) {
-    lua_pushvalue(L, 2);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &SPARE_KEY);
-  } else {
-    lmp_buf_free(b);
-  }
-  return 1;
-}
-
-/* decode(s) -> value */
-int lmp_codec_decode(lua_State *L) {
-  size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
-  lmp_decode(L, s, n);
+  encode(L, 1, "value", NULL);
   return 1;
 }

@@ -183,7 +183,7 @@ void lmp_futex_bump(_Atomic uint32_t *word, int n);
  * deadline; callers re-check their condition. */
 void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline);
 
-/* ---------------------------------------------------------------- codec.c */
+/* ------------------------------------------------------- codec.c, decode.c */
 
 /* A growable byte buffer.  lmp_buf_new pushes it as a userdata whose __gc
  * and __close free the bytes, so that an error raised while encoding

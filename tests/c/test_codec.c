@@ -522,11 +522,75 @@ static void test_objects(void) {
 static void test_buf(void) {
   lmp_buf b = {NULL, 0, 0};
   ASSERT_INT_EQ(lmp_buf_reserve(&b, 10), 0);
-  ASSERT_TRUE(b.cap >= 10);
+  ASSERT_INT_EQ(b.cap, 128);
+  b.len = 128;
+  ASSERT_INT_EQ(lmp_buf_reserve(&b, 1), 0);
+  ASSERT_INT_EQ(b.cap, 256); /* small appends double it */
+  b.len = 200;
+  ASSERT_INT_EQ(lmp_buf_reserve(&b, 56), 0);
+  ASSERT_INT_EQ(b.cap, 256); /* room enough: unchanged */
+  ASSERT_INT_EQ(lmp_buf_reserve(&b, 1000), 0);
+  ASSERT_INT_EQ(b.cap, 1200); /* one past doubling: exactly what it asks */
   ASSERT_INT_EQ(lmp_buf_reserve(&b, SIZE_MAX - 5), -ENOMEM);
+  ASSERT_INT_EQ(b.cap, 1200);
   lmp_buf_free(&b);
   lmp_buf_free(&b); /* idempotent */
   ASSERT_TRUE(b.data == NULL);
+}
+
+/* encbuf(v): the message lmp_encode writes into an lmp_buf, as a string. */
+static int encbuf(lua_State *L) {
+  lmp_buf *b = lmp_buf_new(L);
+  lmp_encode(L, 1, "value", b);
+  lmp_msg_release(b->data, b->len);
+  lua_pushlstring(L, b->data, b->len);
+  return 1;
+}
+
+/* encode() builds its string in a C array, in a buffer it moves to when
+ * that overflows, or around gaps that big strings fill as the result is
+ * made; every way must give the bytes lmp_encode gives. */
+static void test_strings(void) {
+  lmp_buf b = {NULL, 0, 0};
+  lua_register(S, "encbuf", encbuf);
+  RUN(S,
+      "local big, mid = ('b'):rep(1 << 20), ('m'):rep(20000)\n"
+      "local many = {}\n"
+      "for i = 1, 40 do many[i] = i % 2 == 0 and (i .. mid) or i end\n"
+      "local fill = {}\n"
+      "for i = 1, 300 do fill[i] = 'item' .. i end\n"
+      "local function f() return big, fill end\n"
+      "local vals = {\n"
+      "  ('x'):rep(63), ('y'):rep(64), ('s'):rep(2000), mid, big,\n"
+      "  {big, big, x = big, y = 'small'}, many, fill, f,\n"
+      "  {mid, f, fill, mid .. 'z', [mid] = big},\n"
+      "}\n"
+      "for i, v in ipairs(vals) do\n"
+      "  local m = encode(v)\n"
+      "  same(m, encbuf(v), 'the same bytes for value ' .. i)\n"
+      "  vals[i] = decode(m)\n"
+      "end\n"
+      "same(vals[5], big, 'a big string')\n"
+      "same(vals[6][1], big) same(vals[6].x, big) same(vals[6].y, 'small')\n"
+      "for i = 1, 40 do\n"
+      "  same(vals[7][i], i % 2 == 0 and (i .. mid) or i, 'gap ' .. i)\n"
+      "end\n"
+      "same(#vals[8], 300) same(vals[8][300], 'item300')\n"
+      "local b2, fill2 = vals[9]()\n"
+      "same(b2, big, 'upvalue') same(fill2[17], 'item17')\n"
+      "local t = vals[10]\n"
+      "same(t[1], mid) same(t[4], mid .. 'z') same(t[mid], big)\n"
+      "same(t[3], select(2, t[2]()), 'a table shared with an upvalue')\n"
+      "same(#encode(mid), 1 + 1 + 3 + 20000, 'no padding')\n");
+  /* A big string is reserved at its exact size: no doubling, no slack. */
+  RUN(S, "bigstr = ('q'):rep(1 << 20)");
+  lua_getglobal(S, "bigstr");
+  lmp_encode(S, -1, "value", &b);
+  ASSERT_INT_EQ(b.len, 1 + 1 + 3 + (1 << 20));
+  ASSERT_INT_EQ(b.cap, b.len);
+  ASSERT_TRUE(b.data && memcmp(b.data + 5, "qqqq", 4) == 0);
+  lmp_buf_free(&b);
+  lua_settop(S, 0);
 }
 
 static double now(void) {
@@ -581,6 +645,7 @@ int main(int argc, char **argv) {
   R = newstate();
   test_buf();
   test_scalars();
+  test_strings();
   test_tables();
   test_functions();
   test_names();

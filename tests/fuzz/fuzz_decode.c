@@ -4,7 +4,7 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I src -I include \
  *     -I /usr/include/lua5.4 tests/fuzz/fuzz_decode.c src/codec.c \
- *     src/arena.c src/handle.c -llua5.4 -lm -o fuzz_decode
+ *     src/decode.c src/arena.c src/handle.c -llua5.4 -lm -o fuzz_decode
  *   LUAMP_FUZZ_SEEDS=corpus ./fuzz_decode
  *   ./fuzz_decode -max_total_time=60 corpus
  */
