@@ -58,6 +58,8 @@
 #define NEXACT 64 /* bins of exact 16-byte classes: sizes < 1024 */
 #define NBINS 256
 #define ARENA_MAGIC 0x616e6572616d706cull /* "lmparena" */
+#define ULOG 96 /* stores one heap operation makes, at most */
+enum { OP_ALLOC = 1, OP_FREE };
 
 typedef struct block {
   uint64_t prev_size;
@@ -79,6 +81,13 @@ typedef struct arena_hdr {
   uint32_t slot_hint;
   uint64_t binmap[NBINS / 64];
   lmp_off bins[NBINS];
+  /* The undo log of the heap operation under way (see put()). */
+  uint32_t ulog_active, ulog_op, ulog_n;
+  lmp_off ulog_blk;
+  struct {
+    lmp_off addr;
+    uint64_t old;
+  } ulog[ULOG];
   pthread_mutex_t watch_lock;
   uint32_t nwatch; /* entries in use, from the start of watch[] */
   struct {
@@ -97,12 +106,8 @@ uint32_t lmp_self_index;
 #define BLK(off) ((block *)(lmp_base + (off)))
 #define BSIZE(b) ((b)->head & SIZEMASK)
 
-static void lock_heap(void) {
-  int rc = pthread_mutex_lock(&H->lock);
-  if (rc == EOWNERDEAD) pthread_mutex_consistent(&H->lock);
-}
-
-static void unlock_heap(void) { pthread_mutex_unlock(&H->lock); }
+static void lock_heap(void);
+static void unlock_heap(void);
 
 int lmp_parse_size(const char *s, size_t *out) {
   char *end;
@@ -200,6 +205,63 @@ int lmp_in_arena(const void *p, size_t n) {
 
 /* ------------------------------------------------------------ allocator */
 
+/*
+ * Death in the middle of a heap operation.  The heap mutex is robust, but
+ * a process killed half-way through linking a block would leave the lists
+ * broken for everyone.  So every store to the heap's structure goes
+ * through put(), which first records the old value in an undo log in the
+ * header; an operation is marked active while it runs.  The next locker,
+ * told by EOWNERDEAD that the owner died, finds the operation active,
+ * undoes it in reverse, and, when it was a free, frees the block again
+ * itself: no block is ever lost or corrupted by a kill.
+ */
+
+static void put(uint64_t *p, uint64_t v) {
+  volatile arena_hdr *vh = H;
+  uint32_t n = vh->ulog_n;
+  if (n >= ULOG) abort(); /* an operation never makes this many stores */
+  vh->ulog[n].addr = (lmp_off)((char *)p - lmp_base);
+  vh->ulog[n].old = *p;
+  vh->ulog_n = n + 1;
+  *(volatile uint64_t *)p = v;
+}
+
+#define SET(lv, v) put(&(lv), (uint64_t)(v))
+
+static void op_begin(uint32_t op, lmp_off blk) {
+  volatile arena_hdr *vh = H;
+  vh->ulog_n = 0;
+  vh->ulog_op = op;
+  vh->ulog_blk = blk;
+  vh->ulog_active = 1; /* from here a death is undone */
+}
+
+static void op_end(void) {
+  ((volatile arena_hdr *)H)->ulog_active = 0; /* the commit */
+}
+
+static void free_locked(lmp_off off);
+
+/* The next locker's repair after a death inside a heap operation. */
+static void heap_recover(void) {
+  uint32_t i;
+  if (!H->ulog_active) return;
+  for (i = H->ulog_n; i-- > 0;)
+    *(uint64_t *)(lmp_base + H->ulog[i].addr) = H->ulog[i].old;
+  H->ulog_n = 0;
+  H->ulog_active = 0;
+  if (H->ulog_op == OP_FREE) free_locked(H->ulog_blk);
+}
+
+static void lock_heap(void) {
+  if (pthread_mutex_lock(&H->lock) == EOWNERDEAD) {
+    heap_recover();
+    pthread_mutex_consistent(&H->lock);
+  }
+}
+
+static void unlock_heap(void) { pthread_mutex_unlock(&H->lock); }
+
 static unsigned binof(uint64_t size) {
   unsigned lg;
   if (size < 1024) return (unsigned)(size >> 4);
@@ -210,20 +272,21 @@ static unsigned binof(uint64_t size) {
 static void bin_insert(lmp_off off) {
   block *b = BLK(off);
   unsigned i = binof(BSIZE(b));
-  b->prev = 0;
-  b->next = H->bins[i];
-  if (b->next) BLK(b->next)->prev = off;
-  H->bins[i] = off;
-  H->binmap[i / 64] |= (uint64_t)1 << (i % 64);
+  SET(b->prev, 0);
+  SET(b->next, H->bins[i]);
+  if (b->next) SET(BLK(b->next)->prev, off);
+  SET(H->bins[i], off);
+  SET(H->binmap[i / 64], H->binmap[i / 64] | (uint64_t)1 << (i % 64));
 }
 
 static void bin_remove(lmp_off off) {
   block *b = BLK(off);
   unsigned i = binof(BSIZE(b));
-  if (b->prev) BLK(b->prev)->next = b->next;
-  else H->bins[i] = b->next;
-  if (b->next) BLK(b->next)->prev = b->prev;
-  if (H->bins[i] == 0) H->binmap[i / 64] &= ~((uint64_t)1 << (i % 64));
+  if (b->prev) SET(BLK(b->prev)->next, b->next);
+  else SET(H->bins[i], b->next);
+  if (b->next) SET(BLK(b->next)->prev, b->prev);
+  if (H->bins[i] == 0)
+    SET(H->binmap[i / 64], H->binmap[i / 64] & ~((uint64_t)1 << (i % 64)));
 }
 
 /* First non-empty bin at or above i, or NBINS. */
@@ -243,33 +306,35 @@ static unsigned bin_next(unsigned i) {
  * block's PREV flag right. */
 static void set_inuse(lmp_off off, uint64_t size) {
   block *b = BLK(off);
-  b->head = size | F_INUSE | (b->head & F_PREV);
-  BLK(off + size)->head |= F_PREV; /* the next tag, maybe the top one */
+  SET(b->head, size | F_INUSE | (b->head & F_PREV));
+  /* the next tag, maybe the top one */
+  SET(BLK(off + size)->head, BLK(off + size)->head | F_PREV);
 }
 
 /* Makes [off, off+size) a free block in a bin (no coalescing). */
 static void make_free(lmp_off off, uint64_t size) {
   block *b = BLK(off);
-  b->head = size | (b->head & F_PREV);
-  BLK(off + size)->prev_size = size; /* the footer, in the next tag */
-  BLK(off + size)->head &= ~(uint64_t)F_PREV;
+  SET(b->head, size | (b->head & F_PREV));
+  SET(BLK(off + size)->prev_size, size); /* the footer, in the next tag */
+  SET(BLK(off + size)->head, BLK(off + size)->head & ~(uint64_t)F_PREV);
   bin_insert(off);
 }
 
-/* A large free block: keep its pages while within budget, else drop them.
- * (The budget is a running estimate: reuse of any large block counts
- * against it.) */
-static void give_back(lmp_off off, uint64_t size) {
+/* A large free block: keep its pages while within budget (the budget is
+ * a running estimate: reuse of any large block counts against it), else
+ * say which pages to drop once the operation is committed (dropping them
+ * earlier could not be undone). */
+static int give_back(lmp_off off, uint64_t size, uintptr_t drop[2]) {
   uint64_t budget = H->size / 4 < RETAIN_MAX ? H->size / 4 : RETAIN_MAX;
   if (H->retained + size <= budget) {
-    H->retained += size;
-    return;
+    SET(H->retained, H->retained + size);
+    return 0;
   }
   /* Keep the tag and list links; drop the pages behind them. */
-  uintptr_t from = ((uintptr_t)(lmp_base + off) + sizeof(block) + 4095) &
-                   ~(uintptr_t)4095;
-  uintptr_t to = ((uintptr_t)(lmp_base + off + size)) & ~(uintptr_t)4095;
-  if (to > from) madvise((void *)from, to - from, MADV_REMOVE);
+  drop[0] = ((uintptr_t)(lmp_base + off) + sizeof(block) + 4095) &
+            ~(uintptr_t)4095;
+  drop[1] = ((uintptr_t)(lmp_base + off + size)) & ~(uintptr_t)4095;
+  return drop[1] > drop[0];
 }
 
 void *lmp_alloc(size_t n) {
@@ -283,6 +348,7 @@ void *lmp_alloc(size_t n) {
   need = ((uint64_t)n + TAG + ALIGN - 1) & SIZEMASK;
   if (need < MINBLOCK) need = MINBLOCK;
   lock_heap();
+  op_begin(OP_ALLOC, 0);
   i = binof(need);
   if (i < NEXACT) {
     /* Every block in an exact bin fits. */
@@ -304,28 +370,31 @@ void *lmp_alloc(size_t n) {
     uint64_t have = BSIZE(BLK(off));
     bin_remove(off);
     if (have - need >= MINBLOCK) {
-      BLK(off + need)->head = F_PREV; /* tag of the remainder */
+      SET(BLK(off + need)->head, F_PREV); /* tag of the remainder */
       make_free(off + need, have - need);
       have = need;
     }
-    BLK(off)->head = (BLK(off)->head & F_PREV) | have;
+    SET(BLK(off)->head, (BLK(off)->head & F_PREV) | have);
     set_inuse(off, have);
     need = have;
   } else {
     if (H->top + need + TAG > H->size) {
+      op_end();
       unlock_heap();
       errno = ENOMEM;
       return NULL;
     }
     off = H->top;
     /* The tag at top carries PREV for the block before it. */
-    BLK(off)->head = (BLK(off)->head & F_PREV) | need | F_INUSE;
-    H->top += need;
-    BLK(H->top)->head = F_PREV;
+    SET(BLK(off)->head, (BLK(off)->head & F_PREV) | need | F_INUSE);
+    SET(H->top, H->top + need);
+    SET(BLK(H->top)->head, F_PREV);
   }
-  H->used += need;
-  H->blocks++;
-  if (need >= BIG_FREE) H->retained -= need < H->retained ? need : H->retained;
+  SET(H->used, H->used + need);
+  SET(H->blocks, H->blocks + 1);
+  if (need >= BIG_FREE)
+    SET(H->retained, H->retained - (need < H->retained ? need : H->retained));
+  op_end();
   unlock_heap();
   return lmp_base + off + TAG;
 }
@@ -336,17 +405,18 @@ void *lmp_calloc(size_t n) {
   return p;
 }
 
-void lmp_free(void *p) {
-  lmp_off off;
+/* Frees the block whose tag is at off; the caller holds the heap lock and
+ * has begun no operation. */
+static void free_locked(lmp_off off) {
   uint64_t size;
+  uintptr_t drop[2];
+  int dropping = 0;
   block *b;
-  if (p == NULL) return;
-  off = LMP_OFF(p) - TAG;
-  lock_heap();
+  op_begin(OP_FREE, off);
   b = BLK(off);
   size = BSIZE(b);
-  H->used -= size;
-  H->blocks--;
+  SET(H->used, H->used - size);
+  SET(H->blocks, H->blocks - 1);
   if (!(b->head & F_PREV)) { /* merge with the free block before */
     uint64_t psize = b->prev_size;
     off -= psize;
@@ -354,32 +424,104 @@ void lmp_free(void *p) {
     size += psize;
     b = BLK(off);
   }
-  if (off + size == H->top) { /* the block ends at top: lower top */
-    if (size >= BIG_FREE) give_back(off, size);
-    H->top = off;
-    b->head = (b->head & F_PREV);
-    unlock_heap();
-    return;
-  }
-  {
+  if (off + size != H->top) {
     block *nb = BLK(off + size);
     if (!(nb->head & F_INUSE)) { /* merge with the free block after */
-      uint64_t nsize = BSIZE(nb);
       bin_remove(off + size);
-      size += nsize;
-      if (off + size == H->top) {
-        if (size >= BIG_FREE) give_back(off, size);
-        H->top = off;
-        b->head = (b->head & F_PREV);
-        BLK(H->top)->head = b->head;
-        unlock_heap();
-        return;
+      size += BSIZE(nb);
+    }
+  }
+  if (size >= BIG_FREE) dropping = give_back(off, size, drop);
+  if (off + size == H->top) { /* the block ends at top: lower top */
+    SET(H->top, off);
+    SET(b->head, b->head & F_PREV);
+  } else {
+    make_free(off, size);
+  }
+  op_end();
+  if (dropping) madvise((void *)drop[0], drop[1] - drop[0], MADV_REMOVE);
+}
+
+void lmp_free(void *p) {
+  if (p == NULL) return;
+  lock_heap();
+  free_locked(LMP_OFF(p) - TAG);
+  unlock_heap();
+}
+
+/* Walks the whole heap and checks that its tags, flags, free lists and
+ * counters agree.  0, or -EUCLEAN with a reason in *why.  For tests. */
+int lmp_arena_check(const char **why) {
+  lmp_off off;
+  uint64_t used = 0, blocks = 0, nfree = 0, inbins = 0;
+  int prev_inuse = 1;
+  unsigned i;
+  int rc = 0;
+  lock_heap();
+  for (off = H->heap; off < H->top;) {
+    block *b = BLK(off);
+    uint64_t size = BSIZE(b);
+    if (size < MINBLOCK || off + size > H->top) {
+      *why = "a block's size runs past the top";
+      rc = -EUCLEAN;
+      goto out;
+    }
+    if (!!(b->head & F_PREV) != prev_inuse) {
+      *why = "a PREV flag disagrees with the block before";
+      rc = -EUCLEAN;
+      goto out;
+    }
+    if (b->head & F_INUSE) {
+      used += size;
+      blocks++;
+      prev_inuse = 1;
+    } else {
+      if (!prev_inuse) {
+        *why = "two free blocks next to each other";
+        rc = -EUCLEAN;
+        goto out;
+      }
+      if (BLK(off + size)->prev_size != size) {
+        *why = "a free block's footer is wrong";
+        rc = -EUCLEAN;
+        goto out;
+      }
+      nfree++;
+      prev_inuse = 0;
+    }
+    off += size;
+  }
+  if (!!(BLK(H->top)->head & F_PREV) != prev_inuse) {
+    *why = "the top tag's PREV flag is wrong";
+    rc = -EUCLEAN;
+    goto out;
+  }
+  for (i = 0; i < NBINS; i++) {
+    lmp_off o, prev = 0;
+    if (!!H->bins[i] != !!(H->binmap[i / 64] & ((uint64_t)1 << (i % 64)))) {
+      *why = "the bin map disagrees with a bin";
+      rc = -EUCLEAN;
+      goto out;
+    }
+    for (o = H->bins[i]; o; prev = o, o = BLK(o)->next) {
+      if (BLK(o)->head & F_INUSE || binof(BSIZE(BLK(o))) != i ||
+          BLK(o)->prev != prev || ++inbins > nfree) {
+        *why = "a free list is broken";
+        rc = -EUCLEAN;
+        goto out;
       }
     }
   }
-  make_free(off, size);
-  if (size >= BIG_FREE) give_back(off, size);
+  if (inbins != nfree) {
+    *why = "a free block is in no bin";
+    rc = -EUCLEAN;
+  } else if (used != H->used || blocks != H->blocks) {
+    *why = "the used or blocks counter is off";
+    rc = -EUCLEAN;
+  }
+out:
   unlock_heap();
+  return rc;
 }
 
 size_t lmp_usable(const void *p) {

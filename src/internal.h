@@ -60,6 +60,9 @@ typedef struct lmp_arena_stats {
 
 void lmp_arena_stats_get(lmp_arena_stats *st);
 
+/* Checks the heap's consistency: 0, or -EUCLEAN with a reason. */
+int lmp_arena_check(const char **why);
+
 /* A 16-byte secret of the family, made at arena creation; the codec keys its
  * message authentication with it. */
 const uint8_t *lmp_arena_key(void);

@@ -77,6 +77,8 @@ static uint64_t pad8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
 
 static ring *RING(queue *q) { return LMP_PTR(atomic_load(&q->ring)); }
 
+static uint64_t payload_len(const rec *h);
+
 /* Recounts the messages after a process died holding the lock. */
 static void repair(queue *q) {
   ring *r = RING(q);
@@ -85,7 +87,7 @@ static void repair(queue *q) {
   while (pos < r->tail) {
     rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
     if (!(h->flags & F_PAD)) n++;
-    pos += sizeof(rec) + pad8(h->len);
+    pos += sizeof(rec) + pad8(payload_len(h));
   }
   atomic_store(&q->count, n);
 }
@@ -303,9 +305,10 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
     qunlock(q);
     rc = qwait(q, &q->put_seq, &q->putters, has_room, deadline);
     if (rc <= 0) {
-      if (blk != NULL) {
-        lmp_free(blk);
+      if (blk != NULL) { /* forget it first: a block freed twice is worse
+                          * than one leaked by a kill in between */
         lmp_pending(NULL, NULL);
+        lmp_free(blk);
       }
       return rc < 0 ? rc : -EAGAIN;
     }
@@ -315,11 +318,11 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
     atomic_fetch_add(&q->count, 1);
     if (q->kind == K_JOINABLE) q->unfinished++;
   }
+  /* Still under the lock: once it is released a consumer may take and free
+   * the block, so the reaper must not find it registered as ours then. */
+  if (blk != NULL) lmp_pending(NULL, NULL);
   qunlock(q);
-  if (blk != NULL) {
-    if (rc < 0) lmp_free(blk);
-    lmp_pending(NULL, NULL);
-  }
+  if (blk != NULL && rc < 0) lmp_free(blk);
   if (rc == 0) notify_get(q);
   return rc;
 }
@@ -490,8 +493,8 @@ static int queue_get(lua_State *L) {
   if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
   if (blk != NULL) { /* decode straight from the block, then free it */
     rc = push_message(L, (const char *)(blk + 1), (size_t)blk[0]);
+    lmp_pending(NULL, NULL); /* before the free: never free it twice */
     lmp_free(blk);
-    lmp_pending(NULL, NULL);
   } else {
     rc = push_message(L, h->buf->data, h->buf->len);
   }
@@ -519,6 +522,25 @@ static int queue_full(lua_State *L) {
   queue *q = checkq(L, NULL);
   lua_pushboolean(L, q->maxsize > 0 && atomic_load(&q->count) >= q->maxsize);
   return 1;
+}
+
+/* _recount() -> count, messages found walking the ring (a self-check). */
+static int queue_recount(lua_State *L) {
+  queue *q = checkq(L, NULL);
+  ring *r;
+  uint64_t pos;
+  lua_Integer n = 0;
+  qlock(q);
+  r = RING(q);
+  for (pos = r->head; pos < r->tail;) {
+    rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
+    if (!(h->flags & F_PAD)) n++;
+    pos += sizeof(rec) + pad8(payload_len(h));
+  }
+  lua_pushinteger(L, (lua_Integer)atomic_load(&q->count));
+  lua_pushinteger(L, n);
+  qunlock(q);
+  return 2;
 }
 
 static int queue_maxsize(lua_State *L) {
@@ -574,6 +596,7 @@ static const luaL_Reg queue_meth[] = {
   {"get", queue_get},       {"get_nowait", queue_get_nowait},
   {"qsize", queue_qsize},   {"empty", queue_empty},
   {"full", queue_full},     {"maxsize", queue_maxsize},
+  {"_recount", queue_recount},
   {"close", queue_close},   {NULL, NULL}
 };
 

@@ -245,6 +245,45 @@ static void test_parse_size(void) {
   ASSERT_EQ(lmp_parse_size("", &n), -22);
 }
 
+static void check_heap(const char *when) {
+  const char *why = "";
+  int rc = lmp_arena_check(&why);
+  if (rc != 0) {
+    fprintf(stderr, "heap broken %s: %s\n", when, why);
+    failures++;
+  }
+}
+
+/* Processes allocating and freeing as fast as they can are killed at
+ * random moments, many times; the heap must stay whole. */
+static void test_killed_in_the_middle(void) {
+  enum { KILLS = 300 };
+  int k;
+  for (k = 0; k < KILLS; k++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      void *keep[32] = {0};
+      unsigned long long r = 0x9e3779b97f4a7c15ull * (unsigned)(k + 1);
+      for (;;) {
+        int j;
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        j = (int)(r % 32);
+        lmp_free(keep[j]);
+        keep[j] = lmp_alloc((size_t)(r >> 40) % (r % 7 == 0 ? 400000 : 3000));
+      }
+    }
+    usleep((useconds_t)(xorshift() % 3000));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    if (k % 50 == 0) check_heap("during the kills");
+  }
+  /* The next lock repairs what the last victim left, if anything. */
+  lmp_free(lmp_alloc(64));
+  check_heap("after the kills");
+}
+
 int main(void) {
   int rc = lmp_arena_init(64u << 20);
   if (rc < 0) {
@@ -257,6 +296,8 @@ int main(void) {
   test_concurrent();
   test_killed_holder();
   test_hold_table();
+  check_heap("after the unit tests");
+  test_killed_in_the_middle();
   if (failures) {
     fprintf(stderr, "test_arena: %d failures\n", failures);
     return 1;
