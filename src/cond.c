@@ -195,8 +195,8 @@ static int cond_wait(lua_State *L) {
   if (!lmp_lock_owned(LOCKOF(c)))
     return luaL_error(L, "cannot wait on un-acquired lock");
   rc = cond_wait_core(c, deadline);
-  if (rc == -EINTR) return lmp_raise_interrupt(L);
   if (rc == -ENOMEM) return lmp_nomem(L, sizeof(waiter) * 16);
+  if (rc < 0) return lmp_wait_fail(L, rc);
   lua_pushboolean(L, rc == 1);
   return 1;
 }
@@ -390,10 +390,11 @@ static int barrier_wait(lua_State *L) {
   lmp_mutex_lock(&b->mu);
   /* Wait for the previous round to drain. */
   while (b->state == DRAINING || b->state == RESETTING) {
+    lmp_waiter(L);
     rc = bsleep(b, 1, -1);
     if (rc < 0) {
       pthread_mutex_unlock(&b->mu);
-      return lmp_raise_interrupt(L);
+      return lmp_wait_fail(L, rc);
     }
   }
   if (b->state == BROKEN) {
@@ -427,12 +428,13 @@ static int barrier_wait(lua_State *L) {
     lmp_futex_bump(&b->seq, INT_MAX);
   } else {
     while (b->state == FILLING) {
+      lmp_waiter(L);
       rc = bsleep(b, 0, deadline);
       if (rc < 0) {
         bbreak(b);
         bexit(b, ticket);
         pthread_mutex_unlock(&b->mu);
-        return lmp_raise_interrupt(L);
+        return lmp_wait_fail(L, rc);
       }
       if (rc == 0 && b->state == FILLING) { /* timed out */
         bbreak(b);

@@ -60,10 +60,12 @@ static int never(void *ud) {
 /* sleep(seconds): sleeps while the process's own luamp work goes on. */
 static int core_sleep(lua_State *L) {
   lua_Number t = luaL_checknumber(L, 1);
+  int rc;
   luaL_argcheck(L, t == t, 1, "seconds must be a number, not NaN");
   luaL_argcheck(L, t >= 0, 1, "seconds must be non-negative");
-  if (lmp_wait(never, NULL, t >= 1e15 ? -1 : lmp_now() + t) < 0)
-    return lmp_raise_interrupt(L);
+  lmp_waiter(L);
+  rc = lmp_wait(never, NULL, t >= 1e15 ? -1 : lmp_now() + t);
+  if (rc < 0) return lmp_wait_fail(L, rc);
   return 0;
 }
 
@@ -146,6 +148,13 @@ static int gc_sentinel(lua_State *L) {
   return 0;
 }
 
+/* set_service(fn | nil): the Lua work to run while this process waits
+ * (see loop.c). */
+static int core_set_service(lua_State *L) {
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
+  return lmp_set_service(L, 1);
+}
+
 /* metatable(name) -> the metatable registered under name, or nil. */
 static int core_metatable(lua_State *L) {
   luaL_getmetatable(L, luaL_checkstring(L, 1));
@@ -154,6 +163,7 @@ static int core_metatable(lua_State *L) {
 
 static const luaL_Reg core_funcs[] = {
   {"metatable", core_metatable},
+  {"set_service", core_set_service},
   {"sleep", core_sleep},
   {"monotonic", core_monotonic},
   {"stats", core_stats},

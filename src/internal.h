@@ -290,6 +290,13 @@ struct pollfd;
 int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
                  double deadline);
 
+/* Names L as the state whose Lua service (see loop.c) runs during the next
+ * wait of this process; the wait consumes the name. */
+void lmp_waiter(lua_State *L);
+int lmp_set_service(lua_State *L, int idx);
+/* Raises what ended a wait: the interruption, or the service's error. */
+int lmp_wait_fail(lua_State *L, int rc);
+
 /* Converts a Lua timeout argument at idx (nil = forever, <= 0 = now) to a
  * deadline for lmp_wait. */
 double lmp_deadline(lua_State *L, int idx);

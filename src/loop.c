@@ -276,10 +276,61 @@ int lmp_is_interrupt(lua_State *L, int idx) {
 
 /* ------------------------------------------------------------------ wait */
 
+/*
+ * The process's own Lua work while it waits.  A Pool registers a service
+ * function (core.set_service) that collects results and runs callbacks;
+ * a blocking binding names its state with lmp_waiter (lmp_deadline and
+ * lmp_block_timeout do it for them), and each wake-up of its wait calls
+ * the service in that state.  The wait consumes the name, so a wait
+ * started from C alone never runs Lua.  An error in the service ends the
+ * wait with -ECANCELED, the error kept for lmp_wait_fail to raise.
+ */
+lua_State *lmp_waiter_L;
+static int service_on, in_service;
+
+#define SERVICE_KEY "luamp.service"
+#define SERVICE_ERR "luamp.service_error"
+
+void lmp_waiter(lua_State *L) { lmp_waiter_L = L; }
+
+static int run_service(lua_State *L) {
+  int rc;
+  if (L == NULL || !service_on || in_service) return 0;
+  in_service = 1;
+  lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_KEY);
+  rc = lua_pcall(L, 0, 0, 0);
+  in_service = 0;
+  if (rc != LUA_OK) {
+    lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);
+    return -ECANCELED;
+  }
+  return 0;
+}
+
+int lmp_set_service(lua_State *L, int idx) {
+  lua_pushvalue(L, idx);
+  lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_KEY);
+  service_on = !lua_isnoneornil(L, idx);
+  return 0;
+}
+
+int lmp_wait_fail(lua_State *L, int rc) {
+  if (rc == -ECANCELED) {
+    lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);
+    lua_pushnil(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);
+    return lua_error(L);
+  }
+  if (rc == -EINTR) return lmp_raise_interrupt(L);
+  return luaL_error(L, "wait failed: %s", strerror(-rc));
+}
+
 int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
                 double deadline) {
   _Atomic uint32_t *w = word != NULL ? word : &lmp_self->wake;
-  int rc;
+  lua_State *L = lmp_waiter_L;
+  int rc, woken = 0;
+  lmp_waiter_L = NULL;
   install_sigint(); /* lua.c may have put its own back between calls */
   if (word != NULL) atomic_store(&lmp_self->waiting_on, LMP_OFF(word));
   for (;;) {
@@ -287,10 +338,12 @@ int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
     /* The loop runs when a signal asked for it; a plain wake-up costs no
      * syscall. */
     if (sig_pending) lmp_service();
+    if (woken && (rc = run_service(L)) < 0) break;
     if (ready(ud)) { rc = 1; break; }
     if (lmp_sigint) { rc = -EINTR; break; }
     if (deadline >= 0 && lmp_now() >= deadline) { rc = 0; break; }
     lmp_futex_wait(w, seq, deadline);
+    woken = 1;
   }
   if (word != NULL) atomic_store(&lmp_self->waiting_on, 0);
   return rc;
@@ -309,7 +362,9 @@ int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
 int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
                  double deadline) {
   struct pollfd stack[8], *all = stack;
-  int rc;
+  lua_State *L = lmp_waiter_L;
+  int rc, woken = 0;
+  lmp_waiter_L = NULL;
   install_sigint();
   if (nfds + 1 > 8) {
     all = malloc(sizeof(struct pollfd) * (size_t)(nfds + 1));
@@ -324,6 +379,7 @@ int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
     struct timespec ts, *tsp = NULL;
     int n, i;
     if (sig_pending) lmp_service();
+    if (woken && (rc = run_service(L)) < 0) break;
     if (ready != NULL && ready(ud)) { rc = 1; break; }
     if (lmp_sigint) { rc = -EINTR; break; }
     if (deadline >= 0) {
@@ -336,6 +392,7 @@ int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
     }
     for (i = 0; i <= nfds; i++) all[i].revents = 0;
     n = ppoll(all, (nfds_t)nfds + 1, tsp, NULL);
+    woken = 1;
     if (n < 0 && errno != EINTR) { rc = -errno; break; }
     if (n > 0 && all[nfds].revents) { /* drain; then re-check */
       uint64_t v;
@@ -358,6 +415,7 @@ int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
 
 double lmp_deadline(lua_State *L, int idx) {
   lua_Number t;
+  lmp_waiter_L = L;
   if (lua_isnoneornil(L, idx)) return -1;
   t = luaL_checknumber(L, idx);
   if (t != t) luaL_argerror(L, idx, "timeout must be a number, not NaN");

@@ -87,6 +87,7 @@ static int pipe_new(lua_State *L) {
 /* ------------------------------------------------------------- writing */
 
 static int wait_io(int fd, short ev, double deadline) {
+  /* lmp_waiter was set by the binding (lmp_deadline or send's own). */
   struct pollfd p;
   p.fd = fd;
   p.events = ev;
@@ -152,6 +153,7 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   struct iovec iov[2];
   size_t h = 4;
   int rc;
+  lmp_waiter(L);
   if (n < 0xffffffffu) {
     hdr[0] = (unsigned char)(n >> 24);
     hdr[1] = (unsigned char)(n >> 16);
@@ -168,7 +170,7 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   iov[1].iov_base = (void *)p;
   iov[1].iov_len = n;
   rc = writeall(c, iov, 2);
-  if (rc == -EINTR) return lmp_raise_interrupt(L);
+  if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
   if (rc == -EPIPE)
     return lmp_throw(L, "EOFError", "the other end of the connection is closed");
   if (rc < 0) return luaL_error(L, "cannot send: %s", strerror(-rc));
@@ -274,13 +276,14 @@ static void frame(lua_State *L, conn *c, uint64_t *n, size_t *hlen) {
     int rc;
     size_t have = c->len - c->pos;
     if (header(c, n, hlen) && have - *hlen >= *n) return;
+    lmp_waiter(L);
     rc = fill(c, -1, header(c, n, hlen) ? (size_t)(*n + *hlen - have) : 12);
     if (rc == 0) {
       if (c->len - c->pos == 0)
         lmp_throw(L, "EOFError", "the other end of the connection is closed");
       lmp_throw(L, "EOFError", "connection closed in the middle of a message");
     }
-    if (rc == -EINTR) lmp_raise_interrupt(L);
+    if (rc == -EINTR || rc == -ECANCELED) lmp_wait_fail(L, rc);
     if (rc == -ENOMEM) luaL_error(L, "not enough memory");
     if (rc < 0) luaL_error(L, "cannot receive: %s", strerror(-rc));
   }
@@ -351,7 +354,7 @@ static int conn_poll(lua_State *L) {
       lua_pushboolean(L, 0);
       return 1;
     }
-    if (rc == -EINTR) return lmp_raise_interrupt(L);
+    if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
     if (rc < 0) return luaL_error(L, "cannot poll: %s", strerror(-rc));
   }
   lua_pushboolean(L, 1);

@@ -254,7 +254,7 @@ static int child_wait(lua_State *L) {
   if (c->owner != getpid())
     return luaL_error(L, "can only join a child process");
   rc = lmp_wait(ready_child, c, deadline);
-  if (rc < 0) return lmp_raise_interrupt(L);
+  if (rc < 0) return lmp_wait_fail(L, rc);
   lua_pushboolean(L, rc);
   return 1;
 }
@@ -316,6 +316,7 @@ int lmp_terminate_children(double grace, int daemons_only) {
     if (!c->ended && (!daemons_only || c->daemon)) n++;
   if (n == 0) return 0;
   signal_all(SIGTERM, daemons_only);
+  lmp_waiter(NULL); /* no Lua runs here */
   if (lmp_wait(ready_none, &all, lmp_now() + grace) != 1) {
     signal_all(SIGKILL, daemons_only);
     for (c = children; c != NULL; c = next) {
@@ -340,6 +341,7 @@ int lmp_terminate_children(double grace, int daemons_only) {
  */
 int lmp_shutdown_children(void) {
   int none = 0, rc;
+  lmp_waiter(NULL); /* no Lua runs here */
   rc = lmp_wait(ready_none, &none, -1);
   if (rc < 0) {
     lmp_take_interrupt();

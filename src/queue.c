@@ -456,7 +456,7 @@ static double blocktimeout(lua_State *L, int idx) {
 
 static int fail(lua_State *L, int rc, size_t want, const char *etype,
                 const char *msg) {
-  if (rc == -EINTR) return lmp_raise_interrupt(L);
+  if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
   if (rc == -ENOMEM) return lmp_nomem(L, want);
   return lmp_throw(L, etype, "%s", msg);
 }
@@ -567,7 +567,7 @@ static int queue_join(lua_State *L) {
   queue *q = checkq(L, NULL);
   double deadline = lmp_deadline(L, 2);
   int rc = lmp_wait_on(&q->join_seq, all_done, q, deadline);
-  if (rc < 0) return lmp_raise_interrupt(L);
+  if (rc < 0) return lmp_wait_fail(L, rc);
   lua_pushboolean(L, rc);
   return 1;
 }

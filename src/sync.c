@@ -340,12 +340,13 @@ static lmp_lock *checklock(lua_State *L) {
 
 /* (block, timeout) at idx -> deadline; the Python convention. */
 double lmp_block_timeout(lua_State *L, int idx) {
+  lmp_waiter(L);
   if (!lua_isnoneornil(L, idx) && !lua_toboolean(L, idx)) return 0;
   return lmp_deadline(L, idx + 1);
 }
 
 static int push_acquired(lua_State *L, int rc, int died) {
-  if (rc < 0) return lmp_raise_interrupt(L);
+  if (rc < 0) return lmp_wait_fail(L, rc);
   lua_pushboolean(L, rc);
   if (rc == 1 && died) {
     lua_pushliteral(L, "owner died");
@@ -531,7 +532,7 @@ static int event_clear(lua_State *L) {
 static int event_wait(lua_State *L) {
   event *e = checkevent(L);
   int rc = lmp_wait_on(&e->seq, event_is, e, lmp_deadline(L, 2));
-  if (rc < 0) return lmp_raise_interrupt(L);
+  if (rc < 0) return lmp_wait_fail(L, rc);
   lua_pushboolean(L, rc);
   return 1;
 }

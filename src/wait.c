@@ -108,7 +108,7 @@ static int core_wait(lua_State *L) {
   rc = lmp_wait_fds(w.fds, nfd, any_ready, &w, deadline);
   for (i = 0; i < w.n; i++)
     if (w.it[i].kind == W_QUEUE) lmp_unwatch(w.it[i].q);
-  if (rc == -EINTR) return lmp_raise_interrupt(L);
+  if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
   if (rc < 0) return luaL_error(L, "cannot wait: %s", strerror(-rc));
   /* Which are ready: poll the descriptors once more without waiting. */
   if (nfd > 0) poll(w.fds, (nfds_t)nfd, 0);
