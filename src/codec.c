@@ -1014,6 +1014,6 @@ void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, "value", NULL);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL);
   return 1;
 }

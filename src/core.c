@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "luamp.h"
@@ -67,6 +68,12 @@ static int core_sleep(lua_State *L) {
   rc = lmp_wait(never, NULL, t >= 1e15 ? -1 : lmp_now() + t);
   if (rc < 0) return lmp_wait_fail(L, rc);
   return 0;
+}
+
+/* isatty(fd) -> whether the descriptor is a terminal. */
+static int core_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
 }
 
 static int core_monotonic(lua_State *L) {
@@ -166,6 +173,7 @@ static const luaL_Reg core_funcs[] = {
   {"set_service", core_set_service},
   {"sleep", core_sleep},
   {"monotonic", core_monotonic},
+  {"isatty", core_isatty},
   {"stats", core_stats},
   {"interrupted", core_interrupted},
   {"is_interrupt", core_is_interrupt},

@@ -267,6 +267,8 @@ extern volatile sig_atomic_t lmp_interrupted_flag; /* ever interrupted */
 
 /* Runs pending loop work without blocking: reaps children, fires timers. */
 void lmp_service(void);
+/* The same, only if a signal has asked for it since (no syscall if not). */
+void lmp_service_pending(void);
 
 /* Blocks until `ready(ud)` returns non-zero, the deadline (lmp_now() scale;
  * negative means forever) passes, or SIGINT arrives.  Returns 1 when

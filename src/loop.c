@@ -188,6 +188,10 @@ void lmp_runtime_after_fork(void) {
   wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 }
 
+void lmp_service_pending(void) {
+  if (sig_pending) lmp_service();
+}
+
 void lmp_service(void) {
   sig_pending = 0;
   if (loop != NULL) uv_run(loop, UV_RUN_NOWAIT);

@@ -41,6 +41,7 @@ pid_t lmp_pid; /* set at start and in each child: getpid() is a syscall */
 
 static lmp_child *children;
 static int nchildren; /* listed and not reaped */
+static lua_Integer nreaped; /* children reaped so far, ever */
 static int in_child;  /* this process was forked by luamp */
 static uint32_t parent_slot;
 
@@ -66,6 +67,7 @@ static void ended(lmp_child *c, int status) {
   c->status = status;
   c->ended = 1;
   nchildren--;
+  nreaped++;
   lmp_slot_release(c->slot);
   unlist(c);
 }
@@ -424,6 +426,14 @@ static int proc_cpu_count(lua_State *L) {
   return 1;
 }
 
+/* reaped() -> how many children this process has reaped: a cheap way to
+ * ask "did any child end since I last looked?". */
+static int proc_reaped(lua_State *L) {
+  lmp_service_pending();
+  lua_pushinteger(L, nreaped);
+  return 1;
+}
+
 static int proc_getpid(lua_State *L) {
   lua_pushinteger(L, getpid());
   return 1;
@@ -456,7 +466,8 @@ static const luaL_Reg child_metameth[] = {
 static const luaL_Reg proc_funcs[] = {
   {"fork", proc_fork},         {"cpu_count", proc_cpu_count},
   {"getpid", proc_getpid},     {"getppid", proc_getppid},
-  {"alive", proc_alive},       {NULL, NULL}
+  {"alive", proc_alive},       {"reaped", proc_reaped},
+  {NULL, NULL}
 };
 
 /* Adds the process functions to the core table on the top of the stack. */

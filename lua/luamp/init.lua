@@ -4,6 +4,7 @@
 local core = require "luamp.core"
 local errors = require "luamp.errors"
 local process = require "luamp.process"
+local pool = require "luamp.pool"
 
 local M = {}
 
@@ -24,6 +25,8 @@ M.JoinableQueue = core.JoinableQueue
 M.SimpleQueue = core.SimpleQueue
 
 M.Pipe = core.Pipe
+
+M.Pool = pool.Pool
 
 M.Lock = core.Lock
 M.RLock = core.RLock

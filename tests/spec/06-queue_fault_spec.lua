@@ -1,0 +1,248 @@
+-- 06-queue_fault_spec.lua -- a Queue under fire: producers and consumers
+-- are killed with SIGKILL at random moments, 200 times, and yet every
+-- message that was fully put is received once, whole, and nobody is left
+-- blocked or holding arena memory.
+--
+-- Producers put tables {id, seq, len, payload} on a bounded queue (so that
+-- puts block now and then), payloads of random length up to 40 KiB (so
+-- that messages are both inline and out of line), and append "id seq" to
+-- an acks file only after put has returned.  Consumers check each payload
+-- against its regeneration (a full comparison, stronger than a checksum)
+-- and append what they got to a results file.  Both files are written
+-- with one write(2) per line, so a killed writer leaves whole lines.  A
+-- consumer killed between its get and its line loses that one message;
+-- such kills are counted.
+
+local mp = require "luamp"
+local core = require "luamp.core"
+local H = require "spec_helper"
+
+local ROUNDS = 200
+local PRODUCERS, CONSUMERS = 2, 2
+local MAXLEN = 40 << 10
+local INLINE_MAX = 16 << 10
+
+-- The payload of message seq of producer id, len bytes long.
+local function payload(id, seq, len)
+  local unit = "<" .. id .. "." .. seq .. ">"
+  return unit:rep(len // #unit + 1):sub(1, len)
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function appender(path)
+  local f = assert(io.open(path, "ab"))
+  f:setvbuf("no")
+  return f
+end
+
+local function producer(q, stop, acks_path, id)
+  local acks = appender(acks_path)
+  math.randomseed(id)
+  local seq = 0
+  while stop:get() == "\0" do
+    seq = seq + 1
+    local len = math.random(0, MAXLEN)
+    q:put({id = id, seq = seq, len = len, payload = payload(id, seq, len)})
+    acks:write(id .. " " .. seq .. "\n")
+  end
+  acks:close()
+end
+
+local function consumer(q, results_path)
+  local results = appender(results_path)
+  while true do
+    local m = q:get()
+    if m == false then break end
+    local whole = type(m) == "table" and math.type(m.id) == "integer"
+      and math.type(m.seq) == "integer" and math.type(m.len) == "integer"
+      and type(m.payload) == "string" and #m.payload == m.len
+      and m.payload == payload(m.id, m.seq, m.len)
+    if whole then
+      results:write(m.id .. " " .. m.seq .. " " .. m.len .. "\n")
+    else
+      results:write("torn\n")
+    end
+  end
+  results:close()
+end
+
+describe("Queue under SIGKILL", function()
+  H.leakcheck()
+
+  it("loses no message that was put, duplicates none, tears none, and "
+     .. "blocks nobody", function()
+    local seed = os.time()
+    math.randomseed(seed)
+    local why = " (random seed " .. seed .. ")"
+    local acks_path, results_path = os.tmpname(), os.tmpname()
+    finally(function()
+      os.remove(acks_path)
+      os.remove(results_path)
+    end)
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local q = mp.Queue(64)
+    local stop = core.blob(1)
+    stop:set("\0")
+    local next_id = 0
+
+    local function start(kind)
+      local p
+      if kind == "producer" then
+        next_id = next_id + 1
+        p = mp.Process{target = producer,
+          args = {q, stop, acks_path, next_id}}
+      else
+        p = mp.Process{target = consumer, args = {q, results_path}}
+      end
+      p:start()
+      return {kind = kind, proc = p, id = next_id}
+    end
+
+    local slots = {}
+    for _ = 1, PRODUCERS do slots[#slots + 1] = start("producer") end
+    for _ = 1, CONSUMERS do slots[#slots + 1] = start("consumer") end
+
+    local killed_producers, consumer_kills = {}, 0
+    local t0 = mp.monotonic()
+    for _ = 1, ROUNDS do
+      mp.sleep(math.random() * 0.005)
+      local k = math.random(#slots)
+      local s = slots[k]
+      s.proc:kill()
+      assert.is_true(s.proc:join(10), "a killed " .. s.kind .. " lives on"
+        .. why)
+      assert.are.equal(-9, s.proc.exitcode, "a " .. s.kind
+        .. " ended by itself" .. why)
+      if s.kind == "producer" then
+        killed_producers[s.id] = true
+      else
+        consumer_kills = consumer_kills + 1
+      end
+      slots[k] = start(s.kind)
+    end
+
+    -- Stop the producers; the consumers drain the queue, waiting without
+    -- a timeout, so that a lost wake-up would leave messages behind.
+    stop:set("\1")
+    for _, s in ipairs(slots) do
+      if s.kind == "producer" then
+        assert.is_true(s.proc:join(10), "a producer is blocked" .. why)
+        assert.are.equal(0, s.proc.exitcode, "a producer failed" .. why)
+      end
+    end
+    local deadline = mp.monotonic() + 10
+    while q:qsize() > 0 and mp.monotonic() < deadline do mp.sleep(0.005) end
+    assert.are.equal(0, q:qsize(), "the consumers left messages behind"
+      .. why)
+    for _ = 1, CONSUMERS do q:put(false) end
+    for _, s in ipairs(slots) do
+      if s.kind == "consumer" then
+        assert.is_true(s.proc:join(10), "a consumer is blocked" .. why)
+        assert.are.equal(0, s.proc.exitcode, "a consumer failed" .. why)
+      end
+    end
+    assert.is_true(q:empty())
+    assert.are.same({0, 0}, {q:_recount()}, "count and records disagree"
+      .. why)
+    local elapsed = mp.monotonic() - t0
+
+    -- What was acked, and what was received.
+    local acked, last_ack, nacked = {}, {}, 0
+    for id, seq in slurp(acks_path):gmatch("(%d+) (%d+)\n") do
+      id, seq = tonumber(id), tonumber(seq)
+      acked[id .. "." .. seq] = true
+      nacked = nacked + 1
+      assert(seq == (last_ack[id] or 0) + 1, "producer " .. id .. " acked "
+        .. seq .. " after " .. tostring(last_ack[id]) .. why)
+      last_ack[id] = seq
+    end
+    local received, nreceived, inline, outline = {}, 0, 0, 0
+    local text = slurp(results_path)
+    assert.is_nil(text:find("torn", 1, true), "a torn message" .. why)
+    for id, seq, len in text:gmatch("(%d+) (%d+) (%d+)\n") do
+      id, seq, len = tonumber(id), tonumber(seq), tonumber(len)
+      local key = id .. "." .. seq
+      assert(not received[key], "message " .. key .. " received twice" .. why)
+      received[key] = true
+      nreceived = nreceived + 1
+      if len > INLINE_MAX then
+        outline = outline + 1
+      elseif len < INLINE_MAX - 100 then -- with room for the encoding
+        inline = inline + 1
+      end
+      if not acked[key] then
+        -- Only the put a producer was killed in may be got unacked.
+        assert(killed_producers[id] and seq == (last_ack[id] or 0) + 1,
+          "message " .. key .. " received but never put" .. why)
+      end
+    end
+    local lost = 0
+    for key in pairs(acked) do
+      if not received[key] then lost = lost + 1 end
+    end
+    assert(lost <= consumer_kills, lost .. " acked messages lost, but only "
+      .. consumer_kills .. " consumers were killed" .. why)
+    assert(nacked >= 200 and inline > 0 and outline > 0, "too little "
+      .. "traffic: " .. nacked .. " acked, " .. nreceived .. " received ("
+      .. inline .. " inline, " .. outline .. " out of line)" .. why)
+    assert(elapsed < 60, "the test took " .. elapsed .. " s")
+
+    q:close()
+    stop:close()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+
+  -- A child puts in a loop, out-of-line messages wait at the head, and the
+  -- child is killed at a random moment, often inside a put, holding the
+  -- queue's lock: the next locker must recount exactly what is there.
+  it("keeps an exact count when a process dies holding the queue's lock",
+     function()
+    local seed = os.time()
+    math.randomseed(seed)
+    local why = " (random seed " .. seed .. ")"
+    local body = ("x"):rep(12000) .. "|"
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    for round = 1, 40 do
+      local q = mp.Queue()
+      for i = 1, 3 do q:put(("o"):rep(20000 + i)) end
+      local p = mp.Process{target = function()
+        local seq = 0
+        while true do
+          seq = seq + 1
+          q:put(body .. seq)
+        end
+      end}
+      p:start()
+      local deadline = mp.monotonic() + 10
+      while q:qsize() < 4 and mp.monotonic() < deadline do
+        mp.sleep(0.0005)
+      end
+      mp.sleep(math.random() * 0.003)
+      p:kill()
+      assert.is_true(p:join(10))
+      local count, found = q:_recount()
+      assert.are.equal(found, count, "the count is off" .. why)
+      for i = 1, 3 do assert.are.equal(20000 + i, #q:get_nowait()) end
+      for seq = 1, count - 3 do
+        assert.are.equal(body .. seq, q:get_nowait())
+      end
+      local ok, e = pcall(q.get_nowait, q)
+      assert.is_false(ok, "more messages than counted" .. why)
+      assert.are.equal(mp.Empty, e.type)
+      q:put("marker")
+      assert.are.equal("marker", q:get_nowait())
+      q:close()
+      assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks "
+        .. "leaked in round " .. round .. why)
+    end
+  end)
+end)

@@ -1,0 +1,348 @@
+-- 10-sync_fault_spec.lua -- synchronization when a process dies in it: a
+-- holder of a Lock, RLock or semaphore unit killed with SIGKILL does not
+-- block the others (the next acquirer is told "owner died"), a killed
+-- waiter does not swallow a Condition's notify, and a killed party breaks
+-- a Barrier until it is reset.  Deaths are real: p:kill() sends SIGKILL.
+
+local mp = require "luamp"
+local H = require "spec_helper"
+
+-- Times fn(): seconds taken, then what fn returned.
+local function timed(fn)
+  local t0 = mp.monotonic()
+  local r = table.pack(fn())
+  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
+end
+
+-- The state letter of process pid (R, S, D...) from /proc.
+local function state(pid)
+  local f = assert(io.open("/proc/" .. pid .. "/stat"))
+  local s = f:read("a")
+  f:close()
+  return s:match("^%d+ %(.*%) (%a)")
+end
+
+-- Waits (10 s at most) until process pid is asleep.
+local function until_asleep(pid)
+  local deadline = mp.monotonic() + 10
+  while state(pid) ~= "S" do
+    assert(mp.monotonic() < deadline, "process " .. pid .. " never slept")
+    mp.sleep(0.001)
+  end
+end
+
+-- Starts a child running fn(...) and returns its Process object.
+local function spawn(fn, ...)
+  local p = mp.Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+-- Joins p (10 s at most) and checks that it ended with status 0.
+local function finish(p)
+  assert.is_true(p:join(10), "the child did not end")
+  assert.are.equal(0, p.exitcode, "the child failed")
+end
+
+-- Kills p with SIGKILL and reaps it.
+local function kill(p)
+  p:kill()
+  assert.is_true(p:join(10))
+  assert.are.equal(-9, p.exitcode)
+end
+
+-- Checks that a time is between lo and hi seconds.
+local function took(dt, lo, hi, what)
+  assert.is_true(dt >= lo and dt < hi,
+    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
+end
+
+-- Polls fn() (10 s at most) until it returns want, then checks it.
+local function reaches(want, fn)
+  local deadline = mp.monotonic() + 10
+  while fn() ~= want and mp.monotonic() < deadline do mp.sleep(0.001) end
+  assert.are.equal(want, fn())
+end
+
+-- Starts a child that takes obj `levels` times and sleeps until it is
+-- killed; returns it once it holds obj.
+local function holder(obj, levels)
+  local held = mp.Event()
+  local p = spawn(function()
+    for _ = 1, levels or 1 do assert(obj:acquire(true, 10)) end
+    held:set()
+    mp.sleep(60)
+  end)
+  assert.is_true(held:wait(10), "the holder never took the lock")
+  return p
+end
+
+local kinds = {
+  {name = "Lock", make = function() return mp.Lock() end, levels = 1},
+  {name = "RLock", make = function() return mp.RLock() end, levels = 3},
+  {name = "Semaphore", make = function() return mp.Semaphore(1) end,
+   levels = 1},
+  {name = "BoundedSemaphore",
+   make = function() return mp.BoundedSemaphore(1) end, levels = 1},
+}
+
+for _, k in ipairs(kinds) do
+  describe(k.name .. " whose holder is killed", function()
+    H.leakcheck()
+
+    it("passes to a blocked acquirer within 1 s, which is told \"owner "
+       .. "died\"", function()
+      local l, q = k.make(), mp.Queue()
+      local h = holder(l, k.levels)
+      local w = spawn(function()
+        q:put("trying")
+        local r = table.pack(l:acquire(true, 10))
+        q:put({r.n, r[1], r[2], mp.monotonic()})
+        l:release()
+      end)
+      assert.are.equal("trying", q:get(true, 10))
+      until_asleep(w.pid)
+      assert.is_true(q:empty(), "acquired while the holder lived")
+      local t0 = mp.monotonic()
+      kill(h)
+      local r = q:get(true, 10)
+      finish(w)
+      assert.are.same({2, true, "owner died"}, {r[1], r[2], r[3]})
+      took(r[4] - t0, 0, 1, "the take-over")
+      -- The waiter's one release freed it: no level of the dead is left.
+      assert.is_true((l:acquire(false)))
+      l:release()
+      if k.name:match("Semaphore") then
+        assert.are.equal(1, l:get_value())
+      else
+        assert.is_false(l:locked())
+      end
+    end)
+
+    it("is taken by the next acquire(false), told \"owner died\"",
+       function()
+      local l = k.make()
+      kill(holder(l, k.levels))
+      local dt, ok, why = timed(function() return l:acquire(false) end)
+      assert.is_true(ok)
+      assert.are.equal("owner died", why)
+      took(dt, 0, 0.05, "acquire(false)")
+      l:release()
+      if k.name:match("Semaphore") then
+        assert.are.equal(1, l:get_value())
+      else
+        assert.is_false(l:locked())
+      end
+    end)
+
+    it("wakes the holder's parent blocked in acquire within 1 s", function()
+      -- A sibling kills the holder once this process is asleep in acquire.
+      local l, armed, t0 = k.make(), mp.Value('i', 0), mp.Value('d', 0)
+      local h = holder(l, k.levels)
+      local me = mp.current_process().pid
+      local killer = spawn(function()
+        local deadline = mp.monotonic() + 10
+        while not (armed.value == 1 and state(me) == "S")
+              and mp.monotonic() < deadline do
+          mp.sleep(0.001)
+        end
+        t0.value = mp.monotonic()
+        os.execute("kill -9 " .. h.pid)
+      end)
+      armed.value = 1
+      local ok, why = l:acquire(true, 10)
+      local t1 = mp.monotonic()
+      finish(killer)
+      assert.is_true(h:join(10))
+      assert.are.equal(-9, h.exitcode)
+      assert.is_true(ok)
+      assert.are.equal("owner died", why)
+      took(t1 - t0.value, 0, 1, "the take-over")
+      l:release()
+    end)
+  end)
+end
+
+describe("Lock whose holder ended without releasing it", function()
+  H.leakcheck()
+
+  it("is taken by the next acquirer, told \"owner died\"", function()
+    local l = mp.Lock()
+    local p = spawn(function() l:acquire() end)
+    finish(p)
+    assert.is_true(l:locked())
+    assert.are.same({true, "owner died"}, {l:acquire(true, 5)})
+    l:release()
+    assert.are.same({true}, {l:acquire(false)})
+    l:release()
+  end)
+
+  it("as the lock of a Value, is taken over too", function()
+    local v = mp.Value('i', 0)
+    kill(holder(v:get_lock(), 2))
+    assert.are.same({true, "owner died"}, {v:get_lock():acquire(true, 5)})
+    v.value = 1
+    v:get_lock():release()
+    assert.is_false(v:get_lock():locked())
+  end)
+end)
+
+describe("Semaphore units", function()
+  H.leakcheck()
+
+  it("of a killed holder of several come back to the semaphore",
+     function()
+    local s = mp.Semaphore(3)
+    kill(holder(s, 2))
+    assert.are.equal(1, s:get_value())
+    assert.is_true((s:acquire(false)))
+    assert.are.same({true, "owner died"}, {s:acquire(false)})
+    assert.are.equal(1, s:get_value())
+  end)
+
+  it("used up by a process that ended are not given back", function()
+    -- A semaphore counting items: three releases, three acquires in a
+    -- consumer that then ends normally.  Nothing is left to take.
+    local s = mp.Semaphore(0)
+    s:release(3)
+    finish(spawn(function()
+      for _ = 1, 3 do assert(s:acquire(true, 10)) end
+    end))
+    assert.are.equal(0, s:get_value())
+    assert.are.same({false}, {s:acquire(false)})
+    assert.are.equal(0, s:get_value())
+  end)
+
+  it("of a BoundedSemaphore never exceed its start value", function()
+    -- The child takes the unit; this process releases it (any process
+    -- may), then the child dies: one unit exists, not two.
+    local s = mp.BoundedSemaphore(1)
+    local h = holder(s)
+    s:release()
+    kill(h)
+    assert.is_true((s:acquire(false)))
+    assert.are.same({false}, {s:acquire(false)})
+    assert.are.equal(0, s:get_value())
+  end)
+end)
+
+describe("Condition with a killed waiter", function()
+  H.leakcheck()
+
+  -- How many processes are listed as waiting on condition c.
+  local function waiting(c)
+    return tonumber(tostring(c):match("(%d+) waiting%)$"))
+  end
+
+  it("does not let it swallow notify(1): the living waiter wakes",
+     function()
+    local c, q = mp.Condition(), mp.Queue()
+    local function waiter(tag)
+      return spawn(function()
+        c:acquire()
+        q:put(tag)
+        local r = c:wait(10)
+        q:put({tag, r, mp.monotonic()})
+        c:release()
+      end)
+    end
+    local dead = waiter("first")
+    assert.are.equal("first", q:get(true, 10))
+    local alive = waiter("second")
+    assert.are.equal("second", q:get(true, 10))
+    c:acquire() -- both are in wait once this succeeds
+    assert.are.equal(2, waiting(c))
+    c:release()
+    kill(dead)
+    c:acquire()
+    local t0 = mp.monotonic()
+    c:notify(1)
+    c:release()
+    local r = q:get(true, 10)
+    finish(alive)
+    assert.are.same({"second", true}, {r[1], r[2]})
+    took(r[3] - t0, 0, 1, "the wake-up")
+    assert.are.equal(0, waiting(c))
+  end)
+
+  it("still wakes every living waiter with notify_all", function()
+    local c, q = mp.Condition(mp.Lock()), mp.Queue()
+    local ps = {}
+    for i = 1, 3 do
+      ps[i] = spawn(function()
+        c:acquire()
+        q:put("in")
+        q:put(c:wait(10))
+        c:release()
+      end)
+      assert.are.equal("in", q:get(true, 10))
+    end
+    c:acquire()
+    c:release()
+    kill(ps[2])
+    c:acquire()
+    c:notify_all()
+    c:release()
+    assert.is_true(q:get(true, 10))
+    assert.is_true(q:get(true, 10))
+    finish(ps[1])
+    finish(ps[3])
+    assert.are.equal(0, waiting(c))
+  end)
+end)
+
+describe("Barrier with a killed party", function()
+  H.leakcheck()
+
+  -- In a child: waits at b and reports {ok, error type, when}.
+  local function party(b, q)
+    return spawn(function()
+      local ok, e = pcall(b.wait, b, 30)
+      q:put({ok, type(e) == "table" and e.type or e, mp.monotonic()})
+    end)
+  end
+
+  it("breaks for the waiting others within 1 s; reset mends it", function()
+    local b, q = mp.Barrier(3), mp.Queue()
+    local victim = spawn(function() b:wait(30) end)
+    reaches(1, function() return b.n_waiting end)
+    local other = party(b, q)
+    reaches(2, function() return b.n_waiting end)
+    local t0 = mp.monotonic()
+    kill(victim)
+    local r = q:get(true, 10)
+    finish(other)
+    assert.are.same({false, mp.BrokenBarrierError}, {r[1], r[2]})
+    took(r[3] - t0, 0, 1, "breaking")
+    assert.is_true(b.broken)
+    assert.are.equal(0, b.n_waiting)
+    b:reset()
+    assert.is_false(b.broken)
+    local ps = {party(b, q), party(b, q)}
+    local got = {b:wait(10)}
+    for i = 1, 2 do
+      local ri = q:get(true, 10)
+      assert.is_true(ri[1])
+      got[#got + 1] = ri[2]
+      finish(ps[i])
+    end
+    table.sort(got)
+    assert.are.same({0, 1, 2}, got)
+    assert.is_false(b.broken)
+  end)
+
+  it("breaks for a party that arrives after the death", function()
+    local b = mp.Barrier(2)
+    local victim = spawn(function() b:wait(30) end)
+    reaches(1, function() return b.n_waiting end)
+    kill(victim)
+    local dt, ok, e = timed(function() return pcall(b.wait, b, 5) end)
+    assert.is_false(ok, "passed a barrier whose other party is dead")
+    assert.are.equal(mp.BrokenBarrierError, type(e) == "table" and e.type)
+    took(dt, 0, 1, "breaking")
+    assert.is_true(b.broken)
+    b:reset()
+    assert.is_false(b.broken)
+    assert.are.equal(0, b.n_waiting)
+  end)
+end)
