@@ -83,6 +83,7 @@ typedef struct arena_hdr {
   lmp_off bins[NBINS];
   /* The undo log of the heap operation under way (see put()). */
   uint32_t ulog_active, ulog_op, ulog_n;
+  uint32_t ulog_slot, ulog_which; /* a free that unregisters (which+1) */
   lmp_off ulog_blk;
   struct {
     lmp_off addr;
@@ -228,11 +229,14 @@ static void put(uint64_t *p, uint64_t v) {
 
 #define SET(lv, v) put(&(lv), (uint64_t)(v))
 
-static void op_begin(uint32_t op, lmp_off blk) {
+static void op_begin(uint32_t op, lmp_off blk, uint32_t slot,
+                     uint32_t which) {
   volatile arena_hdr *vh = H;
   vh->ulog_n = 0;
   vh->ulog_op = op;
   vh->ulog_blk = blk;
+  vh->ulog_slot = slot;
+  vh->ulog_which = which;
   vh->ulog_active = 1; /* from here a death is undone */
 }
 
@@ -240,7 +244,7 @@ static void op_end(void) {
   ((volatile arena_hdr *)H)->ulog_active = 0; /* the commit */
 }
 
-static void free_locked(lmp_off off);
+static void free_locked(lmp_off off, uint32_t slot, uint32_t which);
 
 /* The next locker's repair after a death inside a heap operation. */
 static void heap_recover(void) {
@@ -250,7 +254,8 @@ static void heap_recover(void) {
     *(uint64_t *)(lmp_base + H->ulog[i].addr) = H->ulog[i].old;
   H->ulog_n = 0;
   H->ulog_active = 0;
-  if (H->ulog_op == OP_FREE) free_locked(H->ulog_blk);
+  if (H->ulog_op == OP_FREE)
+    free_locked(H->ulog_blk, H->ulog_slot, H->ulog_which);
 }
 
 static void lock_heap(void) {
@@ -337,18 +342,10 @@ static int give_back(lmp_off off, uint64_t size, uintptr_t drop[2]) {
   return drop[1] > drop[0];
 }
 
-void *lmp_alloc(size_t n) {
-  uint64_t need;
+/* Allocates inside an operation the caller began; 0 when exhausted. */
+static lmp_off alloc_locked(uint64_t need) {
   unsigned i;
   lmp_off off = 0;
-  if (n > H->size) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  need = ((uint64_t)n + TAG + ALIGN - 1) & SIZEMASK;
-  if (need < MINBLOCK) need = MINBLOCK;
-  lock_heap();
-  op_begin(OP_ALLOC, 0);
   i = binof(need);
   if (i < NEXACT) {
     /* Every block in an exact bin fits. */
@@ -378,12 +375,7 @@ void *lmp_alloc(size_t n) {
     set_inuse(off, have);
     need = have;
   } else {
-    if (H->top + need + TAG > H->size) {
-      op_end();
-      unlock_heap();
-      errno = ENOMEM;
-      return NULL;
-    }
+    if (H->top + need + TAG > H->size) return 0;
     off = H->top;
     /* The tag at top carries PREV for the block before it. */
     SET(BLK(off)->head, (BLK(off)->head & F_PREV) | need | F_INUSE);
@@ -394,8 +386,51 @@ void *lmp_alloc(size_t n) {
   SET(H->blocks, H->blocks + 1);
   if (need >= BIG_FREE)
     SET(H->retained, H->retained - (need < H->retained ? need : H->retained));
+  return off;
+}
+
+static uint64_t block_need(size_t n) {
+  uint64_t need = ((uint64_t)n + TAG + ALIGN - 1) & SIZEMASK;
+  return need < MINBLOCK ? MINBLOCK : need;
+}
+
+void *lmp_alloc(size_t n) {
+  lmp_off off;
+  if (n > H->size) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  lock_heap();
+  op_begin(OP_ALLOC, 0, 0, 0);
+  off = alloc_locked(block_need(n));
   op_end();
   unlock_heap();
+  if (off == 0) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return lmp_base + off + TAG;
+}
+
+void *lmp_alloc_pending(lmp_obj *o, size_t n, int which) {
+  lmp_off off;
+  if (n > H->size) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  lock_heap();
+  op_begin(OP_ALLOC, 0, 0, 0);
+  off = alloc_locked(block_need(n));
+  if (off != 0) {
+    SET(lmp_self->pending_obj, LMP_OFF(o));
+    SET(lmp_self->pending_blk[which], off + TAG);
+  }
+  op_end();
+  unlock_heap();
+  if (off == 0) {
+    errno = ENOMEM;
+    return NULL;
+  }
   return lmp_base + off + TAG;
 }
 
@@ -405,14 +440,16 @@ void *lmp_calloc(size_t n) {
   return p;
 }
 
-/* Frees the block whose tag is at off; the caller holds the heap lock and
- * has begun no operation. */
-static void free_locked(lmp_off off) {
+/* Frees the block whose tag is at off and, when which > 0, clears the
+ * pending entry which-1 of slot `slot`, as one operation; the caller holds
+ * the heap lock and has begun no operation. */
+static void free_locked(lmp_off off, uint32_t slot, uint32_t which) {
   uint64_t size;
   uintptr_t drop[2];
   int dropping = 0;
   block *b;
-  op_begin(OP_FREE, off);
+  op_begin(OP_FREE, off, slot, which);
+  if (which > 0) SET(slots[slot].pending_blk[which - 1], 0);
   b = BLK(off);
   size = BSIZE(b);
   SET(H->used, H->used - size);
@@ -445,7 +482,14 @@ static void free_locked(lmp_off off) {
 void lmp_free(void *p) {
   if (p == NULL) return;
   lock_heap();
-  free_locked(LMP_OFF(p) - TAG);
+  free_locked(LMP_OFF(p) - TAG, 0, 0);
+  unlock_heap();
+}
+
+void lmp_free_pending(void *p, int which) {
+  if (p == NULL) return;
+  lock_heap();
+  free_locked(LMP_OFF(p) - TAG, lmp_self_index, (uint32_t)which + 1);
   unlock_heap();
 }
 
@@ -546,6 +590,7 @@ static struct {
   const char *name;
   lmp_dtor dtor;
   lmp_owns_fn owns;
+  lmp_exit_fn on_exit;
 } types[LMP_T_MAX];
 
 void lmp_obj_settype(int type, const char *name, lmp_dtor dtor) {
@@ -554,6 +599,10 @@ void lmp_obj_settype(int type, const char *name, lmp_dtor dtor) {
 }
 
 void lmp_obj_setowns(int type, lmp_owns_fn owns) { types[type].owns = owns; }
+
+void lmp_obj_setexit(int type, lmp_exit_fn on_exit) {
+  types[type].on_exit = on_exit;
+}
 
 const char *lmp_obj_typename(int type) {
   if (type <= 0 || type >= LMP_T_MAX || types[type].name == NULL)
@@ -734,8 +783,8 @@ int lmp_slot_prepare_child(void) {
   atomic_store(&c->pid, 0);
   atomic_store(&c->sleeping, 0);
   atomic_store(&c->waiting_on, 0);
-  atomic_store(&c->pending_obj, 0);
-  atomic_store(&c->pending_blk, 0);
+  c->pending_obj = 0;
+  c->pending_blk[0] = c->pending_blk[1] = 0;
   c->refs = 0;
   atomic_fetch_add(&H->nprocs, 1);
   {
@@ -787,6 +836,17 @@ static void release_refs(lmp_slot *s) {
 
 void lmp_slot_retire(void) {
   if (lmp_self == NULL) return;
+  if (lmp_self->refs != 0) { /* a clean exit: tell what it held */
+    hold_tab *t = LMP_PTR(lmp_self->refs);
+    uint32_t j;
+    for (j = 0; j < t->cap; j++) {
+      lmp_obj *o;
+      if (t->e[j].obj == 0 || atomic_load(&t->e[j].n) == 0) continue;
+      o = LMP_PTR(t->e[j].obj);
+      if (o->type < LMP_T_MAX && types[o->type].on_exit != NULL)
+        types[o->type].on_exit(o);
+    }
+  }
   release_refs(lmp_self);
   atomic_store(&lmp_self->state, LMP_SLOT_DEAD);
 }
@@ -796,18 +856,23 @@ static void unwatch_slot(uint32_t idx);
 void lmp_slot_release(uint32_t idx) {
   lmp_slot *s = &slots[idx];
   uint32_t st = atomic_load(&s->state);
-  lmp_off blk;
+  int k;
   if (st == LMP_SLOT_FREE) return;
-  /* A block it had in transit: the object it was going to or coming from
-   * is still alive (the dead process held it), so ask it. */
-  blk = atomic_exchange(&s->pending_blk, 0);
-  if (blk != 0) {
+  /* Blocks it had in transit: the object they were going to or coming
+   * from is still alive (the dead process held it), so ask it.  First let
+   * the heap recover, if the process died inside a heap operation. */
+  lock_heap();
+  unlock_heap();
+  for (k = 0; k < 2; k++) {
+    lmp_off blk = s->pending_blk[k];
     lmp_obj *o = s->pending_obj ? LMP_PTR(s->pending_obj) : NULL;
+    s->pending_blk[k] = 0;
+    if (blk == 0) continue;
     if (o == NULL || o->type >= LMP_T_MAX || types[o->type].owns == NULL ||
         !types[o->type].owns(o, blk))
       lmp_free(LMP_PTR(blk));
   }
-  atomic_store(&s->pending_obj, 0);
+  s->pending_obj = 0;
   unwatch_slot(idx);
   release_refs(s);
   atomic_store(&s->pid, 0);
@@ -855,14 +920,14 @@ void lmp_wake(uint32_t idx) {
   }
 }
 
-void lmp_pending(lmp_obj *o, void *blk) {
-  if (blk == NULL) {
-    atomic_store(&lmp_self->pending_blk, 0);
-    atomic_store(&lmp_self->pending_obj, 0);
-  } else {
-    atomic_store(&lmp_self->pending_obj, LMP_OFF(o));
-    atomic_store(&lmp_self->pending_blk, LMP_OFF(blk));
-  }
+void lmp_pending_set(lmp_obj *o, void *blk, int which) {
+  volatile lmp_slot *s = lmp_self;
+  s->pending_obj = LMP_OFF(o);
+  s->pending_blk[which] = LMP_OFF(blk);
+}
+
+void lmp_pending_clear(int which) {
+  ((volatile lmp_slot *)lmp_self)->pending_blk[which] = 0;
 }
 
 /* ---------------------------------------------------------------- watch */

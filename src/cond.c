@@ -125,7 +125,14 @@ static int cond_wait_core(cond *c, double deadline) {
     wl_remove(&c->w, i);
   }
   pthread_mutex_unlock(&c->mu);
-  lmp_lock_restore(l, levels, &died);
+  /* The lock comes back whatever ended the wait, even a Ctrl-C (which is
+   * kept for the caller to raise once the lock is held again). */
+  {
+    sig_atomic_t pending = lmp_sigint;
+    lmp_sigint = 0;
+    while (lmp_lock_restore(l, levels, &died) != 1) lmp_sigint = 0;
+    if (pending) lmp_sigint = pending;
+  }
   return rc;
 }
 
@@ -302,7 +309,9 @@ static void check_dead(barrier *b) {
     }
   }
   if (dead) {
-    if (b->state == FILLING && b->count > 0) b->state = BROKEN;
+    /* A party that died waiting for the others can never be let go with
+     * them: the round is broken, for those waiting and those to come. */
+    if (b->state == FILLING) b->state = BROKEN;
     else if (b->count <= 0 && (b->state == DRAINING || b->state == RESETTING))
       b->state = FILLING;
     lmp_futex_bump(&b->seq, INT_MAX);
@@ -397,6 +406,7 @@ static int barrier_wait(lua_State *L) {
       return lmp_wait_fail(L, rc);
     }
   }
+  check_dead(b); /* a party that died before we came */
   if (b->state == BROKEN) {
     pthread_mutex_unlock(&b->mu);
     return broken_error(L);

@@ -26,6 +26,15 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
   return is ? h->obj : NULL;
 }
 
+/* __eq of every luamp handle: two handles are equal when they name the
+ * same shared object (one received through a queue, say, and the one
+ * that was sent). */
+int lmp_handle_eq(lua_State *L) {
+  lmp_obj *a = lmp_toobj(L, 1), *b = lmp_toobj(L, 2);
+  lua_pushboolean(L, a != NULL && a == b);
+  return 1;
+}
+
 void lmp_pushobj(lua_State *L, lmp_obj *o) {
   if (o->type >= LMP_T_MAX || pushers[o->type] == NULL)
     luaL_error(L, "cannot receive a shared %s here", lmp_obj_typename(o->type));
@@ -142,6 +151,7 @@ static const luaL_Reg blob_meth[] = {
 
 static const luaL_Reg blob_metameth[] = {
   {"__index", NULL},  {"__gc", blob_close}, {"__close", blob_close},
+  {"__eq", lmp_handle_eq},
   {"__len", blob_len}, {"__tostring", blob_tostring}, {NULL, NULL}
 };
 

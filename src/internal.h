@@ -103,6 +103,9 @@ typedef void (*lmp_dtor)(lmp_obj *o);
 typedef int (*lmp_owns_fn)(lmp_obj *o, lmp_off blk);
 void lmp_obj_settype(int type, const char *name, lmp_dtor dtor);
 void lmp_obj_setowns(int type, lmp_owns_fn owns);
+/* Called for each object a process holds when it exits cleanly. */
+typedef void (*lmp_exit_fn)(lmp_obj *o);
+void lmp_obj_setexit(int type, lmp_exit_fn on_exit);
 const char *lmp_obj_typename(int type);
 
 /* Allocates a zeroed object of `size` bytes (header included) with no
@@ -130,8 +133,8 @@ typedef struct lmp_slot {
   uint32_t gen;
   lmp_off refs; /* the hold table: see arena.c */
   _Atomic lmp_off waiting_on; /* futex word it sleeps on, 0 for `wake` */
-  _Atomic lmp_off pending_obj; /* see lmp_pending */
-  _Atomic lmp_off pending_blk;
+  lmp_off pending_obj; /* see lmp_pending */
+  lmp_off pending_blk[2];
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
@@ -154,11 +157,18 @@ void lmp_slot_release(uint32_t idx);
  * the slot). */
 void lmp_slot_retire(void);
 
-/* A block in transit between this process and object o (a message being
- * put or taken): if the process dies before lmp_pending(NULL, NULL), its
- * reaper frees the block unless o says it owns it.  So a kill at any
- * moment neither leaks the block nor frees one the object still uses. */
-void lmp_pending(lmp_obj *o, void *blk);
+/* Blocks in transit between this process and object o (a message being
+ * put or taken, a queue's new ring): while one is registered in one of the
+ * process's two pending entries, the reaper of the process frees it unless
+ * o says it owns it.  lmp_alloc_pending and lmp_free_pending allocate and
+ * register, or free and unregister, as one heap operation, so no kill can
+ * fall between the two; lmp_pending_set and lmp_pending_clear register a
+ * block that exists (one store each).  So a kill at any moment neither
+ * leaks a block nor frees one the object still uses. */
+void *lmp_alloc_pending(lmp_obj *o, size_t n, int which);
+void lmp_free_pending(void *p, int which);
+void lmp_pending_set(lmp_obj *o, void *blk, int which);
+void lmp_pending_clear(int which);
 
 /* mp.wait support: this process watches o, and whoever changes o calls
  * lmp_notify_watchers(o), which wakes every watcher.  -EAGAIN when the
@@ -232,6 +242,7 @@ typedef struct lmp_handle {
 /* Returns the object of a handle at idx, or NULL if the value is not a
  * luamp handle (or is closed). */
 lmp_obj *lmp_toobj(lua_State *L, int idx);
+int lmp_handle_eq(lua_State *L); /* __eq: the same shared object */
 
 /* Pushes a new handle for `o`, holding a reference for this process.
  * Raises when the type has no Lua binding or memory is short. */

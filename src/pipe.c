@@ -122,8 +122,10 @@ static ssize_t write_nosig(conn *c, struct iovec *iov, int n) {
   return w;
 }
 
-/* Writes the whole of the iovecs; 0, -EPIPE, -EINTR (Ctrl-C) or -errno. */
-static int writeall(conn *c, struct iovec *iov, int n) {
+/* Writes the whole of the iovecs; 0, -EPIPE, -EINTR (Ctrl-C) or -errno;
+ * *sent counts the bytes written. */
+static int writeall(conn *c, struct iovec *iov, int n, size_t *sent) {
+  *sent = 0;
   while (n > 0) {
     ssize_t w = write_nosig(c, iov, n);
     if (w < 0) {
@@ -135,6 +137,7 @@ static int writeall(conn *c, struct iovec *iov, int n) {
       }
       return -errno;
     }
+    *sent += (size_t)w;
     while (n > 0 && (size_t)w >= iov->iov_len) {
       w -= (ssize_t)iov->iov_len;
       iov++;
@@ -148,10 +151,13 @@ static int writeall(conn *c, struct iovec *iov, int n) {
   return 0;
 }
 
+/* Sends one frame: 0 or -errno (nothing raised).  A frame cut short by
+ * Ctrl-C would leave the stream out of step, so then the connection is
+ * closed: the other end sees it end in the middle of a message. */
 static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   unsigned char hdr[12];
   struct iovec iov[2];
-  size_t h = 4;
+  size_t h = 4, sent;
   int rc;
   lmp_waiter(L);
   if (n < 0xffffffffu) {
@@ -169,12 +175,16 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   iov[0].iov_len = h;
   iov[1].iov_base = (void *)p;
   iov[1].iov_len = n;
-  rc = writeall(c, iov, 2);
+  rc = writeall(c, iov, 2, &sent);
+  if (rc < 0 && sent > 0) conn_free(c);
+  return rc;
+}
+
+static int send_failed(lua_State *L, int rc) {
   if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
   if (rc == -EPIPE)
     return lmp_throw(L, "EOFError", "the other end of the connection is closed");
-  if (rc < 0) return luaL_error(L, "cannot send: %s", strerror(-rc));
-  return 0;
+  return luaL_error(L, "cannot send: %s", strerror(-rc));
 }
 
 static conn *checkwritable(lua_State *L) {
@@ -186,6 +196,7 @@ static conn *checkwritable(lua_State *L) {
 /* send_bytes(s, [i], [j]): sends s:sub(i, j) as one message. */
 static int conn_send_bytes(lua_State *L) {
   conn *c = checkwritable(L);
+  int rc;
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
   lua_Integer i = luaL_optinteger(L, 3, 1), j = luaL_optinteger(L, 4, -1);
@@ -193,17 +204,24 @@ static int conn_send_bytes(lua_State *L) {
   if (j < 0) j = (lua_Integer)n + j + 1;
   if (i < 1) i = 1;
   if (j > (lua_Integer)n) j = (lua_Integer)n;
-  if (i > j) return send_frame(L, c, s, 0);
-  return send_frame(L, c, s + i - 1, (size_t)(j - i + 1));
+  rc = i > j ? send_frame(L, c, s, 0)
+             : send_frame(L, c, s + i - 1, (size_t)(j - i + 1));
+  if (rc < 0) return send_failed(L, rc);
+  return 0;
 }
 
 /* send(v): sends v through the codec. */
 static int conn_send(lua_State *L) {
   conn *c = checkwritable(L);
+  int rc;
   luaL_checkany(L, 2);
   c->enc->len = 0;
   lmp_encode(L, 2, "value", c->enc);
-  send_frame(L, c, c->enc->data, c->enc->len);
+  rc = send_frame(L, c, c->enc->data, c->enc->len);
+  if (rc < 0) { /* the message never left: its references go */
+    lmp_msg_release(c->enc->data, c->enc->len);
+    return send_failed(L, rc);
+  }
   return 0;
 }
 

@@ -30,7 +30,8 @@
  * growth), and `count` is recomputed from head and tail by the next
  * locker after a death.  A process killed at any point therefore leaves
  * either the whole message in the queue or none of it.  An out-of-line
- * block in transit is registered with lmp_pending, so the reaper of a
+ * block in transit is registered as pending (the message in entry 0, a new
+ * ring in entry 1; see lmp_alloc_pending), so the reaper of a
  * killed process frees it unless the queue still owns it.
  */
 
@@ -111,7 +112,7 @@ static int grow(queue *q, uint64_t need) {
   ring *r = RING(q), *nr;
   uint64_t cap = r->cap * 2, used = r->tail - r->head, pos, out = 0;
   while (cap - used < need + sizeof(rec) * 2) cap *= 2;
-  nr = lmp_alloc(sizeof(ring) + cap);
+  nr = lmp_alloc_pending(&q->h, sizeof(ring) + cap, 1);
   if (nr == NULL) return -ENOMEM;
   nr->cap = cap;
   for (pos = r->head; pos < r->tail;) {
@@ -125,10 +126,9 @@ static int grow(queue *q, uint64_t need) {
   }
   nr->head = 0;
   nr->tail = out;
-  lmp_pending(&q->h, nr);
   atomic_store(&q->ring, LMP_OFF(nr)); /* the commit */
-  lmp_pending(NULL, NULL);
-  lmp_free(r);
+  lmp_pending_set(&q->h, r, 1); /* now the old ring is the one in transit */
+  lmp_free_pending(r, 1);
   return 0;
 }
 
@@ -293,9 +293,8 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
   uint64_t *blk = NULL;
   int rc;
   if (len > INLINE_MAX) {
-    blk = lmp_alloc(sizeof(uint64_t) + len);
+    blk = lmp_alloc_pending(&q->h, sizeof(uint64_t) + len, 0);
     if (blk == NULL) return -ENOMEM;
-    lmp_pending(&q->h, blk);
     blk[0] = len;
     memcpy(blk + 1, p, len);
   }
@@ -305,11 +304,7 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
     qunlock(q);
     rc = qwait(q, &q->put_seq, &q->putters, has_room, deadline);
     if (rc <= 0) {
-      if (blk != NULL) { /* forget it first: a block freed twice is worse
-                          * than one leaked by a kill in between */
-        lmp_pending(NULL, NULL);
-        lmp_free(blk);
-      }
+      lmp_free_pending(blk, 0);
       return rc < 0 ? rc : -EAGAIN;
     }
   }
@@ -320,16 +315,16 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
   }
   /* Still under the lock: once it is released a consumer may take and free
    * the block, so the reaper must not find it registered as ours then. */
-  if (blk != NULL) lmp_pending(NULL, NULL);
+  if (blk != NULL && rc == 0) lmp_pending_clear(0);
   qunlock(q);
-  if (blk != NULL && rc < 0) lmp_free(blk);
+  if (rc < 0) lmp_free_pending(blk, 0);
   if (rc == 0) notify_get(q);
   return rc;
 }
 
 /* Takes the oldest message: inline ones are copied into b, out-of-line
  * ones are handed over in *blk (the caller frees it, then calls
- * lmp_pending(NULL, NULL)).  0, -EAGAIN (empty at the deadline), -EINTR,
+ * with lmp_free_pending(blk, 0)).  0, -EAGAIN (empty at the deadline), -EINTR,
  * -ENOMEM. */
 static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
   ring *r;
@@ -353,7 +348,7 @@ static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
     lmp_off off;
     memcpy(&off, h + 1, sizeof off);
     *blk = LMP_PTR(off);
-    lmp_pending(&q->h, *blk);
+    lmp_pending_set(&q->h, *blk, 0);
   } else {
     b->len = 0;
     if (lmp_buf_reserve(b, h->len) < 0) {
@@ -493,8 +488,7 @@ static int queue_get(lua_State *L) {
   if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
   if (blk != NULL) { /* decode straight from the block, then free it */
     rc = push_message(L, (const char *)(blk + 1), (size_t)blk[0]);
-    lmp_pending(NULL, NULL); /* before the free: never free it twice */
-    lmp_free(blk);
+    lmp_free_pending(blk, 0);
   } else {
     rc = push_message(L, h->buf->data, h->buf->len);
   }
@@ -611,6 +605,7 @@ static const luaL_Reg squeue_meth[] = {
 
 static const luaL_Reg queue_metameth[] = {
   {"__index", NULL},  {"__gc", queue_close}, {"__close", queue_close},
+  {"__eq", lmp_handle_eq},
   {"__tostring", queue_tostring}, {NULL, NULL}
 };
 

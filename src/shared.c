@@ -279,8 +279,10 @@ static int shared_Array(lua_State *L) {
 /* Element index at idx (1-based) -> 0-based, or -1 when out of range. */
 static int64_t index_of(lua_State *L, shval *v, int idx) {
   lua_Integer i;
-  if (!lua_isinteger(L, idx)) return -2;
-  i = lua_tointeger(L, idx);
+  int isint;
+  if (lua_type(L, idx) != LUA_TNUMBER) return -2;
+  i = lua_tointegerx(L, idx, &isint); /* 2.0 is 2, as in a table */
+  if (!isint) return -2;
   if (i < 1 || (uint64_t)i > v->n) return -1;
   return i - 1;
 }
@@ -481,7 +483,7 @@ static const luaL_Reg val_meth[] = {
 
 static const luaL_Reg val_metameth[] = {
   {"__index", val_index}, {"__newindex", val_newindex}, {"__len", val_len},
-  {"__gc", val_close},    {"__close", val_close},
+  {"__gc", val_close},    {"__close", val_close}, {"__eq", lmp_handle_eq},
   {"__tostring", val_tostring}, {NULL, NULL}
 };
 

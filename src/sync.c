@@ -212,7 +212,9 @@ typedef struct sem {
   } holders[MAX_HOLDERS];
 } sem;
 
-/* Gives back the units of holders that have died; returns how many. */
+/* Gives back the units of holders that died holding them (a process that
+ * exits cleanly drops its records: see sem_exit); returns how many.  A
+ * bounded semaphore never goes above its start value. */
 static int32_t reclaim(sem *s) {
   int32_t back = 0;
   int i;
@@ -223,10 +225,17 @@ static int32_t reclaim(sem *s) {
       s->holders[i].n = 0;
     }
   }
+  if (s->kind == K_BSEM && s->value + back > s->maxvalue)
+    back = s->maxvalue - s->value;
+  if (back < 0) back = 0;
   s->value += back;
   return back;
 }
 
+/* Records that `me` took (delta > 0) or gave back (delta < 0) units.  A
+ * release by a process that holds none gives back someone else's unit
+ * (the signal pattern: one process acquires, another releases), so the
+ * records never count more units than are out. */
 static void note_holder(sem *s, pid_t me, int delta) {
   int i, free_i = -1;
   for (i = 0; i < MAX_HOLDERS; i++) {
@@ -240,7 +249,27 @@ static void note_holder(sem *s, pid_t me, int delta) {
   if (delta > 0 && free_i >= 0) { /* else untracked: more holders than fit */
     s->holders[free_i].n = delta;
     s->holders[free_i].pid = me;
+    return;
   }
+  for (i = 0; i < MAX_HOLDERS && delta < 0; i++) {
+    if (s->holders[i].pid != 0) {
+      int32_t take = -delta < s->holders[i].n ? -delta : s->holders[i].n;
+      s->holders[i].n -= take;
+      delta += take;
+      if (s->holders[i].n == 0) s->holders[i].pid = 0;
+    }
+  }
+}
+
+/* A process exiting cleanly keeps the units it took (as in Python): its
+ * records go, so that its death is not mistaken for a loss. */
+static void sem_exit(lmp_obj *o) {
+  sem *s = (sem *)o;
+  int i;
+  lmp_mutex_lock(&s->mu);
+  for (i = 0; i < MAX_HOLDERS; i++)
+    if (s->holders[i].pid == lmp_pid) s->holders[i].pid = s->holders[i].n = 0;
+  pthread_mutex_unlock(&s->mu);
 }
 
 typedef struct sacq {
@@ -271,6 +300,7 @@ static int sem_try(void *ud) {
 static int sem_acquire(sem *s, double deadline, int *died) {
   sacq a;
   int rc = 0;
+  *died = 0;
   a.s = s;
   a.me = self_pid();
   a.died = 0;
@@ -566,7 +596,7 @@ static const luaL_Reg lock_meth[] = {
 };
 
 static const luaL_Reg lock_metameth[] = {
-  {"__gc", lock_close}, {"__close", lock_close},
+  {"__gc", lock_close}, {"__close", lock_close}, {"__eq", lmp_handle_eq},
   {"__tostring", lock_tostring}, {NULL, NULL}
 };
 
@@ -624,6 +654,7 @@ int lmp_open_sync(lua_State *L) {
   lmp_newclass(L, EVENT, event_meth, 0, event_tostring);
   lmp_obj_settype(LMP_T_LOCK, "lock", NULL);
   lmp_obj_settype(LMP_T_SEM, "semaphore", sem_dtor);
+  lmp_obj_setexit(LMP_T_SEM, sem_exit);
   lmp_obj_settype(LMP_T_EVENT, "event", NULL);
   lmp_settypepusher(LMP_T_LOCK, push_lock);
   lmp_settypepusher(LMP_T_SEM, push_sem);

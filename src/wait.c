@@ -62,7 +62,8 @@ static int any_ready(void *ud) {
   return 0;
 }
 
-/* wait(list, [timeout]) -> array of the ready ones, in list order. */
+/* wait(list, [timeout]) -> the positions in list of the ready ones, in
+ * order. */
 static int core_wait(lua_State *L) {
   wctx w;
   int i, nfd = 0, rc, out = 0;
@@ -92,9 +93,10 @@ static int core_wait(lua_State *L) {
       w.fds[nfd].revents = 0;
       nfd++;
     } else {
-      return luaL_error(L, "bad argument #1 to 'wait' (item %d is not a "
-                        "connection, sentinel or queue of this process)",
-                        i + 1);
+      /* No position: the Lua front adds the caller's. */
+      lua_pushfstring(L, "bad argument #1 to 'wait' (item %d is not a "
+                      "connection, sentinel or queue of this process)", i + 1);
+      return lua_error(L);
     }
     lua_pop(L, 1);
   }
@@ -117,7 +119,7 @@ static int core_wait(lua_State *L) {
     struct pollfd *p = NULL;
     if (w.it[i].kind == W_CONN) p = &w.fds[nfd++];
     if (item_ready(&w, i, p)) {
-      lua_rawgeti(L, 1, i + 1);
+      lua_pushinteger(L, i + 1);
       lua_rawseti(L, -2, ++out);
     }
   }

@@ -41,11 +41,15 @@ M.Array = core.Array
 -- mp.RawValue(typecode, [init]), mp.RawArray(typecode, size_or_table):
 -- Value and Array without a lock.
 function M.RawValue(typecode, init)
-  return core.Value(typecode, init, false)
+  local ok, v = pcall(core.Value, typecode, init, false)
+  if not ok then error(v, 2) end
+  return v
 end
 
 function M.RawArray(typecode, size_or_table)
-  return core.Array(typecode, size_or_table, false)
+  local ok, v = pcall(core.Array, typecode, size_or_table, false)
+  if not ok then error(v, 2) end
+  return v
 end
 
 -- lock:with(fn, ...) -> what fn returns: fn runs holding the lock, which
@@ -93,21 +97,18 @@ function M.wait(objects, timeout)
     error("bad argument #2 to 'wait' (number expected, got " ..
           type(timeout) .. ")", 2)
   end
-  local list, map = {}, nil
+  local list = {}
   for i = 1, #objects do
     local o = objects[i]
-    if getmetatable(o) == process.metatable then
-      map = map or {}
-      local s = o.sentinel
-      map[s] = o
-      o = s
-    end
+    if getmetatable(o) == process.metatable then o = o.sentinel end
     list[i] = o
   end
-  local ready = core.wait(list, timeout)
-  if map then
-    for i, o in ipairs(ready) do ready[i] = map[o] or o end
-  end
+  -- core.wait answers with positions in the list, so that what comes back
+  -- is what was given (a Process object, or its sentinel).
+  local ok, where = pcall(core.wait, list, timeout)
+  if not ok then error(where, 2) end
+  local ready = {}
+  for i, k in ipairs(where) do ready[i] = objects[k] end
   return ready
 end
 
