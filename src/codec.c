@@ -44,6 +44,10 @@
  *               length, field name; package.loaded[module][field]
  *   0x0c        a module by name: varint length, name; package.loaded[name]
  *   0x0d        a luamp object: varint type, varint arena offset
+ *   0x0e        only where a table's key would be: a value V follows, and
+ *               the table gets the metatable {__index = V}
+ *   0x0f        only where a table's key would be: a table M follows (a
+ *               class: M.__index is M), and the table gets M as metatable
  *   0x16, 0x17  a table or function (0x06, 0x07 with the keep bit 0x10)
  *               that a later ref or join names; the decoder keeps these,
  *               and only these, where refs can find them
@@ -51,8 +55,13 @@
  *   0x80..0xff  the integer tag - 0x80 (0..127)
  *
  * Tables.  The array part of a table is the run of keys 1, 2, 3... that
- * lua_next yields first; the rest, holes and all, go as pairs.  Metatables
- * are not sent: the receiver gets plain tables.
+ * lua_next yields first; the rest, holes and all, go as pairs.  A
+ * metatable is sent in two forms only: {__index = V}, as V (0x0e), which
+ * is how environments inherit from the globals (a sandbox, a test
+ * framework's file environment); and a class, a metatable M with
+ * M.__index == M, as M itself (0x0f), so that an object reaches its
+ * methods.  Other metatables are not sent: the receiver gets a plain
+ * table.
  *
  * Sharing.  The encoder numbers tables and Lua functions as it first meets
  * them and remembers them, by lua_topointer, in a small C hash; meeting one
@@ -797,6 +806,29 @@ static void enctable(enc *e, int idx) {
     encany(e, top, lua_type(L, top));
     lua_settop(L, top - 1);
     npairs++;
+  }
+  if (lua_getmetatable(L, idx)) {
+    int t = lua_getfield(L, -1, "__index");
+    if (t == LUA_TTABLE && lua_rawequal(L, -1, -2)) { /* a class */
+      putbyte(e, T_META);
+      f->kind = F_FIELD;
+      lua_pushliteral(L, "(metatable)");
+      f->idx = lua_gettop(L);
+      encany(e, lua_gettop(L) - 2, LUA_TTABLE);
+      lua_settop(L, top - 2);
+    } else {
+      /* {__index = V}: one field, and a table or function as V. */
+      lua_pushnil(L);
+      if ((t == LUA_TTABLE || t == LUA_TFUNCTION) && lua_next(L, -3) &&
+          (lua_pop(L, 1), !lua_next(L, -3))) {
+        putbyte(e, T_INDEX);
+        f->kind = F_FIELD;
+        lua_pushliteral(L, "(metatable __index)");
+        f->idx = lua_gettop(L);
+        encany(e, lua_gettop(L) - 1, t);
+      }
+      lua_settop(L, top - 2);
+    }
   }
   putbyte(e, T_NIL);
   if (m != n) patchvarint(e, pos + 1, m, hintpos - pos - 1);

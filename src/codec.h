@@ -20,7 +20,7 @@
 
 enum {
   T_NIL = 0x00, T_FALSE, T_TRUE, T_INT, T_FLOAT, T_STR, T_TABLE, T_FUNC,
-  T_REF, T_JOIN, T_GLOBALS, T_NAME, T_MODULE, T_OBJ,
+  T_REF, T_JOIN, T_GLOBALS, T_NAME, T_MODULE, T_OBJ, T_INDEX, T_META,
   T_KEEP = 0x10,     /* on T_TABLE or T_FUNC: a ref or join names it */
   T_SHORTSTR = 0x40, /* 0x40..0x7f */
   T_FIXINT = 0x80    /* 0x80..0xff */

@@ -195,6 +195,21 @@ static void dectable(dec *d, int tag) {
     lua_rawseti(L, -2, (lua_Integer)i);
   }
   while ((tag = gettag(d)) != T_NIL) {
+    if (tag == T_META) { /* a class: the metatable itself */
+      decany(d, gettag(d));
+      if (!lua_istable(L, -1)) bad(d, "bad metatable");
+      lua_setmetatable(L, -2);
+      continue;
+    }
+    if (tag == T_INDEX) { /* the metatable {__index = V} */
+      lua_createtable(L, 0, 1);
+      decany(d, gettag(d));
+      if (!lua_istable(L, -1) && !lua_isfunction(L, -1))
+        bad(d, "bad metatable");
+      lua_setfield(L, -2, "__index");
+      lua_setmetatable(L, -2);
+      continue;
+    }
     if (tag == T_FLOAT && d->end - d->p >= 8) {
       lua_Number k;
       memcpy(&k, d->p, 8);
@@ -442,6 +457,11 @@ static int wvalue(walker *w, int depth) {
       for (;;) {
         if (w->p == w->end) return -1;
         if (*w->p == T_NIL) return wskip(w, 1);
+        if (*w->p == T_INDEX || *w->p == T_META) {
+          w->p++;
+          if (wvalue(w, depth + 1) < 0) return -1;
+          continue;
+        }
         if (wvalue(w, depth + 1) < 0 || wvalue(w, depth + 1) < 0) return -1;
       }
     case T_FUNC:

@@ -193,9 +193,15 @@ static void test_tables(void) {
       "local k = {name = 'key'}\n"
       "local rk = rt({[k] = 'v', k = k})\n"
       "same(rk[rk.k], 'v', 'table key') same(rk.k.name, 'key')\n"
-      /* metatables are not sent */
+      /* metatables: {__index = V} and classes (mt.__index == mt) are
+       * sent, anything else is not */
       "local m = rt(setmetatable({1}, {__index = function() return 9 end}))\n"
-      "same(getmetatable(m), nil, 'metatable') same(m[5], nil)\n"
+      "same(m[5], 9, 'inherited')\n"
+      "local C = {}; C.__index = C; function C.get(o) return o.v end\n"
+      "local o = rt(setmetatable({v = 4}, C))\n"
+      "same(o:get(), 4, 'method') same(getmetatable(o).__index, getmetatable(o))\n"
+      "local z = rt(setmetatable({1}, {__index = {}, __len = function() return 0 end}))\n"
+      "same(getmetatable(z), nil, 'other metatables')\n"
       /* 200 nested tables go; 201 do not */
       "local function nest(n)\n"
       "  local t = {} local r = t\n"
