@@ -866,11 +866,14 @@ void lmp_slot_release(uint32_t idx) {
   for (k = 0; k < 2; k++) {
     lmp_off blk = s->pending_blk[k];
     lmp_obj *o = s->pending_obj ? LMP_PTR(s->pending_obj) : NULL;
-    s->pending_blk[k] = 0;
+    int owned = 0;
     if (blk == 0) continue;
-    if (o == NULL || o->type >= LMP_T_MAX || types[o->type].owns == NULL ||
-        !types[o->type].owns(o, blk))
-      lmp_free(LMP_PTR(blk));
+    /* Asking takes the object's lock; if the process died holding it,
+     * the repair there settles (and unregisters) what the object owns. */
+    if (o != NULL && o->type < LMP_T_MAX && types[o->type].owns != NULL)
+      owned = types[o->type].owns(o, blk);
+    if (s->pending_blk[k] == blk && !owned) lmp_free(LMP_PTR(blk));
+    s->pending_blk[k] = 0;
   }
   s->pending_obj = 0;
   unwatch_slot(idx);

@@ -1049,3 +1049,53 @@ int lmp_codec_encode(lua_State *L) {
   encode(L, 1, luaL_optstring(L, 2, "value"), NULL);
   return 1;
 }
+
+/* ---- single numbers, for Dict.incr */
+
+/* The number a message holds when it is one number and nothing else:
+ * returns 1 (an integer in *i), 2 (a float in *f), or 0. */
+int lmp_msg_number(const char *msg, size_t n, lua_Integer *i, lua_Number *f) {
+  const unsigned char *p = (const unsigned char *)msg, *end = p + n;
+  uint64_t z = 0;
+  int shift;
+  if (n < 2 || p[0] != VERSION) return 0;
+  if (p[1] >= T_FIXINT) {
+    *i = p[1] - T_FIXINT;
+    return n == 2;
+  }
+  if (p[1] == T_FLOAT) {
+    if (n != 10) return 0;
+    memcpy(f, p + 2, 8);
+    return 2;
+  }
+  if (p[1] != T_INT) return 0;
+  for (p += 2, shift = 0; p < end && shift < 64; p++, shift += 7) {
+    z |= (uint64_t)(*p & 0x7f) << shift;
+    if (*p < 0x80) {
+      *i = (lua_Integer)((z >> 1) ^ (~(z & 1) + 1));
+      return p + 1 == end;
+    }
+  }
+  return 0;
+}
+
+/* Writes the message of one number into out (16 bytes at least); returns
+ * its length. */
+size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f) {
+  char *p = out;
+  *p++ = VERSION;
+  if (isint) {
+    uint64_t z = (uint64_t)i << 1;
+    if (i >= 0 && i < 128) {
+      *p++ = (char)(T_FIXINT + i);
+    } else {
+      *p++ = T_INT;
+      p = putvarint(p, i < 0 ? ~z : z);
+    }
+  } else {
+    *p++ = T_FLOAT;
+    memcpy(p, &f, 8);
+    p += 8;
+  }
+  return (size_t)(p - out);
+}

@@ -195,6 +195,8 @@ int lmp_open_core(lua_State *L) {
   lmp_open_sync(L);
   lmp_open_cond(L);
   lmp_open_shared(L);
+  lmp_open_dict(L);
+  lmp_open_list(L);
   lua_pushinteger(L, LMP_MAX_PROCS);
   lua_setfield(L, -2, "max_processes");
   return 1;

@@ -223,6 +223,13 @@ void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
  * message keeps its own references. */
 void lmp_decode(lua_State *L, const char *p, size_t n);
 
+/* One number as a whole message, for Dict.incr: lmp_msg_number returns
+ * 1 (integer in *i), 2 (float in *f) or 0 (not just a number);
+ * lmp_msg_put_number writes one into out (16 bytes) and returns its
+ * length. */
+int lmp_msg_number(const char *p, size_t n, lua_Integer *i, lua_Number *f);
+size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f);
+
 /* Drops the references a message holds on luamp objects.  Call once per
  * encoded message that is consumed or discarded.  Never raises. */
 void lmp_msg_release(const char *p, size_t n);
@@ -401,6 +408,8 @@ void lmp_newclass(lua_State *L, const char *name, const luaL_Reg *m,
 int lmp_open_sync(lua_State *L);
 int lmp_open_cond(lua_State *L);
 int lmp_open_shared(lua_State *L);
+int lmp_open_dict(lua_State *L);
+int lmp_open_list(lua_State *L);
 
 /* ---------------------------------------------------------- pipe.c, wait.c */
 

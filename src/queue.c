@@ -65,6 +65,7 @@ typedef struct queue {
   _Atomic int64_t count;
   int64_t unfinished; /* JoinableQueue: puts not yet task_done */
   uint32_t kind;
+  uint32_t holder; /* slot + 1 of the process holding mu, or 0 */
   _Atomic uint32_t get_seq, put_seq, join_seq; /* futex words */
   _Atomic uint32_t getters, putters;
 } queue;
@@ -79,9 +80,29 @@ static uint64_t pad8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
 static ring *RING(queue *q) { return LMP_PTR(atomic_load(&q->ring)); }
 
 static uint64_t payload_len(const rec *h);
+static int owns_locked(queue *q, lmp_off blk);
+static void recount(queue *q);
 
-/* Recounts the messages after a process died holding the lock. */
+/* After a process died holding the lock: recount the messages, and settle
+ * the blocks the dead holder had registered as pending.  Those the queue
+ * owns (a message not yet taken, the current ring) leave its pending
+ * entries now, before anyone else can take them; the reaper frees the
+ * rest, which were the dead process's alone. */
 static void repair(queue *q) {
+  if (q->holder != 0) {
+    lmp_slot *s = lmp_slot_at(q->holder - 1);
+    int k;
+    for (k = 0; k < 2; k++) {
+      lmp_off blk = s->pending_blk[k];
+      if (blk != 0 && s->pending_obj == LMP_OFF(q) && owns_locked(q, blk))
+        s->pending_blk[k] = 0;
+    }
+    q->holder = 0;
+  }
+  recount(q);
+}
+
+static void recount(queue *q) {
   ring *r = RING(q);
   uint64_t pos = r->head;
   int64_t n = 0;
@@ -99,9 +120,13 @@ static void qlock(queue *q) {
     repair(q);
     pthread_mutex_consistent(&q->mu);
   }
+  q->holder = lmp_self_index + 1;
 }
 
-static void qunlock(queue *q) { pthread_mutex_unlock(&q->mu); }
+static void qunlock(queue *q) {
+  q->holder = 0;
+  pthread_mutex_unlock(&q->mu);
+}
 
 static uint64_t payload_len(const rec *h) {
   return (h->flags & F_OUTLINE) ? sizeof(lmp_off) : h->len;
@@ -165,24 +190,29 @@ static int append(queue *q, const char *p, size_t len, lmp_off outline) {
   return 0;
 }
 
-/* Does the queue own block blk (in a record or as its ring)? */
-static int queue_owns(lmp_obj *o, lmp_off blk) {
-  queue *q = (queue *)o;
-  ring *r;
+/* Does the queue own block blk (in a record or as its ring)?  The caller
+ * holds the lock. */
+static int owns_locked(queue *q, lmp_off blk) {
+  ring *r = RING(q);
   uint64_t pos;
-  int found = 0;
-  qlock(q);
-  r = RING(q);
-  if (LMP_OFF(r) == blk) found = 1;
-  for (pos = r->head; !found && pos < r->tail;) {
+  if (LMP_OFF(r) == blk) return 1;
+  for (pos = r->head; pos < r->tail;) {
     rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
     if (h->flags & F_OUTLINE) {
       lmp_off off;
       memcpy(&off, h + 1, sizeof off);
-      if (off == blk) found = 1;
+      if (off == blk) return 1;
     }
     pos += sizeof(rec) + pad8(payload_len(h));
   }
+  return 0;
+}
+
+static int queue_owns(lmp_obj *o, lmp_off blk) {
+  queue *q = (queue *)o;
+  int found;
+  qlock(q);
+  found = owns_locked(q, blk);
   qunlock(q);
   return found;
 }

@@ -5,6 +5,7 @@ local core = require "luamp.core"
 local errors = require "luamp.errors"
 local process = require "luamp.process"
 local pool = require "luamp.pool"
+local manager = require "luamp.manager"
 
 local M = {}
 
@@ -27,6 +28,11 @@ M.SimpleQueue = core.SimpleQueue
 M.Pipe = core.Pipe
 
 M.Pool = pool.Pool
+
+M.Dict = core.Dict
+M.List = core.List
+M.Namespace = core.Namespace
+M.Manager = manager.Manager
 
 M.Lock = core.Lock
 M.RLock = core.RLock

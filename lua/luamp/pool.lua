@@ -412,7 +412,12 @@ end
 
 -- Collects results, notices dead workers, sends more work.  Never blocks.
 function Pool:_pump()
-  if self._pumping or self._pid ~= core.getpid() then return end
+  -- A terminated pool has nothing left to collect: terminate settled it
+  -- all, and it is reaping its own workers.
+  if self._pumping or self._pid ~= core.getpid()
+     or self._state == TERMINATE then
+    return
+  end
   self._pumping = true
   local ok, err = pcall(function()
     local outq = self._outq

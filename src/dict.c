@@ -1,0 +1,924 @@
+/* dict.c -- Dict and Namespace: a hash table of encoded values in the
+ * arena that every process of the family reads and writes directly.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "internal.h"
+
+/*
+ * Layout.  A dict holds a robust mutex, a count and the offset of its slot
+ * table: an open-addressing array of (hash, entry) pairs, probed linearly.
+ * An entry is one arena block: the key (a type byte and its bytes) and the
+ * value (a codec message).  Entry offset 0 marks a never-used slot, 1 a
+ * deleted one.
+ *
+ * Death.  Every change is committed with one store: a new entry is written
+ * whole before its offset goes into a slot; a replaced or deleted entry
+ * leaves its slot before it is freed; a grown table is filled before it
+ * replaces the old one.  Entries and tables in transit are registered as
+ * pending (see lmp_alloc_pending), so the reaper of a killed process frees
+ * them unless the dict still owns them; `count` is recounted by the next
+ * locker after a death.  Every operation holds the mutex, so each is
+ * atomic; pairs() walks a snapshot of the keys, so it sees every key that
+ * exists for the whole walk exactly once, whatever others do meanwhile.
+ */
+
+#define DICT "luamp.Dict"
+#define NAMESPACE "luamp.Namespace"
+
+#define EMPTY 0
+#define DELETED 1
+#define MINCAP 16
+
+enum { K_DICT, K_NAMESPACE };
+
+typedef struct slot {
+  uint64_t hash;
+  lmp_off off;
+} slot;
+
+typedef struct table {
+  uint64_t cap, used; /* used: slots ever filled, deleted ones included */
+  slot s[];
+} table;
+
+typedef struct entry {
+  uint32_t klen;
+  uint32_t pad;
+  uint64_t vlen;
+  char data[]; /* key, padded to 8, then value */
+} entry;
+
+typedef struct dict {
+  lmp_obj h;
+  pthread_mutex_t mu;
+  _Atomic lmp_off tab;
+  _Atomic int64_t count;
+  uint32_t kind;
+  uint32_t holder; /* slot + 1 of the process holding mu, or 0 */
+} dict;
+
+static table *TAB(dict *d) { return LMP_PTR(atomic_load(&d->tab)); }
+
+static const char *KEY(entry *e) { return e->data; }
+
+static const char *VAL(entry *e) {
+  return e->data + ((e->klen + 7) & ~(uint32_t)7);
+}
+
+static uint64_t hashkey(const char *k, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  size_t i;
+  for (i = 0; i < n; i++) h = (h ^ (unsigned char)k[i]) * 0x100000001b3ull;
+  h ^= h >> 29;
+  return h < 2 ? h + 2 : h;
+}
+
+static int owns_locked(dict *d, lmp_off blk);
+
+/* After a process died holding the lock: settle its pending blocks (those
+ * the dict owns leave its pending entries; the reaper frees the rest, see
+ * queue.c) and recount. */
+static void repair(dict *d) {
+  table *t = TAB(d);
+  uint64_t i;
+  int64_t n = 0;
+  if (d->holder != 0) {
+    lmp_slot *s = lmp_slot_at(d->holder - 1);
+    int k;
+    for (k = 0; k < 2; k++) {
+      lmp_off blk = s->pending_blk[k];
+      if (blk != 0 && s->pending_obj == LMP_OFF(d) && owns_locked(d, blk))
+        s->pending_blk[k] = 0;
+    }
+    d->holder = 0;
+  }
+  for (i = 0; i < t->cap; i++)
+    if (t->s[i].off > DELETED) n++;
+  atomic_store(&d->count, n);
+}
+
+static void dlock(dict *d) {
+  if (lmp_mutex_lock(&d->mu)) repair(d);
+  d->holder = lmp_self_index + 1;
+}
+
+static void dunlock(dict *d) {
+  d->holder = 0;
+  pthread_mutex_unlock(&d->mu);
+}
+
+/* The slot of key k, or -1; *ins gets where it would go. */
+static int64_t find(table *t, const char *k, size_t n, uint64_t h,
+                    int64_t *ins) {
+  uint64_t i = h & (t->cap - 1), probes;
+  int64_t first_free = -1;
+  for (probes = 0; probes < t->cap; probes++) {
+    slot *s = &t->s[i];
+    if (s->off == EMPTY) {
+      if (ins) *ins = first_free >= 0 ? first_free : (int64_t)i;
+      return -1;
+    }
+    if (s->off == DELETED) {
+      if (first_free < 0) first_free = (int64_t)i;
+    } else if (s->hash == h) {
+      entry *e = LMP_PTR(s->off);
+      if (e->klen == n && memcmp(KEY(e), k, n) == 0) return (int64_t)i;
+    }
+    i = (i + 1) & (t->cap - 1);
+  }
+  if (ins) *ins = first_free;
+  return -1;
+}
+
+/* Rebuilds the table to fit `want` live entries; -ENOMEM. */
+static int resize(dict *d, uint64_t want) {
+  table *t = atomic_load(&d->tab) ? TAB(d) : NULL, *nt;
+  uint64_t cap = MINCAP, i;
+  while (cap * 3 < want * 4 + 4) cap *= 2;
+  nt = lmp_alloc_pending(&d->h, sizeof(table) + cap * sizeof(slot), 1);
+  if (nt == NULL) return -ENOMEM;
+  memset(nt->s, 0, cap * sizeof(slot));
+  nt->cap = cap;
+  nt->used = 0;
+  for (i = 0; t != NULL && i < t->cap; i++) {
+    uint64_t j;
+    if (t->s[i].off <= DELETED) continue;
+    j = t->s[i].hash & (cap - 1);
+    while (nt->s[j].off != EMPTY) j = (j + 1) & (cap - 1);
+    nt->s[j] = t->s[i];
+    nt->used++;
+  }
+  atomic_store(&d->tab, LMP_OFF(nt)); /* the commit */
+  if (t != NULL) {
+    lmp_pending_set(&d->h, t, 1);
+    lmp_free_pending(t, 1);
+  } else {
+    lmp_pending_clear(1);
+  }
+  return 0;
+}
+
+/* Does the dict own block blk (an entry in a slot, or its table)? */
+static int owns_locked(dict *d, lmp_off blk) {
+  table *t = TAB(d);
+  uint64_t i;
+  if (LMP_OFF(t) == blk) return 1;
+  for (i = 0; i < t->cap; i++)
+    if (t->s[i].off == blk) return 1;
+  return 0;
+}
+
+static int dict_owns(lmp_obj *o, lmp_off blk) {
+  dict *d = (dict *)o;
+  int found;
+  dlock(d);
+  found = owns_locked(d, blk);
+  dunlock(d);
+  return found;
+}
+
+static void free_entry(entry *e) {
+  lmp_msg_release(VAL(e), e->vlen);
+  lmp_free(e);
+}
+
+static void dict_dtor(lmp_obj *o) {
+  dict *d = (dict *)o;
+  table *t = TAB(d);
+  uint64_t i;
+  for (i = 0; i < t->cap; i++)
+    if (t->s[i].off > DELETED) free_entry(LMP_PTR(t->s[i].off));
+  lmp_free(t);
+  pthread_mutex_destroy(&d->mu);
+}
+
+/* Drops entry e, which the caller has just taken out of its slot (under
+ * the lock, still held): registered as pending before the lock goes, so
+ * a kill after that frees it in the reaper. */
+static void drop_locked(dict *d, entry *e) {
+  lmp_pending_set(&d->h, e, 0);
+  dunlock(d);
+  lmp_msg_release(VAL(e), e->vlen);
+  lmp_free_pending(e, 0);
+}
+
+/* ----------------------------------------------------------------- keys */
+
+/* The key at idx as bytes in buf (at least 9 bytes): a type byte, then
+ * the bytes.  Floats with an integer value are integers, as table keys
+ * are.  Returns the length, or raises naming a key that cannot be one. */
+static size_t tokey(lua_State *L, int idx, char *buf, const char **out) {
+  switch (lua_type(L, idx)) {
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      /* The string itself follows the 's' the caller prepends. */
+      *out = s;
+      return n;
+    }
+    case LUA_TNUMBER: {
+      lua_Integer i;
+      int isint;
+      i = lua_tointegerx(L, idx, &isint);
+      if (isint) {
+        buf[0] = 'i';
+        memcpy(buf + 1, &i, 8);
+      } else {
+        lua_Number f = lua_tonumber(L, idx);
+        if (f != f) luaL_error(L, "Dict key is NaN");
+        buf[0] = 'f';
+        memcpy(buf + 1, &f, 8);
+      }
+      *out = NULL;
+      return 9;
+    }
+    case LUA_TBOOLEAN:
+      buf[0] = 'b';
+      buf[1] = (char)lua_toboolean(L, idx);
+      *out = NULL;
+      return 2;
+    default:
+      return (size_t)luaL_error(L, "bad Dict key %s (a %s value): keys are "
+                                "strings, numbers and booleans",
+                                luaL_tolstring(L, idx, NULL),
+                                luaL_typename(L, idx));
+  }
+}
+
+/* The key at idx, copied into a scratch buffer on the Lua stack. */
+typedef struct key {
+  const char *p;
+  size_t n;
+  uint64_t h;
+} key;
+
+static key getkey(lua_State *L, int idx) {
+  char small[16];
+  const char *s = NULL;
+  size_t n = tokey(L, idx, small, &s);
+  key k;
+  luaL_Buffer b;
+  if (s != NULL) { /* a string: 's' and the bytes */
+    luaL_buffinit(L, &b);
+    luaL_addchar(&b, 's');
+    luaL_addlstring(&b, s, n);
+    luaL_pushresult(&b);
+  } else {
+    lua_pushlstring(L, small, n);
+  }
+  k.p = lua_tolstring(L, -1, &k.n); /* kept alive on the stack */
+  k.h = hashkey(k.p, k.n);
+  return k;
+}
+
+static void pushkey(lua_State *L, const char *p, size_t n) {
+  lua_Integer i;
+  lua_Number f;
+  switch (p[0]) {
+    case 's': lua_pushlstring(L, p + 1, n - 1); break;
+    case 'i': memcpy(&i, p + 1, 8); lua_pushinteger(L, i); break;
+    case 'f': memcpy(&f, p + 1, 8); lua_pushnumber(L, f); break;
+    default: lua_pushboolean(L, p[1]); break;
+  }
+}
+
+/* -------------------------------------------------------------- binding */
+
+typedef struct dhandle {
+  lmp_handle h;
+  lmp_buf *buf; /* scratch for values, owned by the uservalue */
+} dhandle;
+
+static dict *checkdict(lua_State *L, dhandle **hp) {
+  dhandle *h = luaL_testudata(L, 1, DICT);
+  if (h == NULL) h = luaL_checkudata(L, 1, NAMESPACE);
+  if (h->h.obj == NULL) luaL_error(L, "attempt to use a closed dict");
+  if (hp != NULL) *hp = h;
+  return (dict *)h->h.obj;
+}
+
+static int decode_raw(lua_State *L) {
+  lmp_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+/* Pushes the value of the copied message in b (raises on a bad one). */
+static void pushvalue(lua_State *L, lmp_buf *b) {
+  lua_pushcfunction(L, decode_raw);
+  lua_pushlightuserdata(L, b->data);
+  lua_pushinteger(L, (lua_Integer)b->len);
+  lua_call(L, 2, 1);
+}
+
+/* Copies the value of key k into b; 1 if the key exists. */
+static int lookup(dict *d, key *k, lmp_buf *b) {
+  table *t;
+  int64_t i;
+  int found = 0;
+  dlock(d);
+  t = TAB(d);
+  i = find(t, k->p, k->n, k->h, NULL);
+  if (i >= 0) {
+    entry *e = LMP_PTR(t->s[i].off);
+    b->len = 0;
+    if (lmp_buf_reserve(b, e->vlen) == 0) {
+      memcpy(b->data, VAL(e), e->vlen);
+      b->len = e->vlen;
+      found = 1;
+    } else {
+      found = -1;
+    }
+  }
+  dunlock(d);
+  return found;
+}
+
+/* A new entry for key k and the message in b, registered as pending. */
+static entry *newentry(lua_State *L, dict *d, key *k, const char *v,
+                       size_t vn) {
+  size_t kpad = (k->n + 7) & ~(size_t)7;
+  entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + vn, 0);
+  if (e == NULL) {
+    lmp_msg_release(v, vn);
+    lmp_nomem(L, sizeof(entry) + kpad + vn);
+  }
+  e->klen = (uint32_t)k->n;
+  e->vlen = vn;
+  memcpy(e->data, k->p, k->n);
+  memcpy(e->data + kpad, v, vn);
+  return e;
+}
+
+enum { SET_ALWAYS, SET_IF_ABSENT };
+
+/* Puts entry e in a free slot for key k, growing the table first if need
+ * be; the caller holds the lock and knows k is absent.  0 or -ENOMEM. */
+static int insert_locked(dict *d, key *k, entry *e) {
+  table *t = TAB(d);
+  int64_t ins = -1;
+  find(t, k->p, k->n, k->h, &ins);
+  if ((t->used + 1) * 4 > t->cap * 3 || ins < 0) {
+    if (resize(d, (uint64_t)atomic_load(&d->count) + 1) < 0) return -ENOMEM;
+    t = TAB(d);
+    find(t, k->p, k->n, k->h, &ins);
+  }
+  if (t->s[ins].off == EMPTY) t->used++;
+  t->s[ins].hash = k->h;
+  t->s[ins].off = LMP_OFF(e); /* the commit */
+  atomic_fetch_add(&d->count, 1);
+  lmp_pending_clear(0);
+  return 0;
+}
+
+/* Stores entry e under key k (mode SET_IF_ABSENT: only if k is absent).
+ * Returns 1 when stored, 0 when not (e freed), -ENOMEM. */
+static int store(dict *d, key *k, entry *e, int mode) {
+  table *t;
+  int64_t i;
+  dlock(d);
+  t = TAB(d);
+  i = find(t, k->p, k->n, k->h, NULL);
+  if (i >= 0) {
+    entry *old;
+    if (mode == SET_IF_ABSENT) {
+      dunlock(d);
+      lmp_msg_release(VAL(e), e->vlen);
+      lmp_free_pending(e, 0);
+      return 0;
+    }
+    old = LMP_PTR(t->s[i].off);
+    t->s[i].off = LMP_OFF(e); /* the commit */
+    drop_locked(d, old);
+    return 1;
+  }
+  if (insert_locked(d, k, e) < 0) {
+    dunlock(d);
+    lmp_msg_release(VAL(e), e->vlen);
+    lmp_free_pending(e, 0);
+    return -ENOMEM;
+  }
+  dunlock(d);
+  return 1;
+}
+
+/* Removes key k; 1 if it was there. */
+static int delete(dict *d, key *k) {
+  table *t;
+  int64_t i;
+  entry *e;
+  dlock(d);
+  t = TAB(d);
+  i = find(t, k->p, k->n, k->h, NULL);
+  if (i < 0) {
+    dunlock(d);
+    return 0;
+  }
+  e = LMP_PTR(t->s[i].off);
+  t->s[i].off = DELETED; /* the commit */
+  atomic_fetch_sub(&d->count, 1);
+  drop_locked(d, e);
+  return 1;
+}
+
+/* Encodes the value at idx into the handle's buffer and makes an entry. */
+static entry *encode_entry(lua_State *L, dict *d, dhandle *h, key *k,
+                           int idx) {
+  h->buf->len = 0;
+  lmp_encode(L, idx, "value", h->buf);
+  return newentry(L, d, k, h->buf->data, h->buf->len);
+}
+
+static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
+                     int mode) {
+  key k = getkey(L, kidx);
+  entry *e;
+  int rc;
+  if (lua_isnil(L, vidx)) return delete(d, &k);
+  e = encode_entry(L, d, h, &k, vidx);
+  rc = store(d, &k, e, mode);
+  if (rc < 0) return lmp_nomem(L, 0);
+  return rc;
+}
+
+/* d[k] (the methods come first: d.get is the method, d:get("get") the
+ * value stored under "get"). */
+static int dict_index(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  key k;
+  int rc;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "methods");
+    if (lua_getfield(L, -1, lua_tostring(L, 2)) != LUA_TNIL) return 1;
+    lua_pop(L, 3);
+  }
+  k = getkey(L, 2);
+  rc = lookup(d, &k, h->buf);
+  if (rc < 0) return lmp_nomem(L, 0);
+  if (rc == 0) return 0;
+  pushvalue(L, h->buf);
+  return 1;
+}
+
+/* d[k] = v; nil deletes */
+static int dict_newindex(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  set_value(L, d, h, 2, 3, SET_ALWAYS);
+  return 0;
+}
+
+/* get(k, [default]) */
+static int dict_get(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  key k;
+  lua_settop(L, 3); /* the default is 3; the key goes above */
+  k = getkey(L, 2);
+  int rc = lookup(d, &k, h->buf);
+  if (rc < 0) return lmp_nomem(L, 0);
+  if (rc == 0) {
+    lua_settop(L, 3);
+    return 1;
+  }
+  pushvalue(L, h->buf);
+  return 1;
+}
+
+/* add(k, v) -> true if k was absent and is now v */
+static int dict_add(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  luaL_checkany(L, 3);
+  lua_pushboolean(L, set_value(L, d, h, 2, 3, SET_IF_ABSENT) == 1);
+  return 1;
+}
+
+/* setdefault(k, v) -> the value of k, set to v first if it was absent */
+static int dict_setdefault(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  int rc;
+  key k;
+  lua_settop(L, 3);
+  if (!lua_isnil(L, 3)) set_value(L, d, h, 2, 3, SET_IF_ABSENT);
+  k = getkey(L, 2);
+  rc = lookup(d, &k, h->buf);
+  if (rc < 0) return lmp_nomem(L, 0);
+  if (rc == 0) return 0;
+  pushvalue(L, h->buf);
+  return 1;
+}
+
+/* pop(k, [default]) -> the value removed; raises without a default when
+ * k is absent, as Python does. */
+static int dict_pop(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  int n = lua_gettop(L);
+  key k = getkey(L, 2);
+  table *t;
+  int64_t i;
+  entry *e;
+  dlock(d);
+  t = TAB(d);
+  i = find(t, k.p, k.n, k.h, NULL);
+  if (i < 0) {
+    dunlock(d);
+    if (n >= 3) {
+      lua_pushvalue(L, 3);
+      return 1;
+    }
+    return luaL_error(L, "key %s not found", luaL_tolstring(L, 2, NULL));
+  }
+  e = LMP_PTR(t->s[i].off);
+  t->s[i].off = DELETED; /* the commit */
+  atomic_fetch_sub(&d->count, 1);
+  h->buf->len = 0;
+  if (lmp_buf_reserve(h->buf, e->vlen) == 0) {
+    memcpy(h->buf->data, VAL(e), e->vlen);
+    h->buf->len = e->vlen;
+  }
+  lmp_pending_set(&d->h, e, 0);
+  dunlock(d);
+  /* The copy keeps its own references while it is decoded; then the
+   * entry's go with it. */
+  {
+    int rc;
+    lua_pushcfunction(L, decode_raw);
+    lua_pushlightuserdata(L, h->buf->data);
+    lua_pushinteger(L, (lua_Integer)h->buf->len);
+    rc = lua_pcall(L, 2, 1, 0);
+    lmp_msg_release(VAL(e), e->vlen);
+    lmp_free_pending(e, 0);
+    if (rc != LUA_OK) return lua_error(L);
+  }
+  return 1;
+}
+
+/* incr(k, n, [init]) -> the new value: atomically adds n to the number
+ * stored under k (init, if given, stands for an absent value). */
+static int dict_incr(lua_State *L) {
+  dhandle *h;
+  dict *d;
+  key k;
+  int isint, initint = 0, kind;
+  lua_Integer di = 0, ii = 0, vi = 0;
+  lua_Number df = 0, fi = 0, vf = 0;
+  char msg[16];
+  size_t mn;
+  table *t;
+  int64_t i, ins = -1;
+  entry *e;
+  lua_settop(L, 4); /* arguments first: the key goes above them */
+  d = checkdict(L, &h);
+  k = getkey(L, 2);
+  isint = lua_isinteger(L, 3);
+  luaL_checknumber(L, 3);
+  if (isint) di = lua_tointeger(L, 3);
+  else df = lua_tonumber(L, 3);
+  if (!lua_isnoneornil(L, 4)) {
+    luaL_checknumber(L, 4);
+    initint = lua_isinteger(L, 4);
+    if (initint) ii = lua_tointeger(L, 4);
+    else fi = lua_tonumber(L, 4);
+  }
+  /* The new entry is made under the lock: its value depends on the old. */
+  dlock(d);
+  t = TAB(d);
+  i = find(t, k.p, k.n, k.h, &ins);
+  if (i >= 0) {
+    entry *old = LMP_PTR(t->s[i].off);
+    kind = lmp_msg_number(VAL(old), old->vlen, &vi, &vf);
+    if (kind == 0) {
+      dunlock(d);
+      return luaL_error(L, "cannot increment key %s: its value is not a "
+                        "number", luaL_tolstring(L, 2, NULL));
+    }
+  } else if (!lua_isnoneornil(L, 4)) {
+    kind = initint ? 1 : 2;
+    vi = ii;
+    vf = fi;
+  } else {
+    dunlock(d);
+    return luaL_error(L, "key %s not found (incr takes an initial value "
+                      "as its third argument)", luaL_tolstring(L, 2, NULL));
+  }
+  if (kind == 1 && isint) { /* integers wrap, as Lua's do */
+    vi = (lua_Integer)((lua_Unsigned)vi + (lua_Unsigned)di);
+  } else {
+    vf = (kind == 1 ? (lua_Number)vi : vf) + (isint ? (lua_Number)di : df);
+    kind = 2;
+  }
+  mn = lmp_msg_put_number(msg, kind == 1, vi, vf);
+  {
+    size_t kpad = (k.n + 7) & ~(size_t)7;
+    e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + mn, 0);
+    if (e == NULL) {
+      dunlock(d);
+      return lmp_nomem(L, sizeof(entry) + kpad + mn);
+    }
+    e->klen = (uint32_t)k.n;
+    e->vlen = mn;
+    memcpy(e->data, k.p, k.n);
+    memcpy(e->data + kpad, msg, mn);
+  }
+  if (i >= 0) {
+    entry *old = LMP_PTR(t->s[i].off);
+    t->s[i].off = LMP_OFF(e); /* the commit */
+    drop_locked(d, old);
+  } else if (insert_locked(d, &k, e) < 0) {
+    dunlock(d);
+    lmp_free_pending(e, 0);
+    return lmp_nomem(L, 0);
+  } else {
+    dunlock(d);
+  }
+  if (kind == 1) lua_pushinteger(L, vi);
+  else lua_pushnumber(L, vf);
+  return 1;
+}
+
+/* A snapshot of the keys (or keys and values), copied out under the lock
+ * into a C buffer (nothing there can raise), then built into a table.
+ * what: 0 keys, 1 values, 2 items {k, v}, 3 a table k -> v. */
+static int snapshot(lua_State *L, int what) {
+  dict *d = checkdict(L, NULL);
+  lmp_buf *b = lmp_buf_new(L);
+  table *t;
+  uint64_t i;
+  size_t pos;
+  lua_Integer n = 0;
+  int full = 0;
+  dlock(d);
+  t = TAB(d);
+  for (i = 0; i < t->cap && !full; i++) {
+    entry *e;
+    uint64_t vlen;
+    if (t->s[i].off <= DELETED) continue;
+    e = LMP_PTR(t->s[i].off);
+    vlen = what > 0 ? e->vlen : 0;
+    if (lmp_buf_reserve(b, 16 + e->klen + vlen) < 0) {
+      full = 1;
+      break;
+    }
+    memcpy(b->data + b->len, &e->klen, 4);
+    memcpy(b->data + b->len + 8, &vlen, 8);
+    memcpy(b->data + b->len + 16, KEY(e), e->klen);
+    memcpy(b->data + b->len + 16 + e->klen, VAL(e), vlen);
+    b->len += 16 + e->klen + vlen;
+  }
+  dunlock(d);
+  if (full) return luaL_error(L, "not enough memory");
+  lua_newtable(L);
+  for (pos = 0; pos < b->len;) {
+    uint32_t klen;
+    uint64_t vlen;
+    memcpy(&klen, b->data + pos, 4);
+    memcpy(&vlen, b->data + pos + 8, 8);
+    n++;
+    if (what == 0 || what == 2 || what == 3) pushkey(L, b->data + pos + 16, klen);
+    if (what > 0) {
+      lua_pushcfunction(L, decode_raw);
+      lua_pushlightuserdata(L, b->data + pos + 16 + klen);
+      lua_pushinteger(L, (lua_Integer)vlen);
+      lua_call(L, 2, 1);
+    }
+    if (what == 0 || what == 1) {
+      lua_rawseti(L, -2, n);
+    } else if (what == 2) {
+      lua_createtable(L, 2, 0);
+      lua_insert(L, -3);
+      lua_rawseti(L, -3, 2);
+      lua_rawseti(L, -2, 1);
+      lua_rawseti(L, -2, n);
+    } else {
+      lua_rawset(L, -3);
+    }
+    pos += 16 + klen + vlen;
+  }
+  return 1;
+}
+
+static int dict_keys(lua_State *L) { return snapshot(L, 0); }
+static int dict_values(lua_State *L) { return snapshot(L, 1); }
+static int dict_items(lua_State *L) { return snapshot(L, 2); }
+static int dict_totable(lua_State *L) { return snapshot(L, 3); }
+
+/* pairs(d): over a snapshot of the keys, each value read when reached
+ * (keys deleted meanwhile are skipped). */
+static int dict_next(lua_State *L) {
+  lua_Integer i = lua_tointeger(L, lua_upvalueindex(2));
+  for (;;) {
+    i++;
+    if (lua_rawgeti(L, lua_upvalueindex(1), i) == LUA_TNIL) return 0;
+    lua_pushinteger(L, i);
+    lua_replace(L, lua_upvalueindex(2));
+    lua_pushvalue(L, 1); /* the dict */
+    lua_pushvalue(L, -2); /* the key */
+    lua_gettable(L, -2);
+    if (!lua_isnil(L, -1)) {
+      lua_remove(L, -2); /* the dict */
+      return 2;
+    }
+    lua_pop(L, 3);
+  }
+}
+
+static int dict_pairs(lua_State *L) {
+  checkdict(L, NULL);
+  lua_settop(L, 1);
+  snapshot(L, 0);
+  lua_pushinteger(L, 0);
+  lua_pushcclosure(L, dict_next, 2);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int dict_len(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)atomic_load(&checkdict(L, NULL)->count));
+  return 1;
+}
+
+/* update(t): every pair of table t, in one locked pass per key. */
+static int dict_update(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    int top = lua_gettop(L);
+    set_value(L, d, h, top - 1, top, SET_ALWAYS);
+    lua_settop(L, top - 1);
+  }
+  return 0;
+}
+
+static int dict_clear(lua_State *L) {
+  dict *d = checkdict(L, NULL);
+  table *t;
+  uint64_t i;
+  dlock(d);
+  t = TAB(d);
+  for (i = 0; i < t->cap; i++) {
+    entry *e;
+    if (t->s[i].off <= DELETED) continue;
+    e = LMP_PTR(t->s[i].off);
+    t->s[i].off = DELETED; /* the commit, for this key */
+    atomic_fetch_sub(&d->count, 1);
+    lmp_pending_set(&d->h, e, 0);
+    lmp_msg_release(VAL(e), e->vlen);
+    lmp_free_pending(e, 0);
+  }
+  dunlock(d);
+  return 0;
+}
+
+static int dict_close(lua_State *L) {
+  lmp_handle *h = lua_touserdata(L, 1);
+  if (h != NULL) lmp_unbind(h);
+  return 0;
+}
+
+static int dict_tostring(lua_State *L) {
+  dhandle *h = lua_touserdata(L, 1);
+  const char *name = DICT;
+  if (lua_getmetatable(L, 1)) {
+    lua_getfield(L, -1, "__name");
+    if (lua_isstring(L, -1)) name = lua_tostring(L, -1);
+  }
+  if (h->h.obj == NULL) lua_pushfstring(L, "%s (closed)", name);
+  else lua_pushfstring(L, "%s (%p, %I keys)", name, (void *)h->h.obj,
+                       (lua_Integer)atomic_load(&((dict *)h->h.obj)->count));
+  return 1;
+}
+
+static void push_dict(lua_State *L, lmp_obj *o) {
+  dhandle *h = (dhandle *)lmp_newhandle(
+      L, sizeof(dhandle), ((dict *)o)->kind == K_NAMESPACE ? NAMESPACE : DICT);
+  h->buf = lmp_buf_new(L);
+  lua_setiuservalue(L, -2, 1);
+  lmp_bind(L, &h->h, o);
+}
+
+static int new_dict(lua_State *L, uint32_t kind) {
+  dict *d = (dict *)lmp_obj_new(LMP_T_DICT, sizeof(dict));
+  if (d == NULL) return lmp_nomem(L, sizeof(dict));
+  lmp_mutex_init(&d->mu);
+  d->kind = kind;
+  if (resize(d, 0) < 0) {
+    lmp_obj_incref(&d->h);
+    lmp_obj_decref(&d->h);
+    return lmp_nomem(L, sizeof(table));
+  }
+  push_dict(L, &d->h);
+  if (lua_istable(L, 1)) { /* Dict(t): start with t's pairs */
+    lua_pushcfunction(L, dict_update);
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, 1);
+    lua_call(L, 2, 0);
+  }
+  return 1;
+}
+
+static int dict_Dict(lua_State *L) { return new_dict(L, K_DICT); }
+static int dict_Namespace(lua_State *L) { return new_dict(L, K_NAMESPACE); }
+
+/* Namespace: fields by name, and no methods to shadow them. */
+static int ns_index(lua_State *L) {
+  dhandle *h;
+  dict *d = checkdict(L, &h);
+  key k = getkey(L, 2);
+  int rc = lookup(d, &k, h->buf);
+  if (rc < 0) return lmp_nomem(L, 0);
+  if (rc == 0) return 0;
+  pushvalue(L, h->buf);
+  return 1;
+}
+
+static int ns_tostring(lua_State *L) {
+  luaL_Buffer b;
+  lua_Integer i, n;
+  checkdict(L, NULL);
+  lua_settop(L, 1);
+  snapshot(L, 2); /* the buffer at 2; items, {k, v} pairs, at 3 */
+  n = luaL_len(L, 3);
+  lua_createtable(L, (int)n, 0); /* "k=v" strings, at 4 */
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 3, i);
+    lua_rawgeti(L, -1, 1);
+    luaL_tolstring(L, -1, NULL);
+    lua_remove(L, -2);
+    lua_pushliteral(L, "=");
+    lua_rawgeti(L, -3, 2);
+    luaL_tolstring(L, -1, NULL);
+    lua_remove(L, -2);
+    lua_concat(L, 3);
+    lua_rawseti(L, 4, i);
+    lua_pop(L, 1); /* the pair */
+  }
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "Namespace(");
+  for (i = 1; i <= n; i++) {
+    if (i > 1) luaL_addstring(&b, ", ");
+    lua_rawgeti(L, 4, i);
+    luaL_addvalue(&b);
+  }
+  luaL_addchar(&b, ')');
+  luaL_pushresult(&b);
+  return 1;
+}
+
+static const luaL_Reg dict_meth[] = {
+  {"get", dict_get},         {"setdefault", dict_setdefault},
+  {"pop", dict_pop},         {"update", dict_update},
+  {"keys", dict_keys},       {"values", dict_values},
+  {"items", dict_items},     {"clear", dict_clear},
+  {"totable", dict_totable}, {"incr", dict_incr},
+  {"add", dict_add},         {"close", dict_close},
+  {NULL, NULL}
+};
+
+static const luaL_Reg dict_metameth[] = {
+  {"__index", dict_index}, {"__newindex", dict_newindex},
+  {"__len", dict_len},     {"__pairs", dict_pairs},
+  {"__gc", dict_close},    {"__close", dict_close},
+  {"__eq", lmp_handle_eq}, {"__tostring", dict_tostring},
+  {NULL, NULL}
+};
+
+int lmp_open_dict(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+    {"Dict", dict_Dict}, {"Namespace", dict_Namespace}, {NULL, NULL}
+  };
+  luaL_newmetatable(L, DICT);
+  luaL_setfuncs(L, dict_metameth, 0);
+  luaL_newlib(L, dict_meth);
+  lua_setfield(L, -2, "methods");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "__luamp");
+  lua_pop(L, 1);
+  luaL_newmetatable(L, NAMESPACE);
+  luaL_setfuncs(L, dict_metameth, 0);
+  lua_pushcfunction(L, ns_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, ns_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_newtable(L);
+  lua_setfield(L, -2, "methods");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, -2, "__luamp");
+  lua_pop(L, 1);
+  lmp_obj_settype(LMP_T_DICT, "dict", dict_dtor);
+  lmp_obj_setowns(LMP_T_DICT, dict_owns);
+  lmp_settypepusher(LMP_T_DICT, push_dict);
+  luaL_setfuncs(L, funcs, 0);
+  return 0;
+}
