@@ -857,9 +857,6 @@ static void putcode(enc *e, int idx) {
   char hdr[18];
   uint64_t mac;
   int ok;
-  if (e->b == &e->local) grow(e, e->local.cap); /* dumpwriter reallocs */
-  b = e->b;
-  start = b->len;
   if (lua_isnil(L, e->slot + 2)) {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &DUMPS_KEY) != LUA_TTABLE) {
       lua_pop(L, 1);
@@ -881,6 +878,11 @@ static void putcode(enc *e, int idx) {
     return;
   }
   lua_pop(L, 1);
+  /* A miss: dump it.  dumpwriter reallocs, so the message must leave the
+   * stack buffer first (only now: a hit costs no buffer at all). */
+  if (e->b == &e->local) grow(e, e->local.cap);
+  b = e->b;
+  start = b->len;
   lua_pushvalue(L, idx);
   ok = lua_dump(L, dumpwriter, b, 0) == 0;
   lua_pop(L, 1);

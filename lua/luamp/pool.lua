@@ -87,16 +87,28 @@ local function run_task(f, t)
     end
     return {id = t.id, ok = ok, r = ok and r or nil, e = not ok and r or nil}
   end
-  local out = {n = args.n}
-  for i = 1, args.n do
-    local item = args[i]
-    local ok, r
-    if t.star then ok, r = run_one(f, item)
-    else ok, r = run_one(f, {item, n = 1}) end
-    if not ok then
-      return {id = t.id, ok = false, e = r, at = i}
+  -- One protected call for the whole chunk: the index says which item
+  -- failed.
+  local out, n, at, tb = {n = args.n}, args.n, 0, nil
+  local ok, e = xpcall(function()
+    if t.star then
+      for i = 1, n do
+        at = i
+        local a = args[i]
+        out[i] = (f(unpack(a, 1, a.n or #a)))
+      end
+    else
+      for i = 1, n do
+        at = i
+        out[i] = (f(args[i]))
+      end
     end
-    out[i] = r[2]
+  end, function(err)
+    tb = traceback(errtext(err), 2)
+    return err
+  end)
+  if not ok then
+    return {id = t.id, ok = false, e = task_error(e, tb), at = at}
   end
   return {id = t.id, ok = true, r = out}
 end
@@ -324,6 +336,9 @@ function Pool:_dispatch()
       for i = 1, want do
         if backlog_len(self) == 0 then break end
         local id = self._backlog[self._bhead]
+        -- A chunk is a batch already: one per message, so that the
+        -- workers share the end of a map evenly.
+        if i > 1 and (self._tasks[id] or {}).chunk then break end
         self._backlog[self._bhead] = nil
         self._bhead = self._bhead + 1
         local t = self._tasks[id]
@@ -527,7 +542,9 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   add_task(self, {job = job, f = fid_of(self, f), a = a, keep = args,
                   fn = f})
   self._cache[res] = true
-  self:_dispatch()
+  -- Now and then take results in (they free workers for more), so that
+  -- workers do not wait for the first get.
+  if backlog_len(self) % 32 == 0 then self:_pump() else self:_dispatch() end
   return res
 end
 
@@ -617,8 +634,7 @@ Map.__index = Map
 
 function Map:_done(pool, t, r)
   if self.res._ready then return end
-  local base = t.at - 1
-  for i = 1, r.n do self.out[base + i] = r[i] end
+  table.move(r, 1, r.n, t.at, self.out)
   self.left = self.left - 1
   if self.progress then self.progress:step(r.n, self.left == 0) end
   if self.left == 0 then settle(self.res, true, self.out) end
@@ -636,8 +652,7 @@ local function chunks_of(items, n, chunksize)
   local list, i = {}, 1
   while i <= n do
     local last = math.min(i + chunksize - 1, n)
-    local c = {n = last - i + 1}
-    for k = i, last do c[k - i + 1] = items[k] end
+    local c = table.move(items, i, last, 1, {n = last - i + 1})
     list[#list + 1] = {at = i, items = c}
     i = i + chunksize
   end
@@ -653,7 +668,7 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
   local next_item, n = iterator(iterable, fname)
   local items = {}
   if n then
-    for i = 1, n do items[i] = iterable[i] end
+    items = iterable -- read only: chunks are copied from it
   else
     n = 0
     while true do
