@@ -591,6 +591,7 @@ static struct {
   lmp_dtor dtor;
   lmp_owns_fn owns;
   lmp_exit_fn on_exit;
+  lmp_release_fn release;
 } types[LMP_T_MAX];
 
 void lmp_obj_settype(int type, const char *name, lmp_dtor dtor) {
@@ -599,6 +600,10 @@ void lmp_obj_settype(int type, const char *name, lmp_dtor dtor) {
 }
 
 void lmp_obj_setowns(int type, lmp_owns_fn owns) { types[type].owns = owns; }
+
+void lmp_obj_setrelease(int type, lmp_release_fn release) {
+  types[type].release = release;
+}
 
 void lmp_obj_setexit(int type, lmp_exit_fn on_exit) {
   types[type].on_exit = on_exit;
@@ -784,7 +789,7 @@ int lmp_slot_prepare_child(void) {
   atomic_store(&c->sleeping, 0);
   atomic_store(&c->waiting_on, 0);
   c->pending_obj = 0;
-  c->pending_blk[0] = c->pending_blk[1] = 0;
+  c->pending_blk[0] = c->pending_blk[1] = c->pending_blk[2] = 0;
   c->refs = 0;
   atomic_fetch_add(&H->nprocs, 1);
   {
@@ -863,16 +868,20 @@ void lmp_slot_release(uint32_t idx) {
    * the heap recover, if the process died inside a heap operation. */
   lock_heap();
   unlock_heap();
-  for (k = 0; k < 2; k++) {
+  for (k = 0; k < 3; k++) {
     lmp_off blk = s->pending_blk[k];
     lmp_obj *o = s->pending_obj ? LMP_PTR(s->pending_obj) : NULL;
-    int owned = 0;
+    int owned = 0, typed;
     if (blk == 0) continue;
+    typed = o != NULL && o->type < LMP_T_MAX;
     /* Asking takes the object's lock; if the process died holding it,
      * the repair there settles (and unregisters) what the object owns. */
-    if (o != NULL && o->type < LMP_T_MAX && types[o->type].owns != NULL)
-      owned = types[o->type].owns(o, blk);
-    if (s->pending_blk[k] == blk && !owned) lmp_free(LMP_PTR(blk));
+    if (typed && types[o->type].owns != NULL) owned = types[o->type].owns(o, blk);
+    if (s->pending_blk[k] == blk && !owned) {
+      if (typed && types[o->type].release != NULL)
+        types[o->type].release(o, blk);
+      lmp_free(LMP_PTR(blk));
+    }
     s->pending_blk[k] = 0;
   }
   s->pending_obj = 0;

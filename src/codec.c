@@ -1042,6 +1042,10 @@ void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
     lmp_msg_walk(b->data + start, b->len - start, lmp_obj_incref);
 }
 
+size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
+  return encode(L, idx, root, b);
+}
+
 /* ------------------------------------------------------------ bindings */
 
 /* encode(v) -> string.  The string owns no references: it can be decoded

@@ -501,6 +501,34 @@ void lmp_msg_release(const char *p, size_t n) {
   lmp_msg_walk(p, n, lmp_obj_decref);
 }
 
+/* Counted references: *counter says how many of the message's objects,
+ * in walk order, have been taken, so that a process killed half-way
+ * through taking them leaves a count its reaper can trust. */
+static _Atomic uint64_t *walk_counter;
+static uint64_t walk_limit;
+
+static void retain_one(lmp_obj *o) {
+  lmp_obj_incref(o);
+  atomic_fetch_add(walk_counter, 1);
+}
+
+static void release_one(lmp_obj *o) {
+  if (walk_limit > 0) {
+    walk_limit--;
+    lmp_obj_decref(o);
+  }
+}
+
+void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
+  walk_counter = count;
+  lmp_msg_walk(p, n, retain_one);
+}
+
+void lmp_msg_release_counted(const char *p, size_t n, uint64_t count) {
+  walk_limit = count;
+  lmp_msg_walk(p, n, release_one);
+}
+
 /* ------------------------------------------------------------ bindings */
 
 /* decode(s) -> value */

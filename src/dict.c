@@ -33,6 +33,7 @@
 #define EMPTY 0
 #define DELETED 1
 #define MINCAP 16
+#define ENTRY_MAGIC 0x656e7472u /* "entr" */
 
 enum { K_DICT, K_NAMESPACE };
 
@@ -48,8 +49,9 @@ typedef struct table {
 
 typedef struct entry {
   uint32_t klen;
-  uint32_t pad;
+  uint32_t pad; /* ENTRY_MAGIC */
   uint64_t vlen;
+  _Atomic uint64_t refs; /* references the value has taken so far */
   char data[]; /* key, padded to 8, then value */
 } entry;
 
@@ -90,7 +92,7 @@ static void repair(dict *d) {
   if (d->holder != 0) {
     lmp_slot *s = lmp_slot_at(d->holder - 1);
     int k;
-    for (k = 0; k < 2; k++) {
+    for (k = 0; k < 3; k++) {
       lmp_off blk = s->pending_blk[k];
       if (blk != 0 && s->pending_obj == LMP_OFF(d) && owns_locked(d, blk))
         s->pending_blk[k] = 0;
@@ -145,6 +147,7 @@ static int resize(dict *d, uint64_t want) {
   memset(nt->s, 0, cap * sizeof(slot));
   nt->cap = cap;
   nt->used = 0;
+  if (t != NULL) lmp_pending_set(&d->h, t, 2); /* leaving, after the switch */
   for (i = 0; t != NULL && i < t->cap; i++) {
     uint64_t j;
     if (t->s[i].off <= DELETED) continue;
@@ -154,12 +157,8 @@ static int resize(dict *d, uint64_t want) {
     nt->used++;
   }
   atomic_store(&d->tab, LMP_OFF(nt)); /* the commit */
-  if (t != NULL) {
-    lmp_pending_set(&d->h, t, 1);
-    lmp_free_pending(t, 1);
-  } else {
-    lmp_pending_clear(1);
-  }
+  lmp_pending_clear(1);
+  if (t != NULL) lmp_free_pending(t, 2);
   return 0;
 }
 
@@ -197,14 +196,20 @@ static void dict_dtor(lmp_obj *o) {
   pthread_mutex_destroy(&d->mu);
 }
 
-/* Drops entry e, which the caller has just taken out of its slot (under
- * the lock, still held): registered as pending before the lock goes, so
- * a kill after that frees it in the reaper. */
+/* Drops entry e, which the caller registered as leaving (pending entry 2)
+ * and then took out of its slot, under the lock, still held. */
 static void drop_locked(dict *d, entry *e) {
-  lmp_pending_set(&d->h, e, 0);
   dunlock(d);
   lmp_msg_release(VAL(e), e->vlen);
-  lmp_free_pending(e, 0);
+  lmp_free_pending(e, 2);
+}
+
+/* A pending entry freed by a reaper: its references go with it. */
+static void dict_release(lmp_obj *o, lmp_off blk) {
+  entry *e = LMP_PTR(blk);
+  (void)o;
+  if (e->pad == ENTRY_MAGIC)
+    lmp_msg_release_counted(VAL(e), e->vlen, atomic_load(&e->refs));
 }
 
 /* ----------------------------------------------------------------- keys */
@@ -296,8 +301,13 @@ typedef struct dhandle {
 
 static dict *checkdict(lua_State *L, dhandle **hp) {
   dhandle *h = luaL_testudata(L, 1, DICT);
-  if (h == NULL) h = luaL_checkudata(L, 1, NAMESPACE);
-  if (h->h.obj == NULL) luaL_error(L, "attempt to use a closed dict");
+  const char *what = "dict";
+  if (h == NULL) {
+    h = luaL_testudata(L, 1, NAMESPACE);
+    what = "namespace";
+  }
+  if (h == NULL) luaL_typeerror(L, 1, DICT);
+  if (h->h.obj == NULL) luaL_error(L, "attempt to use a closed %s", what);
   if (hp != NULL) *hp = h;
   return (dict *)h->h.obj;
 }
@@ -338,19 +348,20 @@ static int lookup(dict *d, key *k, lmp_buf *b) {
   return found;
 }
 
-/* A new entry for key k and the message in b, registered as pending. */
+/* A new entry for key k and the message in b (encoded without taking
+ * references), registered as pending; then the entry takes them. */
 static entry *newentry(lua_State *L, dict *d, key *k, const char *v,
-                       size_t vn) {
+                       size_t vn, size_t nobj) {
   size_t kpad = (k->n + 7) & ~(size_t)7;
   entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + vn, 0);
-  if (e == NULL) {
-    lmp_msg_release(v, vn);
-    lmp_nomem(L, sizeof(entry) + kpad + vn);
-  }
+  if (e == NULL) lmp_nomem(L, sizeof(entry) + kpad + vn);
   e->klen = (uint32_t)k->n;
+  e->pad = ENTRY_MAGIC;
   e->vlen = vn;
+  atomic_store(&e->refs, 0);
   memcpy(e->data, k->p, k->n);
   memcpy(e->data + kpad, v, vn);
+  if (nobj > 0) lmp_msg_retain_counted(VAL(e), vn, &e->refs);
   return e;
 }
 
@@ -392,7 +403,9 @@ static int store(dict *d, key *k, entry *e, int mode) {
       return 0;
     }
     old = LMP_PTR(t->s[i].off);
+    lmp_pending_set(&d->h, old, 2);
     t->s[i].off = LMP_OFF(e); /* the commit */
+    lmp_pending_clear(0);
     drop_locked(d, old);
     return 1;
   }
@@ -419,6 +432,7 @@ static int delete(dict *d, key *k) {
     return 0;
   }
   e = LMP_PTR(t->s[i].off);
+  lmp_pending_set(&d->h, e, 2);
   t->s[i].off = DELETED; /* the commit */
   atomic_fetch_sub(&d->count, 1);
   drop_locked(d, e);
@@ -428,9 +442,10 @@ static int delete(dict *d, key *k) {
 /* Encodes the value at idx into the handle's buffer and makes an entry. */
 static entry *encode_entry(lua_State *L, dict *d, dhandle *h, key *k,
                            int idx) {
+  size_t nobj;
   h->buf->len = 0;
-  lmp_encode(L, idx, "value", h->buf);
-  return newentry(L, d, k, h->buf->data, h->buf->len);
+  nobj = lmp_encode_bare(L, idx, "value", h->buf);
+  return newentry(L, d, k, h->buf->data, h->buf->len, nobj);
 }
 
 static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
@@ -449,15 +464,17 @@ static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
  * value stored under "get"). */
 static int dict_index(lua_State *L) {
   dhandle *h;
-  dict *d = checkdict(L, &h);
+  dict *d;
   key k;
   int rc;
-  if (lua_type(L, 2) == LUA_TSTRING) {
+  if (lua_type(L, 2) == LUA_TSTRING) { /* methods, even when closed */
+    luaL_checkudata(L, 1, DICT);
     lua_getmetatable(L, 1);
     lua_getfield(L, -1, "methods");
     if (lua_getfield(L, -1, lua_tostring(L, 2)) != LUA_TNIL) return 1;
     lua_pop(L, 3);
   }
+  d = checkdict(L, &h);
   k = getkey(L, 2);
   rc = lookup(d, &k, h->buf);
   if (rc < 0) return lmp_nomem(L, 0);
@@ -496,6 +513,10 @@ static int dict_add(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
   luaL_checkany(L, 3);
+  if (lua_isnil(L, 3)) { /* nil is no value: there is nothing to add */
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   lua_pushboolean(L, set_value(L, d, h, 2, 3, SET_IF_ABSENT) == 1);
   return 1;
 }
@@ -522,10 +543,12 @@ static int dict_pop(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
   int n = lua_gettop(L);
-  key k = getkey(L, 2);
+  key k;
   table *t;
   int64_t i;
   entry *e;
+  luaL_checkany(L, 2);
+  k = getkey(L, 2);
   dlock(d);
   t = TAB(d);
   i = find(t, k.p, k.n, k.h, NULL);
@@ -538,6 +561,7 @@ static int dict_pop(lua_State *L) {
     return luaL_error(L, "key %s not found", luaL_tolstring(L, 2, NULL));
   }
   e = LMP_PTR(t->s[i].off);
+  lmp_pending_set(&d->h, e, 2);
   t->s[i].off = DELETED; /* the commit */
   atomic_fetch_sub(&d->count, 1);
   h->buf->len = 0;
@@ -545,7 +569,6 @@ static int dict_pop(lua_State *L) {
     memcpy(h->buf->data, VAL(e), e->vlen);
     h->buf->len = e->vlen;
   }
-  lmp_pending_set(&d->h, e, 0);
   dunlock(d);
   /* The copy keeps its own references while it is decoded; then the
    * entry's go with it. */
@@ -556,7 +579,7 @@ static int dict_pop(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)h->buf->len);
     rc = lua_pcall(L, 2, 1, 0);
     lmp_msg_release(VAL(e), e->vlen);
-    lmp_free_pending(e, 0);
+    lmp_free_pending(e, 2);
     if (rc != LUA_OK) return lua_error(L);
   }
   return 1;
@@ -625,13 +648,17 @@ static int dict_incr(lua_State *L) {
       return lmp_nomem(L, sizeof(entry) + kpad + mn);
     }
     e->klen = (uint32_t)k.n;
+    e->pad = ENTRY_MAGIC;
     e->vlen = mn;
+    atomic_store(&e->refs, 0);
     memcpy(e->data, k.p, k.n);
     memcpy(e->data + kpad, msg, mn);
   }
   if (i >= 0) {
     entry *old = LMP_PTR(t->s[i].off);
+    lmp_pending_set(&d->h, old, 2);
     t->s[i].off = LMP_OFF(e); /* the commit */
+    lmp_pending_clear(0);
     drop_locked(d, old);
   } else if (insert_locked(d, &k, e) < 0) {
     dunlock(d);
@@ -720,14 +747,13 @@ static int dict_next(lua_State *L) {
     if (lua_rawgeti(L, lua_upvalueindex(1), i) == LUA_TNIL) return 0;
     lua_pushinteger(L, i);
     lua_replace(L, lua_upvalueindex(2));
+    /* Read the key itself (d.get would be the method). */
+    lua_pushcfunction(L, dict_get);
     lua_pushvalue(L, 1); /* the dict */
-    lua_pushvalue(L, -2); /* the key */
-    lua_gettable(L, -2);
-    if (!lua_isnil(L, -1)) {
-      lua_remove(L, -2); /* the dict */
-      return 2;
-    }
-    lua_pop(L, 3);
+    lua_pushvalue(L, -3); /* the key */
+    lua_call(L, 2, 1);
+    if (!lua_isnil(L, -1)) return 2;
+    lua_pop(L, 2);
   }
 }
 
@@ -771,11 +797,11 @@ static int dict_clear(lua_State *L) {
     entry *e;
     if (t->s[i].off <= DELETED) continue;
     e = LMP_PTR(t->s[i].off);
+    lmp_pending_set(&d->h, e, 2);
     t->s[i].off = DELETED; /* the commit, for this key */
     atomic_fetch_sub(&d->count, 1);
-    lmp_pending_set(&d->h, e, 0);
     lmp_msg_release(VAL(e), e->vlen);
-    lmp_free_pending(e, 0);
+    lmp_free_pending(e, 2);
   }
   dunlock(d);
   return 0;
@@ -809,7 +835,9 @@ static void push_dict(lua_State *L, lmp_obj *o) {
 }
 
 static int new_dict(lua_State *L, uint32_t kind) {
-  dict *d = (dict *)lmp_obj_new(LMP_T_DICT, sizeof(dict));
+  dict *d;
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  d = (dict *)lmp_obj_new(LMP_T_DICT, sizeof(dict));
   if (d == NULL) return lmp_nomem(L, sizeof(dict));
   lmp_mutex_init(&d->mu);
   d->kind = kind;
@@ -843,30 +871,49 @@ static int ns_index(lua_State *L) {
   return 1;
 }
 
+/* Namespace(a=1, b=x): fields by name, those starting with _ hidden, as
+ * Python shows them. */
 static int ns_tostring(lua_State *L) {
   luaL_Buffer b;
-  lua_Integer i, n;
-  checkdict(L, NULL);
+  lua_Integer i, n, shown = 0;
+  dhandle *h = luaL_checkudata(L, 1, NAMESPACE);
+  if (h->h.obj == NULL) {
+    lua_pushliteral(L, NAMESPACE " (closed)");
+    return 1;
+  }
   lua_settop(L, 1);
   snapshot(L, 2); /* the buffer at 2; items, {k, v} pairs, at 3 */
   n = luaL_len(L, 3);
   lua_createtable(L, (int)n, 0); /* "k=v" strings, at 4 */
   for (i = 1; i <= n; i++) {
+    const char *name;
     lua_rawgeti(L, 3, i);
     lua_rawgeti(L, -1, 1);
-    luaL_tolstring(L, -1, NULL);
+    name = luaL_tolstring(L, -1, NULL);
     lua_remove(L, -2);
+    if (name[0] == '_') {
+      lua_pop(L, 2);
+      continue;
+    }
     lua_pushliteral(L, "=");
     lua_rawgeti(L, -3, 2);
     luaL_tolstring(L, -1, NULL);
     lua_remove(L, -2);
     lua_concat(L, 3);
-    lua_rawseti(L, 4, i);
+    lua_rawseti(L, 4, ++shown);
     lua_pop(L, 1); /* the pair */
   }
+  lua_getglobal(L, "table");
+  if (lua_getfield(L, -1, "sort") == LUA_TFUNCTION) {
+    lua_pushvalue(L, 4);
+    lua_call(L, 1, 0);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "Namespace(");
-  for (i = 1; i <= n; i++) {
+  for (i = 1; i <= shown; i++) {
     if (i > 1) luaL_addstring(&b, ", ");
     lua_rawgeti(L, 4, i);
     luaL_addvalue(&b);
@@ -918,6 +965,7 @@ int lmp_open_dict(lua_State *L) {
   lua_pop(L, 1);
   lmp_obj_settype(LMP_T_DICT, "dict", dict_dtor);
   lmp_obj_setowns(LMP_T_DICT, dict_owns);
+  lmp_obj_setrelease(LMP_T_DICT, dict_release);
   lmp_settypepusher(LMP_T_DICT, push_dict);
   luaL_setfuncs(L, funcs, 0);
   return 0;

@@ -103,6 +103,10 @@ typedef void (*lmp_dtor)(lmp_obj *o);
 typedef int (*lmp_owns_fn)(lmp_obj *o, lmp_off blk);
 void lmp_obj_settype(int type, const char *name, lmp_dtor dtor);
 void lmp_obj_setowns(int type, lmp_owns_fn owns);
+/* Called on a pending block the reaper is about to free, to release the
+ * references its message holds (if it is a message block at all). */
+typedef void (*lmp_release_fn)(lmp_obj *o, lmp_off blk);
+void lmp_obj_setrelease(int type, lmp_release_fn release);
 /* Called for each object a process holds when it exits cleanly. */
 typedef void (*lmp_exit_fn)(lmp_obj *o);
 void lmp_obj_setexit(int type, lmp_exit_fn on_exit);
@@ -134,7 +138,7 @@ typedef struct lmp_slot {
   lmp_off refs; /* the hold table: see arena.c */
   _Atomic lmp_off waiting_on; /* futex word it sleeps on, 0 for `wake` */
   lmp_off pending_obj; /* see lmp_pending */
-  lmp_off pending_blk[2];
+  lmp_off pending_blk[3];
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
@@ -159,8 +163,11 @@ void lmp_slot_retire(void);
 
 /* Blocks in transit between this process and object o (a message being
  * put or taken, a queue's new ring): while one is registered in one of the
- * process's two pending entries, the reaper of the process frees it unless
- * o says it owns it.  lmp_alloc_pending and lmp_free_pending allocate and
+ * process's three pending entries, the reaper of the process frees it
+ * (releasing what it refers to, through the type's release hook) unless
+ * o says it owns it.  By convention entry 0 holds what comes in, 1 a new
+ * table or ring, and 2 what is leaving (registered before the store that
+ * removes it).  lmp_alloc_pending and lmp_free_pending allocate and
  * register, or free and unregister, as one heap operation, so no kill can
  * fall between the two; lmp_pending_set and lmp_pending_clear register a
  * block that exists (one store each).  So a kill at any moment neither
@@ -229,6 +236,14 @@ void lmp_decode(lua_State *L, const char *p, size_t n);
  * length. */
 int lmp_msg_number(const char *p, size_t n, lua_Integer *i, lua_Number *f);
 size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f);
+
+/* As lmp_encode, but the message takes no references: returns how many
+ * objects it names.  lmp_msg_retain_counted then takes them, counting each
+ * in *count as it goes, once the message sits where a reaper can find it;
+ * lmp_msg_release_counted drops the first `count` of them. */
+size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
+void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
+void lmp_msg_release_counted(const char *p, size_t n, uint64_t count);
 
 /* Drops the references a message holds on luamp objects.  Call once per
  * encoded message that is consumed or discarded.  Never raises. */

@@ -25,9 +25,12 @@
 
 #define LIST "luamp.List"
 #define MINCAP 8
+#define ITEM_MAGIC 0x6d657469u /* "item" */
 
 typedef struct item {
+  uint32_t magic, pad;
   uint64_t len;
+  _Atomic uint64_t refs; /* references the value has taken so far */
   char data[];
 } item;
 
@@ -61,7 +64,7 @@ static void llock(list *l) {
   if (lmp_mutex_lock(&l->mu) && l->holder != 0) {
     lmp_slot *s = lmp_slot_at(l->holder - 1);
     int k;
-    for (k = 0; k < 2; k++) {
+    for (k = 0; k < 3; k++) {
       lmp_off blk = s->pending_blk[k];
       if (blk != 0 && s->pending_obj == LMP_OFF(l) && owns_locked(l, blk))
         s->pending_blk[k] = 0;
@@ -99,14 +102,21 @@ static void list_dtor(lmp_obj *o) {
   pthread_mutex_destroy(&l->mu);
 }
 
-/* Takes item off out of the list's hands (the caller holds the lock, and
- * has committed its removal): pending, unlock, then free. */
+/* Takes item off out of the list's hands: the caller registered it as
+ * leaving (pending entry 2), committed its removal and holds the lock. */
 static void drop_locked(list *l, lmp_off off) {
   item *it = LMP_PTR(off);
-  lmp_pending_set(&l->h, it, 0);
   lunlock(l);
   lmp_msg_release(it->data, it->len);
-  lmp_free_pending(it, 0);
+  lmp_free_pending(it, 2);
+}
+
+/* A pending item freed by a reaper: its references go with it. */
+static void list_release(lmp_obj *o, lmp_off blk) {
+  item *it = LMP_PTR(blk);
+  (void)o;
+  if (it->magic == ITEM_MAGIC)
+    lmp_msg_release_counted(it->data, it->len, atomic_load(&it->refs));
 }
 
 /* A new array of cap places holding the current items, with item `put`
@@ -126,9 +136,10 @@ static int rebuild(list *l, uint64_t cap, uint64_t at, lmp_off put) {
   }
   na->cap = cap;
   atomic_store(&na->len, j);
+  lmp_pending_set(&l->h, a, 2); /* leaving, once the switch is made */
   atomic_store(&l->arr, LMP_OFF(na)); /* the commit */
-  lmp_pending_set(&l->h, a, 1);
-  lmp_free_pending(a, 1);
+  lmp_pending_clear(1);
+  lmp_free_pending(a, 2);
   return 0;
 }
 
@@ -168,18 +179,20 @@ static int copy_item(list *l, uint64_t i, lmp_buf *b) {
   return 0;
 }
 
-/* The value at idx as a new pending item. */
+/* The value at idx as a new pending item, which then takes the
+ * references of the objects it names (see lmp_encode_bare). */
 static item *newitem(lua_State *L, list *l, lhandle *h, int idx) {
   item *it;
+  size_t nobj;
   h->buf->len = 0;
-  lmp_encode(L, idx, "value", h->buf);
+  nobj = lmp_encode_bare(L, idx, "value", h->buf);
   it = lmp_alloc_pending(&l->h, sizeof(item) + h->buf->len, 0);
-  if (it == NULL) {
-    lmp_msg_release(h->buf->data, h->buf->len);
-    lmp_nomem(L, sizeof(item) + h->buf->len);
-  }
+  if (it == NULL) lmp_nomem(L, sizeof(item) + h->buf->len);
+  it->magic = ITEM_MAGIC;
   it->len = h->buf->len;
+  atomic_store(&it->refs, 0);
   memcpy(it->data, h->buf->data, h->buf->len);
+  if (nobj > 0) lmp_msg_retain_counted(it->data, it->len, &it->refs);
   return it;
 }
 
@@ -216,15 +229,17 @@ static int put_locked(list *l, item *it, uint64_t at) {
 /* l[i]: nil past the end, as with a table; methods by name */
 static int list_index(lua_State *L) {
   lhandle *h;
-  list *l = checklist(L, &h);
+  list *l;
   int64_t i;
   int rc = 1;
-  if (lua_type(L, 2) == LUA_TSTRING) {
+  if (lua_type(L, 2) == LUA_TSTRING) { /* methods, even when closed */
+    luaL_checkudata(L, 1, LIST);
     lua_getmetatable(L, 1);
     lua_getfield(L, -1, "methods");
     lua_getfield(L, -1, lua_tostring(L, 2));
     return 1;
   }
+  l = checklist(L, &h);
   i = index0(L, 2);
   if (i < 0) return 0;
   llock(l);
@@ -247,6 +262,9 @@ static int list_newindex(lua_State *L) {
   if (i < 0 && lua_type(L, 2) != LUA_TNUMBER)
     return luaL_error(L, "List indexes are integers, not %s",
                       luaL_typename(L, 2));
+  if (!lua_isinteger(L, 2) && i < 0)
+    return luaL_error(L, "List indexes are integers, not %s",
+                      lua_tostring(L, 2));
   it = newitem(L, l, h, 3);
   llock(l);
   n = LEN(l);
@@ -265,6 +283,7 @@ static int list_newindex(lua_State *L) {
     lunlock(l);
   } else {
     lmp_off old = ARR(l)[i];
+    lmp_pending_set(&l->h, LMP_PTR(old), 2);
     ARR(l)[i] = LMP_OFF(it); /* the commit */
     lmp_pending_clear(0);
     drop_locked(l, old);
@@ -347,15 +366,18 @@ static int take_locked(lua_State *L, list *l, lhandle *h, uint64_t i) {
     lunlock(l);
     return lmp_nomem(L, 0);
   }
+  /* Leaving, once removed: entry 0 (a removal in the middle switches
+   * arrays, which takes entries 1 and 2). */
+  lmp_pending_set(&l->h, LMP_PTR(off), 0);
   if (i == n - 1) {
     atomic_store(&A(l)->len, n - 1); /* the commit */
   } else if (rebuild(l, A(l)->cap, i, 0) < 0) {
+    lmp_pending_clear(0);
     lunlock(l);
     return lmp_nomem(L, 0);
   }
   {
     item *it = LMP_PTR(off);
-    lmp_pending_set(&l->h, it, 0);
     lunlock(l);
     lua_pushcfunction(L, decode_raw);
     lua_pushlightuserdata(L, h->buf->data);
@@ -391,24 +413,37 @@ static int list_pop(lua_State *L) {
   return take_locked(L, l, h, (uint64_t)i);
 }
 
-/* The 0-based index of the first item whose message equals that of the
- * value at idx, or -1; the caller holds the lock. */
+/* Do the messages p and q hold equal values?  Numbers compare as Lua
+ * compares them (2 == 2.0); anything else by its encoding. */
+static int same(const char *p, size_t n, const char *q, size_t m) {
+  lua_Integer i1, i2;
+  lua_Number f1, f2;
+  int k1 = lmp_msg_number(p, n, &i1, &f1), k2;
+  if (k1 != 0 && (k2 = lmp_msg_number(q, m, &i2, &f2)) != 0) {
+    if (k1 == 1 && k2 == 1) return i1 == i2;
+    return (k1 == 1 ? (lua_Number)i1 : f1) == (k2 == 1 ? (lua_Number)i2 : f2);
+  }
+  return n == m && memcmp(p, q, n) == 0;
+}
+
+/* The 0-based index of the first item equal to the message (p, n), or
+ * -1; the caller holds the lock. */
 static int64_t find_locked(list *l, const char *p, size_t n) {
   lmp_off *a = ARR(l);
   uint64_t i, len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(a[i]);
-    if (it->len == n && memcmp(it->data, p, n) == 0) return (int64_t)i;
+    if (same(it->data, it->len, p, n)) return (int64_t)i;
   }
   return -1;
 }
 
-/* Equality is by content: two values are equal when they encode alike
- * (so equal strings and numbers, and tables with equal contents). */
+/* Equality is by content: numbers as Lua compares them, anything else
+ * when it encodes alike (equal strings; tables with equal contents built
+ * in the same order). */
 static void encode_probe(lua_State *L, lhandle *h, int idx) {
   h->buf->len = 0;
-  lmp_encode(L, idx, "value", h->buf);
-  lmp_msg_release(h->buf->data, h->buf->len); /* only compared */
+  lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
 }
 
 /* remove(v): the first item equal to v; raises if there is none */
@@ -455,8 +490,7 @@ static int list_count(lua_State *L) {
   len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(ARR(l)[i]);
-    if (it->len == h->buf->len && memcmp(it->data, h->buf->data, it->len) == 0)
-      c++;
+    if (same(it->data, it->len, h->buf->data, h->buf->len)) c++;
   }
   lunlock(l);
   lua_pushinteger(L, c);
@@ -524,8 +558,10 @@ static void push_list(lua_State *L, lmp_obj *o) {
 
 /* List([t]) */
 static int list_List(lua_State *L) {
-  list *l = (list *)lmp_obj_new(LMP_T_LIST, sizeof(list));
+  list *l;
   array *a;
+  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  l = (list *)lmp_obj_new(LMP_T_LIST, sizeof(list));
   if (l == NULL) return lmp_nomem(L, sizeof(list));
   a = lmp_calloc(sizeof(array) + MINCAP * sizeof(lmp_off));
   if (a == NULL) {
@@ -571,6 +607,7 @@ int lmp_open_list(lua_State *L) {
   lua_pop(L, 1);
   lmp_obj_settype(LMP_T_LIST, "list", list_dtor);
   lmp_obj_setowns(LMP_T_LIST, list_owns);
+  lmp_obj_setrelease(LMP_T_LIST, list_release);
   lmp_settypepusher(LMP_T_LIST, push_list);
   lua_pushcfunction(L, list_List);
   lua_setfield(L, -2, "List");

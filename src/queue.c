@@ -44,6 +44,7 @@
 #define F_PAD 1u
 #define F_OUTLINE 2u
 #define SPIN 4000 /* checks of the condition before sleeping */
+#define MSG_MAGIC 0x67736d706d6cull /* "lmpmsg": an out-of-line block */
 
 enum { K_QUEUE, K_JOINABLE, K_SIMPLE };
 
@@ -92,7 +93,7 @@ static void repair(queue *q) {
   if (q->holder != 0) {
     lmp_slot *s = lmp_slot_at(q->holder - 1);
     int k;
-    for (k = 0; k < 2; k++) {
+    for (k = 0; k < 3; k++) {
       lmp_off blk = s->pending_blk[k];
       if (blk != 0 && s->pending_obj == LMP_OFF(q) && owns_locked(q, blk))
         s->pending_blk[k] = 0;
@@ -151,9 +152,10 @@ static int grow(queue *q, uint64_t need) {
   }
   nr->head = 0;
   nr->tail = out;
+  lmp_pending_set(&q->h, r, 2); /* leaving, once the switch is made */
   atomic_store(&q->ring, LMP_OFF(nr)); /* the commit */
-  lmp_pending_set(&q->h, r, 1); /* now the old ring is the one in transit */
-  lmp_free_pending(r, 1);
+  lmp_pending_clear(1);
+  lmp_free_pending(r, 2);
   return 0;
 }
 
@@ -208,6 +210,13 @@ static int owns_locked(queue *q, lmp_off blk) {
   return 0;
 }
 
+/* A message block freed by a reaper: its references go with it. */
+static void queue_release(lmp_obj *o, lmp_off blk) {
+  uint64_t *b = LMP_PTR(blk);
+  (void)o;
+  if (b[0] == MSG_MAGIC) lmp_msg_release((const char *)(b + 2), (size_t)b[1]);
+}
+
 static int queue_owns(lmp_obj *o, lmp_off blk) {
   queue *q = (queue *)o;
   int found;
@@ -228,7 +237,7 @@ static void queue_dtor(lmp_obj *o) {
       uint64_t *blk;
       memcpy(&off, h + 1, sizeof off);
       blk = LMP_PTR(off);
-      lmp_msg_release((const char *)(blk + 1), (size_t)blk[0]);
+      lmp_msg_release((const char *)(blk + 2), (size_t)blk[1]);
       lmp_free(blk);
     } else if (!(h->flags & F_PAD)) {
       lmp_msg_release((const char *)(h + 1), h->len);
@@ -323,10 +332,11 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
   uint64_t *blk = NULL;
   int rc;
   if (len > INLINE_MAX) {
-    blk = lmp_alloc_pending(&q->h, sizeof(uint64_t) + len, 0);
+    blk = lmp_alloc_pending(&q->h, 2 * sizeof(uint64_t) + len, 0);
     if (blk == NULL) return -ENOMEM;
-    blk[0] = len;
-    memcpy(blk + 1, p, len);
+    blk[0] = MSG_MAGIC;
+    blk[1] = len;
+    memcpy(blk + 2, p, len);
   }
   for (;;) {
     qlock(q);
@@ -517,7 +527,7 @@ static int queue_get(lua_State *L) {
   int rc = qget(q, h->buf, &blk, deadline);
   if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
   if (blk != NULL) { /* decode straight from the block, then free it */
-    rc = push_message(L, (const char *)(blk + 1), (size_t)blk[0]);
+    rc = push_message(L, (const char *)(blk + 2), (size_t)blk[1]);
     lmp_free_pending(blk, 0);
   } else {
     rc = push_message(L, h->buf->data, h->buf->len);
@@ -678,6 +688,7 @@ int lmp_open_queue(lua_State *L) {
   setmeta(L, SQUEUE, squeue_meth, NULL);
   lmp_obj_settype(LMP_T_QUEUE, "queue", queue_dtor);
   lmp_obj_setowns(LMP_T_QUEUE, queue_owns);
+  lmp_obj_setrelease(LMP_T_QUEUE, queue_release);
   lmp_settypepusher(LMP_T_QUEUE, push_queue);
   luaL_setfuncs(L, funcs, 0);
   return 0;

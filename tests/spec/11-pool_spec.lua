@@ -1,0 +1,1252 @@
+-- 11-pool_spec.lua -- Pool and AsyncResult: the calls of the API with
+-- exact values and error messages, after CPython's _TestPool where a
+-- case has a counterpart there; chunking, lazy input, callbacks, the
+-- closures that travel and the progress line.  Worker deaths, Ctrl-C,
+-- initializer failures and maxtasksperchild are in 12-pool_fault_spec.
+-- Every pool is closed by its test; every wait has a timeout.
+
+local mp = require "luamp"
+local H = require "spec_helper"
+
+-- Tasks travel to the workers with their upvalues, but busted runs this
+-- file in its own _ENV, which does not travel: what tasks use from the
+-- globals is a local here.
+local _G, assert, collectgarbage, coroutine, error, io, math, select,
+  setmetatable, tonumber, tostring =
+  _G, assert, collectgarbage, coroutine, error, io, math, select,
+  setmetatable, tonumber, tostring
+
+-- Times fn(): seconds taken, then what fn returned.
+local function timed(fn)
+  local t0 = mp.monotonic()
+  local r = table.pack(fn())
+  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
+end
+
+-- Checks that a timed call took between lo and hi seconds.
+local function took(dt, lo, hi, what)
+  assert.is_true(dt >= lo and dt < hi,
+    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
+end
+
+-- Calls fn(...) and checks that it raised an error object of type etype
+-- whose message is msg (a string), or matches msg.pattern.  Returns it.
+local function raises(etype, msg, fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok, "no error was raised")
+  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
+  assert.are.equal(mp.Error, getmetatable(e))
+  assert.are.equal(etype, e.type)
+  if type(msg) == "table" then
+    assert.matches(msg.pattern, e.message)
+  else
+    assert.are.equal(msg, e.message)
+  end
+  assert.are.equal("luamp." .. etype .. ": " .. e.message, tostring(e))
+  return e
+end
+
+-- Calls fn(...) and checks that it raised a string error whose text,
+-- after the position "file:line: " if any, is msg.  Returns the error.
+local function fails(msg, fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok, "no error was raised")
+  assert.are.equal("string", type(e), "not a string: " .. tostring(e))
+  assert.are.equal(msg, e:gsub("^[^:]*:%d+: ", ""))
+  return e
+end
+
+-- {1, 2, ..., n}
+local function range(n, from)
+  local t = {}
+  for i = 1, n do t[i] = i + (from or 1) - 1 end
+  return t
+end
+
+-- The task of most tests, as in CPython: x * x, after `wait` seconds.
+local function sqr(x, wait)
+  if wait then mp.sleep(wait) end
+  return x * x
+end
+
+local function mul(x, y) return x * y end
+
+-- An iterator function giving 0, 1, ... total - 1 that raises err when
+-- it comes to `when` (at once when `when` is -1).
+local function raising_input(total, when, err)
+  local i = -1
+  return function()
+    i = i + 1
+    if when == -1 or i == when then error(err, 0) end
+    if i < total then return i end
+  end
+end
+
+-- Calls the imap iterator it until it ends or raises; returns the
+-- values yielded (a table with n) and the error (nil if it ended).
+local function drain(it, max)
+  local got = {n = 0}
+  for _ = 1, max or 100000 do
+    local ok, v = pcall(it)
+    if not ok then return got, v end
+    if v == nil then return got, nil end
+    got.n = got.n + 1
+    got[got.n] = v
+  end
+  error("the iterator did not end")
+end
+
+local function sorted(t)
+  local s = {}
+  for i = 1, t.n or #t do s[i] = t[i] end
+  table.sort(s)
+  return s
+end
+
+-- Whether process pid exists (a zombie counts as gone).
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat")
+  if not f then return false end
+  local s = f:read("a")
+  f:close()
+  return s:match("^%d+ %(.*%) (%a)") ~= "Z"
+end
+
+describe("Pool", function()
+  H.leakcheck()
+
+  describe("mp.Pool", function()
+    it("starts n workers, named PoolWorker-N", function()
+      local pool <close> = mp.Pool(3)
+      local kids = mp.active_children()
+      assert.are.equal(3, #kids)
+      local names = {}
+      for _, p in ipairs(kids) do
+        assert.matches("^PoolWorker%-%d+$", p.name)
+        assert.is_nil(names[p.name], "two workers named " .. p.name)
+        names[p.name] = true
+      end
+      local name = pool:apply(function()
+        return mp.current_process().name
+      end)
+      assert.is_true(names[name], name .. " is not one of the workers")
+      assert.are.equal("MainProcess", mp.current_process().name)
+    end)
+
+    it("takes its options from a table", function()
+      local pool <close> = mp.Pool{processes = 2}
+      assert.are.equal(2, #mp.active_children())
+      assert.are.equal(25, pool:apply(sqr, {5}))
+    end)
+
+    it("starts mp.cpu_count() workers by default", function()
+      local n = mp.cpu_count()
+      do
+        local pool <close> = mp.Pool()
+        assert.are.equal(n, #mp.active_children())
+      end
+      do
+        local pool <close> = mp.Pool{}
+        assert.are.equal(n, #mp.active_children())
+      end
+    end)
+
+    -- After CPython's test_make_pool.
+    it("rejects processes < 1 and values that are not integers", function()
+      local msg = "bad argument #1 to 'Pool' (processes must be at least 1)"
+      fails(msg, mp.Pool, -1)
+      fails(msg, mp.Pool, 0)
+      fails(msg, mp.Pool, 1.5)
+      fails(msg, mp.Pool, {processes = 0})
+      fails(msg, mp.Pool, {processes = "2"})
+      fails("bad argument #1 to 'Pool' (number or table expected, got "
+        .. "string)", mp.Pool, "2")
+      assert.are.equal(0, #mp.active_children())
+    end)
+
+    it("rejects an initializer that cannot be called", function()
+      local msg = "bad argument #1 to 'Pool' (initializer must be callable)"
+      fails(msg, mp.Pool, {processes = 1, initializer = 42})
+      fails(msg, mp.Pool, {processes = 1, initializer = {}})
+      fails("bad argument #1 to 'Pool' (initargs must be a table)",
+        mp.Pool, {processes = 1, initializer = print, initargs = "x"})
+      assert.are.equal(0, #mp.active_children())
+    end)
+
+    it("rejects a maxtasksperchild that is not a positive integer",
+       function()
+      local msg = "bad argument #1 to 'Pool' (maxtasksperchild must be a "
+        .. "positive integer)"
+      for _, k in ipairs{0, -1, 1.5, "3", true} do
+        fails(msg, mp.Pool, {processes = 1, maxtasksperchild = k})
+      end
+      assert.are.equal(0, #mp.active_children())
+    end)
+
+    it("runs the initializer with initargs, nils kept, in every worker",
+       function()
+      local pool <close> = mp.Pool{processes = 2,
+        initializer = function(a, b, c)
+          _G.pool_init = tostring(a) .. tostring(b) .. tostring(c)
+            .. mp.current_process().name
+        end,
+        initargs = {n = 3, "x", nil, "z"}}
+      local seen = pool:map(function()
+        mp.sleep(0.01)
+        return _G.pool_init
+      end, range(20), 1)
+      for i = 1, 20 do
+        assert.matches("^xnilzPoolWorker%-%d+$", seen[i])
+      end
+    end)
+
+    it("shows its size and state", function()
+      local pool = mp.Pool(2)
+      assert.are.equal("luamp.Pool (2 processes, RUN)", tostring(pool))
+      pool:close()
+      assert.are.equal("luamp.Pool (2 processes, CLOSE)", tostring(pool))
+      pool:terminate()
+      assert.are.equal("luamp.Pool (2 processes, TERMINATE)",
+        tostring(pool))
+      pool:join()
+    end)
+  end)
+
+  describe("apply", function()
+    -- After CPython's test_apply.
+    it("returns f(table.unpack(args)) from a worker", function()
+      local pool <close> = mp.Pool(2)
+      assert.are.equal(25, pool:apply(sqr, {5}))
+      assert.are.equal(12, pool:apply(mul, {3, 4}))
+      assert.are.equal("nil", pool:apply(function(...)
+        return select("#", ...) == 0 and "nil" or "args"
+      end))
+      local owner = mp.current_process().pid
+      local pid = pool:apply(function() return mp.current_process().pid end)
+      assert.are_not.equal(owner, pid)
+    end)
+
+    it("returns all the values, nils between and after included",
+       function()
+      local pool <close> = mp.Pool(1)
+      local r = table.pack(pool:apply(function()
+        return 1, nil, "three", nil
+      end))
+      assert.are.same({n = 4, 1, nil, "three", nil}, r)
+      assert.are.equal(0, select("#", pool:apply(function() end)))
+    end)
+
+    it("keeps the nils of an argument table with n", function()
+      local pool <close> = mp.Pool(1)
+      local r = table.pack(pool:apply(function(...)
+        return select("#", ...), ...
+      end, {n = 4, nil, 2, nil, nil}))
+      assert.are.same({n = 5, 4, nil, 2, nil, nil}, r)
+    end)
+
+    it("rejects a task that is not callable and args that are not a table",
+       function()
+      local pool <close> = mp.Pool(1)
+      fails("bad argument #1 to 'apply' (function expected, got number)",
+        pool.apply, pool, 42)
+      fails("bad argument #2 to 'apply' (table expected, got number)",
+        pool.apply, pool, sqr, 5)
+      fails("bad argument #1 to 'apply_async' (function expected, got nil)",
+        pool.apply_async, pool, nil)
+    end)
+
+    it("sends the task function with its upvalues, copied", function()
+      local pool <close> = mp.Pool(2)
+      local data = {base = 10, list = {1, 2, 3}}
+      local function f(k)
+        data.base = data.base + k
+        return data.base + #data.list
+      end
+      assert.are.equal(18, pool:apply(f, {5}))
+      assert.are.equal(10, data.base, "the owner's upvalue changed")
+      data.base = 100
+      assert.are.equal(106, pool:apply(f, {3}))
+    end)
+
+    it("sends a function to a worker once and keeps it there", function()
+      -- Each call runs the worker's own copy of count: its upvalue goes
+      -- on counting there, as long as the owner's copy is unchanged.
+      local pool <close> = mp.Pool(1)
+      local state = {n = 0}
+      local function count()
+        state.n = state.n + 1
+        return state.n
+      end
+      local got = {}
+      for i = 1, 5 do got[i] = pool:apply(count) end
+      assert.are.same({1, 2, 3, 4, 5}, got)
+      assert.are.equal(0, state.n)
+      -- A changed upvalue is a different function: sent anew.
+      state.n = 100
+      assert.are.equal(101, pool:apply(count))
+      assert.are.equal(102, pool:apply(count))
+    end)
+
+    it("does not keep the functions of finished tasks", function()
+      -- 20 closures, each with its own 1 MiB upvalue.
+      local pool <close> = mp.Pool(1)
+      local function owner_kib()
+        collectgarbage()
+        collectgarbage()
+        return collectgarbage("count")
+      end
+      local function worker_kib()
+        return pool:apply(function()
+          collectgarbage()
+          collectgarbage()
+          return collectgarbage("count")
+        end)
+      end
+      local before, wbefore = owner_kib(), worker_kib()
+      for i = 1, 20 do
+        local big = string.rep(string.char(64 + i), 1 << 20)
+        assert.are.equal(1 << 20, pool:apply(function() return #big end))
+      end
+      local grew, wgrew = owner_kib() - before, worker_kib() - wbefore
+      assert.is_true(grew < 4096, "the owner kept " .. grew .. " KiB")
+      assert.is_true(wgrew < 4096, "the worker kept " .. wgrew .. " KiB")
+    end)
+  end)
+
+  describe("apply_async", function()
+    -- After CPython's test_async.
+    it("returns an AsyncResult whose get waits for the result", function()
+      local pool <close> = mp.Pool(2)
+      local r = pool:apply_async(sqr, {7, 0.1})
+      assert.are.equal("luamp.AsyncResult", getmetatable(r).__name)
+      local dt, v = timed(function() return r:get() end)
+      assert.are.equal(49, v)
+      took(dt, 0.09, 1.5, "get")
+    end)
+
+    -- After CPython's test_async_timeout.
+    it("get(timeout) raises TimeoutError, and the result comes later",
+       function()
+      local pool <close> = mp.Pool(2)
+      local go = mp.Event()
+      local r = pool:apply_async(function(x)
+        assert(go:wait(10))
+        return x * x
+      end, {6})
+      local dt = timed(function()
+        raises(mp.TimeoutError, "the result is not ready after 0.2 s",
+          r.get, r, 0.2)
+      end)
+      took(dt, 0.2, 1.2, "get(0.2)")
+      dt = timed(function()
+        raises(mp.TimeoutError, "the result is not ready after 0 s",
+          r.get, r, 0)
+        raises(mp.TimeoutError, "the result is not ready after -1 s",
+          r.get, r, -1)
+      end)
+      took(dt, 0, 0.1, "get(0) and get(-1)")
+      go:set()
+      assert.are.equal(36, r:get(10))
+    end)
+
+    it("gives the callback all the values, in the owner", function()
+      local pool <close> = mp.Pool(2)
+      local owner = mp.current_process().pid
+      local got
+      local r = pool:apply_async(function(a)
+        return a, nil, a + 1, nil
+      end, {1}, function(...)
+        got = {pid = mp.current_process().pid, args = table.pack(...)}
+      end)
+      assert.is_true(r:wait(10))
+      assert.are.same({pid = owner, args = {n = 4, 1, nil, 2, nil}}, got)
+      assert.are.same({n = 4, 1, nil, 2, nil}, table.pack(r:get()))
+    end)
+
+    -- After CPython's test_async_error_callback.
+    it("gives the error_callback the error that get raises", function()
+      local pool <close> = mp.Pool(2)
+      local called, got = 0, nil
+      local r = pool:apply_async(function() error("key", 0) end, nil,
+        function() called = called + 1 end,
+        function(e) got = e end)
+      local e = raises(mp.RemoteError, "key", r.get, r, 10)
+      assert.are.equal(0, called)
+      assert.are.equal(e, got)
+      assert.are.equal("key", got.value)
+    end)
+
+    it("rejects callbacks that cannot be called", function()
+      local pool <close> = mp.Pool(1)
+      fails("bad argument #3 to 'apply_async' (callback must be callable)",
+        pool.apply_async, pool, sqr, {1}, 42)
+      fails("bad argument #4 to 'apply_async' (error_callback must be "
+        .. "callable)", pool.apply_async, pool, sqr, {1}, nil, "x")
+    end)
+
+    it("goes to an idle worker, not behind a busy one", function()
+      local pool <close> = mp.Pool(2)
+      local go = mp.Event()
+      local busy = pool:apply_async(function()
+        assert(go:wait(5))
+        return "busy"
+      end)
+      local quick = pool:apply_async(function() return "quick" end)
+      local dt, ok, v = timed(function() return pcall(quick.get, quick, 2) end)
+      go:set()
+      assert.is_true(ok, "a task waited behind a busy worker while "
+        .. "another was idle: " .. tostring(v))
+      assert.are.equal("quick", v)
+      took(dt, 0, 1, "the quick task")
+      assert.are.equal("busy", busy:get(10))
+    end)
+
+    it("runs callbacks in the order the results come in", function()
+      -- Task 2 ends at once; its callback lets task 3 end, whose
+      -- callback lets task 1 end.  Nothing is left to timing.
+      local pool <close> = mp.Pool(3)
+      local owner = mp.current_process().pid
+      local ev1, ev3 = mp.Event(), mp.Event()
+      local order, pids = {}, {}
+      local function cb(k, ev)
+        return function(v)
+          order[#order + 1] = k * 10 + v
+          pids[#pids + 1] = mp.current_process().pid
+          if ev then ev:set() end
+        end
+      end
+      local r1 = pool:apply_async(function()
+        assert(ev1:wait(2)) return 1 end, nil, cb(1))
+      pool:apply_async(function() return 2 end, nil, cb(2, ev3))
+      pool:apply_async(function()
+        assert(ev3:wait(2)) return 3 end, nil, cb(3, ev1))
+      assert.are.equal(1, r1:get(10))
+      assert.are.same({22, 33, 11}, order)
+      assert.are.same({owner, owner, owner}, pids)
+    end)
+
+    it("runs a callback during mp.sleep as soon as the result is in",
+       function()
+      local pool <close> = mp.Pool(1)
+      local fired
+      local t0 = mp.monotonic()
+      local r = pool:apply_async(function()
+        mp.sleep(0.1)
+        return mp.monotonic()
+      end, nil, function() fired = mp.monotonic() end)
+      mp.sleep(0.5)
+      assert.is_not_nil(fired, "the callback did not run during the sleep")
+      local finished = r:get(0)
+      took(finished - t0, 0.1, 0.4, "the task")
+      assert.is_true(fired - finished < 0.15, "the callback ran "
+        .. (fired - finished) .. " s after the task finished, while the "
+        .. "owner slept")
+    end)
+
+    it("runs callbacks during get, wait and join", function()
+      local pool = mp.Pool(2)
+      local hits = {}
+      local function cb(k) return function() hits[#hits + 1] = k end end
+      local a = pool:apply_async(sqr, {1}, cb("a"))
+      local b = pool:apply_async(sqr, {2, 0.05}, cb("b"))
+      local c = pool:apply_async(sqr, {3, 0.1}, cb("c"))
+      assert.are.equal(4, b:get(10))
+      assert.is_true(c:wait(10))
+      assert.are.same({"a", "b", "c"}, sorted(hits))
+      assert.are.equal(1, a:get(0))
+      pool:apply_async(sqr, {4, 0.05}, cb("d"))
+      pool:close()
+      pool:join()
+      assert.are.equal("d", hits[4])
+    end)
+  end)
+
+  describe("AsyncResult", function()
+    it("ready, successful and wait follow the task", function()
+      local pool <close> = mp.Pool(2)
+      local go = mp.Event()
+      local r = pool:apply_async(function() assert(go:wait(10)) end)
+      assert.is_false(r:ready())
+      fails("AsyncResult not ready", r.successful, r)
+      local dt, ok = timed(function() return r:wait(0.1) end)
+      assert.is_false(ok)
+      took(dt, 0.1, 1, "wait(0.1)")
+      go:set()
+      assert.is_true(r:wait(10))
+      assert.is_true(r:ready())
+      assert.is_true(r:successful())
+      assert.are.equal(0, select("#", r:get()))
+      local bad = pool:apply_async(function() error("no") end)
+      assert.is_true(bad:wait(10))
+      assert.is_true(bad:ready())
+      assert.is_false(bad:successful())
+    end)
+
+    it("wait(0) and a negative wait do not wait", function()
+      local pool <close> = mp.Pool(1)
+      local go = mp.Event()
+      local r = pool:apply_async(function() assert(go:wait(10)) end)
+      local dt, a, b = timed(function() return r:wait(0), r:wait(-1) end)
+      assert.is_false(a)
+      assert.is_false(b)
+      took(dt, 0, 0.1, "wait(0) and wait(-1)")
+      fails("bad argument #1 to 'wait' (number expected, got string)",
+        r.wait, r, "1")
+      go:set()
+      assert.is_true(r:wait())
+    end)
+
+    it("gets the same values again", function()
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(function() return {1, 2}, "x" end)
+      local t1, s1 = r:get(10)
+      local t2, s2 = r:get()
+      assert.are.same({1, 2}, t1)
+      assert.are.equal(t1, t2)
+      assert.are.equal("x", s1)
+      assert.are.equal("x", s2)
+    end)
+  end)
+
+  describe("a task's error", function()
+    it("is a RemoteError with the message, the value and the worker's "
+       .. "traceback", function()
+      local pool <close> = mp.Pool(1)
+      local ok, e = pcall(pool.apply, pool, function() error("boom") end)
+      assert.is_false(ok)
+      assert.are.equal(mp.RemoteError, e.type)
+      local where = e.message:match("^(.-):%d+: boom$")
+      assert.is_not_nil(where, e.message)
+      assert.matches("11%-pool_spec%.lua$", where)
+      assert.are.equal(e.message, e.value)
+      assert.are.equal("luamp.RemoteError: " .. e.message, tostring(e))
+      assert.are.equal("string", type(e.traceback))
+      assert.are.equal(e.message .. "\nstack traceback:",
+        e.traceback:sub(1, #e.message + 17))
+      local line_no = e.message:match(":(%d+): boom$")
+      assert.is_truthy(e.traceback:find("11-pool_spec.lua:" .. line_no
+        .. ": in ", 1, true), e.traceback)
+    end)
+
+    it("keeps a table error value as that table", function()
+      local pool <close> = mp.Pool(1)
+      local e = raises(mp.RemoteError, "(error object is a table value)",
+        pool.apply, pool, function()
+          error({code = 7, list = {"a", "b"}})
+        end)
+      assert.are.same({code = 7, list = {"a", "b"}}, e.value)
+      local e2 = raises(mp.RemoteError, "custom text", pool.apply, pool,
+        function()
+          error(setmetatable({code = 8}, {__tostring = function()
+            return "custom text"
+          end}))
+        end)
+      assert.are.equal(8, e2.value.code)
+    end)
+
+    it("keeps a luamp error object raised in the task", function()
+      local pool <close> = mp.Pool(1)
+      local q = mp.Queue()
+      local e = raises(mp.RemoteError, "luamp.Empty: queue is empty",
+        pool.apply, pool, function() return q:get(false) end)
+      assert.are.equal(mp.Empty, e.value.type)
+      assert.are.equal("queue is empty", e.value.message)
+      assert.are.equal("luamp.Empty: queue is empty", tostring(e.value))
+      q:close()
+    end)
+
+    it("reaches the caller with its message when its value cannot be sent",
+       function()
+      local pool <close> = mp.Pool(1)
+      local e = raises(mp.RemoteError, {pattern = "^file %(0x%x+%)$"},
+        pool.apply, pool, function() error(io.stdout) end)
+      assert.are.equal(e.message, e.value)
+      assert.are.equal(6, pool:apply(mul, {2, 3}))
+    end)
+
+    -- After CPython's test_unpickleable_result.
+    it("is what a result that cannot be sent becomes, and no worker is lost",
+       function()
+      local pool <close> = mp.Pool(2)
+      local pids = {}
+      for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
+      for _ = 1, 20 do
+        local got
+        local r = pool:apply_async(function()
+          return 1, coroutine.create(sqr)
+        end, nil, nil, function(e) got = e end)
+        local e = raises(mp.RemoteError, {pattern = "cannot send"},
+          r.get, r, 10)
+        assert.matches("thread", e.message)
+        assert.are.equal(e, got)
+      end
+      raises(mp.RemoteError, {pattern = "cannot send.*thread"},
+        pool.map, pool, function(x)
+          return x == 5 and coroutine.create(sqr) or x
+        end, range(10))
+      local now = {}
+      for _, p in ipairs(mp.active_children()) do now[#now + 1] = p.pid end
+      assert.are.same(sorted(pids), sorted(now))
+    end)
+  end)
+
+  describe("map", function()
+    -- After CPython's test_map.
+    it("returns the results in order, with n", function()
+      local pool <close> = mp.Pool(4)
+      local want = {n = 10}
+      for i = 1, 10 do want[i] = (i - 1) * (i - 1) end
+      assert.are.same(want, pool:map(sqr, range(10, 0)))
+      want = {n = 100}
+      for i = 1, 100 do want[i] = (i - 1) * (i - 1) end
+      assert.are.same(want, pool:map(sqr, range(100, 0), 20))
+    end)
+
+    it("leaves holes for nil results instead of stopping there", function()
+      local pool <close> = mp.Pool(2)
+      local r = pool:map(function(x)
+        if x % 2 == 0 then return nil end
+        return x, "dropped"
+      end, range(7))
+      assert.are.same({n = 7, 1, nil, 3, nil, 5, nil, 7}, r)
+    end)
+
+    it("takes an iterator function, and an array with n and nils",
+       function()
+      local pool <close> = mp.Pool(2)
+      local i = 0
+      local r = pool:map(sqr, function()
+        i = i + 1
+        if i <= 5 then return i end
+      end)
+      assert.are.same({n = 5, 1, 4, 9, 16, 25}, r)
+      r = pool:map(function(x) return x == nil end, {n = 4, 1, nil, 3, nil})
+      assert.are.same({n = 4, false, true, false, true}, r)
+    end)
+
+    it("cuts an array into chunks as Python does", function()
+      -- A chunk runs in one go and stops at its first error: when item 1
+      -- fails, the items after it in its chunk never run, and all the
+      -- other chunks do.  Python's default chunksize is
+      -- ceil(len / (4 * workers)).
+      local function skipped(workers, n, opt)
+        local pool = mp.Pool(workers)
+        local ran = mp.Array("i", n)
+        raises(mp.RemoteError, "first", pool.map, pool, function(x)
+          ran[x] = ran[x] + 1
+          if x == 1 then error("first", 0) end
+          return x
+        end, range(n), opt)
+        pool:close()
+        pool:join()
+        local never = {}
+        for i = 1, n do
+          if ran[i] == 0 then
+            never[#never + 1] = i
+          else
+            assert.are.equal(1, ran[i], "item " .. i .. " ran twice")
+          end
+        end
+        assert.are.same(range(#never, 2), never,
+          "the items that did not run are not items 2..chunksize")
+        return #never + 1
+      end
+      assert.are.equal(7, skipped(4, 100))
+      assert.are.equal(5, skipped(2, 33))
+      assert.are.equal(4, skipped(2, 32))
+      assert.are.equal(1, skipped(4, 3))
+      assert.are.equal(20, skipped(2, 100, 20))
+      assert.are.equal(20, skipped(2, 100, {chunksize = 20}))
+      assert.are.equal(13, skipped(2, 100, {}))
+    end)
+
+    it("rejects a bad chunksize, iterable or function", function()
+      local pool <close> = mp.Pool(1)
+      local msg = "bad argument #3 to 'map' (chunksize must be a positive "
+        .. "integer)"
+      fails(msg, pool.map, pool, sqr, {1}, 0)
+      fails(msg, pool.map, pool, sqr, {1}, 1.5)
+      fails(msg, pool.map, pool, sqr, {1}, {chunksize = -2})
+      fails(msg, pool.map, pool, sqr, {1}, "2")
+      fails("bad argument #2 to 'map' (table or function expected, got "
+        .. "number)", pool.map, pool, sqr, 5)
+      fails("bad argument #1 to 'map' (function expected, got number)",
+        pool.map, pool, 5, {1})
+      fails("bad argument #2 to 'imap' (table or function expected, got "
+        .. "nil)", pool.imap, pool, sqr, nil)
+    end)
+
+    -- After CPython's test_map_unplicklable.
+    it("raises, naming the item, when an item cannot be sent", function()
+      local pool <close> = mp.Pool(2)
+      local co = coroutine.create(print)
+      fails("cannot send iterable[3]: thread", pool.map, pool, sqr,
+        {1, 2, co, 4}, 1)
+      fails("cannot send iterable[3]: thread", pool.map, pool, sqr,
+        {1, 2, co, 4})
+      fails("cannot send iterable[2][2].x: thread", pool.starmap, pool, mul,
+        {{1, 2}, {3, {x = co}}})
+      fails("cannot send args[2].x: thread", pool.apply, pool, mul,
+        {1, {x = co}})
+      fails("cannot send func<upvalue co>: thread", pool.apply, pool,
+        function() return co end)
+      assert.are.same({n = 2, 1, 4}, pool:map(sqr, {1, 2}))
+      assert.are.equal(0, #mp.active_children() - 2)
+    end)
+
+    -- After CPython's test_map_no_failfast.
+    it("fails as a whole on the first error, and the other tasks still run",
+       function()
+      local pool = mp.Pool(2)
+      local ran = mp.Array("i", 20)
+      local e = raises(mp.RemoteError, "item 3", pool.map, pool, function(x)
+        if x == 3 then error("item " .. x, 0) end
+        mp.sleep(0.01)
+        ran[x] = 1
+        return x
+      end, range(20), 1)
+      assert.are.equal("item 3", e.value)
+      pool:close()
+      pool:join()
+      local want = {}
+      for i = 1, 20 do want[i] = i == 3 and 0 or 1 end
+      assert.are.same(want, ran:totable())
+    end)
+
+    -- After CPython's test_map_handle_iterable_exception.
+    it("raises what the input iterator raised, and can go on", function()
+      local pool <close> = mp.Pool(2)
+      local err = {"said when"}
+      for _, c in ipairs{{1, -1}, {1, -1}, {10, 3}} do
+        local ok, e = pcall(pool.map, pool, sqr,
+          raising_input(c[1], c[2], err), 1)
+        assert.is_false(ok)
+        assert.are.equal(err, e)
+      end
+      assert.are.same({n = 2, 1, 4}, pool:map(sqr, {1, 2}))
+    end)
+
+    -- After CPython's test_map_async and test_starmap_async.
+    it("map_async and starmap_async return an AsyncResult of the table",
+       function()
+      local pool <close> = mp.Pool(2)
+      local r = pool:map_async(sqr, range(10, 0))
+      local want = {n = 10}
+      for i = 1, 10 do want[i] = (i - 1) * (i - 1) end
+      assert.are.same(want, r:get(10))
+      local pairs_, prods = {}, {n = 100}
+      for i = 0, 99 do
+        pairs_[i + 1] = {i, 99 - i}
+        prods[i + 1] = i * (99 - i)
+      end
+      assert.are.same(prods, pool:starmap_async(mul, pairs_):get(10))
+      assert.are.same(prods, pool:starmap_async(mul, pairs_, 20):get(10))
+    end)
+
+    -- After CPython's test_map_async_callbacks.
+    it("map_async gives the table to callback, the error to error_callback",
+       function()
+      local pool <close> = mp.Pool(2)
+      local calls = {}
+      local function cb(v) calls[#calls + 1] = v end
+      local toint = function(s)
+        return math.tointeger(tonumber(s)) or error("not an integer: " .. s,
+                                                    0)
+      end
+      assert.is_true(pool:map_async(toint, {"1"}, nil, cb, cb):wait(10))
+      assert.are.same({{n = 1, 1}}, calls)
+      assert.is_true(pool:map_async(toint, {"a"}, 1, cb, cb):wait(10))
+      assert.are.equal(2, #calls)
+      assert.are.equal(mp.RemoteError, calls[2].type)
+      assert.are.equal("not an integer: a", calls[2].message)
+    end)
+
+    -- After CPython's test_starmap.
+    it("starmap unpacks each item as the arguments", function()
+      local pool <close> = mp.Pool(2)
+      local items, want = {}, {n = 10}
+      for i = 0, 9 do
+        items[i + 1] = {i, 9 - i}
+        want[i + 1] = i * (9 - i)
+      end
+      assert.are.same(want, pool:starmap(mul, items))
+      assert.are.same(want, pool:starmap(mul, items, {chunksize = 3}))
+      assert.are.same({n = 2, "nil 2", "1 nil"}, pool:starmap(function(a, b)
+        return tostring(a) .. " " .. tostring(b)
+      end, {{n = 2, nil, 2}, {1}}))
+      fails("bad argument #2 to 'starmap' (item 2 is not a table of "
+        .. "arguments)", pool.starmap, pool, mul, {{1, 2}, 3})
+    end)
+
+    -- After CPython's test_empty_iterable and test_map_chunksize.
+    it("handles an empty input at once", function()
+      local pool <close> = mp.Pool(1)
+      assert.are.same({n = 0}, pool:map(sqr, {}))
+      assert.are.same({n = 0}, pool:map(sqr, function() end))
+      assert.are.same({n = 0}, pool:starmap(mul, {}))
+      assert.are.same({n = 0}, pool:map_async(sqr, {}, 1):get(0.1))
+      assert.are.same({n = 0}, pool:starmap_async(mul, {}):get(0.1))
+      for _, name in ipairs{"imap", "imap_unordered"} do
+        local got, err = drain(pool[name](pool, sqr, {}))
+        assert.are.same({n = 0}, got)
+        assert.is_nil(err)
+      end
+    end)
+
+    -- After CPython's test_release_task_refs.
+    it("does not keep the items or the results once done", function()
+      local pool <close> = mp.Pool(2)
+      local weak = setmetatable({}, {__mode = "k"})
+      local items = {}
+      for i = 1, 10 do
+        items[i] = {i}
+        weak[items[i]] = true
+      end
+      local r = pool:map(function(t) return {t[1] * 2} end, items)
+      weak[r[1]] = true
+      items, r = nil, nil
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(weak))
+    end)
+  end)
+
+  describe("imap and imap_unordered", function()
+    -- After CPython's test_imap.
+    it("imap yields the results in order, then nil", function()
+      local pool <close> = mp.Pool(4)
+      local want = {n = 10}
+      for i = 1, 10 do want[i] = (i - 1) * (i - 1) end
+      local got = {n = 0}
+      for v in pool:imap(sqr, range(10, 0)) do
+        got.n = got.n + 1
+        got[got.n] = v
+      end
+      assert.are.same(want, got)
+      local it = pool:imap(sqr, range(1000, 0), 100)
+      for i = 0, 999 do assert.are.equal(i * i, it()) end
+      assert.is_nil(it())
+      assert.is_nil(it())
+    end)
+
+    -- After CPython's test_imap_unordered.
+    it("imap_unordered yields every result once", function()
+      local pool <close> = mp.Pool(4)
+      local want = {}
+      for i = 1, 1000 do want[i] = (i - 1) * (i - 1) end
+      assert.are.same(want, sorted(drain(pool:imap_unordered(sqr,
+        range(1000, 0)))))
+      assert.are.same(want, sorted(drain(pool:imap_unordered(sqr,
+        range(1000, 0), 53))))
+      assert.are.same(want, sorted(drain(pool:imap_unordered(sqr,
+        range(1000, 0), {chunksize = 7}))))
+    end)
+
+    -- A result that is nil ends a generic for loop there, as for any
+    -- iterator: a task whose result may be nil should return a table.
+    it("yields the first value of each result", function()
+      local pool <close> = mp.Pool(2)
+      local got = drain(pool:imap(function(x) return x, "more" end,
+        range(3)))
+      assert.are.same({n = 3, 1, 2, 3}, got)
+    end)
+
+    -- After CPython's test_imap_handle_iterable_exception; here the
+    -- results before the error are all yielded first, whatever the
+    -- chunksize.
+    it("imap raises the input's error at its position", function()
+      local pool <close> = mp.Pool(4)
+      local err = {"said when"}
+      for _, c in ipairs{{1, -1, 1, 0}, {1, -1, 1, 0}, {10, 3, 1, 3},
+                         {20, 7, 2, 7}, {20, 7, 4, 7}} do
+        local got, e = drain(pool:imap(sqr, raising_input(c[1], c[2], err),
+          c[3]))
+        local want = {n = c[4]}
+        for i = 1, c[4] do want[i] = (i - 1) * (i - 1) end
+        assert.are.same(want, got)
+        assert.are.equal(err, e)
+      end
+    end)
+
+    it("imap raises a string error of the input as it was", function()
+      local pool <close> = mp.Pool(2)
+      local got, e = drain(pool:imap(sqr, raising_input(10, 3, "when")))
+      assert.are.same({n = 3, 0, 1, 4}, got)
+      assert.are.equal("when", e)
+    end)
+
+    -- After CPython's test_imap_unordered_handle_iterable_exception.
+    it("imap_unordered raises the input's error after the results before "
+       .. "it", function()
+      local pool <close> = mp.Pool(4)
+      local err = {"said when"}
+      for _, c in ipairs{{1, -1, 1, 0}, {1, -1, 1, 0}, {10, 3, 1, 3},
+                         {20, 7, 2, 7}} do
+        local got, e = drain(pool:imap_unordered(sqr,
+          raising_input(c[1], c[2], err), c[3]))
+        local want = {}
+        for i = 1, c[4] do want[i] = (i - 1) * (i - 1) end
+        assert.are.same(want, sorted(got))
+        assert.are.equal(err, e)
+      end
+    end)
+
+    it("raises a task's error at its position and goes on", function()
+      local pool <close> = mp.Pool(2)
+      local function f(x)
+        if x % 4 == 2 then error("bad " .. x, 0) end
+        return x
+      end
+      local it = pool:imap(f, range(8))
+      local seq = {}
+      for i = 1, 9 do
+        local ok, v = pcall(it)
+        seq[i] = ok and tostring(v) or v.type .. " " .. v.message
+      end
+      assert.are.same({"1", "RemoteError bad 2", "3", "4", "5",
+                       "RemoteError bad 6", "7", "8", "nil"}, seq)
+      it = pool:imap_unordered(f, range(8))
+      local vals, errs = {}, {}
+      for _ = 1, 8 do
+        local ok, v = pcall(it)
+        if ok then vals[#vals + 1] = v else errs[#errs + 1] = v.message end
+      end
+      assert.is_nil(it())
+      assert.are.same({1, 3, 4, 5, 7, 8}, sorted(vals))
+      assert.are.same({"bad 2", "bad 6"}, sorted(errs))
+    end)
+
+    it("ends after an input error, also an item that cannot be sent",
+       function()
+      -- In a separate host, under a time limit: a hang fails the test.
+      local status, out, err = H.luamp_e([[
+        io.stdout:setvbuf("no")
+        local mp = require "luamp"
+        local pool = mp.Pool(2)
+        local co = coroutine.create(print)
+        local i = 0
+        local inputs = {
+          {1, 2, co, 4},
+          function()
+            i = i + 1
+            if i == 3 then error("third", 0) end
+            return i
+          end,
+        }
+        for _, name in ipairs{"imap", "imap_unordered"} do
+          for _, input in ipairs(inputs) do
+            i = 0
+            local it = pool[name](pool, function(x) return x end, input)
+            local vals, tail = {}, {}
+            for _ = 1, 5 do
+              local ok, v = pcall(it)
+              if ok and v ~= nil and #tail == 0 then
+                vals[#vals + 1] = v
+              else
+                tail[#tail + 1] = ok and tostring(v) or "error " .. v
+                if ok then break end
+              end
+            end
+            table.sort(vals)
+            print(name, table.concat(vals, ",") .. ";"
+              .. table.concat(tail, ","))
+          end
+        end
+        pool:close()
+        pool:join()
+      ]], "timeout -s KILL 5")
+      assert.are.equal("imap\t1,2;error cannot send iterable[3]: thread,nil\n"
+        .. "imap\t1,2;error third,nil\n"
+        .. "imap_unordered\t1,2;error cannot send iterable[3]: thread,nil\n"
+        .. "imap_unordered\t1,2;error third,nil\n", out)
+      assert.are.equal(0, status, err)
+    end)
+
+    it("does not hang when a task fails inside a chunk", function()
+      -- In a separate host, under a time limit: a hang fails the test.
+      -- Item 2 fails in the chunk {1, 2, 3}; what becomes of 1 and 3 is
+      -- left open, but the other chunks all come, and the end.
+      local status, out, err = H.luamp_e([[
+        io.stdout:setvbuf("no")
+        local mp = require "luamp"
+        local pool = mp.Pool(2)
+        local t = {}
+        for i = 1, 10 do t[i] = i end
+        local function f(x)
+          if x == 2 then error("two", 0) end
+          return x
+        end
+        for _, name in ipairs{"imap", "imap_unordered"} do
+          local it = pool[name](pool, f, t, 3)
+          local seen, errs = {}, {}
+          for _ = 1, 20 do
+            local ok, v = pcall(it)
+            if not ok then
+              errs[#errs + 1] = v.type .. " " .. v.message
+            elseif v == nil then
+              seen[#seen + 1] = "end"
+              break
+            else
+              seen[#seen + 1] = v
+            end
+          end
+          print(name, table.concat(seen, " "), table.concat(errs, ","))
+        end
+        pool:close()
+        pool:join()
+      ]], "timeout -s KILL 5")
+      local lines = {}
+      for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.are.equal(2, #lines, out)
+      for k, name in ipairs{"imap", "imap_unordered"} do
+        local got, errs = lines[k]:match("^" .. name .. "\t([^\t]*)\t(.*)$")
+        assert.is_not_nil(got, lines[k])
+        local vals = {}
+        for v in got:gmatch("%d+") do vals[#vals + 1] = tonumber(v) end
+        assert.matches(" end$", got)
+        local rest = {}
+        for _, v in ipairs(sorted(vals)) do
+          if v > 3 then rest[#rest + 1] = v end
+          assert.are_not.equal(2, v)
+        end
+        assert.are.same({4, 5, 6, 7, 8, 9, 10}, rest, name)
+        assert.matches("^RemoteError two", errs, name)
+        local n = #vals
+        for _ in errs:gmatch("RemoteError") do n = n + 1 end
+        assert.are.equal(10, n, name .. ": not one outcome per item")
+      end
+      assert.are.equal(0, status, err)
+    end)
+
+    it("reads an endless input lazily, a bounded number of items ahead",
+       function()
+      local workers = 2
+      local pool <close> = mp.Pool(workers)
+      for _, cs in ipairs{1, 5} do
+        local calls = 0
+        local function endless()
+          calls = calls + 1
+          return calls
+        end
+        local n = 0
+        for v in pool:imap(sqr, endless, cs) do
+          n = n + 1
+          assert.are.equal(n * n, v)
+          if n == 1000 then break end
+        end
+        local bound = 1000 + workers * 4 * cs + 2 * cs + 2
+        assert.is_true(calls <= bound, "chunksize " .. cs .. ": the input "
+          .. "was read " .. calls .. " times for 1000 results (at most "
+          .. bound .. " expected)")
+        -- Nobody asks for more: the input is not read further.
+        for i = 1, 20 do assert.are.equal(i * i, pool:apply(sqr, {i})) end
+        assert.is_true(calls <= bound, "chunksize " .. cs .. ": the input "
+          .. "was read on to " .. calls .. " after the loop ended")
+      end
+      local calls = 0
+      local n = 0
+      for _ in pool:imap_unordered(sqr, function()
+        calls = calls + 1
+        return calls
+      end) do
+        n = n + 1
+        if n == 1000 then break end
+      end
+      assert.is_true(calls <= 1000 + workers * 4 + 4, "imap_unordered read "
+        .. calls .. " items for 1000 results")
+    end)
+  end)
+
+  describe("close, terminate and join", function()
+    it("join raises while the pool runs", function()
+      local pool <close> = mp.Pool(1)
+      fails("Pool is still running", pool.join, pool)
+      assert.are.equal(1, pool:apply(sqr, {1}))
+    end)
+
+    it("close lets the work finish; join waits for the workers to leave",
+       function()
+      local pool = mp.Pool(2)
+      local r = pool:map_async(sqr, range(10), 1)
+      local a = pool:apply_async(sqr, {5, 0.1})
+      pool:close()
+      local dt = timed(function() pool:join() end)
+      took(dt, 0.05, 5, "join")
+      assert.are.equal(0, #mp.active_children())
+      assert.are.equal(100, r:get(0)[10])
+      assert.are.equal(25, a:get(0))
+    end)
+
+    it("every submit raises \"Pool not running\" after close or terminate",
+       function()
+      for _, how in ipairs{"close", "terminate"} do
+        local pool = mp.Pool(1)
+        pool[how](pool)
+        fails("Pool not running", pool.apply, pool, sqr, {1})
+        fails("Pool not running", pool.apply_async, pool, sqr, {1})
+        fails("Pool not running", pool.map, pool, sqr, {1})
+        fails("Pool not running", pool.map_async, pool, sqr, {1})
+        fails("Pool not running", pool.starmap, pool, mul, {{1, 2}})
+        fails("Pool not running", pool.starmap_async, pool, mul, {{1, 2}})
+        fails("Pool not running", pool.imap, pool, sqr, {1})
+        fails("Pool not running", pool.imap_unordered, pool, sqr, {1})
+        pool:join()
+        assert.are.equal(0, #mp.active_children(), how)
+      end
+    end)
+
+    -- After CPython's test_terminate.
+    it("terminate stops the workers at once; unfinished tasks fail",
+       function()
+      local pool = mp.Pool(2)
+      local r = pool:map_async(mp.sleep, (function()
+        local t = {}
+        for i = 1, 10000 do t[i] = 0.1 end
+        return t
+      end)(), 1)
+      local a = pool:apply_async(sqr, {2, 5})
+      local dt = timed(function()
+        pool:terminate()
+        pool:join()
+      end)
+      took(dt, 0, 2, "terminate and join")
+      assert.are.equal(0, #mp.active_children())
+      raises(mp.ProcessError, "the pool was terminated", r.get, r, 1)
+      raises(mp.ProcessError, "the pool was terminated", a.get, a, 1)
+      assert.is_false(a:successful())
+      pool:terminate()
+      pool:join()
+    end)
+
+    -- After CPython's test_context.
+    it("<close> terminates the pool at the end of the scope", function()
+      local escaped
+      do
+        local pool <close> = mp.Pool(2)
+        escaped = pool
+        assert.are.same({n = 3, 1, 4, 9}, pool:map_async(sqr, range(3))
+          :get(10))
+        assert.are.equal(2, #mp.active_children())
+      end
+      assert.are.equal(0, #mp.active_children())
+      assert.are.equal("luamp.Pool (2 processes, TERMINATE)",
+        tostring(escaped))
+      fails("Pool not running", escaped.map_async, escaped, sqr, {1})
+      escaped:join()
+    end)
+
+    it("raises misuse errors at the caller's line", function()
+      -- fn makes the call on the line after its own first line.
+      local function at_caller(fn)
+        local line = debug.getinfo(fn, "S").linedefined + 1
+        local ok, e = pcall(fn)
+        assert.is_false(ok)
+        assert.matches("^[^:]*11%-pool_spec%.lua:" .. line .. ": ", e)
+      end
+      local co = coroutine.create(print)
+      at_caller(function()
+        local _ = mp.Pool(0)
+      end)
+      at_caller(function()
+        local _ = mp.Pool{processes = 1, maxtasksperchild = 0}
+      end)
+      local pool = mp.Pool(1)
+      at_caller(function()
+        local _ = pool:map(sqr, {1}, 0)
+      end)
+      at_caller(function()
+        local _ = pool:imap(sqr, {1}, 0)
+      end)
+      at_caller(function()
+        local _ = pool:apply(function() return co end)
+      end)
+      at_caller(function()
+        local _ = pool:join()
+      end)
+      pool:close()
+      at_caller(function()
+        local _ = pool:apply(sqr, {1})
+      end)
+      at_caller(function()
+        local _ = pool:apply_async(sqr, {1})
+      end)
+      at_caller(function()
+        local _ = pool:map(sqr, {1})
+      end)
+      pool:join()
+    end)
+  end)
+
+  describe("progress", function()
+    -- Runs a luamp -e job with its stderr on a pseudo-terminal (util-linux
+    -- script) and its stdout discarded; returns status and what the
+    -- terminal showed.
+    local function on_tty(code, env)
+      assert.are.equal(0, (H.run("command -v script")),
+        "util-linux script is needed for this test")
+      local job = (env or "") .. " " .. H.q(H.luamp) .. " -e " .. H.q(code)
+        .. " >/dev/null"
+      local status, out = H.run("timeout -s KILL 20 script -qfec "
+        .. H.q(job) .. " /dev/null")
+      return status, out
+    end
+
+    local JOB = [[
+      local mp = require "luamp"
+      local pool = mp.Pool(2)
+      local t = {}
+      for i = 1, 100 do t[i] = i end
+      local r = pool:map(function(x) mp.sleep(0.002) return x end, t, OPT)
+      assert(r.n == 100 and r[100] == 100)
+      local n = 0
+      for _ in pool:imap(function(x) return x end, {1, 2, 3, 4, 5}, OPT) do
+        n = n + 1
+      end
+      assert(n == 5)
+      pool:close()
+      pool:join()
+    ]]
+
+    -- The last line shown of each progress line, "\r"-separated.
+    local function final_lines(s)
+      local lines = {}
+      for l in s:gmatch("([^\n]*)\n") do
+        local last = l:gsub("\r$", ""):match("([^\r]*)$")
+        last = last:gsub("\27%[K$", "")
+        if last ~= "" then lines[#lines + 1] = last end
+      end
+      return lines
+    end
+
+    it("shows done/total, rate, elapsed and ETA on a terminal", function()
+      local status, tty = on_tty((JOB:gsub("OPT", "{progress = true}")))
+      assert.are.equal(0, status, tty)
+      local lines = final_lines(tty)
+      assert.are.equal(2, #lines, tty)
+      assert.matches("^100/100 done, [%d.]+/s, [%d.]+s elapsed, ETA "
+        .. "[%d.]+s$", lines[1])
+      assert.matches("^5/5 done, [%d.]+/s, [%d.]+s elapsed, ETA [%d.]+s$",
+        lines[2])
+      assert.is_truthy(tty:find("\r", 1, true))
+    end)
+
+    it("follows LUAMP_PROGRESS=1 when the call does not say", function()
+      local status, tty = on_tty((JOB:gsub("OPT", "nil")),
+        "LUAMP_PROGRESS=1")
+      assert.are.equal(0, status, tty)
+      assert.is_truthy(tty:find("100/100 done", 1, true), tty)
+      assert.is_truthy(tty:find("ETA", 1, true), tty)
+      status, tty = on_tty((JOB:gsub("OPT", "nil")))
+      assert.are.equal(0, status, tty)
+      assert.are.equal("", tty)
+    end)
+
+    it("shows nothing when stderr is not a terminal", function()
+      local status, out, err = H.luamp_e((JOB:gsub("OPT",
+        "{progress = true}")))
+      assert.are.equal(0, status, err)
+      assert.are.equal("", out)
+      assert.are.equal("", err)
+    end)
+  end)
+end)

@@ -1,0 +1,565 @@
+-- 14-list_spec.lua -- List: 1-based indexing as with a table, every method
+-- with its exact results and errors, equality by content, values copied in
+-- and out, appends from many processes at once, memory given back, and a
+-- list as a shared object that travels and nests.  Every child is a fork
+-- of the test process; a test that waits on a child always does so with a
+-- timeout.
+
+local mp = require "luamp"
+local H = require "spec_helper"
+
+-- Starts a child running fn(...) and returns its Process object.
+local function spawn(fn, ...)
+  local p = mp.Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+-- Joins p (10 s at most) and checks that it ended with status 0.
+local function finish(p)
+  assert.is_true(p:join(10), "the child did not end")
+  assert.are.equal(0, p.exitcode, "the child failed")
+end
+
+-- Checks that a time is between lo and hi seconds.
+local function took(dt, lo, hi, what)
+  assert.is_true(dt >= lo and dt < hi,
+    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
+end
+
+-- The message of the error fn(...) raises, without its position.
+local function errmsg(fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok, "no error was raised")
+  assert.are.equal("string", type(e))
+  return (e:gsub("^[^:]*:%d+: ", "", 1))
+end
+
+-- {1, 2, ..., n} with n set, as totable gives it.
+local function range(a, b)
+  local t = {}
+  for i = a, b do t[#t + 1] = i end
+  t.n = #t
+  return t
+end
+
+describe("List", function()
+  H.leakcheck()
+
+  describe("constructor", function()
+    it("makes an empty list", function()
+      local l = mp.List()
+      assert.are.equal(0, #l)
+      assert.are.same({n = 0}, l:totable())
+      l:close()
+    end)
+
+    it("starts with the items of a table given, n included", function()
+      local l = mp.List{"a", {1}, 3.5, false}
+      assert.are.equal(4, #l)
+      assert.are.same({"a", {1}, 3.5, false, n = 4}, l:totable())
+      l:close()
+      l = mp.List(table.pack(1, nil, 3))
+      assert.are.equal(3, #l)
+      assert.is_nil(l[2])
+      assert.are.equal(3, l[3])
+      l:close()
+    end)
+
+    it("rejects an argument that is neither a table nor nil", function()
+      assert.has_error(function() mp.List(5) end,
+        "bad argument #1 to 'List' (table expected, got number)")
+      assert.has_error(function() mp.List("abc") end,
+        "bad argument #1 to 'List' (table expected, got string)")
+    end)
+
+    it("shows its length, and (closed) once closed", function()
+      local l = mp.List{1, 2}
+      assert.matches("^luamp%.List %(0x%x+, 2 items%)$", tostring(l))
+      l:close()
+      assert.are.equal("luamp.List (closed)", tostring(l))
+    end)
+
+    it("refuses every use once closed", function()
+      local l = mp.List{1}
+      l:close()
+      local CLOSED = "attempt to use a closed list"
+      assert.has_error(function() return l[1] end, CLOSED)
+      assert.has_error(function() l[1] = 2 end, CLOSED)
+      assert.has_error(function() return #l end, CLOSED)
+      assert.has_error(function() l:append(1) end, CLOSED)
+      assert.has_error(function() return l:totable() end, CLOSED)
+    end)
+
+    it("can be closed again, as often as one likes", function()
+      local l = mp.List{1}
+      l:close()
+      assert.has_no_error(function() l:close() end)
+      assert.has_no_error(function() l:close() end)
+      assert.are.equal("luamp.List (closed)", tostring(l))
+    end)
+  end)
+
+  describe("indexing", function()
+    it("is 1-based, and gives nil outside 1 .. #l", function()
+      local l = mp.List{"a", "b", "c"}
+      assert.are.same({"a", "b", "c"}, {l[1], l[2], l[3]})
+      assert.are.equal("a", l[1.0])
+      assert.is_nil(l[0])
+      assert.is_nil(l[4])
+      assert.is_nil(l[-1])
+      assert.is_nil(l[1.5])
+      assert.is_nil(l[math.maxinteger])
+      assert.is_nil(l["1"])
+      assert.is_nil(l[true])
+      l:close()
+    end)
+
+    it("l[i] = v replaces, and l[#l + 1] = v appends", function()
+      local l = mp.List{1, 2, 3}
+      l[2] = "two"
+      l[#l + 1] = 4
+      l[#l + 1] = {5}
+      assert.are.same({1, "two", 3, 4, {5}, n = 5}, l:totable())
+      l:close()
+    end)
+
+    it("raises for a write further out", function()
+      local l = mp.List{1, 2, 3}
+      assert.has_error(function() l[5] = 1 end,
+        "index 5 out of range (list has 3 items)")
+      assert.has_error(function() l[0] = 1 end,
+        "index 0 out of range (list has 3 items)")
+      assert.has_error(function() l[-1] = 1 end,
+        "index -1 out of range (list has 3 items)")
+      assert.has_error(function() l.x = 1 end,
+        "List indexes are integers, not string")
+      assert.are.same({1, 2, 3, n = 3}, l:totable())
+      l:close()
+    end)
+
+    it("names a float index in its error", function()
+      local l = mp.List{1, 2, 3}
+      assert.matches("1%.5", errmsg(function() l[1.5] = 1 end))
+      assert.are.same({1, 2, 3, n = 3}, l:totable())
+      l:close()
+    end)
+
+    it("methods come first by name", function()
+      local l = mp.List()
+      assert.are.equal("function", type(l.append))
+      assert.are.equal("function", type(l.pop))
+      assert.is_nil(l.nosuchmethod)
+      l:close()
+    end)
+  end)
+
+  describe("values", function()
+    it("cross between processes exactly", function()
+      local l = mp.List()
+      local q = mp.Queue()
+      finish(spawn(function()
+        l:extend(table.pack(nil, true, 0, math.mininteger, 1.0, -0.0, 0 / 0,
+                            "a\0b", ("z"):rep(40000), {1, {2}, k = "v"}, q))
+        local n = 0
+        l:append(function() n = n + 1; return n end)
+      end))
+      assert.are.equal(12, #l)
+      local t = l:totable()
+      assert.are.equal(12, t.n)
+      assert.is_nil(t[1])
+      assert.is_true(t[2])
+      assert.are.equal("integer", math.type(t[3]))
+      assert.are.equal(math.mininteger, t[4])
+      assert.are.equal("float", math.type(t[5]))
+      assert.are.equal(-1 / 0, 1 / t[6])
+      assert.is_true(t[7] ~= t[7])
+      assert.are.equal("a\0b", t[8])
+      assert.are.equal(("z"):rep(40000), t[9])
+      assert.are.same({1, {2}, k = "v"}, t[10])
+      assert.are.equal(q, t[11])
+      assert.are.equal(1, t[12]())
+      assert.are.equal(1, l[12](), "the stored closure was changed")
+      l:close()
+      q:close()
+    end)
+
+    it("are copied in and out: a table read changes nothing until stored",
+       function()
+      local l = mp.List()
+      local t = {x = 1}
+      l:append(t)
+      t.x = 2
+      assert.are.equal(1, l[1].x)
+      local r = l[1]
+      r.x = 3
+      assert.are.equal(1, l[1].x)
+      assert.is_false(rawequal(l[1], l[1]))
+      l[1] = r
+      assert.are.equal(3, l[1].x)
+      local tt = l:totable()
+      tt[1].x = 4
+      tt[2] = "extra"
+      assert.are.equal(3, l[1].x)
+      assert.are.equal(1, #l)
+      l:close()
+    end)
+
+    it("that cannot be sent raise and leave the list unchanged", function()
+      local l = mp.List{1}
+      assert.has_error(function() l:append(coroutine.create(print)) end,
+        "cannot send value: thread")
+      assert.has_error(function() l[1] = {f = io.stdout} end,
+        "cannot send value.f: userdata (FILE*)")
+      assert.has_error(function() l:insert(1, {1, {io.stderr}}) end,
+        "cannot send value[2][1]: userdata (FILE*)")
+      assert.are.same({1, n = 1}, l:totable())
+      l:close()
+    end)
+  end)
+
+  describe("ipairs", function()
+    it("walks the items in order and stops at the end", function()
+      local l = mp.List{10, 20, 30}
+      local got = {}
+      for i, v in ipairs(l) do got[#got + 1] = {i, v} end
+      assert.are.same({{1, 10}, {2, 20}, {3, 30}}, got)
+      l:close()
+    end)
+
+    it("reads each item when it reaches it", function()
+      local l = mp.List(range(0, 9))
+      local f, s, i = ipairs(l)
+      l[1] = 100
+      assert.are.same({1, 100}, {f(s, i)})
+      l:close()
+    end)
+  end)
+
+  describe("append and extend", function()
+    it("append adds one item and returns nothing", function()
+      local l = mp.List()
+      assert.are.equal(0, select("#", l:append("a")))
+      l:append({1})
+      l:append(nil)
+      assert.are.equal(3, #l)
+      assert.are.same({"a", {1}, nil, n = 3}, l:totable())
+      assert.has_error(function() l:append() end,
+        "bad argument #1 to 'append' (value expected)")
+      l:close()
+    end)
+
+    it("extend adds the items of a table, up to n when it has one",
+       function()
+      local l = mp.List{0}
+      l:extend{1, 2}
+      l:extend(table.pack(3, nil))
+      l:extend{}
+      assert.are.same({0, 1, 2, 3, nil, n = 5}, l:totable())
+      assert.has_error(function() l:extend(5) end,
+        "bad argument #1 to 'extend' (table expected, got number)")
+      l:close()
+    end)
+  end)
+
+  describe("insert", function()
+    it("puts an item before position i, 1 .. #l + 1", function()
+      local l = mp.List{"b", "d"}
+      l:insert(1, "a")
+      l:insert(3, "c")
+      l:insert(#l + 1, "e")
+      assert.are.same({"a", "b", "c", "d", "e", n = 5}, l:totable())
+      for i = 1, 50 do l:insert(1, i) end
+      assert.are.equal(55, #l)
+      assert.are.equal(50, l[1])
+      assert.are.equal("e", l[55])
+      l:close()
+    end)
+
+    it("raises for a position outside 1 .. #l + 1", function()
+      local l = mp.List{1, 2}
+      assert.has_error(function() l:insert(0, "x") end,
+        "index 0 out of range (list has 2 items)")
+      assert.has_error(function() l:insert(4, "x") end,
+        "index 4 out of range (list has 2 items)")
+      assert.has_error(function() l:insert(-1, "x") end,
+        "index -1 out of range (list has 2 items)")
+      assert.has_error(function() l:insert("a", "x") end,
+        "bad argument #1 to 'insert' (number expected, got string)")
+      assert.has_error(function() l:insert(1) end,
+        "bad argument #2 to 'insert' (value expected)")
+      assert.are.same({1, 2, n = 2}, l:totable())
+      l:close()
+    end)
+  end)
+
+  describe("pop", function()
+    it("takes the last item by default, -1 being the last", function()
+      local l = mp.List{1, 2, 3, 4}
+      assert.are.equal(4, l:pop())
+      assert.are.equal(3, l:pop(-1))
+      assert.are.equal(2, #l)
+      l:close()
+    end)
+
+    it("takes item i, counting from the end when i is negative", function()
+      local l = mp.List{"a", "b", "c", "d", "e"}
+      assert.are.equal("a", l:pop(1))
+      assert.are.equal("c", l:pop(2))
+      assert.are.equal("b", l:pop(-3))
+      assert.are.same({"d", "e", n = 2}, l:totable())
+      l:close()
+    end)
+
+    it("returns nil on an empty list", function()
+      local l = mp.List()
+      assert.is_nil(l:pop())
+      l:append(1)
+      assert.are.equal(1, l:pop())
+      assert.is_nil(l:pop())
+      assert.are.equal(0, #l)
+      l:close()
+    end)
+
+    it("raises for an index out of range", function()
+      local l = mp.List{1, 2, 3}
+      assert.has_error(function() l:pop(0) end,
+        "pop index 0 out of range (list has 3 items)")
+      assert.has_error(function() l:pop(4) end,
+        "pop index 4 out of range (list has 3 items)")
+      assert.has_error(function() l:pop(-4) end,
+        "pop index -4 out of range (list has 3 items)")
+      assert.has_error(function() l:pop(1.5) end,
+        "bad argument #1 to 'pop' (number has no integer representation)")
+      assert.are.equal(3, #l)
+      l:close()
+    end)
+  end)
+
+  describe("remove, index and count", function()
+    it("remove takes out the first equal item", function()
+      local l = mp.List{"a", "b", "a", "c"}
+      assert.are.equal(0, select("#", l:remove("a")))
+      assert.are.same({"b", "a", "c", n = 3}, l:totable())
+      l:remove("c")
+      assert.are.same({"b", "a", n = 2}, l:totable())
+      assert.has_error(function() l:remove("zz") end, "value not in list")
+      assert.are.equal(2, #l)
+      l:close()
+    end)
+
+    it("index gives the position of the first equal item", function()
+      local l = mp.List{"a", "b", "a"}
+      assert.are.equal(1, l:index("a"))
+      assert.are.equal(2, l:index("b"))
+      assert.has_error(function() l:index("zz") end, "value not in list")
+      l:close()
+    end)
+
+    it("count counts the equal items", function()
+      local l = mp.List{1, "1", 1, {1}, true}
+      assert.are.equal(2, l:count(1))
+      assert.are.equal(1, l:count("1"))
+      assert.are.equal(1, l:count({1}))
+      assert.are.equal(1, l:count(true))
+      assert.are.equal(0, l:count(false))
+      assert.are.equal(0, l:count("zz"))
+      l:close()
+    end)
+
+    it("compare strings, tables and nested tables by content", function()
+      local l = mp.List{"abc", {1, 2, {3}}, {x = 1, y = {z = "w"}}}
+      assert.are.equal(1, l:index("ab" .. "c"))
+      assert.are.equal(2, l:index({1, 2, {3}}))
+      assert.are.equal(3, l:index({y = {z = "w"}, x = 1}))
+      assert.are.equal(0, l:count({1, 2, {4}}))
+      assert.are.equal(0, l:count({x = 1}))
+      l:remove({1, 2, {3}})
+      assert.are.equal(2, #l)
+      l:close()
+    end)
+
+    -- Tables compare by their encoding, which follows the order in which
+    -- their keys are stored; an order-free comparison is not done yet.
+    pending("find a table whatever order its fields were set in", function()
+      local a, b = {}, {}
+      for i = 1, 20 do a["k" .. i] = i end
+      for i = 20, 1, -1 do b["k" .. i] = i end
+      local c = {}
+      c[3], c[2], c[1] = "c", "b", "a"
+      local l = mp.List{a, {"a", "b", "c"}}
+      assert.are.equal(1, l:count(b))
+      assert.are.equal(1, l:index(b))
+      assert.are.equal(2, l:index(c))
+      l:close()
+    end)
+
+    it("find a number however it is written: 2 equals 2.0", function()
+      local l = mp.List{1, 2.0}
+      assert.are.equal(1, l:count(1.0))
+      assert.are.equal(1, l:count(2))
+      assert.are.equal(2, l:index(2))
+      l:remove(1.0)
+      assert.are.same({2.0, n = 1}, l:totable())
+      l:close()
+    end)
+  end)
+
+  describe("totable", function()
+    it("gives a plain table of the items, with n", function()
+      local l = mp.List(range(1, 100))
+      local t = l:totable()
+      assert.are.same(range(1, 100), t)
+      assert.is_nil(getmetatable(t))
+      l:close()
+    end)
+  end)
+
+  describe("from several processes at once", function()
+    it("keeps every item of 4 processes appending 1000 each, in each "
+       .. "one's order", function()
+      local l = mp.List()
+      local go = mp.Event()
+      local ps = {}
+      for id = 1, 4 do
+        ps[id] = spawn(function()
+          go:wait(10)
+          for i = 1, 1000 do l:append({id, i}) end
+        end)
+      end
+      go:set()
+      for id = 1, 4 do finish(ps[id]) end
+      assert.are.equal(4000, #l)
+      local t = l:totable()
+      assert.are.equal(4000, t.n)
+      local last = {0, 0, 0, 0}
+      for _, v in ipairs(t) do
+        local id, i = v[1], v[2]
+        assert(i == last[id] + 1, "process " .. id .. ": " .. i
+          .. " after " .. last[id])
+        last[id] = i
+      end
+      assert.are.same({1000, 1000, 1000, 1000}, last)
+      l:close()
+    end)
+
+    it("gives each item to exactly one of 4 processes popping", function()
+      local l = mp.List(range(1, 2000))
+      local q = mp.Queue()
+      local go = mp.Event()
+      local ps = {}
+      for id = 1, 4 do
+        ps[id] = spawn(function()
+          go:wait(10)
+          local got = {}
+          while true do
+            local v = l:pop()
+            if v == nil then break end
+            got[#got + 1] = v
+          end
+          q:put(got)
+        end)
+      end
+      go:set()
+      local seen = {}
+      for _ = 1, 4 do
+        for _, v in ipairs(q:get(true, 10)) do
+          assert(seen[v] == nil, v .. " popped twice")
+          seen[v] = true
+        end
+      end
+      for id = 1, 4 do finish(ps[id]) end
+      for v = 1, 2000 do assert(seen[v], v .. " never popped") end
+      assert.are.equal(0, #l)
+      l:close()
+      q:close()
+    end)
+  end)
+
+  describe("memory", function()
+    it("stays flat over many append and pop cycles", function()
+      local l = mp.List()
+      l:append(0)
+      l:pop()
+      collectgarbage()
+      local before = mp.stats()
+      local t0 = mp.monotonic()
+      for i = 1, 200000 do
+        l:append(i)
+        l:pop()
+      end
+      took(mp.monotonic() - t0, 0, 10, "200000 cycles")
+      local after = mp.stats()
+      assert.are.equal(before.arena_used, after.arena_used)
+      assert.are.equal(before.arena_blocks, after.arena_blocks)
+      l:close()
+    end)
+
+    it("frees replaced, removed and popped items", function()
+      local l = mp.List()
+      collectgarbage()
+      local before = mp.stats().arena_blocks
+      for i = 1, 100 do l:append(("v"):rep(1000) .. i) end
+      for i = 1, 100 do l[i] = {i} end
+      for i = 1, 30 do l:remove({i}) end
+      for _ = 1, 30 do l:pop(1) end
+      l:insert(1, "x")
+      l:pop(1)
+      while #l > 0 do l:pop() end
+      -- The array may have grown, but it is still one block.
+      assert.are.equal(before, mp.stats().arena_blocks)
+      l:close()
+    end)
+  end)
+
+  describe("as a shared object", function()
+    it("is the same list after a queue, a pipe or a pool task", function()
+      local l = mp.List()
+      local q = mp.Queue()
+      q:put(l)
+      local viaq = q:get(true, 1)
+      assert.is_true(viaq == l)
+      assert.is_false(rawequal(viaq, l))
+      local a, b = mp.Pipe()
+      a:send(l)
+      local viap = b:recv()
+      assert.is_true(viap == l)
+      viaq:append("q")
+      viap:append("p")
+      local pool <close> = mp.Pool(2)
+      local r = pool:map(function(x) x:append("task"); return x end, {l, l})
+      assert.is_true(r[1] == l and r[2] == l)
+      assert.are.equal(4, #l)
+      assert.are.same({"p", "q", "task", "task"},
+                      (function() local t = l:totable(); t.n = nil
+                                  table.sort(t); return t end)())
+      a:close()
+      b:close()
+      q:close()
+      l:close()
+    end)
+
+    it("holds lists in it as live references", function()
+      local a = mp.List{mp.List{0, 1, 2}, mp.List{0, 1, 2}, mp.List{0, 1, 2}}
+      finish(spawn(function()
+        a[1][3] = 55
+        assert(a[2]:pop() == 2)
+      end))
+      assert.are.same({0, 1, 55, n = 3}, a[1]:totable())
+      assert.are.same({0, 1, n = 2}, a[2]:totable())
+      assert.are.same({0, 1, 2, n = 3}, a[3]:totable())
+      assert.is_true(a[1] == a[1])
+      assert.is_false(a[1] == a[2])
+      a:close()
+    end)
+
+    it("may hold itself; taking itself out frees it", function()
+      local b = mp.List()
+      b:append(b)
+      assert.is_true(b[1] == b)
+      assert.are.equal(1, #b[1])
+      b:pop()
+      b:close()
+    end)
+  end)
+end)

@@ -1,0 +1,319 @@
+-- 16-dict_fault_spec.lua -- a Dict under fire: processes that set, delete,
+-- pop, add, update, incr and walk keys are killed with SIGKILL at random
+-- moments, 200 times, and yet the dict stays consistent (its count is the
+-- number of keys a walk sees, every value decodes whole), no increment is
+-- counted twice, nobody is left blocked, and once everything is closed no
+-- arena block, and no shared object held in a value, is left behind.
+--
+-- Workers append a line to an acks file after each incr of "total" has
+-- returned (one write(2) per line, so a killed writer leaves whole lines):
+-- the final total is at least the acks and at most one more per kill.
+
+local mp = require "luamp"
+local core = require "luamp.core"
+local H = require "spec_helper"
+
+local ROUNDS = 200
+local WORKERS = 3
+local NKEYS = 64
+local MAXLEN = 40 << 10
+
+-- The payload of key r, len bytes long.
+local function payload(r, len)
+  local unit = "<" .. r .. ">"
+  return unit:rep(len // #unit + 1):sub(1, len)
+end
+
+-- A value for key r: mostly small, now and then tens of KiB.
+local function value(r, extra)
+  local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
+    or math.random(0, 300)
+  return {r = r, len = len, s = payload(r, len), extra = extra}
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function appender(path)
+  local f = assert(io.open(path, "ab"))
+  f:setvbuf("no")
+  return f
+end
+
+-- Starts a child running fn(...) and returns its Process object.
+local function spawn(fn, ...)
+  local p = mp.Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+-- Joins p (10 s at most) and checks that it ended with status 0.
+local function finish(p, why)
+  assert.is_true(p:join(10), "the child did not end" .. (why or ""))
+  assert.are.equal(0, p.exitcode, "the child failed" .. (why or ""))
+end
+
+-- One random operation on d; extra goes into the values stored.
+local function operate(d, acks, extra)
+  local r = math.random(NKEYS)
+  local k = "k" .. r
+  local op = math.random(10)
+  if op <= 3 then
+    d[k] = value(r, extra)
+  elseif op == 4 then
+    d[k] = nil
+  elseif op == 5 then
+    d:pop(k, nil)
+  elseif op == 6 then
+    d:add(k, value(r, extra))
+  elseif op == 7 then
+    local r2 = r % NKEYS + 1
+    d:update{[k] = value(r, extra), ["k" .. r2] = value(r2, extra)}
+  elseif op == 8 then
+    d:incr("total", 1, 0)
+    if acks then acks:write("+\n") end
+  elseif op == 9 then
+    d:incr("n" .. r, 1, 0)
+  else
+    for _ in pairs(d) do end
+  end
+end
+
+-- Checks that d is consistent: #d (read first, before any operation that
+-- locks) is the number of keys, every value decodes and is whole.
+local function check_consistent(d, why, extra)
+  local count = #d
+  local keys = d:keys()
+  assert.are.equal(count, #keys, "#d and keys() disagree" .. why)
+  local walked = 0
+  for k, v in pairs(d) do
+    walked = walked + 1
+    local r = k:match("^k(%d+)$")
+    if r then
+      assert.are.equal("table", type(v), k .. why)
+      assert.are.equal(tonumber(r), v.r, k .. why)
+      assert.are.equal(v.len, #v.s, "a torn value under " .. k .. why)
+      assert.is_true(v.s == payload(v.r, v.len), "a torn value under " .. k
+        .. why)
+      if extra ~= nil then
+        assert.is_true(v.extra == extra, "a lost reference under " .. k
+          .. why)
+      end
+    elseif k == "total" or k:match("^n%d+$") then
+      assert.are.equal("integer", math.type(v), k .. why)
+      assert.is_true(v >= 1, k .. why)
+    else
+      error("a key that was never stored: " .. tostring(k) .. why)
+    end
+  end
+  assert.are.equal(count, walked, "#d and pairs() disagree" .. why)
+  assert.are.equal(count, #d:values())
+  assert.are.equal(count, #d:items())
+  return count
+end
+
+describe("Dict under SIGKILL", function()
+  H.leakcheck()
+
+  it("stays consistent, counts no increment twice and blocks nobody",
+     function()
+    local seed = os.time()
+    math.randomseed(seed)
+    local why = " (random seed " .. seed .. ")"
+    local acks_path = os.tmpname()
+    finally(function() os.remove(acks_path) end)
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local d = mp.Dict()
+    local stop = core.blob(1)
+    stop:set("\0")
+    local next_id = 0
+
+    local function start()
+      next_id = next_id + 1
+      return spawn(function(id)
+        math.randomseed(seed + id)
+        local acks = appender(acks_path)
+        while stop:get() == "\0" do operate(d, acks) end
+        acks:close()
+      end, next_id)
+    end
+
+    local workers = {}
+    for i = 1, WORKERS do workers[i] = start() end
+    local t0 = mp.monotonic()
+    for _ = 1, ROUNDS do
+      mp.sleep(math.random() * 0.004)
+      local i = math.random(WORKERS)
+      workers[i]:kill()
+      assert.is_true(workers[i]:join(10), "a killed worker lives on" .. why)
+      assert.are.equal(-9, workers[i].exitcode, "a worker ended by itself"
+        .. why)
+      workers[i] = start()
+    end
+    stop:set("\1")
+    for _, p in ipairs(workers) do finish(p, why) end
+    local elapsed = mp.monotonic() - t0
+
+    local count = check_consistent(d, why)
+    assert.is_true(count > 0, "nothing was stored" .. why)
+    local acked = #slurp(acks_path) // 2
+    local total = d.total or 0
+    assert.is_true(total >= acked and total <= acked + ROUNDS,
+      "total " .. total .. " for " .. acked .. " acked increments" .. why)
+    assert.is_true(acked >= 100, "too little traffic: " .. acked
+      .. " increments" .. why)
+
+    -- Nobody is blocked: a new process and this one use every operation.
+    local after = spawn(function()
+      math.randomseed(seed)
+      for _ = 1, 1000 do operate(d) end
+    end)
+    finish(after, why)
+    for _ = 1, 1000 do operate(d) end
+    check_consistent(d, why)
+    assert.is_true(elapsed < 60, "the test took " .. elapsed .. " s")
+
+    d:clear()
+    assert.are.equal(0, #d)
+    d:close()
+    stop:close()
+    collectgarbage()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+
+  -- A child counts and moves one key along with the count, and is killed
+  -- at a random moment, often holding the dict's lock: what is left is one
+  -- of the three states the loop passes through, exactly.
+  it("leaves each operation done or not done, never half", function()
+    local seed = os.time()
+    math.randomseed(seed)
+    local why = " (random seed " .. seed .. ")"
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local d = mp.Dict{n = 0, k0 = 0}
+    for round = 1, 40 do
+      local start = d.n
+      local p = spawn(function()
+        while true do
+          local v = d:incr("n", 1)
+          d["k" .. v] = v
+          d["k" .. (v - 1)] = nil
+        end
+      end)
+      local deadline = mp.monotonic() + 10
+      while d.n < start + 50 and mp.monotonic() < deadline do
+        mp.sleep(0.0005)
+      end
+      mp.sleep(math.random() * 0.002)
+      p:kill()
+      assert.is_true(p:join(10))
+      local count = #d
+      local n = d.n
+      local ks = {}
+      for k, v in pairs(d) do
+        if k ~= "n" then
+          assert.are.equal("k" .. v, k, "round " .. round .. why)
+          ks[#ks + 1] = v
+        end
+      end
+      table.sort(ks)
+      local state = table.concat(ks, ",")
+      assert.is_true(state == (n - 1) .. "" or state == n .. ""
+        or state == (n - 1) .. "," .. n,
+        "n = " .. n .. " with keys {" .. state .. "} in round " .. round
+        .. why)
+      assert.are.equal(1 + #ks, count, "the count is off in round " .. round
+        .. why)
+      -- Settle the state for the next round: only k<n> left.
+      d["k" .. (n - 1)] = nil
+      d["k" .. n] = n
+    end
+    d:close()
+    collectgarbage()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+
+  -- pop copies the value out before it lets the entry go: a child killed
+  -- then must not take the entry's memory with it.
+  it("gives back the entries of pops killed halfway", function()
+    local seed = os.time()
+    math.randomseed(seed)
+    local why = " (random seed " .. seed .. ")"
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local d = mp.Dict()
+    local big = ("p"):rep(60000)
+    for round = 1, 150 do
+      local p = spawn(function()
+        while true do
+          local r = math.random(8)
+          d[r] = big
+          d:pop(r, nil)
+        end
+      end)
+      mp.sleep(math.random() * 0.003)
+      p:kill()
+      assert.is_true(p:join(10))
+      for k, v in pairs(d) do
+        assert.is_true(v == big, "a torn value under " .. k .. " in round "
+          .. round .. why)
+      end
+    end
+    d:clear()
+    d:close()
+    collectgarbage()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+
+  -- Values that hold a shared object: a killed writer must not leave the
+  -- object with a reference nobody will drop.
+  it("leaks no shared object held in values written by killed processes",
+     function()
+    local seed = os.time()
+    math.randomseed(seed)
+    local why = " (random seed " .. seed .. ")"
+    collectgarbage()
+    local before = mp.stats()
+    local d = mp.Dict()
+    local held = mp.List{"held by values"}
+    local stop = core.blob(1)
+    stop:set("\0")
+    local function start(id)
+      return spawn(function()
+        math.randomseed(seed + id)
+        while stop:get() == "\0" do operate(d, nil, held) end
+      end)
+    end
+    local workers = {}
+    for i = 1, WORKERS do workers[i] = start(i) end
+    for round = 1, 100 do
+      mp.sleep(math.random() * 0.004)
+      local i = math.random(WORKERS)
+      workers[i]:kill()
+      assert.is_true(workers[i]:join(10), "a killed worker lives on" .. why)
+      workers[i] = start(WORKERS + round)
+    end
+    stop:set("\1")
+    for _, p in ipairs(workers) do finish(p, why) end
+    check_consistent(d, why, held)
+    d:clear()
+    d:close()
+    held:close()
+    stop:close()
+    collectgarbage()
+    collectgarbage()
+    local after = mp.stats()
+    assert.are.equal(before.objects, after.objects, "shared objects leaked"
+      .. why)
+    assert.are.equal(before.arena_blocks, after.arena_blocks,
+      "arena blocks leaked" .. why)
+  end)
+end)
