@@ -628,11 +628,16 @@ void lmp_obj_incref(lmp_obj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
 }
 
+static void unwatch_obj(lmp_obj *o);
+
 void lmp_obj_decref(lmp_obj *o) {
   if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
     return;
   if (o->type < LMP_T_MAX && types[o->type].dtor != NULL)
     types[o->type].dtor(o);
+  /* Watches outlive nothing they watch: a new object at this address
+   * must not inherit them. */
+  if (atomic_load(&o->watchers) > 0) unwatch_obj(o);
   o->magic = 0;
   atomic_fetch_sub(&H->objects, 1);
   lmp_free(o);
@@ -1000,6 +1005,15 @@ void lmp_unwatch(lmp_obj *o) {
       break;
     }
   }
+  pthread_mutex_unlock(&H->watch_lock);
+}
+
+static void unwatch_obj(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i;
+  lock_watch();
+  for (i = 0; i < H->nwatch; i++)
+    if (H->watch[i].obj == off) drop_watch(i);
   pthread_mutex_unlock(&H->watch_lock);
 }
 

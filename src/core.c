@@ -162,6 +162,21 @@ static int core_set_service(lua_State *L) {
   return lmp_set_service(L, 1);
 }
 
+/* watch(obj) / unwatch(obj): this process hears of every change to obj
+ * (a queue's put), even while it waits for something else. */
+static int core_watch(lua_State *L) {
+  lmp_obj *o = lmp_toobj(L, 1);
+  luaL_argcheck(L, o != NULL, 1, "a luamp object expected");
+  if (lmp_watch(o) < 0) return luaL_error(L, "too many watches at once");
+  return 0;
+}
+
+static int core_unwatch(lua_State *L) {
+  lmp_obj *o = lmp_toobj(L, 1);
+  if (o != NULL) lmp_unwatch(o);
+  return 0;
+}
+
 /* metatable(name) -> the metatable registered under name, or nil. */
 static int core_metatable(lua_State *L) {
   luaL_getmetatable(L, luaL_checkstring(L, 1));
@@ -170,6 +185,8 @@ static int core_metatable(lua_State *L) {
 
 static const luaL_Reg core_funcs[] = {
   {"metatable", core_metatable},
+  {"watch", core_watch},
+  {"unwatch", core_unwatch},
   {"set_service", core_set_service},
   {"sleep", core_sleep},
   {"monotonic", core_monotonic},

@@ -243,6 +243,18 @@ static int nups(lua_State *L, int idx) {
   return ar.nups;
 }
 
+/* Compares a MAC in constant time, and so that no single comparison of
+ * the stored bytes with the expected ones can be observed (by timing, or
+ * by a fuzzer tracing comparisons). */
+static int same_mac(uint64_t mac, const unsigned char *stored) {
+  unsigned char want[8];
+  volatile unsigned diff = 0;
+  int i;
+  memcpy(want, &mac, 8);
+  for (i = 0; i < 8; i++) diff |= (unsigned)(want[i] ^ stored[i]);
+  return diff == 0;
+}
+
 static void decfunction(dec *d, int tag) {
   lua_State *L = d->L;
   uint64_t n = getvarint(d), mac;
@@ -255,7 +267,7 @@ static void decfunction(dec *d, int tag) {
   r.p = (const char *)d->p + 8;
   r.n = len;
   mac = lmp_codemac(r.p, len, &ok);
-  if (!ok || memcmp(&mac, d->p, 8) != 0) bad(d, "bad function signature");
+  if (!ok || !same_mac(mac, d->p)) bad(d, "bad function signature");
   d->p += 8 + len;
   denter(d);
   if (lua_load(L, readcode, &r, "=message", "b") != LUA_OK) {

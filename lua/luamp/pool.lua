@@ -126,6 +126,7 @@ local function worker_main(cfg, wid, inbox, outq, running)
       outq:put({w = wid, init_error = errtext(e), traceback = tb})
       return
     end
+    outq:put({w = wid, ready = true}) -- the initializer let it live
   end
   local funcs, done, maxt = {}, 0, cfg.maxtasksperchild
   while true do
@@ -274,6 +275,9 @@ function M.Pool(opts)
   for wid = 1, n do new_worker(self, wid) end
   pools[self] = true
   core.set_service(pump_all)
+  -- A result wakes the owner whatever it waits for, so callbacks run
+  -- during mp.sleep or a lock's acquire too.
+  core.watch(self._outq)
   return self
 end
 
@@ -292,6 +296,7 @@ local function fid_of(self, f, fname)
 end
 
 local function checkrunning(self)
+  if self._init_error then error(self._init_error, 0) end
   if self._state ~= RUN then error("Pool not running", 3) end
 end
 
@@ -310,54 +315,64 @@ local function backlog_len(self) return self._btail - self._bhead + 1 end
 -- Pulls chunks from lazy jobs (imap) while they may have more in flight.
 local function refill(self)
   for job in pairs(self._lazy) do
-    while not job.exhausted and job.inflight < job.window do
+    while not job.exhausted and job.inflight < job.window
+          and job.pos - job.yielded < job.window * job.chunksize do
       job:_more(self)
     end
     if job.exhausted then self._lazy[job] = nil end
   end
 end
 
--- Sends work to the workers that have room.
+-- Sends one message to worker w; false when there is nothing to send.
+local function send_one(self, w, nw)
+  local quota = self._cfg.maxtasksperchild
+  local room = quota and (quota - w.sent) or MAXBATCH
+  if room <= 0 or backlog_len(self) == 0 then return false end
+  local want = (backlog_len(self) + nw * DEPTH - 1) // (nw * DEPTH)
+  if want > room then want = room end
+  if want > MAXBATCH then want = MAXBATCH end
+  if want < 1 then want = 1 end
+  local msg, ids = {tasks = {}, funcs = {}}, {}
+  for i = 1, want do
+    if backlog_len(self) == 0 then break end
+    local id = self._backlog[self._bhead]
+    -- A chunk is a batch already: one per message, so that the workers
+    -- share the end of a map evenly.
+    if i > 1 and (self._tasks[id] or {}).chunk then break end
+    self._backlog[self._bhead] = nil
+    self._bhead = self._bhead + 1
+    local t = self._tasks[id]
+    if t then
+      if not w.known[t.f] then
+        w.known[t.f] = true
+        msg.funcs[t.f] = self._fbytes[t.f]
+      end
+      msg.tasks[#msg.tasks + 1] = {id = id, f = t.f, a = t.a,
+                                   chunk = t.chunk, star = t.star}
+      ids[#ids + 1] = id
+      t.wid = w.id
+    end
+  end
+  if #ids == 0 then return false end
+  w.sent = w.sent + #ids
+  w.inflight[#w.inflight + 1] = ids
+  w.inbox:put(msg)
+  return true
+end
+
+-- Sends work to the workers that have room: level by level, so that an
+-- idle worker gets a message before a busy one gets its second.
 function Pool:_dispatch()
-  if next(self._lazy) then refill(self) end
   local nw = self._n
-  for wid = 1, nw do
-    local w = self._workers[wid]
-    while w and w.alive ~= false and #w.inflight < DEPTH
-          and backlog_len(self) > 0 do
-      local quota = self._cfg.maxtasksperchild
-      local room = quota and (quota - w.sent) or MAXBATCH
-      if room <= 0 then break end
-      local want = (backlog_len(self) + nw * DEPTH - 1) // (nw * DEPTH)
-      if want > room then want = room end
-      if want > MAXBATCH then want = MAXBATCH end
-      if want < 1 then want = 1 end
-      local msg, ids, funcs = {tasks = {}, funcs = {}}, {}, nil
-      for i = 1, want do
-        if backlog_len(self) == 0 then break end
-        local id = self._backlog[self._bhead]
-        -- A chunk is a batch already: one per message, so that the
-        -- workers share the end of a map evenly.
-        if i > 1 and (self._tasks[id] or {}).chunk then break end
-        self._backlog[self._bhead] = nil
-        self._bhead = self._bhead + 1
-        local t = self._tasks[id]
-        if t then
-          if not w.known[t.f] then
-            w.known[t.f] = true
-            msg.funcs[t.f] = self._fbytes[t.f]
-          end
-          msg.tasks[#msg.tasks + 1] = {id = id, f = t.f, a = t.a,
-                                       chunk = t.chunk, star = t.star}
-          ids[#ids + 1] = id
-          t.wid = w.id
+  for level = 1, DEPTH do
+    for wid = 1, nw do
+      local w = self._workers[wid]
+      if w and w.alive ~= false and #w.inflight < level then
+        if next(self._lazy) and backlog_len(self) == 0 then refill(self) end
+        if not send_one(self, w, nw) then
+          if backlog_len(self) == 0 and not next(self._lazy) then return end
         end
       end
-      if #ids == 0 then break end
-      w.sent = w.sent + #ids
-      w.inflight[#w.inflight + 1] = ids
-      w.inbox:put(msg)
-      if next(self._lazy) then refill(self) end
     end
   end
 end
@@ -444,13 +459,20 @@ function Pool:_pump()
         local e = errors.new("ProcessError", "the pool's initializer " ..
           "failed in a worker: " .. msg.init_error,
           {traceback = msg.traceback})
+        self._init_error = e
         self:_kill_workers()
         fail_all(self, e)
+        pools[self] = nil
+        core.unwatch(outq)
         break
       end
       local w = self._workers[msg.w]
-      if w and w.inflight[1] then table.remove(w.inflight, 1) end
-      for _, r in ipairs(msg.res) do deliver(self, r) end
+      if msg.ready then
+        if w then w.ready = true end
+      else
+        if w and w.inflight[1] then table.remove(w.inflight, 1) end
+        for _, r in ipairs(msg.res) do deliver(self, r) end
+      end
     end
     local reaped = core.reaped()
     if reaped ~= self._reaped then
@@ -462,10 +484,27 @@ function Pool:_pump()
           while outq:qsize() > 0 do
             local msg = outq:get(false)
             local ww = self._workers[msg.w]
+            if msg.ready and ww then ww.ready = true end
             if msg.res then
               if ww and ww.inflight[1] then table.remove(ww.inflight, 1) end
               for _, r in ipairs(msg.res) do deliver(self, r) end
             end
+          end
+          if self._cfg.initializer and not w.ready and
+             not self._init_failed then
+            -- It ended before its initializer let it start: the same
+            -- failure as an initializer that raises, not one to respawn.
+            self._init_failed = true
+            self._state = TERMINATE
+            local e = errors.new("ProcessError", "the pool's initializer "
+              .. "ended its worker (exit code " .. tostring(w.proc.exitcode)
+              .. ")")
+            self._init_error = e
+            self:_kill_workers()
+            fail_all(self, e)
+            pools[self] = nil
+            core.unwatch(outq)
+            return
           end
           worker_ended(self, w)
         end
@@ -699,7 +738,12 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
   local encoded = {}
   for k, c in ipairs(list) do
     local ok, a = pcall(encode, c.items, "iterable")
-    if not ok then error(a, 3) end
+    if not ok then -- name the item by its place in the whole iterable
+      a = tostring(a):gsub("^cannot send iterable%[(%d+)%]", function(i)
+        return "cannot send iterable[" .. (tonumber(i) + c.at - 1) .. "]"
+      end)
+      error(a, 3)
+    end
     encoded[k] = a
   end
   job.left = #list
@@ -759,6 +803,7 @@ function Lazy:_more(pool)
   if not ok then
     self.input_error = self.input_error or {at = at, err = a}
     self.exhausted = true
+    self.pos = at - 1 -- none of this chunk was sent
     return
   end
   self.inflight = self.inflight + 1
@@ -783,9 +828,19 @@ function Lazy:_failed(pool, t, e, at)
     return
   end
   self.inflight = self.inflight - 1
-  local where = t.at + (at or 1) - 1
-  self.results[where] = {false, e}
-  if not self.ordered then self.queue[#self.queue + 1] = where end
+  -- Every position of the chunk gets an outcome: the error where it was
+  -- raised (or, when the worker was lost, at every position), so that
+  -- the iteration never waits for results that will not come.
+  local n = t.keep and (t.keep.n or #t.keep) or 1
+  for k = 1, n do
+    local where = t.at + k - 1
+    if at == nil or k == at then
+      self.results[where] = {false, e}
+    else
+      self.results[where] = self.results[where] or {false, e}
+    end
+    if not self.ordered then self.queue[#self.queue + 1] = where end
+  end
 end
 
 local function submit_lazy(self, f, iterable, opt, fname, ordered)
@@ -885,6 +940,7 @@ function Pool:terminate()
   self:_kill_workers()
   fail_all(self, errors.new("ProcessError", "the pool was terminated"))
   pools[self] = nil
+  core.unwatch(self._outq)
   self._outq:close()
 end
 
@@ -908,6 +964,7 @@ function Pool:join()
   end
   self._workers = {}
   pools[self] = nil
+  core.unwatch(self._outq)
 end
 
 Pool.__close = Pool.terminate
