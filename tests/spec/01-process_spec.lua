@@ -4,6 +4,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
+local timed = H.timed
 
 -- Reads a whole file; nil if it does not exist.
 local function readfile(path)
@@ -41,13 +42,6 @@ local function sleeper(opts)
   opts = opts or {}
   opts.target = function() mp.sleep(60) end
   return mp.Process(opts)
-end
-
--- Times fn(): seconds taken, then what fn returned.
-local function timed(fn)
-  local t0 = mp.monotonic()
-  local r = table.pack(fn())
-  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
 end
 
 describe("Process", function()

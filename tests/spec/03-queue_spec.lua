@@ -5,43 +5,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-
--- Times fn(): seconds taken, then what fn returned.
-local function timed(fn)
-  local t0 = mp.monotonic()
-  local r = table.pack(fn())
-  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
-end
-
--- The state letter of process pid (R, S, D...) from /proc.
-local function state(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/stat"))
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %(.*%) (%a)")
-end
-
--- Waits (10 s at most) until process pid is asleep.
-local function until_asleep(pid)
-  local deadline = mp.monotonic() + 10
-  while state(pid) ~= "S" do
-    assert(mp.monotonic() < deadline, "process " .. pid .. " never slept")
-    mp.sleep(0.001)
-  end
-end
-
--- Starts a child running fn(...) and returns its Process object.
-local function spawn(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
-
--- Joins p (10 s at most) and checks that it ended with status 0.
-local function finish(p)
-  assert.is_true(p:join(10), "the child did not end")
-  assert.are.equal(0, p.exitcode, "the child failed")
-end
+local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
 
 -- Calls fn(...) and checks that it raised an error object of type etype
 -- whose tostring is text.  Returns the error object.

@@ -7,26 +7,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-
--- Times fn(): seconds taken, then what fn returned.
-local function timed(fn)
-  local t0 = mp.monotonic()
-  local r = table.pack(fn())
-  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
-end
-
--- Starts a child running fn(...) and returns its Process object.
-local function spawn(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
-
--- Joins p (10 s at most) and checks that it ended with status 0.
-local function finish(p)
-  assert.is_true(p:join(10), "the child did not end")
-  assert.are.equal(0, p.exitcode, "the child failed")
-end
+local timed, spawn, finish = H.timed, H.spawn, H.finish
 
 local function finish_all(ps)
   for _, p in ipairs(ps) do finish(p) end

@@ -8,6 +8,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
+local timed = H.timed
 
 -- Tasks travel to the workers with their upvalues, but busted runs this
 -- file in its own _ENV, which does not travel: what tasks use from the
@@ -15,13 +16,6 @@ local H = require "spec_helper"
 local assert, error, io, os, tostring = assert, error, io, os, tostring
 
 local LOST = "the worker running the task died"
-
--- Times fn(): seconds taken, then what fn returned.
-local function timed(fn)
-  local t0 = mp.monotonic()
-  local r = table.pack(fn())
-  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
-end
 
 -- Checks that a timed call took between lo and hi seconds.
 local function took(dt, lo, hi, what)

@@ -7,19 +7,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-
--- Starts a child running fn(...) and returns its Process object.
-local function spawn(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
-
--- Joins p (10 s at most) and checks that it ended with status 0.
-local function finish(p)
-  assert.is_true(p:join(10), "the child did not end")
-  assert.are.equal(0, p.exitcode, "the child failed")
-end
+local spawn, finish = H.spawn, H.finish
 
 -- Checks that a time is between lo and hi seconds.
 local function took(dt, lo, hi, what)

@@ -12,6 +12,7 @@
 local mp = require "luamp"
 local core = require "luamp.core"
 local H = require "spec_helper"
+local spawn = H.spawn
 
 local ROUNDS = 200
 local WORKERS = 3
@@ -42,13 +43,6 @@ local function appender(path)
   local f = assert(io.open(path, "ab"))
   f:setvbuf("no")
   return f
-end
-
--- Starts a child running fn(...) and returns its Process object.
-local function spawn(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
 end
 
 -- Joins p (10 s at most) and checks that it ended with status 0.

@@ -73,6 +73,46 @@ function H.luamp_e(code, opts)
   return H.run((opts or "") .. " " .. H.q(H.luamp) .. " -e " .. H.q(code))
 end
 
+
+-- Shared by the specs.
+
+-- Times fn(): seconds taken, then what fn returned.
+function H.timed(fn)
+  local t0 = mp.monotonic()
+  local r = table.pack(fn())
+  return mp.monotonic() - t0, table.unpack(r, 1, r.n)
+end
+
+-- The state letter of process pid (R, S, D...) from /proc.
+function H.state(pid)
+  local f = assert(io.open("/proc/" .. pid .. "/stat"))
+  local s = f:read("a")
+  f:close()
+  return s:match("^%d+ %(.*%) (%a)")
+end
+
+-- Waits (10 s at most) until process pid is asleep.
+function H.until_asleep(pid)
+  local deadline = mp.monotonic() + 10
+  while H.state(pid) ~= "S" do
+    assert(mp.monotonic() < deadline, "process " .. pid .. " never slept")
+    mp.sleep(0.001)
+  end
+end
+
+-- Starts a child running fn(...) and returns its Process object.
+function H.spawn(fn, ...)
+  local p = mp.Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+-- Joins p (10 s at most) and checks that it ended with status 0.
+function H.finish(p)
+  assert.is_true(p:join(10), "the child did not end")
+  assert.are.equal(0, p.exitcode, "the child failed")
+end
+
 package.loaded["spec_helper"] = H
 _G.spec_helper = H
 return H
