@@ -44,8 +44,11 @@ local function callable(f)
   return type(m) == "table" and m.__call ~= nil
 end
 
+-- Raises a bad-argument error at the user's call, `level` levels above the
+-- function that calls argerror (1: its caller).
 local function argerror(n, fname, msg, level)
-  error(format("bad argument #%d to '%s' (%s)", n, fname, msg), (level or 2) + 1)
+  error(format("bad argument #%d to '%s' (%s)", n, fname, msg),
+        (level or 1) + 2)
 end
 
 local function errtext(e)
@@ -251,17 +254,17 @@ function M.Pool(opts)
   local n = opts.processes
   if n == nil then n = core.cpu_count() end
   if math_type(n) ~= "integer" or n < 1 then
-    argerror(1, "Pool", "processes must be at least 1", 1)
+    argerror(1, "Pool", "processes must be at least 1")
   end
   if opts.initializer ~= nil and not callable(opts.initializer) then
-    argerror(1, "Pool", "initializer must be callable", 1)
+    argerror(1, "Pool", "initializer must be callable")
   end
   if opts.initargs ~= nil and type(opts.initargs) ~= "table" then
-    argerror(1, "Pool", "initargs must be a table", 1)
+    argerror(1, "Pool", "initargs must be a table")
   end
   local k = opts.maxtasksperchild
   if k ~= nil and (math_type(k) ~= "integer" or k < 1) then
-    argerror(1, "Pool", "maxtasksperchild must be a positive integer", 1)
+    argerror(1, "Pool", "maxtasksperchild must be a positive integer")
   end
   cfg.initializer, cfg.initargs, cfg.maxtasksperchild =
     opts.initializer, opts.initargs, k
@@ -285,7 +288,7 @@ end
 -- function is sent to each worker once whatever the number of tasks.
 local function fid_of(self, f, fname)
   local ok, bytes = pcall(encode, f, "func")
-  if not ok then error(bytes, 3) end
+  if not ok then error(bytes, 4) end
   local id = self._fids[bytes]
   if not id then
     self._nfid = self._nfid + 1
@@ -297,7 +300,7 @@ end
 
 local function checkrunning(self)
   if self._init_error then error(self._init_error, 0) end
-  if self._state ~= RUN then error("Pool not running", 3) end
+  if self._state ~= RUN then error("Pool not running", 4) end
 end
 
 -- Adds a task: t = {job=, f=fid, a=bytes, keep=..., chunk=, star=, at=}.
@@ -600,7 +603,9 @@ function Pool:apply_async(f, args, callback, error_callback)
   if error_callback ~= nil and not callable(error_callback) then
     argerror(4, "apply_async", "error_callback must be callable")
   end
-  return submit_apply(self, f, args, callback, error_callback, "apply_async")
+  local r = submit_apply(self, f, args, callback, error_callback,
+                         "apply_async")
+  return r -- not a tail call: error levels count this frame
 end
 
 -- Options of map-like calls: a chunksize, or {chunksize=, progress=}.
@@ -612,7 +617,7 @@ local function options(opt, fname, argn)
     chunksize = opt
   end
   if chunksize ~= nil and (math_type(chunksize) ~= "integer" or chunksize < 1) then
-    argerror(argn, fname, "chunksize must be a positive integer", 2)
+    argerror(argn, fname, "chunksize must be a positive integer", 3)
   end
   if progress == nil then progress = os.getenv("LUAMP_PROGRESS") == "1" end
   return chunksize, progress
@@ -632,7 +637,7 @@ local function iterator(it, fname)
       if v ~= nil then return true, v end
     end, nil
   end
-  argerror(2, fname, "table or function expected, got " .. type(it), 2)
+  argerror(2, fname, "table or function expected, got " .. type(it), 3)
 end
 
 -- The live progress line, on stderr when it is a terminal.
@@ -764,8 +769,9 @@ function Pool:map(f, iterable, opt)
 end
 
 function Pool:map_async(f, iterable, opt, callback, error_callback)
-  return submit_map(self, f, iterable, opt, callback, error_callback,
-                    "map_async")
+  local r = submit_map(self, f, iterable, opt, callback, error_callback,
+                      "map_async")
+  return r -- not a tail call: error levels count this frame
 end
 
 function Pool:starmap(f, iterable, opt)
@@ -773,8 +779,9 @@ function Pool:starmap(f, iterable, opt)
 end
 
 function Pool:starmap_async(f, iterable, opt, callback, error_callback)
-  return submit_map(self, f, iterable, opt, callback, error_callback,
-                    "starmap_async", true)
+  local r = submit_map(self, f, iterable, opt, callback, error_callback,
+                      "starmap_async", true)
+  return r -- not a tail call: error levels count this frame
 end
 
 -- imap and imap_unordered: input read lazily, results as they come.
@@ -899,11 +906,13 @@ end
 
 -- for r in pool:imap(f, iterable, [chunksize | options]) do ... end
 function Pool:imap(f, iterable, opt)
-  return submit_lazy(self, f, iterable, opt, "imap", true)
+  local r = submit_lazy(self, f, iterable, opt, "imap", true)
+  return r -- not a tail call: error levels count this frame
 end
 
 function Pool:imap_unordered(f, iterable, opt)
-  return submit_lazy(self, f, iterable, opt, "imap_unordered", false)
+  local r = submit_lazy(self, f, iterable, opt, "imap_unordered", false)
+  return r -- not a tail call: error levels count this frame
 end
 
 -- ----------------------------------------------------------- ending a pool

@@ -1131,8 +1131,7 @@ describe("Pool", function()
       escaped:join()
     end)
 
-    -- Not yet: some misuse errors still point inside pool.lua.
-    pending("raises misuse errors at the caller's line", function()
+    it("raises misuse errors at the caller's line", function()
       -- fn makes the call on the line after its own first line.
       local function at_caller(fn)
         local line = debug.getinfo(fn, "S").linedefined + 1
