@@ -807,7 +807,10 @@ function Lazy:_more(pool)
   end
   if c.n == 0 then return end
   local ok, a = pcall(encode, c, "iterable")
-  if not ok then
+  if not ok then -- name the item by its place in the whole input
+    a = tostring(a):gsub("^cannot send iterable%[(%d+)%]", function(i)
+      return "cannot send iterable[" .. (tonumber(i) + at - 1) .. "]"
+    end)
     self.input_error = self.input_error or {at = at, err = a}
     self.exhausted = true
     self.pos = at - 1 -- none of this chunk was sent

@@ -911,8 +911,7 @@ describe("Pool", function()
       assert.are.same({"bad 2", "bad 6"}, sorted(errs))
     end)
 
-    -- Not yet: after an item that cannot be sent, the iterator does not end yet.
-    pending("ends after an input error, also an item that cannot be sent",
+    it("ends after an input error, also an item that cannot be sent",
        function()
       -- In a separate host, under a time limit: a hang fails the test.
       local status, out, err = H.luamp_e([[
