@@ -536,6 +536,22 @@ void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
   lmp_msg_walk(p, n, retain_one);
 }
 
+/* Drops the references counted in *count, lowering the count before each
+ * drop: a process killed half-way leaves a count its reaper can trust
+ * (at worst one reference too many is left, never one dropped twice). */
+static void unretain_one(lmp_obj *o) {
+  if (atomic_load(walk_counter) > 0) {
+    atomic_fetch_sub(walk_counter, 1);
+    lmp_obj_decref(o);
+  }
+}
+
+void lmp_msg_unretain_counted(const char *p, size_t n,
+                              _Atomic uint64_t *count) {
+  walk_counter = count;
+  lmp_msg_walk(p, n, unretain_one);
+}
+
 void lmp_msg_release_counted(const char *p, size_t n, uint64_t count) {
   walk_limit = count;
   lmp_msg_walk(p, n, release_one);

@@ -182,7 +182,7 @@ static int dict_owns(lmp_obj *o, lmp_off blk) {
 }
 
 static void free_entry(entry *e) {
-  lmp_msg_release(VAL(e), e->vlen);
+  lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
   lmp_free(e);
 }
 
@@ -200,7 +200,7 @@ static void dict_dtor(lmp_obj *o) {
  * and then took out of its slot, under the lock, still held. */
 static void drop_locked(dict *d, entry *e) {
   dunlock(d);
-  lmp_msg_release(VAL(e), e->vlen);
+  lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
   lmp_free_pending(e, 2);
 }
 
@@ -398,7 +398,7 @@ static int store(dict *d, key *k, entry *e, int mode) {
     entry *old;
     if (mode == SET_IF_ABSENT) {
       dunlock(d);
-      lmp_msg_release(VAL(e), e->vlen);
+      lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
       lmp_free_pending(e, 0);
       return 0;
     }
@@ -411,7 +411,7 @@ static int store(dict *d, key *k, entry *e, int mode) {
   }
   if (insert_locked(d, k, e) < 0) {
     dunlock(d);
-    lmp_msg_release(VAL(e), e->vlen);
+    lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, 0);
     return -ENOMEM;
   }
@@ -578,7 +578,7 @@ static int dict_pop(lua_State *L) {
     lua_pushlightuserdata(L, h->buf->data);
     lua_pushinteger(L, (lua_Integer)h->buf->len);
     rc = lua_pcall(L, 2, 1, 0);
-    lmp_msg_release(VAL(e), e->vlen);
+    lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, 2);
     if (rc != LUA_OK) return lua_error(L);
   }
@@ -710,7 +710,7 @@ static int snapshot(lua_State *L, int what) {
     memcpy(&klen, b->data + pos, 4);
     memcpy(&vlen, b->data + pos + 8, 8);
     n++;
-    if (what == 0 || what == 2 || what == 3) pushkey(L, b->data + pos + 16, klen);
+    if (what != 1) pushkey(L, b->data + pos + 16, klen);
     if (what > 0) {
       lua_pushcfunction(L, decode_raw);
       lua_pushlightuserdata(L, b->data + pos + 16 + klen);
@@ -800,7 +800,7 @@ static int dict_clear(lua_State *L) {
     lmp_pending_set(&d->h, e, 2);
     t->s[i].off = DELETED; /* the commit, for this key */
     atomic_fetch_sub(&d->count, 1);
-    lmp_msg_release(VAL(e), e->vlen);
+    lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, 2);
   }
   dunlock(d);

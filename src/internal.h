@@ -244,6 +244,8 @@ size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f);
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
 void lmp_msg_release_counted(const char *p, size_t n, uint64_t count);
+void lmp_msg_unretain_counted(const char *p, size_t n,
+                              _Atomic uint64_t *count);
 
 /* Drops the references a message holds on luamp objects.  Call once per
  * encoded message that is consumed or discarded.  Never raises. */

@@ -18,9 +18,9 @@
  * append writes the new item's offset beyond the end and then the length;
  * a pop lowers the length; a replaced item leaves its place before it is
  * freed; an insert or a removal in the middle builds a new array (length
- * included) and switches to it, instead of moving offsets in place.  Items and arrays in
- * transit are pending (lmp_alloc_pending), and the next locker after a
- * death settles the dead holder's pending blocks.
+ * included) and switches to it, instead of moving offsets in place.
+ * Items and arrays in transit are pending (lmp_alloc_pending), and the
+ * next locker after a death settles the dead holder's pending blocks.
  */
 
 #define LIST "luamp.List"
@@ -89,7 +89,7 @@ static int list_owns(lmp_obj *o, lmp_off blk) {
 
 static void free_item(lmp_off off) {
   item *it = LMP_PTR(off);
-  lmp_msg_release(it->data, it->len);
+  lmp_msg_unretain_counted(it->data, it->len, &it->refs);
   lmp_free(it);
 }
 
@@ -107,7 +107,7 @@ static void list_dtor(lmp_obj *o) {
 static void drop_locked(list *l, lmp_off off) {
   item *it = LMP_PTR(off);
   lunlock(l);
-  lmp_msg_release(it->data, it->len);
+  lmp_msg_unretain_counted(it->data, it->len, &it->refs);
   lmp_free_pending(it, 2);
 }
 
@@ -197,7 +197,7 @@ static item *newitem(lua_State *L, list *l, lhandle *h, int idx) {
 }
 
 static void discard(item *it) {
-  lmp_msg_release(it->data, it->len);
+  lmp_msg_unretain_counted(it->data, it->len, &it->refs);
   lmp_free_pending(it, 0);
 }
 
@@ -383,7 +383,7 @@ static int take_locked(lua_State *L, list *l, lhandle *h, uint64_t i) {
     lua_pushlightuserdata(L, h->buf->data);
     lua_pushinteger(L, (lua_Integer)h->buf->len);
     rc = lua_pcall(L, 2, 1, 0);
-    lmp_msg_release(it->data, it->len);
+    lmp_msg_unretain_counted(it->data, it->len, &it->refs);
     lmp_free_pending(it, 0);
   }
   if (rc != LUA_OK) return lua_error(L);
