@@ -943,6 +943,19 @@ void lmp_pending_set(lmp_obj *o, void *blk, int which) {
   s->pending_blk[which] = LMP_OFF(blk);
 }
 
+void lmp_settle_pending(lmp_obj *o, uint32_t holder,
+                        int (*owns_locked)(lmp_obj *o, lmp_off blk)) {
+  lmp_slot *s;
+  int k;
+  if (holder == 0) return;
+  s = &slots[holder - 1];
+  for (k = 0; k < 3; k++) {
+    lmp_off blk = s->pending_blk[k];
+    if (blk != 0 && s->pending_obj == LMP_OFF(o) && owns_locked(o, blk))
+      s->pending_blk[k] = 0;
+  }
+}
+
 void lmp_pending_clear(int which) {
   ((volatile lmp_slot *)lmp_self)->pending_blk[which] = 0;
 }

@@ -509,6 +509,18 @@ int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *)) {
   return wvalue(&w, 0);
 }
 
+static int decode_raw(lua_State *L) {
+  lmp_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+int lmp_decode_protected(lua_State *L, const char *p, size_t n) {
+  lua_pushcfunction(L, decode_raw);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_pushinteger(L, (lua_Integer)n);
+  return lua_pcall(L, 2, 1, 0);
+}
+
 void lmp_msg_release(const char *p, size_t n) {
   lmp_msg_walk(p, n, lmp_obj_decref);
 }

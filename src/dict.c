@@ -80,7 +80,7 @@ static uint64_t hashkey(const char *k, size_t n) {
   return h < 2 ? h + 2 : h;
 }
 
-static int owns_locked(dict *d, lmp_off blk);
+static int owns_locked(lmp_obj *o, lmp_off blk);
 
 /* After a process died holding the lock: settle its pending blocks (those
  * the dict owns leave its pending entries; the reaper frees the rest, see
@@ -89,16 +89,8 @@ static void repair(dict *d) {
   table *t = TAB(d);
   uint64_t i;
   int64_t n = 0;
-  if (d->holder != 0) {
-    lmp_slot *s = lmp_slot_at(d->holder - 1);
-    int k;
-    for (k = 0; k < 3; k++) {
-      lmp_off blk = s->pending_blk[k];
-      if (blk != 0 && s->pending_obj == LMP_OFF(d) && owns_locked(d, blk))
-        s->pending_blk[k] = 0;
-    }
-    d->holder = 0;
-  }
+  lmp_settle_pending(&d->h, d->holder, owns_locked);
+  d->holder = 0;
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off > DELETED) n++;
   atomic_store(&d->count, n);
@@ -163,7 +155,8 @@ static int resize(dict *d, uint64_t want) {
 }
 
 /* Does the dict own block blk (an entry in a slot, or its table)? */
-static int owns_locked(dict *d, lmp_off blk) {
+static int owns_locked(lmp_obj *o, lmp_off blk) {
+  dict *d = (dict *)o;
   table *t = TAB(d);
   uint64_t i;
   if (LMP_OFF(t) == blk) return 1;
@@ -176,7 +169,7 @@ static int dict_owns(lmp_obj *o, lmp_off blk) {
   dict *d = (dict *)o;
   int found;
   dlock(d);
-  found = owns_locked(d, blk);
+  found = owns_locked(o, blk);
   dunlock(d);
   return found;
 }
@@ -312,17 +305,9 @@ static dict *checkdict(lua_State *L, dhandle **hp) {
   return (dict *)h->h.obj;
 }
 
-static int decode_raw(lua_State *L) {
-  lmp_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
-  return 1;
-}
-
 /* Pushes the value of the copied message in b (raises on a bad one). */
 static void pushvalue(lua_State *L, lmp_buf *b) {
-  lua_pushcfunction(L, decode_raw);
-  lua_pushlightuserdata(L, b->data);
-  lua_pushinteger(L, (lua_Integer)b->len);
-  lua_call(L, 2, 1);
+  lmp_decode(L, b->data, b->len);
 }
 
 /* Copies the value of key k into b; 1 if the key exists. */
@@ -574,10 +559,7 @@ static int dict_pop(lua_State *L) {
    * entry's go with it. */
   {
     int rc;
-    lua_pushcfunction(L, decode_raw);
-    lua_pushlightuserdata(L, h->buf->data);
-    lua_pushinteger(L, (lua_Integer)h->buf->len);
-    rc = lua_pcall(L, 2, 1, 0);
+    rc = lmp_decode_protected(L, h->buf->data, h->buf->len);
     lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, 2);
     if (rc != LUA_OK) return lua_error(L);
@@ -712,10 +694,7 @@ static int snapshot(lua_State *L, int what) {
     n++;
     if (what != 1) pushkey(L, b->data + pos + 16, klen);
     if (what > 0) {
-      lua_pushcfunction(L, decode_raw);
-      lua_pushlightuserdata(L, b->data + pos + 16 + klen);
-      lua_pushinteger(L, (lua_Integer)vlen);
-      lua_call(L, 2, 1);
+      lmp_decode(L, b->data + pos + 16 + klen, (size_t)vlen);
     }
     if (what == 0 || what == 1) {
       lua_rawseti(L, -2, n);

@@ -177,6 +177,13 @@ void lmp_free_pending(void *p, int which);
 void lmp_pending_set(lmp_obj *o, void *blk, int which);
 void lmp_pending_clear(int which);
 
+/* After the process in slot holder-1 died holding o's lock (holder 0: no
+ * one known): unregisters the blocks it had pending for o that o owns
+ * (owns_locked asks, under that lock), before anyone else can take them;
+ * the reaper frees the rest, which were the dead process's alone. */
+void lmp_settle_pending(lmp_obj *o, uint32_t holder,
+                        int (*owns_locked)(lmp_obj *o, lmp_off blk));
+
 /* mp.wait support: this process watches o, and whoever changes o calls
  * lmp_notify_watchers(o), which wakes every watcher.  -EAGAIN when the
  * family's watch table is full. */
@@ -229,6 +236,11 @@ void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
  * crashes.  Objects decoded get new handles held by this process; the
  * message keeps its own references. */
 void lmp_decode(lua_State *L, const char *p, size_t n);
+
+/* lmp_decode under lua_pcall: pushes the value (LUA_OK) or the error, and
+ * returns the status, so a caller can free what holds the message either
+ * way before it raises. */
+int lmp_decode_protected(lua_State *L, const char *p, size_t n);
 
 /* One number as a whole message, for Dict.incr: lmp_msg_number returns
  * 1 (integer in *i), 2 (float in *f) or 0 (not just a number);

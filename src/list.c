@@ -51,7 +51,8 @@ static array *A(list *l) { return LMP_PTR(atomic_load(&l->arr)); }
 static lmp_off *ARR(list *l) { return A(l)->o; }
 static uint64_t LEN(list *l) { return atomic_load(&A(l)->len); }
 
-static int owns_locked(list *l, lmp_off blk) {
+static int owns_locked(lmp_obj *o, lmp_off blk) {
+  list *l = (list *)o;
   lmp_off *a = ARR(l);
   uint64_t i, n = LEN(l);
   if (LMP_OFF(A(l)) == blk) return 1;
@@ -61,15 +62,8 @@ static int owns_locked(list *l, lmp_off blk) {
 }
 
 static void llock(list *l) {
-  if (lmp_mutex_lock(&l->mu) && l->holder != 0) {
-    lmp_slot *s = lmp_slot_at(l->holder - 1);
-    int k;
-    for (k = 0; k < 3; k++) {
-      lmp_off blk = s->pending_blk[k];
-      if (blk != 0 && s->pending_obj == LMP_OFF(l) && owns_locked(l, blk))
-        s->pending_blk[k] = 0;
-    }
-  }
+  if (lmp_mutex_lock(&l->mu))
+    lmp_settle_pending(&l->h, l->holder, owns_locked);
   l->holder = lmp_self_index + 1;
 }
 
@@ -82,7 +76,7 @@ static int list_owns(lmp_obj *o, lmp_off blk) {
   list *l = (list *)o;
   int found;
   llock(l);
-  found = owns_locked(l, blk);
+  found = owns_locked(o, blk);
   lunlock(l);
   return found;
 }
@@ -157,16 +151,8 @@ static list *checklist(lua_State *L, lhandle **hp) {
   return (list *)h->h.obj;
 }
 
-static int decode_raw(lua_State *L) {
-  lmp_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
-  return 1;
-}
-
 static void pushbuf(lua_State *L, lmp_buf *b) {
-  lua_pushcfunction(L, decode_raw);
-  lua_pushlightuserdata(L, b->data);
-  lua_pushinteger(L, (lua_Integer)b->len);
-  lua_call(L, 2, 1);
+  lmp_decode(L, b->data, b->len);
 }
 
 /* Copies item i (0-based) into b under the lock held by the caller. */
@@ -379,10 +365,7 @@ static int take_locked(lua_State *L, list *l, lhandle *h, uint64_t i) {
   {
     item *it = LMP_PTR(off);
     lunlock(l);
-    lua_pushcfunction(L, decode_raw);
-    lua_pushlightuserdata(L, h->buf->data);
-    lua_pushinteger(L, (lua_Integer)h->buf->len);
-    rc = lua_pcall(L, 2, 1, 0);
+    rc = lmp_decode_protected(L, h->buf->data, h->buf->len);
     lmp_msg_unretain_counted(it->data, it->len, &it->refs);
     lmp_free_pending(it, 0);
   }
@@ -523,10 +506,7 @@ static int list_totable(lua_State *L) {
   for (pos = 0; pos < b->len;) {
     uint64_t n;
     memcpy(&n, b->data + pos, 8);
-    lua_pushcfunction(L, decode_raw);
-    lua_pushlightuserdata(L, b->data + pos + 8);
-    lua_pushinteger(L, (lua_Integer)n);
-    lua_call(L, 2, 1);
+    lmp_decode(L, b->data + pos + 8, (size_t)n);
     lua_rawseti(L, -2, ++k);
     pos += 8 + n;
   }

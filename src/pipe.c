@@ -332,11 +332,6 @@ static int conn_recv_bytes(lua_State *L) {
   return 1;
 }
 
-static int decode_raw(lua_State *L) {
-  lmp_decode(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
-  return 1;
-}
-
 /* recv() -> value. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
@@ -347,10 +342,7 @@ static int conn_recv(lua_State *L) {
   frame(L, c, &n, &h);
   p = c->buf + c->pos + h;
   c->pos += h + n;
-  lua_pushcfunction(L, decode_raw);
-  lua_pushlightuserdata(L, (void *)p);
-  lua_pushinteger(L, (lua_Integer)n);
-  rc = lua_pcall(L, 2, 1, 0);
+  rc = lmp_decode_protected(L, p, (size_t)n);
   lmp_msg_release(p, (size_t)n);
   if (rc != LUA_OK) return lua_error(L);
   return 1;

@@ -81,7 +81,7 @@ static uint64_t pad8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
 static ring *RING(queue *q) { return LMP_PTR(atomic_load(&q->ring)); }
 
 static uint64_t payload_len(const rec *h);
-static int owns_locked(queue *q, lmp_off blk);
+static int owns_locked(lmp_obj *o, lmp_off blk);
 static void recount(queue *q);
 
 /* After a process died holding the lock: recount the messages, and settle
@@ -90,16 +90,8 @@ static void recount(queue *q);
  * entries now, before anyone else can take them; the reaper frees the
  * rest, which were the dead process's alone. */
 static void repair(queue *q) {
-  if (q->holder != 0) {
-    lmp_slot *s = lmp_slot_at(q->holder - 1);
-    int k;
-    for (k = 0; k < 3; k++) {
-      lmp_off blk = s->pending_blk[k];
-      if (blk != 0 && s->pending_obj == LMP_OFF(q) && owns_locked(q, blk))
-        s->pending_blk[k] = 0;
-    }
-    q->holder = 0;
-  }
+  lmp_settle_pending(&q->h, q->holder, owns_locked);
+  q->holder = 0;
   recount(q);
 }
 
@@ -194,7 +186,8 @@ static int append(queue *q, const char *p, size_t len, lmp_off outline) {
 
 /* Does the queue own block blk (in a record or as its ring)?  The caller
  * holds the lock. */
-static int owns_locked(queue *q, lmp_off blk) {
+static int owns_locked(lmp_obj *o, lmp_off blk) {
+  queue *q = (queue *)o;
   ring *r = RING(q);
   uint64_t pos;
   if (LMP_OFF(r) == blk) return 1;
@@ -221,7 +214,7 @@ static int queue_owns(lmp_obj *o, lmp_off blk) {
   queue *q = (queue *)o;
   int found;
   qlock(q);
-  found = owns_locked(q, blk);
+  found = owns_locked(o, blk);
   qunlock(q);
   return found;
 }
@@ -410,21 +403,11 @@ static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
 /* ----------------------------------------------------------- Lua binding */
 
 /* decode(p, n): lmp_decode as a Lua function, to run under lua_pcall. */
-static int decode_raw(lua_State *L) {
-  const char *p = lua_touserdata(L, 1);
-  size_t n = (size_t)lua_tointeger(L, 2);
-  lmp_decode(L, p, n);
-  return 1;
-}
-
 /* Decodes a message taken from a queue and releases the message's
  * references whether or not decoding succeeds; raises on failure. */
 static int push_message(lua_State *L, const char *p, size_t n) {
   int rc;
-  lua_pushcfunction(L, decode_raw);
-  lua_pushlightuserdata(L, (void *)p);
-  lua_pushinteger(L, (lua_Integer)n);
-  rc = lua_pcall(L, 2, 1, 0);
+  rc = lmp_decode_protected(L, p, (size_t)n);
   lmp_msg_release(p, n);
   return rc;
 }
