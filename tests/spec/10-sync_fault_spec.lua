@@ -7,18 +7,13 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local took = H.took
 
 -- Kills p with SIGKILL and reaps it.
 local function kill(p)
   p:kill()
   assert.is_true(p:join(10))
   assert.are.equal(-9, p.exitcode)
-end
-
--- Checks that a time is between lo and hi seconds.
-local function took(dt, lo, hi, what)
-  assert.is_true(dt >= lo and dt < hi,
-    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
 end
 
 -- Polls fn() (10 s at most) until it returns want, then checks it.

@@ -8,20 +8,7 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local spawn, finish = H.spawn, H.finish
-
--- Checks that a time is between lo and hi seconds.
-local function took(dt, lo, hi, what)
-  assert.is_true(dt >= lo and dt < hi,
-    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
-end
-
--- The message of the error fn(...) raises, without its position.
-local function errmsg(fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("string", type(e))
-  return (e:gsub("^[^:]*:%d+: ", "", 1))
-end
+local took, errmsg = H.took, H.errmsg
 
 -- The keys of table t, sorted (numbers before strings before booleans).
 local function sorted_keys(t)

@@ -8,14 +8,7 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local spawn, finish = H.spawn, H.finish
-
--- The message of the error fn(...) raises, without its position.
-local function errmsg(fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("string", type(e))
-  return (e:gsub("^[^:]*:%d+: ", "", 1))
-end
+local errmsg = H.errmsg
 
 -- {a, a + 1, ..., b} with n set, as totable gives it.
 local function range(a, b)

@@ -113,6 +113,20 @@ function H.finish(p)
   assert.are.equal(0, p.exitcode, "the child failed")
 end
 
+-- Checks that a time is between lo and hi seconds.
+function H.took(dt, lo, hi, what)
+  assert.is_true(dt >= lo and dt < hi,
+    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
+end
+
+-- The message of the error fn(...) raises, without its position.
+function H.errmsg(fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok, "no error was raised")
+  assert.are.equal("string", type(e))
+  return (e:gsub("^[^:]*:%d+: ", "", 1))
+end
+
 package.loaded["spec_helper"] = H
 _G.spec_helper = H
 return H
