@@ -108,6 +108,7 @@
  */
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -979,6 +980,35 @@ static void encother(enc *e, int idx, int t) {
 
 static void encvalue(enc *e, int idx) { encany(e, idx, lua_type(e->L, idx)); }
 
+/* Writes the n items t[i], t[i+1]... (t at idx) as a table of n array
+ * items, holes kept as nils, and the field n: what table.pack would make of
+ * those values.  An item that cannot be sent is named by its index in t, so
+ * a path reads root[k] for the k-th item of the whole table. */
+static void encslice(enc *e, int idx, lua_Integer i, lua_Integer n) {
+  lua_State *L = e->L;
+  lua_Integer c;
+  frame *f;
+  int top = lua_gettop(L) + 1;
+  enter(e);
+  f = &e->frames[e->depth - 1];
+  f->kind = F_INDEX;
+  e->nref++; /* the decoder numbers this table, as any other */
+  puttagv(e, T_TABLE, (uint64_t)n);
+  putbyte(e, 1);
+  for (c = 0; c < n; c++) {
+    f->i = i + c;
+    encany(e, top, lua_rawgeti(L, idx, i + c));
+    lua_settop(L, top - 1);
+  }
+  putbyte(e, T_SHORTSTR + 1);
+  putbyte(e, 'n');
+  lua_pushinteger(L, n);
+  encany(e, top, LUA_TNUMBER);
+  lua_settop(L, top - 1);
+  putbyte(e, T_NIL);
+  e->depth--;
+}
+
 /* Pushes the message in b as a string, filling its gaps. */
 static void pushmsg(enc *e) {
   lua_State *L = e->L;
@@ -996,8 +1026,11 @@ static void pushmsg(enc *e) {
 
 /* Appends the encoding of the value at idx to b and returns how many
  * objects it names, whose references the caller takes or does not.  With
- * b NULL it pushes the message as a string instead. */
-static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
+ * b NULL it pushes the message as a string instead.  With slice, the value
+ * at idx is a table of which only slice[1] items from index slice[0] are
+ * written (encslice). */
+static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
+                     const lua_Integer *slice) {
   enc e;
   char local[LOCALBUF];
   idx = lua_absindex(L, idx);
@@ -1021,7 +1054,10 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   e.slot = lua_gettop(L) + 1;
   lua_settop(L, e.slot + 4); /* see enc.slot */
   putbyte(&e, VERSION);
-  encvalue(&e, idx);
+  if (slice != NULL)
+    encslice(&e, idx, slice[0], slice[1]);
+  else
+    encvalue(&e, idx);
   if (b != NULL) {
     lua_settop(L, e.slot - 1);
   } else if (e.b == &e.local && e.rope == 0) { /* nothing on the stack */
@@ -1038,12 +1074,12 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
 void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   size_t start = b->len;
   /* Only now that nothing can fail does the message own its objects. */
-  if (encode(L, idx, root, b) > 0)
+  if (encode(L, idx, root, b, NULL) > 0)
     lmp_msg_walk(b->data + start, b->len - start, lmp_obj_incref);
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b);
+  return encode(L, idx, root, b, NULL);
 }
 
 /* ------------------------------------------------------------ bindings */
@@ -1052,7 +1088,25 @@ size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, luaL_optstring(L, 2, "value"), NULL);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL);
+  return 1;
+}
+
+/* encode_slice(t, i, j, [root]) -> string: the message of
+ * table.pack(table.unpack(t, i, j)), read with raw access, without making
+ * that table. */
+int lmp_codec_encode_slice(lua_State *L) {
+  lua_Integer slice[2], j;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  slice[0] = luaL_checkinteger(L, 2);
+  j = luaL_checkinteger(L, 3);
+  slice[1] = 0;
+  if (j >= slice[0]) {
+    lua_Unsigned n = (lua_Unsigned)j - (lua_Unsigned)slice[0] + 1;
+    luaL_argcheck(L, n > 0 && n <= INT_MAX, 3, "too many items");
+    slice[1] = (lua_Integer)n;
+  }
+  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice);
   return 1;
 }
 

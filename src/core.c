@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +178,16 @@ static int core_unwatch(lua_State *L) {
   return 0;
 }
 
+/* newtable(narr, nhash) -> a table with room for narr array items and
+ * nhash fields, so that filling a large one does not rehash it. */
+static int core_newtable(lua_State *L) {
+  lua_Integer narr = luaL_checkinteger(L, 1), nhash = luaL_optinteger(L, 2, 0);
+  luaL_argcheck(L, narr >= 0 && narr <= INT_MAX, 1, "out of range");
+  luaL_argcheck(L, nhash >= 0 && nhash <= INT_MAX, 2, "out of range");
+  lua_createtable(L, (int)narr, (int)nhash);
+  return 1;
+}
+
 /* metatable(name) -> the metatable registered under name, or nil. */
 static int core_metatable(lua_State *L) {
   luaL_getmetatable(L, luaL_checkstring(L, 1));
@@ -185,6 +196,7 @@ static int core_metatable(lua_State *L) {
 
 static const luaL_Reg core_funcs[] = {
   {"metatable", core_metatable},
+  {"newtable", core_newtable},
   {"watch", core_watch},
   {"unwatch", core_unwatch},
   {"set_service", core_set_service},
@@ -198,7 +210,9 @@ static const luaL_Reg core_funcs[] = {
   {"on_exit", core_on_exit},
   {"set_throw", core_set_throw},
   {"encode", lmp_codec_encode},
+  {"encode_slice", lmp_codec_encode_slice},
   {"decode", lmp_codec_decode},
+  {"decode_into", lmp_codec_decode_into},
   {NULL, NULL}
 };
 

@@ -390,21 +390,68 @@ static void decother(dec *d, int tag) {
   }
 }
 
+/* Readies d to read the message [p, p+n), past its version byte. */
+static void decinit(dec *d, lua_State *L, const char *p, size_t n) {
+  if (!lua_checkstack(L, ENTRYSTACK)) lmp_codec_raise(L, "stack overflow");
+  d->L = L;
+  d->p = (const unsigned char *)p;
+  d->end = d->p + n;
+  d->depth = 0;
+  d->count = 0;
+  d->refs = 0;
+  if (n == 0) bad(d, "empty");
+  if (*d->p++ != VERSION) bad(d, "unknown version");
+  d->base = lua_gettop(L) + 1;
+}
+
+static void decdone(dec *d) {
+  if (d->p != d->end) bad(d, "trailing bytes");
+  if (d->refs != 0) lua_remove(d->L, d->refs);
+}
+
 void lmp_decode(lua_State *L, const char *p, size_t n) {
   dec d;
-  if (!lua_checkstack(L, ENTRYSTACK)) lmp_codec_raise(L, "stack overflow");
-  d.L = L;
-  d.p = (const unsigned char *)p;
-  d.end = d.p + n;
-  d.depth = 0;
-  d.count = 0;
-  d.refs = 0;
-  if (n == 0) bad(&d, "empty");
-  if (*d.p++ != VERSION) bad(&d, "unknown version");
-  d.base = lua_gettop(L) + 1;
+  decinit(&d, L, p, n);
   decvalue(&d);
-  if (d.p != d.end) bad(&d, "trailing bytes");
-  if (d.refs != 0) lua_remove(L, d.refs);
+  decdone(&d);
+}
+
+/* Decodes a message that is a table into the table at idx: its array items
+ * go to t[at], t[at+1]... (raw, holes skipped), its other fields are read
+ * and dropped.  Returns the number of array items. */
+static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
+                               lua_Integer at) {
+  dec d;
+  uint64_t narr, i;
+  int tag;
+  decinit(&d, L, p, n);
+  tag = gettag(&d);
+  if ((tag & ~T_KEEP) != T_TABLE) bad(&d, "not a table");
+  narr = getvarint(&d);
+  if (narr > (uint64_t)(d.end - d.p)) bad(&d, "truncated");
+  if (d.p == d.end) bad(&d, "truncated");
+  d.p++; /* the size hint */
+  denter(&d);
+  lua_pushvalue(L, idx); /* what a ref to the message's table names */
+  keep(&d, tag);
+  lua_pop(L, 1);
+  for (i = 0; i < narr; i++) {
+    decany(&d, gettag(&d));
+    lua_rawseti(L, idx, at + (lua_Integer)i);
+  }
+  while ((tag = gettag(&d)) != T_NIL) {
+    if (tag == T_META || tag == T_INDEX) {
+      decany(&d, gettag(&d));
+    } else {
+      decany(&d, tag);
+      decany(&d, gettag(&d));
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  d.depth--;
+  decdone(&d);
+  return (lua_Integer)narr;
 }
 
 /* ------------------------------------------------------------- walking */
@@ -576,5 +623,17 @@ int lmp_codec_decode(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   lmp_decode(L, s, n);
+  return 1;
+}
+
+/* decode_into(s, t, at) -> n: the array items of the table that s encodes,
+ * stored in t from index at on, without making that table. */
+int lmp_codec_decode_into(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_Integer at;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  at = luaL_checkinteger(L, 3);
+  lua_pushinteger(L, decode_into(L, s, n, 2, at));
   return 1;
 }

@@ -265,7 +265,9 @@ void lmp_msg_release(const char *p, size_t n);
 
 /* Lua bindings: encode(v) -> string, decode(s) -> v. */
 int lmp_codec_encode(lua_State *L);
+int lmp_codec_encode_slice(lua_State *L);
 int lmp_codec_decode(lua_State *L);
+int lmp_codec_decode_into(lua_State *L);
 
 /* -------------------------------------------------------------- handle.c */
 

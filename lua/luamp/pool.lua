@@ -2,31 +2,49 @@
 --
 -- The owner keeps every task until its result is in.  It sends each worker
 -- its own messages (a few tasks at a time, through the worker's inbox
--- queue) and collects results from one queue shared by all; so when a
--- worker dies the owner knows exactly what it held: the task it was
--- running (announced in a shared array) fails with WorkerLostError, the
--- rest go to other workers, and a new worker takes its place.  Results
--- are collected, and callbacks run, whenever the owner is in a luamp call:
--- the pool registers a service that every blocking call runs on wake-up.
+-- queue), and each worker puts the result of each task on one queue shared
+-- by all as soon as the task ends.  So when a worker dies the owner knows
+-- exactly where it was: the tasks whose results came are done; the one it
+-- was running (announced in a shared array) fails with WorkerLostError;
+-- the rest, which it never started, go to other workers; and a new worker
+-- takes its place.  Results are collected, and callbacks run, whenever the
+-- owner is in a luamp call: the pool registers a service that every
+-- blocking call runs on wake-up.
+--
+-- The owner keeps its tasks in slots, a set of parallel arrays indexed by
+-- a small number that is reused, so that a task costs no table of its own.
+-- A task travels as its id: its slot plus SLOTS times the slot's
+-- generation, so that a slot's new task is never taken for its old one.
 
 local core = require "luamp.core"
 local errors = require "luamp.errors"
 local process = require "luamp.process"
 
 local error, getmetatable, ipairs, math_type, next, pairs, pcall,
-  rawget, select, setmetatable, tostring, type, xpcall =
-  error, getmetatable, ipairs, math.type, next, pairs, pcall, rawget,
-  select, setmetatable, tostring, type, xpcall
-local pack, unpack, concat = table.pack, table.unpack, table.concat
+  select, setmetatable, tonumber, tostring, type, xpcall =
+  error, getmetatable, ipairs, math.type, next, pairs, pcall,
+  select, setmetatable, tonumber, tostring, type, xpcall
+local pack, unpack, remove = table.pack, table.unpack, table.remove
 local format = string.format
 local traceback = debug.traceback
-local encode, decode, monotonic = core.encode, core.decode, core.monotonic
+local encode, encode_slice, decode, decode_into, monotonic, newtable =
+  core.encode, core.encode_slice, core.decode, core.decode_into,
+  core.monotonic, core.newtable
 
 local M = {}
 
 local DEPTH = 2       -- messages in flight per worker
 local MAXBATCH = 64   -- tasks in one message, when many are waiting
 local LAZY_AHEAD = 4  -- imap: chunks in flight per worker
+local SLOTS = 1 << 24 -- task id = slot + SLOTS * generation
+local PLAIN_MAX = 8   -- results sent as they are, not encoded apart
+local PUMP_EVERY = 32 -- apply_async: collect results every so many tasks
+-- Task functions no task uses any more are kept for reuse, the most
+-- recently used first, up to this many and this many bytes.
+local IDLE_FUNCS, IDLE_BYTES = 64, 1 << 20
+
+-- Task kinds, as they travel.
+local APPLY, CHUNK, STARCHUNK = 0, 1, 2
 
 local RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
@@ -67,34 +85,54 @@ local function task_error(e, tb)
   return {message = errtext(e), traceback = tb, value = ok and bytes or nil}
 end
 
-local function run_one(f, args, star)
-  local tb
-  local r = pack(xpcall(f, function(e)
-    tb = traceback(errtext(e), 2)
-    return e
-  end, unpack(args, 1, args.n or #args)))
-  if r[1] then return true, r end
-  return false, task_error(r[2], tb)
+local last_tb -- the traceback of the last error a task raised
+local function on_error(e)
+  last_tb = traceback(errtext(e), 2)
+  return e
 end
 
--- Runs one task: an apply (all results kept) or a chunk of a map (the
--- first result of each item).
-local function run_task(f, t)
-  local args = decode(t.a)
-  if not t.chunk then
-    local ok, r = run_one(f, args)
-    if ok then -- drop xpcall's true (shifting by hand: r may have holes)
-      for i = 1, r.n - 1 do r[i] = r[i + 1] end
-      r[r.n] = nil
-      r.n = r.n - 1
+-- Runs an apply.  The message back is {id, 0, results...} with n set when
+-- the results are a few plain values (nil, booleans, numbers, strings);
+-- otherwise {id, true, bytes}, where bytes encode table.pack of the
+-- results, so that a value the owner cannot decode fails its task alone;
+-- or {id, false, error}.
+local function run_apply(id, f, bytes)
+  local args = decode(bytes)
+  local r = pack(id, xpcall(f, on_error, unpack(args, 1, args.n or #args)))
+  if not r[2] then return {id, false, task_error(r[3], last_tb)} end
+  local n = r.n
+  if n <= PLAIN_MAX + 2 then
+    local plain = true
+    for i = 3, n do
+      local t = type(r[i])
+      if t ~= "number" and t ~= "string" and t ~= "boolean" and t ~= "nil"
+      then
+        plain = false
+        break
+      end
     end
-    return {id = t.id, ok = ok, r = ok and r or nil, e = not ok and r or nil}
+    if plain then
+      r[2] = 0
+      return r
+    end
   end
-  -- One protected call for the whole chunk: the index says which item
-  -- failed.
-  local out, n, at, tb = {n = args.n}, args.n, 0, nil
+  local ok, res = pcall(encode_slice, r, 3, n, "result")
+  if ok then return {id, true, res} end
+  -- Say which result could not be sent, counting from 1.
+  ok, res = pcall(encode, pack(unpack(r, 3, n)), "result")
+  return {id, false, {message = "cannot send the result of the task: " ..
+                      errtext(res)}}
+end
+
+-- Runs a chunk of a map: the message back is {id, true, bytes} where
+-- bytes encode the first result of each item (holes kept), or
+-- {id, false, error, k} when item k failed.
+local function run_chunk(id, f, bytes, star)
+  local args = decode(bytes)
+  local n, out, at = args.n, {}, 0
+  -- One protected call for the whole chunk: `at` says which item failed.
   local ok, e = xpcall(function()
-    if t.star then
+    if star then
       for i = 1, n do
         at = i
         local a = args[i]
@@ -106,27 +144,32 @@ local function run_task(f, t)
         out[i] = (f(args[i]))
       end
     end
-  end, function(err)
-    tb = traceback(errtext(err), 2)
-    return err
-  end)
+  end, on_error)
+  if not ok then return {id, false, task_error(e, last_tb), at} end
+  local sent, res = pcall(encode_slice, out, 1, n, "result")
+  if sent then return {id, true, res} end
+  return {id, false, {message = errtext(res)},
+          tonumber(res:match("^cannot send result%[(%d+)%]"))}
+end
+
+-- Puts a task's outcome; an outcome that cannot be put (the arena is
+-- full) still reaches the caller, as an error that says why.
+local function send_result(outq, r)
+  local ok, err = pcall(outq.put, outq, r)
   if not ok then
-    return {id = t.id, ok = false, e = task_error(e, tb), at = at}
+    outq:put({r[1], false, {message = "cannot send the outcome of the " ..
+                            "task: " .. errtext(err)}})
   end
-  return {id = t.id, ok = true, r = out}
 end
 
 local function worker_main(cfg, wid, inbox, outq, running)
   core.set_service(nil) -- the owner's pools are not ours
   if cfg.initializer then
     local ia = cfg.initargs or {}
-    local tb
-    local ok, e = xpcall(cfg.initializer, function(err)
-      tb = traceback(errtext(err), 2)
-      return err
-    end, unpack(ia, 1, ia.n or #ia))
+    local ok, e = xpcall(cfg.initializer, on_error,
+                         unpack(ia, 1, ia.n or #ia))
     if not ok then
-      outq:put({w = wid, init_error = errtext(e), traceback = tb})
+      outq:put({w = wid, init_error = errtext(e), traceback = last_tb})
       return
     end
     outq:put({w = wid, ready = true}) -- the initializer let it live
@@ -135,51 +178,92 @@ local function worker_main(cfg, wid, inbox, outq, running)
   while true do
     local msg = inbox:get()
     if not msg then break end
-    for fid, bytes in pairs(msg.funcs) do funcs[fid] = decode(bytes) end
-    local out = {}
-    for k, t in ipairs(msg.tasks) do
-      running[wid] = t.id
-      out[k] = run_task(funcs[t.f], t)
-      done = done + 1
+    if msg.drop then
+      for _, fid in ipairs(msg.drop) do funcs[fid] = nil end
     end
-    local ok, err = pcall(outq.put, outq, {w = wid, res = out})
-    if not ok then
-      -- A result that cannot be sent still reaches the caller, as an
-      -- error that says why.
-      for k, r in ipairs(out) do
-        local sendable = pcall(encode, r)
-        if not sendable then
-          out[k] = {id = r.id, ok = false, e = {message = "cannot send the "
-            .. "result of the task: " .. errtext(err)}}
-        end
+    if msg.funcs then
+      for fid, bytes in pairs(msg.funcs) do funcs[fid] = decode(bytes) end
+    end
+    local ids, fids, args, kinds = msg.id, msg.f, msg.a, msg.k
+    for i = 1, #ids do
+      local id, kind = ids[i], kinds[i]
+      running[wid] = id
+      if kind == APPLY then
+        send_result(outq, run_apply(id, funcs[fids[i]], args[i]))
+      else
+        send_result(outq, run_chunk(id, funcs[fids[i]], args[i],
+                                    kind == STARCHUNK))
       end
-      outq:put({w = wid, res = out})
     end
     running[wid] = 0
+    done = done + #ids
     if maxt and done >= maxt then break end
   end
 end
 
 -- -------------------------------------------------------------- AsyncResult
 
-local function new_result(pool, kind, callback, error_callback)
-  return setmetatable({
-    _pool = pool, _kind = kind, _ready = false, _callback = callback,
-    _error_callback = error_callback,
-  }, AsyncResult)
+-- A result: of a map, whose value is the table; or of an apply (_map
+-- false), whose value is a table holding the results from index _first to
+-- its n, or the encoded results until they are first needed.
+local function new_result(pool, map, callback, error_callback)
+  local res = setmetatable({_pool = pool, _ready = false, _ok = false,
+                            _value = false, _map = map, _first = 1},
+                           AsyncResult)
+  if callback then res._callback = callback end
+  if error_callback then res._error_callback = error_callback end
+  return res
+end
+
+-- The values of an apply (a table, and the index of the first), decoded
+-- now if they were not yet; a value this process cannot receive makes the
+-- task fail.
+local function apply_values(res)
+  local v = res._value
+  if res._ok and type(v) == "string" then
+    local ok, t = pcall(decode, v)
+    if ok then
+      v = t
+    else
+      res._ok = false
+      v = errors.new("RemoteError", "cannot receive the result of the " ..
+                     "task: " .. errtext(t), {value = t})
+    end
+    res._value, res._first = v, 1
+  end
+  return v, res._first
 end
 
 -- Settles a result (once) and runs its callback, in the owner.
 local function settle(res, ok, value)
   if res._ready then return end
   res._ready, res._ok, res._value = true, ok, value
-  if res._pool then res._pool._cache[res] = nil end
-  local cb = ok and res._callback or res._error_callback
+  local cb = res._callback or res._error_callback
   if cb then
-    if ok and res._kind == "apply" then cb(unpack(value, 1, value.n))
-    else cb(value) end
+    local first
+    if not res._map then value, first = apply_values(res) end
+    if res._ok then
+      cb = res._callback
+      if cb then
+        if res._map then cb(value) else cb(unpack(value, first, value.n)) end
+      end
+    else
+      cb = res._error_callback
+      if cb then cb(value) end
+    end
   end
 end
+
+-- An apply's result is its own job.
+function AsyncResult:_done(pool, at, m)
+  if m[2] == true then
+    settle(self, true, m[3])
+  else
+    self._first = 3
+    settle(self, true, m)
+  end
+end
+function AsyncResult:_failed(pool, at, n, e) settle(self, false, e) end
 
 -- r:ready() -> whether the result has arrived
 function AsyncResult:ready()
@@ -190,6 +274,7 @@ end
 -- r:successful() -> whether the task returned; raises if not ready
 function AsyncResult:successful()
   if not self:ready() then error("AsyncResult not ready", 2) end
+  if not self._map then apply_values(self) end
   return self._ok
 end
 
@@ -199,21 +284,25 @@ function AsyncResult:wait(timeout)
     argerror(1, "wait", "number expected, got " .. type(timeout))
   end
   if self._ready then return true end
-  local pool = self._pool
-  return pool:_wait_until(function() return self._ready end, timeout)
+  return self._pool:_wait_until(function() return self._ready end, timeout)
 end
 
 -- r:get([timeout]) -> the task's results; raises TimeoutError, RemoteError
 -- or WorkerLostError
 function AsyncResult:get(timeout)
-  if not self:wait(timeout) then
+  if not self._ready and not self:wait(timeout) then
     errors.raise("TimeoutError", "the result is not ready after " ..
                  tostring(timeout) .. " s", nil, 2)
   end
-  if not self._ok then error(self._value, 2) end
   local v = self._value
-  if self._kind == "apply" then return unpack(v, 1, v.n) end
-  return v
+  if self._map then
+    if not self._ok then error(v, 2) end
+    return v
+  end
+  local first
+  v, first = apply_values(self)
+  if not self._ok then error(v, 2) end
+  return unpack(v, first, v.n)
 end
 
 -- ---------------------------------------------------------------- the pool
@@ -229,8 +318,11 @@ end
 
 local function new_worker(self, wid)
   worker_counter = worker_counter + 1
-  local w = {inbox = core.SimpleQueue(), inflight = {}, known = {},
-             sent = 0, id = wid}
+  -- known: the functions it has (it had a message that carried them).
+  -- For each message in flight, in order: the id of its first task, how
+  -- many of its results are still to come, and the functions it carries.
+  local w = {inbox = core.Queue(), known = {}, sent = 0, id = wid,
+             mfirst = {}, mleft = {}, mfuncs = {}}
   w.proc = process.Process{
     target = worker_main,
     args = {self._cfg, wid, w.inbox, self._outq, self._running},
@@ -271,9 +363,19 @@ function M.Pool(opts)
   local self = setmetatable({
     _n = n, _cfg = cfg, _state = RUN, _pid = core.getpid(),
     _outq = core.Queue(), _running = core.Array("q", n, false),
-    _workers = {}, _tasks = {}, _backlog = {}, _bhead = 1, _btail = 0,
-    _next_id = 0, _fids = {}, _fbytes = {}, _nfid = 0, _lazy = {},
-    _cache = {}, _reaped = core.reaped(),
+    _workers = {}, _lazy = {}, _reaped = core.reaped(), _nsub = 0,
+    _rbuf = {}, _rh = 1, _rn = 0, -- results taken in, and the next to read
+    -- the slots: job, function id, encoded arguments, kind, position and
+    -- size of a chunk, worker (0: not sent), generation
+    _tj = {}, _tf = {}, _ta = {}, _tk = {}, _tat = {}, _tn = {}, _tw = {},
+    _tgen = {}, _nslot = 0, _free = {}, _nfree = 0, _live = 0,
+    -- the backlog: slots not sent yet, in order
+    _bq = {}, _bh = 1, _bt = 0,
+    -- task functions: id by encoding, encoding by id, tasks (and imap
+    -- calls) using each, identity cache, and the idle ones by age
+    _fids = {}, _fbytes = {}, _fuse = {}, _nfid = 0,
+    _fcache = setmetatable({}, {__mode = "k"}),
+    _fidle = {}, _fq = {}, _fqh = 1, _fqt = 0, _nidle = 0, _idlebytes = 0,
   }, Pool)
   for wid = 1, n do new_worker(self, wid) end
   pools[self] = true
@@ -284,36 +386,115 @@ function M.Pool(opts)
   return self
 end
 
+-- ------------------------------------------------------- task functions
+
 -- The function's id for workers: the same bytes, the same id, so a
--- function is sent to each worker once whatever the number of tasks.
-local function fid_of(self, f, fname)
+-- function is sent to each worker once whatever the number of tasks.  A
+-- function without upvalues always has the same bytes, so it is looked up
+-- by identity first.
+local function fid_of(self, f)
+  local fid = self._fcache[f]
+  if fid and self._fbytes[fid] then return fid end
   local ok, bytes = pcall(encode, f, "func")
   if not ok then error(bytes, 4) end
-  local id = self._fids[bytes]
-  if not id then
-    self._nfid = self._nfid + 1
-    id = self._nfid
-    self._fids[bytes], self._fbytes[id] = id, bytes
+  fid = self._fids[bytes]
+  if not fid then
+    fid = self._nfid + 1
+    self._nfid = fid
+    self._fids[bytes], self._fbytes[fid], self._fuse[fid] = fid, bytes, 0
   end
-  return id
+  if type(f) == "function" and debug.getupvalue(f, 1) == nil then
+    self._fcache[f] = fid
+  end
+  return fid
 end
+
+-- Forgets function fid, here and, with their next message, in the workers.
+local function evict(self, fid)
+  local bytes = self._fbytes[fid]
+  self._fids[bytes], self._fbytes[fid], self._fuse[fid] = nil, nil, nil
+  self._fidle[fid] = nil
+  self._nidle, self._idlebytes = self._nidle - 1, self._idlebytes - #bytes
+  for _, w in pairs(self._workers) do
+    if w.known[fid] then
+      w.known[fid] = nil
+      w.drop = w.drop or {}
+      w.drop[#w.drop + 1] = fid
+    end
+  end
+end
+
+local function use_fid(self, fid)
+  local n = self._fuse[fid]
+  if n == 0 and self._fidle[fid] then -- idle no more
+    self._fidle[fid] = nil
+    self._nidle = self._nidle - 1
+    self._idlebytes = self._idlebytes - #self._fbytes[fid]
+  end
+  self._fuse[fid] = n + 1
+end
+
+-- A task (or imap call) no longer uses fid: once no task does, it waits
+-- in the idle list, the oldest of which are forgotten beyond the limits.
+local function unuse_fid(self, fid)
+  local n = self._fuse[fid] - 1
+  self._fuse[fid] = n
+  if n > 0 then return end
+  local qt = self._fqt + 1
+  self._fqt, self._fq[qt], self._fidle[fid] = qt, fid, qt
+  self._nidle = self._nidle + 1
+  self._idlebytes = self._idlebytes + #self._fbytes[fid]
+  local fq, fidle = self._fq, self._fidle
+  while self._nidle > IDLE_FUNCS or self._idlebytes > IDLE_BYTES do
+    local qh = self._fqh
+    local old = fq[qh]
+    fq[qh], self._fqh = nil, qh + 1
+    if fidle[old] == qh then evict(self, old) end -- else used again since
+  end
+  if self._fqh > self._fqt then self._fqh, self._fqt = 1, 0 end
+end
+
+-- ---------------------------------------------------------------- slots
 
 local function checkrunning(self)
   if self._init_error then error(self._init_error, 0) end
   if self._state ~= RUN then error("Pool not running", 4) end
 end
 
--- Adds a task: t = {job=, f=fid, a=bytes, keep=..., chunk=, star=, at=}.
-local function add_task(self, t)
-  self._next_id = self._next_id + 1
-  t.id = self._next_id
-  self._tasks[t.id] = t
-  self._btail = self._btail + 1
-  self._backlog[self._btail] = t.id
-  return t
+-- Adds a task at the end of the backlog; returns its slot.
+local function add_task(self, job, fid, bytes, kind, at, n)
+  local s, nfree = nil, self._nfree
+  if nfree > 0 then
+    s = self._free[nfree]
+    self._free[nfree], self._nfree = nil, nfree - 1
+  else
+    s = self._nslot + 1
+    self._nslot, self._tgen[s] = s, 0
+  end
+  self._tj[s], self._tf[s], self._ta[s], self._tk[s], self._tat[s],
+    self._tn[s], self._tw[s] = job, fid, bytes, kind, at, n, 0
+  self._live = self._live + 1
+  use_fid(self, fid)
+  local bt = self._bt + 1
+  self._bt, self._bq[bt] = bt, s
+  return s
 end
 
-local function backlog_len(self) return self._btail - self._bhead + 1 end
+-- Empties slot s; returns the job, position and size of its task.
+local function free_slot(self, s)
+  local job, at, n = self._tj[s], self._tat[s], self._tn[s]
+  local fid = self._tf[s]
+  self._tj[s], self._tf[s], self._ta[s], self._tat[s], self._tn[s],
+    self._tw[s] = nil, nil, nil, nil, nil, nil
+  self._tgen[s] = (self._tgen[s] + 1) % 1024
+  local nfree = self._nfree + 1
+  self._free[nfree], self._nfree = s, nfree
+  self._live = self._live - 1
+  unuse_fid(self, fid)
+  return job, at, n
+end
+
+local function backlog_len(self) return self._bt - self._bh + 1 end
 
 -- Pulls chunks from lazy jobs (imap) while they may have more in flight.
 local function refill(self)
@@ -322,58 +503,108 @@ local function refill(self)
           and job.pos - job.yielded < job.window * job.chunksize do
       job:_more(self)
     end
-    if job.exhausted then self._lazy[job] = nil end
+    if job.exhausted then
+      self._lazy[job] = nil
+      unuse_fid(self, job.fid)
+    end
   end
 end
 
 -- Sends one message to worker w; false when there is nothing to send.
 local function send_one(self, w, nw)
+  local bh, bt = self._bh, self._bt
+  if bt < bh then return false end
   local quota = self._cfg.maxtasksperchild
-  local room = quota and (quota - w.sent) or MAXBATCH
-  if room <= 0 or backlog_len(self) == 0 then return false end
-  local want = (backlog_len(self) + nw * DEPTH - 1) // (nw * DEPTH)
-  if want > room then want = room end
+  local want = quota and quota - w.sent or MAXBATCH
+  if want <= 0 then return false end
+  local even = (bt - bh + nw * DEPTH) // (nw * DEPTH)
+  if want > even then want = even end
   if want > MAXBATCH then want = MAXBATCH end
-  if want < 1 then want = 1 end
-  local msg, ids = {tasks = {}, funcs = {}}, {}
-  for i = 1, want do
-    if backlog_len(self) == 0 then break end
-    local id = self._backlog[self._bhead]
+  local bq, tk, tf, ta, tw, tgen, fbytes, known =
+    self._bq, self._tk, self._tf, self._ta, self._tw, self._tgen,
+    self._fbytes, w.known
+  local ids, fids, args, kinds, funcs = {}, {}, {}, {}, nil
+  local n, wid = 0, w.id
+  while n < want and bh <= bt do
+    local s = bq[bh]
+    local kind = tk[s]
     -- A chunk is a batch already: one per message, so that the workers
     -- share the end of a map evenly.
-    if i > 1 and (self._tasks[id] or {}).chunk then break end
-    self._backlog[self._bhead] = nil
-    self._bhead = self._bhead + 1
-    local t = self._tasks[id]
-    if t then
-      if not w.known[t.f] then
-        w.known[t.f] = true
-        msg.funcs[t.f] = self._fbytes[t.f]
-      end
-      msg.tasks[#msg.tasks + 1] = {id = id, f = t.f, a = t.a,
-                                   chunk = t.chunk, star = t.star}
-      ids[#ids + 1] = id
-      t.wid = w.id
+    if n > 0 and (kind ~= APPLY or kinds[1] ~= APPLY) then break end
+    bq[bh], bh, n = nil, bh + 1, n + 1
+    local fid = tf[s]
+    if not known[fid] then -- (again, if a message in flight carries it)
+      funcs = funcs or {}
+      funcs[fid] = fbytes[fid]
+    end
+    ids[n], fids[n], args[n], kinds[n] = s + SLOTS * tgen[s], fid, ta[s], kind
+    tw[s] = wid
+  end
+  if bh > bt then bh, bt = 1, 0 end
+  self._bh, self._bt = bh, bt
+  w.sent = w.sent + n
+  local m = #w.mleft + 1
+  w.mfirst[m], w.mleft[m], w.mfuncs[m] = ids[1], n, funcs or false
+  w.inbox:put({id = ids, f = fids, a = args, k = kinds, funcs = funcs,
+               drop = w.drop})
+  w.drop = nil
+  return true
+end
+
+-- When the backlog is empty but a worker is idle while another has a
+-- message waiting behind the one it runs, that message is taken back from
+-- the busy worker's inbox (if it has not taken it yet) and its tasks go to
+-- the front of the backlog: so no task waits behind a long one while a
+-- worker has nothing to do.  True if it took one.
+local function steal(self)
+  local victim, most, idle = nil, 1, false
+  for wid = 1, self._n do
+    local w = self._workers[wid]
+    if w and w.alive ~= false and not w.stopped then
+      local k = #w.mleft
+      if k == 0 then idle = true elseif k > most then victim, most = w, k end
     end
   end
-  if #ids == 0 then return false end
-  w.sent = w.sent + #ids
-  w.inflight[#w.inflight + 1] = ids
-  w.inbox:put(msg)
+  if not idle or not victim then return false end
+  local ok, msg = pcall(victim.inbox.get, victim.inbox, false)
+  if not ok or not msg then return false end -- it took it first
+  -- The worker never saw this message: its drops are still to send.
+  if msg.drop then
+    victim.drop = victim.drop or {}
+    for _, fid in ipairs(msg.drop) do victim.drop[#victim.drop + 1] = fid end
+  end
+  for k = 1, #victim.mfirst do
+    if victim.mfirst[k] == msg.id[1] then
+      remove(victim.mfirst, k)
+      remove(victim.mleft, k)
+      remove(victim.mfuncs, k)
+      break
+    end
+  end
+  victim.sent = victim.sent - #msg.id
+  local ids, tw = msg.id, self._tw
+  for i = #ids, 1, -1 do
+    local s = ids[i] % SLOTS
+    tw[s] = 0
+    self._bh = self._bh - 1
+    self._bq[self._bh] = s
+  end
   return true
 end
 
 -- Sends work to the workers that have room: level by level, so that an
--- idle worker gets a message before a busy one gets its second.
-function Pool:_dispatch()
-  local nw = self._n
-  for level = 1, DEPTH do
+-- idle worker gets a message before a busy one gets its second.  With
+-- depth 1, only to idle workers.
+function Pool:_dispatch(depth)
+  local nw, workers = self._n, self._workers
+  for level = 1, depth or DEPTH do
     for wid = 1, nw do
-      local w = self._workers[wid]
-      if w and w.alive ~= false and #w.inflight < level then
-        if next(self._lazy) and backlog_len(self) == 0 then refill(self) end
-        if not send_one(self, w, nw) then
-          if backlog_len(self) == 0 and not next(self._lazy) then return end
+      local w = workers[wid]
+      if w and w.alive ~= false and not w.stopped and #w.mleft < level then
+        if self._bt < self._bh and next(self._lazy) then refill(self) end
+        if not send_one(self, w, nw) and self._bt < self._bh
+           and not next(self._lazy) then
+          return
         end
       end
     end
@@ -381,66 +612,157 @@ function Pool:_dispatch()
 end
 
 -- The outcome of one task reaches its job.
-local function deliver(self, r)
-  local t = self._tasks[r.id]
-  if not t then return end -- already settled (e.g. lost, then re-run)
-  self._tasks[r.id] = nil
-  local job = t.job
-  if r.ok then
-    job:_done(self, t, r.r)
-  else
-    local e = r.e
-    local value = e.value and select(2, pcall(decode, e.value)) or e.message
-    job:_failed(self, t, errors.new("RemoteError", e.message,
-      {value = value, traceback = e.traceback}), r.at)
+local function deliver(self, m)
+  local id = m[1]
+  local s = id % SLOTS
+  if self._tgen[s] ~= id // SLOTS or not self._tj[s] then return end
+  local w = self._workers[self._tw[s]]
+  if w then -- one result less to come from its oldest message
+    local funcs = w.mfuncs[1]
+    if funcs then -- which it has read, functions and all
+      for fid in pairs(funcs) do w.known[fid] = true end
+      w.mfuncs[1] = false
+    end
+    local left = w.mleft[1] - 1
+    if left > 0 then
+      w.mleft[1] = left
+    else
+      remove(w.mleft, 1)
+      remove(w.mfirst, 1)
+      remove(w.mfuncs, 1)
+    end
   end
-end
-
-local function lost(self, t)
-  self._tasks[t.id] = nil
-  t.job:_failed(self, t, errors.new("WorkerLostError",
-    "the worker running the task died"))
+  local job, at, n = free_slot(self, s)
+  if m[2] then
+    job:_done(self, at, m)
+  else
+    local e = m[3]
+    local value = e.value and select(2, pcall(decode, e.value)) or e.message
+    job:_failed(self, at, n, errors.new("RemoteError", e.message,
+      {value = value, traceback = e.traceback}), m[4])
+  end
 end
 
 local function fail_all(self, e)
-  for id, t in pairs(self._tasks) do
-    self._tasks[id] = nil
-    t.job:_failed(self, t, e)
+  for s = 1, self._nslot do
+    if self._tj[s] then
+      local job, at, n = free_slot(self, s)
+      job:_failed(self, at, n, e)
+    end
   end
   for job in pairs(self._lazy) do
-    job:_failed(self, nil, e)
+    job:_failed(self, nil, nil, e)
     self._lazy[job] = nil
+    unuse_fid(self, job.fid)
   end
-  self._backlog, self._bhead, self._btail = {}, 1, 0
+  self._bq, self._bh, self._bt = {}, 1, 0
 end
 
--- A worker has ended: settle what it held, replace it.
+-- The pool cannot go on: its initializer failed.
+local function init_failed(self, e)
+  self._init_failed = true
+  self._state = TERMINATE
+  self._init_error = e
+  self:_kill_workers()
+  fail_all(self, e)
+  pools[self] = nil
+  core.unwatch(self._outq)
+end
+
+-- Takes in every message waiting in the result queue; false if the pool
+-- failed.
+local function drain(self)
+  local outq, workers, buf = self._outq, self._workers, self._rbuf
+  while true do
+    -- Messages are taken many at a time; those a raising callback leaves
+    -- unread stay in the buffer for the next call.
+    local i = self._rh
+    if i > self._rn then
+      if outq:qsize() == 0 then break end
+      self._rn, i = outq:_drain(buf), 1
+      if self._rn == 0 then break end
+    end
+    local m = buf[i]
+    buf[i], self._rh = nil, i + 1
+    if m[1] then
+      deliver(self, m)
+    elseif m.init_error then
+      init_failed(self, errors.new("ProcessError", "the pool's initializer "
+        .. "failed in a worker: " .. m.init_error,
+        {traceback = m.traceback}))
+      return false
+    elseif workers[m.w] then
+      workers[m.w].ready = true
+    end
+  end
+  return true
+end
+
+-- A worker has ended, and its last results are in: settle what it held,
+-- replace it.
 local function worker_ended(self, w)
   w.alive = false
-  local running = self._running[w.id]
-  self._running[w.id] = 0
-  local redo = {}
-  for _, ids in ipairs(w.inflight) do
-    for _, id in ipairs(ids) do
-      local t = self._tasks[id]
-      if t then
-        if id == running then lost(self, t) else redo[#redo + 1] = t end
+  local wid = w.id
+  local running = self._running[wid]
+  self._running[wid] = 0
+  local tj, tw, tgen, redo = self._tj, self._tw, self._tgen, {}
+  for s = 1, self._nslot do
+    if tw[s] == wid and tj[s] then
+      if s + SLOTS * tgen[s] == running then
+        local job, at, n = free_slot(self, s)
+        job:_failed(self, at, n, errors.new("WorkerLostError",
+          "the worker running the task died"))
+      else
+        redo[#redo + 1] = s
       end
     end
   end
-  w.inflight = {}
   -- Tasks it had not started go to the front of the backlog.
   for i = #redo, 1, -1 do
-    self._bhead = self._bhead - 1
-    self._backlog[self._bhead] = redo[i].id
+    local s = redo[i]
+    tw[s] = 0
+    self._bh = self._bh - 1
+    self._bq[self._bh] = s
   end
   w.proc:close()
+  w.inbox:close()
   if self._state ~= TERMINATE and not self._init_failed
-     and (self._state == RUN or backlog_len(self) > 0 or next(self._tasks)) then
-    new_worker(self, w.id)
+     and (self._state == RUN or backlog_len(self) > 0 or self._live > 0) then
+    new_worker(self, wid)
   else
-    self._workers[w.id] = nil
+    self._workers[wid] = nil
   end
+end
+
+local function pump(self)
+  if not drain(self) then return end
+  local reaped = core.reaped()
+  if reaped ~= self._reaped then
+    self._reaped = reaped
+    for wid = 1, self._n do
+      local w = self._workers[wid]
+      if w and w.proc.exitcode ~= nil then
+        -- Its last results may still be in the queue: take them first.
+        if not drain(self) then return end
+        if self._cfg.initializer and not w.ready then
+          -- It ended before its initializer let it start: the same
+          -- failure as an initializer that raises, not one to respawn.
+          init_failed(self, errors.new("ProcessError", "the pool's "
+            .. "initializer ended its worker (exit code "
+            .. tostring(w.proc.exitcode) .. ")"))
+          return
+        end
+        worker_ended(self, w)
+      end
+    end
+  end
+  if self._state ~= TERMINATE then
+    self:_dispatch()
+    if self._bt < self._bh and not next(self._lazy) and steal(self) then
+      self:_dispatch()
+    end
+  end
+  if self._state == CLOSE then self:_stop_idle() end
 end
 
 -- Collects results, notices dead workers, sends more work.  Never blocks.
@@ -452,70 +774,7 @@ function Pool:_pump()
     return
   end
   self._pumping = true
-  local ok, err = pcall(function()
-    local outq = self._outq
-    while outq:qsize() > 0 do
-      local msg = outq:get(false)
-      if msg.init_error then
-        self._init_failed = true
-        self._state = TERMINATE
-        local e = errors.new("ProcessError", "the pool's initializer " ..
-          "failed in a worker: " .. msg.init_error,
-          {traceback = msg.traceback})
-        self._init_error = e
-        self:_kill_workers()
-        fail_all(self, e)
-        pools[self] = nil
-        core.unwatch(outq)
-        break
-      end
-      local w = self._workers[msg.w]
-      if msg.ready then
-        if w then w.ready = true end
-      else
-        if w and w.inflight[1] then table.remove(w.inflight, 1) end
-        for _, r in ipairs(msg.res) do deliver(self, r) end
-      end
-    end
-    local reaped = core.reaped()
-    if reaped ~= self._reaped then
-      self._reaped = reaped
-      for wid = 1, self._n do
-        local w = self._workers[wid]
-        if w and w.proc.exitcode ~= nil then
-          -- Its last results may still be in the queue: take them first.
-          while outq:qsize() > 0 do
-            local msg = outq:get(false)
-            local ww = self._workers[msg.w]
-            if msg.ready and ww then ww.ready = true end
-            if msg.res then
-              if ww and ww.inflight[1] then table.remove(ww.inflight, 1) end
-              for _, r in ipairs(msg.res) do deliver(self, r) end
-            end
-          end
-          if self._cfg.initializer and not w.ready and
-             not self._init_failed then
-            -- It ended before its initializer let it start: the same
-            -- failure as an initializer that raises, not one to respawn.
-            self._init_failed = true
-            self._state = TERMINATE
-            local e = errors.new("ProcessError", "the pool's initializer "
-              .. "ended its worker (exit code " .. tostring(w.proc.exitcode)
-              .. ")")
-            self._init_error = e
-            self:_kill_workers()
-            fail_all(self, e)
-            pools[self] = nil
-            core.unwatch(outq)
-            return
-          end
-          worker_ended(self, w)
-        end
-      end
-    end
-    if self._state ~= TERMINATE then self:_dispatch() end
-    if self._state == CLOSE then self:_stop_idle() end
-  end)
+  local ok, err = pcall(pump, self)
   self._pumping = false
   if not ok then error(err, 0) end
 end
@@ -525,7 +784,7 @@ function Pool:_stop_idle()
   if backlog_len(self) > 0 or next(self._lazy) then return end
   for wid = 1, self._n do
     local w = self._workers[wid]
-    if w and not w.stopped and #w.inflight == 0 then
+    if w and not w.stopped and not w.mleft[1] then
       w.stopped = true
       w.inbox:put(false)
     end
@@ -549,7 +808,7 @@ function Pool:_wait_until(done, timeout)
       local w = self._workers[wid]
       if w and w.alive ~= false then list[#list + 1] = w.sentinel end
     end
-    if #list == 1 and not next(self._tasks) and done() then return true end
+    if #list == 1 and self._live == 0 and done() then return true end
     self._waiting = true
     local ok, err = pcall(core.wait, list, left)
     self._waiting = false
@@ -562,12 +821,7 @@ end
 
 -- ------------------------------------------------------------------- jobs
 
--- A job of one task: apply, apply_async.
-local Apply = {}
-Apply.__index = Apply
-
-function Apply:_done(pool, t, r) settle(self.res, true, r) end
-function Apply:_failed(pool, t, e) settle(self.res, false, e) end
+local EMPTY_ARGS = {n = 0}
 
 local function submit_apply(self, f, args, callback, error_callback, fname)
   checkrunning(self)
@@ -576,17 +830,21 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   if args ~= nil and type(args) ~= "table" then
     argerror(2, fname, "table expected, got " .. type(args), 2)
   end
-  args = args or {}
-  local ok, a = pcall(encode, args, "args")
+  local ok, a = pcall(encode, args or EMPTY_ARGS, "args")
   if not ok then error(a, 3) end
-  local res = new_result(self, "apply", callback, error_callback)
-  local job = setmetatable({res = res}, Apply)
-  add_task(self, {job = job, f = fid_of(self, f), a = a, keep = args,
-                  fn = f})
-  self._cache[res] = true
-  -- Now and then take results in (they free workers for more), so that
-  -- workers do not wait for the first get.
-  if backlog_len(self) % 32 == 0 then self:_pump() else self:_dispatch() end
+  local fid = fid_of(self, f)
+  local res = new_result(self, false, callback, error_callback)
+  add_task(self, res, fid, a, APPLY)
+  -- An idle worker gets the task at once; while tasks pile up they wait
+  -- for the next pump, which sends them several to a message.  Now and
+  -- then take results in: they free workers for more.
+  local nsub = self._nsub + 1
+  self._nsub = nsub
+  if nsub % PUMP_EVERY == 0 then
+    self:_pump()
+  elseif self._live <= 2 * self._n then
+    self:_dispatch(1)
+  end
   return res
 end
 
@@ -676,31 +934,32 @@ end
 local Map = {}
 Map.__index = Map
 
-function Map:_done(pool, t, r)
+function Map:_done(pool, at, m)
   if self.res._ready then return end
-  table.move(r, 1, r.n, t.at, self.out)
+  local n = decode_into(m[3], self.out, at)
   self.left = self.left - 1
-  if self.progress then self.progress:step(r.n, self.left == 0) end
+  if self.progress then self.progress:step(n, self.left == 0) end
   if self.left == 0 then settle(self.res, true, self.out) end
 end
 
-function Map:_failed(pool, t, e)
+function Map:_failed(pool, at, n, e)
   if self.progress and not self.res._ready then
     io.stderr:write("\n")
   end
   settle(self.res, false, e)
 end
 
--- Splits items into encoded chunks of `chunksize`.
-local function chunks_of(items, n, chunksize)
-  local list, i = {}, 1
-  while i <= n do
-    local last = math.min(i + chunksize - 1, n)
-    local c = table.move(items, i, last, 1, {n = last - i + 1})
-    list[#list + 1] = {at = i, items = c}
-    i = i + chunksize
+-- Takes back the tasks of a map whose input turned out unsendable: those
+-- not sent yet (the last ones added) leave the backlog, the others run to
+-- no purpose.
+local function cancel_map(self, job)
+  local bq, tj = self._bq, self._tj
+  while self._bt >= self._bh and tj[bq[self._bt]] == job do
+    free_slot(self, bq[self._bt])
+    bq[self._bt], self._bt = nil, self._bt - 1
   end
-  return list
+  if self._bh > self._bt then self._bh, self._bt = 1, 0 end
+  job.res._ready = true -- the caller gets the error, not the result
 end
 
 local function submit_map(self, f, iterable, opt, callback, error_callback,
@@ -710,11 +969,9 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
     type(f), 2) end
   local chunksize, progress = options(opt, fname, 3)
   local next_item, n = iterator(iterable, fname)
-  local items = {}
-  if n then
-    items = iterable -- read only: chunks are copied from it
-  else
-    n = 0
+  local items = iterable
+  if not n then
+    items, n = {}, 0
     while true do
       local more, v = next_item()
       if not more then break end
@@ -736,29 +993,26 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
     if chunksize < 1 then chunksize = 1 end
   end
   local fid = fid_of(self, f)
-  local res = new_result(self, "map", callback, error_callback)
-  local job = setmetatable({res = res, out = {n = n}, left = 0,
+  local res = new_result(self, true, callback, error_callback)
+  local job = setmetatable({res = res, out = newtable(n, 1),
+                            left = (n + chunksize - 1) // chunksize,
                             progress = new_progress(progress, n)}, Map)
-  local list = chunks_of(items, n, chunksize)
-  local encoded = {}
-  for k, c in ipairs(list) do
-    local ok, a = pcall(encode, c.items, "iterable")
-    if not ok then -- name the item by its place in the whole iterable
-      a = tostring(a):gsub("^cannot send iterable%[(%d+)%]", function(i)
-        return "cannot send iterable[" .. (tonumber(i) + c.at - 1) .. "]"
-      end)
+  job.out.n = n
+  -- Each chunk is sent as soon as it is encoded, so that the workers start
+  -- while the rest is being encoded.
+  local kind = star and STARCHUNK or CHUNK
+  for at = 1, n, chunksize do
+    local last = at + chunksize - 1
+    if last > n then last = n end
+    local ok, a = pcall(encode_slice, items, at, last, "iterable")
+    if not ok then
+      cancel_map(self, job)
       error(a, 3)
     end
-    encoded[k] = a
-  end
-  job.left = #list
-  self._cache[res] = true
-  for k, c in ipairs(list) do
-    add_task(self, {job = job, f = fid, a = encoded[k], keep = c.items,
-                    chunk = true, star = star, at = c.at, fn = f})
+    add_task(self, job, fid, a, kind, at, last - at + 1)
+    self:_dispatch()
   end
   if n == 0 then settle(res, true, job.out) end
-  self:_dispatch()
   return res
 end
 
@@ -788,9 +1042,10 @@ end
 local Lazy = {}
 Lazy.__index = Lazy
 
+-- Reads the next chunk of the input and adds it as a task.
 function Lazy:_more(pool)
-  local c, at = {n = 0}, self.pos + 1
-  while c.n < self.chunksize do
+  local c, at, n = {}, self.pos + 1, 0
+  while n < self.chunksize do
     local ok, more, v = pcall(self.next_item)
     if not ok then -- the input raised: deliver that at its position
       self.input_error = {at = self.pos + 1, err = more}
@@ -802,38 +1057,37 @@ function Lazy:_more(pool)
       break
     end
     self.pos = self.pos + 1
-    c.n = c.n + 1
-    c[c.n] = v
+    c[self.pos] = v
+    n = n + 1
   end
-  if c.n == 0 then return end
-  local ok, a = pcall(encode, c, "iterable")
-  if not ok then -- name the item by its place in the whole input
-    a = tostring(a):gsub("^cannot send iterable%[(%d+)%]", function(i)
-      return "cannot send iterable[" .. (tonumber(i) + at - 1) .. "]"
-    end)
+  if n == 0 then return end
+  -- c holds the items at their places in the whole input, so that an
+  -- unsendable one is named by that place.
+  local ok, a = pcall(encode_slice, c, at, at + n - 1, "iterable")
+  if not ok then
     self.input_error = self.input_error or {at = at, err = a}
     self.exhausted = true
     self.pos = at - 1 -- none of this chunk was sent
     return
   end
   self.inflight = self.inflight + 1
-  add_task(pool, {job = self, f = self.fid, a = a, keep = c, chunk = true,
-                  at = at, fn = self.f})
+  add_task(pool, self, self.fid, a, CHUNK, at, n)
 end
 
-function Lazy:_done(pool, t, r)
+function Lazy:_done(pool, at, m)
   self.inflight = self.inflight - 1
+  local r = decode(m[3])
   for i = 1, r.n do
-    self.results[t.at + i - 1] = {true, r[i]}
+    self.results[at + i - 1] = {true, r[i]}
     if not self.ordered then
-      self.queue[#self.queue + 1] = t.at + i - 1
+      self.queue[#self.queue + 1] = at + i - 1
     end
   end
   if self.progress then self.progress:step(r.n) end
 end
 
-function Lazy:_failed(pool, t, e, at)
-  if t == nil then -- the pool failed as a whole
+function Lazy:_failed(pool, at, n, e, k)
+  if at == nil then -- the pool failed as a whole
     self.fatal = e
     return
   end
@@ -841,10 +1095,9 @@ function Lazy:_failed(pool, t, e, at)
   -- Every position of the chunk gets an outcome: the error where it was
   -- raised (or, when the worker was lost, at every position), so that
   -- the iteration never waits for results that will not come.
-  local n = t.keep and (t.keep.n or #t.keep) or 1
-  for k = 1, n do
-    local where = t.at + k - 1
-    if at == nil or k == at then
+  for i = 1, n do
+    local where = at + i - 1
+    if k == nil or i == k then
       self.results[where] = {false, e}
     else
       self.results[where] = self.results[where] or {false, e}
@@ -859,8 +1112,10 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
     type(f), 2) end
   local chunksize, progress = options(opt, fname, 3)
   local next_item, n = iterator(iterable, fname)
+  local fid = fid_of(self, f)
+  use_fid(self, fid) -- for as long as the input lasts
   local job = setmetatable({
-    f = f, fid = fid_of(self, f), next_item = next_item, pos = 0,
+    fid = fid, next_item = next_item, pos = 0,
     chunksize = chunksize or 1, inflight = 0, results = {}, queue = {},
     qhead = 1, yielded = 0, ordered = ordered,
     window = self._n * LAZY_AHEAD, progress = new_progress(progress, n),

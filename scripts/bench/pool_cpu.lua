@@ -5,14 +5,16 @@
 --   (the last is a cost, parallel time over serial time: 0.5 is a perfect
 --   speedup on 2 workers; the speedup is its inverse)
 -- Usage: luamp pool_cpu.lua [BLOCKS=64] [BLOCK=12000] [WORKERS=2]
---                           [CHUNKSIZE=4]
+--                           [CHUNKSIZE=1]
+-- One block a task: with few items of uneven cost, a larger chunk leaves
+-- one worker alone with the last, dearest chunk.
 
 local mp = require "luamp"
 
 local BLOCKS = tonumber(arg and arg[1]) or 64
 local BLOCK = tonumber(arg and arg[2]) or 12000
 local WORKERS = tonumber(arg and arg[3]) or 2
-local CHUNKSIZE = tonumber(arg and arg[4]) or 4
+local CHUNKSIZE = tonumber(arg and arg[4]) or 1
 
 -- The number of primes in block k: [(k-1)*BLOCK, k*BLOCK), by trial
 -- division.  Later blocks cost more, so the chunks are uneven, as in life.

@@ -26,7 +26,7 @@ def main():
     blocks_n = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     BLOCK = int(sys.argv[2]) if len(sys.argv) > 2 else 12000
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-    chunksize = int(sys.argv[4]) if len(sys.argv) > 4 else 4
+    chunksize = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     blocks = list(range(1, blocks_n + 1))
     with mp.Pool(workers) as pool:
         pool.map(count_primes, [1, 2])

@@ -82,6 +82,8 @@ static lua_State *newstate(void) {
   luaL_openlibs(L);
   lua_register(L, "encode", lmp_codec_encode);
   lua_register(L, "decode", lmp_codec_decode);
+  lua_register(L, "encode_slice", lmp_codec_encode_slice);
+  lua_register(L, "decode_into", lmp_codec_decode_into);
   lua_newtable(L);
   lmp_open_blob(L); /* core.blob(n) makes a shared object */
   lua_setglobal(L, "core");
@@ -556,6 +558,47 @@ static int encbuf(lua_State *L) {
 /* encode() builds its string in a C array, in a buffer it moves to when
  * that overflows, or around gaps that big strings fill as the result is
  * made; every way must give the bytes lmp_encode gives. */
+/* encode_slice writes t[i..j] as table.pack would; decode_into stores the
+ * array items of a table message into another table at an offset. */
+static void test_slices(void) {
+  RUN(S,
+      "local t = {10, 20, nil, 'x', {a = 1}, n = 9}\n"
+      "local r = decode(encode_slice(t, 2, 5))\n"
+      "same(r.n, 4) same(r[1], 20) same(r[2], nil) same(r[3], 'x')\n"
+      "same(r[4].a, 1)\n"
+      "local k = 0 for _ in pairs(r) do k = k + 1 end same(k, 4, 'no more')\n"
+      /* the same bytes as the table itself, n and all */
+      "same(encode_slice(t, 1, 2), encode({10, 20, n = 2}))\n"
+      /* empty and out-of-range slices */
+      "same(decode(encode_slice(t, 3, 2)).n, 0)\n"
+      "same(decode(encode_slice(t, 5, 1)).n, 0)\n"
+      "local far = decode(encode_slice(t, 100, 102))\n"
+      "same(far.n, 3) same(next(far), 'n')\n"
+      "local m = math.maxinteger\n"
+      "same(decode(encode_slice({[m] = 'top'}, m, m))[1], 'top')\n"
+      "local ok, e = pcall(encode_slice, t, math.mininteger, m)\n"
+      "same(ok, false) assert(e:find('too many items'), e)\n"
+      /* an unsendable item is named by its index in t */
+      "ok, e = pcall(encode_slice, {1, 2, {3, print}, io.stdout}, 3, 4, 'it')\n"
+      "same(ok, false) same(e, 'cannot send it[4]: userdata (FILE*)')\n"
+      /* shared tables among the items stay shared */
+      "local s = {v = 1}\n"
+      "local rs = decode(encode_slice({s, s, s}, 2, 3))\n"
+      "same(rs[1], rs[2], 'shared')\n"
+      /* decode_into */
+      "local out = {1, 2, 3}\n"
+      "same(decode_into(encode_slice({'a', nil, 'c'}, 1, 3), out, 3), 3)\n"
+      "same(out[1], 1) same(out[2], 2) same(out[3], 'a') same(out[4], nil)\n"
+      "same(out[5], 'c') same(out.n, nil, 'fields are dropped')\n"
+      "local c = {} c[1] = c\n"
+      "local into = {}\n"
+      "same(decode_into(encode(c), into, 1), 1) same(into[1], into, 'a ref')\n"
+      "ok, e = pcall(decode_into, encode(5), {}, 1)\n"
+      "same(ok, false) same(e, 'malformed message: not a table')\n"
+      "ok, e = pcall(decode_into, encode({1, 2}):sub(1, -2), {}, 1)\n"
+      "same(ok, false) same(e, 'malformed message: truncated')\n");
+}
+
 static void test_strings(void) {
   lmp_buf b = {NULL, 0, 0};
   lua_register(S, "encbuf", encbuf);
@@ -652,6 +695,7 @@ int main(int argc, char **argv) {
   test_buf();
   test_scalars();
   test_strings();
+  test_slices();
   test_tables();
   test_functions();
   test_names();

@@ -281,8 +281,7 @@ describe("Pool", function()
       assert.are.equal(102, pool:apply(count))
     end)
 
-    -- Not yet: each distinct task function stays cached in the owner and its workers.
-    pending("does not keep the functions of finished tasks", function()
+    it("does not keep the functions of finished tasks", function()
       -- 20 closures, each with its own 1 MiB upvalue.
       local pool <close> = mp.Pool(1)
       local function owner_kib()
@@ -394,6 +393,29 @@ describe("Pool", function()
       assert.are.equal("quick", v)
       took(dt, 0, 1, "the quick task")
       assert.are.equal("busy", busy:get(10))
+    end)
+
+    it("is taken back from behind a busy worker when another is idle",
+       function()
+      -- Chunk 1 waits for chunk 3.  The chunks go out one to each worker,
+      -- then a second to each: chunk 3 waits in the inbox of the worker
+      -- running chunk 1, until the other worker, idle after chunks 2 and
+      -- 4, takes it over.  (Or, when a worker is slow to start, its
+      -- chunks go to the other one, which is fine too.)
+      local pool <close> = mp.Pool(2)
+      local three = mp.Event()
+      local pids = mp.Array("q", 4)
+      local dt, r = timed(function()
+        return pool:map(function(x)
+          pids[x] = mp.current_process().pid
+          if x == 1 then return three:wait(5) end
+          if x == 3 then three:set() end
+          return x
+        end, {1, 2, 3, 4}, 1)
+      end)
+      assert.are.same({n = 4, true, 2, 3, 4}, r)
+      took(dt, 0, 2.5, "the map")
+      assert.are_not.equal(pids[1], pids[3])
     end)
 
     it("runs callbacks in the order the results come in", function()
@@ -556,6 +578,25 @@ describe("Pool", function()
       local e = raises(mp.RemoteError, {pattern = "^file %(0x%x+%)$"},
         pool.apply, pool, function() error(io.stdout) end)
       assert.are.equal(e.message, e.value)
+      assert.are.equal(6, pool:apply(mul, {2, 3}))
+    end)
+
+    it("is what a result the owner cannot receive becomes, for that task "
+       .. "alone", function()
+      -- A C function the worker names after a module only it has.
+      local lib = os.getenv("LUAMP_BUILD") .. "/lib/lua/5.4/luamp.so"
+      local package = package
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(function()
+        local f = assert(package.loadlib(lib, "luaopen_luamp"))
+        package.loaded.only_in_the_worker = {f = f}
+        return 1, f
+      end)
+      local e = raises(mp.RemoteError, {pattern = "^cannot receive the "
+        .. "result of the task: cannot receive .*only_in_the_worker"},
+        r.get, r, 10)
+      assert.matches("only_in_the_worker", e.value)
+      assert.is_false(r:successful())
       assert.are.equal(6, pool:apply(mul, {2, 3}))
     end)
 

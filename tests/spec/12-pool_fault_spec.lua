@@ -140,9 +140,7 @@ describe("Pool under faults", function()
       assert.are.equal(2, #worker_pids())
     end)
 
-    -- Not yet: results travel a message (a batch) at a time, so the tasks a
-    -- dying worker finished in its last batch run again elsewhere.
-    pending("runs no task twice: the tasks it finished keep their results",
+    it("runs no task twice: the tasks it finished keep their results",
        function()
       -- One worker, many tasks waiting: they travel several at a time.
       -- Task 15 ends the worker.
