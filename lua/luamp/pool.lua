@@ -372,10 +372,12 @@ function M.Pool(opts)
     -- the backlog: slots not sent yet, in order
     _bq = {}, _bh = 1, _bt = 0,
     -- task functions: id by encoding, encoding by id, tasks (and imap
-    -- calls) using each, identity cache, and the idle ones by age
+    -- calls) using each, identity cache, and the idle ones, oldest first,
+    -- as a list linked both ways
     _fids = {}, _fbytes = {}, _fuse = {}, _nfid = 0,
     _fcache = setmetatable({}, {__mode = "k"}),
-    _fidle = {}, _fq = {}, _fqh = 1, _fqt = 0, _nidle = 0, _idlebytes = 0,
+    _fprev = {}, _fnext = {}, _fhead = false, _ftail = false, _nidle = 0,
+    _idlebytes = 0,
   }, Pool)
   for wid = 1, n do new_worker(self, wid) end
   pools[self] = true
@@ -409,12 +411,22 @@ local function fid_of(self, f)
   return fid
 end
 
--- Forgets function fid, here and, with their next message, in the workers.
+-- Takes idle function fid off the idle list.
+local function unidle(self, fid)
+  local prev, nxt = self._fprev[fid], self._fnext[fid]
+  if prev then self._fnext[prev] = nxt else self._fhead = nxt end
+  if nxt then self._fprev[nxt] = prev else self._ftail = prev end
+  self._fprev[fid], self._fnext[fid] = nil, nil
+  self._nidle = self._nidle - 1
+  self._idlebytes = self._idlebytes - #self._fbytes[fid]
+end
+
+-- Forgets idle function fid, here and, with their next message, in the
+-- workers.
 local function evict(self, fid)
+  unidle(self, fid)
   local bytes = self._fbytes[fid]
   self._fids[bytes], self._fbytes[fid], self._fuse[fid] = nil, nil, nil
-  self._fidle[fid] = nil
-  self._nidle, self._idlebytes = self._nidle - 1, self._idlebytes - #bytes
   for _, w in pairs(self._workers) do
     if w.known[fid] then
       w.known[fid] = nil
@@ -426,32 +438,26 @@ end
 
 local function use_fid(self, fid)
   local n = self._fuse[fid]
-  if n == 0 and self._fidle[fid] then -- idle no more
-    self._fidle[fid] = nil
-    self._nidle = self._nidle - 1
-    self._idlebytes = self._idlebytes - #self._fbytes[fid]
+  if n == 0 and (self._fprev[fid] or self._fhead == fid) then
+    unidle(self, fid)
   end
   self._fuse[fid] = n + 1
 end
 
--- A task (or imap call) no longer uses fid: once no task does, it waits
--- in the idle list, the oldest of which are forgotten beyond the limits.
+-- A task (or imap call) no longer uses fid: once no task does, it joins
+-- the idle list, the oldest of which are forgotten beyond the limits.
 local function unuse_fid(self, fid)
   local n = self._fuse[fid] - 1
   self._fuse[fid] = n
   if n > 0 then return end
-  local qt = self._fqt + 1
-  self._fqt, self._fq[qt], self._fidle[fid] = qt, fid, qt
+  local tail = self._ftail
+  if tail then self._fnext[tail] = fid else self._fhead = fid end
+  self._fprev[fid], self._ftail = tail or nil, fid
   self._nidle = self._nidle + 1
   self._idlebytes = self._idlebytes + #self._fbytes[fid]
-  local fq, fidle = self._fq, self._fidle
   while self._nidle > IDLE_FUNCS or self._idlebytes > IDLE_BYTES do
-    local qh = self._fqh
-    local old = fq[qh]
-    fq[qh], self._fqh = nil, qh + 1
-    if fidle[old] == qh then evict(self, old) end -- else used again since
+    evict(self, self._fhead)
   end
-  if self._fqh > self._fqt then self._fqh, self._fqt = 1, 0 end
 end
 
 -- ---------------------------------------------------------------- slots
@@ -1012,7 +1018,11 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
     add_task(self, job, fid, a, kind, at, last - at + 1)
     self:_dispatch()
   end
-  if n == 0 then settle(res, true, job.out) end
+  if n == 0 then
+    use_fid(self, fid) -- no task: the function goes straight to idle
+    unuse_fid(self, fid)
+    settle(res, true, job.out)
+  end
   return res
 end
 
