@@ -39,6 +39,7 @@ local LAZY_AHEAD = 4  -- imap: chunks in flight per worker
 local SLOTS = 1 << 24 -- task id = slot + SLOTS * generation
 local PLAIN_MAX = 8   -- results sent as they are, not encoded apart
 local PUMP_EVERY = 32 -- apply_async: collect results every so many tasks
+local EAGER = 8       -- apply_async: tasks a worker may be sent at once
 -- Task functions no task uses any more are kept for reuse, the most
 -- recently used first, up to this many and this many bytes.
 local IDLE_FUNCS, IDLE_BYTES = 64, 1 << 20
@@ -129,7 +130,8 @@ end
 -- {id, false, error, k} when item k failed.
 local function run_chunk(id, f, bytes, star)
   local args = decode(bytes)
-  local n, out, at = args.n, {}, 0
+  local n, at = args.n, 0
+  local out = newtable(n)
   -- One protected call for the whole chunk: `at` says which item failed.
   local ok, e = xpcall(function()
     if star then
@@ -841,15 +843,17 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   local fid = fid_of(self, f)
   local res = new_result(self, false, callback, error_callback)
   add_task(self, res, fid, a, APPLY)
-  -- An idle worker gets the task at once; while tasks pile up they wait
-  -- for the next pump, which sends them several to a message.  Now and
-  -- then take results in: they free workers for more.
+  -- While few tasks are out, each goes to a worker's inbox at once, so
+  -- that they run even if this process then computes for a long time
+  -- without a luamp call; when many pile up they wait for the next pump,
+  -- which sends them several to a message.  Now and then take results
+  -- in: they free workers for more.
   local nsub = self._nsub + 1
   self._nsub = nsub
   if nsub % PUMP_EVERY == 0 then
     self:_pump()
-  elseif self._live <= 2 * self._n then
-    self:_dispatch(1)
+  elseif self._live <= EAGER * self._n then
+    self:_dispatch(EAGER)
   end
   return res
 end

@@ -395,6 +395,28 @@ describe("Pool", function()
       assert.are.equal("busy", busy:get(10))
     end)
 
+    it("runs while the owner computes without a luamp call", function()
+      local pool <close> = mp.Pool(2)
+      local started = mp.Array("d", 6)
+      local rs = {}
+      for i = 1, 6 do
+        rs[i] = pool:apply_async(function(x)
+          started[x] = mp.monotonic()
+          return x
+        end, {i})
+      end
+      -- 1 s of pure Lua: the owner collects nothing and sends nothing.
+      local t0 = mp.monotonic()
+      local spin = 0
+      while mp.monotonic() - t0 < 1 do spin = spin + 1 end
+      local t1 = mp.monotonic()
+      for i = 1, 6 do
+        assert.are.equal(i, rs[i]:get(10))
+        assert.is_true(started[i] > 0 and started[i] < t1,
+          "task " .. i .. " waited for the owner's next luamp call")
+      end
+    end)
+
     it("is taken back from behind a busy worker when another is idle",
        function()
       -- Chunk 1 waits for chunk 3.  The chunks go out one to each worker,
