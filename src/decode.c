@@ -437,7 +437,7 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
   lua_pop(L, 1);
   for (i = 0; i < narr; i++) {
     decany(&d, gettag(&d));
-    lua_rawseti(L, idx, at + (lua_Integer)i);
+    lua_rawseti(L, idx, (lua_Integer)((lua_Unsigned)at + i)); /* wraps */
   }
   while ((tag = gettag(&d)) != T_NIL) {
     if (tag == T_META || tag == T_INDEX) {

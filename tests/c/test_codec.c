@@ -590,6 +590,8 @@ static void test_slices(void) {
       "same(decode_into(encode_slice({'a', nil, 'c'}, 1, 3), out, 3), 3)\n"
       "same(out[1], 1) same(out[2], 2) same(out[3], 'a') same(out[4], nil)\n"
       "same(out[5], 'c') same(out.n, nil, 'fields are dropped')\n"
+      "local top = {}\n"
+      "same(decode_into(encode_slice({7}, 1, 1), top, m), 1) same(top[m], 7)\n"
       "local c = {} c[1] = c\n"
       "local into = {}\n"
       "same(decode_into(encode(c), into, 1), 1) same(into[1], into, 'a ref')\n"
