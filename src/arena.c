@@ -394,7 +394,9 @@ static uint64_t block_need(size_t n) {
   return need < MINBLOCK ? MINBLOCK : need;
 }
 
-void *lmp_alloc(size_t n) {
+/* Allocates n bytes; with o, registers the block as pending entry `which`
+ * of this process (see lmp_alloc_pending) in the same heap operation. */
+static void *alloc(lmp_obj *o, size_t n, int which) {
   lmp_off off;
   if (n > H->size) {
     errno = ENOMEM;
@@ -403,25 +405,7 @@ void *lmp_alloc(size_t n) {
   lock_heap();
   op_begin(OP_ALLOC, 0, 0, 0);
   off = alloc_locked(block_need(n));
-  op_end();
-  unlock_heap();
-  if (off == 0) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  return lmp_base + off + TAG;
-}
-
-void *lmp_alloc_pending(lmp_obj *o, size_t n, int which) {
-  lmp_off off;
-  if (n > H->size) {
-    errno = ENOMEM;
-    return NULL;
-  }
-  lock_heap();
-  op_begin(OP_ALLOC, 0, 0, 0);
-  off = alloc_locked(block_need(n));
-  if (off != 0) {
+  if (off != 0 && o != NULL) {
     SET(lmp_self->pending_obj, LMP_OFF(o));
     SET(lmp_self->pending_blk[which], off + TAG);
   }
@@ -432,6 +416,12 @@ void *lmp_alloc_pending(lmp_obj *o, size_t n, int which) {
     return NULL;
   }
   return lmp_base + off + TAG;
+}
+
+void *lmp_alloc(size_t n) { return alloc(NULL, n, 0); }
+
+void *lmp_alloc_pending(lmp_obj *o, size_t n, int which) {
+  return alloc(o, n, which);
 }
 
 void *lmp_calloc(size_t n) {

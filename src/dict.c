@@ -445,13 +445,22 @@ static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
   return rc;
 }
 
+/* Pushes the value of the key at 2 and returns 1, or returns 0 when it is
+ * absent. */
+static int push_lookup(lua_State *L, dict *d, dhandle *h) {
+  key k = getkey(L, 2);
+  int rc = lookup(d, &k, h->buf);
+  if (rc < 0) return lmp_nomem(L, 0);
+  if (rc == 0) return 0;
+  pushvalue(L, h->buf);
+  return 1;
+}
+
 /* d[k] (the methods come first: d.get is the method, d:get("get") the
  * value stored under "get"). */
 static int dict_index(lua_State *L) {
   dhandle *h;
   dict *d;
-  key k;
-  int rc;
   if (lua_type(L, 2) == LUA_TSTRING) { /* methods, even when closed */
     luaL_checkudata(L, 1, DICT);
     lua_getmetatable(L, 1);
@@ -460,12 +469,7 @@ static int dict_index(lua_State *L) {
     lua_pop(L, 3);
   }
   d = checkdict(L, &h);
-  k = getkey(L, 2);
-  rc = lookup(d, &k, h->buf);
-  if (rc < 0) return lmp_nomem(L, 0);
-  if (rc == 0) return 0;
-  pushvalue(L, h->buf);
-  return 1;
+  return push_lookup(L, d, h);
 }
 
 /* d[k] = v; nil deletes */
@@ -480,16 +484,8 @@ static int dict_newindex(lua_State *L) {
 static int dict_get(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
-  key k;
   lua_settop(L, 3); /* the default is 3; the key goes above */
-  k = getkey(L, 2);
-  int rc = lookup(d, &k, h->buf);
-  if (rc < 0) return lmp_nomem(L, 0);
-  if (rc == 0) {
-    lua_settop(L, 3);
-    return 1;
-  }
-  pushvalue(L, h->buf);
+  if (push_lookup(L, d, h) == 0) lua_settop(L, 3);
   return 1;
 }
 
@@ -510,16 +506,9 @@ static int dict_add(lua_State *L) {
 static int dict_setdefault(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
-  int rc;
-  key k;
   lua_settop(L, 3);
   if (!lua_isnil(L, 3)) set_value(L, d, h, 2, 3, SET_IF_ABSENT);
-  k = getkey(L, 2);
-  rc = lookup(d, &k, h->buf);
-  if (rc < 0) return lmp_nomem(L, 0);
-  if (rc == 0) return 0;
-  pushvalue(L, h->buf);
-  return 1;
+  return push_lookup(L, d, h);
 }
 
 /* pop(k, [default]) -> the value removed; raises without a default when
@@ -842,12 +831,7 @@ static int dict_Namespace(lua_State *L) { return new_dict(L, K_NAMESPACE); }
 static int ns_index(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
-  key k = getkey(L, 2);
-  int rc = lookup(d, &k, h->buf);
-  if (rc < 0) return lmp_nomem(L, 0);
-  if (rc == 0) return 0;
-  pushvalue(L, h->buf);
-  return 1;
+  return push_lookup(L, d, h);
 }
 
 /* Namespace(a=1, b=x): fields by name, those starting with _ hidden, as

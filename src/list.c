@@ -238,6 +238,26 @@ static int list_index(lua_State *L) {
   return 1;
 }
 
+/* With the lock held: raises for the index at 2, outside 1 .. n + 1, and
+ * lets go of the item that was to go there. */
+static int out_of_range(lua_State *L, list *l, item *it, uint64_t n) {
+  lunlock(l);
+  discard(it);
+  return luaL_error(L, "index %I out of range (list has %I items)",
+                    lua_tointeger(L, 2), (lua_Integer)n);
+}
+
+/* With the lock held: inserts it before 0-based position i (UINT64_MAX:
+ * at the end) and unlocks; raises if the arena is full. */
+static void insert_unlock(lua_State *L, list *l, item *it, uint64_t i) {
+  int rc = put_locked(l, it, i);
+  lunlock(l);
+  if (rc < 0) {
+    discard(it);
+    lmp_nomem(L, 0);
+  }
+}
+
 /* l[i] = v: replaces, or appends at #l + 1; further out raises */
 static int list_newindex(lua_State *L) {
   lhandle *h;
@@ -254,19 +274,9 @@ static int list_newindex(lua_State *L) {
   it = newitem(L, l, h, 3);
   llock(l);
   n = LEN(l);
-  if (i < 0 || (uint64_t)i > n) {
-    lunlock(l);
-    discard(it);
-    return luaL_error(L, "index %I out of range (list has %I items)",
-                      lua_tointeger(L, 2), (lua_Integer)n);
-  }
+  if (i < 0 || (uint64_t)i > n) return out_of_range(L, l, it, n);
   if ((uint64_t)i == n) {
-    if (put_locked(l, it, n) < 0) {
-      lunlock(l);
-      discard(it);
-      return lmp_nomem(L, 0);
-    }
-    lunlock(l);
+    insert_unlock(L, l, it, n);
   } else {
     lmp_off old = ARR(l)[i];
     lmp_pending_set(&l->h, LMP_PTR(old), 2);
@@ -290,12 +300,7 @@ static int list_append(lua_State *L) {
   luaL_checkany(L, 2);
   it = newitem(L, l, h, 2);
   llock(l);
-  if (put_locked(l, it, UINT64_MAX) < 0) {
-    lunlock(l);
-    discard(it);
-    return lmp_nomem(L, 0);
-  }
-  lunlock(l);
+  insert_unlock(L, l, it, UINT64_MAX);
   return 0;
 }
 
@@ -327,18 +332,8 @@ static int list_insert(lua_State *L) {
   it = newitem(L, l, h, 3);
   llock(l);
   n = LEN(l);
-  if (i < 0 || (uint64_t)i > n) {
-    lunlock(l);
-    discard(it);
-    return luaL_error(L, "index %I out of range (list has %I items)",
-                      lua_tointeger(L, 2), (lua_Integer)n);
-  }
-  if (put_locked(l, it, (uint64_t)i) < 0) {
-    lunlock(l);
-    discard(it);
-    return lmp_nomem(L, 0);
-  }
-  lunlock(l);
+  if (i < 0 || (uint64_t)i > n) return out_of_range(L, l, it, n);
+  insert_unlock(L, l, it, (uint64_t)i);
   return 0;
 }
 
@@ -429,15 +424,20 @@ static void encode_probe(lua_State *L, lhandle *h, int idx) {
   lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
 }
 
+/* Takes the lock and finds the first item equal to the value at 2: its
+ * 0-based index, or -1. */
+static int64_t lock_find(lua_State *L, list *l, lhandle *h) {
+  luaL_checkany(L, 2);
+  encode_probe(L, h, 2);
+  llock(l);
+  return find_locked(l, h->buf->data, h->buf->len);
+}
+
 /* remove(v): the first item equal to v; raises if there is none */
 static int list_remove(lua_State *L) {
   lhandle *h;
   list *l = checklist(L, &h);
-  int64_t i;
-  luaL_checkany(L, 2);
-  encode_probe(L, h, 2);
-  llock(l);
-  i = find_locked(l, h->buf->data, h->buf->len);
+  int64_t i = lock_find(L, l, h);
   if (i < 0) {
     lunlock(l);
     return luaL_error(L, "value not in list");
@@ -450,11 +450,7 @@ static int list_remove(lua_State *L) {
 static int list_index_of(lua_State *L) {
   lhandle *h;
   list *l = checklist(L, &h);
-  int64_t i;
-  luaL_checkany(L, 2);
-  encode_probe(L, h, 2);
-  llock(l);
-  i = find_locked(l, h->buf->data, h->buf->len);
+  int64_t i = lock_find(L, l, h);
   lunlock(l);
   if (i < 0) return luaL_error(L, "value not in list");
   lua_pushinteger(L, i + 1);

@@ -26,19 +26,12 @@ local function factory(f)
   end
 end
 
-Manager.dict = factory(core.Dict)
-Manager.list = factory(core.List)
-Manager.Queue = factory(core.Queue)
-Manager.JoinableQueue = factory(core.JoinableQueue)
-Manager.Lock = factory(core.Lock)
-Manager.RLock = factory(core.RLock)
-Manager.Semaphore = factory(core.Semaphore)
-Manager.BoundedSemaphore = factory(core.BoundedSemaphore)
-Manager.Condition = factory(core.Condition)
-Manager.Event = factory(core.Event)
-Manager.Barrier = factory(core.Barrier)
-Manager.Value = factory(core.Value)
-Manager.Array = factory(core.Array)
+Manager.dict, Manager.list = factory(core.Dict), factory(core.List)
+for _, name in ipairs{"Queue", "JoinableQueue", "Lock", "RLock", "Semaphore",
+                      "BoundedSemaphore", "Condition", "Event", "Barrier",
+                      "Value", "Array"} do
+  Manager[name] = factory(core[name])
+end
 
 -- m:Namespace([fields]) -> a Namespace, with the given fields set
 function Manager:Namespace(fields)

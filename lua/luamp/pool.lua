@@ -559,6 +559,18 @@ local function send_one(self, w, nw)
   return true
 end
 
+-- Puts tasks that never ran (slots, in order) back at the front of the
+-- backlog.
+local function requeue(self, slots)
+  local tw, bq = self._tw, self._bq
+  for i = #slots, 1, -1 do
+    local s = slots[i]
+    tw[s] = 0
+    self._bh = self._bh - 1
+    bq[self._bh] = s
+  end
+end
+
 -- When the backlog is empty but a worker is idle while another has a
 -- message waiting behind the one it runs, that message is taken back from
 -- the busy worker's inbox (if it has not taken it yet) and its tasks go to
@@ -590,13 +602,9 @@ local function steal(self)
     end
   end
   victim.sent = victim.sent - #msg.id
-  local ids, tw = msg.id, self._tw
-  for i = #ids, 1, -1 do
-    local s = ids[i] % SLOTS
-    tw[s] = 0
-    self._bh = self._bh - 1
-    self._bq[self._bh] = s
-  end
+  local slots = {}
+  for i, id in ipairs(msg.id) do slots[i] = id % SLOTS end
+  requeue(self, slots)
   return true
 end
 
@@ -666,15 +674,46 @@ local function fail_all(self, e)
   self._bq, self._bh, self._bt = {}, 1, 0
 end
 
+-- Lets go of worker w, which has ended or is ending.
+local function close_worker(w)
+  w.proc:join()
+  w.proc:close()
+  w.inbox:close()
+  w.alive = false
+end
+
+-- Kills the workers and waits for them.
+local function kill_workers(self)
+  for wid = 1, self._n do
+    local w = self._workers[wid]
+    if w and w.proc.exitcode == nil then w.proc:kill() end
+  end
+  for wid = 1, self._n do
+    if self._workers[wid] then close_worker(self._workers[wid]) end
+  end
+  self._workers = {}
+end
+
+-- This process no longer collects for the pool.
+local function detach(self)
+  pools[self] = nil
+  core.unwatch(self._outq)
+end
+
+-- Stops the pool now: its workers are killed and its unfinished tasks
+-- fail with e.
+local function stop(self, e)
+  self._state = TERMINATE
+  kill_workers(self)
+  fail_all(self, e)
+  detach(self)
+end
+
 -- The pool cannot go on: its initializer failed.
 local function init_failed(self, e)
   self._init_failed = true
-  self._state = TERMINATE
   self._init_error = e
-  self:_kill_workers()
-  fail_all(self, e)
-  pools[self] = nil
-  core.unwatch(self._outq)
+  stop(self, e)
 end
 
 -- Takes in every message waiting in the result queue; false if the pool
@@ -725,15 +764,8 @@ local function worker_ended(self, w)
       end
     end
   end
-  -- Tasks it had not started go to the front of the backlog.
-  for i = #redo, 1, -1 do
-    local s = redo[i]
-    tw[s] = 0
-    self._bh = self._bh - 1
-    self._bq[self._bh] = s
-  end
-  w.proc:close()
-  w.inbox:close()
+  requeue(self, redo) -- the tasks it had not started
+  close_worker(w)
   if self._state ~= TERMINATE and not self._init_failed
      and (self._state == RUN or backlog_len(self) > 0 or self._live > 0) then
     new_worker(self, wid)
@@ -1189,23 +1221,6 @@ end
 
 -- ----------------------------------------------------------- ending a pool
 
-function Pool:_kill_workers()
-  for wid = 1, self._n do
-    local w = self._workers[wid]
-    if w and w.proc.exitcode == nil then w.proc:kill() end
-  end
-  for wid = 1, self._n do
-    local w = self._workers[wid]
-    if w then
-      w.proc:join()
-      w.proc:close()
-      w.inbox:close()
-      w.alive = false
-    end
-  end
-  self._workers = {}
-end
-
 -- pool:close(): no more tasks; the workers leave when the work is done.
 function Pool:close()
   if self._state == RUN then
@@ -1217,11 +1232,7 @@ end
 -- pool:terminate(): the workers are stopped now; unfinished tasks fail.
 function Pool:terminate()
   if self._state == TERMINATE and not next(self._workers) then return end
-  self._state = TERMINATE
-  self:_kill_workers()
-  fail_all(self, errors.new("ProcessError", "the pool was terminated"))
-  pools[self] = nil
-  core.unwatch(self._outq)
+  stop(self, errors.new("ProcessError", "the pool was terminated"))
   self._outq:close()
 end
 
@@ -1236,16 +1247,10 @@ function Pool:join()
     return true
   end)
   for wid = 1, self._n do
-    local w = self._workers[wid]
-    if w then
-      w.proc:join()
-      w.proc:close()
-      w.inbox:close()
-    end
+    if self._workers[wid] then close_worker(self._workers[wid]) end
   end
   self._workers = {}
-  pools[self] = nil
-  core.unwatch(self._outq)
+  detach(self)
 end
 
 Pool.__close = Pool.terminate

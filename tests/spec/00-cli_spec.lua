@@ -6,26 +6,12 @@ local mp = require "luamp"
 local lfs = require "lfs"
 local H = require "spec_helper"
 
-local q = H.q
+local q, readfile, writefile = H.q, H.readfile, H.writefile
 local luamp = q(H.luamp)
 
 -- Every run of the command is bounded, so that a host that hangs fails
 -- its test (status 137) instead of stopping the suite.
 local limit = "timeout -s KILL 20 "
-
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if f == nil then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function writefile(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
 -- Files made by a test, removed after it, and processes it started,
 -- killed after it if they are still there.

@@ -4,22 +4,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed = H.timed
-
--- Reads a whole file; nil if it does not exist.
-local function readfile(path)
-  local f = io.open(path, "rb")
-  if f == nil then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function writefile(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local timed, readfile, writefile = H.timed, H.readfile, H.writefile
 
 -- Runs fn(...) in a child and returns what it returned, as a string (the
 -- child writes it to a file), after checking that the child exited 0.
@@ -381,25 +366,8 @@ describe("Process", function()
     -- join (state S in /proc), so that the signal lands inside join.  The
     -- script catches the error, ends the child, and ends with `ending`.
     local function interrupted_join(ending)
-      return H.luamp_e([[
-        local mp = require "luamp"
-        local ppid = mp.current_process().pid
-        local function state(pid)
-          local f = assert(io.open("/proc/" .. pid .. "/stat"))
-          local s = f:read("a")
-          f:close()
-          return s:match("^%d+ %(.*%) (%a)")
-        end
-        local p = mp.Process{target = function()
-          local deadline = mp.monotonic() + 10
-          while state(ppid) ~= "S" and mp.monotonic() < deadline do
-            mp.sleep(0.002)
-          end
-          os.execute("kill -INT " .. ppid)
-          mp.sleep(60)
-        end}
-        p:start()
-        local ok, e = pcall(p.join, p)
+      return H.luamp_e(H.CTRL_C .. [[
+        local _, p, ok, e = interrupted(function(p) return p:join() end)
         print(ok, e)
         p:terminate()
         print(p:join(5), p.exitcode)

@@ -6,22 +6,10 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local raises = H.raises
 
--- Calls fn(...) and checks that it raised an error object of type etype
--- whose tostring is text.  Returns the error object.
-local function raises(etype, text, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
-  assert.are.equal(mp.Error, getmetatable(e))
-  assert.are.equal(etype, e.type)
-  assert.are.equal(text, tostring(e))
-  assert.are.equal(text:match("^luamp%.%a+: (.*)$"), e.message)
-  return e
-end
-
-local EMPTY = "luamp.Empty: queue is empty"
-local FULL = "luamp.Full: queue is full"
+local EMPTY = "queue is empty"
+local FULL = "queue is full"
 
 describe("Queue", function()
   H.leakcheck()
@@ -424,31 +412,9 @@ describe("Queue", function()
 
     it("is interrupted by Ctrl-C with a KeyboardInterrupt error object",
        function()
-      -- The child tells when it signals; the parent is then asleep in get.
-      local status, out, err = H.luamp_e([[
-        local mp = require "luamp"
-        local ppid = mp.current_process().pid
-        local function state(pid)
-          local f = assert(io.open("/proc/" .. pid .. "/stat"))
-          local s = f:read("a")
-          f:close()
-          return s:match("^%d+ %(.*%) (%a)")
-        end
-        local q, ready, told = mp.Queue(), mp.Queue(), mp.Queue()
-        local p = mp.Process{target = function()
-          ready:get(true, 10)
-          local deadline = mp.monotonic() + 10
-          while state(ppid) ~= "S" and mp.monotonic() < deadline do
-            mp.sleep(0.001)
-          end
-          told:put(mp.monotonic())
-          os.execute("kill -INT " .. ppid)
-          mp.sleep(60)
-        end}
-        p:start()
-        ready:put(true)
-        local ok, e = pcall(q.get, q)
-        local took = mp.monotonic() - told:get(true, 10)
+      local status, out, err = H.luamp_e(H.CTRL_C .. [[
+        local q = mp.Queue()
+        local took, p, ok, e = interrupted(function() return q:get() end)
         print(ok, type(e), e.type, tostring(e), took < 1 and "prompt" or took)
         q:put("still usable")
         print(q:get(true, 1))

@@ -8,6 +8,7 @@ local core = require "luamp.core"
 local lfs = require "lfs"
 local H = require "spec_helper"
 local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local raises = H.raises
 
 -- Receives from c, failing after 10 s instead of hanging.
 local function recv(c)
@@ -15,19 +16,7 @@ local function recv(c)
   return c:recv()
 end
 
--- Calls fn(...) and checks that it raised an error object of type etype
--- whose tostring is text.
-local function raises(etype, text, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
-  assert.are.equal(mp.Error, getmetatable(e))
-  assert.are.equal(etype, e.type)
-  assert.are.equal(text, tostring(e))
-  return e
-end
-
-local EOF = "luamp.EOFError: the other end of the connection is closed"
+local EOF = "the other end of the connection is closed"
 
 describe("Pipe", function()
   H.leakcheck()
@@ -525,31 +514,9 @@ describe("Pipe", function()
   describe("Ctrl-C", function()
     it("interrupts a blocked recv with a KeyboardInterrupt error object",
        function()
-      local status, out, err = H.luamp_e([[
-        local mp = require "luamp"
-        local ppid = mp.current_process().pid
-        local function state(pid)
-          local f = assert(io.open("/proc/" .. pid .. "/stat"))
-          local s = f:read("a")
-          f:close()
-          return s:match("^%d+ %(.*%) (%a)")
-        end
+      local status, out, err = H.luamp_e(H.CTRL_C .. [[
         local a, b = mp.Pipe()
-        local ready, told = mp.Queue(), mp.Queue()
-        local p = mp.Process{target = function()
-          ready:get(true, 10)
-          local deadline = mp.monotonic() + 10
-          while state(ppid) ~= "S" and mp.monotonic() < deadline do
-            mp.sleep(0.001)
-          end
-          told:put(mp.monotonic())
-          os.execute("kill -INT " .. ppid)
-          mp.sleep(60)
-        end}
-        p:start()
-        ready:put(true)
-        local ok, e = pcall(a.recv, a)
-        local took = mp.monotonic() - told:get(true, 10)
+        local took, p, ok, e = interrupted(function() return a:recv() end)
         print(ok, type(e), e.type, tostring(e), took < 1 and "prompt" or took)
         b:send("still usable")
         print(a:recv())

@@ -254,31 +254,12 @@ describe("wait", function()
 
   it("is interrupted by Ctrl-C with a KeyboardInterrupt error object",
      function()
-    local status, out, err = H.luamp_e([[
-      local mp = require "luamp"
-      local ppid = mp.current_process().pid
-      local function state(pid)
-        local f = assert(io.open("/proc/" .. pid .. "/stat"))
-        local s = f:read("a")
-        f:close()
-        return s:match("^%d+ %(.*%) (%a)")
-      end
+    local status, out, err = H.luamp_e(H.CTRL_C .. [[
       local a, b = mp.Pipe()
-      local q, ready, told = mp.Queue(), mp.Queue(), mp.Queue()
-      local p = mp.Process{target = function()
-        ready:get(true, 10)
-        local deadline = mp.monotonic() + 10
-        while state(ppid) ~= "S" and mp.monotonic() < deadline do
-          mp.sleep(0.001)
-        end
-        told:put(mp.monotonic())
-        os.execute("kill -INT " .. ppid)
-        mp.sleep(60)
-      end}
-      p:start()
-      ready:put(true)
-      local ok, e = pcall(mp.wait, {a, q, p})
-      local took = mp.monotonic() - told:get(true, 10)
+      local q = mp.Queue()
+      local took, p, ok, e = interrupted(function(p)
+        return mp.wait({a, q, p})
+      end)
       print(ok, type(e), e.type, took < 1 and "prompt" or took)
       p:terminate()
       print(p:join(5), p.exitcode)

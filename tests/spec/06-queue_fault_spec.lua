@@ -28,21 +28,8 @@ local function payload(id, seq, len)
   return unit:rep(len // #unit + 1):sub(1, len)
 end
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function appender(path)
-  local f = assert(io.open(path, "ab"))
-  f:setvbuf("no")
-  return f
-end
-
 local function producer(q, stop, acks_path, id)
-  local acks = appender(acks_path)
+  local acks = H.appender(acks_path)
   math.randomseed(id)
   local seq = 0
   while stop:get() == "\0" do
@@ -55,7 +42,7 @@ local function producer(q, stop, acks_path, id)
 end
 
 local function consumer(q, results_path)
-  local results = appender(results_path)
+  local results = H.appender(results_path)
   while true do
     local m = q:get()
     if m == false then break end
@@ -155,7 +142,7 @@ describe("Queue under SIGKILL", function()
 
     -- What was acked, and what was received.
     local acked, last_ack, nacked = {}, {}, 0
-    for id, seq in slurp(acks_path):gmatch("(%d+) (%d+)\n") do
+    for id, seq in H.readfile(acks_path):gmatch("(%d+) (%d+)\n") do
       id, seq = tonumber(id), tonumber(seq)
       acked[id .. "." .. seq] = true
       nacked = nacked + 1
@@ -164,7 +151,7 @@ describe("Queue under SIGKILL", function()
       last_ack[id] = seq
     end
     local received, nreceived, inline, outline = {}, 0, 0, 0
-    local text = slurp(results_path)
+    local text = H.readfile(results_path)
     assert.is_nil(text:find("torn", 1, true), "a torn message" .. why)
     for id, seq, len in text:gmatch("(%d+) (%d+) (%d+)\n") do
       id, seq, len = tonumber(id), tonumber(seq), tonumber(len)

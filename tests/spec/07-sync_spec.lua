@@ -7,16 +7,11 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local took = H.took
 
 -- Checks that fn returned exactly the values in want (a table with n).
 local function returns(want, ...)
   assert.are.same(want, table.pack(...))
-end
-
--- Checks that a timed call took between lo and hi seconds.
-local function took(dt, lo, hi, what)
-  assert.is_true(dt >= lo and dt < hi,
-    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
 end
 
 -- Starts a child that takes one unit of obj (a lock or a semaphore) and
@@ -641,34 +636,9 @@ describe("Ctrl-C", function()
 
   it("interrupts a blocked acquire or wait with a KeyboardInterrupt error "
      .. "object; the script can go on", function()
-    -- For each case a child sends SIGINT once `armed` is set and this
-    -- process is asleep, that is, blocked in the call under test.
-    local status, out, err = H.luamp_e([[
-      local mp = require "luamp"
-      local ppid = mp.current_process().pid
-      local function state(pid)
-        local f = assert(io.open("/proc/" .. pid .. "/stat"))
-        local s = f:read("a")
-        f:close()
-        return s:match("^%d+ %(.*%) (%a)")
-      end
-      local armed = mp.Value('i', 0)
-      local function interrupt(name, fn)
-        armed.value = 0
-        local p = mp.Process{target = function()
-          local deadline = mp.monotonic() + 10
-          while not (armed.value == 1 and state(ppid) == "S")
-                and mp.monotonic() < deadline do
-            mp.sleep(0.001)
-          end
-          os.execute("kill -INT " .. ppid)
-        end}
-        p:start()
-        armed.value = 1
-        local ok, e = pcall(fn)
-        p:join()
-        print(name, ok, type(e) == "table" and e.type, tostring(e))
-      end
+    -- For each case a child sends SIGINT once this process is asleep,
+    -- that is, blocked in the call under test.
+    local status, out, err = H.luamp_e(H.CTRL_C .. [[
       local l = mp.Lock()
       l:acquire()
       interrupt("Lock", function() return l:acquire() end)

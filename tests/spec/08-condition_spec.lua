@@ -7,23 +7,12 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed, spawn, finish = H.timed, H.spawn, H.finish
+local timed, spawn, finish, took, raises =
+  H.timed, H.spawn, H.finish, H.took, H.raises
+local reaches = H.reaches
 
 local function finish_all(ps)
   for _, p in ipairs(ps) do finish(p) end
-end
-
--- Checks that a timed call took between lo and hi seconds.
-local function took(dt, lo, hi, what)
-  assert.is_true(dt >= lo and dt < hi,
-    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
-end
-
--- Polls fn() (10 s at most) until it returns want, then checks it.
-local function reaches(want, fn)
-  local deadline = mp.monotonic() + 10
-  while fn() ~= want and mp.monotonic() < deadline do mp.sleep(0.001) end
-  assert.are.equal(want, fn())
 end
 
 -- How many processes are listed as waiting on condition c.
@@ -31,26 +20,13 @@ local function waiting(c)
   return tonumber(tostring(c):match("(%d+) waiting%)$"))
 end
 
-local BROKEN = "luamp.BrokenBarrierError: the barrier is broken"
-
--- Calls fn(...) and checks that it raised an error object of type etype
--- whose tostring is text.  Returns the error object.
-local function raises(etype, text, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
-  assert.are.equal(mp.Error, getmetatable(e))
-  assert.are.equal(etype, e.type)
-  assert.are.equal(text, tostring(e))
-  assert.are.equal(text:match("^luamp%.%a+: (.*)$"), e.message)
-  return e
-end
+local BROKEN = "the barrier is broken"
 
 -- In a child: true if fn raises a BrokenBarrierError error object.
 local function is_broken(fn, ...)
   local ok, e = pcall(fn, ...)
   return not ok and type(e) == "table" and e.type == mp.BrokenBarrierError
-    and tostring(e) == BROKEN
+    and tostring(e) == "luamp.BrokenBarrierError: " .. BROKEN
 end
 
 describe("Condition", function()
@@ -832,32 +808,7 @@ describe("Ctrl-C", function()
 
   it("interrupts Condition.wait, which holds the lock again, and "
      .. "Barrier.wait, which breaks the barrier", function()
-    local status, out, err = H.luamp_e([[
-      local mp = require "luamp"
-      local ppid = mp.current_process().pid
-      local function state(pid)
-        local f = assert(io.open("/proc/" .. pid .. "/stat"))
-        local s = f:read("a")
-        f:close()
-        return s:match("^%d+ %(.*%) (%a)")
-      end
-      local armed = mp.Value('i', 0)
-      local function interrupt(name, fn)
-        armed.value = 0
-        local p = mp.Process{target = function()
-          local deadline = mp.monotonic() + 10
-          while not (armed.value == 1 and state(ppid) == "S")
-                and mp.monotonic() < deadline do
-            mp.sleep(0.001)
-          end
-          os.execute("kill -INT " .. ppid)
-        end}
-        p:start()
-        armed.value = 1
-        local ok, e = pcall(fn)
-        p:join()
-        print(name, ok, type(e) == "table" and e.type, tostring(e))
-      end
+    local status, out, err = H.luamp_e(H.CTRL_C .. [[
       local c = mp.Condition()
       c:acquire()
       c:acquire()

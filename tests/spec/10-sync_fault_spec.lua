@@ -7,20 +7,13 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
-local took = H.took
+local took, reaches = H.took, H.reaches
 
 -- Kills p with SIGKILL and reaps it.
 local function kill(p)
   p:kill()
   assert.is_true(p:join(10))
   assert.are.equal(-9, p.exitcode)
-end
-
--- Polls fn() (10 s at most) until it returns want, then checks it.
-local function reaches(want, fn)
-  local deadline = mp.monotonic() + 10
-  while fn() ~= want and mp.monotonic() < deadline do mp.sleep(0.001) end
-  assert.are.equal(want, fn())
 end
 
 -- Starts a child that takes obj `levels` times and sleeps until it is

@@ -7,7 +7,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed = H.timed
+local timed, took, raises, alive = H.timed, H.took, H.raises, H.alive
 
 -- Tasks travel to the workers with their upvalues, but busted runs this
 -- file in its own _ENV, which does not travel: what tasks use from the
@@ -16,29 +16,6 @@ local _G, assert, collectgarbage, coroutine, error, io, math, select,
   setmetatable, tonumber, tostring =
   _G, assert, collectgarbage, coroutine, error, io, math, select,
   setmetatable, tonumber, tostring
-
--- Checks that a timed call took between lo and hi seconds.
-local function took(dt, lo, hi, what)
-  assert.is_true(dt >= lo and dt < hi,
-    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
-end
-
--- Calls fn(...) and checks that it raised an error object of type etype
--- whose message is msg (a string), or matches msg.pattern.  Returns it.
-local function raises(etype, msg, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
-  assert.are.equal(mp.Error, getmetatable(e))
-  assert.are.equal(etype, e.type)
-  if type(msg) == "table" then
-    assert.matches(msg.pattern, e.message)
-  else
-    assert.are.equal(msg, e.message)
-  end
-  assert.are.equal("luamp." .. etype .. ": " .. e.message, tostring(e))
-  return e
-end
 
 -- Calls fn(...) and checks that it raised a string error whose text,
 -- after the position "file:line: " if any, is msg.  Returns the error.
@@ -95,15 +72,6 @@ local function sorted(t)
   for i = 1, t.n or #t do s[i] = t[i] end
   table.sort(s)
   return s
-end
-
--- Whether process pid exists (a zombie counts as gone).
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %(.*%) (%a)") ~= "Z"
 end
 
 describe("Pool", function()

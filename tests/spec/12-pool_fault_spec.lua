@@ -8,7 +8,7 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed = H.timed
+local timed, took, raises, alive = H.timed, H.took, H.raises, H.alive
 
 -- Tasks travel to the workers with their upvalues, but busted runs this
 -- file in its own _ENV, which does not travel: what tasks use from the
@@ -16,28 +16,6 @@ local timed = H.timed
 local assert, error, io, os, tostring = assert, error, io, os, tostring
 
 local LOST = "the worker running the task died"
-
--- Checks that a timed call took between lo and hi seconds.
-local function took(dt, lo, hi, what)
-  assert.is_true(dt >= lo and dt < hi,
-    what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
-end
-
--- Calls fn(...) and checks that it raised an error object of type etype
--- whose message is msg (a string), or matches msg.pattern.  Returns it.
-local function raises(etype, msg, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
-  assert.are.equal(mp.Error, getmetatable(e))
-  assert.are.equal(etype, e.type, tostring(e))
-  if type(msg) == "table" then
-    assert.matches(msg.pattern, e.message)
-  else
-    assert.are.equal(msg, e.message)
-  end
-  return e
-end
 
 local function range(n)
   local t = {}
@@ -51,15 +29,6 @@ local function worker_pids()
   for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
   table.sort(pids)
   return pids
-end
-
--- Whether process pid exists (a zombie counts as gone).
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then return false end
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %(.*%) (%a)") ~= "Z"
 end
 
 -- The task's own worker ends, as by `kill -9` from a shell.

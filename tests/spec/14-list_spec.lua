@@ -8,15 +8,7 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local spawn, finish = H.spawn, H.finish
-local took, errmsg = H.took, H.errmsg
-
--- {1, 2, ..., n} with n set, as totable gives it.
-local function range(a, b)
-  local t = {}
-  for i = a, b do t[#t + 1] = i end
-  t.n = #t
-  return t
-end
+local took, errmsg, range = H.took, H.errmsg, H.range
 
 describe("List", function()
   H.leakcheck()

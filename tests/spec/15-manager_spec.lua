@@ -8,15 +8,7 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local spawn, finish = H.spawn, H.finish
-local errmsg = H.errmsg
-
--- {a, a + 1, ..., b} with n set, as totable gives it.
-local function range(a, b)
-  local t = {}
-  for i = a, b do t[#t + 1] = i end
-  t.n = #t
-  return t
-end
+local errmsg, range = H.errmsg, H.range
 
 -- The items of list l as a table with n, as Python's l[:] gives them.
 local function items(l) return l:totable() end

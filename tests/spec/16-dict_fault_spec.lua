@@ -12,7 +12,7 @@
 local mp = require "luamp"
 local core = require "luamp.core"
 local H = require "spec_helper"
-local spawn = H.spawn
+local spawn, finish = H.spawn, H.finish
 
 local ROUNDS = 200
 local WORKERS = 3
@@ -30,25 +30,6 @@ local function value(r, extra)
   local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
     or math.random(0, 300)
   return {r = r, len = len, s = payload(r, len), extra = extra}
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function appender(path)
-  local f = assert(io.open(path, "ab"))
-  f:setvbuf("no")
-  return f
-end
-
--- Joins p (10 s at most) and checks that it ended with status 0.
-local function finish(p, why)
-  assert.is_true(p:join(10), "the child did not end" .. (why or ""))
-  assert.are.equal(0, p.exitcode, "the child failed" .. (why or ""))
 end
 
 -- One random operation on d; extra goes into the values stored.
@@ -131,7 +112,7 @@ describe("Dict under SIGKILL", function()
       next_id = next_id + 1
       return spawn(function(id)
         math.randomseed(seed + id)
-        local acks = appender(acks_path)
+        local acks = H.appender(acks_path)
         while stop:get() == "\0" do operate(d, acks) end
         acks:close()
       end, next_id)
@@ -155,7 +136,7 @@ describe("Dict under SIGKILL", function()
 
     local count = check_consistent(d, why)
     assert.is_true(count > 0, "nothing was stored" .. why)
-    local acked = #slurp(acks_path) // 2
+    local acked = #H.readfile(acks_path) // 2
     local total = d.total or 0
     assert.is_true(total >= acked and total <= acked + ROUNDS,
       "total " .. total .. " for " .. acked .. " acked increments" .. why)

@@ -47,18 +47,36 @@ function H.leakcheck()
   end)
 end
 
+-- Reads a whole file; nil if it does not exist.
+function H.readfile(path)
+  local f = io.open(path, "rb")
+  if f == nil then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function H.writefile(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- A file opened for appending, unbuffered: what a process writes there is
+-- on disk even if it is killed the next instant.
+function H.appender(path)
+  local f = assert(io.open(path, "ab"))
+  f:setvbuf("no")
+  return f
+end
+
 -- Runs a shell command; returns its exit status, stdout and stderr.
 function H.run(cmd)
   local out, err = os.tmpname(), os.tmpname()
   local ok, how, code = os.execute(cmd .. " >" .. out .. " 2>" .. err)
-  local function slurp(f)
-    local fh = assert(io.open(f, "rb"))
-    local s = fh:read("a")
-    fh:close()
-    os.remove(f)
-    return s
-  end
-  local o, e = slurp(out), slurp(err)
+  local o, e = assert(H.readfile(out)), assert(H.readfile(err))
+  os.remove(out)
+  os.remove(err)
   if how == "signal" then code = 128 + code end
   return code, o, e
 end
@@ -72,6 +90,48 @@ end
 function H.luamp_e(code, opts)
   return H.run((opts or "") .. " " .. H.q(H.luamp) .. " -e " .. H.q(code))
 end
+
+-- The start of a chunk for H.luamp_e that tests Ctrl-C in a blocking call.
+-- It defines `mp` and:
+--   interrupted(fn) -> took, p, pcall(fn, p)...: starts a child p that
+--     sends this process SIGINT once this process is asleep (blocked in
+--     fn's call), then sleeps; calls fn(p) protected.  took is the time
+--     from the signal to fn's return.  The caller ends p.
+--   interrupt(name, fn): interrupted(fn), p ended, and a line
+--     "name <ok> <error type> <error text>" printed.
+H.CTRL_C = [[
+local mp = require "luamp"
+local function interrupted(fn)
+  local me, armed, told = mp.current_process().pid, mp.Value("i", 0),
+    mp.Value("d", 0)
+  local function state()
+    local f = assert(io.open("/proc/" .. me .. "/stat"))
+    local s = f:read("a")
+    f:close()
+    return s:match("^%d+ %(.*%) (%a)")
+  end
+  local p = mp.Process{target = function()
+    local deadline = mp.monotonic() + 10
+    while not (armed.value == 1 and state() == "S")
+          and mp.monotonic() < deadline do
+      mp.sleep(0.001)
+    end
+    told.value = mp.monotonic()
+    os.execute("kill -INT " .. me)
+    mp.sleep(60)
+  end}
+  p:start()
+  armed.value = 1
+  local r = table.pack(pcall(fn, p))
+  return mp.monotonic() - told.value, p, table.unpack(r, 1, r.n)
+end
+local function interrupt(name, fn)
+  local _, p, ok, e = interrupted(fn)
+  p:terminate()
+  p:join()
+  print(name, ok, type(e) == "table" and e.type, tostring(e))
+end
+]]
 
 
 -- Shared by the specs.
@@ -91,6 +151,27 @@ function H.state(pid)
   return s:match("^%d+ %(.*%) (%a)")
 end
 
+-- Whether process pid exists (a zombie counts as gone).
+function H.alive(pid)
+  local s = H.readfile("/proc/" .. pid .. "/stat")
+  return s ~= nil and s:match("^%d+ %(.*%) (%a)") ~= "Z"
+end
+
+-- Polls fn() (10 s at most) until it returns want, then checks it.
+function H.reaches(want, fn)
+  local deadline = mp.monotonic() + 10
+  while fn() ~= want and mp.monotonic() < deadline do mp.sleep(0.001) end
+  assert.are.equal(want, fn())
+end
+
+-- {a, a + 1, ..., b} with n set, as a List's totable gives it.
+function H.range(a, b)
+  local t = {}
+  for i = a, b do t[#t + 1] = i end
+  t.n = #t
+  return t
+end
+
 -- Waits (10 s at most) until process pid is asleep.
 function H.until_asleep(pid)
   local deadline = mp.monotonic() + 10
@@ -107,16 +188,35 @@ function H.spawn(fn, ...)
   return p
 end
 
--- Joins p (10 s at most) and checks that it ended with status 0.
-function H.finish(p)
-  assert.is_true(p:join(10), "the child did not end")
-  assert.are.equal(0, p.exitcode, "the child failed")
+-- Joins p (10 s at most) and checks that it ended with status 0; why, if
+-- given, ends the failure messages.
+function H.finish(p, why)
+  assert.is_true(p:join(10), "the child did not end" .. (why or ""))
+  assert.are.equal(0, p.exitcode, "the child failed" .. (why or ""))
 end
 
 -- Checks that a time is between lo and hi seconds.
 function H.took(dt, lo, hi, what)
   assert.is_true(dt >= lo and dt < hi,
     what .. " took " .. dt .. " s, expected [" .. lo .. ", " .. hi .. ")")
+end
+
+-- Calls fn(...) and checks that it raised a luamp error object of type
+-- etype whose message is msg (a string), or matches msg.pattern, and whose
+-- text is "luamp.<etype>: <message>".  Returns the error object.
+function H.raises(etype, msg, fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok, "no error was raised")
+  assert.are.equal("table", type(e), "not an error object: " .. tostring(e))
+  assert.are.equal(mp.Error, getmetatable(e))
+  assert.are.equal(etype, e.type, tostring(e))
+  if type(msg) == "table" then
+    assert.matches(msg.pattern, e.message)
+  else
+    assert.are.equal(msg, e.message)
+  end
+  assert.are.equal("luamp." .. etype .. ": " .. e.message, tostring(e))
+  return e
 end
 
 -- The message of the error fn(...) raises, without its position.
