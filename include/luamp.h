@@ -61,14 +61,26 @@ LUAMP_EXPORT int luamp_dofile(luamp_host *h, const char *path);
 LUAMP_EXPORT int luamp_dostring(luamp_host *h, const char *code,
                                 const char *chunkname);
 
-/* Ends the host: joins non-daemon children, terminates daemon children,
- * closes the state and frees the host.  Returns the number of children that
- * had to be terminated, or -1 when Ctrl-C interrupted the wait (every
- * child has then been ended).  Never raises. */
+/* lua_pcall in the host's state under the same handler: calls the
+ * function below the narg arguments on the top of the stack.  Returns
+ * LUA_OK with nres results, or an error status with the message (a
+ * traceback for a string error, tostring for an error object). */
+LUAMP_EXPORT int luamp_pcall(luamp_host *h, int narg, int nres);
+
+/* 1 if the last of luamp_dofile, luamp_dostring and luamp_pcall on the
+ * host failed because Ctrl-C interrupted it, else 0. */
+LUAMP_EXPORT int luamp_interrupted(luamp_host *h);
+
+/* Ends the host: joins non-daemon children (or, if Ctrl-C ended its last
+ * chunk, ends every child at once), terminates daemon children, closes the
+ * state and frees the host.  Returns the number of children that had to be
+ * terminated, or -1 when Ctrl-C interrupted the wait (every child has then
+ * been ended).  Never raises.  A new host may be made afterwards. */
 LUAMP_EXPORT int luamp_close(luamp_host *h);
 
-/* True (non-zero) once SIGINT has interrupted the host's code. */
-LUAMP_EXPORT int luamp_interrupted(void);
+/* Parses a size such as "64M", "1G", "512k" or "1048576" into bytes, as
+ * --arena and LUAMP_ARENA read it: 0, or -1 when it is malformed. */
+LUAMP_EXPORT int luamp_parse_size(const char *s, size_t *out);
 
 /* The module opener, for `require "luamp"` from a stock lua5.4. */
 LUAMP_EXPORT int luaopen_luamp(lua_State *L);

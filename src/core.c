@@ -1,6 +1,7 @@
 /* core.c -- the luamp module: opens the runtime, builds the `luamp.core`
- * table of C mechanism and hands it to the Lua front (lua/luamp/), which is
- * compiled into the binary.
+ * table of C mechanism from the families of src/types, and hands it to the
+ * Lua front (lua/luamp/), which is compiled into the binary and offered to
+ * `require` through package.preload.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -12,47 +13,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "internal.h"
 #include "luamp.h"
-
-#define ATEXIT_KEY "luamp.atexit"
-#define HOSTED_KEY "luamp.hosted"
-#define THROW_KEY "luamp.throw"
-
-static int atexit_done;
-static int atexit_rc; /* what lmp_shutdown_children said */
-
-int lmp_throw(lua_State *L, const char *type, const char *fmt, ...) {
-  va_list ap;
-  lua_getfield(L, LUA_REGISTRYINDEX, THROW_KEY);
-  lua_pushstring(L, type);
-  va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
-  lua_call(L, 2, 0); /* raises */
-  return 0;
-}
-
-int lmp_run_atexit(lua_State *L) {
-  if (atexit_done) return atexit_rc;
-  atexit_done = 1;
-  if (L != NULL) {
-    lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
-    if (lua_isfunction(L, -1)) {
-      if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-        fprintf(stderr, "luamp: error at exit: %s\n", lua_tostring(L, -1));
-        lua_pop(L, 1);
-      }
-    } else {
-      lua_pop(L, 1);
-    }
-  }
-  atexit_rc = lmp_shutdown_children();
-  return atexit_rc;
-}
-
-/* For a new child: it has its own exit to run. */
-void lmp_reset_atexit(void) { atexit_done = 0; }
+#include "luamp_lua.h" /* generated: lmp_lua_files[] */
+#include "types/types.h"
 
 static int never(void *ud) {
   (void)ud;
@@ -65,9 +28,8 @@ static int core_sleep(lua_State *L) {
   int rc;
   luaL_argcheck(L, t == t, 1, "seconds must be a number, not NaN");
   luaL_argcheck(L, t >= 0, 1, "seconds must be non-negative");
-  lmp_waiter(L);
-  rc = lmp_wait(never, NULL, t >= 1e15 ? -1 : lmp_now() + t);
-  if (rc < 0) return lmp_wait_fail(L, rc);
+  rc = lmp_wait(L, never, NULL, t >= 1e15 ? -1 : lmp_now() + t);
+  if (rc < 0) return lmp_raise_errno(L, rc, "cannot sleep");
   return 0;
 }
 
@@ -105,34 +67,13 @@ static int core_stats(lua_State *L) {
 }
 
 static int core_interrupted(lua_State *L) {
-  lua_pushboolean(L, lmp_interrupted_flag);
+  lua_pushboolean(L, lmp_was_interrupted());
   return 1;
 }
 
 static int core_is_interrupt(lua_State *L) {
   lua_pushboolean(L, lmp_is_interrupt(L, 1));
   return 1;
-}
-
-static int core_is_child(lua_State *L) {
-  lua_pushboolean(L, lmp_is_child());
-  return 1;
-}
-
-/* on_exit(fn): the Lua part of this process's exit (see lmp_run_atexit). */
-static int core_on_exit(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
-  return 0;
-}
-
-/* set_throw(fn): the Lua function that raises error objects for C. */
-static int core_set_throw(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
-  lua_settop(L, 1);
-  lua_setfield(L, LUA_REGISTRYINDEX, THROW_KEY);
-  return 0;
 }
 
 /* os.exit for luamp processes: a child leaves through its own exit path
@@ -160,14 +101,15 @@ static int gc_sentinel(lua_State *L) {
  * (see loop.c). */
 static int core_set_service(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TFUNCTION);
-  return lmp_set_service(L, 1);
+  lmp_set_service(L, 1);
+  return 0;
 }
 
 /* watch(obj) / unwatch(obj): this process hears of every change to obj
  * (a queue's put), even while it waits for something else. */
 static int core_watch(lua_State *L) {
   lmp_obj *o = lmp_toobj(L, 1);
-  luaL_argcheck(L, o != NULL, 1, "a luamp object expected");
+  luaL_argexpected(L, o != NULL, 1, "luamp object");
   if (lmp_watch(o) < 0) return luaL_error(L, "too many watches at once");
   return 0;
 }
@@ -206,9 +148,6 @@ static const luaL_Reg core_funcs[] = {
   {"stats", core_stats},
   {"interrupted", core_interrupted},
   {"is_interrupt", core_is_interrupt},
-  {"is_child", core_is_child},
-  {"on_exit", core_on_exit},
-  {"set_throw", core_set_throw},
   {"encode", lmp_codec_encode},
   {"encode_slice", lmp_codec_encode_slice},
   {"decode", lmp_codec_decode},
@@ -216,21 +155,42 @@ static const luaL_Reg core_funcs[] = {
   {NULL, NULL}
 };
 
-int lmp_open_core(lua_State *L) {
+#define FAMILY(name) &lmp_##name##_family,
+static const lmp_family *const families[] = {
+  &lmp_process_family, LMP_FAMILIES(FAMILY) NULL
+};
+#undef FAMILY
+
+/* Pushes the luamp.core table. */
+static int open_core(lua_State *L) {
+  int i;
+  lmp_error_open(L);
   luaL_newlib(L, core_funcs);
-  lmp_open_process(L);
-  lmp_open_blob(L);
-  lmp_open_queue(L);
-  lmp_open_pipe(L);
-  lmp_open_wait(L);
-  lmp_open_sync(L);
-  lmp_open_cond(L);
-  lmp_open_shared(L);
-  lmp_open_dict(L);
-  lmp_open_list(L);
+  for (i = 0; families[i] != NULL; i++) lmp_family_open(L, families[i]);
   lua_pushinteger(L, LMP_MAX_PROCS);
   lua_setfield(L, -2, "max_processes");
   return 1;
+}
+
+/* The Lua front, one preload function per file. */
+static int load_embedded(lua_State *L) {
+  const lmp_lua_file *f = lua_touserdata(L, lua_upvalueindex(1));
+  if (luaL_loadbuffer(L, f->src, f->len, f->chunkname) != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, 1); /* module name */
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+static void preload_front(lua_State *L) {
+  const lmp_lua_file *f;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (f = lmp_lua_files; f->name != NULL; f++) {
+    lua_pushlightuserdata(L, (void *)f);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, f->name);
+  }
+  lua_pop(L, 1);
 }
 
 /* Replaces os.exit in the state's os table, if it has one. */
@@ -240,11 +200,6 @@ static void patch_os_exit(lua_State *L) {
     lua_setfield(L, -2, "exit");
   }
   lua_pop(L, 1);
-}
-
-void lmp_mark_hosted(lua_State *L) {
-  lua_pushboolean(L, 1);
-  lua_setfield(L, LUA_REGISTRYINDEX, HOSTED_KEY);
 }
 
 LUAMP_EXPORT int luaopen_luamp(lua_State *L) {
@@ -258,11 +213,11 @@ LUAMP_EXPORT int luaopen_luamp(lua_State *L) {
   if ((rc = lmp_runtime_init(NULL)) < 0)
     return luaL_error(L, "cannot start the event loop: error %d", rc);
   lmp_sigint_install(L);
-  luaL_requiref(L, "luamp.core", lmp_open_core, 0);
+  luaL_requiref(L, "luamp.core", open_core, 0);
   lua_pop(L, 1);
-  lmp_open_embedded(L);
+  preload_front(L);
   patch_os_exit(L);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, HOSTED_KEY) == LUA_TNIL) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LMP_HOSTED) == LUA_TNIL) {
     /* A stock lua5.4.  Our os.exit may close the state, which unloads
      * this module while its code is still on the stack: stay loaded. */
     Dl_info info;

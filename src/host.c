@@ -1,5 +1,7 @@
 /* host.c -- the embedding API of include/luamp.h: a host is a Lua state
- * with luamp loaded, and the promise to wait for its children at the end.
+ * with luamp loaded, its allocator, and the promise to wait for its
+ * children at the end.  Everything a host owns lives in it, so that a host
+ * made after another was closed starts afresh.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -9,14 +11,8 @@
 
 #include <lualib.h>
 
-#include "internal.h"
 #include "luamp.h"
-
-struct luamp_host {
-  lua_State *L;
-};
-
-static luamp_host *last_host; /* keeps the state reachable for leak checks */
+#include "runtime/runtime.h"
 
 /*
  * The host's allocator: Lua's own (realloc and free), except that a few
@@ -30,37 +26,43 @@ static luamp_host *last_host; /* keeps the state reachable for leak checks */
 #define KEEP_BLOCKS 4
 #define KEEP_BYTES ((size_t)256 << 20)
 
-static struct {
-  void *p;
-  size_t size;
-} kept[KEEP_BLOCKS];
-static size_t kept_bytes;
+struct luamp_host {
+  lua_State *L;
+  int interrupted; /* the last error it raised was a Ctrl-C */
+  struct {
+    void *p;
+    size_t size;
+  } kept[KEEP_BLOCKS];
+  size_t kept_bytes;
+};
 
-static void *take_kept(size_t n) {
+static luamp_host *last_host; /* keeps the state reachable for leak checks */
+
+static void *take_kept(luamp_host *h, size_t n) {
   int i, best = -1;
   void *p;
   for (i = 0; i < KEEP_BLOCKS; i++) {
-    if (kept[i].p != NULL && kept[i].size >= n && kept[i].size / 2 <= n &&
-        (best < 0 || kept[i].size < kept[best].size))
+    if (h->kept[i].p != NULL && h->kept[i].size >= n && h->kept[i].size / 2 <= n &&
+        (best < 0 || h->kept[i].size < h->kept[best].size))
       best = i;
   }
   if (best < 0) return NULL;
-  kept_bytes -= kept[best].size;
-  p = kept[best].p;
-  kept[best].p = NULL;
-  kept[best].size = 0;
+  h->kept_bytes -= h->kept[best].size;
+  p = h->kept[best].p;
+  h->kept[best].p = NULL;
+  h->kept[best].size = 0;
   return p;
 }
 
-static void keep_or_free(void *p) {
+static void keep_or_free(luamp_host *h, void *p) {
   size_t n = malloc_usable_size(p);
   int i;
-  if (n + kept_bytes <= KEEP_BYTES) {
+  if (n + h->kept_bytes <= KEEP_BYTES) {
     for (i = 0; i < KEEP_BLOCKS; i++) {
-      if (kept[i].p == NULL) {
-        kept[i].p = p;
-        kept[i].size = n;
-        kept_bytes += n;
+      if (h->kept[i].p == NULL) {
+        h->kept[i].p = p;
+        h->kept[i].size = n;
+        h->kept_bytes += n;
         return;
       }
     }
@@ -68,35 +70,36 @@ static void keep_or_free(void *p) {
   free(p);
 }
 
-static void free_kept(void) {
+static void free_kept(luamp_host *h) {
   int i;
   for (i = 0; i < KEEP_BLOCKS; i++) {
-    free(kept[i].p);
-    kept[i].p = NULL;
-    kept[i].size = 0;
+    free(h->kept[i].p);
+    h->kept[i].p = NULL;
+    h->kept[i].size = 0;
   }
-  kept_bytes = 0;
+  h->kept_bytes = 0;
 }
 
 static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  (void)ud;
+  luamp_host *h = ud;
   if (nsize == 0) {
-    if (ptr != NULL && osize >= BIG_BLOCK) keep_or_free(ptr);
+    if (ptr != NULL && osize >= BIG_BLOCK) keep_or_free(h, ptr);
     else free(ptr);
     return NULL;
   }
   if (ptr == NULL && nsize >= BIG_BLOCK) {
-    void *p = take_kept(nsize);
+    void *p = take_kept(h, nsize);
     if (p != NULL) return p;
   }
   return realloc(ptr, nsize);
 }
-int lmp_error_was_interrupt;
 
-/* The message handler: a traceback for strings, tostring for objects. */
+/* The message handler: a traceback for strings, tostring for objects; it
+ * notes in its host (upvalue 1) whether the error was a Ctrl-C. */
 static int msghandler(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
-  lmp_error_was_interrupt = lmp_is_interrupt(L, 1);
+  luamp_host *h = lua_touserdata(L, lua_upvalueindex(1));
+  h->interrupted = lmp_is_interrupt(L, 1);
   if (msg == NULL) {
     if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
       return 1;
@@ -107,13 +110,22 @@ static int msghandler(lua_State *L) {
   return 1;
 }
 
-static int docall(lua_State *L, int narg, int nres) {
+LUAMP_EXPORT int luamp_pcall(luamp_host *h, int narg, int nres) {
+  lua_State *L = h->L;
   int status, base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
+  lua_pushlightuserdata(L, h);
+  lua_pushcclosure(L, msghandler, 1);
   lua_insert(L, base);
+  h->interrupted = 0;
   status = lua_pcall(L, narg, nres, base);
   lua_remove(L, base);
   return status;
+}
+
+LUAMP_EXPORT int luamp_interrupted(luamp_host *h) { return h->interrupted; }
+
+LUAMP_EXPORT int luamp_parse_size(const char *s, size_t *out) {
+  return lmp_parse_size(s, out) < 0 ? -1 : 0;
 }
 
 LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
@@ -143,12 +155,13 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
     if (err != NULL) *err = "not enough memory";
     return NULL;
   }
-  lua_setallocf(h->L, host_alloc, NULL);
+  lua_setallocf(h->L, host_alloc, h);
   if (!cfg->no_stdlibs) luaL_openlibs(h->L);
-  lmp_mark_hosted(h->L);
+  lua_pushboolean(h->L, 1);
+  lua_setfield(h->L, LUA_REGISTRYINDEX, LMP_HOSTED);
   lua_pushcfunction(h->L, luaopen_luamp);
   lua_pushliteral(h->L, "luamp");
-  if (docall(h->L, 1, 1) != LUA_OK) {
+  if (luamp_pcall(h, 1, 1) != LUA_OK) {
     if (err != NULL) *err = "cannot load the luamp module";
     lua_close(h->L);
     free(h);
@@ -167,7 +180,7 @@ LUAMP_EXPORT lua_State *luamp_state(luamp_host *h) { return h->L; }
 
 LUAMP_EXPORT int luamp_dofile(luamp_host *h, const char *path) {
   int status = luaL_loadfile(h->L, path);
-  if (status == LUA_OK) status = docall(h->L, 0, 0);
+  if (status == LUA_OK) status = luamp_pcall(h, 0, 0);
   return status;
 }
 
@@ -175,26 +188,21 @@ LUAMP_EXPORT int luamp_dostring(luamp_host *h, const char *code,
                                 const char *chunkname) {
   int status = luaL_loadbuffer(h->L, code, strlen(code),
                                chunkname != NULL ? chunkname : code);
-  if (status == LUA_OK) status = docall(h->L, 0, 0);
+  if (status == LUA_OK) status = luamp_pcall(h, 0, 0);
   return status;
-}
-
-/* The traceback-producing call, for main.c. */
-int lmp_host_docall(lua_State *L, int narg, int nres) {
-  return docall(L, narg, nres);
 }
 
 LUAMP_EXPORT int luamp_close(luamp_host *h) {
   int n;
   if (h == NULL) return 0;
+  /* Ctrl-C ended its code: every child goes now, not at its own pace. */
+  if (h->interrupted) lmp_terminate_children(0.5, 0);
   n = lmp_run_atexit(h->L);
   if (n >= 0) n += lmp_terminate_children(0.5, 0);
   lmp_sigint_forget();
   lua_close(h->L);
-  free_kept();
+  free_kept(h);
   if (last_host == h) last_host = NULL;
   free(h);
   return n;
 }
-
-LUAMP_EXPORT int luamp_interrupted(void) { return lmp_interrupted_flag != 0; }

@@ -11,10 +11,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "internal.h"
 #include "luamp.h"
 
 static const char *progname = "luamp";
+static luamp_host *host;
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -75,7 +75,7 @@ static int pushargs(lua_State *L) {
 }
 
 static int dochunk(lua_State *L, int status) {
-  if (status == LUA_OK) status = lmp_host_docall(L, 0, 0);
+  if (status == LUA_OK) status = luamp_pcall(host, 0, 0);
   report(L, status);
   return status;
 }
@@ -93,7 +93,7 @@ static int dolibrary(lua_State *L, char *globname) {
   }
   lua_getglobal(L, "require");
   lua_pushstring(L, modname);
-  status = lmp_host_docall(L, 1, 1);
+  status = luamp_pcall(host, 1, 1);
   if (status == LUA_OK) lua_setglobal(L, globname);
   report(L, status);
   return status;
@@ -106,7 +106,7 @@ static int handle_script(lua_State *L, char **argv) {
   status = luaL_loadfile(L, fname);
   if (status == LUA_OK) {
     int n = pushargs(L);
-    status = lmp_host_docall(L, n, LUA_MULTRET);
+    status = luamp_pcall(host, n, LUA_MULTRET);
   }
   report(L, status);
   return status;
@@ -172,7 +172,7 @@ static int loadline(lua_State *L) {
 static void doREPL(lua_State *L) {
   int status;
   while ((status = loadline(L)) != -1) {
-    if (status == LUA_OK) status = lmp_host_docall(L, 0, LUA_MULTRET);
+    if (status == LUA_OK) status = luamp_pcall(host, 0, LUA_MULTRET);
     if (status == LUA_OK) {
       int n = lua_gettop(L);
       if (n > 0) {
@@ -184,7 +184,6 @@ static void doREPL(lua_State *L) {
     } else {
       report(L, status);
     }
-    lmp_interrupted_flag = 0; /* a Ctrl-C ends the statement, not the REPL */
   }
   lua_settop(L, 0);
   fputs("\n", stdout);
@@ -231,7 +230,7 @@ int main(int argc, char **argv) {
       ncode++;
     } else if (strcmp(a, "--arena") == 0 || strncmp(a, "--arena=", 8) == 0) {
       const char *v = a[7] == '=' ? a + 8 : (++i < argc ? argv[i] : NULL);
-      if (v == NULL || lmp_parse_size(v, &cfg.arena_size) < 0) {
+      if (v == NULL || luamp_parse_size(v, &cfg.arena_size) < 0) {
         fprintf(stderr, "%s: --arena needs a size such as 256M or 4G\n",
                 progname);
         return 1;
@@ -243,7 +242,7 @@ int main(int argc, char **argv) {
     }
   }
   if (noenv) unsetenv("LUAMP_ARENA");
-  h = luamp_new(&cfg, &err);
+  host = h = luamp_new(&cfg, &err);
   if (h == NULL) {
     fprintf(stderr, "%s: %s\n", progname, err);
     return 1;
@@ -283,12 +282,10 @@ int main(int argc, char **argv) {
     }
   }
   exitcode = status == LUA_OK ? EXIT_SUCCESS : EXIT_FAILURE;
-  if (status != LUA_OK && lmp_error_was_interrupt) {
-    /* Ctrl-C ended the script: every child goes now, and the status says
-     * why, as a shell reports a job killed by SIGINT. */
-    lmp_terminate_children(0.5, 0);
-    exitcode = 130;
-  }
+  /* Ctrl-C ended the script: every child goes now (luamp_close sees to
+   * it), and the status says why, as a shell reports a job killed by
+   * SIGINT. */
+  if (status != LUA_OK && luamp_interrupted(h)) exitcode = 130;
   if (luamp_close(h) < 0) exitcode = 130;
   return exitcode;
 }

@@ -14,13 +14,9 @@ M.types = {
   "KeyboardInterrupt",
 }
 
-local Error = {}
-Error.__index = Error
-Error.__name = "luamp.Error"
-
-function Error.__tostring(e)
-  return "luamp." .. e.type .. ": " .. e.message
-end
+-- The metatable of error objects, made by the C runtime, which raises
+-- them too: __tostring gives "luamp.<type>: <message>".
+local Error = core.metatable("luamp.Error")
 
 M.Error = Error
 
@@ -43,10 +39,5 @@ function M.is(e, etype)
   return type(e) == "table" and getmetatable(e) == Error
     and (etype == nil or e.type == etype)
 end
-
--- C raises error objects through this.
-core.set_throw(function(etype, message)
-  error(M.new(etype, message), 3)
-end)
 
 return M

@@ -8,7 +8,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "arena/arena.h"
+
+enum { T_TEST = 1 }; /* a type of shared object with no hooks */
 
 static int failures;
 
@@ -173,7 +175,7 @@ static void test_killed_holder(void) {
   char c;
   lmp_arena_stats_get(&st);
   base = st.objects;
-  o = lmp_obj_new(LMP_T_BLOB, 64);
+  o = lmp_obj_new(T_TEST, 0, 64);
   ASSERT_TRUE(o != NULL);
   ASSERT_EQ(lmp_hold(o), 0);
   ASSERT_EQ(atomic_load(&o->refs), 1);
@@ -186,7 +188,7 @@ static void test_killed_holder(void) {
     int k;
     lmp_slot_adopt((uint32_t)slot);
     for (k = 0; k < 1000; k++) { /* many objects, held and never freed */
-      lmp_obj *x = lmp_obj_new(LMP_T_BLOB, 100);
+      lmp_obj *x = lmp_obj_new(T_TEST, 0, 100);
       if (x == NULL || lmp_hold(x) < 0) _exit(2);
     }
     if (write(fds[1], "x", 1) != 1) _exit(2);
@@ -216,13 +218,13 @@ static void test_hold_table(void) {
   size_t base = used();
   int i;
   for (i = 0; i < N; i++) {
-    objs[i] = lmp_obj_new(LMP_T_BLOB, 32);
+    objs[i] = lmp_obj_new(T_TEST, 0, 32);
     ASSERT_EQ(lmp_hold(objs[i]), 0);
     ASSERT_EQ(lmp_hold(objs[i]), 0); /* a second handle */
   }
   for (i = 0; i < N; i++) {
     ASSERT_EQ(atomic_load(&objs[i]->refs), 1);
-    ASSERT_TRUE(lmp_obj_check(LMP_OFF(objs[i]), LMP_T_BLOB));
+    ASSERT_TRUE(lmp_obj_check(LMP_OFF(objs[i]), T_TEST));
     lmp_unhold(objs[i]);
   }
   for (i = 0; i < N; i++) lmp_unhold(objs[i]);

@@ -10,7 +10,7 @@
 
 #include <lualib.h>
 
-#include "internal.h"
+#include "types/types.h"
 
 static int failures;
 
@@ -85,7 +85,7 @@ static lua_State *newstate(void) {
   lua_register(L, "encode_slice", lmp_codec_encode_slice);
   lua_register(L, "decode_into", lmp_codec_decode_into);
   lua_newtable(L);
-  lmp_open_blob(L); /* core.blob(n) makes a shared object */
+  lmp_family_open(L, &lmp_blob_family); /* core.blob(n): a shared object */
   lua_setglobal(L, "core");
   /* A C function reachable from no module, and a light userdata. */
   lua_pushcfunction(L, unnamed);

@@ -2,11 +2,10 @@
  * lmp_msg_release must survive any bytes.  Run with LUAMP_FUZZ_SEEDS=dir to
  * write a starting corpus of real encoder outputs into dir instead.
  *
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -I src -I include \
- *     -I /usr/include/lua5.4 tests/fuzz/fuzz_decode.c src/codec.c \
- *     src/decode.c src/arena.c src/handle.c -llua5.4 -lm -o fuzz_decode
- *   LUAMP_FUZZ_SEEDS=corpus ./fuzz_decode
- *   ./fuzz_decode -max_total_time=60 corpus
+ *   cmake -S . -B build-fuzz -DLUAMP_FUZZ=ON -DCMAKE_C_COMPILER=clang
+ *   cmake --build build-fuzz --target fuzz_decode
+ *   LUAMP_FUZZ_SEEDS=corpus build-fuzz/fuzz_decode
+ *   build-fuzz/fuzz_decode -max_total_time=60 corpus
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +13,7 @@
 
 #include <lualib.h>
 
-#include "internal.h"
+#include "types/types.h"
 
 /* The arena key is random per run, which would make every function in a
  * stored corpus fail its signature check and hide the code behind it.  The
@@ -91,7 +90,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   L = luaL_newstate();
   luaL_openlibs(L);
   lua_newtable(L);
-  lmp_open_blob(L);
+  lmp_family_open(L, &lmp_blob_family);
   lua_getfield(L, -1, "blob");
   lua_pushinteger(L, 8);
   lua_call(L, 1, 1);

@@ -493,12 +493,13 @@ describe("Queue", function()
       q:put(4)
       assert.are.equal(4, q:get(false), "a put after a drain")
       q:close()
-      assert.has_error(function() q:_drain({}) end, "queue is closed")
+      assert.has_error(function() q:_drain({}) end,
+        "attempt to use a closed queue")
     end)
   end)
 
   describe("close", function()
-    it("makes every method raise 'queue is closed'", function()
+    it("makes every method raise 'attempt to use a closed queue'", function()
       local q = mp.Queue()
       q:put(1)
       q:close()
@@ -508,7 +509,7 @@ describe("Queue", function()
         function() q:qsize() end, function() q:empty() end,
         function() q:full() end, function() q:maxsize() end,
       } do
-        assert.has_error(call, "queue is closed")
+        assert.has_error(call, "attempt to use a closed queue")
       end
     end)
 
@@ -525,7 +526,8 @@ describe("Queue", function()
         scoped:put("x")
       end
       assert.are.equal("luamp.Queue (closed)", tostring(outer))
-      assert.has_error(function() outer:get() end, "queue is closed")
+      assert.has_error(function() outer:get() end,
+        "attempt to use a closed queue")
     end)
 
     it("closes this process's handle only", function()
@@ -838,13 +840,14 @@ describe("SimpleQueue", function()
     for i = 1, 1000 do assert.are.equal(i, q:get()) end
   end)
 
-  it("close makes put, get and empty raise 'queue is closed'", function()
+  it("close makes put, get and empty raise 'attempt to use a closed queue'",
+     function()
     local q = mp.SimpleQueue()
     q:close()
     q:close()
     assert.are.equal("luamp.SimpleQueue (closed)", tostring(q))
-    assert.has_error(function() q:put(1) end, "queue is closed")
-    assert.has_error(function() q:get() end, "queue is closed")
-    assert.has_error(function() q:empty() end, "queue is closed")
+    assert.has_error(function() q:put(1) end, "attempt to use a closed queue")
+    assert.has_error(function() q:get() end, "attempt to use a closed queue")
+    assert.has_error(function() q:empty() end, "attempt to use a closed queue")
   end)
 end)

@@ -263,7 +263,8 @@ describe("Pipe", function()
   end)
 
   describe("closed connections", function()
-    it("raise 'connection is closed' from every method; closed is true",
+    it("raise 'attempt to use a closed connection' from every method; "
+       .. "closed is true",
        function()
       local a, b = mp.Pipe()
       a:close()
@@ -276,7 +277,7 @@ describe("Pipe", function()
         function() a:send_bytes("x") end, function() a:recv_bytes() end,
         function() a:poll() end, function() a:fileno() end,
       } do
-        assert.has_error(call, "connection is closed")
+        assert.has_error(call, "attempt to use a closed connection")
       end
       b:close()
     end)

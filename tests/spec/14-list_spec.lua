@@ -93,14 +93,14 @@ describe("List", function()
 
     it("raises for a write further out", function()
       local l = mp.List{1, 2, 3}
-      assert.has_error(function() l[5] = 1 end,
-        "index 5 out of range (list has 3 items)")
-      assert.has_error(function() l[0] = 1 end,
-        "index 0 out of range (list has 3 items)")
-      assert.has_error(function() l[-1] = 1 end,
-        "index -1 out of range (list has 3 items)")
-      assert.has_error(function() l.x = 1 end,
-        "List indexes are integers, not string")
+      assert.are.equal("bad argument #2 to 'newindex' (index 5 out of range "
+        .. "(list has 3 items))", errmsg(function() l[5] = 1 end))
+      assert.are.equal("bad argument #2 to 'newindex' (index 0 out of range "
+        .. "(list has 3 items))", errmsg(function() l[0] = 1 end))
+      assert.are.equal("bad argument #2 to 'newindex' (index -1 out of range "
+        .. "(list has 3 items))", errmsg(function() l[-1] = 1 end))
+      assert.are.equal("bad argument #2 to 'newindex' (number expected, got "
+        .. "string)", errmsg(function() l.x = 1 end))
       assert.are.same({1, 2, 3, n = 3}, l:totable())
       l:close()
     end)
@@ -246,11 +246,14 @@ describe("List", function()
     it("raises for a position outside 1 .. #l + 1", function()
       local l = mp.List{1, 2}
       assert.has_error(function() l:insert(0, "x") end,
-        "index 0 out of range (list has 2 items)")
+        "bad argument #1 to 'insert' (index 0 out of range (list has 2 "
+        .. "items))")
       assert.has_error(function() l:insert(4, "x") end,
-        "index 4 out of range (list has 2 items)")
+        "bad argument #1 to 'insert' (index 4 out of range (list has 2 "
+        .. "items))")
       assert.has_error(function() l:insert(-1, "x") end,
-        "index -1 out of range (list has 2 items)")
+        "bad argument #1 to 'insert' (index -1 out of range (list has 2 "
+        .. "items))")
       assert.has_error(function() l:insert("a", "x") end,
         "bad argument #1 to 'insert' (number expected, got string)")
       assert.has_error(function() l:insert(1) end,
@@ -291,11 +294,14 @@ describe("List", function()
     it("raises for an index out of range", function()
       local l = mp.List{1, 2, 3}
       assert.has_error(function() l:pop(0) end,
-        "pop index 0 out of range (list has 3 items)")
+        "bad argument #1 to 'pop' (index 0 out of range (list has 3 "
+        .. "items))")
       assert.has_error(function() l:pop(4) end,
-        "pop index 4 out of range (list has 3 items)")
+        "bad argument #1 to 'pop' (index 4 out of range (list has 3 "
+        .. "items))")
       assert.has_error(function() l:pop(-4) end,
-        "pop index -4 out of range (list has 3 items)")
+        "bad argument #1 to 'pop' (index -4 out of range (list has 3 "
+        .. "items))")
       assert.has_error(function() l:pop(1.5) end,
         "bad argument #1 to 'pop' (number has no integer representation)")
       assert.are.equal(3, #l)

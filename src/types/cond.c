@@ -6,7 +6,7 @@
 #include <limits.h>
 #include <string.h>
 
-#include "internal.h"
+#include "types.h"
 
 /*
  * A Condition keeps its waiters in arrival order: pid, a ticket that names
@@ -80,7 +80,7 @@ static void wl_free(wlist *w) {
 
 typedef struct cond {
   lmp_obj h;
-  pthread_mutex_t mu;
+  lmp_guard g;
   lmp_off lock; /* a Lock or RLock, referenced */
   _Atomic uint32_t seq;
   wlist w;
@@ -96,42 +96,41 @@ typedef struct cwait {
 static int picked(void *ud) {
   cwait *cw = ud;
   int i, p;
-  lmp_mutex_lock(&cw->c->mu);
+  lmp_guard_lock(&cw->c->g, &cw->c->h);
   i = wl_find(&cw->c->w, cw->ticket);
   p = i >= 0 && W(&cw->c->w)[i].picked;
-  pthread_mutex_unlock(&cw->c->mu);
+  lmp_guard_unlock(&cw->c->g);
   return p;
 }
 
 /* Waits for a notify: 1 (notified), 0 (timeout), -EINTR, -ENOMEM.  The
  * caller holds the lock; it is released while waiting and held again on
  * return, whatever happens. */
-static int cond_wait_core(cond *c, double deadline) {
+static int cond_wait_core(lua_State *L, cond *c, double deadline) {
   lmp_lock *l = LOCKOF(c);
   cwait cw;
   int32_t levels;
   int rc, i, died;
   cw.c = c;
-  lmp_mutex_lock(&c->mu);
+  lmp_guard_lock(&c->g, &c->h);
   cw.ticket = wl_add(&c->w, lmp_pid);
-  pthread_mutex_unlock(&c->mu);
+  lmp_guard_unlock(&c->g);
   if (cw.ticket == 0) return -ENOMEM;
   levels = lmp_lock_release_all(l);
-  rc = lmp_wait_on(&c->seq, picked, &cw, deadline);
-  lmp_mutex_lock(&c->mu);
+  rc = lmp_wait_on(L, &c->seq, picked, &cw, deadline);
+  lmp_guard_lock(&c->g, &c->h);
   i = wl_find(&c->w, cw.ticket);
   if (i >= 0) {
     if (W(&c->w)[i].picked && rc == 0) rc = 1; /* picked at the deadline */
     wl_remove(&c->w, i);
   }
-  pthread_mutex_unlock(&c->mu);
+  lmp_guard_unlock(&c->g);
   /* The lock comes back whatever ended the wait, even a Ctrl-C (which is
    * kept for the caller to raise once the lock is held again). */
   {
-    sig_atomic_t pending = lmp_sigint;
-    lmp_sigint = 0;
-    while (lmp_lock_restore(l, levels, &died) != 1) lmp_sigint = 0;
-    if (pending) lmp_sigint = pending;
+    int pending = lmp_defer_interrupt();
+    while (lmp_lock_restore(l, levels, &died) != 1) lmp_defer_interrupt();
+    lmp_resume_interrupt(pending);
   }
   return rc;
 }
@@ -140,7 +139,7 @@ static int cond_wait_core(cond *c, double deadline) {
 static int cond_notify_core(cond *c, int n) {
   uint32_t i = 0;
   int k = 0;
-  lmp_mutex_lock(&c->mu);
+  lmp_guard_lock(&c->g, &c->h);
   while (i < c->w.n && k < n) {
     waiter *x = &W(&c->w)[i];
     if (x->picked) {
@@ -153,7 +152,7 @@ static int cond_notify_core(cond *c, int n) {
       i++;
     }
   }
-  pthread_mutex_unlock(&c->mu);
+  lmp_guard_unlock(&c->g);
   if (k > 0) lmp_futex_bump(&c->seq, INT_MAX);
   return k;
 }
@@ -161,15 +160,11 @@ static int cond_notify_core(cond *c, int n) {
 static void cond_dtor(lmp_obj *o) {
   cond *c = (cond *)o;
   wl_free(&c->w);
-  pthread_mutex_destroy(&c->mu);
+  lmp_guard_destroy(&c->g);
   lmp_obj_decref(LMP_PTR(c->lock));
 }
 
-static cond *checkcond(lua_State *L) {
-  lmp_handle *h = luaL_checkudata(L, 1, COND);
-  if (h->obj == NULL) luaL_error(L, "attempt to use a closed condition");
-  return (cond *)h->obj;
-}
+#define checkcond(L) ((cond *)lmp_checkobj(L, 1))
 
 /* acquire/release go to the lock, whose handle the condition's handle
  * keeps as its user value. */
@@ -197,13 +192,13 @@ static int cond_get_lock(lua_State *L) {
 /* wait([timeout]) -> true if notified, false on timeout */
 static int cond_wait(lua_State *L) {
   cond *c = checkcond(L);
-  double deadline = lmp_deadline(L, 2);
+  double deadline = lmp_opt_deadline(L, 2);
   int rc;
   if (!lmp_lock_owned(LOCKOF(c)))
     return luaL_error(L, "cannot wait on un-acquired lock");
-  rc = cond_wait_core(c, deadline);
+  rc = cond_wait_core(L, c, deadline);
   if (rc == -ENOMEM) return lmp_nomem(L, sizeof(waiter) * 16);
-  if (rc < 0) return lmp_wait_fail(L, rc);
+  if (rc < 0) return lmp_raise_errno(L, rc, "cannot wait");
   lua_pushboolean(L, rc == 1);
   return 1;
 }
@@ -226,22 +221,13 @@ static int cond_notify_all(lua_State *L) {
   return 0;
 }
 
-static int cond_close(lua_State *L) {
-  lmp_unbind(luaL_checkudata(L, 1, COND));
-  return 0;
+static void cond_describe(lua_State *L, void *h) {
+  lua_pushfstring(L, "%d waiting", (int)((cond *)((lmp_handle *)h)->obj)->w.n);
 }
 
-static int cond_tostring(lua_State *L) {
-  lmp_handle *h = luaL_checkudata(L, 1, COND);
-  if (h->obj == NULL) lua_pushliteral(L, COND " (closed)");
-  else lua_pushfstring(L, COND " (%p, %d waiting)", (void *)h->obj,
-                       (int)((cond *)h->obj)->w.n);
-  return 1;
-}
-
-static void push_cond(lua_State *L, lmp_obj *o) {
-  lmp_handle *h = lmp_newhandle(L, sizeof *h, COND);
-  lmp_bind(L, h, o);
+/* A handle keeps a handle of the condition's lock as its user value:
+ * acquire and release go there. */
+static void cond_bind(lua_State *L, lmp_obj *o) {
   lmp_pushobj(L, LMP_PTR(((cond *)o)->lock));
   lua_setiuservalue(L, -2, 1);
 }
@@ -259,18 +245,15 @@ static int cond_new(lua_State *L) {
     if (nl == NULL) return lmp_nomem(L, sizeof(lmp_lock));
     lk = &nl->h;
   }
-  c = (cond *)lmp_obj_new(LMP_T_COND, sizeof(cond));
+  c = (cond *)lmp_obj_new(LMP_T_COND, 0, sizeof(cond));
   if (c == NULL) {
-    if (lua_isnoneornil(L, 1)) { /* free the lock made here */
-      lmp_obj_incref(lk);
-      lmp_obj_decref(lk);
-    }
+    if (lua_isnoneornil(L, 1)) lmp_obj_discard(lk); /* made here */
     return lmp_nomem(L, sizeof(cond));
   }
-  lmp_mutex_init(&c->mu);
+  lmp_guard_init(&c->g);
   lmp_obj_incref(lk);
   c->lock = LMP_OFF(lk);
-  push_cond(L, &c->h);
+  lmp_pushnew(L, &c->h);
   return 1;
 }
 
@@ -280,7 +263,7 @@ enum { FILLING = 0, DRAINING = 1, RESETTING = -1, BROKEN = -2 };
 
 typedef struct barrier {
   lmp_obj h;
-  pthread_mutex_t mu;
+  lmp_guard g;
   int32_t parties, count, state;
   _Atomic uint32_t seq;
   double timeout; /* default for wait, < 0: none */
@@ -322,33 +305,34 @@ static int bready(void *ud) {
   bwait *bw = ud;
   barrier *b = bw->b;
   int r;
-  lmp_mutex_lock(&b->mu);
+  lmp_guard_lock(&b->g, &b->h);
   if (lmp_now() >= bw->next_check) {
     bw->next_check = lmp_now() + DEATH_CHECK;
     check_dead(b);
   }
   r = bw->enter ? (b->state != DRAINING && b->state != RESETTING)
                 : b->state != FILLING;
-  pthread_mutex_unlock(&b->mu);
+  lmp_guard_unlock(&b->g);
   return r;
 }
 
-/* Sleeps (mu released) until bready or the deadline; 1, 0, -EINTR. */
-static int bsleep(barrier *b, int enter, double deadline) {
+/* Sleeps (the guard released) until bready or the deadline; 1, 0, -EINTR
+ * or -ECANCELED. */
+static int bsleep(lua_State *L, barrier *b, int enter, double deadline) {
   bwait bw;
   int rc;
   bw.b = b;
   bw.enter = enter;
   bw.next_check = 0;
-  pthread_mutex_unlock(&b->mu);
+  lmp_guard_unlock(&b->g);
   for (;;) {
     double until = lmp_now() + DEATH_CHECK;
     if (deadline >= 0 && deadline < until) until = deadline;
-    rc = lmp_wait_on(&b->seq, bready, &bw, until);
+    rc = lmp_wait_on(L, &b->seq, bready, &bw, until);
     if (rc != 0 || (deadline >= 0 && lmp_now() >= deadline)) break;
     bw.next_check = 0;
   }
-  lmp_mutex_lock(&b->mu);
+  lmp_guard_lock(&b->g, &b->h);
   return rc;
 }
 
@@ -369,11 +353,7 @@ static void bexit(barrier *b, uint64_t ticket) {
   }
 }
 
-static barrier *checkbarrier(lua_State *L) {
-  lmp_handle *h = luaL_checkudata(L, 1, BARRIER);
-  if (h->obj == NULL) luaL_error(L, "attempt to use a closed barrier");
-  return (barrier *)h->obj;
-}
+#define checkbarrier(L) ((barrier *)lmp_checkobj(L, 1))
 
 static int broken_error(lua_State *L) {
   return lmp_throw(L, "BrokenBarrierError", "the barrier is broken");
@@ -395,42 +375,41 @@ static int barrier_wait(lua_State *L) {
   if (lua_isnoneornil(L, 2))
     deadline = b->timeout < 0 ? -1 : lmp_now() + b->timeout;
   else
-    deadline = lmp_deadline(L, 2);
-  lmp_mutex_lock(&b->mu);
+    deadline = lmp_opt_deadline(L, 2);
+  lmp_guard_lock(&b->g, &b->h);
   /* Wait for the previous round to drain. */
   while (b->state == DRAINING || b->state == RESETTING) {
-    lmp_waiter(L);
-    rc = bsleep(b, 1, -1);
+    rc = bsleep(L, b, 1, -1);
     if (rc < 0) {
-      pthread_mutex_unlock(&b->mu);
-      return lmp_wait_fail(L, rc);
+      lmp_guard_unlock(&b->g);
+      return lmp_raise_errno(L, rc, "cannot wait");
     }
   }
   check_dead(b); /* a party that died before we came */
   if (b->state == BROKEN) {
-    pthread_mutex_unlock(&b->mu);
+    lmp_guard_unlock(&b->g);
     return broken_error(L);
   }
   index = b->count++;
   ticket = wl_add(&b->w, lmp_pid);
   if (ticket == 0) {
     b->count--;
-    pthread_mutex_unlock(&b->mu);
+    lmp_guard_unlock(&b->g);
     return lmp_nomem(L, sizeof(waiter) * 16);
   }
   if (index + 1 == b->parties) {
     /* The last to arrive runs the action, then lets everyone go. */
     if (b->action != 0) {
-      pthread_mutex_unlock(&b->mu);
+      lmp_guard_unlock(&b->g);
       lua_pushcfunction(L, decode_call);
       lua_pushlightuserdata(L, LMP_PTR(b->action));
       lua_pushinteger(L, (lua_Integer)b->action_len);
       rc = lua_pcall(L, 2, 0, 0);
-      lmp_mutex_lock(&b->mu);
+      lmp_guard_lock(&b->g, &b->h);
       if (rc != LUA_OK) {
         bbreak(b);
         bexit(b, ticket);
-        pthread_mutex_unlock(&b->mu);
+        lmp_guard_unlock(&b->g);
         return lua_error(L);
       }
     }
@@ -438,13 +417,12 @@ static int barrier_wait(lua_State *L) {
     lmp_futex_bump(&b->seq, INT_MAX);
   } else {
     while (b->state == FILLING) {
-      lmp_waiter(L);
-      rc = bsleep(b, 0, deadline);
+      rc = bsleep(L, b, 0, deadline);
       if (rc < 0) {
         bbreak(b);
         bexit(b, ticket);
-        pthread_mutex_unlock(&b->mu);
-        return lmp_wait_fail(L, rc);
+        lmp_guard_unlock(&b->g);
+        return lmp_raise_errno(L, rc, "cannot wait");
       }
       if (rc == 0 && b->state == FILLING) { /* timed out */
         bbreak(b);
@@ -453,69 +431,61 @@ static int barrier_wait(lua_State *L) {
     }
     if (b->state < 0) { /* broken or reset while we waited */
       bexit(b, ticket);
-      pthread_mutex_unlock(&b->mu);
+      lmp_guard_unlock(&b->g);
       return broken_error(L);
     }
   }
   bexit(b, ticket);
-  pthread_mutex_unlock(&b->mu);
+  lmp_guard_unlock(&b->g);
   lua_pushinteger(L, index);
   return 1;
 }
 
 static int barrier_reset(lua_State *L) {
   barrier *b = checkbarrier(L);
-  lmp_mutex_lock(&b->mu);
+  lmp_guard_lock(&b->g, &b->h);
   if (b->count > 0) {
     if (b->state == FILLING || b->state == BROKEN) b->state = RESETTING;
   } else {
     b->state = FILLING;
   }
   lmp_futex_bump(&b->seq, INT_MAX);
-  pthread_mutex_unlock(&b->mu);
+  lmp_guard_unlock(&b->g);
   return 0;
 }
 
 static int barrier_abort(lua_State *L) {
   barrier *b = checkbarrier(L);
-  lmp_mutex_lock(&b->mu);
+  lmp_guard_lock(&b->g, &b->h);
   bbreak(b);
-  pthread_mutex_unlock(&b->mu);
-  return 0;
-}
-
-static int barrier_close(lua_State *L) {
-  lmp_unbind(luaL_checkudata(L, 1, BARRIER));
+  lmp_guard_unlock(&b->g);
   return 0;
 }
 
 /* Fields: parties, n_waiting, broken. */
-static int barrier_index(lua_State *L) {
+static int barrier_field(lua_State *L) {
   barrier *b = checkbarrier(L);
-  const char *k = luaL_checkstring(L, 2);
-  if (strcmp(k, "parties") == 0) {
+  const char *k = lua_tostring(L, 2);
+  if (k == NULL) {
+    lua_pushnil(L);
+  } else if (strcmp(k, "parties") == 0) {
     lua_pushinteger(L, b->parties);
   } else if (strcmp(k, "n_waiting") == 0) {
-    lmp_mutex_lock(&b->mu);
+    lmp_guard_lock(&b->g, &b->h);
     lua_pushinteger(L, b->state == FILLING ? b->count : 0);
-    pthread_mutex_unlock(&b->mu);
+    lmp_guard_unlock(&b->g);
   } else if (strcmp(k, "broken") == 0) {
     lua_pushboolean(L, b->state == BROKEN);
   } else {
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
+    lua_pushnil(L);
   }
   return 1;
 }
 
-static int barrier_tostring(lua_State *L) {
-  lmp_handle *h = luaL_checkudata(L, 1, BARRIER);
-  barrier *b = (barrier *)h->obj;
-  if (b == NULL) lua_pushliteral(L, BARRIER " (closed)");
-  else lua_pushfstring(L, BARRIER " (%p, %d/%d%s)", (void *)b, (int)b->count,
-                       (int)b->parties, b->state == BROKEN ? ", broken" : "");
-  return 1;
+static void barrier_describe(lua_State *L, void *h) {
+  barrier *b = (barrier *)((lmp_handle *)h)->obj;
+  lua_pushfstring(L, "%d/%d%s", (int)b->count, (int)b->parties,
+                  b->state == BROKEN ? ", broken" : "");
 }
 
 static void barrier_dtor(lmp_obj *o) {
@@ -525,12 +495,7 @@ static void barrier_dtor(lmp_obj *o) {
     lmp_msg_release(LMP_PTR(b->action), (size_t)b->action_len);
     lmp_free(LMP_PTR(b->action));
   }
-  pthread_mutex_destroy(&b->mu);
-}
-
-static void push_barrier(lua_State *L, lmp_obj *o) {
-  lmp_handle *h = lmp_newhandle(L, sizeof *h, BARRIER);
-  lmp_bind(L, h, o);
+  lmp_guard_destroy(&b->g);
 }
 
 /* Barrier(parties, [action], [timeout]) */
@@ -560,7 +525,7 @@ static int barrier_new(lua_State *L) {
     alen = buf->len;
     lua_pop(L, 1);
   }
-  b = (barrier *)lmp_obj_new(LMP_T_BARRIER, sizeof(barrier));
+  b = (barrier *)lmp_obj_new(LMP_T_BARRIER, 0, sizeof(barrier));
   if (b == NULL) {
     if (act) {
       lmp_msg_release(act, alen);
@@ -568,12 +533,12 @@ static int barrier_new(lua_State *L) {
     }
     return lmp_nomem(L, sizeof(barrier));
   }
-  lmp_mutex_init(&b->mu);
+  lmp_guard_init(&b->g);
   b->parties = (int32_t)parties;
   b->timeout = timeout;
   b->action = act ? LMP_OFF(act) : 0;
   b->action_len = alen;
-  push_barrier(L, &b->h);
+  lmp_pushnew(L, &b->h);
   return 1;
 }
 
@@ -581,31 +546,38 @@ static const luaL_Reg cond_meth[] = {
   {"acquire", cond_acquire}, {"release", cond_release},
   {"wait", cond_wait},       {"notify", cond_notify},
   {"notify_all", cond_notify_all}, {"get_lock", cond_get_lock},
-  {"close", cond_close},     {NULL, NULL}
+  {NULL, NULL}
 };
 
 static const luaL_Reg barrier_meth[] = {
   {"wait", barrier_wait}, {"reset", barrier_reset},
-  {"abort", barrier_abort}, {"close", barrier_close}, {NULL, NULL}
+  {"abort", barrier_abort}, {NULL, NULL}
 };
 
-int lmp_open_cond(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-    {"Condition", cond_new}, {"Barrier", barrier_new}, {NULL, NULL}
-  };
-  lmp_newclass(L, COND, cond_meth, 0, cond_tostring);
-  lmp_newclass(L, BARRIER, barrier_meth, 0, barrier_tostring);
-  /* Barrier has fields: its __index is a function over the methods. */
-  luaL_getmetatable(L, BARRIER);
-  lua_getfield(L, -1, "__index");
-  lua_setfield(L, -2, "methods");
-  lua_pushcfunction(L, barrier_index);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-  lmp_obj_settype(LMP_T_COND, "condition", cond_dtor);
-  lmp_obj_settype(LMP_T_BARRIER, "barrier", barrier_dtor);
-  lmp_settypepusher(LMP_T_COND, push_cond);
-  lmp_settypepusher(LMP_T_BARRIER, push_barrier);
-  luaL_setfuncs(L, funcs, 0);
-  return 0;
-}
+static const lmp_type cond_type = {
+  .name = "condition", .dtor = cond_dtor, .guard = offsetof(cond, g),
+};
+static const lmp_type barrier_type = {
+  .name = "barrier", .dtor = barrier_dtor, .guard = offsetof(barrier, g),
+};
+
+static const lmp_class cond_class = {
+  .name = COND, .what = "condition", .type = LMP_T_COND, .group = 1,
+  .obj = &cond_type, .size = sizeof(lmp_handle), .nuv = 1, .meth = cond_meth,
+  .bind = cond_bind, .describe = cond_describe,
+};
+static const lmp_class barrier_class = {
+  .name = BARRIER, .what = "barrier", .type = LMP_T_BARRIER, .group = 2,
+  .obj = &barrier_type, .size = sizeof(lmp_handle), .meth = barrier_meth,
+  .field = barrier_field, .describe = barrier_describe,
+};
+
+static const lmp_class *const cond_classes[] = {
+  &cond_class, &barrier_class, NULL
+};
+
+static const luaL_Reg cond_funcs[] = {
+  {"Condition", cond_new}, {"Barrier", barrier_new}, {NULL, NULL}
+};
+
+const lmp_family lmp_cond_family = {cond_classes, cond_funcs};

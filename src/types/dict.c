@@ -4,10 +4,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <string.h>
 
-#include "internal.h"
+#include "types.h"
 
 /*
  * Layout.  A dict holds a robust mutex, a count and the offset of its slot
@@ -16,13 +15,14 @@
  * value (a codec message).  Entry offset 0 marks a never-used slot, 1 a
  * deleted one.
  *
- * Death.  Every change is committed with one store: a new entry is written
- * whole before its offset goes into a slot; a replaced or deleted entry
- * leaves its slot before it is freed; a grown table is filled before it
- * replaces the old one.  Entries and tables in transit are registered as
- * pending (see lmp_alloc_pending), so the reaper of a killed process frees
- * them unless the dict still owns them; `count` is recounted by the next
- * locker after a death.  Every operation holds the mutex, so each is
+ * Death, with the arena's crash-safety kit.  Every change is committed with
+ * one store: a new entry is written whole before its offset goes into a
+ * slot; a replaced or deleted entry leaves its slot before it is freed; a
+ * grown table is filled before it replaces the old one (lmp_publish).
+ * Entries and tables in transit are pending (LMP_PEND_IN for a new entry,
+ * LMP_PEND_OUT for one leaving), so the reaper of a killed process frees
+ * them unless the dict owns them; `count` is recounted by the next locker
+ * after a death (dict_repair).  Every operation holds the mutex, so each is
  * atomic; pairs() walks a snapshot of the keys, so it sees every key that
  * exists for the whole walk exactly once, whatever others do meanwhile.
  */
@@ -56,12 +56,10 @@ typedef struct entry {
 } entry;
 
 typedef struct dict {
-  lmp_obj h;
-  pthread_mutex_t mu;
+  lmp_obj h; /* kind: K_DICT or K_NAMESPACE */
+  lmp_guard g;
   _Atomic lmp_off tab;
   _Atomic int64_t count;
-  uint32_t kind;
-  uint32_t holder; /* slot + 1 of the process holding mu, or 0 */
 } dict;
 
 static table *TAB(dict *d) { return LMP_PTR(atomic_load(&d->tab)); }
@@ -80,31 +78,19 @@ static uint64_t hashkey(const char *k, size_t n) {
   return h < 2 ? h + 2 : h;
 }
 
-static int owns_locked(lmp_obj *o, lmp_off blk);
-
-/* After a process died holding the lock: settle its pending blocks (those
- * the dict owns leave its pending entries; the reaper frees the rest, see
- * queue.c) and recount. */
-static void repair(dict *d) {
+/* After a process died holding the guard: recount. */
+static void dict_repair(lmp_obj *o) {
+  dict *d = (dict *)o;
   table *t = TAB(d);
   uint64_t i;
   int64_t n = 0;
-  lmp_settle_pending(&d->h, d->holder, owns_locked);
-  d->holder = 0;
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off > DELETED) n++;
   atomic_store(&d->count, n);
 }
 
-static void dlock(dict *d) {
-  if (lmp_mutex_lock(&d->mu)) repair(d);
-  d->holder = lmp_self_index + 1;
-}
-
-static void dunlock(dict *d) {
-  d->holder = 0;
-  pthread_mutex_unlock(&d->mu);
-}
+static void dlock(dict *d) { lmp_guard_lock(&d->g, &d->h); }
+static void dunlock(dict *d) { lmp_guard_unlock(&d->g); }
 
 /* The slot of key k, or -1; *ins gets where it would go. */
 static int64_t find(table *t, const char *k, size_t n, uint64_t h,
@@ -134,12 +120,12 @@ static int resize(dict *d, uint64_t want) {
   table *t = atomic_load(&d->tab) ? TAB(d) : NULL, *nt;
   uint64_t cap = MINCAP, i;
   while (cap * 3 < want * 4 + 4) cap *= 2;
-  nt = lmp_alloc_pending(&d->h, sizeof(table) + cap * sizeof(slot), 1);
+  nt = lmp_alloc_pending(&d->h, sizeof(table) + cap * sizeof(slot),
+                         LMP_PEND_NEW);
   if (nt == NULL) return -ENOMEM;
   memset(nt->s, 0, cap * sizeof(slot));
   nt->cap = cap;
   nt->used = 0;
-  if (t != NULL) lmp_pending_set(&d->h, t, 2); /* leaving, after the switch */
   for (i = 0; t != NULL && i < t->cap; i++) {
     uint64_t j;
     if (t->s[i].off <= DELETED) continue;
@@ -148,9 +134,7 @@ static int resize(dict *d, uint64_t want) {
     nt->s[j] = t->s[i];
     nt->used++;
   }
-  atomic_store(&d->tab, LMP_OFF(nt)); /* the commit */
-  lmp_pending_clear(1);
-  if (t != NULL) lmp_free_pending(t, 2);
+  lmp_publish(&d->h, &d->tab, nt);
   return 0;
 }
 
@@ -165,15 +149,6 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
   return 0;
 }
 
-static int dict_owns(lmp_obj *o, lmp_off blk) {
-  dict *d = (dict *)o;
-  int found;
-  dlock(d);
-  found = owns_locked(o, blk);
-  dunlock(d);
-  return found;
-}
-
 static void free_entry(entry *e) {
   lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
   lmp_free(e);
@@ -186,15 +161,24 @@ static void dict_dtor(lmp_obj *o) {
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off > DELETED) free_entry(LMP_PTR(t->s[i].off));
   lmp_free(t);
-  pthread_mutex_destroy(&d->mu);
+  lmp_guard_destroy(&d->g);
 }
 
-/* Drops entry e, which the caller registered as leaving (pending entry 2)
- * and then took out of its slot, under the lock, still held. */
-static void drop_locked(dict *d, entry *e) {
+/* Takes entry e out of slot i (e leaving, LMP_PEND_OUT, before the store
+ * that commits it), the guard held; `now` replaces it (DELETED, or a new
+ * entry registered as LMP_PEND_IN, which the commit makes the dict's). */
+static void take_out(dict *d, table *t, int64_t i, entry *e, lmp_off now) {
+  lmp_pending_set(&d->h, e, LMP_PEND_OUT);
+  t->s[i].off = now; /* the commit */
+  if (now == DELETED) atomic_fetch_sub(&d->count, 1);
+  else lmp_pending_clear(LMP_PEND_IN);
+}
+
+/* Unlocks d and drops entry e, taken out with take_out. */
+static void drop_unlock(dict *d, entry *e) {
   dunlock(d);
   lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
-  lmp_free_pending(e, 2);
+  lmp_free_pending(e, LMP_PEND_OUT);
 }
 
 /* A pending entry freed by a reaper: its references go with it. */
@@ -207,71 +191,59 @@ static void dict_release(lmp_obj *o, lmp_off blk) {
 
 /* ----------------------------------------------------------------- keys */
 
-/* The key at idx as bytes in buf (at least 9 bytes): a type byte, then
- * the bytes.  Floats with an integer value are integers, as table keys
- * are.  Returns the length, or raises naming a key that cannot be one. */
-static size_t tokey(lua_State *L, int idx, char *buf, const char **out) {
-  switch (lua_type(L, idx)) {
-    case LUA_TSTRING: {
-      size_t n;
-      const char *s = lua_tolstring(L, idx, &n);
-      /* The string itself follows the 's' the caller prepends. */
-      *out = s;
-      return n;
-    }
-    case LUA_TNUMBER: {
-      lua_Integer i;
-      int isint;
-      i = lua_tointegerx(L, idx, &isint);
-      if (isint) {
-        buf[0] = 'i';
-        memcpy(buf + 1, &i, 8);
-      } else {
-        lua_Number f = lua_tonumber(L, idx);
-        if (f != f) luaL_error(L, "Dict key is NaN");
-        buf[0] = 'f';
-        memcpy(buf + 1, &f, 8);
-      }
-      *out = NULL;
-      return 9;
-    }
-    case LUA_TBOOLEAN:
-      buf[0] = 'b';
-      buf[1] = (char)lua_toboolean(L, idx);
-      *out = NULL;
-      return 2;
-    default:
-      return (size_t)luaL_error(L, "bad Dict key %s (a %s value): keys are "
-                                "strings, numbers and booleans",
-                                luaL_tolstring(L, idx, NULL),
-                                luaL_typename(L, idx));
-  }
-}
-
-/* The key at idx, copied into a scratch buffer on the Lua stack. */
+/* A key as bytes: a type byte ('s', 'i', 'f', 'b'), then the string, the
+ * 8 bytes of the number, or the boolean byte, with its hash.  Floats with
+ * an integer value are integers, as table keys are. */
 typedef struct key {
   const char *p;
   size_t n;
   uint64_t h;
 } key;
 
-static key getkey(lua_State *L, int idx) {
+/* Reads the key at idx into k, its bytes kept in a string pushed on the
+ * stack; raises argument arg's error for a value that cannot be a key
+ * (naming it a key of the table at arg when intable). */
+static void getkey(lua_State *L, int idx, int arg, int intable, key *k) {
+  const char *in = intable ? "key " : "";
   char small[16];
-  const char *s = NULL;
-  size_t n = tokey(L, idx, small, &s);
-  key k;
-  luaL_Buffer b;
-  if (s != NULL) { /* a string: 's' and the bytes */
-    luaL_buffinit(L, &b);
-    luaL_addchar(&b, 's');
-    luaL_addlstring(&b, s, n);
-    luaL_pushresult(&b);
-  } else {
-    lua_pushlstring(L, small, n);
+  switch (lua_type(L, idx)) {
+    case LUA_TSTRING: {
+      size_t n;
+      const char *s = lua_tolstring(L, idx, &n);
+      luaL_Buffer b;
+      luaL_buffinit(L, &b);
+      luaL_addchar(&b, 's');
+      luaL_addlstring(&b, s, n);
+      luaL_pushresult(&b);
+      break;
+    }
+    case LUA_TNUMBER: {
+      int isint;
+      lua_Integer i = lua_tointegerx(L, idx, &isint);
+      if (isint) {
+        small[0] = 'i';
+        memcpy(small + 1, &i, 8);
+      } else {
+        lua_Number f = lua_tonumber(L, idx);
+        if (f != f)
+          luaL_argerror(L, arg, "key is NaN");
+        small[0] = 'f';
+        memcpy(small + 1, &f, 8);
+      }
+      lua_pushlstring(L, small, 9);
+      break;
+    }
+    case LUA_TBOOLEAN:
+      small[0] = 'b';
+      small[1] = (char)lua_toboolean(L, idx);
+      lua_pushlstring(L, small, 2);
+      break;
+    default:
+      luaL_argerror(L, arg, lua_pushfstring(L, "%sstring, number or boolean "
+                    "expected, got %s", in, luaL_typename(L, idx)));
   }
-  k.p = lua_tolstring(L, -1, &k.n); /* kept alive on the stack */
-  k.h = hashkey(k.p, k.n);
-  return k;
+  k->p = lua_tolstring(L, -1, &k->n); /* kept alive on the stack */
+  k->h = hashkey(k->p, k->n);
 }
 
 static void pushkey(lua_State *L, const char *p, size_t n) {
@@ -285,32 +257,9 @@ static void pushkey(lua_State *L, const char *p, size_t n) {
   }
 }
 
-/* -------------------------------------------------------------- binding */
+/* -------------------------------------------------------------- the core */
 
-typedef struct dhandle {
-  lmp_handle h;
-  lmp_buf *buf; /* scratch for values, owned by the uservalue */
-} dhandle;
-
-static dict *checkdict(lua_State *L, dhandle **hp) {
-  dhandle *h = luaL_testudata(L, 1, DICT);
-  const char *what = "dict";
-  if (h == NULL) {
-    h = luaL_testudata(L, 1, NAMESPACE);
-    what = "namespace";
-  }
-  if (h == NULL) luaL_typeerror(L, 1, DICT);
-  if (h->h.obj == NULL) luaL_error(L, "attempt to use a closed %s", what);
-  if (hp != NULL) *hp = h;
-  return (dict *)h->h.obj;
-}
-
-/* Pushes the value of the copied message in b (raises on a bad one). */
-static void pushvalue(lua_State *L, lmp_buf *b) {
-  lmp_decode(L, b->data, b->len);
-}
-
-/* Copies the value of key k into b; 1 if the key exists. */
+/* Copies the value of key k into b; 1 if the key exists, -ENOMEM. */
 static int lookup(dict *d, key *k, lmp_buf *b) {
   table *t;
   int64_t i;
@@ -326,19 +275,20 @@ static int lookup(dict *d, key *k, lmp_buf *b) {
       b->len = e->vlen;
       found = 1;
     } else {
-      found = -1;
+      found = -ENOMEM;
     }
   }
   dunlock(d);
   return found;
 }
 
-/* A new entry for key k and the message in b (encoded without taking
- * references), registered as pending; then the entry takes them. */
+/* A new entry for key k and the message [v, v+vn) (encoded without taking
+ * references), registered as LMP_PEND_IN; then the entry takes them.
+ * Raises when the arena is exhausted. */
 static entry *newentry(lua_State *L, dict *d, key *k, const char *v,
                        size_t vn, size_t nobj) {
   size_t kpad = (k->n + 7) & ~(size_t)7;
-  entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + vn, 0);
+  entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + vn, LMP_PEND_IN);
   if (e == NULL) lmp_nomem(L, sizeof(entry) + kpad + vn);
   e->klen = (uint32_t)k->n;
   e->pad = ENTRY_MAGIC;
@@ -350,10 +300,16 @@ static entry *newentry(lua_State *L, dict *d, key *k, const char *v,
   return e;
 }
 
+/* Lets go of a new entry that did not go in. */
+static void discard(entry *e) {
+  lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
+  lmp_free_pending(e, LMP_PEND_IN);
+}
+
 enum { SET_ALWAYS, SET_IF_ABSENT };
 
 /* Puts entry e in a free slot for key k, growing the table first if need
- * be; the caller holds the lock and knows k is absent.  0 or -ENOMEM. */
+ * be; the caller holds the guard and knows k is absent.  0 or -ENOMEM. */
 static int insert_locked(dict *d, key *k, entry *e) {
   table *t = TAB(d);
   int64_t ins = -1;
@@ -367,41 +323,44 @@ static int insert_locked(dict *d, key *k, entry *e) {
   t->s[ins].hash = k->h;
   t->s[ins].off = LMP_OFF(e); /* the commit */
   atomic_fetch_add(&d->count, 1);
-  lmp_pending_clear(0);
+  lmp_pending_clear(LMP_PEND_IN);
+  return 0;
+}
+
+/* Stores entry e under key k, replacing the entry at slot i (i >= 0) or
+ * inserting it (i < 0); the caller holds the guard, which this releases.
+ * 0 or -ENOMEM (e discarded). */
+static int put_unlock(dict *d, key *k, int64_t i, entry *e) {
+  if (i >= 0) {
+    table *t = TAB(d);
+    entry *old = LMP_PTR(t->s[i].off);
+    take_out(d, t, i, old, LMP_OFF(e));
+    drop_unlock(d, old);
+    return 0;
+  }
+  if (insert_locked(d, k, e) < 0) {
+    dunlock(d);
+    discard(e);
+    return -ENOMEM;
+  }
+  dunlock(d);
   return 0;
 }
 
 /* Stores entry e under key k (mode SET_IF_ABSENT: only if k is absent).
  * Returns 1 when stored, 0 when not (e freed), -ENOMEM. */
 static int store(dict *d, key *k, entry *e, int mode) {
-  table *t;
   int64_t i;
+  int rc;
   dlock(d);
-  t = TAB(d);
-  i = find(t, k->p, k->n, k->h, NULL);
-  if (i >= 0) {
-    entry *old;
-    if (mode == SET_IF_ABSENT) {
-      dunlock(d);
-      lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
-      lmp_free_pending(e, 0);
-      return 0;
-    }
-    old = LMP_PTR(t->s[i].off);
-    lmp_pending_set(&d->h, old, 2);
-    t->s[i].off = LMP_OFF(e); /* the commit */
-    lmp_pending_clear(0);
-    drop_locked(d, old);
-    return 1;
-  }
-  if (insert_locked(d, k, e) < 0) {
+  i = find(TAB(d), k->p, k->n, k->h, NULL);
+  if (i >= 0 && mode == SET_IF_ABSENT) {
     dunlock(d);
-    lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
-    lmp_free_pending(e, 0);
-    return -ENOMEM;
+    discard(e);
+    return 0;
   }
-  dunlock(d);
-  return 1;
+  rc = put_unlock(d, k, i, e);
+  return rc < 0 ? rc : 1;
 }
 
 /* Removes key k; 1 if it was there. */
@@ -417,66 +376,75 @@ static int delete(dict *d, key *k) {
     return 0;
   }
   e = LMP_PTR(t->s[i].off);
-  lmp_pending_set(&d->h, e, 2);
-  t->s[i].off = DELETED; /* the commit */
-  atomic_fetch_sub(&d->count, 1);
-  drop_locked(d, e);
+  take_out(d, t, i, e, DELETED);
+  drop_unlock(d, e);
   return 1;
 }
 
-/* Encodes the value at idx into the handle's buffer and makes an entry. */
-static entry *encode_entry(lua_State *L, dict *d, dhandle *h, key *k,
-                           int idx) {
-  size_t nobj;
-  h->buf->len = 0;
-  nobj = lmp_encode_bare(L, idx, "value", h->buf);
-  return newentry(L, d, k, h->buf->data, h->buf->len, nobj);
+/* -------------------------------------------------------------- binding */
+
+typedef struct dhandle {
+  lmp_handle h;
+  lmp_buf *buf; /* scratch for values, owned by the user value */
+} dhandle;
+
+static dict *checkdict(lua_State *L, dhandle **hp) {
+  dict *d = (dict *)lmp_checkobj(L, 1);
+  if (hp != NULL) *hp = lua_touserdata(L, 1);
+  return d;
 }
 
+static void dict_bind(lua_State *L, lmp_obj *o) {
+  dhandle *h = lua_touserdata(L, -1);
+  (void)o;
+  h->buf = lmp_buf_new(L);
+  lua_setiuservalue(L, -2, 1);
+}
+
+/* Sets the value at vidx under the key at kidx (nil deletes); arg and
+ * intable name the key in errors.  Returns what store or delete did. */
 static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
-                     int mode) {
-  key k = getkey(L, kidx);
+                     int arg, int intable, int mode) {
+  key k;
   entry *e;
+  size_t nobj;
   int rc;
+  getkey(L, kidx, arg, intable, &k);
   if (lua_isnil(L, vidx)) return delete(d, &k);
-  e = encode_entry(L, d, h, &k, vidx);
+  h->buf->len = 0;
+  nobj = lmp_encode_bare(L, vidx, "value", h->buf);
+  e = newentry(L, d, &k, h->buf->data, h->buf->len, nobj);
   rc = store(d, &k, e, mode);
   if (rc < 0) return lmp_nomem(L, 0);
   return rc;
 }
 
-/* Pushes the value of the key at 2 and returns 1, or returns 0 when it is
- * absent. */
-static int push_lookup(lua_State *L, dict *d, dhandle *h) {
-  key k = getkey(L, 2);
-  int rc = lookup(d, &k, h->buf);
+/* Pushes the value of the key at kidx and returns 1, or returns 0 when it
+ * is absent. */
+static int push_lookup(lua_State *L, dict *d, dhandle *h, int kidx) {
+  key k;
+  int rc;
+  getkey(L, kidx, 2, 0, &k);
+  rc = lookup(d, &k, h->buf);
   if (rc < 0) return lmp_nomem(L, 0);
   if (rc == 0) return 0;
-  pushvalue(L, h->buf);
+  lmp_decode(L, h->buf->data, h->buf->len);
   return 1;
 }
 
-/* d[k] (the methods come first: d.get is the method, d:get("get") the
- * value stored under "get"). */
-static int dict_index(lua_State *L) {
+/* d[k] for a key that names no method (d.get is the method, d:get("get")
+ * the value stored under "get"). */
+static int dict_field(lua_State *L) {
   dhandle *h;
-  dict *d;
-  if (lua_type(L, 2) == LUA_TSTRING) { /* methods, even when closed */
-    luaL_checkudata(L, 1, DICT);
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    if (lua_getfield(L, -1, lua_tostring(L, 2)) != LUA_TNIL) return 1;
-    lua_pop(L, 3);
-  }
-  d = checkdict(L, &h);
-  return push_lookup(L, d, h);
+  dict *d = checkdict(L, &h);
+  return push_lookup(L, d, h, 2);
 }
 
 /* d[k] = v; nil deletes */
 static int dict_newindex(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
-  set_value(L, d, h, 2, 3, SET_ALWAYS);
+  set_value(L, d, h, 2, 3, 2, 0, SET_ALWAYS);
   return 0;
 }
 
@@ -484,8 +452,9 @@ static int dict_newindex(lua_State *L) {
 static int dict_get(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
-  lua_settop(L, 3); /* the default is 3; the key goes above */
-  if (push_lookup(L, d, h) == 0) lua_settop(L, 3);
+  luaL_checkany(L, 2);
+  lua_settop(L, 3); /* the default is 3; the key's bytes go above */
+  if (push_lookup(L, d, h, 2) == 0) lua_settop(L, 3);
   return 1;
 }
 
@@ -498,7 +467,7 @@ static int dict_add(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  lua_pushboolean(L, set_value(L, d, h, 2, 3, SET_IF_ABSENT) == 1);
+  lua_pushboolean(L, set_value(L, d, h, 2, 3, 2, 0, SET_IF_ABSENT) == 1);
   return 1;
 }
 
@@ -507,22 +476,21 @@ static int dict_setdefault(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
   lua_settop(L, 3);
-  if (!lua_isnil(L, 3)) set_value(L, d, h, 2, 3, SET_IF_ABSENT);
-  return push_lookup(L, d, h);
+  if (!lua_isnil(L, 3)) set_value(L, d, h, 2, 3, 2, 0, SET_IF_ABSENT);
+  return push_lookup(L, d, h, 2);
 }
 
 /* pop(k, [default]) -> the value removed; raises without a default when
  * k is absent, as Python does. */
 static int dict_pop(lua_State *L) {
-  dhandle *h;
-  dict *d = checkdict(L, &h);
+  dict *d = checkdict(L, NULL);
   int n = lua_gettop(L);
   key k;
   table *t;
   int64_t i;
   entry *e;
   luaL_checkany(L, 2);
-  k = getkey(L, 2);
+  getkey(L, 2, 2, 0, &k);
   dlock(d);
   t = TAB(d);
   i = find(t, k.p, k.n, k.h, NULL);
@@ -535,31 +503,16 @@ static int dict_pop(lua_State *L) {
     return luaL_error(L, "key %s not found", luaL_tolstring(L, 2, NULL));
   }
   e = LMP_PTR(t->s[i].off);
-  lmp_pending_set(&d->h, e, 2);
-  t->s[i].off = DELETED; /* the commit */
-  atomic_fetch_sub(&d->count, 1);
-  h->buf->len = 0;
-  if (lmp_buf_reserve(h->buf, e->vlen) == 0) {
-    memcpy(h->buf->data, VAL(e), e->vlen);
-    h->buf->len = e->vlen;
-  }
+  take_out(d, t, i, e, DELETED);
   dunlock(d);
-  /* The copy keeps its own references while it is decoded; then the
-   * entry's go with it. */
-  {
-    int rc;
-    rc = lmp_decode_protected(L, h->buf->data, h->buf->len);
-    lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
-    lmp_free_pending(e, 2);
-    if (rc != LUA_OK) return lua_error(L);
-  }
+  /* The entry keeps its references while its value is decoded. */
+  lmp_take_decode(L, VAL(e), e->vlen, e, &e->refs);
   return 1;
 }
 
 /* incr(k, n, [init]) -> the new value: atomically adds n to the number
  * stored under k (init, if given, stands for an absent value). */
 static int dict_incr(lua_State *L) {
-  dhandle *h;
   dict *d;
   key k;
   int isint, initint = 0, kind;
@@ -567,12 +520,10 @@ static int dict_incr(lua_State *L) {
   lua_Number df = 0, fi = 0, vf = 0;
   char msg[16];
   size_t mn;
-  table *t;
-  int64_t i, ins = -1;
-  entry *e;
-  lua_settop(L, 4); /* arguments first: the key goes above them */
-  d = checkdict(L, &h);
-  k = getkey(L, 2);
+  int64_t i;
+  lua_settop(L, 4); /* arguments first: the key's bytes go above them */
+  d = checkdict(L, NULL);
+  luaL_checkany(L, 2);
   isint = lua_isinteger(L, 3);
   luaL_checknumber(L, 3);
   if (isint) di = lua_tointeger(L, 3);
@@ -583,12 +534,12 @@ static int dict_incr(lua_State *L) {
     if (initint) ii = lua_tointeger(L, 4);
     else fi = lua_tonumber(L, 4);
   }
-  /* The new entry is made under the lock: its value depends on the old. */
+  getkey(L, 2, 2, 0, &k);
+  /* The new entry is made under the guard: its value depends on the old. */
   dlock(d);
-  t = TAB(d);
-  i = find(t, k.p, k.n, k.h, &ins);
+  i = find(TAB(d), k.p, k.n, k.h, NULL);
   if (i >= 0) {
-    entry *old = LMP_PTR(t->s[i].off);
+    entry *old = LMP_PTR(TAB(d)->s[i].off);
     kind = lmp_msg_number(VAL(old), old->vlen, &vi, &vf);
     if (kind == 0) {
       dunlock(d);
@@ -613,7 +564,8 @@ static int dict_incr(lua_State *L) {
   mn = lmp_msg_put_number(msg, kind == 1, vi, vf);
   {
     size_t kpad = (k.n + 7) & ~(size_t)7;
-    e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + mn, 0);
+    entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + mn,
+                                 LMP_PEND_IN);
     if (e == NULL) {
       dunlock(d);
       return lmp_nomem(L, sizeof(entry) + kpad + mn);
@@ -624,30 +576,17 @@ static int dict_incr(lua_State *L) {
     atomic_store(&e->refs, 0);
     memcpy(e->data, k.p, k.n);
     memcpy(e->data + kpad, msg, mn);
-  }
-  if (i >= 0) {
-    entry *old = LMP_PTR(t->s[i].off);
-    lmp_pending_set(&d->h, old, 2);
-    t->s[i].off = LMP_OFF(e); /* the commit */
-    lmp_pending_clear(0);
-    drop_locked(d, old);
-  } else if (insert_locked(d, &k, e) < 0) {
-    dunlock(d);
-    lmp_free_pending(e, 0);
-    return lmp_nomem(L, 0);
-  } else {
-    dunlock(d);
+    if (put_unlock(d, &k, i, e) < 0) return lmp_nomem(L, 0);
   }
   if (kind == 1) lua_pushinteger(L, vi);
   else lua_pushnumber(L, vf);
   return 1;
 }
 
-/* A snapshot of the keys (or keys and values), copied out under the lock
+/* A snapshot of the keys (or keys and values), copied out under the guard
  * into a C buffer (nothing there can raise), then built into a table.
  * what: 0 keys, 1 values, 2 items {k, v}, 3 a table k -> v. */
-static int snapshot(lua_State *L, int what) {
-  dict *d = checkdict(L, NULL);
+static int snapshot(lua_State *L, dict *d, int what) {
   lmp_buf *b = lmp_buf_new(L);
   table *t;
   uint64_t i;
@@ -682,9 +621,7 @@ static int snapshot(lua_State *L, int what) {
     memcpy(&vlen, b->data + pos + 8, 8);
     n++;
     if (what != 1) pushkey(L, b->data + pos + 16, klen);
-    if (what > 0) {
-      lmp_decode(L, b->data + pos + 16 + klen, (size_t)vlen);
-    }
+    if (what > 0) lmp_decode(L, b->data + pos + 16 + klen, (size_t)vlen);
     if (what == 0 || what == 1) {
       lua_rawseti(L, -2, n);
     } else if (what == 2) {
@@ -701,36 +638,45 @@ static int snapshot(lua_State *L, int what) {
   return 1;
 }
 
-static int dict_keys(lua_State *L) { return snapshot(L, 0); }
-static int dict_values(lua_State *L) { return snapshot(L, 1); }
-static int dict_items(lua_State *L) { return snapshot(L, 2); }
-static int dict_totable(lua_State *L) { return snapshot(L, 3); }
+static int dict_keys(lua_State *L) { return snapshot(L, checkdict(L, NULL), 0); }
+static int dict_values(lua_State *L) {
+  return snapshot(L, checkdict(L, NULL), 1);
+}
+static int dict_items(lua_State *L) {
+  return snapshot(L, checkdict(L, NULL), 2);
+}
+static int dict_totable(lua_State *L) {
+  return snapshot(L, checkdict(L, NULL), 3);
+}
 
-/* pairs(d): over a snapshot of the keys, each value read when reached
- * (keys deleted meanwhile are skipped). */
+/* pairs(d): over a snapshot of the keys (upvalue 1), each value read when
+ * reached (keys deleted meanwhile are skipped).  Upvalue 2 is the
+ * position, 3 the dict's handle. */
 static int dict_next(lua_State *L) {
   lua_Integer i = lua_tointeger(L, lua_upvalueindex(2));
+  dhandle *h = lua_touserdata(L, lua_upvalueindex(3));
+  if (h->h.obj == NULL) return luaL_error(L, "attempt to use a closed dict");
   for (;;) {
     i++;
     if (lua_rawgeti(L, lua_upvalueindex(1), i) == LUA_TNIL) return 0;
     lua_pushinteger(L, i);
     lua_replace(L, lua_upvalueindex(2));
-    /* Read the key itself (d.get would be the method). */
-    lua_pushcfunction(L, dict_get);
-    lua_pushvalue(L, 1); /* the dict */
-    lua_pushvalue(L, -3); /* the key */
-    lua_call(L, 2, 1);
-    if (!lua_isnil(L, -1)) return 2;
-    lua_pop(L, 2);
+    if (push_lookup(L, (dict *)h->h.obj, h, lua_gettop(L)) == 1) {
+      lua_remove(L, -2); /* the key's bytes */
+      return 2;
+    }
+    lua_settop(L, lua_gettop(L) - 2); /* the key and its bytes */
   }
 }
 
 static int dict_pairs(lua_State *L) {
-  checkdict(L, NULL);
+  dict *d = checkdict(L, NULL);
   lua_settop(L, 1);
-  snapshot(L, 0);
+  snapshot(L, d, 0);
+  lua_remove(L, 2); /* the buffer */
   lua_pushinteger(L, 0);
-  lua_pushcclosure(L, dict_next, 2);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, dict_next, 3);
   lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;
@@ -741,17 +687,22 @@ static int dict_len(lua_State *L) {
   return 1;
 }
 
-/* update(t): every pair of table t, in one locked pass per key. */
+/* Sets every pair of the table at t, in one locked pass per key. */
+static void update(lua_State *L, dict *d, dhandle *h, int t) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    int top = lua_gettop(L);
+    set_value(L, d, h, top - 1, top, t, 1, SET_ALWAYS);
+    lua_settop(L, top - 1);
+  }
+}
+
+/* update(t) */
 static int dict_update(lua_State *L) {
   dhandle *h;
   dict *d = checkdict(L, &h);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, 2)) {
-    int top = lua_gettop(L);
-    set_value(L, d, h, top - 1, top, SET_ALWAYS);
-    lua_settop(L, top - 1);
-  }
+  update(L, d, h, 2);
   return 0;
 }
 
@@ -765,87 +716,45 @@ static int dict_clear(lua_State *L) {
     entry *e;
     if (t->s[i].off <= DELETED) continue;
     e = LMP_PTR(t->s[i].off);
-    lmp_pending_set(&d->h, e, 2);
-    t->s[i].off = DELETED; /* the commit, for this key */
-    atomic_fetch_sub(&d->count, 1);
+    take_out(d, t, (int64_t)i, e, DELETED);
     lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
-    lmp_free_pending(e, 2);
+    lmp_free_pending(e, LMP_PEND_OUT);
   }
   dunlock(d);
   return 0;
 }
 
-static int dict_close(lua_State *L) {
-  lmp_handle *h = lua_touserdata(L, 1);
-  if (h != NULL) lmp_unbind(h);
-  return 0;
+static void dict_describe(lua_State *L, void *h) {
+  dict *d = (dict *)((lmp_handle *)h)->obj;
+  lua_pushfstring(L, "%I keys", (lua_Integer)atomic_load(&d->count));
 }
 
-static int dict_tostring(lua_State *L) {
-  dhandle *h = lua_touserdata(L, 1);
-  const char *name = DICT;
-  if (lua_getmetatable(L, 1)) {
-    lua_getfield(L, -1, "__name");
-    if (lua_isstring(L, -1)) name = lua_tostring(L, -1);
-  }
-  if (h->h.obj == NULL) lua_pushfstring(L, "%s (closed)", name);
-  else lua_pushfstring(L, "%s (%p, %I keys)", name, (void *)h->h.obj,
-                       (lua_Integer)atomic_load(&((dict *)h->h.obj)->count));
-  return 1;
-}
-
-static void push_dict(lua_State *L, lmp_obj *o) {
-  dhandle *h = (dhandle *)lmp_newhandle(
-      L, sizeof(dhandle), ((dict *)o)->kind == K_NAMESPACE ? NAMESPACE : DICT);
-  h->buf = lmp_buf_new(L);
-  lua_setiuservalue(L, -2, 1);
-  lmp_bind(L, &h->h, o);
-}
-
-static int new_dict(lua_State *L, uint32_t kind) {
+static int new_dict(lua_State *L, int kind) {
   dict *d;
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
-  d = (dict *)lmp_obj_new(LMP_T_DICT, sizeof(dict));
+  d = (dict *)lmp_obj_new(LMP_T_DICT, kind, sizeof(dict));
   if (d == NULL) return lmp_nomem(L, sizeof(dict));
-  lmp_mutex_init(&d->mu);
-  d->kind = kind;
+  lmp_guard_init(&d->g);
   if (resize(d, 0) < 0) {
-    lmp_obj_incref(&d->h);
-    lmp_obj_decref(&d->h);
+    lmp_obj_discard(&d->h);
     return lmp_nomem(L, sizeof(table));
   }
-  push_dict(L, &d->h);
-  if (lua_istable(L, 1)) { /* Dict(t): start with t's pairs */
-    lua_pushcfunction(L, dict_update);
-    lua_pushvalue(L, -2);
-    lua_pushvalue(L, 1);
-    lua_call(L, 2, 0);
-  }
+  lmp_pushnew(L, &d->h);
+  if (lua_istable(L, 1)) update(L, d, lua_touserdata(L, -1), 1);
   return 1;
 }
 
 static int dict_Dict(lua_State *L) { return new_dict(L, K_DICT); }
 static int dict_Namespace(lua_State *L) { return new_dict(L, K_NAMESPACE); }
 
-/* Namespace: fields by name, and no methods to shadow them. */
-static int ns_index(lua_State *L) {
-  dhandle *h;
-  dict *d = checkdict(L, &h);
-  return push_lookup(L, d, h);
-}
-
 /* Namespace(a=1, b=x): fields by name, those starting with _ hidden, as
  * Python shows them. */
 static int ns_tostring(lua_State *L) {
   luaL_Buffer b;
   lua_Integer i, n, shown = 0;
-  dhandle *h = luaL_checkudata(L, 1, NAMESPACE);
-  if (h->h.obj == NULL) {
-    lua_pushliteral(L, NAMESPACE " (closed)");
-    return 1;
-  }
+  dict *d = (dict *)((lmp_handle *)lua_touserdata(L, 1))->obj;
   lua_settop(L, 1);
-  snapshot(L, 2); /* the buffer at 2; items, {k, v} pairs, at 3 */
+  snapshot(L, d, 2); /* the buffer at 2; items, {k, v} pairs, at 3 */
   n = luaL_len(L, 3);
   lua_createtable(L, (int)n, 0); /* "k=v" strings, at 4 */
   for (i = 1; i <= n; i++) {
@@ -886,50 +795,46 @@ static int ns_tostring(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- classes */
+
 static const luaL_Reg dict_meth[] = {
   {"get", dict_get},         {"setdefault", dict_setdefault},
   {"pop", dict_pop},         {"update", dict_update},
   {"keys", dict_keys},       {"values", dict_values},
   {"items", dict_items},     {"clear", dict_clear},
   {"totable", dict_totable}, {"incr", dict_incr},
-  {"add", dict_add},         {"close", dict_close},
-  {NULL, NULL}
+  {"add", dict_add},         {NULL, NULL}
 };
 
 static const luaL_Reg dict_metameth[] = {
-  {"__index", dict_index}, {"__newindex", dict_newindex},
-  {"__len", dict_len},     {"__pairs", dict_pairs},
-  {"__gc", dict_close},    {"__close", dict_close},
-  {"__eq", lmp_handle_eq}, {"__tostring", dict_tostring},
-  {NULL, NULL}
+  {"__newindex", dict_newindex}, {"__len", dict_len},
+  {"__pairs", dict_pairs},       {NULL, NULL}
 };
 
-int lmp_open_dict(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-    {"Dict", dict_Dict}, {"Namespace", dict_Namespace}, {NULL, NULL}
-  };
-  luaL_newmetatable(L, DICT);
-  luaL_setfuncs(L, dict_metameth, 0);
-  luaL_newlib(L, dict_meth);
-  lua_setfield(L, -2, "methods");
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "__luamp");
-  lua_pop(L, 1);
-  luaL_newmetatable(L, NAMESPACE);
-  luaL_setfuncs(L, dict_metameth, 0);
-  lua_pushcfunction(L, ns_index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, ns_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_newtable(L);
-  lua_setfield(L, -2, "methods");
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "__luamp");
-  lua_pop(L, 1);
-  lmp_obj_settype(LMP_T_DICT, "dict", dict_dtor);
-  lmp_obj_setowns(LMP_T_DICT, dict_owns);
-  lmp_obj_setrelease(LMP_T_DICT, dict_release);
-  lmp_settypepusher(LMP_T_DICT, push_dict);
-  luaL_setfuncs(L, funcs, 0);
-  return 0;
-}
+static const lmp_type dict_type = {
+  .name = "dict", .dtor = dict_dtor, .guard = offsetof(dict, g),
+  .owns = owns_locked, .repair = dict_repair, .release = dict_release,
+};
+
+static const lmp_class dict_class = {
+  .name = DICT, .what = "dict", .type = LMP_T_DICT, .kind = K_DICT,
+  .obj = &dict_type, .size = sizeof(dhandle), .nuv = 1, .meth = dict_meth,
+  .metameth = dict_metameth, .field = dict_field, .bind = dict_bind,
+  .describe = dict_describe,
+};
+
+/* A Namespace has fields by name and no methods to shadow them. */
+static const lmp_class ns_class = {
+  .name = NAMESPACE, .what = "namespace", .type = LMP_T_DICT,
+  .kind = K_NAMESPACE, .obj = &dict_type, .size = sizeof(dhandle), .nuv = 1,
+  .metameth = dict_metameth, .field = dict_field, .bind = dict_bind,
+  .tostring = ns_tostring,
+};
+
+static const lmp_class *const dict_classes[] = {&dict_class, &ns_class, NULL};
+
+static const luaL_Reg dict_funcs[] = {
+  {"Dict", dict_Dict}, {"Namespace", dict_Namespace}, {NULL, NULL}
+};
+
+const lmp_family lmp_dict_family = {dict_classes, dict_funcs};

@@ -1,63 +1,10 @@
-/* decode.c -- the message decoder, which reads untrusted bytes back into
- * Lua values, and the walker that releases a message's objects without Lua.
- * The format, and what the decoder refuses, is described at the top of
- * codec.c.
+/* decode.c -- the decoder: untrusted bytes back into Lua values (the
+ * format, and what the decoder refuses, is in codec.h).
  */
 
 #include <string.h>
 
 #include "codec.h"
-
-/* ------------------------------------------------------------- SipHash */
-
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                         \
-  do {                                                                   \
-    v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);            \
-    v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                               \
-    v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                               \
-    v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);            \
-  } while (0)
-
-static uint64_t le64(const unsigned char *p) {
-  uint64_t v = 0;
-  int i;
-  for (i = 7; i >= 0; i--) v = (v << 8) | p[i];
-  return v;
-}
-
-/* SipHash-2-4 (Aumasson and Bernstein) of in[0..n) under a 16-byte key. */
-static uint64_t siphash(const uint8_t *key, const unsigned char *in,
-                        size_t n) {
-  uint64_t k0 = le64(key), k1 = le64(key + 8), m, b = (uint64_t)n << 56;
-  uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
-  uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
-  const unsigned char *end = in + (n & ~(size_t)7);
-  int i;
-  for (; in != end; in += 8) {
-    m = le64(in);
-    v3 ^= m;
-    SIPROUND;
-    SIPROUND;
-    v0 ^= m;
-  }
-  for (i = (int)(n & 7) - 1; i >= 0; i--) b |= (uint64_t)in[i] << (8 * i);
-  v3 ^= b;
-  SIPROUND;
-  SIPROUND;
-  v0 ^= b;
-  v2 ^= 0xff;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  SIPROUND;
-  return v0 ^ v1 ^ v2 ^ v3;
-}
-
-uint64_t lmp_codemac(const char *code, size_t n, int *ok) {
-  *ok = lmp_arena_ready();
-  return *ok ? siphash(lmp_arena_key(), (const unsigned char *)code, n) : 0;
-}
 
 /* ------------------------------------------------------------ decoding */
 
@@ -73,7 +20,7 @@ typedef struct dec {
 static void decvalue(dec *d);
 static void decother(dec *d, int tag);
 
-static NORETURN void bad(dec *d, const char *what) {
+static __attribute__((noreturn)) void bad(dec *d, const char *what) {
   lmp_codec_raise(d->L, "malformed message: %s", what);
 }
 
@@ -104,8 +51,9 @@ static size_t getlen(dec *d) {
 }
 
 static inline void denter(dec *d) {
-  if (d->depth >= MAXDEPTH) bad(d, "nesting too deep");
-  if (d->depth >= PRESTACK && !lua_checkstack(d->L, LEVELSTACK + 8))
+  if (d->depth >= LMP_CODEC_MAXDEPTH) bad(d, "nesting too deep");
+  if (d->depth >= LMP_CODEC_PRESTACK &&
+      !lua_checkstack(d->L, LMP_CODEC_LEVELSTACK + 8))
     lmp_codec_raise(d->L, "stack overflow");
   d->depth++;
 }
@@ -115,7 +63,7 @@ static inline void denter(dec *d) {
 static inline void keep(dec *d, int tag) {
   lua_State *L = d->L;
   d->count++;
-  if (!(tag & T_KEEP)) return;
+  if (!(tag & LMP_TAG_KEEP)) return;
   if (d->refs == 0) { /* slip it in under everything decoded so far */
     lua_newtable(L);
     lua_insert(L, d->base);
@@ -143,10 +91,10 @@ static inline int gettag(dec *d) {
  * made of them. */
 static inline __attribute__((always_inline)) void decany(dec *d, int tag) {
   lua_State *L = d->L;
-  if (tag >= T_SHORTSTR) {
-    size_t n = (size_t)(tag - T_SHORTSTR);
-    if (tag >= T_FIXINT) {
-      lua_pushinteger(L, tag - T_FIXINT);
+  if (tag >= LMP_TAG_SHORTSTR) {
+    size_t n = (size_t)(tag - LMP_TAG_SHORTSTR);
+    if (tag >= LMP_TAG_FIXINT) {
+      lua_pushinteger(L, tag - LMP_TAG_FIXINT);
       return;
     }
     if (n > (size_t)(d->end - d->p)) bad(d, "truncated");
@@ -155,16 +103,16 @@ static inline __attribute__((always_inline)) void decany(dec *d, int tag) {
     return;
   }
   switch (tag) {
-    case T_FALSE:
-    case T_TRUE:
-      lua_pushboolean(L, tag == T_TRUE);
+    case LMP_TAG_FALSE:
+    case LMP_TAG_TRUE:
+      lua_pushboolean(L, tag == LMP_TAG_TRUE);
       break;
-    case T_INT: {
+    case LMP_TAG_INT: {
       uint64_t z = getvarint(d);
       lua_pushinteger(L, (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1));
       break;
     }
-    case T_FLOAT: {
+    case LMP_TAG_FLOAT: {
       lua_Number v;
       if (d->end - d->p < 8) bad(d, "truncated");
       memcpy(&v, d->p, 8);
@@ -178,6 +126,8 @@ static inline __attribute__((always_inline)) void decany(dec *d, int tag) {
 }
 
 static void decvalue(dec *d) { decany(d, gettag(d)); }
+
+static void printable(char *buf, size_t sz, const unsigned char *s, size_t n);
 
 static void dectable(dec *d, int tag) {
   lua_State *L = d->L;
@@ -194,14 +144,27 @@ static void dectable(dec *d, int tag) {
     decany(d, gettag(d));
     lua_rawseti(L, -2, (lua_Integer)i);
   }
-  while ((tag = gettag(d)) != T_NIL) {
-    if (tag == T_META) { /* a class: the metatable itself */
+  while ((tag = gettag(d)) != LMP_TAG_NIL) {
+    if (tag == LMP_TAG_METANAME) { /* a metatable registered by name */
+      size_t n = getlen(d);
+      char name[64];
+      lua_pushlstring(L, (const char *)d->p, n);
+      d->p += n;
+      if (lua_rawget(L, LUA_REGISTRYINDEX) != LUA_TTABLE) {
+        printable(name, sizeof name, d->p - n, n);
+        lmp_codec_raise(L, "cannot receive metatable %s: not registered here",
+                        name);
+      }
+      lua_setmetatable(L, -2);
+      continue;
+    }
+    if (tag == LMP_TAG_META) { /* a class: the metatable itself */
       decany(d, gettag(d));
       if (!lua_istable(L, -1)) bad(d, "bad metatable");
       lua_setmetatable(L, -2);
       continue;
     }
-    if (tag == T_INDEX) { /* the metatable {__index = V} */
+    if (tag == LMP_TAG_INDEX) { /* the metatable {__index = V} */
       lua_createtable(L, 0, 1);
       decany(d, gettag(d));
       if (!lua_istable(L, -1) && !lua_isfunction(L, -1))
@@ -210,7 +173,7 @@ static void dectable(dec *d, int tag) {
       lua_setmetatable(L, -2);
       continue;
     }
-    if (tag == T_FLOAT && d->end - d->p >= 8) {
+    if (tag == LMP_TAG_FLOAT && d->end - d->p >= 8) {
       lua_Number k;
       memcpy(&k, d->p, 8);
       if (k != k) bad(d, "bad table key"); /* NaN */
@@ -277,7 +240,7 @@ static void decfunction(dec *d, int tag) {
   if (nups(L, -1) != (int)n) bad(d, "bad function");
   keep(d, tag);
   for (i = 1; i <= (int)n; i++) {
-    if (d->p < d->end && *d->p == T_JOIN) {
+    if (d->p < d->end && *d->p == LMP_TAG_JOIN) {
       uint64_t k, j;
       d->p++;
       k = getvarint(d);
@@ -305,7 +268,8 @@ static void printable(char *buf, size_t sz, const unsigned char *s, size_t n) {
   buf[n] = '\0';
 }
 
-/* T_NAME and T_MODULE: resolve the name in this process's package.loaded. */
+/* LMP_TAG_NAME and LMP_TAG_MODULE: resolve the name in this process's
+ * package.loaded. */
 static void decname(dec *d, int tag) {
   lua_State *L = d->L;
   const unsigned char *mod, *field = NULL;
@@ -315,7 +279,7 @@ static void decname(dec *d, int tag) {
   mlen = getlen(d);
   mod = d->p;
   d->p += mlen;
-  if (tag == T_NAME) {
+  if (tag == LMP_TAG_NAME) {
     flen = getlen(d);
     field = d->p;
     d->p += flen;
@@ -355,34 +319,34 @@ static void decobject(dec *d) {
 static void decother(dec *d, int tag) {
   lua_State *L = d->L;
   switch (tag) {
-    case T_NIL:
+    case LMP_TAG_NIL:
       lua_pushnil(L);
       break;
-    case T_STR: {
+    case LMP_TAG_STR: {
       size_t n = getlen(d);
       lua_pushlstring(L, (const char *)d->p, n);
       d->p += n;
       break;
     }
-    case T_TABLE:
-    case T_TABLE | T_KEEP:
+    case LMP_TAG_TABLE:
+    case LMP_TAG_TABLE | LMP_TAG_KEEP:
       dectable(d, tag);
       break;
-    case T_FUNC:
-    case T_FUNC | T_KEEP:
+    case LMP_TAG_FUNC:
+    case LMP_TAG_FUNC | LMP_TAG_KEEP:
       decfunction(d, tag);
       break;
-    case T_REF:
+    case LMP_TAG_REF:
       getref(d, getvarint(d));
       break;
-    case T_GLOBALS:
+    case LMP_TAG_GLOBALS:
       lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
       break;
-    case T_NAME:
-    case T_MODULE:
+    case LMP_TAG_NAME:
+    case LMP_TAG_MODULE:
       decname(d, tag);
       break;
-    case T_OBJ:
+    case LMP_TAG_OBJ:
       decobject(d);
       break;
     default:
@@ -392,7 +356,8 @@ static void decother(dec *d, int tag) {
 
 /* Readies d to read the message [p, p+n), past its version byte. */
 static void decinit(dec *d, lua_State *L, const char *p, size_t n) {
-  if (!lua_checkstack(L, ENTRYSTACK)) lmp_codec_raise(L, "stack overflow");
+  if (!lua_checkstack(L, LMP_CODEC_ENTRYSTACK))
+    lmp_codec_raise(L, "stack overflow");
   d->L = L;
   d->p = (const unsigned char *)p;
   d->end = d->p + n;
@@ -400,7 +365,7 @@ static void decinit(dec *d, lua_State *L, const char *p, size_t n) {
   d->count = 0;
   d->refs = 0;
   if (n == 0) bad(d, "empty");
-  if (*d->p++ != VERSION) bad(d, "unknown version");
+  if (*d->p++ != LMP_CODEC_VERSION) bad(d, "unknown version");
   d->base = lua_gettop(L) + 1;
 }
 
@@ -426,7 +391,7 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
   int tag;
   decinit(&d, L, p, n);
   tag = gettag(&d);
-  if ((tag & ~T_KEEP) != T_TABLE) bad(&d, "not a table");
+  if ((tag & ~LMP_TAG_KEEP) != LMP_TAG_TABLE) bad(&d, "not a table");
   narr = getvarint(&d);
   if (narr > (uint64_t)(d.end - d.p)) bad(&d, "truncated");
   if (d.p == d.end) bad(&d, "truncated");
@@ -439,8 +404,11 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
     decany(&d, gettag(&d));
     lua_rawseti(L, idx, (lua_Integer)((lua_Unsigned)at + i)); /* wraps */
   }
-  while ((tag = gettag(&d)) != T_NIL) {
-    if (tag == T_META || tag == T_INDEX) {
+  while ((tag = gettag(&d)) != LMP_TAG_NIL) {
+    if (tag == LMP_TAG_METANAME) {
+      d.p += getlen(&d);
+      continue;
+    } else if (tag == LMP_TAG_META || tag == LMP_TAG_INDEX) {
       decany(&d, gettag(&d));
     } else {
       decany(&d, tag);
@@ -452,108 +420,6 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
   d.depth--;
   decdone(&d);
   return (lua_Integer)narr;
-}
-
-/* ------------------------------------------------------------- walking */
-
-/* lmp_msg_walk reads a message as the decoder does, without Lua: it only
- * needs to find the objects, so it checks bounds and depth and skips the
- * rest. */
-
-typedef struct walker {
-  const unsigned char *p, *end;
-  void (*fn)(lmp_obj *);
-} walker;
-
-static int wvarint(walker *w, uint64_t *v) {
-  int shift;
-  *v = 0;
-  for (shift = 0; shift < 64; shift += 7) {
-    unsigned c;
-    if (w->p == w->end) return -1;
-    c = *w->p++;
-    *v |= (uint64_t)(c & 0x7f) << shift;
-    if (c < 0x80) return 0;
-  }
-  return -1;
-}
-
-static int wskip(walker *w, uint64_t n) {
-  if (n > (uint64_t)(w->end - w->p)) return -1;
-  w->p += n;
-  return 0;
-}
-
-static int wlen(walker *w) {
-  uint64_t n;
-  return wvarint(w, &n) < 0 ? -1 : wskip(w, n);
-}
-
-static int wvalue(walker *w, int depth) {
-  uint64_t n, k, i;
-  int tag;
-  if (w->p == w->end) return -1;
-  tag = *w->p++;
-  if (tag >= T_FIXINT) return 0;
-  if (tag >= T_SHORTSTR) return wskip(w, (uint64_t)(tag - T_SHORTSTR));
-  switch (tag) {
-    case T_NIL: case T_FALSE: case T_TRUE: case T_GLOBALS:
-      return 0;
-    case T_INT: case T_REF:
-      return wvarint(w, &n);
-    case T_FLOAT:
-      return wskip(w, 8);
-    case T_STR: case T_MODULE:
-      return wlen(w);
-    case T_NAME:
-      return wlen(w) < 0 ? -1 : wlen(w);
-    case T_TABLE:
-    case T_TABLE | T_KEEP:
-      if (depth >= MAXDEPTH || wvarint(w, &n) < 0 || wskip(w, 1) < 0)
-        return -1;
-      for (i = 0; i < n; i++)
-        if (wvalue(w, depth + 1) < 0) return -1;
-      for (;;) {
-        if (w->p == w->end) return -1;
-        if (*w->p == T_NIL) return wskip(w, 1);
-        if (*w->p == T_INDEX || *w->p == T_META) {
-          w->p++;
-          if (wvalue(w, depth + 1) < 0) return -1;
-          continue;
-        }
-        if (wvalue(w, depth + 1) < 0 || wvalue(w, depth + 1) < 0) return -1;
-      }
-    case T_FUNC:
-    case T_FUNC | T_KEEP:
-      if (depth >= MAXDEPTH || wvarint(w, &n) < 0 || n > 255 ||
-          wvarint(w, &k) < 0 || wskip(w, 8) < 0 || wskip(w, k) < 0)
-        return -1;
-      for (i = 0; i < n; i++) {
-        if (w->p < w->end && *w->p == T_JOIN) {
-          w->p++;
-          if (wvarint(w, &k) < 0 || wvarint(w, &k) < 0) return -1;
-        } else if (wvalue(w, depth + 1) < 0) {
-          return -1;
-        }
-      }
-      return 0;
-    case T_OBJ:
-      if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
-      if (k > 0 && k < LMP_T_MAX && lmp_obj_check(n, (int)k))
-        w->fn(LMP_PTR(n));
-      return 0;
-    default:
-      return -1;
-  }
-}
-
-int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *)) {
-  walker w;
-  if (n == 0 || p[0] != VERSION) return -1;
-  w.p = (const unsigned char *)p + 1;
-  w.end = (const unsigned char *)p + n;
-  w.fn = fn;
-  return wvalue(&w, 0);
 }
 
 static int decode_raw(lua_State *L) {
@@ -568,52 +434,13 @@ int lmp_decode_protected(lua_State *L, const char *p, size_t n) {
   return lua_pcall(L, 2, 1, 0);
 }
 
-void lmp_msg_release(const char *p, size_t n) {
-  lmp_msg_walk(p, n, lmp_obj_decref);
-}
-
-/* Counted references: *counter says how many of the message's objects,
- * in walk order, have been taken, so that a process killed half-way
- * through taking them leaves a count its reaper can trust. */
-static _Atomic uint64_t *walk_counter;
-static uint64_t walk_limit;
-
-static void retain_one(lmp_obj *o) {
-  lmp_obj_incref(o);
-  atomic_fetch_add(walk_counter, 1);
-}
-
-static void release_one(lmp_obj *o) {
-  if (walk_limit > 0) {
-    walk_limit--;
-    lmp_obj_decref(o);
-  }
-}
-
-void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
-  walk_counter = count;
-  lmp_msg_walk(p, n, retain_one);
-}
-
-/* Drops the references counted in *count, lowering the count before each
- * drop: a process killed half-way leaves a count its reaper can trust
- * (at worst one reference too many is left, never one dropped twice). */
-static void unretain_one(lmp_obj *o) {
-  if (atomic_load(walk_counter) > 0) {
-    atomic_fetch_sub(walk_counter, 1);
-    lmp_obj_decref(o);
-  }
-}
-
-void lmp_msg_unretain_counted(const char *p, size_t n,
-                              _Atomic uint64_t *count) {
-  walk_counter = count;
-  lmp_msg_walk(p, n, unretain_one);
-}
-
-void lmp_msg_release_counted(const char *p, size_t n, uint64_t count) {
-  walk_limit = count;
-  lmp_msg_walk(p, n, release_one);
+void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,
+                     _Atomic uint64_t *count) {
+  int rc = lmp_decode_protected(L, p, n);
+  if (count != NULL) lmp_msg_unretain_counted(p, n, count);
+  else lmp_msg_release(p, n);
+  if (blk != NULL) lmp_free_pending(blk, LMP_PEND_OUT);
+  if (rc != LUA_OK) lua_error(L);
 }
 
 /* ------------------------------------------------------------ bindings */

@@ -1,110 +1,5 @@
-/* codec.c -- the message codec: the one place that decides which Lua values
- * may cross a process boundary, and its encoder (decode.c reads messages
- * back).  It also owns lmp_buf, the growable byte buffer messages are built
- * in.
- */
-
-/*
- * The message format
- * ==================
- *
- * A message is one version byte (VERSION) and one encoded value.  A value
- * is a tag byte and what the tag calls for.  Lengths and counts are
- * varints: 7 bits a byte, least significant group first, the high bit set
- * on every byte but the last.  The decoder also accepts padded varints
- * (0x83 0x80 0x00 is 3), which the encoder writes when it patches a count
- * in place.  Messages never leave one machine and one build, so floats and
- * MACs are in native byte order.
- *
- *   tag         what follows
- *   0x00        nil
- *   0x01, 0x02  false, true
- *   0x03        an integer as a zigzag varint (0, -1, 1, -2... -> 0, 1, 2,
- *               3...), so that small negatives are short
- *   0x04        a float: the 8 bytes of the double (-0.0, inf, NaN kept)
- *   0x05        a string: varint length, bytes (any bytes, NULs included)
- *   0x06        a table: varint narr, one byte nhash, narr values (keys
- *               1..narr), then key, value pairs, then 0x00 where a key
- *               would be (a key is never nil).  nhash is the number of
- *               pairs capped at 255: a hint to presize the table, no more
- *   0x07        a Lua function: varint nups, varint len, an 8-byte MAC,
- *               len bytes of lua_dump output (debug info kept, so
- *               tracebacks name lines), then nups upvalues, each a value
- *               or a join
- *   0x08        ref: varint k, the k-th table or function of this message
- *               (counted from 1 in the order their tags appear) met again;
- *               this is how cycles and shared references survive
- *   0x09        join, only in place of an upvalue: varint k, varint n.  The
- *               upvalue is upvalue n of function k, shared with it
- *               (lua_upvaluejoin) as it was in the sender
- *   0x0a        the globals: the sender's globals table, decoded as the
- *               receiver's.  A function's _ENV rebinds this way, as after
- *               a fork
- *   0x0b        a C function by name: varint length, module name, varint
- *               length, field name; package.loaded[module][field]
- *   0x0c        a module by name: varint length, name; package.loaded[name]
- *   0x0d        a luamp object: varint type, varint arena offset
- *   0x0e        only where a table's key would be: a value V follows, and
- *               the table gets the metatable {__index = V}
- *   0x0f        only where a table's key would be: a table M follows (a
- *               class: M.__index is M), and the table gets M as metatable
- *   0x16, 0x17  a table or function (0x06, 0x07 with the keep bit 0x10)
- *               that a later ref or join names; the decoder keeps these,
- *               and only these, where refs can find them
- *   0x40..0x7f  a string of tag - 0x40 bytes (0..63), then the bytes
- *   0x80..0xff  the integer tag - 0x80 (0..127)
- *
- * Tables.  The array part of a table is the run of keys 1, 2, 3... that
- * lua_next yields first; the rest, holes and all, go as pairs.  A
- * metatable is sent in two forms only: {__index = V}, as V (0x0e), which
- * is how environments inherit from the globals (a sandbox, a test
- * framework's file environment); and a class, a metatable M with
- * M.__index == M, as M itself (0x0f), so that an object reaches its
- * methods.  Other metatables are not sent: the receiver gets a plain
- * table.
- *
- * Sharing.  The encoder numbers tables and Lua functions as it first meets
- * them and remembers them, by lua_topointer, in a small C hash; meeting one
- * again writes a ref and sets the keep bit on its first tag.  Upvalues are
- * remembered by lua_upvalueid in the same hash, so that a second closure
- * over the same variable (or a recursive local function, whose upvalue is
- * itself) writes a join or a ref.
- *
- * Names.  C functions cannot be copied, so they travel as the name they
- * have in package.loaded: a reverse map, value -> encoded name, built from
- * package.loaded (each module, and the C functions among the fields of each
- * module table, modules other than _G first) and cached in the registry.
- * A C function missing from it makes the encoder rebuild the map once.
- * Tables are sent by name only when they are modules themselves (`local
- * str = string`): a table that is merely reachable from a module, a global
- * say, is data and is copied.  So is a module loaded after the map was last
- * built; the next miss on a C function picks it up.
- *
- * Objects.  Each object written gains a reference owned by the message,
- * taken once the whole message is written so that an error leaks none.
- * lmp_msg_release walks a message without Lua and drops them.
- *
- * What cannot be sent (coroutines, light and foreign userdata, a C function
- * with no name, nesting deeper than MAXDEPTH) raises "cannot send
- * <root><path>: <reason>".  The path reads as Lua would index: args[2].file,
- * value["a b"], value[true], value[<table>] for the value under a table
- * key, value[<key>] for the key itself, and value[1]<upvalue fh> for an
- * upvalue of the function at value[1].  It is built only on that error
- * path, from the keys still on the stack, and cut at MAXPATH bytes.
- *
- * Decoding untrusted bytes
- * ------------------------
- * The decoder assumes nothing about its input.  Every read is bounds
- * checked; a length or count larger than the bytes left is an error before
- * anything is allocated, and a claimed array presizes at most 2^20 slots;
- * nesting is capped at MAXDEPTH, as in the encoder; refs and joins must
- * name a kept table or Lua function already decoded, and a join an upvalue
- * it has; NaN keys are refused; object offsets must pass lmp_obj_check.
- * Loading crafted bytecode can crash Lua, so each function's bytecode
- * carries a MAC, SipHash-2-4 keyed with the family's secret
- * (lmp_arena_key), and the decoder loads only bytecode whose MAC matches,
- * in binary mode only.  Any failure raises "malformed message: <what>"; a
- * name this process cannot resolve raises "cannot receive ...".
+/* encode.c -- the encoder: Lua values to messages (the format is in
+ * codec.h), and what it refuses to send, named by the path of the value.
  */
 
 #include <errno.h>
@@ -129,59 +24,6 @@ static const char DUMPS_KEY = 'd'; /* registry: function -> len, MAC, dump */
 #define LOCALBUF 1024
 #define ROPEMIN ((size_t)16 << 10)
 #define ROPEMAX 16
-
-/* -------------------------------------------------------------- lmp_buf */
-
-#define BUF "luamp.buf"
-
-/* The buffer doubles, so that a message built from many small appends
- * copies each byte a bounded number of times; but an append that doubling
- * would not hold gets exactly the room it asks for, so that a big string is
- * copied in once and carries no slack. */
-int lmp_buf_reserve(lmp_buf *b, size_t extra) {
-  size_t cap;
-  char *p;
-  if (b->cap - b->len >= extra) return 0;
-  if (extra > SIZE_MAX / 2 - b->len) return -ENOMEM;
-  cap = b->cap ? b->cap * 2 : 128;
-  if (cap < b->len + extra) cap = b->len + extra;
-  p = realloc(b->data, cap);
-  if (p == NULL) return -ENOMEM;
-  b->data = p;
-  b->cap = cap;
-  return 0;
-}
-
-void lmp_buf_free(lmp_buf *b) {
-  free(b->data);
-  b->data = NULL;
-  b->len = b->cap = 0;
-}
-
-static int buf_close(lua_State *L) {
-  lmp_buf_free(luaL_checkudata(L, 1, BUF));
-  return 0;
-}
-
-static int buf_tostring(lua_State *L) {
-  lmp_buf *b = luaL_checkudata(L, 1, BUF);
-  lua_pushfstring(L, BUF " (%I bytes)", (lua_Integer)b->len);
-  return 1;
-}
-
-static const luaL_Reg buf_metameth[] = {
-  {"__gc", buf_close}, {"__close", buf_close},
-  {"__tostring", buf_tostring}, {NULL, NULL}
-};
-
-lmp_buf *lmp_buf_new(lua_State *L) {
-  lmp_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->data = NULL;
-  b->len = b->cap = 0;
-  if (luaL_newmetatable(L, BUF)) luaL_setfuncs(L, buf_metameth, 0);
-  lua_setmetatable(L, -2);
-  return b;
-}
 
 /* ------------------------------------------------------------ encoding */
 
@@ -226,7 +68,7 @@ typedef struct enc {
   size_t nents, cap;
   uint32_t *hash; /* index + 1 into ents; NULL while cap == NINLINE */
   seen inl[NINLINE];
-  frame frames[MAXDEPTH];
+  frame frames[LMP_CODEC_MAXDEPTH];
 } enc;
 
 static void encvalue(enc *e, int idx);
@@ -241,7 +83,7 @@ void lmp_codec_raise(lua_State *L, const char *fmt, ...) {
   __builtin_unreachable();
 }
 
-static NORETURN void nomem(enc *e) {
+static __attribute__((noreturn)) void nomem(enc *e) {
   lmp_codec_raise(e->L, "not enough memory");
 }
 
@@ -340,7 +182,7 @@ static const char *reason(lua_State *L, int idx, char *buf, size_t sz) {
 
 /* Raises "cannot send <root><path>: <why>"; why NULL means the value at
  * idx is of a kind that cannot be sent. */
-static NORETURN void fail(enc *e, int idx, const char *why) {
+static __attribute__((noreturn)) void fail(enc *e, int idx, const char *why) {
   lua_State *L = e->L;
   char buf[128], path[MAXPATH + 4], tmp[128];
   size_t n = 0, k = 0;
@@ -491,16 +333,17 @@ static void addseen(enc *e, const void *p, size_t pos, uint32_t idx,
 
 /* Enters a table or function: checks depth and stack room. */
 static void enter(enc *e) {
-  if (e->depth >= MAXDEPTH) fail(e, 0, "nesting too deep");
-  if (e->depth >= PRESTACK && !lua_checkstack(e->L, LEVELSTACK + 8))
+  if (e->depth >= LMP_CODEC_MAXDEPTH) fail(e, 0, "nesting too deep");
+  if (e->depth >= LMP_CODEC_PRESTACK &&
+      !lua_checkstack(e->L, LMP_CODEC_LEVELSTACK + 8))
     fail(e, 0, "stack overflow");
   e->depth++;
 }
 
 /* Writes a ref to s, marking its first occurrence kept. */
 static void putref(enc *e, const seen *s) {
-  e->b->data[s->pos] |= T_KEEP;
-  puttagv(e, T_REF, s->idx);
+  e->b->data[s->pos] |= LMP_TAG_KEEP;
+  puttagv(e, LMP_TAG_REF, s->idx);
 }
 
 /* A string of 64 bytes or more: its length is reserved exactly, and the
@@ -508,7 +351,7 @@ static void putref(enc *e, const seen *s) {
 static void putlong(enc *e, int idx, const char *s, size_t n) {
   char hdr[11], *p;
   size_t hl;
-  hdr[0] = T_STR;
+  hdr[0] = LMP_TAG_STR;
   hl = (size_t)(putvarint(hdr + 1, n) - hdr);
   if (n >= ROPEMIN && e->rope >= 0 && e->rope < ROPEMAX) {
     lua_State *L = e->L;
@@ -546,7 +389,7 @@ static inline __attribute__((always_inline)) void encany(enc *e, int idx,
       }
       need(e, 64);
       p = e->b->data + e->b->len;
-      *p = (char)(T_SHORTSTR + n);
+      *p = (char)(LMP_TAG_SHORTSTR + n);
       memcpy(p + 1, s, n);
       e->b->len += n + 1;
       break;
@@ -558,24 +401,24 @@ static inline __attribute__((always_inline)) void encany(enc *e, int idx,
         lua_Integer v = lua_tointeger(L, idx);
         uint64_t z = (uint64_t)v << 1;
         if (v >= 0 && v < 128) {
-          *p++ = (char)(T_FIXINT + v);
+          *p++ = (char)(LMP_TAG_FIXINT + v);
         } else {
-          *p++ = T_INT;
+          *p++ = LMP_TAG_INT;
           p = putvarint(p, v < 0 ? ~z : z);
         }
       } else {
         lua_Number v = lua_tonumber(L, idx);
-        *p++ = T_FLOAT;
+        *p++ = LMP_TAG_FLOAT;
         memcpy(p, &v, 8);
         p += 8;
       }
       e->b->len = (size_t)(p - e->b->data);
       break;
     case LUA_TBOOLEAN:
-      putbyte(e, lua_toboolean(L, idx) ? T_TRUE : T_FALSE);
+      putbyte(e, lua_toboolean(L, idx) ? LMP_TAG_TRUE : LMP_TAG_FALSE);
       break;
     case LUA_TNIL:
-      putbyte(e, T_NIL);
+      putbyte(e, LMP_TAG_NIL);
       break;
     default:
       encother(e, idx, t);
@@ -624,7 +467,7 @@ static void addname(lua_State *L, int map, int v, const char *mod,
   lua_pop(L, 1);
   lua_pushvalue(L, v);
   luaL_buffinit(L, &B);
-  tmp[0] = field ? T_NAME : T_MODULE;
+  tmp[0] = field ? LMP_TAG_NAME : LMP_TAG_MODULE;
   luaL_addlstring(&B, tmp, (size_t)(putvarint(tmp + 1, mlen) - tmp));
   luaL_addlstring(&B, mod, mlen);
   if (field) {
@@ -769,7 +612,7 @@ static void enctable(enc *e, int idx) {
   int top, run;
   frame *f;
   if (tp == globals(e)) {
-    putbyte(e, T_GLOBALS);
+    putbyte(e, LMP_TAG_GLOBALS);
     return;
   }
   if ((s = findseen(e, tp)) != NULL) {
@@ -782,7 +625,7 @@ static void enctable(enc *e, int idx) {
   pos = e->b->len;
   addseen(e, tp, pos, ++e->nref, 0);
   n = lua_rawlen(L, idx);
-  puttagv(e, T_TABLE, n);
+  puttagv(e, LMP_TAG_TABLE, n);
   hintpos = e->b->len;
   putbyte(e, 0);
   run = n > 0;
@@ -809,9 +652,21 @@ static void enctable(enc *e, int idx) {
     npairs++;
   }
   if (lua_getmetatable(L, idx)) {
-    int t = lua_getfield(L, -1, "__index");
+    int t;
+    if (lua_getfield(L, -1, "__name") == LUA_TSTRING &&
+        luaL_getmetatable(L, lua_tostring(L, -1)) == LUA_TTABLE &&
+        lua_rawequal(L, -1, -3)) { /* registered under its name */
+      size_t n;
+      const char *name = lua_tolstring(L, -2, &n);
+      puttagv(e, LMP_TAG_METANAME, n);
+      putbytes(e, name, n);
+      lua_settop(L, top - 2);
+      goto done;
+    }
+    lua_settop(L, top - 1);
+    t = lua_getfield(L, -1, "__index");
     if (t == LUA_TTABLE && lua_rawequal(L, -1, -2)) { /* a class */
-      putbyte(e, T_META);
+      putbyte(e, LMP_TAG_META);
       f->kind = F_FIELD;
       lua_pushliteral(L, "(metatable)");
       f->idx = lua_gettop(L);
@@ -822,7 +677,7 @@ static void enctable(enc *e, int idx) {
       lua_pushnil(L);
       if ((t == LUA_TTABLE || t == LUA_TFUNCTION) && lua_next(L, -3) &&
           (lua_pop(L, 1), !lua_next(L, -3))) {
-        putbyte(e, T_INDEX);
+        putbyte(e, LMP_TAG_INDEX);
         f->kind = F_FIELD;
         lua_pushliteral(L, "(metatable __index)");
         f->idx = lua_gettop(L);
@@ -831,7 +686,8 @@ static void enctable(enc *e, int idx) {
       lua_settop(L, top - 2);
     }
   }
-  putbyte(e, T_NIL);
+done:
+  putbyte(e, LMP_TAG_NIL);
   if (m != n) patchvarint(e, pos + 1, m, hintpos - pos - 1);
   e->b->data[hintpos] = (char)(npairs > 255 ? 255 : npairs);
   e->depth--;
@@ -921,7 +777,7 @@ static void encfunction(enc *e, int idx) {
   addseen(e, fp, pos, fidx, 0);
   lua_pushvalue(L, idx);
   lua_getinfo(L, ">u", &ar);
-  puttagv(e, T_FUNC, ar.nups);
+  puttagv(e, LMP_TAG_FUNC, ar.nups);
   putcode(e, idx);
   enter(e);
   f = &e->frames[e->depth - 1];
@@ -931,10 +787,10 @@ static void encfunction(enc *e, int idx) {
     const void *id = lua_upvalueid(L, idx, i);
     if ((s = findseen(e, id)) != NULL) {
       char *p;
-      e->b->data[s->pos] |= T_KEEP;
+      e->b->data[s->pos] |= LMP_TAG_KEEP;
       need(e, 21);
       p = e->b->data + e->b->len;
-      *p++ = T_JOIN;
+      *p++ = LMP_TAG_JOIN;
       p = putvarint(p, s->idx);
       e->b->len = (size_t)(putvarint(p, s->n) - e->b->data);
       continue;
@@ -967,7 +823,7 @@ static void encother(enc *e, int idx, int t) {
       if (o == NULL) fail(e, idx, NULL);
       need(e, 21);
       p = e->b->data + e->b->len;
-      *p++ = T_OBJ;
+      *p++ = LMP_TAG_OBJ;
       p = putvarint(p, o->type);
       e->b->len = (size_t)(putvarint(p, LMP_OFF(o)) - e->b->data);
       e->nobj++;
@@ -993,19 +849,19 @@ static void encslice(enc *e, int idx, lua_Integer i, lua_Integer n) {
   f = &e->frames[e->depth - 1];
   f->kind = F_INDEX;
   e->nref++; /* the decoder numbers this table, as any other */
-  puttagv(e, T_TABLE, (uint64_t)n);
+  puttagv(e, LMP_TAG_TABLE, (uint64_t)n);
   putbyte(e, 1);
   for (c = 0; c < n; c++) {
     f->i = i + c;
     encany(e, top, lua_rawgeti(L, idx, i + c));
     lua_settop(L, top - 1);
   }
-  putbyte(e, T_SHORTSTR + 1);
+  putbyte(e, LMP_TAG_SHORTSTR + 1);
   putbyte(e, 'n');
   lua_pushinteger(L, n);
   encany(e, top, LUA_TNUMBER);
   lua_settop(L, top - 1);
-  putbyte(e, T_NIL);
+  putbyte(e, LMP_TAG_NIL);
   e->depth--;
 }
 
@@ -1034,7 +890,8 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   enc e;
   char local[LOCALBUF];
   idx = lua_absindex(L, idx);
-  if (!lua_checkstack(L, ENTRYSTACK)) lmp_codec_raise(L, "stack overflow");
+  if (!lua_checkstack(L, LMP_CODEC_ENTRYSTACK))
+    lmp_codec_raise(L, "stack overflow");
   e.L = L;
   e.local.data = local;
   e.local.len = 0;
@@ -1053,7 +910,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.hash = NULL;
   e.slot = lua_gettop(L) + 1;
   lua_settop(L, e.slot + 4); /* see enc.slot */
-  putbyte(&e, VERSION);
+  putbyte(&e, LMP_CODEC_VERSION);
   if (slice != NULL)
     encslice(&e, idx, slice[0], slice[1]);
   else
@@ -1071,11 +928,16 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   return e.nobj;
 }
 
+static void retain(lmp_obj *o, void *ud) {
+  (void)ud;
+  lmp_obj_incref(o);
+}
+
 void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   size_t start = b->len;
   /* Only now that nothing can fail does the message own its objects. */
   if (encode(L, idx, root, b, NULL) > 0)
-    lmp_msg_walk(b->data + start, b->len - start, lmp_obj_incref);
+    lmp_msg_walk(b->data + start, b->len - start, retain, NULL);
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
@@ -1118,17 +980,17 @@ int lmp_msg_number(const char *msg, size_t n, lua_Integer *i, lua_Number *f) {
   const unsigned char *p = (const unsigned char *)msg, *end = p + n;
   uint64_t z = 0;
   int shift;
-  if (n < 2 || p[0] != VERSION) return 0;
-  if (p[1] >= T_FIXINT) {
-    *i = p[1] - T_FIXINT;
+  if (n < 2 || p[0] != LMP_CODEC_VERSION) return 0;
+  if (p[1] >= LMP_TAG_FIXINT) {
+    *i = p[1] - LMP_TAG_FIXINT;
     return n == 2;
   }
-  if (p[1] == T_FLOAT) {
+  if (p[1] == LMP_TAG_FLOAT) {
     if (n != 10) return 0;
     memcpy(f, p + 2, 8);
     return 2;
   }
-  if (p[1] != T_INT) return 0;
+  if (p[1] != LMP_TAG_INT) return 0;
   for (p += 2, shift = 0; p < end && shift < 64; p++, shift += 7) {
     z |= (uint64_t)(*p & 0x7f) << shift;
     if (*p < 0x80) {
@@ -1143,17 +1005,17 @@ int lmp_msg_number(const char *msg, size_t n, lua_Integer *i, lua_Number *f) {
  * its length. */
 size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f) {
   char *p = out;
-  *p++ = VERSION;
+  *p++ = LMP_CODEC_VERSION;
   if (isint) {
     uint64_t z = (uint64_t)i << 1;
     if (i >= 0 && i < 128) {
-      *p++ = (char)(T_FIXINT + i);
+      *p++ = (char)(LMP_TAG_FIXINT + i);
     } else {
-      *p++ = T_INT;
+      *p++ = LMP_TAG_INT;
       p = putvarint(p, i < 0 ? ~z : z);
     }
   } else {
-    *p++ = T_FLOAT;
+    *p++ = LMP_TAG_FLOAT;
     memcpy(p, &f, 8);
     p += 8;
   }

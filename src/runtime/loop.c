@@ -1,6 +1,5 @@
-/* loop.c -- the per-process runtime: the libuv loop, the signals luamp
- * watches (SIGCHLD, SIGURG, SIGINT), and lmp_wait, the one way every
- * blocking call in luamp sleeps.
+/* loop.c -- the per-process libuv loop, the signals luamp watches (SIGCHLD,
+ * SIGURG, SIGINT), and lmp_wait, the one way every blocking call sleeps.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -18,7 +17,7 @@
 
 #include <uv.h>
 
-#include "internal.h"
+#include "runtime.h"
 
 /*
  * Waking up.  Every process has a wake word in its arena slot.  A blocked
@@ -39,16 +38,23 @@
 
 static uv_loop_t own_loop;
 static uv_loop_t *loop;
-static int loop_owned;
-static uv_signal_t chld_h, urg_h;
-static pid_t runtime_pid;
+static uv_signal_t urg_h;
+static pid_t loop_pid;
+static void (*service_hook)(void); /* process.c's reaper */
 
-volatile sig_atomic_t lmp_sigint;
-volatile sig_atomic_t lmp_interrupted_flag;
+static volatile sig_atomic_t sigint_pending; /* set by SIGINT */
+static volatile sig_atomic_t interrupted;    /* ever interrupted */
 static lua_State *int_L;
 
-typedef void (*sa_fn)(int, siginfo_t *, void *);
-static struct sigaction uv_chld, uv_urg; /* libuv's handlers, chained */
+/* The signals watched, each with the handler libuv installed, which ours
+ * chains to. */
+#define MAXSIG 4
+static struct {
+  int sig;
+  uv_signal_t *h;
+  struct sigaction uv;
+} watched[MAXSIG];
+static int nwatched;
 
 double lmp_now(void) {
   struct timespec ts;
@@ -84,28 +90,33 @@ static void call_prev(const struct sigaction *sa, int sig, siginfo_t *si,
 }
 
 static void on_signal(int sig, siginfo_t *si, void *uc) {
-  int saved = errno;
-  call_prev(sig == SIGCHLD ? &uv_chld : &uv_urg, sig, si, uc);
+  int saved = errno, i;
+  for (i = 0; i < nwatched; i++)
+    if (watched[i].sig == sig) call_prev(&watched[i].uv, sig, si, uc);
   sig_pending = 1;
   bump_self();
   errno = saved;
 }
 
-/* Puts our handler in front of the one libuv just installed for sig. */
-static void chain(int sig, struct sigaction *prev) {
+int lmp_loop_signal(uv_signal_t *h, int sig, uv_signal_cb cb) {
   struct sigaction sa;
-  sigaction(sig, NULL, prev);
+  int rc;
+  if (nwatched == MAXSIG) return -ENOSPC;
+  if ((rc = uv_signal_init(loop, h)) < 0) return rc;
+  if ((rc = uv_signal_start(h, cb, sig)) < 0) return rc;
+  /* A watched signal must not keep uv_run(UV_RUN_DEFAULT) alive. */
+  uv_unref((uv_handle_t *)h);
+  /* Our handler goes in front of the one libuv just installed. */
+  watched[nwatched].sig = sig;
+  watched[nwatched].h = h;
+  sigaction(sig, NULL, &watched[nwatched].uv);
+  nwatched++;
   memset(&sa, 0, sizeof sa);
   sa.sa_sigaction = on_signal;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
   sigfillset(&sa.sa_mask);
   sigaction(sig, &sa, NULL);
-}
-
-static void on_chld(uv_signal_t *h, int sig) {
-  (void)h;
-  (void)sig;
-  lmp_reap_children();
+  return 0;
 }
 
 static void on_urg(uv_signal_t *h, int sig) {
@@ -113,39 +124,21 @@ static void on_urg(uv_signal_t *h, int sig) {
   (void)sig; /* only here to end a sleep in the loop */
 }
 
-static int watch_signals(void) {
+int lmp_loop_init(void *userloop, void (*hook)(void)) {
   int rc;
-  if ((rc = uv_signal_init(loop, &chld_h)) < 0) return rc;
-  if ((rc = uv_signal_init(loop, &urg_h)) < 0) return rc;
-  if ((rc = uv_signal_start(&chld_h, on_chld, SIGCHLD)) < 0) return rc;
-  if ((rc = uv_signal_start(&urg_h, on_urg, SIGURG)) < 0) return rc;
-  /* The signal handles must not keep uv_run(UV_RUN_DEFAULT) alive. */
-  uv_unref((uv_handle_t *)&chld_h);
-  uv_unref((uv_handle_t *)&urg_h);
-  chain(SIGCHLD, &uv_chld);
-  chain(SIGURG, &uv_urg);
-  return 0;
-}
-
-int lmp_runtime_init(void *userloop) {
-  int rc;
-  if (loop != NULL && runtime_pid == getpid()) return 0;
+  if (loop != NULL && loop_pid == getpid()) return 0;
   if (userloop != NULL) {
     loop = userloop;
-    loop_owned = 0;
   } else {
     if ((rc = uv_loop_init(&own_loop)) < 0) return rc;
     loop = &own_loop;
-    loop_owned = 1;
   }
-  runtime_pid = getpid();
-  lmp_pid = runtime_pid;
+  loop_pid = getpid();
+  service_hook = hook;
   wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd < 0) return -errno;
-  return watch_signals();
+  return lmp_loop_signal(&urg_h, SIGURG, on_urg);
 }
-
-void *lmp_loop(void) { return loop; }
 
 static void close_cb(uv_handle_t *h) { (void)h; }
 
@@ -158,7 +151,8 @@ static void close_all(uv_handle_t *h, void *arg) {
     uv_signal_t *s = (uv_signal_t *)h;
     s->dispatched_signals = s->caught_signals;
   }
-  if (h == (uv_handle_t *)&chld_h || h == (uv_handle_t *)&urg_h) return;
+  for (int i = 0; i < nwatched; i++)
+    if (h == (uv_handle_t *)watched[i].h) return;
   if (!uv_is_closing(h)) {
     uv_close(h, close_cb);
     (*closed)++;
@@ -172,15 +166,15 @@ static void close_all(uv_handle_t *h, void *arg) {
  * inherited handle but our own signal watchers (which carry on, with the
  * same handlers) is closed without running.
  */
-void lmp_runtime_after_fork(void) {
+void lmp_loop_after_fork(void) {
   int closed = 0;
   if (loop == NULL) return;
   uv_loop_fork(loop);
   uv_walk(loop, close_all, &closed);
   if (closed > 0) uv_run(loop, UV_RUN_NOWAIT);
-  runtime_pid = getpid();
-  lmp_sigint = 0;
-  lmp_interrupted_flag = 0;
+  loop_pid = getpid();
+  sigint_pending = 0;
+  interrupted = 0;
   sig_pending = 0;
   polling = 0;
   /* The parent's eventfd is shared with it: get our own. */
@@ -195,7 +189,7 @@ void lmp_service_pending(void) {
 void lmp_service(void) {
   sig_pending = 0;
   if (loop != NULL) uv_run(loop, UV_RUN_NOWAIT);
-  lmp_reap_children();
+  if (service_hook != NULL) service_hook();
 }
 
 /* ---------------------------------------------------------------- SIGINT */
@@ -209,7 +203,7 @@ static void int_hook(lua_State *L, lua_Debug *ar) {
 static void on_sigint(int sig) {
   int saved = errno;
   (void)sig;
-  lmp_sigint = 1;
+  sigint_pending = 1;
   sig_pending = 1;
   if (int_L != NULL) /* as lua.c does: the hook raises at the next step */
     lua_sethook(int_L, int_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
@@ -251,57 +245,60 @@ void lmp_sigint_own(void) {
   sigint_owned = 1;
 }
 
-void lmp_take_interrupt(void) {
-  lmp_sigint = 0;
+static void take_interrupt(void) {
+  sigint_pending = 0;
   if (int_L != NULL) lua_sethook(int_L, NULL, 0, 0);
-  lmp_interrupted_flag = 1;
+  interrupted = 1;
 }
 
 /* The interruption is an error object of type KeyboardInterrupt, so that
  * whoever catches an error can tell it from any other. */
 int lmp_raise_interrupt(lua_State *L) {
-  lmp_take_interrupt();
-  if (lua_getfield(L, LUA_REGISTRYINDEX, "luamp.throw") != LUA_TFUNCTION)
-    return luaL_error(L, "interrupted!");
-  lua_pop(L, 1);
+  take_interrupt();
   return lmp_throw(L, "KeyboardInterrupt", "interrupted");
 }
 
 int lmp_is_interrupt(lua_State *L, int idx) {
-  int is;
-  if (lua_type(L, idx) != LUA_TTABLE) return 0;
-  lua_pushliteral(L, "type");
-  lua_rawget(L, idx < 0 ? idx - 1 : idx);
-  is = lua_type(L, -1) == LUA_TSTRING &&
-       strcmp(lua_tostring(L, -1), "KeyboardInterrupt") == 0;
-  lua_pop(L, 1);
-  return is;
+  return lmp_is_error(L, idx, "KeyboardInterrupt");
 }
+
+int lmp_was_interrupted(void) { return interrupted; }
+
+int lmp_defer_interrupt(void) {
+  int pending = sigint_pending;
+  sigint_pending = 0;
+  return pending;
+}
+
+void lmp_resume_interrupt(int pending) {
+  if (pending) sigint_pending = pending;
+}
+
+void lmp_take_interrupt(void) { take_interrupt(); }
 
 /* ------------------------------------------------------------------ wait */
 
 /*
  * The process's own Lua work while it waits.  A Pool registers a service
- * function (core.set_service) that collects results and runs callbacks;
- * a blocking binding names its state with lmp_waiter (lmp_deadline and
- * lmp_block_timeout do it for them), and each wake-up of its wait calls
- * the service in that state.  The wait consumes the name, so a wait
- * started from C alone never runs Lua.  An error in the service ends the
- * wait with -ECANCELED, the error kept for lmp_wait_fail to raise.
+ * function (core.set_service) in its state's registry; each wake-up of a
+ * wait that was given that state calls it, so results are collected and
+ * callbacks run while the owner is blocked in any luamp call.  A wait
+ * given no state runs no Lua.  An error in the service ends the wait with
+ * -ECANCELED, the error kept for lmp_raise_errno to raise.
  */
-lua_State *lmp_waiter_L;
-static int service_on, in_service;
-
 #define SERVICE_KEY "luamp.service"
 #define SERVICE_ERR "luamp.service_error"
 
-void lmp_waiter(lua_State *L) { lmp_waiter_L = L; }
+static int in_service; /* the service does not run inside itself */
 
 static int run_service(lua_State *L) {
   int rc;
-  if (L == NULL || !service_on || in_service) return 0;
+  if (L == NULL || in_service) return 0;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_KEY) != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return 0;
+  }
   in_service = 1;
-  lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_KEY);
   rc = lua_pcall(L, 0, 0, 0);
   in_service = 0;
   if (rc != LUA_OK) {
@@ -311,14 +308,12 @@ static int run_service(lua_State *L) {
   return 0;
 }
 
-int lmp_set_service(lua_State *L, int idx) {
+void lmp_set_service(lua_State *L, int idx) {
   lua_pushvalue(L, idx);
   lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_KEY);
-  service_on = !lua_isnoneornil(L, idx);
-  return 0;
 }
 
-int lmp_wait_fail(lua_State *L, int rc) {
+int lmp_raise_errno(lua_State *L, int rc, const char *what) {
   if (rc == -ECANCELED) {
     lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);
     lua_pushnil(L);
@@ -326,15 +321,31 @@ int lmp_wait_fail(lua_State *L, int rc) {
     return lua_error(L);
   }
   if (rc == -EINTR) return lmp_raise_interrupt(L);
-  return luaL_error(L, "wait failed: %s", strerror(-rc));
+  if (rc == -ENOMEM) return lmp_nomem(L, 0);
+  return luaL_error(L, "%s: %s", what, strerror(-rc));
 }
 
-int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
-                double deadline) {
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define cpu_relax() __asm__ __volatile__("" ::: "memory")
+#endif
+
+int lmp_spin(lmp_ready_fn ready, void *ud, int rounds) {
+  int i;
+  for (i = 0; i < rounds; i++) {
+    if (ready(ud)) return 1;
+    cpu_relax();
+  }
+  return 0;
+}
+
+int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
+                void *ud, double deadline) {
   _Atomic uint32_t *w = word != NULL ? word : &lmp_self->wake;
-  lua_State *L = lmp_waiter_L;
   int rc, woken = 0;
-  lmp_waiter_L = NULL;
   install_sigint(); /* lua.c may have put its own back between calls */
   if (word != NULL) atomic_store(&lmp_self->waiting_on, LMP_OFF(word));
   for (;;) {
@@ -344,7 +355,7 @@ int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
     if (sig_pending) lmp_service();
     if (woken && (rc = run_service(L)) < 0) break;
     if (ready(ud)) { rc = 1; break; }
-    if (lmp_sigint) { rc = -EINTR; break; }
+    if (sigint_pending) { rc = -EINTR; break; }
     if (deadline >= 0 && lmp_now() >= deadline) { rc = 0; break; }
     lmp_futex_wait(w, seq, deadline);
     woken = 1;
@@ -353,8 +364,8 @@ int lmp_wait_on(_Atomic uint32_t *word, lmp_ready_fn ready, void *ud,
   return rc;
 }
 
-int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
-  return lmp_wait_on(NULL, ready, ud, deadline);
+int lmp_wait(lua_State *L, lmp_ready_fn ready, void *ud, double deadline) {
+  return lmp_wait_on(L, NULL, ready, ud, deadline);
 }
 
 /*
@@ -363,12 +374,10 @@ int lmp_wait(lmp_ready_fn ready, void *ud, double deadline) {
  * processes signals it) before the conditions are checked; wake_fd is in
  * the poll set, so nothing that happens after the check is missed.
  */
-int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
-                 double deadline) {
+int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
+                 lmp_ready_fn ready, void *ud, double deadline) {
   struct pollfd stack[8], *all = stack;
-  lua_State *L = lmp_waiter_L;
   int rc, woken = 0;
-  lmp_waiter_L = NULL;
   install_sigint();
   if (nfds + 1 > 8) {
     all = malloc(sizeof(struct pollfd) * (size_t)(nfds + 1));
@@ -385,7 +394,7 @@ int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
     if (sig_pending) lmp_service();
     if (woken && (rc = run_service(L)) < 0) break;
     if (ready != NULL && ready(ud)) { rc = 1; break; }
-    if (lmp_sigint) { rc = -EINTR; break; }
+    if (sigint_pending) { rc = -EINTR; break; }
     if (deadline >= 0) {
       double left = deadline - lmp_now();
       if (left < 0) left = 0;
@@ -417,13 +426,20 @@ int lmp_wait_fds(struct pollfd *fds, int nfds, lmp_ready_fn ready, void *ud,
   return rc;
 }
 
-double lmp_deadline(lua_State *L, int idx) {
+/* ------------------------------------------------------------- deadlines */
+
+double lmp_opt_deadline(lua_State *L, int idx) {
   lua_Number t;
-  lmp_waiter_L = L;
   if (lua_isnoneornil(L, idx)) return -1;
   t = luaL_checknumber(L, idx);
   if (t != t) luaL_argerror(L, idx, "timeout must be a number, not NaN");
   if (t >= 1e15) return -1; /* math.huge and friends: no limit */
   if (t <= 0) return 0;
   return lmp_now() + t;
+}
+
+double lmp_block_deadline(lua_State *L, int idx) {
+  double deadline = lmp_opt_deadline(L, idx + 1); /* checked either way */
+  if (!lua_isnoneornil(L, idx) && !lua_toboolean(L, idx)) return 0;
+  return deadline;
 }

@@ -3,10 +3,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <pthread.h>
 #include <string.h>
 
-#include "internal.h"
+#include "types.h"
 
 /*
  * Layout.  A list holds a robust mutex and the offset of its array: one
@@ -14,13 +13,14 @@
  * item is one arena block: the length of a codec message and the message.
  * The array grows by doubling.
  *
- * Death.  As in dict.c: every change is committed with one store.  An
- * append writes the new item's offset beyond the end and then the length;
- * a pop lowers the length; a replaced item leaves its place before it is
- * freed; an insert or a removal in the middle builds a new array (length
- * included) and switches to it, instead of moving offsets in place.
- * Items and arrays in transit are pending (lmp_alloc_pending), and the
- * next locker after a death settles the dead holder's pending blocks.
+ * Death, with the arena's crash-safety kit, as in dict.c: every change is
+ * committed with one store.  An append writes the new item's offset beyond
+ * the end and then the length; a pop lowers the length; a replaced item
+ * leaves its place before it is freed; an insert or a removal in the
+ * middle builds a new array (length included) and publishes it
+ * (lmp_publish), instead of moving offsets in place.  Items in transit are
+ * pending (LMP_PEND_IN coming, LMP_PEND_OUT leaving), and the next locker
+ * after a death settles the dead holder's pending blocks.
  */
 
 #define LIST "luamp.List"
@@ -42,9 +42,8 @@ typedef struct array {
 
 typedef struct list {
   lmp_obj h;
-  pthread_mutex_t mu;
+  lmp_guard g;
   _Atomic lmp_off arr;
-  uint32_t holder; /* slot + 1 of the process holding mu, or 0 */
 } list;
 
 static array *A(list *l) { return LMP_PTR(atomic_load(&l->arr)); }
@@ -61,25 +60,8 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
   return 0;
 }
 
-static void llock(list *l) {
-  if (lmp_mutex_lock(&l->mu))
-    lmp_settle_pending(&l->h, l->holder, owns_locked);
-  l->holder = lmp_self_index + 1;
-}
-
-static void lunlock(list *l) {
-  l->holder = 0;
-  pthread_mutex_unlock(&l->mu);
-}
-
-static int list_owns(lmp_obj *o, lmp_off blk) {
-  list *l = (list *)o;
-  int found;
-  llock(l);
-  found = owns_locked(o, blk);
-  lunlock(l);
-  return found;
-}
+static void llock(list *l) { lmp_guard_lock(&l->g, &l->h); }
+static void lunlock(list *l) { lmp_guard_unlock(&l->g); }
 
 static void free_item(lmp_off off) {
   item *it = LMP_PTR(off);
@@ -93,16 +75,16 @@ static void list_dtor(lmp_obj *o) {
   uint64_t i, n = LEN(l);
   for (i = 0; i < n; i++) free_item(a[i]);
   lmp_free(A(l));
-  pthread_mutex_destroy(&l->mu);
+  lmp_guard_destroy(&l->g);
 }
 
-/* Takes item off out of the list's hands: the caller registered it as
- * leaving (pending entry 2), committed its removal and holds the lock. */
-static void drop_locked(list *l, lmp_off off) {
+/* Unlocks l and drops item off, which the caller registered as leaving
+ * (LMP_PEND_OUT) and then took out of the list. */
+static void drop_unlock(list *l, lmp_off off) {
   item *it = LMP_PTR(off);
   lunlock(l);
   lmp_msg_unretain_counted(it->data, it->len, &it->refs);
-  lmp_free_pending(it, 2);
+  lmp_free_pending(it, LMP_PEND_OUT);
 }
 
 /* A pending item freed by a reaper: its references go with it. */
@@ -120,7 +102,8 @@ static void list_release(lmp_obj *o, lmp_off blk) {
 static int rebuild(list *l, uint64_t cap, uint64_t at, lmp_off put) {
   array *a = A(l), *na;
   uint64_t n = atomic_load(&a->len), i, j = 0;
-  na = lmp_alloc_pending(&l->h, sizeof(array) + cap * sizeof(lmp_off), 1);
+  na = lmp_alloc_pending(&l->h, sizeof(array) + cap * sizeof(lmp_off),
+                         LMP_PEND_NEW);
   if (na == NULL) return -ENOMEM;
   for (i = 0; i <= n; i++) {
     if (i == at && put != 0) na->o[j++] = put;
@@ -130,10 +113,7 @@ static int rebuild(list *l, uint64_t cap, uint64_t at, lmp_off put) {
   }
   na->cap = cap;
   atomic_store(&na->len, j);
-  lmp_pending_set(&l->h, a, 2); /* leaving, once the switch is made */
-  atomic_store(&l->arr, LMP_OFF(na)); /* the commit */
-  lmp_pending_clear(1);
-  lmp_free_pending(a, 2);
+  lmp_publish(&l->h, &l->arr, na);
   return 0;
 }
 
@@ -141,21 +121,23 @@ static int rebuild(list *l, uint64_t cap, uint64_t at, lmp_off put) {
 
 typedef struct lhandle {
   lmp_handle h;
-  lmp_buf *buf;
+  lmp_buf *buf; /* scratch for encoding, owned by the user value */
 } lhandle;
 
 static list *checklist(lua_State *L, lhandle **hp) {
-  lhandle *h = luaL_checkudata(L, 1, LIST);
-  if (h->h.obj == NULL) luaL_error(L, "attempt to use a closed list");
-  if (hp != NULL) *hp = h;
-  return (list *)h->h.obj;
+  list *l = (list *)lmp_checkobj(L, 1);
+  if (hp != NULL) *hp = lua_touserdata(L, 1);
+  return l;
 }
 
-static void pushbuf(lua_State *L, lmp_buf *b) {
-  lmp_decode(L, b->data, b->len);
+static void list_bind(lua_State *L, lmp_obj *o) {
+  lhandle *h = lua_touserdata(L, -1);
+  (void)o;
+  h->buf = lmp_buf_new(L);
+  lua_setiuservalue(L, -2, 1);
 }
 
-/* Copies item i (0-based) into b under the lock held by the caller. */
+/* Copies item i (0-based) into b under the guard held by the caller. */
 static int copy_item(list *l, uint64_t i, lmp_buf *b) {
   item *it = LMP_PTR(ARR(l)[i]);
   b->len = 0;
@@ -165,14 +147,14 @@ static int copy_item(list *l, uint64_t i, lmp_buf *b) {
   return 0;
 }
 
-/* The value at idx as a new pending item, which then takes the
- * references of the objects it names (see lmp_encode_bare). */
+/* The value at idx as a new item registered as LMP_PEND_IN, which then
+ * takes the references of the objects it names (see lmp_encode_bare). */
 static item *newitem(lua_State *L, list *l, lhandle *h, int idx) {
   item *it;
   size_t nobj;
   h->buf->len = 0;
   nobj = lmp_encode_bare(L, idx, "value", h->buf);
-  it = lmp_alloc_pending(&l->h, sizeof(item) + h->buf->len, 0);
+  it = lmp_alloc_pending(&l->h, sizeof(item) + h->buf->len, LMP_PEND_IN);
   if (it == NULL) lmp_nomem(L, sizeof(item) + h->buf->len);
   it->magic = ITEM_MAGIC;
   it->len = h->buf->len;
@@ -184,20 +166,24 @@ static item *newitem(lua_State *L, list *l, lhandle *h, int idx) {
 
 static void discard(item *it) {
   lmp_msg_unretain_counted(it->data, it->len, &it->refs);
-  lmp_free_pending(it, 0);
+  lmp_free_pending(it, LMP_PEND_IN);
 }
 
-/* 1-based index at idx -> 0-based, or -1 if it is not an integer. */
-static int64_t index0(lua_State *L, int idx) {
+/* The 1-based index argument at idx -> 0-based; raises Lua's argument
+ * error for a value that is not an integer (a numeric string too: it is
+ * another key, in a table). */
+static int64_t checkindex(lua_State *L, int idx) {
   int isint;
-  lua_Integer i;
-  if (lua_type(L, idx) != LUA_TNUMBER) return -1;
-  i = lua_tointegerx(L, idx, &isint);
-  return isint ? i - 1 : -1;
+  lua_Integer i = lua_tointegerx(L, idx, &isint);
+  if (lua_type(L, idx) != LUA_TNUMBER) luaL_typeerror(L, idx, "number");
+  if (!isint)
+    luaL_argerror(L, idx, lua_pushfstring(L, "number %s has no integer "
+                  "representation", lua_tostring(L, idx)));
+  return (int64_t)i - 1;
 }
 
 /* Appends it (or inserts it before 0-based `at`); the caller holds the
- * lock.  0 or -ENOMEM. */
+ * guard.  0 or -ENOMEM. */
 static int put_locked(list *l, item *it, uint64_t at) {
   array *a = A(l);
   uint64_t n = atomic_load(&a->len);
@@ -208,46 +194,38 @@ static int put_locked(list *l, item *it, uint64_t at) {
                      at > n ? n : at, LMP_OFF(it)) < 0) {
     return -ENOMEM;
   }
-  lmp_pending_clear(0);
+  lmp_pending_clear(LMP_PEND_IN);
   return 0;
 }
 
-/* l[i]: nil past the end, as with a table; methods by name */
-static int list_index(lua_State *L) {
+/* l[i]: nil past the end, as with a table */
+static int list_field(lua_State *L) {
   lhandle *h;
-  list *l;
-  int64_t i;
+  list *l = checklist(L, &h);
+  int isint;
+  lua_Integer k = lua_tointegerx(L, 2, &isint);
   int rc = 1;
-  if (lua_type(L, 2) == LUA_TSTRING) { /* methods, even when closed */
-    luaL_checkudata(L, 1, LIST);
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, lua_tostring(L, 2));
-    return 1;
-  }
-  l = checklist(L, &h);
-  i = index0(L, 2);
-  if (i < 0) return 0;
+  if (!isint || lua_type(L, 2) != LUA_TNUMBER) return 0;
   llock(l);
-  if ((uint64_t)i < LEN(l)) rc = copy_item(l, (uint64_t)i, h->buf);
-  else rc = 1;
+  if (k >= 1 && (uint64_t)k <= LEN(l)) rc = copy_item(l, (uint64_t)k - 1, h->buf);
   lunlock(l);
   if (rc < 0) return lmp_nomem(L, 0);
   if (rc == 1) return 0;
-  pushbuf(L, h->buf);
+  lmp_decode(L, h->buf->data, h->buf->len);
   return 1;
 }
 
-/* With the lock held: raises for the index at 2, outside 1 .. n + 1, and
+/* With the guard held: raises for the index at 2, outside 1 .. n + 1, and
  * lets go of the item that was to go there. */
 static int out_of_range(lua_State *L, list *l, item *it, uint64_t n) {
   lunlock(l);
   discard(it);
-  return luaL_error(L, "index %I out of range (list has %I items)",
-                    lua_tointeger(L, 2), (lua_Integer)n);
+  return luaL_argerror(L, 2, lua_pushfstring(L, "index %I out of range "
+                       "(list has %I items)", lua_tointeger(L, 2),
+                       (lua_Integer)n));
 }
 
-/* With the lock held: inserts it before 0-based position i (UINT64_MAX:
+/* With the guard held: inserts it before 0-based position i (UINT64_MAX:
  * at the end) and unlocks; raises if the arena is full. */
 static void insert_unlock(lua_State *L, list *l, item *it, uint64_t i) {
   int rc = put_locked(l, it, i);
@@ -262,16 +240,9 @@ static void insert_unlock(lua_State *L, list *l, item *it, uint64_t i) {
 static int list_newindex(lua_State *L) {
   lhandle *h;
   list *l = checklist(L, &h);
-  int64_t i = index0(L, 2);
-  item *it;
+  int64_t i = checkindex(L, 2);
+  item *it = newitem(L, l, h, 3);
   uint64_t n;
-  if (i < 0 && lua_type(L, 2) != LUA_TNUMBER)
-    return luaL_error(L, "List indexes are integers, not %s",
-                      luaL_typename(L, 2));
-  if (!lua_isinteger(L, 2) && i < 0)
-    return luaL_error(L, "List indexes are integers, not %s",
-                      lua_tostring(L, 2));
-  it = newitem(L, l, h, 3);
   llock(l);
   n = LEN(l);
   if (i < 0 || (uint64_t)i > n) return out_of_range(L, l, it, n);
@@ -279,10 +250,10 @@ static int list_newindex(lua_State *L) {
     insert_unlock(L, l, it, n);
   } else {
     lmp_off old = ARR(l)[i];
-    lmp_pending_set(&l->h, LMP_PTR(old), 2);
+    lmp_pending_set(&l->h, LMP_PTR(old), LMP_PEND_OUT);
     ARR(l)[i] = LMP_OFF(it); /* the commit */
-    lmp_pending_clear(0);
-    drop_locked(l, old);
+    lmp_pending_clear(LMP_PEND_IN);
+    drop_unlock(l, old);
   }
   return 0;
 }
@@ -292,31 +263,41 @@ static int list_len(lua_State *L) {
   return 1;
 }
 
+/* Appends the value at idx. */
+static void append(lua_State *L, list *l, lhandle *h, int idx) {
+  item *it = newitem(L, l, h, idx);
+  llock(l);
+  insert_unlock(L, l, it, UINT64_MAX);
+}
+
 /* append(v) */
 static int list_append(lua_State *L) {
   lhandle *h;
   list *l = checklist(L, &h);
-  item *it;
   luaL_checkany(L, 2);
-  it = newitem(L, l, h, 2);
-  llock(l);
-  insert_unlock(L, l, it, UINT64_MAX);
+  append(L, l, h, 2);
   return 0;
+}
+
+/* Appends t[1] .. t[#t] (t.n if it has one) of the table at t. */
+static void extend(lua_State *L, list *l, lhandle *h, int t) {
+  lua_Integer i, n;
+  lua_getfield(L, t, "n");
+  n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)luaL_len(L, t);
+  lua_pop(L, 1);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, t, i);
+    append(L, l, h, lua_gettop(L));
+    lua_pop(L, 1);
+  }
 }
 
 /* extend(t): appends t[1] .. t[#t] (t.n if it has one) */
 static int list_extend(lua_State *L) {
-  lua_Integer i, n;
+  lhandle *h;
+  list *l = checklist(L, &h);
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_getfield(L, 2, "n");
-  n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)luaL_len(L, 2);
-  lua_pop(L, 1);
-  for (i = 1; i <= n; i++) {
-    lua_pushcfunction(L, list_append);
-    lua_pushvalue(L, 1);
-    lua_rawgeti(L, 2, i);
-    lua_call(L, 2, 0);
-  }
+  extend(L, l, h, 2);
   return 0;
 }
 
@@ -324,8 +305,7 @@ static int list_extend(lua_State *L) {
 static int list_insert(lua_State *L) {
   lhandle *h;
   list *l = checklist(L, &h);
-  lua_Integer k = luaL_checkinteger(L, 2);
-  int64_t i = k - 1;
+  int64_t i = checkindex(L, 2);
   item *it;
   uint64_t n;
   luaL_checkany(L, 3);
@@ -337,41 +317,28 @@ static int list_insert(lua_State *L) {
   return 0;
 }
 
-/* Removes item i (0-based) and pushes its value; the caller holds the
- * lock, which this releases. */
-static int take_locked(lua_State *L, list *l, lhandle *h, uint64_t i) {
+/* Takes item i (0-based) out and pushes its value; the caller holds the
+ * guard, which this releases. */
+static int take_unlock(lua_State *L, list *l, uint64_t i) {
   uint64_t n = LEN(l);
   lmp_off off = ARR(l)[i];
-  int rc;
-  if (copy_item(l, i, h->buf) < 0) {
-    lunlock(l);
-    return lmp_nomem(L, 0);
-  }
-  /* Leaving, once removed: entry 0 (a removal in the middle switches
-   * arrays, which takes entries 1 and 2). */
-  lmp_pending_set(&l->h, LMP_PTR(off), 0);
+  item *it = LMP_PTR(off);
+  lmp_pending_set(&l->h, it, LMP_PEND_OUT); /* leaving, once removed */
   if (i == n - 1) {
     atomic_store(&A(l)->len, n - 1); /* the commit */
   } else if (rebuild(l, A(l)->cap, i, 0) < 0) {
-    lmp_pending_clear(0);
+    lmp_pending_clear(LMP_PEND_OUT);
     lunlock(l);
     return lmp_nomem(L, 0);
   }
-  {
-    item *it = LMP_PTR(off);
-    lunlock(l);
-    rc = lmp_decode_protected(L, h->buf->data, h->buf->len);
-    lmp_msg_unretain_counted(it->data, it->len, &it->refs);
-    lmp_free_pending(it, 0);
-  }
-  if (rc != LUA_OK) return lua_error(L);
+  lunlock(l);
+  lmp_take_decode(L, it->data, it->len, it, &it->refs);
   return 1;
 }
 
 /* pop([i]) -> the value removed (the last by default); nil when empty */
 static int list_pop(lua_State *L) {
-  lhandle *h;
-  list *l = checklist(L, &h);
+  list *l = checklist(L, NULL);
   uint64_t n;
   lua_Integer k = luaL_optinteger(L, 2, -1);
   int64_t i;
@@ -385,10 +352,10 @@ static int list_pop(lua_State *L) {
   i = k < 0 ? (int64_t)n + k : k - 1;
   if (i < 0 || (uint64_t)i >= n) {
     lunlock(l);
-    return luaL_error(L, "pop index %I out of range (list has %I items)",
-                      lua_tointeger(L, 2), (lua_Integer)n);
+    return luaL_argerror(L, 2, lua_pushfstring(L, "index %I out of range "
+                         "(list has %I items)", k, (lua_Integer)n));
   }
-  return take_locked(L, l, h, (uint64_t)i);
+  return take_unlock(L, l, (uint64_t)i);
 }
 
 /* Do the messages p and q hold equal values?  Numbers compare as Lua
@@ -405,7 +372,7 @@ static int same(const char *p, size_t n, const char *q, size_t m) {
 }
 
 /* The 0-based index of the first item equal to the message (p, n), or
- * -1; the caller holds the lock. */
+ * -1; the caller holds the guard. */
 static int64_t find_locked(list *l, const char *p, size_t n) {
   lmp_off *a = ARR(l);
   uint64_t i, len = LEN(l);
@@ -424,7 +391,7 @@ static void encode_probe(lua_State *L, lhandle *h, int idx) {
   lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
 }
 
-/* Takes the lock and finds the first item equal to the value at 2: its
+/* Takes the guard and finds the first item equal to the value at 2: its
  * 0-based index, or -1. */
 static int64_t lock_find(lua_State *L, list *l, lhandle *h) {
   luaL_checkany(L, 2);
@@ -442,7 +409,7 @@ static int list_remove(lua_State *L) {
     lunlock(l);
     return luaL_error(L, "value not in list");
   }
-  take_locked(L, l, h, (uint64_t)i);
+  take_unlock(L, l, (uint64_t)i);
   return 0;
 }
 
@@ -476,7 +443,7 @@ static int list_count(lua_State *L) {
   return 1;
 }
 
-/* totable() -> a table of the items (n set), copied out under the lock */
+/* totable() -> a table of the items (n set), copied out under the guard */
 static int list_totable(lua_State *L) {
   list *l = checklist(L, NULL);
   lmp_buf *b = lmp_buf_new(L);
@@ -511,25 +478,8 @@ static int list_totable(lua_State *L) {
   return 1;
 }
 
-static int list_close(lua_State *L) {
-  lmp_handle *h = lua_touserdata(L, 1);
-  if (h != NULL) lmp_unbind(h);
-  return 0;
-}
-
-static int list_tostring(lua_State *L) {
-  lhandle *h = luaL_checkudata(L, 1, LIST);
-  if (h->h.obj == NULL) lua_pushliteral(L, LIST " (closed)");
-  else lua_pushfstring(L, LIST " (%p, %I items)", (void *)h->h.obj,
-                       (lua_Integer)LEN((list *)h->h.obj));
-  return 1;
-}
-
-static void push_list(lua_State *L, lmp_obj *o) {
-  lhandle *h = (lhandle *)lmp_newhandle(L, sizeof(lhandle), LIST);
-  h->buf = lmp_buf_new(L);
-  lua_setiuservalue(L, -2, 1);
-  lmp_bind(L, &h->h, o);
+static void list_describe(lua_State *L, void *h) {
+  lua_pushfstring(L, "%I items", (lua_Integer)LEN((list *)((lmp_handle *)h)->obj));
 }
 
 /* List([t]) */
@@ -537,55 +487,49 @@ static int list_List(lua_State *L) {
   list *l;
   array *a;
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
-  l = (list *)lmp_obj_new(LMP_T_LIST, sizeof(list));
+  l = (list *)lmp_obj_new(LMP_T_LIST, 0, sizeof(list));
   if (l == NULL) return lmp_nomem(L, sizeof(list));
   a = lmp_calloc(sizeof(array) + MINCAP * sizeof(lmp_off));
   if (a == NULL) {
-    lmp_obj_incref(&l->h);
-    lmp_obj_decref(&l->h);
+    lmp_obj_discard(&l->h);
     return lmp_nomem(L, MINCAP * sizeof(lmp_off));
   }
-  lmp_mutex_init(&l->mu);
+  lmp_guard_init(&l->g);
   a->cap = MINCAP;
   l->arr = LMP_OFF(a);
-  push_list(L, &l->h);
-  if (lua_istable(L, 1)) {
-    lua_pushcfunction(L, list_extend);
-    lua_pushvalue(L, -2);
-    lua_pushvalue(L, 1);
-    lua_call(L, 2, 0);
-  }
+  lmp_pushnew(L, &l->h);
+  if (lua_istable(L, 1)) extend(L, l, lua_touserdata(L, -1), 1);
   return 1;
 }
+
+/* ---------------------------------------------------------------- classes */
 
 static const luaL_Reg list_meth[] = {
   {"append", list_append}, {"extend", list_extend},
   {"insert", list_insert}, {"pop", list_pop},
   {"remove", list_remove}, {"index", list_index_of},
   {"count", list_count},   {"totable", list_totable},
-  {"close", list_close},   {NULL, NULL}
+  {NULL, NULL}
 };
 
 static const luaL_Reg list_metameth[] = {
-  {"__index", list_index}, {"__newindex", list_newindex},
-  {"__len", list_len},     {"__gc", list_close},
-  {"__close", list_close}, {"__eq", lmp_handle_eq},
-  {"__tostring", list_tostring}, {NULL, NULL}
+  {"__newindex", list_newindex}, {"__len", list_len}, {NULL, NULL}
 };
 
-int lmp_open_list(lua_State *L) {
-  luaL_newmetatable(L, LIST);
-  luaL_setfuncs(L, list_metameth, 0);
-  luaL_newlib(L, list_meth);
-  lua_setfield(L, -2, "methods");
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "__luamp");
-  lua_pop(L, 1);
-  lmp_obj_settype(LMP_T_LIST, "list", list_dtor);
-  lmp_obj_setowns(LMP_T_LIST, list_owns);
-  lmp_obj_setrelease(LMP_T_LIST, list_release);
-  lmp_settypepusher(LMP_T_LIST, push_list);
-  lua_pushcfunction(L, list_List);
-  lua_setfield(L, -2, "List");
-  return 0;
-}
+static const lmp_type list_type = {
+  .name = "list", .dtor = list_dtor, .guard = offsetof(list, g),
+  .owns = owns_locked, .release = list_release,
+};
+
+static const lmp_class list_class = {
+  .name = LIST, .what = "list", .type = LMP_T_LIST, .obj = &list_type,
+  .size = sizeof(lhandle), .nuv = 1, .meth = list_meth,
+  .metameth = list_metameth, .field = list_field, .bind = list_bind,
+  .describe = list_describe,
+};
+
+static const lmp_class *const list_classes[] = {&list_class, NULL};
+
+static const luaL_Reg list_funcs[] = {{"List", list_List}, {NULL, NULL}};
+
+const lmp_family lmp_list_family = {list_classes, list_funcs};

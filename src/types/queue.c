@@ -4,10 +4,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <string.h>
 
-#include "internal.h"
+#include "types.h"
 
 /*
  * Layout.  A queue object holds a robust mutex, its counters and the offset
@@ -24,15 +23,16 @@
  * message length.  A full ring grows (a new block, records copied in
  * order, published with one store).
  *
- * Death.  The mutex is robust.  Every change is prepared where no reader
- * looks (beyond tail, or in a block not yet published) and committed with
- * one store (tail for a put, head for a get, the ring offset for a
- * growth), and `count` is recomputed from head and tail by the next
- * locker after a death.  A process killed at any point therefore leaves
- * either the whole message in the queue or none of it.  An out-of-line
- * block in transit is registered as pending (the message in entry 0, a new
- * ring in entry 1; see lmp_alloc_pending), so the reaper of a
- * killed process frees it unless the queue still owns it.
+ * Death, with the arena's crash-safety kit.  The queue's guard is robust.
+ * Every change is prepared where no reader looks (beyond tail, or in a
+ * block not yet published) and committed with one store (tail for a put,
+ * head for a get, the ring offset for a growth: lmp_publish), and `count`
+ * is recomputed from head and tail by the next locker after a death
+ * (queue_repair).  A process killed at any point therefore leaves either
+ * the whole message in the queue or none of it.  An out-of-line block in
+ * transit is pending (LMP_PEND_IN on its way in, LMP_PEND_OUT on its way
+ * out, LMP_PEND_NEW for a new ring), so the reaper of a killed process
+ * frees it unless the queue owns it.
  */
 
 #define QUEUE "luamp.Queue"
@@ -43,7 +43,6 @@
 #define INLINE_MAX ((size_t)16 << 10)
 #define F_PAD 1u
 #define F_OUTLINE 2u
-#define SPIN 4000 /* checks of the condition before sleeping */
 #define MSG_MAGIC 0x67736d706d6cull /* "lmpmsg": an out-of-line block */
 
 enum { K_QUEUE, K_JOINABLE, K_SIMPLE };
@@ -59,43 +58,25 @@ typedef struct rec {
 } rec;
 
 typedef struct queue {
-  lmp_obj h;
-  pthread_mutex_t mu;
+  lmp_obj h; /* kind: K_QUEUE, K_JOINABLE or K_SIMPLE */
+  lmp_guard g;
   _Atomic lmp_off ring;
   int64_t maxsize; /* 0: unbounded */
   _Atomic int64_t count;
   int64_t unfinished; /* JoinableQueue: puts not yet task_done */
-  uint32_t kind;
-  uint32_t holder; /* slot + 1 of the process holding mu, or 0 */
   _Atomic uint32_t get_seq, put_seq, join_seq; /* futex words */
   _Atomic uint32_t getters, putters;
 } queue;
-
-typedef struct qhandle {
-  lmp_handle h;
-  lmp_buf *buf; /* scratch for encoding, owned by the uservalue */
-} qhandle;
 
 static uint64_t pad8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
 
 static ring *RING(queue *q) { return LMP_PTR(atomic_load(&q->ring)); }
 
 static uint64_t payload_len(const rec *h);
-static int owns_locked(lmp_obj *o, lmp_off blk);
-static void recount(queue *q);
 
-/* After a process died holding the lock: recount the messages, and settle
- * the blocks the dead holder had registered as pending.  Those the queue
- * owns (a message not yet taken, the current ring) leave its pending
- * entries now, before anyone else can take them; the reaper frees the
- * rest, which were the dead process's alone. */
-static void repair(queue *q) {
-  lmp_settle_pending(&q->h, q->holder, owns_locked);
-  q->holder = 0;
-  recount(q);
-}
-
-static void recount(queue *q) {
+/* After a process died holding the guard: recount the messages. */
+static void queue_repair(lmp_obj *o) {
+  queue *q = (queue *)o;
   ring *r = RING(q);
   uint64_t pos = r->head;
   int64_t n = 0;
@@ -107,19 +88,8 @@ static void recount(queue *q) {
   atomic_store(&q->count, n);
 }
 
-static void qlock(queue *q) {
-  int rc = pthread_mutex_lock(&q->mu);
-  if (rc == EOWNERDEAD) {
-    repair(q);
-    pthread_mutex_consistent(&q->mu);
-  }
-  q->holder = lmp_self_index + 1;
-}
-
-static void qunlock(queue *q) {
-  q->holder = 0;
-  pthread_mutex_unlock(&q->mu);
-}
+static void qlock(queue *q) { lmp_guard_lock(&q->g, &q->h); }
+static void qunlock(queue *q) { lmp_guard_unlock(&q->g); }
 
 static uint64_t payload_len(const rec *h) {
   return (h->flags & F_OUTLINE) ? sizeof(lmp_off) : h->len;
@@ -130,7 +100,7 @@ static int grow(queue *q, uint64_t need) {
   ring *r = RING(q), *nr;
   uint64_t cap = r->cap * 2, used = r->tail - r->head, pos, out = 0;
   while (cap - used < need + sizeof(rec) * 2) cap *= 2;
-  nr = lmp_alloc_pending(&q->h, sizeof(ring) + cap, 1);
+  nr = lmp_alloc_pending(&q->h, sizeof(ring) + cap, LMP_PEND_NEW);
   if (nr == NULL) return -ENOMEM;
   nr->cap = cap;
   for (pos = r->head; pos < r->tail;) {
@@ -144,10 +114,7 @@ static int grow(queue *q, uint64_t need) {
   }
   nr->head = 0;
   nr->tail = out;
-  lmp_pending_set(&q->h, r, 2); /* leaving, once the switch is made */
-  atomic_store(&q->ring, LMP_OFF(nr)); /* the commit */
-  lmp_pending_clear(1);
-  lmp_free_pending(r, 2);
+  lmp_publish(&q->h, &q->ring, nr);
   return 0;
 }
 
@@ -210,15 +177,6 @@ static void queue_release(lmp_obj *o, lmp_off blk) {
   if (b[0] == MSG_MAGIC) lmp_msg_release((const char *)(b + 2), (size_t)b[1]);
 }
 
-static int queue_owns(lmp_obj *o, lmp_off blk) {
-  queue *q = (queue *)o;
-  int found;
-  qlock(q);
-  found = owns_locked(o, blk);
-  qunlock(q);
-  return found;
-}
-
 static void queue_dtor(lmp_obj *o) {
   queue *q = (queue *)o;
   ring *r = RING(q);
@@ -238,14 +196,13 @@ static void queue_dtor(lmp_obj *o) {
     pos += sizeof(rec) + pad8(payload_len(h));
   }
   lmp_free(r);
-  pthread_mutex_destroy(&q->mu);
+  lmp_guard_destroy(&q->g);
 }
 
 /* ------------------------------------------------------------- the core */
 
-static queue *queue_new(int64_t maxsize, uint32_t kind) {
-  pthread_mutexattr_t ma;
-  queue *q = (queue *)lmp_obj_new(LMP_T_QUEUE, sizeof(queue));
+static queue *queue_new(int64_t maxsize, int kind) {
+  queue *q = (queue *)lmp_obj_new(LMP_T_QUEUE, kind, sizeof(queue));
   ring *r;
   if (q == NULL) return NULL;
   r = lmp_alloc(sizeof(ring) + RING_MIN);
@@ -257,12 +214,7 @@ static queue *queue_new(int64_t maxsize, uint32_t kind) {
   r->head = r->tail = 0;
   q->ring = LMP_OFF(r);
   q->maxsize = maxsize > 0 ? maxsize : 0;
-  q->kind = kind;
-  pthread_mutexattr_init(&ma);
-  pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(&q->mu, &ma);
-  pthread_mutexattr_destroy(&ma);
+  lmp_guard_init(&q->g);
   return q;
 }
 
@@ -284,26 +236,18 @@ static int all_done(void *ud) {
   return done;
 }
 
-/* Spins a little on a condition another core is about to make true:
- * cheaper than a sleep and a wake-up when a peer is busy on the queue. */
-static int spin(lmp_ready_fn ready, queue *q) {
-  int i;
-  for (i = 0; i < SPIN; i++) {
-    if (ready(q)) return 1;
-    __builtin_ia32_pause();
-  }
-  return 0;
-}
-
-/* Waits until ready(q) or the deadline; `sleepers` counts us while we
- * sleep so that notifiers know to wake.  1, 0 (timeout) or -EINTR. */
-static int qwait(queue *q, _Atomic uint32_t *word, _Atomic uint32_t *sleepers,
-                 lmp_ready_fn ready, double deadline) {
+/* Waits until ready(q) or the deadline, spinning a little first (cheaper
+ * than a sleep and a wake-up when a peer is busy on the queue);
+ * `sleepers` counts us while we sleep so that notifiers know to wake.
+ * 1, 0 (timeout), -EINTR or -ECANCELED. */
+static int qwait(lua_State *L, queue *q, _Atomic uint32_t *word,
+                 _Atomic uint32_t *sleepers, lmp_ready_fn ready,
+                 double deadline) {
   int rc;
   if (deadline == 0) return ready(q);
-  if (spin(ready, q)) return 1;
+  if (lmp_spin(ready, q, LMP_SPIN_QUEUE)) return 1;
   atomic_fetch_add(sleepers, 1);
-  rc = lmp_wait_on(word, ready, q, deadline);
+  rc = lmp_wait_on(L, word, ready, q, deadline);
   atomic_fetch_sub(sleepers, 1);
   return rc;
 }
@@ -321,11 +265,12 @@ static void notify_put(queue *q) {
 
 /* Puts one encoded message.  0, -EAGAIN (full at the deadline), -EINTR,
  * -ENOMEM (arena exhausted). */
-static int qput(queue *q, const char *p, size_t len, double deadline) {
+static int qput(lua_State *L, queue *q, const char *p, size_t len,
+                double deadline) {
   uint64_t *blk = NULL;
   int rc;
   if (len > INLINE_MAX) {
-    blk = lmp_alloc_pending(&q->h, 2 * sizeof(uint64_t) + len, 0);
+    blk = lmp_alloc_pending(&q->h, 2 * sizeof(uint64_t) + len, LMP_PEND_IN);
     if (blk == NULL) return -ENOMEM;
     blk[0] = MSG_MAGIC;
     blk[1] = len;
@@ -335,31 +280,32 @@ static int qput(queue *q, const char *p, size_t len, double deadline) {
     qlock(q);
     if (has_room(q)) break;
     qunlock(q);
-    rc = qwait(q, &q->put_seq, &q->putters, has_room, deadline);
+    rc = qwait(L, q, &q->put_seq, &q->putters, has_room, deadline);
     if (rc <= 0) {
-      lmp_free_pending(blk, 0);
+      lmp_free_pending(blk, LMP_PEND_IN);
       return rc < 0 ? rc : -EAGAIN;
     }
   }
   rc = append(q, p, len, blk ? LMP_OFF(blk) : 0);
   if (rc == 0) {
     atomic_fetch_add(&q->count, 1);
-    if (q->kind == K_JOINABLE) q->unfinished++;
+    if (q->h.kind == K_JOINABLE) q->unfinished++;
   }
   /* Still under the lock: once it is released a consumer may take and free
    * the block, so the reaper must not find it registered as ours then. */
-  if (blk != NULL && rc == 0) lmp_pending_clear(0);
+  if (blk != NULL && rc == 0) lmp_pending_clear(LMP_PEND_IN);
   qunlock(q);
-  if (rc < 0) lmp_free_pending(blk, 0);
+  if (rc < 0) lmp_free_pending(blk, LMP_PEND_IN);
   if (rc == 0) notify_get(q);
   return rc;
 }
 
 /* Takes the oldest message: inline ones are copied into b, out-of-line
- * ones are handed over in *blk (the caller frees it, then calls
- * with lmp_free_pending(blk, 0)).  0, -EAGAIN (empty at the deadline), -EINTR,
- * -ENOMEM. */
-static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
+ * ones are handed over in *blk, registered as LMP_PEND_OUT (the caller
+ * decodes and frees it: lmp_take_decode).  0, -EAGAIN (empty at the
+ * deadline), -EINTR, -ECANCELED, -ENOMEM. */
+static int qget(lua_State *L, queue *q, lmp_buf *b, uint64_t **blk,
+                double deadline) {
   ring *r;
   rec *h;
   int rc;
@@ -368,7 +314,7 @@ static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
     qlock(q);
     if (has_item(q)) break;
     qunlock(q);
-    rc = qwait(q, &q->get_seq, &q->getters, has_item, deadline);
+    rc = qwait(L, q, &q->get_seq, &q->getters, has_item, deadline);
     if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
   r = RING(q);
@@ -381,7 +327,7 @@ static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
     lmp_off off;
     memcpy(&off, h + 1, sizeof off);
     *blk = LMP_PTR(off);
-    lmp_pending_set(&q->h, *blk, 0);
+    lmp_pending_set(&q->h, *blk, LMP_PEND_OUT);
   } else {
     b->len = 0;
     if (lmp_buf_reserve(b, h->len) < 0) {
@@ -402,57 +348,31 @@ static int qget(queue *q, lmp_buf *b, uint64_t **blk, double deadline) {
 
 /* ----------------------------------------------------------- Lua binding */
 
-/* decode(p, n): lmp_decode as a Lua function, to run under lua_pcall. */
-/* Decodes a message taken from a queue and releases the message's
- * references whether or not decoding succeeds; raises on failure. */
-static int push_message(lua_State *L, const char *p, size_t n) {
-  int rc;
-  rc = lmp_decode_protected(L, p, (size_t)n);
-  lmp_msg_release(p, n);
-  return rc;
-}
-
-static const char *tname(uint32_t kind) {
-  return kind == K_JOINABLE ? JQUEUE : kind == K_SIMPLE ? SQUEUE : QUEUE;
-}
-
-/* The three queue metatables are the upvalues of every method, so that
- * checking self is two pointer comparisons at most, not a string lookup. */
-static qhandle *toq(lua_State *L) {
-  qhandle *h = lua_touserdata(L, 1);
-  int ok = 0;
-  if (h != NULL && lua_getmetatable(L, 1)) {
-    ok = lua_rawequal(L, -1, lua_upvalueindex(1)) ||
-         lua_rawequal(L, -1, lua_upvalueindex(2)) ||
-         lua_rawequal(L, -1, lua_upvalueindex(3));
-    lua_pop(L, 1);
-  }
-  if (!ok) luaL_typeerror(L, 1, QUEUE);
-  return h;
-}
+typedef struct qhandle {
+  lmp_handle h;
+  lmp_buf *buf; /* scratch for encoding, owned by the user value */
+} qhandle;
 
 static queue *checkq(lua_State *L, qhandle **hp) {
-  qhandle *h = toq(L);
-  if (h->h.obj == NULL) luaL_error(L, "queue is closed");
-  if (hp != NULL) *hp = h;
-  return (queue *)h->h.obj;
+  queue *q = (queue *)lmp_checkobj(L, 1);
+  if (hp != NULL) *hp = lua_touserdata(L, 1);
+  return q;
 }
 
-static void push_queue(lua_State *L, lmp_obj *o) {
-  qhandle *h = (qhandle *)lmp_newhandle(L, sizeof(qhandle),
-                                        tname(((queue *)o)->kind));
+static void queue_bind(lua_State *L, lmp_obj *o) {
+  qhandle *h = lua_touserdata(L, -1);
+  (void)o;
   h->buf = lmp_buf_new(L);
   lua_setiuservalue(L, -2, 1);
-  lmp_bind(L, &h->h, o);
 }
 
-static int new_queue(lua_State *L, uint32_t kind) {
+static int new_queue(lua_State *L, int kind) {
   lua_Integer maxsize = 0;
   queue *q;
   if (kind != K_SIMPLE) maxsize = luaL_optinteger(L, 1, 0);
   q = queue_new(maxsize, kind);
   if (q == NULL) return lmp_nomem(L, sizeof(queue) + RING_MIN);
-  push_queue(L, &q->h);
+  lmp_pushnew(L, &q->h);
   return 1;
 }
 
@@ -462,21 +382,13 @@ static int queue_JoinableQueue(lua_State *L) {
 }
 static int queue_SimpleQueue(lua_State *L) { return new_queue(L, K_SIMPLE); }
 
-/* Reads the optional (block, timeout) pair at idx into a deadline. */
-static double blocktimeout(lua_State *L, int idx) {
-  if (!lua_isnoneornil(L, idx) && !lua_toboolean(L, idx)) return 0;
-  if (!lua_isnoneornil(L, idx + 1)) {
-    lua_Number t = luaL_checknumber(L, idx + 1);
-    luaL_argcheck(L, t == t, idx + 1, "timeout must be a number, not NaN");
-  }
-  return lmp_deadline(L, idx + 1);
-}
-
+/* Raises what a put or get that failed with rc raises: `full` (Full or
+ * Empty) at its deadline. */
 static int fail(lua_State *L, int rc, size_t want, const char *etype,
                 const char *msg) {
-  if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
+  if (rc == -EAGAIN) return lmp_throw(L, etype, "%s", msg);
   if (rc == -ENOMEM) return lmp_nomem(L, want);
-  return lmp_throw(L, etype, "%s", msg);
+  return lmp_raise_errno(L, rc, "queue");
 }
 
 /* put(v, [block], [timeout]): raises Full when it cannot. */
@@ -486,10 +398,10 @@ static int queue_put(lua_State *L) {
   double deadline;
   int rc;
   luaL_checkany(L, 2);
-  deadline = blocktimeout(L, 3);
+  deadline = lmp_block_deadline(L, 3);
   h->buf->len = 0;
   lmp_encode(L, 2, "value", h->buf);
-  rc = qput(q, h->buf->data, h->buf->len, deadline);
+  rc = qput(L, q, h->buf->data, h->buf->len, deadline);
   if (rc < 0) lmp_msg_release(h->buf->data, h->buf->len);
   if (rc < 0) return fail(L, rc, h->buf->len, "Full", "queue is full");
   return 0;
@@ -501,21 +413,25 @@ static int queue_put_nowait(lua_State *L) {
   return queue_put(L);
 }
 
+/* Takes one message (at most until the deadline) and pushes its value;
+ * returns 0, or rc < 0 with nothing pushed. */
+static int take(lua_State *L, queue *q, qhandle *h, double deadline) {
+  uint64_t *blk;
+  int rc = qget(L, q, h->buf, &blk, deadline);
+  if (rc < 0) return rc;
+  if (blk != NULL) /* decode straight from the block, then free it */
+    lmp_take_decode(L, (const char *)(blk + 2), (size_t)blk[1], blk, NULL);
+  else
+    lmp_take_decode(L, h->buf->data, h->buf->len, NULL, NULL);
+  return 0;
+}
+
 /* get([block], [timeout]) -> value: raises Empty when it cannot. */
 static int queue_get(lua_State *L) {
   qhandle *h;
   queue *q = checkq(L, &h);
-  double deadline = blocktimeout(L, 2);
-  uint64_t *blk;
-  int rc = qget(q, h->buf, &blk, deadline);
+  int rc = take(L, q, h, lmp_block_deadline(L, 2));
   if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
-  if (blk != NULL) { /* decode straight from the block, then free it */
-    rc = push_message(L, (const char *)(blk + 2), (size_t)blk[1]);
-    lmp_free_pending(blk, 0);
-  } else {
-    rc = push_message(L, h->buf->data, h->buf->len);
-  }
-  if (rc != LUA_OK) return lua_error(L);
   return 1;
 }
 
@@ -535,17 +451,9 @@ static int queue_drain(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   while (atomic_load(&q->count) > 0) {
-    uint64_t *blk;
-    int rc = qget(q, h->buf, &blk, 0);
+    int rc = take(L, q, h, 0);
     if (rc == -EAGAIN) break;
     if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
-    if (blk != NULL) {
-      rc = push_message(L, (const char *)(blk + 2), (size_t)blk[1]);
-      lmp_free_pending(blk, 0);
-    } else {
-      rc = push_message(L, h->buf->data, h->buf->len);
-    }
-    if (rc != LUA_OK) return lua_error(L);
     lua_rawseti(L, 2, ++n);
   }
   lua_pushinteger(L, n);
@@ -609,97 +517,63 @@ static int queue_task_done(lua_State *L) {
 /* join([timeout]) -> true when every item put has been task_done. */
 static int queue_join(lua_State *L) {
   queue *q = checkq(L, NULL);
-  double deadline = lmp_deadline(L, 2);
-  int rc = lmp_wait_on(&q->join_seq, all_done, q, deadline);
-  if (rc < 0) return lmp_wait_fail(L, rc);
+  double deadline = lmp_opt_deadline(L, 2);
+  int rc = lmp_wait_on(L, &q->join_seq, all_done, q, deadline);
+  if (rc < 0) return lmp_raise_errno(L, rc, "cannot join");
   lua_pushboolean(L, rc);
   return 1;
 }
 
-static int queue_close(lua_State *L) {
-  lmp_unbind(&toq(L)->h);
-  return 0;
+/* mp.wait: ready when a get would not block. */
+static int queue_ready(void *h, int *fd) {
+  (void)fd;
+  return atomic_load(&((queue *)((lmp_handle *)h)->obj)->count) > 0;
 }
 
-static int queue_tostring(lua_State *L) {
-  qhandle *h = toq(L);
-  const char *name;
-  lua_getmetatable(L, 1);
-  lua_getfield(L, -1, "__name");
-  name = lua_tostring(L, -1);
-  if (h->h.obj == NULL) lua_pushfstring(L, "%s (closed)", name);
-  else lua_pushfstring(L, "%s (%p)", name, (void *)h->h.obj);
-  return 1;
-}
+/* ---------------------------------------------------------------- classes */
 
-/* ready(q) -> whether a get would not block (for mp.wait). */
-int lmp_queue_ready(lmp_obj *o) { return atomic_load(&((queue *)o)->count) > 0; }
+#define QUEUE_METHODS                                                      \
+  {"put", queue_put},       {"put_nowait", queue_put_nowait},              \
+  {"get", queue_get},       {"get_nowait", queue_get_nowait},              \
+  {"qsize", queue_qsize},   {"empty", queue_empty},                        \
+  {"full", queue_full},     {"maxsize", queue_maxsize},                    \
+  {"_recount", queue_recount}, {"_drain", queue_drain}
 
-static const luaL_Reg queue_meth[] = {
-  {"put", queue_put},       {"put_nowait", queue_put_nowait},
-  {"get", queue_get},       {"get_nowait", queue_get_nowait},
-  {"qsize", queue_qsize},   {"empty", queue_empty},
-  {"full", queue_full},     {"maxsize", queue_maxsize},
-  {"_recount", queue_recount}, {"_drain", queue_drain},
-  {"close", queue_close},   {NULL, NULL}
-};
+static const luaL_Reg queue_meth[] = {QUEUE_METHODS, {NULL, NULL}};
 
 static const luaL_Reg jqueue_meth[] = {
-  {"task_done", queue_task_done}, {"join", queue_join}, {NULL, NULL}
+  QUEUE_METHODS, {"task_done", queue_task_done}, {"join", queue_join},
+  {NULL, NULL}
 };
 
 static const luaL_Reg squeue_meth[] = {
-  {"put", queue_put},     {"get", queue_get},
-  {"empty", queue_empty}, {"close", queue_close}, {NULL, NULL}
+  {"put", queue_put}, {"get", queue_get}, {"empty", queue_empty},
+  {NULL, NULL}
 };
 
-static const luaL_Reg queue_metameth[] = {
-  {"__index", NULL},  {"__gc", queue_close}, {"__close", queue_close},
-  {"__eq", lmp_handle_eq},
-  {"__tostring", queue_tostring}, {NULL, NULL}
+static const lmp_type queue_type = {
+  .name = "queue", .dtor = queue_dtor, .guard = offsetof(queue, g),
+  .owns = owns_locked, .repair = queue_repair, .release = queue_release,
 };
 
-static void newmeta(lua_State *L, const char *name) {
-  luaL_newmetatable(L, name);
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "__luamp");
-  lua_pop(L, 1);
-}
+#define QUEUECLASS(cname, k, m)                                            \
+  {.name = cname, .what = "queue", .type = LMP_T_QUEUE, .kind = k,         \
+   .obj = &queue_type, .size = sizeof(qhandle), .nuv = 1, .meth = m,       \
+   .bind = queue_bind, .ready = queue_ready}
 
-/* Fills the metatable `name` with its methods, each closing over the
- * three metatables. */
-static void setmeta(lua_State *L, const char *name, const luaL_Reg *m1,
-                    const luaL_Reg *m2) {
-  int i;
-  luaL_getmetatable(L, name);
-  for (i = 0; i < 3; i++) luaL_getmetatable(L, tname((uint32_t)i));
-  luaL_setfuncs(L, queue_metameth, 3); /* pops the upvalues */
-  lua_newtable(L);
-  for (i = 0; i < 3; i++) luaL_getmetatable(L, tname((uint32_t)i));
-  luaL_setfuncs(L, m1, 3);
-  if (m2 != NULL) {
-    for (i = 0; i < 3; i++) luaL_getmetatable(L, tname((uint32_t)i));
-    luaL_setfuncs(L, m2, 3);
-  }
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
-}
+static const lmp_class queue_class = QUEUECLASS(QUEUE, K_QUEUE, queue_meth);
+static const lmp_class jqueue_class =
+    QUEUECLASS(JQUEUE, K_JOINABLE, jqueue_meth);
+static const lmp_class squeue_class =
+    QUEUECLASS(SQUEUE, K_SIMPLE, squeue_meth);
 
-int lmp_open_queue(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-    {"Queue", queue_Queue}, {"JoinableQueue", queue_JoinableQueue},
-    {"SimpleQueue", queue_SimpleQueue}, {NULL, NULL}
-  };
-  newmeta(L, QUEUE);
-  newmeta(L, JQUEUE);
-  newmeta(L, SQUEUE);
-  setmeta(L, QUEUE, queue_meth, NULL);
-  setmeta(L, JQUEUE, queue_meth, jqueue_meth);
-  setmeta(L, SQUEUE, squeue_meth, NULL);
-  lmp_obj_settype(LMP_T_QUEUE, "queue", queue_dtor);
-  lmp_obj_setowns(LMP_T_QUEUE, queue_owns);
-  lmp_obj_setrelease(LMP_T_QUEUE, queue_release);
-  lmp_settypepusher(LMP_T_QUEUE, push_queue);
-  luaL_setfuncs(L, funcs, 0);
-  return 0;
-}
+static const lmp_class *const queue_classes[] = {
+  &queue_class, &jqueue_class, &squeue_class, NULL
+};
+
+static const luaL_Reg queue_funcs[] = {
+  {"Queue", queue_Queue}, {"JoinableQueue", queue_JoinableQueue},
+  {"SimpleQueue", queue_SimpleQueue}, {NULL, NULL}
+};
+
+const lmp_family lmp_queue_family = {queue_classes, queue_funcs};

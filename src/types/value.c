@@ -1,11 +1,11 @@
-/* shared.c -- Value and Array: typed C data in the arena with Python's
+/* value.c -- Value and Array: typed C data in the arena with Python's
  * typecodes, an optional lock, and atomic add and compare-and-swap.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <string.h>
 
-#include "internal.h"
+#include "types.h"
 
 /*
  * Every element is read and written with one atomic access of its size,
@@ -97,25 +97,38 @@ static void push_bits(lua_State *L, char tc, uint64_t bits) {
   }
 }
 
-/* The Lua value at idx as element bits for tc; raises if it does not fit
- * the typecode's kind (integers wrap, as in C). */
-static uint64_t to_bits(lua_State *L, int idx, char tc) {
+/* Raises argument `arg`'s error for the value at idx, which does not fit
+ * typecode tc (`expected` says what would); item > 0 names the item of a
+ * table argument. */
+static int badvalue(lua_State *L, int idx, int arg, lua_Integer item,
+                    char tc, const char *expected) {
+  const char *got = luaL_typename(L, idx);
+  if (lua_type(L, idx) == LUA_TNUMBER && lua_isinteger(L, idx) == 0 &&
+      strcmp(expected, "integer") == 0)
+    got = lua_pushfstring(L, "float %s", lua_tostring(L, idx));
+  if (tc == 'c')
+    lua_pushfstring(L, "string of length 1 expected for typecode 'c'");
+  else
+    lua_pushfstring(L, "%s expected for typecode '%c', got %s", expected, tc,
+                    got);
+  if (item > 0) lua_pushfstring(L, "%s (item %I)", lua_tostring(L, -1), item);
+  return luaL_argerror(L, arg, lua_tostring(L, -1));
+}
+
+/* The Lua value at idx as element bits for tc; raises argument `arg`'s
+ * error (of its item `item`, if > 0) if it does not fit the typecode's
+ * kind (integers wrap, as in C). */
+static uint64_t to_bits(lua_State *L, int idx, char tc, int arg,
+                        lua_Integer item) {
   if (is_int(tc)) {
-    if (!lua_isinteger(L, idx)) {
-      if (lua_type(L, idx) == LUA_TNUMBER)
-        luaL_error(L, "integer expected for typecode '%c', got float %s", tc,
-                   lua_tostring(L, idx));
-      luaL_error(L, "integer expected for typecode '%c', got %s", tc,
-                 luaL_typename(L, idx));
-    }
+    if (!lua_isinteger(L, idx)) badvalue(L, idx, arg, item, tc, "integer");
     return (uint64_t)lua_tointeger(L, idx);
   }
   switch (tc) {
     case 'f': case 'd': {
       lua_Number x;
       if (lua_type(L, idx) != LUA_TNUMBER)
-        luaL_error(L, "number expected for typecode '%c', got %s", tc,
-                   luaL_typename(L, idx));
+        badvalue(L, idx, arg, item, tc, "number");
       x = lua_tonumber(L, idx);
       if (tc == 'f') {
         float f = (float)x;
@@ -130,51 +143,29 @@ static uint64_t to_bits(lua_State *L, int idx, char tc) {
       }
     }
     case '?':
-      if (!lua_isboolean(L, idx))
-        luaL_error(L, "boolean expected for typecode '?', got %s",
-                   luaL_typename(L, idx));
+      if (!lua_isboolean(L, idx)) badvalue(L, idx, arg, item, tc, "boolean");
       return (uint64_t)lua_toboolean(L, idx);
     default: { /* 'c' */
       size_t n;
       const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n)
                                                       : NULL;
-      if (s == NULL || n != 1)
-        luaL_error(L, "string of length 1 expected for typecode 'c'");
+      if (s == NULL || n != 1) badvalue(L, idx, arg, item, tc, "string");
       return (uint8_t)s[0];
     }
   }
 }
 
-/* Every method and metamethod closes over the Value and Array metatables
- * (upvalues 1 and 2) and the string "value" (3): checking self and the
- * common key are pointer comparisons. */
-static shval *checkval(lua_State *L, int idx) {
-  lmp_handle *h = lua_touserdata(L, idx);
-  int kind = 0;
-  if (h != NULL && lua_getmetatable(L, idx)) {
-    if (lua_rawequal(L, -1, lua_upvalueindex(1))) kind = 1;
-    else if (lua_rawequal(L, -1, lua_upvalueindex(2))) kind = 2;
-    lua_pop(L, 1);
-  }
-  if (kind == 0) luaL_typeerror(L, idx, VALUE);
-  if (h->obj == NULL)
-    luaL_error(L, "attempt to use a closed %s", kind == 1 ? "value" : "array");
-  return (shval *)h->obj;
-}
-
-static int is_value_key(lua_State *L, int idx) {
-  return lua_rawequal(L, idx, lua_upvalueindex(3));
-}
+#define checkval(L) ((shval *)lmp_checkobj(L, 1))
 
 static void shval_dtor(lmp_obj *o) {
   shval *v = (shval *)o;
   if (v->lock) lmp_obj_decref(LMP_PTR(v->lock));
 }
 
-static void push_shval(lua_State *L, lmp_obj *o) {
+/* A handle keeps a handle of the lock, if there is one, as its user
+ * value: get_lock returns it. */
+static void shval_bind(lua_State *L, lmp_obj *o) {
   shval *v = (shval *)o;
-  lmp_handle *h = lmp_newhandle(L, sizeof *h, v->is_array ? ARRAY : VALUE);
-  lmp_bind(L, h, o);
   if (v->lock) {
     lmp_pushobj(L, LMP_PTR(v->lock));
     lua_setiuservalue(L, -2, 1);
@@ -204,12 +195,9 @@ static shval *make(lua_State *L, char tc, uint64_t n, int is_array,
   }
   size = sizeof(shval) + (size_t)n * (size_t)es;
   if (n > ((uint64_t)1 << 40)) luaL_argerror(L, 2, "array too large");
-  v = (shval *)lmp_obj_new(is_array ? LMP_T_ARRAY : LMP_T_VALUE, size);
+  v = (shval *)lmp_obj_new(is_array ? LMP_T_ARRAY : LMP_T_VALUE, 0, size);
   if (v == NULL) {
-    if (lk != NULL && atomic_load(&lk->refs) == 0) { /* ours: free it */
-      lmp_obj_incref(lk);
-      lmp_obj_decref(lk);
-    }
+    if (lk != NULL && atomic_load(&lk->refs) == 0) lmp_obj_discard(lk);
     lmp_nomem(L, size);
   }
   v->tc = tc;
@@ -237,10 +225,10 @@ static int shared_Value(lua_State *L) {
   char tc = checktc(L);
   shval *v;
   uint64_t bits = 0;
-  if (!lua_isnoneornil(L, 2)) bits = to_bits(L, 2, tc);
+  if (!lua_isnoneornil(L, 2)) bits = to_bits(L, 2, tc, 2, 0);
   v = make(L, tc, 1, 0, 3);
   store(v, 0, bits);
-  push_shval(L, &v->h);
+  lmp_pushnew(L, &v->h);
   return 1;
 }
 
@@ -253,13 +241,13 @@ static int shared_Array(lua_State *L) {
     n = (uint64_t)luaL_len(L, 2);
     for (i = 1; i <= n; i++) { /* check every value before allocating */
       lua_geti(L, 2, (lua_Integer)i);
-      to_bits(L, -1, tc);
+      to_bits(L, -1, tc, 2, (lua_Integer)i);
       lua_pop(L, 1);
     }
     v = make(L, tc, n, 1, 3);
     for (i = 1; i <= n; i++) {
       lua_geti(L, 2, (lua_Integer)i);
-      store(v, i - 1, to_bits(L, -1, tc));
+      store(v, i - 1, to_bits(L, -1, tc, 2, (lua_Integer)i));
       lua_pop(L, 1);
     }
   } else if (lua_type(L, 2) == LUA_TSTRING && tc == 'c') {
@@ -272,7 +260,7 @@ static int shared_Array(lua_State *L) {
     luaL_argcheck(L, k >= 0, 2, "size must be non-negative");
     v = make(L, tc, (uint64_t)k, 1, 3);
   }
-  push_shval(L, &v->h);
+  lmp_pushnew(L, &v->h);
   return 1;
 }
 
@@ -291,8 +279,8 @@ static int checkindex(lua_State *L, shval *v, int idx) {
   int64_t i = index_of(L, v, idx);
   if (i == -2) luaL_typeerror(L, idx, "integer index");
   if (i < 0)
-    luaL_error(L, "index %I out of range (array has %I elements)",
-               lua_tointeger(L, idx), (lua_Integer)v->n);
+    luaL_argerror(L, idx, lua_pushfstring(L, "index %I out of range (array "
+                  "has %I elements)", lua_tointeger(L, idx), (lua_Integer)v->n));
   return (int)i;
 }
 
@@ -307,11 +295,12 @@ static void push_cstring(lua_State *L, shval *v, int whole) {
   lua_pushlstring(L, v->data, n);
 }
 
-static int val_index(lua_State *L) {
-  shval *v = checkval(L, 1);
+/* v.value, v.typecode, a[i] (nil outside 1..#a, as with a table). */
+static int val_field(lua_State *L) {
+  shval *v = checkval(L);
   if (lua_type(L, 2) == LUA_TSTRING) {
     const char *k = lua_tostring(L, 2);
-    if (is_value_key(L, 2)) {
+    if (strcmp(k, "value") == 0) {
       if (!v->is_array) push_bits(L, v->tc, load(v, 0));
       else if (v->tc == 'c') push_cstring(L, v, 0);
       else return luaL_error(L, "only 'c' arrays have a value field");
@@ -321,10 +310,7 @@ static int val_index(lua_State *L) {
       lua_pushlstring(L, &v->tc, 1);
       return 1;
     }
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
-    return 1;
+    return 0;
   }
   if (v->is_array) {
     int64_t i = index_of(L, v, 2);
@@ -332,21 +318,26 @@ static int val_index(lua_State *L) {
     else lua_pushnil(L); /* as a table: ipairs stops here */
     return 1;
   }
-  lua_pushnil(L);
-  return 1;
+  return 0;
+}
+
+static int is_value_key(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING &&
+         strcmp(lua_tostring(L, idx), "value") == 0;
 }
 
 static int val_newindex(lua_State *L) {
-  shval *v = checkval(L, 1);
+  shval *v = checkval(L);
   if (is_value_key(L, 2)) {
     if (!v->is_array) {
-      store(v, 0, to_bits(L, 3, v->tc));
+      store(v, 0, to_bits(L, 3, v->tc, 3, 0));
     } else if (v->tc == 'c') {
       size_t n;
       const char *s = luaL_checklstring(L, 3, &n);
       if (n > v->n)
-        return luaL_error(L, "string too long (%I bytes for %I)",
-                          (lua_Integer)n, (lua_Integer)v->n);
+        return luaL_argerror(L, 3, lua_pushfstring(L, "string too long (%I "
+                             "bytes for %I)", (lua_Integer)n,
+                             (lua_Integer)v->n));
       memcpy(v->data, s, n);
       if (n < v->n) v->data[n] = '\0';
     } else {
@@ -356,20 +347,20 @@ static int val_newindex(lua_State *L) {
   }
   if (v->is_array && lua_type(L, 2) == LUA_TNUMBER) {
     int i = checkindex(L, v, 2);
-    store(v, (uint64_t)i, to_bits(L, 3, v->tc));
+    store(v, (uint64_t)i, to_bits(L, 3, v->tc, 3, 0));
     return 0;
   }
-  return luaL_error(L, "cannot set field '%s' of a %s", luaL_tolstring(L, 2, NULL),
-                    v->is_array ? ARRAY : VALUE);
+  return luaL_argerror(L, 2, lua_pushfstring(L, "%s has no field %s to set",
+                       v->is_array ? ARRAY : VALUE, luaL_tolstring(L, 2, NULL)));
 }
 
 static int val_len(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)checkval(L, 1)->n);
+  lua_pushinteger(L, (lua_Integer)checkval(L)->n);
   return 1;
 }
 
 static int val_totable(lua_State *L) {
-  shval *v = checkval(L, 1);
+  shval *v = checkval(L);
   uint64_t i;
   lua_createtable(L, (int)v->n, 0);
   for (i = 0; i < v->n; i++) {
@@ -380,14 +371,14 @@ static int val_totable(lua_State *L) {
 }
 
 static int val_raw(lua_State *L) {
-  shval *v = checkval(L, 1);
+  shval *v = checkval(L);
   luaL_argcheck(L, v->tc == 'c', 1, "only 'c' arrays have raw bytes");
   push_cstring(L, v, 1);
   return 1;
 }
 
 static int val_get_lock(lua_State *L) {
-  shval *v = checkval(L, 1);
+  shval *v = checkval(L);
   if (v->lock == 0)
     return luaL_error(L, "this %s has no lock (it was made without one)",
                       v->is_array ? "Array" : "Value");
@@ -415,7 +406,7 @@ static int target(lua_State *L, shval *v, int *arg) {
 
 /* add(n) / add(i, n) -> the new value */
 static int val_add(lua_State *L) {
-  shval *v = checkval(L, 1);
+  shval *v = checkval(L);
   int arg, i = target(L, v, &arg);
   lua_Integer d = luaL_checkinteger(L, arg);
   switch (v->esize) {
@@ -437,9 +428,10 @@ static int val_add(lua_State *L) {
 
 /* cas(old, new) / cas(i, old, new) -> whether it swapped */
 static int val_cas(lua_State *L) {
-  shval *v = checkval(L, 1);
+  shval *v = checkval(L);
   int arg, i = target(L, v, &arg), ok;
-  uint64_t old = to_bits(L, arg, v->tc), new = to_bits(L, arg + 1, v->tc);
+  uint64_t old = to_bits(L, arg, v->tc, arg, 0);
+  uint64_t new = to_bits(L, arg + 1, v->tc, arg + 1, 0);
   switch (v->esize) {
     case 1: ATOMIC_CAS(uint8_t); break;
     case 2: ATOMIC_CAS(uint16_t); break;
@@ -450,23 +442,10 @@ static int val_cas(lua_State *L) {
   return 1;
 }
 
-static int val_close(lua_State *L) {
-  lmp_handle *h = lua_touserdata(L, 1);
-  if (h != NULL) lmp_unbind(h);
-  return 0;
-}
-
 static int val_tostring(lua_State *L) {
-  lmp_handle *h = lua_touserdata(L, 1);
-  shval *v = h ? (shval *)h->obj : NULL;
-  const char *name = VALUE;
-  if (lua_getmetatable(L, 1)) {
-    lua_getfield(L, -1, "__name");
-    if (lua_isstring(L, -1)) name = lua_tostring(L, -1);
-  }
-  if (v == NULL) {
-    lua_pushfstring(L, "%s (closed)", name);
-  } else if (!v->is_array) {
+  shval *v = (shval *)((lmp_handle *)lua_touserdata(L, 1))->obj;
+  const char *name = v->is_array ? ARRAY : VALUE;
+  if (!v->is_array) {
     push_bits(L, v->tc, load(v, 0));
     lua_pushfstring(L, "%s('%c', %s)", name, v->tc, luaL_tolstring(L, -1, NULL));
   } else {
@@ -478,47 +457,33 @@ static int val_tostring(lua_State *L) {
 static const luaL_Reg val_meth[] = {
   {"totable", val_totable}, {"get_lock", val_get_lock},
   {"add", val_add},         {"cas", val_cas},
-  {"raw", val_raw},         {"close", val_close}, {NULL, NULL}
+  {"raw", val_raw},         {NULL, NULL}
 };
 
 static const luaL_Reg val_metameth[] = {
-  {"__index", val_index}, {"__newindex", val_newindex}, {"__len", val_len},
-  {"__gc", val_close},    {"__close", val_close}, {"__eq", lmp_handle_eq},
-  {"__tostring", val_tostring}, {NULL, NULL}
+  {"__newindex", val_newindex}, {"__len", val_len}, {NULL, NULL}
 };
 
-static void upvalues(lua_State *L) {
-  luaL_getmetatable(L, VALUE);
-  luaL_getmetatable(L, ARRAY);
-  lua_pushliteral(L, "value");
-}
+static const lmp_type value_type = {.name = "value", .dtor = shval_dtor};
+static const lmp_type array_type = {.name = "array", .dtor = shval_dtor};
 
-int lmp_open_shared(lua_State *L) {
-  static const luaL_Reg funcs[] = {
-    {"Value", shared_Value}, {"Array", shared_Array}, {NULL, NULL}
-  };
-  static const char *names[] = {VALUE, ARRAY};
-  int k;
-  for (k = 0; k < 2; k++) {
-    luaL_newmetatable(L, names[k]);
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "__luamp");
-    lua_pop(L, 1);
-  }
-  for (k = 0; k < 2; k++) {
-    luaL_getmetatable(L, names[k]);
-    lua_newtable(L);
-    upvalues(L);
-    luaL_setfuncs(L, val_meth, 3);
-    lua_setfield(L, -2, "methods");
-    upvalues(L);
-    luaL_setfuncs(L, val_metameth, 3);
-    lua_pop(L, 1);
-  }
-  lmp_obj_settype(LMP_T_VALUE, "value", shval_dtor);
-  lmp_obj_settype(LMP_T_ARRAY, "array", shval_dtor);
-  lmp_settypepusher(LMP_T_VALUE, push_shval);
-  lmp_settypepusher(LMP_T_ARRAY, push_shval);
-  luaL_setfuncs(L, funcs, 0);
-  return 0;
-}
+#define SHVAL(cname, w, t, ot)                                             \
+  {.name = cname, .what = w, .type = t, .group = 1, .obj = ot,             \
+   .size = sizeof(lmp_handle), .nuv = 1, .meth = val_meth,                 \
+   .metameth = val_metameth, .field = val_field, .bind = shval_bind,       \
+   .tostring = val_tostring}
+
+static const lmp_class value_class =
+    SHVAL(VALUE, "value", LMP_T_VALUE, &value_type);
+static const lmp_class array_class =
+    SHVAL(ARRAY, "array", LMP_T_ARRAY, &array_type);
+
+static const lmp_class *const value_classes[] = {
+  &value_class, &array_class, NULL
+};
+
+static const luaL_Reg value_funcs[] = {
+  {"Value", shared_Value}, {"Array", shared_Array}, {NULL, NULL}
+};
+
+const lmp_family lmp_value_family = {value_classes, value_funcs};

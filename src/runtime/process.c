@@ -1,8 +1,9 @@
-/* process.c -- forking, tracking and reaping child processes: the
- * mechanism under lua/luamp/process.lua.
+/* process.c -- forking, tracking and reaping child processes, and the end
+ * of a process: the mechanism under lua/luamp/process.lua.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -12,9 +13,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include <uv.h>
 
-#define CHILD "luamp.Child"
+#include "runtime.h"
+
+#define SENTINEL "luamp.Sentinel"
+#define ATEXIT_KEY "luamp.atexit"      /* registry: the Lua exit hook */
+#define ATEXIT_DONE "luamp.atexit_done" /* registry: its result, once run */
 
 /*
  * A child record lives in C memory, not in the arena: only the process
@@ -25,6 +30,8 @@
  * parent's list: records it inherited through Lua handles stay readable
  * but belong to another process (`owner`).
  */
+typedef struct lmp_child lmp_child;
+
 struct lmp_child {
   pid_t pid;
   pid_t owner;    /* the pid that forked it */
@@ -43,7 +50,7 @@ static lmp_child *children;
 static int nchildren; /* listed and not reaped */
 static lua_Integer nreaped; /* children reaped so far, ever */
 static int in_child;  /* this process was forked by luamp */
-static uint32_t parent_slot;
+static uv_signal_t chld_h;
 
 typedef struct child_ud {
   lmp_child *c;
@@ -100,6 +107,40 @@ void lmp_reap_children(void) {
   }
 }
 
+static void on_chld(uv_signal_t *h, int sig) {
+  (void)h;
+  (void)sig;
+  lmp_reap_children();
+}
+
+int lmp_runtime_init(void *loop) {
+  int rc;
+  static pid_t done;
+  if (done == getpid()) return 0;
+  if ((rc = lmp_loop_init(loop, lmp_reap_children)) < 0) return rc;
+  if ((rc = lmp_loop_signal(&chld_h, SIGCHLD, on_chld)) < 0) return rc;
+  lmp_pid = done = getpid();
+  return 0;
+}
+
+int lmp_pid_dead(pid_t pid) {
+  char path[64], buf[256], *p;
+  int fd;
+  ssize_t n;
+  if (pid <= 0) return 1;
+  if (kill(pid, 0) < 0 && errno == ESRCH) return 1;
+  /* A zombie still answers kill: look at its state. */
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  p = strrchr(buf, ')');
+  return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
 int lmp_live_children(void) { return nchildren; }
 
 int lmp_is_child(void) { return in_child; }
@@ -123,13 +164,12 @@ static int exitcode(const lmp_child *c) {
  * The child then runs its target and leaves through lmp_exit_child, never
  * returning into the code that called fork.
  */
-void lmp_after_fork_child(uint32_t slot) {
+static void after_fork_child(uint32_t slot) {
   lmp_child *c = children, *next;
   pid_t ppid_then = (pid_t)atomic_load(&lmp_self->pid);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != ppid_then) _exit(1);
   lmp_pid = getpid();
-  parent_slot = lmp_self_index;
   lmp_slot_adopt(slot);
   while (c != NULL) {
     next = c->next;
@@ -141,8 +181,7 @@ void lmp_after_fork_child(uint32_t slot) {
   children = NULL;
   nchildren = 0;
   in_child = 1;
-  lmp_reset_atexit();
-  lmp_runtime_after_fork();
+  lmp_loop_after_fork();
 }
 
 /* Leaves a child process: the Lua exit hook (join its own children), stdio,
@@ -165,7 +204,7 @@ static int proc_fork(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   u = lua_newuserdatauv(L, sizeof *u, 0);
   u->c = NULL;
-  luaL_setmetatable(L, CHILD);
+  luaL_setmetatable(L, SENTINEL);
   c = calloc(1, sizeof *c);
   if (c == NULL) return luaL_error(L, "not enough memory");
   slot = lmp_slot_prepare_child();
@@ -186,7 +225,9 @@ static int proc_fork(lua_State *L) {
   }
   if (pid == 0) {
     int status;
-    lmp_after_fork_child((uint32_t)slot);
+    after_fork_child((uint32_t)slot);
+    lua_pushnil(L); /* its own exit is still to run */
+    lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
     lua_settop(L, 1);
     if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
       if (lmp_is_interrupt(L, -1)) { /* Ctrl-C: die of it, quietly */
@@ -217,22 +258,22 @@ static int proc_fork(lua_State *L) {
   return 1;
 }
 
-/* -------------------------------------------------------- Child methods */
+/* ----------------------------------------------------- Sentinel methods */
 
-static lmp_child *checkchild(lua_State *L, int idx) {
-  child_ud *u = luaL_checkudata(L, idx, CHILD);
+static lmp_child *checkchild(lua_State *L) {
+  child_ud *u = lmp_checkhandle(L, 1);
   if (u->c == NULL) luaL_error(L, "attempt to use a closed process handle");
   return u->c;
 }
 
 static int child_pid(lua_State *L) {
-  lua_pushinteger(L, checkchild(L, 1)->pid);
+  lua_pushinteger(L, checkchild(L)->pid);
   return 1;
 }
 
 /* exitcode() -> integer or nil while running; reaps without waiting. */
 static int child_exitcode(lua_State *L) {
-  lmp_child *c = checkchild(L, 1);
+  lmp_child *c = checkchild(L);
   if (!reap(c)) {
     lua_pushnil(L);
     return 1;
@@ -242,7 +283,7 @@ static int child_exitcode(lua_State *L) {
 }
 
 static int child_ours(lua_State *L) {
-  lua_pushboolean(L, checkchild(L, 1)->owner == getpid());
+  lua_pushboolean(L, checkchild(L)->owner == getpid());
   return 1;
 }
 
@@ -250,20 +291,20 @@ static int ready_child(void *ud) { return reap(ud); }
 
 /* wait([timeout]) -> true once ended, false on timeout; raises on Ctrl-C. */
 static int child_wait(lua_State *L) {
-  lmp_child *c = checkchild(L, 1);
-  double deadline = lmp_deadline(L, 2);
+  lmp_child *c = checkchild(L);
+  double deadline = lmp_opt_deadline(L, 2);
   int rc;
   if (c->owner != getpid())
     return luaL_error(L, "can only join a child process");
-  rc = lmp_wait(ready_child, c, deadline);
-  if (rc < 0) return lmp_wait_fail(L, rc);
+  rc = lmp_wait(L, ready_child, c, deadline);
+  if (rc < 0) return lmp_raise_errno(L, rc, "cannot wait");
   lua_pushboolean(L, rc);
   return 1;
 }
 
 /* signal(signum) -> true if sent; false if the child has ended. */
 static int child_signal(lua_State *L) {
-  lmp_child *c = checkchild(L, 1);
+  lmp_child *c = checkchild(L);
   int sig = (int)luaL_checkinteger(L, 2);
   if (c->owner != getpid() || reap(c)) {
     lua_pushboolean(L, 0);
@@ -273,22 +314,31 @@ static int child_signal(lua_State *L) {
   return 1;
 }
 
-static int child_close(lua_State *L) {
-  child_ud *u = luaL_checkudata(L, 1, CHILD);
+static void child_close(void *h) {
+  child_ud *u = h;
   if (u->c != NULL) {
     lmp_child *c = u->c;
     u->c = NULL;
     c->handles--;
     maybe_free(c);
   }
-  return 0;
 }
 
+static int child_closed(void *h) { return ((child_ud *)h)->c == NULL; }
+
 static int child_tostring(lua_State *L) {
-  child_ud *u = luaL_checkudata(L, 1, CHILD);
-  if (u->c == NULL) lua_pushliteral(L, "luamp.Sentinel (closed)");
-  else lua_pushfstring(L, "luamp.Sentinel (pid %d)", (int)u->c->pid);
+  child_ud *u = lua_touserdata(L, 1);
+  lua_pushfstring(L, SENTINEL " (pid %d)", (int)u->c->pid);
   return 1;
+}
+
+/* For mp.wait: ready once the child has ended; -1 for a child of
+ * another process. */
+static int child_ready(void *h, int *fd) {
+  child_ud *u = h;
+  (void)fd;
+  if (u->c == NULL || u->c->owner != getpid()) return -1;
+  return reap(u->c);
 }
 
 /* --------------------------------------------------------- shutdown */
@@ -318,8 +368,7 @@ int lmp_terminate_children(double grace, int daemons_only) {
     if (!c->ended && (!daemons_only || c->daemon)) n++;
   if (n == 0) return 0;
   signal_all(SIGTERM, daemons_only);
-  lmp_waiter(NULL); /* no Lua runs here */
-  if (lmp_wait(ready_none, &all, lmp_now() + grace) != 1) {
+  if (lmp_wait(NULL, ready_none, &all, lmp_now() + grace) != 1) {
     signal_all(SIGKILL, daemons_only);
     for (c = children; c != NULL; c = next) {
       int status;
@@ -341,16 +390,39 @@ int lmp_terminate_children(double grace, int daemons_only) {
  * Ctrl-C during the wait ends every child at once.  Returns -EINTR when it
  * was interrupted, else the number of children that had to be terminated.
  */
-int lmp_shutdown_children(void) {
+static int shutdown_children(void) {
   int none = 0, rc;
-  lmp_waiter(NULL); /* no Lua runs here */
-  rc = lmp_wait(ready_none, &none, -1);
+  rc = lmp_wait(NULL, ready_none, &none, -1); /* no Lua runs here */
   if (rc < 0) {
     lmp_take_interrupt();
     lmp_terminate_children(0.5, 0);
     return -EINTR;
   }
   return lmp_terminate_children(0.5, 1);
+}
+
+int lmp_run_atexit(lua_State *L) {
+  int rc;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE) == LUA_TNUMBER) {
+    rc = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return rc;
+  }
+  lua_pop(L, 1);
+  lua_pushinteger(L, 0); /* once, even if the hook raises */
+  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY) == LUA_TFUNCTION) {
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+      fprintf(stderr, "luamp: error at exit: %s\n", lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+  } else {
+    lua_pop(L, 1);
+  }
+  rc = shutdown_children();
+  lua_pushinteger(L, rc);
+  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
+  return rc;
 }
 
 /* --------------------------------------------------------- cpu_count */
@@ -451,42 +523,39 @@ static int proc_alive(lua_State *L) {
   return 1;
 }
 
+/* on_exit(fn): the Lua part of this process's exit (see lmp_run_atexit). */
+static int proc_on_exit(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
+  return 0;
+}
+
+static int proc_is_child(lua_State *L) {
+  lua_pushboolean(L, in_child);
+  return 1;
+}
+
 static const luaL_Reg child_meth[] = {
   {"pid", child_pid},       {"exitcode", child_exitcode},
   {"wait", child_wait},     {"signal", child_signal},
-  {"ours", child_ours},     {"close", child_close},
-  {NULL, NULL}
+  {"ours", child_ours},     {NULL, NULL}
 };
 
-static const luaL_Reg child_metameth[] = {
-  {"__index", NULL}, {"__gc", child_close}, {"__close", child_close},
-  {"__tostring", child_tostring}, {NULL, NULL}
+static const lmp_class sentinel_class = {
+  .name = SENTINEL, .what = "process handle", .size = sizeof(child_ud),
+  .meth = child_meth, .tostring = child_tostring, .close = child_close,
+  .closed = child_closed, .ready = child_ready,
 };
+
+static const lmp_class *const process_classes[] = {&sentinel_class, NULL};
 
 static const luaL_Reg proc_funcs[] = {
   {"fork", proc_fork},         {"cpu_count", proc_cpu_count},
   {"getpid", proc_getpid},     {"getppid", proc_getppid},
   {"alive", proc_alive},       {"reaped", proc_reaped},
+  {"on_exit", proc_on_exit},   {"is_child", proc_is_child},
   {NULL, NULL}
 };
 
-/* Adds the process functions to the core table on the top of the stack. */
-int lmp_open_process(lua_State *L) {
-  if (luaL_newmetatable(L, CHILD)) {
-    luaL_setfuncs(L, child_metameth, 0);
-    luaL_newlibtable(L, child_meth);
-    luaL_setfuncs(L, child_meth, 0);
-    lua_setfield(L, -2, "__index");
-  }
-  lua_pop(L, 1);
-  luaL_setfuncs(L, proc_funcs, 0);
-  return 0;
-}
-
-/* For mp.wait: -1 if the value at idx is not a child handle (a sentinel)
- * of this process, else 1 once the child has ended, 0 before. */
-int lmp_child_ended(lua_State *L, int idx) {
-  child_ud *u = luaL_testudata(L, idx, CHILD);
-  if (u == NULL || u->c == NULL || u->c->owner != getpid()) return -1;
-  return reap(u->c);
-}
+const lmp_family lmp_process_family = {process_classes, proc_funcs};

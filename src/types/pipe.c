@@ -12,7 +12,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "types.h"
 
 #define CONN "luamp.Connection"
 
@@ -35,12 +35,13 @@ typedef struct conn {
 } conn;
 
 static conn *checkconn(lua_State *L) {
-  conn *c = luaL_checkudata(L, 1, CONN);
-  if (c->fd < 0) luaL_error(L, "connection is closed");
+  conn *c = lmp_checkhandle(L, 1);
+  if (c->fd < 0) luaL_error(L, "attempt to use a closed connection");
   return c;
 }
 
-static void conn_free(conn *c) {
+static void conn_free(void *h) {
+  conn *c = h;
   if (c->fd >= 0) close(c->fd);
   c->fd = -1;
   free(c->buf);
@@ -86,13 +87,12 @@ static int pipe_new(lua_State *L) {
 
 /* ------------------------------------------------------------- writing */
 
-static int wait_io(int fd, short ev, double deadline) {
-  /* lmp_waiter was set by the binding (lmp_deadline or send's own). */
+static int wait_io(lua_State *L, int fd, short ev, double deadline) {
   struct pollfd p;
   p.fd = fd;
   p.events = ev;
   p.revents = 0;
-  return lmp_wait_fds(&p, 1, NULL, NULL, deadline);
+  return lmp_wait_fds(L, &p, 1, NULL, NULL, deadline);
 }
 
 /* One write that cannot raise SIGPIPE: sockets say so per call; for a
@@ -124,14 +124,15 @@ static ssize_t write_nosig(conn *c, struct iovec *iov, int n) {
 
 /* Writes the whole of the iovecs; 0, -EPIPE, -EINTR (Ctrl-C) or -errno;
  * *sent counts the bytes written. */
-static int writeall(conn *c, struct iovec *iov, int n, size_t *sent) {
+static int writeall(lua_State *L, conn *c, struct iovec *iov, int n,
+                    size_t *sent) {
   *sent = 0;
   while (n > 0) {
     ssize_t w = write_nosig(c, iov, n);
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        int rc = wait_io(c->fd, POLLOUT, -1);
+        int rc = wait_io(L, c->fd, POLLOUT, -1);
         if (rc < 0) return rc;
         continue;
       }
@@ -159,7 +160,6 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   struct iovec iov[2];
   size_t h = 4, sent;
   int rc;
-  lmp_waiter(L);
   if (n < 0xffffffffu) {
     hdr[0] = (unsigned char)(n >> 24);
     hdr[1] = (unsigned char)(n >> 16);
@@ -175,16 +175,15 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   iov[0].iov_len = h;
   iov[1].iov_base = (void *)p;
   iov[1].iov_len = n;
-  rc = writeall(c, iov, 2, &sent);
+  rc = writeall(L, c, iov, 2, &sent);
   if (rc < 0 && sent > 0) conn_free(c);
   return rc;
 }
 
 static int send_failed(lua_State *L, int rc) {
-  if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
   if (rc == -EPIPE)
     return lmp_throw(L, "EOFError", "the other end of the connection is closed");
-  return luaL_error(L, "cannot send: %s", strerror(-rc));
+  return lmp_raise_errno(L, rc, "cannot send");
 }
 
 static conn *checkwritable(lua_State *L) {
@@ -229,7 +228,7 @@ static int conn_send(lua_State *L) {
 
 /* Reads more into the buffer, waiting until the deadline.  1 when bytes
  * came, 0 at end of file, -EAGAIN at the deadline, -EINTR, -errno. */
-static int fill(conn *c, double deadline, size_t want) {
+static int fill(lua_State *L, conn *c, double deadline, size_t want) {
   for (;;) {
     ssize_t r;
     if (c->pos > 0 && c->pos == c->len) c->pos = c->len = 0;
@@ -259,7 +258,7 @@ static int fill(conn *c, double deadline, size_t want) {
     if (errno != EAGAIN) return -errno;
     if (deadline == 0) return -EAGAIN;
     {
-      int rc = wait_io(c->fd, POLLIN, deadline);
+      int rc = wait_io(L, c->fd, POLLIN, deadline);
       if (rc < 0) return rc;
       if (rc == 0) return -EAGAIN;
     }
@@ -294,16 +293,14 @@ static void frame(lua_State *L, conn *c, uint64_t *n, size_t *hlen) {
     int rc;
     size_t have = c->len - c->pos;
     if (header(c, n, hlen) && have - *hlen >= *n) return;
-    lmp_waiter(L);
-    rc = fill(c, -1, header(c, n, hlen) ? (size_t)(*n + *hlen - have) : 12);
+    rc = fill(L, c, -1, header(c, n, hlen) ? (size_t)(*n + *hlen - have) : 12);
     if (rc == 0) {
       if (c->len - c->pos == 0)
         lmp_throw(L, "EOFError", "the other end of the connection is closed");
       lmp_throw(L, "EOFError", "connection closed in the middle of a message");
     }
-    if (rc == -EINTR || rc == -ECANCELED) lmp_wait_fail(L, rc);
     if (rc == -ENOMEM) luaL_error(L, "not enough memory");
-    if (rc < 0) luaL_error(L, "cannot receive: %s", strerror(-rc));
+    if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
   }
 }
 
@@ -338,13 +335,10 @@ static int conn_recv(lua_State *L) {
   uint64_t n;
   size_t h;
   const char *p;
-  int rc;
   frame(L, c, &n, &h);
   p = c->buf + c->pos + h;
   c->pos += h + n;
-  rc = lmp_decode_protected(L, p, (size_t)n);
-  lmp_msg_release(p, (size_t)n);
-  if (rc != LUA_OK) return lua_error(L);
+  lmp_take_decode(L, p, (size_t)n, NULL, NULL);
   return 1;
 }
 
@@ -352,34 +346,33 @@ static int conn_recv(lua_State *L) {
  * end of the stream, is there).  No argument: don't wait. */
 static int conn_poll(lua_State *L) {
   conn *c = checkreadable(L);
-  double deadline = lua_isnone(L, 2) ? 0 : lmp_deadline(L, 2);
+  double deadline = lua_isnone(L, 2) ? 0 : lmp_opt_deadline(L, 2);
   for (;;) {
     uint64_t n;
     size_t h;
     int rc;
     if (header(c, &n, &h) && c->len - c->pos - h >= n) break;
-    rc = fill(c, deadline, 65536);
+    rc = fill(L, c, deadline, 65536);
     if (rc == 0) break; /* end of file: recv would raise at once */
     if (rc == -EAGAIN) {
       lua_pushboolean(L, 0);
       return 1;
     }
-    if (rc == -EINTR || rc == -ECANCELED) return lmp_wait_fail(L, rc);
-    if (rc < 0) return luaL_error(L, "cannot poll: %s", strerror(-rc));
+    if (rc < 0) return lmp_raise_errno(L, rc, "cannot poll");
   }
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* For mp.wait: -1 if the value at idx is not a readable connection, else
- * 1 when a whole message is buffered (0 if not), with its fd in *fd. */
-int lmp_conn_buffered(lua_State *L, int idx, int *fd) {
-  conn *c = luaL_testudata(L, idx, CONN);
+/* For mp.wait: 1 when a whole message is buffered, else 0 with the
+ * descriptor to poll; -1 if it cannot be read from. */
+static int conn_ready(void *h, int *fd) {
+  conn *c = h;
   uint64_t n;
-  size_t h;
-  if (c == NULL || c->fd < 0 || !c->readable) return -1;
+  size_t hl;
+  if (c->fd < 0 || !c->readable) return -1;
   *fd = c->fd;
-  return header(c, &n, &h) && c->len - c->pos - h >= n;
+  return header(c, &n, &hl) && c->len - c->pos - hl >= n;
 }
 
 static int conn_fileno(lua_State *L) {
@@ -387,29 +380,22 @@ static int conn_fileno(lua_State *L) {
   return 1;
 }
 
-static int conn_close(lua_State *L) {
-  conn_free(luaL_checkudata(L, 1, CONN));
-  return 0;
-}
+static int conn_closed(void *h) { return ((conn *)h)->fd < 0; }
 
-static int conn_index(lua_State *L) {
-  conn *c = luaL_checkudata(L, 1, CONN);
-  const char *k = luaL_checkstring(L, 2);
+/* Fields: closed, readable, writable. */
+static int conn_field(lua_State *L) {
+  conn *c = lmp_checkhandle(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k == NULL) return 0;
   if (strcmp(k, "closed") == 0) lua_pushboolean(L, c->fd < 0);
   else if (strcmp(k, "readable") == 0) lua_pushboolean(L, c->readable);
   else if (strcmp(k, "writable") == 0) lua_pushboolean(L, c->writable);
-  else {
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "methods");
-    lua_getfield(L, -1, k);
-  }
+  else return 0;
   return 1;
 }
 
 static int conn_tostring(lua_State *L) {
-  conn *c = luaL_checkudata(L, 1, CONN);
-  if (c->fd < 0) lua_pushliteral(L, CONN " (closed)");
-  else lua_pushfstring(L, CONN " (fd %d)", c->fd);
+  lua_pushfstring(L, CONN " (fd %d)", ((conn *)lua_touserdata(L, 1))->fd);
   return 1;
 }
 
@@ -417,22 +403,17 @@ static const luaL_Reg conn_meth[] = {
   {"send", conn_send},           {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
   {"poll", conn_poll},           {"fileno", conn_fileno},
-  {"close", conn_close},         {NULL, NULL}
+  {NULL, NULL}
 };
 
-static const luaL_Reg conn_metameth[] = {
-  {"__index", conn_index}, {"__gc", conn_close}, {"__close", conn_close},
-  {"__tostring", conn_tostring}, {NULL, NULL}
+static const lmp_class conn_class = {
+  .name = CONN, .what = "connection", .size = sizeof(conn), .nuv = 1,
+  .meth = conn_meth, .field = conn_field, .tostring = conn_tostring,
+  .close = conn_free, .closed = conn_closed, .ready = conn_ready,
 };
 
-int lmp_open_pipe(lua_State *L) {
-  if (luaL_newmetatable(L, CONN)) {
-    luaL_setfuncs(L, conn_metameth, 0);
-    luaL_newlib(L, conn_meth);
-    lua_setfield(L, -2, "methods");
-  }
-  lua_pop(L, 1);
-  lua_pushcfunction(L, pipe_new);
-  lua_setfield(L, -2, "Pipe");
-  return 0;
-}
+static const lmp_class *const pipe_classes[] = {&conn_class, NULL};
+
+static const luaL_Reg pipe_funcs[] = {{"Pipe", pipe_new}, {NULL, NULL}};
+
+const lmp_family lmp_pipe_family = {pipe_classes, pipe_funcs};

@@ -1,0 +1,297 @@
+/* arena.h -- the shared arena: memory that every process of a family sees
+ * at the same address, the objects that live in it, the slots of the
+ * processes that hold them, and the kit that keeps them whole when a
+ * process dies at any instruction.  Nothing here knows Lua.
+ *
+ * Functions return 0 or -errno unless their comment says otherwise.  None
+ * raises; none blocks except where it says it sleeps.
+ */
+#ifndef LUAMP_ARENA_H
+#define LUAMP_ARENA_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------- memory */
+
+/* Offsets from the arena base; 0 is the null offset.  Shared structures
+ * store offsets, not pointers, so that a bad offset can be range-checked. */
+typedef uint64_t lmp_off;
+
+extern char *lmp_base; /* arena base, the same in every process of a family */
+
+#define LMP_PTR(off) ((void *)(lmp_base + (off)))
+#define LMP_OFF(p) ((lmp_off)((const char *)(p)-lmp_base))
+
+#define LMP_ARENA_DEFAULT ((size_t)1 << 30) /* 1 GiB, reserved lazily */
+#define LMP_ARENA_MIN ((size_t)1 << 20)
+
+/* Maps the arena and makes the calling process the first of its family,
+ * once per process; later calls do nothing and return 0.  `size` 0 means
+ * $LUAMP_ARENA or the default.  -EINVAL for a bad $LUAMP_ARENA, -ENOMEM
+ * when the mapping cannot be made. */
+int lmp_arena_init(size_t size);
+int lmp_arena_ready(void);
+
+/* Parses "64M", "1G", "512k", "1048576" into bytes; -EINVAL when
+ * malformed. */
+int lmp_parse_size(const char *s, size_t *out);
+
+/* The process-safe allocator.  lmp_alloc returns 16-byte aligned memory,
+ * or NULL when the arena is exhausted (errno ENOMEM); lmp_free(NULL) does
+ * nothing.  Each call is one heap operation: a process killed inside it
+ * leaves the heap as if the call had not begun (see heap.c). */
+void *lmp_alloc(size_t n);
+void *lmp_calloc(size_t n);
+void lmp_free(void *p);
+size_t lmp_usable(const void *p); /* bytes the block can hold */
+
+typedef struct lmp_arena_stats {
+  size_t size;      /* bytes reserved for the arena */
+  size_t used;      /* bytes in allocated blocks, headers included */
+  size_t reserved;  /* bytes of the arena ever handed out (high water) */
+  size_t blocks;    /* allocated blocks */
+  size_t objects;   /* live shared objects */
+  size_t processes; /* live process slots */
+} lmp_arena_stats;
+
+void lmp_arena_stats_get(lmp_arena_stats *st);
+
+/* Checks the heap's consistency: 0, or -EUCLEAN with a reason. */
+int lmp_arena_check(const char **why);
+
+/* A 16-byte secret of the family, made at arena creation; the codec keys
+ * its message authentication with it. */
+const uint8_t *lmp_arena_key(void);
+
+/* ------------------------------------------------------------ objects */
+
+/* Every shared object starts with this header; its memory is reclaimed
+ * when `refs` drops to zero.  References are held by processes (lmp_hold)
+ * and by messages in flight. */
+typedef struct lmp_obj {
+  uint32_t magic; /* LMP_OBJ_MAGIC while live */
+  uint16_t type;  /* its type: an index into the registered lmp_types */
+  uint16_t kind;  /* which of its type's classes (Queue, JoinableQueue...) */
+  _Atomic int32_t refs;
+  _Atomic uint32_t watchers; /* processes watching it (lmp_watch) */
+} lmp_obj;
+
+#define LMP_OBJ_MAGIC 0x6f706d6cu /* "lmpo" */
+#define LMP_T_MAX 32              /* type numbers are 1 .. LMP_T_MAX - 1 */
+
+/* What the arena must know of a type of object: how to destroy one, and
+ * how to settle the blocks a dead process left in transit to or from one
+ * (see "The crash-safety kit" below).  Every hook is optional; none may
+ * block or raise. */
+typedef struct lmp_type {
+  const char *name; /* "queue": for messages */
+  /* The last reference went: release what the object owns (not the
+   * object's own memory). */
+  void (*dtor)(lmp_obj *o);
+  /* The offset of the object's lmp_guard, 0 if it has none. */
+  size_t guard;
+  /* With the guard held: does the object own block blk (it is in the
+   * object's structure, or is that structure)? */
+  int (*owns)(lmp_obj *o, lmp_off blk);
+  /* With the guard held, after a process died holding it and its pending
+   * blocks were settled: recompute what may be stale (a count). */
+  void (*repair)(lmp_obj *o);
+  /* The reaper is about to free block blk, which a dead process had in
+   * transit and the object does not own: drop the references its message
+   * holds. */
+  void (*release)(lmp_obj *o, lmp_off blk);
+  /* A process that holds the object exits cleanly. */
+  void (*on_exit)(lmp_obj *o);
+} lmp_type;
+
+/* Registers the hooks of type number `type` (1 .. LMP_T_MAX - 1), once
+ * per process, before its first object is made. */
+void lmp_type_set(int type, const lmp_type *t);
+const char *lmp_type_name(int type); /* "object" when unregistered */
+
+/* Allocates a zeroed object of `size` bytes (header included) with no
+ * references; NULL when the arena is exhausted.  The caller holds it with
+ * lmp_hold, or gives it a reference (lmp_obj_incref) from another object;
+ * lmp_obj_discard frees one that nothing holds yet. */
+lmp_obj *lmp_obj_new(int type, int kind, size_t size);
+void lmp_obj_incref(lmp_obj *o);
+void lmp_obj_decref(lmp_obj *o); /* destroys at zero */
+void lmp_obj_discard(lmp_obj *o);
+
+/* Checks an untrusted offset: 1 if it names a live object of `type` (or
+ * of any type when type < 0). */
+int lmp_obj_check(lmp_off off, int type);
+
+/* ---------------------------------------------------------- processes */
+
+/* Each process of the family has a slot: its pid, its wake word, the
+ * table of objects it holds and its pending entries, so that the
+ * references and blocks of a process killed with SIGKILL can be released
+ * by its reaper. */
+#define LMP_MAX_PROCS 4096
+
+/* The pending entries of a slot: blocks in transit between the process
+ * and one object (see "The crash-safety kit"). */
+enum {
+  LMP_PEND_IN,  /* a message coming into the object */
+  LMP_PEND_NEW, /* a new table or ring, not yet published */
+  LMP_PEND_OLD, /* the table or ring a publication retires */
+  LMP_PEND_OUT, /* a message taken out of the object */
+  LMP_PEND_MAX
+};
+
+typedef struct lmp_slot {
+  _Atomic uint32_t wake;     /* futex word: bumped to wake the process */
+  _Atomic uint32_t state;    /* LMP_SLOT_* */
+  _Atomic int32_t pid;
+  uint32_t parent;           /* parent's slot index */
+  _Atomic uint32_t sleeping; /* 1 while blocked in the event loop */
+  uint32_t gen;
+  lmp_off refs;                /* the hold table: see family.c */
+  _Atomic lmp_off waiting_on;  /* futex word it sleeps on, 0 for `wake` */
+  lmp_off pending_obj;         /* the object the pending blocks go with */
+  lmp_off pending_blk[LMP_PEND_MAX];
+} lmp_slot;
+
+enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
+
+extern lmp_slot *lmp_self; /* this process's slot */
+extern uint32_t lmp_self_index;
+
+lmp_slot *lmp_slot_at(uint32_t idx);
+
+/* Reserves a slot for a child about to be forked, copying this process's
+ * hold table into it (each object gains a reference for the child).
+ * Returns the slot index, or -ENOMEM/-EAGAIN. */
+int lmp_slot_prepare_child(void);
+/* In the child right after fork: adopt the prepared slot. */
+void lmp_slot_adopt(uint32_t idx);
+/* Releases every block and reference the slot holds and frees it; called
+ * by the reaper of the process that had it.  Idempotent. */
+void lmp_slot_release(uint32_t idx);
+/* At a clean exit: releases this process's references (its reaper frees
+ * the slot). */
+void lmp_slot_retire(void);
+
+/* This process takes (hold) or gives up (unhold) one reference to `o`.
+ * Returns 0 or -ENOMEM when the hold table cannot grow. */
+int lmp_hold(lmp_obj *o);
+void lmp_unhold(lmp_obj *o);
+
+/* ------------------------------------------------------------- waking */
+
+/* Bumps a futex word in the arena and wakes `n` of its sleepers (INT_MAX
+ * for all). */
+void lmp_futex_bump(_Atomic uint32_t *word, int n);
+/* Sleeps on word while it holds `seen`, at most until deadline (monotonic
+ * seconds; negative = no limit).  Returns when woken, on a signal or at
+ * the deadline; callers re-check their condition. */
+void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline);
+
+/* Wakes the process in slot `idx`: bumps its wake word and the word it
+ * sleeps on, and signals it (SIGURG) if it sleeps in the event loop.
+ * Async-signal-safe. */
+void lmp_wake(uint32_t idx);
+
+/* mp.wait support: this process watches o, and whoever changes o calls
+ * lmp_notify_watchers(o), which wakes every watcher.  -EAGAIN when the
+ * family's watch table is full. */
+#define LMP_MAX_WATCH 4096
+int lmp_watch(lmp_obj *o);
+void lmp_unwatch(lmp_obj *o);
+void lmp_notify_watchers(lmp_obj *o);
+
+/* ------------------------------------------------- the crash-safety kit */
+
+/*
+ * A process may be killed at any instruction, holding a lock, half-way
+ * through a change.  Objects that keep structure in the arena (a queue's
+ * ring, a dict's table, a list's array, the messages in them) survive it
+ * with four tools:
+ *
+ *   - a guard: a robust, process-shared mutex that knows its holder.  The
+ *     next locker after a death settles what the dead holder left (below)
+ *     and lets the type repair what may be stale;
+ *   - one store per change: a change is prepared where no reader looks and
+ *     committed with one store (a length, a position, an offset), so the
+ *     object holds the whole change or none of it;
+ *   - pending entries: a block in transit between a process and an object
+ *     (a message coming in or going out, a new table, a retired one) is
+ *     registered in the process's slot under one of the LMP_PEND_* names,
+ *     from its allocation (lmp_alloc_pending, one heap operation) until
+ *     the object owns it, or until it is freed (lmp_free_pending).  When
+ *     the process dies, its reaper frees each such block unless the object
+ *     owns it (the type's `owns` hook, asked under the guard), and first
+ *     lets the type drop the references the block's message holds;
+ *   - publish and retire: a grown table replaces the old one with one
+ *     store (lmp_publish), the new one registered as LMP_PEND_NEW until
+ *     then and the old as LMP_PEND_OLD from then until it is freed.
+ *
+ * So a kill at any moment neither leaks a block nor frees one the object
+ * still uses, and leaves no lock wedged.
+ */
+
+typedef struct lmp_guard {
+  pthread_mutex_t mu;
+  uint32_t holder; /* slot + 1 of the process holding mu, or 0 */
+} lmp_guard;
+
+void lmp_guard_init(lmp_guard *g);
+void lmp_guard_destroy(lmp_guard *g);
+/* Locks the guard of object o.  If its last holder died holding it, first
+ * settles the blocks that process had pending for o (those o owns leave
+ * its entries, so that its reaper will not free them; the reaper frees
+ * the rest) and calls the type's `repair`.  Returns 1 after such a
+ * repair, else 0.  Blocks while another process holds it. */
+int lmp_guard_lock(lmp_guard *g, lmp_obj *o);
+void lmp_guard_unlock(lmp_guard *g);
+
+/* Allocates n bytes registered as this process's pending entry `which`
+ * for object o, or frees such a block and clears the entry, each as one
+ * heap operation.  lmp_pending_set registers a block that exists and
+ * lmp_pending_clear forgets one (one store each). */
+void *lmp_alloc_pending(lmp_obj *o, size_t n, int which);
+void lmp_free_pending(void *p, int which);
+void lmp_pending_set(lmp_obj *o, void *blk, int which);
+void lmp_pending_clear(int which);
+
+/* Publishes `fresh` (allocated with lmp_alloc_pending(o, n,
+ * LMP_PEND_NEW) and filled) in *where, o's pointer to its table, with one
+ * store, and frees the table it replaces (if any): after a kill at any
+ * instant o owns exactly one of the two and the reaper frees the other.
+ * The caller holds o's guard. */
+void lmp_publish(lmp_obj *o, _Atomic lmp_off *where, void *fresh);
+
+/* ---------------------------------------------- within the arena layer */
+
+/* heap.c serves family.c and safe.c with these; nothing above uses them.
+ * lmp_heap_map maps the arena with `front` bytes before the heap (returned
+ * in *front_at, zeroed) for the family's tables; lmp_heap_alloc stores v
+ * into *tag and the new block's offset into *blk in the same heap
+ * operation, and lmp_heap_free zeroes *clear in the same operation as the
+ * free, so that no kill can fall between the two; lmp_heap_recover
+ * finishes the repair of an operation a dead process left half done; and
+ * lmp_heap_live says whether off is the start of an allocated block. */
+int lmp_heap_map(size_t size, size_t front, void **front_at);
+void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk);
+void lmp_heap_free(void *p, lmp_off *clear);
+void lmp_heap_recover(void);
+int lmp_heap_live(lmp_off off, size_t n);
+void lmp_heap_stats(lmp_arena_stats *st);
+
+/* A robust, process-shared mutex, and locking one: 1 if its last owner
+ * died holding it (it is then consistent again, and the caller repairs
+ * what it guards), else 0. */
+void lmp_robust_init(pthread_mutex_t *mu);
+int lmp_robust_lock(pthread_mutex_t *mu);
+
+/* family.c serves safe.c: the hooks of an object's type (NULL when none
+ * are registered), and the end of a dead process's slot once its pending
+ * blocks are settled. */
+const lmp_type *lmp_type_of(const lmp_obj *o);
+void lmp_slot_free(uint32_t idx);
+
+#endif

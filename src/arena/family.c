@@ -1,0 +1,492 @@
+/* family.c -- what the processes of a family share besides memory: the
+ * shared objects and their reference counts, each process's slot with its
+ * hold table and pending entries, the wake words and the watch table.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "arena.h"
+
+/*
+ * The family's tables sit in the arena's front region, before the heap
+ * (see heap.c): the process slots, the watch table and two counters.  The
+ * first process of the family takes slot 0; every fork reserves one for
+ * its child (lmp_slot_prepare_child) before the child exists, so that the
+ * child's references are counted from the start.
+ */
+
+typedef struct family {
+  _Atomic uint64_t objects; /* live shared objects */
+  _Atomic uint32_t nprocs;  /* live slots */
+  uint32_t slot_hint;       /* where the next free slot may be */
+  pthread_mutex_t watch_lock;
+  uint32_t nwatch; /* entries in use, from the start of watch[] */
+  struct {
+    lmp_off obj;
+    uint32_t slot, n;
+  } watch[LMP_MAX_WATCH];
+  lmp_slot slots[LMP_MAX_PROCS];
+} family;
+
+static family *F;
+lmp_slot *lmp_self;
+uint32_t lmp_self_index;
+
+static int tab_grow(lmp_slot *s);
+
+int lmp_arena_init(size_t size) {
+  void *front;
+  int rc;
+  if (lmp_arena_ready()) return 0;
+  if ((rc = lmp_heap_map(size, sizeof(family), &front)) < 0) return rc;
+  F = front;
+  lmp_robust_init(&F->watch_lock);
+  lmp_self_index = 0;
+  lmp_self = &F->slots[0];
+  atomic_store(&lmp_self->pid, (int32_t)getpid());
+  atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
+  lmp_self->gen = 1;
+  F->nprocs = 1;
+  F->slot_hint = 1;
+  /* Every live slot has a hold table from the start, so that the number
+   * of arena blocks does not move when a process takes its first handle. */
+  return tab_grow(lmp_self);
+}
+
+void lmp_arena_stats_get(lmp_arena_stats *st) {
+  lmp_heap_stats(st);
+  st->objects = atomic_load(&F->objects);
+  st->processes = atomic_load(&F->nprocs);
+}
+
+/* -------------------------------------------------------------- objects */
+
+static const lmp_type *types[LMP_T_MAX];
+
+void lmp_type_set(int type, const lmp_type *t) { types[type] = t; }
+
+const lmp_type *lmp_type_of(const lmp_obj *o) {
+  return o->type < LMP_T_MAX ? types[o->type] : NULL;
+}
+
+const char *lmp_type_name(int type) {
+  if (type <= 0 || type >= LMP_T_MAX || types[type] == NULL ||
+      types[type]->name == NULL)
+    return "object";
+  return types[type]->name;
+}
+
+lmp_obj *lmp_obj_new(int type, int kind, size_t size) {
+  lmp_obj *o = lmp_calloc(size);
+  if (o == NULL) return NULL;
+  o->magic = LMP_OBJ_MAGIC;
+  o->type = (uint16_t)type;
+  o->kind = (uint16_t)kind;
+  atomic_fetch_add(&F->objects, 1);
+  return o;
+}
+
+void lmp_obj_incref(lmp_obj *o) {
+  atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+}
+
+static void unwatch_obj(lmp_obj *o);
+
+void lmp_obj_decref(lmp_obj *o) {
+  const lmp_type *t;
+  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  t = lmp_type_of(o);
+  if (t != NULL && t->dtor != NULL) t->dtor(o);
+  /* Watches outlive nothing they watch: a new object at this address
+   * must not inherit them. */
+  if (atomic_load(&o->watchers) > 0) unwatch_obj(o);
+  o->magic = 0;
+  atomic_fetch_sub(&F->objects, 1);
+  lmp_free(o);
+}
+
+void lmp_obj_discard(lmp_obj *o) {
+  lmp_obj_incref(o);
+  lmp_obj_decref(o);
+}
+
+int lmp_obj_check(lmp_off off, int type) {
+  const lmp_obj *o;
+  if (!lmp_heap_live(off, sizeof(lmp_obj))) return 0;
+  o = LMP_PTR(off);
+  if (o->magic != LMP_OBJ_MAGIC || atomic_load(&o->refs) <= 0) return 0;
+  return type < 0 || o->type == type;
+}
+
+/* ---------------------------------------------------------- hold tables */
+
+/*
+ * A process's hold table records the objects it holds handles to: an
+ * open-addressing hash from object offset to a handle count.  The process
+ * holds one reference on each object whose count is non-zero.  Only the
+ * process itself writes its table, and its reaper reads it once it is dead,
+ * so each change is ordered to leave the table readable if the process is
+ * killed between any two stores: a count drops to zero (a tombstone) before
+ * the reference goes, a new table is filled before it is published.  The
+ * worst a kill can do is leak one reference.
+ */
+typedef struct hold_ent {
+  lmp_off obj;
+  _Atomic uint32_t n;
+  uint32_t pad;
+} hold_ent;
+
+typedef struct hold_tab {
+  uint32_t cap;  /* power of two */
+  uint32_t used; /* entries with obj != 0, tombstones included */
+  hold_ent e[];
+} hold_tab;
+
+static uint32_t hashoff(lmp_off off, uint32_t cap) {
+  uint64_t h = (off >> 4) * 0x9e3779b97f4a7c15ull;
+  return (uint32_t)(h >> 32) & (cap - 1);
+}
+
+static hold_tab *tab_new(uint32_t cap) {
+  hold_tab *t = lmp_calloc(sizeof(hold_tab) + cap * sizeof(hold_ent));
+  if (t != NULL) t->cap = cap;
+  return t;
+}
+
+/* Rebuilds the table at twice the live size (or more); -ENOMEM. */
+static int tab_grow(lmp_slot *s) {
+  hold_tab *old = s->refs ? LMP_PTR(s->refs) : NULL, *t;
+  uint32_t live = 0, cap = 16, i;
+  if (old != NULL)
+    for (i = 0; i < old->cap; i++)
+      if (atomic_load(&old->e[i].n) > 0) live++;
+  while (cap < (live + 1) * 4) cap *= 2;
+  t = tab_new(cap);
+  if (t == NULL) return -ENOMEM;
+  if (old != NULL) {
+    for (i = 0; i < old->cap; i++) {
+      uint32_t n = atomic_load(&old->e[i].n), j;
+      if (n == 0) continue;
+      j = hashoff(old->e[i].obj, cap);
+      while (t->e[j].obj != 0) j = (j + 1) & (cap - 1);
+      t->e[j].obj = old->e[i].obj;
+      atomic_store(&t->e[j].n, n);
+      t->used++;
+    }
+  }
+  atomic_thread_fence(memory_order_release);
+  s->refs = LMP_OFF(t);
+  lmp_free(old);
+  return 0;
+}
+
+static hold_ent *tab_find(hold_tab *t, lmp_off off, hold_ent **freeslot) {
+  uint32_t j = hashoff(off, t->cap);
+  *freeslot = NULL;
+  for (;;) {
+    hold_ent *e = &t->e[j];
+    if (e->obj == off) return e;
+    if (e->obj == 0) {
+      if (*freeslot == NULL) *freeslot = e;
+      return NULL;
+    }
+    if (*freeslot == NULL && atomic_load(&e->n) == 0) *freeslot = e;
+    j = (j + 1) & (t->cap - 1);
+  }
+}
+
+int lmp_hold(lmp_obj *o) {
+  lmp_slot *s = lmp_self;
+  lmp_off off = LMP_OFF(o);
+  hold_tab *t;
+  hold_ent *e, *fs;
+  if (s->refs == 0 && tab_grow(s) < 0) return -ENOMEM;
+  t = LMP_PTR(s->refs);
+  e = tab_find(t, off, &fs);
+  if (e != NULL && atomic_load(&e->n) > 0) {
+    atomic_fetch_add(&e->n, 1);
+    return 0;
+  }
+  if (e == NULL && fs != NULL && fs->obj == 0 &&
+      (t->used + 1) * 4 > t->cap * 3) {
+    if (tab_grow(s) < 0) return -ENOMEM;
+    t = LMP_PTR(s->refs);
+    e = tab_find(t, off, &fs);
+  }
+  lmp_obj_incref(o);
+  if (e == NULL) {
+    e = fs;
+    if (e->obj == 0) t->used++;
+    atomic_store(&e->n, 0);
+    e->obj = off;
+  }
+  atomic_store(&e->n, 1);
+  return 0;
+}
+
+void lmp_unhold(lmp_obj *o) {
+  lmp_slot *s = lmp_self;
+  hold_ent *e, *fs;
+  if (s == NULL || s->refs == 0) return;
+  e = tab_find(LMP_PTR(s->refs), LMP_OFF(o), &fs);
+  if (e == NULL || atomic_load(&e->n) == 0) return;
+  if (atomic_fetch_sub(&e->n, 1) == 1) lmp_obj_decref(o);
+}
+
+/* --------------------------------------------------------- process slots */
+
+lmp_slot *lmp_slot_at(uint32_t idx) { return &F->slots[idx]; }
+
+int lmp_slot_prepare_child(void) {
+  uint32_t i, k;
+  lmp_slot *c = NULL;
+  for (k = 0; k < LMP_MAX_PROCS; k++) {
+    uint32_t expect = LMP_SLOT_FREE;
+    i = (F->slot_hint + k) % LMP_MAX_PROCS;
+    if (atomic_compare_exchange_strong(&F->slots[i].state, &expect,
+                                       LMP_SLOT_RESERVED)) {
+      c = &F->slots[i];
+      break;
+    }
+  }
+  if (c == NULL) return -EAGAIN;
+  F->slot_hint = i + 1;
+  c->gen++;
+  c->parent = lmp_self_index;
+  atomic_store(&c->pid, 0);
+  atomic_store(&c->sleeping, 0);
+  atomic_store(&c->waiting_on, 0);
+  c->pending_obj = 0;
+  memset(c->pending_blk, 0, sizeof c->pending_blk);
+  c->refs = 0;
+  atomic_fetch_add(&F->nprocs, 1);
+  {
+    hold_tab *mine = LMP_PTR(lmp_self->refs), *t;
+    uint32_t j;
+    t = tab_new(mine->cap);
+    if (t == NULL) {
+      atomic_fetch_sub(&F->nprocs, 1);
+      atomic_store(&c->state, LMP_SLOT_FREE);
+      return -ENOMEM;
+    }
+    /* The same hash layout; tombstones are dropped but probes still end at
+     * the same empty entries, so copying positions is safe. */
+    for (j = 0; j < mine->cap; j++) {
+      uint32_t n = atomic_load(&mine->e[j].n);
+      if (mine->e[j].obj == 0) continue;
+      t->e[j].obj = mine->e[j].obj;
+      t->used++;
+      if (n > 0) {
+        lmp_obj_incref(LMP_PTR(mine->e[j].obj));
+        atomic_store(&t->e[j].n, n);
+      }
+    }
+    c->refs = LMP_OFF(t);
+  }
+  return (int)i;
+}
+
+void lmp_slot_adopt(uint32_t idx) {
+  lmp_self_index = idx;
+  lmp_self = &F->slots[idx];
+  atomic_store(&lmp_self->pid, (int32_t)getpid());
+  atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
+}
+
+/* Drops every reference in the slot's table and frees the table. */
+static void release_refs(lmp_slot *s) {
+  hold_tab *t;
+  uint32_t j;
+  if (s->refs == 0) return;
+  t = LMP_PTR(s->refs);
+  s->refs = 0;
+  for (j = 0; j < t->cap; j++) {
+    if (t->e[j].obj != 0 && atomic_exchange(&t->e[j].n, 0) > 0)
+      lmp_obj_decref(LMP_PTR(t->e[j].obj));
+  }
+  lmp_free(t);
+}
+
+void lmp_slot_retire(void) {
+  if (lmp_self == NULL) return;
+  if (lmp_self->refs != 0) { /* a clean exit: tell what it held */
+    hold_tab *t = LMP_PTR(lmp_self->refs);
+    uint32_t j;
+    for (j = 0; j < t->cap; j++) {
+      lmp_obj *o;
+      if (t->e[j].obj == 0 || atomic_load(&t->e[j].n) == 0) continue;
+      o = LMP_PTR(t->e[j].obj);
+      if (types[o->type] != NULL && types[o->type]->on_exit != NULL)
+        types[o->type]->on_exit(o);
+    }
+  }
+  release_refs(lmp_self);
+  atomic_store(&lmp_self->state, LMP_SLOT_DEAD);
+}
+
+static void unwatch_slot(uint32_t idx);
+
+/* The end of a slot whose blocks the reaper has settled (safe.c). */
+void lmp_slot_free(uint32_t idx) {
+  lmp_slot *s = &F->slots[idx];
+  unwatch_slot(idx);
+  release_refs(s);
+  atomic_store(&s->pid, 0);
+  atomic_fetch_sub(&F->nprocs, 1);
+  atomic_store(&s->state, LMP_SLOT_FREE);
+}
+
+/* -------------------------------------------------------------- pending */
+
+void *lmp_alloc_pending(lmp_obj *o, size_t n, int which) {
+  return lmp_heap_alloc(n, &lmp_self->pending_obj, LMP_OFF(o),
+                        &lmp_self->pending_blk[which]);
+}
+
+void lmp_free_pending(void *p, int which) {
+  lmp_heap_free(p, &lmp_self->pending_blk[which]);
+}
+
+void lmp_pending_set(lmp_obj *o, void *blk, int which) {
+  volatile lmp_slot *s = lmp_self;
+  s->pending_obj = LMP_OFF(o);
+  s->pending_blk[which] = LMP_OFF(blk);
+}
+
+void lmp_pending_clear(int which) {
+  ((volatile lmp_slot *)lmp_self)->pending_blk[which] = 0;
+}
+
+/* ----------------------------------------------------------------- wake */
+
+void lmp_futex_bump(_Atomic uint32_t *word, int n) {
+  atomic_fetch_add(word, 1);
+  syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline) {
+  if (deadline < 0) {
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, NULL, NULL, 0);
+  } else {
+    struct timespec now, ts;
+    double left;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    left = deadline - ((double)now.tv_sec + (double)now.tv_nsec * 1e-9);
+    if (left <= 0) return;
+    if (left > 1e6) left = 1e6; /* the caller loops; keep tv_sec sane */
+    ts.tv_sec = (time_t)left;
+    ts.tv_nsec = (long)((left - (double)ts.tv_sec) * 1e9);
+    syscall(SYS_futex, word, FUTEX_WAIT, seen, &ts, NULL, 0);
+  }
+}
+
+/*
+ * A sleeping process sleeps either on its own wake word or on a word of
+ * the object it waits for (`waiting_on`).  Waking it bumps both, so a
+ * wake-up is never lost whichever it chose: its futex wait compares the
+ * word it sleeps on with the value it read before checking its condition.
+ */
+void lmp_wake(uint32_t idx) {
+  lmp_slot *s = &F->slots[idx];
+  lmp_off w = atomic_load(&s->waiting_on);
+  lmp_futex_bump(&s->wake, INT_MAX);
+  if (w != 0) lmp_futex_bump((_Atomic uint32_t *)LMP_PTR(w), INT_MAX);
+  if (atomic_load(&s->sleeping) && s != lmp_self) {
+    pid_t pid = atomic_load(&s->pid);
+    if (pid > 0) kill(pid, SIGURG);
+  }
+}
+
+/* ---------------------------------------------------------------- watch */
+
+/*
+ * The watch table: which process watches which object, for mp.wait and
+ * for owners that must hear of changes while they wait for something
+ * else.  It is small and shared by the family; a notifier touches it only
+ * when the object's `watchers` count says someone is there.
+ */
+
+static void lock_watch(void) { lmp_robust_lock(&F->watch_lock); }
+
+int lmp_watch(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i, fr = UINT32_MAX;
+  lock_watch();
+  for (i = 0; i < F->nwatch; i++) {
+    if (F->watch[i].obj == off && F->watch[i].slot == lmp_self_index) {
+      F->watch[i].n++;
+      pthread_mutex_unlock(&F->watch_lock);
+      return 0;
+    }
+    if (F->watch[i].obj == 0 && fr == UINT32_MAX) fr = i;
+  }
+  if (fr == UINT32_MAX) {
+    if (F->nwatch == LMP_MAX_WATCH) {
+      pthread_mutex_unlock(&F->watch_lock);
+      return -EAGAIN;
+    }
+    fr = F->nwatch++;
+  }
+  F->watch[fr].slot = lmp_self_index;
+  F->watch[fr].n = 1;
+  F->watch[fr].obj = off;
+  atomic_fetch_add(&o->watchers, 1);
+  pthread_mutex_unlock(&F->watch_lock);
+  return 0;
+}
+
+static void drop_watch(uint32_t i) {
+  lmp_obj *o = LMP_PTR(F->watch[i].obj);
+  atomic_fetch_sub(&o->watchers, 1);
+  F->watch[i].obj = 0;
+  while (F->nwatch > 0 && F->watch[F->nwatch - 1].obj == 0) F->nwatch--;
+}
+
+void lmp_unwatch(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i;
+  lock_watch();
+  for (i = 0; i < F->nwatch; i++) {
+    if (F->watch[i].obj == off && F->watch[i].slot == lmp_self_index) {
+      if (--F->watch[i].n == 0) drop_watch(i);
+      break;
+    }
+  }
+  pthread_mutex_unlock(&F->watch_lock);
+}
+
+static void unwatch_obj(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i;
+  lock_watch();
+  for (i = 0; i < F->nwatch; i++)
+    if (F->watch[i].obj == off) drop_watch(i);
+  pthread_mutex_unlock(&F->watch_lock);
+}
+
+static void unwatch_slot(uint32_t idx) {
+  uint32_t i;
+  lock_watch();
+  for (i = 0; i < F->nwatch; i++)
+    if (F->watch[i].obj != 0 && F->watch[i].slot == idx) drop_watch(i);
+  pthread_mutex_unlock(&F->watch_lock);
+}
+
+void lmp_notify_watchers(lmp_obj *o) {
+  lmp_off off = LMP_OFF(o);
+  uint32_t i;
+  if (atomic_load(&o->watchers) == 0) return;
+  lock_watch();
+  for (i = 0; i < F->nwatch; i++)
+    if (F->watch[i].obj == off) lmp_wake(F->watch[i].slot);
+  pthread_mutex_unlock(&F->watch_lock);
+}

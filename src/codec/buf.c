@@ -1,0 +1,60 @@
+/* buf.c -- lmp_buf, the growable byte buffer messages are built in.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+#define BUF "luamp.buf"
+
+/* The buffer doubles, so that a message built from many small appends
+ * copies each byte a bounded number of times; but an append that doubling
+ * would not hold gets exactly the room it asks for, so that a big string is
+ * copied in once and carries no slack. */
+int lmp_buf_reserve(lmp_buf *b, size_t extra) {
+  size_t cap;
+  char *p;
+  if (b->cap - b->len >= extra) return 0;
+  if (extra > SIZE_MAX / 2 - b->len) return -ENOMEM;
+  cap = b->cap ? b->cap * 2 : 128;
+  if (cap < b->len + extra) cap = b->len + extra;
+  p = realloc(b->data, cap);
+  if (p == NULL) return -ENOMEM;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+void lmp_buf_free(lmp_buf *b) {
+  free(b->data);
+  b->data = NULL;
+  b->len = b->cap = 0;
+}
+
+static int buf_close(lua_State *L) {
+  lmp_buf_free(luaL_checkudata(L, 1, BUF));
+  return 0;
+}
+
+static int buf_tostring(lua_State *L) {
+  lmp_buf *b = luaL_checkudata(L, 1, BUF);
+  lua_pushfstring(L, BUF " (%I bytes)", (lua_Integer)b->len);
+  return 1;
+}
+
+static const luaL_Reg buf_metameth[] = {
+  {"__gc", buf_close}, {"__close", buf_close},
+  {"__tostring", buf_tostring}, {NULL, NULL}
+};
+
+lmp_buf *lmp_buf_new(lua_State *L) {
+  lmp_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  b->data = NULL;
+  b->len = b->cap = 0;
+  if (luaL_newmetatable(L, BUF)) luaL_setfuncs(L, buf_metameth, 0);
+  lua_setmetatable(L, -2);
+  return b;
+}
+

@@ -1,0 +1,239 @@
+/* codec.h -- the message codec: Lua values to messages and back, the one
+ * place that decides what may cross a process boundary.  encode.c writes
+ * messages, decode.c reads them back, walk.c finds the shared objects a
+ * message names without Lua, mac.c signs bytecode, buf.c is the buffer
+ * messages are built in.
+ */
+#ifndef LUAMP_CODEC_H
+#define LUAMP_CODEC_H
+
+#include "arena/arena.h"
+#include "runtime/runtime.h"
+
+/*
+ * The message format
+ * ==================
+ *
+ * A message is one version byte (VERSION) and one encoded value.  A value
+ * is a tag byte and what the tag calls for.  Lengths and counts are
+ * varints: 7 bits a byte, least significant group first, the high bit set
+ * on every byte but the last.  The decoder also accepts padded varints
+ * (0x83 0x80 0x00 is 3), which the encoder writes when it patches a count
+ * in place.  Messages never leave one machine and one build, so floats and
+ * MACs are in native byte order.
+ *
+ *   tag         what follows
+ *   0x00        nil
+ *   0x01, 0x02  false, true
+ *   0x03        an integer as a zigzag varint (0, -1, 1, -2... -> 0, 1, 2,
+ *               3...), so that small negatives are short
+ *   0x04        a float: the 8 bytes of the double (-0.0, inf, NaN kept)
+ *   0x05        a string: varint length, bytes (any bytes, NULs included)
+ *   0x06        a table: varint narr, one byte nhash, narr values (keys
+ *               1..narr), then key, value pairs, then 0x00 where a key
+ *               would be (a key is never nil).  nhash is the number of
+ *               pairs capped at 255: a hint to presize the table, no more
+ *   0x07        a Lua function: varint nups, varint len, an 8-byte MAC,
+ *               len bytes of lua_dump output (debug info kept, so
+ *               tracebacks name lines), then nups upvalues, each a value
+ *               or a join
+ *   0x08        ref: varint k, the k-th table or function of this message
+ *               (counted from 1 in the order their tags appear) met again;
+ *               this is how cycles and shared references survive
+ *   0x09        join, only in place of an upvalue: varint k, varint n.  The
+ *               upvalue is upvalue n of function k, shared with it
+ *               (lua_upvaluejoin) as it was in the sender
+ *   0x0a        the globals: the sender's globals table, decoded as the
+ *               receiver's.  A function's _ENV rebinds this way, as after
+ *               a fork
+ *   0x0b        a C function by name: varint length, module name, varint
+ *               length, field name; package.loaded[module][field]
+ *   0x0c        a module by name: varint length, name; package.loaded[name]
+ *   0x0d        a luamp object: varint type, varint arena offset
+ *   0x0e        only where a table's key would be: a value V follows, and
+ *               the table gets the metatable {__index = V}
+ *   0x0f        only where a table's key would be: a table M follows (a
+ *               class: M.__index is M), and the table gets M as metatable
+ *   0x11        only where a table's key would be: varint length, a name;
+ *               the table gets the metatable registered under that name
+ *               (luaL_newmetatable) in the receiver, as in the sender
+ *   0x16, 0x17  a table or function (0x06, 0x07 with the keep bit 0x10)
+ *               that a later ref or join names; the decoder keeps these,
+ *               and only these, where refs can find them
+ *   0x40..0x7f  a string of tag - 0x40 bytes (0..63), then the bytes
+ *   0x80..0xff  the integer tag - 0x80 (0..127)
+ *
+ * Tables.  The array part of a table is the run of keys 1, 2, 3... that
+ * lua_next yields first; the rest, holes and all, go as pairs.  A
+ * metatable is sent in three forms only: one registered under its
+ * __name (luaL_newmetatable), by that name (0x11), so that an error
+ * object is one of the receiver's; {__index = V}, as V (0x0e), which is
+ * how environments inherit from the globals (a sandbox, a test
+ * framework's file environment); and a class, a metatable M with
+ * M.__index == M, as M itself (0x0f), so that an object reaches its
+ * methods.  Other metatables are not sent: the receiver gets a plain
+ * table.
+ *
+ * Sharing.  The encoder numbers tables and Lua functions as it first meets
+ * them and remembers them, by lua_topointer, in a small C hash; meeting one
+ * again writes a ref and sets the keep bit on its first tag.  Upvalues are
+ * remembered by lua_upvalueid in the same hash, so that a second closure
+ * over the same variable (or a recursive local function, whose upvalue is
+ * itself) writes a join or a ref.
+ *
+ * Names.  C functions cannot be copied, so they travel as the name they
+ * have in package.loaded: a reverse map, value -> encoded name, built from
+ * package.loaded (each module, and the C functions among the fields of each
+ * module table, modules other than _G first) and cached in the registry.
+ * A C function missing from it makes the encoder rebuild the map once.
+ * Tables are sent by name only when they are modules themselves (`local
+ * str = string`): a table that is merely reachable from a module, a global
+ * say, is data and is copied.  So is a module loaded after the map was last
+ * built; the next miss on a C function picks it up.
+ *
+ * Objects.  Each object written gains a reference owned by the message,
+ * taken once the whole message is written so that an error leaks none.
+ * lmp_msg_release walks a message without Lua and drops them.
+ *
+ * What cannot be sent (coroutines, light and foreign userdata, a C function
+ * with no name, nesting deeper than MAXDEPTH) raises "cannot send
+ * <root><path>: <reason>".  The path reads as Lua would index: args[2].file,
+ * value["a b"], value[true], value[<table>] for the value under a table
+ * key, value[<key>] for the key itself, and value[1]<upvalue fh> for an
+ * upvalue of the function at value[1].  It is built only on that error
+ * path, from the keys still on the stack, and cut at MAXPATH bytes.
+ *
+ * Decoding untrusted bytes
+ * ------------------------
+ * The decoder assumes nothing about its input.  Every read is bounds
+ * checked; a length or count larger than the bytes left is an error before
+ * anything is allocated, and a claimed array presizes at most 2^20 slots;
+ * nesting is capped at MAXDEPTH, as in the encoder; refs and joins must
+ * name a kept table or Lua function already decoded, and a join an upvalue
+ * it has; NaN keys are refused; object offsets must pass lmp_obj_check.
+ * Loading crafted bytecode can crash Lua, so each function's bytecode
+ * carries a MAC, SipHash-2-4 keyed with the family's secret
+ * (lmp_arena_key), and the decoder loads only bytecode whose MAC matches,
+ * in binary mode only.  Any failure raises "malformed message: <what>"; a
+ * name this process cannot resolve raises "cannot receive ...".
+ */
+
+#define LMP_CODEC_VERSION 1
+#define LMP_CODEC_MAXDEPTH 200 /* nested tables and functions, as LUAI_MAXCCALLS */
+
+/* Stack room: each level of nesting holds at most LMP_CODEC_LEVELSTACK
+ * slots (a key and a value, or a table, key and value), and any level may
+ * push 8 more for a moment.  The first LMP_CODEC_PRESTACK levels are
+ * reserved on entry, with the 5 slots the encoder keeps, so that small
+ * messages check the stack once. */
+#define LMP_CODEC_LEVELSTACK 3
+#define LMP_CODEC_PRESTACK 16
+#define LMP_CODEC_ENTRYSTACK (5 + 8 + LMP_CODEC_PRESTACK * LMP_CODEC_LEVELSTACK)
+
+/* The tags. */
+enum {
+  LMP_TAG_NIL = 0x00, LMP_TAG_FALSE, LMP_TAG_TRUE, LMP_TAG_INT, LMP_TAG_FLOAT,
+  LMP_TAG_STR, LMP_TAG_TABLE, LMP_TAG_FUNC, LMP_TAG_REF, LMP_TAG_JOIN, LMP_TAG_GLOBALS,
+  LMP_TAG_NAME, LMP_TAG_MODULE, LMP_TAG_OBJ, LMP_TAG_INDEX, LMP_TAG_META,
+  LMP_TAG_KEEP = 0x10,     /* on TABLE or FUNC: a ref or join names it */
+  LMP_TAG_METANAME = 0x11, /* a metatable by its registered name */
+  LMP_TAG_SHORTSTR = 0x40, /* 0x40..0x7f */
+  LMP_TAG_FIXINT = 0x80    /* 0x80..0xff */
+};
+
+/* ------------------------------------------------------------ buffers */
+
+/* A growable byte buffer.  lmp_buf_new pushes it as a userdata whose __gc
+ * and __close free the bytes, so that an error raised while encoding
+ * leaks nothing. */
+typedef struct lmp_buf {
+  char *data;
+  size_t len, cap;
+} lmp_buf;
+
+lmp_buf *lmp_buf_new(lua_State *L);
+int lmp_buf_reserve(lmp_buf *b, size_t extra); /* 0 or -ENOMEM */
+void lmp_buf_free(lmp_buf *b);
+
+/* ------------------------------------------------------------ encoding */
+
+/* Appends the encoding of the value at `idx` to b.  Raises
+ * "cannot send <root><path>: <reason>" when the value (or anything it
+ * reaches) cannot cross a process boundary; `root` names the value in that
+ * message ("value", "args").  Each luamp object reached gains a reference
+ * owned by the message (see lmp_msg_release). */
+void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
+
+/* As lmp_encode, but the message takes no references: returns how many
+ * objects it names.  lmp_msg_retain_counted then takes them, counting each
+ * in *count as it goes, once the message sits where a reaper can find it;
+ * lmp_msg_unretain_counted drops them, lowering *count before each drop;
+ * lmp_msg_release_counted drops the first `count` of them (a reaper). */
+size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
+void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
+void lmp_msg_unretain_counted(const char *p, size_t n,
+                              _Atomic uint64_t *count);
+void lmp_msg_release_counted(const char *p, size_t n, uint64_t count);
+
+/* One number as a whole message, for Dict.incr: lmp_msg_number returns
+ * 1 (integer in *i), 2 (float in *f) or 0 (not just a number);
+ * lmp_msg_put_number writes one into out (16 bytes) and returns its
+ * length. */
+int lmp_msg_number(const char *p, size_t n, lua_Integer *i, lua_Number *f);
+size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f);
+
+/* ------------------------------------------------------------ decoding */
+
+/* Decodes one value from [p, p+n) and pushes it.  The input is untrusted:
+ * raises "malformed message: ..." on anything it cannot read, never
+ * crashes.  Objects decoded get new handles held by this process; the
+ * message keeps its own references. */
+void lmp_decode(lua_State *L, const char *p, size_t n);
+
+/* lmp_decode under lua_pcall: pushes the value (LUA_OK) or the error, and
+ * returns the status, so a caller can free what holds the message either
+ * way before it raises. */
+int lmp_decode_protected(lua_State *L, const char *p, size_t n);
+
+/* Take out, decode, release: pushes the value of the message [p, p+n)
+ * that this process has taken out of a shared object, then drops the
+ * message's references (the counted ones in *count when count is not
+ * NULL, else all of them) and frees blk, the block holding it, registered
+ * as its LMP_PEND_OUT entry (or NULL: the bytes are a private copy), and
+ * raises the decoding error if there was one.  So the objects the message
+ * names stay alive until their new handles hold them. */
+void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,
+                     _Atomic uint64_t *count);
+
+/* ------------------------------------------------------------- walking */
+
+/* Walks the message [p, p+n) without Lua, calling fn(o, ud) on every
+ * object it names that lmp_obj_check accepts.  Returns 0, or -1 at the
+ * first thing it cannot read (having called fn on the objects before it).
+ * Never raises. */
+int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *, void *),
+                 void *ud);
+
+/* Drops the references a message holds on luamp objects.  Call once per
+ * encoded message that is consumed or discarded.  Never raises. */
+void lmp_msg_release(const char *p, size_t n);
+
+/* The MAC of a function's bytecode (SipHash-2-4 under the family's key),
+ * or 0 with *ok cleared when there is no arena and so no key. */
+uint64_t lmp_codemac(const char *code, size_t n, int *ok);
+
+/* Raises a message without a position, unlike luaL_error: the codec's
+ * errors are about a value, and its callers are mostly C. */
+__attribute__((noreturn)) void lmp_codec_raise(lua_State *L, const char *fmt,
+                                               ...);
+
+/* ------------------------------------------------------------ bindings */
+
+/* luamp.core's encode(v, [root]) -> string, encode_slice(t, i, j, [root])
+ * -> string, decode(s) -> v and decode_into(s, t, at) -> n. */
+int lmp_codec_encode(lua_State *L);
+int lmp_codec_encode_slice(lua_State *L);
+int lmp_codec_decode(lua_State *L);
+int lmp_codec_decode_into(lua_State *L);
+
+#endif

@@ -1,0 +1,162 @@
+/* walk.c -- finding the shared objects a message names, without Lua: to
+ * take and drop the references a message owns.  It reads a message as the
+ * decoder does (the format is in codec.h), checking bounds and depth, and
+ * skips everything but the objects.
+ */
+#include "codec.h"
+
+typedef struct walker {
+  const unsigned char *p, *end;
+  void (*fn)(lmp_obj *, void *);
+  void *ud;
+} walker;
+
+static int wvarint(walker *w, uint64_t *v) {
+  int shift;
+  *v = 0;
+  for (shift = 0; shift < 64; shift += 7) {
+    unsigned c;
+    if (w->p == w->end) return -1;
+    c = *w->p++;
+    *v |= (uint64_t)(c & 0x7f) << shift;
+    if (c < 0x80) return 0;
+  }
+  return -1;
+}
+
+static int wskip(walker *w, uint64_t n) {
+  if (n > (uint64_t)(w->end - w->p)) return -1;
+  w->p += n;
+  return 0;
+}
+
+static int wlen(walker *w) {
+  uint64_t n;
+  return wvarint(w, &n) < 0 ? -1 : wskip(w, n);
+}
+
+static int wvalue(walker *w, int depth) {
+  uint64_t n, k, i;
+  int tag;
+  if (w->p == w->end) return -1;
+  tag = *w->p++;
+  if (tag >= LMP_TAG_FIXINT) return 0;
+  if (tag >= LMP_TAG_SHORTSTR) return wskip(w, (uint64_t)(tag - LMP_TAG_SHORTSTR));
+  switch (tag) {
+    case LMP_TAG_NIL: case LMP_TAG_FALSE: case LMP_TAG_TRUE: case LMP_TAG_GLOBALS:
+      return 0;
+    case LMP_TAG_INT: case LMP_TAG_REF:
+      return wvarint(w, &n);
+    case LMP_TAG_FLOAT:
+      return wskip(w, 8);
+    case LMP_TAG_STR: case LMP_TAG_MODULE:
+      return wlen(w);
+    case LMP_TAG_NAME:
+      return wlen(w) < 0 ? -1 : wlen(w);
+    case LMP_TAG_TABLE:
+    case LMP_TAG_TABLE | LMP_TAG_KEEP:
+      if (depth >= LMP_CODEC_MAXDEPTH || wvarint(w, &n) < 0 || wskip(w, 1) < 0)
+        return -1;
+      for (i = 0; i < n; i++)
+        if (wvalue(w, depth + 1) < 0) return -1;
+      for (;;) {
+        if (w->p == w->end) return -1;
+        if (*w->p == LMP_TAG_NIL) return wskip(w, 1);
+        if (*w->p == LMP_TAG_METANAME) {
+          w->p++;
+          if (wlen(w) < 0) return -1;
+          continue;
+        }
+        if (*w->p == LMP_TAG_INDEX || *w->p == LMP_TAG_META) {
+          w->p++;
+          if (wvalue(w, depth + 1) < 0) return -1;
+          continue;
+        }
+        if (wvalue(w, depth + 1) < 0 || wvalue(w, depth + 1) < 0) return -1;
+      }
+    case LMP_TAG_FUNC:
+    case LMP_TAG_FUNC | LMP_TAG_KEEP:
+      if (depth >= LMP_CODEC_MAXDEPTH || wvarint(w, &n) < 0 || n > 255 ||
+          wvarint(w, &k) < 0 || wskip(w, 8) < 0 || wskip(w, k) < 0)
+        return -1;
+      for (i = 0; i < n; i++) {
+        if (w->p < w->end && *w->p == LMP_TAG_JOIN) {
+          w->p++;
+          if (wvarint(w, &k) < 0 || wvarint(w, &k) < 0) return -1;
+        } else if (wvalue(w, depth + 1) < 0) {
+          return -1;
+        }
+      }
+      return 0;
+    case LMP_TAG_OBJ:
+      if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
+      if (k > 0 && k < LMP_T_MAX && lmp_obj_check(n, (int)k))
+        w->fn(LMP_PTR(n), w->ud);
+      return 0;
+    default:
+      return -1;
+  }
+}
+
+int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *, void *),
+                 void *ud) {
+  walker w;
+  if (n == 0 || p[0] != LMP_CODEC_VERSION) return -1;
+  w.p = (const unsigned char *)p + 1;
+  w.end = (const unsigned char *)p + n;
+  w.fn = fn;
+  w.ud = ud;
+  return wvalue(&w, 0);
+}
+
+static void release_one(lmp_obj *o, void *ud) {
+  (void)ud;
+  lmp_obj_decref(o);
+}
+
+void lmp_msg_release(const char *p, size_t n) {
+  lmp_msg_walk(p, n, release_one, NULL);
+}
+
+/*
+ * Counted references: a message stored in a shared structure (a dict's
+ * entry, a list's item) takes its references after it is there, and
+ * counts each in the structure as it takes it, so that a process killed
+ * half-way through taking (or dropping) them leaves a count its reaper can
+ * trust: at worst one reference too many is left, never one dropped
+ * twice.
+ */
+
+static void retain_one(lmp_obj *o, void *ud) {
+  lmp_obj_incref(o);
+  atomic_fetch_add((_Atomic uint64_t *)ud, 1);
+}
+
+void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
+  lmp_msg_walk(p, n, retain_one, (void *)count);
+}
+
+static void unretain_one(lmp_obj *o, void *ud) {
+  _Atomic uint64_t *count = ud;
+  if (atomic_load(count) > 0) {
+    atomic_fetch_sub(count, 1);
+    lmp_obj_decref(o);
+  }
+}
+
+void lmp_msg_unretain_counted(const char *p, size_t n,
+                              _Atomic uint64_t *count) {
+  lmp_msg_walk(p, n, unretain_one, (void *)count);
+}
+
+static void release_some(lmp_obj *o, void *ud) {
+  uint64_t *left = ud;
+  if (*left > 0) {
+    (*left)--;
+    lmp_obj_decref(o);
+  }
+}
+
+void lmp_msg_release_counted(const char *p, size_t n, uint64_t count) {
+  lmp_msg_walk(p, n, release_some, &count);
+}

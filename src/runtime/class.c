@@ -1,0 +1,246 @@
+/* class.c -- the class builder: every Lua-visible type of luamp is declared
+ * once (an lmp_class) and bound here, in one metatable shape (see
+ * runtime.h), with one close, one __tostring and one __eq; and the handles
+ * of shared objects, which the codec makes and reads through this file.
+ */
+#include <string.h>
+
+#include "runtime.h"
+
+/* Upvalues of every closure the builder makes. */
+#define UV_METHODS lua_upvalueindex(1)
+#define UV_CLASS lua_upvalueindex(2)
+#define UV_FIRSTMT 3 /* the family's metatables, from here */
+#define MAXFAMILY 3
+
+/* The class of each kind of each type of shared object, for
+ * lmp_pushobj.  The same in every state: classes are static. */
+#define MAXKIND 4
+static const lmp_class *bytype[LMP_T_MAX][MAXKIND];
+
+/* ------------------------------------------------------------ checking */
+
+void *lmp_tohandle(lua_State *L, int idx) {
+  void *h = lua_touserdata(L, idx);
+  int i;
+  if (h == NULL || !lua_getmetatable(L, idx)) return NULL;
+  for (i = UV_FIRSTMT; i < UV_FIRSTMT + MAXFAMILY; i++) {
+    int t = lua_type(L, lua_upvalueindex(i));
+    if (t != LUA_TTABLE) break;
+    if (lua_rawequal(L, -1, lua_upvalueindex(i))) {
+      lua_pop(L, 1);
+      return h;
+    }
+  }
+  lua_pop(L, 1);
+  return NULL;
+}
+
+void *lmp_checkhandle(lua_State *L, int idx) {
+  void *h = lmp_tohandle(L, idx);
+  if (h == NULL) {
+    const lmp_class *c = lua_touserdata(L, UV_CLASS);
+    luaL_typeerror(L, idx, c->name);
+  }
+  return h;
+}
+
+static int closed(const lmp_class *c, void *h) {
+  return c->type != 0 ? ((lmp_handle *)h)->obj == NULL : c->closed(h);
+}
+
+lmp_obj *lmp_checkobj(lua_State *L, int idx) {
+  lmp_handle *h = lmp_checkhandle(L, idx);
+  if (h->obj == NULL) {
+    const lmp_class *c = lua_touserdata(L, UV_CLASS);
+    luaL_error(L, "attempt to use a closed %s", c->what);
+  }
+  return h->obj;
+}
+
+const lmp_class *lmp_classof(lua_State *L, int idx) {
+  const lmp_class *c = NULL;
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+    return NULL;
+  if (lua_getfield(L, -1, "__luamp") == LUA_TLIGHTUSERDATA)
+    c = lua_touserdata(L, -1);
+  lua_pop(L, 2);
+  return c;
+}
+
+lmp_obj *lmp_toobj(lua_State *L, int idx) {
+  const lmp_class *c = lmp_classof(L, idx);
+  if (c == NULL || c->type == 0) return NULL;
+  return ((lmp_handle *)lua_touserdata(L, idx))->obj;
+}
+
+/* ------------------------------------------------------------- handles */
+
+void lmp_pushobj(lua_State *L, lmp_obj *o) {
+  const lmp_class *c = o->type < LMP_T_MAX && o->kind < MAXKIND
+                           ? bytype[o->type][o->kind] : NULL;
+  lmp_handle *h;
+  if (c == NULL)
+    luaL_error(L, "cannot receive a shared %s here", lmp_type_name(o->type));
+  h = lua_newuserdatauv(L, c->size, c->nuv);
+  memset(h, 0, c->size);
+  luaL_setmetatable(L, c->name);
+  if (lmp_hold(o) < 0) lmp_nomem(L, 64);
+  h->obj = o;
+  if (c->bind != NULL) c->bind(L, o);
+}
+
+/* Pushes o, freeing it if that raises. */
+static int pushnew(lua_State *L) {
+  lmp_pushobj(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+void lmp_pushnew(lua_State *L, lmp_obj *o) {
+  lua_pushcfunction(L, pushnew);
+  lua_pushlightuserdata(L, o);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    /* A handle that did take its hold lets go of it when collected;
+     * one that did not leaves the object unheld. */
+    if (atomic_load(&o->refs) == 0) lmp_obj_discard(o);
+    lua_error(L);
+  }
+}
+
+/* -------------------------------------------------------- metamethods */
+
+/* close(), __gc and __close: idempotent. */
+static int class_close(lua_State *L) {
+  const lmp_class *c = lua_touserdata(L, UV_CLASS);
+  void *h = lmp_checkhandle(L, 1);
+  if (c->type != 0) {
+    lmp_handle *sh = h;
+    lmp_obj *o = sh->obj;
+    if (o != NULL) {
+      sh->obj = NULL;
+      lmp_unhold(o);
+    }
+  } else {
+    c->close(h);
+  }
+  return 0;
+}
+
+static int class_tostring(lua_State *L) {
+  void *h = lmp_checkhandle(L, 1);
+  const lmp_class *c = lmp_classof(L, 1);
+  if (closed(c, h)) {
+    lua_pushfstring(L, "%s (closed)", c->name);
+  } else if (c->tostring != NULL) {
+    return c->tostring(L);
+  } else if (c->describe != NULL) {
+    lua_pushfstring(L, "%s (%p, ", c->name,
+                    c->type != 0 ? (void *)((lmp_handle *)h)->obj : h);
+    c->describe(L, h);
+    lua_pushliteral(L, ")");
+    lua_concat(L, 3);
+  } else {
+    lua_pushfstring(L, "%s (%p)", c->name,
+                    c->type != 0 ? (void *)((lmp_handle *)h)->obj : h);
+  }
+  return 1;
+}
+
+/* __eq: two handles of the same shared object (one received through a
+ * queue, say, and the one that was sent). */
+static int class_eq(lua_State *L) {
+  lmp_obj *a = lmp_toobj(L, 1), *b = lmp_toobj(L, 2);
+  lua_pushboolean(L, a != NULL && a == b);
+  return 1;
+}
+
+/* __index of a class with fields: its methods, then its fields. */
+static int class_index(lua_State *L) {
+  const lmp_class *c;
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, UV_METHODS) != LUA_TNIL) return 1;
+  lua_pop(L, 1);
+  c = lua_touserdata(L, UV_CLASS);
+  return c->field(L);
+}
+
+/* ------------------------------------------------------------ building */
+
+/* Pushes the upvalues of c's closures: methods table (at `methods`, or
+ * nil), class, the metatables of the classes of its group. */
+static int pushups(lua_State *L, const lmp_class *c, int methods,
+                   const lmp_family *f) {
+  int i, n;
+  if (methods != 0) lua_pushvalue(L, methods);
+  else lua_pushnil(L);
+  lua_pushlightuserdata(L, (void *)c);
+  for (i = 0, n = 0; f->classes[i] != NULL; i++) {
+    if (f->classes[i]->group != c->group) continue;
+    luaL_getmetatable(L, f->classes[i]->name);
+    n++;
+  }
+  return n + 2;
+}
+
+static void setclosure(lua_State *L, int t, const char *name,
+                       lua_CFunction fn, const lmp_class *c, int methods,
+                       const lmp_family *f) {
+  lua_pushcclosure(L, fn, pushups(L, c, methods, f));
+  lua_setfield(L, t, name);
+}
+
+static void setfuncs(lua_State *L, int t, const luaL_Reg *r,
+                     const lmp_class *c, int methods, const lmp_family *f) {
+  for (; r != NULL && r->name != NULL; r++)
+    setclosure(L, t, r->name, r->func, c, methods, f);
+}
+
+static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
+  int mt, methods = 0;
+  luaL_getmetatable(L, c->name);
+  mt = lua_gettop(L);
+  lua_pushlightuserdata(L, (void *)c);
+  lua_setfield(L, mt, "__luamp");
+  if (c->meth != NULL) {
+    lua_newtable(L);
+    methods = lua_gettop(L);
+    setfuncs(L, methods, c->meth, c, 0, f);
+    setclosure(L, methods, "close", class_close, c, 0, f);
+  } else {
+    lua_newtable(L); /* no methods: every key is a field */
+    methods = lua_gettop(L);
+  }
+  if (c->field != NULL)
+    setclosure(L, mt, "__index", class_index, c, methods, f);
+  else {
+    lua_pushvalue(L, methods);
+    lua_setfield(L, mt, "__index");
+  }
+  setclosure(L, mt, "__gc", class_close, c, methods, f);
+  setclosure(L, mt, "__close", class_close, c, methods, f);
+  setclosure(L, mt, "__tostring", class_tostring, c, methods, f);
+  if (c->type != 0) {
+    lua_pushcfunction(L, class_eq);
+    lua_setfield(L, mt, "__eq");
+  }
+  setfuncs(L, mt, c->metameth, c, methods, f);
+  lua_settop(L, mt - 1);
+}
+
+void lmp_family_open(lua_State *L, const lmp_family *f) {
+  int i;
+  /* Every metatable exists before any closure captures it. */
+  for (i = 0; f->classes != NULL && f->classes[i] != NULL; i++) {
+    const lmp_class *c = f->classes[i];
+    luaL_newmetatable(L, c->name);
+    lua_pop(L, 1);
+    if (c->type > 0 && c->type < LMP_T_MAX && c->kind < MAXKIND) {
+      bytype[c->type][c->kind] = c;
+      if (c->obj != NULL) lmp_type_set(c->type, c->obj);
+    }
+  }
+  for (i = 0; f->classes != NULL && f->classes[i] != NULL; i++)
+    build(L, f->classes[i], f);
+  if (f->funcs != NULL) luaL_setfuncs(L, f->funcs, 0);
+}

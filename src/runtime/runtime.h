@@ -1,0 +1,285 @@
+/* runtime.h -- the per-process runtime over the arena: error objects and
+ * argument checks (error.c), the libuv loop, signals and the one way every
+ * blocking call waits (loop.c), forked processes and their ends
+ * (process.c), and the class builder that binds every Lua-visible type
+ * (class.c).
+ *
+ * Functions that take a lua_State may raise Lua errors; their comments say
+ * when they do not.  Others return 0 or -errno unless they say otherwise.
+ */
+#ifndef LUAMP_RUNTIME_H
+#define LUAMP_RUNTIME_H
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "arena/arena.h"
+
+struct pollfd;
+
+/* ------------------------------------------------------------- errors */
+
+/* Error objects: tables {type = T, message = M} whose metatable is
+ * "luamp.Error" (made here, with __tostring "luamp.T: M"); see the README.
+ * lmp_error_open makes the metatable in L's registry (idempotent). */
+void lmp_error_open(lua_State *L);
+/* Raises an error object of `type` with a formatted message (the format of
+ * lua_pushfstring).  Never returns. */
+int lmp_throw(lua_State *L, const char *type, const char *fmt, ...);
+/* Is the value at idx an error object of `type`? */
+int lmp_is_error(lua_State *L, int idx, const char *type);
+
+/* Raises the arena-exhausted error, naming the options that size it
+ * (`want` bytes were asked for, 0 if unknown).  Never returns. */
+int lmp_nomem(lua_State *L, size_t want);
+
+/* Raises the Lua error for rc, a -errno from a luamp call: Ctrl-C during
+ * a wait (-EINTR) raises KeyboardInterrupt; an error in the Lua work run
+ * during a wait (-ECANCELED) raises that error; -ENOMEM the arena error;
+ * anything else "<what>: <strerror>".  Never returns. */
+int lmp_raise_errno(lua_State *L, int rc, const char *what);
+
+/* -------------------------------------------------------------- waiting */
+
+/*
+ * How to write a blocking call.
+ *
+ *   1. Read the timeout at the edge, before taking anything:
+ *      lmp_opt_deadline(L, i) for a timeout argument, lmp_block_deadline
+ *      for Python's (block, timeout) pair.  A deadline is lmp_now() seconds;
+ *      0 means do not wait, negative means no limit.
+ *   2. Write ready(ud): checks the condition without blocking (it may take
+ *      and release a guard; it must not hold one when it returns 0), and
+ *      when it holds takes what the call wanted (the lock, the unit).
+ *   3. Call lmp_wait_on(L, word, ready, ud, deadline), sleeping on a futex
+ *      word of the object that whoever changes the condition bumps
+ *      (lmp_futex_bump), or lmp_wait_fds for descriptors.  A short
+ *      lmp_spin first pays when another core is about to act.  Pass the
+ *      caller's L: the process's own Lua work (a Pool's results and
+ *      callbacks) runs in it during the wait; NULL runs none.
+ *   4. The wait returns 1 (ready), 0 (deadline) or -EINTR (Ctrl-C) /
+ *      -ECANCELED (the Lua work raised): release what the call holds, then
+ *      lmp_raise_errno.
+ *   5. The side that makes the condition true bumps the word, and calls
+ *      lmp_notify_watchers(o) if mp.wait may be watching the object.
+ *
+ * Nothing polls: a waiter with nothing to do sleeps until it is woken or
+ * its deadline passes.  (Locks and semaphores, whose holder may die
+ * without waking anyone, are the exception: their waiters look every
+ * 0.1 s whether the holder is still alive.)
+ */
+
+typedef int (*lmp_ready_fn)(void *ud);
+
+/* Monotonic clock in seconds. */
+double lmp_now(void);
+
+/* The timeout argument at idx as a deadline: none or nil waits forever
+ * (as does math.huge), a number <= 0 does not wait.  Raises for a
+ * non-number or NaN. */
+double lmp_opt_deadline(lua_State *L, int idx);
+/* The (block, timeout) pair at idx, idx + 1: block false does not wait,
+ * whatever the timeout. */
+double lmp_block_deadline(lua_State *L, int idx);
+
+/* Blocks until ready(ud) holds, the deadline passes or Ctrl-C: 1, 0 or
+ * -EINTR (-ECANCELED when L's Lua work raised).  lmp_wait sleeps on the
+ * process's own wake word, lmp_wait_on on `word`, a futex word of a
+ * shared object; signals and lmp_wake end either sleep. */
+int lmp_wait(lua_State *L, lmp_ready_fn ready, void *ud, double deadline);
+int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
+                void *ud, double deadline);
+/* As lmp_wait, until one of fds is ready (poll events in .revents) or
+ * ready(ud) (may be NULL) holds; 1, 0, -EINTR, -ECANCELED or -errno. */
+int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
+                 lmp_ready_fn ready, void *ud, double deadline);
+
+/* Checks ready(ud) up to `rounds` times, pausing the core between checks
+ * (for a condition another core is about to make true): 1 once it holds,
+ * 0 if it never did.  Never sleeps. */
+#define LMP_SPIN_QUEUE 4000 /* a producer or consumer mid-message */
+#define LMP_SPIN_LOCK 200   /* a holder mid-section */
+int lmp_spin(lmp_ready_fn ready, void *ud, int rounds);
+
+/* The Lua work this process does while it waits: fn(), called in the
+ * waiting state after each wake-up (a Pool's result collection).  Kept in
+ * L's registry; nil removes it. */
+void lmp_set_service(lua_State *L, int idx);
+
+/* Runs the loop once without blocking (reaps children, fires timers);
+ * lmp_service_pending only if a signal has asked for it since. */
+void lmp_service(void);
+void lmp_service_pending(void);
+
+/* ---------------------------------------------------------- Ctrl-C */
+
+/* Installs the SIGINT handler that interrupts running Lua code in L (a
+ * stock lua5.4's module re-checks it before each wait, since lua.c puts
+ * its own back around every chunk); lmp_sigint_own makes it the host's
+ * for good; lmp_sigint_forget stops interrupting L (L is closing). */
+void lmp_sigint_install(lua_State *L);
+void lmp_sigint_own(void);
+void lmp_sigint_forget(void);
+
+/* Raises the KeyboardInterrupt error object, consuming a pending SIGINT
+ * (flag and hook).  Never returns. */
+int lmp_raise_interrupt(lua_State *L);
+/* Is the value at idx the error a Ctrl-C raised? */
+int lmp_is_interrupt(lua_State *L, int idx);
+/* Whether SIGINT ever interrupted this process's luamp code. */
+int lmp_was_interrupted(void);
+/* A Ctrl-C that must wait (a Condition taking its lock back): the first
+ * takes and returns the pending SIGINT, the second puts it back. */
+int lmp_defer_interrupt(void);
+void lmp_resume_interrupt(int pending);
+
+/* ----------------------------------------------------------- processes */
+
+/* The runtime of this process: its loop (an embedder's libuv loop, or
+ * NULL for one of its own), SIGCHLD and SIGURG watched.  Once per
+ * process; 0 or -errno. */
+int lmp_runtime_init(void *loop);
+
+extern pid_t lmp_pid; /* getpid(), kept current across forks */
+
+/* Is the process with this pid gone (or a zombie)? */
+int lmp_pid_dead(pid_t pid);
+int lmp_cpu_count(void);
+
+/* Reaps the children that have ended (waitpid WNOHANG each); how many of
+ * this process's children are still running; whether this process was
+ * forked by luamp. */
+void lmp_reap_children(void);
+int lmp_live_children(void);
+int lmp_is_child(void);
+
+/* Ends running children (daemon ones only, if asked): SIGTERM, SIGKILL
+ * after `grace` seconds.  Returns how many there were. */
+int lmp_terminate_children(double grace, int daemons_only);
+
+/* The end of a process's main code, once per Lua state: runs its Lua exit
+ * hook (core.on_exit), waits for its non-daemon children and terminates
+ * the daemon ones (all of them at once after a Ctrl-C, then -EINTR).
+ * Errors in the hook are printed, not raised.  Returns what
+ * lmp_terminate_children returned, or -EINTR. */
+int lmp_run_atexit(lua_State *L);
+
+/* The registry field that marks a Lua state a luamp host made: the host
+ * runs the end of the process itself (a stock lua5.4's state gets a
+ * finalizer that does). */
+#define LMP_HOSTED "luamp.hosted"
+
+/* Leaves a forked child: its exit (lmp_run_atexit), stdio, its arena
+ * references, then _exit(status).  Never returns. */
+void lmp_exit_child(lua_State *L, int status);
+
+/* --------------------------------------------------------------- classes */
+
+/* Every Lua handle to a shared object begins with this. */
+typedef struct lmp_handle {
+  lmp_obj *obj; /* NULL once closed */
+} lmp_handle;
+
+/*
+ * A class is declared once and bound by lmp_family_open, in one
+ * metatable shape:
+ *
+ *   __name    the class's name ("luamp.Queue")
+ *   __luamp   the class (a light userdata)
+ *   __index   its methods table, or, for a class with fields, a function
+ *             that looks in the methods table first and only then reads
+ *             the field (v.value, a[i], d[k])
+ *   __gc, __close   the one idempotent close, also the method `close`
+ *   __tostring "luamp.Queue (0x...)", "luamp.Queue (closed)", or with the
+ *             class's words: "luamp.Lock (0x..., unlocked)"
+ *   __eq      for shared objects: two handles of the same object
+ *
+ * Every method and metamethod is a closure over the same upvalues: the
+ * class's methods table, the class, and the metatables of its group (the
+ * classes of its family whose methods take each other's handles as self:
+ * Queue, JoinableQueue and SimpleQueue), so that checking self is a
+ * pointer comparison.
+ */
+typedef struct lmp_class {
+  const char *name; /* metatable name: "luamp.Queue" */
+  const char *what; /* in "attempt to use a closed queue" */
+  int type;         /* LMP_T_* of its objects; 0 for a process-local handle */
+  int kind;         /* lmp_obj.kind of its objects */
+  int group;        /* its group in its family: at most 3 classes each */
+  const lmp_type *obj;  /* the arena hooks of `type` (registered by the
+                         * builder), or NULL */
+  size_t size;          /* bytes of a handle */
+  int nuv;              /* user values of a handle */
+  const luaL_Reg *meth; /* methods; NULL: no methods, every key a field */
+  const luaL_Reg *metameth; /* more metamethods: __len, __newindex... */
+  lua_CFunction field;  /* reads a key that names no method, or NULL */
+  /* Fills the user values of a new handle of object o (on the top). */
+  void (*bind)(lua_State *L, lmp_obj *o);
+  /* Pushes what __tostring shows after the address ("unlocked"). */
+  void (*describe)(lua_State *L, void *h);
+  /* Replaces the whole of __tostring, for an open handle. */
+  lua_CFunction tostring;
+  /* A process-local handle (type 0): closes it (idempotently), and says
+   * whether it is closed. */
+  void (*close)(void *h);
+  int (*closed)(void *h);
+  /* mp.wait: 1 if a wait on the handle would not block now, 0 if not
+   * yet, -1 if this process cannot wait on it; *fd (preset to -1) names a
+   * descriptor to poll meanwhile. */
+  int (*ready)(void *h, int *fd);
+} lmp_class;
+
+/* A family: the classes of one file, and the functions it adds to
+ * luamp.core (constructors). */
+typedef struct lmp_family {
+  const lmp_class *const *classes; /* NULL-terminated */
+  const luaL_Reg *funcs;
+} lmp_family;
+
+/* Binds a family into L and adds its funcs to the table on the top. */
+void lmp_family_open(lua_State *L, const lmp_family *f);
+
+/* In a method or metamethod: the handle at idx if its class is of the
+ * method's group, else NULL (lmp_tohandle) or a raised "luamp.Queue
+ * expected" (lmp_checkhandle).  lmp_checkobj also raises "attempt to use
+ * a closed queue" for a closed handle and returns its object. */
+void *lmp_tohandle(lua_State *L, int idx);
+void *lmp_checkhandle(lua_State *L, int idx);
+lmp_obj *lmp_checkobj(lua_State *L, int idx);
+
+/* The class of the value at idx, or NULL if it is no luamp handle.  Never
+ * raises. */
+const lmp_class *lmp_classof(lua_State *L, int idx);
+/* The shared object of the value at idx, or NULL if it is not a handle of
+ * one (or is closed).  Never raises. */
+lmp_obj *lmp_toobj(lua_State *L, int idx);
+/* Pushes a new handle of o, held by this process.  Raises when o's type
+ * has no class in L or the arena is exhausted. */
+void lmp_pushobj(lua_State *L, lmp_obj *o);
+
+/* lmp_pushobj for an object nothing holds yet (just made): on an error
+ * the object is freed. */
+void lmp_pushnew(lua_State *L, lmp_obj *o);
+
+/* The Sentinel class (p.sentinel) and the process functions of
+ * luamp.core: fork, cpu_count, getpid, getppid, alive, reaped, on_exit,
+ * is_child. */
+extern const lmp_family lmp_process_family;
+
+/* ------------------------------------------------- within the runtime */
+
+/* loop.c serves process.c with these; nothing above uses them.  The loop
+ * of this process (hook runs at each lmp_service: the reaper); a signal
+ * watched on it, whose arrival also ends any wait; the child's own loop
+ * after a fork; a Ctrl-C that a wait ended, consumed. */
+struct uv_signal_s;
+int lmp_loop_init(void *loop, void (*hook)(void));
+int lmp_loop_signal(struct uv_signal_s *h, int sig,
+                    void (*cb)(struct uv_signal_s *, int));
+void lmp_loop_after_fork(void);
+void lmp_take_interrupt(void);
+
+#endif

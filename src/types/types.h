@@ -1,0 +1,69 @@
+/* types.h -- the Lua-visible families of shared objects, one file each:
+ * their type numbers, the list core.c opens them from, and the lock that
+ * several of them build on.
+ *
+ * Adding a type: its file here (its classes and an lmp_family), a type
+ * number below, its entry in LMP_FAMILIES, and its names in
+ * lua/luamp/init.lua.
+ */
+#ifndef LUAMP_TYPES_H
+#define LUAMP_TYPES_H
+
+#include "arena/arena.h"
+#include "codec/codec.h"
+#include "runtime/runtime.h"
+
+/* Type numbers of shared objects (lmp_obj.type), below LMP_T_MAX.  Every
+ * process of a family is a fork of one program, so they agree. */
+enum {
+  LMP_T_BLOB = 1, /* a plain shared object: a header and bytes (tests) */
+  LMP_T_VALUE,
+  LMP_T_LOCK,
+  LMP_T_QUEUE,
+  LMP_T_DICT,
+  LMP_T_LIST,
+  LMP_T_SEM,
+  LMP_T_EVENT,
+  LMP_T_COND,
+  LMP_T_BARRIER,
+  LMP_T_ARRAY
+};
+
+/* The families, in the order core.c opens them into luamp.core. */
+#define LMP_FAMILIES(X) \
+  X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list)
+
+#define LMP_DECLARE_FAMILY(name) extern const lmp_family lmp_##name##_family;
+LMP_FAMILIES(LMP_DECLARE_FAMILY)
+#undef LMP_DECLARE_FAMILY
+
+/* ------------------------------------------------------------------ lock */
+
+/* A Lock or RLock (sync.c), which a Condition waits with and a Value
+ * guards with: the owner's pid in one word (0: free). */
+typedef struct lmp_lock {
+  lmp_obj h; /* kind: LMP_LOCK_PLAIN or LMP_LOCK_RECURSIVE */
+  _Atomic int32_t owner;
+  int32_t count; /* levels held, RLock */
+  _Atomic uint32_t seq, nwait;
+} lmp_lock;
+
+enum { LMP_LOCK_PLAIN, LMP_LOCK_RECURSIVE };
+
+/* A new lock nothing holds yet, NULL when the arena is exhausted. */
+lmp_lock *lmp_lock_new(int recursive);
+/* Takes l by the deadline (0: don't wait, < 0: no limit), running L's Lua
+ * work meanwhile: 1 (taken; *died says whether from a dead owner), 0 (not
+ * taken), -EINTR or -ECANCELED.  An RLock this process holds counts one
+ * more level. */
+int lmp_lock_acquire(lua_State *L, lmp_lock *l, double deadline, int *died);
+/* 0, -EPERM (an RLock not ours) or -EINVAL (not locked). */
+int lmp_lock_release(lmp_lock *l);
+int lmp_lock_owned(lmp_lock *l);
+/* For Condition.wait: releases every level and says how many there
+ * were; lmp_lock_restore takes them all back (waiting as long as it
+ * takes). */
+int32_t lmp_lock_release_all(lmp_lock *l);
+int lmp_lock_restore(lmp_lock *l, int32_t levels, int *died);
+
+#endif
