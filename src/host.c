@@ -42,7 +42,8 @@ static void *take_kept(luamp_host *h, size_t n) {
   int i, best = -1;
   void *p;
   for (i = 0; i < KEEP_BLOCKS; i++) {
-    if (h->kept[i].p != NULL && h->kept[i].size >= n && h->kept[i].size / 2 <= n &&
+    if (h->kept[i].p != NULL && h->kept[i].size >= n &&
+        h->kept[i].size / 2 <= n &&
         (best < 0 || h->kept[i].size < h->kept[best].size))
       best = i;
   }

@@ -1,4 +1,5 @@
-/* buf.c -- lmp_buf, the growable byte buffer messages are built in.
+/* buf.c -- lmp_buf, the growable byte buffer messages are built in, and
+ * the handles that keep one.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -58,3 +59,10 @@ lmp_buf *lmp_buf_new(lua_State *L) {
   return b;
 }
 
+
+void lmp_bufhandle_bind(lua_State *L, lmp_obj *o) {
+  lmp_bufhandle *h = lua_touserdata(L, -1);
+  (void)o;
+  h->buf = lmp_buf_new(L);
+  lua_setiuservalue(L, -2, 1);
+}

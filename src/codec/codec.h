@@ -119,7 +119,8 @@
  */
 
 #define LMP_CODEC_VERSION 1
-#define LMP_CODEC_MAXDEPTH 200 /* nested tables and functions, as LUAI_MAXCCALLS */
+/* Nested tables and functions, as LUAI_MAXCCALLS. */
+#define LMP_CODEC_MAXDEPTH 200
 
 /* Stack room: each level of nesting holds at most LMP_CODEC_LEVELSTACK
  * slots (a key and a value, or a table, key and value), and any level may
@@ -133,8 +134,9 @@
 /* The tags. */
 enum {
   LMP_TAG_NIL = 0x00, LMP_TAG_FALSE, LMP_TAG_TRUE, LMP_TAG_INT, LMP_TAG_FLOAT,
-  LMP_TAG_STR, LMP_TAG_TABLE, LMP_TAG_FUNC, LMP_TAG_REF, LMP_TAG_JOIN, LMP_TAG_GLOBALS,
-  LMP_TAG_NAME, LMP_TAG_MODULE, LMP_TAG_OBJ, LMP_TAG_INDEX, LMP_TAG_META,
+  LMP_TAG_STR, LMP_TAG_TABLE, LMP_TAG_FUNC, LMP_TAG_REF, LMP_TAG_JOIN,
+  LMP_TAG_GLOBALS, LMP_TAG_NAME, LMP_TAG_MODULE, LMP_TAG_OBJ, LMP_TAG_INDEX,
+  LMP_TAG_META,
   LMP_TAG_KEEP = 0x10,     /* on TABLE or FUNC: a ref or join names it */
   LMP_TAG_METANAME = 0x11, /* a metatable by its registered name */
   LMP_TAG_SHORTSTR = 0x40, /* 0x40..0x7f */
@@ -154,6 +156,16 @@ typedef struct lmp_buf {
 lmp_buf *lmp_buf_new(lua_State *L);
 int lmp_buf_reserve(lmp_buf *b, size_t extra); /* 0 or -ENOMEM */
 void lmp_buf_free(lmp_buf *b);
+
+/* The handle of a shared object that encodes values into itself (a
+ * queue, a dict, a list): a scratch buffer, kept in user value 1, that
+ * lmp_bufhandle_bind (an lmp_class's `bind`) makes. */
+typedef struct lmp_bufhandle {
+  lmp_handle h;
+  lmp_buf *buf;
+} lmp_bufhandle;
+
+void lmp_bufhandle_bind(lua_State *L, lmp_obj *o);
 
 /* ------------------------------------------------------------ encoding */
 

@@ -41,9 +41,11 @@ static int wvalue(walker *w, int depth) {
   if (w->p == w->end) return -1;
   tag = *w->p++;
   if (tag >= LMP_TAG_FIXINT) return 0;
-  if (tag >= LMP_TAG_SHORTSTR) return wskip(w, (uint64_t)(tag - LMP_TAG_SHORTSTR));
+  if (tag >= LMP_TAG_SHORTSTR)
+    return wskip(w, (uint64_t)(tag - LMP_TAG_SHORTSTR));
   switch (tag) {
-    case LMP_TAG_NIL: case LMP_TAG_FALSE: case LMP_TAG_TRUE: case LMP_TAG_GLOBALS:
+    case LMP_TAG_NIL: case LMP_TAG_FALSE: case LMP_TAG_TRUE:
+    case LMP_TAG_GLOBALS:
       return 0;
     case LMP_TAG_INT: case LMP_TAG_REF:
       return wvarint(w, &n);

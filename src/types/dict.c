@@ -383,27 +383,16 @@ static int delete(dict *d, key *k) {
 
 /* -------------------------------------------------------------- binding */
 
-typedef struct dhandle {
-  lmp_handle h;
-  lmp_buf *buf; /* scratch for values, owned by the user value */
-} dhandle;
-
-static dict *checkdict(lua_State *L, dhandle **hp) {
+static dict *checkdict(lua_State *L, lmp_bufhandle **hp) {
   dict *d = (dict *)lmp_checkobj(L, 1);
   if (hp != NULL) *hp = lua_touserdata(L, 1);
   return d;
 }
 
-static void dict_bind(lua_State *L, lmp_obj *o) {
-  dhandle *h = lua_touserdata(L, -1);
-  (void)o;
-  h->buf = lmp_buf_new(L);
-  lua_setiuservalue(L, -2, 1);
-}
-
 /* Sets the value at vidx under the key at kidx (nil deletes); arg and
  * intable name the key in errors.  Returns what store or delete did. */
-static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
+static int set_value(lua_State *L, dict *d, lmp_bufhandle *h, int kidx,
+                     int vidx,
                      int arg, int intable, int mode) {
   key k;
   entry *e;
@@ -421,7 +410,7 @@ static int set_value(lua_State *L, dict *d, dhandle *h, int kidx, int vidx,
 
 /* Pushes the value of the key at kidx and returns 1, or returns 0 when it
  * is absent. */
-static int push_lookup(lua_State *L, dict *d, dhandle *h, int kidx) {
+static int push_lookup(lua_State *L, dict *d, lmp_bufhandle *h, int kidx) {
   key k;
   int rc;
   getkey(L, kidx, 2, 0, &k);
@@ -435,14 +424,14 @@ static int push_lookup(lua_State *L, dict *d, dhandle *h, int kidx) {
 /* d[k] for a key that names no method (d.get is the method, d:get("get")
  * the value stored under "get"). */
 static int dict_field(lua_State *L) {
-  dhandle *h;
+  lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
   return push_lookup(L, d, h, 2);
 }
 
 /* d[k] = v; nil deletes */
 static int dict_newindex(lua_State *L) {
-  dhandle *h;
+  lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
   set_value(L, d, h, 2, 3, 2, 0, SET_ALWAYS);
   return 0;
@@ -450,7 +439,7 @@ static int dict_newindex(lua_State *L) {
 
 /* get(k, [default]) */
 static int dict_get(lua_State *L) {
-  dhandle *h;
+  lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
   luaL_checkany(L, 2);
   lua_settop(L, 3); /* the default is 3; the key's bytes go above */
@@ -460,7 +449,7 @@ static int dict_get(lua_State *L) {
 
 /* add(k, v) -> true if k was absent and is now v */
 static int dict_add(lua_State *L) {
-  dhandle *h;
+  lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
   luaL_checkany(L, 3);
   if (lua_isnil(L, 3)) { /* nil is no value: there is nothing to add */
@@ -473,7 +462,7 @@ static int dict_add(lua_State *L) {
 
 /* setdefault(k, v) -> the value of k, set to v first if it was absent */
 static int dict_setdefault(lua_State *L) {
-  dhandle *h;
+  lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
   lua_settop(L, 3);
   if (!lua_isnil(L, 3)) set_value(L, d, h, 2, 3, 2, 0, SET_IF_ABSENT);
@@ -638,7 +627,9 @@ static int snapshot(lua_State *L, dict *d, int what) {
   return 1;
 }
 
-static int dict_keys(lua_State *L) { return snapshot(L, checkdict(L, NULL), 0); }
+static int dict_keys(lua_State *L) {
+  return snapshot(L, checkdict(L, NULL), 0);
+}
 static int dict_values(lua_State *L) {
   return snapshot(L, checkdict(L, NULL), 1);
 }
@@ -654,7 +645,7 @@ static int dict_totable(lua_State *L) {
  * position, 3 the dict's handle. */
 static int dict_next(lua_State *L) {
   lua_Integer i = lua_tointeger(L, lua_upvalueindex(2));
-  dhandle *h = lua_touserdata(L, lua_upvalueindex(3));
+  lmp_bufhandle *h = lua_touserdata(L, lua_upvalueindex(3));
   if (h->h.obj == NULL) return luaL_error(L, "attempt to use a closed dict");
   for (;;) {
     i++;
@@ -688,7 +679,7 @@ static int dict_len(lua_State *L) {
 }
 
 /* Sets every pair of the table at t, in one locked pass per key. */
-static void update(lua_State *L, dict *d, dhandle *h, int t) {
+static void update(lua_State *L, dict *d, lmp_bufhandle *h, int t) {
   lua_pushnil(L);
   while (lua_next(L, t)) {
     int top = lua_gettop(L);
@@ -699,7 +690,7 @@ static void update(lua_State *L, dict *d, dhandle *h, int t) {
 
 /* update(t) */
 static int dict_update(lua_State *L) {
-  dhandle *h;
+  lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
   luaL_checktype(L, 2, LUA_TTABLE);
   update(L, d, h, 2);
@@ -818,16 +809,19 @@ static const lmp_type dict_type = {
 
 static const lmp_class dict_class = {
   .name = DICT, .what = "dict", .type = LMP_T_DICT, .kind = K_DICT,
-  .obj = &dict_type, .size = sizeof(dhandle), .nuv = 1, .meth = dict_meth,
-  .metameth = dict_metameth, .field = dict_field, .bind = dict_bind,
+  .obj = &dict_type, .size = sizeof(lmp_bufhandle), .nuv = 1, .meth = dict_meth,
+  .metameth = dict_metameth, .field = dict_field,
+  .bind = lmp_bufhandle_bind,
   .describe = dict_describe,
 };
 
 /* A Namespace has fields by name and no methods to shadow them. */
 static const lmp_class ns_class = {
   .name = NAMESPACE, .what = "namespace", .type = LMP_T_DICT,
-  .kind = K_NAMESPACE, .obj = &dict_type, .size = sizeof(dhandle), .nuv = 1,
-  .metameth = dict_metameth, .field = dict_field, .bind = dict_bind,
+  .kind = K_NAMESPACE, .obj = &dict_type, .size = sizeof(lmp_bufhandle),
+  .nuv = 1,
+  .metameth = dict_metameth, .field = dict_field,
+  .bind = lmp_bufhandle_bind,
   .tostring = ns_tostring,
 };
 

@@ -119,22 +119,10 @@ static int rebuild(list *l, uint64_t cap, uint64_t at, lmp_off put) {
 
 /* ---------------------------------------------------------------- Lua */
 
-typedef struct lhandle {
-  lmp_handle h;
-  lmp_buf *buf; /* scratch for encoding, owned by the user value */
-} lhandle;
-
-static list *checklist(lua_State *L, lhandle **hp) {
+static list *checklist(lua_State *L, lmp_bufhandle **hp) {
   list *l = (list *)lmp_checkobj(L, 1);
   if (hp != NULL) *hp = lua_touserdata(L, 1);
   return l;
-}
-
-static void list_bind(lua_State *L, lmp_obj *o) {
-  lhandle *h = lua_touserdata(L, -1);
-  (void)o;
-  h->buf = lmp_buf_new(L);
-  lua_setiuservalue(L, -2, 1);
 }
 
 /* Copies item i (0-based) into b under the guard held by the caller. */
@@ -149,7 +137,7 @@ static int copy_item(list *l, uint64_t i, lmp_buf *b) {
 
 /* The value at idx as a new item registered as LMP_PEND_IN, which then
  * takes the references of the objects it names (see lmp_encode_bare). */
-static item *newitem(lua_State *L, list *l, lhandle *h, int idx) {
+static item *newitem(lua_State *L, list *l, lmp_bufhandle *h, int idx) {
   item *it;
   size_t nobj;
   h->buf->len = 0;
@@ -200,14 +188,15 @@ static int put_locked(list *l, item *it, uint64_t at) {
 
 /* l[i]: nil past the end, as with a table */
 static int list_field(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   int isint;
   lua_Integer k = lua_tointegerx(L, 2, &isint);
   int rc = 1;
   if (!isint || lua_type(L, 2) != LUA_TNUMBER) return 0;
   llock(l);
-  if (k >= 1 && (uint64_t)k <= LEN(l)) rc = copy_item(l, (uint64_t)k - 1, h->buf);
+  if (k >= 1 && (uint64_t)k <= LEN(l))
+    rc = copy_item(l, (uint64_t)k - 1, h->buf);
   lunlock(l);
   if (rc < 0) return lmp_nomem(L, 0);
   if (rc == 1) return 0;
@@ -238,7 +227,7 @@ static void insert_unlock(lua_State *L, list *l, item *it, uint64_t i) {
 
 /* l[i] = v: replaces, or appends at #l + 1; further out raises */
 static int list_newindex(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   int64_t i = checkindex(L, 2);
   item *it = newitem(L, l, h, 3);
@@ -264,7 +253,7 @@ static int list_len(lua_State *L) {
 }
 
 /* Appends the value at idx. */
-static void append(lua_State *L, list *l, lhandle *h, int idx) {
+static void append(lua_State *L, list *l, lmp_bufhandle *h, int idx) {
   item *it = newitem(L, l, h, idx);
   llock(l);
   insert_unlock(L, l, it, UINT64_MAX);
@@ -272,7 +261,7 @@ static void append(lua_State *L, list *l, lhandle *h, int idx) {
 
 /* append(v) */
 static int list_append(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   luaL_checkany(L, 2);
   append(L, l, h, 2);
@@ -280,7 +269,7 @@ static int list_append(lua_State *L) {
 }
 
 /* Appends t[1] .. t[#t] (t.n if it has one) of the table at t. */
-static void extend(lua_State *L, list *l, lhandle *h, int t) {
+static void extend(lua_State *L, list *l, lmp_bufhandle *h, int t) {
   lua_Integer i, n;
   lua_getfield(L, t, "n");
   n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)luaL_len(L, t);
@@ -294,7 +283,7 @@ static void extend(lua_State *L, list *l, lhandle *h, int t) {
 
 /* extend(t): appends t[1] .. t[#t] (t.n if it has one) */
 static int list_extend(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   luaL_checktype(L, 2, LUA_TTABLE);
   extend(L, l, h, 2);
@@ -303,7 +292,7 @@ static int list_extend(lua_State *L) {
 
 /* insert(i, v): before position i (1 .. #l + 1) */
 static int list_insert(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   int64_t i = checkindex(L, 2);
   item *it;
@@ -386,14 +375,14 @@ static int64_t find_locked(list *l, const char *p, size_t n) {
 /* Equality is by content: numbers as Lua compares them, anything else
  * when it encodes alike (equal strings; tables with equal contents built
  * in the same order). */
-static void encode_probe(lua_State *L, lhandle *h, int idx) {
+static void encode_probe(lua_State *L, lmp_bufhandle *h, int idx) {
   h->buf->len = 0;
   lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
 }
 
 /* Takes the guard and finds the first item equal to the value at 2: its
  * 0-based index, or -1. */
-static int64_t lock_find(lua_State *L, list *l, lhandle *h) {
+static int64_t lock_find(lua_State *L, list *l, lmp_bufhandle *h) {
   luaL_checkany(L, 2);
   encode_probe(L, h, 2);
   llock(l);
@@ -402,7 +391,7 @@ static int64_t lock_find(lua_State *L, list *l, lhandle *h) {
 
 /* remove(v): the first item equal to v; raises if there is none */
 static int list_remove(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   int64_t i = lock_find(L, l, h);
   if (i < 0) {
@@ -415,7 +404,7 @@ static int list_remove(lua_State *L) {
 
 /* index(v) -> the 1-based index of the first item equal to v */
 static int list_index_of(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   int64_t i = lock_find(L, l, h);
   lunlock(l);
@@ -426,7 +415,7 @@ static int list_index_of(lua_State *L) {
 
 /* count(v) -> how many items equal v */
 static int list_count(lua_State *L) {
-  lhandle *h;
+  lmp_bufhandle *h;
   list *l = checklist(L, &h);
   lua_Integer c = 0;
   uint64_t i, len;
@@ -479,7 +468,8 @@ static int list_totable(lua_State *L) {
 }
 
 static void list_describe(lua_State *L, void *h) {
-  lua_pushfstring(L, "%I items", (lua_Integer)LEN((list *)((lmp_handle *)h)->obj));
+  list *l = (list *)((lmp_handle *)h)->obj;
+  lua_pushfstring(L, "%I items", (lua_Integer)LEN(l));
 }
 
 /* List([t]) */
@@ -523,8 +513,9 @@ static const lmp_type list_type = {
 
 static const lmp_class list_class = {
   .name = LIST, .what = "list", .type = LMP_T_LIST, .obj = &list_type,
-  .size = sizeof(lhandle), .nuv = 1, .meth = list_meth,
-  .metameth = list_metameth, .field = list_field, .bind = list_bind,
+  .size = sizeof(lmp_bufhandle), .nuv = 1, .meth = list_meth,
+  .metameth = list_metameth, .field = list_field,
+  .bind = lmp_bufhandle_bind,
   .describe = list_describe,
 };
 

@@ -168,7 +168,8 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
   } else {
     int i;
     memset(hdr, 0xff, 4);
-    for (i = 0; i < 8; i++) hdr[4 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+    for (i = 0; i < 8; i++)
+      hdr[4 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
     h = 12;
   }
   iov[0].iov_base = hdr;
@@ -182,7 +183,8 @@ static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
 
 static int send_failed(lua_State *L, int rc) {
   if (rc == -EPIPE)
-    return lmp_throw(L, "EOFError", "the other end of the connection is closed");
+    return lmp_throw(L, "EOFError",
+                     "the other end of the connection is closed");
   return lmp_raise_errno(L, rc, "cannot send");
 }
 

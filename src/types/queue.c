@@ -348,22 +348,10 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, uint64_t **blk,
 
 /* ----------------------------------------------------------- Lua binding */
 
-typedef struct qhandle {
-  lmp_handle h;
-  lmp_buf *buf; /* scratch for encoding, owned by the user value */
-} qhandle;
-
-static queue *checkq(lua_State *L, qhandle **hp) {
+static queue *checkq(lua_State *L, lmp_bufhandle **hp) {
   queue *q = (queue *)lmp_checkobj(L, 1);
   if (hp != NULL) *hp = lua_touserdata(L, 1);
   return q;
-}
-
-static void queue_bind(lua_State *L, lmp_obj *o) {
-  qhandle *h = lua_touserdata(L, -1);
-  (void)o;
-  h->buf = lmp_buf_new(L);
-  lua_setiuservalue(L, -2, 1);
 }
 
 static int new_queue(lua_State *L, int kind) {
@@ -393,7 +381,7 @@ static int fail(lua_State *L, int rc, size_t want, const char *etype,
 
 /* put(v, [block], [timeout]): raises Full when it cannot. */
 static int queue_put(lua_State *L) {
-  qhandle *h;
+  lmp_bufhandle *h;
   queue *q = checkq(L, &h);
   double deadline;
   int rc;
@@ -415,7 +403,7 @@ static int queue_put_nowait(lua_State *L) {
 
 /* Takes one message (at most until the deadline) and pushes its value;
  * returns 0, or rc < 0 with nothing pushed. */
-static int take(lua_State *L, queue *q, qhandle *h, double deadline) {
+static int take(lua_State *L, queue *q, lmp_bufhandle *h, double deadline) {
   uint64_t *blk;
   int rc = qget(L, q, h->buf, &blk, deadline);
   if (rc < 0) return rc;
@@ -428,7 +416,7 @@ static int take(lua_State *L, queue *q, qhandle *h, double deadline) {
 
 /* get([block], [timeout]) -> value: raises Empty when it cannot. */
 static int queue_get(lua_State *L) {
-  qhandle *h;
+  lmp_bufhandle *h;
   queue *q = checkq(L, &h);
   int rc = take(L, q, h, lmp_block_deadline(L, 2));
   if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
@@ -445,7 +433,7 @@ static int queue_get_nowait(lua_State *L) {
  * t[1..n], as a loop of get(false) would.  For an owner that collects many
  * small messages: one call, not two per message. */
 static int queue_drain(lua_State *L) {
-  qhandle *h;
+  lmp_bufhandle *h;
   queue *q = checkq(L, &h);
   lua_Integer n = 0;
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -558,8 +546,8 @@ static const lmp_type queue_type = {
 
 #define QUEUECLASS(cname, k, m)                                            \
   {.name = cname, .what = "queue", .type = LMP_T_QUEUE, .kind = k,         \
-   .obj = &queue_type, .size = sizeof(qhandle), .nuv = 1, .meth = m,       \
-   .bind = queue_bind, .ready = queue_ready}
+   .obj = &queue_type, .size = sizeof(lmp_bufhandle), .nuv = 1,            \
+   .meth = m, .bind = lmp_bufhandle_bind, .ready = queue_ready}
 
 static const lmp_class queue_class = QUEUECLASS(QUEUE, K_QUEUE, queue_meth);
 static const lmp_class jqueue_class =

@@ -57,10 +57,12 @@ static uint64_t load(shval *v, uint64_t i) {
 static void store(shval *v, uint64_t i, uint64_t bits) {
   void *p = elem(v, i);
   switch (v->esize) {
-    case 1: __atomic_store_n((uint8_t *)p, (uint8_t)bits, __ATOMIC_SEQ_CST); break;
-    case 2: __atomic_store_n((uint16_t *)p, (uint16_t)bits, __ATOMIC_SEQ_CST); break;
-    case 4: __atomic_store_n((uint32_t *)p, (uint32_t)bits, __ATOMIC_SEQ_CST); break;
-    default: __atomic_store_n((uint64_t *)p, bits, __ATOMIC_SEQ_CST); break;
+#define STORE(T) __atomic_store_n((T *)p, (T)bits, __ATOMIC_SEQ_CST)
+    case 1: STORE(uint8_t); break;
+    case 2: STORE(uint16_t); break;
+    case 4: STORE(uint32_t); break;
+    default: STORE(uint64_t); break;
+#undef STORE
   }
 }
 
@@ -147,8 +149,8 @@ static uint64_t to_bits(lua_State *L, int idx, char tc, int arg,
       return (uint64_t)lua_toboolean(L, idx);
     default: { /* 'c' */
       size_t n;
-      const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n)
-                                                      : NULL;
+      const char *s =
+          lua_type(L, idx) == LUA_TSTRING ? lua_tolstring(L, idx, &n) : NULL;
       if (s == NULL || n != 1) badvalue(L, idx, arg, item, tc, "string");
       return (uint8_t)s[0];
     }
@@ -280,7 +282,8 @@ static int checkindex(lua_State *L, shval *v, int idx) {
   if (i == -2) luaL_typeerror(L, idx, "integer index");
   if (i < 0)
     luaL_argerror(L, idx, lua_pushfstring(L, "index %I out of range (array "
-                  "has %I elements)", lua_tointeger(L, idx), (lua_Integer)v->n));
+                  "has %I elements)", lua_tointeger(L, idx),
+                  (lua_Integer)v->n));
   return (int)i;
 }
 
@@ -351,7 +354,8 @@ static int val_newindex(lua_State *L) {
     return 0;
   }
   return luaL_argerror(L, 2, lua_pushfstring(L, "%s has no field %s to set",
-                       v->is_array ? ARRAY : VALUE, luaL_tolstring(L, 2, NULL)));
+                       v->is_array ? ARRAY : VALUE,
+                       luaL_tolstring(L, 2, NULL)));
 }
 
 static int val_len(lua_State *L) {
@@ -447,7 +451,8 @@ static int val_tostring(lua_State *L) {
   const char *name = v->is_array ? ARRAY : VALUE;
   if (!v->is_array) {
     push_bits(L, v->tc, load(v, 0));
-    lua_pushfstring(L, "%s('%c', %s)", name, v->tc, luaL_tolstring(L, -1, NULL));
+    lua_pushfstring(L, "%s('%c', %s)", name, v->tc,
+                    luaL_tolstring(L, -1, NULL));
   } else {
     lua_pushfstring(L, "%s('%c', %I)", name, v->tc, (lua_Integer)v->n);
   }
