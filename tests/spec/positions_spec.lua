@@ -1,0 +1,183 @@
+-- positions_spec.lua -- where misuse is reported: every error that a wrong
+-- call of a luamp function raises names the line of that call, as Lua's
+-- own functions do, and never a line of luamp's own Lua files.  Argument
+-- errors read as Lua's: "bad argument #1 to 'join' (number expected, got
+-- string)".
+--
+-- Each case is a function written on one line that makes one call; the
+-- error must be "<this file>:<that line>: <message>".
+
+local mp = require "luamp"
+local H = require "spec_helper"
+
+local SRC = debug.getinfo(1, "S").short_src
+
+-- The line fn was written on, which must be a single one.
+local function line_of(fn)
+  local info = debug.getinfo(fn, "S")
+  assert(info.linedefined == info.lastlinedefined,
+         "a case must be written on one line")
+  return info.linedefined
+end
+
+-- Checks that e is the error "<this file>:<line>: msg"; msg may also be
+-- {pattern = p} for a message with varying parts.
+local function check_at(line, msg, e)
+  assert.are.equal("string", type(e), "not an error string: " .. tostring(e))
+  local where = SRC .. ":" .. line .. ": "
+  assert.are.equal(where, e:sub(1, #where),
+                   "not raised at the caller's line: " .. e)
+  local text = e:sub(#where + 1)
+  if type(msg) == "table" then
+    assert.matches(msg.pattern, text)
+  else
+    assert.are.equal(msg, text)
+  end
+end
+
+-- Calls fn (a case: one line, one call) and checks that it raised msg at
+-- its line.
+local function raises_here(msg, fn)
+  local ok, e = pcall(fn)
+  assert.is_false(ok, "no error was raised")
+  check_at(line_of(fn), msg, e)
+end
+
+-- Runs fn (a case) in a child and checks that it raised msg there, at its
+-- line.
+local function raises_here_in_child(msg, fn)
+  local q = mp.Queue()
+  local p = H.spawn(function()
+    local ok, e = pcall(fn)
+    q:put(ok and "no error was raised" or e)
+  end)
+  local e = q:get(true, 10)
+  H.finish(p)
+  q:close()
+  check_at(line_of(fn), msg, e)
+end
+
+-- Runs a chunk in a fresh luamp in which no process can be forked;
+-- returns its status and output.  nil when this machine cannot do that.
+local function without_fork(code)
+  local _, uid = H.run("id -u")
+  local root = uid == "0\n"
+  if H.run("command -v prlimit") ~= 0
+     or (root and H.run("command -v setpriv") ~= 0) then
+    return nil
+  end
+  -- Under a limit of one process a user forks none (it runs one already);
+  -- root is exempt from limits, so it runs the chunk as nobody.
+  local limit = (root and "setpriv --reuid=65534 --regid=65534 "
+                 .. "--clear-groups " or "") .. "prlimit --nproc=1"
+  return H.luamp_e(code, limit)
+end
+
+local never_started = "process not started"
+
+describe("Error positions", function()
+  H.leakcheck()
+
+  it("are checked against this file's own name", function()
+    assert.matches("positions_spec%.lua$", SRC)
+    raises_here("positions", function() error("positions") end)
+  end)
+
+  describe("Process", function()
+    it("mp.Process with bad options", function()
+      raises_here("bad argument #1 to 'Process' (table expected, got number)",
+        function() mp.Process(5) end)
+      raises_here("bad argument #1 to 'Process' (field 'target' is not "
+        .. "callable (a number value))",
+        function() mp.Process{target = 5} end)
+      raises_here("bad argument #1 to 'Process' (field 'args' must be a "
+        .. "table, got string)",
+        function() mp.Process{args = "x"} end)
+      raises_here("bad argument #1 to 'Process' (field 'name' must be a "
+        .. "string, got number)",
+        function() mp.Process{name = 5} end)
+    end)
+
+    it("join with a timeout that is not a number", function()
+      local p = mp.Process{}
+      raises_here("bad argument #1 to 'join' (number expected, got string)",
+        function() p:join("x") end)
+      raises_here("bad argument #1 to 'join' (timeout must be a number, not "
+        .. "NaN)",
+        function() p:join(0/0) end)
+    end)
+
+    it("methods called without the process", function()
+      local p = mp.Process{}
+      for _, name in ipairs{"start", "join", "is_alive", "terminate", "kill",
+                            "close", "run"} do
+        local want = "bad argument #1 to '" .. name .. "' (luamp.Process "
+        raises_here(want .. "expected, got no value)",
+          function() p[name]() end)
+        raises_here(want .. "expected, got number)",
+          function() p[name](5) end)
+      end
+    end)
+
+    it("methods and fields of a process never started", function()
+      local p = mp.Process{}
+      raises_here("can only join a started process",
+        function() p:join() end)
+      raises_here("cannot terminate a process that was never started",
+        function() p:terminate() end)
+      raises_here("cannot kill a process that was never started",
+        function() p:kill() end)
+      raises_here(never_started, function() return p.sentinel end)
+    end)
+
+    it("methods and fields of a closed process", function()
+      local p = mp.Process{}
+      p:close()
+      local closed = "process object is closed"
+      raises_here(closed, function() p:start() end)
+      raises_here(closed, function() p:join() end)
+      raises_here(closed, function() p:is_alive() end)
+      raises_here(closed, function() p:terminate() end)
+      raises_here(closed, function() p:kill() end)
+      raises_here(closed, function() return p.sentinel end)
+    end)
+
+    it("start twice, close while running", function()
+      local p = H.spawn(mp.sleep, 60)
+      raises_here("cannot start a process twice", function() p:start() end)
+      raises_here("cannot close a process while it is still running; call "
+        .. "join() or terminate() first",
+        function() p:close() end)
+      p:kill()
+      p:join()
+    end)
+
+    it("start when no process can be forked", function()
+      local status, out, err = without_fork([[
+local mp = require "luamp"
+local p = mp.Process{target = print}
+print(select(2, pcall(function() p:start() end)))
+]])
+      if status == nil then
+        pending("needs prlimit, and setpriv when run as root")
+        return
+      end
+      assert.are.equal(0, status, err)
+      local lines = {}
+      for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+      assert.are.equal(1, #lines, out)
+      assert.matches("^%(command line%):3: cannot start a process: ",
+                     lines[1])
+    end)
+  end)
+
+  describe("ParentProcess", function()
+    it("methods called without it, and join", function()
+      raises_here_in_child("bad argument #1 to 'is_alive' "
+        .. "(luamp.ParentProcess expected, got no value)",
+        function() mp.parent_process().is_alive() end)
+      raises_here_in_child("can only join a child process",
+        function() mp.parent_process():join() end)
+    end)
+  end)
+end)
