@@ -77,6 +77,16 @@ function M.checkself(self, mt, fname, level)
   end
 end
 
+-- Raises again e, an error of a core function called through pcall (so
+-- without a position), at the user's call; an argument error names fname,
+-- the function the user called.
+function M.reraise(e, fname, level)
+  if fname and type(e) == "string" then
+    e = e:gsub("^(bad argument #%d+ to )'[^']*'", "%1'" .. fname .. "'", 1)
+  end
+  error(e, (level or 1) + 2)
+end
+
 -- C raises error objects through this.
 core.set_throw(function(etype, message)
   error(M.new(etype, message), 3)

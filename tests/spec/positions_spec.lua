@@ -180,4 +180,140 @@ print(select(2, pcall(function() p:start() end)))
         function() mp.parent_process():join() end)
     end)
   end)
+
+  describe("mp.wait", function()
+    it("with arguments of the wrong type", function()
+      raises_here("bad argument #1 to 'wait' (table expected, got number)",
+        function() mp.wait(5) end)
+      raises_here("bad argument #2 to 'wait' (number expected, got string)",
+        function() mp.wait({}, "x") end)
+      raises_here("bad argument #2 to 'wait' (timeout must be a number, not "
+        .. "NaN)",
+        function() mp.wait({}, 0/0) end)
+      raises_here("bad argument #1 to 'wait' (item 1 is not a connection, "
+        .. "sentinel or queue of this process)",
+        function() mp.wait{5} end)
+    end)
+
+    it("on a process never started, or closed", function()
+      local p = mp.Process{}
+      raises_here(never_started, function() mp.wait{p} end)
+      p:close()
+      raises_here("process object is closed", function() mp.wait{p} end)
+    end)
+  end)
+
+  describe("RawValue and RawArray", function()
+    it("with a bad typecode, size or initial value", function()
+      local codes = "bad typecode (expected one of b B h H i I l L q Q f d "
+        .. "c ?)"
+      raises_here("bad argument #1 to 'RawValue' (" .. codes .. ")",
+        function() mp.RawValue("z") end)
+      raises_here("bad argument #1 to 'RawValue' (string expected, got nil)",
+        function() mp.RawValue() end)
+      raises_here("integer expected for typecode 'i', got string",
+        function() mp.RawValue("i", "x") end)
+      raises_here("bad argument #1 to 'RawArray' (" .. codes .. ")",
+        function() mp.RawArray("z", 3) end)
+      raises_here("bad argument #2 to 'RawArray' (number expected, got "
+        .. "string)",
+        function() mp.RawArray("i", "x") end)
+    end)
+  end)
+
+  describe("lock:with", function()
+    it("with something not callable, or without the lock", function()
+      for _, name in ipairs{"Lock", "RLock", "Semaphore", "BoundedSemaphore",
+                            "Condition"} do
+        local l = mp[name]()
+        raises_here("bad argument #1 to 'with' (function expected, got "
+          .. "number)",
+          function() l:with(5) end)
+        raises_here("bad argument #1 to 'with' (function expected, got nil)",
+          function() l:with() end)
+        raises_here("bad argument #1 to 'with' (luamp." .. name
+          .. " expected, got function)",
+          function() l.with(print) end)
+        assert.is_true(l:acquire(false), name .. " was left held")
+        l:release()
+        l:close()
+      end
+    end)
+
+    it("on a closed lock", function()
+      for name, what in pairs{Lock = "lock", RLock = "lock",
+                              Semaphore = "semaphore",
+                              BoundedSemaphore = "semaphore",
+                              Condition = "condition"} do
+        local l = mp[name]()
+        l:close()
+        raises_here("attempt to use a closed " .. what,
+          function() l:with(print) end)
+      end
+    end)
+
+    it("when the release fails", function()
+      local l, rl = mp.Lock(), mp.RLock()
+      local bs, c = mp.BoundedSemaphore(), mp.Condition()
+      raises_here("release unlocked lock",
+        function() l:with(l.release, l) end)
+      raises_here("cannot release un-acquired lock",
+        function() rl:with(rl.release, rl) end)
+      raises_here("semaphore or lock released too many times",
+        function() bs:with(bs.release, bs) end)
+      raises_here("cannot release un-acquired lock",
+        function() c:with(c.release, c) end)
+      l:close()
+      rl:close()
+      bs:close()
+      c:close()
+    end)
+
+    it("leaves the function's own error as it was", function()
+      local l = mp.Lock()
+      local function boom() error("boom") end
+      local ok, e = pcall(l.with, l, boom)
+      assert.is_false(ok)
+      check_at(line_of(boom), "boom", e)
+      assert.is_true(l:acquire(false), "the lock was left held")
+      l:close()
+    end)
+  end)
+
+  describe("cond:wait_for", function()
+    local function no() return false end
+
+    it("with a bad predicate or timeout, or without the condition",
+       function()
+      local c = mp.Condition()
+      raises_here("bad argument #1 to 'wait_for' (function expected, got "
+        .. "nil)",
+        function() c:wait_for() end)
+      raises_here("bad argument #1 to 'wait_for' (function expected, got "
+        .. "number)",
+        function() c:wait_for(5) end)
+      raises_here("bad argument #2 to 'wait_for' (number expected, got "
+        .. "table)",
+        function() c:wait_for(no, {}) end)
+      raises_here("bad argument #2 to 'wait_for' (number expected, got "
+        .. "string)",
+        function() c:wait_for(no, "soon") end)
+      raises_here("bad argument #2 to 'wait_for' (timeout must be a number, "
+        .. "not NaN)",
+        function() c:wait_for(no, 0/0) end)
+      raises_here("bad argument #1 to 'wait_for' (luamp.Condition expected, "
+        .. "got function)",
+        function() c.wait_for(no) end)
+      c:close()
+    end)
+
+    it("without holding the lock", function()
+      local c = mp.Condition()
+      raises_here("cannot wait on un-acquired lock",
+        function() c:wait_for(no, 0.01) end)
+      raises_here("cannot wait on un-acquired lock",
+        function() c:wait_for(no, "0.01") end)
+      c:close()
+    end)
+  end)
 end)
