@@ -316,4 +316,66 @@ print(select(2, pcall(function() p:start() end)))
       c:close()
     end)
   end)
+
+  describe("Manager", function()
+    it("factories with bad arguments", function()
+      local m <close> = mp.Manager()
+      raises_here("bad argument #1 to 'dict' (table expected, got number)",
+        function() m:dict(5) end)
+      raises_here("bad argument #1 to 'list' (table expected, got number)",
+        function() m:list(5) end)
+      raises_here("bad argument #1 to 'Queue' (number expected, got string)",
+        function() m:Queue("x") end)
+      raises_here("bad argument #1 to 'JoinableQueue' (number expected, got "
+        .. "string)",
+        function() m:JoinableQueue("x") end)
+      raises_here("bad argument #1 to 'Semaphore' (number expected, got "
+        .. "string)",
+        function() m:Semaphore("x") end)
+      raises_here("bad argument #1 to 'BoundedSemaphore' (semaphore initial "
+        .. "value must be >= 0)",
+        function() m:BoundedSemaphore(-1) end)
+      raises_here("bad argument #1 to 'Condition' (a Lock or RLock "
+        .. "expected)",
+        function() m:Condition(5) end)
+      raises_here("bad argument #1 to 'Barrier' (number expected, got "
+        .. "string)",
+        function() m:Barrier("x") end)
+      raises_here({pattern = "^bad argument #1 to 'Value' %(bad typecode"},
+        function() m:Value("z") end)
+      raises_here("bad argument #2 to 'Array' (number expected, got no "
+        .. "value)",
+        function() m:Array("i") end)
+      raises_here("bad argument #1 to 'Namespace' (table expected, got "
+        .. "number)",
+        function() m:Namespace(5) end)
+    end)
+
+    it("Namespace with fields it cannot hold", function()
+      local m <close> = mp.Manager()
+      raises_here("cannot send value: userdata (FILE*)",
+        function() m:Namespace{f = io.stdout} end)
+      raises_here({pattern = "^bad Dict key table: .*: keys are strings, "
+        .. "numbers and booleans$"},
+        function() m:Namespace{[{}] = 1} end)
+    end)
+
+    it("methods called without the manager", function()
+      local m <close> = mp.Manager()
+      for _, name in ipairs{"dict", "list", "Queue", "Lock", "Value",
+                            "Namespace", "shutdown"} do
+        raises_here("bad argument #1 to '" .. name .. "' (luamp.Manager "
+          .. "expected, got no value)",
+          function() m[name]() end)
+      end
+    end)
+
+    it("factories of a manager shut down", function()
+      local m = mp.Manager()
+      m:shutdown()
+      raises_here("the manager is shut down", function() m:Queue() end)
+      raises_here("the manager is shut down", function() m:dict() end)
+      raises_here("the manager is shut down", function() m:Namespace() end)
+    end)
+  end)
 end)
