@@ -152,11 +152,12 @@ describe("Error positions", function()
       p:join()
     end)
 
-    it("start when no process can be forked", function()
+    it("start and mp.Pool when no process can be forked", function()
       local status, out, err = without_fork([[
 local mp = require "luamp"
 local p = mp.Process{target = print}
 print(select(2, pcall(function() p:start() end)))
+print(select(2, pcall(function() mp.Pool(1) end)))
 ]])
       if status == nil then
         pending("needs prlimit, and setpriv when run as root")
@@ -165,9 +166,11 @@ print(select(2, pcall(function() p:start() end)))
       assert.are.equal(0, status, err)
       local lines = {}
       for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
-      assert.are.equal(1, #lines, out)
+      assert.are.equal(2, #lines, out)
       assert.matches("^%(command line%):3: cannot start a process: ",
                      lines[1])
+      assert.matches("^%(command line%):4: cannot start a process: ",
+                     lines[2])
     end)
   end)
 
@@ -376,6 +379,177 @@ print(select(2, pcall(function() p:start() end)))
       raises_here("the manager is shut down", function() m:Queue() end)
       raises_here("the manager is shut down", function() m:dict() end)
       raises_here("the manager is shut down", function() m:Namespace() end)
+    end)
+  end)
+
+  describe("Pool", function()
+    it("mp.Pool with bad options", function()
+      raises_here("bad argument #1 to 'Pool' (number or table expected, got "
+        .. "string)",
+        function() mp.Pool("x") end)
+      raises_here("bad argument #1 to 'Pool' (processes must be at least 1)",
+        function() mp.Pool(0) end)
+      raises_here("bad argument #1 to 'Pool' (initializer must be callable)",
+        function() mp.Pool{initializer = 5} end)
+      raises_here("bad argument #1 to 'Pool' (initargs must be a table)",
+        function() mp.Pool{initargs = 5} end)
+      raises_here("bad argument #1 to 'Pool' (maxtasksperchild must be a "
+        .. "positive integer)",
+        function() mp.Pool{maxtasksperchild = 0} end)
+      raises_here({pattern = "^shared memory exhausted: "},
+        function() mp.Pool(1 << 40) end)
+    end)
+
+    it("methods with bad arguments", function()
+      local pool <close> = mp.Pool(1)
+      local fd = io.stdout
+      raises_here("bad argument #1 to 'apply' (function expected, got "
+        .. "number)",
+        function() pool:apply(5) end)
+      raises_here("bad argument #2 to 'apply' (table expected, got number)",
+        function() pool:apply(tostring, 5) end)
+      raises_here("cannot send args[1]: userdata (FILE*)",
+        function() pool:apply(tostring, {fd}) end)
+      raises_here("cannot send func<upvalue fd>: userdata (FILE*)",
+        function() pool:apply(function() return fd end) end)
+      raises_here("cannot send func<upvalue fd>: userdata (FILE*)",
+        function() pool:map(function() return fd end, {1}) end)
+      raises_here("cannot send func<upvalue fd>: userdata (FILE*)",
+        function() pool:imap(function() return fd end, {1}) end)
+      raises_here("bad argument #3 to 'apply_async' (callback must be "
+        .. "callable)",
+        function() pool:apply_async(tostring, {}, 5) end)
+      raises_here("bad argument #4 to 'apply_async' (error_callback must be "
+        .. "callable)",
+        function() pool:apply_async(tostring, {}, nil, 5) end)
+      raises_here("bad argument #1 to 'map' (function expected, got number)",
+        function() pool:map(5, {}) end)
+      raises_here("bad argument #2 to 'map' (table or function expected, "
+        .. "got number)",
+        function() pool:map(tostring, 5) end)
+      raises_here("bad argument #3 to 'map' (chunksize must be a positive "
+        .. "integer)",
+        function() pool:map(tostring, {1}, 0) end)
+      raises_here("bad argument #3 to 'map' (chunksize must be a positive "
+        .. "integer)",
+        function() pool:map(tostring, {1}, {chunksize = "x"}) end)
+      raises_here("cannot send iterable[2]: userdata (FILE*)",
+        function() pool:map(tostring, {1, fd}) end)
+      raises_here("bad argument #4 to 'map_async' (callback must be "
+        .. "callable)",
+        function() pool:map_async(tostring, {}, nil, 5) end)
+      raises_here("bad argument #5 to 'map_async' (error_callback must be "
+        .. "callable)",
+        function() pool:map_async(tostring, {}, nil, nil, 5) end)
+      raises_here("bad argument #2 to 'starmap' (item 1 is not a table of "
+        .. "arguments)",
+        function() pool:starmap(tostring, {1}) end)
+      raises_here("bad argument #4 to 'starmap_async' (callback must be "
+        .. "callable)",
+        function() pool:starmap_async(tostring, {}, nil, {}) end)
+      raises_here("bad argument #1 to 'imap' (function expected, got number)",
+        function() pool:imap(5, {}) end)
+      raises_here("bad argument #2 to 'imap_unordered' (table or function "
+        .. "expected, got number)",
+        function() pool:imap_unordered(tostring, 5) end)
+      raises_here("Pool is still running", function() pool:join() end)
+      assert.are.same({n = 2, 1, 4}, pool:map(function(x) return x * x end,
+                                              {1, 2}))
+    end)
+
+    it("methods called without the pool", function()
+      local pool <close> = mp.Pool(1)
+      for _, name in ipairs{"apply", "apply_async", "map", "map_async",
+                            "starmap", "starmap_async", "imap",
+                            "imap_unordered", "close", "terminate",
+                            "join"} do
+        raises_here("bad argument #1 to '" .. name .. "' (luamp.Pool "
+          .. "expected, got no value)",
+          function() pool[name]() end)
+        raises_here("bad argument #1 to '" .. name .. "' (luamp.Pool "
+          .. "expected, got function)",
+          function() pool[name](tostring, {}) end)
+      end
+    end)
+
+    it("methods of a pool no longer running", function()
+      local pool = mp.Pool(1)
+      pool:close()
+      for _, name in ipairs{"apply", "apply_async", "map", "map_async",
+                            "starmap", "starmap_async", "imap",
+                            "imap_unordered"} do
+        raises_here("Pool not running",
+          function() pool[name](pool, tostring, {}) end)
+      end
+      pool:join()
+    end)
+  end)
+
+  describe("AsyncResult", function()
+    it("get and wait with a timeout that is not a number", function()
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(mp.sleep, {0.05})
+      raises_here("bad argument #1 to 'get' (number expected, got string)",
+        function() r:get("x") end)
+      raises_here("bad argument #1 to 'wait' (number expected, got string)",
+        function() r:wait("x") end)
+      raises_here("bad argument #1 to 'get' (timeout must be a number, not "
+        .. "NaN)",
+        function() r:get(0/0) end)
+      raises_here("bad argument #1 to 'wait' (timeout must be a number, not "
+        .. "NaN)",
+        function() r:wait(0/0) end)
+      raises_here("AsyncResult not ready", function() r:successful() end)
+      assert.are.equal(0, select("#", r:get(10)))
+    end)
+
+    it("methods called without the result", function()
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(tostring, {1})
+      for _, name in ipairs{"get", "wait", "ready", "successful"} do
+        raises_here("bad argument #1 to '" .. name .. "' (luamp.AsyncResult "
+          .. "expected, got no value)",
+          function() r[name]() end)
+      end
+      assert.are.equal("1", r:get(10))
+    end)
+
+    it("from a process that does not own the pool", function()
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(mp.sleep, {0.5})
+      local foreign = {pattern = "^bad argument #1 to 'wait' %(item %d+ is "
+        .. "not a connection, sentinel or queue of this process%)$"}
+      raises_here_in_child(foreign, function() r:get() end)
+      raises_here_in_child(foreign, function() r:wait(5) end)
+      raises_here_in_child(foreign,
+        function() pool:close(); pool:join() end)
+    end)
+  end)
+
+  describe("imap iterators", function()
+    it("an item that cannot be sent, at the line of the loop", function()
+      local pool <close> = mp.Pool(1)
+      local it = pool:imap(tostring, {1, io.stdout})
+      assert.are.equal("1", it())
+      raises_here("cannot send iterable[2]: userdata (FILE*)",
+        function() for _ in it do end end)
+    end)
+
+    it("the input's own error, as it was raised", function()
+      local pool <close> = mp.Pool(1)
+      local i, at = 0, nil
+      local function input()
+        i = i + 1
+        if i < 3 then return i end
+        at = debug.getinfo(1, "l").currentline; error("boom")
+      end
+      local it = pool:imap_unordered(tostring, input)
+      local got = {}
+      local ok, e = pcall(function() for v in it do got[#got + 1] = v end end)
+      assert.is_false(ok)
+      check_at(at, "boom", e)
+      table.sort(got)
+      assert.are.same({"1", "2"}, got)
     end)
   end)
 end)
