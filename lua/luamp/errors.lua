@@ -4,7 +4,9 @@
 
 local core = require "luamp.core"
 
-local error, setmetatable, type = error, setmetatable, type
+local error, getmetatable, setmetatable, type =
+  error, getmetatable, setmetatable, type
+local format = string.format
 
 local M = {}
 
@@ -38,6 +40,47 @@ end
 function M.is(e, etype)
   return type(e) == "table" and getmetatable(e) == Error
     and (etype == nil or e.type == etype)
+end
+
+-- Misuse is an ordinary error string at the user's call, in the words of
+-- Lua's own argument errors.  `level` says whose call to blame: 1 (the
+-- default) the caller of the function that calls these, 2 that caller's
+-- caller, and so on.
+
+-- Raises "bad argument #n to 'fname' (msg)".
+function M.argerror(n, fname, msg, level)
+  error(format("bad argument #%d to '%s' (%s)", n, fname, msg),
+        (level or 1) + 2)
+end
+
+-- The name of v's type as luaL_typeerror gives it: its metatable's
+-- __name if it has one.
+function M.typename(v)
+  local m = getmetatable(v)
+  if type(m) == "table" and type(m.__name) == "string" then
+    return m.__name
+  end
+  return type(v)
+end
+
+-- Checks that self is an object whose metatable is mt, as the methods of
+-- the C types check theirs; a method called with `.` has none.
+function M.checkself(self, mt, fname, level)
+  if getmetatable(self) ~= mt then
+    M.argerror(1, fname, mt.__name .. " expected, got " ..
+               (self == nil and "no value" or M.typename(self)),
+               (level or 1) + 1)
+  end
+end
+
+-- Raises again e, an error of a core function called through pcall (so
+-- without a position), at the user's call; an argument error names fname,
+-- the function the user called.
+function M.reraise(e, fname, level)
+  if fname and type(e) == "string" then
+    e = e:gsub("^(bad argument #%d+ to )'[^']*'", "%1'" .. fname .. "'", 1)
+  end
+  error(e, (level or 1) + 2)
 end
 
 return M

@@ -7,6 +7,12 @@ local process = require "luamp.process"
 local pool = require "luamp.pool"
 local manager = require "luamp.manager"
 
+local error, getmetatable, ipairs, pcall, tonumber, type =
+  error, getmetatable, ipairs, pcall, tonumber, type
+local pack, unpack = table.pack, table.unpack
+local argerror, checkself, reraise, typename =
+  errors.argerror, errors.checkself, errors.reraise, errors.typename
+
 local M = {}
 
 M._VERSION = "luamp 0.1.0"
@@ -48,29 +54,61 @@ M.Array = core.Array
 -- Value and Array without a lock.
 function M.RawValue(typecode, init)
   local ok, v = pcall(core.Value, typecode, init, false)
-  if not ok then error(v, 2) end
+  if not ok then reraise(v, "RawValue") end
   return v
 end
 
 function M.RawArray(typecode, size_or_table)
   local ok, v = pcall(core.Array, typecode, size_or_table, false)
-  if not ok then error(v, 2) end
+  if not ok then reraise(v, "RawArray") end
   return v
 end
 
+local function callable(f)
+  if type(f) == "function" then return true end
+  local m = getmetatable(f)
+  return type(m) == "table" and m.__call ~= nil
+end
+
+-- with and wait_for call the lock's own methods through pcall, so that
+-- what those raise is raised again at the caller.
+
 -- lock:with(fn, ...) -> what fn returns: fn runs holding the lock, which
 -- is released whether fn returns or raises.
-local function with(self, fn, ...)
-  self:acquire()
-  local r = table.pack(pcall(fn, ...))
-  self:release()
-  if not r[1] then error(r[2], 0) end
-  return table.unpack(r, 2, r.n)
+local function with_for(mt)
+  return function(self, fn, ...)
+    checkself(self, mt, "with")
+    if not callable(fn) then
+      argerror(1, "with", "function expected, got " .. typename(fn))
+    end
+    local ok, e = pcall(self.acquire, self)
+    if not ok then reraise(e) end
+    local r = pack(pcall(fn, ...))
+    ok, e = pcall(self.release, self)
+    if not ok then reraise(e) end
+    if not r[1] then error(r[2], 0) end
+    return unpack(r, 2, r.n)
+  end
 end
 
 -- cond:wait_for(predicate, [timeout]) -> the predicate's last value:
 -- waits until it is true, or the timeout has passed.
+local condition = core.metatable("luamp.Condition")
 local function wait_for(self, predicate, timeout)
+  checkself(self, condition, "wait_for")
+  if not callable(predicate) then
+    argerror(1, "wait_for", "function expected, got " .. typename(predicate))
+  end
+  if timeout ~= nil then
+    local t = type(timeout) == "string" and tonumber(timeout) or timeout
+    if type(t) ~= "number" then
+      argerror(2, "wait_for", "number expected, got " .. typename(timeout))
+    end
+    if t ~= t then
+      argerror(2, "wait_for", "timeout must be a number, not NaN")
+    end
+    timeout = t
+  end
   local result = predicate()
   local endtime = timeout and core.monotonic() + timeout
   while not result do
@@ -79,7 +117,8 @@ local function wait_for(self, predicate, timeout)
       left = endtime - core.monotonic()
       if left <= 0 then break end
     end
-    self:wait(left)
+    local ok, e = pcall(self.wait, self, left)
+    if not ok then reraise(e) end
     result = predicate()
   end
   return result
@@ -87,32 +126,30 @@ end
 
 for _, name in ipairs{"Lock", "RLock", "Semaphore", "BoundedSemaphore",
                       "Condition"} do
-  local methods = core.metatable("luamp." .. name).__index
-  methods.with = with
+  local mt = core.metatable("luamp." .. name)
+  mt.__index.with = with_for(mt)
 end
-core.metatable("luamp.Condition").__index.wait_for = wait_for
+condition.__index.wait_for = wait_for
 
 -- mp.wait(objects, [timeout]): the ready subset of connections, process
 -- sentinels (or Process objects) and queues, in the order given.
 function M.wait(objects, timeout)
   if type(objects) ~= "table" then
-    error("bad argument #1 to 'wait' (table expected, got " ..
-          type(objects) .. ")", 2)
+    argerror(1, "wait", "table expected, got " .. type(objects))
   end
   if timeout ~= nil and type(timeout) ~= "number" then
-    error("bad argument #2 to 'wait' (number expected, got " ..
-          type(timeout) .. ")", 2)
+    argerror(2, "wait", "number expected, got " .. type(timeout))
   end
   local list = {}
   for i = 1, #objects do
     local o = objects[i]
-    if getmetatable(o) == process.metatable then o = o.sentinel end
+    if getmetatable(o) == process.metatable then o = process.sentinel(o) end
     list[i] = o
   end
   -- core.wait answers with positions in the list, so that what comes back
   -- is what was given (a Process object, or its sentinel).
   local ok, where = pcall(core.wait, list, timeout)
-  if not ok then error(where, 2) end
+  if not ok then reraise(where, "wait") end
   local ready = {}
   for i, k in ipairs(where) do ready[i] = objects[k] end
   return ready

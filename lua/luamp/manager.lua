@@ -4,52 +4,59 @@
 -- mp.Dict, mp.List, mp.Queue... make, under the names Python code uses.
 
 local core = require "luamp.core"
+local errors = require "luamp.errors"
 
-local error, setmetatable, pairs, type = error, setmetatable, pairs, type
+local error, ipairs, pcall, setmetatable, type =
+  error, ipairs, pcall, setmetatable, type
+local argerror, checkself, reraise = errors.argerror, errors.checkself,
+  errors.reraise
 
 local M = {}
 
 local Manager = {__name = "luamp.Manager"}
 Manager.__index = Manager
 
-local function check(self)
+-- Checks that self is a manager still running; raises at the caller of
+-- the method fname.
+local function check(self, fname)
+  checkself(self, Manager, fname, 2)
   if self._shut then error("the manager is shut down", 3) end
 end
 
--- A factory method calling f, with errors reported at the caller's line.
-local function factory(f)
+-- The factory method fname calling f, with errors reported at the
+-- caller's line.
+local function factory(f, fname)
   return function(self, ...)
-    check(self)
+    check(self, fname)
     local ok, obj = pcall(f, ...)
-    if not ok then error(obj, 2) end
+    if not ok then reraise(obj, fname) end
     return obj
   end
 end
 
-Manager.dict, Manager.list = factory(core.Dict), factory(core.List)
+Manager.dict, Manager.list = factory(core.Dict, "dict"),
+  factory(core.List, "list")
 for _, name in ipairs{"Queue", "JoinableQueue", "Lock", "RLock", "Semaphore",
                       "BoundedSemaphore", "Condition", "Event", "Barrier",
                       "Value", "Array"} do
-  Manager[name] = factory(core[name])
+  Manager[name] = factory(core[name], name)
 end
 
 -- m:Namespace([fields]) -> a Namespace, with the given fields set
 function Manager:Namespace(fields)
-  check(self)
+  check(self, "Namespace")
   if fields ~= nil and type(fields) ~= "table" then
-    error("bad argument #1 to 'Namespace' (table expected, got " ..
-          type(fields) .. ")", 2)
+    argerror(1, "Namespace", "table expected, got " .. type(fields))
   end
-  local ns = core.Namespace()
-  if fields then
-    for k, v in pairs(fields) do ns[k] = v end
-  end
+  local ok, ns = pcall(core.Namespace, fields)
+  if not ok then reraise(ns, "Namespace") end
   return ns
 end
 
 -- m:shutdown(): no more objects from this manager.  Those it made live on
 -- while any process holds them, as every shared object does.
 function Manager:shutdown()
+  checkself(self, Manager, "shutdown")
   self._shut = true
 end
 

@@ -63,12 +63,8 @@ local function callable(f)
   return type(m) == "table" and m.__call ~= nil
 end
 
--- Raises a bad-argument error at the user's call, `level` levels above the
--- function that calls argerror (1: its caller).
-local function argerror(n, fname, msg, level)
-  error(format("bad argument #%d to '%s' (%s)", n, fname, msg),
-        (level or 1) + 2)
-end
+-- Misuse raises at the user's call: see luamp.errors for `level`.
+local argerror, checkself = errors.argerror, errors.checkself
 
 local function errtext(e)
   if type(e) == "string" then return e end
@@ -269,30 +265,47 @@ function AsyncResult:_failed(pool, at, n, e) settle(self, false, e) end
 
 -- r:ready() -> whether the result has arrived
 function AsyncResult:ready()
+  checkself(self, AsyncResult, "ready")
   if not self._ready and self._pool then self._pool:_pump() end
   return self._ready
 end
 
 -- r:successful() -> whether the task returned; raises if not ready
 function AsyncResult:successful()
+  checkself(self, AsyncResult, "successful")
   if not self:ready() then error("AsyncResult not ready", 2) end
   if not self._map then apply_values(self) end
   return self._ok
 end
 
+-- Waits for res as r:wait does, for the method fname; a misuse is raised
+-- at `level` (1: the caller of the function that calls wait_result).
+local function wait_result(res, timeout, fname, level)
+  level = level + 1
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror(1, fname, "number expected, got " .. type(timeout), level)
+  end
+  if timeout ~= timeout then
+    argerror(1, fname, "timeout must be a number, not NaN", level)
+  end
+  if res._ready then return true end
+  local ready = res._pool:_wait_until(function() return res._ready end,
+                                      timeout, level)
+  return ready -- not a tail call: error levels count this frame
+end
+
 -- r:wait([timeout]) -> whether the result is ready
 function AsyncResult:wait(timeout)
-  if timeout ~= nil and type(timeout) ~= "number" then
-    argerror(1, "wait", "number expected, got " .. type(timeout))
-  end
-  if self._ready then return true end
-  return self._pool:_wait_until(function() return self._ready end, timeout)
+  checkself(self, AsyncResult, "wait")
+  local ready = wait_result(self, timeout, "wait", 1)
+  return ready -- not a tail call: error levels count this frame
 end
 
 -- r:get([timeout]) -> the task's results; raises TimeoutError, RemoteError
 -- or WorkerLostError
 function AsyncResult:get(timeout)
-  if not self._ready and not self:wait(timeout) then
+  checkself(self, AsyncResult, "get")
+  if not self._ready and not wait_result(self, timeout, "get", 1) then
     errors.raise("TimeoutError", "the result is not ready after " ..
                  tostring(timeout) .. " s", nil, 2)
   end
@@ -318,7 +331,10 @@ local function pump_all()
   end
 end
 
-local function new_worker(self, wid)
+-- Starts worker wid.  If it cannot, raises at `level` (1: the caller of
+-- the function that calls new_worker), or without a position when level
+-- is nil.
+local function new_worker(self, wid, level)
   worker_counter = worker_counter + 1
   -- known: the functions it has (it had a message that carried them).
   -- For each message in flight, in order: the id of its first task, how
@@ -331,7 +347,11 @@ local function new_worker(self, wid)
     name = "PoolWorker-" .. worker_counter,
     daemon = true,
   }
-  w.proc:start()
+  local ok, e = pcall(w.proc.start, w.proc)
+  if not ok then
+    w.inbox:close()
+    error(e, level and level + 2 or 0)
+  end
   w.sentinel = w.proc.sentinel
   self._workers[wid] = w
   return w
@@ -362,9 +382,11 @@ function M.Pool(opts)
   end
   cfg.initializer, cfg.initargs, cfg.maxtasksperchild =
     opts.initializer, opts.initargs, k
+  local ok, running = pcall(core.Array, "q", n, false)
+  if not ok then error(running, 2) end
   local self = setmetatable({
     _n = n, _cfg = cfg, _state = RUN, _pid = core.getpid(),
-    _outq = core.Queue(), _running = core.Array("q", n, false),
+    _outq = core.Queue(), _running = running,
     _workers = {}, _lazy = {}, _reaped = core.reaped(), _nsub = 0,
     _rbuf = {}, _rh = 1, _rn = 0, -- results taken in, and the next to read
     -- the slots: job, function id, encoded arguments, kind, position and
@@ -381,7 +403,7 @@ function M.Pool(opts)
     _fprev = {}, _fnext = {}, _fhead = false, _ftail = false, _nidle = 0,
     _idlebytes = 0,
   }, Pool)
-  for wid = 1, n do new_worker(self, wid) end
+  for wid = 1, n do new_worker(self, wid, 1) end
   pools[self] = true
   core.set_service(pump_all)
   -- A result wakes the owner whatever it waits for, so callbacks run
@@ -832,8 +854,10 @@ function Pool:_stop_idle()
 end
 
 -- Pumps until done() or the timeout; true if done.  Ctrl-C terminates
--- the pool (its workers are gone at once) and raises.
-function Pool:_wait_until(done, timeout)
+-- the pool (its workers are gone at once) and raises.  What the wait
+-- itself raises is raised at `level` (1: the caller of the function that
+-- calls _wait_until).
+function Pool:_wait_until(done, timeout, level)
   local deadline = timeout and monotonic() + timeout
   while true do
     self:_pump()
@@ -854,7 +878,7 @@ function Pool:_wait_until(done, timeout)
     self._waiting = false
     if not ok then
       if core.is_interrupt(err) then self:terminate() end
-      error(err, 0)
+      error(err, level + 2)
     end
   end
 end
@@ -892,11 +916,13 @@ end
 
 -- pool:apply(f, [args]) -> all the results of f(table.unpack(args))
 function Pool:apply(f, args)
+  checkself(self, Pool, "apply")
   return submit_apply(self, f, args, nil, nil, "apply"):get()
 end
 
 -- pool:apply_async(f, [args], [callback], [error_callback]) -> AsyncResult
 function Pool:apply_async(f, args, callback, error_callback)
+  checkself(self, Pool, "apply_async")
   if callback ~= nil and not callable(callback) then
     argerror(3, "apply_async", "callback must be callable")
   end
@@ -1065,20 +1091,36 @@ end
 -- pool:map(f, iterable, [chunksize | {chunksize=, progress=}]) -> results
 -- in order, a table with n set
 function Pool:map(f, iterable, opt)
+  checkself(self, Pool, "map")
   return submit_map(self, f, iterable, opt, nil, nil, "map"):get()
 end
 
+-- Checks the callbacks of a map-like call fname, arguments #4 and #5.
+local function checkcallbacks(callback, error_callback, fname)
+  if callback ~= nil and not callable(callback) then
+    argerror(4, fname, "callback must be callable", 2)
+  end
+  if error_callback ~= nil and not callable(error_callback) then
+    argerror(5, fname, "error_callback must be callable", 2)
+  end
+end
+
 function Pool:map_async(f, iterable, opt, callback, error_callback)
+  checkself(self, Pool, "map_async")
+  checkcallbacks(callback, error_callback, "map_async")
   local r = submit_map(self, f, iterable, opt, callback, error_callback,
                       "map_async")
   return r -- not a tail call: error levels count this frame
 end
 
 function Pool:starmap(f, iterable, opt)
+  checkself(self, Pool, "starmap")
   return submit_map(self, f, iterable, opt, nil, nil, "starmap", true):get()
 end
 
 function Pool:starmap_async(f, iterable, opt, callback, error_callback)
+  checkself(self, Pool, "starmap_async")
+  checkcallbacks(callback, error_callback, "starmap_async")
   local r = submit_map(self, f, iterable, opt, callback, error_callback,
                       "starmap_async", true)
   return r -- not a tail call: error levels count this frame
@@ -1093,8 +1135,9 @@ function Lazy:_more(pool)
   local c, at, n = {}, self.pos + 1, 0
   while n < self.chunksize do
     local ok, more, v = pcall(self.next_item)
-    if not ok then -- the input raised: deliver that at its position
-      self.input_error = {at = self.pos + 1, err = more}
+    if not ok then -- the input raised: deliver that at its position, as
+      -- it was raised
+      self.input_error = {at = self.pos + 1, err = more, level = 0}
       self.exhausted = true
       break
     end
@@ -1111,7 +1154,8 @@ function Lazy:_more(pool)
   -- unsendable one is named by that place.
   local ok, a = pcall(encode_slice, c, at, at + n - 1, "iterable")
   if not ok then
-    self.input_error = self.input_error or {at = at, err = a}
+    -- (the encoder's error has no position: the caller's is given it)
+    self.input_error = self.input_error or {at = at, err = a, level = 2}
     self.exhausted = true
     self.pos = at - 1 -- none of this chunk was sent
     return
@@ -1188,7 +1232,7 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
       return job.exhausted and job.inflight == 0
         and job.yielded >= job.pos
     end
-    pool:_wait_until(ready)
+    pool:_wait_until(ready, nil, 1)
     if job.fatal then error(job.fatal, 2) end
     local r = key and job.results[key]
     if r then
@@ -1199,9 +1243,9 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
       return r[2]
     end
     if job.input_error and job.yielded + 1 >= job.input_error.at then
-      local e = job.input_error.err
+      local e = job.input_error
       job.input_error = nil
-      error(e, 2)
+      error(e.err, e.level)
     end
     if job.progress then job.progress:step(0, true) end
     return nil
@@ -1210,11 +1254,13 @@ end
 
 -- for r in pool:imap(f, iterable, [chunksize | options]) do ... end
 function Pool:imap(f, iterable, opt)
+  checkself(self, Pool, "imap")
   local r = submit_lazy(self, f, iterable, opt, "imap", true)
   return r -- not a tail call: error levels count this frame
 end
 
 function Pool:imap_unordered(f, iterable, opt)
+  checkself(self, Pool, "imap_unordered")
   local r = submit_lazy(self, f, iterable, opt, "imap_unordered", false)
   return r -- not a tail call: error levels count this frame
 end
@@ -1223,6 +1269,7 @@ end
 
 -- pool:close(): no more tasks; the workers leave when the work is done.
 function Pool:close()
+  checkself(self, Pool, "close")
   if self._state == RUN then
     self._state = CLOSE
     self:_pump()
@@ -1231,6 +1278,7 @@ end
 
 -- pool:terminate(): the workers are stopped now; unfinished tasks fail.
 function Pool:terminate()
+  checkself(self, Pool, "terminate")
   if self._state == TERMINATE and not next(self._workers) then return end
   stop(self, errors.new("ProcessError", "the pool was terminated"))
   self._outq:close()
@@ -1238,6 +1286,7 @@ end
 
 -- pool:join(): waits for the workers to leave (after close or terminate).
 function Pool:join()
+  checkself(self, Pool, "join")
   if self._state == RUN then error("Pool is still running", 2) end
   self:_wait_until(function()
     for wid = 1, self._n do
@@ -1245,7 +1294,7 @@ function Pool:join()
       if w and w.proc.exitcode == nil then return false end
     end
     return true
-  end)
+  end, nil, 1)
   for wid = 1, self._n do
     if self._workers[wid] then close_worker(self._workers[wid]) end
   end

@@ -2,14 +2,16 @@
 -- policy over the fork/wait/signal mechanism of luamp.core.
 
 local core = require "luamp.core"
+local errors = require "luamp.errors"
 
-local error, getmetatable, ipairs, pairs, rawget, setmetatable, tostring,
-  type, xpcall = error, getmetatable, ipairs, pairs, rawget, setmetatable,
-  tostring, type, xpcall
+local error, getmetatable, ipairs, pairs, pcall, rawget, setmetatable,
+  tostring, type, xpcall = error, getmetatable, ipairs, pairs, pcall, rawget,
+  setmetatable, tostring, type, xpcall
 local concat, unpack = table.concat, table.unpack
 local format = string.format
 local traceback = debug.traceback
 local stderr = io.stderr
+local argerror, checkself = errors.argerror, errors.checkself
 
 local M = {}
 
@@ -28,20 +30,22 @@ local function callable(f)
   return m ~= nil and type(m) == "table" and m.__call ~= nil
 end
 
-local function argerror(n, fname, msg)
-  error(format("bad argument #%d to '%s' (%s)", n, fname, msg), 3)
-end
+-- These raise at the caller of the method that calls them, or as `level`
+-- says (see luamp.errors).
 
-local function checktimeout(fname, t)
+local function checktimeout(fname, t, level)
+  level = (level or 1) + 1
   if t ~= nil and type(t) ~= "number" then
-    argerror(1, fname, "number expected, got " .. type(t))
+    argerror(1, fname, "number expected, got " .. type(t), level)
   end
-  if t ~= t then argerror(1, fname, "timeout must be a number, not NaN") end
+  if t ~= t then
+    argerror(1, fname, "timeout must be a number, not NaN", level)
+  end
 end
 
-local function checkclosed(self)
+local function checkclosed(self, level)
   if rawget(self, "_closed") then
-    error("process object is closed", 3)
+    error("process object is closed", (level or 1) + 2)
   end
 end
 
@@ -124,15 +128,26 @@ function getters.pid(self)
 end
 getters.ident = getters.pid
 
+-- The sentinel of process p; if it has none, raises at `level` (1: the
+-- caller of the function that calls sentinel).
+local function sentinel(p, level)
+  level = (level or 1) + 1
+  checkclosed(p, level)
+  local child = rawget(p, "_child")
+  if not child then error("process not started", level + 1) end
+  return child
+end
+M.sentinel = sentinel
+
+-- (__index calls getters in a tail call: their caller is the user's.)
 function getters.sentinel(self)
-  checkclosed(self)
-  local child = rawget(self, "_child")
-  if not child then error("process not started", 2) end
+  local child = sentinel(self)
   return child
 end
 
 -- The default run: target(table.unpack(args)).
 function Process:run()
+  checkself(self, mt, "run")
   local target = self.target
   if target == nil then return end
   local args = self.args
@@ -178,6 +193,7 @@ end
 
 -- Forks; the child runs self:run() and exits (0 on return, 1 on error).
 function Process:start()
+  checkself(self, mt, "start")
   checkclosed(self)
   if rawget(self, "_child") or rawget(self, "_pid") then
     error("cannot start a process twice", 2)
@@ -186,8 +202,9 @@ function Process:start()
     error("can only start a process object created by current process", 2)
   end
   cleanup()
-  local child = core.fork(function() return bootstrap(self) end,
-                          self.daemon and true or false)
+  local ok, child = pcall(core.fork, function() return bootstrap(self) end,
+                           self.daemon and true or false)
+  if not ok then error(child, 2) end
   self._child = child
   self._pid = child:pid()
   children[#children + 1] = self
@@ -195,6 +212,7 @@ end
 
 -- Waits for the child to end; true if it has (false after a timeout).
 function Process:join(timeout)
+  checkself(self, mt, "join")
   checktimeout("join", timeout)
   checkclosed(self)
   if self._parent_pid ~= core.getpid() then
@@ -211,6 +229,7 @@ function Process:join(timeout)
 end
 
 function Process:is_alive()
+  checkself(self, mt, "is_alive")
   checkclosed(self)
   if self == current then return true end
   if self._parent_pid ~= core.getpid() then
@@ -221,9 +240,12 @@ function Process:is_alive()
 end
 
 local function signal(self, signum, what)
-  checkclosed(self)
+  checkself(self, mt, what, 2)
+  checkclosed(self, 2)
   local child = rawget(self, "_child")
-  if not child then error("cannot " .. what .. " a process that was never started", 3) end
+  if not child then
+    error("cannot " .. what .. " a process that was never started", 3)
+  end
   child:signal(signum)
 end
 
@@ -232,6 +254,7 @@ function Process:kill() signal(self, 9, "kill") end
 
 -- Releases the process's resources; raises if it is still running.
 function Process:close()
+  checkself(self, mt, "close")
   if rawget(self, "_closed") then return end
   local child = rawget(self, "_child")
   if child and child:ours() then
@@ -292,8 +315,12 @@ ParentProcess.__index = function(self, k)
   if k == "pid" or k == "ident" then return rawget(self, "_pid") end
   return ParentProcess[k]
 end
-function ParentProcess:is_alive() return core.alive(self._pid) end
+function ParentProcess:is_alive()
+  checkself(self, ParentProcess, "is_alive")
+  return core.alive(self._pid)
+end
 function ParentProcess:join()
+  checkself(self, ParentProcess, "join")
   error("can only join a child process", 2)
 end
 function ParentProcess.__tostring(self)
