@@ -1,4 +1,4 @@
--- 08-condition_spec.lua -- Condition and Barrier across processes: notify,
+-- condition_spec.lua -- Condition and Barrier across processes: notify,
 -- notify(n), notify_all, wait and wait_for with timeouts, the lock a wait
 -- gives up and takes back; Barrier rounds, action, abort, reset, timeouts
 -- and the BrokenBarrierError error object; Ctrl-C in both.  Most cases

@@ -1,4 +1,4 @@
--- 10-sync_fault_spec.lua -- synchronization when a process dies in it: a
+-- sync_fault_spec.lua -- synchronization when a process dies in it: a
 -- holder of a Lock, RLock or semaphore unit killed with SIGKILL does not
 -- block the others (the next acquirer is told "owner died"), a killed
 -- waiter does not swallow a Condition's notify, and a killed party breaks

@@ -1,4 +1,4 @@
--- 02-arena_spec.lua -- the shared arena as scripts see it: objects are
+-- arena_spec.lua -- the shared arena as scripts see it: objects are
 -- reclaimed when no process holds them, whoever dropped them and however
 -- a process ended, and exhaustion is an error a program can recover from.
 

@@ -1,4 +1,4 @@
--- 06-queue_fault_spec.lua -- a Queue under fire: producers and consumers
+-- queue_fault_spec.lua -- a Queue under fire: producers and consumers
 -- are killed with SIGKILL at random moments, 200 times, and yet every
 -- message that was fully put is received once, whole, and nobody is left
 -- blocked or holding arena memory.

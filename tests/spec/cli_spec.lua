@@ -1,4 +1,4 @@
--- 00-cli_spec.lua -- the `luamp` command: lua(1)'s interface, exit
+-- cli_spec.lua -- the `luamp` command: lua(1)'s interface, exit
 -- statuses, the shared arena options, Ctrl-C, and what happens to children
 -- when the script ends or the host dies.
 

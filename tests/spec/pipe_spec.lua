@@ -1,4 +1,4 @@
--- 04-pipe_spec.lua -- Pipe connections: both kinds of pipe, values and raw
+-- pipe_spec.lua -- Pipe connections: both kinds of pipe, values and raw
 -- bytes, poll, end of file and closed ends, connections handed to
 -- children, large messages and Ctrl-C.  A test that waits on a child
 -- always does so with a timeout, so that a failure cannot hang the suite.

@@ -1,4 +1,4 @@
--- 09-shared_spec.lua -- Value, Array, RawValue and RawArray: every
+-- value_spec.lua -- Value, Array, RawValue and RawArray: every
 -- typecode at its limits, C wrap-around, the exact errors, 1-based
 -- indexing that reads like a table, 'c' arrays as strings, get_lock and
 -- the lock option, atomic add and cas under contention, and the objects
@@ -189,11 +189,11 @@ describe("Value", function()
     it("from RawValue and RawArray point at the caller's line", function()
       local ok, e = pcall(function() mp.RawValue('x') end)
       assert.is_false(ok)
-      assert.matches("^[^:]*09%-shared_spec%.lua:%d+: bad argument #1 to ",
+      assert.matches("^[^:]*%f[%w_]value_spec%.lua:%d+: bad argument #1 to ",
         e)
       ok, e = pcall(function() mp.RawArray('i', -1) end)
       assert.is_false(ok)
-      assert.matches("^[^:]*09%-shared_spec%.lua:%d+: bad argument #2 to ",
+      assert.matches("^[^:]*%f[%w_]value_spec%.lua:%d+: bad argument #2 to ",
         e)
     end)
 

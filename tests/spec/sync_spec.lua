@@ -1,4 +1,4 @@
--- 07-sync_spec.lua -- Lock, RLock, Semaphore, BoundedSemaphore and Event:
+-- sync_spec.lua -- Lock, RLock, Semaphore, BoundedSemaphore and Event:
 -- exact return values and error messages, block and timeout, wake-up
 -- across processes, Ctrl-C, the scoped form lock:with, and the objects
 -- sent through a Queue and a Pipe.  Every child is a fork of the test

@@ -1,4 +1,4 @@
--- 05-wait_spec.lua -- mp.wait over connections, process sentinels (or
+-- wait_spec.lua -- mp.wait over connections, process sentinels (or
 -- Process objects) and queues: which are ready, in what order, how long
 -- it waits and how soon it wakes.  A test that waits on a child always
 -- does so with a timeout, so that a failure cannot hang the suite.
@@ -233,7 +233,7 @@ describe("wait", function()
     it("reports a bad item at the caller's line", function()
       local ok, e = pcall(function() mp.wait({mp.Queue(), 1}, 0) end)
       assert.is_false(ok)
-      assert.matches("^[^:]*05%-wait_spec%.lua:%d+: bad argument #1 to "
+      assert.matches("^[^:]*%f[%w_]wait_spec%.lua:%d+: bad argument #1 to "
         .. "'wait'", e)
     end)
 

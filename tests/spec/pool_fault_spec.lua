@@ -1,4 +1,4 @@
--- 12-pool_fault_spec.lua -- a Pool when things go wrong: workers killed
+-- pool_fault_spec.lua -- a Pool when things go wrong: workers killed
 -- (by their own task, by the owner, 100 times at random during a long
 -- run), Ctrl-C in the owner, initializers that fail, and workers recycled
 -- by maxtasksperchild.  In every case each task ends with its result or

@@ -1,4 +1,4 @@
--- 03-queue_spec.lua -- Queue, JoinableQueue and SimpleQueue: order, the
+-- queue_spec.lua -- Queue, JoinableQueue and SimpleQueue: order, the
 -- values that cross, blocking and timeouts, maxsize, close, many processes
 -- at once, large messages and Ctrl-C.  Every child is a fork of the test
 -- process; a test that waits on a child always does so with a timeout.

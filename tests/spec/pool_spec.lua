@@ -1,8 +1,8 @@
--- 11-pool_spec.lua -- Pool and AsyncResult: the calls of the API with
+-- pool_spec.lua -- Pool and AsyncResult: the calls of the API with
 -- exact values and error messages, after CPython's _TestPool where a
 -- case has a counterpart there; chunking, lazy input, callbacks, the
 -- closures that travel and the progress line.  Worker deaths, Ctrl-C,
--- initializer failures and maxtasksperchild are in 12-pool_fault_spec.
+-- initializer failures and maxtasksperchild are in pool_fault_spec.
 -- Every pool is closed by its test; every wait has a timeout.
 
 local mp = require "luamp"
@@ -524,15 +524,15 @@ describe("Pool", function()
       assert.are.equal(mp.RemoteError, e.type)
       local where = e.message:match("^(.-):%d+: boom$")
       assert.is_not_nil(where, e.message)
-      assert.matches("11%-pool_spec%.lua$", where)
+      assert.matches("%f[%w_]pool_spec%.lua$", where)
       assert.are.equal(e.message, e.value)
       assert.are.equal("luamp.RemoteError: " .. e.message, tostring(e))
       assert.are.equal("string", type(e.traceback))
       assert.are.equal(e.message .. "\nstack traceback:",
         e.traceback:sub(1, #e.message + 17))
       local line_no = e.message:match(":(%d+): boom$")
-      assert.is_truthy(e.traceback:find("11-pool_spec.lua:" .. line_no
-        .. ": in ", 1, true), e.traceback)
+      assert.is_truthy(e.traceback:find("%f[%w_]pool_spec%.lua:"
+        .. line_no .. ": in "), e.traceback)
     end)
 
     it("keeps a table error value as that table", function()
@@ -1167,7 +1167,7 @@ describe("Pool", function()
         local line = debug.getinfo(fn, "S").linedefined + 1
         local ok, e = pcall(fn)
         assert.is_false(ok)
-        assert.matches("^[^:]*11%-pool_spec%.lua:" .. line .. ": ", e)
+        assert.matches("^[^:]*%f[%w_]pool_spec%.lua:" .. line .. ": ", e)
       end
       local co = coroutine.create(print)
       at_caller(function()

@@ -1,4 +1,4 @@
--- 16-dict_fault_spec.lua -- a Dict under fire: processes that set, delete,
+-- dict_fault_spec.lua -- a Dict under fire: processes that set, delete,
 -- pop, add, update, incr and walk keys are killed with SIGKILL at random
 -- moments, 200 times, and yet the dict stays consistent (its count is the
 -- number of keys a walk sees, every value decodes whole), no increment is

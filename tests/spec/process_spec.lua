@@ -1,4 +1,4 @@
--- 01-process_spec.lua -- Process objects and the process-level functions
+-- process_spec.lua -- Process objects and the process-level functions
 -- of the module (current_process, active_children, cpu_count, sleep...),
 -- run in the test process itself: every child is a fork of it.
 
@@ -184,7 +184,7 @@ describe("Process", function()
       local p = mp.Process{target = function() end}
       local ok, err = pcall(function() p:join() end)
       assert.is_false(ok)
-      assert.matches("01%-process_spec%.lua:%d+: can only join a started "
+      assert.matches("%f[%w_]process_spec%.lua:%d+: can only join a started "
         .. "process$", err)
     end)
   end)
