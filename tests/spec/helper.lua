@@ -91,28 +91,42 @@ function H.luamp_e(code, opts)
   return H.run((opts or "") .. " " .. H.q(H.luamp) .. " -e " .. H.q(code))
 end
 
+-- The start of a chunk for H.luamp_e that looks at processes in /proc.
+-- It defines:
+--   proc(pid, file) -> the text of /proc/<pid>/<file>, nil if it is gone
+--   state(pid) -> the state letter of process pid (R, S, Z...), nil if it
+--     is gone
+-- The specs' own H.state is this one, so the two cannot drift apart.
+H.PROC = [[
+local function proc(pid, file)
+  local f = io.open("/proc/" .. pid .. "/" .. file)
+  if f == nil then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+local function state(pid)
+  local s = proc(pid, "stat")
+  return s and s:match("^%d+ %(.*%) (%a)")
+end
+]]
+
 -- The start of a chunk for H.luamp_e that tests Ctrl-C in a blocking call.
--- It defines `mp` and:
+-- It defines `mp`, what H.PROC defines, and:
 --   interrupted(fn) -> took, p, pcall(fn, p)...: starts a child p that
 --     sends this process SIGINT once this process is asleep (blocked in
 --     fn's call), then sleeps; calls fn(p) protected.  took is the time
 --     from the signal to fn's return.  The caller ends p.
 --   interrupt(name, fn): interrupted(fn), p ended, and a line
 --     "name <ok> <error type> <error text>" printed.
-H.CTRL_C = [[
+H.CTRL_C = H.PROC .. [[
 local mp = require "luamp"
 local function interrupted(fn)
   local me, armed, told = mp.current_process().pid, mp.Value("i", 0),
     mp.Value("d", 0)
-  local function state()
-    local f = assert(io.open("/proc/" .. me .. "/stat"))
-    local s = f:read("a")
-    f:close()
-    return s:match("^%d+ %(.*%) (%a)")
-  end
   local p = mp.Process{target = function()
     local deadline = mp.monotonic() + 10
-    while not (armed.value == 1 and state() == "S")
+    while not (armed.value == 1 and state(me) == "S")
           and mp.monotonic() < deadline do
       mp.sleep(0.001)
     end
@@ -133,7 +147,6 @@ local function interrupt(name, fn)
 end
 ]]
 
-
 -- Shared by the specs.
 
 -- Times fn(): seconds taken, then what fn returned.
@@ -143,28 +156,37 @@ function H.timed(fn)
   return mp.monotonic() - t0, table.unpack(r, 1, r.n)
 end
 
--- The state letter of process pid (R, S, D...) from /proc.
-function H.state(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/stat"))
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %(.*%) (%a)")
+-- The state letter of process pid (R, S, Z...) from /proc; nil once it
+-- is gone (and reaped).
+H.state = load(H.PROC .. "return state", "=H.PROC")()
+
+-- Whether process pid runs: true unless it is gone, a zombie or dead.
+-- Returns a boolean.
+function H.alive(pid)
+  local s = H.state(pid)
+  return s ~= nil and s ~= "Z" and s ~= "X"
 end
 
--- Whether process pid exists (a zombie counts as gone).
-function H.alive(pid)
-  local s = H.readfile("/proc/" .. pid .. "/stat")
-  return s ~= nil and s:match("^%d+ %(.*%) (%a)") ~= "Z"
+-- Polls pred() every `step` seconds (default 0.01) until it is true or
+-- `timeout` seconds have passed; returns whether it came true.
+function H.wait_for(pred, timeout, step)
+  local deadline = mp.monotonic() + timeout
+  repeat
+    if pred() then return true end
+    mp.sleep(step or 0.01)
+  until mp.monotonic() >= deadline
+  return pred() and true or false
 end
 
 -- Polls fn() (10 s at most) until it returns want, then checks it.
+-- Returns nothing; fails the test if fn() never gave want.
 function H.reaches(want, fn)
-  local deadline = mp.monotonic() + 10
-  while fn() ~= want and mp.monotonic() < deadline do mp.sleep(0.001) end
+  H.wait_for(function() return fn() == want end, 10, 0.001)
   assert.are.equal(want, fn())
 end
 
--- {a, a + 1, ..., b} with n set, as a List's totable gives it.
+-- The integers a to b: {a, a + 1, ..., b} with n set, as a List's
+-- totable gives them (and as a Pool's map takes and returns them).
 function H.range(a, b)
   local t = {}
   for i = a, b do t[#t + 1] = i end
@@ -172,13 +194,11 @@ function H.range(a, b)
   return t
 end
 
--- Waits (10 s at most) until process pid is asleep.
+-- Waits (10 s at most) until process pid is asleep; raises if it never
+-- is.  Returns nothing.
 function H.until_asleep(pid)
-  local deadline = mp.monotonic() + 10
-  while H.state(pid) ~= "S" do
-    assert(mp.monotonic() < deadline, "process " .. pid .. " never slept")
-    mp.sleep(0.001)
-  end
+  assert(H.wait_for(function() return H.state(pid) == "S" end, 10, 0.001),
+    "process " .. pid .. " never slept")
 end
 
 -- Starts a child running fn(...) and returns its Process object.
@@ -219,12 +239,38 @@ function H.raises(etype, msg, fn, ...)
   return e
 end
 
--- The message of the error fn(...) raises, without its position.
+-- The message of the error fn(...) raises, a string without its position
+-- "file:line: "; fails the test if fn raises nothing or an error object.
 function H.errmsg(fn, ...)
   local ok, e = pcall(fn, ...)
   assert.is_false(ok, "no error was raised")
-  assert.are.equal("string", type(e))
+  assert.are.equal("string", type(e), "not a string: " .. tostring(e))
   return (e:gsub("^[^:]*:%d+: ", "", 1))
+end
+
+-- How many processes tostring(c) lists as waiting on Condition c.
+-- Returns a number.
+function H.waiting(c)
+  return tonumber(tostring(c):match("(%d+) waiting%)$"))
+end
+
+-- The pids of this process's running children, sorted.  Returns a
+-- table (a Pool's workers, where the pool is the only child).
+function H.child_pids()
+  local pids = {}
+  for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
+  table.sort(pids)
+  return pids
+end
+
+-- Kills process p with SIGKILL and reaps it (10 s at most), checking that
+-- the signal ended it; why, if given, ends the failure messages.
+function H.kill(p, why)
+  p:kill()
+  assert.is_true(p:join(10), "process " .. p.pid .. " lives on after "
+    .. "SIGKILL" .. (why or ""))
+  assert.are.equal(-9, p.exitcode, "process " .. p.pid .. " ended by "
+    .. "itself" .. (why or ""))
 end
 
 package.loaded["spec_helper"] = H

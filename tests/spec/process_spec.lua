@@ -236,16 +236,10 @@ describe("Process", function()
        function()
       -- The parent sends SIGINT once the child has written `ready` and is
       -- asleep (state S in /proc): inside its pcall(mp.sleep, 10).
-      local status, out, err = H.luamp_e([[
+      local status, out, err = H.luamp_e(H.PROC .. [[
         local mp = require "luamp"
         local ready = os.tmpname()
         os.remove(ready)
-        local function state(pid)
-          local f = assert(io.open("/proc/" .. pid .. "/stat"))
-          local s = f:read("a")
-          f:close()
-          return s:match("^%d+ %(.*%) (%a)")
-        end
         local function exists(path)
           local f = io.open(path)
           if f then f:close() end

@@ -7,20 +7,13 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local spawn, finish = H.spawn, H.finish
+local spawn, finish, errmsg = H.spawn, H.finish, H.errmsg
 
 -- Runs fn in n children at once and checks that they all ended well.
 local function in_parallel(n, fn)
   local ps = {}
   for i = 1, n do ps[i] = spawn(fn, i) end
   for i = 1, n do finish(ps[i]) end
-end
-
--- The message of the error that fn(...) raises, without its position.
-local function errmsg(fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  return (tostring(e):gsub("^[^:]*:%d+: ", ""))
 end
 
 -- A float as a C float holds it.

@@ -5,7 +5,8 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local timed, state, until_asleep = H.timed, H.state, H.until_asleep
+local spawn, finish = H.spawn, H.finish
 
 -- A child that stays alive until it is killed.
 local function sleeper()
