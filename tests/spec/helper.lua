@@ -263,6 +263,14 @@ function H.child_pids()
   return pids
 end
 
+-- Seeds math.random from the clock, for a test that runs at random.
+-- Returns " (random seed N)", to end its failure messages, and N.
+function H.seeded()
+  local seed = os.time()
+  math.randomseed(seed)
+  return " (random seed " .. seed .. ")", seed
+end
+
 -- Kills process p with SIGKILL and reaps it (10 s at most), checking that
 -- the signal ended it; why, if given, ends the failure messages.
 function H.kill(p, why)
@@ -271,6 +279,33 @@ function H.kill(p, why)
     .. "SIGKILL" .. (why or ""))
   assert.are.equal(-9, p.exitcode, "process " .. p.pid .. " ended by "
     .. "itself" .. (why or ""))
+end
+
+-- The fault specs' harness: kills processes with SIGKILL at random
+-- moments, o.rounds times; returns the number of processes killed.
+-- Each round:
+--   o.start(round), if given, starts a process (and may wait until it is
+--     busy) and returns it;
+--   then a pause of a random part of o.pause seconds;
+--   o.victim(round, started), if given, returns the process to kill
+--     instead (nil: none this round);
+--   the kill: H.kill(p, o.why), or with o.reap == false only p:kill(),
+--     for processes that someone else reaps (a Pool's workers);
+--   o.after(round, p), if given, checks what is left and starts a
+--     replacement.
+function H.kill_rounds(o)
+  local kills = 0
+  for round = 1, o.rounds do
+    local p = o.start and o.start(round)
+    mp.sleep(math.random() * o.pause)
+    if o.victim then p = o.victim(round, p) end
+    if p ~= nil then
+      kills = kills + 1
+      if o.reap == false then p:kill() else H.kill(p, o.why) end
+      if o.after then o.after(round, p) end
+    end
+  end
+  return kills
 end
 
 package.loaded["spec_helper"] = H

@@ -175,9 +175,7 @@ describe("Pool under faults", function()
 
   it("survives 100 kills at random: each task has its result or "
      .. "WorkerLostError", function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why = H.seeded()
     local N, KILLS = 1500, 100
     local pool = mp.Pool(4)
     local rs = {}
@@ -187,16 +185,13 @@ describe("Pool under faults", function()
         return x * 3
       end, {i})
     end
-    local killed = 0
-    for _ = 1, KILLS do
-      mp.sleep(math.random() * 0.004)
-      rs[N]:ready() -- take results in, replace the dead
-      local kids = mp.active_children()
-      if #kids > 0 then
-        kids[math.random(#kids)]:kill()
-        killed = killed + 1
-      end
-    end
+    -- The pool reaps its workers itself.
+    local killed = H.kill_rounds{rounds = KILLS, pause = 0.004, reap = false,
+      victim = function()
+        rs[N]:ready() -- take results in, replace the dead
+        local kids = mp.active_children()
+        if #kids > 0 then return kids[math.random(#kids)] end
+      end}
     local deadline = mp.monotonic() + 30
     local lost = 0
     for i = 1, N do
