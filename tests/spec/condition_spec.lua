@@ -837,7 +837,7 @@ describe("Ctrl-C", function()
       local mp = require "luamp"
       local ppid = mp.current_process().pid
       local function switches(pid)
-        return tonumber(assert(proc(pid, "status")):match(
+        return tonumber(assert(readfile("/proc/" .. pid .. "/status")):match(
           "\nvoluntary_ctxt_switches:%s*(%d+)"))
       end
       local c = mp.Condition()

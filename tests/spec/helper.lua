@@ -47,15 +47,8 @@ function H.leakcheck()
   end)
 end
 
--- Reads a whole file; nil if it does not exist.
-function H.readfile(path)
-  local f = io.open(path, "rb")
-  if f == nil then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
+-- Writes s to the file at path, replacing it.  (H.readfile is defined
+-- with H.PROC, below.)
 function H.writefile(path, s)
   local f = assert(io.open(path, "wb"))
   f:write(s)
@@ -91,25 +84,27 @@ function H.luamp_e(code, opts)
   return H.run((opts or "") .. " " .. H.q(H.luamp) .. " -e " .. H.q(code))
 end
 
--- The start of a chunk for H.luamp_e that looks at processes in /proc.
--- It defines:
---   proc(pid, file) -> the text of /proc/<pid>/<file>, nil if it is gone
+-- The start of a chunk for H.luamp_e that reads files and looks at
+-- processes in /proc.  It defines:
+--   readfile(path) -> the whole file, nil if it does not exist
 --   state(pid) -> the state letter of process pid (R, S, Z...), nil if it
 --     is gone
--- The specs' own H.state is this one, so the two cannot drift apart.
+-- H.readfile and H.state are these two, so that the specs and the chunks
+-- they run elsewhere read /proc the same way.
 H.PROC = [[
-local function proc(pid, file)
-  local f = io.open("/proc/" .. pid .. "/" .. file)
+local function readfile(path)
+  local f = io.open(path, "rb")
   if f == nil then return nil end
   local s = f:read("a")
   f:close()
   return s
 end
 local function state(pid)
-  local s = proc(pid, "stat")
+  local s = readfile("/proc/" .. pid .. "/stat")
   return s and s:match("^%d+ %(.*%) (%a)")
 end
 ]]
+H.readfile, H.state = load(H.PROC .. "return readfile, state", "=H.PROC")()
 
 -- The start of a chunk for H.luamp_e that tests Ctrl-C in a blocking call.
 -- It defines `mp`, what H.PROC defines, and:
@@ -155,10 +150,6 @@ function H.timed(fn)
   local r = table.pack(fn())
   return mp.monotonic() - t0, table.unpack(r, 1, r.n)
 end
-
--- The state letter of process pid (R, S, Z...) from /proc; nil once it
--- is gone (and reaped).
-H.state = load(H.PROC .. "return state", "=H.PROC")()
 
 -- Whether process pid runs: true unless it is gone, a zombie or dead.
 -- Returns a boolean.
