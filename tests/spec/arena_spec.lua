@@ -6,9 +6,8 @@ local mp = require "luamp"
 local core = require "luamp.core"
 local H = spec_helper
 
-local function objects() collectgarbage(); collectgarbage()
-  return mp.stats().objects
-end
+-- How many shared objects exist, after a full collection.
+local function objects() return H.snapshot().objects end
 
 describe("The shared arena", function()
   H.leakcheck()

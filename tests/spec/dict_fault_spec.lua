@@ -19,17 +19,11 @@ local WORKERS = 3
 local NKEYS = 64
 local MAXLEN = 40 << 10
 
--- The payload of key r, len bytes long.
-local function payload(r, len)
-  local unit = "<" .. r .. ">"
-  return unit:rep(len // #unit + 1):sub(1, len)
-end
-
 -- A value for key r: mostly small, now and then tens of KiB.
 local function value(r, extra)
   local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
     or math.random(0, 300)
-  return {r = r, len = len, s = payload(r, len), extra = extra}
+  return {r = r, len = len, s = H.payload(r, len), extra = extra}
 end
 
 -- One random operation on d; extra goes into the values stored.
@@ -72,7 +66,7 @@ local function check_consistent(d, why, extra)
       assert.are.equal("table", type(v), k .. why)
       assert.are.equal(tonumber(r), v.r, k .. why)
       assert.are.equal(v.len, #v.s, "a torn value under " .. k .. why)
-      assert.is_true(v.s == payload(v.r, v.len), "a torn value under " .. k
+      assert.is_true(v.s == H.payload(v.r, v.len), "a torn value under " .. k
         .. why)
       if extra ~= nil then
         assert.is_true(v.extra == extra, "a lost reference under " .. k

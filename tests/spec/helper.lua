@@ -192,6 +192,12 @@ function H.until_asleep(pid)
     "process " .. pid .. " never slept")
 end
 
+-- A Process that sleeps until it is killed, not started yet.  Returns the
+-- Process; the test starts, kills and joins it.
+function H.sleeper()
+  return mp.Process{target = function() mp.sleep(60) end}
+end
+
 -- Starts a child running fn(...) and returns its Process object.
 function H.spawn(fn, ...)
   local p = mp.Process{target = fn, args = table.pack(...)}
@@ -252,6 +258,13 @@ function H.child_pids()
   for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
   table.sort(pids)
   return pids
+end
+
+-- A string of len bytes that repeats "<tag>", so that a reader can tell
+-- a whole value from a torn one.  Returns the string.
+function H.payload(tag, len)
+  local unit = "<" .. tag .. ">"
+  return unit:rep(len // #unit + 1):sub(1, len)
 end
 
 -- Seeds math.random from the clock, for a test that runs at random.

@@ -5,6 +5,7 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, readfile, writefile = H.timed, H.readfile, H.writefile
+local sleeper = H.sleeper
 
 -- Runs fn(...) in a child and returns what it returned, as a string (the
 -- child writes it to a file), after checking that the child exited 0.
@@ -20,13 +21,6 @@ local function in_child(fn, ...)
   os.remove(path)
   assert.are.equal(0, p.exitcode, "the child failed")
   return s
-end
-
--- A child that stays alive until it is killed.
-local function sleeper(opts)
-  opts = opts or {}
-  opts.target = function() mp.sleep(60) end
-  return mp.Process(opts)
 end
 
 describe("Process", function()

@@ -24,8 +24,7 @@ local INLINE_MAX = 16 << 10
 
 -- The payload of message seq of producer id, len bytes long.
 local function payload(id, seq, len)
-  local unit = "<" .. id .. "." .. seq .. ">"
-  return unit:rep(len // #unit + 1):sub(1, len)
+  return H.payload(id .. "." .. seq, len)
 end
 
 local function producer(q, stop, acks_path, id)

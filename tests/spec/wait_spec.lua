@@ -8,11 +8,6 @@ local H = require "spec_helper"
 local timed, state, until_asleep = H.timed, H.state, H.until_asleep
 local spawn, finish = H.spawn, H.finish
 
--- A child that stays alive until it is killed.
-local function sleeper()
-  return spawn(function() mp.sleep(60) end)
-end
-
 -- Checks that got holds exactly the objects of want, in that order.
 local function same_objects(want, got)
   assert.are.equal(#want, #got, "wrong number of ready objects")
@@ -31,8 +26,9 @@ describe("wait", function()
     local a, b = mp.Pipe()
     local c, d = mp.Pipe()
     local full, empty = mp.Queue(), mp.Queue()
-    local done, running = mp.Process{target = function() end}, sleeper()
+    local done, running = mp.Process{target = function() end}, H.sleeper()
     done:start()
+    running:start()
     finish(done)
     local ended = spawn(function() end)
     finish(ended)
@@ -63,7 +59,8 @@ describe("wait", function()
      function()
     local a, b = mp.Pipe()
     local q = mp.Queue()
-    local p = sleeper()
+    local p = H.sleeper()
+    p:start()
     local dt, ready = timed(function() return mp.wait({a, q, p}, 0.2) end)
     assert.are.same({}, ready)
     assert.is_true(dt >= 0.19 and dt < 1.2, "wait(..., 0.2) took " .. dt)
