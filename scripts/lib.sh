@@ -38,6 +38,8 @@ lmp_clang_major() {
 #   build  compile the tree: C toolchain, pkg-config, cmake, Lua and libuv
 #   test   run the specs: lua5.4, busted and LuaFileSystem
 #   fuzz   the libFuzzer target and clang's sanitizer runtimes
+#   broker Redis (redis-server, redis-cli) and hiredis, for a Pool that
+#          sends its tasks through a broker
 #   bench  the Python twins of the benchmarks
 lmp_missing_packages() {
   local group out=()
@@ -62,6 +64,11 @@ lmp_missing_packages() {
         lmp_have clang || out+=(clang)
         lmp_pkg_installed "libclang-rt-$(lmp_clang_major)-dev" ||
           out+=("libclang-rt-$(lmp_clang_major)-dev")
+        ;;
+      broker)
+        lmp_have redis-server || out+=(redis-server)
+        lmp_have redis-cli || out+=(redis-tools)
+        lmp_pkg_installed libhiredis-dev || out+=(libhiredis-dev)
         ;;
       bench)
         lmp_have python3 || out+=(python3)

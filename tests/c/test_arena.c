@@ -12,25 +12,7 @@
 
 enum { T_TEST = 1 }; /* a type of shared object with no hooks */
 
-static int failures;
-
-#define ASSERT_TRUE(c)                                                   \
-  do {                                                                   \
-    if (!(c)) {                                                          \
-      fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #c);   \
-      failures++;                                                        \
-    }                                                                    \
-  } while (0)
-
-#define ASSERT_EQ(a, b)                                                  \
-  do {                                                                   \
-    long long a_ = (long long)(a), b_ = (long long)(b);                  \
-    if (a_ != b_) {                                                      \
-      fprintf(stderr, "%s:%d: %s == %lld, expected %s == %lld\n",        \
-              __FILE__, __LINE__, #a, a_, #b, b_);                       \
-      failures++;                                                        \
-    }                                                                    \
-  } while (0)
+#include "check.h"
 
 static size_t used(void) {
   lmp_arena_stats st;
@@ -64,7 +46,7 @@ static void test_patterns(void) {
     p[i] = lmp_alloc(sz[i]);
     ASSERT_TRUE(p[i] != NULL);
     ASSERT_EQ((uintptr_t)p[i] % 16, 0);
-    ASSERT_TRUE(lmp_usable(p[i]) >= sz[i]);
+    ASSERT_GE(lmp_usable(p[i]), sz[i]);
     memset(p[i], i & 0xff, sz[i]);
   }
   for (i = 0; i < N; i++) {
@@ -250,10 +232,12 @@ static void test_parse_size(void) {
 static void check_heap(const char *when) {
   const char *why = "";
   int rc = lmp_arena_check(&why);
-  if (rc != 0) {
-    fprintf(stderr, "heap broken %s: %s\n", when, why);
-    failures++;
-  }
+  if (rc != 0) CHECK_FAIL("heap broken %s: %s", when, why);
+}
+
+/* What the tests before it did leaves the heap whole. */
+static void test_heap_whole(void) {
+  check_heap("after the unit tests");
 }
 
 /* Processes allocating and freeing as fast as they can are killed at
@@ -287,23 +271,16 @@ static void test_killed_in_the_middle(void) {
 }
 
 int main(void) {
+  static const check_test tests[] = {
+    CHECK(test_parse_size),    CHECK(test_patterns),
+    CHECK(test_exhaustion),    CHECK(test_concurrent),
+    CHECK(test_killed_holder), CHECK(test_hold_table),
+    CHECK(test_heap_whole),    CHECK(test_killed_in_the_middle),
+  };
   int rc = lmp_arena_init(64u << 20);
   if (rc < 0) {
     fprintf(stderr, "arena init failed: %d\n", rc);
     return 1;
   }
-  test_parse_size();
-  test_patterns();
-  test_exhaustion();
-  test_concurrent();
-  test_killed_holder();
-  test_hold_table();
-  check_heap("after the unit tests");
-  test_killed_in_the_middle();
-  if (failures) {
-    fprintf(stderr, "test_arena: %d failures\n", failures);
-    return 1;
-  }
-  printf("test_arena: all passed\n");
-  return 0;
+  return check_run(tests, CHECK_COUNT(tests));
 }

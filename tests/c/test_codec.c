@@ -1,50 +1,18 @@
-/* test_codec.c -- round trips, error paths, hostile input and speed of the
+/* test_codec.c -- round trips, error paths and hostile input of the
  * message codec.  Two lua_States stand for the sending and the receiving
- * process; shared objects are checked within one state.
+ * process; shared objects are checked within one state.  Its speed is
+ * measured by scripts/bench/codec_c.c.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <lualib.h>
 
 #include "types/types.h"
 
-static int failures;
-
-#define FAIL(...)                                               \
-  do {                                                          \
-    fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);             \
-    fprintf(stderr, __VA_ARGS__);                               \
-    fputc('\n', stderr);                                        \
-    failures++;                                                 \
-  } while (0)
-
-#define ASSERT_TRUE(c) \
-  do { if (!(c)) FAIL("expected %s", #c); } while (0)
-
-#define ASSERT_INT_EQ(a, b)                                               \
-  do {                                                                    \
-    long long a_ = (long long)(a), b_ = (long long)(b);                   \
-    if (a_ != b_) FAIL("%s == %s: got %lld, want %lld", #a, #b, a_, b_);  \
-  } while (0)
-
-#define ASSERT_STR_EQ(a, b)                                               \
-  do {                                                                    \
-    const char *a_ = (a), *b_ = (b);                                      \
-    if (a_ == NULL || strcmp(a_, b_) != 0)                                \
-      FAIL("%s: got \"%s\", want \"%s\"", #a, a_ ? a_ : "(null)", b_);    \
-  } while (0)
-
-#define ASSERT_PREFIX(a, b)                                               \
-  do {                                                                    \
-    const char *a_ = (a), *b_ = (b);                                      \
-    if (a_ == NULL || strncmp(a_, b_, strlen(b_)) != 0)                   \
-      FAIL("%s: got \"%s\", want it to start \"%s\"", #a,                 \
-           a_ ? a_ : "(null)", b_);                                       \
-  } while (0)
+#include "check.h"
 
 /* Lua helpers shared by the test chunks: same() compares type, subtype and
  * value (NaN equal to NaN, -0.0 apart from 0.0) and names both sides;
@@ -90,7 +58,7 @@ static lua_State *newstate(void) {
   /* A C function reachable from no module, and a light userdata. */
   lua_pushcfunction(L, unnamed);
   lua_setfield(L, LUA_REGISTRYINDEX, "test.unnamed");
-  lua_pushlightuserdata(L, &failures);
+  lua_pushlightuserdata(L, &check_failures);
   lua_setfield(L, LUA_REGISTRYINDEX, "test.light");
   if (luaL_dostring(L, prelude) != LUA_OK) {
     fprintf(stderr, "prelude: %s\n", lua_tostring(L, -1));
@@ -102,10 +70,8 @@ static lua_State *newstate(void) {
 /* Runs a test chunk; it reports failures by raising. */
 #define RUN(L, code) run(L, code, __LINE__)
 static void run(lua_State *L, const char *code, int line) {
-  if (luaL_dostring(L, code) != LUA_OK) {
-    fprintf(stderr, "%s:%d: %s\n", __FILE__, line, lua_tostring(L, -1));
-    failures++;
-  }
+  if (luaL_dostring(L, code) != LUA_OK)
+    check_fail(__FILE__, line, "%s", lua_tostring(L, -1));
   lua_settop(L, 0);
 }
 
@@ -334,7 +300,7 @@ static void keep(lua_State *L, const char *expr) {
   const char *s;
   snprintf(code, sizeof code, "return encode(%s)", expr);
   if (luaL_dostring(L, code) != LUA_OK) {
-    FAIL("encode %s: %s", expr, lua_tostring(L, -1));
+    CHECK_FAIL("encode %s: %s", expr, lua_tostring(L, -1));
     lua_settop(L, 0);
     return;
   }
@@ -392,15 +358,15 @@ static void test_hostile(void) {
   /* Every valid message decodes; every proper prefix is "truncated". */
   for (m = 0; m < nmsgs; m++) {
     const char *err = trydecode(msgs[m], lens[m]);
-    if (err != NULL) FAIL("message %d: %s", m, err);
+    if (err != NULL) CHECK_FAIL("message %d: %s", m, err);
     for (k = 0; k < lens[m]; k++) {
       tmp = malloc(k ? k : 1); /* exact size, so ASan sees overreads */
       memcpy(tmp, msgs[m], k);
       err = trydecode(tmp, k);
       if (k == 0)
-        ASSERT_STR_EQ(err, "malformed message: empty");
+        ASSERT_STREQ(err, "malformed message: empty");
       else
-        ASSERT_STR_EQ(err, "malformed message: truncated");
+        ASSERT_STREQ(err, "malformed message: truncated");
       free(tmp);
     }
   }
@@ -415,7 +381,7 @@ static void test_hostile(void) {
         err = trydecode(tmp, lens[m]);
         if (err != NULL && strncmp(err, "malformed message: ", 19) != 0 &&
             strncmp(err, "cannot receive ", 15) != 0)
-          FAIL("flip %d@%zu of message %d: %s", flips[i], k, m, err);
+          CHECK_FAIL("flip %d@%zu of message %d: %s", flips[i], k, m, err);
       }
     free(tmp);
   }
@@ -423,20 +389,20 @@ static void test_hostile(void) {
   tmp = malloc(lens[1]);
   memcpy(tmp, msgs[1], lens[1]);
   tmp[20] ^= 1;
-  ASSERT_STR_EQ(trydecode(tmp, lens[1]),
+  ASSERT_STREQ(trydecode(tmp, lens[1]),
                 "malformed message: bad function signature");
   free(tmp);
-  ASSERT_STR_EQ(trydecode("\2\0", 2), "malformed message: unknown version");
-  ASSERT_STR_EQ(trydecode("\1\0\0", 3), "malformed message: trailing bytes");
-  ASSERT_STR_EQ(trydecode("\1\x3f", 2), "malformed message: unknown tag");
-  ASSERT_STR_EQ(trydecode("\1\x08\x01", 3), "malformed message: bad reference");
-  ASSERT_STR_EQ(trydecode("\1\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 12),
+  ASSERT_STREQ(trydecode("\2\0", 2), "malformed message: unknown version");
+  ASSERT_STREQ(trydecode("\1\0\0", 3), "malformed message: trailing bytes");
+  ASSERT_STREQ(trydecode("\1\x3f", 2), "malformed message: unknown tag");
+  ASSERT_STREQ(trydecode("\1\x08\x01", 3), "malformed message: bad reference");
+  ASSERT_STREQ(trydecode("\1\x03\xff\xff\xff\xff\xff\xff\xff\xff\xff\x7f", 12),
                 "malformed message: integer out of range");
-  ASSERT_STR_EQ(trydecode("\1\x05\xff\xff\xff\xff\x0f", 7),
+  ASSERT_STREQ(trydecode("\1\x05\xff\xff\xff\xff\x0f", 7),
                 "malformed message: truncated");
-  ASSERT_STR_EQ(trydecode("\1\x06\x05\x00\x00", 5),
+  ASSERT_STREQ(trydecode("\1\x06\x05\x00\x00", 5),
                 "malformed message: truncated");
-  ASSERT_STR_EQ(trydecode("\1\x0d\x01\x40", 4),
+  ASSERT_STREQ(trydecode("\1\x0d\x01\x40", 4),
                 "malformed message: bad object reference");
   /* Random bytes after a version byte. */
   srand(1);
@@ -449,7 +415,7 @@ static void test_hostile(void) {
     err = trydecode(tmp, n);
     if (err != NULL && strncmp(err, "malformed message: ", 19) != 0 &&
         strncmp(err, "cannot receive ", 15) != 0)
-      FAIL("random input %d: %s", m, err);
+      CHECK_FAIL("random input %d: %s", m, err);
   }
   free(tmp);
   for (m = 0; m < nmsgs; m++) free(msgs[m]);
@@ -475,7 +441,7 @@ static void test_objects(void) {
   b = lmp_buf_new(S);
   lua_getglobal(S, "pair");
   lmp_encode(S, -1, "value", b);
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs + 2);
+  ASSERT_EQ(atomic_load(&o->refs), refs + 2);
   lmp_decode(S, b->data, b->len);
   lua_setglobal(S, "got");
   RUN(S,
@@ -484,16 +450,16 @@ static void test_objects(void) {
       "same(blob:get():sub(1, 7), 'changed', 'the same shared object')\n");
   /* The decoded handles count in this process's hold, not as references. */
   lmp_msg_release(b->data, b->len);
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(atomic_load(&o->refs), refs);
   /* An encoding that fails takes no references. */
   b->len = 0;
   RUN(S, "bad = {blob, coroutine.create(print)}");
   lua_getglobal(S, "bad");
   lua_pushcfunction(S, lmp_codec_encode);
   lua_pushvalue(S, -2);
-  ASSERT_INT_EQ(lua_pcall(S, 1, 1, 0), LUA_ERRRUN);
-  ASSERT_STR_EQ(lua_tostring(S, -1), "cannot send value[2]: thread");
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lua_pcall(S, 1, 1, 0), LUA_ERRRUN);
+  ASSERT_STREQ(lua_tostring(S, -1), "cannot send value[2]: thread");
+  ASSERT_EQ(atomic_load(&o->refs), refs);
   /* A message after other bytes in the buffer counts from its own start;
    * the Lua encode() owns no references. */
   lua_settop(S, 0);
@@ -502,10 +468,10 @@ static void test_objects(void) {
   b->len = b->cap = 4;
   lua_getglobal(S, "blob");
   lmp_encode(S, -1, "value", b);
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs + 1);
+  ASSERT_EQ(atomic_load(&o->refs), refs + 1);
   ASSERT_TRUE(memcmp(b->data, "head", 4) == 0);
   lmp_msg_release(b->data + 4, b->len - 4);
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(atomic_load(&o->refs), refs);
   /* An object reached through an upvalue counts too; a failure names the
    * root it was given. */
   lua_settop(S, 0);
@@ -513,34 +479,34 @@ static void test_objects(void) {
   RUN(S, "local x = blob function usesblob() return x end");
   lua_getglobal(S, "usesblob");
   lmp_encode(S, -1, "args", b);
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs + 1);
+  ASSERT_EQ(atomic_load(&o->refs), refs + 1);
   lmp_msg_release(b->data, b->len);
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(atomic_load(&o->refs), refs);
   lua_pushcfunction(S, encode_args);
   lua_getglobal(S, "bad");
-  ASSERT_INT_EQ(lua_pcall(S, 1, 0, 0), LUA_ERRRUN);
-  ASSERT_STR_EQ(lua_tostring(S, -1), "cannot send args[2]: thread");
+  ASSERT_EQ(lua_pcall(S, 1, 0, 0), LUA_ERRRUN);
+  ASSERT_STREQ(lua_tostring(S, -1), "cannot send args[2]: thread");
   RUN(S, "local s = encode(blob) same(rt(blob):get(), blob:get())");
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(atomic_load(&o->refs), refs);
   RUN(S, "got = nil collectgarbage() collectgarbage()");
-  ASSERT_INT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(atomic_load(&o->refs), refs);
   lua_settop(S, 0);
 }
 
 static void test_buf(void) {
   lmp_buf b = {NULL, 0, 0};
-  ASSERT_INT_EQ(lmp_buf_reserve(&b, 10), 0);
-  ASSERT_INT_EQ(b.cap, 128);
+  ASSERT_EQ(lmp_buf_reserve(&b, 10), 0);
+  ASSERT_EQ(b.cap, 128);
   b.len = 128;
-  ASSERT_INT_EQ(lmp_buf_reserve(&b, 1), 0);
-  ASSERT_INT_EQ(b.cap, 256); /* small appends double it */
+  ASSERT_EQ(lmp_buf_reserve(&b, 1), 0);
+  ASSERT_EQ(b.cap, 256); /* small appends double it */
   b.len = 200;
-  ASSERT_INT_EQ(lmp_buf_reserve(&b, 56), 0);
-  ASSERT_INT_EQ(b.cap, 256); /* room enough: unchanged */
-  ASSERT_INT_EQ(lmp_buf_reserve(&b, 1000), 0);
-  ASSERT_INT_EQ(b.cap, 1200); /* one past doubling: exactly what it asks */
-  ASSERT_INT_EQ(lmp_buf_reserve(&b, SIZE_MAX - 5), -ENOMEM);
-  ASSERT_INT_EQ(b.cap, 1200);
+  ASSERT_EQ(lmp_buf_reserve(&b, 56), 0);
+  ASSERT_EQ(b.cap, 256); /* room enough: unchanged */
+  ASSERT_EQ(lmp_buf_reserve(&b, 1000), 0);
+  ASSERT_EQ(b.cap, 1200); /* one past doubling: exactly what it asks */
+  ASSERT_EQ(lmp_buf_reserve(&b, SIZE_MAX - 5), -ENOMEM);
+  ASSERT_EQ(b.cap, 1200);
   lmp_buf_free(&b);
   lmp_buf_free(&b); /* idempotent */
   ASSERT_TRUE(b.data == NULL);
@@ -637,80 +603,29 @@ static void test_strings(void) {
   RUN(S, "bigstr = ('q'):rep(1 << 20)");
   lua_getglobal(S, "bigstr");
   lmp_encode(S, -1, "value", &b);
-  ASSERT_INT_EQ(b.len, 1 + 1 + 3 + (1 << 20));
-  ASSERT_INT_EQ(b.cap, b.len);
+  ASSERT_EQ(b.len, 1 + 1 + 3 + (1 << 20));
+  ASSERT_EQ(b.cap, b.len);
   ASSERT_TRUE(b.data && memcmp(b.data + 5, "qqqq", 4) == 0);
   lmp_buf_free(&b);
   lua_settop(S, 0);
 }
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* Speed of a typical small record, reported, not asserted. */
-static void bench(void) {
-  const int n = 1000000;
-  lmp_buf *b;
-  double t0, t1;
-  int i, top;
-  RUN(S,
-      "rec = {id = 12345, name = 'alpha', score = 3.5,"
-      " tags = {'a', 'b', 'c'}, ok = true}");
-  lua_getglobal(S, "rec");
-  b = lmp_buf_new(S);
-  top = lua_gettop(S);
-  t0 = now();
-  for (i = 0; i < n; i++) {
-    b->len = 0;
-    lmp_encode(S, 1, "value", b);
-    lmp_decode(S, b->data, b->len);
-    lua_settop(S, top);
-  }
-  t1 = now();
-  printf("codec: %.0f ns per round trip (%zu-byte message, C API)\n",
-         (t1 - t0) * 1e9 / n, b->len);
-  t0 = now();
-  for (i = 0; i < n; i++) {
-    b->len = 0;
-    lmp_encode(S, 1, "value", b);
-  }
-  t1 = now();
-  printf("codec: %.0f ns per encode\n", (t1 - t0) * 1e9 / n);
-  lua_settop(S, 0);
-  t0 = now();
-  RUN(S, "local r, e, d = rec, encode, decode for i = 1, 1e6 do d(e(r)) end");
-  t1 = now();
-  printf("codec: %.0f ns per round trip (Lua encode/decode)\n",
-         (t1 - t0) * 1e9 / n);
-}
-
-int main(int argc, char **argv) {
+int main(void) {
+  static const check_test tests[] = {
+    CHECK(test_buf),       CHECK(test_scalars), CHECK(test_strings),
+    CHECK(test_slices),    CHECK(test_tables),  CHECK(test_functions),
+    CHECK(test_names),     CHECK(test_errors),  CHECK(test_objects),
+    CHECK(test_hostile),
+  };
+  int rc;
   if (lmp_arena_init(64 << 20) != 0) {
     fprintf(stderr, "cannot make the arena\n");
     return 2;
   }
   S = newstate();
   R = newstate();
-  test_buf();
-  test_scalars();
-  test_strings();
-  test_slices();
-  test_tables();
-  test_functions();
-  test_names();
-  test_errors();
-  test_objects();
-  test_hostile();
-  if (argc < 2 || strcmp(argv[1], "--no-bench") != 0) bench();
+  rc = check_run(tests, CHECK_COUNT(tests));
   lua_close(S);
   lua_close(R);
-  if (failures) {
-    fprintf(stderr, "test_codec: %d failure(s)\n", failures);
-    return 1;
-  }
-  printf("test_codec: ok\n");
-  return 0;
+  return rc;
 }

@@ -47,15 +47,8 @@ function H.leakcheck()
   end)
 end
 
--- Reads a whole file; nil if it does not exist.
-function H.readfile(path)
-  local f = io.open(path, "rb")
-  if f == nil then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
+-- Writes s to the file at path, replacing it.  (H.readfile is defined
+-- with H.PROC, below.)
 function H.writefile(path, s)
   local f = assert(io.open(path, "wb"))
   f:write(s)
@@ -91,28 +84,44 @@ function H.luamp_e(code, opts)
   return H.run((opts or "") .. " " .. H.q(H.luamp) .. " -e " .. H.q(code))
 end
 
+-- The start of a chunk for H.luamp_e that reads files and looks at
+-- processes in /proc.  It defines:
+--   readfile(path) -> the whole file, nil if it does not exist
+--   state(pid) -> the state letter of process pid (R, S, Z...), nil if it
+--     is gone
+-- H.readfile and H.state are these two, so that the specs and the chunks
+-- they run elsewhere read /proc the same way.
+H.PROC = [[
+local function readfile(path)
+  local f = io.open(path, "rb")
+  if f == nil then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+local function state(pid)
+  local s = readfile("/proc/" .. pid .. "/stat")
+  return s and s:match("^%d+ %(.*%) (%a)")
+end
+]]
+H.readfile, H.state = load(H.PROC .. "return readfile, state", "=H.PROC")()
+
 -- The start of a chunk for H.luamp_e that tests Ctrl-C in a blocking call.
--- It defines `mp` and:
+-- It defines `mp`, what H.PROC defines, and:
 --   interrupted(fn) -> took, p, pcall(fn, p)...: starts a child p that
 --     sends this process SIGINT once this process is asleep (blocked in
 --     fn's call), then sleeps; calls fn(p) protected.  took is the time
 --     from the signal to fn's return.  The caller ends p.
 --   interrupt(name, fn): interrupted(fn), p ended, and a line
 --     "name <ok> <error type> <error text>" printed.
-H.CTRL_C = [[
+H.CTRL_C = H.PROC .. [[
 local mp = require "luamp"
 local function interrupted(fn)
   local me, armed, told = mp.current_process().pid, mp.Value("i", 0),
     mp.Value("d", 0)
-  local function state()
-    local f = assert(io.open("/proc/" .. me .. "/stat"))
-    local s = f:read("a")
-    f:close()
-    return s:match("^%d+ %(.*%) (%a)")
-  end
   local p = mp.Process{target = function()
     local deadline = mp.monotonic() + 10
-    while not (armed.value == 1 and state() == "S")
+    while not (armed.value == 1 and state(me) == "S")
           and mp.monotonic() < deadline do
       mp.sleep(0.001)
     end
@@ -133,7 +142,6 @@ local function interrupt(name, fn)
 end
 ]]
 
-
 -- Shared by the specs.
 
 -- Times fn(): seconds taken, then what fn returned.
@@ -143,28 +151,33 @@ function H.timed(fn)
   return mp.monotonic() - t0, table.unpack(r, 1, r.n)
 end
 
--- The state letter of process pid (R, S, D...) from /proc.
-function H.state(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/stat"))
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %(.*%) (%a)")
+-- Whether process pid runs: true unless it is gone, a zombie or dead.
+-- Returns a boolean.
+function H.alive(pid)
+  local s = H.state(pid)
+  return s ~= nil and s ~= "Z" and s ~= "X"
 end
 
--- Whether process pid exists (a zombie counts as gone).
-function H.alive(pid)
-  local s = H.readfile("/proc/" .. pid .. "/stat")
-  return s ~= nil and s:match("^%d+ %(.*%) (%a)") ~= "Z"
+-- Polls pred() every `step` seconds (default 0.01) until it is true or
+-- `timeout` seconds have passed; returns whether it came true.
+function H.wait_for(pred, timeout, step)
+  local deadline = mp.monotonic() + timeout
+  repeat
+    if pred() then return true end
+    mp.sleep(step or 0.01)
+  until mp.monotonic() >= deadline
+  return pred() and true or false
 end
 
 -- Polls fn() (10 s at most) until it returns want, then checks it.
+-- Returns nothing; fails the test if fn() never gave want.
 function H.reaches(want, fn)
-  local deadline = mp.monotonic() + 10
-  while fn() ~= want and mp.monotonic() < deadline do mp.sleep(0.001) end
+  H.wait_for(function() return fn() == want end, 10, 0.001)
   assert.are.equal(want, fn())
 end
 
--- {a, a + 1, ..., b} with n set, as a List's totable gives it.
+-- The integers a to b: {a, a + 1, ..., b} with n set, as a List's
+-- totable gives them (and as a Pool's map takes and returns them).
 function H.range(a, b)
   local t = {}
   for i = a, b do t[#t + 1] = i end
@@ -172,13 +185,17 @@ function H.range(a, b)
   return t
 end
 
--- Waits (10 s at most) until process pid is asleep.
+-- Waits (10 s at most) until process pid is asleep; raises if it never
+-- is.  Returns nothing.
 function H.until_asleep(pid)
-  local deadline = mp.monotonic() + 10
-  while H.state(pid) ~= "S" do
-    assert(mp.monotonic() < deadline, "process " .. pid .. " never slept")
-    mp.sleep(0.001)
-  end
+  assert(H.wait_for(function() return H.state(pid) == "S" end, 10, 0.001),
+    "process " .. pid .. " never slept")
+end
+
+-- A Process that sleeps until it is killed, not started yet.  Returns the
+-- Process; the test starts, kills and joins it.
+function H.sleeper()
+  return mp.Process{target = function() mp.sleep(60) end}
 end
 
 -- Starts a child running fn(...) and returns its Process object.
@@ -219,12 +236,80 @@ function H.raises(etype, msg, fn, ...)
   return e
 end
 
--- The message of the error fn(...) raises, without its position.
+-- The message of the error fn(...) raises, a string without its position
+-- "file:line: "; fails the test if fn raises nothing or an error object.
 function H.errmsg(fn, ...)
   local ok, e = pcall(fn, ...)
   assert.is_false(ok, "no error was raised")
-  assert.are.equal("string", type(e))
+  assert.are.equal("string", type(e), "not a string: " .. tostring(e))
   return (e:gsub("^[^:]*:%d+: ", "", 1))
+end
+
+-- How many processes tostring(c) lists as waiting on Condition c.
+-- Returns a number.
+function H.waiting(c)
+  return tonumber(tostring(c):match("(%d+) waiting%)$"))
+end
+
+-- The pids of this process's running children, sorted.  Returns a
+-- table (a Pool's workers, where the pool is the only child).
+function H.child_pids()
+  local pids = {}
+  for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
+  table.sort(pids)
+  return pids
+end
+
+-- A string of len bytes that repeats "<tag>", so that a reader can tell
+-- a whole value from a torn one.  Returns the string.
+function H.payload(tag, len)
+  local unit = "<" .. tag .. ">"
+  return unit:rep(len // #unit + 1):sub(1, len)
+end
+
+-- Seeds math.random from the clock, for a test that runs at random.
+-- Returns " (random seed N)", to end its failure messages, and N.
+function H.seeded()
+  local seed = os.time()
+  math.randomseed(seed)
+  return " (random seed " .. seed .. ")", seed
+end
+
+-- Kills process p with SIGKILL and reaps it (10 s at most), checking that
+-- the signal ended it; why, if given, ends the failure messages.
+function H.kill(p, why)
+  p:kill()
+  assert.is_true(p:join(10), "process " .. p.pid .. " lives on after "
+    .. "SIGKILL" .. (why or ""))
+  assert.are.equal(-9, p.exitcode, "process " .. p.pid .. " ended by "
+    .. "itself" .. (why or ""))
+end
+
+-- The fault specs' harness: kills processes with SIGKILL at random
+-- moments, o.rounds times; returns the number of processes killed.
+-- Each round:
+--   o.start(round), if given, starts a process (and may wait until it is
+--     busy) and returns it;
+--   then a pause of a random part of o.pause seconds;
+--   o.victim(round, started), if given, returns the process to kill
+--     instead (nil: none this round);
+--   the kill: H.kill(p, o.why), or with o.reap == false only p:kill(),
+--     for processes that someone else reaps (a Pool's workers);
+--   o.after(round, p), if given, checks what is left and starts a
+--     replacement.
+function H.kill_rounds(o)
+  local kills = 0
+  for round = 1, o.rounds do
+    local p = o.start and o.start(round)
+    mp.sleep(math.random() * o.pause)
+    if o.victim then p = o.victim(round, p) end
+    if p ~= nil then
+      kills = kills + 1
+      if o.reap == false then p:kill() else H.kill(p, o.why) end
+      if o.after then o.after(round, p) end
+    end
+  end
+  return kills
 end
 
 package.loaded["spec_helper"] = H

@@ -1,4 +1,4 @@
--- 15-manager_spec.lua -- Manager and Namespace: every factory of Python's
+-- manager_spec.lua -- Manager and Namespace: every factory of Python's
 -- SyncManager, shutdown and <close>, a Namespace's fields seen by every
 -- process, code written for Python's managers kept in its shape, and the
 -- exact values of CPython's own manager container tests (dict, list,

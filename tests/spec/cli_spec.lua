@@ -1,4 +1,4 @@
--- 00-cli_spec.lua -- the `luamp` command: lua(1)'s interface, exit
+-- cli_spec.lua -- the `luamp` command: lua(1)'s interface, exit
 -- statuses, the shared arena options, Ctrl-C, and what happens to children
 -- when the script ends or the host dies.
 
@@ -7,6 +7,7 @@ local lfs = require "lfs"
 local H = require "spec_helper"
 
 local q, readfile, writefile = H.q, H.readfile, H.writefile
+local state, alive, wait_for = H.state, H.alive, H.wait_for
 local luamp = q(H.luamp)
 
 -- Every run of the command is bounded, so that a host that hangs fails
@@ -23,8 +24,6 @@ local function tmpfile(content)
   if content then writefile(path, content) else os.remove(path) end
   return path
 end
-
-local cleanup -- defined below pstate
 
 local function remove_files()
   for i = #made, 1, -1 do
@@ -53,32 +52,10 @@ local function run_script(source, args, env)
   return status, out, err, path
 end
 
--- Polls pred() until it is true or `timeout` seconds have passed.
-local function wait_for(pred, timeout)
-  local deadline = mp.monotonic() + timeout
-  repeat
-    if pred() then return true end
-    mp.sleep(0.01)
-  until mp.monotonic() >= deadline
-  return pred() and true or false
-end
-
--- The state letter of a process in /proc (R, S, Z...), nil if it is gone.
-local function pstate(pid)
-  local s = readfile("/proc/" .. pid .. "/stat")
-  return s and s:match("^%d+ %(.*%) (%a)")
-end
-
--- True when no process `pid` runs any more (a zombie has ended too).
-local function gone(pid)
-  local st = pstate(pid)
-  return st == nil or st == "Z" or st == "X"
-end
-
-function cleanup()
+local function cleanup()
   remove_files()
   for i = #started, 1, -1 do
-    if not gone(started[i]) then os.execute("kill -9 " .. started[i]) end
+    if alive(started[i]) then os.execute("kill -9 " .. started[i]) end
     started[i] = nil
   end
 end
@@ -121,7 +98,7 @@ end
 -- Waits (5 s at most) for the host started by start_host to end, then
 -- returns how it ended, as io.close does: "exit"/"signal" and a number.
 local function finish_host(fh, host)
-  if not wait_for(function() return gone(host) end, 5) then
+  if not wait_for(function() return not alive(host) end, 5) then
     os.execute("kill -9 " .. host)
   end
   local _, how, status = fh:close()
@@ -337,13 +314,13 @@ describe("the luamp command", function()
       local ready = tmpfile()
       local fh, host, child = start_host(ready)
       -- Asleep in join: the signal lands there.
-      assert.is_true(wait_for(function() return pstate(host) == "S" end, 5),
+      assert.is_true(wait_for(function() return state(host) == "S" end, 5),
         "the host did not block in join")
-      assert.is_false(gone(child))
+      assert.is_true(alive(child))
       local t0 = mp.monotonic()
       os.execute("kill -INT " .. host)
       assert.are.same({"exit", 130}, {finish_host(fh, host)})
-      assert.is_true(wait_for(function() return gone(child) end, 1),
+      assert.is_true(wait_for(function() return not alive(child) end, 1),
         "the child outlived the host")
       assert.is_true(mp.monotonic() - t0 < 2, "the host took long to end")
     end)
@@ -352,11 +329,11 @@ describe("the luamp command", function()
        .. "the end", function()
       local ready = tmpfile()
       local fh, host, child = start_host(ready, true)
-      assert.is_true(wait_for(function() return pstate(host) == "S" end, 5),
+      assert.is_true(wait_for(function() return state(host) == "S" end, 5),
         "the host did not block waiting for its child")
       os.execute("kill -INT " .. host)
       assert.are.same({"exit", 130}, {finish_host(fh, host)})
-      assert.is_true(wait_for(function() return gone(child) end, 1),
+      assert.is_true(wait_for(function() return not alive(child) end, 1),
         "the child outlived the host")
     end)
   end)
@@ -365,10 +342,10 @@ describe("the luamp command", function()
     it("takes its children with it", function()
       local ready = tmpfile()
       local fh, host, child = start_host(ready)
-      assert.is_false(gone(child))
+      assert.is_true(alive(child))
       os.execute("kill -9 " .. host)
       assert.are.same({"signal", 9}, {finish_host(fh, host)})
-      assert.is_true(wait_for(function() return gone(child) end, 1),
+      assert.is_true(wait_for(function() return not alive(child) end, 1),
         "the child outlived the host")
     end)
   end)
@@ -437,7 +414,7 @@ describe("the luamp command", function()
       started[#started + 1] = pid
       assert.are.same({0, "", ""}, {status, out, err})
       assert.is_true(dt < 1.5, "luamp returned after " .. dt .. " s")
-      assert.is_true(gone(pid), "the daemon is still running")
+      assert.is_false(alive(pid), "the daemon is still running")
     end)
   end)
 end)
@@ -480,7 +457,7 @@ describe_stock("the luamp module in a stock lua5.4", function()
     started[#started + 1] = pid
     assert.are.same({0, "", ""}, {status, out, err})
     assert.are.equal("done", readfile(done))
-    assert.is_true(gone(pid), "the daemon is still running")
+    assert.is_false(alive(pid), "the daemon is still running")
     assert.is_true(dt >= 0.29 and dt < 1.5, "lua5.4 returned after " .. dt)
   end)
 

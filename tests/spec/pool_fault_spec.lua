@@ -1,4 +1,4 @@
--- 12-pool_fault_spec.lua -- a Pool when things go wrong: workers killed
+-- pool_fault_spec.lua -- a Pool when things go wrong: workers killed
 -- (by their own task, by the owner, 100 times at random during a long
 -- run), Ctrl-C in the owner, initializers that fail, and workers recycled
 -- by maxtasksperchild.  In every case each task ends with its result or
@@ -9,6 +9,9 @@
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, took, raises, alive = H.timed, H.took, H.raises, H.alive
+local range = H.range
+-- The pids of the running workers (the only children of the tests).
+local worker_pids = H.child_pids
 
 -- Tasks travel to the workers with their upvalues, but busted runs this
 -- file in its own _ENV, which does not travel: what tasks use from the
@@ -16,20 +19,6 @@ local timed, took, raises, alive = H.timed, H.took, H.raises, H.alive
 local assert, error, io, os, tostring = assert, error, io, os, tostring
 
 local LOST = "the worker running the task died"
-
-local function range(n)
-  local t = {}
-  for i = 1, n do t[i] = i end
-  return t
-end
-
--- The pids of the running workers (the only children of the tests).
-local function worker_pids()
-  local pids = {}
-  for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
-  table.sort(pids)
-  return pids
-end
 
 -- The task's own worker ends, as by `kill -9` from a shell.
 local function kill_self()
@@ -55,7 +44,7 @@ describe("Pool under faults", function()
       local r = pool:map(function()
         mp.sleep(0.01)
         return mp.current_process().name
-      end, range(20), 1)
+      end, range(1, 20), 1)
       for i = 1, 20 do assert.matches("^PoolWorker%-%d+$", r[i]) end
       local after = worker_pids()
       assert.are.equal(2, #after)
@@ -101,7 +90,7 @@ describe("Pool under faults", function()
       local r = pool:map(function(x)
         mp.sleep(0.005)
         return {x * x, mp.current_process().pid}
-      end, range(40), 1)
+      end, range(1, 40), 1)
       for i = 1, 40 do
         assert.are.equal(i * i, r[i][1])
         assert.are_not.equal(pid, r[i][2])
@@ -140,9 +129,9 @@ describe("Pool under faults", function()
       raises(mp.WorkerLostError, LOST, pool.map, pool, function(x)
         if x == 5 then kill_self() end
         return x
-      end, range(10), 1)
+      end, range(1, 10), 1)
       assert.are.same({n = 3, 1, 2, 3}, pool:map(function(x) return x end,
-        range(3)))
+        range(1, 3)))
     end)
 
     it("gives imap WorkerLostError at that item's position, and the rest",
@@ -153,7 +142,7 @@ describe("Pool under faults", function()
         mp.sleep(0.001)
         return x * 2
       end
-      local it = pool:imap(f, range(40))
+      local it = pool:imap(f, range(1, 40))
       for i = 1, 40 do
         if i == 10 or i == 25 then
           raises(mp.WorkerLostError, LOST, it)
@@ -162,7 +151,7 @@ describe("Pool under faults", function()
         end
       end
       assert.is_nil(it())
-      it = pool:imap_unordered(f, range(40))
+      it = pool:imap_unordered(f, range(1, 40))
       local got, lost = {}, 0
       for _ = 1, 40 do
         local ok, v = pcall(it)
@@ -186,9 +175,7 @@ describe("Pool under faults", function()
 
   it("survives 100 kills at random: each task has its result or "
      .. "WorkerLostError", function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why = H.seeded()
     local N, KILLS = 1500, 100
     local pool = mp.Pool(4)
     local rs = {}
@@ -198,16 +185,13 @@ describe("Pool under faults", function()
         return x * 3
       end, {i})
     end
-    local killed = 0
-    for _ = 1, KILLS do
-      mp.sleep(math.random() * 0.004)
-      rs[N]:ready() -- take results in, replace the dead
-      local kids = mp.active_children()
-      if #kids > 0 then
-        kids[math.random(#kids)]:kill()
-        killed = killed + 1
-      end
-    end
+    -- The pool reaps its workers itself.
+    local killed = H.kill_rounds{rounds = KILLS, pause = 0.004, reap = false,
+      victim = function()
+        rs[N]:ready() -- take results in, replace the dead
+        local kids = mp.active_children()
+        if #kids > 0 then return kids[math.random(#kids)] end
+      end}
     local deadline = mp.monotonic() + 30
     local lost = 0
     for i = 1, N do
@@ -227,7 +211,7 @@ describe("Pool under faults", function()
       .. killed .. " kills" .. why)
     assert.are.same({n = 8, 1, 2, 3, 4, 5, 6, 7, 8}, pool:map(function(x)
       return x
-    end, range(8), 1))
+    end, range(1, 8), 1))
     assert.are.equal(4, #worker_pids(), why)
     pool:close()
     pool:join()
@@ -236,17 +220,10 @@ describe("Pool under faults", function()
   describe("Ctrl-C", function()
     -- The job's first task waits until the owner is asleep in the pool
     -- call, notes the time and sends the owner SIGINT.
-    local PRELUDE = [[
+    local PRELUDE = H.PROC .. [[
       io.stdout:setvbuf("no")
       local mp = require "luamp"
       local owner = mp.current_process().pid
-      local function state(pid)
-        local f = io.open("/proc/" .. pid .. "/stat")
-        if not f then return nil end
-        local s = f:read("a")
-        f:close()
-        return s:match("^%d+ %(.*%) (%a)")
-      end
       local flag, told = mp.Value("i", 0), mp.Value("d", 0)
       local function interrupt()
         if flag:cas(0, 1) then
@@ -332,7 +309,7 @@ describe("Pool under faults", function()
       end, initargs = {"no init"}}
       local msg = "the pool's initializer failed in a worker: no init"
       local e = raises(mp.ProcessError, msg, pool.map, pool,
-        function(x) return x end, range(10))
+        function(x) return x end, range(1, 10))
       assert.are.equal("string", type(e.traceback))
       assert.are.equal("no init\nstack traceback:",
         e.traceback:sub(1, 24))
@@ -416,7 +393,7 @@ describe("Pool under faults", function()
       local pool = mp.Pool{processes = 2, maxtasksperchild = 5}
       local r = pool:map(function(x)
         return {x + 1, mp.current_process().pid}
-      end, range(60), 2)
+      end, range(1, 60), 2)
       local per = {}
       for i = 1, 60 do
         assert.are.equal(i + 1, r[i][1])

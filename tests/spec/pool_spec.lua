@@ -1,13 +1,14 @@
--- 11-pool_spec.lua -- Pool and AsyncResult: the calls of the API with
+-- pool_spec.lua -- Pool and AsyncResult: the calls of the API with
 -- exact values and error messages, after CPython's _TestPool where a
 -- case has a counterpart there; chunking, lazy input, callbacks, the
 -- closures that travel and the progress line.  Worker deaths, Ctrl-C,
--- initializer failures and maxtasksperchild are in 12-pool_fault_spec.
+-- initializer failures and maxtasksperchild are in pool_fault_spec.
 -- Every pool is closed by its test; every wait has a timeout.
 
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, took, raises, alive = H.timed, H.took, H.raises, H.alive
+local errmsg, range, child_pids = H.errmsg, H.range, H.child_pids
 
 -- Tasks travel to the workers with their upvalues, but busted runs this
 -- file in its own _ENV, which does not travel: what tasks use from the
@@ -18,20 +19,9 @@ local _G, assert, collectgarbage, coroutine, error, io, math, select,
   setmetatable, tonumber, tostring
 
 -- Calls fn(...) and checks that it raised a string error whose text,
--- after the position "file:line: " if any, is msg.  Returns the error.
+-- after the position "file:line: " if any, is msg.
 local function fails(msg, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  assert.are.equal("string", type(e), "not a string: " .. tostring(e))
-  assert.are.equal(msg, e:gsub("^[^:]*:%d+: ", ""))
-  return e
-end
-
--- {1, 2, ..., n}
-local function range(n, from)
-  local t = {}
-  for i = 1, n do t[i] = i + (from or 1) - 1 end
-  return t
+  assert.are.equal(msg, errmsg(fn, ...))
 end
 
 -- The task of most tests, as in CPython: x * x, after `wait` seconds.
@@ -156,7 +146,7 @@ describe("Pool", function()
       local seen = pool:map(function()
         mp.sleep(0.01)
         return _G.pool_init
-      end, range(20), 1)
+      end, range(1, 20), 1)
       for i = 1, 20 do
         assert.matches("^xnilzPoolWorker%-%d+$", seen[i])
       end
@@ -524,15 +514,15 @@ describe("Pool", function()
       assert.are.equal(mp.RemoteError, e.type)
       local where = e.message:match("^(.-):%d+: boom$")
       assert.is_not_nil(where, e.message)
-      assert.matches("11%-pool_spec%.lua$", where)
+      assert.matches("%f[%w_]pool_spec%.lua$", where)
       assert.are.equal(e.message, e.value)
       assert.are.equal("luamp.RemoteError: " .. e.message, tostring(e))
       assert.are.equal("string", type(e.traceback))
       assert.are.equal(e.message .. "\nstack traceback:",
         e.traceback:sub(1, #e.message + 17))
       local line_no = e.message:match(":(%d+): boom$")
-      assert.is_truthy(e.traceback:find("11-pool_spec.lua:" .. line_no
-        .. ": in ", 1, true), e.traceback)
+      assert.is_truthy(e.traceback:find("%f[%w_]pool_spec%.lua:"
+        .. line_no .. ": in "), e.traceback)
     end)
 
     it("keeps a table error value as that table", function()
@@ -594,8 +584,7 @@ describe("Pool", function()
     it("is what a result that cannot be sent becomes, and no worker is lost",
        function()
       local pool <close> = mp.Pool(2)
-      local pids = {}
-      for _, p in ipairs(mp.active_children()) do pids[#pids + 1] = p.pid end
+      local pids = child_pids()
       for _ = 1, 20 do
         local got
         local r = pool:apply_async(function()
@@ -609,10 +598,8 @@ describe("Pool", function()
       raises(mp.RemoteError, {pattern = "cannot send.*thread"},
         pool.map, pool, function(x)
           return x == 5 and coroutine.create(sqr) or x
-        end, range(10))
-      local now = {}
-      for _, p in ipairs(mp.active_children()) do now[#now + 1] = p.pid end
-      assert.are.same(sorted(pids), sorted(now))
+        end, range(1, 10))
+      assert.are.same(pids, child_pids())
     end)
   end)
 
@@ -622,10 +609,10 @@ describe("Pool", function()
       local pool <close> = mp.Pool(4)
       local want = {n = 10}
       for i = 1, 10 do want[i] = (i - 1) * (i - 1) end
-      assert.are.same(want, pool:map(sqr, range(10, 0)))
+      assert.are.same(want, pool:map(sqr, range(0, 9)))
       want = {n = 100}
       for i = 1, 100 do want[i] = (i - 1) * (i - 1) end
-      assert.are.same(want, pool:map(sqr, range(100, 0), 20))
+      assert.are.same(want, pool:map(sqr, range(0, 99), 20))
     end)
 
     it("leaves holes for nil results instead of stopping there", function()
@@ -633,7 +620,7 @@ describe("Pool", function()
       local r = pool:map(function(x)
         if x % 2 == 0 then return nil end
         return x, "dropped"
-      end, range(7))
+      end, range(1, 7))
       assert.are.same({n = 7, 1, nil, 3, nil, 5, nil, 7}, r)
     end)
 
@@ -662,20 +649,21 @@ describe("Pool", function()
           ran[x] = ran[x] + 1
           if x == 1 then error("first", 0) end
           return x
-        end, range(n), opt)
+        end, range(1, n), opt)
         pool:close()
         pool:join()
-        local never = {}
+        local never = {n = 0}
         for i = 1, n do
           if ran[i] == 0 then
-            never[#never + 1] = i
+            never.n = never.n + 1
+            never[never.n] = i
           else
             assert.are.equal(1, ran[i], "item " .. i .. " ran twice")
           end
         end
-        assert.are.same(range(#never, 2), never,
+        assert.are.same(range(2, never.n + 1), never,
           "the items that did not run are not items 2..chunksize")
-        return #never + 1
+        return never.n + 1
       end
       assert.are.equal(7, skipped(4, 100))
       assert.are.equal(5, skipped(2, 33))
@@ -730,7 +718,7 @@ describe("Pool", function()
         mp.sleep(0.01)
         ran[x] = 1
         return x
-      end, range(20), 1)
+      end, range(1, 20), 1)
       assert.are.equal("item 3", e.value)
       pool:close()
       pool:join()
@@ -756,7 +744,7 @@ describe("Pool", function()
     it("map_async and starmap_async return an AsyncResult of the table",
        function()
       local pool <close> = mp.Pool(2)
-      local r = pool:map_async(sqr, range(10, 0))
+      local r = pool:map_async(sqr, range(0, 9))
       local want = {n = 10}
       for i = 1, 10 do want[i] = (i - 1) * (i - 1) end
       assert.are.same(want, r:get(10))
@@ -844,12 +832,12 @@ describe("Pool", function()
       local want = {n = 10}
       for i = 1, 10 do want[i] = (i - 1) * (i - 1) end
       local got = {n = 0}
-      for v in pool:imap(sqr, range(10, 0)) do
+      for v in pool:imap(sqr, range(0, 9)) do
         got.n = got.n + 1
         got[got.n] = v
       end
       assert.are.same(want, got)
-      local it = pool:imap(sqr, range(1000, 0), 100)
+      local it = pool:imap(sqr, range(0, 999), 100)
       for i = 0, 999 do assert.are.equal(i * i, it()) end
       assert.is_nil(it())
       assert.is_nil(it())
@@ -861,11 +849,11 @@ describe("Pool", function()
       local want = {}
       for i = 1, 1000 do want[i] = (i - 1) * (i - 1) end
       assert.are.same(want, sorted(drain(pool:imap_unordered(sqr,
-        range(1000, 0)))))
+        range(0, 999)))))
       assert.are.same(want, sorted(drain(pool:imap_unordered(sqr,
-        range(1000, 0), 53))))
+        range(0, 999), 53))))
       assert.are.same(want, sorted(drain(pool:imap_unordered(sqr,
-        range(1000, 0), {chunksize = 7}))))
+        range(0, 999), {chunksize = 7}))))
     end)
 
     -- A result that is nil ends a generic for loop there, as for any
@@ -873,7 +861,7 @@ describe("Pool", function()
     it("yields the first value of each result", function()
       local pool <close> = mp.Pool(2)
       local got = drain(pool:imap(function(x) return x, "more" end,
-        range(3)))
+        range(1, 3)))
       assert.are.same({n = 3, 1, 2, 3}, got)
     end)
 
@@ -923,7 +911,7 @@ describe("Pool", function()
         if x % 4 == 2 then error("bad " .. x, 0) end
         return x
       end
-      local it = pool:imap(f, range(8))
+      local it = pool:imap(f, range(1, 8))
       local seq = {}
       for i = 1, 9 do
         local ok, v = pcall(it)
@@ -931,7 +919,7 @@ describe("Pool", function()
       end
       assert.are.same({"1", "RemoteError bad 2", "3", "4", "5",
                        "RemoteError bad 6", "7", "8", "nil"}, seq)
-      it = pool:imap_unordered(f, range(8))
+      it = pool:imap_unordered(f, range(1, 8))
       local vals, errs = {}, {}
       for _ = 1, 8 do
         local ok, v = pcall(it)
@@ -1093,7 +1081,7 @@ describe("Pool", function()
     it("close lets the work finish; join waits for the workers to leave",
        function()
       local pool = mp.Pool(2)
-      local r = pool:map_async(sqr, range(10), 1)
+      local r = pool:map_async(sqr, range(1, 10), 1)
       local a = pool:apply_async(sqr, {5, 0.1})
       pool:close()
       local dt = timed(function() pool:join() end)
@@ -1150,7 +1138,7 @@ describe("Pool", function()
       do
         local pool <close> = mp.Pool(2)
         escaped = pool
-        assert.are.same({n = 3, 1, 4, 9}, pool:map_async(sqr, range(3))
+        assert.are.same({n = 3, 1, 4, 9}, pool:map_async(sqr, range(1, 3))
           :get(10))
         assert.are.equal(2, #mp.active_children())
       end
@@ -1167,7 +1155,7 @@ describe("Pool", function()
         local line = debug.getinfo(fn, "S").linedefined + 1
         local ok, e = pcall(fn)
         assert.is_false(ok)
-        assert.matches("^[^:]*11%-pool_spec%.lua:" .. line .. ": ", e)
+        assert.matches("^[^:]*%f[%w_]pool_spec%.lua:" .. line .. ": ", e)
       end
       local co = coroutine.create(print)
       at_caller(function()

@@ -1,4 +1,4 @@
--- 07-sync_spec.lua -- Lock, RLock, Semaphore, BoundedSemaphore and Event:
+-- sync_spec.lua -- Lock, RLock, Semaphore, BoundedSemaphore and Event:
 -- exact return values and error messages, block and timeout, wake-up
 -- across processes, Ctrl-C, the scoped form lock:with, and the objects
 -- sent through a Queue and a Pipe.  Every child is a fork of the test
@@ -6,7 +6,8 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local timed, state, until_asleep = H.timed, H.state, H.until_asleep
+local spawn, finish = H.spawn, H.finish
 local took = H.took
 
 -- Checks that fn returned exactly the values in want (a table with n).

@@ -1,4 +1,4 @@
--- 02-arena_spec.lua -- the shared arena as scripts see it: objects are
+-- arena_spec.lua -- the shared arena as scripts see it: objects are
 -- reclaimed when no process holds them, whoever dropped them and however
 -- a process ended, and exhaustion is an error a program can recover from.
 
@@ -6,9 +6,8 @@ local mp = require "luamp"
 local core = require "luamp.core"
 local H = spec_helper
 
-local function objects() collectgarbage(); collectgarbage()
-  return mp.stats().objects
-end
+-- How many shared objects exist, after a full collection.
+local function objects() return H.snapshot().objects end
 
 describe("The shared arena", function()
   H.leakcheck()

@@ -1,11 +1,12 @@
--- 03-queue_spec.lua -- Queue, JoinableQueue and SimpleQueue: order, the
+-- queue_spec.lua -- Queue, JoinableQueue and SimpleQueue: order, the
 -- values that cross, blocking and timeouts, maxsize, close, many processes
 -- at once, large messages and Ctrl-C.  Every child is a fork of the test
 -- process; a test that waits on a child always does so with a timeout.
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local timed, state, until_asleep = H.timed, H.state, H.until_asleep
+local spawn, finish = H.spawn, H.finish
 local raises = H.raises
 
 local EMPTY = "queue is empty"

@@ -1,4 +1,4 @@
--- 08-condition_spec.lua -- Condition and Barrier across processes: notify,
+-- condition_spec.lua -- Condition and Barrier across processes: notify,
 -- notify(n), notify_all, wait and wait_for with timeouts, the lock a wait
 -- gives up and takes back; Barrier rounds, action, abort, reset, timeouts
 -- and the BrokenBarrierError error object; Ctrl-C in both.  Most cases
@@ -9,15 +9,10 @@ local mp = require "luamp"
 local H = require "spec_helper"
 local timed, spawn, finish, took, raises =
   H.timed, H.spawn, H.finish, H.took, H.raises
-local reaches = H.reaches
+local reaches, waiting = H.reaches, H.waiting
 
 local function finish_all(ps)
   for _, p in ipairs(ps) do finish(p) end
-end
-
--- How many processes are listed as waiting on condition c.
-local function waiting(c)
-  return tonumber(tostring(c):match("(%d+) waiting%)$"))
 end
 
 local BROKEN = "the barrier is broken"
@@ -838,20 +833,11 @@ describe("Ctrl-C", function()
     -- again (its count of voluntary context switches has grown).  As in
     -- Python, wait ends (here: raises) holding the lock, so that `with`
     -- can release it.
-    local status, out, err = H.luamp_e([[
+    local status, out, err = H.luamp_e(H.PROC .. [[
       local mp = require "luamp"
       local ppid = mp.current_process().pid
-      local function proc(pid, file)
-        local f = assert(io.open("/proc/" .. pid .. "/" .. file))
-        local s = f:read("a")
-        f:close()
-        return s
-      end
-      local function state(pid)
-        return proc(pid, "stat"):match("^%d+ %(.*%) (%a)")
-      end
       local function switches(pid)
-        return tonumber(proc(pid, "status"):match(
+        return tonumber(assert(readfile("/proc/" .. pid .. "/status")):match(
           "\nvoluntary_ctxt_switches:%s*(%d+)"))
       end
       local c = mp.Condition()

@@ -1,4 +1,4 @@
--- 06-queue_fault_spec.lua -- a Queue under fire: producers and consumers
+-- queue_fault_spec.lua -- a Queue under fire: producers and consumers
 -- are killed with SIGKILL at random moments, 200 times, and yet every
 -- message that was fully put is received once, whole, and nobody is left
 -- blocked or holding arena memory.
@@ -24,8 +24,7 @@ local INLINE_MAX = 16 << 10
 
 -- The payload of message seq of producer id, len bytes long.
 local function payload(id, seq, len)
-  local unit = "<" .. id .. "." .. seq .. ">"
-  return unit:rep(len // #unit + 1):sub(1, len)
+  return H.payload(id .. "." .. seq, len)
 end
 
 local function producer(q, stop, acks_path, id)
@@ -64,9 +63,7 @@ describe("Queue under SIGKILL", function()
 
   it("loses no message that was put, duplicates none, tears none, and "
      .. "blocks nobody", function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why = H.seeded()
     local acks_path, results_path = os.tmpname(), os.tmpname()
     finally(function()
       os.remove(acks_path)
@@ -98,22 +95,21 @@ describe("Queue under SIGKILL", function()
 
     local killed_producers, consumer_kills = {}, 0
     local t0 = mp.monotonic()
-    for _ = 1, ROUNDS do
-      mp.sleep(math.random() * 0.005)
-      local k = math.random(#slots)
-      local s = slots[k]
-      s.proc:kill()
-      assert.is_true(s.proc:join(10), "a killed " .. s.kind .. " lives on"
-        .. why)
-      assert.are.equal(-9, s.proc.exitcode, "a " .. s.kind
-        .. " ended by itself" .. why)
-      if s.kind == "producer" then
-        killed_producers[s.id] = true
-      else
-        consumer_kills = consumer_kills + 1
-      end
-      slots[k] = start(s.kind)
-    end
+    local k -- the slot of this round's victim
+    H.kill_rounds{rounds = ROUNDS, pause = 0.005, why = why,
+      victim = function()
+        k = math.random(#slots)
+        return slots[k].proc
+      end,
+      after = function()
+        local s = slots[k]
+        if s.kind == "producer" then
+          killed_producers[s.id] = true
+        else
+          consumer_kills = consumer_kills + 1
+        end
+        slots[k] = start(s.kind)
+      end}
 
     -- Stop the producers; the consumers drain the queue, waiting without
     -- a timeout, so that a lost wake-up would leave messages behind.
@@ -192,44 +188,41 @@ describe("Queue under SIGKILL", function()
   -- queue's lock: the next locker must recount exactly what is there.
   it("keeps an exact count when a process dies holding the queue's lock",
      function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why = H.seeded()
     local body = ("x"):rep(12000) .. "|"
     collectgarbage()
     local blocks = mp.stats().arena_blocks
-    for round = 1, 40 do
-      local q = mp.Queue()
-      for i = 1, 3 do q:put(("o"):rep(20000 + i)) end
-      local p = mp.Process{target = function()
-        local seq = 0
-        while true do
-          seq = seq + 1
-          q:put(body .. seq)
+    local q -- this round's queue
+    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
+      start = function()
+        q = mp.Queue()
+        for i = 1, 3 do q:put(("o"):rep(20000 + i)) end
+        local p = mp.Process{target = function()
+          local seq = 0
+          while true do
+            seq = seq + 1
+            q:put(body .. seq)
+          end
+        end}
+        p:start()
+        H.wait_for(function() return q:qsize() >= 4 end, 10, 0.0005)
+        return p
+      end,
+      after = function(round)
+        local count, found = q:_recount()
+        assert.are.equal(found, count, "the count is off" .. why)
+        for i = 1, 3 do assert.are.equal(20000 + i, #q:get_nowait()) end
+        for seq = 1, count - 3 do
+          assert.are.equal(body .. seq, q:get_nowait())
         end
+        local ok, e = pcall(q.get_nowait, q)
+        assert.is_false(ok, "more messages than counted" .. why)
+        assert.are.equal(mp.Empty, e.type)
+        q:put("marker")
+        assert.are.equal("marker", q:get_nowait())
+        q:close()
+        assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks "
+          .. "leaked in round " .. round .. why)
       end}
-      p:start()
-      local deadline = mp.monotonic() + 10
-      while q:qsize() < 4 and mp.monotonic() < deadline do
-        mp.sleep(0.0005)
-      end
-      mp.sleep(math.random() * 0.003)
-      p:kill()
-      assert.is_true(p:join(10))
-      local count, found = q:_recount()
-      assert.are.equal(found, count, "the count is off" .. why)
-      for i = 1, 3 do assert.are.equal(20000 + i, #q:get_nowait()) end
-      for seq = 1, count - 3 do
-        assert.are.equal(body .. seq, q:get_nowait())
-      end
-      local ok, e = pcall(q.get_nowait, q)
-      assert.is_false(ok, "more messages than counted" .. why)
-      assert.are.equal(mp.Empty, e.type)
-      q:put("marker")
-      assert.are.equal("marker", q:get_nowait())
-      q:close()
-      assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks "
-        .. "leaked in round " .. round .. why)
-    end
   end)
 end)

@@ -1,16 +1,12 @@
--- 05-wait_spec.lua -- mp.wait over connections, process sentinels (or
+-- wait_spec.lua -- mp.wait over connections, process sentinels (or
 -- Process objects) and queues: which are ready, in what order, how long
 -- it waits and how soon it wakes.  A test that waits on a child always
 -- does so with a timeout, so that a failure cannot hang the suite.
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
-
--- A child that stays alive until it is killed.
-local function sleeper()
-  return spawn(function() mp.sleep(60) end)
-end
+local timed, state, until_asleep = H.timed, H.state, H.until_asleep
+local spawn, finish = H.spawn, H.finish
 
 -- Checks that got holds exactly the objects of want, in that order.
 local function same_objects(want, got)
@@ -30,8 +26,9 @@ describe("wait", function()
     local a, b = mp.Pipe()
     local c, d = mp.Pipe()
     local full, empty = mp.Queue(), mp.Queue()
-    local done, running = mp.Process{target = function() end}, sleeper()
+    local done, running = mp.Process{target = function() end}, H.sleeper()
     done:start()
+    running:start()
     finish(done)
     local ended = spawn(function() end)
     finish(ended)
@@ -62,7 +59,8 @@ describe("wait", function()
      function()
     local a, b = mp.Pipe()
     local q = mp.Queue()
-    local p = sleeper()
+    local p = H.sleeper()
+    p:start()
     local dt, ready = timed(function() return mp.wait({a, q, p}, 0.2) end)
     assert.are.same({}, ready)
     assert.is_true(dt >= 0.19 and dt < 1.2, "wait(..., 0.2) took " .. dt)
@@ -233,7 +231,7 @@ describe("wait", function()
     it("reports a bad item at the caller's line", function()
       local ok, e = pcall(function() mp.wait({mp.Queue(), 1}, 0) end)
       assert.is_false(ok)
-      assert.matches("^[^:]*05%-wait_spec%.lua:%d+: bad argument #1 to "
+      assert.matches("^[^:]*%f[%w_]wait_spec%.lua:%d+: bad argument #1 to "
         .. "'wait'", e)
     end)
 

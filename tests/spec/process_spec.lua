@@ -1,10 +1,11 @@
--- 01-process_spec.lua -- Process objects and the process-level functions
+-- process_spec.lua -- Process objects and the process-level functions
 -- of the module (current_process, active_children, cpu_count, sleep...),
 -- run in the test process itself: every child is a fork of it.
 
 local mp = require "luamp"
 local H = require "spec_helper"
 local timed, readfile, writefile = H.timed, H.readfile, H.writefile
+local sleeper = H.sleeper
 
 -- Runs fn(...) in a child and returns what it returned, as a string (the
 -- child writes it to a file), after checking that the child exited 0.
@@ -20,13 +21,6 @@ local function in_child(fn, ...)
   os.remove(path)
   assert.are.equal(0, p.exitcode, "the child failed")
   return s
-end
-
--- A child that stays alive until it is killed.
-local function sleeper(opts)
-  opts = opts or {}
-  opts.target = function() mp.sleep(60) end
-  return mp.Process(opts)
 end
 
 describe("Process", function()
@@ -184,7 +178,7 @@ describe("Process", function()
       local p = mp.Process{target = function() end}
       local ok, err = pcall(function() p:join() end)
       assert.is_false(ok)
-      assert.matches("01%-process_spec%.lua:%d+: can only join a started "
+      assert.matches("%f[%w_]process_spec%.lua:%d+: can only join a started "
         .. "process$", err)
     end)
   end)
@@ -236,16 +230,10 @@ describe("Process", function()
        function()
       -- The parent sends SIGINT once the child has written `ready` and is
       -- asleep (state S in /proc): inside its pcall(mp.sleep, 10).
-      local status, out, err = H.luamp_e([[
+      local status, out, err = H.luamp_e(H.PROC .. [[
         local mp = require "luamp"
         local ready = os.tmpname()
         os.remove(ready)
-        local function state(pid)
-          local f = assert(io.open("/proc/" .. pid .. "/stat"))
-          local s = f:read("a")
-          f:close()
-          return s:match("^%d+ %(.*%) (%a)")
-        end
         local function exists(path)
           local f = io.open(path)
           if f then f:close() end

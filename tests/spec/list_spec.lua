@@ -1,4 +1,4 @@
--- 14-list_spec.lua -- List: 1-based indexing as with a table, every method
+-- list_spec.lua -- List: 1-based indexing as with a table, every method
 -- with its exact results and errors, equality by content, values copied in
 -- and out, appends from many processes at once, memory given back, and a
 -- list as a shared object that travels and nests.  Every child is a fork

@@ -1,4 +1,4 @@
--- 16-dict_fault_spec.lua -- a Dict under fire: processes that set, delete,
+-- dict_fault_spec.lua -- a Dict under fire: processes that set, delete,
 -- pop, add, update, incr and walk keys are killed with SIGKILL at random
 -- moments, 200 times, and yet the dict stays consistent (its count is the
 -- number of keys a walk sees, every value decodes whole), no increment is
@@ -19,17 +19,11 @@ local WORKERS = 3
 local NKEYS = 64
 local MAXLEN = 40 << 10
 
--- The payload of key r, len bytes long.
-local function payload(r, len)
-  local unit = "<" .. r .. ">"
-  return unit:rep(len // #unit + 1):sub(1, len)
-end
-
 -- A value for key r: mostly small, now and then tens of KiB.
 local function value(r, extra)
   local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
     or math.random(0, 300)
-  return {r = r, len = len, s = payload(r, len), extra = extra}
+  return {r = r, len = len, s = H.payload(r, len), extra = extra}
 end
 
 -- One random operation on d; extra goes into the values stored.
@@ -72,7 +66,7 @@ local function check_consistent(d, why, extra)
       assert.are.equal("table", type(v), k .. why)
       assert.are.equal(tonumber(r), v.r, k .. why)
       assert.are.equal(v.len, #v.s, "a torn value under " .. k .. why)
-      assert.is_true(v.s == payload(v.r, v.len), "a torn value under " .. k
+      assert.is_true(v.s == H.payload(v.r, v.len), "a torn value under " .. k
         .. why)
       if extra ~= nil then
         assert.is_true(v.extra == extra, "a lost reference under " .. k
@@ -96,9 +90,7 @@ describe("Dict under SIGKILL", function()
 
   it("stays consistent, counts no increment twice and blocks nobody",
      function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why, seed = H.seeded()
     local acks_path = os.tmpname()
     finally(function() os.remove(acks_path) end)
     collectgarbage()
@@ -121,15 +113,13 @@ describe("Dict under SIGKILL", function()
     local workers = {}
     for i = 1, WORKERS do workers[i] = start() end
     local t0 = mp.monotonic()
-    for _ = 1, ROUNDS do
-      mp.sleep(math.random() * 0.004)
-      local i = math.random(WORKERS)
-      workers[i]:kill()
-      assert.is_true(workers[i]:join(10), "a killed worker lives on" .. why)
-      assert.are.equal(-9, workers[i].exitcode, "a worker ended by itself"
-        .. why)
-      workers[i] = start()
-    end
+    local i -- the victim's place in workers
+    H.kill_rounds{rounds = ROUNDS, pause = 0.004, why = why,
+      victim = function()
+        i = math.random(WORKERS)
+        return workers[i]
+      end,
+      after = function() workers[i] = start() end}
     stop:set("\1")
     for _, p in ipairs(workers) do finish(p, why) end
     local elapsed = mp.monotonic() - t0
@@ -166,49 +156,45 @@ describe("Dict under SIGKILL", function()
   -- at a random moment, often holding the dict's lock: what is left is one
   -- of the three states the loop passes through, exactly.
   it("leaves each operation done or not done, never half", function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why = H.seeded()
     collectgarbage()
     local blocks = mp.stats().arena_blocks
     local d = mp.Dict{n = 0, k0 = 0}
-    for round = 1, 40 do
-      local start = d.n
-      local p = spawn(function()
-        while true do
-          local v = d:incr("n", 1)
-          d["k" .. v] = v
-          d["k" .. (v - 1)] = nil
+    H.kill_rounds{rounds = 40, pause = 0.002, why = why,
+      start = function()
+        local start = d.n
+        local p = spawn(function()
+          while true do
+            local v = d:incr("n", 1)
+            d["k" .. v] = v
+            d["k" .. (v - 1)] = nil
+          end
+        end)
+        H.wait_for(function() return d.n >= start + 50 end, 10, 0.0005)
+        return p
+      end,
+      after = function(round)
+        local count = #d
+        local n = d.n
+        local ks = {}
+        for k, v in pairs(d) do
+          if k ~= "n" then
+            assert.are.equal("k" .. v, k, "round " .. round .. why)
+            ks[#ks + 1] = v
+          end
         end
-      end)
-      local deadline = mp.monotonic() + 10
-      while d.n < start + 50 and mp.monotonic() < deadline do
-        mp.sleep(0.0005)
-      end
-      mp.sleep(math.random() * 0.002)
-      p:kill()
-      assert.is_true(p:join(10))
-      local count = #d
-      local n = d.n
-      local ks = {}
-      for k, v in pairs(d) do
-        if k ~= "n" then
-          assert.are.equal("k" .. v, k, "round " .. round .. why)
-          ks[#ks + 1] = v
-        end
-      end
-      table.sort(ks)
-      local state = table.concat(ks, ",")
-      assert.is_true(state == (n - 1) .. "" or state == n .. ""
-        or state == (n - 1) .. "," .. n,
-        "n = " .. n .. " with keys {" .. state .. "} in round " .. round
-        .. why)
-      assert.are.equal(1 + #ks, count, "the count is off in round " .. round
-        .. why)
-      -- Settle the state for the next round: only k<n> left.
-      d["k" .. (n - 1)] = nil
-      d["k" .. n] = n
-    end
+        table.sort(ks)
+        local state = table.concat(ks, ",")
+        assert.is_true(state == (n - 1) .. "" or state == n .. ""
+          or state == (n - 1) .. "," .. n,
+          "n = " .. n .. " with keys {" .. state .. "} in round " .. round
+          .. why)
+        assert.are.equal(1 + #ks, count, "the count is off in round "
+          .. round .. why)
+        -- Settle the state for the next round: only k<n> left.
+        d["k" .. (n - 1)] = nil
+        d["k" .. n] = n
+      end}
     d:close()
     collectgarbage()
     assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
@@ -218,29 +204,27 @@ describe("Dict under SIGKILL", function()
   -- pop copies the value out before it lets the entry go: a child killed
   -- then must not take the entry's memory with it.
   it("gives back the entries of pops killed halfway", function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why = H.seeded()
     collectgarbage()
     local blocks = mp.stats().arena_blocks
     local d = mp.Dict()
     local big = ("p"):rep(60000)
-    for round = 1, 150 do
-      local p = spawn(function()
-        while true do
-          local r = math.random(8)
-          d[r] = big
-          d:pop(r, nil)
+    H.kill_rounds{rounds = 150, pause = 0.003, why = why,
+      start = function()
+        return spawn(function()
+          while true do
+            local r = math.random(8)
+            d[r] = big
+            d:pop(r, nil)
+          end
+        end)
+      end,
+      after = function(round)
+        for k, v in pairs(d) do
+          assert.is_true(v == big, "a torn value under " .. k
+            .. " in round " .. round .. why)
         end
-      end)
-      mp.sleep(math.random() * 0.003)
-      p:kill()
-      assert.is_true(p:join(10))
-      for k, v in pairs(d) do
-        assert.is_true(v == big, "a torn value under " .. k .. " in round "
-          .. round .. why)
-      end
-    end
+      end}
     d:clear()
     d:close()
     collectgarbage()
@@ -255,9 +239,7 @@ describe("Dict under SIGKILL", function()
   -- references and freeing it) can still leave a reference behind.
   pending("leaks no shared object held in values written by killed processes",
      function()
-    local seed = os.time()
-    math.randomseed(seed)
-    local why = " (random seed " .. seed .. ")"
+    local why, seed = H.seeded()
     collectgarbage()
     local before = mp.stats()
     local d = mp.Dict()
@@ -272,13 +254,13 @@ describe("Dict under SIGKILL", function()
     end
     local workers = {}
     for i = 1, WORKERS do workers[i] = start(i) end
-    for round = 1, 100 do
-      mp.sleep(math.random() * 0.004)
-      local i = math.random(WORKERS)
-      workers[i]:kill()
-      assert.is_true(workers[i]:join(10), "a killed worker lives on" .. why)
-      workers[i] = start(WORKERS + round)
-    end
+    local i -- the victim's place in workers
+    H.kill_rounds{rounds = 100, pause = 0.004, why = why,
+      victim = function()
+        i = math.random(WORKERS)
+        return workers[i]
+      end,
+      after = function(round) workers[i] = start(WORKERS + round) end}
     stop:set("\1")
     for _, p in ipairs(workers) do finish(p, why) end
     check_consistent(d, why, held)

@@ -1,4 +1,4 @@
--- 10-sync_fault_spec.lua -- synchronization when a process dies in it: a
+-- sync_fault_spec.lua -- synchronization when a process dies in it: a
 -- holder of a Lock, RLock or semaphore unit killed with SIGKILL does not
 -- block the others (the next acquirer is told "owner died"), a killed
 -- waiter does not swallow a Condition's notify, and a killed party breaks
@@ -6,15 +6,9 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
-local took, reaches = H.took, H.reaches
-
--- Kills p with SIGKILL and reaps it.
-local function kill(p)
-  p:kill()
-  assert.is_true(p:join(10))
-  assert.are.equal(-9, p.exitcode)
-end
+local timed, state, until_asleep = H.timed, H.state, H.until_asleep
+local spawn, finish, kill = H.spawn, H.finish, H.kill
+local took, reaches, waiting = H.took, H.reaches, H.waiting
 
 -- Starts a child that takes obj `levels` times and sleeps until it is
 -- killed; returns it once it holds obj.
@@ -180,11 +174,6 @@ end)
 
 describe("Condition with a killed waiter", function()
   H.leakcheck()
-
-  -- How many processes are listed as waiting on condition c.
-  local function waiting(c)
-    return tonumber(tostring(c):match("(%d+) waiting%)$"))
-  end
 
   it("does not let it swallow notify(1): the living waiter wakes",
      function()

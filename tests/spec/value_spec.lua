@@ -1,4 +1,4 @@
--- 09-shared_spec.lua -- Value, Array, RawValue and RawArray: every
+-- value_spec.lua -- Value, Array, RawValue and RawArray: every
 -- typecode at its limits, C wrap-around, the exact errors, 1-based
 -- indexing that reads like a table, 'c' arrays as strings, get_lock and
 -- the lock option, atomic add and cas under contention, and the objects
@@ -7,20 +7,13 @@
 
 local mp = require "luamp"
 local H = require "spec_helper"
-local spawn, finish = H.spawn, H.finish
+local spawn, finish, errmsg = H.spawn, H.finish, H.errmsg
 
 -- Runs fn in n children at once and checks that they all ended well.
 local function in_parallel(n, fn)
   local ps = {}
   for i = 1, n do ps[i] = spawn(fn, i) end
   for i = 1, n do finish(ps[i]) end
-end
-
--- The message of the error that fn(...) raises, without its position.
-local function errmsg(fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "no error was raised")
-  return (tostring(e):gsub("^[^:]*:%d+: ", ""))
 end
 
 -- A float as a C float holds it.
@@ -197,11 +190,11 @@ describe("Value", function()
     it("from RawValue and RawArray point at the caller's line", function()
       local ok, e = pcall(function() mp.RawValue('x') end)
       assert.is_false(ok)
-      assert.matches("^[^:]*09%-shared_spec%.lua:%d+: bad argument #1 to ",
+      assert.matches("^[^:]*%f[%w_]value_spec%.lua:%d+: bad argument #1 to ",
         e)
       ok, e = pcall(function() mp.RawArray('i', -1) end)
       assert.is_false(ok)
-      assert.matches("^[^:]*09%-shared_spec%.lua:%d+: bad argument #2 to ",
+      assert.matches("^[^:]*%f[%w_]value_spec%.lua:%d+: bad argument #2 to ",
         e)
     end)
 

@@ -1,4 +1,4 @@
--- 13-dict_spec.lua -- Dict: keys as Lua table keys, values copied in and
+-- dict_spec.lua -- Dict: keys as Lua table keys, values copied in and
 -- out, every method with its exact results and errors, pairs() while other
 -- processes write, atomic operations from many processes at once, memory
 -- given back, and a dict as a shared object that travels and nests.

@@ -1,4 +1,4 @@
--- 04-pipe_spec.lua -- Pipe connections: both kinds of pipe, values and raw
+-- pipe_spec.lua -- Pipe connections: both kinds of pipe, values and raw
 -- bytes, poll, end of file and closed ends, connections handed to
 -- children, large messages and Ctrl-C.  A test that waits on a child
 -- always does so with a timeout, so that a failure cannot hang the suite.
@@ -7,7 +7,8 @@ local mp = require "luamp"
 local core = require "luamp.core"
 local lfs = require "lfs"
 local H = require "spec_helper"
-local timed, state, until_asleep, spawn, finish = H.timed, H.state, H.until_asleep, H.spawn, H.finish
+local timed, state, until_asleep = H.timed, H.state, H.until_asleep
+local spawn, finish = H.spawn, H.finish
 local raises = H.raises
 
 -- Receives from c, failing after 10 s instead of hanging.
