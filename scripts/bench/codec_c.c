@@ -13,7 +13,7 @@
 
 #include <lualib.h>
 
-#include "internal.h"
+#include "codec/codec.h"
 
 static double now(void) {
   struct timespec ts;

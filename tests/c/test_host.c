@@ -1,40 +1,26 @@
 /* test_host.c -- the embedding API as an application uses it: a host that
  * runs a Pool and is closed, then a second host in the same process, whose
  * blocking calls, Pool and children must work as the first one's did. */
-#include <stdio.h>
 #include <string.h>
 
 #include <lauxlib.h>
 
 #include <luamp.h>
 
-static int failures;
+#include "check.h"
 
 /* Runs code in h; it must return the string `want`. */
 static void expect(luamp_host *h, const char *code, const char *want) {
   lua_State *L = luamp_state(h);
   int top = lua_gettop(L);
-  if (luaL_loadstring(L, code) != LUA_OK ||
-      luamp_pcall(h, 0, 1) != LUA_OK) {
-    fprintf(stderr, "FAIL %s\n  raised: %s\n", code, lua_tostring(L, -1));
-    failures++;
-  } else if (lua_type(L, -1) != LUA_TSTRING ||
-             strcmp(lua_tostring(L, -1), want) != 0) {
-    fprintf(stderr, "FAIL %s\n  returned: %s\n  expected: %s\n", code,
-            luaL_tolstring(L, -1, NULL), want);
-    failures++;
-  }
+  if (luaL_loadstring(L, code) != LUA_OK || luamp_pcall(h, 0, 1) != LUA_OK)
+    CHECK_FAIL("raised: %s", lua_tostring(L, -1));
+  else if (lua_type(L, -1) != LUA_TSTRING)
+    CHECK_FAIL("returned %s, not a string", luaL_typename(L, -1));
+  else
+    ASSERT_STREQ(lua_tostring(L, -1), want);
   lua_settop(L, top);
 }
-
-static const char *pool =
-    "local mp = require 'luamp'\n"
-    "local pool <close> = mp.Pool(2)\n"
-    "local r = pool:map(function(x) return x * x end, {1, 2, 3})\n"
-    "local got = {}\n"
-    "pool:apply_async(function() return 7 end, nil,\n"
-    "                 function(v) got[#got + 1] = v end):wait(5)\n"
-    "return table.concat(r, ' ') .. ' / ' .. table.concat(got, ' ')";
 
 /* Blocking calls that wake up at least once before they return. */
 static const char *waits =
@@ -48,27 +34,42 @@ static const char *waits =
     "p:join()\n"
     "return tostring(ok) .. ' ' .. e.type .. ' ' .. v .. ' ' .. p.exitcode";
 
-int main(void) {
+static const char *pool =
+    "local mp = require 'luamp'\n"
+    "local pool <close> = mp.Pool(2)\n"
+    "local r = pool:map(function(x) return x * x end, {1, 2, 3})\n"
+    "local got = {}\n"
+    "pool:apply_async(function() return 7 end, nil,\n"
+    "                 function(v) got[#got + 1] = v end):wait(5)\n"
+    "return table.concat(r, ' ') .. ' / ' .. table.concat(got, ' ')";
+
+/* One host's life: the waits first, so that nothing of an earlier host's
+ * Pool may reach them, then a Pool of its own. */
+static void one_host(void) {
   luamp_config cfg;
   const char *err = NULL;
-  int round;
+  luamp_host *h;
   memset(&cfg, 0, sizeof cfg);
   cfg.arena_size = 64u << 20;
-  for (round = 1; round <= 2; round++) {
-    luamp_host *h = luamp_new(&cfg, &err);
-    if (h == NULL) {
-      fprintf(stderr, "FAIL host %d: %s\n", round, err);
-      return 1;
-    }
-    /* The waits first: nothing of the first host's Pool may reach them. */
-    expect(h, waits, "false Empty from the child 0");
-    expect(h, pool, "1 4 9 / 7");
-    expect(h, "return tostring(require('luamp').stats().children)", "0");
-    if (luamp_close(h) != 0) {
-      fprintf(stderr, "FAIL host %d: children left at close\n", round);
-      failures++;
-    }
+  h = luamp_new(&cfg, &err);
+  if (h == NULL) {
+    CHECK_FAIL("luamp_new: %s", err);
+    return;
   }
-  printf("test_host: %s\n", failures ? "FAILED" : "all passed");
-  return failures != 0;
+  expect(h, waits, "false Empty from the child 0");
+  expect(h, pool, "1 4 9 / 7");
+  expect(h, "return tostring(require('luamp').stats().children)", "0");
+  ASSERT_EQ(luamp_interrupted(h), 0);
+  ASSERT_EQ(luamp_close(h), 0);
+}
+
+static void test_first_host(void) { one_host(); }
+
+static void test_second_host_after_the_first_closed(void) { one_host(); }
+
+int main(void) {
+  static const check_test tests[] = {
+    CHECK(test_first_host), CHECK(test_second_host_after_the_first_closed)
+  };
+  return check_run(tests, CHECK_COUNT(tests));
 }
