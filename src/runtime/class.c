@@ -20,13 +20,16 @@ static const lmp_class *bytype[LMP_T_MAX][MAXKIND];
 
 /* ------------------------------------------------------------ checking */
 
-void *lmp_tohandle(lua_State *L, int idx) {
+/* The handle at idx if its metatable is one of the running closure's
+ * family upvalues, else NULL; inlined into the checks, which every method
+ * makes. */
+static inline __attribute__((always_inline)) void *tohandle(lua_State *L,
+                                                           int idx) {
   void *h = lua_touserdata(L, idx);
   int i;
   if (h == NULL || !lua_getmetatable(L, idx)) return NULL;
+  /* An upvalue past the closure's last is none, and equal to nothing. */
   for (i = UV_FIRSTMT; i < UV_FIRSTMT + MAXFAMILY; i++) {
-    int t = lua_type(L, lua_upvalueindex(i));
-    if (t != LUA_TTABLE) break;
     if (lua_rawequal(L, -1, lua_upvalueindex(i))) {
       lua_pop(L, 1);
       return h;
@@ -36,12 +39,16 @@ void *lmp_tohandle(lua_State *L, int idx) {
   return NULL;
 }
 
+static int typeerror(lua_State *L, int idx) {
+  const lmp_class *c = lua_touserdata(L, UV_CLASS);
+  return luaL_typeerror(L, idx, c->name);
+}
+
+void *lmp_tohandle(lua_State *L, int idx) { return tohandle(L, idx); }
+
 void *lmp_checkhandle(lua_State *L, int idx) {
-  void *h = lmp_tohandle(L, idx);
-  if (h == NULL) {
-    const lmp_class *c = lua_touserdata(L, UV_CLASS);
-    luaL_typeerror(L, idx, c->name);
-  }
+  void *h = tohandle(L, idx);
+  if (h == NULL) typeerror(L, idx);
   return h;
 }
 
@@ -50,7 +57,8 @@ static int closed(const lmp_class *c, void *h) {
 }
 
 lmp_obj *lmp_checkobj(lua_State *L, int idx) {
-  lmp_handle *h = lmp_checkhandle(L, idx);
+  lmp_handle *h = tohandle(L, idx);
+  if (h == NULL) typeerror(L, idx);
   if (h->obj == NULL) {
     const lmp_class *c = lua_touserdata(L, UV_CLASS);
     luaL_error(L, "attempt to use a closed %s", c->what);
@@ -154,15 +162,26 @@ static int class_eq(lua_State *L) {
   return 1;
 }
 
-/* __index of a class with fields: its methods, then its fields. */
+/* __index of a class with fields.  One lookup in the methods table finds
+ * a method, or a getter (a light userdata: its luaL_Reg); another string
+ * that names neither, or any other key (a[i]), goes to the field function.
+ * Getters and field functions find the handle and the key at 1 and 2 and
+ * return what they push last. */
 static int class_index(lua_State *L) {
   const lmp_class *c;
-  lua_settop(L, 2);
-  lua_pushvalue(L, 2);
-  if (lua_rawget(L, UV_METHODS) != LUA_TNIL) return 1;
-  lua_pop(L, 1);
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_pushvalue(L, 2); /* __index is called with the handle and the key */
+    switch (lua_rawget(L, UV_METHODS)) {
+      case LUA_TNIL:
+        break;
+      case LUA_TLIGHTUSERDATA:
+        return ((const luaL_Reg *)lua_touserdata(L, -1))->func(L);
+      default:
+        return 1;
+    }
+  }
   c = lua_touserdata(L, UV_CLASS);
-  return c->field(L);
+  return c->field != NULL ? c->field(L) : 0;
 }
 
 /* ------------------------------------------------------------ building */
@@ -211,7 +230,14 @@ static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
     lua_newtable(L); /* no methods: every key is a field */
     methods = lua_gettop(L);
   }
-  if (c->field != NULL)
+  if (c->getters != NULL) {
+    const luaL_Reg *g;
+    for (g = c->getters; g->name != NULL; g++) {
+      lua_pushlightuserdata(L, (void *)g);
+      lua_setfield(L, methods, g->name);
+    }
+  }
+  if (c->field != NULL || c->getters != NULL)
     setclosure(L, mt, "__index", class_index, c, methods, f);
   else {
     lua_pushvalue(L, methods);

@@ -190,8 +190,9 @@ typedef struct lmp_handle {
  *   __name    the class's name ("luamp.Queue")
  *   __luamp   the class (a light userdata)
  *   __index   its methods table, or, for a class with fields, a function
- *             that looks in the methods table first and only then reads
- *             the field (v.value, a[i], d[k])
+ *             that looks the key up in the methods table, where its named
+ *             fields are too (v.value: a getter), and only then hands it
+ *             to the class's field function (a[i], d[k])
  *   __gc, __close   the one idempotent close, also the method `close`
  *   __tostring "luamp.Queue (0x...)", "luamp.Queue (closed)", or with the
  *             class's words: "luamp.Lock (0x..., unlocked)"
@@ -215,7 +216,10 @@ typedef struct lmp_class {
   int nuv;              /* user values of a handle */
   const luaL_Reg *meth; /* methods; NULL: no methods, every key a field */
   const luaL_Reg *metameth; /* more metamethods: __len, __newindex... */
-  lua_CFunction field;  /* reads a key that names no method, or NULL */
+  /* Named fields, each read by a function of the handle at 1 (v.value,
+   * c.closed); a name is a method's or a field's, never both. */
+  const luaL_Reg *getters;
+  lua_CFunction field;  /* reads any other key, or NULL: nil */
   /* Fills the user values of a new handle of object o (on the top). */
   void (*bind)(lua_State *L, lmp_obj *o);
   /* Pushes what __tostring shows after the address ("unlocked"). */

@@ -463,24 +463,28 @@ static int barrier_abort(lua_State *L) {
 }
 
 /* Fields: parties, n_waiting, broken. */
-static int barrier_field(lua_State *L) {
-  barrier *b = checkbarrier(L);
-  const char *k = lua_tostring(L, 2);
-  if (k == NULL) {
-    lua_pushnil(L);
-  } else if (strcmp(k, "parties") == 0) {
-    lua_pushinteger(L, b->parties);
-  } else if (strcmp(k, "n_waiting") == 0) {
-    lmp_guard_lock(&b->g, &b->h);
-    lua_pushinteger(L, b->state == FILLING ? b->count : 0);
-    lmp_guard_unlock(&b->g);
-  } else if (strcmp(k, "broken") == 0) {
-    lua_pushboolean(L, b->state == BROKEN);
-  } else {
-    lua_pushnil(L);
-  }
+static int barrier_parties(lua_State *L) {
+  lua_pushinteger(L, checkbarrier(L)->parties);
   return 1;
 }
+
+static int barrier_n_waiting(lua_State *L) {
+  barrier *b = checkbarrier(L);
+  lmp_guard_lock(&b->g, &b->h);
+  lua_pushinteger(L, b->state == FILLING ? b->count : 0);
+  lmp_guard_unlock(&b->g);
+  return 1;
+}
+
+static int barrier_broken(lua_State *L) {
+  lua_pushboolean(L, checkbarrier(L)->state == BROKEN);
+  return 1;
+}
+
+static const luaL_Reg barrier_getters[] = {
+  {"parties", barrier_parties}, {"n_waiting", barrier_n_waiting},
+  {"broken", barrier_broken}, {NULL, NULL}
+};
 
 static void barrier_describe(lua_State *L, void *h) {
   barrier *b = (barrier *)((lmp_handle *)h)->obj;
@@ -569,7 +573,7 @@ static const lmp_class cond_class = {
 static const lmp_class barrier_class = {
   .name = BARRIER, .what = "barrier", .type = LMP_T_BARRIER, .group = 2,
   .obj = &barrier_type, .size = sizeof(lmp_handle), .meth = barrier_meth,
-  .field = barrier_field, .describe = barrier_describe,
+  .getters = barrier_getters, .describe = barrier_describe,
 };
 
 static const lmp_class *const cond_classes[] = {

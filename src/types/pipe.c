@@ -385,16 +385,25 @@ static int conn_fileno(lua_State *L) {
 static int conn_closed(void *h) { return ((conn *)h)->fd < 0; }
 
 /* Fields: closed, readable, writable. */
-static int conn_field(lua_State *L) {
-  conn *c = lmp_checkhandle(L, 1);
-  const char *k = lua_tostring(L, 2);
-  if (k == NULL) return 0;
-  if (strcmp(k, "closed") == 0) lua_pushboolean(L, c->fd < 0);
-  else if (strcmp(k, "readable") == 0) lua_pushboolean(L, c->readable);
-  else if (strcmp(k, "writable") == 0) lua_pushboolean(L, c->writable);
-  else return 0;
+static int conn_closed_field(lua_State *L) {
+  lua_pushboolean(L, ((conn *)lmp_checkhandle(L, 1))->fd < 0);
   return 1;
 }
+
+static int conn_readable(lua_State *L) {
+  lua_pushboolean(L, ((conn *)lmp_checkhandle(L, 1))->readable);
+  return 1;
+}
+
+static int conn_writable(lua_State *L) {
+  lua_pushboolean(L, ((conn *)lmp_checkhandle(L, 1))->writable);
+  return 1;
+}
+
+static const luaL_Reg conn_getters[] = {
+  {"closed", conn_closed_field}, {"readable", conn_readable},
+  {"writable", conn_writable}, {NULL, NULL}
+};
 
 static int conn_tostring(lua_State *L) {
   lua_pushfstring(L, CONN " (fd %d)", ((conn *)lua_touserdata(L, 1))->fd);
@@ -410,7 +419,7 @@ static const luaL_Reg conn_meth[] = {
 
 static const lmp_class conn_class = {
   .name = CONN, .what = "connection", .size = sizeof(conn), .nuv = 1,
-  .meth = conn_meth, .field = conn_field, .tostring = conn_tostring,
+  .meth = conn_meth, .getters = conn_getters, .tostring = conn_tostring,
   .close = conn_free, .closed = conn_closed, .ready = conn_ready,
 };
 

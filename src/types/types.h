@@ -40,12 +40,18 @@ LMP_FAMILIES(LMP_DECLARE_FAMILY)
 /* ------------------------------------------------------------------ lock */
 
 /* A Lock or RLock (sync.c), which a Condition waits with and a Value
- * guards with: the owner's pid in one word (0: free). */
+ * guards with: the owner's pid in one word (0: free).  The words that
+ * contending processes write get a cache line of their own, whatever the
+ * 16-byte alignment of the object: sharing one with a neighbour (the
+ * Value the lock guards, say) would make every access to that neighbour
+ * wait for the line too. */
 typedef struct lmp_lock {
   lmp_obj h; /* kind: LMP_LOCK_PLAIN or LMP_LOCK_RECURSIVE */
+  char before[48];
   _Atomic int32_t owner;
   int32_t count; /* levels held, RLock */
   _Atomic uint32_t seq, nwait;
+  char after[48];
 } lmp_lock;
 
 enum { LMP_LOCK_PLAIN, LMP_LOCK_RECURSIVE };

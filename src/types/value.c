@@ -298,35 +298,35 @@ static void push_cstring(lua_State *L, shval *v, int whole) {
   lua_pushlstring(L, v->data, n);
 }
 
-/* v.value, v.typecode, a[i] (nil outside 1..#a, as with a table). */
+/* v.value; a.value, for a 'c' array: the string up to its first NUL. */
+static int val_value(lua_State *L) {
+  shval *v = checkval(L);
+  if (!v->is_array) push_bits(L, v->tc, load(v, 0));
+  else if (v->tc == 'c') push_cstring(L, v, 0);
+  else return luaL_error(L, "only 'c' arrays have a value field");
+  return 1;
+}
+
+static int val_typecode(lua_State *L) {
+  lua_pushlstring(L, &checkval(L)->tc, 1);
+  return 1;
+}
+
+/* a[i]: nil outside 1..#a, as with a table (ipairs stops there). */
 static int val_field(lua_State *L) {
   shval *v = checkval(L);
-  if (lua_type(L, 2) == LUA_TSTRING) {
-    const char *k = lua_tostring(L, 2);
-    if (strcmp(k, "value") == 0) {
-      if (!v->is_array) push_bits(L, v->tc, load(v, 0));
-      else if (v->tc == 'c') push_cstring(L, v, 0);
-      else return luaL_error(L, "only 'c' arrays have a value field");
-      return 1;
-    }
-    if (strcmp(k, "typecode") == 0) {
-      lua_pushlstring(L, &v->tc, 1);
-      return 1;
-    }
-    return 0;
-  }
-  if (v->is_array) {
-    int64_t i = index_of(L, v, 2);
-    if (i >= 0) push_bits(L, v->tc, load(v, (uint64_t)i));
-    else lua_pushnil(L); /* as a table: ipairs stops here */
-    return 1;
-  }
-  return 0;
+  int64_t i;
+  if (!v->is_array || (i = index_of(L, v, 2)) < 0) return 0;
+  push_bits(L, v->tc, load(v, (uint64_t)i));
+  return 1;
 }
 
 static int is_value_key(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TSTRING &&
-         strcmp(lua_tostring(L, idx), "value") == 0;
+  size_t n;
+  const char *k;
+  if (lua_type(L, idx) != LUA_TSTRING) return 0;
+  k = lua_tolstring(L, idx, &n);
+  return n == 5 && memcmp(k, "value", 5) == 0;
 }
 
 static int val_newindex(lua_State *L) {
@@ -469,13 +469,18 @@ static const luaL_Reg val_metameth[] = {
   {"__newindex", val_newindex}, {"__len", val_len}, {NULL, NULL}
 };
 
+static const luaL_Reg val_getters[] = {
+  {"value", val_value}, {"typecode", val_typecode}, {NULL, NULL}
+};
+
 static const lmp_type value_type = {.name = "value", .dtor = shval_dtor};
 static const lmp_type array_type = {.name = "array", .dtor = shval_dtor};
 
 #define SHVAL(cname, w, t, ot)                                             \
   {.name = cname, .what = w, .type = t, .group = 1, .obj = ot,             \
    .size = sizeof(lmp_handle), .nuv = 1, .meth = val_meth,                 \
-   .metameth = val_metameth, .field = val_field, .bind = shval_bind,       \
+   .metameth = val_metameth, .getters = val_getters, .field = val_field,   \
+   .bind = shval_bind,                                                     \
    .tostring = val_tostring}
 
 static const lmp_class value_class =
