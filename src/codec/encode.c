@@ -164,8 +164,8 @@ static const char *reason(lua_State *L, int idx, char *buf, size_t sz) {
     case LUA_TFUNCTION:
       return "C function not named in package.loaded";
     case LUA_TUSERDATA: {
-      int closed = luaL_getmetafield(L, idx, "__luamp") != LUA_TNIL;
-      if (closed) lua_pop(L, 1);
+      const lmp_class *c = lmp_classof(L, idx);
+      int closed = c != NULL && c->type != 0; /* else a process-local one */
       if (luaL_getmetafield(L, idx, "__name") == LUA_TSTRING) {
         snprintf(buf, sz, closed ? "closed %.80s" : "userdata (%.80s)",
                  lua_tostring(L, -1));

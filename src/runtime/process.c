@@ -25,7 +25,7 @@
  * A child record lives in C memory, not in the arena: only the process
  * that forked a child can wait for it.  The record is on the `children`
  * list from fork until it is reaped, and is also pointed to by the Lua
- * handle (a luamp.Child userdata, which is what `p.sentinel` is); it is
+ * handle (a luamp.Sentinel userdata, which is what `p.sentinel` is); it is
  * freed when both are done with it.  After a fork the child forgets its
  * parent's list: records it inherited through Lua handles stay readable
  * but belong to another process (`owner`).

@@ -32,7 +32,7 @@ typedef struct waiter {
   uint64_t ticket;
 } waiter;
 
-/* A growable list of waiters, guarded by its owner's mutex. */
+/* A growable list of waiters, guarded by its owner's guard. */
 typedef struct wlist {
   lmp_off arr;
   uint32_t n, cap;
@@ -278,7 +278,7 @@ typedef struct bwait {
   double next_check;
 } bwait;
 
-/* Breaks the barrier if a waiter has died; the caller holds mu. */
+/* Breaks the barrier if a waiter has died; the caller holds the guard. */
 static void check_dead(barrier *b) {
   uint32_t i = 0;
   int dead = 0;

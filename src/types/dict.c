@@ -22,7 +22,7 @@
  * Entries and tables in transit are pending (LMP_PEND_IN for a new entry,
  * LMP_PEND_OUT for one leaving), so the reaper of a killed process frees
  * them unless the dict owns them; `count` is recounted by the next locker
- * after a death (dict_repair).  Every operation holds the mutex, so each is
+ * after a death (dict_repair).  Every operation holds the guard, so each is
  * atomic; pairs() walks a snapshot of the keys, so it sees every key that
  * exists for the whole walk exactly once, whatever others do meanwhile.
  */

@@ -193,6 +193,21 @@ describe("Queue", function()
         "cannot send value.f: userdata (FILE*)")
       assert.has_error(function() q:put({1, {x = io.stderr}}) end,
         "cannot send value[2].x: userdata (FILE*)")
+      -- Handles of this process alone: a connection and a sentinel.
+      local a, b = mp.Pipe()
+      assert.has_error(function() q:put({conn = a}) end,
+        "cannot send value.conn: userdata (luamp.Connection)")
+      local p = H.spawn(function() end)
+      p:join()
+      assert.has_error(function() q:put(p.sentinel) end,
+        "cannot send value: userdata (luamp.Sentinel)")
+      a:close()
+      b:close()
+      -- A closed shared object says so.
+      local closed = mp.Lock()
+      closed:close()
+      assert.has_error(function() q:put{closed} end,
+        "cannot send value[1]: closed luamp.Lock")
       -- A shared object reached before the bad value is not kept either.
       local inner = mp.Queue()
       assert.has_error(function()
