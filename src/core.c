@@ -33,6 +33,13 @@ static int core_sleep(lua_State *L) {
   return 0;
 }
 
+/* flush(): every output stream of this process, as at its exit. */
+static int core_flush(lua_State *L) {
+  (void)L;
+  fflush(NULL);
+  return 0;
+}
+
 /* isatty(fd) -> whether the descriptor is a terminal. */
 static int core_isatty(lua_State *L) {
   lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
@@ -145,19 +152,16 @@ static const luaL_Reg core_funcs[] = {
   {"sleep", core_sleep},
   {"monotonic", core_monotonic},
   {"isatty", core_isatty},
+  {"flush", core_flush},
   {"stats", core_stats},
   {"interrupted", core_interrupted},
   {"is_interrupt", core_is_interrupt},
-  {"encode", lmp_codec_encode},
-  {"encode_slice", lmp_codec_encode_slice},
-  {"decode", lmp_codec_decode},
-  {"decode_into", lmp_codec_decode_into},
   {NULL, NULL}
 };
 
 #define FAMILY(name) &lmp_##name##_family,
 static const lmp_family *const families[] = {
-  &lmp_process_family, LMP_FAMILIES(FAMILY) NULL
+  &lmp_process_family, &lmp_codec_family, LMP_FAMILIES(FAMILY) NULL
 };
 #undef FAMILY
 

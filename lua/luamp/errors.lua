@@ -4,8 +4,8 @@
 
 local core = require "luamp.core"
 
-local error, getmetatable, setmetatable, type =
-  error, getmetatable, setmetatable, type
+local error, getmetatable, pairs, setmetatable, tostring, type =
+  error, getmetatable, pairs, setmetatable, tostring, type
 local format = string.format
 
 local M = {}
@@ -70,6 +70,56 @@ function M.checkself(self, mt, fname, level)
     M.argerror(1, fname, mt.__name .. " expected, got " ..
                (self == nil and "no value" or M.typename(self)),
                (level or 1) + 1)
+  end
+end
+
+-- The edit distance of a and b, up to 3 (more is 3): how close a
+-- misspelt name is to a known one.
+local function distance(a, b)
+  if #a > #b then a, b = b, a end
+  if #b - #a > 2 then return 3 end
+  local prev = {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur, ca = {[0] = i}, a:byte(i)
+    for j = 1, #b do
+      local cost = ca == b:byte(j) and 0 or 1
+      local d = prev[j - 1] + cost
+      if prev[j] + 1 < d then d = prev[j] + 1 end
+      if cur[j - 1] + 1 < d then d = cur[j - 1] + 1 end
+      cur[j] = d
+    end
+    prev = cur
+  end
+  return prev[#b] < 3 and prev[#b] or 3
+end
+
+-- The known name that `name` is a misspelling of, or nil: one or two
+-- edits away, and not the known name with more after it ("names").
+local function nearest(name, known)
+  local best, bestd = nil, 3
+  if type(name) ~= "string" or #name < 4 then return nil end
+  for k in pairs(known) do
+    local d = distance(name, k)
+    if d < bestd and name:sub(1, #k) ~= k then best, bestd = k, d end
+  end
+  return best
+end
+
+-- Checks the keys of the options table opts, argument #n of fname:
+-- strict, every key must be in `known` (a set); else only the keys that
+-- look like a misspelling of a known one are refused (tables whose other
+-- fields are the user's own, as Process{...}).
+function M.checkoptions(opts, known, n, fname, strict, level)
+  for k in pairs(opts) do
+    if not known[k] then
+      local near = nearest(k, known)
+      if strict or near then
+        M.argerror(n, fname, "unknown option '" .. tostring(k) .. "'" ..
+                   (near and " (did you mean '" .. near .. "'?)" or ""),
+                   (level or 1) + 1)
+      end
+    end
   end
 end
 

@@ -11,7 +11,8 @@ local concat, unpack = table.concat, table.unpack
 local format = string.format
 local traceback = debug.traceback
 local stderr = io.stderr
-local argerror, checkself = errors.argerror, errors.checkself
+local argerror, checkself, checkoptions = errors.argerror, errors.checkself,
+  errors.checkoptions
 
 local M = {}
 
@@ -272,11 +273,16 @@ end
 
 -- mp.Process{target=f, args={...}, name="x", daemon=false, ...}: any other
 -- field becomes a field of the object (run = function(self) ... end).
+local OPTIONS = {target = true, args = true, name = true, daemon = true}
+
 function M.Process(opts)
   if opts == nil then opts = {} end
   if type(opts) ~= "table" then
     argerror(1, "Process", "table expected, got " .. type(opts))
   end
+  -- Other fields are the object's own (methods, data), but not a
+  -- misspelled option.
+  checkoptions(opts, OPTIONS, 1, "Process", false)
   if opts.target ~= nil and not callable(opts.target) then
     argerror(1, "Process", "field 'target' is not callable (a " ..
              type(opts.target) .. " value)")

@@ -57,6 +57,9 @@
  *   0x11        only where a table's key would be: varint length, a name;
  *               the table gets the metatable registered under that name
  *               (luaL_newmetatable) in the receiver, as in the sender
+ *   0x12        a Message: varint length, a whole message (version byte
+ *               and all); it decodes as a Message again, holding what it
+ *               names, and the walker sees through it
  *   0x16, 0x17  a table or function (0x06, 0x07 with the keep bit 0x10)
  *               that a later ref or join names; the decoder keeps these,
  *               and only these, where refs can find them
@@ -139,6 +142,7 @@ enum {
   LMP_TAG_META,
   LMP_TAG_KEEP = 0x10,     /* on TABLE or FUNC: a ref or join names it */
   LMP_TAG_METANAME = 0x11, /* a metatable by its registered name */
+  LMP_TAG_MSG = 0x12,      /* an embedded message */
   LMP_TAG_SHORTSTR = 0x40, /* 0x40..0x7f */
   LMP_TAG_FIXINT = 0x80    /* 0x80..0xff */
 };
@@ -217,6 +221,23 @@ int lmp_decode_protected(lua_State *L, const char *p, size_t n);
 void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,
                      _Atomic uint64_t *count);
 
+/* ------------------------------------------------------------ messages */
+
+/* Pushes a new Message: a copy of the message [p, p+n), holding for this
+ * process every object it names (nobj: how many, or any non-zero number
+ * when unknown; 0 takes no walk).  Raises when the arena is exhausted. */
+void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj);
+/* The bytes of the Message at idx (and how many objects it holds, when
+ * nobj is not NULL), or NULL if it is not a Message; raises if it is
+ * closed. */
+const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj);
+extern const lmp_class lmp_message_class;
+
+/* luamp.core's message(v, [root]) and message_slice(t, i, j, [root]) ->
+ * Message, decode(m) -> v and decode_into(m, t, at) -> n (a string for m
+ * is read too), with the Message class. */
+extern const lmp_family lmp_codec_family;
+
 /* ------------------------------------------------------------- walking */
 
 /* Walks the message [p, p+n) without Lua, calling fn(o, ud) on every
@@ -241,10 +262,14 @@ __attribute__((noreturn)) void lmp_codec_raise(lua_State *L, const char *fmt,
 
 /* ------------------------------------------------------------ bindings */
 
-/* luamp.core's encode(v, [root]) -> string, encode_slice(t, i, j, [root])
- * -> string, decode(s) -> v and decode_into(s, t, at) -> n. */
+/* encode(v, [root]) -> string and encode_slice(t, i, j, [root]) ->
+ * string: a message that owns no references, for the C tests and the
+ * fuzzer; message and message_slice make the same as a Message; decode
+ * and decode_into read either. */
 int lmp_codec_encode(lua_State *L);
 int lmp_codec_encode_slice(lua_State *L);
+int lmp_codec_message(lua_State *L);
+int lmp_codec_message_slice(lua_State *L);
 int lmp_codec_decode(lua_State *L);
 int lmp_codec_decode_into(lua_State *L);
 

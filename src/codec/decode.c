@@ -349,6 +349,13 @@ static void decother(dec *d, int tag) {
     case LMP_TAG_OBJ:
       decobject(d);
       break;
+    case LMP_TAG_MSG: { /* a Message again, holding what it names */
+      size_t n = getlen(d);
+      if (n == 0 || *d->p != LMP_CODEC_VERSION) bad(d, "bad message");
+      lmp_msg_push(L, (const char *)d->p, n, 1);
+      d->p += n;
+      break;
+    }
     default:
       bad(d, "unknown tag");
   }
@@ -445,10 +452,16 @@ void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,
 
 /* ------------------------------------------------------------ bindings */
 
-/* decode(s) -> value */
+/* The Message or string at idx: its bytes. */
+static const char *checkbytes(lua_State *L, int idx, size_t *n) {
+  const char *p = lmp_tomsg(L, idx, n, NULL);
+  return p != NULL ? p : luaL_checklstring(L, idx, n);
+}
+
+/* decode(m) -> value */
 int lmp_codec_decode(lua_State *L) {
   size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
+  const char *s = checkbytes(L, 1, &n);
   lmp_decode(L, s, n);
   return 1;
 }
@@ -457,7 +470,7 @@ int lmp_codec_decode(lua_State *L) {
  * stored in t from index at on, without making that table. */
 int lmp_codec_decode_into(lua_State *L) {
   size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
+  const char *s = checkbytes(L, 1, &n);
   lua_Integer at;
   luaL_checktype(L, 2, LUA_TTABLE);
   at = luaL_checkinteger(L, 3);

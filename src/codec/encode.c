@@ -818,9 +818,17 @@ static void encother(enc *e, int idx, int t) {
         encfunction(e, idx);
       break;
     case LUA_TUSERDATA: {
-      lmp_obj *o = lmp_toobj(L, idx);
+      size_t n, nobj;
+      const char *m = lmp_tomsg(L, idx, &n, &nobj);
+      lmp_obj *o;
       char *p;
-      if (o == NULL) fail(e, idx, NULL);
+      if (m != NULL) { /* a Message: as it is */
+        puttagv(e, LMP_TAG_MSG, n);
+        putbytes(e, m, n);
+        e->nobj += nobj;
+        break;
+      }
+      if ((o = lmp_toobj(L, idx)) == NULL) fail(e, idx, NULL);
       need(e, 21);
       p = e->b->data + e->b->len;
       *p++ = LMP_TAG_OBJ;
@@ -954,11 +962,10 @@ int lmp_codec_encode(lua_State *L) {
   return 1;
 }
 
-/* encode_slice(t, i, j, [root]) -> string: the message of
- * table.pack(table.unpack(t, i, j)), read with raw access, without making
- * that table. */
-int lmp_codec_encode_slice(lua_State *L) {
-  lua_Integer slice[2], j;
+/* Reads encode_slice's arguments into slice: the first index and the
+ * count. */
+static void checkslice(lua_State *L, lua_Integer slice[2]) {
+  lua_Integer j;
   luaL_checktype(L, 1, LUA_TTABLE);
   slice[0] = luaL_checkinteger(L, 2);
   j = luaL_checkinteger(L, 3);
@@ -968,8 +975,43 @@ int lmp_codec_encode_slice(lua_State *L) {
     luaL_argcheck(L, n > 0 && n <= INT_MAX, 3, "too many items");
     slice[1] = (lua_Integer)n;
   }
+}
+
+/* encode_slice(t, i, j, [root]) -> string: the message of
+ * table.pack(table.unpack(t, i, j)), read with raw access, without making
+ * that table. */
+int lmp_codec_encode_slice(lua_State *L) {
+  lua_Integer slice[2];
+  checkslice(L, slice);
   encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice);
   return 1;
+}
+
+/* Pushes a Message of the value at 1 (or of its slice). */
+static int message(lua_State *L, const char *root, const lua_Integer *slice) {
+  lmp_buf *b;
+  size_t nobj;
+  int top = lua_gettop(L);
+  b = lmp_buf_new(L);
+  nobj = encode(L, 1, root, b, slice);
+  lmp_msg_push(L, b->data, b->len, nobj);
+  lua_replace(L, top + 1); /* the buffer goes to the collector */
+  lua_settop(L, top + 1);
+  return 1;
+}
+
+/* message(v, [root]) -> Message */
+int lmp_codec_message(lua_State *L) {
+  luaL_checkany(L, 1);
+  return message(L, luaL_optstring(L, 2, "value"), NULL);
+}
+
+/* message_slice(t, i, j, [root]) -> Message of table.pack(table.unpack(t,
+ * i, j)), as encode_slice. */
+int lmp_codec_message_slice(lua_State *L) {
+  lua_Integer slice[2];
+  checkslice(L, slice);
+  return message(L, luaL_optstring(L, 4, "value"), slice);
 }
 
 /* ---- single numbers, for Dict.incr */

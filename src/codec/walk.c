@@ -90,6 +90,19 @@ static int wvalue(walker *w, int depth) {
         }
       }
       return 0;
+    case LMP_TAG_MSG: { /* see through it: its objects are the message's */
+      walker in;
+      if (depth >= LMP_CODEC_MAXDEPTH || wvarint(w, &n) < 0 ||
+          n > (uint64_t)(w->end - w->p) || n == 0 ||
+          *w->p != LMP_CODEC_VERSION)
+        return -1;
+      in.p = w->p + 1;
+      in.end = w->p + n;
+      in.fn = w->fn;
+      in.ud = w->ud;
+      w->p += n;
+      return wvalue(&in, depth + 1) < 0 || in.p != in.end ? -1 : 0;
+    }
     case LMP_TAG_OBJ:
       if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
       if (k > 0 && k < LMP_T_MAX && lmp_obj_check(n, (int)k))

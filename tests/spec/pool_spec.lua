@@ -108,9 +108,11 @@ describe("Pool", function()
       local msg = "bad argument #1 to 'Pool' (processes must be at least 1)"
       fails(msg, mp.Pool, -1)
       fails(msg, mp.Pool, 0)
-      fails(msg, mp.Pool, 1.5)
       fails(msg, mp.Pool, {processes = 0})
-      fails(msg, mp.Pool, {processes = "2"})
+      fails("bad argument #1 to 'Pool' (processes must be an integer, got "
+        .. "1.5)", mp.Pool, 1.5)
+      fails("bad argument #1 to 'Pool' (processes must be an integer, got "
+        .. "string)", mp.Pool, {processes = "2"})
       fails("bad argument #1 to 'Pool' (number or table expected, got "
         .. "string)", mp.Pool, "2")
       assert.are.equal(0, #mp.active_children())

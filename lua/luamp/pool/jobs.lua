@@ -1,0 +1,342 @@
+-- luamp.pool.jobs -- what a Pool's tasks are for: an AsyncResult (one
+-- apply, or a whole map), a Map filling one table from its chunks, a Lazy
+-- (imap) reading its input as results come, and the progress line.
+--
+-- A job hears of its tasks from the scheduler:
+--   job:_done(sched, at, n, m)    the task of n items at position `at`
+--                                 ended, m its outcome
+--                                 (luamp.pool.messages)
+--   job:_failed(sched, at, n, e, k)  it failed with error object e (k: the
+--                                 item of a chunk that failed, if known);
+--                                 at == nil: the pool failed as a whole
+-- Callbacks are not run there: settle hands them to sched:defer, which
+-- runs them once the scheduler's step is over.
+
+local core = require "luamp.core"
+local errors = require "luamp.errors"
+local msgs = require "luamp.pool.messages"
+
+local error, format, pcall, setmetatable, tostring, type, unpack =
+  error, string.format, pcall, setmetatable, tostring, type, table.unpack
+local decode, decode_into, monotonic = core.decode, core.decode_into,
+  core.monotonic
+local argerror, checkself = errors.argerror, errors.checkself
+
+local M = {}
+
+-- Decodes Message m and lets go of it.
+local function open(m)
+  local ok, v = pcall(decode, m)
+  m:close()
+  if not ok then error(v, 0) end
+  return v
+end
+
+-- The error object a failed task's err becomes: a RemoteError with the
+-- value raised (when it could be sent and received), and the traceback.
+function M.remote_error(err)
+  local value = err.message
+  if err.value then
+    local ok, v = pcall(open, err.value)
+    if ok then value = v end
+  end
+  return errors.new("RemoteError", err.message,
+                    {value = value, traceback = err.traceback})
+end
+
+-- -------------------------------------------------------------- AsyncResult
+
+local AsyncResult = {__name = "luamp.AsyncResult"}
+AsyncResult.__index = AsyncResult
+M.AsyncResult = AsyncResult
+
+-- A result: of a map, whose value is the table; or of an apply (_map
+-- false), whose value is a table holding the results from index _first to
+-- its n, or their Message until they are first needed.
+function M.new_result(pool, map, callback, error_callback)
+  local res = setmetatable({_pool = pool, _ready = false, _ok = false,
+                            _value = false, _map = map, _first = 1},
+                           AsyncResult)
+  if callback then res._callback = callback end
+  if error_callback then res._error_callback = error_callback end
+  return res
+end
+
+-- The values of an apply (a table, and the index of the first), decoded
+-- now if they were not yet; a value this process cannot receive makes the
+-- task fail.
+local function apply_values(res)
+  local v = res._value
+  if res._ok and type(v) == "userdata" then
+    local ok, t = pcall(open, v)
+    if ok then
+      v = t
+    else
+      res._ok = false
+      v = errors.new("RemoteError", "cannot receive the result of the " ..
+                     "task: " .. tostring(t), {value = t})
+    end
+    res._value, res._first = v, 1
+  end
+  return v, res._first
+end
+
+-- Runs a result's callback, once the scheduler's step is over.
+local function call_back(res)
+  local value, first = res._value, 1
+  if not res._map then value, first = apply_values(res) end
+  if res._ok then
+    local cb = res._callback
+    if cb then
+      if res._map then cb(value) else cb(unpack(value, first, value.n)) end
+    end
+  else
+    local cb = res._error_callback
+    if cb then cb(value) end
+  end
+end
+
+-- Settles a result (once) and has its callback run.
+local function settle(sched, res, ok, value)
+  if res._ready then return end
+  res._ready, res._ok, res._value = true, ok, value
+  if res._callback or res._error_callback then sched:defer(call_back, res) end
+end
+M.settle = settle
+
+-- An apply's result is its own job.
+function AsyncResult:_done(sched, at, n, m)
+  if msgs.is_values(m) then
+    self._first = 3
+    settle(sched, self, true, m)
+  else
+    settle(sched, self, true, msgs.result_message(m))
+  end
+end
+
+function AsyncResult:_failed(sched, at, n, e) settle(sched, self, false, e) end
+
+-- r:ready() -> whether the result has arrived
+function AsyncResult:ready()
+  checkself(self, AsyncResult, "ready")
+  if not self._ready and self._pool then self._pool:_pump() end
+  return self._ready
+end
+
+-- r:successful() -> whether the task returned; raises if not ready
+function AsyncResult:successful()
+  checkself(self, AsyncResult, "successful")
+  if not self:ready() then error("AsyncResult not ready", 2) end
+  if not self._map then apply_values(self) end
+  return self._ok
+end
+
+-- Waits for res as r:wait does, for the method fname; a misuse is raised
+-- at `level` (1: the caller of the function that calls wait_result).
+local function wait_result(res, timeout, fname, level)
+  level = level + 1
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror(1, fname, "number expected, got " .. type(timeout), level)
+  end
+  if timeout ~= timeout then
+    argerror(1, fname, "timeout must be a number, not NaN", level)
+  end
+  if res._ready then return true end
+  local ready = res._pool:_wait_until(function() return res._ready end,
+                                      timeout, level)
+  return ready -- not a tail call: error levels count this frame
+end
+
+-- r:wait([timeout]) -> whether the result is ready
+function AsyncResult:wait(timeout)
+  checkself(self, AsyncResult, "wait")
+  local ready = wait_result(self, timeout, "wait", 1)
+  return ready -- not a tail call: error levels count this frame
+end
+
+-- r:get([timeout]) -> the task's results; raises TimeoutError, RemoteError
+-- or WorkerLostError
+function AsyncResult:get(timeout)
+  checkself(self, AsyncResult, "get")
+  if not self._ready and not wait_result(self, timeout, "get", 1) then
+    errors.raise("TimeoutError", "the result is not ready after " ..
+                 tostring(timeout) .. " s", nil, 2)
+  end
+  local v = self._value
+  if self._map then
+    if not self._ok then error(v, 2) end
+    return v
+  end
+  local first
+  v, first = apply_values(self)
+  if not self._ok then error(v, 2) end
+  return unpack(v, first, v.n)
+end
+
+-- ---------------------------------------------------------------- progress
+
+-- The live progress line, on stderr when it is a terminal.
+local Progress = {}
+Progress.__index = Progress
+
+function M.new_progress(enabled, total)
+  if not enabled or not core.isatty(2) then return nil end
+  return setmetatable({total = total, done = 0, t0 = monotonic(),
+                       last = 0}, Progress)
+end
+
+function Progress:line()
+  local el = monotonic() - self.t0
+  local rate = el > 0 and self.done / el or 0
+  local eta = "?"
+  if self.total and rate > 0 then
+    eta = format("%.1fs", (self.total - self.done) / rate)
+  end
+  return format("\r%d/%s done, %.1f/s, %.1fs elapsed, ETA %s\27[K",
+    self.done, self.total and tostring(self.total) or "?", rate, el, eta)
+end
+
+function Progress:step(n, final)
+  self.done = self.done + n
+  local now = monotonic()
+  if final or now - self.last >= 0.1 then
+    self.last = now
+    io.stderr:write(self:line())
+    if final then io.stderr:write("\n") end
+    io.stderr:flush()
+  end
+end
+
+-- --------------------------------------------------------------------- Map
+
+-- A job of several chunks whose results fill one table: map & co.
+local Map = {}
+Map.__index = Map
+
+function M.new_map(res, out, chunks, progress)
+  return setmetatable({res = res, out = out, left = chunks,
+                       progress = progress}, Map)
+end
+
+function Map:_done(sched, at, n, m)
+  local rm = msgs.result_message(m)
+  if self.res._ready then
+    rm:close()
+    return
+  end
+  local ok, got = pcall(decode_into, rm, self.out, at)
+  rm:close()
+  if not ok then
+    self:_failed(sched, at, n, errors.new("RemoteError", "cannot receive "
+      .. "the result of the task: " .. tostring(got), {value = got}))
+    return
+  end
+  self.left = self.left - 1
+  if self.progress then self.progress:step(got, self.left == 0) end
+  if self.left == 0 then settle(sched, self.res, true, self.out) end
+end
+
+function Map:_failed(sched, at, n, e)
+  if self.progress and not self.res._ready then
+    io.stderr:write("\n")
+  end
+  settle(sched, self.res, false, e)
+end
+
+-- -------------------------------------------------------------------- Lazy
+
+-- imap and imap_unordered: input read lazily, results as they come.
+local Lazy = {}
+Lazy.__index = Lazy
+M.Lazy = Lazy
+
+function M.new_lazy(fid, next_item, chunksize, ordered, window, progress)
+  return setmetatable({
+    fid = fid, next_item = next_item, pos = 0, chunksize = chunksize,
+    inflight = 0, results = {}, queue = {}, qhead = 1, yielded = 0,
+    ordered = ordered, window = window, progress = progress,
+  }, Lazy)
+end
+
+-- Whether it may read more of its input now: the input is not over and
+-- not being read (the input's own luamp calls run the pool meanwhile),
+-- and not too much is in flight or waiting to be taken.
+function Lazy:wants_more()
+  return not self.exhausted and not self.reading
+    and self.inflight < self.window
+    and self.pos - self.yielded < self.window * self.chunksize
+end
+
+-- Reads the next chunk of the input: the items, at their places in the
+-- whole input (so that an unsendable one is named by that place), the
+-- place of the first, and how many.  Runs the user's input function: the
+-- scheduler calls it outside its step.
+function Lazy:read()
+  local c, at, n = {}, self.pos + 1, 0
+  self.reading = true
+  while n < self.chunksize do
+    local ok, more, v = pcall(self.next_item)
+    if not ok then -- the input raised: deliver that at its position, as
+      -- it was raised
+      self.input_error = {at = self.pos + 1, err = more, level = 0}
+      self.exhausted = true
+      break
+    end
+    if not more then
+      self.exhausted = true
+      break
+    end
+    self.pos = self.pos + 1
+    c[self.pos] = v
+    n = n + 1
+  end
+  self.reading = false
+  return c, at, n
+end
+
+-- A chunk it read could not be encoded: the input ends there.
+function Lazy:unsendable(at, err)
+  -- (the encoder's error has no position: the caller's is given it)
+  self.input_error = self.input_error or {at = at, err = err, level = 2}
+  self.exhausted = true
+  self.pos = at - 1 -- none of this chunk was sent
+end
+
+function Lazy:_done(sched, at, n, m)
+  local ok, r = pcall(open, msgs.result_message(m))
+  if not ok then
+    self:_failed(sched, at, n, errors.new("RemoteError", "cannot receive "
+      .. "the result of the task: " .. tostring(r), {value = r}))
+    return
+  end
+  self.inflight = self.inflight - 1
+  for i = 1, r.n do
+    self.results[at + i - 1] = {true, r[i]}
+    if not self.ordered then
+      self.queue[#self.queue + 1] = at + i - 1
+    end
+  end
+  if self.progress then self.progress:step(r.n) end
+end
+
+function Lazy:_failed(sched, at, n, e, k)
+  if at == nil then -- the pool failed as a whole
+    self.fatal = e
+    return
+  end
+  self.inflight = self.inflight - 1
+  -- Every position of the chunk gets an outcome: the error where it was
+  -- raised (or, when the worker was lost, at every position), so that
+  -- the iteration never waits for results that will not come.
+  for i = 1, n do
+    local where = at + i - 1
+    if k == nil or i == k then
+      self.results[where] = {false, e}
+    else
+      self.results[where] = self.results[where] or {false, e}
+    end
+    if not self.ordered then self.queue[#self.queue + 1] = where end
+  end
+end
+
+return M

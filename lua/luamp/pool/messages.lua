@@ -1,0 +1,67 @@
+-- luamp.pool.messages -- what a Pool's owner and its workers say to each
+-- other, whatever carries it (a transport): named constructors and
+-- predicates, so that no other module reads a message's fields by number.
+--
+-- Owner to worker:
+--   batch{ids, fids, args, kinds, funcs, drop}  tasks to run, in order: the
+--       task ids, their function ids, their arguments (Messages), their
+--       kinds (APPLY, CHUNK, STARCHUNK); the functions the worker does not
+--       have yet ({[fid] = Message}) and the ids of those it may forget
+--   STOP  leave once the work sent is done
+-- Worker to owner:
+--   values(id, r)           an apply's results r (a packed table of plain
+--                           values: nil, booleans, numbers, strings)
+--   result(id, msg)         a task's results in a Message (table.pack of
+--                           an apply's results, or a chunk's first results)
+--   failure(id, err, k)     the task failed: err = {message, traceback,
+--                           value (a Message, when it could be sent)}; k,
+--                           the item of a chunk that failed, if known
+--   ready(wid)              the worker's initializer let it live
+--   init_failed(wid, text, tb)  its initializer raised
+
+local M = {}
+
+-- Task kinds.
+M.APPLY, M.CHUNK, M.STARCHUNK = 0, 1, 2
+
+M.STOP = false
+
+-- Kinds of outcome, in a task's message back.
+local VALUES, RESULT, FAILURE = 0, 1, 2
+
+function M.batch(ids, fids, args, kinds, funcs, drop)
+  return {id = ids, f = fids, a = args, k = kinds, funcs = funcs,
+          drop = drop}
+end
+
+function M.is_stop(m) return m == M.STOP end
+
+-- r is table.pack(id, true, results...): it becomes the message itself.
+function M.values(r)
+  r[2] = VALUES
+  return r
+end
+
+function M.result(id, msg) return {id, RESULT, msg} end
+
+function M.failure(id, err, k) return {id, FAILURE, err, k} end
+
+function M.ready(wid) return {w = wid, ready = true} end
+
+function M.init_failed(wid, text, tb)
+  return {w = wid, init_error = text, traceback = tb}
+end
+
+-- Predicates and readers of what a worker sends.
+function M.is_outcome(m) return m[1] ~= nil end
+function M.task_id(m) return m[1] end
+function M.is_failure(m) return m[2] == FAILURE end
+function M.is_values(m) return m[2] == VALUES end
+-- The Message of a result.
+function M.result_message(m) return m[3] end
+-- The error of a failure, and the item of a chunk that failed.
+function M.failure_error(m) return m[3], m[4] end
+function M.is_init_failure(m) return m.init_error ~= nil end
+function M.worker_of(m) return m.w end
+
+return M

@@ -1,0 +1,510 @@
+-- luamp.pool.scheduler -- a Pool's work, over a transport: the tasks in
+-- slots, the backlog of those not sent, the batches sent to each worker,
+-- taking work back from a busy worker for an idle one, the workers' lives
+-- and deaths, and the outcomes that reach the jobs.
+--
+-- The owner keeps every task until its outcome is in.  It sends each
+-- worker its own batches (a few tasks at a time) and each worker sends the
+-- outcome of each task as soon as it ends, so when a worker dies the
+-- owner knows where it was: the tasks whose outcomes came are done; the
+-- one it was running fails with WorkerLostError; the rest, which it never
+-- started, go to other workers; and a new worker takes its place.
+--
+-- A task lives in a slot, a set of parallel arrays indexed by a small
+-- number that is reused, so that a task costs no table of its own; it
+-- travels as its id, its slot plus SLOTS times the slot's generation, so
+-- that a slot's new task is never taken for its old one.
+--
+-- One step at a time.  Every change to this state happens inside
+-- `locked`, which one step at a time may hold: a luamp call made during a
+-- step (a finalizer's, say) runs the Pools' work, and this pool's is then
+-- skipped, not run inside its own step.  No user code runs inside a step:
+-- callbacks are deferred to after it, input functions (imap) are read
+-- between steps, a job at a time.
+
+local core = require "luamp.core"
+local errors = require "luamp.errors"
+local msgs = require "luamp.pool.messages"
+local jobs = require "luamp.pool.jobs"
+
+local assert, error, ipairs, next, pairs, pcall, remove, setmetatable,
+  tostring = assert, error, ipairs, next, pairs, pcall, table.remove,
+  setmetatable, tostring
+local message_slice = core.message_slice
+local APPLY = msgs.APPLY
+
+local DEPTH = 2       -- batches in flight per worker
+local MAXBATCH = 64   -- tasks in one batch, when many are waiting
+local SLOTS = 1 << 24 -- task id = slot + SLOTS * generation
+
+local S = {}
+S.__index = S
+
+local M = {}
+
+M.RUN, M.CLOSE, M.TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+-- A scheduler for n workers over transport t, with function cache funcs.
+function M.new(t, funcs, cfg, n)
+  return setmetatable({
+    t = t, funcs = funcs, cfg = cfg, n = n, state = M.RUN,
+    workers = {}, lazy = {},
+    -- the slots: job, function id, arguments (a Message), kind, position
+    -- and size of a chunk, worker (0: not sent), generation
+    tj = {}, tf = {}, ta = {}, tk = {}, tat = {}, tn = {}, tw = {},
+    tgen = {}, nslot = 0, free = {}, nfree = 0, live = 0,
+    -- the backlog: slots not sent yet, in order
+    bq = {}, bh = 1, bt = 0,
+    -- outcomes taken in, and the next to read
+    rbuf = {}, rh = 1, rn = 0,
+    -- work for after the step: callbacks, in order
+    dq = {}, dh = 1, dt = 0,
+    busy = false,
+  }, S)
+end
+
+-- Runs f(self, ...) as one step: nothing else changes the scheduler
+-- meanwhile.  Returns false (and does nothing) if a step is under way.
+local function locked(self, f, ...)
+  if self.busy then return false end
+  self.busy = true
+  local ok, e = pcall(f, self, ...)
+  self.busy = false
+  if not ok then error(e, 0) end
+  return true
+end
+M.locked = locked
+
+-- ---------------------------------------------------------------- workers
+
+-- Starts worker wid; raises the transport's error if it cannot.
+local function start_worker(self, wid)
+  self.t:start(wid)
+  -- For each batch in flight, in order: the id of its first task, how
+  -- many of its outcomes are still to come, and the functions it carries.
+  self.workers[wid] = {id = wid, sent = 0, mfirst = {}, mleft = {},
+                       mfuncs = {}}
+end
+
+function S:start_all()
+  for wid = 1, self.n do start_worker(self, wid) end
+end
+
+-- ------------------------------------------------------------------ slots
+
+-- Adds a task at the end of the backlog; returns its slot.
+function S:add(job, fid, args, kind, at, n)
+  local s, nfree = nil, self.nfree
+  if nfree > 0 then
+    s = self.free[nfree]
+    self.free[nfree], self.nfree = nil, nfree - 1
+  else
+    s = self.nslot + 1
+    self.nslot, self.tgen[s] = s, 0
+  end
+  self.tj[s], self.tf[s], self.ta[s], self.tk[s], self.tat[s],
+    self.tn[s], self.tw[s] = job, fid, args, kind, at, n, 0
+  self.live = self.live + 1
+  self.funcs:use(fid)
+  local bt = self.bt + 1
+  self.bt, self.bq[bt] = bt, s
+  return s
+end
+
+-- Empties slot s; returns the job, position and size of its task.
+local function free_slot(self, s)
+  local job, at, n, args = self.tj[s], self.tat[s], self.tn[s], self.ta[s]
+  local fid = self.tf[s]
+  self.tj[s], self.tf[s], self.ta[s], self.tat[s], self.tn[s],
+    self.tw[s] = nil, nil, nil, nil, nil, nil
+  self.tgen[s] = (self.tgen[s] + 1) % 1024
+  local nfree = self.nfree + 1
+  self.free[nfree], self.nfree = s, nfree
+  self.live = self.live - 1
+  self.funcs:unuse(fid)
+  args:close()
+  return job, at, n
+end
+
+function S:backlog() return self.bt - self.bh + 1 end
+
+-- Takes back the tasks of a job not sent yet (the last ones added), as
+-- when the input of a map turns out unsendable.
+function S:cancel(job)
+  local bq, tj = self.bq, self.tj
+  while self.bt >= self.bh and tj[bq[self.bt]] == job do
+    free_slot(self, bq[self.bt])
+    bq[self.bt], self.bt = nil, self.bt - 1
+  end
+  if self.bh > self.bt then self.bh, self.bt = 1, 0 end
+end
+
+-- --------------------------------------------------------------- sending
+
+-- Sends one batch to worker w; false when there is nothing to send.
+local function send_one(self, w, nw)
+  local bh, bt = self.bh, self.bt
+  if bt < bh then return false end
+  local quota = self.cfg.maxtasksperchild
+  local want = quota and quota - w.sent or MAXBATCH
+  if want <= 0 then return false end
+  local even = (bt - bh + nw * DEPTH) // (nw * DEPTH)
+  if want > even then want = even end
+  if want > MAXBATCH then want = MAXBATCH end
+  local bq, tk, tf, ta, tw, tgen, funcs =
+    self.bq, self.tk, self.tf, self.ta, self.tw, self.tgen, self.funcs
+  local ids, fids, args, kinds, carried = {}, {}, {}, {}, nil
+  local n, wid = 0, w.id
+  while n < want and bh <= bt do
+    local s = bq[bh]
+    local kind = tk[s]
+    -- A chunk is a batch already: one per batch, so that the workers
+    -- share the end of a map evenly.
+    if n > 0 and (kind ~= APPLY or kinds[1] ~= APPLY) then break end
+    bq[bh], bh, n = nil, bh + 1, n + 1
+    local fid = tf[s]
+    local fm = funcs:for_worker(wid, fid)
+    if fm then
+      carried = carried or {}
+      carried[fid] = fm
+    end
+    ids[n], fids[n], args[n], kinds[n] = s + SLOTS * tgen[s], fid, ta[s], kind
+    tw[s] = wid
+  end
+  if bh > bt then bh, bt = 1, 0 end
+  self.bh, self.bt = bh, bt
+  w.sent = w.sent + n
+  local m = #w.mleft + 1
+  w.mfirst[m], w.mleft[m], w.mfuncs[m] = ids[1], n, carried or false
+  self.t:send(wid, msgs.batch(ids, fids, args, kinds, carried,
+                              funcs:take_drops(wid)))
+  return true
+end
+
+-- Puts tasks that never ran (slots, in order) back at the front of the
+-- backlog.
+local function requeue(self, slots)
+  local tw, bq = self.tw, self.bq
+  for i = #slots, 1, -1 do
+    local s = slots[i]
+    tw[s] = 0
+    self.bh = self.bh - 1
+    bq[self.bh] = s
+  end
+end
+
+-- When the backlog is empty but a worker is idle while another has a
+-- batch waiting behind the one it runs, that batch is taken back from the
+-- busy worker (if it has not taken it yet) and its tasks go to the front
+-- of the backlog: so no task waits behind a long one while a worker has
+-- nothing to do.  True if it took one.
+local function steal(self)
+  local victim, most, idle = nil, 1, false
+  for wid = 1, self.n do
+    local w = self.workers[wid]
+    if w and not w.dead and not w.stopped then
+      local k = #w.mleft
+      if k == 0 then idle = true elseif k > most then victim, most = w, k end
+    end
+  end
+  if not idle or not victim then return false end
+  local b = self.t:take_back(victim.id)
+  if not b then return false end -- it took it first
+  -- The worker never saw this batch: its drops are still to send.
+  self.funcs:untake_drops(victim.id, b.drop)
+  for k = 1, #victim.mfirst do
+    if victim.mfirst[k] == b.id[1] then
+      remove(victim.mfirst, k)
+      remove(victim.mleft, k)
+      remove(victim.mfuncs, k)
+      break
+    end
+  end
+  victim.sent = victim.sent - #b.id
+  local slots = {}
+  for i, id in ipairs(b.id) do slots[i] = id % SLOTS end
+  -- The batch taken back holds Messages of its own: the slots keep theirs.
+  for _, am in ipairs(b.a) do am:close() end
+  if b.funcs then for _, fm in pairs(b.funcs) do fm:close() end end
+  requeue(self, slots)
+  return true
+end
+
+-- Sends work to the workers that have room: level by level, so that an
+-- idle worker gets a batch before a busy one gets its second.  With
+-- depth 1, only to idle workers.
+local function dispatch(self, depth)
+  local nw, workers = self.n, self.workers
+  for level = 1, depth or DEPTH do
+    for wid = 1, nw do
+      local w = workers[wid]
+      if w and not w.dead and not w.stopped and #w.mleft < level then
+        if not send_one(self, w, nw) then return end
+      end
+    end
+  end
+end
+
+function S:dispatch(depth) return locked(self, dispatch, depth) end
+
+-- The same, inside a step already under way.
+S.dispatch_now = dispatch
+
+-- ---------------------------------------------------------------- outcomes
+
+-- The outcome m of one task reaches its job.
+local function deliver(self, m)
+  local id = msgs.task_id(m)
+  local s = id % SLOTS
+  if self.tgen[s] ~= id // SLOTS or not self.tj[s] then return end
+  local w = self.workers[self.tw[s]]
+  if w then -- one outcome less to come from its oldest batch
+    local carried = w.mfuncs[1]
+    if carried then -- which it has read, functions and all
+      self.funcs:known_by(w.id, carried)
+      w.mfuncs[1] = false
+    end
+    local left = w.mleft[1] - 1
+    if left > 0 then
+      w.mleft[1] = left
+    else
+      remove(w.mleft, 1)
+      remove(w.mfirst, 1)
+      remove(w.mfuncs, 1)
+    end
+  end
+  local job, at, n = free_slot(self, s)
+  if msgs.is_failure(m) then
+    local err, k = msgs.failure_error(m)
+    job:_failed(self, at, n, jobs.remote_error(err), k)
+  else
+    job:_done(self, at, n, m)
+  end
+end
+
+local function fail_all(self, e)
+  for s = 1, self.nslot do
+    if self.tj[s] then
+      local job, at, n = free_slot(self, s)
+      job:_failed(self, at, n, e)
+    end
+  end
+  for job in pairs(self.lazy) do
+    job:_failed(self, nil, nil, e)
+    self.lazy[job] = nil
+    self.funcs:unuse(job.fid)
+  end
+  self.bq, self.bh, self.bt = {}, 1, 0
+end
+
+-- Kills the workers and waits for them.
+local function kill_workers(self)
+  for wid = 1, self.n do
+    if self.workers[wid] then self.t:kill(wid) end
+  end
+  for wid = 1, self.n do
+    if self.workers[wid] then
+      self.t:forget(wid)
+      self.funcs:forget_worker(wid)
+    end
+  end
+  self.workers = {}
+end
+
+-- Stops the pool now: its workers are killed and its unfinished tasks
+-- fail with e.
+local function stop(self, e)
+  self.state = M.TERMINATE
+  kill_workers(self)
+  fail_all(self, e)
+end
+
+function S:stop(e) return locked(self, stop, e) end
+
+-- The pool cannot go on: its initializer failed.
+local function init_failed(self, e)
+  self.init_error = e
+  stop(self, e)
+end
+
+-- Takes in every message the workers sent; false if the pool failed.
+local function drain(self)
+  local workers, buf = self.workers, self.rbuf
+  while true do
+    local i = self.rh
+    if i > self.rn then
+      self.rn, i = self.t:collect(buf), 1
+      if self.rn == 0 then break end
+    end
+    local m = buf[i]
+    buf[i], self.rh = nil, i + 1
+    if msgs.is_outcome(m) then
+      deliver(self, m)
+    elseif msgs.is_init_failure(m) then
+      init_failed(self, errors.new("ProcessError", "the pool's initializer "
+        .. "failed in a worker: " .. m.init_error,
+        {traceback = m.traceback}))
+      return false
+    elseif workers[msgs.worker_of(m)] then
+      workers[msgs.worker_of(m)].ready = true
+    end
+  end
+  return true
+end
+
+-- A worker has ended, and its last outcomes are in: settle what it held,
+-- replace it.
+local function worker_ended(self, w)
+  local wid = w.id
+  local running = self.t:running(wid)
+  local tj, tw, tgen, redo = self.tj, self.tw, self.tgen, {}
+  for s = 1, self.nslot do
+    if tw[s] == wid and tj[s] then
+      if s + SLOTS * tgen[s] == running then
+        local job, at, n = free_slot(self, s)
+        job:_failed(self, at, n, errors.new("WorkerLostError",
+          "the worker running the task died"))
+      else
+        redo[#redo + 1] = s
+      end
+    end
+  end
+  requeue(self, redo) -- the tasks it had not started
+  self.t:forget(wid)
+  self.funcs:forget_worker(wid)
+  self.workers[wid] = nil
+  if self.state ~= M.TERMINATE and not self.init_error
+     and (self.state == M.RUN or self:backlog() > 0 or self.live > 0) then
+    start_worker(self, wid)
+  end
+end
+
+-- After close: each worker with nothing left to do is told to leave.
+local function stop_idle(self)
+  if self:backlog() > 0 or next(self.lazy) then return end
+  for wid = 1, self.n do
+    local w = self.workers[wid]
+    if w and not w.stopped and not w.mleft[1] then
+      w.stopped = true
+      self.t:stop(wid)
+    end
+  end
+end
+
+-- One step: collects outcomes, notices dead workers, sends more work.
+local function step(self)
+  if self.state == M.TERMINATE then return end
+  if not drain(self) then return end
+  if self.t:ended() then
+    for wid = 1, self.n do
+      local w = self.workers[wid]
+      if w and self.t:exitcode(wid) ~= nil then
+        -- Its last outcomes may still be waiting: take them first.
+        if not drain(self) then return end
+        if self.cfg.initializer and not w.ready then
+          -- It ended before its initializer let it start: the same
+          -- failure as an initializer that raises, not one to respawn.
+          init_failed(self, errors.new("ProcessError", "the pool's "
+            .. "initializer ended its worker (exit code "
+            .. tostring(self.t:exitcode(wid)) .. ")"))
+          return
+        end
+        worker_ended(self, w)
+      end
+    end
+  end
+  dispatch(self)
+  if self.bt < self.bh and steal(self) then dispatch(self) end
+  if self.state == M.CLOSE then stop_idle(self) end
+end
+
+-- ------------------------------------------------------------ after a step
+
+-- Has f(arg) run once the step under way is over (in order).
+function S:defer(f, arg)
+  local dt = self.dt + 1
+  self.dq[dt], self.dt = {f, arg}, dt
+end
+
+-- Runs what steps deferred.  A callback that raises leaves the rest for
+-- the next run; one that calls into the pool finds it between steps.
+local function run_deferred(self)
+  while self.dh <= self.dt do
+    local d = self.dq[self.dh]
+    self.dq[self.dh], self.dh = nil, self.dh + 1
+    if self.dh > self.dt then self.dh, self.dt = 1, 0 end
+    d[1](d[2])
+  end
+end
+
+-- Reads more of each lazy job's input (outside any step: the input is the
+-- user's), and adds what it read as tasks.  True if it added any.
+local function refill(self)
+  local added = false
+  for job in pairs(self.lazy) do
+    while job:wants_more() and self.state ~= M.TERMINATE do
+      local items, at, n = job:read()
+      if n > 0 then
+        local ok, am = pcall(message_slice, items, at, at + n - 1,
+                             "iterable")
+        if ok then
+          job.inflight = job.inflight + 1
+          -- (between steps: nothing can hold the lock here)
+          assert(locked(self, S.add, job, job.fid, am, msgs.CHUNK, at, n))
+          added = true
+        else
+          job:unsendable(at, am)
+        end
+      end
+    end
+    if job.exhausted and self.lazy[job] then
+      self.lazy[job] = nil
+      self.funcs:unuse(job.fid)
+    end
+  end
+  return added
+end
+
+-- The Pool's work, done whenever the owner is in a luamp call: one step,
+-- the callbacks it deferred, more input for lazy jobs, and a step to send
+-- it.  Does nothing inside a step of its own.  Never blocks, unless a
+-- callback or an input does.
+function S:pump()
+  if self.busy then return end
+  locked(self, step)
+  run_deferred(self)
+  if next(self.lazy) and refill(self) then locked(self, step) end
+  run_deferred(self)
+end
+
+-- Adds lazy job `job` (imap), which reads its input as its results are
+-- taken.
+function S:add_lazy(job)
+  self.funcs:use(job.fid) -- for as long as the input lasts
+  self.lazy[job] = true
+end
+
+function S:close()
+  self.state = M.CLOSE
+end
+
+-- Whether every worker has left (after close or terminate).
+function S:all_left()
+  for wid = 1, self.n do
+    if self.workers[wid] and self.t:exitcode(wid) == nil then return false end
+  end
+  return true
+end
+
+-- Lets go of the workers that have left.
+function S:release_workers()
+  for wid = 1, self.n do
+    if self.workers[wid] then
+      self.t:forget(wid)
+      self.funcs:forget_worker(wid)
+    end
+  end
+  self.workers = {}
+end
+
+return M

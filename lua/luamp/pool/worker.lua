@@ -1,0 +1,168 @@
+-- luamp.pool.worker -- the loop of a Pool's worker: takes batches of
+-- tasks, runs them, sends back the outcome of each as soon as it ends.  It
+-- knows nothing of how the batches come and go: a transport gives it
+--   io.get()          the next batch (luamp.pool.messages), or STOP
+--   io.put(m)         sends a message to the owner
+--   io.running(id)    says which task it runs now (0: none)
+
+local core = require "luamp.core"
+local msgs = require "luamp.pool.messages"
+
+local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall =
+  getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall
+local pack, unpack = table.pack, table.unpack
+local format = string.format
+local traceback = debug.traceback
+local message, message_slice, decode, newtable, flush =
+  core.message, core.message_slice, core.decode, core.newtable, core.flush
+local APPLY, STARCHUNK = msgs.APPLY, msgs.STARCHUNK
+
+local M = {}
+
+local PLAIN_MAX = 8 -- results sent as they are, not in a Message of their own
+
+-- An error value as text.
+function M.errtext(e)
+  if type(e) == "string" then return e end
+  local m = getmetatable(e)
+  if m and m.__tostring then return tostring(e) end
+  return format("(error object is a %s value)", type(e))
+end
+local errtext = M.errtext
+
+-- A task's error as it travels back: its text, the worker's traceback,
+-- and the value itself when it can be sent.
+local function task_error(e, tb)
+  local ok, m = pcall(message, e)
+  return {message = errtext(e), traceback = tb, value = ok and m or nil}
+end
+
+local last_tb -- the traceback of the last error a task raised
+local function on_error(e)
+  last_tb = traceback(errtext(e), 2)
+  return e
+end
+
+-- Decodes the Message m and lets go of it: the objects it names are held
+-- by the values now.
+local function open(m)
+  local v = decode(m)
+  m:close()
+  return v
+end
+
+-- Runs an apply: its outcome, with its results as they are when they are a
+-- few plain values (nil, booleans, numbers, strings), else in a Message,
+-- so that a value the owner cannot receive fails this task alone.
+local function run_apply(id, f, am)
+  local args = open(am)
+  local r = pack(id, xpcall(f, on_error, unpack(args, 1, args.n or #args)))
+  if not r[2] then return msgs.failure(id, task_error(r[3], last_tb)) end
+  local n = r.n
+  if n <= PLAIN_MAX + 2 then
+    local plain = true
+    for i = 3, n do
+      local t = type(r[i])
+      if t ~= "number" and t ~= "string" and t ~= "boolean" and t ~= "nil"
+      then
+        plain = false
+        break
+      end
+    end
+    if plain then return msgs.values(r) end
+  end
+  local ok, rm = pcall(message_slice, r, 3, n, "result")
+  if ok then return msgs.result(id, rm) end
+  return msgs.failure(id, {message = "cannot send the result of the task: "
+                                     .. errtext(rm)})
+end
+
+-- Runs a chunk of a map: the first result of each item (holes kept) in a
+-- Message, or the failure of item k.
+local function run_chunk(id, f, am, star)
+  local args = open(am)
+  local n, at = args.n, 0
+  local out = newtable(n)
+  -- One protected call for the whole chunk: `at` says which item failed.
+  local ok, e = xpcall(function()
+    if star then
+      for i = 1, n do
+        at = i
+        local a = args[i]
+        out[i] = (f(unpack(a, 1, a.n or #a)))
+      end
+    else
+      for i = 1, n do
+        at = i
+        out[i] = (f(args[i]))
+      end
+    end
+  end, on_error)
+  if not ok then return msgs.failure(id, task_error(e, last_tb), at) end
+  local sent, rm = pcall(message_slice, out, 1, n, "result")
+  if sent then return msgs.result(id, rm) end
+  return msgs.failure(id, {message = errtext(rm)},
+                      tonumber(rm:match("^cannot send result%[(%d+)%]")))
+end
+
+-- Sends a task's outcome, and lets go of its Messages, which the message
+-- sent holds for itself; an outcome that cannot be sent (the arena is
+-- full) still reaches the caller, as an error that says why.
+local function send(io, m)
+  local ok, err = pcall(io.put, m)
+  if not ok then
+    io.put(msgs.failure(msgs.task_id(m), {message = "cannot send the " ..
+                        "outcome of the task: " .. errtext(err)}))
+  end
+  if msgs.is_failure(m) then
+    local e = msgs.failure_error(m)
+    if e.value then e.value:close() end
+  elseif not msgs.is_values(m) then
+    msgs.result_message(m):close()
+  end
+end
+
+-- The worker's life: the initializer, then batches until STOP or its
+-- quota of tasks.  Its output is flushed after every task, so that nothing
+-- it printed is lost when the pool ends it.
+function M.run(cfg, wid, io)
+  core.set_service(nil) -- the owner's pools are not ours
+  if cfg.initializer then
+    local ia = cfg.initargs or {}
+    local ok, e = xpcall(cfg.initializer, on_error,
+                         unpack(ia, 1, ia.n or #ia))
+    flush()
+    if not ok then
+      io.put(msgs.init_failed(wid, errtext(e), last_tb))
+      return
+    end
+    io.put(msgs.ready(wid))
+  end
+  local funcs, done, maxt = {}, 0, cfg.maxtasksperchild
+  while true do
+    local b = io.get()
+    if msgs.is_stop(b) then break end
+    if b.drop then
+      for _, fid in ipairs(b.drop) do funcs[fid] = nil end
+    end
+    if b.funcs then
+      for fid, fm in pairs(b.funcs) do funcs[fid] = open(fm) end
+    end
+    local ids, fids, args, kinds = b.id, b.f, b.a, b.k
+    for i = 1, #ids do
+      local id, kind = ids[i], kinds[i]
+      io.running(id)
+      if kind == APPLY then
+        send(io, run_apply(id, funcs[fids[i]], args[i]))
+      else
+        send(io, run_chunk(id, funcs[fids[i]], args[i], kind == STARCHUNK))
+      end
+      flush()
+    end
+    io.running(0)
+    done = done + #ids
+    if maxt and done >= maxt then break end
+  end
+end
+
+return M

@@ -1,0 +1,132 @@
+/* message.c -- Message: an encoded value that owns its bytes and holds
+ * every shared object it names, so that it can be kept, travel inside
+ * another message or through a queue or pipe, and still name live objects
+ * when it is decoded, whatever its sender did meanwhile.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "codec.h"
+
+#define MESSAGE "luamp.Message"
+
+/*
+ * A Message is one userdata: a header and the bytes.  Its holds are this
+ * process's, in its hold table (lmp_hold), one per object the bytes name,
+ * embedded messages included: so close, __gc, __close and the reaper of a
+ * killed process all release them.  `nobj` counts them, so that closing a
+ * message that names no object (most do not) costs no walk.
+ */
+typedef struct message {
+  size_t len;
+  size_t nobj; /* holds taken */
+  int open;
+  char data[];
+} message;
+
+typedef struct holding {
+  size_t n, limit;
+  int failed;
+} holding;
+
+static void hold_one(lmp_obj *o, void *ud) {
+  holding *h = ud;
+  if (h->failed || h->n == h->limit) return;
+  if (lmp_hold(o) < 0) h->failed = 1;
+  else h->n++;
+}
+
+static void unhold_one(lmp_obj *o, void *ud) {
+  holding *h = ud;
+  if (h->n < h->limit) {
+    h->n++;
+    lmp_unhold(o);
+  }
+}
+
+/* Drops the first n holds of the message's objects. */
+static void unhold(const message *m, size_t n) {
+  holding h = {0, n, 0};
+  if (n > 0) lmp_msg_walk(m->data, m->len, unhold_one, &h);
+}
+
+static void msg_close(void *ud) {
+  message *m = ud;
+  if (!m->open) return;
+  m->open = 0;
+  unhold(m, m->nobj);
+  m->nobj = 0;
+}
+
+static int msg_closed(void *ud) { return !((message *)ud)->open; }
+
+static int msg_len(lua_State *L) {
+  message *m = lmp_checkhandle(L, 1);
+  lua_pushinteger(L, (lua_Integer)m->len);
+  return 1;
+}
+
+static int msg_tostring(lua_State *L) {
+  message *m = lua_touserdata(L, 1);
+  lua_pushfstring(L, MESSAGE " (%I bytes)", (lua_Integer)m->len);
+  return 1;
+}
+
+static const luaL_Reg msg_metameth[] = {{"__len", msg_len}, {NULL, NULL}};
+
+/* bytes() -> the message's bytes as a string (a key for messages alike) */
+static int msg_bytes(lua_State *L) {
+  message *m = lmp_checkhandle(L, 1);
+  if (!m->open) return luaL_error(L, "attempt to use a closed message");
+  lua_pushlstring(L, m->data, m->len);
+  return 1;
+}
+
+static const luaL_Reg msg_meth[] = {{"bytes", msg_bytes}, {NULL, NULL}};
+
+const lmp_class lmp_message_class = {
+  .name = MESSAGE, .what = "message", .size = sizeof(message),
+  .meth = msg_meth, .metameth = msg_metameth, .tostring = msg_tostring,
+  .close = msg_close, .closed = msg_closed,
+};
+
+void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
+  message *m = lua_newuserdatauv(L, sizeof(message) + n, 0);
+  holding h = {0, SIZE_MAX, 0};
+  m->len = n;
+  m->nobj = 0;
+  m->open = 0;
+  memcpy(m->data, p, n);
+  luaL_setmetatable(L, MESSAGE);
+  if (nobj > 0) {
+    lmp_msg_walk(m->data, n, hold_one, &h);
+    if (h.failed) {
+      unhold(m, h.n);
+      lmp_nomem(L, 0);
+    }
+  }
+  m->nobj = h.n;
+  m->open = 1;
+}
+
+const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj) {
+  message *m;
+  if (lmp_classof(L, idx) != &lmp_message_class) return NULL;
+  m = lua_touserdata(L, idx);
+  if (!m->open) luaL_error(L, "attempt to use a closed message");
+  *n = m->len;
+  if (nobj != NULL) *nobj = m->nobj;
+  return m->data;
+}
+
+static const lmp_class *const codec_classes[] = {&lmp_message_class, NULL};
+
+static const luaL_Reg codec_funcs[] = {
+  {"message", lmp_codec_message},
+  {"message_slice", lmp_codec_message_slice},
+  {"decode", lmp_codec_decode},
+  {"decode_into", lmp_codec_decode_into},
+  {NULL, NULL}
+};
+
+const lmp_family lmp_codec_family = {codec_classes, codec_funcs};
