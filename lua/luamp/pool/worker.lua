@@ -107,8 +107,11 @@ end
 
 -- Sends a task's outcome, and lets go of its Messages, which the message
 -- sent holds for itself; an outcome that cannot be sent (the arena is
--- full) still reaches the caller, as an error that says why.
+-- full) still reaches the caller, as an error that says why.  What the
+-- task printed is flushed first: once its outcome is in, the pool may end
+-- the worker at any moment.
 local function send(io, m)
+  flush()
   local ok, err = pcall(io.put, m)
   if not ok then
     io.put(msgs.failure(msgs.task_id(m), {message = "cannot send the " ..
@@ -157,7 +160,6 @@ function M.run(cfg, wid, io)
       else
         send(io, run_chunk(id, funcs[fids[i]], args[i], kind == STARCHUNK))
       end
-      flush()
     end
     io.running(0)
     done = done + #ids
