@@ -164,7 +164,11 @@ end
 -- The id of task function f, raising the encoder's error at the caller of
 -- the method (level 4 from here).
 local function fid_of(self, f)
-  local ok, fid = pcall(self._sched.funcs.id, self._sched.funcs, f)
+  local funcs = self._sched.funcs
+  local fid = funcs.cache[f]
+  if fid and funcs.msgs[fid] then return fid end
+  local ok
+  ok, fid = pcall(funcs.id, funcs, f)
   if not ok then error(fid, 4) end
   return fid
 end
@@ -183,11 +187,6 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   local fid = fid_of(self, f)
   local sched = self._sched
   local res = jobs.new_result(self, false, callback, error_callback)
-  if not locked(sched, sched.add, res, fid, am, msgs.APPLY) then
-    am:close()
-    error("the pool is busy: it cannot take a task from inside its own "
-          .. "step (a finalizer?)", 3)
-  end
   -- While few tasks are out, each goes to a worker at once, so that they
   -- run even if this process then computes for a long time without a
   -- luamp call; when many pile up they wait for the next pump, which
@@ -195,11 +194,13 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   -- free workers for more.
   local nsub = self._nsub + 1
   self._nsub = nsub
-  if nsub % PUMP_EVERY == 0 then
-    sched:pump()
-  elseif sched.live <= EAGER * self._n then
-    sched:dispatch(EAGER)
+  if not locked(sched, sched.add, res, fid, am, msgs.APPLY,
+                nil, nil, sched.live < EAGER * self._n and EAGER) then
+    am:close()
+    error("the pool is busy: it cannot take a task from inside its own "
+          .. "step (a finalizer?)", 3)
   end
+  if nsub % PUMP_EVERY == 0 then sched:pump() end
   return res
 end
 

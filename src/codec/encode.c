@@ -890,11 +890,12 @@ static void pushmsg(enc *e) {
 
 /* Appends the encoding of the value at idx to b and returns how many
  * objects it names, whose references the caller takes or does not.  With
- * b NULL it pushes the message as a string instead.  With slice, the value
+ * b NULL it pushes the message as a string instead, or, with asmsg, as a
+ * Message.  With slice, the value
  * at idx is a table of which only slice[1] items from index slice[0] are
  * written (encslice). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
-                     const lua_Integer *slice) {
+                     const lua_Integer *slice, int asmsg) {
   enc e;
   char local[LOCALBUF];
   idx = lua_absindex(L, idx);
@@ -905,7 +906,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.local.len = 0;
   e.local.cap = sizeof local;
   e.b = b ? b : &e.local;
-  e.rope = b ? -1 : 0;
+  e.rope = b || asmsg ? -1 : 0;
   e.root = root ? root : "value";
   e.globals = NULL;
   e.depth = e.rebuilt = 0;
@@ -925,6 +926,10 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
     encvalue(&e, idx);
   if (b != NULL) {
     lua_settop(L, e.slot - 1);
+  } else if (asmsg) { /* a Message of the bytes, wherever they are */
+    lmp_msg_push(L, e.b->data, e.b->len, e.nobj);
+    lua_replace(L, e.slot);
+    lua_settop(L, e.slot);
   } else if (e.b == &e.local && e.rope == 0) { /* nothing on the stack */
     lua_settop(L, e.slot - 1);
     lua_pushlstring(L, local, e.local.len);
@@ -944,12 +949,12 @@ static void retain(lmp_obj *o, void *ud) {
 void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   size_t start = b->len;
   /* Only now that nothing can fail does the message own its objects. */
-  if (encode(L, idx, root, b, NULL) > 0)
+  if (encode(L, idx, root, b, NULL, 0) > 0)
     lmp_msg_walk(b->data + start, b->len - start, retain, NULL);
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL);
+  return encode(L, idx, root, b, NULL, 0);
 }
 
 /* ------------------------------------------------------------ bindings */
@@ -958,7 +963,7 @@ size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0);
   return 1;
 }
 
@@ -983,20 +988,13 @@ static void checkslice(lua_State *L, lua_Integer slice[2]) {
 int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
-  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice);
+  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
 static int message(lua_State *L, const char *root, const lua_Integer *slice) {
-  lmp_buf *b;
-  size_t nobj;
-  int top = lua_gettop(L);
-  b = lmp_buf_new(L);
-  nobj = encode(L, 1, root, b, slice);
-  lmp_msg_push(L, b->data, b->len, nobj);
-  lua_replace(L, top + 1); /* the buffer goes to the collector */
-  lua_settop(L, top + 1);
+  encode(L, 1, root, NULL, slice, 1);
   return 1;
 }
 

@@ -97,7 +97,7 @@ void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
   m->nobj = 0;
   m->open = 0;
   memcpy(m->data, p, n);
-  luaL_setmetatable(L, MESSAGE);
+  lmp_setclass(L, &lmp_message_class);
   if (nobj > 0) {
     lmp_msg_walk(m->data, n, hold_one, &h);
     if (h.failed) {

@@ -13,6 +13,9 @@
 #define UV_FIRSTMT 3 /* the family's metatables, from here */
 #define MAXFAMILY 3
 
+/* The key, in a metatable, of its class (a light userdata). */
+static const char CLASS_KEY = 'c';
+
 /* The class of each kind of each type of shared object, for
  * lmp_pushobj.  The same in every state: classes are static. */
 #define MAXKIND 4
@@ -70,7 +73,7 @@ const lmp_class *lmp_classof(lua_State *L, int idx) {
   const lmp_class *c = NULL;
   if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
     return NULL;
-  if (lua_getfield(L, -1, "__luamp") == LUA_TLIGHTUSERDATA)
+  if (lua_rawgetp(L, -1, &CLASS_KEY) == LUA_TLIGHTUSERDATA)
     c = lua_touserdata(L, -1);
   lua_pop(L, 2);
   return c;
@@ -84,6 +87,11 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
 
 /* ------------------------------------------------------------- handles */
 
+void lmp_setclass(lua_State *L, const lmp_class *c) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, c);
+  lua_setmetatable(L, -2);
+}
+
 void lmp_pushobj(lua_State *L, lmp_obj *o) {
   const lmp_class *c = o->type < LMP_T_MAX && o->kind < MAXKIND
                            ? bytype[o->type][o->kind] : NULL;
@@ -92,7 +100,7 @@ void lmp_pushobj(lua_State *L, lmp_obj *o) {
     luaL_error(L, "cannot receive a shared %s here", lmp_type_name(o->type));
   h = lua_newuserdatauv(L, c->size, c->nuv);
   memset(h, 0, c->size);
-  luaL_setmetatable(L, c->name);
+  lmp_setclass(L, c);
   if (lmp_hold(o) < 0) lmp_nomem(L, 64);
   h->obj = o;
   if (c->bind != NULL) c->bind(L, o);
@@ -220,7 +228,9 @@ static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
   luaL_getmetatable(L, c->name);
   mt = lua_gettop(L);
   lua_pushlightuserdata(L, (void *)c);
-  lua_setfield(L, mt, "__luamp");
+  lua_rawsetp(L, mt, &CLASS_KEY);
+  lua_pushvalue(L, mt); /* found by the class too, with no string */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, c);
   if (c->meth != NULL) {
     lua_newtable(L);
     methods = lua_gettop(L);

@@ -52,6 +52,8 @@ static lua_Integer nreaped; /* children reaped so far, ever */
 static int in_child;  /* this process was forked by luamp */
 static uv_signal_t chld_h;
 
+static const lmp_class sentinel_class;
+
 typedef struct child_ud {
   lmp_child *c;
 } child_ud;
@@ -204,7 +206,7 @@ static int proc_fork(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   u = lua_newuserdatauv(L, sizeof *u, 0);
   u->c = NULL;
-  luaL_setmetatable(L, SENTINEL);
+  lmp_setclass(L, &sentinel_class);
   c = calloc(1, sizeof *c);
   if (c == NULL) return luaL_error(L, "not enough memory");
   slot = lmp_slot_prepare_child();
@@ -506,8 +508,9 @@ static int proc_reaped(lua_State *L) {
   return 1;
 }
 
+/* getpid() -> this process's pid, kept since its fork: no system call. */
 static int proc_getpid(lua_State *L) {
-  lua_pushinteger(L, getpid());
+  lua_pushinteger(L, lmp_pid);
   return 1;
 }
 

@@ -188,7 +188,7 @@ typedef struct lmp_handle {
  * metatable shape:
  *
  *   __name    the class's name ("luamp.Queue")
- *   __luamp   the class (a light userdata)
+ *   (a private key)  the class (a light userdata), for lmp_classof
  *   __index   its methods table, or, for a class with fields, a function
  *             that looks the key up in the methods table, where its named
  *             fields are too (v.value: a getter), and only then hands it
@@ -253,6 +253,10 @@ void lmp_family_open(lua_State *L, const lmp_family *f);
 void *lmp_tohandle(lua_State *L, int idx);
 void *lmp_checkhandle(lua_State *L, int idx);
 lmp_obj *lmp_checkobj(lua_State *L, int idx);
+
+/* Gives the userdata on the top class c's metatable (found by c, with no
+ * string lookup).  Never raises. */
+void lmp_setclass(lua_State *L, const lmp_class *c);
 
 /* The class of the value at idx, or NULL if it is no luamp handle.  Never
  * raises. */

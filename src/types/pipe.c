@@ -34,6 +34,8 @@ typedef struct conn {
   lmp_buf *enc; /* for send, owned by the uservalue */
 } conn;
 
+static const lmp_class conn_class;
+
 static conn *checkconn(lua_State *L) {
   conn *c = lmp_checkhandle(L, 1);
   if (c->fd < 0) luaL_error(L, "attempt to use a closed connection");
@@ -53,7 +55,7 @@ static conn *newconn(lua_State *L, int fd, int readable, int writable) {
   conn *c = lua_newuserdatauv(L, sizeof *c, 1);
   memset(c, 0, sizeof *c);
   c->fd = -1;
-  luaL_setmetatable(L, CONN);
+  lmp_setclass(L, &conn_class);
   c->enc = lmp_buf_new(L);
   lua_setiuservalue(L, -2, 1);
   c->fd = fd;

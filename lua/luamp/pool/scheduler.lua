@@ -92,8 +92,11 @@ end
 
 -- ------------------------------------------------------------------ slots
 
--- Adds a task at the end of the backlog; returns its slot.
-function S:add(job, fid, args, kind, at, n)
+local dispatch
+
+-- Adds a task at the end of the backlog; returns its slot.  With depth,
+-- then sends work to the workers as dispatch(depth) does.
+function S:add(job, fid, args, kind, at, n, depth)
   local s, nfree = nil, self.nfree
   if nfree > 0 then
     s = self.free[nfree]
@@ -108,6 +111,7 @@ function S:add(job, fid, args, kind, at, n)
   self.funcs:use(fid)
   local bt = self.bt + 1
   self.bt, self.bq[bt] = bt, s
+  if depth then dispatch(self, depth) end
   return s
 end
 
@@ -233,7 +237,7 @@ end
 -- Sends work to the workers that have room: level by level, so that an
 -- idle worker gets a batch before a busy one gets its second.  With
 -- depth 1, only to idle workers.
-local function dispatch(self, depth)
+function dispatch(self, depth)
   local nw, workers = self.n, self.workers
   for level = 1, depth or DEPTH do
     for wid = 1, nw do
