@@ -139,6 +139,30 @@ describe("Process", function()
   end)
 
   describe("start", function()
+    it("gives the child its args and upvalues alive, however the parent "
+       .. "drops them", function()
+      local q = mp.Queue()
+      local go = mp.Event()
+      local p
+      do
+        local v = mp.Value("i", 41)
+        p = mp.Process{target = function(d)
+          go:wait(10)
+          q:put({d.x, v:add(1)})
+        end, args = {mp.Dict{x = "from args"}}}
+        p:start()
+      end
+      p.args = nil
+      collectgarbage()
+      collectgarbage()
+      go:set()
+      local got = q:get(true, 10)
+      p:join()
+      assert.are.same({"from args", 42}, got)
+      q:close()
+      go:close()
+    end)
+
     it("runs the target in another process, whose pid is p.pid", function()
       local path = os.tmpname()
       local p = mp.Process{target = function()
