@@ -57,9 +57,11 @@
  *   0x11        only where a table's key would be: varint length, a name;
  *               the table gets the metatable registered under that name
  *               (luaL_newmetatable) in the receiver, as in the sender
- *   0x12        a Message: varint length, a whole message (version byte
- *               and all); it decodes as a Message again, holding what it
- *               names, and the walker sees through it
+ *   0x12        a Message: varint count, varint length, a whole message
+ *               (version byte and all); it decodes as a Message again,
+ *               holding what it names, and the walker sees through it.
+ *               The count says how many objects it names: with none, the
+ *               walker and the Message made of it skip its bytes
  *   0x16, 0x17  a table or function (0x06, 0x07 with the keep bit 0x10)
  *               that a later ref or join names; the decoder keeps these,
  *               and only these, where refs can find them

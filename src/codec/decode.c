@@ -350,9 +350,10 @@ static void decother(dec *d, int tag) {
       decobject(d);
       break;
     case LMP_TAG_MSG: { /* a Message again, holding what it names */
+      uint64_t nobj = getvarint(d);
       size_t n = getlen(d);
       if (n == 0 || *d->p != LMP_CODEC_VERSION) bad(d, "bad message");
-      lmp_msg_push(L, (const char *)d->p, n, 1);
+      lmp_msg_push(L, (const char *)d->p, n, nobj > 0);
       d->p += n;
       break;
     }

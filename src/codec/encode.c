@@ -823,7 +823,10 @@ static void encother(enc *e, int idx, int t) {
       lmp_obj *o;
       char *p;
       if (m != NULL) { /* a Message: as it is */
-        puttagv(e, LMP_TAG_MSG, n);
+        puttagv(e, LMP_TAG_MSG, nobj);
+        need(e, 10);
+        e->b->len = (size_t)(putvarint(e->b->data + e->b->len, n) -
+                             e->b->data);
         putbytes(e, m, n);
         e->nobj += nobj;
         break;

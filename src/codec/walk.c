@@ -92,10 +92,14 @@ static int wvalue(walker *w, int depth) {
       return 0;
     case LMP_TAG_MSG: { /* see through it: its objects are the message's */
       walker in;
-      if (depth >= LMP_CODEC_MAXDEPTH || wvarint(w, &n) < 0 ||
-          n > (uint64_t)(w->end - w->p) || n == 0 ||
+      if (depth >= LMP_CODEC_MAXDEPTH || wvarint(w, &k) < 0 ||
+          wvarint(w, &n) < 0 || n > (uint64_t)(w->end - w->p) || n == 0 ||
           *w->p != LMP_CODEC_VERSION)
         return -1;
+      if (k == 0) { /* it names none: nothing to see */
+        w->p += n;
+        return 0;
+      }
       in.p = w->p + 1;
       in.end = w->p + n;
       in.fn = w->fn;
