@@ -150,11 +150,18 @@ static void dectable(dec *d, int tag) {
       char name[64];
       lua_pushlstring(L, (const char *)d->p, n);
       d->p += n;
-      if (lua_rawget(L, LUA_REGISTRYINDEX) != LUA_TTABLE) {
+      /* Only one that is its own name's and has no finalizer, as the
+       * encoder sends: the bytes may name any key of the registry. */
+      if (lua_rawget(L, LUA_REGISTRYINDEX) != LUA_TTABLE ||
+          lua_getfield(L, -1, "__gc") != LUA_TNIL ||
+          lua_getfield(L, -2, "__name") != LUA_TSTRING ||
+          lua_rawlen(L, -1) != n ||
+          memcmp(lua_tostring(L, -1), d->p - n, n) != 0) {
         printable(name, sizeof name, d->p - n, n);
         lmp_codec_raise(L, "cannot receive metatable %s: not registered here",
                         name);
       }
+      lua_pop(L, 2);
       lua_setmetatable(L, -2);
       continue;
     }

@@ -655,7 +655,9 @@ static void enctable(enc *e, int idx) {
     int t;
     if (lua_getfield(L, -1, "__name") == LUA_TSTRING &&
         luaL_getmetatable(L, lua_tostring(L, -1)) == LUA_TTABLE &&
-        lua_rawequal(L, -1, -3)) { /* registered under its name */
+        lua_rawequal(L, -1, -3) &&
+        lua_getfield(L, -1, "__gc") == LUA_TNIL) { /* registered by name */
+      lua_pop(L, 1);
       size_t n;
       const char *name = lua_tolstring(L, -2, &n);
       puttagv(e, LMP_TAG_METANAME, n);

@@ -53,6 +53,9 @@ static const char *const seeds[] = {
   "end)()",
   "(function() local t = {} for i = 1, 300 do t['k' .. i] = {i} end "
   "return t end)()",
+  "{core.message({1, blob, 'x'}), core.message(core.message('in'))}",
+  "setmetatable({type = 'Empty', message = 'm'}, "
+  "debug.getregistry()['luamp.Error'])",
   NULL
 };
 
@@ -89,8 +92,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   memcpy((uint8_t *)lmp_arena_key(), fixed_key, sizeof fixed_key);
   L = luaL_newstate();
   luaL_openlibs(L);
+  lmp_error_open(L);
   lua_newtable(L);
   lmp_family_open(L, &lmp_blob_family);
+  lmp_family_open(L, &lmp_codec_family);
+  lua_pushvalue(L, -1);
+  lua_setglobal(L, "core");
   lua_getfield(L, -1, "blob");
   lua_pushinteger(L, 8);
   lua_call(L, 1, 1);
