@@ -36,6 +36,7 @@ local argerror, checkself, checkoptions = errors.argerror, errors.checkself,
 local RUN, CLOSE, TERMINATE = scheduler.RUN, scheduler.CLOSE,
   scheduler.TERMINATE
 local locked = scheduler.locked
+local APPLY = msgs.APPLY
 
 local M = {}
 
@@ -176,16 +177,19 @@ end
 local EMPTY_ARGS = {n = 0}
 
 local function submit_apply(self, f, args, callback, error_callback, fname)
-  checkrunning(self)
-  if not callable(f) then argerror(1, fname, "function expected, got " ..
-    type(f), 2) end
+  local sched = self._sched
+  if sched.state ~= RUN or self._pid ~= core.getpid() then
+    checkrunning(self)
+  end
+  if type(f) ~= "function" and not callable(f) then
+    argerror(1, fname, "function expected, got " .. type(f), 2)
+  end
   if args ~= nil and type(args) ~= "table" then
     argerror(2, fname, "table expected, got " .. type(args), 2)
   end
   local ok, am = pcall(message, args or EMPTY_ARGS, "args")
   if not ok then error(am, 3) end
   local fid = fid_of(self, f)
-  local sched = self._sched
   local res = jobs.new_result(self, false, callback, error_callback)
   -- While few tasks are out, each goes to a worker at once, so that they
   -- run even if this process then computes for a long time without a
@@ -194,8 +198,8 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   -- free workers for more.
   local nsub = self._nsub + 1
   self._nsub = nsub
-  if not locked(sched, sched.add, res, fid, am, msgs.APPLY,
-                nil, nil, sched.live < EAGER * self._n and EAGER) then
+  if not sched:submit(res, fid, am, APPLY,
+                      sched.live < EAGER * self._n and EAGER) then
     am:close()
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)
@@ -212,7 +216,7 @@ end
 
 -- pool:apply_async(f, [args], [callback], [error_callback]) -> AsyncResult
 function Pool:apply_async(f, args, callback, error_callback)
-  checkself(self, Pool, "apply_async")
+  if getmetatable(self) ~= Pool then checkself(self, Pool, "apply_async") end
   if callback ~= nil and not callable(callback) then
     argerror(3, "apply_async", "callback must be callable")
   end

@@ -16,8 +16,9 @@ local core = require "luamp.core"
 local errors = require "luamp.errors"
 local msgs = require "luamp.pool.messages"
 
-local error, format, pcall, setmetatable, tostring, type, unpack =
-  error, string.format, pcall, setmetatable, tostring, type, table.unpack
+local error, format, getmetatable, pcall, setmetatable, tostring, type,
+  unpack = error, string.format, getmetatable, pcall, setmetatable,
+  tostring, type, table.unpack
 local decode, decode_into, monotonic = core.decode, core.decode_into,
   core.monotonic
 local argerror, checkself = errors.argerror, errors.checkself
@@ -157,7 +158,9 @@ end
 -- r:get([timeout]) -> the task's results; raises TimeoutError, RemoteError
 -- or WorkerLostError
 function AsyncResult:get(timeout)
-  checkself(self, AsyncResult, "get")
+  if getmetatable(self) ~= AsyncResult then
+    checkself(self, AsyncResult, "get")
+  end
   if not self._ready and not wait_result(self, timeout, "get", 1) then
     errors.raise("TimeoutError", "the result is not ready after " ..
                  tostring(timeout) .. " s", nil, 2)

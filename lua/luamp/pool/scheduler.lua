@@ -115,6 +115,19 @@ function S:add(job, fid, args, kind, at, n, depth)
   return s
 end
 
+-- Adds a task as a step of its own (S:add under `locked`), without the
+-- cost of a protected call when it sends nothing (adding cannot raise).
+-- False if a step is under way.
+function S:submit(job, fid, args, kind, depth)
+  if self.busy then return false end
+  if depth then return locked(self, S.add, job, fid, args, kind, nil, nil,
+                              depth) end
+  self.busy = true
+  S.add(self, job, fid, args, kind)
+  self.busy = false
+  return true
+end
+
 -- Empties slot s; returns the job, position and size of its task.
 local function free_slot(self, s)
   local job, at, n, args = self.tj[s], self.tat[s], self.tn[s], self.ta[s]
