@@ -314,11 +314,8 @@ local function fail_all(self, e)
   self.bq, self.bh, self.bt = {}, 1, 0
 end
 
--- Kills the workers and waits for them.
-local function kill_workers(self)
-  for wid = 1, self.n do
-    if self.workers[wid] then self.t:kill(wid) end
-  end
+-- Lets go of the workers, which have left or are leaving (waits for them).
+local function release_workers(self)
   for wid = 1, self.n do
     if self.workers[wid] then
       self.t:forget(wid)
@@ -326,6 +323,15 @@ local function kill_workers(self)
     end
   end
   self.workers = {}
+end
+S.release_workers = release_workers
+
+-- Kills the workers and waits for them.
+local function kill_workers(self)
+  for wid = 1, self.n do
+    if self.workers[wid] then self.t:kill(wid) end
+  end
+  release_workers(self)
 end
 
 -- Stops the pool now: its workers are killed and its unfinished tasks
@@ -511,17 +517,6 @@ function S:all_left()
     if self.workers[wid] and self.t:exitcode(wid) == nil then return false end
   end
   return true
-end
-
--- Lets go of the workers that have left.
-function S:release_workers()
-  for wid = 1, self.n do
-    if self.workers[wid] then
-      self.t:forget(wid)
-      self.funcs:forget_worker(wid)
-    end
-  end
-  self.workers = {}
 end
 
 return M
