@@ -55,12 +55,12 @@ M.AsyncResult = AsyncResult
 -- false), whose value is a table holding the results from index _first to
 -- its n, or their Message until they are first needed.
 function M.new_result(pool, map, callback, error_callback)
-  local res = setmetatable({_pool = pool, _ready = false, _ok = false,
-                            _value = false, _map = map, _first = 1},
-                           AsyncResult)
-  if callback then res._callback = callback end
-  if error_callback then res._error_callback = error_callback end
-  return res
+  -- Every field is set here, so that the table never grows.
+  return setmetatable({_pool = pool, _ready = false, _ok = false,
+                       _value = false, _map = map, _first = 1,
+                       _callback = callback or false,
+                       _error_callback = error_callback or false},
+                      AsyncResult)
 end
 
 -- The values of an apply (a table, and the index of the first), decoded

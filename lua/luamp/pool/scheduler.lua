@@ -132,8 +132,9 @@ end
 local function free_slot(self, s)
   local job, at, n, args = self.tj[s], self.tat[s], self.tn[s], self.ta[s]
   local fid = self.tf[s]
-  self.tj[s], self.tf[s], self.ta[s], self.tat[s], self.tn[s],
-    self.tw[s] = nil, nil, nil, nil, nil, nil
+  -- An empty slot is one without a job; its other fields are numbers that
+  -- the next task overwrites, and the arguments, which are let go of.
+  self.tj[s], self.ta[s] = nil, nil
   self.tgen[s] = (self.tgen[s] + 1) % 1024
   local nfree = self.nfree + 1
   self.free[nfree], self.nfree = s, nfree
