@@ -131,6 +131,20 @@ for _, name in ipairs{"Lock", "RLock", "Semaphore", "BoundedSemaphore",
 end
 condition.__index.wait_for = wait_for
 
+-- q:join_thread() and q:cancel_join_thread(): a luamp queue has no feeder
+-- thread (a put is in the arena when it returns), so there is nothing to
+-- wait for or to cancel; these exist for code written for Python.
+local function no_feeder(mt, fname)
+  return function(self)
+    checkself(self, mt, fname)
+  end
+end
+for _, name in ipairs{"Queue", "JoinableQueue"} do
+  local mt = core.metatable("luamp." .. name)
+  mt.__index.join_thread = no_feeder(mt, "join_thread")
+  mt.__index.cancel_join_thread = no_feeder(mt, "cancel_join_thread")
+end
+
 -- mp.wait(objects, [timeout]): the ready subset of connections, process
 -- sentinels (or Process objects) and queues, in the order given.
 function M.wait(objects, timeout)

@@ -42,6 +42,15 @@ for _, name in ipairs{"Queue", "JoinableQueue", "Lock", "RLock", "Semaphore",
   Manager[name] = factory(core[name], name)
 end
 
+-- m:Pool(...) -> a Pool, as mp.Pool(...) makes (its workers are this
+-- process's children, not the manager's: luamp's manager has no process)
+function Manager:Pool(...)
+  check(self, "Pool")
+  local ok, pool = pcall(require("luamp.pool").Pool, ...)
+  if not ok then reraise(pool, "Pool") end
+  return pool
+end
+
 -- m:Namespace([fields]) -> a Namespace, with the given fields set
 function Manager:Namespace(fields)
   check(self, "Namespace")

@@ -4,9 +4,9 @@
 local core = require "luamp.core"
 local errors = require "luamp.errors"
 
-local error, getmetatable, ipairs, pairs, pcall, rawget, setmetatable,
-  tostring, type, xpcall = error, getmetatable, ipairs, pairs, pcall, rawget,
-  setmetatable, tostring, type, xpcall
+local error, getmetatable, ipairs, pairs, pcall, rawget, rawset,
+  setmetatable, tostring, type, xpcall = error, getmetatable, ipairs, pairs,
+  pcall, rawget, rawset, setmetatable, tostring, type, xpcall
 local concat, unpack = table.concat, table.unpack
 local format = string.format
 local traceback = debug.traceback
@@ -80,6 +80,27 @@ function mt.__index(self, k)
   return Process[k]
 end
 
+-- The computed fields are read-only; daemon can be set until the process
+-- starts, name (a string) at any time; any other field is the object's.
+function mt.__newindex(self, k, v)
+  if k == "daemon" then
+    if rawget(self, "_child") or rawget(self, "_pid") then
+      error("cannot set daemon of a process that has started", 2)
+    end
+    rawset(self, "_daemon", v and true or false)
+  elseif k == "name" then
+    if type(v) ~= "string" then
+      error("name must be a string, got " .. type(v), 2)
+    end
+    rawset(self, "_name", v)
+  elseif getters[k] then
+    error("cannot set the read-only field '" .. tostring(k) ..
+          "' of a Process", 2)
+  else
+    rawset(self, k, v)
+  end
+end
+
 function mt.__tostring(self)
   local info = {"<Process name=" .. format("%q", tostring(self.name))}
   local pid, code = rawget(self, "_pid"), nil
@@ -122,6 +143,14 @@ function getters.exitcode(self)
     forget(self)
   end
   return code
+end
+
+function getters.name(self)
+  return rawget(self, "_name")
+end
+
+function getters.daemon(self)
+  return rawget(self, "_daemon")
 end
 
 function getters.pid(self)
@@ -296,17 +325,19 @@ function M.Process(opts)
              type(opts.name))
   end
   local self = {}
-  for k, v in pairs(opts) do self[k] = v end
+  for k, v in pairs(opts) do
+    if k ~= "daemon" and k ~= "name" then self[k] = v end
+  end
   counter = counter + 1
   local identity = {}
   for i, n in ipairs(current._identity) do identity[i] = n end
   identity[#identity + 1] = counter
   self._identity = identity
-  if self.name == nil then self.name = "Process-" .. concat(identity, ":") end
+  self._name = opts.name or "Process-" .. concat(identity, ":")
   if opts.daemon == nil then
-    self.daemon = current.daemon and true or false
+    self._daemon = current.daemon
   else
-    self.daemon = opts.daemon and true or false
+    self._daemon = opts.daemon and true or false
   end
   self._parent_pid = core.getpid()
   return setmetatable(self, mt)
@@ -335,7 +366,8 @@ end
 M.ParentProcess = ParentProcess
 
 current = setmetatable({
-  name = "MainProcess", daemon = false, _identity = {}, _pid = core.getpid(),
+  _name = "MainProcess", _daemon = false, _identity = {},
+  _pid = core.getpid(),
 }, mt)
 
 function M.current_process() return current end

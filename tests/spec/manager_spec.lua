@@ -55,6 +55,25 @@ describe("Manager", function()
       end
     end)
 
+    it("make a Pool that runs tasks, with its argument errors named",
+       function()
+      local m <close> = mp.Manager()
+      do
+        local pool <close> = m:Pool(2)
+        assert.are.equal("luamp.Pool", kind(pool))
+        assert.are.same({2, 4, 6, n = 3},
+                        pool:map(function(x) return 2 * x end, {1, 2, 3}))
+      end
+      local ok, err = pcall(function() m:Pool(1.5) end)
+      assert.is_false(ok)
+      assert.matches("%f[%w_]manager_spec%.lua:%d+: bad argument #1 to "
+        .. "'Pool' %(processes must be an integer, got 1.5%)$", err)
+      m:shutdown()
+      ok, err = pcall(m.Pool, m, 1)
+      assert.is_false(ok)
+      assert.matches("the manager is shut down$", err)
+    end)
+
     it("pass their arguments on", function()
       local m <close> = mp.Manager()
       assert.are.same({a = 1}, m:dict{a = 1}:totable())

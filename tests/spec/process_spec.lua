@@ -66,6 +66,43 @@ describe("Process", function()
       assert.is_false(mp.Process{}.daemon)
     end)
 
+    it("lets daemon be set before start, not after, as Python does",
+       function()
+      local p = mp.Process{target = function() end}
+      p.daemon = true
+      assert.is_true(p.daemon)
+      p.daemon = nil
+      assert.is_false(p.daemon)
+      p:start()
+      local ok, err = pcall(function() p.daemon = true end)
+      assert.is_false(ok)
+      assert.matches("%f[%w_]process_spec%.lua:%d+: cannot set daemon of a "
+        .. "process that has started$", err)
+      assert.is_false(p.daemon)
+      p:join()
+    end)
+
+    it("refuses to set exitcode, pid and sentinel, and a name that is "
+       .. "not a string", function()
+      local p = mp.Process{target = function() end}
+      for _, k in ipairs{"exitcode", "pid", "ident", "sentinel"} do
+        local ok, err = pcall(function() p[k] = 5 end)
+        assert.is_false(ok)
+        assert.matches("%f[%w_]process_spec%.lua:%d+: cannot set the "
+          .. "read%-only field '" .. k .. "' of a Process$", err)
+      end
+      local ok, err = pcall(function() p.name = 7 end)
+      assert.is_false(ok)
+      assert.matches("name must be a string, got number$", err)
+      p.name = "renamed"
+      p.note = "a field of the object's own"
+      p:start()
+      p:join()
+      assert.are.equal(0, p.exitcode)
+      assert.are.equal("renamed", p.name)
+      assert.are.equal("a field of the object's own", p.note)
+    end)
+
     it("names processes Process-N, counting in the creating process",
        function()
       local a, b = mp.Process{}, mp.Process{}

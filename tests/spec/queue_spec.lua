@@ -27,6 +27,20 @@ describe("Queue", function()
       end
     end)
 
+    it("has join_thread and cancel_join_thread, which do nothing, as "
+       .. "there is no feeder thread", function()
+      for _, q in ipairs{mp.Queue(), mp.JoinableQueue()} do
+        q:put("kept")
+        assert.are.equal(0, select("#", q:cancel_join_thread()))
+        assert.are.equal(0, select("#", q:join_thread()))
+        assert.are.equal("kept", q:get())
+        local ok, err = pcall(q.join_thread, {})
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to 'join_thread'", err)
+        q:close()
+      end
+    end)
+
     it("keeps a positive maxsize", function()
       assert.are.equal(3, mp.Queue(3):maxsize())
       assert.are.equal(1, mp.Queue(1):maxsize())
