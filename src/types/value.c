@@ -390,6 +390,16 @@ static int val_get_lock(lua_State *L) {
   return 1;
 }
 
+/* get_obj() -> the Value or Array itself.  Python's synchronized wrapper
+ * gives its raw object; here each element is read and written atomically
+ * through the handle already, and the lock is only for compound steps, so
+ * the raw object is the same one. */
+static int val_get_obj(lua_State *L) {
+  checkval(L);
+  lua_settop(L, 1);
+  return 1;
+}
+
 /* The element add/cas act on: a Value's only one, or the Array's i-th
  * (argument 2, shifting the rest by one). */
 static int target(lua_State *L, shval *v, int *arg) {
@@ -462,7 +472,8 @@ static int val_tostring(lua_State *L) {
 static const luaL_Reg val_meth[] = {
   {"totable", val_totable}, {"get_lock", val_get_lock},
   {"add", val_add},         {"cas", val_cas},
-  {"raw", val_raw},         {NULL, NULL}
+  {"raw", val_raw},         {"get_obj", val_get_obj},
+  {NULL, NULL}
 };
 
 static const luaL_Reg val_metameth[] = {

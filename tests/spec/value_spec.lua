@@ -302,6 +302,19 @@ describe("Value", function()
         tostring(mp.Value('i'):get_lock()))
     end)
 
+    it("has get_obj, which gives the Value or Array itself", function()
+      local v, a = mp.Value('i', 3), mp.Array('d', {1.5, 2.5})
+      assert.is_true(rawequal(v, v:get_obj()))
+      assert.is_true(rawequal(a, a:get_obj()))
+      v:get_obj().value = 4
+      assert.are.equal(4, v.value)
+      assert.are.equal(2.5, a:get_obj()[2])
+      assert.matches("bad argument #1 to 'get_obj'",
+                     errmsg(function() return v.get_obj({}) end))
+      v:close()
+      assert.matches("closed", errmsg(function() return v:get_obj() end))
+    end)
+
     it("raises for a Value made without a lock", function()
       local want = "this Value has no lock (it was made without one)"
       assert.are.equal(want, errmsg(function()
