@@ -688,11 +688,19 @@ static void update(lua_State *L, dict *d, lmp_bufhandle *h, int t) {
   }
 }
 
-/* update(t) */
+static const lmp_class dict_class;
+
+/* update(t or Dict): a Dict's pairs are those of a snapshot of it */
 static int dict_update(lua_State *L) {
   lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  if (lmp_classof(L, 2) == &dict_class) {
+    lua_getfield(L, 2, "totable"); /* the method, with its upvalues */
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    lua_replace(L, 2);
+  }
+  luaL_argexpected(L, lua_type(L, 2) == LUA_TTABLE, 2, "table or Dict");
   update(L, d, h, 2);
   return 0;
 }

@@ -281,11 +281,20 @@ static void extend(lua_State *L, list *l, lmp_bufhandle *h, int t) {
   }
 }
 
-/* extend(t): appends t[1] .. t[#t] (t.n if it has one) */
+static const lmp_class list_class;
+
+/* extend(t or List): appends t[1] .. t[#t] (t.n if it has one); a List's
+ * items are those of a snapshot of it, so l:extend(l) doubles l */
 static int list_extend(lua_State *L) {
   lmp_bufhandle *h;
   list *l = checklist(L, &h);
-  luaL_checktype(L, 2, LUA_TTABLE);
+  if (lmp_classof(L, 2) == &list_class) {
+    lua_getfield(L, 2, "totable"); /* the method, with its upvalues */
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    lua_replace(L, 2);
+  }
+  luaL_argexpected(L, lua_type(L, 2) == LUA_TTABLE, 2, "table or List");
   extend(L, l, h, 2);
   return 0;
 }

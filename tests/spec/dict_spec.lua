@@ -471,12 +471,27 @@ describe("Dict", function()
       d:close()
     end)
 
-    it("wants a table", function()
+    it("stores every pair of another Dict, or of itself", function()
+      local d, o = mp.Dict{a = 1, b = 2}, mp.Dict{b = "two", c = {3}}
+      d:update(o)
+      assert.are.same({a = 1, b = "two", c = {3}}, d:totable())
+      assert.are.same({b = "two", c = {3}}, o:totable())
+      d:update(d)
+      assert.are.same({a = 1, b = "two", c = {3}}, d:totable())
+      d:close()
+      o:close()
+    end)
+
+    it("wants a table or a Dict", function()
       local d = mp.Dict()
       assert.has_error(function() d:update(5) end,
-        "bad argument #1 to 'update' (table expected, got number)")
+        "bad argument #1 to 'update' (table or Dict expected, got number)")
       assert.has_error(function() d:update() end,
-        "bad argument #1 to 'update' (table expected, got no value)")
+        "bad argument #1 to 'update' (table or Dict expected, got no value)")
+      local l = mp.List{1}
+      assert.has_error(function() d:update(l) end,
+        "bad argument #1 to 'update' (table or Dict expected, got luamp.List)")
+      l:close()
       d:close()
     end)
   end)

@@ -224,8 +224,23 @@ describe("List", function()
       l:extend{}
       assert.are.same({0, 1, 2, 3, nil, n = 5}, l:totable())
       assert.has_error(function() l:extend(5) end,
-        "bad argument #1 to 'extend' (table expected, got number)")
+        "bad argument #1 to 'extend' (table or List expected, got number)")
+      local d = mp.Dict()
+      assert.has_error(function() l:extend(d) end,
+        "bad argument #1 to 'extend' (table or List expected, got luamp.Dict)")
+      d:close()
       l:close()
+    end)
+
+    it("extend adds the items of another List, or of itself", function()
+      local l, o = mp.List{0}, mp.List{1, {2}}
+      l:extend(o)
+      assert.are.same({0, 1, {2}, n = 3}, l:totable())
+      l:extend(l)
+      assert.are.same({0, 1, {2}, 0, 1, {2}, n = 6}, l:totable())
+      assert.are.same({1, {2}, n = 2}, o:totable())
+      l:close()
+      o:close()
     end)
   end)
 
