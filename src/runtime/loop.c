@@ -333,12 +333,19 @@ int lmp_raise_errno(lua_State *L, int rc, const char *what) {
 #define cpu_relax() __asm__ __volatile__("" ::: "memory")
 #endif
 
-int lmp_spin(lmp_ready_fn ready, void *ud, int rounds) {
-  int i;
+#define SPIN_MIN 16 /* rounds a spin keeps however often spins fail */
+
+int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max) {
+  int i, rounds = s->rounds > 0 ? s->rounds : max;
+  if (rounds > max) rounds = max;
   for (i = 0; i < rounds; i++) {
-    if (ready(ud)) return 1;
+    if (ready(ud)) {
+      s->rounds = rounds < max / 2 ? 2 * rounds : max;
+      return 1;
+    }
     cpu_relax();
   }
+  s->rounds = rounds / 2 > SPIN_MIN ? rounds / 2 : SPIN_MIN;
   return 0;
 }
 

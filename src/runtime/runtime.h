@@ -97,12 +97,21 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
 int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
                  lmp_ready_fn ready, void *ud, double deadline);
 
-/* Checks ready(ud) up to `rounds` times, pausing the core between checks
+/* Checks ready(ud) a number of times, pausing the core between checks
  * (for a condition another core is about to make true): 1 once it holds,
- * 0 if it never did.  Never sleeps. */
+ * 0 if it never did.  Never sleeps.  How many times adapts, per process
+ * and per kind of wait (an lmp_spinner, zero-initialised, of the caller's):
+ * a spin that succeeds lets the next one go on longer, up to `max`; one
+ * that fails halves the next, down to a few rounds.  So a peer running on
+ * another core is waited for without a sleep, and when the peer cannot
+ * run meanwhile (more runnable processes than cores) little time is
+ * spent spinning for it. */
+typedef struct lmp_spinner {
+  int rounds; /* the next spin's; 0: not yet set */
+} lmp_spinner;
 #define LMP_SPIN_QUEUE 4000 /* a producer or consumer mid-message */
 #define LMP_SPIN_LOCK 200   /* a holder mid-section */
-int lmp_spin(lmp_ready_fn ready, void *ud, int rounds);
+int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max);
 
 /* The Lua work this process does while it waits: fn(), called in the
  * waiting state after each wake-up (a Pool's result collection).  Kept in

@@ -75,6 +75,7 @@ static int free_and_taken(void *ud) {
 }
 
 int lmp_lock_acquire(lua_State *L, lmp_lock *l, double deadline, int *died) {
+  static lmp_spinner spinner; /* this process's, for every lock */
   acq a;
   int rc = 0;
   *died = 0;
@@ -94,7 +95,7 @@ int lmp_lock_acquire(lua_State *L, lmp_lock *l, double deadline, int *died) {
     if (!try_take(&a)) return 0;
     goto got;
   }
-  if (lmp_spin(free_and_taken, &a, LMP_SPIN_LOCK)) goto got;
+  if (lmp_spin(free_and_taken, &a, &spinner, LMP_SPIN_LOCK)) goto got;
   atomic_fetch_add(&l->nwait, 1);
   for (;;) {
     double until = lmp_now() + DEATH_CHECK;
