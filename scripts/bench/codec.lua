@@ -1,6 +1,7 @@
 -- codec.lua -- the codec's cost on a typical small message: encode+decode
 -- round trips of one record, as every queue put/get and pipe send/recv
--- pays it.
+-- pays it.  From Lua the encoder is reached through core.message, which
+-- also makes the Message value (one userdata) that holds the bytes.
 -- Prints: roundtrip <M round trips/s> M/s, roundtrip_ns <ns> ns, and the
 -- two halves, encode_ns and decode_ns.
 -- Usage: luamp codec.lua [N=1000000]
@@ -9,7 +10,7 @@ require "luamp"
 local core = require "luamp.core"
 local clock = require("luamp").monotonic
 
-local encode, decode = core.encode, core.decode
+local encode, decode = core.message, core.decode
 local N = tonumber(arg and arg[1]) or 1000000
 local rec = {id = 12345, name = "alpha", score = 3.5,
              tags = {"a", "b", "c"}, ok = true}
