@@ -284,9 +284,21 @@ void lmp_heap_stats(lmp_arena_stats *st);
 
 /* A robust, process-shared mutex, and locking one: 1 if its last owner
  * died holding it (it is then consistent again, and the caller repairs
- * what it guards), else 0. */
+ * what it guards), else 0.  A lock held by another process is spun on
+ * for a few hundred nanoseconds before the caller sleeps in the kernel:
+ * the sections these mutexes guard are that short, and a sleep costs a
+ * futex wait here and a futex wake in the holder's unlock. */
 void lmp_robust_init(pthread_mutex_t *mu);
 int lmp_robust_lock(pthread_mutex_t *mu);
+
+/* The pause of a spin loop: tells the core a spin is what it runs. */
+#if defined(__x86_64__) || defined(__i386__)
+#define lmp_cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__) || defined(__arm__)
+#define lmp_cpu_relax() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define lmp_cpu_relax() __asm__ __volatile__("" ::: "memory")
+#endif
 
 /* family.c serves safe.c: the hooks of an object's type (NULL when none
  * are registered), and the end of a dead process's slot once its pending

@@ -126,8 +126,15 @@ void lmp_robust_init(pthread_mutex_t *mu) {
   pthread_mutexattr_destroy(&ma);
 }
 
+#define LOCK_SPIN 256 /* trylocks before sleeping */
+
 int lmp_robust_lock(pthread_mutex_t *mu) {
-  if (pthread_mutex_lock(mu) == EOWNERDEAD) {
+  int i, rc;
+  /* A failed trylock reads the lock word and writes nothing. */
+  for (i = 0; (rc = pthread_mutex_trylock(mu)) == EBUSY && i < LOCK_SPIN; i++)
+    lmp_cpu_relax();
+  if (rc == EBUSY) rc = pthread_mutex_lock(mu);
+  if (rc == EOWNERDEAD) {
     pthread_mutex_consistent(mu);
     return 1;
   }

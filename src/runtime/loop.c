@@ -325,14 +325,6 @@ int lmp_raise_errno(lua_State *L, int rc, const char *what) {
   return luaL_error(L, "%s: %s", what, strerror(-rc));
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__) || defined(__arm__)
-#define cpu_relax() __asm__ __volatile__("yield" ::: "memory")
-#else
-#define cpu_relax() __asm__ __volatile__("" ::: "memory")
-#endif
-
 #define SPIN_MIN 16 /* rounds a spin keeps however often spins fail */
 
 int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max) {
@@ -343,7 +335,7 @@ int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max) {
       s->rounds = rounds < max / 2 ? 2 * rounds : max;
       return 1;
     }
-    cpu_relax();
+    lmp_cpu_relax();
   }
   s->rounds = rounds / 2 > SPIN_MIN ? rounds / 2 : SPIN_MIN;
   return 0;
