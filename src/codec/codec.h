@@ -179,8 +179,10 @@ void lmp_bufhandle_bind(lua_State *L, lmp_obj *o);
  * "cannot send <root><path>: <reason>" when the value (or anything it
  * reaches) cannot cross a process boundary; `root` names the value in that
  * message ("value", "args").  Each luamp object reached gains a reference
- * owned by the message (see lmp_msg_release). */
-void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
+ * owned by the message (see lmp_msg_release); returns how many there
+ * are, so that a carrier can mark a message that names none and take it
+ * back without walking it. */
+size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
 
 /* As lmp_encode, but the message takes no references: returns how many
  * objects it names.  lmp_msg_retain_counted then takes them, counting each

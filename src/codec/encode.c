@@ -903,6 +903,18 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg) {
   enc e;
   char local[LOCALBUF];
+  if (b != NULL && slice == NULL) {
+    int t = lua_type(L, idx);
+    if (t == LUA_TNUMBER || t == LUA_TSTRING || t == LUA_TBOOLEAN ||
+        t == LUA_TNIL) { /* a scalar alone needs no stack and no tables */
+      e.L = L;
+      e.b = b;
+      e.rope = -1;
+      putbyte(&e, LMP_CODEC_VERSION);
+      encany(&e, idx, t);
+      return 0;
+    }
+  }
   idx = lua_absindex(L, idx);
   if (!lua_checkstack(L, LMP_CODEC_ENTRYSTACK))
     lmp_codec_raise(L, "stack overflow");
@@ -951,11 +963,11 @@ static void retain(lmp_obj *o, void *ud) {
   lmp_obj_incref(o);
 }
 
-void lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  size_t start = b->len;
+size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
+  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0);
   /* Only now that nothing can fail does the message own its objects. */
-  if (encode(L, idx, root, b, NULL, 0) > 0)
-    lmp_msg_walk(b->data + start, b->len - start, retain, NULL);
+  if (nobj > 0) lmp_msg_walk(b->data + start, b->len - start, retain, NULL);
+  return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {

@@ -16,6 +16,10 @@
  *
  *   u32 length | u32 flags | payload, padded to 8 bytes
  *
+ * A message that names no shared object is marked PLAIN: a get decodes it
+ * without a protected call, as there are no references to drop should the
+ * decoding fail.
+ *
  * A record never wraps: where one would not fit before the end of the data
  * a PAD record fills the rest and the message starts again at 0.  Messages
  * larger than INLINE_MAX live out of line in their own block; the record's
@@ -43,6 +47,7 @@
 #define INLINE_MAX ((size_t)16 << 10)
 #define F_PAD 1u
 #define F_OUTLINE 2u
+#define F_PLAIN 4u /* the message names no shared object */
 #define MSG_MAGIC 0x67736d706d6cull /* "lmpmsg": an out-of-line block */
 
 enum { K_QUEUE, K_JOINABLE, K_SIMPLE };
@@ -119,8 +124,10 @@ static int grow(queue *q, uint64_t need) {
 }
 
 /* Appends a record; the caller holds the lock.  `outline` is the offset of
- * an out-of-line block (len is then the message length).  -ENOMEM. */
-static int append(queue *q, const char *p, size_t len, lmp_off outline) {
+ * an out-of-line block (len is then the message length); `plain` adds
+ * F_PLAIN.  -ENOMEM. */
+static int append(queue *q, const char *p, size_t len, lmp_off outline,
+                  unsigned plain) {
   uint64_t plen = outline ? sizeof(lmp_off) : len;
   uint64_t need = sizeof(rec) + pad8(plen);
   ring *r = RING(q);
@@ -143,7 +150,7 @@ static int append(queue *q, const char *p, size_t len, lmp_off outline) {
   }
   h = (rec *)(r->data + idx);
   h->len = (uint32_t)(outline ? (len > UINT32_MAX ? UINT32_MAX : len) : len);
-  h->flags = outline ? F_OUTLINE : 0;
+  h->flags = (outline ? F_OUTLINE : 0) | plain;
   if (outline) memcpy(h + 1, &outline, sizeof outline);
   else memcpy(h + 1, p, len);
   atomic_thread_fence(memory_order_release);
@@ -264,10 +271,10 @@ static void notify_put(queue *q) {
   if (atomic_load(&q->putters) > 0) lmp_futex_bump(&q->put_seq, 1);
 }
 
-/* Puts one encoded message.  0, -EAGAIN (full at the deadline), -EINTR,
- * -ENOMEM (arena exhausted). */
+/* Puts one encoded message that names nobj objects.  0, -EAGAIN (full at
+ * the deadline), -EINTR, -ENOMEM (arena exhausted). */
 static int qput(lua_State *L, queue *q, const char *p, size_t len,
-                double deadline) {
+                size_t nobj, double deadline) {
   uint64_t *blk = NULL;
   int rc;
   if (len > INLINE_MAX) {
@@ -287,7 +294,7 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
       return rc < 0 ? rc : -EAGAIN;
     }
   }
-  rc = append(q, p, len, blk ? LMP_OFF(blk) : 0);
+  rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, nobj == 0 ? F_PLAIN : 0);
   if (rc == 0) {
     atomic_fetch_add(&q->count, 1);
     if (q->h.kind == K_JOINABLE) q->unfinished++;
@@ -303,10 +310,11 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
 
 /* Takes the oldest message: inline ones are copied into b, out-of-line
  * ones are handed over in *blk, registered as LMP_PEND_OUT (the caller
- * decodes and frees it: lmp_take_decode).  0, -EAGAIN (empty at the
- * deadline), -EINTR, -ECANCELED, -ENOMEM. */
+ * decodes and frees it: lmp_take_decode); *plain says whether it names no
+ * object.  0, -EAGAIN (empty at the deadline), -EINTR, -ECANCELED,
+ * -ENOMEM. */
 static int qget(lua_State *L, queue *q, lmp_buf *b, uint64_t **blk,
-                double deadline) {
+                int *plain, double deadline) {
   ring *r;
   rec *h;
   int rc;
@@ -338,6 +346,7 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, uint64_t **blk,
     memcpy(b->data, h + 1, h->len);
     b->len = h->len;
   }
+  *plain = (h->flags & F_PLAIN) != 0;
   r->head += sizeof(rec) + pad8(payload_len(h)); /* the commit */
   atomic_fetch_sub(&q->count, 1);
   qunlock(q);
@@ -389,8 +398,8 @@ static int queue_put(lua_State *L) {
   luaL_checkany(L, 2);
   deadline = lmp_block_deadline(L, 3);
   h->buf->len = 0;
-  lmp_encode(L, 2, "value", h->buf);
-  rc = qput(L, q, h->buf->data, h->buf->len, deadline);
+  rc = qput(L, q, h->buf->data, h->buf->len, lmp_encode(L, 2, "value", h->buf),
+            deadline);
   if (rc < 0) lmp_msg_release(h->buf->data, h->buf->len);
   if (rc < 0) return fail(L, rc, h->buf->len, "Full", "queue is full");
   return 0;
@@ -406,10 +415,12 @@ static int queue_put_nowait(lua_State *L) {
  * returns 0, or rc < 0 with nothing pushed. */
 static int take(lua_State *L, queue *q, lmp_bufhandle *h, double deadline) {
   uint64_t *blk;
-  int rc = qget(L, q, h->buf, &blk, deadline);
+  int plain, rc = qget(L, q, h->buf, &blk, &plain, deadline);
   if (rc < 0) return rc;
   if (blk != NULL) /* decode straight from the block, then free it */
     lmp_take_decode(L, (const char *)(blk + 2), (size_t)blk[1], blk, NULL);
+  else if (plain) /* nothing to let go of if it fails */
+    lmp_decode(L, h->buf->data, h->buf->len);
   else
     lmp_take_decode(L, h->buf->data, h->buf->len, NULL, NULL);
   return 0;
