@@ -304,16 +304,21 @@ static void make_free(lmp_off off, uint64_t size) {
   bin_insert(off);
 }
 
-/* A large free block: keep its pages while within budget (the budget is
- * a running estimate: reuse of any large block counts against it), else
- * say which pages to drop once the operation is committed (dropping them
- * earlier could not be undone). */
-static int give_back(lmp_off off, uint64_t size, uintptr_t drop[2]) {
+/* A large free block of `size` bytes, `own` of them just freed and the
+ * rest its free neighbours': keep its pages while within budget (the
+ * budget is a running estimate: reuse of any large block counts against
+ * it; the neighbours were counted when they were freed), else say which
+ * pages to drop once the operation is committed (dropping them earlier
+ * could not be undone), the neighbours' kept pages with them. */
+static int give_back(lmp_off off, uint64_t size, uint64_t own,
+                     uintptr_t drop[2]) {
   uint64_t budget = H->size / 4 < RETAIN_MAX ? H->size / 4 : RETAIN_MAX;
-  if (H->retained + size <= budget) {
-    SET(H->retained, H->retained + size);
+  if (H->retained + own <= budget) {
+    SET(H->retained, H->retained + own);
     return 0;
   }
+  SET(H->retained, H->retained - (size - own < H->retained ? size - own
+                                                            : H->retained));
   /* Keep the tag and list links; drop the pages behind them. */
   drop[0] = ((uintptr_t)(lmp_base + off) + sizeof(block) + 4095) &
             ~(uintptr_t)4095;
@@ -407,14 +412,14 @@ void *lmp_calloc(size_t n) {
  * the word at offset clear (a pending entry), as one operation; the caller
  * holds the heap lock and has begun no operation. */
 static void free_locked(lmp_off off, lmp_off clear) {
-  uint64_t size;
+  uint64_t size, own;
   uintptr_t drop[2];
   int dropping = 0;
   block *b;
   op_begin(OP_FREE, off, clear);
   if (clear != 0) SET(*(uint64_t *)LMP_PTR(clear), 0);
   b = BLK(off);
-  size = BSIZE(b);
+  size = own = BSIZE(b);
   SET(H->used, H->used - size);
   SET(H->blocks, H->blocks - 1);
   if (!(b->head & F_PREV)) { /* merge with the free block before */
@@ -431,7 +436,7 @@ static void free_locked(lmp_off off, lmp_off clear) {
       size += BSIZE(nb);
     }
   }
-  if (size >= BIG_FREE) dropping = give_back(off, size, drop);
+  if (size >= BIG_FREE) dropping = give_back(off, size, own, drop);
   if (off + size == H->top) { /* the block ends at top: lower top */
     SET(H->top, off);
     SET(b->head, b->head & F_PREV);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -270,12 +271,47 @@ static void test_killed_in_the_middle(void) {
   check_heap("after the kills");
 }
 
+/* Does every page of [p, p+n) have its memory?  (Pages given back to the
+ * kernel have none until touched again.) */
+static int resident(const char *p, size_t n) {
+  uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+  uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)4095;
+  static unsigned char vec[(8u << 20) / 4096];
+  size_t i, pages = (b - a) / 4096;
+  if (pages > sizeof vec || mincore((void *)a, b - a, vec) < 0) return -1;
+  for (i = 0; i < pages; i++)
+    if (!(vec[i] & 1)) return 0;
+  return 1;
+}
+
+/* Large freed blocks keep their pages within the budget (a quarter of a
+ * 64 MiB arena): three neighbours freed one after another merge into one
+ * free block, and the budget counts each once, not the merged block
+ * again at every merge. */
+static void test_large_keep_pages(void) {
+  enum { MB4 = 4u << 20 };
+  char *a = lmp_alloc(MB4), *b = lmp_alloc(MB4), *c = lmp_alloc(MB4);
+  char *fence = lmp_alloc(64); /* so that c does not end at the top */
+  ASSERT_TRUE(a != NULL && b != NULL && c != NULL && fence != NULL);
+  memset(a, 1, MB4);
+  memset(b, 2, MB4);
+  memset(c, 3, MB4);
+  lmp_free(a);
+  lmp_free(b);
+  lmp_free(c);
+  ASSERT_EQ(resident(a + 4096, MB4 - 8192), 1);
+  ASSERT_EQ(resident(c + 4096, MB4 - 8192), 1);
+  lmp_free(fence);
+  check_heap("after the large blocks");
+}
+
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_parse_size),    CHECK(test_patterns),
     CHECK(test_exhaustion),    CHECK(test_concurrent),
     CHECK(test_killed_holder), CHECK(test_hold_table),
-    CHECK(test_heap_whole),    CHECK(test_killed_in_the_middle),
+    CHECK(test_heap_whole),    CHECK(test_large_keep_pages),
+    CHECK(test_killed_in_the_middle),
   };
   int rc = lmp_arena_init(64u << 20);
   if (rc < 0) {
