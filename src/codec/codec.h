@@ -195,6 +195,26 @@ void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count);
 void lmp_msg_release_counted(const char *p, size_t n, uint64_t count);
 
+/* A message in pieces, for a carrier that copies it once to where it is
+ * going: the encoder's bytes are in b, with a gap at each gaps[i] where the
+ * string strs[i] (lens[i] bytes, at least LMP_PIECES_MIN) belongs; total
+ * is the whole message's length.  lmp_encode_pieces encodes as
+ * lmp_encode_bare (the message takes no references yet) and pushes one
+ * value that keeps the strings alive: pop it once lmp_pieces_copy has
+ * written the message out.  A message with no gap is b alone. */
+#define LMP_PIECES_MIN ((size_t)16 << 10)
+#define LMP_PIECES_MAX 16
+typedef struct lmp_pieces {
+  int n;
+  size_t total;
+  size_t gaps[LMP_PIECES_MAX];
+  const char *strs[LMP_PIECES_MAX];
+  size_t lens[LMP_PIECES_MAX];
+} lmp_pieces;
+size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
+                         lmp_pieces *pc);
+void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst);
+
 /* One number as a whole message, for Dict.incr: lmp_msg_number returns
  * 1 (integer in *i), 2 (float in *f) or 0 (not just a number);
  * lmp_msg_put_number writes one into out (16 bytes) and returns its
@@ -252,8 +272,10 @@ int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *, void *),
                  void *ud);
 
 /* Drops the references a message holds on luamp objects.  Call once per
- * encoded message that is consumed or discarded.  Never raises. */
+ * encoded message that is consumed or discarded; lmp_msg_retain takes
+ * them, for a message encoded bare.  Never raise. */
 void lmp_msg_release(const char *p, size_t n);
+void lmp_msg_retain(const char *p, size_t n);
 
 /* The MAC of a function's bytecode (SipHash-2-4 under the family's key),
  * or 0 with *ok cleared when there is no arena and so no key. */

@@ -22,8 +22,8 @@ static const char DUMPS_KEY = 'd'; /* registry: function -> len, MAC, dump */
  * first ROPEMAX of them and fills the gaps as lua_concat builds the result,
  * so that their bytes are copied once, straight into the message. */
 #define LOCALBUF 1024
-#define ROPEMIN ((size_t)16 << 10)
-#define ROPEMAX 16
+#define ROPEMIN LMP_PIECES_MIN
+#define ROPEMAX LMP_PIECES_MAX
 
 /* ------------------------------------------------------------ encoding */
 
@@ -57,7 +57,7 @@ typedef struct enc {
   const void *globals; /* the globals table, NULL until needed */
   int slot; /* stack: slot = scratch memory, +1 names cache, +2 dumps,
              * +3 the buffer encode() moves to, +4 the gap strings */
-  int rope;  /* gaps made so far, or -1 when b is the caller's */
+  int rope;  /* gaps made so far, or -1 when there are to be none */
   size_t gaps[ROPEMAX]; /* where each gap is in b */
   int depth;  /* tables and functions entered */
   int rebuilt; /* the names cache was built during this call */
@@ -893,17 +893,34 @@ static void pushmsg(enc *e) {
   lua_concat(L, 2 * e->rope + 1);
 }
 
+/* Describes the gaps left in b for pc, and leaves at e->slot what keeps
+ * their strings alive. */
+static void pieces(enc *e, lmp_pieces *pc) {
+  lua_State *L = e->L;
+  int i;
+  pc->n = e->rope;
+  pc->total = e->b->len;
+  for (i = 0; i < e->rope; i++) {
+    lua_rawgeti(L, e->slot + 4, i + 1);
+    pc->gaps[i] = e->gaps[i];
+    pc->strs[i] = lua_tolstring(L, -1, &pc->lens[i]);
+    pc->total += pc->lens[i];
+    lua_pop(L, 1); /* the table keeps it */
+  }
+  lua_copy(L, e->slot + 4, e->slot);
+}
+
 /* Appends the encoding of the value at idx to b and returns how many
  * objects it names, whose references the caller takes or does not.  With
  * b NULL it pushes the message as a string instead, or, with asmsg, as a
- * Message.  With slice, the value
- * at idx is a table of which only slice[1] items from index slice[0] are
- * written (encslice). */
+ * Message.  With pc, long strings are left out of b (see lmp_pieces), and
+ * what keeps them is pushed.  With slice, the value at idx is a table of
+ * which only slice[1] items from index slice[0] are written (encslice). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
-                     const lua_Integer *slice, int asmsg) {
+                     const lua_Integer *slice, int asmsg, lmp_pieces *pc) {
   enc e;
   char local[LOCALBUF];
-  if (b != NULL && slice == NULL) {
+  if (b != NULL && slice == NULL && pc == NULL) {
     int t = lua_type(L, idx);
     if (t == LUA_TNUMBER || t == LUA_TSTRING || t == LUA_TBOOLEAN ||
         t == LUA_TNIL) { /* a scalar alone needs no stack and no tables */
@@ -923,7 +940,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.local.len = 0;
   e.local.cap = sizeof local;
   e.b = b ? b : &e.local;
-  e.rope = b || asmsg ? -1 : 0;
+  e.rope = (b != NULL && pc == NULL) || asmsg ? -1 : 0;
   e.root = root ? root : "value";
   e.globals = NULL;
   e.depth = e.rebuilt = 0;
@@ -941,7 +958,10 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
     encslice(&e, idx, slice[0], slice[1]);
   else
     encvalue(&e, idx);
-  if (b != NULL) {
+  if (pc != NULL) {
+    pieces(&e, pc);
+    lua_settop(L, e.slot);
+  } else if (b != NULL) {
     lua_settop(L, e.slot - 1);
   } else if (asmsg) { /* a Message of the bytes, wherever they are */
     lmp_msg_push(L, e.b->data, e.b->len, e.nobj);
@@ -958,20 +978,33 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   return e.nobj;
 }
 
-static void retain(lmp_obj *o, void *ud) {
-  (void)ud;
-  lmp_obj_incref(o);
-}
-
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0);
+  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0, NULL);
   /* Only now that nothing can fail does the message own its objects. */
-  if (nobj > 0) lmp_msg_walk(b->data + start, b->len - start, retain, NULL);
+  if (nobj > 0) lmp_msg_retain(b->data + start, b->len - start);
   return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0);
+  return encode(L, idx, root, b, NULL, 0, NULL);
+}
+
+size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
+                         lmp_pieces *pc) {
+  return encode(L, idx, root, b, NULL, 0, pc);
+}
+
+void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
+  size_t at = 0;
+  int i;
+  for (i = 0; i < pc->n; i++) {
+    memcpy(dst, b->data + at, pc->gaps[i] - at);
+    dst += pc->gaps[i] - at;
+    memcpy(dst, pc->strs[i], pc->lens[i]);
+    dst += pc->lens[i];
+    at = pc->gaps[i];
+  }
+  memcpy(dst, b->data + at, b->len - at);
 }
 
 /* ------------------------------------------------------------ bindings */
@@ -980,7 +1013,7 @@ size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL);
   return 1;
 }
 
@@ -1005,13 +1038,13 @@ static void checkslice(lua_State *L, lua_Integer slice[2]) {
 int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
-  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0);
+  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
 static int message(lua_State *L, const char *root, const lua_Integer *slice) {
-  encode(L, 1, root, NULL, slice, 1);
+  encode(L, 1, root, NULL, slice, 1, NULL);
   return 1;
 }
 

@@ -137,6 +137,15 @@ void lmp_msg_release(const char *p, size_t n) {
   lmp_msg_walk(p, n, release_one, NULL);
 }
 
+static void retain_plain(lmp_obj *o, void *ud) {
+  (void)ud;
+  lmp_obj_incref(o);
+}
+
+void lmp_msg_retain(const char *p, size_t n) {
+  lmp_msg_walk(p, n, retain_plain, NULL);
+}
+
 /*
  * Counted references: a message stored in a shared structure (a dict's
  * entry, a list's item) takes its references after it is there, and

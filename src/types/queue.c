@@ -271,30 +271,21 @@ static void notify_put(queue *q) {
   if (atomic_load(&q->putters) > 0) lmp_futex_bump(&q->put_seq, 1);
 }
 
-/* Puts one encoded message that names nobj objects.  0, -EAGAIN (full at
- * the deadline), -EINTR, -ENOMEM (arena exhausted). */
+/* Puts one message of len bytes: inline from p, or out of line in blk
+ * (pending LMP_PEND_IN; on failure the caller still has it); `plain` is
+ * F_PLAIN or 0.  0, -EAGAIN (full at the deadline), -EINTR, -ENOMEM
+ * (arena exhausted). */
 static int qput(lua_State *L, queue *q, const char *p, size_t len,
-                size_t nobj, double deadline) {
-  uint64_t *blk = NULL;
+                uint64_t *blk, unsigned plain, double deadline) {
   int rc;
-  if (len > INLINE_MAX) {
-    blk = lmp_alloc_pending(&q->h, 2 * sizeof(uint64_t) + len, LMP_PEND_IN);
-    if (blk == NULL) return -ENOMEM;
-    blk[0] = MSG_MAGIC;
-    blk[1] = len;
-    memcpy(blk + 2, p, len);
-  }
   for (;;) {
     qlock(q);
     if (has_room(q)) break;
     qunlock(q);
     rc = qwait(L, q, &q->put_seq, &q->putters, has_room, deadline);
-    if (rc <= 0) {
-      lmp_free_pending(blk, LMP_PEND_IN);
-      return rc < 0 ? rc : -EAGAIN;
-    }
+    if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
-  rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, nobj == 0 ? F_PLAIN : 0);
+  rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, plain);
   if (rc == 0) {
     atomic_fetch_add(&q->count, 1);
     if (q->h.kind == K_JOINABLE) q->unfinished++;
@@ -303,7 +294,6 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
    * the block, so the reaper must not find it registered as ours then. */
   if (blk != NULL && rc == 0) lmp_pending_clear(LMP_PEND_IN);
   qunlock(q);
-  if (rc < 0) lmp_free_pending(blk, LMP_PEND_IN);
   if (rc == 0) notify_get(q);
   return rc;
 }
@@ -389,19 +379,43 @@ static int fail(lua_State *L, int rc, size_t want, const char *etype,
   return lmp_raise_errno(L, rc, "queue");
 }
 
-/* put(v, [block], [timeout]): raises Full when it cannot. */
+/* put(v, [block], [timeout]): raises Full when it cannot.  A message
+ * too large to sit in the ring is encoded in pieces, its long strings
+ * copied once, straight into its own block. */
 static int queue_put(lua_State *L) {
   lmp_bufhandle *h;
   queue *q = checkq(L, &h);
+  lmp_pieces pc;
+  uint64_t *blk = NULL;
+  const char *p;
   double deadline;
+  size_t nobj;
   int rc;
   luaL_checkany(L, 2);
   deadline = lmp_block_deadline(L, 3);
   h->buf->len = 0;
-  rc = qput(L, q, h->buf->data, h->buf->len, lmp_encode(L, 2, "value", h->buf),
-            deadline);
-  if (rc < 0) lmp_msg_release(h->buf->data, h->buf->len);
-  if (rc < 0) return fail(L, rc, h->buf->len, "Full", "queue is full");
+  nobj = lmp_encode_pieces(L, 2, "value", h->buf, &pc);
+  p = h->buf->data; /* with no gap: a gap's string alone passes INLINE_MAX */
+  if (pc.total > INLINE_MAX) {
+    blk = lmp_alloc_pending(&q->h, 2 * sizeof(uint64_t) + pc.total,
+                            LMP_PEND_IN);
+    if (blk == NULL) return fail(L, -ENOMEM, pc.total, "Full", "");
+    blk[1] = pc.total;
+    lmp_pieces_copy(&pc, h->buf, (char *)(blk + 2));
+    p = (const char *)(blk + 2);
+  }
+  lua_pop(L, 1); /* what kept the pieces */
+  /* The message owns its objects from here on; a reaper releases those of
+   * a block only once the block says it is a message. */
+  if (nobj > 0) lmp_msg_retain(p, pc.total);
+  if (blk != NULL) blk[0] = MSG_MAGIC;
+  rc = qput(L, q, p, pc.total, blk, nobj == 0 ? F_PLAIN : 0, deadline);
+  if (rc < 0) {
+    if (blk != NULL) blk[0] = 0; /* a kill now leaks rather than drops twice */
+    if (nobj > 0) lmp_msg_release(p, pc.total);
+    lmp_free_pending(blk, LMP_PEND_IN);
+    return fail(L, rc, pc.total, "Full", "queue is full");
+  }
   return 0;
 }
 

@@ -668,6 +668,44 @@ describe("Queue", function()
       assert.is_true(s == got)
     end)
 
+    it("keeps long strings, the values between them and shared objects "
+       .. "in their places", function()
+      collectgarbage()
+      local before = mp.stats()
+      local q, res, d = mp.Queue(1), mp.Queue(), mp.Dict{k = "v"}
+      local a, b = ("a"):rep(20000) .. "1", ("b"):rep(300000) .. "2"
+      local msg = {a, 7, {b, d, "small"}, a, x = b}
+      local p = spawn(function()
+        q:put(msg)
+        -- the queue is full: this one times out and lets go of d
+        local ok, e = pcall(q.put, q, {b, d}, true, 0.05)
+        res:put(not ok and type(e) == "table" and e.type == "Full"
+                or tostring(e))
+      end)
+      assert.is_true(res:get(true, 10))
+      local got = q:get(true, 10)
+      assert.are.equal(a, got[1])
+      assert.are.equal(7, got[2])
+      assert.are.equal(b, got[3][1])
+      assert.is_true(got[3][2] == d)
+      assert.are.equal("v", got[3][2].k)
+      assert.are.equal("small", got[3][3])
+      assert.are.equal(a, got[4])
+      assert.are.equal(b, got.x)
+      finish(p)
+      assert.is_true(q:empty())
+      got = nil
+      msg = nil
+      d:close()
+      q:close()
+      res:close()
+      collectgarbage()
+      collectgarbage()
+      local after = mp.stats()
+      assert.are.equal(before.objects, after.objects)
+      assert.are.equal(before.arena_blocks, after.arena_blocks)
+    end)
+
     it("carries 256 MiB between processes", function()
       local status, out, err = H.luamp_e([[
         local mp = require "luamp"
