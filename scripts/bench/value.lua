@@ -1,6 +1,9 @@
 -- value.lua -- two processes each add 1 to a shared Value 100k times:
--- under the Value's lock (read, add, write), and with the atomic add.
--- Prints: locked_incr <M increments/s> M/s, atomic_add <M/s> M/s
+-- under the Value's lock (read, add, write), and with the atomic add; then
+-- one v:add(1) in one process beside the floor of one method call of the
+-- cheapest C function there is (s:len()).
+-- Prints: locked_incr <M increments/s> M/s, atomic_add <M/s> M/s,
+--         add_call <ns> ns, call_floor <ns> ns
 -- Usage: luamp value.lua [N=100000]
 
 local mp = require "luamp"
@@ -33,3 +36,13 @@ end)))
 print(string.format("atomic_add %.3f M/s", race(function(v)
   for _ = 1, N do v:add(1) end
 end)))
+
+local v, str = mp.Value("q", 0), ""
+local M = 20 * N
+for _ = 1, M // 10 do v:add(1) end -- warm up
+local t0 = mp.monotonic()
+for _ = 1, M do v:add(1) end
+print(string.format("add_call %.1f ns", (mp.monotonic() - t0) / M * 1e9))
+t0 = mp.monotonic()
+for _ = 1, M do str:len() end
+print(string.format("call_floor %.1f ns", (mp.monotonic() - t0) / M * 1e9))
