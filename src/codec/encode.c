@@ -920,15 +920,21 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg, lmp_pieces *pc) {
   enc e;
   char local[LOCALBUF];
-  if (b != NULL && slice == NULL && pc == NULL) {
+  if (b != NULL && slice == NULL) {
     int t = lua_type(L, idx);
-    if (t == LUA_TNUMBER || t == LUA_TSTRING || t == LUA_TBOOLEAN ||
-        t == LUA_TNIL) { /* a scalar alone needs no stack and no tables */
+    if ((t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL ||
+         (t == LUA_TSTRING && (pc == NULL || lua_rawlen(L, idx) < ROPEMIN)))) {
+      /* a scalar alone needs no stack and no tables */
       e.L = L;
       e.b = b;
       e.rope = -1;
       putbyte(&e, LMP_CODEC_VERSION);
       encany(&e, idx, t);
+      if (pc != NULL) {
+        pc->n = 0;
+        pc->total = b->len;
+        lua_pushnil(L); /* nothing to keep */
+      }
       return 0;
     }
   }
