@@ -91,13 +91,12 @@ const lmp_class lmp_message_class = {
 };
 
 void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
-  message *m = lua_newuserdatauv(L, sizeof(message) + n, 0);
+  message *m = lmp_newhandle(L, &lmp_message_class, sizeof(message) + n, 0);
   holding h = {0, SIZE_MAX, 0};
   m->len = n;
   m->nobj = 0;
   m->open = 0;
   memcpy(m->data, p, n);
-  lmp_setclass(L, &lmp_message_class);
   if (nobj > 0) {
     lmp_msg_walk(m->data, n, hold_one, &h);
     if (h.failed) {

@@ -4,6 +4,9 @@
  * of shared objects, which the codec makes and reads through this file.
  */
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -13,24 +16,56 @@
 #define UV_FIRSTMT 3 /* the family's metatables, from here */
 #define MAXFAMILY 3
 
-/* The key, in a metatable, of its class (a light userdata). */
-static const char CLASS_KEY = 'c';
 
 /* The class of each kind of each type of shared object, for
  * lmp_pushobj.  The same in every state: classes are static. */
 #define MAXKIND 4
 static const lmp_class *bytype[LMP_T_MAX][MAXKIND];
 
+/* Every class bound, for lmp_classof to know a mark it reads. */
+#define MAXCLASSES 64
+static const lmp_class *known[MAXCLASSES];
+static int nknown;
+
+/*
+ * Marks.  A handle's last MARK bytes hold its class's address XORed with
+ * a random key of the process (inherited by its forks, as the handles
+ * are).  Reading a mark needs only the userdata's address and length;
+ * the key keeps a mark from being forged by any bytes a userdata of
+ * another library happens to end with.  A light userdata has no length
+ * and so no mark.
+ */
+#define MARK sizeof(uintptr_t)
+static uintptr_t mark_key;
+
+static void make_key(void) {
+  uintptr_t k = 0;
+  if (getrandom(&k, sizeof k, GRND_NONBLOCK) != (ssize_t)sizeof k)
+    k = (uintptr_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ (uintptr_t)getpid() ^
+        (uintptr_t)&k;
+  mark_key = k | 1; /* never 0: a zeroed userdata has no mark */
+}
+
+static inline const lmp_class *markof(lua_State *L, int idx, void *h) {
+  size_t n = lua_rawlen(L, idx);
+  uintptr_t m;
+  if (n < MARK) return NULL;
+  memcpy(&m, (char *)h + n - MARK, MARK);
+  return (const lmp_class *)(m ^ mark_key);
+}
+
 /* ------------------------------------------------------------ checking */
 
-/* The handle at idx if its metatable is one of the running closure's
- * family upvalues, else NULL; inlined into the checks, which every method
- * makes. */
+/* The handle at idx if its class is the running closure's, or its
+ * metatable one of the closure's family upvalues, else NULL; inlined into
+ * the checks, which every method makes. */
 static inline __attribute__((always_inline)) void *tohandle(lua_State *L,
                                                            int idx) {
   void *h = lua_touserdata(L, idx);
   int i;
-  if (h == NULL || !lua_getmetatable(L, idx)) return NULL;
+  if (h == NULL) return NULL;
+  if (markof(L, idx, h) == lua_touserdata(L, UV_CLASS)) return h;
+  if (!lua_getmetatable(L, idx)) return NULL;
   /* An upvalue past the closure's last is none, and equal to nothing. */
   for (i = UV_FIRSTMT; i < UV_FIRSTMT + MAXFAMILY; i++) {
     if (lua_rawequal(L, -1, lua_upvalueindex(i))) {
@@ -70,13 +105,13 @@ lmp_obj *lmp_checkobj(lua_State *L, int idx) {
 }
 
 const lmp_class *lmp_classof(lua_State *L, int idx) {
-  const lmp_class *c = NULL;
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
-    return NULL;
-  if (lua_rawgetp(L, -1, &CLASS_KEY) == LUA_TLIGHTUSERDATA)
-    c = lua_touserdata(L, -1);
-  lua_pop(L, 2);
-  return c;
+  void *h = lua_touserdata(L, idx);
+  const lmp_class *c;
+  int i;
+  if (h == NULL || (c = markof(L, idx, h)) == NULL) return NULL;
+  for (i = 0; i < nknown; i++)
+    if (known[i] == c) return c;
+  return NULL;
 }
 
 lmp_obj *lmp_toobj(lua_State *L, int idx) {
@@ -87,9 +122,15 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
 
 /* ------------------------------------------------------------- handles */
 
-void lmp_setclass(lua_State *L, const lmp_class *c) {
+void *lmp_newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv) {
+  size_t at = (size + MARK - 1) & ~(MARK - 1);
+  uintptr_t m = (uintptr_t)c ^ mark_key;
+  char *h = lua_newuserdatauv(L, at + MARK, nuv);
+  memset(h, 0, at);
+  memcpy(h + at, &m, MARK);
   lua_rawgetp(L, LUA_REGISTRYINDEX, c);
   lua_setmetatable(L, -2);
+  return h;
 }
 
 void lmp_pushobj(lua_State *L, lmp_obj *o) {
@@ -98,9 +139,7 @@ void lmp_pushobj(lua_State *L, lmp_obj *o) {
   lmp_handle *h;
   if (c == NULL)
     luaL_error(L, "cannot receive a shared %s here", lmp_type_name(o->type));
-  h = lua_newuserdatauv(L, c->size, c->nuv);
-  memset(h, 0, c->size);
-  lmp_setclass(L, c);
+  h = lmp_newhandle(L, c, c->size, c->nuv);
   if (lmp_hold(o) < 0) lmp_nomem(L, 64);
   h->obj = o;
   if (c->bind != NULL) c->bind(L, o);
@@ -227,8 +266,6 @@ static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
   int mt, methods = 0;
   luaL_getmetatable(L, c->name);
   mt = lua_gettop(L);
-  lua_pushlightuserdata(L, (void *)c);
-  lua_rawsetp(L, mt, &CLASS_KEY);
   lua_pushvalue(L, mt); /* found by the class too, with no string */
   lua_rawsetp(L, LUA_REGISTRYINDEX, c);
   if (c->meth != NULL) {
@@ -265,12 +302,15 @@ static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
 }
 
 void lmp_family_open(lua_State *L, const lmp_family *f) {
-  int i;
+  int i, k;
+  if (mark_key == 0) make_key();
   /* Every metatable exists before any closure captures it. */
   for (i = 0; f->classes != NULL && f->classes[i] != NULL; i++) {
     const lmp_class *c = f->classes[i];
     luaL_newmetatable(L, c->name);
     lua_pop(L, 1);
+    for (k = 0; k < nknown && known[k] != c; k++) continue;
+    if (k == nknown && nknown < MAXCLASSES) known[nknown++] = c;
     if (c->type > 0 && c->type < LMP_T_MAX && c->kind < MAXKIND) {
       bytype[c->type][c->kind] = c;
       if (c->obj != NULL) lmp_type_set(c->type, c->obj);

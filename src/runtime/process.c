@@ -204,9 +204,7 @@ static int proc_fork(lua_State *L) {
   int slot;
   pid_t pid;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->c = NULL;
-  lmp_setclass(L, &sentinel_class);
+  u = lmp_newhandle(L, &sentinel_class, sizeof *u, 0);
   c = calloc(1, sizeof *c);
   if (c == NULL) return luaL_error(L, "not enough memory");
   slot = lmp_slot_prepare_child();

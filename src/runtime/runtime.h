@@ -194,10 +194,11 @@ typedef struct lmp_handle {
 
 /*
  * A class is declared once and bound by lmp_family_open, in one
- * metatable shape:
+ * metatable shape (and every handle is made by lmp_newhandle, which marks
+ * its last bytes with its class, sealed with a key of the process, so that
+ * a method checks self with two calls into Lua and no lookup):
  *
  *   __name    the class's name ("luamp.Queue")
- *   (a private key)  the class (a light userdata), for lmp_classof
  *   __index   its methods table, or, for a class with fields, a function
  *             that looks the key up in the methods table, where its named
  *             fields are too (v.value: a getter), and only then hands it
@@ -263,9 +264,10 @@ void *lmp_tohandle(lua_State *L, int idx);
 void *lmp_checkhandle(lua_State *L, int idx);
 lmp_obj *lmp_checkobj(lua_State *L, int idx);
 
-/* Gives the userdata on the top class c's metatable (found by c, with no
- * string lookup).  Never raises. */
-void lmp_setclass(lua_State *L, const lmp_class *c);
+/* Pushes a new handle of class c: a zeroed userdata of `size` bytes (and
+ * nuv user values) with c's metatable and mark.  Raises only when out of
+ * memory. */
+void *lmp_newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv);
 
 /* The class of the value at idx, or NULL if it is no luamp handle.  Never
  * raises. */

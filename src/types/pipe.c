@@ -52,10 +52,8 @@ static void conn_free(void *h) {
 }
 
 static conn *newconn(lua_State *L, int fd, int readable, int writable) {
-  conn *c = lua_newuserdatauv(L, sizeof *c, 1);
-  memset(c, 0, sizeof *c);
+  conn *c = lmp_newhandle(L, &conn_class, sizeof *c, 1);
   c->fd = -1;
-  lmp_setclass(L, &conn_class);
   c->enc = lmp_buf_new(L);
   lua_setiuservalue(L, -2, 1);
   c->fd = fd;
