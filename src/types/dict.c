@@ -194,28 +194,42 @@ static void dict_release(lmp_obj *o, lmp_off blk) {
 /* A key as bytes: a type byte ('s', 'i', 'f', 'b'), then the string, the
  * 8 bytes of the number, or the boolean byte, with its hash.  Floats with
  * an integer value are integers, as table keys are. */
+#define KEY_SMALL 64
+
 typedef struct key {
   const char *p;
   size_t n;
   uint64_t h;
+  char small[KEY_SMALL]; /* the bytes of a short key */
 } key;
 
-/* Reads the key at idx into k, its bytes kept in a string pushed on the
- * stack; raises argument arg's error for a value that cannot be a key
- * (naming it a key of the table at arg when intable). */
+/* Reads the key at idx into k: its bytes are in k itself, or for a long
+ * string in a string pushed on the stack; raises argument arg's error for
+ * a value that cannot be a key (naming it a key of the table at arg when
+ * intable). */
 static void getkey(lua_State *L, int idx, int arg, int intable, key *k) {
   const char *in = intable ? "key " : "";
-  char small[16];
+  char *small = k->small;
   switch (lua_type(L, idx)) {
     case LUA_TSTRING: {
       size_t n;
       const char *s = lua_tolstring(L, idx, &n);
       luaL_Buffer b;
+      if (n < KEY_SMALL) {
+        small[0] = 's';
+        memcpy(small + 1, s, n);
+        k->p = small;
+        k->n = n + 1;
+        k->h = hashkey(k->p, k->n);
+        return;
+      }
       luaL_buffinit(L, &b);
       luaL_addchar(&b, 's');
       luaL_addlstring(&b, s, n);
       luaL_pushresult(&b);
-      break;
+      k->p = lua_tolstring(L, -1, &k->n); /* kept alive on the stack */
+      k->h = hashkey(k->p, k->n);
+      return;
     }
     case LUA_TNUMBER: {
       int isint;
@@ -230,19 +244,19 @@ static void getkey(lua_State *L, int idx, int arg, int intable, key *k) {
         small[0] = 'f';
         memcpy(small + 1, &f, 8);
       }
-      lua_pushlstring(L, small, 9);
+      k->n = 9;
       break;
     }
     case LUA_TBOOLEAN:
       small[0] = 'b';
       small[1] = (char)lua_toboolean(L, idx);
-      lua_pushlstring(L, small, 2);
+      k->n = 2;
       break;
     default:
       luaL_argerror(L, arg, lua_pushfstring(L, "%sstring, number or boolean "
                     "expected, got %s", in, luaL_typename(L, idx)));
   }
-  k->p = lua_tolstring(L, -1, &k->n); /* kept alive on the stack */
+  k->p = small;
   k->h = hashkey(k->p, k->n);
 }
 
@@ -412,9 +426,10 @@ static int set_value(lua_State *L, dict *d, lmp_bufhandle *h, int kidx,
  * is absent. */
 static int push_lookup(lua_State *L, dict *d, lmp_bufhandle *h, int kidx) {
   key k;
-  int rc;
+  int rc, top = lua_gettop(L);
   getkey(L, kidx, 2, 0, &k);
   rc = lookup(d, &k, h->buf);
+  lua_settop(L, top); /* the key's bytes, if getkey pushed them */
   if (rc < 0) return lmp_nomem(L, 0);
   if (rc == 0) return 0;
   lmp_decode(L, h->buf->data, h->buf->len);
@@ -652,11 +667,8 @@ static int dict_next(lua_State *L) {
     if (lua_rawgeti(L, lua_upvalueindex(1), i) == LUA_TNIL) return 0;
     lua_pushinteger(L, i);
     lua_replace(L, lua_upvalueindex(2));
-    if (push_lookup(L, (dict *)h->h.obj, h, lua_gettop(L)) == 1) {
-      lua_remove(L, -2); /* the key's bytes */
-      return 2;
-    }
-    lua_settop(L, lua_gettop(L) - 2); /* the key and its bytes */
+    if (push_lookup(L, (dict *)h->h.obj, h, lua_gettop(L)) == 1) return 2;
+    lua_pop(L, 1); /* the key */
   }
 }
 

@@ -183,6 +183,16 @@ describe("Dict", function()
       assert.is_nil(d["a"])
       assert.are.equal("all", d[all])
       assert.are.equal("long", d[long])
+      for n = 61, 66 do d[("e"):rep(n)] = n end -- either side of 64 bytes
+      for n = 61, 66 do assert.are.equal(n, d[("e"):rep(n)]) end
+      local seen = 0
+      for k, v in pairs(d) do
+        if k:sub(1, 1) == "e" then
+          assert.are.equal(#k, v)
+          seen = seen + 1
+        end
+      end
+      assert.are.equal(6, seen)
       assert.is_nil(d[long .. "k"])
       local t = d:totable()
       assert.are.same({[""] = "empty", ["a\0b"] = "nul", ["a\0c"] = "other nul",
