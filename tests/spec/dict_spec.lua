@@ -195,8 +195,10 @@ describe("Dict", function()
       assert.are.equal(6, seen)
       assert.is_nil(d[long .. "k"])
       local t = d:totable()
-      assert.are.same({[""] = "empty", ["a\0b"] = "nul", ["a\0c"] = "other nul",
-                       [all] = "all", [long] = "long"}, t)
+      local want = {[""] = "empty", ["a\0b"] = "nul", ["a\0c"] = "other nul",
+                    [all] = "all", [long] = "long"}
+      for n = 61, 66 do want[("e"):rep(n)] = n end
+      assert.are.same(want, t)
       d:close()
     end)
 
