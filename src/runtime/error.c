@@ -29,18 +29,40 @@ void lmp_error_open(lua_State *L) {
   lua_pop(L, 1);
 }
 
-int lmp_throw(lua_State *L, const char *type, const char *fmt, ...) {
-  va_list ap;
-  lua_createtable(L, 0, 2);
+/* Raises the error object of type and message (fmt, ap), with the value
+ * at vidx (if not 0) as its field `value`. */
+static int vthrow(lua_State *L, const char *type, int vidx, const char *fmt,
+                  va_list ap) {
+  if (vidx != 0) vidx = lua_absindex(L, vidx);
+  lua_createtable(L, 0, 3);
   lua_pushstring(L, type);
   lua_setfield(L, -2, "type");
-  va_start(ap, fmt);
   lua_pushvfstring(L, fmt, ap);
-  va_end(ap);
   lua_setfield(L, -2, "message");
+  if (vidx != 0) {
+    lua_pushvalue(L, vidx);
+    lua_setfield(L, -2, "value");
+  }
   lmp_error_open(L);
   luaL_setmetatable(L, ERROR_MT);
   return lua_error(L);
+}
+
+int lmp_throw(lua_State *L, const char *type, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vthrow(L, type, 0, fmt, ap);
+  va_end(ap);
+  return 0;
+}
+
+int lmp_throw_value(lua_State *L, const char *type, int vidx,
+                    const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vthrow(L, type, vidx, fmt, ap);
+  va_end(ap);
+  return 0;
 }
 
 int lmp_is_error(lua_State *L, int idx, const char *type) {

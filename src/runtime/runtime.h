@@ -29,6 +29,9 @@ void lmp_error_open(lua_State *L);
 /* Raises an error object of `type` with a formatted message (the format of
  * lua_pushfstring).  Never returns. */
 int lmp_throw(lua_State *L, const char *type, const char *fmt, ...);
+/* The same, with the value at vidx as the object's field `value`. */
+int lmp_throw_value(lua_State *L, const char *type, int vidx,
+                    const char *fmt, ...);
 /* Is the value at idx an error object of `type`? */
 int lmp_is_error(lua_State *L, int idx, const char *type);
 

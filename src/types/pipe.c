@@ -19,18 +19,29 @@
 /*
  * Framing.  A message is a 4-byte big-endian length and that many bytes;
  * a length of 0xffffffff is followed by the real length in 8 bytes, so
- * messages over 4 GiB work.  The descriptors are non-blocking: a read
- * takes what is there into the connection's buffer (often several
- * messages at once), and a call that must wait sleeps in lmp_wait_fds,
- * where Ctrl-C and child reaping still reach it.
+ * messages over 4 GiB work.
+ *
+ * Reading takes one message from the descriptor and nothing beyond it:
+ * the header's bytes, then the body's, straight into the buffer the
+ * message is made from.  Nothing read ahead is kept where another process
+ * holding the same descriptor could not see it, so a connection can be
+ * read by one process and then another (a child, the parent), or polled by
+ * one and read by another, and no message is lost or read twice; `poll`
+ * asks the kernel and takes nothing.  The descriptors are non-blocking: a
+ * call that must wait sleeps in lmp_wait_fds, where Ctrl-C and child
+ * reaping still reach it.  A message whose reading was cut short (Ctrl-C
+ * in the middle of a large one) stays begun in this process, and its next
+ * recv finishes it.
  */
 
 typedef struct conn {
   int fd;
   int readable, writable;
   int sock; /* a socket (duplex): MSG_NOSIGNAL works */
-  char *buf; /* bytes read and not yet returned: [pos, len) */
-  size_t pos, len, cap;
+  unsigned char hdr[12]; /* the header of the message being read */
+  size_t hgot;           /* its bytes read so far */
+  char *buf;             /* the body: got of n bytes read */
+  size_t got, n, cap;
   lmp_buf *enc; /* for send, owned by the uservalue */
 } conn;
 
@@ -48,7 +59,7 @@ static void conn_free(void *h) {
   c->fd = -1;
   free(c->buf);
   c->buf = NULL;
-  c->pos = c->len = c->cap = 0;
+  c->hgot = c->got = c->n = c->cap = 0;
 }
 
 static conn *newconn(lua_State *L, int fd, int readable, int writable) {
@@ -228,81 +239,88 @@ static int conn_send(lua_State *L) {
 
 /* ------------------------------------------------------------- reading */
 
-/* Reads more into the buffer, waiting until the deadline.  1 when bytes
- * came, 0 at end of file, -EAGAIN at the deadline, -EINTR, -errno. */
-static int fill(lua_State *L, conn *c, double deadline, size_t want) {
-  for (;;) {
-    ssize_t r;
-    if (c->pos > 0 && c->pos == c->len) c->pos = c->len = 0;
-    if (c->cap - c->len < want) {
-      size_t cap = c->cap ? c->cap : 65536;
-      char *nb;
-      if (c->pos > 0) { /* compact first */
-        memmove(c->buf, c->buf + c->pos, c->len - c->pos);
-        c->len -= c->pos;
-        c->pos = 0;
-      }
-      while (cap - c->len < want) cap *= 2;
-      if (cap != c->cap) {
-        nb = realloc(c->buf, cap);
-        if (nb == NULL) return -ENOMEM;
-        c->buf = nb;
-        c->cap = cap;
-      }
-    }
-    r = read(c->fd, c->buf + c->len, c->cap - c->len);
-    if (r > 0) {
-      c->len += (size_t)r;
-      return 1;
-    }
-    if (r == 0) return 0;
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN) return -errno;
-    if (deadline == 0) return -EAGAIN;
-    {
-      int rc = wait_io(L, c->fd, POLLIN, deadline);
-      if (rc < 0) return rc;
-      if (rc == 0) return -EAGAIN;
-    }
-  }
-}
-
-/* Parses a frame header in the buffer: 1 with *n set, 0 if incomplete. */
-static int header(conn *c, uint64_t *n, size_t *hlen) {
-  const unsigned char *p = (const unsigned char *)c->buf + c->pos;
-  size_t have = c->len - c->pos;
+/* The length a complete header gives, or 0 while it is incomplete
+ * (*want: the header bytes still to read). */
+static int header_done(conn *c, uint64_t *n, size_t *want) {
   uint64_t v;
   int i;
-  if (have < 4) return 0;
-  v = ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) |
-      p[3];
-  if (v != 0xffffffffu) {
-    *n = v;
-    *hlen = 4;
-    return 1;
+  if (c->hgot < 4) {
+    *want = 4 - c->hgot;
+    return 0;
   }
-  if (have < 12) return 0;
-  for (v = 0, i = 0; i < 8; i++) v = (v << 8) | p[4 + i];
+  v = ((uint64_t)c->hdr[0] << 24) | ((uint64_t)c->hdr[1] << 16) |
+      ((uint64_t)c->hdr[2] << 8) | c->hdr[3];
+  if (v == 0xffffffffu) {
+    if (c->hgot < 12) {
+      *want = 12 - c->hgot;
+      return 0;
+    }
+    for (v = 0, i = 0; i < 8; i++) v = (v << 8) | c->hdr[4 + i];
+  }
   *n = v;
-  *hlen = 12;
   return 1;
 }
 
-/* Waits for a whole message in the buffer; on success its bytes are at
- * buf + pos + *hlen, *n long.  0, or an error raised. */
-static void frame(lua_State *L, conn *c, uint64_t *n, size_t *hlen) {
+/* Makes room in c->buf for the body of c->n bytes whose header was just
+ * read. */
+static void make_room(lua_State *L, conn *c) {
+  c->got = 0;
+  if (c->buf == NULL || c->cap < c->n) {
+    size_t cap = c->n > 256 ? (size_t)c->n : 256;
+    char *nb = (uint64_t)cap < c->n ? NULL : malloc(cap);
+    if (nb == NULL) {
+      lua_Integer n = (lua_Integer)c->n;
+      conn_free(c); /* the stream is out of step for good */
+      luaL_error(L, "not enough memory for a message of %I bytes", n);
+    }
+    free(c->buf);
+    c->buf = nb;
+    c->cap = cap;
+  }
+}
+
+/* Reads one whole message from the descriptor, and no byte beyond it: on
+ * return its c->n bytes are at c->buf, and the connection is ready for
+ * the next.  Raises EOFError at the end of the stream. */
+static void read_frame(lua_State *L, conn *c) {
   for (;;) {
-    int rc;
-    size_t have = c->len - c->pos;
-    if (header(c, n, hlen) && have - *hlen >= *n) return;
-    rc = fill(L, c, -1, header(c, n, hlen) ? (size_t)(*n + *hlen - have) : 12);
-    if (rc == 0) {
-      if (c->len - c->pos == 0)
+    size_t want;
+    char *dst;
+    ssize_t r;
+    int body = header_done(c, &c->n, &want);
+    if (body) {
+      if (c->got == c->n) { /* whole (an empty body at once) */
+        c->hgot = c->got = 0;
+        return;
+      }
+      dst = c->buf + c->got;
+      want = c->n - c->got;
+    } else {
+      dst = (char *)c->hdr + c->hgot;
+    }
+    r = read(c->fd, dst, want);
+    if (r > 0) {
+      if (body) {
+        c->got += (size_t)r;
+      } else {
+        c->hgot += (size_t)r;
+        if (header_done(c, &c->n, &want)) make_room(L, c);
+      }
+      continue;
+    }
+    if (r == 0) {
+      int begun = c->hgot > 0;
+      c->hgot = c->got = c->n = 0;
+      if (!begun)
         lmp_throw(L, "EOFError", "the other end of the connection is closed");
       lmp_throw(L, "EOFError", "connection closed in the middle of a message");
     }
-    if (rc == -ENOMEM) luaL_error(L, "not enough memory");
-    if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) lmp_raise_errno(L, -errno, "cannot receive");
+    {
+      int rc = wait_io(L, c->fd, POLLIN, -1);
+      if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
+    }
   }
 }
 
@@ -312,69 +330,89 @@ static conn *checkreadable(lua_State *L) {
   return c;
 }
 
-/* recv_bytes([maxlength]) -> string. */
+/* recv_bytes([maxlength]) -> string.  A longer message is read and
+ * dropped (the stream stays in step) and raises. */
 static int conn_recv_bytes(lua_State *L) {
   conn *c = checkreadable(L);
   lua_Integer maxlen = luaL_optinteger(L, 2, -1);
-  uint64_t n;
-  size_t h;
   luaL_argcheck(L, lua_isnoneornil(L, 2) || maxlen >= 0, 2,
                 "maxlength must be non-negative");
-  frame(L, c, &n, &h);
-  if (maxlen >= 0 && n > (uint64_t)maxlen) {
-    c->pos += h + n; /* drop it: the stream stays in step */
+  read_frame(L, c);
+  if (maxlen >= 0 && c->n > (uint64_t)maxlen)
     return luaL_error(L, "message too long (%I bytes; maxlength is %I)",
-                      (lua_Integer)n, maxlen);
+                      (lua_Integer)c->n, maxlen);
+  lua_pushlstring(L, c->buf, (size_t)c->n);
+  return 1;
+}
+
+/* recv_bytes_into(array, [offset]) -> the number of bytes: the next
+ * message's bytes written into a shared Array from byte offset on.  One
+ * that does not fit raises BufferTooShort, whose `value` is the message
+ * (it is not lost). */
+static int conn_recv_bytes_into(lua_State *L) {
+  conn *c = checkreadable(L);
+  size_t size;
+  char *to = lmp_array_bytes(L, 2, &size);
+  lua_Integer off = luaL_optinteger(L, 3, 0);
+  luaL_argexpected(L, to != NULL, 2, "luamp.Array");
+  luaL_argcheck(L, off >= 0 && (size_t)off <= size, 3,
+                "offset out of range");
+  read_frame(L, c);
+  if (c->n > size - (size_t)off) {
+    lua_pushlstring(L, c->buf, (size_t)c->n);
+    return lmp_throw_value(L, "BufferTooShort", -1,
+                           "message of %I bytes does not fit in %I",
+                           (lua_Integer)c->n,
+                           (lua_Integer)(size - (size_t)off));
   }
-  lua_pushlstring(L, c->buf + c->pos + h, (size_t)n);
-  c->pos += h + n;
+  memcpy(to + off, c->buf, (size_t)c->n);
+  lua_pushinteger(L, (lua_Integer)c->n);
   return 1;
 }
 
 /* recv() -> value. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
-  uint64_t n;
-  size_t h;
-  const char *p;
-  frame(L, c, &n, &h);
-  p = c->buf + c->pos + h;
-  c->pos += h + n;
-  lmp_take_decode(L, p, (size_t)n, NULL, NULL);
+  read_frame(L, c);
+  lmp_take_decode(L, c->buf, (size_t)c->n, NULL, NULL);
   return 1;
 }
 
-/* poll([timeout]) -> whether a recv would not block (a message, or the
- * end of the stream, is there).  No argument: don't wait. */
+/* Is there something to read (or the end of the stream) now?  Asks the
+ * kernel: nothing is taken.  1, 0 or -errno. */
+static int readable_now(conn *c) {
+  struct pollfd p;
+  int rc;
+  p.fd = c->fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  do rc = poll(&p, 1, 0); while (rc < 0 && errno == EINTR);
+  if (rc < 0) return -errno;
+  return rc > 0;
+}
+
+/* poll([timeout]) -> whether data (or the end of the stream) is there to
+ * read.  No argument: don't wait.  It takes nothing. */
 static int conn_poll(lua_State *L) {
   conn *c = checkreadable(L);
   double deadline = lua_isnone(L, 2) ? 0 : lmp_opt_deadline(L, 2);
-  for (;;) {
-    uint64_t n;
-    size_t h;
-    int rc;
-    if (header(c, &n, &h) && c->len - c->pos - h >= n) break;
-    rc = fill(L, c, deadline, 65536);
-    if (rc == 0) break; /* end of file: recv would raise at once */
-    if (rc == -EAGAIN) {
-      lua_pushboolean(L, 0);
-      return 1;
-    }
-    if (rc < 0) return lmp_raise_errno(L, rc, "cannot poll");
+  int rc = readable_now(c);
+  if (rc == 0 && deadline != 0) {
+    rc = wait_io(L, c->fd, POLLIN, deadline);
+    if (rc > 0) rc = 1;
   }
-  lua_pushboolean(L, 1);
+  if (rc < 0) return lmp_raise_errno(L, rc, "cannot poll");
+  lua_pushboolean(L, rc);
   return 1;
 }
 
-/* For mp.wait: 1 when a whole message is buffered, else 0 with the
+/* For mp.wait: 1 when there is something to read, else 0 with the
  * descriptor to poll; -1 if it cannot be read from. */
 static int conn_ready(void *h, int *fd) {
   conn *c = h;
-  uint64_t n;
-  size_t hl;
   if (c->fd < 0 || !c->readable) return -1;
   *fd = c->fd;
-  return header(c, &n, &hl) && c->len - c->pos - hl >= n;
+  return readable_now(c) > 0;
 }
 
 static int conn_fileno(lua_State *L) {
@@ -413,6 +451,7 @@ static int conn_tostring(lua_State *L) {
 static const luaL_Reg conn_meth[] = {
   {"send", conn_send},           {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
+  {"recv_bytes_into", conn_recv_bytes_into},
   {"poll", conn_poll},           {"fileno", conn_fileno},
   {NULL, NULL}
 };

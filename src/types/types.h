@@ -37,6 +37,10 @@ enum {
 LMP_FAMILIES(LMP_DECLARE_FAMILY)
 #undef LMP_DECLARE_FAMILY
 
+/* The bytes of the shared Array at idx (value.c) and their number, or
+ * NULL if it is none; raises if it is closed. */
+char *lmp_array_bytes(lua_State *L, int idx, size_t *size);
+
 /* ------------------------------------------------------------------ lock */
 
 /* A Lock or RLock (sync.c), which a Condition waits with and a Value

@@ -499,6 +499,15 @@ static const lmp_class value_class =
 static const lmp_class array_class =
     SHVAL(ARRAY, "array", LMP_T_ARRAY, &array_type);
 
+char *lmp_array_bytes(lua_State *L, int idx, size_t *size) {
+  shval *v;
+  if (lmp_classof(L, idx) != &array_class) return NULL;
+  v = (shval *)((lmp_handle *)lua_touserdata(L, idx))->obj;
+  if (v == NULL) luaL_error(L, "attempt to use a closed array");
+  *size = (size_t)(v->n * v->esize);
+  return v->data;
+}
+
 static const lmp_class *const value_classes[] = {
   &value_class, &array_class, NULL
 };

@@ -422,7 +422,8 @@ describe("Pipe", function()
       b:close()
     end)
 
-    it("waits for the whole of a message", function()
+    it("is true once part of a message is there, as Python's; recv waits "
+       .. "for the rest", function()
       local a, b = mp.Pipe(false)
       local go = mp.Queue()
       local p = spawn(function()
@@ -435,9 +436,9 @@ describe("Pipe", function()
         f:write("defghij")
         f:close()
       end)
-      assert.is_false(a:poll(0.1), "poll saw a message that is not whole")
-      go:put(true)
       assert.is_true(a:poll(10))
+      assert.is_true(a:poll(), "poll took what it saw")
+      go:put(true)
       assert.are.equal("abcdefghij", a:recv_bytes())
       finish(p)
       a:close()
@@ -451,6 +452,146 @@ describe("Pipe", function()
       assert.is_true(a:poll(0))
       raises(mp.EOFError, EOF, a.recv, a)
       a:close()
+    end)
+  end)
+
+  describe("between processes", function()
+    it("gives one process the first of five messages and a child the "
+       .. "other four, none twice", function()
+      local a, b = mp.Pipe()
+      for i = 1, 5 do b:send({i = i, s = ("x"):rep(i * 1000)}) end
+      assert.are.equal(1, recv(a).i)
+      local got = mp.Queue()
+      local p = spawn(function()
+        local seen = {}
+        for _ = 1, 4 do
+          local m = recv(a)
+          assert(#m.s == m.i * 1000, "a message came torn")
+          seen[#seen + 1] = m.i
+        end
+        got:put(seen)
+      end)
+      assert.are.same({2, 3, 4, 5}, got:get(true, 10))
+      finish(p)
+      assert.is_false(a:poll(), "a message was left over")
+      b:send("after")
+      assert.are.equal("after", recv(a))
+      a:close()
+      b:close()
+      got:close()
+    end)
+
+    it("lets a child poll and the parent receive what it polled",
+       function()
+      local a, b = mp.Pipe()
+      b:send("one")
+      b:send_bytes("two")
+      local p = spawn(function()
+        assert(a:poll(10) and a:poll() and a:poll(0), "nothing to poll")
+      end)
+      finish(p)
+      assert.are.equal("one", recv(a))
+      assert.are.equal("two", a:recv_bytes())
+      assert.is_false(a:poll())
+      a:close()
+      b:close()
+    end)
+
+    it("lets a child read a message the parent's poll saw first", function()
+      local a, b = mp.Pipe()
+      b:send({"for", "the", "child"})
+      assert.is_true(a:poll(10))
+      local got = mp.Queue()
+      local p = spawn(function() got:put(recv(a)) end)
+      assert.are.same({"for", "the", "child"}, got:get(true, 10))
+      finish(p)
+      assert.is_false(a:poll())
+      a:close()
+      b:close()
+      got:close()
+    end)
+
+    it("reads a 4 MiB message a child writes in slow pieces", function()
+      local a, b = mp.Pipe(false)
+      local go = mp.Queue()
+      local body = ("0123456789abcdef"):rep(1 << 18)
+      local p = spawn(function()
+        local f = assert(io.open("/proc/self/fd/" .. b:fileno(), "wb"))
+        f:setvbuf("no")
+        local n = #body
+        f:write(string.char(n >> 24 & 255, n >> 16 & 255, n >> 8 & 255,
+                            n & 255))
+        for i = 1, n, 1 << 20 do
+          f:write(body:sub(i, i + (1 << 20) - 1))
+          go:get(true, 10) -- the next piece once the parent says so
+        end
+        f:close()
+      end)
+      for _ = 1, 4 do go:put(true) end
+      local t0 = mp.monotonic()
+      local s = a:recv_bytes()
+      H.took(mp.monotonic() - t0, 0, 10, "the slow message")
+      assert.are.equal(#body, #s)
+      assert.is_true(s == body)
+      finish(p)
+      a:close()
+      b:close()
+      go:close()
+    end)
+  end)
+
+  describe("recv_bytes_into", function()
+    it("writes the next message into a shared Array and counts its bytes",
+       function()
+      local a, b = mp.Pipe()
+      local arr = mp.Array("B", 8)
+      b:send_bytes("\1\2\3")
+      assert.are.equal(3, a:recv_bytes_into(arr))
+      assert.are.same({1, 2, 3, 0, 0, 0, 0, 0}, arr:totable())
+      b:send_bytes("\9\8")
+      assert.are.equal(2, a:recv_bytes_into(arr, 6))
+      assert.are.same({1, 2, 3, 0, 0, 0, 9, 8}, arr:totable())
+      b:send_bytes("")
+      assert.are.equal(0, a:recv_bytes_into(arr, 8))
+      local ints = mp.Array("i", 2) -- 8 bytes of 4-byte integers
+      b:send_bytes(string.pack("<i4i4", 7, -1))
+      assert.are.equal(8, a:recv_bytes_into(ints))
+      assert.are.same({7, -1}, ints:totable())
+      a:close()
+      b:close()
+    end)
+
+    it("raises BufferTooShort carrying a message that does not fit, and "
+       .. "loses nothing after it", function()
+      local a, b = mp.Pipe()
+      local arr = mp.Array("B", 4)
+      b:send_bytes("too long")
+      b:send_bytes("ok")
+      local e = raises("BufferTooShort",
+        "message of 8 bytes does not fit in 2", a.recv_bytes_into, a, arr,
+        2)
+      assert.are.equal("too long", e.value)
+      assert.are.equal(2, a:recv_bytes_into(arr))
+      assert.are.same({("o"):byte(), ("k"):byte(), 0, 0}, arr:totable())
+      a:close()
+      b:close()
+    end)
+
+    it("checks its arguments", function()
+      local a, b = mp.Pipe()
+      local arr = mp.Array("B", 4)
+      assert.has_error(function() a:recv_bytes_into({}) end,
+        "bad argument #1 to 'recv_bytes_into' (luamp.Array expected, got "
+        .. "table)")
+      assert.has_error(function() a:recv_bytes_into(arr, 5) end,
+        "bad argument #2 to 'recv_bytes_into' (offset out of range)")
+      assert.has_error(function() a:recv_bytes_into(arr, -1) end,
+        "bad argument #2 to 'recv_bytes_into' (offset out of range)")
+      arr:close()
+      assert.has_error(function() a:recv_bytes_into(arr) end,
+        "attempt to use a closed array")
+      a:close()
+      b:close()
     end)
   end)
 
