@@ -367,9 +367,7 @@ describe("List", function()
       l:close()
     end)
 
-    -- Tables compare by their encoding, which follows the order in which
-    -- their keys are stored; an order-free comparison is not done yet.
-    pending("find a table whatever order its fields were set in", function()
+    it("find a table whatever order its fields were set in", function()
       local a, b = {}, {}
       for i = 1, 20 do a["k" .. i] = i end
       for i = 20, 1, -1 do b["k" .. i] = i end
@@ -379,6 +377,103 @@ describe("List", function()
       assert.are.equal(1, l:count(b))
       assert.are.equal(1, l:index(b))
       assert.are.equal(2, l:index(c))
+      l:remove(c)
+      assert.are.equal(1, #l)
+      l:close()
+    end)
+
+    it("compare tables by content, key by key, at any depth", function()
+      local function rev(n, f)
+        local t = {}
+        for i = n, 1, -1 do t[i] = f(i) end
+        return t
+      end
+      local l = mp.List{
+        {x = {y = {1, 2, 3}, z = "w"}, n = 1},
+        rev(50, function(i) return i * 2 end),
+        {[1.5] = "f", [true] = false, s = ""},
+      }
+      local nested = {n = 1}
+      nested.x = {z = "w"}
+      nested.x.y = rev(3, function(i) return i end)
+      assert.are.equal(1, l:index(nested))
+      local evens = {}
+      for i = 1, 50 do evens[i] = i * 2 end
+      assert.are.equal(2, l:index(evens))
+      assert.are.equal(3, l:index({s = "", [true] = false, [1.5] = "f"}))
+      -- not equal: a key more, a key less, another value, another depth
+      assert.are.equal(0, l:count({x = {y = {1, 2, 3}, z = "w"}, n = 1, m = 2}))
+      assert.are.equal(0, l:count({x = {y = {1, 2, 3}, z = "w"}}))
+      assert.are.equal(0, l:count({x = {y = {1, 2, 4}, z = "w"}, n = 1}))
+      assert.are.equal(0, l:count({x = {y = {1, 2, {3}}, z = "w"}, n = 1}))
+      assert.are.equal(0, l:count({}))
+      assert.has_error(function() l:index({n = 2}) end, "value not in list")
+      l:close()
+    end)
+
+    it("take 1 and 1.0 as equal, as values and as keys", function()
+      local l = mp.List{{1, 2.5, k = 3}, {[2] = "two"}}
+      assert.are.equal(1, l:index({1.0, 2.5, k = 3.0}))
+      local t = {}
+      t[2.0] = "two" -- a float key with an integer value is the integer
+      assert.are.equal(2, l:index(t))
+      assert.are.equal(0, l:count({1, 2.5000001, k = 3}))
+      l:close()
+    end)
+
+    it("match tables used as keys by their contents", function()
+      local k1, k2 = {"a"}, {"b"}
+      local l = mp.List{{[k1] = 1, [k2] = 2}}
+      local q = {}
+      q[{"b"}] = 2
+      q[{"a"}] = 1
+      assert.are.equal(1, l:index(q))
+      local wrong = {}
+      wrong[{"a"}] = 2
+      wrong[{"b"}] = 1
+      assert.are.equal(0, l:count(wrong))
+      l:close()
+    end)
+
+    it("take a cycle as equal to the same cycle built apart", function()
+      local a = {name = "a"}
+      a.self = a
+      local l = mp.List{a}
+      local b = {}
+      b.self = b
+      b.name = "a"
+      assert.are.equal(1, l:index(b))
+      local c = {name = "a", self = {name = "a"}} -- no cycle: not equal
+      assert.are.equal(0, l:count(c))
+      local d = {name = "b"}
+      d.self = d
+      assert.are.equal(0, l:count(d))
+      l:close()
+    end)
+
+    it("compare shared objects by identity, inside tables too", function()
+      local d1, d2 = mp.Dict(), mp.Dict()
+      local l = mp.List{{obj = d1, tag = 1}, {obj = d2, tag = 1}}
+      assert.are.equal(1, l:index({tag = 1, obj = d1}))
+      assert.are.equal(2, l:index({tag = 1, obj = d2}))
+      local d3 = mp.Dict()
+      assert.are.equal(0, l:count({tag = 1, obj = d3}))
+      l:close()
+      d1:close()
+      d2:close()
+      d3:close()
+    end)
+
+    it("count every equal table, however each was built", function()
+      local l = mp.List{}
+      for i = 1, 6 do
+        local t = {}
+        if i % 2 == 0 then t.a, t.b = 1, 2 else t.b, t.a = 2, 1 end
+        l:append(t)
+        l:append({a = i})
+      end
+      assert.are.equal(6, l:count({a = 1, b = 2}))
+      assert.are.equal(1, l:count({a = 4}))
       l:close()
     end)
 
