@@ -128,4 +128,4 @@ static const luaL_Reg codec_funcs[] = {
   {NULL, NULL}
 };
 
-const lmp_family lmp_codec_family = {codec_classes, codec_funcs};
+const lmp_family lmp_codec_family = {codec_classes, codec_funcs, NULL};

@@ -318,5 +318,6 @@ void lmp_family_open(lua_State *L, const lmp_family *f) {
   }
   for (i = 0; f->classes != NULL && f->classes[i] != NULL; i++)
     build(L, f->classes[i], f);
+  if (f->open != NULL) f->open();
   if (f->funcs != NULL) luaL_setfuncs(L, f->funcs, 0);
 }

@@ -559,4 +559,4 @@ static const luaL_Reg proc_funcs[] = {
   {NULL, NULL}
 };
 
-const lmp_family lmp_process_family = {process_classes, proc_funcs};
+const lmp_family lmp_process_family = {process_classes, proc_funcs, NULL};

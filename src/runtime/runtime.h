@@ -254,6 +254,7 @@ typedef struct lmp_class {
 typedef struct lmp_family {
   const lmp_class *const *classes; /* NULL-terminated */
   const luaL_Reg *funcs;
+  void (*open)(void); /* registers arena types no class names, or NULL */
 } lmp_family;
 
 /* Binds a family into L and adds its funcs to the table on the top. */

@@ -71,4 +71,4 @@ static const lmp_class *const blob_classes[] = {&blob_class, NULL};
 
 static const luaL_Reg blob_funcs[] = {{"blob", blob_new}, {NULL, NULL}};
 
-const lmp_family lmp_blob_family = {blob_classes, blob_funcs};
+const lmp_family lmp_blob_family = {blob_classes, blob_funcs, NULL};

@@ -584,4 +584,4 @@ static const luaL_Reg cond_funcs[] = {
   {"Condition", cond_new}, {"Barrier", barrier_new}, {NULL, NULL}
 };
 
-const lmp_family lmp_cond_family = {cond_classes, cond_funcs};
+const lmp_family lmp_cond_family = {cond_classes, cond_funcs, NULL};

@@ -851,4 +851,4 @@ static const luaL_Reg dict_funcs[] = {
   {"Dict", dict_Dict}, {"Namespace", dict_Namespace}, {NULL, NULL}
 };
 
-const lmp_family lmp_dict_family = {dict_classes, dict_funcs};
+const lmp_family lmp_dict_family = {dict_classes, dict_funcs, NULL};

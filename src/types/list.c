@@ -740,4 +740,4 @@ static const lmp_class *const list_classes[] = {&list_class, NULL};
 
 static const luaL_Reg list_funcs[] = {{"List", list_List}, {NULL, NULL}};
 
-const lmp_family lmp_list_family = {list_classes, list_funcs};
+const lmp_family lmp_list_family = {list_classes, list_funcs, NULL};

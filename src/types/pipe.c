@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -34,12 +35,143 @@
  * recv finishes it.
  */
 
+/*
+ * Flights.  A message that names shared objects keeps them alive until it
+ * is received, whatever its sender does once it is sent (drops every
+ * handle, exits, is killed), and lets them go if it never is.  Its bytes
+ * in the kernel are out of the arena's sight, so each Pipe has a channel
+ * in the arena, held by every handle of either end (and so by every
+ * process that inherits one), with a record of each such message in
+ * flight: an id, which its frame carries (a header of 0xfffffffe, the
+ * length in 8 bytes, the id in 8), and the objects it names, each
+ * reference counted in the record as it is taken.  The receiver drops the
+ * record of the message it read; the channel drops those never read when
+ * its last holder goes.  A record is made pending, linked with one store,
+ * unlinked with one store while pending again, and freed pending: the
+ * reaper of a process killed on the way frees it with the references its
+ * count says it holds, as a dict does its entries.
+ */
+
+#define FLIGHT_MAGIC 0x74686769u /* "ight" */
+
+typedef struct flight {
+  uint32_t magic, n;     /* n: the objects named */
+  lmp_off next;
+  uint64_t id;
+  _Atomic uint64_t refs; /* references taken so far, of obj[0..] */
+  lmp_off obj[];
+} flight;
+
+typedef struct channel {
+  lmp_obj h;
+  lmp_guard g;
+  lmp_off head; /* the records, newest first */
+  uint64_t last_id;
+} channel;
+
+static void release_flight(flight *f) {
+  while (atomic_load(&f->refs) > 0) {
+    uint64_t k = atomic_fetch_sub(&f->refs, 1) - 1;
+    lmp_obj_decref(LMP_PTR(f->obj[k]));
+  }
+}
+
+static void chan_dtor(lmp_obj *o) {
+  channel *ch = (channel *)o;
+  while (ch->head != 0) {
+    flight *f = LMP_PTR(ch->head);
+    ch->head = f->next;
+    release_flight(f);
+    lmp_free(f);
+  }
+  lmp_guard_destroy(&ch->g);
+}
+
+static int chan_owns(lmp_obj *o, lmp_off blk) {
+  lmp_off at;
+  for (at = ((channel *)o)->head; at != 0;
+       at = ((flight *)LMP_PTR(at))->next)
+    if (at == blk) return 1;
+  return 0;
+}
+
+static void chan_release(lmp_obj *o, lmp_off blk) {
+  flight *f = LMP_PTR(blk);
+  (void)o;
+  if (f->magic == FLIGHT_MAGIC) release_flight(f);
+}
+
+static const lmp_type chan_type = {
+  .name = "channel", .dtor = chan_dtor, .guard = offsetof(channel, g),
+  .owns = chan_owns, .release = chan_release,
+};
+
+static void pipe_open(void) { lmp_type_set(LMP_T_CHANNEL, &chan_type); }
+
+typedef struct collect {
+  flight *f;
+} collect;
+
+static void take_ref(lmp_obj *o, void *ud) {
+  flight *f = ((collect *)ud)->f;
+  uint64_t k = atomic_load(&f->refs);
+  if (k >= f->n) return;
+  f->obj[k] = LMP_OFF(o);
+  lmp_obj_incref(o);
+  atomic_store(&f->refs, k + 1);
+}
+
+/* Records a message of nobj objects sent on ch, taking their references:
+ * its id, or 0 when the arena is exhausted. */
+static uint64_t flight_add(channel *ch, const char *p, size_t n,
+                           size_t nobj) {
+  collect c;
+  uint64_t id;
+  c.f = lmp_alloc_pending(&ch->h, sizeof(flight) + nobj * sizeof(lmp_off),
+                          LMP_PEND_IN);
+  if (c.f == NULL) return 0;
+  c.f->n = (uint32_t)nobj;
+  c.f->next = 0;
+  atomic_store(&c.f->refs, 0);
+  c.f->magic = FLIGHT_MAGIC;
+  lmp_msg_walk(p, n, take_ref, &c);
+  lmp_guard_lock(&ch->g, &ch->h);
+  id = c.f->id = ++ch->last_id;
+  c.f->next = ch->head;
+  ch->head = LMP_OFF(c.f); /* the commit */
+  lmp_pending_clear(LMP_PEND_IN);
+  lmp_guard_unlock(&ch->g);
+  return id;
+}
+
+/* The message of flight id has arrived (or will never leave): drops its
+ * record and the references it holds. */
+static void flight_drop(channel *ch, uint64_t id) {
+  lmp_off *at;
+  flight *f = NULL;
+  lmp_guard_lock(&ch->g, &ch->h);
+  for (at = &ch->head; *at != 0; at = &((flight *)LMP_PTR(*at))->next) {
+    if (((flight *)LMP_PTR(*at))->id == id) {
+      f = LMP_PTR(*at);
+      lmp_pending_set(&ch->h, f, LMP_PEND_OUT);
+      *at = f->next; /* the commit */
+      break;
+    }
+  }
+  lmp_guard_unlock(&ch->g);
+  if (f == NULL) return;
+  release_flight(f);
+  lmp_free_pending(f, LMP_PEND_OUT);
+}
+
 typedef struct conn {
   int fd;
   int readable, writable;
   int sock; /* a socket (duplex): MSG_NOSIGNAL works */
-  unsigned char hdr[12]; /* the header of the message being read */
+  channel *ch; /* held by this handle; NULL once closed */
+  unsigned char hdr[20]; /* the header of the message being read */
   size_t hgot;           /* its bytes read so far */
+  uint64_t flight;       /* the id it carries, 0 if none */
   char *buf;             /* the body: got of n bytes read */
   size_t got, n, cap;
   lmp_buf *enc; /* for send, owned by the uservalue */
@@ -60,13 +192,17 @@ static void conn_free(void *h) {
   free(c->buf);
   c->buf = NULL;
   c->hgot = c->got = c->n = c->cap = 0;
+  if (c->ch != NULL) lmp_unhold(&c->ch->h);
+  c->ch = NULL;
 }
 
-static conn *newconn(lua_State *L, int fd, int readable, int writable) {
+static conn *newconn(lua_State *L, int fd, int readable, int writable,
+                     channel *ch) {
   conn *c = lmp_newhandle(L, &conn_class, sizeof *c, 1);
   c->fd = -1;
   c->enc = lmp_buf_new(L);
   lua_setiuservalue(L, -2, 1);
+  if (lmp_hold(&ch->h) == 0) c->ch = ch;
   c->fd = fd;
   c->readable = readable;
   c->writable = writable;
@@ -82,17 +218,26 @@ static int nonblock(int fd) {
 static int pipe_new(lua_State *L) {
   int duplex = lua_isnoneornil(L, 1) || lua_toboolean(L, 1);
   int fds[2];
+  channel *ch = (channel *)lmp_obj_new(LMP_T_CHANNEL, 0, sizeof(channel));
+  if (ch == NULL) return lmp_nomem(L, sizeof(channel));
+  lmp_guard_init(&ch->g);
   if (duplex) {
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0)
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) {
+      lmp_obj_discard(&ch->h);
       return luaL_error(L, "cannot make a pipe: %s", strerror(errno));
+    }
   } else if (pipe2(fds, O_CLOEXEC) < 0) {
+    lmp_obj_discard(&ch->h);
     return luaL_error(L, "cannot make a pipe: %s", strerror(errno));
   }
   nonblock(fds[0]);
   nonblock(fds[1]);
   /* Make both handles before anything can fail, so the fds are owned. */
-  newconn(L, fds[0], 1, duplex)->sock = duplex;
-  newconn(L, fds[1], duplex, 1)->sock = duplex;
+  newconn(L, fds[0], 1, duplex, ch)->sock = duplex;
+  newconn(L, fds[1], duplex, 1, ch)->sock = duplex;
+  if (((conn *)lua_touserdata(L, -1))->ch == NULL ||
+      ((conn *)lua_touserdata(L, -2))->ch == NULL)
+    return lmp_nomem(L, 64); /* the handles close what they hold */
   return 2;
 }
 
@@ -166,12 +311,22 @@ static int writeall(lua_State *L, conn *c, struct iovec *iov, int n,
 /* Sends one frame: 0 or -errno (nothing raised).  A frame cut short by
  * Ctrl-C would leave the stream out of step, so then the connection is
  * closed: the other end sees it end in the middle of a message. */
-static int send_frame(lua_State *L, conn *c, const char *p, size_t n) {
-  unsigned char hdr[12];
+static int send_frame(lua_State *L, conn *c, const char *p, size_t n,
+                      uint64_t flight) {
+  unsigned char hdr[20];
   struct iovec iov[2];
   size_t h = 4, sent;
   int rc;
-  if (n < 0xffffffffu) {
+  if (flight != 0) {
+    int i;
+    memset(hdr, 0xff, 4);
+    hdr[3] = 0xfe;
+    for (i = 0; i < 8; i++) {
+      hdr[4 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+      hdr[12 + i] = (unsigned char)(flight >> (56 - 8 * i));
+    }
+    h = 20;
+  } else if (n < 0xfffffffeu) {
     hdr[0] = (unsigned char)(n >> 24);
     hdr[1] = (unsigned char)(n >> 16);
     hdr[2] = (unsigned char)(n >> 8);
@@ -216,22 +371,29 @@ static int conn_send_bytes(lua_State *L) {
   if (j < 0) j = (lua_Integer)n + j + 1;
   if (i < 1) i = 1;
   if (j > (lua_Integer)n) j = (lua_Integer)n;
-  rc = i > j ? send_frame(L, c, s, 0)
-             : send_frame(L, c, s + i - 1, (size_t)(j - i + 1));
+  rc = i > j ? send_frame(L, c, s, 0, 0)
+             : send_frame(L, c, s + i - 1, (size_t)(j - i + 1), 0);
   if (rc < 0) return send_failed(L, rc);
   return 0;
 }
 
-/* send(v): sends v through the codec. */
+/* send(v): sends v through the codec; one that names shared objects
+ * goes as a flight. */
 static int conn_send(lua_State *L) {
   conn *c = checkwritable(L);
+  channel *ch = c->ch;
+  uint64_t flight = 0;
+  size_t nobj;
   int rc;
   luaL_checkany(L, 2);
   c->enc->len = 0;
-  lmp_encode(L, 2, "value", c->enc);
-  rc = send_frame(L, c, c->enc->data, c->enc->len);
+  nobj = lmp_encode_bare(L, 2, "value", c->enc);
+  if (nobj > 0 && (ch == NULL || (flight = flight_add(ch, c->enc->data,
+                                                      c->enc->len, nobj)) == 0))
+    return lmp_nomem(L, sizeof(flight) + nobj * sizeof(lmp_off));
+  rc = send_frame(L, c, c->enc->data, c->enc->len, flight);
   if (rc < 0) { /* the message never left: its references go */
-    lmp_msg_release(c->enc->data, c->enc->len);
+    if (flight != 0) flight_drop(ch, flight);
     return send_failed(L, rc);
   }
   return 0;
@@ -250,12 +412,16 @@ static int header_done(conn *c, uint64_t *n, size_t *want) {
   }
   v = ((uint64_t)c->hdr[0] << 24) | ((uint64_t)c->hdr[1] << 16) |
       ((uint64_t)c->hdr[2] << 8) | c->hdr[3];
-  if (v == 0xffffffffu) {
-    if (c->hgot < 12) {
-      *want = 12 - c->hgot;
+  c->flight = 0;
+  if (v >= 0xfffffffeu) {
+    size_t h = v == 0xffffffffu ? 12 : 20;
+    if (c->hgot < h) {
+      *want = h - c->hgot;
       return 0;
     }
     for (v = 0, i = 0; i < 8; i++) v = (v << 8) | c->hdr[4 + i];
+    if (h == 20)
+      for (i = 0; i < 8; i++) c->flight = (c->flight << 8) | c->hdr[12 + i];
   }
   *n = v;
   return 1;
@@ -324,6 +490,13 @@ static void read_frame(lua_State *L, conn *c) {
   }
 }
 
+/* The message just read is in: the objects its flight kept alive (if it
+ * had one) are let go of, the receiver's own handles holding them now. */
+static void landed(conn *c) {
+  if (c->flight != 0 && c->ch != NULL) flight_drop(c->ch, c->flight);
+  c->flight = 0;
+}
+
 static conn *checkreadable(lua_State *L) {
   conn *c = checkconn(L);
   if (!c->readable) luaL_error(L, "connection is write-only");
@@ -338,6 +511,7 @@ static int conn_recv_bytes(lua_State *L) {
   luaL_argcheck(L, lua_isnoneornil(L, 2) || maxlen >= 0, 2,
                 "maxlength must be non-negative");
   read_frame(L, c);
+  landed(c);
   if (maxlen >= 0 && c->n > (uint64_t)maxlen)
     return luaL_error(L, "message too long (%I bytes; maxlength is %I)",
                       (lua_Integer)c->n, maxlen);
@@ -358,6 +532,7 @@ static int conn_recv_bytes_into(lua_State *L) {
   luaL_argcheck(L, off >= 0 && (size_t)off <= size, 3,
                 "offset out of range");
   read_frame(L, c);
+  landed(c);
   if (c->n > size - (size_t)off) {
     lua_pushlstring(L, c->buf, (size_t)c->n);
     return lmp_throw_value(L, "BufferTooShort", -1,
@@ -373,8 +548,15 @@ static int conn_recv_bytes_into(lua_State *L) {
 /* recv() -> value. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
+  int rc;
   read_frame(L, c);
-  lmp_take_decode(L, c->buf, (size_t)c->n, NULL, NULL);
+  if (c->flight == 0) { /* it names no object: nothing to let go of */
+    lmp_decode(L, c->buf, (size_t)c->n);
+    return 1;
+  }
+  rc = lmp_decode_protected(L, c->buf, (size_t)c->n);
+  landed(c);
+  if (rc != LUA_OK) return lua_error(L);
   return 1;
 }
 
@@ -466,4 +648,4 @@ static const lmp_class *const pipe_classes[] = {&conn_class, NULL};
 
 static const luaL_Reg pipe_funcs[] = {{"Pipe", pipe_new}, {NULL, NULL}};
 
-const lmp_family lmp_pipe_family = {pipe_classes, pipe_funcs};
+const lmp_family lmp_pipe_family = {pipe_classes, pipe_funcs, pipe_open};

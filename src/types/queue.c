@@ -590,4 +590,4 @@ static const luaL_Reg queue_funcs[] = {
   {"SimpleQueue", queue_SimpleQueue}, {NULL, NULL}
 };
 
-const lmp_family lmp_queue_family = {queue_classes, queue_funcs};
+const lmp_family lmp_queue_family = {queue_classes, queue_funcs, NULL};

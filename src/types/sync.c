@@ -518,4 +518,4 @@ static const luaL_Reg sync_funcs[] = {
   {"Event", sync_Event}, {NULL, NULL}
 };
 
-const lmp_family lmp_sync_family = {sync_classes, sync_funcs};
+const lmp_family lmp_sync_family = {sync_classes, sync_funcs, NULL};

@@ -26,7 +26,8 @@ enum {
   LMP_T_EVENT,
   LMP_T_COND,
   LMP_T_BARRIER,
-  LMP_T_ARRAY
+  LMP_T_ARRAY,
+  LMP_T_CHANNEL /* the messages in flight on a Pipe (pipe.c) */
 };
 
 /* The families, in the order core.c opens them into luamp.core. */

@@ -516,4 +516,4 @@ static const luaL_Reg value_funcs[] = {
   {"Value", shared_Value}, {"Array", shared_Array}, {NULL, NULL}
 };
 
-const lmp_family lmp_value_family = {value_classes, value_funcs};
+const lmp_family lmp_value_family = {value_classes, value_funcs, NULL};

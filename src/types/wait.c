@@ -114,4 +114,4 @@ static int core_wait(lua_State *L) {
 
 static const luaL_Reg wait_funcs[] = {{"wait", core_wait}, {NULL, NULL}};
 
-const lmp_family lmp_wait_family = {NULL, wait_funcs};
+const lmp_family lmp_wait_family = {NULL, wait_funcs, NULL};
