@@ -356,19 +356,6 @@ static int list_pop(lua_State *L) {
   return take_unlock(L, l, (uint64_t)i);
 }
 
-/* Do the messages p and q hold equal values?  Numbers compare as Lua
- * compares them (2 == 2.0); anything else by its encoding. */
-static int same(const char *p, size_t n, const char *q, size_t m) {
-  lua_Integer i1, i2;
-  lua_Number f1, f2;
-  int k1 = lmp_msg_number(p, n, &i1, &f1), k2;
-  if (k1 != 0 && (k2 = lmp_msg_number(q, m, &i2, &f2)) != 0) {
-    if (k1 == 1 && k2 == 1) return i1 == i2;
-    return (k1 == 1 ? (lua_Number)i1 : f1) == (k2 == 1 ? (lua_Number)i2 : f2);
-  }
-  return n == m && memcmp(p, q, n) == 0;
-}
-
 /* The 0-based index of the first item equal to the message (p, n), or
  * -1; the caller holds the guard. */
 static int64_t find_locked(list *l, const char *p, size_t n) {
@@ -376,14 +363,14 @@ static int64_t find_locked(list *l, const char *p, size_t n) {
   uint64_t i, len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(a[i]);
-    if (same(it->data, it->len, p, n)) return (int64_t)i;
+    if (lmp_msg_equal(it->data, it->len, p, n)) return (int64_t)i;
   }
   return -1;
 }
 
-/* Equality is by content: numbers as Lua compares them, anything else
- * when it encodes alike (equal strings; tables with equal contents built
- * in the same order). */
+/* Equality is by content (lmp_msg_equal): numbers as Lua compares them,
+ * tables as maps whatever order their keys were set in, shared objects by
+ * identity. */
 static void encode_probe(lua_State *L, lmp_bufhandle *h, int idx) {
   h->buf->len = 0;
   lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
@@ -434,7 +421,7 @@ static int list_count(lua_State *L) {
   len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(ARR(l)[i]);
-    if (same(it->data, it->len, h->buf->data, h->buf->len)) c++;
+    if (lmp_msg_equal(it->data, it->len, h->buf->data, h->buf->len)) c++;
   }
   lunlock(l);
   lua_pushinteger(L, c);
