@@ -523,7 +523,8 @@ int lmp_msg_equal(const char *p, size_t n, const char *q, size_t m) {
   eq e;
   int r = 0;
   /* The same bytes hold the same value, unless a NaN may be among them. */
-  if (n == m && memcmp(p, q, n) == 0 && memchr(p, LMP_TAG_FLOAT, n) == NULL)
+  if (n == m && n > 1 && p[0] == LMP_CODEC_VERSION && memcmp(p, q, n) == 0 &&
+      memchr(p, LMP_TAG_FLOAT, n) == NULL)
     return 1;
   memset(&e, 0, sizeof e);
   if (scan(&e.s[0], p, n) == 0 && scan(&e.s[1], q, m) == 0)
