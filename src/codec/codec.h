@@ -1,8 +1,8 @@
 /* codec.h -- the message codec: Lua values to messages and back, the one
  * place that decides what may cross a process boundary.  encode.c writes
  * messages, decode.c reads them back, walk.c finds the shared objects a
- * message names without Lua, mac.c signs bytecode, buf.c is the buffer
- * messages are built in.
+ * message names without Lua, equal.c compares two messages' values,
+ * mac.c signs bytecode, buf.c is the buffer messages are built in.
  */
 #ifndef LUAMP_CODEC_H
 #define LUAMP_CODEC_H
@@ -221,6 +221,15 @@ void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst);
  * length. */
 int lmp_msg_number(const char *p, size_t n, lua_Integer *i, lua_Number *f);
 size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f);
+
+/* Do the messages [p, p+n) and [q, q+m) hold equal values?  Without Lua
+ * and never raising: numbers as Lua's == compares them (1 == 1.0, NaN
+ * equal to nothing), strings by their bytes, shared objects by identity,
+ * functions by their encoding, tables as maps whatever order their keys
+ * were set in (table keys by the same equality), cycles and shared parts
+ * included.  Identical bytes with no float among them are equal without
+ * a walk; a message it cannot read is equal to nothing. */
+int lmp_msg_equal(const char *p, size_t n, const char *q, size_t m);
 
 /* ------------------------------------------------------------ decoding */
 

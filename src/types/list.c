@@ -356,19 +356,6 @@ static int list_pop(lua_State *L) {
   return take_unlock(L, l, (uint64_t)i);
 }
 
-/* Do the messages p and q hold equal values?  Numbers compare as Lua
- * compares them (2 == 2.0); anything else by its encoding. */
-static int same(const char *p, size_t n, const char *q, size_t m) {
-  lua_Integer i1, i2;
-  lua_Number f1, f2;
-  int k1 = lmp_msg_number(p, n, &i1, &f1), k2;
-  if (k1 != 0 && (k2 = lmp_msg_number(q, m, &i2, &f2)) != 0) {
-    if (k1 == 1 && k2 == 1) return i1 == i2;
-    return (k1 == 1 ? (lua_Number)i1 : f1) == (k2 == 1 ? (lua_Number)i2 : f2);
-  }
-  return n == m && memcmp(p, q, n) == 0;
-}
-
 /* The 0-based index of the first item equal to the message (p, n), or
  * -1; the caller holds the guard. */
 static int64_t find_locked(list *l, const char *p, size_t n) {
@@ -376,229 +363,26 @@ static int64_t find_locked(list *l, const char *p, size_t n) {
   uint64_t i, len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(a[i]);
-    if (same(it->data, it->len, p, n)) return (int64_t)i;
+    if (lmp_msg_equal(it->data, it->len, p, n)) return (int64_t)i;
   }
   return -1;
 }
 
-/*
- * Equality (index, count, remove) is Lua's, for values that crossed a
- * process: numbers by value (2 == 2.0), strings by their bytes, shared
- * objects by identity, and tables by their contents, whatever the order
- * their fields were set in: the same keys with equal values, a key that
- * is a table (or function, or handle) matched by its contents too, a
- * cycle equal to a cycle, and equal metatables.  Functions compare by
- * their encoding.  Under the guard, encodings settle everything but a
- * table whose encoding differs from the value's; those items are compared
- * by content outside the guard, on a copy of their encodings.
- */
-
-/* Pairs of tables taken as equal while their comparison is under way (a
- * cycle meets itself), in a buffer at stack index `at`. */
-typedef struct pairs_seen {
-  lmp_buf *b;
-} pairs_seen;
-
-typedef struct tpair {
-  const void *a, *b;
-} tpair;
-
-static int equal(lua_State *L, int a, int b, pairs_seen *ps, int depth);
-
-/* Is there a key of table b equal to key k whose value equals v? */
-static int find_key(lua_State *L, int b, int k, int v, pairs_seen *ps,
-                    int depth) {
-  int t = lua_type(L, k);
-  lua_pushnil(L);
-  while (lua_next(L, b)) {
-    int top = lua_gettop(L);
-    size_t mark = ps->b->len;
-    if (lua_type(L, top - 1) == t && equal(L, k, top - 1, ps, depth) &&
-        equal(L, v, top, ps, depth)) {
-      lua_pop(L, 2);
-      return 1;
-    }
-    ps->b->len = mark; /* what this candidate assumed goes with it */
-    lua_pop(L, 1);
-  }
-  return 0;
-}
-
-static int tables_equal(lua_State *L, int a, int b, pairs_seen *ps,
-                        int depth) {
-  tpair p = {lua_topointer(L, a), lua_topointer(L, b)}, *seen;
-  size_t i, n = ps->b->len / sizeof p, mark = ps->b->len;
-  lua_Integer na = 0, nb = 0;
-  int ma, mb, eq = 1;
-  seen = (tpair *)ps->b->data;
-  for (i = 0; i < n; i++)
-    if (seen[i].a == p.a && seen[i].b == p.b) return 1;
-  if (depth >= LMP_CODEC_MAXDEPTH) return 0;
-  luaL_checkstack(L, 8, "comparing tables");
-  if (lmp_buf_reserve(ps->b, sizeof p) < 0) luaL_error(L, "not enough memory");
-  memcpy(ps->b->data + ps->b->len, &p, sizeof p);
-  ps->b->len += sizeof p;
-  ma = lua_getmetatable(L, a);
-  mb = lua_getmetatable(L, b);
-  if (ma != mb) eq = 0;
-  else if (ma) eq = equal(L, -2, -1, ps, depth + 1);
-  lua_pop(L, ma + mb);
-  lua_pushnil(L);
-  while (eq && lua_next(L, a)) {
-    int v = lua_gettop(L), k = v - 1, t = lua_type(L, k);
-    na++;
-    if (t == LUA_TTABLE || t == LUA_TUSERDATA || t == LUA_TFUNCTION) {
-      eq = find_key(L, b, k, v, ps, depth + 1);
-    } else {
-      lua_pushvalue(L, k);
-      eq = lua_rawget(L, b) != LUA_TNIL && equal(L, v, v + 1, ps, depth + 1);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, eq ? 1 : 2); /* the value; and the key once it is over */
-  }
-  if (eq) {
-    lua_pushnil(L);
-    while (lua_next(L, b)) {
-      nb++;
-      lua_pop(L, 1);
-    }
-    eq = na == nb;
-  }
-  if (!eq) ps->b->len = mark;
-  return eq;
-}
-
-/* Two functions compare by their encoding (upvalues included). */
-static int functions_equal(lua_State *L, int a, int b) {
-  lmp_buf *x = lmp_buf_new(L), *y = lmp_buf_new(L);
-  int eq;
-  lmp_encode_bare(L, a, "value", x);
-  lmp_encode_bare(L, b, "value", y);
-  eq = x->len == y->len && memcmp(x->data, y->data, x->len) == 0;
-  lua_pop(L, 2);
-  return eq;
-}
-
-static int equal(lua_State *L, int a, int b, pairs_seen *ps, int depth) {
-  int t = lua_type(L, a);
-  a = lua_absindex(L, a);
-  b = lua_absindex(L, b);
-  if (lua_rawequal(L, a, b)) return 1;
-  if (lua_type(L, b) != t) return 0;
-  switch (t) {
-    case LUA_TTABLE: return tables_equal(L, a, b, ps, depth);
-    case LUA_TUSERDATA: {
-      lmp_obj *o = lmp_toobj(L, a);
-      return o != NULL && o == lmp_toobj(L, b);
-    }
-    case LUA_TFUNCTION: return functions_equal(L, a, b);
-    default: return 0; /* numbers, strings, booleans: rawequal said */
-  }
-}
-
-/* Is the message (p, n) the encoding of a table? */
-static int is_table(const char *p, size_t n) {
-  return n > 1 && (p[1] & ~LMP_TAG_KEEP) == LMP_TAG_TABLE;
-}
-
-/* Is the table at idx equal to the item encoded at (p, n)?  Decodes it;
- * an item that cannot be decoded here equals nothing. */
-static int item_equal(lua_State *L, int idx, const char *p, size_t n) {
-  pairs_seen ps;
-  int eq = 0;
-  if (lmp_decode_protected(L, p, n) == LUA_OK) {
-    ps.b = lmp_buf_new(L);
-    eq = equal(L, idx, -2, &ps, 0);
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  return eq;
-}
-
+/* Equality is by content (lmp_msg_equal): numbers as Lua compares them,
+ * tables as maps whatever order their keys were set in, shared objects by
+ * identity. */
 static void encode_probe(lua_State *L, lmp_bufhandle *h, int idx) {
   h->buf->len = 0;
   lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
 }
 
-/* Copies out, under the guard, the items that encode tables: for each its
- * index, length and bytes, into a buffer it pushes. */
-static lmp_buf *table_items(lua_State *L, list *l) {
-  lmp_buf *b = lmp_buf_new(L);
-  uint64_t i, len;
-  int full = 0;
-  llock(l);
-  len = LEN(l);
-  for (i = 0; i < len && !full; i++) {
-    item *it = LMP_PTR(ARR(l)[i]);
-    if (!is_table(it->data, it->len)) continue;
-    if (lmp_buf_reserve(b, 16 + it->len) < 0) {
-      full = 1;
-      break;
-    }
-    memcpy(b->data + b->len, &i, 8);
-    memcpy(b->data + b->len + 8, &it->len, 8);
-    memcpy(b->data + b->len + 16, it->data, it->len);
-    b->len += 16 + it->len;
-  }
-  lunlock(l);
-  if (full) luaL_error(L, "not enough memory");
-  return b;
-}
-
-/* Scans the items that encode tables for ones equal to the table at 2
- * (its encoding in h->buf): counts them all (count != NULL), or stops at
- * the first and returns its index, with its offset in the copy in *at.
- * -1 if there is none.  Leaves the copy pushed. */
-static int64_t scan_tables(lua_State *L, list *l, lmp_bufhandle *h,
-                           lua_Integer *count, size_t *at) {
-  lmp_buf *b = table_items(L, l);
-  size_t pos;
-  for (pos = 0; pos < b->len;) {
-    uint64_t i, n;
-    memcpy(&i, b->data + pos, 8);
-    memcpy(&n, b->data + pos + 8, 8);
-    if ((n == h->buf->len && memcmp(b->data + pos + 16, h->buf->data, n) == 0)
-        || item_equal(L, 2, b->data + pos + 16, (size_t)n)) {
-      if (count == NULL) {
-        *at = pos;
-        return (int64_t)i;
-      }
-      (*count)++;
-    }
-    pos += 16 + n;
-  }
-  return -1;
-}
-
 /* Takes the guard and finds the first item equal to the value at 2: its
  * 0-based index, or -1. */
 static int64_t lock_find(lua_State *L, list *l, lmp_bufhandle *h) {
-  int top = lua_gettop(L);
   luaL_checkany(L, 2);
   encode_probe(L, h, 2);
-  if (lua_type(L, 2) != LUA_TTABLE) {
-    llock(l);
-    return find_locked(l, h->buf->data, h->buf->len);
-  }
-  for (;;) { /* until what was found is still there under the guard */
-    size_t at = 0;
-    int64_t i = scan_tables(L, l, h, NULL, &at);
-    lmp_buf *b = lua_touserdata(L, -1);
-    uint64_t n;
-    item *it;
-    llock(l);
-    if (i < 0) break;
-    memcpy(&n, b->data + at + 8, 8);
-    if ((uint64_t)i < LEN(l) && (it = LMP_PTR(ARR(l)[i]))->len == n &&
-        memcmp(it->data, b->data + at + 16, (size_t)n) == 0) {
-      lua_settop(L, top);
-      return i;
-    }
-    lunlock(l);
-    lua_settop(L, top);
-  }
-  lua_settop(L, top);
-  return -1;
+  llock(l);
+  return find_locked(l, h->buf->data, h->buf->len);
 }
 
 /* remove(v): the first item equal to v; raises if there is none */
@@ -633,16 +417,11 @@ static int list_count(lua_State *L) {
   uint64_t i, len;
   luaL_checkany(L, 2);
   encode_probe(L, h, 2);
-  if (lua_type(L, 2) == LUA_TTABLE) {
-    scan_tables(L, l, h, &c, NULL);
-    lua_pushinteger(L, c);
-    return 1;
-  }
   llock(l);
   len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(ARR(l)[i]);
-    if (same(it->data, it->len, h->buf->data, h->buf->len)) c++;
+    if (lmp_msg_equal(it->data, it->len, h->buf->data, h->buf->len)) c++;
   }
   lunlock(l);
   lua_pushinteger(L, c);

@@ -610,12 +610,55 @@ static void test_strings(void) {
   lua_settop(S, 0);
 }
 
+/* equal(a, b): lmp_msg_equal of two encoded strings. */
+static int equal(lua_State *L) {
+  size_t n, m;
+  const char *p = luaL_checklstring(L, 1, &n), *q = luaL_checklstring(L, 2, &m);
+  lua_pushboolean(L, lmp_msg_equal(p, n, q, m));
+  return 1;
+}
+
+static void test_equal(void) {
+  lua_register(S, "equal", equal);
+  RUN(S,
+      "local function eq(a, b, what)\n"
+      "  same(equal(encode(a), encode(b)), true, what)\n"
+      "  same(equal(encode(b), encode(a)), true, what .. ' (swapped)')\n"
+      "end\n"
+      "local function ne(a, b, what)\n"
+      "  same(equal(encode(a), encode(b)), false, what)\n"
+      "  same(equal(encode(b), encode(a)), false, what .. ' (swapped)')\n"
+      "end\n"
+      "eq(1, 1.0, '1 and 1.0') eq('abc', 'ab' .. 'c', 'strings')\n"
+      "ne(0/0, 0/0, 'NaN') ne({0/0}, {0/0}, 'NaN inside')\n"
+      "ne(2^53, (1 << 53) + 1, 'a float is not rounded')\n"
+      "ne(1, '1', 'number and string') ne(false, nil, 'false and nil')\n"
+      "local a, b = {}, {}\n"
+      "for i = 1, 30 do a['k' .. i] = i end\n"
+      "for i = 30, 1, -1 do b['k' .. i] = i end\n"
+      "eq(a, b, 'key order') b.k7 = 7.5 ne(a, b, 'a value differs')\n"
+      "local r = {} r[3], r[2], r[1] = 3, 2, 1\n"
+      "eq(r, {1, 2, 3}, 'array part and pairs') ne(r, {1, 2}, 'a key more')\n"
+      "eq({[{1}] = 1, [{2}] = 2}, {[{2}] = 2, [{1}] = 1}, 'table keys')\n"
+      "ne({[{1}] = 1, [{2}] = 2}, {[{2}] = 1, [{1}] = 2}, 'swapped values')\n"
+      "local c, d = {}, {} c.me = c d.me = d\n"
+      "eq(c, d, 'cycles') ne(c, {me = {}}, 'a cycle and a table')\n"
+      "local s = {1} eq({s, s}, {{1}, {1}}, 'shared parts')\n"
+      "local f = function() return 1 end\n"
+      "eq(f, f, 'a function') ne(f, function() return 2 end, 'code')\n"
+      "local o1, o2 = core.blob(8), core.blob(8)\n"
+      "eq({o = o1}, {o = o1}, 'an object') ne(o1, o2, 'two objects')\n"
+      "o1:close() o2:close()\n"
+      "same(equal('', ''), false, 'not a message')\n"
+      "same(equal(encode({1}), encode({1}):sub(1, -2)), false, 'truncated')\n");
+}
+
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_buf),       CHECK(test_scalars), CHECK(test_strings),
     CHECK(test_slices),    CHECK(test_tables),  CHECK(test_functions),
     CHECK(test_names),     CHECK(test_errors),  CHECK(test_objects),
-    CHECK(test_hostile),
+    CHECK(test_hostile),   CHECK(test_equal),
   };
   int rc;
   if (lmp_arena_init(64 << 20) != 0) {

@@ -421,7 +421,8 @@ describe("List", function()
       l:close()
     end)
 
-    it("match tables used as keys by their contents", function()
+    it("match tables used as keys, each value following its key",
+       function()
       local k1, k2 = {"a"}, {"b"}
       local l = mp.List{{[k1] = 1, [k2] = 2}}
       local q = {}
@@ -475,6 +476,85 @@ describe("List", function()
       assert.are.equal(6, l:count({a = 1, b = 2}))
       assert.are.equal(1, l:count({a = 4}))
       l:close()
+    end)
+
+    it("compare nested tables as maps, at any depth", function()
+      local a = {x = {p = 1, q = {2, 3}}, y = "y"}
+      local b = {}
+      b.y = "y"
+      b.x = {}
+      b.x.q = {}
+      b.x.q[2], b.x.q[1] = 3, 2
+      b.x.p = 1
+      local l = mp.List{"other", a}
+      assert.are.equal(2, l:index(b))
+      assert.are.equal(0, l:count({x = {p = 1, q = {2, 3}}, y = "z"}))
+      assert.are.equal(0, l:count({x = {p = 1, q = {2, 3}}, y = "y", z = 1}))
+      assert.are.equal(0, l:count({x = {p = 1, q = {2, {3}}}, y = "y"}))
+      assert.are.equal(0, l:count({x = {p = 1}, y = "y"}))
+      l:close()
+    end)
+
+    it("match 1.0 and 1 as values and as keys, NaN nowhere", function()
+      local l = mp.List{{1, 2.5, n = 3}, {[1.0] = "one", [2] = "two"},
+                        {0 / 0}}
+      assert.are.equal(1, l:index({1.0, 2.5, n = 3.0}))
+      assert.are.equal(0, l:count({1, 2.5, n = 3.5}))
+      assert.are.equal(2, l:index({"one", "two"}))
+      assert.are.equal(0, l:count({0 / 0}))
+      assert.are.equal(0, l:count(0 / 0))
+      l:close()
+    end)
+
+    it("compare tables that contain themselves", function()
+      local a, b = {name = "a"}, {}
+      a.self = a
+      b.self, b.name = b, "a"
+      local c = {name = "a"}
+      c.self = {name = "a", self = c}
+      local d = {name = "b"}
+      d.self = d
+      local l = mp.List{a}
+      assert.are.equal(1, l:count(b))
+      assert.are.equal(1, l:count(c)) -- unrolled once, the same map
+      assert.are.equal(0, l:count(d))
+      assert.are.equal(0, l:count({name = "a", self = {}}))
+      l:close()
+    end)
+
+    it("keep shared parts apart from copies only where they differ", function()
+      local s = {1, 2}
+      local l = mp.List{{s, s, {1, 2}}}
+      assert.are.equal(1, l:count({{1, 2}, {1, 2}, s}))
+      assert.are.equal(0, l:count({{1, 2}, {1, 2}, {1, 3}}))
+      l:close()
+    end)
+
+    it("match tables used as keys by their contents", function()
+      local l = mp.List{{[{1, 2}] = "a", [{x = 1}] = "b", k = "c"}}
+      local t = {}
+      t.k = "c"
+      t[{x = 1}] = "b"
+      t[{1, 2}] = "a"
+      assert.are.equal(1, l:index(t))
+      assert.are.equal(0, l:count({[{1, 2}] = "a", [{x = 2}] = "b", k = "c"}))
+      assert.are.equal(0, l:count({[{1, 2}] = "b", [{x = 1}] = "a", k = "c"}))
+      assert.are.equal(0, l:count({[{1, 2}] = "a", k = "c"}))
+      l:close()
+    end)
+
+    it("match shared objects by identity, not contents", function()
+      local d1, d2, d3 = mp.Dict(), mp.Dict(), mp.Dict()
+      local l = mp.List{d1, {key = d2, n = 1}}
+      assert.are.equal(1, l:index(l[1]))
+      assert.are.equal(1, l:count(d1))
+      assert.are.equal(0, l:count(d3))
+      assert.are.equal(2, l:index({n = 1, key = l[2].key}))
+      assert.are.equal(0, l:count({n = 1, key = d3}))
+      l:close()
+      d1:close()
+      d2:close()
+      d3:close()
     end)
 
     it("find a number however it is written: 2 equals 2.0", function()
