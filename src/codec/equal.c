@@ -325,7 +325,7 @@ static void keykind(const side *s, entry *x) {
              (*x->k & ~LMP_TAG_KEEP) == LMP_TAG_FUNC ||
              *x->k == LMP_TAG_REF) {
     x->kind = K_NODE;
-  } else { /* objects, names, messages: as written */
+  } else { /* objects, names, messages: as written (readtable sets len) */
     x->kind = K_BYTES;
     x->s = x->k;
   }
@@ -382,6 +382,7 @@ static int readtable(side *s, pos p, tview *t) {
     x.v = p;
     if (skipvalue(s, &p, 0, 0) < 0) return -1;
     keykind(s, &x);
+    if (x.kind == K_BYTES) x.len = (size_t)(x.v - x.k);
     if (x.kind == K_NODE) t->nnode++;
     if (addentry(t, &cap, &x) < 0) return -1;
   }

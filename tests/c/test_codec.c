@@ -648,6 +648,10 @@ static void test_equal(void) {
       "eq(f, f, 'a function') ne(f, function() return 2 end, 'code')\n"
       "local o1, o2 = core.blob(8), core.blob(8)\n"
       "eq({o = o1}, {o = o1}, 'an object') ne(o1, o2, 'two objects')\n"
+      "local k1, k2 = {[o1] = 1, [o2] = 2, x = 3}, {x = 3}\n"
+      "k2[o2] = 2 k2[o1] = 1\n"
+      "eq(k1, k2, 'objects as keys')\n"
+      "k2[o1] = 2 ne(k1, k2, 'a value under an object')\n"
       "o1:close() o2:close()\n"
       "same(equal('', ''), false, 'not a message')\n"
       "same(equal(encode({1}), encode({1}):sub(1, -2)), false, 'truncated')\n");
