@@ -1,0 +1,179 @@
+-- list_fault_spec.lua -- a List under fire: processes that append, set,
+-- insert, pop, remove and extend are killed with SIGKILL at random
+-- moments, and yet the list stays consistent (its length is the number of
+-- items a walk sees, every item decodes whole), nobody is left blocked,
+-- and once everything is closed no arena block is left behind.
+
+local mp = require "luamp"
+local core = require "luamp.core"
+local H = require "spec_helper"
+local spawn, finish = H.spawn, H.finish
+
+local ROUNDS = 120
+local WORKERS = 3
+local MAXLEN = 40 << 10
+
+-- An item tagged r: mostly small, now and then tens of KiB.
+local function item(r, extra)
+  local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
+    or math.random(0, 300)
+  return {r = r, len = len, s = H.payload(r, len), extra = extra}
+end
+
+-- One random operation on l; extra goes into the items stored.
+local function operate(l, extra)
+  local op = math.random(10)
+  local n = #l
+  if op <= 3 or n < 4 then
+    l:append(item(math.random(1000), extra))
+  elseif op == 4 then
+    l:pop()
+  elseif op == 5 then
+    l:pop(1)
+  elseif op == 6 then
+    l[math.random(n)] = item(math.random(1000), extra)
+  elseif op == 7 then
+    l:insert(math.random(n), item(math.random(1000), extra))
+  elseif op == 8 then
+    l:extend{item(math.random(1000), extra), item(math.random(1000), extra)}
+  elseif op == 9 then
+    pcall(l.remove, l, l[1]) -- another process may have taken it first
+  else
+    for _ in ipairs(l) do end
+  end
+end
+
+-- Checks that l is consistent: its length is the number of items, and
+-- every item decodes whole.  Returns the length.
+local function check_consistent(l, why, extra)
+  local n = #l
+  local t = l:totable()
+  assert.are.equal(n, t.n, "#l and totable() disagree" .. why)
+  for i = 1, n do
+    local v = t[i]
+    assert.are.equal("table", type(v), "item " .. i .. why)
+    assert.are.equal(v.len, #v.s, "a torn item at " .. i .. why)
+    assert.is_true(v.s == H.payload(v.r, v.len), "a torn item at " .. i
+      .. why)
+    if extra ~= nil then
+      assert.is_true(v.extra == extra, "a lost reference at " .. i .. why)
+    end
+  end
+  return n
+end
+
+describe("List under SIGKILL", function()
+  H.leakcheck()
+
+  it("stays consistent and blocks nobody", function()
+    local why, seed = H.seeded()
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local l = mp.List()
+    local stop = core.blob(1)
+    stop:set("\0")
+    local next_id = 0
+    local function start()
+      next_id = next_id + 1
+      return spawn(function(id)
+        math.randomseed(seed + id)
+        while stop:get() == "\0" do operate(l) end
+      end, next_id)
+    end
+    local workers = {}
+    for i = 1, WORKERS do workers[i] = start() end
+    local t0 = mp.monotonic()
+    local i
+    H.kill_rounds{rounds = ROUNDS, pause = 0.004, why = why,
+      victim = function()
+        i = math.random(WORKERS)
+        return workers[i]
+      end,
+      after = function() workers[i] = start() end}
+    stop:set("\1")
+    for _, p in ipairs(workers) do finish(p, why) end
+    local elapsed = mp.monotonic() - t0
+    assert.is_true(check_consistent(l, why) > 0, "nothing was stored" .. why)
+
+    -- Nobody is blocked: a new process and this one use every operation.
+    local after = spawn(function()
+      math.randomseed(seed)
+      for _ = 1, 500 do operate(l) end
+    end)
+    finish(after, why)
+    for _ = 1, 500 do operate(l) end
+    check_consistent(l, why)
+    assert.is_true(elapsed < 60, "the test took " .. elapsed .. " s")
+
+    l:close()
+    stop:close()
+    collectgarbage()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+
+  -- A child moves one tagged item from the front to the back, over and
+  -- over, and is killed at a random moment: the list then holds each tag
+  -- exactly once, none lost and none doubled.
+  it("leaves each move done or not done, never half", function()
+    local why = H.seeded()
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local l = mp.List{1, 2, 3, 4, 5, 6, 7, 8}
+    H.kill_rounds{rounds = 60, pause = 0.003, why = why,
+      start = function()
+        return spawn(function()
+          while true do l:append(l:pop(1)) end
+        end)
+      end,
+      after = function(round)
+        local t = l:totable()
+        local seen = {}
+        for k = 1, t.n do
+          assert.is_nil(seen[t[k]], "tag " .. tostring(t[k])
+            .. " twice in round " .. round .. why)
+          seen[t[k]] = true
+        end
+        -- A kill between the pop and the append loses that one item: put
+        -- it back, so that each round starts whole.
+        assert.is_true(t.n == 8 or t.n == 7, "length " .. t.n
+          .. " in round " .. round .. why)
+        for tag = 1, 8 do
+          if not seen[tag] then l:append(tag) end
+        end
+      end}
+    l:close()
+    collectgarbage()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+
+  it("gives back the items of pops and replacements killed halfway",
+     function()
+    local why = H.seeded()
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local l = mp.List{"x"}
+    local big = ("p"):rep(60000)
+    H.kill_rounds{rounds = 100, pause = 0.003, why = why,
+      start = function()
+        return spawn(function()
+          while true do
+            l:append(big)
+            l[1] = big
+            l:pop()
+          end
+        end)
+      end,
+      after = function(round)
+        for k, v in ipairs(l) do
+          assert.is_true(v == big or (k == 1 and v == "x"),
+            "a torn item at " .. k .. " in round " .. round .. why)
+        end
+      end}
+    l:close()
+    collectgarbage()
+    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
+      .. why)
+  end)
+end)
