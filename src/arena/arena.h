@@ -115,7 +115,10 @@ const char *lmp_type_name(int type); /* "object" when unregistered */
 /* Allocates a zeroed object of `size` bytes (header included) with no
  * references; NULL when the arena is exhausted.  The caller holds it with
  * lmp_hold, or gives it a reference (lmp_obj_incref) from another object;
- * lmp_obj_discard frees one that nothing holds yet. */
+ * lmp_obj_discard frees one that nothing holds yet.  Until it has its
+ * first reference the process's slot names it, so that a process killed
+ * while it makes an object does not leave it behind: the type's hooks
+ * must then cope with an object whose fields are still zero. */
 lmp_obj *lmp_obj_new(int type, int kind, size_t size);
 void lmp_obj_incref(lmp_obj *o);
 void lmp_obj_decref(lmp_obj *o); /* destroys at zero */
@@ -154,6 +157,12 @@ typedef struct lmp_slot {
   _Atomic lmp_off waiting_on;  /* futex word it sleeps on, 0 for `wake` */
   lmp_off pending_obj;         /* the object the pending blocks go with */
   lmp_off pending_blk[LMP_PEND_MAX];
+  /* An object being made, until its first reference is taken: its
+   * reaper destroys one that no one took (creating_tag is unused). */
+  lmp_off creating, creating_tag;
+  /* The hold table being grown: the new one until it is in place, the
+   * old one until it is freed (see family.c). */
+  lmp_off grow_new, grow_old, grow_tag;
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };

@@ -85,18 +85,23 @@ const char *lmp_type_name(int type) {
 }
 
 lmp_obj *lmp_obj_new(int type, int kind, size_t size) {
-  lmp_obj *o = lmp_calloc(size);
+  /* Named in the slot by the allocation's own heap operation. */
+  lmp_obj *o = lmp_heap_alloc(size, &lmp_self->creating_tag, 0,
+                              &lmp_self->creating);
   if (o == NULL) return NULL;
-  o->magic = LMP_OBJ_MAGIC;
+  memset(o, 0, size);
   o->type = (uint16_t)type;
   o->kind = (uint16_t)kind;
   atomic_fetch_add(&F->objects, 1);
+  o->magic = LMP_OBJ_MAGIC; /* last: the reaper counts it by it */
   return o;
 }
 
 void lmp_obj_incref(lmp_obj *o) {
   atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
+  if (lmp_self->creating == LMP_OFF(o)) lmp_self->creating = 0;
 }
+
 
 static void unwatch_obj(lmp_obj *o);
 
@@ -170,8 +175,15 @@ static int tab_grow(lmp_slot *s) {
     for (i = 0; i < old->cap; i++)
       if (atomic_load(&old->e[i].n) > 0) live++;
   while (cap < (live + 1) * 4) cap *= 2;
-  t = tab_new(cap);
+  /* Named in the slot by its allocation, then the old one by a store,
+   * and each forgotten with the free or the store that settles it, so
+   * that the reaper of a process killed on the way frees the table that
+   * is not in place (settle_growth). */
+  t = lmp_heap_alloc(sizeof(hold_tab) + cap * sizeof(hold_ent),
+                     &s->grow_tag, 0, &s->grow_new);
   if (t == NULL) return -ENOMEM;
+  memset(t, 0, sizeof(hold_tab) + cap * sizeof(hold_ent));
+  t->cap = cap;
   if (old != NULL) {
     for (i = 0; i < old->cap; i++) {
       uint32_t n = atomic_load(&old->e[i].n), j;
@@ -184,9 +196,20 @@ static int tab_grow(lmp_slot *s) {
     }
   }
   atomic_thread_fence(memory_order_release);
-  s->refs = LMP_OFF(t);
-  lmp_free(old);
+  if (old != NULL) s->grow_old = LMP_OFF(old);
+  s->refs = LMP_OFF(t); /* the commit */
+  if (old != NULL) lmp_heap_free(old, &s->grow_old);
+  s->grow_new = 0;
   return 0;
+}
+
+/* The reaper's part for a hold table a dead process was growing. */
+static void settle_growth(lmp_slot *s) {
+  if (s->grow_new != 0 && s->grow_new != s->refs)
+    lmp_free(LMP_PTR(s->grow_new));
+  if (s->grow_old != 0 && s->grow_old != s->refs)
+    lmp_free(LMP_PTR(s->grow_old));
+  s->grow_new = s->grow_old = 0;
 }
 
 static hold_ent *tab_find(hold_tab *t, lmp_off off, hold_ent **freeslot) {
@@ -222,7 +245,12 @@ int lmp_hold(lmp_obj *o) {
     t = LMP_PTR(s->refs);
     e = tab_find(t, off, &fs);
   }
-  lmp_obj_incref(o);
+  /* A reference taken and not yet recorded leaks if the process dies
+   * between the two; one recorded and not yet taken would be dropped
+   * twice.  So a held object takes its reference first; a new one (the
+   * slot names it until its first reference) records it first, and its
+   * reaper, finding the object with no reference, forgets the record. */
+  if (s->creating != off) lmp_obj_incref(o);
   if (e == NULL) {
     e = fs;
     if (e->obj == 0) t->used++;
@@ -230,6 +258,7 @@ int lmp_hold(lmp_obj *o) {
     e->obj = off;
   }
   atomic_store(&e->n, 1);
+  if (s->creating == off) lmp_obj_incref(o);
   return 0;
 }
 
@@ -267,6 +296,7 @@ int lmp_slot_prepare_child(void) {
   atomic_store(&c->waiting_on, 0);
   c->pending_obj = 0;
   memset(c->pending_blk, 0, sizeof c->pending_blk);
+  c->creating = c->grow_new = c->grow_old = 0;
   c->refs = 0;
   atomic_fetch_add(&F->nprocs, 1);
   {
@@ -335,10 +365,32 @@ void lmp_slot_retire(void) {
 
 static void unwatch_slot(uint32_t idx);
 
+/* The reaper's part for an object a dead process was making: one that no
+ * reference reached is destroyed; one that has a reference is someone's
+ * (or leaks, if the process died as it took the first). */
+static void settle_creating(lmp_slot *s) {
+  lmp_off off = s->creating;
+  lmp_obj *o;
+  if (off == 0) return;
+  o = LMP_PTR(off);
+  s->creating = 0;
+  if (o->magic != LMP_OBJ_MAGIC) { /* not made whole */
+    lmp_free(o);
+  } else if (atomic_load(&o->refs) == 0) {
+    if (s->refs != 0) { /* a hold recorded, its reference not taken */
+      hold_ent *fs, *e = tab_find(LMP_PTR(s->refs), off, &fs);
+      if (e != NULL) atomic_store(&e->n, 0);
+    }
+    lmp_obj_discard(o);
+  }
+}
+
 /* The end of a slot whose blocks the reaper has settled (safe.c). */
 void lmp_slot_free(uint32_t idx) {
   lmp_slot *s = &F->slots[idx];
   unwatch_slot(idx);
+  settle_growth(s);
+  settle_creating(s);
   release_refs(s);
   atomic_store(&s->pid, 0);
   atomic_fetch_sub(&F->nprocs, 1);

@@ -388,6 +388,10 @@ void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk) {
   op_begin(OP_ALLOC, 0, 0);
   off = alloc_locked(block_need(n));
   if (off != 0 && blk != NULL) {
+    /* A block named pending is read by a reaper's hooks, which look for
+     * their magic in its first words: whatever a former block left there
+     * must not pass for it. */
+    memset(lmp_base + off + TAG, 0, MINBLOCK - TAG);
     SET(*tag, v);
     SET(*blk, off + TAG);
   }

@@ -161,7 +161,7 @@ static void cond_dtor(lmp_obj *o) {
   cond *c = (cond *)o;
   wl_free(&c->w);
   lmp_guard_destroy(&c->g);
-  lmp_obj_decref(LMP_PTR(c->lock));
+  if (c->lock != 0) lmp_obj_decref(LMP_PTR(c->lock));
 }
 
 #define checkcond(L) ((cond *)lmp_checkobj(L, 1))

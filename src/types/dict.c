@@ -81,9 +81,11 @@ static uint64_t hashkey(const char *k, size_t n) {
 /* After a process died holding the guard: recount. */
 static void dict_repair(lmp_obj *o) {
   dict *d = (dict *)o;
-  table *t = TAB(d);
+  table *t;
   uint64_t i;
   int64_t n = 0;
+  if (atomic_load(&d->tab) == 0) return;
+  t = TAB(d);
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off > DELETED) n++;
   atomic_store(&d->count, n);
@@ -141,8 +143,10 @@ static int resize(dict *d, uint64_t want) {
 /* Does the dict own block blk (an entry in a slot, or its table)? */
 static int owns_locked(lmp_obj *o, lmp_off blk) {
   dict *d = (dict *)o;
-  table *t = TAB(d);
+  table *t;
   uint64_t i;
+  if (atomic_load(&d->tab) == 0) return 0; /* still being made */
+  t = TAB(d);
   if (LMP_OFF(t) == blk) return 1;
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off == blk) return 1;
@@ -156,12 +160,14 @@ static void free_entry(entry *e) {
 
 static void dict_dtor(lmp_obj *o) {
   dict *d = (dict *)o;
-  table *t = TAB(d);
+  table *t;
   uint64_t i;
+  lmp_guard_destroy(&d->g);
+  if (atomic_load(&d->tab) == 0) return; /* never made whole */
+  t = TAB(d);
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off > DELETED) free_entry(LMP_PTR(t->s[i].off));
   lmp_free(t);
-  lmp_guard_destroy(&d->g);
 }
 
 /* Takes entry e out of slot i (e leaving, LMP_PEND_OUT, before the store

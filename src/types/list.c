@@ -52,8 +52,11 @@ static uint64_t LEN(list *l) { return atomic_load(&A(l)->len); }
 
 static int owns_locked(lmp_obj *o, lmp_off blk) {
   list *l = (list *)o;
-  lmp_off *a = ARR(l);
-  uint64_t i, n = LEN(l);
+  lmp_off *a;
+  uint64_t i, n;
+  if (atomic_load(&l->arr) == 0) return 0; /* still being made */
+  a = ARR(l);
+  n = LEN(l);
   if (LMP_OFF(A(l)) == blk) return 1;
   for (i = 0; i < n; i++)
     if (a[i] == blk) return 1;
@@ -71,11 +74,14 @@ static void free_item(lmp_off off) {
 
 static void list_dtor(lmp_obj *o) {
   list *l = (list *)o;
-  lmp_off *a = ARR(l);
-  uint64_t i, n = LEN(l);
+  lmp_off *a;
+  uint64_t i, n;
+  lmp_guard_destroy(&l->g);
+  if (atomic_load(&l->arr) == 0) return; /* never made whole */
+  a = ARR(l);
+  n = LEN(l);
   for (i = 0; i < n; i++) free_item(a[i]);
   lmp_free(A(l));
-  lmp_guard_destroy(&l->g);
 }
 
 /* Unlocks l and drops item off, which the caller registered as leaving
@@ -475,14 +481,17 @@ static int list_List(lua_State *L) {
   if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
   l = (list *)lmp_obj_new(LMP_T_LIST, 0, sizeof(list));
   if (l == NULL) return lmp_nomem(L, sizeof(list));
-  a = lmp_calloc(sizeof(array) + MINCAP * sizeof(lmp_off));
+  lmp_guard_init(&l->g);
+  /* Pending until published, so that a kill in between leaks no array. */
+  a = lmp_alloc_pending(&l->h, sizeof(array) + MINCAP * sizeof(lmp_off),
+                        LMP_PEND_NEW);
   if (a == NULL) {
     lmp_obj_discard(&l->h);
     return lmp_nomem(L, MINCAP * sizeof(lmp_off));
   }
-  lmp_guard_init(&l->g);
+  memset(a, 0, sizeof(array) + MINCAP * sizeof(lmp_off));
   a->cap = MINCAP;
-  l->arr = LMP_OFF(a);
+  lmp_publish(&l->h, &l->arr, a);
   lmp_pushnew(L, &l->h);
   if (lua_istable(L, 1)) extend(L, l, lua_touserdata(L, -1), 1);
   return 1;

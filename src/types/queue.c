@@ -82,9 +82,12 @@ static uint64_t payload_len(const rec *h);
 /* After a process died holding the guard: recount the messages. */
 static void queue_repair(lmp_obj *o) {
   queue *q = (queue *)o;
-  ring *r = RING(q);
-  uint64_t pos = r->head;
+  ring *r;
+  uint64_t pos;
   int64_t n = 0;
+  if (atomic_load(&q->ring) == 0) return;
+  r = RING(q);
+  pos = r->head;
   while (pos < r->tail) {
     rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
     if (!(h->flags & F_PAD)) n++;
@@ -162,8 +165,10 @@ static int append(queue *q, const char *p, size_t len, lmp_off outline,
  * holds the lock. */
 static int owns_locked(lmp_obj *o, lmp_off blk) {
   queue *q = (queue *)o;
-  ring *r = RING(q);
+  ring *r;
   uint64_t pos;
+  if (atomic_load(&q->ring) == 0) return 0; /* still being made */
+  r = RING(q);
   if (LMP_OFF(r) == blk) return 1;
   for (pos = r->head; pos < r->tail;) {
     rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
@@ -186,8 +191,10 @@ static void queue_release(lmp_obj *o, lmp_off blk) {
 
 static void queue_dtor(lmp_obj *o) {
   queue *q = (queue *)o;
-  ring *r = RING(q);
+  ring *r;
   uint64_t pos;
+  if (atomic_load(&q->ring) == 0) return; /* never made whole */
+  r = RING(q);
   for (pos = r->head; pos < r->tail;) {
     rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
     if (h->flags & F_OUTLINE) {
@@ -212,16 +219,17 @@ static queue *queue_new(int64_t maxsize, int kind) {
   queue *q = (queue *)lmp_obj_new(LMP_T_QUEUE, kind, sizeof(queue));
   ring *r;
   if (q == NULL) return NULL;
-  r = lmp_alloc(sizeof(ring) + RING_MIN);
+  lmp_guard_init(&q->g);
+  /* Pending until published, so that a kill in between leaks no ring. */
+  r = lmp_alloc_pending(&q->h, sizeof(ring) + RING_MIN, LMP_PEND_NEW);
   if (r == NULL) {
-    lmp_free(q);
+    lmp_obj_discard(&q->h);
     return NULL;
   }
   r->cap = RING_MIN;
   r->head = r->tail = 0;
-  q->ring = LMP_OFF(r);
   q->maxsize = maxsize > 0 ? maxsize : 0;
-  lmp_guard_init(&q->g);
+  lmp_publish(&q->h, &q->ring, r);
   return q;
 }
 
