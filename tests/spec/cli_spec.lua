@@ -9,6 +9,9 @@ local H = require "spec_helper"
 local q, readfile, writefile = H.q, H.readfile, H.writefile
 local state, alive, wait_for = H.state, H.alive, H.wait_for
 local luamp = q(H.luamp)
+-- As lua(1), the command names itself in messages as it was invoked.
+local prog = H.luamp
+local P = prog:gsub("%p", "%%%0")
 
 -- Every run of the command is bounded, so that a host that hangs fails
 -- its test (status 137) instead of stopping the suite.
@@ -133,7 +136,7 @@ describe("the luamp command", function()
       ]])
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.are.equal("luamp: " .. path .. ":1: boom\n",
+      assert.are.equal(prog .. ": " .. path .. ":1: boom\n",
         err:match("^[^\n]*\n"))
       assert.matches("\nstack traceback:\n", err, 1, true)
     end)
@@ -145,7 +148,7 @@ describe("the luamp command", function()
         end}))
       ]])
       assert.are.equal(1, status)
-      assert.are.equal("luamp: custom error\n", err)
+      assert.are.equal(prog .. ": custom error\n", err)
     end)
 
     it("reports a missing script in one line and exits 1", function()
@@ -154,15 +157,15 @@ describe("the luamp command", function()
       assert.are.equal(1, status)
       assert.are.equal("", out)
       assert.are.equal(1, lines(err), err)
-      assert.are.equal("luamp: cannot open " .. path,
-        err:sub(1, #("luamp: cannot open " .. path)))
+      assert.are.equal(prog .. ": cannot open " .. path,
+        err:sub(1, #(prog .. ": cannot open " .. path)))
     end)
 
     it("reports a syntax error in one line and exits 1", function()
       local status, out, err, path = run_script("x = = 1\n")
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.are.equal("luamp: " .. path .. ":1: unexpected symbol near '='\n",
+      assert.are.equal(prog .. ": " .. path .. ":1: unexpected symbol near '='\n",
         err)
     end)
 
@@ -239,22 +242,26 @@ describe("the luamp command", function()
       local status, out, err = run("-l no_such_module_xyz -e 'print(1)'")
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.matches("^luamp: module 'no_such_module_xyz' not found", err)
+      assert.matches("^" .. P .. ": module 'no_such_module_xyz' not found", err)
     end)
 
-    it("-v prints a version line naming luamp and Lua 5.4", function()
+    it("-v prints lua5.4's copyright line; -h ends with luamp's version",
+       function()
       local status, out, err = run("-v")
       assert.are.equal(0, status)
       assert.are.equal("", err)
       assert.are.equal(1, lines(out), out)
-      assert.matches("^luamp .*Lua 5%.4", out)
+      assert.matches("^Lua 5%.4%.%d+  Copyright %(C%) .*PUC%-Rio\n$", out)
+      status, out = run("-h")
+      assert.are.equal(0, status)
+      assert.matches("\nluamp %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)\n$", out)
     end)
 
     it("-h prints the usage and exits 0", function()
       local status, out, err = run("-h")
       assert.are.equal(0, status)
       assert.are.equal("", err)
-      assert.matches("^usage: luamp ", out)
+      assert.matches("^usage: " .. P .. " ", out)
       assert.matches("--arena", out, 1, true)
     end)
 
@@ -262,8 +269,8 @@ describe("the luamp command", function()
       local status, out, err = run("--bogus")
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.matches("^luamp: unrecognized option '%-%-bogus'\n", err)
-      assert.matches("\nusage: luamp ", err)
+      assert.matches("^" .. P .. ": unrecognized option '%-%-bogus'\n", err)
+      assert.matches("\nusage: " .. P .. " ", err)
     end)
 
     it("-i reads statements and prints the values of expressions",
@@ -289,7 +296,7 @@ describe("the luamp command", function()
       local status, out, err = run("--arena bogus " .. size)
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.are.equal("luamp: --arena needs a size such as 256M or 4G\n",
+      assert.are.equal(prog .. ": --arena needs a size such as 256M or 4G\n",
         err)
     end)
 
@@ -305,7 +312,7 @@ describe("the luamp command", function()
       assert.are.equal(1, status)
       assert.are.equal("", out)
       assert.are.equal(1, lines(err), err)
-      assert.matches("^luamp: .*LUAMP_ARENA", err)
+      assert.matches("^" .. P .. ": .*LUAMP_ARENA", err)
     end)
   end)
 
