@@ -83,15 +83,10 @@ static void createargtable(lua_State *L, char **argv, int argc, int script) {
   lua_setglobal(L, "arg");
 }
 
-/* Pushes arg[1..#arg]; -1, the error message pushed, if arg is not a
- * table. */
 static int pushargs(lua_State *L) {
   int i, n;
-  if (lua_getglobal(L, "arg") != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_pushliteral(L, "'arg' is not a table");
-    return -1;
-  }
+  if (lua_getglobal(L, "arg") != LUA_TTABLE)
+    luaL_error(L, "'arg' is not a table");
   n = (int)luaL_len(L, -1);
   luaL_checkstack(L, n + 3, "too many arguments to script");
   for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
@@ -129,12 +124,7 @@ static int handle_script(lua_State *L, char **argv) {
   status = luaL_loadfile(L, fname);
   if (status == LUA_OK) {
     int n = pushargs(L);
-    if (n < 0) {
-      lua_remove(L, -2); /* the chunk */
-      status = LUA_ERRRUN;
-    } else {
-      status = luamp_pcall(host, n, LUA_MULTRET);
-    }
+    status = luamp_pcall(host, n, LUA_MULTRET);
   }
   report(L, status);
   return status;
@@ -381,11 +371,42 @@ static void default_paths(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* The command line, for pmain. */
+static struct {
+  int argc, args, script;
+  char **argv;
+} cmd;
+
+/* As lua.c's pmain, and like it run as a protected C function, so that
+ * tracebacks end as lua(1)'s do; true if all went well. */
+static int pmain(lua_State *L) {
+  int argc = cmd.argc, args = cmd.args, script = cmd.script;
+  char **argv = cmd.argv;
+  int optlim = script < argc ? script : argc;
+  if (args & has_E) default_paths(L);
+  createargtable(L, argv, argc, script);
+  if (!(args & has_E) && handle_luainit(L) != LUA_OK) return 0;
+  if (!runargs(L, argv, optlim)) return 0;
+  if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
+  if (args & has_i) {
+    doREPL(L);
+  } else if (script == argc && !(args & (has_e | has_v))) {
+    if (isatty(STDIN_FILENO)) {
+      print_version();
+      doREPL(L);
+    } else if (dochunk(L, luaL_loadfile(L, NULL)) != LUA_OK) {
+      return 0;
+    }
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 int main(int argc, char **argv) {
   luamp_config cfg;
   lua_State *L;
   const char *err = NULL;
-  int args, script = argc, optlim, ok, exitcode;
+  int args, script = argc, status, ok, exitcode;
 
   memset(&cfg, 0, sizeof cfg);
   if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
@@ -399,7 +420,6 @@ int main(int argc, char **argv) {
     usage(stdout);
     return EXIT_SUCCESS;
   }
-  optlim = script < argc ? script : argc;
   if (args & has_v) print_version();
   if (args & has_E) unsetenv("LUAMP_ARENA");
   host = luamp_new(&cfg, &err);
@@ -408,23 +428,15 @@ int main(int argc, char **argv) {
     return EXIT_FAILURE;
   }
   L = luamp_state(host);
-  if (args & has_E) default_paths(L);
-  createargtable(L, argv, argc, script);
-  ok = (args & has_E) || handle_luainit(L) == LUA_OK;
-  ok = ok && runargs(L, argv, optlim);
-  if (ok && script < argc) ok = handle_script(L, argv + script) == LUA_OK;
-  if (ok) {
-    if (args & has_i) {
-      doREPL(L);
-    } else if (script == argc && !(args & (has_e | has_v))) {
-      if (isatty(STDIN_FILENO)) {
-        print_version();
-        doREPL(L);
-      } else {
-        ok = dochunk(L, luaL_loadfile(L, NULL)) == LUA_OK;
-      }
-    }
-  }
+  cmd.argc = argc;
+  cmd.argv = argv;
+  cmd.args = args;
+  cmd.script = script;
+  lua_pushcfunction(L, pmain);
+  status = lua_pcall(L, 0, 1, 0);
+  ok = status == LUA_OK && lua_toboolean(L, -1);
+  report(L, status);
+  lua_settop(L, 0);
   exitcode = ok ? EXIT_SUCCESS : EXIT_FAILURE;
   /* Ctrl-C ended the script: every child goes now (luamp_close sees to
    * it), and the status says why, as a shell reports a job killed by
