@@ -285,7 +285,6 @@ static int collectargs(char **argv, int *first, luamp_config *cfg) {
         if (strncmp(argv[i], "--arena", 7) == 0 &&
             (argv[i][7] == '\0' || argv[i][7] == '=')) {
           if (arena_option(argv, &i, &cfg->arena_size) < 0) return -1;
-          if (argv[i] == NULL) break;
           continue;
         }
         return has_error;
@@ -328,8 +327,8 @@ static int runargs(lua_State *L, char **argv, int n) {
   int i;
   for (i = 1; i < n; i++) {
     int option = argv[i][1];
-    if (option == '-') { /* --arena */
-      if (argv[i][7] == '\0') i++;
+    if (option == '-') { /* "--" before the script, or --arena */
+      if (strcmp(argv[i], "--arena") == 0) i++;
       continue;
     }
     if (option == 'e' || option == 'l') {

@@ -300,6 +300,16 @@ describe("the luamp command", function()
         err)
     end)
 
+    it("refuses 0, a negative size and garbage, naming the option",
+       function()
+      for _, v in ipairs{" 0", "=0", " -1", "=-64M", " 12Q", "=", ""} do
+        local args = "--arena" .. v .. " " .. size
+        local status, out, err = run(args)
+        assert.are.same({1, "", prog .. ": --arena needs a size such as " ..
+                         "256M or 4G\n"}, {status, out, err}, args)
+      end
+    end)
+
     it("is taken from LUAMP_ARENA too, the option winning", function()
       assert.are.same({0, "33554432", ""},
         {run(size, "LUAMP_ARENA=32M")})
@@ -546,6 +556,9 @@ describe("the luamp command beside lua5.4", function()
     same("-- - a", nil, "print(arg[0], ...)")
     same("--", nil, "print(1)")
     same("-e 'print(#arg, arg[-1])' --")
+    same("-e 'print(#arg)' -- " .. q(path) .. " z")
+    assert.are.same({0, path .. "\tz\n", ""},
+      {run("--arena 64M -e '' -- " .. q(path) .. " z")})
   end)
 
   it("has lua5.4's exit statuses and messages", function()
