@@ -36,7 +36,8 @@ lmp_clang_major() {
 # that the groups need and that are missing.  Each thing is checked the way
 # it is used: commands by name, libraries and Lua modules by package.
 #   build  compile the tree: C toolchain, pkg-config, cmake, Lua and libuv
-#   test   run the specs: lua5.4, busted and LuaFileSystem
+#   test   run the specs: lua5.4, busted and LuaFileSystem; luarocks for
+#          the rockspec
 #   fuzz   the libFuzzer target and clang's sanitizer runtimes
 #   broker Redis (redis-server, redis-cli) and hiredis, for a Pool that
 #          sends its tasks through a broker
@@ -59,6 +60,7 @@ lmp_missing_packages() {
         lmp_have lua5.4 || out+=(lua5.4)
         lmp_have busted || out+=(lua-busted)
         lmp_pkg_installed lua-filesystem || out+=(lua-filesystem)
+        lmp_have luarocks || out+=(luarocks)
         ;;
       fuzz)
         lmp_have clang || out+=(clang)

@@ -25,29 +25,49 @@ static void usage(FILE *f) {
           "  -l mod        require library 'mod' into global 'mod'\n"
           "  -l g=mod      require library 'mod' into global 'g'\n"
           "  -v            show version information\n"
-          "  -E            ignore environment variables (LUA_INIT)\n"
+          "  -E            ignore environment variables\n"
           "  -W            turn warnings on\n"
           "  --arena SIZE  size of the shared arena (e.g. 256M, 4G)\n"
           "  -h, --help    show this help and exit\n"
           "  --            stop handling options\n"
-          "  -             stop handling options and execute stdin\n",
-          progname);
+          "  -             stop handling options and execute stdin\n"
+          "luamp %s (%s)\n",
+          progname, LUAMP_VERSION, LUA_RELEASE);
+  fflush(f);
 }
 
+/* As lua.c: what was wrong, then the usage, on stderr. */
+static void print_usage(const char *badoption) {
+  fprintf(stderr, "%s: ", progname);
+  if (badoption[1] == 'e' || badoption[1] == 'l')
+    fprintf(stderr, "'%s' needs argument\n", badoption);
+  else
+    fprintf(stderr, "unrecognized option '%s'\n", badoption);
+  usage(stderr);
+}
+
+/* Exactly lua(1)'s line: luamp's own version is in the usage. */
 static void print_version(void) {
-  printf("luamp %s (%s)\n", LUAMP_VERSION, LUA_RELEASE);
+  printf("%s\n", LUA_COPYRIGHT);
   fflush(stdout);
 }
 
+/* "progname: msg", or only "msg" with no progname (in the REPL). */
+static void l_message(const char *pname, const char *msg) {
+  if (pname != NULL) fprintf(stderr, "%s: ", pname);
+  fprintf(stderr, "%s\n", msg);
+  fflush(stderr);
+}
+
 /* Prints an error message, one line for load errors, a traceback else. */
-static void report(lua_State *L, int status) {
+static int report(lua_State *L, int status) {
   if (status != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     if (msg == NULL) msg = "(error object is not a string)";
-    fprintf(stderr, "%s: %s\n", progname, msg);
-    fflush(stderr);
+    l_message(progname, msg);
     lua_pop(L, 1);
   }
+  return status;
 }
 
 /* Builds the global `arg` as lua.c does: script at 0, options below. */
@@ -80,13 +100,12 @@ static int dochunk(lua_State *L, int status) {
   return status;
 }
 
+/* -l g=mod: g = require "mod"; -l mod: mod = require "mod". */
 static int dolibrary(lua_State *L, char *globname) {
   int status;
-  char *suffix, *modname = strchr(globname, '=');
+  char *modname = strchr(globname, '=');
   if (modname == NULL) {
     modname = globname;
-    suffix = strchr(modname, '-'); /* as lua.c: 'a-b' is loaded as 'b' */
-    if (suffix != NULL) *suffix = '\0';
   } else {
     *modname = '\0';
     modname++;
@@ -95,8 +114,7 @@ static int dolibrary(lua_State *L, char *globname) {
   lua_pushstring(L, modname);
   status = luamp_pcall(host, 1, 1);
   if (status == LUA_OK) lua_setglobal(L, globname);
-  report(L, status);
-  return status;
+  return report(L, status);
 }
 
 static int handle_script(lua_State *L, char **argv) {
@@ -114,6 +132,8 @@ static int handle_script(lua_State *L, char **argv) {
 
 /* ------------------------------------------------------------ the REPL */
 
+#define MAXINPUT 512 /* as lua.c: a longer line is read in pieces */
+
 static int incomplete(lua_State *L, int status) {
   if (status == LUA_ERRSYNTAX) {
     size_t lmsg;
@@ -126,166 +146,301 @@ static int incomplete(lua_State *L, int status) {
   return 0;
 }
 
-static int readline_(char *buf, size_t n, const char *prompt) {
-  fputs(prompt, stdout);
-  fflush(stdout);
-  return fgets(buf, (int)n, stdin) != NULL;
+/* The prompt: tostring of _PROMPT or _PROMPT2, else the default; one
+ * value is left on the stack either way. */
+static const char *get_prompt(lua_State *L, int firstline) {
+  const char *p;
+  if (lua_getglobal(L, firstline ? "_PROMPT" : "_PROMPT2") == LUA_TNIL)
+    return firstline ? "> " : ">> ";
+  p = luaL_tolstring(L, -1, NULL);
+  lua_remove(L, -2);
+  return p;
 }
 
-/* Reads a statement (or an expression, tried first as "return <line>"),
- * with continuation lines while it is incomplete; 0 at end of input. */
-static int loadline(lua_State *L) {
-  char buf[4096];
-  size_t len;
-  int status;
-  lua_settop(L, 0);
-  if (!readline_(buf, sizeof buf, "> ")) return -1;
-  len = strlen(buf);
-  if (len > 0 && buf[len - 1] == '\n') buf[--len] = '\0';
-  lua_pushlstring(L, buf, len);
-  {
-    const char *ret = lua_pushfstring(L, "return %s", buf);
-    status = luaL_loadbuffer(L, ret, strlen(ret), "=stdin");
-    if (status == LUA_OK) {
-      lua_remove(L, -2); /* the "return" string */
-      lua_remove(L, 1);  /* the line */
-      return LUA_OK;
-    }
-    lua_pop(L, 2);
+/* Reads a line and pushes it, a leading '=' made "return"; 0 at the end
+ * of input.  Input that is not a terminal is echoed after the prompt, as
+ * readline does for lua(1), so that a transcript reads the same. */
+static int pushline(lua_State *L, int firstline) {
+  char b[MAXINPUT];
+  size_t l;
+  const char *prmt = get_prompt(L, firstline);
+  fputs(prmt, stdout);
+  fflush(stdout);
+  if (fgets(b, sizeof b, stdin) == NULL) {
+    lua_pop(L, 1);
+    return 0;
   }
+  lua_pop(L, 1);
+  l = strlen(b);
+  if (!isatty(STDIN_FILENO)) {
+    fputs(b, stdout);
+    if (l == 0 || b[l - 1] != '\n') fputs("\n", stdout);
+    fflush(stdout);
+  }
+  if (l > 0 && b[l - 1] == '\n') b[--l] = '\0';
+  if (firstline && b[0] == '=')
+    lua_pushfstring(L, "return %s", b + 1);
+  else
+    lua_pushlstring(L, b, l);
+  return 1;
+}
+
+/* Tries the line as "return <line>;", so that an expression is echoed. */
+static int addreturn(lua_State *L) {
+  const char *line = lua_tostring(L, -1);
+  const char *retline = lua_pushfstring(L, "return %s;", line);
+  int status = luaL_loadbuffer(L, retline, strlen(retline), "=stdin");
+  if (status == LUA_OK) lua_remove(L, -2);
+  else lua_pop(L, 2);
+  return status;
+}
+
+/* Reads continuation lines while the statement is incomplete. */
+static int multiline(lua_State *L) {
   for (;;) {
-    size_t l;
-    const char *line = lua_tolstring(L, 1, &l);
-    status = luaL_loadbuffer(L, line, l, "=stdin");
-    if (!incomplete(L, status)) break;
-    if (!readline_(buf, sizeof buf, ">> ")) break;
-    len = strlen(buf);
-    if (len > 0 && buf[len - 1] == '\n') buf[--len] = '\0';
+    size_t len;
+    const char *line = lua_tolstring(L, 1, &len);
+    int status = luaL_loadbuffer(L, line, len, "=stdin");
+    if (!incomplete(L, status) || !pushline(L, 0)) return status;
     lua_pushliteral(L, "\n");
-    lua_pushlstring(L, buf, len);
+    lua_insert(L, -2);
     lua_concat(L, 3);
   }
+}
+
+static int loadline(lua_State *L) {
+  int status;
+  lua_settop(L, 0);
+  if (!pushline(L, 1)) return -1;
+  if ((status = addreturn(L)) != LUA_OK) status = multiline(L);
   lua_remove(L, 1);
   return status;
 }
 
+static void l_print(lua_State *L) {
+  int n = lua_gettop(L);
+  if (n > 0) {
+    luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
+    lua_getglobal(L, "print");
+    lua_insert(L, 1);
+    if (lua_pcall(L, n, 0, 0) != LUA_OK)
+      l_message(progname, lua_pushfstring(L, "error calling 'print' (%s)",
+                                          lua_tostring(L, -1)));
+  }
+}
+
+/* Errors in the REPL are printed without the program's name. */
 static void doREPL(lua_State *L) {
   int status;
+  const char *oldprogname = progname;
+  progname = NULL;
   while ((status = loadline(L)) != -1) {
     if (status == LUA_OK) status = luamp_pcall(host, 0, LUA_MULTRET);
-    if (status == LUA_OK) {
-      int n = lua_gettop(L);
-      if (n > 0) {
-        luaL_checkstack(L, LUA_MINSTACK, "too many results to print");
-        lua_getglobal(L, "print");
-        lua_insert(L, 1);
-        if (lua_pcall(L, n, 0, 0) != LUA_OK) report(L, LUA_ERRRUN);
-      }
-    } else {
-      report(L, status);
-    }
+    if (status == LUA_OK) l_print(L);
+    else report(L, status);
   }
   lua_settop(L, 0);
   fputs("\n", stdout);
   fflush(stdout);
+  progname = oldprogname;
 }
 
 /* ------------------------------------------------------------------ main */
 
-int main(int argc, char **argv) {
-  luamp_config cfg;
-  luamp_host *h;
-  lua_State *L;
-  const char *err = NULL;
-  int i, script = 0, interactive = 0, version = 0, noenv = 0, warn = 0;
-  int status = LUA_OK, ncode = 0, exitcode;
+#define has_error 1 /* bad option */
+#define has_i 2     /* -i */
+#define has_v 4     /* -v (or -i) */
+#define has_e 8     /* -e */
+#define has_E 16    /* -E */
+#define has_h 32    /* -h, --help */
 
-  memset(&cfg, 0, sizeof cfg);
-  if (argv[0] != NULL && argv[0][0] != '\0') progname = "luamp";
-  /* First pass: options that shape the host, and where the script is. */
-  for (i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (a[0] != '-') { script = i; break; }
-    if (strcmp(a, "-") == 0) { script = i; break; }
-    if (strcmp(a, "--") == 0) { if (i + 1 < argc) script = i + 1; break; }
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage(stdout);
-      return 0;
-    } else if (strcmp(a, "-i") == 0) {
-      interactive = version = 1;
-    } else if (strcmp(a, "-v") == 0) {
-      version = 1;
-    } else if (strcmp(a, "-E") == 0) {
-      noenv = 1;
-    } else if (strcmp(a, "-W") == 0) {
-      warn = 1;
-    } else if (strcmp(a, "-e") == 0 || strcmp(a, "-l") == 0) {
-      if (++i >= argc) {
-        fprintf(stderr, "%s: '%s' needs argument\n", progname, a);
-        usage(stderr);
-        return 1;
-      }
-      ncode++;
-    } else if (strncmp(a, "-e", 2) == 0 || strncmp(a, "-l", 2) == 0) {
-      ncode++;
-    } else if (strcmp(a, "--arena") == 0 || strncmp(a, "--arena=", 8) == 0) {
-      const char *v = a[7] == '=' ? a + 8 : (++i < argc ? argv[i] : NULL);
-      if (v == NULL || luamp_parse_size(v, &cfg.arena_size) < 0) {
-        fprintf(stderr, "%s: --arena needs a size such as 256M or 4G\n",
-                progname);
-        return 1;
-      }
-    } else {
-      fprintf(stderr, "%s: unrecognized option '%s'\n", progname, a);
-      usage(stderr);
-      return 1;
+/* Reads the --arena option at argv[*i] (taking its value from the next
+ * argument when it has no "="); 0, or -1 after saying what is wrong. */
+static int arena_option(char **argv, int *i, size_t *size) {
+  const char *a = argv[*i];
+  const char *v = a[7] == '=' ? a + 8 : argv[++*i];
+  if (v == NULL || luamp_parse_size(v, size) < 0 || *size == 0) {
+    fprintf(stderr, "%s: --arena needs a size such as 256M or 4G\n",
+            progname);
+    return -1;
+  }
+  return 0;
+}
+
+/* As lua.c's collectargs: the options before the script, *first the index
+ * of the script (argc if none, or of the bad option); with luamp's own
+ * --arena, -h and --help. */
+static int collectargs(char **argv, int *first, luamp_config *cfg) {
+  int args = 0, i;
+  for (i = 1; argv[i] != NULL; i++) {
+    *first = i;
+    if (argv[i][0] != '-') return args;
+    switch (argv[i][1]) {
+      case '-':
+        if (argv[i][2] == '\0') {
+          *first = i + 1;
+          return args;
+        }
+        if (strcmp(argv[i], "--help") == 0) return args | has_h;
+        if (strncmp(argv[i], "--arena", 7) == 0 &&
+            (argv[i][7] == '\0' || argv[i][7] == '=')) {
+          if (arena_option(argv, &i, &cfg->arena_size) < 0) return -1;
+          continue;
+        }
+        return has_error;
+      case '\0':
+        return args;
+      case 'E':
+        if (argv[i][2] != '\0') return has_error;
+        args |= has_E;
+        break;
+      case 'W':
+        if (argv[i][2] != '\0') return has_error;
+        break;
+      case 'h':
+        if (argv[i][2] != '\0') return has_error;
+        return args | has_h;
+      case 'i':
+        args |= has_i; /* FALLTHROUGH */
+      case 'v':
+        if (argv[i][2] != '\0') return has_error;
+        args |= has_v;
+        break;
+      case 'e':
+        args |= has_e; /* FALLTHROUGH */
+      case 'l':
+        if (argv[i][2] == '\0') {
+          i++;
+          if (argv[i] == NULL || argv[i][0] == '-') return has_error;
+        }
+        break;
+      default:
+        return has_error;
     }
   }
-  if (noenv) unsetenv("LUAMP_ARENA");
-  host = h = luamp_new(&cfg, &err);
-  if (h == NULL) {
-    fprintf(stderr, "%s: %s\n", progname, err);
-    return 1;
-  }
-  L = luamp_state(h);
-  if (warn) lua_warning(L, "@on", 0);
-  createargtable(L, argv, argc, script ? script : argc);
-  if (version) print_version();
-  if (!noenv) {
-    const char *init = getenv("LUA_INIT_5_4");
-    if (init == NULL) init = getenv("LUA_INIT");
-    if (init != NULL) {
-      if (init[0] == '@') status = dochunk(L, luaL_loadfile(L, init + 1));
-      else status = dochunk(L, luaL_loadbuffer(L, init, strlen(init),
-                                               "=LUA_INIT"));
+  *first = i;
+  return args;
+}
+
+/* -e, -l and -W in order; 0 after an error. */
+static int runargs(lua_State *L, char **argv, int n) {
+  int i;
+  for (i = 1; i < n; i++) {
+    int option = argv[i][1];
+    if (option == '-') { /* "--" before the script, or --arena */
+      if (strcmp(argv[i], "--arena") == 0) i++;
+      continue;
+    }
+    if (option == 'e' || option == 'l') {
+      int status;
+      char *extra = argv[i] + 2;
+      if (*extra == '\0') extra = argv[++i];
+      status = option == 'e'
+                   ? dochunk(L, luaL_loadbuffer(L, extra, strlen(extra),
+                                                "=(command line)"))
+                   : dolibrary(L, extra);
+      if (status != LUA_OK) return 0;
+    } else if (option == 'W') {
+      lua_warning(L, "@on", 0);
     }
   }
-  /* Second pass: -e and -l in order. */
-  for (i = 1; status == LUA_OK && i < (script ? script : argc); i++) {
-    char *a = argv[i], *v;
-    if (strcmp(a, "--arena") == 0) { i++; continue; }
-    if (a[0] != '-' || (a[1] != 'e' && a[1] != 'l')) continue;
-    v = a[2] != '\0' ? a + 2 : argv[++i];
-    if (a[1] == 'e')
-      status = dochunk(L, luaL_loadbuffer(L, v, strlen(v), "=(command line)"));
-    else
-      status = dolibrary(L, v);
+  return 1;
+}
+
+static int handle_luainit(lua_State *L) {
+  const char *name = "=LUA_INIT_5_4";
+  const char *init = getenv(name + 1);
+  if (init == NULL) {
+    name = "=LUA_INIT";
+    init = getenv(name + 1);
   }
-  if (status == LUA_OK && script) status = handle_script(L, argv + script);
-  if (status == LUA_OK && interactive) doREPL(L);
-  else if (status == LUA_OK && !script && ncode == 0 && !version) {
+  if (init == NULL) return LUA_OK;
+  if (init[0] == '@') return dochunk(L, luaL_loadfile(L, init + 1));
+  return dochunk(L, luaL_loadbuffer(L, init, strlen(init), name));
+}
+
+/* -E: the paths lua(1) would have with no LUA_PATH and LUA_CPATH. */
+static void default_paths(lua_State *L) {
+  if (lua_getglobal(L, "package") == LUA_TTABLE) {
+    lua_pushliteral(L, LUA_PATH_DEFAULT);
+    lua_setfield(L, -2, "path");
+    lua_pushliteral(L, LUA_CPATH_DEFAULT);
+    lua_setfield(L, -2, "cpath");
+  }
+  lua_pop(L, 1);
+}
+
+/* The command line, for pmain. */
+static struct {
+  int argc, args, script;
+  char **argv;
+} cmd;
+
+/* As lua.c's pmain, and like it run as a protected C function, so that
+ * tracebacks end as lua(1)'s do; true if all went well. */
+static int pmain(lua_State *L) {
+  int argc = cmd.argc, args = cmd.args, script = cmd.script;
+  char **argv = cmd.argv;
+  int optlim = script < argc ? script : argc;
+  if (args & has_E) default_paths(L);
+  createargtable(L, argv, argc, script);
+  if (!(args & has_E) && handle_luainit(L) != LUA_OK) return 0;
+  if (!runargs(L, argv, optlim)) return 0;
+  if (script < argc && handle_script(L, argv + script) != LUA_OK) return 0;
+  if (args & has_i) {
+    doREPL(L);
+  } else if (script == argc && !(args & (has_e | has_v))) {
     if (isatty(STDIN_FILENO)) {
       print_version();
       doREPL(L);
-    } else {
-      status = dochunk(L, luaL_loadfile(L, NULL));
+    } else if (dochunk(L, luaL_loadfile(L, NULL)) != LUA_OK) {
+      return 0;
     }
   }
-  exitcode = status == LUA_OK ? EXIT_SUCCESS : EXIT_FAILURE;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  luamp_config cfg;
+  lua_State *L;
+  const char *err = NULL;
+  int args, script = argc, status, ok, exitcode;
+
+  memset(&cfg, 0, sizeof cfg);
+  if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
+  args = collectargs(argv, &script, &cfg);
+  if (args < 0) return EXIT_FAILURE;
+  if (args == has_error) {
+    print_usage(argv[script]);
+    return EXIT_FAILURE;
+  }
+  if (args & has_h) {
+    usage(stdout);
+    return EXIT_SUCCESS;
+  }
+  if (args & has_v) print_version();
+  if (args & has_E) unsetenv("LUAMP_ARENA");
+  host = luamp_new(&cfg, &err);
+  if (host == NULL) {
+    l_message(progname, err);
+    return EXIT_FAILURE;
+  }
+  L = luamp_state(host);
+  cmd.argc = argc;
+  cmd.argv = argv;
+  cmd.args = args;
+  cmd.script = script;
+  lua_pushcfunction(L, pmain);
+  status = lua_pcall(L, 0, 1, 0);
+  ok = status == LUA_OK && lua_toboolean(L, -1);
+  report(L, status);
+  lua_settop(L, 0);
+  exitcode = ok ? EXIT_SUCCESS : EXIT_FAILURE;
   /* Ctrl-C ended the script: every child goes now (luamp_close sees to
    * it), and the status says why, as a shell reports a job killed by
    * SIGINT. */
-  if (status != LUA_OK && luamp_interrupted(h)) exitcode = 130;
-  if (luamp_close(h) < 0) exitcode = 130;
+  if (!ok && luamp_interrupted(host)) exitcode = 130;
+  if (luamp_close(host) < 0) exitcode = 130;
   return exitcode;
 }

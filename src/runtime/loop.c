@@ -203,6 +203,12 @@ static void int_hook(lua_State *L, lua_Debug *ar) {
 static void on_sigint(int sig) {
   int saved = errno;
   (void)sig;
+  if (sigint_pending && int_L != NULL) {
+    /* as lua.c: a second Ctrl-C before the first was seen (code that
+     * never reaches the hook, e.g. a long string.find) kills */
+    signal(SIGINT, SIG_DFL);
+    raise(SIGINT);
+  }
   sigint_pending = 1;
   sig_pending = 1;
   if (int_L != NULL) /* as lua.c does: the hook raises at the next step */
@@ -214,12 +220,14 @@ static void on_sigint(int sig) {
 
 static int sigint_owned; /* a host's: nobody else installs handlers */
 
-static void install_sigint(void) {
+/* Installs the handler; unless `always`, not over an ignored SIGINT (as a
+ * background job has). */
+static void install_sigint(int always) {
   struct sigaction sa, cur;
   if (sigint_owned) return;
   sigaction(SIGINT, NULL, &cur);
   if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_sigint) return;
-  if (cur.sa_handler == SIG_IGN) return; /* e.g. a background job */
+  if (cur.sa_handler == SIG_IGN && !always) return;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
@@ -231,17 +239,18 @@ void lmp_sigint_install(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   int_L = lua_tothread(L, -1);
   lua_pop(L, 1);
-  install_sigint();
+  install_sigint(0);
 }
 
 void lmp_sigint_forget(void) { int_L = NULL; }
 
-/* A host owns SIGINT: its handler, once installed, stays; a module in a
- * stock lua5.4 re-checks before each wait, since lua.c installs its own
- * around every chunk it runs. */
+/* A host owns SIGINT, as lua.c does even in a background job: its
+ * handler, once installed, stays; a module in a stock lua5.4 re-checks
+ * before each wait, since lua.c installs its own around every chunk it
+ * runs. */
 void lmp_sigint_own(void) {
   sigint_owned = 0;
-  install_sigint();
+  install_sigint(1);
   sigint_owned = 1;
 }
 
@@ -345,7 +354,7 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
                 void *ud, double deadline) {
   _Atomic uint32_t *w = word != NULL ? word : &lmp_self->wake;
   int rc, woken = 0;
-  install_sigint(); /* lua.c may have put its own back between calls */
+  install_sigint(0); /* lua.c may have put its own back between calls */
   if (word != NULL) atomic_store(&lmp_self->waiting_on, LMP_OFF(word));
   for (;;) {
     uint32_t seq = atomic_load(w);
@@ -377,7 +386,7 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
                  lmp_ready_fn ready, void *ud, double deadline) {
   struct pollfd stack[8], *all = stack;
   int rc, woken = 0;
-  install_sigint();
+  install_sigint(0);
   if (nfds + 1 > 8) {
     all = malloc(sizeof(struct pollfd) * (size_t)(nfds + 1));
     if (all == NULL) return -ENOMEM;

@@ -9,6 +9,9 @@ local H = require "spec_helper"
 local q, readfile, writefile = H.q, H.readfile, H.writefile
 local state, alive, wait_for = H.state, H.alive, H.wait_for
 local luamp = q(H.luamp)
+-- As lua(1), the command names itself in messages as it was invoked.
+local prog = H.luamp
+local P = prog:gsub("%p", "%%%0")
 
 -- Every run of the command is bounded, so that a host that hangs fails
 -- its test (status 137) instead of stopping the suite.
@@ -133,7 +136,7 @@ describe("the luamp command", function()
       ]])
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.are.equal("luamp: " .. path .. ":1: boom\n",
+      assert.are.equal(prog .. ": " .. path .. ":1: boom\n",
         err:match("^[^\n]*\n"))
       assert.matches("\nstack traceback:\n", err, 1, true)
     end)
@@ -145,7 +148,7 @@ describe("the luamp command", function()
         end}))
       ]])
       assert.are.equal(1, status)
-      assert.are.equal("luamp: custom error\n", err)
+      assert.are.equal(prog .. ": custom error\n", err)
     end)
 
     it("reports a missing script in one line and exits 1", function()
@@ -154,15 +157,15 @@ describe("the luamp command", function()
       assert.are.equal(1, status)
       assert.are.equal("", out)
       assert.are.equal(1, lines(err), err)
-      assert.are.equal("luamp: cannot open " .. path,
-        err:sub(1, #("luamp: cannot open " .. path)))
+      assert.are.equal(prog .. ": cannot open " .. path,
+        err:sub(1, #(prog .. ": cannot open " .. path)))
     end)
 
     it("reports a syntax error in one line and exits 1", function()
       local status, out, err, path = run_script("x = = 1\n")
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.are.equal("luamp: " .. path .. ":1: unexpected symbol near '='\n",
+      assert.are.equal(prog .. ": " .. path .. ":1: unexpected symbol near '='\n",
         err)
     end)
 
@@ -239,22 +242,26 @@ describe("the luamp command", function()
       local status, out, err = run("-l no_such_module_xyz -e 'print(1)'")
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.matches("^luamp: module 'no_such_module_xyz' not found", err)
+      assert.matches("^" .. P .. ": module 'no_such_module_xyz' not found", err)
     end)
 
-    it("-v prints a version line naming luamp and Lua 5.4", function()
+    it("-v prints lua5.4's copyright line; -h ends with luamp's version",
+       function()
       local status, out, err = run("-v")
       assert.are.equal(0, status)
       assert.are.equal("", err)
       assert.are.equal(1, lines(out), out)
-      assert.matches("^luamp .*Lua 5%.4", out)
+      assert.matches("^Lua 5%.4%.%d+  Copyright %(C%) .*PUC%-Rio\n$", out)
+      status, out = run("-h")
+      assert.are.equal(0, status)
+      assert.matches("\nluamp %d+%.%d+%.%d+ %(Lua 5%.4%.%d+%)\n$", out)
     end)
 
     it("-h prints the usage and exits 0", function()
       local status, out, err = run("-h")
       assert.are.equal(0, status)
       assert.are.equal("", err)
-      assert.matches("^usage: luamp ", out)
+      assert.matches("^usage: " .. P .. " ", out)
       assert.matches("--arena", out, 1, true)
     end)
 
@@ -262,8 +269,8 @@ describe("the luamp command", function()
       local status, out, err = run("--bogus")
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.matches("^luamp: unrecognized option '%-%-bogus'\n", err)
-      assert.matches("\nusage: luamp ", err)
+      assert.matches("^" .. P .. ": unrecognized option '%-%-bogus'\n", err)
+      assert.matches("\nusage: " .. P .. " ", err)
     end)
 
     it("-i reads statements and prints the values of expressions",
@@ -289,8 +296,18 @@ describe("the luamp command", function()
       local status, out, err = run("--arena bogus " .. size)
       assert.are.equal(1, status)
       assert.are.equal("", out)
-      assert.are.equal("luamp: --arena needs a size such as 256M or 4G\n",
+      assert.are.equal(prog .. ": --arena needs a size such as 256M or 4G\n",
         err)
+    end)
+
+    it("refuses 0, a negative size and garbage, naming the option",
+       function()
+      for _, v in ipairs{" 0", "=0", " -1", "=-64M", " 12Q", "=", ""} do
+        local args = "--arena" .. v .. " " .. size
+        local status, out, err = run(args)
+        assert.are.same({1, "", prog .. ": --arena needs a size such as " ..
+                         "256M or 4G\n"}, {status, out, err}, args)
+      end
     end)
 
     it("is taken from LUAMP_ARENA too, the option winning", function()
@@ -305,7 +322,7 @@ describe("the luamp command", function()
       assert.are.equal(1, status)
       assert.are.equal("", out)
       assert.are.equal(1, lines(err), err)
-      assert.matches("^luamp: .*LUAMP_ARENA", err)
+      assert.matches("^" .. P .. ": .*LUAMP_ARENA", err)
     end)
   end)
 
@@ -421,6 +438,198 @@ end)
 
 -- A sanitizer build's module cannot be loaded into a stock lua5.4 (the
 -- sanitizer runtime must come first), so the sanitizer pass skips these.
+-- The same command line given to lua5.4 and to luamp: the same status,
+-- output and errors, each interpreter naming itself as it was invoked.
+describe("the luamp command beside lua5.4", function()
+  after_each(cleanup)
+
+  -- Runs `<env> <interpreter> <args>` for both; stdin from `input` if
+  -- given.  Returns lua5.4's and luamp's {status, stdout, stderr}, each
+  -- stderr with the interpreter's name made "PROG".
+  local function both(args, env, input)
+    local from = input and (" <" .. q(tmpfile(input))) or ""
+    local function one(cmd, name)
+      local status, out, err = H.run((env or "") .. " " .. limit .. cmd ..
+                                     " " .. args .. from)
+      local n = name:gsub("%p", "%%%0")
+      return {status, out, (err:gsub(n, "PROG"))}
+    end
+    return one("lua5.4", "lua5.4"), one(luamp, prog)
+  end
+
+  local function same(args, env, input)
+    local want, got = both(args, env, input)
+    assert.are.same(want, got)
+    return got
+  end
+
+  it("-E ignores LUA_PATH, LUA_CPATH, LUA_INIT and their _5_4 forms",
+     function()
+    local env = "LUA_PATH=xp LUA_CPATH=xc LUA_INIT='error(1)' " ..
+                "LUA_PATH_5_4=yp LUA_CPATH_5_4=yc LUA_INIT_5_4='error(2)'"
+    local r = same("-E -e 'print(package.path) print(package.cpath)'", env)
+    assert.are.equal(0, r[1])
+    for _, v in ipairs{"xp", "xc", "yp", "yc"} do
+      assert.is_nil(r[2]:find(v, 1, true))
+    end
+    r = same("-e 'print(package.path, package.cpath)'", env)
+    assert.are.equal(1, r[1])
+    assert.matches("^PROG: 2\n.*\n\tLUA_INIT_5_4:1: in main chunk\n", r[3])
+  end)
+
+  it("-E ignores LUAMP_ARENA", function()
+    local status, out, err = run("-E -e 'io.write(1)'", "LUAMP_ARENA=bogus")
+    assert.are.same({0, "1", ""}, {status, out, err})
+    status = run("-e 'io.write(1)'", "LUAMP_ARENA=bogus")
+    assert.are.equal(1, status)
+  end)
+
+  it("expands ;; in LUA_PATH and LUA_CPATH to the default", function()
+    for _, p in ipairs{";;", "a;;b", ";;b", "a;;", "a;b;;c", ";"} do
+      same("-e 'print(package.path) print(package.cpath)'",
+           "LUA_PATH='" .. p .. "' LUA_CPATH='" .. p .. "'")
+    end
+    same("-e 'print(package.path)'", "LUA_INIT='X=1' LUA_PATH_5_4='q;;'")
+  end)
+
+  it("runs an empty chunk for -e '' and '-e '; a missing -e is an error",
+     function()
+    assert.are.same({0, "", ""}, same("-e ''"))
+    assert.are.same({0, "1", ""}, same("'-e ' -e 'io.write(1)'"))
+    local r = same("'-e ' -- /dev/null a b")
+    assert.are.equal(0, r[1])
+    local want, got = both("-e")
+    assert.are.equal(1, got[1])
+    assert.are.same({want[1], want[2]}, {got[1], got[2]})
+    assert.are.equal(want[3]:match("^[^\n]*\n"), got[3]:match("^[^\n]*\n"))
+    assert.are.equal("PROG: '-e' needs argument\n", got[3]:match("^[^\n]*\n"))
+  end)
+
+  it("-l mod and -l g=mod load through package.path", function()
+    local dir = tmpfile()
+    lfs.mkdir(dir)
+    writefile(dir .. "/pmod.lua", "print('loading', ...) return {x = 15}")
+    local env = "LUA_PATH='" .. dir .. "/?.lua'"
+    local r = same("-l pmod -e 'print(pmod.x)'", env)
+    assert.are.equal(0, r[1])
+    assert.matches("\n15\n$", r[2])
+    r = same("-l g=pmod -lm=math -e 'print(g.x, pmod, m.max(1, 2))'", env)
+    assert.matches("\n15\tnil\t2\n$", r[2])
+    r = same("-l nosuchmod", env)
+    assert.are.equal(1, r[1])
+    assert.matches("^PROG: module 'nosuchmod' not found", r[3])
+  end)
+
+  it("-l alone runs stdin when it is not a terminal", function()
+    assert.are.same({0, "7\n", ""}, same("-l string", nil, "print(7)\n"))
+  end)
+
+  it("-i uses _PROMPT and _PROMPT2, echoes expressions, reads '='",
+     function()
+    local input = "1 + 1\n=2 * 3\nx = {\n}\nprint(type(x))\nerror('e')\n"
+    same("-i", nil, input)
+    same([[-e "_PROMPT='P:' _PROMPT2='Q:'" -i]], nil, input)
+    local r = same(
+      [[-e "_PROMPT=setmetatable({}, {__tostring = function() return 'T' end})"]]
+      .. " -i", nil, input)
+    assert.matches("T1 %+ 1\n2\nT=2 %* 3\n6\n", r[2])
+    assert.matches("^stdin:1: e\n", r[3])
+  end)
+
+  it("reports \"error calling 'print'\" with print = nil", function()
+    local r = same("-e 'print = nil' -i", nil, "10\n")
+    assert.matches("error calling 'print' %(attempt to call a nil value%)",
+                   r[3])
+  end)
+
+  it("-v prints lua5.4's copyright line first, then runs -e", function()
+    local r = same("-v")
+    assert.matches("^Lua 5%.4", r[2])
+    r = same([[-v -e "print'hello'"]])
+    assert.matches("PUC%-Rio\nhello\n$", r[2])
+  end)
+
+  it("handles -- and - as lua5.4 does", function()
+    local path = tmpfile("print(arg[0], ...)")
+    same("-- " .. q(path) .. " -x y")
+    same("- a b", nil, "print(...)")
+    same("-- - a", nil, "print(arg[0], ...)")
+    same("--", nil, "print(1)")
+    same("-e 'print(#arg, arg[-1])' --")
+    same("-e 'print(#arg)' -- " .. q(path) .. " z")
+    assert.are.same({0, path .. "\tz\n", ""},
+      {run("--arena 64M -e '' -- " .. q(path) .. " z")})
+  end)
+
+  it("has lua5.4's exit statuses and messages", function()
+    same("-e 'error(\"boom\")'")
+    same("-e 'error(setmetatable({}, {__tostring = function() " ..
+         "return \"obj\" end}))'")
+    same("-e 'error({})'")
+    same("-e 'x = = 1'")
+    same("-e 'os.exit(3)'")
+    same("-e 'os.exit(false)'")
+    same("-e 'arg = 1' -", nil, "")
+    same("/nonexistent/script.lua")
+    for _, bad in ipairs{"-x", "---", "-Ex", "-vv", "-iv", "-l"} do
+      local want, got = both(bad)
+      assert.are.same({want[1], want[2]}, {got[1], got[2]})
+      assert.are.equal(want[3]:match("^[^\n]*\n"), got[3]:match("^[^\n]*\n"))
+    end
+  end)
+
+  -- Runs `interp -e code` as a background job (whose SIGINT the shell
+  -- ignores: lua(1) takes it back), waits for its first line, sends
+  -- SIGINT, and returns its status and whole output.
+  local function interrupt(interp, code, signals)
+    local pidfile, outfile = tmpfile(), tmpfile()
+    local f = io.popen("sh -c '" .. interp .. " -e \"$0\" >" .. outfile ..
+                       " 2>&1 & echo $! >" .. pidfile .. "; wait $!; echo $?' " ..
+                       q(code), "r")
+    assert.is_true(wait_for(function()
+      local s = readfile(outfile)
+      return s and s:find("\n") and tonumber(readfile(pidfile) or "")
+    end, 10), "no first line")
+    local pid = assert(tonumber(readfile(pidfile)))
+    for _ = 1, signals or 1 do
+      os.execute("kill -INT " .. pid)
+      os.execute("sleep 0.2")
+    end
+    local status = tonumber(f:read("l"))
+    f:close()
+    return status, readfile(outfile)
+  end
+
+  it("Ctrl-C stops a loop inside pcall, which catches it, as lua5.4's does",
+     function()
+    local code = "local ok, e = pcall(function() print(12) io.flush() " ..
+                 "while true do end end) print(42, ok)"
+    local want = {interrupt("lua5.4", code)}
+    assert.are.same({0, "12\n42\tfalse\n"}, want)
+    assert.are.same(want, {interrupt(prog, code)})
+  end)
+
+  it("Ctrl-C stops a loop inside pcall with pool workers and a child",
+     function()
+    local code = "local mp = require 'luamp' " ..
+      "local pool = mp.Pool(2) " ..
+      "local p = mp.Process{target = function() mp.sleep(30) end} p:start() " ..
+      "local ok, e = pcall(function() print(pool:map(function(x) " ..
+      "return x * 2 end, {1, 2, 3})[3]) io.flush() while true do end end) " ..
+      "print(42, ok, e.type == mp.KeyboardInterrupt) p:terminate() p:join() " ..
+      "pool:terminate()"
+    assert.are.same({0, "6\n42\tfalse\ttrue\n"}, {interrupt(prog, code)})
+  end)
+
+  it("a second Ctrl-C kills code that never reaches the hook", function()
+    local code = "print(15) io.flush() " ..
+                 "string.find(string.rep('a', 100000), '.*b')"
+    local status, out = interrupt(prog, code, 2)
+    assert.are.equal(130, status)
+    assert.are.equal("15\n", out)
+  end)
+end)
+
 local describe_stock = os.getenv("LUAMP_SANITIZE") and pending or describe
 
 describe_stock("the luamp module in a stock lua5.4", function()
