@@ -290,6 +290,9 @@ void lmp_heap_free(void *p, lmp_off *clear);
 void lmp_heap_recover(void);
 int lmp_heap_live(lmp_off off, size_t n);
 void lmp_heap_stats(lmp_arena_stats *st);
+/* The allocated blocks whose first 4 bytes are `magic` (a walk of the
+ * whole heap: for statistics). */
+size_t lmp_heap_count(uint32_t magic);
 
 /* A robust, process-shared mutex, and locking one: 1 if its last owner
  * died holding it (it is then consistent again, and the caller repairs

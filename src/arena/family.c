@@ -17,14 +17,13 @@
 
 /*
  * The family's tables sit in the arena's front region, before the heap
- * (see heap.c): the process slots, the watch table and two counters.  The
+ * (see heap.c): the process slots, the watch table and a counter.  The
  * first process of the family takes slot 0; every fork reserves one for
  * its child (lmp_slot_prepare_child) before the child exists, so that the
  * child's references are counted from the start.
  */
 
 typedef struct family {
-  _Atomic uint64_t objects; /* live shared objects */
   _Atomic uint32_t nprocs;  /* live slots */
   uint32_t slot_hint;       /* where the next free slot may be */
   pthread_mutex_t watch_lock;
@@ -63,7 +62,9 @@ int lmp_arena_init(size_t size) {
 
 void lmp_arena_stats_get(lmp_arena_stats *st) {
   lmp_heap_stats(st);
-  st->objects = atomic_load(&F->objects);
+  /* Counted, not kept: a count kept beside the objects would drift by one
+   * whenever a process was killed between the two. */
+  st->objects = lmp_heap_count(LMP_OBJ_MAGIC);
   st->processes = atomic_load(&F->nprocs);
 }
 
@@ -92,8 +93,7 @@ lmp_obj *lmp_obj_new(int type, int kind, size_t size) {
   memset(o, 0, size);
   o->type = (uint16_t)type;
   o->kind = (uint16_t)kind;
-  atomic_fetch_add(&F->objects, 1);
-  o->magic = LMP_OBJ_MAGIC; /* last: the reaper counts it by it */
+  o->magic = LMP_OBJ_MAGIC; /* last: from now on it counts as one */
   return o;
 }
 
@@ -115,7 +115,6 @@ void lmp_obj_decref(lmp_obj *o) {
    * must not inherit them. */
   if (atomic_load(&o->watchers) > 0) unwatch_obj(o);
   o->magic = 0;
-  atomic_fetch_sub(&F->objects, 1);
   lmp_free(o);
 }
 
@@ -338,12 +337,14 @@ static void release_refs(lmp_slot *s) {
   uint32_t j;
   if (s->refs == 0) return;
   t = LMP_PTR(s->refs);
-  s->refs = 0;
+  /* The table stays named until it is freed, in the same heap operation:
+   * a process killed on the way (a clean exit cut short) leaves its
+   * reaper the rest to drop, the entries dropped already at zero. */
   for (j = 0; j < t->cap; j++) {
     if (t->e[j].obj != 0 && atomic_exchange(&t->e[j].n, 0) > 0)
       lmp_obj_decref(LMP_PTR(t->e[j].obj));
   }
-  lmp_free(t);
+  lmp_heap_free(t, &s->refs);
 }
 
 void lmp_slot_retire(void) {

@@ -555,6 +555,20 @@ size_t lmp_usable(const void *p) {
   return (size_t)(BSIZE(b) - TAG);
 }
 
+size_t lmp_heap_count(uint32_t magic) {
+  lmp_off off;
+  size_t n = 0;
+  lock_heap();
+  for (off = H->heap; off < H->top; off += BSIZE(BLK(off))) {
+    uint32_t first;
+    if (!(BLK(off)->head & F_INUSE)) continue;
+    memcpy(&first, lmp_base + off + TAG, sizeof first);
+    if (first == magic) n++;
+  }
+  unlock_heap();
+  return n;
+}
+
 void lmp_heap_stats(lmp_arena_stats *st) {
   lock_heap();
   st->size = H->size;

@@ -120,8 +120,7 @@ describe("The shared arena", function()
       H.kill(p)
     end
 
-    it("leaves no arena block, and the object count at most one off",
-       function()
+    it("leaves no object and no arena block", function()
       local why = H.seeded()
       victim(0.005) -- a first reaping may grow the reaper's own tables
       collectgarbage()
@@ -133,11 +132,8 @@ describe("The shared arena", function()
       local after = mp.stats()
       assert.are.equal(before.arena_blocks, after.arena_blocks,
         "arena blocks left behind" .. why)
-      -- The count alone may drift by one in a window of an instruction or
-      -- two; before objects were made under their process's record, half
-      -- of the kills left a whole object behind.
-      assert.is_true(after.objects - before.objects <= 1, (after.objects
-        - before.objects) .. " objects left behind" .. why)
+      assert.are.equal(before.objects, after.objects,
+        "objects left behind" .. why)
     end)
   end)
 
