@@ -19,18 +19,22 @@
 /*
  * Framing.  A message is a 4-byte big-endian length and that many bytes;
  * a length of 0xffffffff is followed by the real length in 8 bytes, so
- * messages over 4 GiB work.  The descriptors are non-blocking: a read
- * takes what is there into the connection's buffer (often several
- * messages at once), and a call that must wait sleeps in lmp_wait_fds,
- * where Ctrl-C and child reaping still reach it.
+ * messages over 4 GiB work.  A receive reads one frame and nothing beyond
+ * it: the header's bytes, then the body's, so whatever follows stays in
+ * the descriptor for any process that holds it.  The descriptors are
+ * non-blocking; a call that must wait sleeps in lmp_wait_fds, where Ctrl-C
+ * and child reaping still reach it.  A frame begun and cut short by Ctrl-C
+ * stays in the connection, and the next receive finishes it.
  */
 
 typedef struct conn {
   int fd;
   int readable, writable;
   int sock; /* a socket (duplex): MSG_NOSIGNAL works */
-  char *buf; /* bytes read and not yet returned: [pos, len) */
-  size_t pos, len, cap;
+  unsigned char hdr[12]; /* the frame being read: hgot bytes of header, */
+  size_t hgot, bgot;     /* bgot of its body in buf */
+  char *buf;
+  size_t cap;
   lmp_buf *enc; /* for send, owned by the uservalue */
 } conn;
 
@@ -48,7 +52,7 @@ static void conn_free(void *h) {
   c->fd = -1;
   free(c->buf);
   c->buf = NULL;
-  c->pos = c->len = c->cap = 0;
+  c->cap = c->hgot = c->bgot = 0;
 }
 
 static conn *newconn(lua_State *L, int fd, int readable, int writable) {
@@ -230,81 +234,75 @@ static int conn_send(lua_State *L) {
 
 /* ------------------------------------------------------------- reading */
 
-/* Reads more into the buffer, waiting until the deadline.  1 when bytes
- * came, 0 at end of file, -EAGAIN at the deadline, -EINTR, -errno. */
-static int fill(lua_State *L, conn *c, double deadline, size_t want) {
-  for (;;) {
-    ssize_t r;
-    if (c->pos > 0 && c->pos == c->len) c->pos = c->len = 0;
-    if (c->cap - c->len < want) {
-      size_t cap = c->cap ? c->cap : 65536;
-      char *nb;
-      if (c->pos > 0) { /* compact first */
-        memmove(c->buf, c->buf + c->pos, c->len - c->pos);
-        c->len -= c->pos;
-        c->pos = 0;
-      }
-      while (cap - c->len < want) cap *= 2;
-      if (cap != c->cap) {
-        nb = realloc(c->buf, cap);
-        if (nb == NULL) return -ENOMEM;
-        c->buf = nb;
-        c->cap = cap;
-      }
-    }
-    r = read(c->fd, c->buf + c->len, c->cap - c->len);
+/* Reads into dst until *got reaches want, waiting as long as it takes:
+ * 0, 1 at end of file, -EINTR or -errno.  What came before an error stays
+ * counted in *got, so a later call goes on from there. */
+static int readall(lua_State *L, conn *c, char *dst, size_t want,
+                   size_t *got) {
+  while (*got < want) {
+    ssize_t r = read(c->fd, dst + *got, want - *got);
     if (r > 0) {
-      c->len += (size_t)r;
-      return 1;
+      *got += (size_t)r;
+      continue;
     }
-    if (r == 0) return 0;
+    if (r == 0) return 1;
     if (errno == EINTR) continue;
     if (errno != EAGAIN) return -errno;
-    if (deadline == 0) return -EAGAIN;
     {
-      int rc = wait_io(L, c->fd, POLLIN, deadline);
+      int rc = wait_io(L, c->fd, POLLIN, -1);
       if (rc < 0) return rc;
-      if (rc == 0) return -EAGAIN;
     }
   }
+  return 0;
 }
 
-/* Parses a frame header in the buffer: 1 with *n set, 0 if incomplete. */
-static int header(conn *c, uint64_t *n, size_t *hlen) {
-  const unsigned char *p = (const unsigned char *)c->buf + c->pos;
-  size_t have = c->len - c->pos;
+static void read_failed(lua_State *L, conn *c, int rc) {
+  if (rc == 1) {
+    if (c->hgot == 0)
+      lmp_throw(L, "EOFError", "the other end of the connection is closed");
+    c->hgot = c->bgot = 0;
+    lmp_throw(L, "EOFError", "connection closed in the middle of a message");
+  }
+  if (rc == -ENOMEM) luaL_error(L, "not enough memory");
+  lmp_raise_errno(L, rc, "cannot receive");
+}
+
+/* Reads the header of the next frame, nothing beyond it: its length. */
+static uint64_t header(lua_State *L, conn *c) {
   uint64_t v;
-  int i;
-  if (have < 4) return 0;
-  v = ((uint64_t)p[0] << 24) | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 8) |
-      p[3];
-  if (v != 0xffffffffu) {
-    *n = v;
-    *hlen = 4;
-    return 1;
-  }
-  if (have < 12) return 0;
-  for (v = 0, i = 0; i < 8; i++) v = (v << 8) | p[4 + i];
-  *n = v;
-  *hlen = 12;
-  return 1;
+  int i, rc = readall(L, c, (char *)c->hdr, 4, &c->hgot);
+  if (rc != 0) read_failed(L, c, rc);
+  v = ((uint64_t)c->hdr[0] << 24) | ((uint64_t)c->hdr[1] << 16) |
+      ((uint64_t)c->hdr[2] << 8) | c->hdr[3];
+  if (v != 0xffffffffu) return v;
+  rc = readall(L, c, (char *)c->hdr, 12, &c->hgot);
+  if (rc != 0) read_failed(L, c, rc);
+  for (v = 0, i = 0; i < 8; i++) v = (v << 8) | c->hdr[4 + i];
+  return v;
 }
 
-/* Waits for a whole message in the buffer; on success its bytes are at
- * buf + pos + *hlen, *n long.  0, or an error raised. */
-static void frame(lua_State *L, conn *c, uint64_t *n, size_t *hlen) {
-  for (;;) {
-    int rc;
-    size_t have = c->len - c->pos;
-    if (header(c, n, hlen) && have - *hlen >= *n) return;
-    rc = fill(L, c, -1, header(c, n, hlen) ? (size_t)(*n + *hlen - have) : 12);
-    if (rc == 0) {
-      if (c->len - c->pos == 0)
-        lmp_throw(L, "EOFError", "the other end of the connection is closed");
-      lmp_throw(L, "EOFError", "connection closed in the middle of a message");
-    }
-    if (rc == -ENOMEM) luaL_error(L, "not enough memory");
-    if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
+/* Reads the rest of the frame begun by header() into c->buf.  A wait cut
+ * short leaves what came in the connection, for the next call to finish. */
+static void body(lua_State *L, conn *c, uint64_t n) {
+  int rc;
+  if (n > (uint64_t)(SIZE_MAX / 2)) luaL_error(L, "message too long");
+  if (c->cap < n) {
+    char *nb = realloc(c->buf, (size_t)n);
+    if (nb == NULL) luaL_error(L, "not enough memory");
+    c->buf = nb;
+    c->cap = (size_t)n;
+  }
+  rc = readall(L, c, c->buf, (size_t)n, &c->bgot);
+  if (rc != 0) read_failed(L, c, rc);
+}
+
+/* The frame is consumed: a large buffer is not kept. */
+static void done(conn *c) {
+  c->hgot = c->bgot = 0;
+  if (c->cap > 65536) {
+    free(c->buf);
+    c->buf = NULL;
+    c->cap = 0;
   }
 }
 
@@ -319,64 +317,61 @@ static int conn_recv_bytes(lua_State *L) {
   conn *c = checkreadable(L);
   lua_Integer maxlen = luaL_optinteger(L, 2, -1);
   uint64_t n;
-  size_t h;
   luaL_argcheck(L, lua_isnoneornil(L, 2) || maxlen >= 0, 2,
                 "maxlength must be non-negative");
-  frame(L, c, &n, &h);
+  n = header(L, c);
+  body(L, c, n);
   if (maxlen >= 0 && n > (uint64_t)maxlen) {
-    c->pos += h + n; /* drop it: the stream stays in step */
+    done(c); /* drop it: the stream stays in step */
     return luaL_error(L, "message too long (%I bytes; maxlength is %I)",
                       (lua_Integer)n, maxlen);
   }
-  lua_pushlstring(L, c->buf + c->pos + h, (size_t)n);
-  c->pos += h + n;
+  lua_pushlstring(L, c->buf, (size_t)n);
+  done(c);
   return 1;
 }
 
 /* recv() -> value. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
-  uint64_t n;
-  size_t h;
-  const char *p;
-  frame(L, c, &n, &h);
-  p = c->buf + c->pos + h;
-  c->pos += h + n;
-  lmp_take_decode(L, p, (size_t)n, NULL, NULL);
+  uint64_t n = header(L, c);
+  body(L, c, n);
+  c->hgot = c->bgot = 0; /* the decoder owns the frame now */
+  lmp_take_decode(L, c->buf, (size_t)n, NULL, NULL);
+  done(c);
   return 1;
 }
 
-/* poll([timeout]) -> whether a recv would not block (a message, or the
- * end of the stream, is there).  No argument: don't wait. */
+/* poll([timeout]) -> whether there is something to read (part of a
+ * message at least, or the end of the stream).  Takes nothing.  No
+ * argument: don't wait. */
 static int conn_poll(lua_State *L) {
   conn *c = checkreadable(L);
   double deadline = lua_isnone(L, 2) ? 0 : lmp_opt_deadline(L, 2);
-  for (;;) {
-    uint64_t n;
-    size_t h;
-    int rc;
-    if (header(c, &n, &h) && c->len - c->pos - h >= n) break;
-    rc = fill(L, c, deadline, 65536);
-    if (rc == 0) break; /* end of file: recv would raise at once */
-    if (rc == -EAGAIN) {
-      lua_pushboolean(L, 0);
-      return 1;
-    }
-    if (rc < 0) return lmp_raise_errno(L, rc, "cannot poll");
+  struct pollfd p;
+  int rc;
+  if (c->hgot > 0) { /* a frame begun: the rest is on its way */
+    lua_pushboolean(L, 1);
+    return 1;
   }
-  lua_pushboolean(L, 1);
+  p.fd = c->fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  do rc = poll(&p, 1, 0);
+  while (rc < 0 && errno == EINTR);
+  if (rc == 0 && deadline != 0) rc = wait_io(L, c->fd, POLLIN, deadline);
+  if (rc < 0) return lmp_raise_errno(L, rc < -1 ? rc : -errno, "cannot poll");
+  lua_pushboolean(L, rc > 0);
   return 1;
 }
 
-/* For mp.wait: 1 when a whole message is buffered, else 0 with the
- * descriptor to poll; -1 if it cannot be read from. */
+/* For mp.wait: 0 with the descriptor to poll (readable is ready), 1 if a
+ * frame is begun, -1 if it cannot be read from. */
 static int conn_ready(void *h, int *fd) {
   conn *c = h;
-  uint64_t n;
-  size_t hl;
   if (c->fd < 0 || !c->readable) return -1;
   *fd = c->fd;
-  return header(c, &n, &hl) && c->len - c->pos - hl >= n;
+  return c->hgot > 0;
 }
 
 static int conn_fileno(lua_State *L) {
