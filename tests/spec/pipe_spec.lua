@@ -458,6 +458,83 @@ describe("Pipe", function()
     end)
   end)
 
+  describe("a connection shared between processes", function()
+    it("gives each message to the one process that receives it", function()
+      local a, b = mp.Pipe(false)
+      for i = 1, 5 do b:send(i) end
+      assert.are.equal(1, a:recv())
+      local got = mp.Queue()
+      local p = spawn(function()
+        local t = {}
+        for _ = 1, 4 do t[#t + 1] = recv(a) end
+        got:put(t)
+      end)
+      assert.are.same({2, 3, 4, 5}, got:get(true, 10))
+      finish(p)
+      assert.is_false(a:poll(), "the parent still has a message")
+      a:close()
+      b:close()
+    end)
+
+    it("a child that polls takes nothing: the parent receives the message",
+       function()
+      local a, b = mp.Pipe()
+      b:send({"only", 1})
+      local p = spawn(function()
+        assert(a:poll(10) == true)
+        assert(a:poll() == true)
+      end)
+      finish(p)
+      assert.is_true(a:poll())
+      assert.are.same({"only", 1}, a:recv())
+      assert.is_false(a:poll(), "the message came twice")
+      a:close()
+      b:close()
+    end)
+
+    it("recv waits for a large message written slowly in pieces", function()
+      local a, b = mp.Pipe(false)
+      local n, piece = 4 << 20, 256 << 10
+      local p = spawn(function()
+        local f = assert(io.open("/proc/self/fd/" .. b:fileno(), "wb"))
+        f:setvbuf("no")
+        f:write(string.pack(">I4", n))
+        for i = 1, n // piece do
+          f:write(string.rep(string.char(96 + i % 26), piece))
+          mp.sleep(0.01)
+        end
+        f:close()
+      end)
+      b:close()
+      local t0 = mp.monotonic()
+      local s = a:recv_bytes()
+      H.took(mp.monotonic() - t0, 0.1, 10, "the slow message")
+      assert.are.equal(n, #s)
+      for i = 1, n // piece do
+        assert.are.equal(string.char(96 + i % 26), s:sub(i * piece, i * piece))
+      end
+      finish(p)
+      raises(mp.EOFError, EOF, a.recv_bytes, a)
+      a:close()
+    end)
+
+    it("recv raises EOFError when the other end closes inside a message",
+       function()
+      local a, b = mp.Pipe(false)
+      local p = spawn(function()
+        local f = assert(io.open("/proc/self/fd/" .. b:fileno(), "wb"))
+        f:write("\0\0\0\100abc")
+        f:close()
+      end)
+      b:close()
+      raises(mp.EOFError, "connection closed in the middle of a message",
+             a.recv, a)
+      raises(mp.EOFError, EOF, a.recv, a)
+      finish(p)
+      a:close()
+    end)
+  end)
+
   describe("fileno", function()
     it("is a non-negative integer: the socket or pipe of each end",
        function()
