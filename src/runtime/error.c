@@ -43,6 +43,20 @@ int lmp_throw(lua_State *L, const char *type, const char *fmt, ...) {
   return lua_error(L);
 }
 
+int lmp_throw_with(lua_State *L, const char *type, const char *field,
+                   const char *msg) {
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, type);
+  lua_setfield(L, -2, "type");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  lua_rotate(L, -2, 1);
+  lua_setfield(L, -2, field);
+  lmp_error_open(L);
+  luaL_setmetatable(L, ERROR_MT);
+  return lua_error(L);
+}
+
 int lmp_is_error(lua_State *L, int idx, const char *type) {
   int is;
   if (lua_type(L, idx) != LUA_TTABLE) return 0;

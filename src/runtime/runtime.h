@@ -29,6 +29,10 @@ void lmp_error_open(lua_State *L);
 /* Raises an error object of `type` with a formatted message (the format of
  * lua_pushfstring).  Never returns. */
 int lmp_throw(lua_State *L, const char *type, const char *fmt, ...);
+/* As lmp_throw with a plain message, the value on the top of the stack
+ * becoming the error object's field `field`. */
+int lmp_throw_with(lua_State *L, const char *type, const char *field,
+                   const char *msg);
 /* Is the value at idx an error object of `type`? */
 int lmp_is_error(lua_State *L, int idx, const char *type);
 

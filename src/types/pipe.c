@@ -331,6 +331,34 @@ static int conn_recv_bytes(lua_State *L) {
   return 1;
 }
 
+/* recv_bytes_into(buf, [offset]) -> n: one message into a shared Array
+ * of typecode b, B or c, from byte offset (0: its start), as Python's.  A
+ * message longer than the room raises BufferTooShort, the message in its
+ * field `bytes`. */
+static int conn_recv_bytes_into(lua_State *L) {
+  conn *c = checkreadable(L);
+  size_t size = 0;
+  char *dst = lmp_array_bytes(L, 2, &size);
+  lua_Integer off = luaL_optinteger(L, 3, 0);
+  uint64_t n;
+  luaL_argexpected(L, dst != NULL, 2,
+                   "luamp.Array of typecode 'b', 'B' or 'c'");
+  luaL_argcheck(L, off >= 0, 3, "negative offset");
+  luaL_argcheck(L, (uint64_t)off <= size, 3, "offset too large");
+  n = header(L, c);
+  body(L, c, n);
+  if (n > size - (size_t)off) {
+    lua_pushlstring(L, c->buf, (size_t)n);
+    done(c);
+    return lmp_throw_with(L, "BufferTooShort", "bytes",
+                          "the message is longer than the buffer");
+  }
+  memcpy(dst + off, c->buf, (size_t)n);
+  done(c);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
 /* recv() -> value. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
@@ -410,6 +438,7 @@ static int conn_tostring(lua_State *L) {
 static const luaL_Reg conn_meth[] = {
   {"send", conn_send},           {"recv", conn_recv},
   {"send_bytes", conn_send_bytes}, {"recv_bytes", conn_recv_bytes},
+  {"recv_bytes_into", conn_recv_bytes_into},
   {"poll", conn_poll},           {"fileno", conn_fileno},
   {NULL, NULL}
 };

@@ -29,6 +29,10 @@ enum {
   LMP_T_ARRAY
 };
 
+/* The bytes of the shared Array at idx if its typecode is b, B or c (n
+ * set to their count), for a caller that fills them; else NULL. */
+char *lmp_array_bytes(lua_State *L, int idx, size_t *n);
+
 /* The families, in the order core.c opens them into luamp.core. */
 #define LMP_FAMILIES(X) \
   X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list)

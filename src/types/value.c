@@ -469,6 +469,15 @@ static int val_tostring(lua_State *L) {
   return 1;
 }
 
+char *lmp_array_bytes(lua_State *L, int idx, size_t *n) {
+  lmp_obj *o = lmp_toobj(L, idx);
+  shval *v = (shval *)o;
+  if (o == NULL || o->type != LMP_T_ARRAY || v->esize != 1 || v->tc == '?')
+    return NULL;
+  *n = (size_t)v->n;
+  return v->data;
+}
+
 static const luaL_Reg val_meth[] = {
   {"totable", val_totable}, {"get_lock", val_get_lock},
   {"add", val_add},         {"cas", val_cas},

@@ -458,6 +458,68 @@ describe("Pipe", function()
     end)
   end)
 
+  describe("recv_bytes_into", function()
+    it("fills a shared byte Array from an offset and returns the length",
+       function()
+      local a, b = mp.Pipe()
+      for _, tc in ipairs{"B", "b", "c"} do
+        local buf = mp.Array(tc, 8)
+        b:send_bytes("\1\2\3")
+        assert.are.equal(3, a:recv_bytes_into(buf))
+        b:send_bytes("\4\5")
+        assert.are.equal(2, a:recv_bytes_into(buf, 5))
+        b:send_bytes("")
+        assert.are.equal(0, a:recv_bytes_into(buf, 8))
+        if tc == "c" then
+          assert.are.equal("\1\2\3", buf.value)
+        else
+          assert.are.same({1, 2, 3, 0, 0, 4, 5, 0}, buf:totable())
+        end
+      end
+      a:close()
+      b:close()
+    end)
+
+    it("a message longer than the room raises BufferTooShort holding it; "
+       .. "the next message is the one after", function()
+      local a, b = mp.Pipe()
+      local buf = mp.Array("B", 4)
+      b:send_bytes("abcdef")
+      b:send_bytes("gh")
+      local e = raises(mp.BufferTooShort,
+                       "the message is longer than the buffer",
+                       a.recv_bytes_into, a, buf)
+      assert.are.equal("abcdef", e.bytes)
+      assert.are.same({0, 0, 0, 0}, buf:totable())
+      b:send_bytes("ij")
+      raises(mp.BufferTooShort, "the message is longer than the buffer",
+             a.recv_bytes_into, a, buf, 3)
+      assert.are.equal(2, a:recv_bytes_into(buf, 2))
+      assert.are.same({0, 0, 105, 106}, buf:totable())
+      a:close()
+      b:close()
+    end)
+
+    it("rejects what is not a shared byte Array, and a bad offset; the "
+       .. "message stays", function()
+      local a, b = mp.Pipe()
+      b:send_bytes("x")
+      for _, bad in ipairs{{}, "s", mp.Array("i", 4), mp.Value("B")} do
+        assert.matches("luamp.Array of typecode 'b', 'B' or 'c' expected",
+                       H.errmsg(a.recv_bytes_into, a, bad), 1, true)
+      end
+      local buf = mp.Array("B", 2)
+      assert.matches("negative offset",
+                     H.errmsg(a.recv_bytes_into, a, buf, -1))
+      assert.matches("offset too large",
+                     H.errmsg(a.recv_bytes_into, a, buf, 3))
+      assert.are.equal(1, a:recv_bytes_into(buf, 1))
+      assert.are.same({0, 120}, buf:totable())
+      a:close()
+      b:close()
+    end)
+  end)
+
   describe("a connection shared between processes", function()
     it("gives each message to the one process that receives it", function()
       local a, b = mp.Pipe(false)
