@@ -202,7 +202,7 @@ static conn *newconn(lua_State *L, int fd, int readable, int writable,
   c->fd = -1;
   c->enc = lmp_buf_new(L);
   lua_setiuservalue(L, -2, 1);
-  if (lmp_hold(&ch->h) == 0) c->ch = ch;
+  if (ch != NULL && lmp_hold(&ch->h) == 0) c->ch = ch;
   c->fd = fd;
   c->readable = readable;
   c->writable = writable;
