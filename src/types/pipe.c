@@ -87,6 +87,13 @@ static int pipe_new(lua_State *L) {
   return 2;
 }
 
+/* A duplex Connection, on the top of L, of fd: a connected stream
+ * socket, which the Connection owns once this returns. */
+void lmp_conn_push(lua_State *L, int fd) {
+  nonblock(fd);
+  newconn(L, fd, 1, 1)->sock = 1;
+}
+
 /* ------------------------------------------------------------- writing */
 
 static int wait_io(lua_State *L, int fd, short ev, double deadline) {

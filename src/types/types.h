@@ -31,11 +31,16 @@ enum {
 
 /* The families, in the order core.c opens them into luamp.core. */
 #define LMP_FAMILIES(X) \
-  X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list)
+  X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list) \
+  X(listener)
 
 #define LMP_DECLARE_FAMILY(name) extern const lmp_family lmp_##name##_family;
 LMP_FAMILIES(LMP_DECLARE_FAMILY)
 #undef LMP_DECLARE_FAMILY
+
+/* A duplex Connection (pipe.c), on the top of L, of a connected stream
+ * socket, which the Connection owns once this returns. */
+void lmp_conn_push(lua_State *L, int fd);
 
 /* ------------------------------------------------------------------ lock */
 

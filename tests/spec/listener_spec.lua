@@ -1,0 +1,103 @@
+-- listener_spec.lua -- Listener and Client between two separate luamp
+-- programs (not parent and child: they share no arena), over a Unix
+-- path, an abstract name and TCP on the loopback; timeouts, closing,
+-- mp.wait and bad addresses.
+
+local mp = require "luamp"
+local H = require "spec_helper"
+local raises = H.raises
+
+-- Starts `luamp -e` with a client chunk that connects to addr, sends
+-- {n, "from client"}, receives a reply and prints it; returns the pipe
+-- of its output.
+local function client(addr, n)
+  local code = string.format([[
+    local mp = require "luamp"
+    local c = mp.Client(%q, {timeout = 10})
+    c:send({%d, "from client"})
+    assert(c:poll(10), "no reply")
+    local r = c:recv()
+    io.write(r[1], " ", r[2])
+  ]], addr, n)
+  return assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+end
+
+-- Serves one client of `listener` from another program; checks both
+-- sides.
+local function exchange(l)
+  local out = client(l.address, 7)
+  local c = l:accept(10)
+  assert.is_true(c:poll(10), "nothing came in 10 s")
+  local m = c:recv()
+  assert.are.same({7, "from client"}, m)
+  c:send({m[1] * 2, "from listener"})
+  assert.are.equal("14 from listener", out:read("a"))
+  assert.is_true(out:close())
+  c:close()
+end
+
+describe("Listener and Client", function()
+  it("exchange values over a Unix socket path, removed on close", function()
+    local path = os.tmpname()
+    os.remove(path)
+    local l = mp.Listener(path)
+    assert.are.equal(path, l.address)
+    exchange(l)
+    l:close()
+    l:close()
+    assert.is_nil(io.open(path))
+    assert.has_error(function() l:accept(0) end,
+                     "attempt to use a closed listener")
+  end)
+
+  it("exchange values over an abstract Unix name", function()
+    local name = "\0luamp-spec-" .. H.q(os.time()):sub(2, -2) .. "-"
+      .. tostring({}):match("0x%x+")
+    local l <close> = mp.Listener(name)
+    assert.are.equal(name, l.address)
+    exchange(l)
+  end)
+
+  it("exchange values over TCP on 127.0.0.1 and ::1, port 0 chosen", function()
+    local l4 <close> = mp.Listener("127.0.0.1:0")
+    local port = tonumber(l4.address:match("^127%.0%.0%.1:(%d+)$"))
+    assert.is_true(port > 0)
+    exchange(l4)
+    assert.matches("^127%.0%.0%.1:%d+$", l4.last_accepted)
+    local ok, l6 = pcall(mp.Listener, {"::1", 0})
+    if ok then
+      assert.matches("^%[::1%]:%d+$", l6.address)
+      exchange(l6)
+      l6:close()
+    end
+  end)
+
+  it("accept times out with TimeoutError; mp.wait sees a waiting client",
+     function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    raises("TimeoutError", "no connection came", l.accept, l, 0.05)
+    assert.are.same({}, mp.wait({l}, 0))
+    local c = mp.Client(l.address)
+    local ready = mp.wait({l}, 10)
+    assert.are.equal(1, #ready)
+    assert.are.equal(l, ready[1])
+    local s = l:accept(0)
+    c:send("x")
+    local r = mp.wait({l, s, c}, 10)
+    assert.are.same({s}, r)
+    assert.are.equal("x", s:recv())
+    c:close()
+    s:close()
+  end)
+
+  it("refuse bad addresses in Lua's words", function()
+    assert.has_error(function() mp.Listener(5) end,
+      "bad argument #1 to 'Listener' (string or {host, port} expected, "
+      .. "got number)")
+    assert.has_error(function() mp.Listener({"127.0.0.1", 70000}) end,
+      "bad argument #1 to 'Listener' ({host, port} with a port from 0 to "
+      .. "65535 expected)")
+    assert.has_error(function() mp.Client("/nonexistent/luamp.sock") end,
+      "cannot connect to /nonexistent/luamp.sock: No such file or directory")
+  end)
+end)
