@@ -90,6 +90,57 @@ describe("Listener and Client", function()
     s:close()
   end)
 
+  it("raise EOFError when the peer is killed with -9 mid-message",
+     function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    local code = string.format([[
+      local mp = require "luamp"
+      local c = mp.Client(%q, {timeout = 10})
+      io.write(mp.current_process().pid, "\n")
+      io.flush()
+      c:send_bytes(string.rep("x", 64 << 20))
+    ]], l.address)
+    local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+    local c = l:accept(10)
+    local pid = tonumber(out:read("l"))
+    assert.is_truthy(pid)
+    assert.is_false(c:poll(0.05))  -- not all of it: none is read
+    H.until_asleep(pid)            -- blocked in the middle of the message
+    os.execute("kill -9 " .. pid)
+    raises("EOFError", "connection closed in the middle of a message",
+           c.recv_bytes, c)
+    out:close()
+  end)
+
+  it("serve 100 clients connected at once", function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    local code = string.format([[
+      local mp = require "luamp"
+      local cs = {}
+      for i = 1, 100 do cs[i] = mp.Client(%q, {timeout = 10}) end
+      for i = 1, 100 do cs[i]:send(i) end
+      local sum = 0
+      for i = 1, 100 do assert(cs[i]:poll(10)); sum = sum + cs[i]:recv() end
+      io.write(sum)
+    ]], l.address)
+    local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+    local conns = {}
+    for i = 1, 100 do conns[i] = l:accept(10) end
+    local got = 0
+    while got < 100 do
+      for _, c in ipairs(mp.wait(conns, 10)) do
+        c:send(c:recv() * 2)
+        c:close()
+        got = got + 1
+        for j, d in ipairs(conns) do
+          if d == c then table.remove(conns, j) break end
+        end
+      end
+    end
+    assert.are.equal(tostring(2 * 5050), out:read("a"))
+    assert.is_true(out:close())
+  end)
+
   it("refuse bad addresses in Lua's words", function()
     assert.has_error(function() mp.Listener(5) end,
       "bad argument #1 to 'Listener' (string or {host, port} expected, "
