@@ -32,6 +32,8 @@ M.JoinableQueue = core.JoinableQueue
 M.SimpleQueue = core.SimpleQueue
 
 M.Pipe = core.Pipe
+M.Listener = core.Listener
+M.Client = core.Client
 
 M.Pool = pool.Pool
 

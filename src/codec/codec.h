@@ -2,7 +2,8 @@
  * place that decides what may cross a process boundary.  encode.c writes
  * messages, decode.c reads them back, walk.c finds the shared objects a
  * message names without Lua, equal.c compares two messages' values,
- * mac.c signs bytecode, buf.c is the buffer messages are built in.
+ * mac.c signs bytecode, buf.c is the buffer messages are built in,
+ * sha256.c hashes and signs a connection's challenge.
  */
 #ifndef LUAMP_CODEC_H
 #define LUAMP_CODEC_H
@@ -238,6 +239,11 @@ int lmp_msg_equal(const char *p, size_t n, const char *q, size_t m);
  * crashes.  Objects decoded get new handles held by this process; the
  * message keeps its own references. */
 void lmp_decode(lua_State *L, const char *p, size_t n);
+/* The same for a message from outside the process family: plain data
+ * only (nil, booleans, numbers, strings and tables of them, cycles
+ * included); a function, a name, a shared object, an embedded message or
+ * a metatable raises "cannot receive ...". */
+void lmp_decode_plain(lua_State *L, const char *p, size_t n);
 
 /* lmp_decode under lua_pcall: pushes the value (LUA_OK) or the error, and
  * returns the status, so a caller can free what holds the message either
@@ -289,6 +295,20 @@ void lmp_msg_retain(const char *p, size_t n);
 /* The MAC of a function's bytecode (SipHash-2-4 under the family's key),
  * or 0 with *ok cleared when there is no arena and so no key. */
 uint64_t lmp_codemac(const char *code, size_t n, int *ok);
+
+/* SHA-256 (FIPS 180-4), by parts, and HMAC-SHA-256 (RFC 2104) in one
+ * call: the challenge and response that authenticate a connection. */
+#define LMP_SHA256_SIZE 32
+typedef struct lmp_sha256 {
+  uint32_t h[8];
+  uint64_t len;
+  unsigned char buf[64];
+} lmp_sha256;
+void lmp_sha256_init(lmp_sha256 *s);
+void lmp_sha256_update(lmp_sha256 *s, const void *data, size_t n);
+void lmp_sha256_final(lmp_sha256 *s, unsigned char out[LMP_SHA256_SIZE]);
+void lmp_hmac_sha256(const void *key, size_t keylen, const void *msg,
+                     size_t n, unsigned char out[LMP_SHA256_SIZE]);
 
 /* Raises a message without a position, unlike luaL_error: the codec's
  * errors are about a value, and its callers are mostly C. */

@@ -15,6 +15,7 @@ typedef struct dec {
   int base;          /* stack index of the first value pushed */
   int refs;          /* stack index of the kept values, 0 until needed */
   lua_Integer count; /* tables and functions decoded */
+  int plain;         /* data only: no code, names, objects or metatables */
 } dec;
 
 static void decvalue(dec *d);
@@ -145,6 +146,10 @@ static void dectable(dec *d, int tag) {
     lua_rawseti(L, -2, (lua_Integer)i);
   }
   while ((tag = gettag(d)) != LMP_TAG_NIL) {
+    if (d->plain && (tag == LMP_TAG_METANAME || tag == LMP_TAG_META ||
+                     tag == LMP_TAG_INDEX))
+      lmp_codec_raise(L, "cannot receive a metatable from outside the "
+                      "process family");
     if (tag == LMP_TAG_METANAME) { /* a metatable registered by name */
       size_t n = getlen(d);
       char name[64];
@@ -325,6 +330,10 @@ static void decobject(dec *d) {
 /* Tables, functions, names, objects, refs and the rarer scalars. */
 static void decother(dec *d, int tag) {
   lua_State *L = d->L;
+  if (d->plain && tag != LMP_TAG_NIL && tag != LMP_TAG_STR &&
+      (tag & ~LMP_TAG_KEEP) != LMP_TAG_TABLE && tag != LMP_TAG_REF)
+    lmp_codec_raise(L, "cannot receive a function, a name or a shared "
+                    "object from outside the process family");
   switch (tag) {
     case LMP_TAG_NIL:
       lua_pushnil(L);
@@ -378,6 +387,7 @@ static void decinit(dec *d, lua_State *L, const char *p, size_t n) {
   d->end = d->p + n;
   d->depth = 0;
   d->count = 0;
+  d->plain = 0;
   d->refs = 0;
   if (n == 0) bad(d, "empty");
   if (*d->p++ != LMP_CODEC_VERSION) bad(d, "unknown version");
@@ -392,6 +402,14 @@ static void decdone(dec *d) {
 void lmp_decode(lua_State *L, const char *p, size_t n) {
   dec d;
   decinit(&d, L, p, n);
+  decvalue(&d);
+  decdone(&d);
+}
+
+void lmp_decode_plain(lua_State *L, const char *p, size_t n) {
+  dec d;
+  decinit(&d, L, p, n);
+  d.plain = 1;
   decvalue(&d);
   decdone(&d);
 }

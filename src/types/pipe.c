@@ -168,7 +168,8 @@ typedef struct conn {
   int fd;
   int readable, writable;
   int sock; /* a socket (duplex): MSG_NOSIGNAL works */
-  channel *ch; /* held by this handle; NULL once closed */
+  channel *ch; /* held by this handle; NULL once closed, or none */
+  int plain;   /* its peer is outside the family: plain data only */
   unsigned char hdr[20]; /* the header of the message being read */
   size_t hgot;           /* its bytes read so far */
   uint64_t flight;       /* the id it carries, 0 if none */
@@ -239,6 +240,16 @@ static int pipe_new(lua_State *L) {
       ((conn *)lua_touserdata(L, -2))->ch == NULL)
     return lmp_nomem(L, 64); /* the handles close what they hold */
   return 2;
+}
+
+/* A duplex Connection, on the top of L, of fd: a connected stream
+ * socket, which the Connection owns once this returns. */
+void lmp_conn_push(lua_State *L, int fd) {
+  conn *c;
+  nonblock(fd);
+  c = newconn(L, fd, 1, 1, NULL);
+  c->sock = 1;
+  c->plain = 1;
 }
 
 /* ------------------------------------------------------------- writing */
@@ -388,6 +399,9 @@ static int conn_send(lua_State *L) {
   luaL_checkany(L, 2);
   c->enc->len = 0;
   nobj = lmp_encode_bare(L, 2, "value", c->enc);
+  if (nobj > 0 && c->plain)
+    return luaL_error(L, "cannot send value: it names a shared object, "
+                      "which cannot leave its process family");
   if (nobj > 0 && (ch == NULL || (flight = flight_add(ch, c->enc->data,
                                                       c->enc->len, nobj)) == 0))
     return lmp_nomem(L, sizeof(flight) + nobj * sizeof(lmp_off));
@@ -550,6 +564,11 @@ static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
   int rc;
   read_frame(L, c);
+  if (c->plain) { /* from outside the family: data, and nothing else */
+    c->flight = 0;
+    lmp_decode_plain(L, c->buf, (size_t)c->n);
+    return 1;
+  }
   if (c->flight == 0) { /* it names no object: nothing to let go of */
     lmp_decode(L, c->buf, (size_t)c->n);
     return 1;

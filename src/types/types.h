@@ -32,7 +32,8 @@ enum {
 
 /* The families, in the order core.c opens them into luamp.core. */
 #define LMP_FAMILIES(X) \
-  X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list)
+  X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list) \
+  X(listener)
 
 #define LMP_DECLARE_FAMILY(name) extern const lmp_family lmp_##name##_family;
 LMP_FAMILIES(LMP_DECLARE_FAMILY)
@@ -41,6 +42,9 @@ LMP_FAMILIES(LMP_DECLARE_FAMILY)
 /* The bytes of the shared Array at idx (value.c) and their number, or
  * NULL if it is none; raises if it is closed. */
 char *lmp_array_bytes(lua_State *L, int idx, size_t *size);
+/* A duplex Connection (pipe.c), on the top of L, of a connected stream
+ * socket, which the Connection owns once this returns. */
+void lmp_conn_push(lua_State *L, int fd);
 
 /* ------------------------------------------------------------------ lock */
 

@@ -657,12 +657,73 @@ static void test_equal(void) {
       "same(equal(encode({1}), encode({1}):sub(1, -2)), false, 'truncated')\n");
 }
 
+/* SHA-256 against FIPS 180-4's examples (one and two blocks, a million
+ * 'a's fed in uneven parts) and HMAC-SHA-256 against RFC 4231's cases 1, 2
+ * and 6 (a key longer than a block). */
+static void hex(const unsigned char *d, char out[65]) {
+  int i;
+  for (i = 0; i < 32; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static void sha(const char *msg, const char *want) {
+  lmp_sha256 s;
+  unsigned char d[LMP_SHA256_SIZE];
+  char got[65];
+  lmp_sha256_init(&s);
+  lmp_sha256_update(&s, msg, strlen(msg));
+  lmp_sha256_final(&s, d);
+  hex(d, got);
+  ASSERT_STREQ(got, want);
+}
+
+static void test_sha256(void) {
+  static char a[1000];
+  lmp_sha256 s;
+  unsigned char d[LMP_SHA256_SIZE], key[131];
+  char got[65];
+  size_t i, n;
+  sha("", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  sha("abc",
+      "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  sha("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+      "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  memset(a, 'a', sizeof a);
+  lmp_sha256_init(&s);
+  for (i = 0, n = 0; n < 1000000; i++) {
+    size_t k = i % 97 + 1;
+    if (k > 1000000 - n) k = 1000000 - n;
+    lmp_sha256_update(&s, a, k);
+    n += k;
+  }
+  lmp_sha256_final(&s, d);
+  hex(d, got);
+  ASSERT_STREQ(
+    got, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+
+  memset(key, 0x0b, 20);
+  lmp_hmac_sha256(key, 20, "Hi There", 8, d);
+  hex(d, got);
+  ASSERT_STREQ(
+    got, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  lmp_hmac_sha256("Jefe", 4, "what do ya want for nothing?", 28, d);
+  hex(d, got);
+  ASSERT_STREQ(
+    got, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  memset(key, 0xaa, sizeof key);
+  lmp_hmac_sha256(key, sizeof key,
+                  "Test Using Larger Than Block-Size Key - Hash Key First", 54,
+                  d);
+  hex(d, got);
+  ASSERT_STREQ(
+    got, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+}
+
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_buf),       CHECK(test_scalars), CHECK(test_strings),
     CHECK(test_slices),    CHECK(test_tables),  CHECK(test_functions),
     CHECK(test_names),     CHECK(test_errors),  CHECK(test_objects),
-    CHECK(test_hostile),   CHECK(test_equal),
+    CHECK(test_hostile),   CHECK(test_equal),   CHECK(test_sha256),
   };
   int rc;
   if (lmp_arena_init(64 << 20) != 0) {

@@ -1,0 +1,332 @@
+/* listener.c -- Listener and Client: Connections between processes that
+ * share nothing, over a Unix socket (a path or an abstract name) or TCP.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "types.h"
+
+#define LISTENER "luamp.Listener"
+
+typedef struct listener {
+  int fd;
+  char *path; /* the socket file to remove on close, or NULL */
+} listener;
+
+/* User values of a Listener: 1 its address, 2 last_accepted. */
+
+static const lmp_class listener_class;
+
+static void listener_free(void *h) {
+  listener *l = h;
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  if (l->path) unlink(l->path);
+  free(l->path);
+  l->path = NULL;
+}
+
+static int listener_closed(void *h) { return ((listener *)h)->fd < 0; }
+
+/* ------------------------------------------------------------ addresses */
+
+typedef struct addr {
+  struct sockaddr_storage ss;
+  socklen_t len;
+} addr;
+
+/* Pushes the address a as Lua gives it back: a path, "\0name", or
+ * "host:port" ("[host]:port" for IPv6); nil for an unnamed socket. */
+static void pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
+  char host[INET6_ADDRSTRLEN], port[8];
+  if (sa->sa_family == AF_UNIX) {
+    const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+    size_t n = len > offsetof(struct sockaddr_un, sun_path)
+                 ? len - offsetof(struct sockaddr_un, sun_path)
+                 : 0;
+    if (n == 0) {
+      lua_pushnil(L);
+    } else if (un->sun_path[0] == '\0') {
+      lua_pushlstring(L, un->sun_path, n);
+    } else {
+      lua_pushstring(L, un->sun_path);
+    }
+    return;
+  }
+  if (getnameinfo(sa, len, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+    lua_pushnil(L);
+    return;
+  }
+  lua_pushfstring(L, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host,
+                  port);
+}
+
+/* Reads the address at idx into *a: a string with no ':' outside brackets
+ * or that starts with "\0" or has a '/' is a Unix socket; "host:port",
+ * "[v6]:port" or {host, port} is TCP.  Raises the argument error of
+ * `fname` when it is none of these. */
+static void checkaddr(lua_State *L, int idx, addr *a) {
+  char host[256], port[16];
+  const char *s;
+  size_t n;
+  struct addrinfo hints, *res;
+  int rc;
+  memset(a, 0, sizeof *a);
+  if (lua_istable(L, idx)) {
+    size_t hn;
+    const char *h;
+    lua_rawgeti(L, idx, 1);
+    lua_rawgeti(L, idx, 2);
+    h = lua_tolstring(L, -2, &hn);
+    if (!h || hn >= sizeof host || !lua_isinteger(L, -1) ||
+        lua_tointeger(L, -1) < 0 || lua_tointeger(L, -1) > 65535)
+      luaL_argerror(L, idx, "{host, port} with a port from 0 to 65535 "
+                            "expected");
+    memcpy(host, h, hn + 1);
+    snprintf(port, sizeof port, "%d", (int)lua_tointeger(L, -1));
+    lua_pop(L, 2);
+  } else {
+    const char *colon;
+    if (lua_type(L, idx) != LUA_TSTRING)
+      luaL_typeerror(L, idx, "string or {host, port}");
+    s = lua_tolstring(L, idx, &n);
+    colon = strrchr(s, ':');
+    if (n == 0) luaL_argerror(L, idx, "empty address");
+    if (s[0] == '\0' || strchr(s, '/') || !colon) {
+      struct sockaddr_un *un = (struct sockaddr_un *)&a->ss;
+      if (n >= sizeof un->sun_path) luaL_argerror(L, idx, "path too long");
+      un->sun_family = AF_UNIX;
+      memcpy(un->sun_path, s, n);
+      a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n +
+                           (s[0] != '\0'));
+      return;
+    }
+    if (s[0] == '[' && colon > s && colon[-1] == ']') {
+      n = (size_t)(colon - s - 2);
+      s++;
+    } else {
+      n = (size_t)(colon - s);
+    }
+    if (n >= sizeof host || strlen(colon + 1) >= sizeof port ||
+        colon[1] == '\0')
+      luaL_argerror(L, idx, "\"host:port\" expected");
+    memcpy(host, s, n);
+    host[n] = '\0';
+    strcpy(port, colon + 1);
+  }
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0) {
+    lua_pushfstring(L, "cannot resolve '%s': %s", host, gai_strerror(rc));
+    luaL_argerror(L, idx, lua_tostring(L, -1));
+  }
+  memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+  a->len = res->ai_addrlen;
+  freeaddrinfo(res);
+}
+
+static int wait_fd(lua_State *L, int fd, short ev, double deadline) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = ev;
+  p.revents = 0;
+  return lmp_wait_fds(L, &p, 1, NULL, NULL, deadline);
+}
+
+/* ------------------------------------------------------------- Listener */
+
+/* Listener(address, [{backlog = n}]) */
+static int listener_new(lua_State *L) {
+  addr a;
+  listener *l;
+  int backlog = SOMAXCONN, one = 1;
+  struct sockaddr_storage got;
+  socklen_t glen = sizeof got;
+  checkaddr(L, 1, &a);
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (lua_getfield(L, 2, "backlog") != LUA_TNIL) {
+      if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
+          lua_tointeger(L, -1) > 65535)
+        return luaL_argerror(L, 2, "backlog must be an integer from 1 to "
+                                   "65535");
+      backlog = (int)lua_tointeger(L, -1);
+    }
+    lua_pop(L, 1);
+  }
+  l = lmp_newhandle(L, &listener_class, sizeof *l, 2);
+  l->fd = -1;
+  l->path = NULL;
+  l->fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                 0);
+  if (l->fd < 0)
+    return luaL_error(L, "cannot make a socket: %s", strerror(errno));
+  if (a.ss.ss_family != AF_UNIX)
+    setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(l->fd, (struct sockaddr *)&a.ss, a.len) < 0 ||
+      listen(l->fd, backlog) < 0) {
+    int e = errno;
+    listener_free(l);
+    lua_pushvalue(L, 1);
+    return luaL_error(L, "cannot listen on %s: %s",
+                      lua_istable(L, 1) ? "that address"
+                                        : luaL_tolstring(L, 1, NULL),
+                      strerror(e));
+  }
+  if (a.ss.ss_family == AF_UNIX) {
+    const struct sockaddr_un *un = (const struct sockaddr_un *)&a.ss;
+    if (un->sun_path[0] != '\0' && !(l->path = strdup(un->sun_path)))
+      return lmp_nomem(L, 0);
+    pushaddr(L, (struct sockaddr *)&a.ss, a.len);
+  } else {
+    getsockname(l->fd, (struct sockaddr *)&got, &glen);
+    pushaddr(L, (struct sockaddr *)&got, glen);
+  }
+  lua_setiuservalue(L, -2, 1);
+  return 1;
+}
+
+static listener *checklistener(lua_State *L) {
+  listener *l = lmp_checkhandle(L, 1);
+  if (l->fd < 0) luaL_error(L, "attempt to use a closed listener");
+  return l;
+}
+
+/* accept([timeout]) -> a Connection; TimeoutError when none came. */
+static int listener_accept(lua_State *L) {
+  listener *l = checklistener(L);
+  double deadline = lmp_opt_deadline(L, 2);
+  struct sockaddr_storage peer;
+  socklen_t plen;
+  int fd, rc;
+  for (;;) {
+    plen = sizeof peer;
+    fd = accept4(l->fd, (struct sockaddr *)&peer, &plen,
+                 SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) break;
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return luaL_error(L, "cannot accept: %s", strerror(errno));
+    rc = wait_fd(L, l->fd, POLLIN, deadline);
+    if (rc == 0) return lmp_throw(L, "TimeoutError", "no connection came");
+    if (rc < 0) return lmp_raise_errno(L, rc, "cannot accept");
+    if (l->fd < 0) luaL_error(L, "attempt to use a closed listener");
+  }
+  lmp_conn_push(L, fd);
+  pushaddr(L, (struct sockaddr *)&peer, plen);
+  lua_setiuservalue(L, 1, 2);
+  return 1;
+}
+
+static int listener_close(lua_State *L) {
+  listener_free(lmp_checkhandle(L, 1));
+  return 0;
+}
+
+static int listener_address(lua_State *L) {
+  lmp_checkhandle(L, 1);
+  lua_getiuservalue(L, 1, 1);
+  return 1;
+}
+
+static int listener_last(lua_State *L) {
+  lmp_checkhandle(L, 1);
+  lua_getiuservalue(L, 1, 2);
+  return 1;
+}
+
+/* For mp.wait: ready when accept would not block. */
+static int listener_ready(void *h, int *fd) {
+  listener *l = h;
+  struct pollfd p;
+  if (l->fd < 0) return -1;
+  *fd = l->fd;
+  p.fd = l->fd;
+  p.events = POLLIN;
+  p.revents = 0;
+  return poll(&p, 1, 0) > 0;
+}
+
+static int listener_tostring(lua_State *L) {
+  lua_getiuservalue(L, 1, 1);
+  lua_pushfstring(L, LISTENER " (%s)",
+                  lua_isstring(L, -1) ? lua_tostring(L, -1) : "?");
+  return 1;
+}
+
+/* --------------------------------------------------------------- Client */
+
+/* Client(address, [{timeout = t}]) -> a Connection */
+static int client_new(lua_State *L) {
+  addr a;
+  double deadline = -1;
+  int fd, rc, err;
+  socklen_t elen = sizeof err;
+  checkaddr(L, 1, &a);
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "timeout");
+    lua_replace(L, 2);
+    deadline = lmp_opt_deadline(L, 2);
+  }
+  fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return luaL_error(L, "cannot make a socket: %s", strerror(errno));
+  lmp_conn_push(L, fd); /* owns fd from here on */
+  for (;;) {
+    if (connect(fd, (struct sockaddr *)&a.ss, a.len) == 0) return 1;
+    if (errno == EINTR) continue;
+    if (errno == EINPROGRESS) {
+      rc = wait_fd(L, fd, POLLOUT, deadline);
+      if (rc == 0) return lmp_throw(L, "TimeoutError", "cannot connect in time");
+      if (rc < 0) return lmp_raise_errno(L, rc, "cannot connect");
+      if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0)
+        return 1;
+      errno = err;
+    }
+    break;
+  }
+  err = errno;
+  lua_pushvalue(L, 1);
+  return luaL_error(L, "cannot connect to %s: %s",
+                    lua_istable(L, 1) ? "that address"
+                                      : luaL_tolstring(L, 1, NULL),
+                    strerror(err));
+}
+
+static const luaL_Reg listener_getters[] = {
+  {"address", listener_address}, {"last_accepted", listener_last},
+  {NULL, NULL}
+};
+
+static const luaL_Reg listener_meth[] = {
+  {"accept", listener_accept}, {"close", listener_close}, {NULL, NULL}
+};
+
+static const lmp_class listener_class = {
+  .name = LISTENER, .what = "listener", .size = sizeof(listener), .nuv = 2,
+  .meth = listener_meth, .getters = listener_getters,
+  .tostring = listener_tostring, .close = listener_free,
+  .closed = listener_closed, .ready = listener_ready,
+};
+
+static const lmp_class *const listener_classes[] = {&listener_class, NULL};
+
+static const luaL_Reg listener_funcs[] = {
+  {"Listener", listener_new}, {"Client", client_new}, {NULL, NULL}
+};
+
+const lmp_family lmp_listener_family = {listener_classes, listener_funcs,
+                                         NULL};

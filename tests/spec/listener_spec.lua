@@ -1,0 +1,187 @@
+-- listener_spec.lua -- Listener and Client between two separate luamp
+-- programs (not parent and child: they share no arena), over a Unix
+-- path, an abstract name and TCP on the loopback; timeouts, closing,
+-- mp.wait and bad addresses.
+
+local mp = require "luamp"
+local H = require "spec_helper"
+local raises = H.raises
+
+-- Starts `luamp -e` with a client chunk that connects to addr, sends
+-- {n, "from client"}, receives a reply and prints it; returns the pipe
+-- of its output.
+local function client(addr, n)
+  local code = string.format([[
+    local mp = require "luamp"
+    local c = mp.Client(%q, {timeout = 10})
+    c:send({%d, "from client"})
+    assert(c:poll(10), "no reply")
+    local r = c:recv()
+    io.write(r[1], " ", r[2])
+  ]], addr, n)
+  return assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+end
+
+-- Serves one client of `listener` from another program; checks both
+-- sides.
+local function exchange(l)
+  local out = client(l.address, 7)
+  local c = l:accept(10)
+  assert.is_true(c:poll(10), "nothing came in 10 s")
+  local m = c:recv()
+  assert.are.same({7, "from client"}, m)
+  c:send({m[1] * 2, "from listener"})
+  assert.are.equal("14 from listener", out:read("a"))
+  assert.is_true(out:close())
+  c:close()
+end
+
+describe("Listener and Client", function()
+  it("exchange values over a Unix socket path, removed on close", function()
+    local path = os.tmpname()
+    os.remove(path)
+    local l = mp.Listener(path)
+    assert.are.equal(path, l.address)
+    exchange(l)
+    l:close()
+    l:close()
+    assert.is_nil(io.open(path))
+    assert.has_error(function() l:accept(0) end,
+                     "attempt to use a closed listener")
+  end)
+
+  it("take only plain data from outside the family, and send no shared "
+     .. "object there", function()
+    local path = os.tmpname()
+    os.remove(path)
+    local l <close> = mp.Listener(path)
+    local code = string.format([[
+      local mp = require "luamp"
+      local c = mp.Client(%q, {timeout = 10})
+      c:send(function() return 1 end)
+      c:send({print})
+      c:send({x = setmetatable({}, {__index = {}})})
+      c:send({1, "two", {three = 3.0}})
+      io.write(tostring(c:recv()))
+    ]], path)
+    local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+    local c = l:accept(10)
+    for _ = 1, 3 do
+      assert.is_true(c:poll(10), "nothing came in 10 s")
+      local ok, e = pcall(c.recv, c)
+      assert.is_false(ok)
+      assert.matches("cannot receive a %a+", tostring(e))
+    end
+    assert.are.same({1, "two", {three = 3}}, c:recv())
+    local d = mp.Dict()
+    assert.has_error(function() c:send({d}) end, "cannot send value: it "
+      .. "names a shared object, which cannot leave its process family")
+    c:send("still usable")
+    assert.are.equal("still usable", out:read("a"))
+    assert.is_true(out:close())
+    c:close()
+    d:close()
+  end)
+
+  it("exchange values over an abstract Unix name", function()
+    local name = "\0luamp-spec-" .. H.q(os.time()):sub(2, -2) .. "-"
+      .. tostring({}):match("0x%x+")
+    local l <close> = mp.Listener(name)
+    assert.are.equal(name, l.address)
+    exchange(l)
+  end)
+
+  it("exchange values over TCP on 127.0.0.1 and ::1, port 0 chosen", function()
+    local l4 <close> = mp.Listener("127.0.0.1:0")
+    local port = tonumber(l4.address:match("^127%.0%.0%.1:(%d+)$"))
+    assert.is_true(port > 0)
+    exchange(l4)
+    assert.matches("^127%.0%.0%.1:%d+$", l4.last_accepted)
+    local ok, l6 = pcall(mp.Listener, {"::1", 0})
+    if ok then
+      assert.matches("^%[::1%]:%d+$", l6.address)
+      exchange(l6)
+      l6:close()
+    end
+  end)
+
+  it("accept times out with TimeoutError; mp.wait sees a waiting client",
+     function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    raises("TimeoutError", "no connection came", l.accept, l, 0.05)
+    assert.are.same({}, mp.wait({l}, 0))
+    local c = mp.Client(l.address)
+    local ready = mp.wait({l}, 10)
+    assert.are.equal(1, #ready)
+    assert.are.equal(l, ready[1])
+    local s = l:accept(0)
+    c:send("x")
+    local r = mp.wait({l, s, c}, 10)
+    assert.are.same({s}, r)
+    assert.are.equal("x", s:recv())
+    c:close()
+    s:close()
+  end)
+
+  it("raise EOFError when the peer is killed with -9 mid-message",
+     function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    local code = string.format([[
+      local mp = require "luamp"
+      local c = mp.Client(%q, {timeout = 10})
+      io.write(mp.current_process().pid, "\n")
+      io.flush()
+      c:send_bytes(string.rep("x", 64 << 20))
+    ]], l.address)
+    local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+    local c = l:accept(10)
+    local pid = tonumber(out:read("l"))
+    assert.is_truthy(pid)
+    assert.is_false(c:poll(0.05))  -- not all of it: none is read
+    H.until_asleep(pid)            -- blocked in the middle of the message
+    os.execute("kill -9 " .. pid)
+    raises("EOFError", "connection closed in the middle of a message",
+           c.recv_bytes, c)
+    out:close()
+  end)
+
+  it("serve 100 clients connected at once", function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    local code = string.format([[
+      local mp = require "luamp"
+      local cs = {}
+      for i = 1, 100 do cs[i] = mp.Client(%q, {timeout = 10}) end
+      for i = 1, 100 do cs[i]:send(i) end
+      local sum = 0
+      for i = 1, 100 do assert(cs[i]:poll(10)); sum = sum + cs[i]:recv() end
+      io.write(sum)
+    ]], l.address)
+    local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)))
+    local conns = {}
+    for i = 1, 100 do conns[i] = l:accept(10) end
+    local got = 0
+    while got < 100 do
+      for _, c in ipairs(mp.wait(conns, 10)) do
+        c:send(c:recv() * 2)
+        c:close()
+        got = got + 1
+        for j, d in ipairs(conns) do
+          if d == c then table.remove(conns, j) break end
+        end
+      end
+    end
+    assert.are.equal(tostring(2 * 5050), out:read("a"))
+    assert.is_true(out:close())
+  end)
+
+  it("refuse bad addresses in Lua's words", function()
+    assert.has_error(function() mp.Listener(5) end,
+      "bad argument #1 to 'Listener' (string or {host, port} expected, "
+      .. "got number)")
+    assert.has_error(function() mp.Listener({"127.0.0.1", 70000}) end,
+      "bad argument #1 to 'Listener' ({host, port} with a port from 0 to "
+      .. "65535 expected)")
+    assert.has_error(function() mp.Client("/nonexistent/luamp.sock") end,
+      "cannot connect to /nonexistent/luamp.sock: No such file or directory")
+  end)
+end)
