@@ -434,6 +434,14 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
   return rc;
 }
 
+int lmp_wait_fd(lua_State *L, int fd, short ev, double deadline) {
+  struct pollfd p;
+  p.fd = fd;
+  p.events = ev;
+  p.revents = 0;
+  return lmp_wait_fds(L, &p, 1, NULL, NULL, deadline);
+}
+
 /* ------------------------------------------------------------- deadlines */
 
 double lmp_opt_deadline(lua_State *L, int idx) {

@@ -99,6 +99,8 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
  * ready(ud) (may be NULL) holds; 1, 0, -EINTR, -ECANCELED or -errno. */
 int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
                  lmp_ready_fn ready, void *ud, double deadline);
+/* The same for one descriptor and poll events `ev`. */
+int lmp_wait_fd(lua_State *L, int fd, short ev, double deadline);
 
 /* Checks ready(ud) a number of times, pausing the core between checks
  * (for a condition another core is about to make true): 1 once it holds,

@@ -138,14 +138,6 @@ static void checkaddr(lua_State *L, int idx, addr *a) {
   freeaddrinfo(res);
 }
 
-static int wait_fd(lua_State *L, int fd, short ev, double deadline) {
-  struct pollfd p;
-  p.fd = fd;
-  p.events = ev;
-  p.revents = 0;
-  return lmp_wait_fds(L, &p, 1, NULL, NULL, deadline);
-}
-
 /* ------------------------------------------------------------- Listener */
 
 /* Listener(address, [{backlog = n}]) */
@@ -220,7 +212,7 @@ static int listener_accept(lua_State *L) {
     if (errno == EINTR || errno == ECONNABORTED) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       return luaL_error(L, "cannot accept: %s", strerror(errno));
-    rc = wait_fd(L, l->fd, POLLIN, deadline);
+    rc = lmp_wait_fd(L, l->fd, POLLIN, deadline);
     if (rc == 0) return lmp_throw(L, "TimeoutError", "no connection came");
     if (rc < 0) return lmp_raise_errno(L, rc, "cannot accept");
     if (l->fd < 0) luaL_error(L, "attempt to use a closed listener");
@@ -289,7 +281,7 @@ static int client_new(lua_State *L) {
     if (connect(fd, (struct sockaddr *)&a.ss, a.len) == 0) return 1;
     if (errno == EINTR) continue;
     if (errno == EINPROGRESS) {
-      rc = wait_fd(L, fd, POLLOUT, deadline);
+      rc = lmp_wait_fd(L, fd, POLLOUT, deadline);
       if (rc == 0) return lmp_throw(L, "TimeoutError", "cannot connect in time");
       if (rc < 0) return lmp_raise_errno(L, rc, "cannot connect");
       if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0)

@@ -254,14 +254,6 @@ void lmp_conn_push(lua_State *L, int fd) {
 
 /* ------------------------------------------------------------- writing */
 
-static int wait_io(lua_State *L, int fd, short ev, double deadline) {
-  struct pollfd p;
-  p.fd = fd;
-  p.events = ev;
-  p.revents = 0;
-  return lmp_wait_fds(L, &p, 1, NULL, NULL, deadline);
-}
-
 /* One write that cannot raise SIGPIPE: sockets say so per call; for a
  * pipe SIGPIPE is blocked around the write and a pending one consumed. */
 static ssize_t write_nosig(conn *c, struct iovec *iov, int n) {
@@ -299,7 +291,7 @@ static int writeall(lua_State *L, conn *c, struct iovec *iov, int n,
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
-        int rc = wait_io(L, c->fd, POLLOUT, -1);
+        int rc = lmp_wait_fd(L, c->fd, POLLOUT, -1);
         if (rc < 0) return rc;
         continue;
       }
@@ -498,7 +490,7 @@ static void read_frame(lua_State *L, conn *c) {
     if (errno == EINTR) continue;
     if (errno != EAGAIN) lmp_raise_errno(L, -errno, "cannot receive");
     {
-      int rc = wait_io(L, c->fd, POLLIN, -1);
+      int rc = lmp_wait_fd(L, c->fd, POLLIN, -1);
       if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
     }
   }
@@ -599,7 +591,7 @@ static int conn_poll(lua_State *L) {
   double deadline = lua_isnone(L, 2) ? 0 : lmp_opt_deadline(L, 2);
   int rc = readable_now(c);
   if (rc == 0 && deadline != 0) {
-    rc = wait_io(L, c->fd, POLLIN, deadline);
+    rc = lmp_wait_fd(L, c->fd, POLLIN, deadline);
     if (rc > 0) rc = 1;
   }
   if (rc < 0) return lmp_raise_errno(L, rc, "cannot poll");
