@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -20,6 +21,8 @@
 typedef struct listener {
   int fd;
   char *path; /* the socket file to remove on close, or NULL */
+  char *key;  /* the authkey, or NULL */
+  size_t klen;
 } listener;
 
 /* User values of a Listener: 1 its address, 2 last_accepted. */
@@ -33,6 +36,124 @@ static void listener_free(void *h) {
   if (l->path) unlink(l->path);
   free(l->path);
   l->path = NULL;
+  if (l->key) memset(l->key, 0, l->klen);
+  free(l->key);
+  l->key = NULL;
+}
+
+/* -------------------------------------------------------- authentication */
+
+/*
+ * With an authkey, each side of a new connection proves it knows the key
+ * before anything else crosses, as Python's multiprocessing.connection
+ * does: the side that accepted sends a challenge ("LMPA" and 32 random
+ * bytes), the other answers with HMAC-SHA-256(key, challenge) and hears
+ * one byte back (1: welcome, 0: failure); then the roles swap.  The key
+ * itself never crosses.  A wrong answer raises AuthenticationError on
+ * both sides, and the connection is closed.
+ */
+
+#define CHALLENGE 32
+static const unsigned char AUTH_MAGIC[4] = {'L', 'M', 'P', 'A'};
+
+/* Sends (out) or receives exactly n bytes by the deadline: 0, -EPIPE at
+ * the end of the stream, -EAGAIN at the deadline, -EINTR, -errno. */
+static int xfer(lua_State *L, int fd, void *buf, size_t n, int out,
+                double deadline) {
+  char *p = buf;
+  while (n > 0) {
+    ssize_t r = out ? send(fd, p, n, MSG_NOSIGNAL) : read(fd, p, n);
+    int rc;
+    if (r > 0) {
+      p += r;
+      n -= (size_t)r;
+      continue;
+    }
+    if (r == 0) return -EPIPE;
+    if (errno == EINTR) continue;
+    if (errno == EPIPE || errno == ECONNRESET) return -EPIPE;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return -errno;
+    rc = lmp_wait_fd(L, fd, out ? POLLOUT : POLLIN, deadline);
+    if (rc == 0) return -EAGAIN;
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+/* Challenges the peer: 0, or -EACCES when its answer is wrong. */
+static int challenge(lua_State *L, int fd, const char *key, size_t klen,
+                     double deadline) {
+  unsigned char msg[4 + CHALLENGE], want[LMP_SHA256_SIZE];
+  unsigned char got[LMP_SHA256_SIZE], ok, diff = 0;
+  int rc, i;
+  memcpy(msg, AUTH_MAGIC, 4);
+  if (getrandom(msg + 4, CHALLENGE, 0) != CHALLENGE) return -EIO;
+  if ((rc = xfer(L, fd, msg, sizeof msg, 1, deadline)) < 0) return rc;
+  if ((rc = xfer(L, fd, got, sizeof got, 0, deadline)) < 0) return rc;
+  lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, want);
+  for (i = 0; i < LMP_SHA256_SIZE; i++) diff |= want[i] ^ got[i];
+  ok = diff == 0;
+  if ((rc = xfer(L, fd, &ok, 1, 1, deadline)) < 0 && ok) return rc;
+  return ok ? 0 : -EACCES;
+}
+
+/* Answers the peer's challenge: 0, -EPERM when it rejects the answer,
+ * -EPROTO when what came is no challenge. */
+static int answer(lua_State *L, int fd, const char *key, size_t klen,
+                  double deadline) {
+  unsigned char msg[4 + CHALLENGE], dig[LMP_SHA256_SIZE], ok = 0;
+  int rc;
+  if ((rc = xfer(L, fd, msg, sizeof msg, 0, deadline)) < 0) return rc;
+  if (memcmp(msg, AUTH_MAGIC, 4) != 0) return -EPROTO;
+  lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, dig);
+  if ((rc = xfer(L, fd, dig, sizeof dig, 1, deadline)) < 0) return rc;
+  if ((rc = xfer(L, fd, &ok, 1, 0, deadline)) < 0) return rc;
+  return ok == 1 ? 0 : -EPERM;
+}
+
+/* Runs both rounds on fd (server: the side that accepted); on failure
+ * closes fd and raises. */
+static void authenticate(lua_State *L, int fd, const char *key, size_t klen,
+                         int server, double deadline) {
+  int rc = server ? challenge(L, fd, key, klen, deadline)
+                  : answer(L, fd, key, klen, deadline);
+  if (rc == 0)
+    rc = server ? answer(L, fd, key, klen, deadline)
+                : challenge(L, fd, key, klen, deadline);
+  if (rc == 0) return;
+  close(fd);
+  switch (rc) {
+    case -EACCES:
+      lmp_throw(L, "AuthenticationError", "digest received was wrong");
+      break;
+    case -EPERM:
+      lmp_throw(L, "AuthenticationError", "digest sent was rejected");
+      break;
+    case -EPROTO:
+      lmp_throw(L, "AuthenticationError", "the peer sent no challenge");
+      break;
+    case -EPIPE:
+      lmp_throw(L, "AuthenticationError",
+                "the connection closed during authentication");
+      break;
+    case -EAGAIN:
+      lmp_throw(L, "TimeoutError", "authentication did not end in time");
+      break;
+    default:
+      lmp_raise_errno(L, rc, "cannot authenticate");
+  }
+}
+
+/* The authkey in the options table at idx (a string), or NULL. */
+static const char *optkey(lua_State *L, int idx, size_t *klen) {
+  const char *k = NULL;
+  if (lua_getfield(L, idx, "authkey") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      luaL_argerror(L, idx, "authkey must be a non-empty string");
+    k = lua_tolstring(L, -1, klen);
+  }
+  lua_pop(L, 1); /* the options table keeps it */
+  return k;
 }
 
 static int listener_closed(void *h) { return ((listener *)h)->fd < 0; }
@@ -145,6 +266,8 @@ static int listener_new(lua_State *L) {
   addr a;
   listener *l;
   int backlog = SOMAXCONN, one = 1;
+  const char *key = NULL;
+  size_t klen = 0;
   struct sockaddr_storage got;
   socklen_t glen = sizeof got;
   checkaddr(L, 1, &a);
@@ -158,10 +281,17 @@ static int listener_new(lua_State *L) {
       backlog = (int)lua_tointeger(L, -1);
     }
     lua_pop(L, 1);
+    key = optkey(L, 2, &klen);
   }
   l = lmp_newhandle(L, &listener_class, sizeof *l, 2);
   l->fd = -1;
   l->path = NULL;
+  if (key != NULL) {
+    if ((l->key = malloc(klen)) == NULL)
+      return luaL_error(L, "not enough memory");
+    memcpy(l->key, key, klen);
+    l->klen = klen;
+  }
   l->fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
                  0);
   if (l->fd < 0)
@@ -217,6 +347,7 @@ static int listener_accept(lua_State *L) {
     if (rc < 0) return lmp_raise_errno(L, rc, "cannot accept");
     if (l->fd < 0) luaL_error(L, "attempt to use a closed listener");
   }
+  if (l->key != NULL) authenticate(L, fd, l->key, l->klen, 1, deadline);
   lmp_conn_push(L, fd);
   pushaddr(L, (struct sockaddr *)&peer, plen);
   lua_setiuservalue(L, 1, 2);
@@ -261,41 +392,54 @@ static int listener_tostring(lua_State *L) {
 
 /* --------------------------------------------------------------- Client */
 
-/* Client(address, [{timeout = t}]) -> a Connection */
+/* Connects fd to a by the deadline: 0, or -errno (-EAGAIN at the
+ * deadline, -EINTR). */
+static int connect_by(lua_State *L, int fd, const addr *a, double deadline) {
+  int rc, err;
+  socklen_t elen = sizeof err;
+  for (;;) {
+    if (connect(fd, (const struct sockaddr *)&a->ss, a->len) == 0) return 0;
+    if (errno == EINTR) continue;
+    if (errno != EINPROGRESS) return -errno;
+    rc = lmp_wait_fd(L, fd, POLLOUT, deadline);
+    if (rc == 0) return -EAGAIN;
+    if (rc < 0) return rc;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0) return -errno;
+    return -err;
+  }
+}
+
+/* Client(address, [{timeout = t, authkey = k}]) -> a Connection */
 static int client_new(lua_State *L) {
   addr a;
   double deadline = -1;
-  int fd, rc, err;
-  socklen_t elen = sizeof err;
+  const char *key = NULL;
+  size_t klen = 0;
+  int fd, rc;
   checkaddr(L, 1, &a);
   if (!lua_isnoneornil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    key = optkey(L, 2, &klen); /* kept alive by the options, at 2 */
     lua_getfield(L, 2, "timeout");
-    lua_replace(L, 2);
-    deadline = lmp_opt_deadline(L, 2);
+    deadline = lmp_opt_deadline(L, 3);
   }
   fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return luaL_error(L, "cannot make a socket: %s", strerror(errno));
-  lmp_conn_push(L, fd); /* owns fd from here on */
-  for (;;) {
-    if (connect(fd, (struct sockaddr *)&a.ss, a.len) == 0) return 1;
-    if (errno == EINTR) continue;
-    if (errno == EINPROGRESS) {
-      rc = lmp_wait_fd(L, fd, POLLOUT, deadline);
-      if (rc == 0) return lmp_throw(L, "TimeoutError", "cannot connect in time");
-      if (rc < 0) return lmp_raise_errno(L, rc, "cannot connect");
-      if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0)
-        return 1;
-      errno = err;
-    }
-    break;
+  rc = connect_by(L, fd, &a, deadline);
+  if (rc == 0) {
+    if (key != NULL) authenticate(L, fd, key, klen, 0, deadline);
+    lmp_conn_push(L, fd);
+    return 1;
   }
-  err = errno;
+  close(fd);
+  if (rc == -EAGAIN) return lmp_throw(L, "TimeoutError", "cannot connect in time");
+  if (rc == -EINTR) return lmp_raise_errno(L, rc, "cannot connect");
   lua_pushvalue(L, 1);
   return luaL_error(L, "cannot connect to %s: %s",
                     lua_istable(L, 1) ? "that address"
                                       : luaL_tolstring(L, 1, NULL),
-                    strerror(err));
+                    strerror(-rc));
 }
 
 static const luaL_Reg listener_getters[] = {

@@ -83,6 +83,98 @@ describe("Listener and Client", function()
     d:close()
   end)
 
+  describe("with an authkey", function()
+    -- Runs `code` (with PATH set to the listener's address) as another
+    -- program; returns the pipe of its output.
+    local function peer(path, code)
+      return assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(
+        "local mp = require 'luamp'\nlocal PATH = " .. string.format("%q",
+        path) .. "\n" .. code)))
+    end
+
+    local function fresh_path()
+      local path = os.tmpname()
+      os.remove(path)
+      return path
+    end
+
+    it("lets both sides in when they share the key", function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path, {authkey = "sesame"})
+      local out = peer(path, [[
+        local c = mp.Client(PATH, {authkey = "sesame", timeout = 10})
+        c:send({"in"})
+        io.write(c:recv())
+      ]])
+      local c = l:accept(10)
+      assert.are.same({"in"}, c:recv())
+      c:send("welcome")
+      assert.are.equal("welcome", out:read("a"))
+      assert.is_true(out:close())
+      c:close()
+    end)
+
+    it("raises AuthenticationError on both sides for a wrong key, and "
+       .. "closes the connection", function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path, {authkey = "sesame"})
+      local out = peer(path, [[
+        local ok, e = pcall(mp.Client, PATH, {authkey = "simsim",
+                                              timeout = 10})
+        io.write(tostring(e))
+      ]])
+      raises("AuthenticationError", "digest received was wrong", l.accept,
+             l, 10)
+      assert.are.equal("luamp.AuthenticationError: digest sent was rejected",
+                       out:read("a"))
+      assert.is_true(out:close())
+    end)
+
+    it("refuses a peer that does not authenticate, and one that leaves "
+       .. "half way", function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path, {authkey = "sesame"})
+      local out = peer(path, [[
+        local c = mp.Client(PATH, {timeout = 10})
+        c:send_bytes(("no key here, only data "):rep(4))
+        local ok, e = pcall(c.recv, c)
+        io.write(tostring(ok))
+      ]])
+      raises("AuthenticationError", "digest received was wrong", l.accept,
+             l, 10)
+      assert.are.equal("false", out:read("a"))
+      assert.is_true(out:close())
+      out = peer(path, [[ mp.Client(PATH, {timeout = 10}):close() ]])
+      raises("AuthenticationError", "the connection closed during "
+             .. "authentication", l.accept, l, 10)
+      assert.is_true(out:close())
+    end)
+
+    it("makes a client with a key refuse a listener without one",
+       function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path)
+      local out = peer(path, [[
+        local ok, e = pcall(mp.Client, PATH, {authkey = "sesame",
+                                              timeout = 10})
+        io.write(tostring(e))
+      ]])
+      local c = l:accept(10)
+      c:send_bytes(("plain, with no challenge "):rep(4))
+      assert.are.equal("luamp.AuthenticationError: the peer sent no "
+                       .. "challenge", out:read("a"))
+      assert.is_true(out:close())
+      c:close()
+    end)
+
+    it("must be a non-empty string", function()
+      assert.has_error(function() mp.Listener(fresh_path(), {authkey = 5}) end,
+        "bad argument #2 to 'Listener' (authkey must be a non-empty string)")
+      assert.has_error(function() mp.Client("/nowhere", {authkey = ""}) end,
+        "bad argument #2 to 'Client' (authkey must be a non-empty string)")
+    end)
+  end)
+
   it("exchange values over an abstract Unix name", function()
     local name = "\0luamp-spec-" .. H.q(os.time()):sub(2, -2) .. "-"
       .. tostring({}):match("0x%x+")
