@@ -21,11 +21,10 @@
 typedef struct listener {
   int fd;
   char *path; /* the socket file to remove on close, or NULL */
-  char *key;  /* the authkey, or NULL */
-  size_t klen;
 } listener;
 
-/* User values of a Listener: 1 its address, 2 last_accepted. */
+/* User values of a Listener: 1 its address, 2 last_accepted, 3 its
+ * authkey (a string, or nil). */
 
 static const lmp_class listener_class;
 
@@ -36,9 +35,6 @@ static void listener_free(void *h) {
   if (l->path) unlink(l->path);
   free(l->path);
   l->path = NULL;
-  if (l->key) memset(l->key, 0, l->klen);
-  free(l->key);
-  l->key = NULL;
 }
 
 /* -------------------------------------------------------- authentication */
@@ -283,14 +279,12 @@ static int listener_new(lua_State *L) {
     lua_pop(L, 1);
     key = optkey(L, 2, &klen);
   }
-  l = lmp_newhandle(L, &listener_class, sizeof *l, 2);
+  l = lmp_newhandle(L, &listener_class, sizeof *l, 3);
   l->fd = -1;
   l->path = NULL;
   if (key != NULL) {
-    if ((l->key = malloc(klen)) == NULL)
-      return luaL_error(L, "not enough memory");
-    memcpy(l->key, key, klen);
-    l->klen = klen;
+    lua_pushlstring(L, key, klen);
+    lua_setiuservalue(L, -2, 3);
   }
   l->fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK,
                  0);
@@ -347,7 +341,12 @@ static int listener_accept(lua_State *L) {
     if (rc < 0) return lmp_raise_errno(L, rc, "cannot accept");
     if (l->fd < 0) luaL_error(L, "attempt to use a closed listener");
   }
-  if (l->key != NULL) authenticate(L, fd, l->key, l->klen, 1, deadline);
+  if (lua_getiuservalue(L, 1, 3) == LUA_TSTRING) { /* kept on the stack */
+    size_t klen;
+    const char *key = lua_tolstring(L, -1, &klen);
+    authenticate(L, fd, key, klen, 1, deadline);
+  }
+  lua_pop(L, 1);
   lmp_conn_push(L, fd);
   pushaddr(L, (struct sockaddr *)&peer, plen);
   lua_setiuservalue(L, 1, 2);
@@ -452,7 +451,7 @@ static const luaL_Reg listener_meth[] = {
 };
 
 static const lmp_class listener_class = {
-  .name = LISTENER, .what = "listener", .size = sizeof(listener), .nuv = 2,
+  .name = LISTENER, .what = "listener", .size = sizeof(listener), .nuv = 3,
   .meth = listener_meth, .getters = listener_getters,
   .tostring = listener_tostring, .close = listener_free,
   .closed = listener_closed, .ready = listener_ready,
