@@ -922,8 +922,8 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   char local[LOCALBUF];
   if (b != NULL && slice == NULL) {
     int t = lua_type(L, idx);
-    if ((t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL ||
-         (t == LUA_TSTRING && (pc == NULL || lua_rawlen(L, idx) < ROPEMIN)))) {
+    if (t == LUA_TNUMBER || t == LUA_TBOOLEAN || t == LUA_TNIL ||
+        (t == LUA_TSTRING && (pc == NULL || lua_rawlen(L, idx) < ROPEMIN))) {
       /* a scalar alone needs no stack and no tables */
       e.L = L;
       e.b = b;

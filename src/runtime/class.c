@@ -310,7 +310,11 @@ void lmp_family_open(lua_State *L, const lmp_family *f) {
     luaL_newmetatable(L, c->name);
     lua_pop(L, 1);
     for (k = 0; k < nknown && known[k] != c; k++) continue;
-    if (k == nknown && nknown < MAXCLASSES) known[nknown++] = c;
+    if (k == nknown) {
+      if (nknown == MAXCLASSES)
+        luaL_error(L, "too many classes (raise MAXCLASSES)");
+      known[nknown++] = c;
+    }
     if (c->type > 0 && c->type < LMP_T_MAX && c->kind < MAXKIND) {
       bytype[c->type][c->kind] = c;
       if (c->obj != NULL) lmp_type_set(c->type, c->obj);

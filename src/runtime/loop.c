@@ -442,6 +442,17 @@ int lmp_wait_fd(lua_State *L, int fd, short ev, double deadline) {
   return lmp_wait_fds(L, &p, 1, NULL, NULL, deadline);
 }
 
+int lmp_fd_ready(int fd, short ev) {
+  struct pollfd p;
+  int rc;
+  p.fd = fd;
+  p.events = ev;
+  p.revents = 0;
+  do rc = poll(&p, 1, 0); while (rc < 0 && errno == EINTR);
+  if (rc < 0) return -errno;
+  return rc > 0;
+}
+
 /* ------------------------------------------------------------- deadlines */
 
 double lmp_opt_deadline(lua_State *L, int idx) {

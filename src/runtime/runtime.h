@@ -101,6 +101,8 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
                  lmp_ready_fn ready, void *ud, double deadline);
 /* The same for one descriptor and poll events `ev`. */
 int lmp_wait_fd(lua_State *L, int fd, short ev, double deadline);
+/* Is fd ready for `ev` now, without waiting?  1, 0 or -errno. */
+int lmp_fd_ready(int fd, short ev);
 
 /* Checks ready(ud) a number of times, pausing the core between checks
  * (for a condition another core is about to make true): 1 once it holds,

@@ -373,13 +373,9 @@ static int listener_last(lua_State *L) {
 /* For mp.wait: ready when accept would not block. */
 static int listener_ready(void *h, int *fd) {
   listener *l = h;
-  struct pollfd p;
   if (l->fd < 0) return -1;
   *fd = l->fd;
-  p.fd = l->fd;
-  p.events = POLLIN;
-  p.revents = 0;
-  return poll(&p, 1, 0) > 0;
+  return lmp_fd_ready(l->fd, POLLIN) > 0;
 }
 
 static int listener_tostring(lua_State *L) {

@@ -571,25 +571,12 @@ static int conn_recv(lua_State *L) {
   return 1;
 }
 
-/* Is there something to read (or the end of the stream) now?  Asks the
- * kernel: nothing is taken.  1, 0 or -errno. */
-static int readable_now(conn *c) {
-  struct pollfd p;
-  int rc;
-  p.fd = c->fd;
-  p.events = POLLIN;
-  p.revents = 0;
-  do rc = poll(&p, 1, 0); while (rc < 0 && errno == EINTR);
-  if (rc < 0) return -errno;
-  return rc > 0;
-}
-
 /* poll([timeout]) -> whether data (or the end of the stream) is there to
  * read.  No argument: don't wait.  It takes nothing. */
 static int conn_poll(lua_State *L) {
   conn *c = checkreadable(L);
   double deadline = lua_isnone(L, 2) ? 0 : lmp_opt_deadline(L, 2);
-  int rc = readable_now(c);
+  int rc = lmp_fd_ready(c->fd, POLLIN); /* asks the kernel: takes nothing */
   if (rc == 0 && deadline != 0) {
     rc = lmp_wait_fd(L, c->fd, POLLIN, deadline);
     if (rc > 0) rc = 1;
@@ -605,7 +592,7 @@ static int conn_ready(void *h, int *fd) {
   conn *c = h;
   if (c->fd < 0 || !c->readable) return -1;
   *fd = c->fd;
-  return readable_now(c) > 0;
+  return lmp_fd_ready(c->fd, POLLIN) > 0;
 }
 
 static int conn_fileno(lua_State *L) {
