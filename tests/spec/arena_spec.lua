@@ -123,17 +123,9 @@ describe("The shared arena", function()
     it("leaves no object and no arena block", function()
       local why = H.seeded()
       victim(0.005) -- a first reaping may grow the reaper's own tables
-      collectgarbage()
-      collectgarbage()
-      local before = mp.stats()
+      local before = H.snapshot()
       for _ = 1, 40 do victim(math.random() * 0.01) end
-      collectgarbage()
-      collectgarbage()
-      local after = mp.stats()
-      assert.are.equal(before.arena_blocks, after.arena_blocks,
-        "arena blocks left behind" .. why)
-      assert.are.equal(before.objects, after.objects,
-        "objects left behind" .. why)
+      H.settled(before, why)
     end)
   end)
 

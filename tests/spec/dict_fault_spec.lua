@@ -17,14 +17,8 @@ local spawn, finish = H.spawn, H.finish
 local ROUNDS = 200
 local WORKERS = 3
 local NKEYS = 64
-local MAXLEN = 40 << 10
 
--- A value for key r: mostly small, now and then tens of KiB.
-local function value(r, extra)
-  local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
-    or math.random(0, 300)
-  return {r = r, len = len, s = H.payload(r, len), extra = extra}
-end
+local value = H.fault_value -- the value for key r
 
 -- One random operation on d; extra goes into the values stored.
 local function operate(d, acks, extra)
@@ -63,15 +57,8 @@ local function check_consistent(d, why, extra)
     walked = walked + 1
     local r = k:match("^k(%d+)$")
     if r then
-      assert.are.equal("table", type(v), k .. why)
+      H.assert_whole(v, k .. why, extra)
       assert.are.equal(tonumber(r), v.r, k .. why)
-      assert.are.equal(v.len, #v.s, "a torn value under " .. k .. why)
-      assert.is_true(v.s == H.payload(v.r, v.len), "a torn value under " .. k
-        .. why)
-      if extra ~= nil then
-        assert.is_true(v.extra == extra, "a lost reference under " .. k
-          .. why)
-      end
     elseif k == "total" or k:match("^n%d+$") then
       assert.are.equal("integer", math.type(v), k .. why)
       assert.is_true(v >= 1, k .. why)

@@ -28,6 +28,16 @@ function H.snapshot()
   return {objects = st.objects, blocks = st.arena_blocks, fds = fdcount()}
 end
 
+-- Checks that the shared objects and arena blocks are back to a
+-- H.snapshot() taken before; why, if given, ends the failure messages.
+function H.settled(before, why)
+  local now = H.snapshot()
+  assert.are.equal(before.objects, now.objects, "shared objects leaked"
+    .. (why or ""))
+  assert.are.equal(before.blocks, now.blocks, "arena blocks leaked"
+    .. (why or ""))
+end
+
 -- Installs before_each/after_each in the calling describe block.
 function H.leakcheck()
   local before
@@ -265,6 +275,26 @@ end
 function H.payload(tag, len)
   local unit = "<" .. tag .. ">"
   return unit:rep(len // #unit + 1):sub(1, len)
+end
+
+-- A value tagged r for the fault specs to store and check whole: mostly
+-- small, now and then tens of KiB (out of line in the arena); extra goes
+-- in as it is (a shared object, to check its references).
+function H.fault_value(r, extra)
+  local len = math.random() < 0.1 and math.random(16 << 10, 40 << 10)
+    or math.random(0, 300)
+  return {r = r, len = len, s = H.payload(r, len), extra = extra}
+end
+
+-- Checks that v, read back from a shared container at `where`, is an
+-- H.fault_value whole, and holds extra when that is given.
+function H.assert_whole(v, where, extra)
+  assert.are.equal("table", type(v), where)
+  assert.are.equal(v.len, #v.s, "a torn value at " .. where)
+  assert.is_true(v.s == H.payload(v.r, v.len), "a torn value at " .. where)
+  if extra ~= nil then
+    assert.is_true(v.extra == extra, "a lost reference at " .. where)
+  end
 end
 
 -- Seeds math.random from the clock, for a test that runs at random.

@@ -11,14 +11,7 @@ local spawn, finish = H.spawn, H.finish
 
 local ROUNDS = 120
 local WORKERS = 3
-local MAXLEN = 40 << 10
-
--- An item tagged r: mostly small, now and then tens of KiB.
-local function item(r, extra)
-  local len = math.random() < 0.1 and math.random(16 << 10, MAXLEN)
-    or math.random(0, 300)
-  return {r = r, len = len, s = H.payload(r, len), extra = extra}
-end
+local item = H.fault_value
 
 -- One random operation on l; extra goes into the items stored.
 local function operate(l, extra)
@@ -49,16 +42,7 @@ local function check_consistent(l, why, extra)
   local n = #l
   local t = l:totable()
   assert.are.equal(n, t.n, "#l and totable() disagree" .. why)
-  for i = 1, n do
-    local v = t[i]
-    assert.are.equal("table", type(v), "item " .. i .. why)
-    assert.are.equal(v.len, #v.s, "a torn item at " .. i .. why)
-    assert.is_true(v.s == H.payload(v.r, v.len), "a torn item at " .. i
-      .. why)
-    if extra ~= nil then
-      assert.is_true(v.extra == extra, "a lost reference at " .. i .. why)
-    end
-  end
+  for i = 1, n do H.assert_whole(t[i], "item " .. i .. why, extra) end
   return n
 end
 

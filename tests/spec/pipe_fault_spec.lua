@@ -8,14 +8,6 @@ local mp = require "luamp"
 local H = require "spec_helper"
 local spawn, finish = H.spawn, H.finish
 
--- The shared objects and arena blocks alive now, after a collection.
-local function counts()
-  collectgarbage()
-  collectgarbage()
-  local st = mp.stats()
-  return st.objects, st.arena_blocks
-end
-
 -- Receives everything left on a (whose writers are all closed), counting
 -- the messages; a message its sender was killed in the middle of ends it.
 local function drain(a, why)
@@ -37,7 +29,7 @@ describe("Pipe messages naming shared objects", function()
   H.leakcheck()
 
   it("keep them alive while in flight, the sender gone", function()
-    local objects, blocks = counts()
+    local before = H.snapshot()
     local a, b = mp.Pipe()
     local p = spawn(function()
       for i = 1, 50 do
@@ -58,13 +50,11 @@ describe("Pipe messages naming shared objects", function()
     end
     a:close()
     b:close()
-    local o, bl = counts()
-    assert.are.equal(objects, o, "shared objects leaked")
-    assert.are.equal(blocks, bl, "arena blocks leaked")
+    H.settled(before)
   end)
 
   it("let them go when the message is never received", function()
-    local objects, blocks = counts()
+    local before = H.snapshot()
     local a, b = mp.Pipe()
     local kept = mp.Dict{k = "kept"}
     for i = 1, 10 do b:send({i = i, d = mp.Dict{i = i}, kept = kept}) end
@@ -74,13 +64,11 @@ describe("Pipe messages naming shared objects", function()
     b:close()
     assert.are.equal("kept", kept.k)
     kept:close()
-    local o, bl = counts()
-    assert.are.equal(objects, o, "shared objects leaked")
-    assert.are.equal(blocks, bl, "arena blocks leaked")
+    H.settled(before)
   end)
 
   it("let them go when they are read as bytes", function()
-    local objects, blocks = counts()
+    local before = H.snapshot()
     local a, b = mp.Pipe()
     b:send({mp.Dict{k = 1}})
     b:send({mp.Dict{k = 2}})
@@ -93,15 +81,13 @@ describe("Pipe messages naming shared objects", function()
     arr = nil -- its lock goes with its last reference
     a:close()
     b:close()
-    local o, bl = counts()
-    assert.are.equal(objects, o, "shared objects leaked")
-    assert.are.equal(blocks, bl, "arena blocks leaked")
+    H.settled(before)
   end)
 
   it("leave nothing behind when senders are killed at random moments",
      function()
     local why = H.seeded()
-    local objects, blocks = counts()
+    local before = H.snapshot()
     -- The objects are made here: a process killed while it makes one is
     -- another matter (see the README on what a kill can leak).
     local dicts = {}
@@ -128,14 +114,12 @@ describe("Pipe messages naming shared objects", function()
       end}
     assert.is_true(received > 0, "no message came through" .. why)
     for k = 1, 5 do dicts[k]:close() end
-    local o, bl = counts()
-    assert.are.equal(objects, o, "shared objects leaked" .. why)
-    assert.are.equal(blocks, bl, "arena blocks leaked" .. why)
+    H.settled(before, why)
   end)
 
   it("leave nothing behind when the receiver is killed", function()
     local why = H.seeded()
-    local objects, blocks = counts()
+    local before = H.snapshot()
     for _ = 1, 10 do
       local a, b = mp.Pipe()
       local reading = mp.Queue()
@@ -154,8 +138,6 @@ describe("Pipe messages naming shared objects", function()
       b:close()
       reading:close()
     end
-    local o, bl = counts()
-    assert.are.equal(objects, o, "shared objects leaked" .. why)
-    assert.are.equal(blocks, bl, "arena blocks leaked" .. why)
+    H.settled(before, why)
   end)
 end)
