@@ -15,6 +15,7 @@
 
 #include "luamp.h"
 #include "luamp_lua.h" /* generated: lmp_lua_files[] */
+#include "broker/broker.h"
 #include "types/types.h"
 
 static int never(void *ud) {
@@ -161,7 +162,8 @@ static const luaL_Reg core_funcs[] = {
 
 #define FAMILY(name) &lmp_##name##_family,
 static const lmp_family *const families[] = {
-  &lmp_process_family, &lmp_codec_family, LMP_FAMILIES(FAMILY) NULL
+  &lmp_process_family, &lmp_codec_family, LMP_FAMILIES(FAMILY)
+  &lmp_wire_family, &lmp_redis_family, NULL
 };
 #undef FAMILY
 

@@ -185,6 +185,14 @@ void lmp_bufhandle_bind(lua_State *L, lmp_obj *o);
  * back without walking it. */
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
 
+/* As lmp_encode, for another machine: a shared object (or a Message
+ * naming one) raises "cannot send <root><path>: a local Queue cannot
+ * cross to another machine", so the message names none and takes no
+ * references.  Its functions are signed with this family's key; the
+ * receiver re-signs them (lmp_msg_resign) once it has authenticated the
+ * sender by other means. */
+size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b);
+
 /* As lmp_encode, but the message takes no references: returns how many
  * objects it names.  lmp_msg_retain_counted then takes them, counting each
  * in *count as it goes, once the message sits where a reaper can find it;
@@ -286,6 +294,14 @@ extern const lmp_family lmp_codec_family;
 int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *, void *),
                  void *ud);
 
+/* Re-signs a message that came from another machine, after its sender
+ * was authenticated (a broker message's HMAC): every function's bytecode
+ * MAC, in embedded messages too, is rewritten under this family's key, so
+ * that the message decodes here like one of our own.  Returns 0; -1 if it
+ * cannot be read; -2 if it names a shared object, which no other machine
+ * can name.  Never raises. */
+int lmp_msg_resign(char *p, size_t n);
+
 /* Drops the references a message holds on luamp objects.  Call once per
  * encoded message that is consumed or discarded; lmp_msg_retain takes
  * them, for a message encoded bare.  Never raise. */
@@ -296,8 +312,9 @@ void lmp_msg_retain(const char *p, size_t n);
  * or 0 with *ok cleared when there is no arena and so no key. */
 uint64_t lmp_codemac(const char *code, size_t n, int *ok);
 
-/* SHA-256 (FIPS 180-4), by parts, and HMAC-SHA-256 (RFC 2104) in one
- * call: the challenge and response that authenticate a connection. */
+/* SHA-256 (FIPS 180-4), by parts, and HMAC-SHA-256 (RFC 2104): the
+ * challenge and response that authenticate a connection, and the MAC of
+ * every broker message. */
 #define LMP_SHA256_SIZE 32
 typedef struct lmp_sha256 {
   uint32_t h[8];
@@ -309,6 +326,10 @@ void lmp_sha256_update(lmp_sha256 *s, const void *data, size_t n);
 void lmp_sha256_final(lmp_sha256 *s, unsigned char out[LMP_SHA256_SIZE]);
 void lmp_hmac_sha256(const void *key, size_t keylen, const void *msg,
                      size_t n, unsigned char out[LMP_SHA256_SIZE]);
+/* The same over the concatenation of nparts parts. */
+void lmp_hmac_sha256_parts(const void *key, size_t keylen, int nparts,
+                           const void *const *parts, const size_t *lens,
+                           unsigned char out[LMP_SHA256_SIZE]);
 
 /* Raises a message without a position, unlike luaL_error: the codec's
  * errors are about a value, and its callers are mostly C. */

@@ -61,6 +61,7 @@ typedef struct enc {
   size_t gaps[ROPEMAX]; /* where each gap is in b */
   int depth;  /* tables and functions entered */
   int rebuilt; /* the names cache was built during this call */
+  int wire;    /* for another machine: no shared object may be written */
   struct names *names; /* the names cache, NULL until needed */
   uint32_t nref;  /* tables and functions numbered */
   size_t nobj;    /* objects written */
@@ -824,6 +825,9 @@ static void encother(enc *e, int idx, int t) {
       const char *m = lmp_tomsg(L, idx, &n, &nobj);
       lmp_obj *o;
       char *p;
+      if (m != NULL && e->wire && nobj > 0)
+        fail(e, idx, "a Message naming local shared objects cannot cross "
+             "to another machine");
       if (m != NULL) { /* a Message: as it is */
         puttagv(e, LMP_TAG_MSG, nobj);
         need(e, 10);
@@ -834,6 +838,14 @@ static void encother(enc *e, int idx, int t) {
         break;
       }
       if ((o = lmp_toobj(L, idx)) == NULL) fail(e, idx, NULL);
+      if (e->wire) {
+        char why[128];
+        const char *name = lmp_classof(L, idx)->name;
+        if (strncmp(name, "luamp.", 6) == 0) name += 6;
+        snprintf(why, sizeof why, "a local %s cannot cross to another "
+                 "machine", name);
+        fail(e, idx, why);
+      }
       need(e, 21);
       p = e->b->data + e->b->len;
       *p++ = LMP_TAG_OBJ;
@@ -917,7 +929,8 @@ static void pieces(enc *e, lmp_pieces *pc) {
  * what keeps them is pushed.  With slice, the value at idx is a table of
  * which only slice[1] items from index slice[0] are written (encslice). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
-                     const lua_Integer *slice, int asmsg, lmp_pieces *pc) {
+                     const lua_Integer *slice, int asmsg, lmp_pieces *pc,
+                     int wire) {
   enc e;
   char local[LOCALBUF];
   if (b != NULL && slice == NULL) {
@@ -928,6 +941,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
       e.L = L;
       e.b = b;
       e.rope = -1;
+      e.wire = wire;
       putbyte(&e, LMP_CODEC_VERSION);
       encany(&e, idx, t);
       if (pc != NULL) {
@@ -950,6 +964,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.root = root ? root : "value";
   e.globals = NULL;
   e.depth = e.rebuilt = 0;
+  e.wire = wire;
   e.names = NULL;
   e.nref = 0;
   e.nobj = 0;
@@ -985,19 +1000,23 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
 }
 
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0, NULL);
+  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0, NULL, 0);
   /* Only now that nothing can fail does the message own its objects. */
   if (nobj > 0) lmp_msg_retain(b->data + start, b->len - start);
   return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0, NULL);
+  return encode(L, idx, root, b, NULL, 0, NULL, 0);
+}
+
+size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b) {
+  return encode(L, idx, root, b, NULL, 0, NULL, 1);
 }
 
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
-  return encode(L, idx, root, b, NULL, 0, pc);
+  return encode(L, idx, root, b, NULL, 0, pc, 0);
 }
 
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
@@ -1019,7 +1038,7 @@ void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, 0);
   return 1;
 }
 
@@ -1044,13 +1063,13 @@ static void checkslice(lua_State *L, lua_Integer slice[2]) {
 int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
-  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL);
+  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, 0);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
 static int message(lua_State *L, const char *root, const lua_Integer *slice) {
-  encode(L, 1, root, NULL, slice, 1, NULL);
+  encode(L, 1, root, NULL, slice, 1, NULL, 0);
   return 1;
 }
 

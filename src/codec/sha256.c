@@ -86,8 +86,9 @@ void lmp_sha256_final(lmp_sha256 *s, unsigned char out[LMP_SHA256_SIZE]) {
     out[i] = (unsigned char)(s->h[i / 4] >> (24 - 8 * (i % 4)));
 }
 
-void lmp_hmac_sha256(const void *key, size_t keylen, const void *msg,
-                     size_t n, unsigned char out[LMP_SHA256_SIZE]) {
+void lmp_hmac_sha256_parts(const void *key, size_t keylen, int nparts,
+                           const void *const *parts, const size_t *lens,
+                           unsigned char out[LMP_SHA256_SIZE]) {
   unsigned char k[64] = {0}, pad[64];
   lmp_sha256 s;
   int i;
@@ -101,11 +102,16 @@ void lmp_hmac_sha256(const void *key, size_t keylen, const void *msg,
   for (i = 0; i < 64; i++) pad[i] = k[i] ^ 0x36;
   lmp_sha256_init(&s);
   lmp_sha256_update(&s, pad, 64);
-  lmp_sha256_update(&s, msg, n);
+  for (i = 0; i < nparts; i++) lmp_sha256_update(&s, parts[i], lens[i]);
   lmp_sha256_final(&s, out);
   for (i = 0; i < 64; i++) pad[i] = k[i] ^ 0x5c;
   lmp_sha256_init(&s);
   lmp_sha256_update(&s, pad, 64);
   lmp_sha256_update(&s, out, LMP_SHA256_SIZE);
   lmp_sha256_final(&s, out);
+}
+
+void lmp_hmac_sha256(const void *key, size_t keylen, const void *msg,
+                     size_t n, unsigned char out[LMP_SHA256_SIZE]) {
+  lmp_hmac_sha256_parts(key, keylen, 1, &msg, &n, out);
 }

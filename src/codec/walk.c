@@ -3,12 +3,18 @@
  * decoder does (the format is in codec.h), checking bounds and depth, and
  * skips everything but the objects.
  */
+#include <string.h>
+
 #include "codec.h"
 
 typedef struct walker {
   const unsigned char *p, *end;
   void (*fn)(lmp_obj *, void *);
   void *ud;
+  /* Re-signing (lmp_msg_resign): every function's MAC is rewritten, every
+   * embedded message is entered, and objects are counted, not visited. */
+  int resign;
+  size_t nobj;
 } walker;
 
 static int wvarint(walker *w, uint64_t *v) {
@@ -79,8 +85,16 @@ static int wvalue(walker *w, int depth) {
     case LMP_TAG_FUNC:
     case LMP_TAG_FUNC | LMP_TAG_KEEP:
       if (depth >= LMP_CODEC_MAXDEPTH || wvarint(w, &n) < 0 || n > 255 ||
-          wvarint(w, &k) < 0 || wskip(w, 8) < 0 || wskip(w, k) < 0)
+          wvarint(w, &k) < 0 || k > (uint64_t)(w->end - w->p) ||
+          (uint64_t)(w->end - w->p) - k < 8)
         return -1;
+      if (w->resign) {
+        int ok;
+        uint64_t mac = lmp_codemac((const char *)w->p + 8, k, &ok);
+        if (!ok) return -1;
+        memcpy((unsigned char *)w->p, &mac, 8); /* the caller's own copy */
+      }
+      w->p += 8 + k;
       for (i = 0; i < n; i++) {
         if (w->p < w->end && *w->p == LMP_TAG_JOIN) {
           w->p++;
@@ -96,7 +110,7 @@ static int wvalue(walker *w, int depth) {
           wvarint(w, &n) < 0 || n > (uint64_t)(w->end - w->p) || n == 0 ||
           *w->p != LMP_CODEC_VERSION)
         return -1;
-      if (k == 0) { /* it names none: nothing to see */
+      if (k == 0 && !w->resign) { /* it names none: nothing to see */
         w->p += n;
         return 0;
       }
@@ -104,11 +118,17 @@ static int wvalue(walker *w, int depth) {
       in.end = w->p + n;
       in.fn = w->fn;
       in.ud = w->ud;
+      in.resign = w->resign;
+      in.nobj = 0;
       w->p += n;
-      return wvalue(&in, depth + 1) < 0 || in.p != in.end ? -1 : 0;
+      if (wvalue(&in, depth + 1) < 0 || in.p != in.end) return -1;
+      w->nobj += in.nobj;
+      return 0;
     }
     case LMP_TAG_OBJ:
       if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
+      w->nobj++;
+      if (w->resign) return 0;
       if (k > 0 && k < LMP_T_MAX && lmp_obj_check(n, (int)k))
         w->fn(LMP_PTR(n), w->ud);
       return 0;
@@ -125,7 +145,22 @@ int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *, void *),
   w.end = (const unsigned char *)p + n;
   w.fn = fn;
   w.ud = ud;
+  w.resign = 0;
+  w.nobj = 0;
   return wvalue(&w, 0);
+}
+
+int lmp_msg_resign(char *p, size_t n) {
+  walker w;
+  if (n == 0 || p[0] != LMP_CODEC_VERSION) return -1;
+  w.p = (const unsigned char *)p + 1;
+  w.end = (const unsigned char *)p + n;
+  w.fn = NULL;
+  w.ud = NULL;
+  w.resign = 1;
+  w.nobj = 0;
+  if (wvalue(&w, 0) < 0 || w.p != w.end) return -1;
+  return w.nobj > 0 ? -2 : 0;
 }
 
 static void release_one(lmp_obj *o, void *ud) {

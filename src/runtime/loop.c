@@ -41,6 +41,8 @@ static uv_loop_t *loop;
 static uv_signal_t urg_h;
 static pid_t loop_pid;
 static void (*service_hook)(void); /* process.c's reaper */
+static void (*fork_hooks[8])(void); /* lmp_on_fork_child's */
+static int nfork_hooks;
 
 static volatile sig_atomic_t sigint_pending; /* set by SIGINT */
 static volatile sig_atomic_t interrupted;    /* ever interrupted */
@@ -180,7 +182,17 @@ void lmp_loop_after_fork(void) {
   /* The parent's eventfd is shared with it: get our own. */
   if (wake_fd >= 0) close(wake_fd);
   wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  for (int i = 0; i < nfork_hooks; i++) fork_hooks[i]();
 }
+
+void lmp_on_fork_child(void (*fn)(void)) {
+  int i;
+  for (i = 0; i < nfork_hooks; i++)
+    if (fork_hooks[i] == fn) return;
+  if (nfork_hooks < 8) fork_hooks[nfork_hooks++] = fn;
+}
+
+uv_loop_t *lmp_uv_loop(void) { return loop; }
 
 void lmp_service_pending(void) {
   if (sig_pending) lmp_service();

@@ -125,6 +125,16 @@ int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max);
  * L's registry; nil removes it. */
 void lmp_set_service(lua_State *L, int idx);
 
+/* The process's libuv loop, for layers above that put handles on it (the
+ * broker's connections); they wait on it through lmp_wait_fd on
+ * uv_backend_fd and run it with UV_RUN_NOWAIT. */
+struct uv_loop_s *lmp_uv_loop(void);
+
+/* Has fn run in every child luamp forks, once the child's loop is its
+ * own (its inherited handles closed without running): for what must not
+ * cross a fork, such as a socket to a server.  At most 8. */
+void lmp_on_fork_child(void (*fn)(void));
+
 /* Runs the loop once without blocking (reaps children, fires timers);
  * lmp_service_pending only if a signal has asked for it since. */
 void lmp_service(void);
