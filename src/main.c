@@ -19,6 +19,9 @@ static luamp_host *host;
 static void usage(FILE *f) {
   fprintf(f,
           "usage: %s [options] [script [args]]\n"
+          "       %s worker URL [-c N] [options]   run broker pools' tasks\n"
+          "       %s workers URL                   list live workers\n"
+          "       %s keygen                        print a new authkey\n"
           "Available options are:\n"
           "  -e stat       execute string 'stat'\n"
           "  -i            enter interactive mode after executing 'script'\n"
@@ -32,7 +35,8 @@ static void usage(FILE *f) {
           "  --            stop handling options\n"
           "  -             stop handling options and execute stdin\n"
           "luamp %s (%s)\n",
-          progname, LUAMP_VERSION, LUA_RELEASE);
+          progname, progname, progname, progname, LUAMP_VERSION,
+          LUA_RELEASE);
   fflush(f);
 }
 
@@ -401,6 +405,52 @@ static int pmain(lua_State *L) {
   return 1;
 }
 
+/* luamp worker|workers|keygen ARGS: luamp.worker's main, under a
+ * traceback; its exit status. */
+static int subcommand(lua_State *L) {
+  int i;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luamp.worker");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "main");
+  lua_pushstring(L, cmd.argv[1]);
+  lua_createtable(L, cmd.argc - 2, 0);
+  for (i = 2; i < cmd.argc; i++) {
+    lua_pushstring(L, cmd.argv[i]);
+    lua_rawseti(L, -2, i - 1);
+  }
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+static int is_subcommand(const char *a) {
+  return a != NULL && (strcmp(a, "worker") == 0 ||
+                       strcmp(a, "workers") == 0 || strcmp(a, "keygen") == 0);
+}
+
+static int run_subcommand(int argc, char **argv) {
+  luamp_config cfg;
+  const char *err = NULL;
+  lua_State *L;
+  int status, code;
+  memset(&cfg, 0, sizeof cfg);
+  host = luamp_new(&cfg, &err);
+  if (host == NULL) {
+    l_message(progname, err);
+    return EXIT_FAILURE;
+  }
+  L = luamp_state(host);
+  cmd.argc = argc;
+  cmd.argv = argv;
+  lua_pushcfunction(L, subcommand);
+  status = luamp_pcall(host, 0, 1);
+  code = status == LUA_OK ? (int)luaL_optinteger(L, -1, 0) : EXIT_FAILURE;
+  if (status != LUA_OK) report(L, status);
+  lua_settop(L, 0);
+  if (luamp_close(host) < 0 && code == 0) code = 130;
+  return code;
+}
+
 int main(int argc, char **argv) {
   luamp_config cfg;
   lua_State *L;
@@ -409,6 +459,7 @@ int main(int argc, char **argv) {
 
   memset(&cfg, 0, sizeof cfg);
   if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
+  if (argc > 1 && is_subcommand(argv[1])) return run_subcommand(argc, argv);
   args = collectargs(argv, &script, &cfg);
   if (args < 0) return EXIT_FAILURE;
   if (args == has_error) {

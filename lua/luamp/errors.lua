@@ -13,7 +13,7 @@ local M = {}
 M.types = {
   "Empty", "Full", "TimeoutError", "EOFError", "BrokenBarrierError",
   "RemoteError", "WorkerLostError", "ProcessError", "AuthenticationError",
-  "KeyboardInterrupt", "BufferTooShort",
+  "KeyboardInterrupt", "BufferTooShort", "BrokerError", "WireError",
 }
 
 -- The metatable of error objects, made by the C runtime, which raises

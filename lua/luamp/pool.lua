@@ -69,7 +69,54 @@ end
 -- ----------------------------------------------------------------- mp.Pool
 
 local OPTIONS = {processes = true, initializer = true, initargs = true,
-                 maxtasksperchild = true}
+                 maxtasksperchild = true, broker = true, authkey = true,
+                 max_deliveries = true, lease = true, broker_timeout = true,
+                 requires = true, name = true}
+local BROKER_ONLY = {"authkey", "max_deliveries", "lease", "broker_timeout",
+                     "requires", "name"}
+
+local function positive(opts, name, default)
+  local v = opts[name]
+  if v == nil then return default end
+  if type(v) ~= "number" or v ~= v or v <= 0 then
+    argerror(1, "Pool", name .. " must be a positive number", 3)
+  end
+  return v
+end
+
+-- The options of a broker pool, checked.
+local function broker_options(opts, url)
+  local broker = require "luamp.broker"
+  local bo = {conn = broker.config(url, 3)}
+  bo.keys = broker.keys(broker.authkey(opts.authkey, 3))
+  local md = opts.max_deliveries
+  if md == nil then md = 3 end
+  if math_type(md) ~= "integer" or md < 1 then
+    argerror(1, "Pool", "max_deliveries must be a positive integer", 2)
+  end
+  bo.max_deliveries = md
+  bo.lease = positive(opts, "lease", 30)
+  bo.broker_timeout = positive(opts, "broker_timeout", 10)
+  bo.ttl = bo.lease * 3 > 10 and bo.lease * 3 or 10
+  local req = opts.requires or {}
+  if type(req) ~= "table" then
+    argerror(1, "Pool", "requires must be a table of module names", 2)
+  end
+  for i, m in ipairs(req) do
+    if type(m) ~= "string" then
+      argerror(1, "Pool", "requires[" .. i .. "] must be a string", 2)
+    end
+  end
+  bo.requires = req
+  if opts.name ~= nil and type(opts.name) ~= "string" then
+    argerror(1, "Pool", "name must be a string", 2)
+  end
+  bo.name = opts.name
+  local h = io.open("/proc/sys/kernel/hostname")
+  bo.host = h and h:read("l") or "?"
+  if h then h:close() end
+  return bo
+end
 
 -- mp.Pool([n]) or mp.Pool{processes=n, initializer=f, initargs={...},
 -- maxtasksperchild=k}
@@ -79,8 +126,18 @@ function M.Pool(opts)
     argerror(1, "Pool", "number or table expected, got " .. type(opts))
   end
   checkoptions(opts, OPTIONS, 1, "Pool", true)
+  local url = opts.broker
+  if url == nil then url = os.getenv("LUAMP_BROKER") end
+  if not url then
+    for _, name in ipairs(BROKER_ONLY) do
+      if opts[name] ~= nil then
+        argerror(1, "Pool", name .. " is an option of broker pools: give "
+                 .. "broker = URL too")
+      end
+    end
+  end
   local n = opts.processes
-  if n == nil then n = core.cpu_count() end
+  if n == nil then n = url and 8 or core.cpu_count() end
   if math_type(n) ~= "integer" then
     argerror(1, "Pool", "processes must be an integer, got " ..
              (type(n) == "number" and tostring(n) or type(n)))
@@ -98,11 +155,21 @@ function M.Pool(opts)
   end
   local cfg = {initializer = opts.initializer, initargs = opts.initargs,
                maxtasksperchild = k}
-  local ok, t = pcall(transport.new, cfg, n)
+  local ok, t, scfg = nil, nil, cfg
+  if url then
+    -- The workers count their tasks themselves; the scheduler sends one
+    -- task a batch, so that no batch outlasts a process.
+    scfg = {initializer = cfg.initializer, initargs = cfg.initargs,
+            batch = k and 1}
+    ok, t = pcall(require("luamp.pool.remote").new, cfg, n,
+                  broker_options(opts, url))
+  else
+    ok, t = pcall(transport.new, cfg, n)
+  end
   if not ok then error(t, 2) end
   local self = setmetatable({_n = n, _pid = core.getpid(), _nsub = 0,
                              _waiting = 0}, Pool)
-  self._sched = scheduler.new(t, funcs.new(), cfg, n)
+  self._sched = scheduler.new(t, funcs.new(), scfg, n)
   local started, e = pcall(self._sched.start_all, self._sched)
   if not started then
     self._sched:stop(errors.new("ProcessError", "the pool could not start"))
@@ -140,7 +207,12 @@ function Pool:_wait_until(done, timeout, level)
       left = deadline - monotonic()
       if left <= 0 then return false end
     end
-    local list = sched.t:waitables({})
+    local t = sched.t
+    if t.timeout then -- the transport's own work is due by then
+      local cap = t:timeout()
+      if not left or cap < left then left = cap end
+    end
+    local list = t:waitables({})
     self._waiting = self._waiting + 1
     local ok, err = pcall(core.wait, list, left)
     self._waiting = self._waiting - 1
@@ -171,6 +243,11 @@ local function fid_of(self, f)
   local ok
   ok, fid = pcall(funcs.id, funcs, f)
   if not ok then error(fid, 4) end
+  local t = self._sched.t
+  if t.check then
+    local sent, e = pcall(t.check, t, funcs.msgs[fid], f, "func")
+    if not sent then error(e, 4) end
+  end
   return fid
 end
 
@@ -189,6 +266,14 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   end
   local ok, am = pcall(message, args or EMPTY_ARGS, "args")
   if not ok then error(am, 3) end
+  local t = sched.t
+  if t.check then
+    local sent, e = pcall(t.check, t, am, args or EMPTY_ARGS, "args")
+    if not sent then
+      am:close()
+      error(e, 3)
+    end
+  end
   local fid = fid_of(self, f)
   local res = jobs.new_result(self, false, callback, error_callback)
   -- While few tasks are out, each goes to a worker at once, so that they
@@ -271,6 +356,17 @@ local function add_chunks(sched, job, fid, items, n, chunksize, kind)
     local last = at + chunksize - 1
     if last > n then last = n end
     local ok, am = pcall(message_slice, items, at, last, "iterable")
+    if ok and sched.t.check and am:objects() > 0 then
+      for i = at, last do -- which item names a shared object
+        local sent, e = pcall(sched.t.check, sched.t, am, items[i],
+                              "iterable[" .. i .. "]")
+        if not sent then
+          am:close()
+          ok, am = false, e
+          break
+        end
+      end
+    end
     if not ok then
       sched:cancel(job)
       job.res._ready = true -- the caller gets the error, not the result

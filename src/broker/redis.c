@@ -80,6 +80,7 @@ typedef struct rconn {
   char why[256];    /* why the connection ended, "" while it lives */
   size_t nerr;      /* replies dropped unread that were errors */
   size_t ndeadline; /* pending requests that have a deadline */
+  int unsent;       /* commands sent since the last write */
   char lasterr[256];
   struct rconn *prev_live, *next_live;
 } rconn;
@@ -332,6 +333,20 @@ static void arm(rconn *c) {
   }
 }
 
+/* Writes the commands sent since the last write, as far as the socket
+ * takes them now: a wait on the loop's descriptor would not see that
+ * there is something to write until the loop had run once. */
+static void flush(rconn *c) {
+  if (c->unsent && c->ac != NULL) {
+    c->unsent = 0;
+    redisAsyncHandleWrite(c->ac);
+    /* libuv applies what the write changed in the poll (writable no
+     * longer wanted) when it next runs: until then the descriptor is out
+     * of the loop's set, and a wait on it would not see the reply. */
+    uv_run(loop(), UV_RUN_NOWAIT);
+  }
+}
+
 /* Waits, running the loop, until ready(ud) or the deadline: 1, 0 or a
  * -errno of lmp_wait_fd (-EINTR: Ctrl-C). */
 static int loop_wait(lua_State *L, int (*ready)(void *), void *ud,
@@ -406,6 +421,7 @@ static int conn_ready(void *hp, int *fd) {
   rhandle *h = hp;
   req *q;
   if (h->c == NULL) return -1;
+  flush(h->c);
   *fd = uv_backend_fd(loop());
   for (q = h->c->head; q != NULL; q = q->next)
     if (q->done) return 1;
@@ -617,6 +633,7 @@ static int conn_send(lua_State *L) {
   if (c->tail) c->tail->next = q;
   else c->head = q;
   c->tail = q;
+  c->unsent = 1;
   if (q->deadline >= 0) {
     c->ndeadline++;
     arm(c);

@@ -82,7 +82,17 @@ static int msg_bytes(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg msg_meth[] = {{"bytes", msg_bytes}, {NULL, NULL}};
+/* objects() -> how many shared objects the message names */
+static int msg_objects(lua_State *L) {
+  message *m = lmp_checkhandle(L, 1);
+  if (!m->open) return luaL_error(L, "attempt to use a closed message");
+  lua_pushinteger(L, (lua_Integer)m->nobj);
+  return 1;
+}
+
+static const luaL_Reg msg_meth[] = {
+  {"bytes", msg_bytes}, {"objects", msg_objects}, {NULL, NULL}
+};
 
 const lmp_class lmp_message_class = {
   .name = MESSAGE, .what = "message", .size = sizeof(message),

@@ -397,7 +397,10 @@ int lmp_wait(lua_State *L, lmp_ready_fn ready, void *ud, double deadline) {
 int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
                  lmp_ready_fn ready, void *ud, double deadline) {
   struct pollfd stack[8], *all = stack;
-  int rc, woken = 0;
+  /* The service runs before the first poll too: a wake-up that came
+   * while this process was not asleep (its message was put while it ran
+   * Lua) left no trace here, unlike a futex word's. */
+  int rc, woken = 1, was_polling = polling, was_sleeping;
   install_sigint(0);
   if (nfds + 1 > 8) {
     all = malloc(sizeof(struct pollfd) * (size_t)(nfds + 1));
@@ -407,7 +410,7 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
   all[nfds].fd = wake_fd;
   all[nfds].events = POLLIN;
   polling = 1;
-  atomic_store(&lmp_self->sleeping, 1);
+  was_sleeping = atomic_exchange(&lmp_self->sleeping, 1);
   for (;;) {
     struct timespec ts, *tsp = NULL;
     int n, i;
@@ -439,8 +442,9 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
       break;
     }
   }
-  polling = 0;
-  atomic_store(&lmp_self->sleeping, 0);
+  /* A wait inside another's service leaves the outer one as it was. */
+  polling = was_polling;
+  atomic_store(&lmp_self->sleeping, was_sleeping);
   for (int i = 0; i < nfds; i++) fds[i].revents = all[i].revents;
   if (all != stack) free(all);
   return rc;

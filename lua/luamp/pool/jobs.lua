@@ -36,6 +36,8 @@ end
 -- The error object a failed task's err becomes: a RemoteError with the
 -- value raised (when it could be sent and received), and the traceback.
 function M.remote_error(err)
+  -- A transport's own failure (the broker's): an error of its type.
+  if err.type then return errors.new(err.type, err.message, err.fields) end
   local value = err.message
   if err.value then
     local ok, v = pcall(open, err.value)

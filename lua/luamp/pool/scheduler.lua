@@ -164,7 +164,7 @@ local function send_one(self, w, nw)
   local bh, bt = self.bh, self.bt
   if bt < bh then return false end
   local quota = self.cfg.maxtasksperchild
-  local want = quota and quota - w.sent or MAXBATCH
+  local want = quota and quota - w.sent or self.cfg.batch or MAXBATCH
   if want <= 0 then return false end
   local even = (bt - bh + nw * DEPTH) // (nw * DEPTH)
   if want > even then want = even end

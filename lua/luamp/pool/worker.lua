@@ -4,6 +4,8 @@
 --   io.get()          the next batch (luamp.pool.messages), or STOP
 --   io.put(m)         sends a message to the owner
 --   io.running(id)    says which task it runs now (0: none)
+--   io.owns           true if io.put keeps the Messages of what it is
+--                     given (else they are let go of once it returns)
 
 local core = require "luamp.core"
 local msgs = require "luamp.pool.messages"
@@ -117,6 +119,7 @@ local function send(io, m)
     io.put(msgs.failure(msgs.task_id(m), {message = "cannot send the " ..
                         "outcome of the task: " .. errtext(err)}))
   end
+  if io.owns then return end
   if msgs.is_failure(m) then
     local e = msgs.failure_error(m)
     if e.value then e.value:close() end
@@ -151,20 +154,27 @@ function M.run(cfg, wid, io)
     if b.funcs then
       for fid, fm in pairs(b.funcs) do funcs[fid] = open(fm) end
     end
-    local ids, fids, args, kinds = b.id, b.f, b.a, b.k
-    for i = 1, #ids do
-      local id, kind = ids[i], kinds[i]
-      io.running(id)
-      if kind == APPLY then
-        send(io, run_apply(id, funcs[fids[i]], args[i]))
-      else
-        send(io, run_chunk(id, funcs[fids[i]], args[i], kind == STARCHUNK))
-      end
-    end
-    io.running(0)
-    done = done + #ids
+    done = done + M.run_batch(b, funcs, io)
     if maxt and done >= maxt then break end
   end
+end
+
+-- Runs the tasks of batch b in order, each with its function funcs[fid],
+-- sending each outcome through io as soon as it is known; returns how
+-- many tasks it ran.
+function M.run_batch(b, funcs, io)
+  local ids, fids, args, kinds = b.id, b.f, b.a, b.k
+  for i = 1, #ids do
+    local id, kind = ids[i], kinds[i]
+    io.running(id)
+    if kind == APPLY then
+      send(io, run_apply(id, funcs[fids[i]], args[i]))
+    else
+      send(io, run_chunk(id, funcs[fids[i]], args[i], kind == STARCHUNK))
+    end
+  end
+  io.running(0)
+  return #ids
 end
 
 return M

@@ -1,0 +1,383 @@
+-- luamp.pool.remote -- the broker transport of a Pool: its workers are
+-- `luamp worker` processes on any host that reach the same Redis, and the
+-- scheduler (luamp.pool.scheduler) talks to them as to local ones.
+--
+-- The scheduler sees `n` workers (the pool's `processes`), each taking
+-- batches of tasks as a local worker would; here each batch becomes one
+-- entry of the pool's task stream, sealed (luamp.broker), which whatever
+-- worker has a free executor takes.  The outcomes of a batch come back in
+-- one entry of the result stream, which this transport reads with a
+-- blocking XREAD on a connection of its own, and hands to the scheduler
+-- as a local worker's messages.  A batch that ran out of deliveries comes
+-- back as lost, and its tasks fail with WorkerLostError; when the broker
+-- is gone for longer than broker_timeout, every task out fails with
+-- BrokerError, and so does every task sent after.
+--
+-- The functions go once per pool, each under a keyed hash of its bytes
+-- (ns:code:H), where the executors fetch them.  Every key of the pool
+-- expires unless the owner renews it, so a pool whose owner is killed
+-- leaves nothing behind.
+
+local broker = require "luamp.broker"
+local core = require "luamp.core"
+local errors = require "luamp.errors"
+local msgs = require "luamp.pool.messages"
+
+local error, ipairs, next, pairs, pcall, setmetatable, tonumber, tostring =
+  error, ipairs, next, pairs, pcall, setmetatable, tonumber, tostring
+local format = string.format
+local seal, open, monotonic = core.seal, core.open, core.monotonic
+
+local T = {}
+T.__index = T
+
+local BLOCK_MS = 2000 -- a blocking read returns at least this often
+local READ_COUNT = 512
+local CODE_TTL = 86400
+
+-- A transport for n virtual workers, with the pool's cfg (initializer,
+-- initargs, maxtasksperchild) and bo, the broker options: conn (the
+-- parsed URL), keys (luamp.broker.keys), lease, max_deliveries,
+-- broker_timeout, requires, name.
+function T.new(cfg, n, bo)
+  local self = setmetatable({cfg = cfg, n = n, bo = bo, keys = bo.keys,
+                             pid = broker.hex(core.random_bytes(8)),
+                             seq = 0, entries = {}, vw = {}, out = {},
+                             last = "0-0", hash = {}, published = {},
+                             read_id = false, changed = false,
+                             broken = false, ttl_ms = bo.ttl * 1000},
+                            T)
+  self.k = broker.names(bo.conn.ns, self.pid)
+  local meta = seal(bo.keys.msg, broker.meta_ctx(self.pid), {
+    initializer = cfg.initializer, initargs = cfg.initargs,
+    maxtasksperchild = cfg.maxtasksperchild, requires = bo.requires,
+    max_deliveries = bo.max_deliveries, lease = bo.lease, name = bo.name,
+    owner = format("%s:%d", bo.host, core.getpid()),
+  }, "settings")
+  self.cmd = broker.connect(bo.conn, "owner", bo.broker_timeout, 2)
+  local ok, e = pcall(function()
+    self.blk = broker.connect(bo.conn, "owner-read", bo.broker_timeout, 2)
+    self.run_id = self.cmd:run_id()
+    local k, c, ttl = self.k, self.cmd, self.ttl_ms
+    local ids = {
+      c:send({"XGROUP", "CREATE", k.t, "w", "$", "MKSTREAM"}),
+      c:send({"HSET", k.meta, "m", meta, "name", bo.name or "",
+              "owner", format("%s:%d", bo.host, core.getpid())}),
+      c:send({"PEXPIRE", k.meta, ttl}),
+      c:send({"PEXPIRE", k.t, ttl}),
+      c:send({"SADD", k.pools, self.pid}),
+      c:send({"XADD", k.announce, "MAXLEN", "~", 1000, "*", "pool",
+              self.pid, "event", "created"}),
+    }
+    for _, id in ipairs(ids) do c:wait(id) end
+  end)
+  if not ok then
+    self.cmd:close()
+    if self.blk then self.blk:close() end
+    error(e, 0)
+  end
+  self.renew_at = monotonic() + bo.ttl / 3
+  return self
+end
+
+-- ------------------------------------------------------------ checks
+
+-- Raises the error of sending value v (whose Message is m) to another
+-- machine, if it cannot go: a shared object in it, by its path.
+function T:check(m, v, root)
+  if m:objects() > 0 then
+    local ok, e = pcall(seal, "", "", v, root)
+    if not ok then error(e, 0) end
+  end
+end
+
+-- ------------------------------------------------------------ failing
+
+local function lost_error(d, reason)
+  return {type = "WorkerLostError",
+          message = format("the task was lost after %d deliver%s: %s", d,
+                           d == 1 and "y" or "ies", reason),
+          fields = {deliveries = d, reason = reason}}
+end
+
+-- Every task of entry seq fails with err (an error as remote_error takes
+-- it).
+local function fail_entry(self, seq, err)
+  local e = self.entries[seq]
+  if not e then return end
+  self.entries[seq] = nil
+  for _, id in ipairs(e.ids) do
+    self.out[#self.out + 1] = msgs.failure(id, err)
+  end
+  local w = self.vw[e.wid]
+  if w then w.out = w.out - 1 end
+  self.changed = true
+end
+
+-- The broker is gone for good: every task out fails, and every task sent
+-- from now on.
+local function break_down(self, e)
+  if self.broken then return end
+  local msg = errors.is(e, "BrokerError") and e.message or tostring(e)
+  self.broken = {type = "BrokerError", message = msg,
+                 fields = {url = self.bo.conn.url}}
+  for seq in pairs(self.entries) do fail_entry(self, seq, self.broken) end
+end
+
+-- After a lost connection: connects again within broker_timeout; the
+-- pool carries on if its state is still there.
+local function reconnect(self, e)
+  local bo = self.bo
+  local deadline = monotonic() + bo.broker_timeout
+  local delay = 0.05
+  while true do
+    local ok, why = pcall(function()
+      local left = deadline - monotonic()
+      local cmd = broker.connect(bo.conn, "owner", left)
+      local blk = broker.connect(bo.conn, "owner-read", left)
+      local run_id = cmd:run_id()
+      local meta = cmd:call({"EXISTS", self.k.meta}, left)
+      if run_id ~= self.run_id and meta == 0 then
+        cmd:close()
+        blk:close()
+        broker.broker_error(bo.conn, "the broker at " .. bo.conn.url ..
+                            " restarted and lost this pool's state")
+      end
+      self.cmd:close()
+      self.blk:close()
+      self.cmd, self.blk, self.run_id = cmd, blk, run_id
+    end)
+    if ok then
+      self.read_id = false
+      return true
+    end
+    if core.is_interrupt(why) then error(why, 0) end
+    if errors.is(why, "BrokerError") and why.message:find("restarted") then
+      break_down(self, why)
+      return false
+    end
+    if monotonic() + delay >= deadline then
+      break_down(self, e)
+      return false
+    end
+    core.sleep(delay)
+    delay = delay * 2
+  end
+end
+
+-- Runs f(self, ...), and on a BrokerError reconnects and runs it again
+-- (or breaks down).
+local function guarded(self, f, ...)
+  for _ = 1, 2 do
+    if self.broken then return end
+    local ok, e = pcall(f, self, ...)
+    if ok then return end
+    if not errors.is(e, "BrokerError") then error(e, 0) end
+    if not reconnect(self, e) then return end
+  end
+end
+
+-- ------------------------------------------------------------- sending
+
+function T:start(wid)
+  self.vw[wid] = {out = 0, stopped = false, killed = false}
+  self.out[#self.out + 1] = msgs.ready(wid)
+end
+
+-- The function of fid, sealed under its hash in ns:code:H, once.
+local function publish(self, fid, fm)
+  local bytes = fm:bytes()
+  local h = broker.hex(core.hmac(self.keys.id, bytes):sub(1, 16))
+  self.hash[fid] = h
+  if self.published[h] then return end
+  local blob = seal(self.keys.code, broker.code_ctx(h), fm, "function")
+  self.cmd:send({"SET", broker.code_key(self.bo.conn.ns, h), blob, "NX",
+                 "EX", CODE_TTL}, nil, false)
+  self.published[h] = true
+end
+
+local function send(self, wid, b)
+  if b.funcs then
+    for fid, fm in pairs(b.funcs) do publish(self, fid, fm) end
+  end
+  local hs = {}
+  for i, fid in ipairs(b.f) do hs[i] = self.hash[fid] end
+  local seq = self.seq
+  local ok, sealed = pcall(seal, self.keys.msg, broker.task_ctx(self.pid, seq),
+                           {id = b.id, f = hs, a = b.a, k = b.k}, "task")
+  if not ok then
+    fail_entry(self, seq, {message = tostring(sealed)})
+    return
+  end
+  self.cmd:send({"XADD", self.k.t, "*", "s", seq, "p", sealed, "d", 1},
+                nil, false)
+end
+
+function T:send(wid, b)
+  self.seq = self.seq + 1
+  self.entries[self.seq] = {wid = wid, ids = b.id}
+  local w = self.vw[wid]
+  w.out = w.out + 1
+  if self.broken then
+    fail_entry(self, self.seq, self.broken)
+    return
+  end
+  guarded(self, send, wid, b)
+  if self.broken then fail_entry(self, self.seq, self.broken) end
+end
+
+function T:take_back() return nil end
+
+function T:stop(wid)
+  self.vw[wid].stopped = true
+  self.changed = true
+end
+
+-- ----------------------------------------------------------- receiving
+
+local function fields(list)
+  local f = {}
+  for i = 1, #list, 2 do f[list[i]] = list[i + 1] end
+  return f
+end
+
+-- One entry of the result stream.
+local function outcome(self, f)
+  local seq = tonumber(f.s)
+  local e = seq and self.entries[seq]
+  if not e then return end -- a duplicate, or a stranger's
+  local d = tonumber(f.d) or 1
+  if f.o == "lost" then
+    fail_entry(self, seq, lost_error(d, f.v))
+    return
+  end
+  local ok, list = pcall(open, self.keys.msg,
+                         broker.outcome_ctx(self.pid, seq), f.v)
+  if not ok then
+    fail_entry(self, seq, {type = "AuthenticationError", message =
+      "the outcome of the task was refused: " .. tostring(list.message
+                                                         or list)})
+    return
+  end
+  if f.o == "init" then
+    self.out[#self.out + 1] = msgs.init_failed(e.wid, list[1], list[2])
+    fail_entry(self, seq, {message = list[1]})
+    return
+  end
+  self.entries[seq] = nil
+  local w = self.vw[e.wid]
+  if w then w.out = w.out - 1 end
+  self.changed = true
+  for _, m in ipairs(list) do self.out[#self.out + 1] = m end
+end
+
+local function renew(self)
+  local k, c, ttl = self.k, self.cmd, self.ttl_ms
+  for _, key in ipairs({k.meta, k.t, k.r, k.done}) do
+    c:send({"PEXPIRE", key, ttl}, nil, false)
+  end
+  self.renew_at = monotonic() + self.bo.ttl / 3
+end
+
+local function pull(self)
+  local blk = self.blk
+  blk:dispatch()
+  if monotonic() >= self.renew_at then renew(self) end
+  while true do
+    if not self.read_id then
+      if not next(self.entries) then return end
+      self.read_id = blk:send({"XREAD", "COUNT", READ_COUNT, "BLOCK",
+                               BLOCK_MS, "STREAMS", self.k.r, self.last},
+                              BLOCK_MS / 1000 + self.bo.broker_timeout)
+      return
+    end
+    local v, done = blk:take(self.read_id)
+    if not done then return end
+    self.read_id = false
+    if v then
+      local list = v[1][2]
+      local dels = {"XDEL", self.k.r}
+      for _, e in ipairs(list) do
+        self.last = e[1]
+        dels[#dels + 1] = e[1]
+        outcome(self, fields(e[2]))
+      end
+      self.cmd:send(dels, nil, false)
+    end
+  end
+end
+
+function T:collect(buf)
+  guarded(self, pull)
+  local out, n = self.out, #self.out
+  if n == 0 then return 0 end
+  for i = 1, n do buf[i] = out[i] end
+  self.out = {}
+  return n
+end
+
+function T:ended()
+  local c = self.changed
+  self.changed = false
+  return c
+end
+
+function T:exitcode(wid)
+  local w = self.vw[wid]
+  if not w then return 0 end
+  if w.killed then return -9 end
+  if w.stopped and w.out == 0 then return 0 end
+  return nil
+end
+
+function T:running() return 0 end
+
+function T:forget(wid) self.vw[wid] = nil end
+
+-- terminate: the tasks not begun vanish with the stream, and the workers
+-- are told to stop what they run for this pool.
+function T:kill(wid)
+  local w = self.vw[wid]
+  if w then w.killed = true end
+  if not self.terminated and not self.broken then
+    self.terminated = true
+    pcall(function()
+      self.cmd:send({"DEL", self.k.t}, nil, false)
+      self.cmd:send({"XADD", self.k.announce, "MAXLEN", "~", 1000, "*",
+                     "pool", self.pid, "event", "terminate"}, nil, false)
+    end)
+  end
+end
+
+function T:waitables(list)
+  list[#list + 1] = self.blk.c
+  return list
+end
+
+-- How long a wait may last before the pool's work must run again (its
+-- keys' time to live).
+function T:timeout()
+  local left = self.renew_at - monotonic()
+  return left > 0 and left or 0
+end
+
+-- The pool is over: its keys go, and the workers are told.
+function T:close()
+  if self.closed then return end
+  self.closed = true
+  local k = self.k
+  pcall(function()
+    local c = self.cmd
+    local ids = {
+      c:send({"DEL", k.t, k.r, k.done, k.meta, k.refused}),
+      c:send({"SREM", k.pools, self.pid}),
+      c:send({"XADD", k.announce, "MAXLEN", "~", 1000, "*", "pool",
+              self.pid, "event", "closed"}),
+    }
+    for _, id in ipairs(ids) do c:wait(id, 1) end
+  end)
+  self.cmd:close()
+  self.blk:close()
+end
+
+return T
