@@ -144,6 +144,14 @@ static int core_metatable(lua_State *L) {
   return 1;
 }
 
+/* interrupt_on_sigterm(): SIGTERM raises KeyboardInterrupt as Ctrl-C does
+ * (for `luamp worker`'s clean stop). */
+static int core_interrupt_on_sigterm(lua_State *L) {
+  (void)L;
+  lmp_sigterm_interrupts();
+  return 0;
+}
+
 static const luaL_Reg core_funcs[] = {
   {"metatable", core_metatable},
   {"newtable", core_newtable},
@@ -156,6 +164,7 @@ static const luaL_Reg core_funcs[] = {
   {"flush", core_flush},
   {"stats", core_stats},
   {"interrupted", core_interrupted},
+  {"interrupt_on_sigterm", core_interrupt_on_sigterm},
   {"is_interrupt", core_is_interrupt},
   {NULL, NULL}
 };

@@ -12,7 +12,7 @@
 --   ns:p:P:r            STREAM the outcomes: s, o (ok, lost), v, d, w
 --   ns:p:P:done         STRING a bit per seq: its outcome is recorded
 --   ns:p:P:refused      HASH   messages refused by workers, by reason
---   ns:code:H           STRING a sealed task function, H its keyed hash
+--   ns:p:P:code:H       STRING a sealed task function, H its keyed hash
 --   ns:workers          SET    the workers; each has ns:w:ID, a HASH
 --                              with a time to live (its heartbeat)
 --   ns:dead             STREAM tasks that ran out of deliveries
@@ -149,12 +149,12 @@ function M.keygen() return M.hex(core.random_bytes(32)) end
 function M.names(ns, pid)
   local p = ns .. ":p:" .. pid .. ":"
   return {meta = p .. "meta", t = p .. "t", r = p .. "r", done = p .. "done",
-          refused = p .. "refused", pools = ns .. ":pools",
+          refused = p .. "refused", code = p .. "code:",
+          pools = ns .. ":pools",
           dead = ns .. ":dead", announce = ns .. ":announce",
           workers = ns .. ":workers"}
 end
 
-function M.code_key(ns, h) return ns .. ":code:" .. h end
 function M.worker_key(ns, wid) return ns .. ":w:" .. wid end
 
 -- The contexts that bind a sealed message to its place.

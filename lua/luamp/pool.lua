@@ -97,7 +97,7 @@ local function broker_options(opts, url)
   bo.max_deliveries = md
   bo.lease = positive(opts, "lease", 30)
   bo.broker_timeout = positive(opts, "broker_timeout", 10)
-  bo.ttl = bo.lease * 3 > 10 and bo.lease * 3 or 10
+  bo.ttl = bo.lease * 3 > 3 and bo.lease * 3 or 3
   local req = opts.requires or {}
   if type(req) ~= "table" then
     argerror(1, "Pool", "requires must be a table of module names", 2)

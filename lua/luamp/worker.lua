@@ -41,14 +41,15 @@ local state = {}
 
 local code_cache, ncode = {}, 0
 
--- The function of hash h, from the broker (once per executor).
-local function code(h)
+-- The function of hash h, from pool pid's keys (once per executor).
+local function code(pid, h)
   local f = code_cache[h]
   if f then return f end
   if not state.conn then
     state.conn = broker.connect(state.cfg, "executor", state.timeout)
   end
-  local blob = state.conn:call({"GET", broker.code_key(state.cfg.ns, h)})
+  local blob = state.conn:call({"GET",
+                                broker.names(state.cfg.ns, pid).code .. h})
   if not blob then
     error("the task's function is gone from the broker (its pool ended?)",
           0)
@@ -73,7 +74,7 @@ function M.exec(pid, seq, sealed)
   local b = core.open(keys.msg, broker.task_ctx(pid, seq), sealed)
   local funcs = {}
   for _, h in ipairs(b.f) do
-    if not funcs[h] then funcs[h] = code(h) end
+    if not funcs[h] then funcs[h] = code(pid, h) end
   end
   local out = {}
   worker.run_batch(b, funcs, {
@@ -485,6 +486,7 @@ local function worker_main(args)
   end
   local cfg = broker.config(url, 1)
   key = broker.authkey(key, 1)
+  core.interrupt_on_sigterm()
   for _, m in ipairs(requires) do require(m) end
   local host = io.open("/proc/sys/kernel/hostname")
   local hostname = host and host:read("l") or "?"

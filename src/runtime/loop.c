@@ -43,6 +43,7 @@ static pid_t loop_pid;
 static void (*service_hook)(void); /* process.c's reaper */
 static void (*fork_hooks[8])(void); /* lmp_on_fork_child's */
 static int nfork_hooks;
+static int sigterm_taken; /* lmp_sigterm_interrupts was called */
 
 static volatile sig_atomic_t sigint_pending; /* set by SIGINT */
 static volatile sig_atomic_t interrupted;    /* ever interrupted */
@@ -183,6 +184,11 @@ void lmp_loop_after_fork(void) {
   if (wake_fd >= 0) close(wake_fd);
   wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   for (int i = 0; i < nfork_hooks; i++) fork_hooks[i]();
+  /* A child is ended by SIGTERM as ever, whatever its parent made of it. */
+  if (sigterm_taken) {
+    signal(SIGTERM, SIG_DFL);
+    sigterm_taken = 0;
+  }
 }
 
 void lmp_on_fork_child(void (*fn)(void)) {
@@ -255,6 +261,15 @@ void lmp_sigint_install(lua_State *L) {
 }
 
 void lmp_sigint_forget(void) { int_L = NULL; }
+
+void lmp_sigterm_interrupts(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigterm_taken = 1;
+}
 
 /* A host owns SIGINT, as lua.c does even in a background job: its
  * handler, once installed, stays; a module in a stock lua5.4 re-checks

@@ -149,6 +149,9 @@ void lmp_service_pending(void);
 void lmp_sigint_install(lua_State *L);
 void lmp_sigint_own(void);
 void lmp_sigint_forget(void);
+/* SIGTERM then interrupts as SIGINT does (a daemon's clean stop); not in
+ * the children it forks. */
+void lmp_sigterm_interrupts(void);
 
 /* Raises the KeyboardInterrupt error object, consuming a pending SIGINT
  * (flag and hook).  Never returns. */

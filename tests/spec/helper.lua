@@ -344,4 +344,144 @@ end
 
 package.loaded["spec_helper"] = H
 _G.spec_helper = H
+-- ----------------------------------------------------------- a broker
+
+-- A redis-server of the test's own: loopback, a random port (20000 to
+-- 60000, another tried if it is taken), a random password, no
+-- persistence, in a directory of its own.  Fields: port, password, url,
+-- dir, pid; methods cli(args...) -> the reply as text (redis-cli),
+-- stop(), kill() (-9), start() (again, on the same port: empty).
+-- Returns nil and a reason when redis-server is not installed.
+local Redis = {}
+Redis.__index = Redis
+
+function H.redis_server()
+  if os.execute("command -v redis-server >/dev/null 2>&1") ~= true then
+    return nil, "redis-server is not installed"
+  end
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. H.q(dir)))
+  local r = setmetatable({dir = dir,
+                          password = string.format("pw%08x",
+                                                   math.random(0, 0x7fffffff))},
+                         Redis)
+  for _ = 1, 20 do
+    r.port = math.random(20000, 60000)
+    if r:start() then
+      r.url = string.format("redis://:%s@127.0.0.1:%d/0", r.password, r.port)
+      return r
+    end
+  end
+  error("cannot start redis-server on a free port")
+end
+
+-- Starts the server (daemonized); true once it answers.
+function Redis:start()
+  local pidfile = self.dir .. "/redis.pid"
+  os.remove(pidfile)
+  local ok = os.execute(string.format(
+    "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
+    .. "--requirepass %s --dir %s --daemonize yes --pidfile %s "
+    .. "--logfile %s/redis.log --loglevel warning "
+    .. "--enable-debug-command local", self.port, self.password,
+    H.q(self.dir), H.q(pidfile), H.q(self.dir)))
+  if ok ~= true then return false end
+  local up = H.wait_for(function()
+    return self:cli("PING") == "PONG"
+  end, 5, 0.02)
+  if not up then return false end
+  self.pid = tonumber(H.readfile(pidfile))
+  return true
+end
+
+function Redis:cli(...)
+  local args = {}
+  for i, a in ipairs({...}) do args[i] = H.q(a) end
+  local f = io.popen(string.format(
+    "redis-cli -p %d -a %s --no-auth-warning %s 2>&1", self.port,
+    H.q(self.password), table.concat(args, " ")))
+  local out = f:read("a")
+  f:close()
+  return (out:gsub("\n$", ""))
+end
+
+-- The number of keys (DBSIZE).
+function Redis:dbsize() return tonumber(self:cli("DBSIZE")) end
+
+function Redis:kill()
+  if self.pid then os.execute("kill -9 " .. self.pid .. " 2>/dev/null") end
+  H.wait_for(function() return not H.alive(self.pid) end, 5)
+  self.pid = nil
+end
+
+function Redis:stop()
+  if self.pid then
+    os.execute("kill " .. self.pid .. " 2>/dev/null")
+    H.wait_for(function() return not H.alive(self.pid) end, 5)
+  end
+  self.pid = nil
+  os.execute("rm -rf " .. H.q(self.dir))
+end
+
+-- A `luamp worker` on the broker r, in the background: fields pid and
+-- log (its stderr and stdout); methods kill(sig) and wait(), and
+-- executors() -> the pids of its children.  opts: c (slots, default 2),
+-- key (authkey; default the tests' own), args (more arguments).
+local Worker = {}
+Worker.__index = Worker
+H.AUTHKEY = "luamp-test-key-0123456789abcdef"
+
+function H.worker(r, opts)
+  opts = opts or {}
+  local log = os.tmpname()
+  local cmd = string.format("LUAMP_AUTHKEY=%s exec %s worker %s -c %d %s "
+    .. ">%s 2>&1 & echo $!", H.q(opts.key or H.AUTHKEY), H.q(H.luamp),
+    H.q(r.url), opts.c or 2, opts.args or "", H.q(log))
+  local f = io.popen(cmd)
+  local pid = tonumber(f:read("l"))
+  f:close()
+  local w = setmetatable({pid = pid, log = log, r = r}, Worker)
+  assert(H.wait_for(function()
+    return (H.readfile(log) or ""):find("serving", 1, true) ~= nil
+      or not H.alive(pid)
+  end, 10), "the worker did not start")
+  return w
+end
+
+function Worker:executors()
+  local f = io.popen("pgrep -P " .. self.pid)
+  local pids = {}
+  for line in f:lines() do pids[#pids + 1] = tonumber(line) end
+  f:close()
+  return pids
+end
+
+function Worker:kill(sig)
+  os.execute(string.format("kill -%s %d 2>/dev/null", sig or "TERM",
+                           self.pid))
+end
+
+-- Waits for the worker to end (10 s at most); its log, and whether it
+-- ended.
+function Worker:wait()
+  local ended = H.wait_for(function() return not H.alive(self.pid) end, 10)
+  local log = H.readfile(self.log) or ""
+  return log, ended
+end
+
+-- Stops it (SIGTERM, then -9 for it and its children) and removes its
+-- log; the log.
+function Worker:stop()
+  local kids = self:executors()
+  self:kill("TERM")
+  local log, ended = self:wait()
+  if not ended then
+    for _, k in ipairs(kids) do os.execute("kill -9 " .. k .. " 2>/dev/null") end
+    self:kill("KILL")
+  end
+  os.remove(self.log)
+  return log
+end
+
 return H

@@ -14,7 +14,7 @@
 -- BrokerError, and so does every task sent after.
 --
 -- The functions go once per pool, each under a keyed hash of its bytes
--- (ns:code:H), where the executors fetch them.  Every key of the pool
+-- (ns:p:P:code:H), where the executors fetch them.  Every key of the pool
 -- expires unless the owner renews it, so a pool whose owner is killed
 -- leaves nothing behind.
 
@@ -33,7 +33,6 @@ T.__index = T
 
 local BLOCK_MS = 2000 -- a blocking read returns at least this often
 local READ_COUNT = 512
-local CODE_TTL = 86400
 
 -- A transport for n virtual workers, with the pool's cfg (initializer,
 -- initargs, maxtasksperchild) and bo, the broker options: conn (the
@@ -191,8 +190,8 @@ local function publish(self, fid, fm)
   self.hash[fid] = h
   if self.published[h] then return end
   local blob = seal(self.keys.code, broker.code_ctx(h), fm, "function")
-  self.cmd:send({"SET", broker.code_key(self.bo.conn.ns, h), blob, "NX",
-                 "EX", CODE_TTL}, nil, false)
+  self.cmd:send({"SET", self.k.code .. h, blob, "PX", self.ttl_ms}, nil,
+                false)
   self.published[h] = true
 end
 
@@ -275,6 +274,9 @@ local function renew(self)
   local k, c, ttl = self.k, self.cmd, self.ttl_ms
   for _, key in ipairs({k.meta, k.t, k.r, k.done}) do
     c:send({"PEXPIRE", key, ttl}, nil, false)
+  end
+  for h in pairs(self.published) do
+    c:send({"PEXPIRE", k.code .. h, ttl}, nil, false)
   end
   self.renew_at = monotonic() + self.bo.ttl / 3
 end
@@ -368,8 +370,10 @@ function T:close()
   local k = self.k
   pcall(function()
     local c = self.cmd
+    local del = {"DEL", k.t, k.r, k.done, k.meta, k.refused}
+    for h in pairs(self.published) do del[#del + 1] = k.code .. h end
     local ids = {
-      c:send({"DEL", k.t, k.r, k.done, k.meta, k.refused}),
+      c:send(del),
       c:send({"SREM", k.pools, self.pid}),
       c:send({"XADD", k.announce, "MAXLEN", "~", 1000, "*", "pool",
               self.pid, "event", "closed"}),

@@ -1,0 +1,371 @@
+-- The broker Pool: mp.Pool{broker = URL} with `luamp worker` processes,
+-- against a redis-server of the spec's own (helper.lua's H.redis_server).
+
+local mp = require "luamp"
+local H = spec_helper
+
+-- The tasks' globals: busted's file environment reaches its globals
+-- through a function, which the codec does not send; as upvalues they go
+-- by name.
+local error, io, os, require, tostring = error, io, os, require, tostring
+
+local R, why = H.redis_server()
+if not R then
+  describe("broker pool", function()
+    pending("SKIP: " .. why)
+  end)
+  return
+end
+
+local KEY = H.AUTHKEY
+
+-- A broker pool on R with the tests' key and short leases.
+local function pool(opts)
+  opts = opts or {}
+  opts.broker = opts.broker or R.url
+  opts.authkey = opts.authkey or KEY
+  opts.lease = opts.lease or 1
+  opts.broker_timeout = opts.broker_timeout or 1
+  return mp.Pool(opts)
+end
+
+local function marker_dir()
+  local d = os.tmpname()
+  os.remove(d)
+  os.execute("mkdir -p " .. H.q(d))
+  return d
+end
+
+local function count_files(dir, pattern)
+  local f = io.popen("ls " .. H.q(dir) .. " 2>/dev/null")
+  local n = 0
+  for name in f:lines() do
+    if name:find(pattern) then n = n + 1 end
+  end
+  f:close()
+  return n
+end
+
+describe("broker pool", function()
+  local W1
+
+  setup(function()
+    W1 = H.worker(R, {c = 2})
+  end)
+
+  teardown(function()
+    W1:stop()
+    R:stop()
+  end)
+
+  describe("gives what a local pool gives", function()
+    local p, lp
+    setup(function()
+      p = pool{processes = 4}
+      lp = mp.Pool(2)
+    end)
+    teardown(function()
+      p:close()
+      p:join()
+      lp:close()
+      lp:join()
+    end)
+
+    it("apply, with upvalues and nils", function()
+      local k, t = 10, {a = {b = 5}}
+      local function f(x, y, z) return x + k + t.a.b, y, z end
+      assert.are.same({lp:apply(f, {1, nil, 3, n = 3})},
+                      {p:apply(f, {1, nil, 3, n = 3})})
+      assert.are.same({16, nil, 3}, {p:apply(f, {1, nil, 3, n = 3})})
+    end)
+
+    it("map, starmap, imap and imap_unordered in order", function()
+      local function sq(x) return x * x end
+      local input = H.range(1, 200)
+      assert.are.same(lp:map(sq, input), p:map(sq, input))
+      assert.are.same(lp:map(sq, input, 7), p:map(sq, input, 7))
+      local function add(a, b) return a + b end
+      assert.are.same({3, 7, n = 2}, p:starmap(add, {{1, 2}, {3, 4}}))
+      local got = {}
+      for r in p:imap(sq, H.range(1, 50), 3) do got[#got + 1] = r end
+      got.n = #got
+      assert.are.same(lp:map(sq, H.range(1, 50)), got)
+      local seen = {}
+      for r in p:imap_unordered(sq, H.range(1, 30)) do seen[r] = true end
+      for i = 1, 30 do assert.is_true(seen[i * i]) end
+    end)
+
+    it("tables with cycles and shared parts", function()
+      local t = {name = "x"}
+      t.self = t
+      local r = p:apply(function(v) return v.self.self.name, v == v.self end,
+                        {t})
+      assert.are.equal("x", r)
+    end)
+
+    it("a task's error as a RemoteError with the worker's traceback",
+       function()
+      local ok, e = pcall(p.apply, p, function() error("boom") end)
+      assert.is_false(ok)
+      assert.are.equal("RemoteError", e.type)
+      assert.matches("broker_spec.lua:%d+: boom", e.message)
+      assert.matches("broker_spec.lua:%d+", e.traceback)
+      local ok2, e2 = pcall(p.apply, p, function() error({code = 7}) end)
+      assert.is_false(ok2)
+      assert.are.same({code = 7}, e2.value)
+    end)
+
+    it("many apply_async, their callbacks in this process", function()
+      local got, rs = 0, {}
+      for i = 1, 2000 do
+        rs[i] = p:apply_async(function(x) return x + 1 end, {i},
+                              function(v) got = got + v end)
+      end
+      local sum = 0
+      for i = 1, 2000 do sum = sum + rs[i]:get(30) end
+      assert.are.equal(2000 * 2001 / 2 + 2000, sum)
+      assert.are.equal(sum, got)
+    end)
+
+    it("a C function by name, and a module's", function()
+      assert.are.equal("ABC", p:apply(string.upper, {"abc"}))
+      local str = string
+      assert.are.equal(3, p:apply(function(s) return str.len(s) end, {"abc"}))
+    end)
+
+    it("refuses a shared object with its path, and stays usable", function()
+      local q = mp.Queue()
+      local ok, e = pcall(p.apply, p, function(x) return x end, {1, q})
+      assert.is_false(ok)
+      assert.are.equal(
+        "cannot send args[2]: a local Queue cannot cross to another machine",
+        tostring(e):match("cannot send.*"))
+      local ok2, e2 = pcall(p.apply, p, function() return q end)
+      assert.is_false(ok2)
+      assert.matches("cannot send func<upvalue q>: a local Queue cannot "
+                     .. "cross to another machine", tostring(e2))
+      local ok3, e3 = pcall(p.map, p, function(x) return x end, {1, 2, q})
+      assert.is_false(ok3)
+      assert.matches("cannot send iterable%[3%]: a local Queue", tostring(e3))
+      q:close()
+      assert.are.equal(2, p:apply(function() return 2 end))
+    end)
+  end)
+
+  it("raises BrokerError naming the URL when the broker is down", function()
+    local url = "redis://:x@127.0.0.1:1/0"
+    local took, ok, e = H.timed(function()
+      return pcall(mp.Pool, {broker = url, authkey = KEY})
+    end)
+    assert.is_false(ok)
+    assert.are.equal("BrokerError", e.type)
+    assert.are.equal("redis://127.0.0.1:1/0", e.url)
+    assert.matches("cannot connect to redis://127.0.0.1:1/0: Connection "
+                   .. "refused", e.message)
+    assert.is_true(took < 1)
+  end)
+
+  it("needs an authkey of 16 bytes or more", function()
+    local ok, e = pcall(mp.Pool, {broker = R.url, authkey = "short"})
+    assert.is_false(ok)
+    assert.matches("authkey must have at least 16 bytes", e)
+    local ok2, e2 = pcall(mp.Pool, {authkey = KEY, broker = false})
+    assert.is_false(ok2)
+    assert.matches("authkey is an option of broker pools", e2)
+  end)
+
+  it("leaves no key of a pool behind once it is closed", function()
+    local before = R:dbsize()
+    local p = pool()
+    assert.are.equal(4, p:apply(function(x) return x * 2 end, {2}))
+    assert.is_true(R:dbsize() > before)
+    p:close()
+    p:join()
+    assert.are.equal(before, R:dbsize())
+  end)
+
+  it("runs again, once, a task whose executor was killed", function()
+    local dir = marker_dir()
+    local p = pool{processes = 1}
+    finally(function() p:terminate() end)
+    local r = p:apply_async(function(d)
+      local n = 0
+      for _ in io.popen("ls " .. d):lines() do n = n + 1 end
+      local f = io.open(d .. "/run" .. n, "w")
+      f:write(require("luamp").current_process().pid)
+      f:close()
+      if n == 0 then require("luamp").sleep(30) end
+      return n
+    end, {dir})
+    assert.is_true(H.wait_for(function()
+      return H.readfile(dir .. "/run0") ~= nil
+    end, 10))
+    local victim = tonumber(H.readfile(dir .. "/run0"))
+    os.execute("kill -9 " .. victim)
+    local took, n = H.timed(function() return r:get(10) end)
+    assert.are.equal(1, n)
+    assert.is_true(took < 3, "the task waited for its lease: " .. took)
+    assert.are.equal(2, count_files(dir, "^run"))
+    p:close()
+    p:join()
+    os.execute("rm -rf " .. H.q(dir))
+  end)
+
+  it("fails a task that kills every executor after max_deliveries, and "
+     .. "the rest of the map goes on", function()
+    local p = pool{processes = 2, max_deliveries = 3}
+    finally(function() p:terminate() end)
+    local rs = p:map_async(function(x)
+      if x == 3 then os.execute("kill -9 " .. require("luamp")
+                                .current_process().pid) end
+      return x * 10
+    end, {1, 2, 3, 4}, 1)
+    local ok, e = pcall(rs.get, rs, 20)
+    assert.is_false(ok)
+    assert.are.equal("WorkerLostError", e.type)
+    assert.are.equal(3, e.deliveries)
+    assert.matches("an executor died running it", e.reason)
+    assert.are_not.equal("0", R:cli("XLEN", "luamp:dead"))
+    local r2 = p:map(function(x) return x + 1 end, {1, 2, 3}, 1)
+    assert.are.same({2, 3, 4, n = 3}, r2)
+    p:close()
+    p:join()
+  end)
+
+  it("runs a task longer than its lease exactly once", function()
+    local dir = marker_dir()
+    local p = pool{lease = 1}
+    finally(function() p:terminate() end)
+    local n = p:apply(function(d)
+      local f = io.open(d .. "/ran", "a")
+      f:write("x")
+      f:close()
+      require("luamp").sleep(2.5)
+      return 1
+    end, {dir})
+    assert.are.equal(1, n)
+    mp.sleep(1.5) -- a second run would have begun by now
+    assert.are.equal("x", H.readfile(dir .. "/ran"))
+    p:close()
+    p:join()
+    os.execute("rm -rf " .. H.q(dir))
+  end)
+
+  it("gives another worker the task of a worker killed with -9", function()
+    local W2 = H.worker(R, {c = 1})
+    local dir = marker_dir()
+    local p = pool{lease = 1, processes = 1}
+    local victim
+    finally(function()
+      p:terminate()
+      if victim == W1 then
+        W1 = H.worker(R, {c = 2})
+      end
+      W2:stop()
+    end)
+    local r = p:apply_async(function(d)
+      local mp = require "luamp"
+      local f = io.open(d .. "/" .. mp.parent_process().pid, "w")
+      f:close()
+      mp.sleep(1)
+      return mp.parent_process().pid
+    end, {dir})
+    local first
+    assert.is_true(H.wait_for(function()
+      local f = io.popen("ls " .. H.q(dir))
+      first = tonumber(f:read("l"))
+      f:close()
+      return first ~= nil
+    end, 10))
+    victim = first == W1.pid and W1 or W2
+    local other = victim == W1 and W2 or W1
+    for _, k in ipairs(victim:executors()) do
+      os.execute("kill -9 " .. k)
+    end
+    victim:kill("KILL")
+    local took, who = H.timed(function() return r:get(10) end)
+    assert.are.equal(other.pid, who)
+    assert.is_true(took < 1 + 1 + 2, "took " .. took)
+    os.execute("rm -rf " .. H.q(dir))
+  end)
+
+  it("a worker with another authkey refuses the pool; nothing it ran",
+     function()
+    W1:kill("STOP") -- only the stranger may take the task
+    local bad = H.worker(R, {c = 1, key = "another-key-0123456789abcdef"})
+    local dir = marker_dir()
+    local p = pool()
+    finally(function()
+      W1:kill("CONT")
+      bad:stop()
+      p:terminate()
+    end)
+    local r = p:apply_async(function(d)
+      io.open(d .. "/ran", "w"):close()
+      return 1
+    end, {dir})
+    r:wait(1.5)
+    assert.is_false(r:ready())
+    assert.is_nil(H.readfile(dir .. "/ran"))
+    local log = bad:stop()
+    assert.matches("refusing pool %x+: the message's MAC is wrong", log)
+    W1:kill("CONT")
+    assert.are.equal(1, r:get(10))
+    p:close()
+    p:join()
+    os.execute("rm -rf " .. H.q(dir))
+  end)
+
+  it("terminate takes the tasks not begun off the stream at once",
+     function()
+    local p = pool{processes = 4}
+    finally(function() p:terminate() end)
+    local stream = p._sched.t.k.t
+    local rs = p:map_async(function(x) require("luamp").sleep(0.2) return x end,
+                           H.range(1, 100), 1)
+    mp.sleep(0.3)
+    assert.is_true(tonumber(R:cli("XLEN", stream)) > 0)
+    p:terminate()
+    local ok, e = pcall(rs.get, rs, 5)
+    assert.is_false(ok)
+    assert.matches("terminated", tostring(e))
+    assert.are.equal(0, tonumber(R:cli("EXISTS", stream)))
+  end)
+
+  it("raises BrokerError within broker_timeout when the broker dies",
+     function()
+    local r2 = H.redis_server()
+    local w = H.worker(r2, {c = 1, args = "--exit-on-broker-loss"})
+    local p = mp.Pool{broker = r2.url, authkey = KEY, lease = 1,
+                      broker_timeout = 1}
+    finally(function()
+      p:terminate()
+      w:stop()
+      r2:stop()
+    end)
+    local rs = p:map_async(function(x) require("luamp").sleep(5) return x end,
+                           {1, 2}, 1)
+    mp.sleep(0.3)
+    r2:kill()
+    local took, ok, e = H.timed(function() return pcall(rs.get, rs, 10) end)
+    assert.is_false(ok)
+    assert.are.equal("BrokerError", e.type)
+    assert.matches(r2.url:gsub(":[^:@/]*@", ""):gsub("%p", "%%%0"),
+                   e.message)
+    assert.is_true(took < 1 + 1.5, "took " .. took)
+    local log, ended = w:wait()
+    assert.is_true(ended, log)
+  end)
+
+  it("luamp keygen and luamp workers", function()
+    local st, out = H.run(H.q(H.luamp) .. " keygen")
+    assert.are.equal(0, st)
+    assert.matches("^%x+\n$", out)
+    assert.are.equal(65, #out)
+    local st2, out2 = H.run(H.q(H.luamp) .. " workers " .. H.q(R.url))
+    assert.are.equal(0, st2)
+    assert.matches("pid " .. W1.pid .. " slots 2 busy 0", out2)
+    assert.matches("%d+ workers?, 0 pools on " .. R.url:gsub(":[^:@/]*@", "")
+                   :gsub("%p", "%%%0"), out2)
+  end)
+end)
