@@ -89,9 +89,6 @@ typedef struct rhandle {
   rconn *c;
 } rhandle;
 
-static rconn *live; /* this process's connections, for forks */
-static pid_t live_pid;
-
 /* ------------------------------------------------------------- replies */
 
 static void rnode_free(rnode *r) {
@@ -174,6 +171,8 @@ static void req_fail(req *q, const char *why) {
 static uv_loop_t *loop(void) { return lmp_uv_loop(); }
 
 static void arm(rconn *c);
+static rconn *live; /* this process's connections, for forks */
+static pid_t live_pid;
 
 static void maybe_free(rconn *c) {
   if (c->freed && c->nopen == 0 && c->ac == NULL) {
@@ -336,15 +335,26 @@ static void arm(rconn *c) {
 /* Writes the commands sent since the last write, as far as the socket
  * takes them now: a wait on the loop's descriptor would not see that
  * there is something to write until the loop had run once. */
-static void flush(rconn *c) {
+static int flush(rconn *c) {
   if (c->unsent && c->ac != NULL) {
     c->unsent = 0;
     redisAsyncHandleWrite(c->ac);
-    /* libuv applies what the write changed in the poll (writable no
-     * longer wanted) when it next runs: until then the descriptor is out
-     * of the loop's set, and a wait on it would not see the reply. */
-    uv_run(loop(), UV_RUN_NOWAIT);
+    return 1;
   }
+  return 0;
+}
+
+/* Flushes every connection of the process: a command sent on one that
+ * nobody waits on (fire and forget) must not wait for the next wait on
+ * it.  libuv applies what the writes changed in the poll (writable no
+ * longer wanted) when it next runs: until then a descriptor is out of the
+ * loop's set, and a wait would not see its reply. */
+static void flush_all(void) {
+  rconn *c;
+  int wrote = 0;
+  if (live_pid != getpid()) return;
+  for (c = live; c != NULL; c = c->next_live) wrote |= flush(c);
+  if (wrote) uv_run(loop(), UV_RUN_NOWAIT);
 }
 
 /* Waits, running the loop, until ready(ud) or the deadline: 1, 0 or a
@@ -355,6 +365,7 @@ static int loop_wait(lua_State *L, int (*ready)(void *), void *ud,
   for (;;) {
     int rc, t;
     double d = deadline;
+    flush_all();
     uv_run(lp, UV_RUN_NOWAIT);
     if (ready(ud)) return 1;
     if (deadline >= 0 && lmp_now() >= deadline) return 0;
@@ -421,7 +432,7 @@ static int conn_ready(void *hp, int *fd) {
   rhandle *h = hp;
   req *q;
   if (h->c == NULL) return -1;
-  flush(h->c);
+  flush_all();
   *fd = uv_backend_fd(loop());
   for (q = h->c->head; q != NULL; q = q->next)
     if (q->done) return 1;
@@ -712,6 +723,13 @@ static int conn_wait(lua_State *L) {
   return take(L, c, q, prev);
 }
 
+/* c:flush(): writes what every connection was sent, now. */
+static int conn_flush(lua_State *L) {
+  checkconn(L, 1);
+  flush_all();
+  return 0;
+}
+
 /* c:dispatch(): runs the loop once, without waiting, so replies that came
  * are in. */
 static int conn_dispatch(lua_State *L) {
@@ -759,7 +777,8 @@ static int conn_fd(lua_State *L) {
 
 static const luaL_Reg conn_meth[] = {
   {"send", conn_send}, {"take", conn_take}, {"wait", conn_wait},
-  {"dispatch", conn_dispatch}, {"alive", conn_alive},
+  {"dispatch", conn_dispatch}, {"flush", conn_flush},
+  {"alive", conn_alive},
   {"errors", conn_errors}, {"pending", conn_pending}, {"fd", conn_fd},
   {NULL, NULL}
 };
