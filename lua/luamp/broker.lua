@@ -335,7 +335,8 @@ function Conn:take(id)
 end
 
 function Conn:wait(id, timeout)
-  return outcome(self, self.c:wait(id, timeout), 2)
+  local done, v = self.c:wait(id, timeout)
+  return outcome(self, done, v, 2)
 end
 
 -- send and wait in one.

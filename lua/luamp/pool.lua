@@ -137,12 +137,14 @@ function M.Pool(opts)
     end
   end
   local n = opts.processes
-  if n == nil then n = url and 8 or core.cpu_count() end
-  if math_type(n) ~= "integer" then
+  if n == nil and not url then n = core.cpu_count() end
+  if n ~= nil and math_type(n) ~= "integer" then
     argerror(1, "Pool", "processes must be an integer, got " ..
              (type(n) == "number" and tostring(n) or type(n)))
   end
-  if n < 1 then argerror(1, "Pool", "processes must be at least 1") end
+  if n ~= nil and n < 1 then
+    argerror(1, "Pool", "processes must be at least 1")
+  end
   if opts.initializer ~= nil and not callable(opts.initializer) then
     argerror(1, "Pool", "initializer must be callable")
   end
@@ -167,6 +169,7 @@ function M.Pool(opts)
     ok, t = pcall(transport.new, cfg, n)
   end
   if not ok then error(t, 2) end
+  n = n or t.n -- a broker pool's default: from the workers alive
   local self = setmetatable({_n = n, _pid = core.getpid(), _nsub = 0,
                              _waiting = 0}, Pool)
   self._sched = scheduler.new(t, funcs.new(), scfg, n)

@@ -17,6 +17,7 @@
 local broker = require "luamp.broker"
 local core = require "luamp.core"
 local errors = require "luamp.errors"
+local msgs = require "luamp.pool.messages"
 local worker = require "luamp.pool.worker"
 
 local error, ipairs, next, pairs, pcall, print, setmetatable, tonumber,
@@ -83,6 +84,15 @@ function M.exec(pid, seq, sealed)
     running = function() end,
   })
   for _, am in ipairs(b.a) do am:close() end
+  for _, m in ipairs(out) do
+    local err = msgs.is_failure(m) and (msgs.failure_error(m))
+    local name = err and err.message:match("%(global '([%w_]+)'%)")
+    if name then
+      err.message = err.message .. format(" (globals are the worker's own: "
+        .. "make '%s' a local of the task's file, or load its module on the "
+        .. "workers with requires = {...})", name)
+    end
+  end
   local ctx = broker.outcome_ctx(pid, seq)
   local ok, s = pcall(core.seal, keys.msg, ctx, out, "outcome")
   if not ok then
@@ -151,34 +161,24 @@ function W:heartbeat()
   self.beat_at = monotonic() + HEARTBEAT
 end
 
--- The pools alive: each verified once; those that ended are let go of.
+-- The pools alive: each verified once; those whose settings are gone
+-- (closed, or their owner's keys expired) are let go of.
 function W:refresh()
-  local pids = self.cmd:call({"SMEMBERS", self.k.pools})
+  local c = self.cmd
+  local pids = c:call({"SMEMBERS", self.k.pools})
+  local metas = {}
+  for i, pid in ipairs(pids) do
+    metas[i] = c:send({"HGET", broker.names(self.cfg.ns, pid).meta, "m"})
+  end
   local alive = {}
-  for _, pid in ipairs(pids) do
-    alive[pid] = true
-    if not self.pools[pid] and not self.refused[pid] then
-      local m = self.cmd:call({"HGET", broker.names(self.cfg.ns, pid).meta,
-                               "m"})
-      if not m then
-        self.cmd:send({"SREM", self.k.pools, pid}, nil, false)
-      else
-        local ok, settings = pcall(core.open, self.keys.msg,
-                                   broker.meta_ctx(pid), m)
-        if ok then
-          self.pools[pid] = {pid = pid, meta = m, settings = settings,
-                             k = broker.names(self.cfg.ns, pid),
-                             held = {}, lease = settings.lease or 30,
-                             md = settings.max_deliveries or 3}
-        else
-          self.refused[pid] = true
-          local why = errors.is(settings, "WireError") and "build"
-            or "bad MAC"
-          say(self, "refusing pool %s: %s", pid, tostring(settings.message
-                                                          or settings))
-          self.cmd:send({"HINCRBY", broker.names(self.cfg.ns, pid).refused,
-                         why, 1}, nil, false)
-        end
+  for i, pid in ipairs(pids) do
+    local m = c:wait(metas[i])
+    if not m then
+      c:send({"SREM", self.k.pools, pid}, nil, false)
+    else
+      alive[pid] = true
+      if not self.pools[pid] and not self.refused[pid] then
+        self:serve(pid, m)
       end
     end
   end
@@ -186,6 +186,25 @@ function W:refresh()
     if not alive[pid] then self:drop(p) end
   end
   self.refresh_at = monotonic() + 5
+end
+
+-- Serves pool pid if its sealed settings m verify; else refuses it, once.
+function W:serve(pid, m)
+  local ok, settings = pcall(core.open, self.keys.msg, broker.meta_ctx(pid),
+                             m)
+  if ok then
+    self.pools[pid] = {pid = pid, meta = m, settings = settings,
+                       k = broker.names(self.cfg.ns, pid), held = {},
+                       lease = settings.lease or 30,
+                       md = settings.max_deliveries or 3}
+    return
+  end
+  self.refused[pid] = true
+  local why = errors.is(settings, "WireError") and "build" or "bad MAC"
+  say(self, "refusing pool %s: %s", pid,
+      tostring(settings.message or settings))
+  self.cmd:send({"HINCRBY", broker.names(self.cfg.ns, pid).refused, why, 1},
+                nil, false)
 end
 
 -- Pool p ended: its executors go.
@@ -235,8 +254,10 @@ function W:finished(p, id, f, ok, v)
       {k.t, k.r, k.done, k.meta},
       {id, f.s, "ok", v, f.d, self.wid, ttl_ms(p)}), nil, false)
   elseif errors.is(v, "ProcessError") and v.message:find("initializer") then
+    local text = v.message:gsub("^the pool's initializer failed in a "
+                                .. "worker: ", "")
     local s = core.seal(self.keys.msg, broker.outcome_ctx(p.pid, f.s),
-                        {v.message, v.traceback}, "outcome")
+                        {text, v.traceback}, "outcome")
     self.cmd:send(self.cmd:eval_argv(broker.COMPLETE,
       {k.t, k.r, k.done, k.meta},
       {id, f.s, "init", s, f.d, self.wid, ttl_ms(p)}), nil, false)
@@ -290,7 +311,11 @@ function W:fetched()
   self.fetch_id = false
   if not ok then
     if not self.blk:alive() then error(v, 0) end
-    -- a stream went (NOGROUP): the pools have changed
+    -- A stream went (NOGROUP): its pool ended.
+    local gone = tostring(v):match("No such key '([^']+)'")
+    for _, p in ipairs(self.fetch_order) do
+      if p.k.t == gone then self:drop(p) end
+    end
     self:refresh()
     return
   end

@@ -7,7 +7,8 @@ local H = spec_helper
 -- The tasks' globals: busted's file environment reaches its globals
 -- through a function, which the codec does not send; as upvalues they go
 -- by name.
-local error, io, os, require, tostring = error, io, os, require, tostring
+local error, io, os, package, require, tostring = error, io, os, package,
+  require, tostring
 
 local R, why = H.redis_server()
 if not R then
@@ -357,6 +358,182 @@ describe("broker pool", function()
     assert.is_true(ended, log)
   end)
 
+  it("says that globals are the worker's own", function()
+    local p = pool()
+    finally(function() p:terminate() end)
+    local ok, e = pcall(p.apply, p, function() return undefined_global_x.y end)
+    assert.is_false(ok)
+    assert.matches("globals are the worker's own: make 'undefined_global_x' "
+                   .. "a local", e.message)
+  end)
+
+  it("runs requires, the initializer and maxtasksperchild on the workers",
+     function()
+    local dir = marker_dir()
+    local p = pool{processes = 1, requires = {"lfs"}, maxtasksperchild = 2,
+                   initializer = function(d)
+                     local f = io.open(d .. "/init-" .. require("luamp")
+                                       .current_process().pid, "w")
+                     f:close()
+                   end, initargs = {dir}}
+    finally(function()
+      p:terminate()
+      os.execute("rm -rf " .. H.q(dir))
+    end)
+    local pids = p:map(function()
+      return require("luamp").current_process().pid, package.loaded.lfs
+    end, H.range(1, 10), 1)
+    local distinct = {}
+    for _, pid in ipairs(pids) do distinct[pid] = true end
+    local n = 0
+    for pid in pairs(distinct) do
+      n = n + 1
+      assert.is_not_nil(H.readfile(dir .. "/init-" .. pid),
+                        "no initializer in " .. pid)
+    end
+    assert.are.equal(5, n)
+    assert.is_true(p:apply(function() return package.loaded.lfs ~= nil end))
+  end)
+
+  it("fails with the initializer's error when it raises on the workers",
+     function()
+    local p = pool{initializer = function() error("no config") end}
+    finally(function() p:terminate() end)
+    local ok, e = pcall(p.apply, p, function() return 1 end)
+    assert.is_false(ok)
+    assert.matches("initializer failed in a worker: .*no config",
+                   tostring(e))
+  end)
+
+  it("imap pulls an endless input only as results are taken", function()
+    local p = pool{processes = 2}
+    finally(function() p:terminate() end)
+    local stream = p._sched.t.k.t
+    local i, most, k = 0, 0, 0
+    local function endless() i = i + 1 return i end
+    for r in p:imap(function(x) return x * 2 end, endless) do
+      k = k + 1
+      assert.are.equal(2 * k, r)
+      local len = tonumber(R:cli("XLEN", stream))
+      if len > most then most = len end
+      if k == 60 then break end
+    end
+    assert.is_true(i < 60 + 2 * 4 * 2 + 1, "read " .. i .. " items")
+    assert.is_true(most <= 2 * 4 * 2, "the stream grew to " .. most)
+  end)
+
+  it("refuses forged tasks and functions before decoding them", function()
+    local broker = require "luamp.broker"
+    local core = require "luamp.core"
+    local dir = marker_dir()
+    local p = pool{max_deliveries = 1}
+    finally(function()
+      p:terminate()
+      os.execute("rm -rf " .. H.q(dir))
+    end)
+    local t = p._sched.t
+    local conn = broker.connect(broker.parse(R.url), "test", 5)
+    finally(function() conn:close() end)
+    local good = broker.keys(KEY)
+    local bad = broker.keys("another-key-0123456789abcdef")
+    local touch = function(d) io.open(d, "w"):close() return 1 end
+    -- the task's function, as the pool publishes it: under the good key
+    local fm = core.message(touch)
+    local h = broker.hex(core.hmac(good.id, fm:bytes()):sub(1, 16))
+    conn:call({"SET", t.k.code .. h, core.seal(good.code, broker.code_ctx(h),
+                                                fm, "function")})
+    -- os.execute by name, under a key the pool does not have
+    local em = core.message(os.execute)
+    local he = broker.hex(core.hmac(good.id, em:bytes()):sub(1, 16))
+    conn:call({"SET", t.k.code .. he, core.seal(bad.code, broker.code_ctx(he),
+                                                 em, "function")})
+    local function entry(keys, seq, fh, arg, flip)
+      local am = core.message({arg, n = 1})
+      local s = core.seal(keys.msg, broker.task_ctx(t.pid, seq),
+                          {id = {1}, f = {fh}, a = {am}, k = {0}}, "task")
+      am:close()
+      if flip then
+        local at = #s - 3
+        s = s:sub(1, at - 1) .. string.char(s:byte(at) ~ 1) .. s:sub(at + 1)
+      end
+      conn:call({"XADD", t.k.t, "*", "s", seq, "p", s, "d", 1})
+    end
+    entry(bad, 9001, h, dir .. "/forged")        -- the task's MAC is wrong
+    entry(good, 9002, h, dir .. "/flipped", true) -- one byte altered
+    entry(good, 9003, he, "touch " .. dir .. "/executed") -- forged function
+    entry(good, 9004, h, dir .. "/genuine")       -- the control
+    assert.is_true(H.wait_for(function()
+      return H.readfile(dir .. "/genuine") ~= nil
+        and R:cli("XLEN", t.k.t) == "0"
+        and R:cli("XPENDING", t.k.t, "w"):match("^0") ~= nil
+    end, 10), "the entries were not all taken")
+    assert.is_nil(H.readfile(dir .. "/forged"))
+    assert.is_nil(H.readfile(dir .. "/flipped"))
+    assert.is_nil(H.readfile(dir .. "/executed"))
+    local dead = R:cli("XRANGE", "luamp:dead", "-", "+")
+    assert.matches("MAC is wrong", dead)
+    fm:close()
+    em:close()
+  end)
+
+  it("lets the keys of a pool whose owner was killed expire", function()
+    local st, out = H.run(H.q(H.luamp) .. " -e " .. H.q(string.format([[
+      local mp = require "luamp"
+      local p = mp.Pool{broker = %q, authkey = %q, lease = 1}
+      print(p._sched.t.pid)
+      io.stdout:flush()
+      p:apply_async(function() require("luamp").sleep(30) end)
+      mp.sleep(0.5)
+      os.execute("kill -9 " .. mp.current_process().pid)
+    ]], R.url, KEY)))
+    assert.are.equal(137, st)
+    local pid = out:match("%x+")
+    assert.are_not.equal("", R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
+    assert.is_true(H.wait_for(function()
+      return R:cli("KEYS", "luamp:p:" .. pid .. ":*") == ""
+    end, 5), "keys left: " .. R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
+  end)
+
+  it("closes its broker connections in a forked child", function()
+    local function owners()
+      local n = 0
+      for _ in R:cli("CLIENT", "LIST"):gmatch("name=luamp%-owner") do
+        n = n + 1
+      end
+      return n
+    end
+    local before = owners()
+    local p = pool()
+    assert.are.equal(before + 2, owners())
+    local child = mp.Process{target = function() mp.sleep(3) end}
+    child:start()
+    finally(function()
+      child:kill()
+      child:join()
+    end)
+    p:close()
+    p:join()
+    assert.is_true(H.wait_for(function() return owners() == before end, 2),
+                   "connections left: " .. owners() - before)
+    assert.is_true(child:is_alive())
+  end)
+
+  it("raises BrokerError when the broker stops answering", function()
+    local p = pool{lease = 1, broker_timeout = 1}
+    finally(function() p:terminate() end)
+    local rs = p:map_async(function(x) require("luamp").sleep(8) return x end,
+                           {1}, 1)
+    mp.sleep(0.2)
+    os.execute(string.format("redis-cli -p %d -a %s --no-auth-warning "
+      .. "DEBUG SLEEP 6 >/dev/null 2>&1 &", R.port, H.q(R.password)))
+    mp.sleep(0.1)
+    local took, ok, e = H.timed(function() return pcall(rs.get, rs, 10) end)
+    assert.is_false(ok)
+    assert.are.equal("BrokerError", e.type)
+    assert.is_true(took < 4.5, "took " .. took)
+    H.wait_for(function() return R:cli("PING") == "PONG" end, 10)
+  end)
+
   it("luamp keygen and luamp workers", function()
     local st, out = H.run(H.q(H.luamp) .. " keygen")
     assert.are.equal(0, st)
@@ -364,7 +541,7 @@ describe("broker pool", function()
     assert.are.equal(65, #out)
     local st2, out2 = H.run(H.q(H.luamp) .. " workers " .. H.q(R.url))
     assert.are.equal(0, st2)
-    assert.matches("pid " .. W1.pid .. " slots 2 busy 0", out2)
+    assert.matches("pid " .. W1.pid .. " slots 2 busy %d+ pools", out2)
     assert.matches("%d+ workers?, 0 pools on " .. R.url:gsub(":[^:@/]*@", "")
                    :gsub("%p", "%%%0"), out2)
   end)

@@ -23,8 +23,9 @@ local core = require "luamp.core"
 local errors = require "luamp.errors"
 local msgs = require "luamp.pool.messages"
 
-local error, ipairs, next, pairs, pcall, setmetatable, tonumber, tostring =
-  error, ipairs, next, pairs, pcall, setmetatable, tonumber, tostring
+local error, ipairs, next, pairs, pcall, setmetatable, tonumber, tostring,
+  type = error, ipairs, next, pairs, pcall, setmetatable, tonumber,
+  tostring, type
 local format = string.format
 local seal, open, monotonic = core.seal, core.open, core.monotonic
 
@@ -34,10 +35,11 @@ T.__index = T
 local BLOCK_MS = 2000 -- a blocking read returns at least this often
 local READ_COUNT = 512
 
--- A transport for n virtual workers, with the pool's cfg (initializer,
+-- A transport for n virtual workers (nil: twice the executor slots of the
+-- workers alive, at least 2), with the pool's cfg (initializer,
 -- initargs, maxtasksperchild) and bo, the broker options: conn (the
 -- parsed URL), keys (luamp.broker.keys), lease, max_deliveries,
--- broker_timeout, requires, name.
+-- broker_timeout, requires, name, host, ttl.
 function T.new(cfg, n, bo)
   local self = setmetatable({cfg = cfg, n = n, bo = bo, keys = bo.keys,
                              pid = broker.hex(core.random_bytes(8)),
@@ -69,6 +71,9 @@ function T.new(cfg, n, bo)
               self.pid, "event", "created"}),
     }
     for _, id in ipairs(ids) do c:wait(id) end
+    local slots = T.live_slots(c, bo.conn.ns)
+    self.n = n or (slots > 0 and 2 * slots or 2)
+    self.nolive = slots == 0
   end)
   if not ok then
     self.cmd:close()
@@ -76,7 +81,19 @@ function T.new(cfg, n, bo)
     error(e, 0)
   end
   self.renew_at = monotonic() + bo.ttl / 3
+  self.born = monotonic()
   return self
+end
+
+-- The executor slots of the workers alive on the broker of conn.
+function T.live_slots(conn, ns)
+  local names = broker.names(ns, "-")
+  local slots = 0
+  for _, wid in ipairs(conn:call({"SMEMBERS", names.workers})) do
+    local s = conn:call({"HGET", broker.worker_key(ns, wid), "slots"})
+    slots = slots + (tonumber(s) or 0)
+  end
+  return slots
 end
 
 -- ------------------------------------------------------------ checks
@@ -117,9 +134,13 @@ end
 -- from now on.
 local function break_down(self, e)
   if self.broken then return end
-  local msg = errors.is(e, "BrokerError") and e.message or tostring(e)
-  self.broken = {type = "BrokerError", message = msg,
-                 fields = {url = self.bo.conn.url}}
+  if type(e) == "table" and e.type == "AuthenticationError" then
+    self.broken = e
+  else
+    local msg = errors.is(e, "BrokerError") and e.message or tostring(e)
+    self.broken = {type = "BrokerError", message = msg,
+                   fields = {url = self.bo.conn.url}}
+  end
   for seq in pairs(self.entries) do fail_entry(self, seq, self.broken) end
 end
 
@@ -264,13 +285,50 @@ local function outcome(self, f)
     return
   end
   self.entries[seq] = nil
+  self.heard = true
   local w = self.vw[e.wid]
   if w then w.out = w.out - 1 end
   self.changed = true
   for _, m in ipairs(list) do self.out[#self.out + 1] = m end
 end
 
+local function say(self, fmt, ...)
+  io.stderr:write(format("luamp: broker pool %s: " .. fmt .. "\n", self.pid,
+                         ...))
+end
+
+-- What the owner should hear of: workers that refuse this pool (another
+-- authkey, another build), or no worker at all.
+local function check_workers(self)
+  local c = self.cmd
+  local refused = c:call({"HGETALL", self.k.refused})
+  if refused.n > 0 and not self.warned_refused then
+    self.warned_refused = monotonic()
+    local parts = {}
+    for i = 1, refused.n, 2 do
+      parts[#parts + 1] = refused[i + 1] .. " " .. refused[i]
+    end
+    say(self, "workers refused its tasks (%s): another authkey or "
+        .. "another build?", table.concat(parts, ", "))
+  end
+  if self.warned_refused and not self.heard and next(self.entries)
+     and monotonic() - self.warned_refused > self.bo.broker_timeout then
+    break_down(self, {type = "AuthenticationError", message = "no worker "
+      .. "accepted this pool's tasks, and some refused them: does every "
+      .. "worker have the pool's authkey?"})
+  end
+  if not self.heard and not self.warned_idle and next(self.entries)
+     and monotonic() - self.born > 10 then
+    self.warned_idle = true
+    if T.live_slots(c, self.bo.conn.ns) == 0 then
+      say(self, "no live luamp worker on %s; start one with `luamp worker "
+          .. "%s`", self.bo.conn.url, self.bo.conn.url)
+    end
+  end
+end
+
 local function renew(self)
+  check_workers(self)
   local k, c, ttl = self.k, self.cmd, self.ttl_ms
   for _, key in ipairs({k.meta, k.t, k.r, k.done}) do
     c:send({"PEXPIRE", key, ttl}, nil, false)
