@@ -302,9 +302,11 @@ function W:fetch()
   for _ = 1, #order do argv[#argv + 1] = ">" end
   self.fetch_order = order
   self.fetch_id = self.blk:send(argv, BLOCK_MS / 1000 + self.timeout)
+  self.fetch_conn = self.blk
 end
 
 function W:fetched()
+  if self.fetch_conn ~= self.blk then self.fetch_id = false end
   if not self.fetch_id then return end
   local ok, v, done = pcall(self.blk.take, self.blk, self.fetch_id)
   if ok and not done then return end
@@ -332,10 +334,12 @@ end
 
 -- Announcements: a pool came (read the pools again) or went.
 function W:announced()
+  if self.ann_conn ~= self.ann then self.ann_id = false end
   if not self.ann_id then
     self.ann_id = self.ann:send({"XREAD", "BLOCK", BLOCK_MS, "STREAMS",
                                  self.k.announce, self.ann_last},
                                 BLOCK_MS / 1000 + self.timeout)
+    self.ann_conn = self.ann
     return
   end
   local v, done = self.ann:take(self.ann_id)
@@ -430,6 +434,7 @@ end
 -- Connects, and serves pools until stopped.
 function W:run()
   local cfg = self.cfg
+  self.fetch_id, self.ann_id, self.nerr = false, false, 0
   self.cmd = broker.connect(cfg, "worker", self.timeout)
   self.blk = broker.connect(cfg, "worker-read", self.timeout)
   self.ann = broker.connect(cfg, "worker-announce", self.timeout)
@@ -534,6 +539,7 @@ local function worker_main(args)
     end
     say(self, "%s", e.message)
     for _, p in pairs(self.pools) do self:drop(p) end
+    for _, c in ipairs({self.cmd, self.blk, self.ann}) do pcall(c.close, c) end
     if exit_on_loss then return 1 end
     core.sleep(1)
   end

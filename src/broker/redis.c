@@ -24,6 +24,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -554,6 +555,8 @@ static int redis_connect(lua_State *L) {
   }
   c->ac = ac;
   c->fd = ac->c.fd;
+  /* Not into a program a child runs (hiredis makes it without). */
+  fcntl(c->fd, F_SETFD, fcntl(c->fd, F_GETFD) | FD_CLOEXEC);
   c->connecting = 1;
   c->next_id = 1;
   ac->data = c;
