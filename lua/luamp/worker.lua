@@ -220,7 +220,8 @@ end
 -- The local pool of remote pool p.
 function W:executors(p)
   if not p.lp then
-    p.lp = core_pool({processes = self.c, initializer = init_executor,
+    p.lp = core_pool({broker = false, processes = self.c,
+                      initializer = init_executor,
                       initargs = {p.pid, p.meta},
                       maxtasksperchild = p.settings.maxtasksperchild})
   end

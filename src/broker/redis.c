@@ -353,7 +353,7 @@ static int flush(rconn *c) {
 static void flush_all(void) {
   rconn *c;
   int wrote = 0;
-  if (live_pid != getpid()) return;
+  if (live_pid != lmp_pid) return;
   for (c = live; c != NULL; c = c->next_live) wrote |= flush(c);
   if (wrote) uv_run(loop(), UV_RUN_NOWAIT);
 }
@@ -383,7 +383,7 @@ static int loop_wait(lua_State *L, int (*ready)(void *), void *ud,
 
 static void forget_all(void) {
   rconn *c, *next;
-  if (live == NULL || live_pid == getpid()) return;
+  if (live == NULL || live_pid == lmp_pid) return;
   for (c = live; c != NULL; c = next) {
     next = c->next_live;
     if (c->fd >= 0) close(c->fd);
@@ -396,7 +396,7 @@ static void forget_all(void) {
     c->prev_live = c->next_live = NULL;
   }
   live = NULL;
-  live_pid = getpid();
+  live_pid = lmp_pid;
 }
 
 /* ------------------------------------------------------------ Lua side */
@@ -578,7 +578,7 @@ static int redis_connect(lua_State *L) {
   c->next_live = live;
   if (live) live->prev_live = c;
   live = c;
-  live_pid = getpid();
+  live_pid = lmp_pid;
   /* hiredis watches for writable until the connect completes. */
   rc = loop_wait(L, connected, c, deadline);
   if (rc < 0) {

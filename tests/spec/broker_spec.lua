@@ -606,7 +606,7 @@ describe("broker pool", function()
     local r2 = H.redis_server()
     local w = H.worker(r2, {c = 1})
     local p = mp.Pool{broker = r2.url, authkey = KEY, lease = 1,
-                      broker_timeout = 2}
+                      broker_timeout = 8}
     later(function()
       p:terminate()
       w:stop()

@@ -176,12 +176,13 @@ local function reconnect(self, e)
       break_down(self, why)
       return false
     end
-    if monotonic() + delay >= deadline then
+    local left = deadline - monotonic()
+    if left <= 0 then
       break_down(self, e)
       return false
     end
-    core.sleep(delay)
-    delay = delay * 2
+    core.sleep(delay < left and delay or left)
+    delay = delay < 0.4 and delay * 2 or 0.5
   end
 end
 
