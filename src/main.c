@@ -428,20 +428,25 @@ static int is_subcommand(const char *a) {
                        strcmp(a, "workers") == 0 || strcmp(a, "keygen") == 0);
 }
 
+/* Makes the host for argv; its state, or NULL having said why. */
+static lua_State *start_host(luamp_config *cfg, int argc, char **argv) {
+  const char *err = NULL;
+  host = luamp_new(cfg, &err);
+  if (host == NULL) {
+    l_message(progname, err);
+    return NULL;
+  }
+  cmd.argc = argc;
+  cmd.argv = argv;
+  return luamp_state(host);
+}
+
 static int run_subcommand(int argc, char **argv) {
   luamp_config cfg;
-  const char *err = NULL;
   lua_State *L;
   int status, code;
   memset(&cfg, 0, sizeof cfg);
-  host = luamp_new(&cfg, &err);
-  if (host == NULL) {
-    l_message(progname, err);
-    return EXIT_FAILURE;
-  }
-  L = luamp_state(host);
-  cmd.argc = argc;
-  cmd.argv = argv;
+  if ((L = start_host(&cfg, argc, argv)) == NULL) return EXIT_FAILURE;
   lua_pushcfunction(L, subcommand);
   status = luamp_pcall(host, 0, 1);
   code = status == LUA_OK ? (int)luaL_optinteger(L, -1, 0) : EXIT_FAILURE;
@@ -454,7 +459,6 @@ static int run_subcommand(int argc, char **argv) {
 int main(int argc, char **argv) {
   luamp_config cfg;
   lua_State *L;
-  const char *err = NULL;
   int args, script = argc, status, ok, exitcode;
 
   memset(&cfg, 0, sizeof cfg);
@@ -472,14 +476,7 @@ int main(int argc, char **argv) {
   }
   if (args & has_v) print_version();
   if (args & has_E) unsetenv("LUAMP_ARENA");
-  host = luamp_new(&cfg, &err);
-  if (host == NULL) {
-    l_message(progname, err);
-    return EXIT_FAILURE;
-  }
-  L = luamp_state(host);
-  cmd.argc = argc;
-  cmd.argv = argv;
+  if ((L = start_host(&cfg, argc, argv)) == NULL) return EXIT_FAILURE;
   cmd.args = args;
   cmd.script = script;
   lua_pushcfunction(L, pmain);

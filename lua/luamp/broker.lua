@@ -138,6 +138,13 @@ function M.keys(authkey)
   }
 end
 
+-- A stream entry's fields {f1, v1, f2, v2...} as a table.
+function M.fields(list)
+  local f = {}
+  for i = 1, #list, 2 do f[list[i]] = list[i + 1] end
+  return f
+end
+
 function M.hex(s)
   return (s:gsub(".", function(c) return format("%02x", c:byte()) end))
 end

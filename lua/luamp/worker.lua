@@ -29,6 +29,14 @@ local monotonic = core.monotonic
 
 local M = {}
 
+-- pcall, but Ctrl-C and SIGTERM (KeyboardInterrupt) go through: they stop
+-- the worker, whatever it was doing.
+local function try(f, ...)
+  local r = table.pack(pcall(f, ...))
+  if not r[1] and core.is_interrupt(r[2]) then error(r[2], 0) end
+  return table.unpack(r, 1, r.n)
+end
+
 local core_pool -- luamp.pool's Pool, once a command runs
 
 local BLOCK_MS = 2000
@@ -140,11 +148,7 @@ local function say(self, fmt, ...)
   io.stderr:write(format("luamp worker %s: " .. fmt .. "\n", self.wid, ...))
 end
 
-local function fields(list)
-  local f = {}
-  for i = 1, #list, 2 do f[list[i]] = list[i + 1] end
-  return f
-end
+local fields = broker.fields
 
 -- Registers the worker, or renews its key.
 function W:heartbeat()
@@ -190,7 +194,7 @@ end
 
 -- Serves pool pid if its sealed settings m verify; else refuses it, once.
 function W:serve(pid, m)
-  local ok, settings = pcall(core.open, self.keys.msg, broker.meta_ctx(pid),
+  local ok, settings = try(core.open, self.keys.msg, broker.meta_ctx(pid),
                              m)
   if ok then
     self.pools[pid] = {pid = pid, meta = m, settings = settings,
@@ -210,7 +214,7 @@ end
 -- Pool p ended: its executors go.
 function W:drop(p)
   self.pools[p.pid] = nil
-  if p.lp then pcall(p.lp.terminate, p.lp) end
+  if p.lp then try(p.lp.terminate, p.lp) end
   for id in pairs(p.held) do
     p.held[id] = nil
     self.inflight = self.inflight - 1
@@ -280,7 +284,7 @@ function W:start(p, id, f)
   self.inflight = self.inflight + 1
   p.held[id] = true
   local me = self
-  local ok, e = pcall(function()
+  local ok, e = try(function()
     self:executors(p):apply_async(exec_task, {p.pid, f.s, f.p},
       function(s) me:finished(p, id, f, true, s) end,
       function(err) me:finished(p, id, f, false, err) end)
@@ -309,7 +313,7 @@ end
 function W:fetched()
   if self.fetch_conn ~= self.blk then self.fetch_id = false end
   if not self.fetch_id then return end
-  local ok, v, done = pcall(self.blk.take, self.blk, self.fetch_id)
+  local ok, v, done = try(self.blk.take, self.blk, self.fetch_id)
   if ok and not done then return end
   self.fetch_id = false
   if not ok then

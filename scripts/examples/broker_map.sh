@@ -12,14 +12,18 @@ dir=$(mktemp -d)
 pw=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  set +e
+  trap - EXIT INT TERM HUP
+  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null
   for p in "${pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null
   done
   [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null
   rm -rf "$dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 for _ in $(seq 20); do
   port=$((20000 + RANDOM % 40000))
   if redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
@@ -38,7 +42,8 @@ export LUAMP_BROKER="redis://:$pw@127.0.0.1:$port/0"
 chmod 600 "$dir/key"
 export LUAMP_AUTHKEY_FILE=$dir/key
 for i in 1 2; do
-  "$luamp" worker "$LUAMP_BROKER" -c 2 --name "host$i" >>"$dir/workers.log" 2>&1 &
+  "$luamp" worker "$LUAMP_BROKER" -c 2 --name "host$i" --exit-on-broker-loss \
+    >>"$dir/workers.log" 2>&1 &
   pids+=($!)
 done
 for _ in $(seq 100); do

@@ -47,6 +47,27 @@ local function count_files(dir, pattern)
   return n
 end
 
+-- Starts a task of pool p that marks dir with the pid of the worker
+-- running it (its executor's parent), sleeps secs and returns that pid;
+-- returns its AsyncResult and the pid, once the mark is there.
+local function started_somewhere(p, dir, secs)
+  local r = p:apply_async(function(d, t)
+    local mp = require "luamp"
+    local f = io.open(d .. "/" .. mp.parent_process().pid, "w")
+    f:close()
+    mp.sleep(t)
+    return mp.parent_process().pid
+  end, {dir, secs})
+  local first
+  assert.is_true(H.wait_for(function()
+    local f = io.popen("ls " .. H.q(dir))
+    first = tonumber(f:read("l"))
+    f:close()
+    return first ~= nil
+  end, 10))
+  return r, first
+end
+
 -- What a test leaves to undo, done after it, last first, whatever
 -- happened (busted's finally keeps one function).
 local undo = {}
@@ -277,20 +298,7 @@ describe("broker pool", function()
       end
       W2:stop()
     end)
-    local r = p:apply_async(function(d)
-      local mp = require "luamp"
-      local f = io.open(d .. "/" .. mp.parent_process().pid, "w")
-      f:close()
-      mp.sleep(1)
-      return mp.parent_process().pid
-    end, {dir})
-    local first
-    assert.is_true(H.wait_for(function()
-      local f = io.popen("ls " .. H.q(dir))
-      first = tonumber(f:read("l"))
-      f:close()
-      return first ~= nil
-    end, 10))
+    local r, first = started_somewhere(p, dir, 1)
     victim = first == W1.pid and W1 or W2
     local other = victim == W1 and W2 or W1
     for _, k in ipairs(victim:executors()) do
@@ -559,20 +567,7 @@ describe("broker pool", function()
       W2:stop()
       os.execute("rm -rf " .. H.q(dir))
     end)
-    local r = p:apply_async(function(d)
-      local mp = require "luamp"
-      local f = io.open(d .. "/" .. mp.parent_process().pid, "w")
-      f:close()
-      mp.sleep(1.5)
-      return mp.parent_process().pid
-    end, {dir})
-    local first
-    assert.is_true(H.wait_for(function()
-      local f = io.popen("ls " .. H.q(dir))
-      first = tonumber(f:read("l"))
-      f:close()
-      return first ~= nil
-    end, 10))
+    local r, first = started_somewhere(p, dir, 1.5)
     frozen = first == W1.pid and W1 or W2
     frozen:kill("STOP")
     local who = r:get(10)
@@ -593,8 +588,7 @@ describe("broker pool", function()
       w:stop()
       r2:stop()
     end)
-    r2:kill()
-    assert.is_true(r2:start())
+    assert.is_true(r2:restart())
     local p = mp.Pool{broker = r2.url, authkey = KEY, lease = 1,
                       broker_timeout = 1}
     later(function() p:terminate() end)
@@ -614,8 +608,7 @@ describe("broker pool", function()
     end)
     local rs = p:apply_async(function() require("luamp").sleep(5) end)
     mp.sleep(0.3)
-    r2:kill()
-    assert.is_true(r2:start())
+    assert.is_true(r2:restart())
     local ok, e = pcall(rs.get, rs, 10)
     assert.is_false(ok)
     assert.are.equal("BrokerError", e.type)
@@ -685,6 +678,65 @@ describe("broker pool", function()
     later(function() p:terminate() end)
     assert.are.same({2, 4, n = 2}, p:map(function(x) return 2 * x end,
                                          {1, 2}))
+  end)
+
+  it("sends a function once per pool, and each executor fetches it once",
+     function()
+    local big = string.rep("x", 1 << 20)
+    local function gets()
+      return tonumber(R:cli("INFO", "commandstats")
+                      :match("cmdstat_get:calls=(%d+)") or 0)
+    end
+    local before = gets()
+    local p = pool{processes = 2}
+    later(function() p:terminate() end)
+    local t = p._sched.t
+    local function f(i) return #big + i end
+    local rs = {}
+    for i = 1, 300 do rs[i] = p:apply_async(f, {i}) end
+    for i = 1, 300 do assert.are.equal((1 << 20) + i, rs[i]:get(30)) end
+    local keys = R:cli("KEYS", t.k.code .. "*")
+    assert.are.equal(1, select(2, keys:gsub("\n", "")) + 1, keys)
+    -- every GET of a function is one fetch by one executor
+    local fetched = gets() - before
+    assert.is_true(fetched >= 1 and fetched <= 2, "fetched " .. fetched
+                   .. " times by 2 executors")
+  end)
+
+  it("refuses a message of another build before its MAC, naming both",
+     function()
+    local core = require "luamp.core"
+    local k = core.hmac(KEY, "x")
+    local s = core.seal(k, "ctx", {1, 2, 3})
+    local other = s:sub(1, 5) .. "\x44\xc5\x00\x00" .. s:sub(10)
+    local ok, e = pcall(core.open, k, "ctx", other)
+    assert.is_false(ok)
+    assert.are.equal("WireError", e.type)
+    assert.are.equal("the message was made by Lua 5.5.0 (64-bit integers, "
+      .. "64-bit floats, 64-bit sizes, little-endian); this process runs "
+      .. core.wire_build(), e.message)
+    local ok2, e2 = pcall(core.open, k, "other ctx", s)
+    assert.is_false(ok2)
+    assert.are.equal("AuthenticationError", e2.type)
+  end)
+
+  it("raises AuthenticationError when only workers with another key serve",
+     function()
+    W1:kill("STOP")
+    local bad = H.worker(R, {c = 1, key = "another-key-0123456789abcdef"})
+    local p = pool{broker_timeout = 1}
+    later(function()
+      W1:kill("CONT")
+      bad:stop()
+      p:terminate()
+    end)
+    local took, ok, e = H.timed(function()
+      return pcall(p.apply, p, function() return 1 end)
+    end)
+    assert.is_false(ok)
+    assert.are.equal("AuthenticationError", e.type)
+    assert.matches("does every worker have the pool's authkey", e.message)
+    assert.is_true(took < 5, "took " .. took)
   end)
 
   it("luamp keygen and luamp workers", function()

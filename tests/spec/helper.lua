@@ -395,6 +395,23 @@ function Redis:start()
   return true
 end
 
+-- Kills the server with -9 and starts it again on the same port, empty,
+-- in one shell command: no luamp call (whose pool work might reconnect
+-- meanwhile) runs in between.  True once it answers.
+function Redis:restart()
+  local ok = os.execute(string.format(
+    "kill -9 %d; while kill -0 %d 2>/dev/null; do sleep 0.01; done; "
+    .. "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
+    .. "--requirepass %s --dir %s --daemonize yes --pidfile %s/redis.pid "
+    .. "--logfile %s/redis.log --loglevel warning; "
+    .. "for i in $(seq 500); do redis-cli -p %d -a %s --no-auth-warning "
+    .. "ping 2>/dev/null | grep -q PONG && exit 0; sleep 0.01; done; exit 1",
+    self.pid, self.pid, self.port, self.password, H.q(self.dir),
+    H.q(self.dir), H.q(self.dir), self.port, self.password))
+  self.pid = tonumber(H.readfile(self.dir .. "/redis.pid"))
+  return ok == true
+end
+
 function Redis:cli(...)
   local args = {}
   for i, a in ipairs({...}) do args[i] = H.q(a) end

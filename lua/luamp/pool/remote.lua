@@ -256,11 +256,7 @@ end
 
 -- ----------------------------------------------------------- receiving
 
-local function fields(list)
-  local f = {}
-  for i = 1, #list, 2 do f[list[i]] = list[i + 1] end
-  return f
-end
+local fields = broker.fields
 
 -- One entry of the result stream.
 local function outcome(self, f)
