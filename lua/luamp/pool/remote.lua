@@ -81,7 +81,8 @@ function T.new(cfg, n, bo)
     error(e, 0)
   end
   self.renew_at = monotonic() + bo.ttl / 3
-  self.born = monotonic()
+  self.born, self.heard_at, self.ping_at = monotonic(), monotonic(), 0
+  self.ping_id = false
   return self
 end
 
@@ -148,7 +149,9 @@ end
 -- pool carries on if its state is still there.
 local function reconnect(self, e)
   local bo = self.bo
-  local deadline = monotonic() + bo.broker_timeout
+  -- broker_timeout from when the broker was last heard, at least a little
+  local deadline = self.heard_at + bo.broker_timeout
+  if deadline < monotonic() + 0.1 then deadline = monotonic() + 0.1 end
   local delay = 0.05
   while true do
     local ok, why = pcall(function()
@@ -168,7 +171,8 @@ local function reconnect(self, e)
       self.cmd, self.blk, self.run_id = cmd, blk, run_id
     end)
     if ok then
-      self.read_id = false
+      self.read_id, self.ping_id = false, false
+      self.heard_at = monotonic()
       return true
     end
     if core.is_interrupt(why) then error(why, 0) end
@@ -336,10 +340,32 @@ local function renew(self)
   self.renew_at = monotonic() + self.bo.ttl / 3
 end
 
+-- Liveness: a PING is kept going on the command connection, one at a
+-- time, every broker_timeout / 4, each with half of broker_timeout to be
+-- answered, so that a broker that stops answering is noticed within
+-- three quarters of broker_timeout, whatever the pool is doing.
+local function ping(self, now)
+  local bt = self.bo.broker_timeout
+  if self.ping_id then
+    local _, done = self.cmd:take(self.ping_id)
+    if not done then return end
+    self.ping_id = false
+    self.heard_at = now
+  end
+  if now >= self.ping_at then
+    self.ping_id = self.cmd:send({"PING"}, bt / 2)
+    self.ping_conn = self.cmd
+    self.ping_at = now + bt / 4
+  end
+end
+
 local function pull(self)
   local blk = self.blk
   blk:dispatch()
-  if monotonic() >= self.renew_at then renew(self) end
+  local now = monotonic()
+  if self.ping_conn ~= self.cmd then self.ping_id = false end
+  ping(self, now)
+  if now >= self.renew_at then renew(self) end
   while true do
     if not self.read_id then
       if not next(self.entries) then return end
@@ -351,6 +377,7 @@ local function pull(self)
     local v, done = blk:take(self.read_id)
     if not done then return end
     self.read_id = false
+    self.heard_at = now
     if v then
       local list = v[1][2]
       local dels = {"XDEL", self.k.r}
@@ -412,9 +439,10 @@ function T:waitables(list)
 end
 
 -- How long a wait may last before the pool's work must run again (its
--- keys' time to live).
+-- keys' time to live, its liveness check).
 function T:timeout()
-  local left = self.renew_at - monotonic()
+  local due = self.renew_at < self.ping_at and self.renew_at or self.ping_at
+  local left = due - monotonic()
   return left > 0 and left or 0
 end
 
