@@ -483,15 +483,23 @@ describe("broker pool", function()
     entry(bad, 9001, h, dir .. "/forged")        -- the task's MAC is wrong
     entry(good, 9002, h, dir .. "/flipped", true) -- one byte altered
     entry(good, 9003, he, "touch " .. dir .. "/executed") -- forged function
+    -- a genuine entry of another pool, replayed into this one
+    local am = core.message({dir .. "/replayed", n = 1})
+    local other = core.seal(good.msg, broker.task_ctx("0123456789abcdef",
+                                                      9005),
+                            {id = {1}, f = {h}, a = {am}, k = {0}}, "task")
+    am:close()
+    conn:call({"XADD", t.k.t, "*", "s", 9005, "p", other, "d", 1})
     entry(good, 9004, h, dir .. "/genuine")       -- the control
     assert.is_true(H.wait_for(function()
       return H.readfile(dir .. "/genuine") ~= nil
         and R:cli("XLEN", t.k.t) == "0"
         and R:cli("XPENDING", t.k.t, "w"):match("^0") ~= nil
-    end, 10), "the entries were not all taken")
+    end, 20), "the entries were not all taken")
     assert.is_nil(H.readfile(dir .. "/forged"))
     assert.is_nil(H.readfile(dir .. "/flipped"))
     assert.is_nil(H.readfile(dir .. "/executed"))
+    assert.is_nil(H.readfile(dir .. "/replayed"))
     local dead = R:cli("XRANGE", "luamp:dead", "-", "+")
     assert.matches("MAC is wrong", dead)
     fm:close()
