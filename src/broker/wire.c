@@ -92,7 +92,8 @@ static int wire_seal(lua_State *L) {
   build_bytes((unsigned char *)b->data + 5);
   memset(b->data + HDR, 0, MACLEN);
   b->len = HDR + MACLEN;
-  lmp_encode_wire(L, 3, root, b);
+  lmp_encode_wire(L, 3, root, b, "a local %s cannot cross to another "
+                  "machine");
   mac_of(key, klen, ctx, clen, b->data, b->data + HDR + MACLEN,
          b->len - HDR - MACLEN, mac);
   memcpy(b->data + HDR, mac, MACLEN);

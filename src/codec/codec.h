@@ -185,13 +185,15 @@ void lmp_bufhandle_bind(lua_State *L, lmp_obj *o);
  * back without walking it. */
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b);
 
-/* As lmp_encode, for another machine: a shared object (or a Message
- * naming one) raises "cannot send <root><path>: a local Queue cannot
- * cross to another machine", so the message names none and takes no
- * references.  Its functions are signed with this family's key; the
- * receiver re-signs them (lmp_msg_resign) once it has authenticated the
- * sender by other means. */
-size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b);
+/* As lmp_encode, for a receiver outside the family (another machine, a
+ * Client's peer): a shared object (or a Message naming one) raises
+ * "cannot send <root><path>: <why>", why a format given the class's name
+ * ("a local %s cannot cross to another machine"), so the message names
+ * none and takes no references; returns 0.  Its functions are signed with
+ * this family's key; the receiver re-signs them (lmp_msg_resign) once it
+ * has authenticated the sender by other means. */
+size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
+                       const char *why);
 
 /* As lmp_encode, but the message takes no references: returns how many
  * objects it names.  lmp_msg_retain_counted then takes them, counting each

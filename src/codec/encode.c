@@ -61,7 +61,8 @@ typedef struct enc {
   size_t gaps[ROPEMAX]; /* where each gap is in b */
   int depth;  /* tables and functions entered */
   int rebuilt; /* the names cache was built during this call */
-  int wire;    /* for another machine: no shared object may be written */
+  const char *wire; /* no shared object may be written: why, a format of
+                     * the class's name (NULL: any may) */
   struct names *names; /* the names cache, NULL until needed */
   uint32_t nref;  /* tables and functions numbered */
   size_t nobj;    /* objects written */
@@ -825,9 +826,11 @@ static void encother(enc *e, int idx, int t) {
       const char *m = lmp_tomsg(L, idx, &n, &nobj);
       lmp_obj *o;
       char *p;
-      if (m != NULL && e->wire && nobj > 0)
-        fail(e, idx, "a Message naming local shared objects cannot cross "
-             "to another machine");
+      if (m != NULL && e->wire != NULL && nobj > 0) {
+        char why[128];
+        snprintf(why, sizeof why, e->wire, "Message's object");
+        fail(e, idx, why);
+      }
       if (m != NULL) { /* a Message: as it is */
         puttagv(e, LMP_TAG_MSG, nobj);
         need(e, 10);
@@ -838,12 +841,11 @@ static void encother(enc *e, int idx, int t) {
         break;
       }
       if ((o = lmp_toobj(L, idx)) == NULL) fail(e, idx, NULL);
-      if (e->wire) {
+      if (e->wire != NULL) {
         char why[128];
         const char *name = lmp_classof(L, idx)->name;
         if (strncmp(name, "luamp.", 6) == 0) name += 6;
-        snprintf(why, sizeof why, "a local %s cannot cross to another "
-                 "machine", name);
+        snprintf(why, sizeof why, e->wire, name);
         fail(e, idx, why);
       }
       need(e, 21);
@@ -930,7 +932,7 @@ static void pieces(enc *e, lmp_pieces *pc) {
  * which only slice[1] items from index slice[0] are written (encslice). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg, lmp_pieces *pc,
-                     int wire) {
+                     const char *wire) {
   enc e;
   char local[LOCALBUF];
   if (b != NULL && slice == NULL) {
@@ -1000,23 +1002,24 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
 }
 
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0, NULL, 0);
+  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL);
   /* Only now that nothing can fail does the message own its objects. */
   if (nobj > 0) lmp_msg_retain(b->data + start, b->len - start);
   return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0, NULL, 0);
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL);
 }
 
-size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0, NULL, 1);
+size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
+                       const char *why) {
+  return encode(L, idx, root, b, NULL, 0, NULL, why);
 }
 
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
-  return encode(L, idx, root, b, NULL, 0, pc, 0);
+  return encode(L, idx, root, b, NULL, 0, pc, NULL);
 }
 
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
@@ -1038,7 +1041,7 @@ void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, 0);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, NULL);
   return 1;
 }
 
@@ -1063,13 +1066,13 @@ static void checkslice(lua_State *L, lua_Integer slice[2]) {
 int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
-  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, 0);
+  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, NULL);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
 static int message(lua_State *L, const char *root, const lua_Integer *slice) {
-  encode(L, 1, root, NULL, slice, 1, NULL, 0);
+  encode(L, 1, root, NULL, slice, 1, NULL, NULL);
   return 1;
 }
 

@@ -327,7 +327,7 @@ static int listener_accept(lua_State *L) {
   double deadline = lmp_opt_deadline(L, 2);
   struct sockaddr_storage peer;
   socklen_t plen;
-  int fd, rc;
+  int fd, rc, trusted;
   for (;;) {
     plen = sizeof peer;
     fd = accept4(l->fd, (struct sockaddr *)&peer, &plen,
@@ -341,13 +341,14 @@ static int listener_accept(lua_State *L) {
     if (rc < 0) return lmp_raise_errno(L, rc, "cannot accept");
     if (l->fd < 0) luaL_error(L, "attempt to use a closed listener");
   }
-  if (lua_getiuservalue(L, 1, 3) == LUA_TSTRING) { /* kept on the stack */
+  trusted = lua_getiuservalue(L, 1, 3) == LUA_TSTRING;
+  if (trusted) { /* the key is kept on the stack */
     size_t klen;
     const char *key = lua_tolstring(L, -1, &klen);
     authenticate(L, fd, key, klen, 1, deadline);
   }
   lua_pop(L, 1);
-  lmp_conn_push(L, fd);
+  lmp_conn_push(L, fd, trusted);
   pushaddr(L, (struct sockaddr *)&peer, plen);
   lua_setiuservalue(L, 1, 2);
   return 1;
@@ -424,7 +425,7 @@ static int client_new(lua_State *L) {
   rc = connect_by(L, fd, &a, deadline);
   if (rc == 0) {
     if (key != NULL) authenticate(L, fd, key, klen, 0, deadline);
-    lmp_conn_push(L, fd);
+    lmp_conn_push(L, fd, key != NULL);
     return 1;
   }
   close(fd);

@@ -169,7 +169,9 @@ typedef struct conn {
   int readable, writable;
   int sock; /* a socket (duplex): MSG_NOSIGNAL works */
   channel *ch; /* held by this handle; NULL once closed, or none */
-  int plain;   /* its peer is outside the family: plain data only */
+  /* Its peer is outside the family: plain data only (OUTSIDE), or, once
+   * authenticated, functions too (TRUSTED); never a shared object. */
+  int plain;
   unsigned char hdr[20]; /* the header of the message being read */
   size_t hgot;           /* its bytes read so far */
   uint64_t flight;       /* the id it carries, 0 if none */
@@ -244,12 +246,14 @@ static int pipe_new(lua_State *L) {
 
 /* A duplex Connection, on the top of L, of fd: a connected stream
  * socket, which the Connection owns once this returns. */
-void lmp_conn_push(lua_State *L, int fd) {
+enum { FAMILY = 0, OUTSIDE, TRUSTED };
+
+void lmp_conn_push(lua_State *L, int fd, int trusted) {
   conn *c;
   nonblock(fd);
   c = newconn(L, fd, 1, 1, NULL);
   c->sock = 1;
-  c->plain = 1;
+  c->plain = trusted ? TRUSTED : OUTSIDE;
 }
 
 /* ------------------------------------------------------------- writing */
@@ -390,10 +394,11 @@ static int conn_send(lua_State *L) {
   int rc;
   luaL_checkany(L, 2);
   c->enc->len = 0;
-  nobj = lmp_encode_bare(L, 2, "value", c->enc);
-  if (nobj > 0 && c->plain)
-    return luaL_error(L, "cannot send value: it names a shared object, "
-                      "which cannot leave its process family");
+  if (c->plain) /* a shared object raises, with its path */
+    nobj = lmp_encode_wire(L, 2, "value", c->enc,
+                           "a shared %s cannot leave its process family");
+  else
+    nobj = lmp_encode_bare(L, 2, "value", c->enc);
   if (nobj > 0 && (ch == NULL || (flight = flight_add(ch, c->enc->data,
                                                       c->enc->len, nobj)) == 0))
     return lmp_nomem(L, sizeof(flight) + nobj * sizeof(lmp_off));
@@ -556,9 +561,19 @@ static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
   int rc;
   read_frame(L, c);
-  if (c->plain) { /* from outside the family: data, and nothing else */
+  if (c->plain == OUTSIDE) { /* not authenticated: data, nothing else */
     c->flight = 0;
     lmp_decode_plain(L, c->buf, (size_t)c->n);
+    return 1;
+  }
+  if (c->plain == TRUSTED) { /* its functions signed here, and no object */
+    c->flight = 0;
+    rc = lmp_msg_resign(c->buf, (size_t)c->n);
+    if (rc == -2)
+      return luaL_error(L, "cannot receive value: it names a shared object "
+                        "of another process family");
+    if (rc < 0) return luaL_error(L, "malformed message");
+    lmp_decode(L, c->buf, (size_t)c->n);
     return 1;
   }
   if (c->flight == 0) { /* it names no object: nothing to let go of */

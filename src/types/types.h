@@ -43,8 +43,11 @@ LMP_FAMILIES(LMP_DECLARE_FAMILY)
  * NULL if it is none; raises if it is closed. */
 char *lmp_array_bytes(lua_State *L, int idx, size_t *size);
 /* A duplex Connection (pipe.c), on the top of L, of a connected stream
- * socket, which the Connection owns once this returns. */
-void lmp_conn_push(lua_State *L, int fd);
+ * socket to a peer outside the family, which the Connection owns once
+ * this returns.  An authenticated peer (trusted) may send functions,
+ * which are re-signed on arrival; any other, plain data only.  No shared
+ * object crosses either. */
+void lmp_conn_push(lua_State *L, int fd, int trusted);
 
 /* ------------------------------------------------------------------ lock */
 

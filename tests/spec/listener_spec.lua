@@ -74,8 +74,8 @@ describe("Listener and Client", function()
     end
     assert.are.same({1, "two", {three = 3}}, c:recv())
     local d = mp.Dict()
-    assert.has_error(function() c:send({d}) end, "cannot send value: it "
-      .. "names a shared object, which cannot leave its process family")
+    assert.has_error(function() c:send({d}) end, "cannot send value[1]: a "
+      .. "shared Dict cannot leave its process family")
     c:send("still usable")
     assert.are.equal("still usable", out:read("a"))
     assert.is_true(out:close())
@@ -97,6 +97,32 @@ describe("Listener and Client", function()
       os.remove(path)
       return path
     end
+
+    it("carries closures, upvalues and C functions once authenticated, "
+       .. "and no shared object", function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path, {authkey = "sesame"})
+      local out = peer(path, [[
+        local c = mp.Client(PATH, {authkey = "sesame", timeout = 10})
+        local k = 10
+        c:send(function(x) return string.rep("a", x) .. k end)
+        local f = c:recv()
+        io.write(f(3))
+      ]])
+      local c = l:accept(10)
+      local f = c:recv()
+      assert.are.equal("aaa10", f(3))
+      local t = {n = 2}
+      c:send(function(x) return t.n * x end)
+      assert.are.equal("6", out:read("a"))
+      assert.is_true(out:close())
+      local d = mp.Dict()
+      assert.has_error(function() c:send({fn = function() return d end}) end,
+        "cannot send value.fn<upvalue d>: a shared Dict cannot leave its "
+        .. "process family")
+      d:close()
+      c:close()
+    end)
 
     it("lets both sides in when they share the key", function()
       local path = fresh_path()
