@@ -99,8 +99,11 @@ static int answer(lua_State *L, int fd, const char *key, size_t klen,
                   double deadline) {
   unsigned char msg[4 + CHALLENGE], dig[LMP_SHA256_SIZE], ok = 0;
   int rc;
-  if ((rc = xfer(L, fd, msg, sizeof msg, 0, deadline)) < 0) return rc;
+  /* The magic first: a peer without a key sends its kin hello, shorter
+   * than a challenge. */
+  if ((rc = xfer(L, fd, msg, 4, 0, deadline)) < 0) return rc;
   if (memcmp(msg, AUTH_MAGIC, 4) != 0) return -EPROTO;
+  if ((rc = xfer(L, fd, msg + 4, CHALLENGE, 0, deadline)) < 0) return rc;
   lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, dig);
   if ((rc = xfer(L, fd, dig, sizeof dig, 1, deadline)) < 0) return rc;
   if ((rc = xfer(L, fd, &ok, 1, 0, deadline)) < 0) return rc;
@@ -138,6 +141,81 @@ static void authenticate(lua_State *L, int fd, const char *key, size_t klen,
     default:
       lmp_raise_errno(L, rc, "cannot authenticate");
   }
+}
+
+/*
+ * Kin: whether the peer is a process of this family, which may then send
+ * anything a Pipe carries, shared objects included.  Each side sends a
+ * nonce, then proves that it knows the family's secret (the arena's key)
+ * with an HMAC of the other's nonce, labelled with its role so that a
+ * proof cannot be reflected; each checks the other's proof.  The side
+ * that connected then makes the channel that both ends share (the record
+ * of messages in flight) and sends its offset.  A peer of another family
+ * (or of none) fails the proof, and the connection carries what may
+ * leave a family.
+ */
+#define NONCE 16
+static const unsigned char KIN_MAGIC[4] = {'L', 'M', 'P', 'K'};
+
+static void kin_proof(const unsigned char *nonce, int server,
+                      unsigned char out[LMP_SHA256_SIZE]) {
+  unsigned char msg[1 + NONCE];
+  msg[0] = server ? 's' : 'c';
+  memcpy(msg + 1, nonce, NONCE);
+  lmp_hmac_sha256(lmp_arena_key(), 16, msg, sizeof msg, out);
+}
+
+/* Runs the exchange on fd; pushes the Connection (kin or not).  On
+ * failure closes fd and raises. */
+static void kin_push(lua_State *L, int fd, int trusted, int server,
+                     double deadline) {
+  unsigned char mine[4 + NONCE], theirs[4 + NONCE];
+  unsigned char proof[LMP_SHA256_SIZE], got[LMP_SHA256_SIZE], diff = 0;
+  uint64_t off = 0;
+  int rc, i, kin;
+  memcpy(mine, KIN_MAGIC, 4);
+  if (getrandom(mine + 4, NONCE, 0) != NONCE) {
+    close(fd);
+    luaL_error(L, "cannot connect: no random bytes");
+  }
+  if ((rc = xfer(L, fd, mine, sizeof mine, 1, deadline)) < 0 ||
+      (rc = xfer(L, fd, theirs, 4, 0, deadline)) < 0)
+    goto fail;
+  if (memcmp(theirs, AUTH_MAGIC, 4) == 0) {
+    close(fd);
+    lmp_throw(L, "AuthenticationError", "the peer wants an authkey");
+  }
+  if (memcmp(theirs, KIN_MAGIC, 4) != 0) {
+    rc = -EPROTO;
+    goto fail;
+  }
+  if ((rc = xfer(L, fd, theirs + 4, NONCE, 0, deadline)) < 0) goto fail;
+  kin_proof(theirs + 4, server, proof);
+  if ((rc = xfer(L, fd, proof, sizeof proof, 1, deadline)) < 0 ||
+      (rc = xfer(L, fd, got, sizeof got, 0, deadline)) < 0)
+    goto fail;
+  kin_proof(mine + 4, !server, proof);
+  for (i = 0; i < LMP_SHA256_SIZE; i++) diff |= proof[i] ^ got[i];
+  kin = diff == 0;
+  if (!server) {
+    if (kin && (off = lmp_channel_new()) == 0) kin = 0;
+    lmp_conn_push(L, fd, trusted, kin ? off : 0); /* owns fd from here */
+    rc = xfer(L, fd, &off, sizeof off, 1, deadline);
+    if (rc < 0) luaL_error(L, "cannot connect: %s", strerror(-rc));
+    return;
+  }
+  if ((rc = xfer(L, fd, &off, sizeof off, 0, deadline)) < 0) goto fail;
+  if (!kin || !lmp_channel_check(off)) off = 0;
+  lmp_conn_push(L, fd, trusted, off);
+  return;
+fail:
+  close(fd);
+  if (rc == -EAGAIN) lmp_throw(L, "TimeoutError", "the connection's "
+                               "handshake did not end in time");
+  if (rc == -EPROTO) luaL_error(L, "the peer is not a luamp connection");
+  if (rc == -EPIPE) lmp_throw(L, "EOFError", "the connection closed during "
+                              "its handshake");
+  lmp_raise_errno(L, rc, "cannot connect");
 }
 
 /* The authkey in the options table at idx (a string), or NULL. */
@@ -348,7 +426,7 @@ static int listener_accept(lua_State *L) {
     authenticate(L, fd, key, klen, 1, deadline);
   }
   lua_pop(L, 1);
-  lmp_conn_push(L, fd, trusted);
+  kin_push(L, fd, trusted, 1, deadline);
   pushaddr(L, (struct sockaddr *)&peer, plen);
   lua_setiuservalue(L, 1, 2);
   return 1;
@@ -425,7 +503,7 @@ static int client_new(lua_State *L) {
   rc = connect_by(L, fd, &a, deadline);
   if (rc == 0) {
     if (key != NULL) authenticate(L, fd, key, klen, 0, deadline);
-    lmp_conn_push(L, fd, key != NULL);
+    kin_push(L, fd, key != NULL, 0, deadline);
     return 1;
   }
   close(fd);

@@ -248,12 +248,25 @@ static int pipe_new(lua_State *L) {
  * socket, which the Connection owns once this returns. */
 enum { FAMILY = 0, OUTSIDE, TRUSTED };
 
-void lmp_conn_push(lua_State *L, int fd, int trusted) {
+void lmp_conn_push(lua_State *L, int fd, int trusted, lmp_off chan) {
   conn *c;
+  channel *ch = chan != 0 ? (channel *)LMP_PTR(chan) : NULL;
   nonblock(fd);
-  c = newconn(L, fd, 1, 1, NULL);
+  c = newconn(L, fd, 1, 1, ch);
   c->sock = 1;
-  c->plain = trusted ? TRUSTED : OUTSIDE;
+  if (ch != NULL && c->ch == NULL) lmp_nomem(L, 64); /* the handle owns fd */
+  c->plain = ch != NULL ? FAMILY : trusted ? TRUSTED : OUTSIDE;
+}
+
+lmp_off lmp_channel_new(void) {
+  channel *ch = (channel *)lmp_obj_new(LMP_T_CHANNEL, 0, sizeof(channel));
+  if (ch == NULL) return 0;
+  lmp_guard_init(&ch->g);
+  return LMP_OFF(ch);
+}
+
+int lmp_channel_check(lmp_off off) {
+  return off != 0 && lmp_obj_check(off, LMP_T_CHANNEL);
 }
 
 /* ------------------------------------------------------------- writing */

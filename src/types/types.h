@@ -43,11 +43,17 @@ LMP_FAMILIES(LMP_DECLARE_FAMILY)
  * NULL if it is none; raises if it is closed. */
 char *lmp_array_bytes(lua_State *L, int idx, size_t *size);
 /* A duplex Connection (pipe.c), on the top of L, of a connected stream
- * socket to a peer outside the family, which the Connection owns once
- * this returns.  An authenticated peer (trusted) may send functions,
- * which are re-signed on arrival; any other, plain data only.  No shared
- * object crosses either. */
-void lmp_conn_push(lua_State *L, int fd, int trusted);
+ * socket, which the Connection owns once this returns.  With chan (a
+ * channel of lmp_channel_new, which the peer shares) the peer is of this
+ * family and anything a Pipe carries crosses; else it is outside: an
+ * authenticated peer (trusted) may send functions, which are re-signed on
+ * arrival, any other plain data only, and no shared object crosses. */
+void lmp_conn_push(lua_State *L, int fd, int trusted, lmp_off chan);
+/* A new channel (the record of a connection's messages in flight), named
+ * in this process's creating slot until a Connection holds it; 0 when the
+ * arena is exhausted.  lmp_channel_check: is off a live channel? */
+lmp_off lmp_channel_new(void);
+int lmp_channel_check(lmp_off off);
 
 /* ------------------------------------------------------------------ lock */
 

@@ -83,6 +83,37 @@ describe("Listener and Client", function()
     d:close()
   end)
 
+  it("carry shared objects between processes of one family", function()
+    local path = os.tmpname()
+    os.remove(path)
+    local l <close> = mp.Listener(path)
+    local q, d = mp.Queue(), mp.Dict()
+    local child = mp.Process{target = function()
+      local c = mp.Client(path, {timeout = 10})
+      local got = c:recv()         -- a Dict the parent made
+      got.d.from_child = true
+      local mine = mp.Queue()
+      mine:put("made in the child")
+      c:send({q = mine, f = function() return got.d end})
+      c:recv()                     -- until the parent has read it
+      c:close()
+    end}
+    child:start()
+    local c = l:accept(10)
+    c:send({d = d})
+    local back = c:recv()
+    assert.are.equal("made in the child", back.q:get(10))
+    assert.are.equal(d, back.f())
+    assert.is_true(d.from_child)
+    c:send("done")
+    child:join(10)
+    assert.are.equal(0, child.exitcode)
+    back.q:close()
+    c:close()
+    q:close()
+    d:close()
+  end)
+
   describe("with an authkey", function()
     -- Runs `code` (with PATH set to the listener's address) as another
     -- program; returns the pipe of its output.
@@ -161,16 +192,25 @@ describe("Listener and Client", function()
       local path = fresh_path()
       local l <close> = mp.Listener(path, {authkey = "sesame"})
       local out = peer(path, [[
-        local c = mp.Client(PATH, {timeout = 10})
-        c:send_bytes(("no key here, only data "):rep(4))
-        local ok, e = pcall(c.recv, c)
-        io.write(tostring(ok))
+        local ok, e = pcall(mp.Client, PATH, {timeout = 10})
+        io.write(tostring(e))
+      ]])
+      raises("AuthenticationError", "the connection closed during "
+             .. "authentication", l.accept, l, 10)
+      assert.are.equal("luamp.AuthenticationError: the peer wants an "
+                       .. "authkey", out:read("a"))
+      assert.is_true(out:close())
+      -- data in place of an answer: a wrong digest
+      out = peer(path, [[
+        local c = mp.Client(PATH, {authkey = "not the key", timeout = 10})
       ]])
       raises("AuthenticationError", "digest received was wrong", l.accept,
              l, 10)
-      assert.are.equal("false", out:read("a"))
-      assert.is_true(out:close())
-      out = peer(path, [[ mp.Client(PATH, {timeout = 10}):close() ]])
+      out:close()
+      out = peer(path, [[
+        local ok = pcall(mp.Client, PATH, {authkey = "sesame", timeout = 0})
+        os.exit(0)
+      ]])
       raises("AuthenticationError", "the connection closed during "
              .. "authentication", l.accept, l, 10)
       assert.is_true(out:close())
@@ -185,12 +225,11 @@ describe("Listener and Client", function()
                                               timeout = 10})
         io.write(tostring(e))
       ]])
-      local c = l:accept(10)
-      c:send_bytes(("plain, with no challenge "):rep(4))
+      raises("EOFError", "the connection closed during its handshake",
+             l.accept, l, 10)
       assert.are.equal("luamp.AuthenticationError: the peer sent no "
                        .. "challenge", out:read("a"))
       assert.is_true(out:close())
-      c:close()
     end)
 
     it("must be a non-empty string", function()
