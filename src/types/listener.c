@@ -144,8 +144,8 @@ static void authenticate(lua_State *L, int fd, const char *key, size_t klen,
 }
 
 /*
- * Kin: whether the peer is a process of this family, which may then send
- * anything a Pipe carries, shared objects included.  Each side sends a
+ * Kin: whether an authenticated peer is a process of this family, which
+ * may then send anything a Pipe carries, shared objects included.  Each side sends a
  * nonce, then proves that it knows the family's secret (the arena's key)
  * with an HMAC of the other's nonce, labelled with its role so that a
  * proof cannot be reflected; each checks the other's proof.  The side
@@ -165,7 +165,10 @@ static void kin_proof(const unsigned char *nonce, int server,
   lmp_hmac_sha256(lmp_arena_key(), 16, msg, sizeof msg, out);
 }
 
-/* Runs the exchange on fd; pushes the Connection (kin or not).  On
+/* Runs the exchange on fd, after an authkey's handshake (trusted); pushes
+ * the Connection, kin or not.  Without an authkey there is no exchange
+ * (a Client returns before its Listener accepts, as Python's does, so
+ * both may be in one process) and the peer is taken to be outside.  On
  * failure closes fd and raises. */
 static void kin_push(lua_State *L, int fd, int trusted, int server,
                      double deadline) {
@@ -173,6 +176,10 @@ static void kin_push(lua_State *L, int fd, int trusted, int server,
   unsigned char proof[LMP_SHA256_SIZE], got[LMP_SHA256_SIZE], diff = 0;
   uint64_t off = 0;
   int rc, i, kin;
+  if (!trusted) {
+    lmp_conn_push(L, fd, 0, 0);
+    return;
+  }
   memcpy(mine, KIN_MAGIC, 4);
   if (getrandom(mine + 4, NONCE, 0) != NONCE) {
     close(fd);
@@ -181,10 +188,6 @@ static void kin_push(lua_State *L, int fd, int trusted, int server,
   if ((rc = xfer(L, fd, mine, sizeof mine, 1, deadline)) < 0 ||
       (rc = xfer(L, fd, theirs, 4, 0, deadline)) < 0)
     goto fail;
-  if (memcmp(theirs, AUTH_MAGIC, 4) == 0) {
-    close(fd);
-    lmp_throw(L, "AuthenticationError", "the peer wants an authkey");
-  }
   if (memcmp(theirs, KIN_MAGIC, 4) != 0) {
     rc = -EPROTO;
     goto fail;
