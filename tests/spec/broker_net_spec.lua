@@ -145,13 +145,8 @@ describe("broker pool on a network", function()
       H.q(H.luamp), H.q(script), H.q(out))))
     workers.owner = tonumber(f:read("l"))
     f:close()
-    local first
-    assert.is_true(H.wait_for(function()
-      local f = io.popen("ls " .. H.q(marks))
-      first = tonumber(f:read("l"))
-      f:close()
-      return first ~= nil
-    end, 10), "the task did not start")
+    local first = H.first_mark(marks, 10)
+    assert.is_not_nil(first, "the task did not start")
     local cut = first == workers.h1 and "h1" or "h2"
     local other = cut == "h1" and "h2" or "h1"
     assert(sh(("ip -n %s link set eth0 down"):format(NS[cut])))

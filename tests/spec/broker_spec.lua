@@ -58,13 +58,8 @@ local function started_somewhere(p, dir, secs)
     mp.sleep(t)
     return mp.parent_process().pid
   end, {dir, secs})
-  local first
-  assert.is_true(H.wait_for(function()
-    local f = io.popen("ls " .. H.q(dir))
-    first = tonumber(f:read("l"))
-    f:close()
-    return first ~= nil
-  end, 10))
+  local first = H.first_mark(dir, 10)
+  assert.is_not_nil(first, "the task did not start")
   return r, first
 end
 
@@ -305,7 +300,7 @@ describe("broker pool", function()
       os.execute("kill -9 " .. k)
     end
     victim:kill("KILL")
-    local took, who = H.timed(function() return r:get(10) end)
+    local took, who = H.timed(function() return r:get(30) end)
     assert.are.equal(other.pid, who)
     assert.is_true(took < 1 + 1 + 2, "took " .. took)
     os.execute("rm -rf " .. H.q(dir))
@@ -578,14 +573,14 @@ describe("broker pool", function()
     local r, first = started_somewhere(p, dir, 1.5)
     frozen = first == W1.pid and W1 or W2
     frozen:kill("STOP")
-    local who = r:get(10)
+    local who = r:get(30)
     assert.are_not.equal(first, who)
     frozen:kill("CONT")
     frozen = nil
     -- the frozen one finishes too: its result is a duplicate, dropped
     assert.is_true(H.wait_for(function()
       return R:cli("HGET", p._sched.t.k.meta, "dup") == "1"
-    end, 5), "no duplicate counted")
+    end, 15), "no duplicate counted")
     assert.are.equal(2, count_files(dir, "%d"))
   end)
 

@@ -346,6 +346,19 @@ package.loaded["spec_helper"] = H
 _G.spec_helper = H
 -- ----------------------------------------------------------- a broker
 
+-- Waits (timeout seconds) for a file to appear in dir; the first name
+-- there as a number (the specs name marks after pids), or nil.
+function H.first_mark(dir, timeout)
+  local first
+  H.wait_for(function()
+    local f = io.popen("ls " .. H.q(dir))
+    first = tonumber(f:read("l"))
+    f:close()
+    return first ~= nil
+  end, timeout)
+  return first
+end
+
 -- A redis-server of the test's own: loopback, a random port (20000 to
 -- 60000, another tried if it is taken), a random password, no
 -- persistence, in a directory of its own.  Fields: port, password, url,
