@@ -33,7 +33,9 @@ M.DEFAULT_PORT = 6379
 -- ------------------------------------------------------------------ URL
 
 local function unescape(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+  return (s:gsub("%%(%x%x)", function(h)
+    return string.char(tonumber(h, 16))
+  end))
 end
 
 local function query(q, cfg)
@@ -283,7 +285,9 @@ function M.connect(cfg, role, timeout, level)
   end
   local self = setmetatable({c = c, cfg = cfg, timeout = timeout}, Conn)
   local ids = {}
-  if cfg.password then ids[#ids + 1] = c:send({"AUTH", cfg.password}, timeout) end
+  if cfg.password then
+    ids[#ids + 1] = c:send({"AUTH", cfg.password}, timeout)
+  end
   if cfg.db ~= 0 then ids[#ids + 1] = c:send({"SELECT", cfg.db}, timeout) end
   ids[#ids + 1] = c:send({"CLIENT", "SETNAME", format("luamp-%s:%d", role,
                                                        core.getpid())},
@@ -297,7 +301,8 @@ function M.connect(cfg, role, timeout, level)
               .. "password: put it in the URL (redis://:PASSWORD@host)"),
               level)
       end
-      if v and (v:find("WRONGPASS", 1, true) or v:find("invalid password")) then
+      if v and (v:find("WRONGPASS", 1, true)
+                or v:find("invalid password", 1, true)) then
         error(errors.new("AuthenticationError", cfg.url .. " refused the "
               .. "password: " .. v), level)
       end

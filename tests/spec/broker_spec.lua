@@ -338,7 +338,10 @@ describe("broker pool", function()
     local p = pool{processes = 4}
     later(function() p:terminate() end)
     local stream = p._sched.t.k.t
-    local rs = p:map_async(function(x) require("luamp").sleep(0.2) return x end,
+    local rs = p:map_async(function(x)
+                             require("luamp").sleep(0.2)
+                             return x
+                           end,
                            H.range(1, 100), 1)
     mp.sleep(0.3)
     assert.is_true(tonumber(R:cli("XLEN", stream)) > 0)

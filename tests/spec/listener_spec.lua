@@ -225,6 +225,46 @@ describe("Listener and Client", function()
       c:close()
     end)
 
+    it("survives garbage in place of a handshake, and stays usable",
+       function()
+      local l <close> = mp.Listener("127.0.0.1:0", {authkey = "sesame"})
+      local port = l.address:match(":(%d+)$")
+      -- Each peer writes bytes of its own (some starting as an answer or a
+      -- family hello would, most random, some cut short) and goes.
+      local script = os.tmpname()
+      H.writefile(script, [[
+        exec 3<>/dev/tcp/127.0.0.1/$1 || exit 0
+        case $(($2 % 4)) in
+          0) head -c $(($2 % 97)) /dev/urandom >&3 ;;
+          1) printf 'LMPK' >&3; head -c $(($2 % 40)) /dev/urandom >&3 ;;
+          2) head -c 32 /dev/urandom >&3; printf '\001LMPA' >&3
+             head -c $(($2 % 50)) /dev/urandom >&3 ;;
+          3) head -c 33 /dev/urandom >&3; sleep 0.05 ;;
+        esac
+        exec 3>&-
+      ]])
+      local seen = {}
+      for i = 1, 120 do
+        os.execute(string.format("bash %s %s %d 2>/dev/null &", H.q(script),
+                                 port, math.random(0, 1 << 20) * 4 + i % 4))
+        local ok, e = pcall(l.accept, l, 5)
+        assert.is_false(ok, "garbage was let in")
+        assert.is_table(e, tostring(e))
+        seen[e.type] = true
+      end
+      os.remove(script)
+      assert.is_true(seen.AuthenticationError)
+      -- and a real client still gets in
+      local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(
+        ("local mp = require 'luamp'\n"
+         .. "local c = mp.Client(%q, {authkey = 'sesame', timeout = 10})\n"
+         .. "c:send('hello')"):format(l.address))))
+      local c = l:accept(10)
+      assert.are.equal("hello", c:recv())
+      assert.is_true(out:close())
+      c:close()
+    end)
+
     it("must be a non-empty string", function()
       assert.has_error(function() mp.Listener(fresh_path(), {authkey = 5}) end,
         "bad argument #2 to 'Listener' (authkey must be a non-empty string)")
