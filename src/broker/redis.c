@@ -486,6 +486,16 @@ static void on_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *ai) {
 
 static int resolved(void *ud) { return ((resolve *)ud)->done; }
 
+/* Raises "cannot connect to <where>: <why>", why on the top. */
+static int cannot_connect(lua_State *L, const char *path, const char *host,
+                          lua_Integer port) {
+  if (path != NULL)
+    return luaL_error(L, "cannot connect to %s: %s", path,
+                      lua_tostring(L, -1));
+  return luaL_error(L, "cannot connect to %s:%d: %s", host, (int)port,
+                    lua_tostring(L, -1));
+}
+
 /* redis_connect{host=, port=, path=, timeout=} -> a connection.  Raises
  * "cannot connect to <where>: <why>" (a string) on failure. */
 static int redis_connect(lua_State *L) {
@@ -540,13 +550,9 @@ static int redis_connect(lua_State *L) {
   }
   if (ac == NULL) return luaL_error(L, "cannot connect: out of memory");
   if (ac->err) {
-    lua_pushfstring(L, "%s", ac->errstr);
+    lua_pushstring(L, ac->errstr);
     redisAsyncFree(ac);
-    if (path != NULL)
-      return luaL_error(L, "cannot connect to %s: %s", path,
-                        lua_tostring(L, -1));
-    return luaL_error(L, "cannot connect to %s:%d: %s", host, (int)port,
-                      lua_tostring(L, -1));
+    return cannot_connect(L, path, host, port);
   }
   c = calloc(1, sizeof *c);
   if (c == NULL) {
@@ -589,11 +595,7 @@ static int redis_connect(lua_State *L) {
     const char *why = c->connecting ? "no answer in time" : c->why;
     lua_pushstring(L, why);
     close_conn(h);
-    if (path != NULL)
-      return luaL_error(L, "cannot connect to %s: %s", path,
-                        lua_tostring(L, -1));
-    return luaL_error(L, "cannot connect to %s:%d: %s", host, (int)port,
-                      lua_tostring(L, -1));
+    return cannot_connect(L, path, host, port);
   }
   lua_pushvalue(L, 6);
   return 1;
