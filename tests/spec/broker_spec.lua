@@ -157,6 +157,15 @@ describe("broker pool", function()
       assert.are.equal(sum, got)
     end)
 
+    it("a callback that waits for another result of its pool", function()
+      local got
+      local r = p:apply_async(function(x) return x + 1 end, {1},
+        function(v) got = p:apply(function(y) return y * 10 end, {v}) end)
+      assert.are.equal(2, r:get(10))
+      assert.is_true(H.wait_for(function() return got ~= nil end, 10))
+      assert.are.equal(20, got)
+    end)
+
     it("a C function by name, and a module's", function()
       assert.are.equal("ABC", p:apply(string.upper, {"abc"}))
       local str = string

@@ -80,8 +80,7 @@ describe("Dict under SIGKILL", function()
     local why, seed = H.seeded()
     local acks_path = os.tmpname()
     finally(function() os.remove(acks_path) end)
-    collectgarbage()
-    local blocks = mp.stats().arena_blocks
+    local before = H.snapshot()
     local d = mp.Dict()
     local stop = core.blob(1)
     stop:set("\0")
@@ -134,9 +133,7 @@ describe("Dict under SIGKILL", function()
     assert.are.equal(0, #d)
     d:close()
     stop:close()
-    collectgarbage()
-    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
-      .. why)
+    H.settled(before, why)
   end)
 
   -- A child counts and moves one key along with the count, and is killed
@@ -144,8 +141,7 @@ describe("Dict under SIGKILL", function()
   -- of the three states the loop passes through, exactly.
   it("leaves each operation done or not done, never half", function()
     local why = H.seeded()
-    collectgarbage()
-    local blocks = mp.stats().arena_blocks
+    local before = H.snapshot()
     local d = mp.Dict{n = 0, k0 = 0}
     H.kill_rounds{rounds = 40, pause = 0.002, why = why,
       start = function()
@@ -183,17 +179,14 @@ describe("Dict under SIGKILL", function()
         d["k" .. n] = n
       end}
     d:close()
-    collectgarbage()
-    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
-      .. why)
+    H.settled(before, why)
   end)
 
   -- pop copies the value out before it lets the entry go: a child killed
   -- then must not take the entry's memory with it.
   it("gives back the entries of pops killed halfway", function()
     local why = H.seeded()
-    collectgarbage()
-    local blocks = mp.stats().arena_blocks
+    local before = H.snapshot()
     local d = mp.Dict()
     local big = ("p"):rep(60000)
     H.kill_rounds{rounds = 150, pause = 0.003, why = why,
@@ -214,9 +207,7 @@ describe("Dict under SIGKILL", function()
       end}
     d:clear()
     d:close()
-    collectgarbage()
-    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
-      .. why)
+    H.settled(before, why)
   end)
 
   -- Values that hold a shared object: a killed writer must not leave the
@@ -228,8 +219,7 @@ describe("Dict under SIGKILL", function()
   pending("leaks no shared object held in values written by killed processes",
      function()
     local why, seed = H.seeded()
-    collectgarbage()
-    local before = mp.stats()
+    local before = H.snapshot()
     local d = mp.Dict()
     local held = mp.List{"held by values"}
     local stop = core.blob(1)
@@ -256,12 +246,6 @@ describe("Dict under SIGKILL", function()
     d:close()
     held:close()
     stop:close()
-    collectgarbage()
-    collectgarbage()
-    local after = mp.stats()
-    assert.are.equal(before.objects, after.objects, "shared objects leaked"
-      .. why)
-    assert.are.equal(before.arena_blocks, after.arena_blocks,
-      "arena blocks leaked" .. why)
+    H.settled(before, why)
   end)
 end)

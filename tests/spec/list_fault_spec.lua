@@ -51,8 +51,7 @@ describe("List under SIGKILL", function()
 
   it("stays consistent and blocks nobody", function()
     local why, seed = H.seeded()
-    collectgarbage()
-    local blocks = mp.stats().arena_blocks
+    local before = H.snapshot()
     local l = mp.List()
     local stop = core.blob(1)
     stop:set("\0")
@@ -91,9 +90,7 @@ describe("List under SIGKILL", function()
 
     l:close()
     stop:close()
-    collectgarbage()
-    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
-      .. why)
+    H.settled(before, why)
   end)
 
   -- A child moves one tagged item from the front to the back, over and
@@ -101,8 +98,7 @@ describe("List under SIGKILL", function()
   -- exactly once, none lost and none doubled.
   it("leaves each move done or not done, never half", function()
     local why = H.seeded()
-    collectgarbage()
-    local blocks = mp.stats().arena_blocks
+    local before = H.snapshot()
     local l = mp.List{1, 2, 3, 4, 5, 6, 7, 8}
     H.kill_rounds{rounds = 60, pause = 0.003, why = why,
       start = function()
@@ -127,16 +123,13 @@ describe("List under SIGKILL", function()
         end
       end}
     l:close()
-    collectgarbage()
-    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
-      .. why)
+    H.settled(before, why)
   end)
 
   it("gives back the items of pops and replacements killed halfway",
      function()
     local why = H.seeded()
-    collectgarbage()
-    local blocks = mp.stats().arena_blocks
+    local before = H.snapshot()
     local l = mp.List{"x"}
     local big = ("p"):rep(60000)
     H.kill_rounds{rounds = 100, pause = 0.003, why = why,
@@ -156,8 +149,6 @@ describe("List under SIGKILL", function()
         end
       end}
     l:close()
-    collectgarbage()
-    assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks leaked"
-      .. why)
+    H.settled(before, why)
   end)
 end)
