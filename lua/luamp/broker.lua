@@ -100,20 +100,35 @@ end
 
 -- ------------------------------------------------------------------ keys
 
+-- The key in the file at path, its last newline left out; what names the
+-- file in the error, raised at level (nil: with no position).
+function M.keyfile(path, what, level)
+  local f, e = io.open(path, "rb")
+  if not f then
+    error("cannot read " .. what .. ": " .. e, level and level + 1 or 0)
+  end
+  local key = f:read("a"):gsub("\r?\n$", "")
+  f:close()
+  return key
+end
+
+-- This host's name, as workers and owners tell it.
+function M.hostname()
+  local f = io.open("/proc/sys/kernel/hostname")
+  local name = f and f:read("l") or "?"
+  if f then f:close() end
+  return name
+end
+
 -- The authkey: the argument, else LUAMP_AUTHKEY, else the contents of the
--- file LUAMP_AUTHKEY_FILE (its last newline left out).  At least 16
--- bytes.  Raises with what to do when there is none.
+-- file LUAMP_AUTHKEY_FILE.  At least 16 bytes.  Raises with what to do
+-- when there is none.
 function M.authkey(key, level)
   level = (level or 1) + 1
   if key == nil then key = os.getenv("LUAMP_AUTHKEY") end
-  if key == nil then
-    local path = os.getenv("LUAMP_AUTHKEY_FILE")
-    if path then
-      local f, e = io.open(path, "rb")
-      if not f then error("cannot read LUAMP_AUTHKEY_FILE: " .. e, level) end
-      key = f:read("a"):gsub("\r?\n$", "")
-      f:close()
-    end
+  if key == nil and os.getenv("LUAMP_AUTHKEY_FILE") then
+    key = M.keyfile(os.getenv("LUAMP_AUTHKEY_FILE"), "LUAMP_AUTHKEY_FILE",
+                    level)
   end
   if key == nil then
     error("a broker pool needs an authkey: pass authkey = ..., or set "

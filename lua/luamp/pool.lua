@@ -112,9 +112,7 @@ local function broker_options(opts, url)
     argerror(1, "Pool", "name must be a string", 2)
   end
   bo.name = opts.name
-  local h = io.open("/proc/sys/kernel/hostname")
-  bo.host = h and h:read("l") or "?"
-  if h then h:close() end
+  bo.host = broker.hostname()
   return bo
 end
 

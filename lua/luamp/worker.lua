@@ -171,13 +171,14 @@ function W:refresh()
   local c = self.cmd
   local pids = c:call({"SMEMBERS", self.k.pools})
   local metas = {}
-  for i, pid in ipairs(pids) do
-    metas[i] = c:send({"HGET", broker.names(self.cfg.ns, pid).meta, "m"})
+  for i, pid in ipairs(pids) do -- the settings of new pools, else whether
+    local key = broker.names(self.cfg.ns, pid).meta -- they are still there
+    metas[i] = c:send(self.pools[pid] and {"HLEN", key} or {"HGET", key, "m"})
   end
   local alive = {}
   for i, pid in ipairs(pids) do
     local m = c:wait(metas[i])
-    if not m then
+    if not m or m == 0 then
       c:send({"SREM", self.k.pools, pid}, nil, false)
     else
       alive[pid] = true
@@ -478,14 +479,6 @@ local function usage(msg)
   return 2
 end
 
-local function read_key(path)
-  local f, e = io.open(path, "rb")
-  if not f then error("cannot read the authkey file: " .. e, 0) end
-  local k = f:read("a"):gsub("\r?\n$", "")
-  f:close()
-  return k
-end
-
 local function worker_main(args)
   local url, c, key, name, exit_on_loss = nil, core.cpu_count(), nil, nil,
     false
@@ -500,7 +493,7 @@ local function worker_main(args)
     elseif a == "--authkey-file" then
       i = i + 1
       if not args[i] then return usage("--authkey-file wants a file") end
-      key = read_key(args[i])
+      key = broker.keyfile(args[i], "the authkey file")
     elseif a == "--require" then
       i = i + 1
       if not args[i] then return usage("--require wants a module") end
@@ -523,9 +516,7 @@ local function worker_main(args)
   key = broker.authkey(key, 1)
   core.interrupt_on_sigterm()
   for _, m in ipairs(requires) do require(m) end
-  local host = io.open("/proc/sys/kernel/hostname")
-  local hostname = host and host:read("l") or "?"
-  if host then host:close() end
+  local hostname = broker.hostname()
   state.cfg, state.keys, state.timeout = cfg, broker.keys(key), 10
   local self = setmetatable({
     cfg = cfg, keys = state.keys, c = c, name = name, host = hostname,

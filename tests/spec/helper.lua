@@ -390,16 +390,20 @@ function H.redis_server()
 end
 
 -- Starts the server (daemonized); true once it answers.
+-- The shell command that starts the server.
+function Redis:command()
+  return string.format(
+    "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
+    .. "--requirepass %s --dir %s --daemonize yes --pidfile %s/redis.pid "
+    .. "--logfile %s/redis.log --loglevel warning "
+    .. "--enable-debug-command local", self.port, self.password,
+    H.q(self.dir), H.q(self.dir), H.q(self.dir))
+end
+
 function Redis:start()
   local pidfile = self.dir .. "/redis.pid"
   os.remove(pidfile)
-  local ok = os.execute(string.format(
-    "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
-    .. "--requirepass %s --dir %s --daemonize yes --pidfile %s "
-    .. "--logfile %s/redis.log --loglevel warning "
-    .. "--enable-debug-command local", self.port, self.password,
-    H.q(self.dir), H.q(pidfile), H.q(self.dir)))
-  if ok ~= true then return false end
+  if os.execute(self:command()) ~= true then return false end
   local up = H.wait_for(function()
     return self:cli("PING") == "PONG"
   end, 5, 0.02)
@@ -413,14 +417,10 @@ end
 -- meanwhile) runs in between.  True once it answers.
 function Redis:restart()
   local ok = os.execute(string.format(
-    "kill -9 %d; while kill -0 %d 2>/dev/null; do sleep 0.01; done; "
-    .. "redis-server --port %d --bind 127.0.0.1 --save '' --appendonly no "
-    .. "--requirepass %s --dir %s --daemonize yes --pidfile %s/redis.pid "
-    .. "--logfile %s/redis.log --loglevel warning; "
+    "kill -9 %d; while kill -0 %d 2>/dev/null; do sleep 0.01; done; %s; "
     .. "for i in $(seq 500); do redis-cli -p %d -a %s --no-auth-warning "
     .. "ping 2>/dev/null | grep -q PONG && exit 0; sleep 0.01; done; exit 1",
-    self.pid, self.pid, self.port, self.password, H.q(self.dir),
-    H.q(self.dir), H.q(self.dir), self.port, self.password))
+    self.pid, self.pid, self:command(), self.port, self.password))
   self.pid = tonumber(H.readfile(self.dir .. "/redis.pid"))
   return ok == true
 end
