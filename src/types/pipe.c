@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -451,22 +452,35 @@ static int header_done(conn *c, uint64_t *n, size_t *want) {
   return 1;
 }
 
-/* Makes room in c->buf for the body of c->n bytes whose header was just
- * read. */
-static void make_room(lua_State *L, conn *c) {
-  c->got = 0;
-  if (c->buf == NULL || c->cap < c->n) {
-    size_t cap = c->n > 256 ? (size_t)c->n : 256;
-    char *nb = (uint64_t)cap < c->n ? NULL : malloc(cap);
-    if (nb == NULL) {
-      lua_Integer n = (lua_Integer)c->n;
-      conn_free(c); /* the stream is out of step for good */
-      luaL_error(L, "not enough memory for a message of %I bytes", n);
-    }
-    free(c->buf);
-    c->buf = nb;
-    c->cap = cap;
+/* The first room made for a body: a header alone claims no more than
+ * this, so that a peer announcing a huge message makes the reader hold
+ * only as much as has come; the room doubles as the bytes arrive. */
+#define FIRST_ROOM ((size_t)1 << 20)
+
+/* Gives c->buf room for at least `need` bytes of the body of c->n (need
+ * <= c->n); the bytes already read stay.  On failure the stream is out of
+ * step for good: the connection is closed and this raises. */
+static void grow_room(lua_State *L, conn *c, uint64_t need) {
+  size_t cap = c->cap > 256 ? c->cap : 256;
+  char *nb;
+  while (cap < need) cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+  if (c->n > 256 && (uint64_t)cap > c->n) cap = (size_t)c->n;
+  nb = (uint64_t)cap < need ? NULL : realloc(c->buf, cap);
+  if (nb == NULL) {
+    lua_Integer n = (lua_Integer)c->n;
+    conn_free(c);
+    luaL_error(L, "not enough memory for a message of %I bytes", n);
   }
+  c->buf = nb;
+  c->cap = cap;
+}
+
+/* Makes room in c->buf for the start of the body of c->n bytes whose
+ * header was just read. */
+static void make_room(lua_State *L, conn *c) {
+  uint64_t need = c->n < FIRST_ROOM ? c->n : FIRST_ROOM;
+  c->got = 0;
+  if (c->buf == NULL || c->cap < need) grow_room(L, c, need);
 }
 
 /* Reads one whole message from the descriptor, and no byte beyond it: on
@@ -483,8 +497,9 @@ static void read_frame(lua_State *L, conn *c) {
         c->hgot = c->got = 0;
         return;
       }
+      if (c->got == c->cap) grow_room(L, c, c->got + 1);
       dst = c->buf + c->got;
-      want = c->n - c->got;
+      want = (c->n < c->cap ? (size_t)c->n : c->cap) - c->got;
     } else {
       dst = (char *)c->hdr + c->hgot;
     }

@@ -338,6 +338,20 @@ describe("Listener and Client", function()
     out:close()
   end)
 
+  it("hold no more of a message than has come, whatever length it claims",
+     function()
+    local l <close> = mp.Listener("127.0.0.1:0")
+    local port = l.address:match(":(%d+)$")
+    -- A header claiming 1 TiB, 5 bytes of body, and the peer goes.
+    os.execute(string.format("bash -c %s 2>/dev/null &", H.q(
+      "exec 3<>/dev/tcp/127.0.0.1/" .. port
+      .. [[ && printf '\377\377\377\377\0\0\1\0\0\0\0\0hello' >&3]])))
+    local c = l:accept(10)
+    raises("EOFError", "connection closed in the middle of a message",
+           c.recv_bytes, c)
+    c:close()
+  end)
+
   it("serve 100 clients connected at once", function()
     local l <close> = mp.Listener("127.0.0.1:0")
     local code = string.format([[
