@@ -10,11 +10,13 @@ def produce(q, n, item):
         q.put(item)
 
 
-def run(n, item, maxsize=0):
+def run(n, item, maxsize, warm):
     q = mp.Queue(maxsize)
-    p = mp.Process(target=produce, args=(q, n, item))
-    t0 = time.monotonic()
+    p = mp.Process(target=produce, args=(q, warm + n, item))
     p.start()
+    for _ in range(warm):
+        q.get()
+    t0 = time.monotonic()
     for _ in range(n):
         q.get()
     dt = time.monotonic() - t0
@@ -26,14 +28,14 @@ def run(n, item, maxsize=0):
 def main():
     n_ints = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
     n_recs = int(sys.argv[2]) if len(sys.argv) > 2 else 100000
-    big_rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 16
+    big_rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 32
     rec = {"id": 12345, "name": "alpha", "score": 3.5,
            "tags": ["a", "b", "c"], "ok": True}
-    run(n_ints // 10, 1)
-    print("ints %.3f M/s" % (n_ints / run(n_ints, 12345) / 1e6))
-    print("records %.3f M/s" % (n_recs / run(n_recs, rec) / 1e6))
+    warm = 1000
+    print("ints %.3f M/s" % (n_ints / run(n_ints, 12345, 0, warm) / 1e6))
+    print("records %.3f M/s" % (n_recs / run(n_recs, rec, 0, warm) / 1e6))
     big = "x" * (64 << 20)
-    dt = run(big_rounds, big, 2)
+    dt = run(big_rounds, big, 2, 4)
     print("big %.3f GB/s" % (big_rounds * len(big) / dt / 1e9))
 
 
