@@ -82,6 +82,17 @@ LUAMP_EXPORT int luamp_close(luamp_host *h);
  * --arena and LUAMP_ARENA read it: 0, or -1 when it is malformed. */
 LUAMP_EXPORT int luamp_parse_size(const char *s, size_t *out);
 
+/* Call first in main(), before anything else, with main's arguments: if
+ * this process is a child that luamp started with the "spawn" start method
+ * (its arguments say so), runs that child and exits; otherwise returns 0
+ * at once.  A spawned child is a fresh run of the parent's executable, so
+ * an application that embeds the host and uses "spawn" must call this (as
+ * a Python program calls freeze_support()); the C functions it registers
+ * are then its to register again in `open`, called with the child's state
+ * before the child's code runs (NULL: none). */
+LUAMP_EXPORT int luamp_child_main(int argc, char **argv,
+                                  void (*open)(lua_State *L));
+
 /* The module opener, for `require "luamp"` from a stock lua5.4. */
 LUAMP_EXPORT int luaopen_luamp(lua_State *L);
 

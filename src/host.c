@@ -4,10 +4,12 @@
  * made after another was closed starts afresh.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <malloc.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lualib.h>
 
@@ -178,6 +180,60 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
 }
 
 LUAMP_EXPORT lua_State *luamp_state(luamp_host *h) { return h->L; }
+
+/* The body of a spawned child: a host, the bootstrap message read from
+ * fd, and luamp.process's `spawned`, which decodes and runs it and returns
+ * the exit status; then the end a forked child has. */
+typedef struct spawned_ud {
+  void (*open)(lua_State *L);
+} spawned_ud;
+
+static int run_spawned(int fd, void *ud) {
+  const char *err = NULL;
+  luamp_host *h = luamp_new(NULL, &err);
+  luaL_Buffer b;
+  lua_State *L;
+  int status;
+  if (h == NULL) return lmp_spawn_fail(err);
+  L = h->L;
+  if (((spawned_ud *)ud)->open != NULL) ((spawned_ud *)ud)->open(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luamp.process");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "spawned");
+  luaL_buffinit(L, &b);
+  for (;;) {
+    char *p = luaL_prepbuffer(&b);
+    ssize_t r = read(fd, p, LUAL_BUFFERSIZE);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return lmp_spawn_fail(strerror(errno));
+    if (r == 0) break;
+    luaL_addsize(&b, (size_t)r);
+  }
+  close(fd);
+  luaL_pushresult(&b);
+  status = luamp_pcall(h, 1, 1);
+  if (status != LUA_OK) {
+    if (h->interrupted) { /* Ctrl-C: die of it, quietly */
+      lmp_run_atexit(L);
+      fflush(NULL);
+      lmp_slot_retire();
+      signal(SIGINT, SIG_DFL);
+      raise(SIGINT);
+    }
+    fprintf(stderr, "%s\n", lua_tostring(L, -1));
+    lmp_exit_child(L, 1);
+  }
+  lmp_exit_child(L, (int)lua_tointeger(L, -1));
+  return 1;
+}
+
+LUAMP_EXPORT int luamp_child_main(int argc, char **argv,
+                                  void (*open)(lua_State *L)) {
+  spawned_ud ud;
+  ud.open = open;
+  return lmp_spawned_main(argc, argv, run_spawned, &ud);
+}
 
 LUAMP_EXPORT int luamp_dofile(luamp_host *h, const char *path) {
   int status = luaL_loadfile(h->L, path);

@@ -461,6 +461,7 @@ int main(int argc, char **argv) {
   lua_State *L;
   int args, script = argc, status, ok, exitcode;
 
+  luamp_child_main(argc, argv, NULL); /* a spawned child does not return */
   memset(&cfg, 0, sizeof cfg);
   if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
   if (argc > 1 && is_subcommand(argv[1])) return run_subcommand(argc, argv);

@@ -7,8 +7,9 @@ local process = require "luamp.process"
 local pool = require "luamp.pool"
 local manager = require "luamp.manager"
 
-local error, getmetatable, ipairs, pcall, tonumber, type =
-  error, getmetatable, ipairs, pcall, tonumber, type
+local error, getmetatable, ipairs, pcall, rawset, setmetatable, tonumber,
+  type = error, getmetatable, ipairs, pcall, rawset, setmetatable, tonumber,
+  type
 local pack, unpack = table.pack, table.unpack
 local argerror, checkself, reraise, typename =
   errors.argerror, errors.checkself, errors.reraise, errors.typename
@@ -169,6 +170,38 @@ function M.wait(objects, timeout)
   local ready = {}
   for i, k in ipairs(where) do ready[i] = objects[k] end
   return ready
+end
+
+M.get_all_start_methods = process.get_all_start_methods
+M.get_start_method = process.get_start_method
+M.set_start_method = process.set_start_method
+M.set_executable = process.set_executable
+M.get_executable = process.get_executable
+
+-- mp.get_context([method]) -> the whole API with Processes and Pools that
+-- start by `method` (nil: the default method); the objects they share are
+-- the same as mp's.
+local contexts = {}
+function M.get_context(method)
+  if method == nil then method = process.get_start_method() end
+  process.checkmethod("get_context", method, 2)
+  local ctx = contexts[method]
+  if ctx then return ctx end
+  ctx = setmetatable({}, {__index = M, __name = "luamp.Context"})
+  function ctx.get_start_method() return method end
+  function ctx.Process(opts)
+    local ok, p = pcall(process.Process, opts)
+    if not ok then reraise(p, "Process") end
+    rawset(p, "_start_method", method)
+    return p
+  end
+  function ctx.Pool(...)
+    local ok, p = pcall(pool.Pool, ...)
+    if not ok then reraise(p, "Pool") end
+    return p
+  end
+  contexts[method] = ctx
+  return ctx
 end
 
 M.cpu_count = core.cpu_count

@@ -4,9 +4,10 @@
 local core = require "luamp.core"
 local errors = require "luamp.errors"
 
-local error, getmetatable, ipairs, pairs, pcall, rawget, rawset,
-  setmetatable, tostring, type, xpcall = error, getmetatable, ipairs, pairs,
-  pcall, rawget, rawset, setmetatable, tostring, type, xpcall
+local error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset,
+  setmetatable, tostring, type, xpcall = error, getmetatable, ipairs, next,
+  pairs, pcall, rawget, rawset, setmetatable, tostring, type, xpcall
+local package = package
 local concat, unpack = table.concat, table.unpack
 local format = string.format
 local traceback = debug.traceback
@@ -221,6 +222,91 @@ local function bootstrap(self)
   return 0
 end
 
+-- ------------------------------------------------------------ start methods
+
+-- How a Process starts, as Python names it: "fork" (the default), or
+-- "spawn": a fresh run of an executable (see luamp_child_main) that maps
+-- the family's arena and receives the Process object as a message, so
+-- that nothing of the parent's state comes along but what the object
+-- names.  Set once per program, or per object through a context.
+local METHODS = {fork = true, spawn = true}
+local start_method   -- nil until set or first used
+local executable     -- set_executable's, or nil for core.executable()
+
+function M.get_all_start_methods() return {"fork", "spawn"} end
+
+local function checkmethod(fname, method, level)
+  if type(method) ~= "string" then
+    argerror(1, fname, "string expected, got " .. type(method), level + 1)
+  end
+  if not METHODS[method] then
+    error(format("cannot find context for %q", method), level + 1)
+  end
+end
+M.checkmethod = checkmethod
+
+-- get_start_method([allow_none]) -> the method Processes start with; the
+-- default is fixed by the first call, unless allow_none.
+function M.get_start_method(allow_none)
+  if start_method == nil and not allow_none then start_method = "fork" end
+  return start_method
+end
+
+-- set_start_method(method, [force]): once, unless forced (nil with force
+-- unsets it).
+function M.set_start_method(method, force)
+  if start_method ~= nil and not force then
+    error("context has already been set", 2)
+  end
+  if method ~= nil or not force then checkmethod("set_start_method", method, 2) end
+  start_method = method
+end
+
+-- set_executable(path): the program a spawned child runs (the luamp
+-- command, or an application that calls luamp_child_main first).
+function M.set_executable(path)
+  if type(path) ~= "string" then
+    argerror(1, "set_executable", "string expected, got " .. type(path))
+  end
+  executable = path
+end
+
+function M.get_executable() return executable or core.executable() end
+
+-- Starts self as a spawned child: its fields, its parent's name and the
+-- module paths travel as one message, which holds what they name until
+-- the child has its own.
+local function spawn(self, level)
+  local exe = executable or core.executable()
+  if exe == nil then
+    error("cannot spawn a process: there is no luamp executable to run "
+          .. "(name one with mp.set_executable)", level + 1)
+  end
+  local fields = {}
+  for k, v in next, self do fields[k] = v end
+  fields._spawn = {parent = current.name, path = package.path,
+                   cpath = package.cpath}
+  local ok, msg = pcall(core.message, fields, "process")
+  if not ok then error(msg, level + 1) end
+  local child
+  ok, child = pcall(core.spawn, msg:bytes(), self.daemon and true or false,
+                    exe)
+  msg:close()
+  if not ok then error(child, level + 1) end
+  return child
+end
+
+-- The body of a spawned child (luamp_child_main calls it with the
+-- message): the Process object is rebuilt and run as a fork's is.
+function M.spawned(bytes)
+  local fields = core.decode(bytes)
+  local info = fields._spawn
+  fields._spawn = nil
+  package.path, package.cpath = info.path, info.cpath
+  rawset(current, "_name", info.parent)
+  return bootstrap(setmetatable(fields, mt))
+end
+
 -- Forks; the child runs self:run() and exits (0 on return, 1 on error).
 function Process:start()
   checkself(self, mt, "start")
@@ -232,9 +318,14 @@ function Process:start()
     error("can only start a process object created by current process", 2)
   end
   cleanup()
-  local ok, child = pcall(core.fork, function() return bootstrap(self) end,
-                           self.daemon and true or false)
-  if not ok then error(child, 2) end
+  local ok, child
+  if (rawget(self, "_start_method") or M.get_start_method()) == "spawn" then
+    child = spawn(self, 2)
+  else
+    ok, child = pcall(core.fork, function() return bootstrap(self) end,
+                      self.daemon and true or false)
+    if not ok then error(child, 2) end
+  end
   self._child = child
   self._pid = child:pid()
   children[#children + 1] = self

@@ -35,6 +35,17 @@ extern char *lmp_base; /* arena base, the same in every process of a family */
 int lmp_arena_init(size_t size);
 int lmp_arena_ready(void);
 
+/* The descriptor of the arena's memory (close-on-exec), for a process
+ * started by exec to map; -1 when it has none (it is then anonymous
+ * memory, which only forks share). */
+int lmp_arena_fd(void);
+/* In a process started by exec: maps the arena of descriptor fd at addr,
+ * the address it has in the rest of its family (which offsets in shared
+ * structures rely on).  The process then adopts its slot (lmp_slot_adopt).
+ * -EADDRINUSE when that address is taken here, -EINVAL when fd holds no
+ * arena, -errno. */
+int lmp_arena_attach(int fd, void *addr);
+
 /* Parses "64M", "1G", "512k", "1048576" into bytes; -EINVAL when
  * malformed. */
 int lmp_parse_size(const char *s, size_t *out);
@@ -285,6 +296,8 @@ void lmp_publish(lmp_obj *o, _Atomic lmp_off *where, void *fresh);
  * finishes the repair of an operation a dead process left half done; and
  * lmp_heap_live says whether off is the start of an allocated block. */
 int lmp_heap_map(size_t size, size_t front, void **front_at);
+int lmp_heap_attach(int fd, void *addr, size_t front, void **front_at);
+int lmp_heap_fd(void);
 void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk);
 void lmp_heap_free(void *p, lmp_off *clear);
 void lmp_heap_recover(void);

@@ -60,6 +60,18 @@ int lmp_arena_init(size_t size) {
   return tab_grow(lmp_self);
 }
 
+int lmp_arena_fd(void) { return lmp_heap_fd(); }
+
+int lmp_arena_attach(int fd, void *addr) {
+  void *front;
+  int rc;
+  if (lmp_arena_ready()) return -EEXIST;
+  if ((rc = lmp_heap_attach(fd, addr, sizeof(family), &front)) < 0)
+    return rc;
+  F = front;
+  return 0;
+}
+
 void lmp_arena_stats_get(lmp_arena_stats *st) {
   lmp_heap_stats(st);
   /* Counted, not kept: a count kept beside the objects would drift by one

@@ -4,12 +4,14 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -87,6 +89,7 @@ typedef struct arena_hdr {
 
 char *lmp_base;
 static arena_hdr *H;
+static int arena_fd = -1; /* the memfd behind it, or -1 */
 
 #define BLK(off) ((block *)(lmp_base + (off)))
 #define BSIZE(b) ((b)->head & SIZEMASK)
@@ -158,9 +161,21 @@ int lmp_heap_map(size_t size, size_t front, void **front_at) {
   hdr = (sizeof(arena_hdr) + 63) & ~(size_t)63;
   off = (hdr + front + ALIGN - 1) & ~(size_t)(ALIGN - 1);
   if (off + MINBLOCK * 4 > size) return -ENOMEM;
+  /* A memfd, so that a process started by exec (spawn) can map it too;
+   * anonymous shared memory where there is none (forks only). */
+  arena_fd = memfd_create("luamp-arena", MFD_CLOEXEC);
+  if (arena_fd >= 0 && ftruncate(arena_fd, (off_t)size) < 0) {
+    close(arena_fd);
+    arena_fd = -1;
+  }
   m = mmap(NULL, size, PROT_READ | PROT_WRITE,
-           MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (m == MAP_FAILED) return -ENOMEM;
+           MAP_SHARED | MAP_NORESERVE | (arena_fd < 0 ? MAP_ANONYMOUS : 0),
+           arena_fd, 0);
+  if (m == MAP_FAILED) {
+    if (arena_fd >= 0) close(arena_fd);
+    arena_fd = -1;
+    return -ENOMEM;
+  }
   lmp_base = m;
   H = m;
   H->magic = ARENA_MAGIC;
@@ -184,6 +199,38 @@ int lmp_heap_map(size_t size, size_t front, void **front_at) {
 }
 
 const uint8_t *lmp_arena_key(void) { return H->key; }
+
+int lmp_heap_fd(void) { return arena_fd; }
+
+/* Maps the arena of descriptor fd at addr, where every process of its
+ * family has it: -EADDRINUSE when something else is there, -EINVAL when
+ * fd holds no arena, -errno. */
+int lmp_heap_attach(int fd, void *addr, size_t front, void **front_at) {
+  struct stat st;
+  void *m;
+  size_t hdr = (sizeof(arena_hdr) + 63) & ~(size_t)63;
+  (void)front;
+  if (fstat(fd, &st) < 0) return -errno;
+  if ((size_t)st.st_size < LMP_ARENA_MIN) return -EINVAL;
+  m = mmap(addr, (size_t)st.st_size, PROT_READ | PROT_WRITE,
+           MAP_SHARED | MAP_NORESERVE | MAP_FIXED_NOREPLACE, fd, 0);
+  if (m == MAP_FAILED) return errno == EEXIST ? -EADDRINUSE : -errno;
+  if (m != addr) { /* a kernel that does not know MAP_FIXED_NOREPLACE */
+    munmap(m, (size_t)st.st_size);
+    return -EADDRINUSE;
+  }
+  if (((arena_hdr *)m)->magic != ARENA_MAGIC ||
+      ((arena_hdr *)m)->size != (uint64_t)st.st_size) {
+    munmap(m, (size_t)st.st_size);
+    return -EINVAL;
+  }
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  arena_fd = fd;
+  lmp_base = m;
+  H = m;
+  *front_at = lmp_base + hdr;
+  return 0;
+}
 
 /* ------------------------------------------------------------ allocator */
 

@@ -5,10 +5,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <spawn.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -195,6 +197,22 @@ void lmp_exit_child(lua_State *L, int status) {
   _exit(status & 0xff);
 }
 
+/* Lists child c, started with pid in slot, held by handle u. */
+static void track(child_ud *u, lmp_child *c, pid_t pid, uint32_t slot,
+                  int daemon) {
+  c->pid = pid;
+  c->owner = getpid();
+  c->slot = slot;
+  c->daemon = daemon;
+  c->handles = 1;
+  c->listed = 1;
+  c->next = children;
+  if (children) children->prev = c;
+  children = c;
+  nchildren++;
+  u->c = c;
+}
+
 /* fork(fn, daemon) -> Child.  In the child, calls fn() and exits with the
  * integer it returns (or 1 if it raises); never returns there. */
 static int proc_fork(lua_State *L) {
@@ -244,18 +262,184 @@ static int proc_fork(lua_State *L) {
     }
     lmp_exit_child(L, status);
   }
-  c->pid = pid;
-  c->owner = getpid();
-  c->slot = (uint32_t)slot;
-  c->daemon = daemon;
-  c->handles = 1;
-  c->listed = 1;
-  c->next = children;
-  if (children) children->prev = c;
-  children = c;
-  nchildren++;
-  u->c = c;
+  track(u, c, pid, (uint32_t)slot, daemon);
   return 1;
+}
+
+/* ----------------------------------------------------------- spawn path */
+
+/*
+ * spawn: the child is a fresh image of an executable that hands control to
+ * luamp_child_main (the luamp command does; an embedding application's
+ * main must), started with posix_spawn, so that nothing of a threaded
+ * parent's state (a mutex another thread held, an allocator's lock) comes
+ * along.  It inherits, as descriptors 3 and 4, the arena's memfd and one
+ * holding its bootstrap message, and in argv the arena's address, its
+ * prepared slot (holding what the parent held, as a fork's does) and the
+ * parent's pid.  It is the parent's child like a fork: reaped, waited for
+ * and signalled the same way.
+ */
+#define SPAWN_FLAG "--luamp-spawned"
+
+/* A close-on-exec memfd holding n bytes of p, at offset 0; -errno. */
+static int payload_fd(const char *p, size_t n) {
+  int fd = memfd_create("luamp-spawn", MFD_CLOEXEC);
+  if (fd < 0) return -errno;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      int e = errno;
+      close(fd);
+      return -e;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  if (lseek(fd, 0, SEEK_SET) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+extern char **environ;
+
+/* Starts exe with the arena at 3 and the payload at 4: the pid, or -errno. */
+static pid_t spawn_exe(const char *exe, int pfd, uint32_t slot) {
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t at;
+  sigset_t none, all;
+  char addr[32], slotstr[16], ppid[16];
+  char *argv[] = {(char *)exe, SPAWN_FLAG, addr, slotstr, ppid, NULL};
+  /* Above 4, so that placing one cannot overwrite the other. */
+  int a = fcntl(lmp_arena_fd(), F_DUPFD_CLOEXEC, 10);
+  int b = fcntl(pfd, F_DUPFD_CLOEXEC, 10);
+  pid_t pid = -1;
+  int rc = 0;
+  if (a < 0 || b < 0) rc = errno;
+  snprintf(addr, sizeof addr, "%p", (void *)lmp_base);
+  snprintf(slotstr, sizeof slotstr, "%u", (unsigned)slot);
+  snprintf(ppid, sizeof ppid, "%d", (int)getpid());
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawn_file_actions_init(&fa);
+  posix_spawnattr_init(&at);
+  if (rc == 0) {
+    posix_spawn_file_actions_adddup2(&fa, a, 3);
+    posix_spawn_file_actions_adddup2(&fa, b, 4);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawn(&pid, exe, &fa, &at, argv, environ);
+  }
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&at);
+  if (a >= 0) close(a);
+  if (b >= 0) close(b);
+  return rc != 0 ? -rc : pid;
+}
+
+/* spawn(payload, daemon, exe) -> Child: exe started as a spawned child of
+ * this family, whose luamp_child_main runs `payload` (the bytes of a
+ * message the caller keeps until this returns). */
+static int proc_spawn(lua_State *L) {
+  size_t n;
+  const char *payload = luaL_checklstring(L, 1, &n);
+  int daemon = lua_toboolean(L, 2);
+  const char *exe = luaL_checkstring(L, 3);
+  child_ud *u;
+  lmp_child *c;
+  int slot, pfd;
+  pid_t pid;
+  if (lmp_arena_fd() < 0)
+    return luaL_error(L, "cannot spawn a process: the arena is not in a "
+                      "memfd here (memfd_create failed), so only a fork can "
+                      "share it");
+  u = lmp_newhandle(L, &sentinel_class, sizeof *u, 0);
+  c = calloc(1, sizeof *c);
+  if (c == NULL) return luaL_error(L, "not enough memory");
+  if ((pfd = payload_fd(payload, n)) < 0) {
+    free(c);
+    return luaL_error(L, "cannot spawn a process: %s", strerror(-pfd));
+  }
+  slot = lmp_slot_prepare_child();
+  if (slot < 0) {
+    free(c);
+    close(pfd);
+    if (slot == -EAGAIN)
+      return luaL_error(L, "cannot start a process: all %d process slots "
+                        "of the family are in use", LMP_MAX_PROCS);
+    return lmp_nomem(L, 0);
+  }
+  fflush(NULL);
+  pid = spawn_exe(exe, pfd, (uint32_t)slot);
+  close(pfd);
+  if (pid < 0) {
+    lmp_slot_release((uint32_t)slot);
+    free(c);
+    return luaL_error(L, "cannot spawn a process: %s: %s", exe,
+                      strerror((int)-pid));
+  }
+  track(u, c, pid, (uint32_t)slot, daemon);
+  return 1;
+}
+
+/* executable() -> the program a spawned child runs unless told another:
+ * this process's own when a luamp host runs it (the luamp command, or an
+ * application embedding one), else the installed luamp command; nil when
+ * neither can be found. */
+static int proc_executable(lua_State *L) {
+  char path[4096];
+  ssize_t n;
+  lua_getfield(L, LUA_REGISTRYINDEX, LMP_HOSTED);
+  if (lua_toboolean(L, -1) &&
+      (n = readlink("/proc/self/exe", path, sizeof path - 1)) > 0) {
+    lua_pushlstring(L, path, (size_t)n);
+    return 1;
+  }
+#ifdef LUAMP_INSTALLED_EXE
+  if (access(LUAMP_INSTALLED_EXE, X_OK) == 0) {
+    lua_pushstring(L, LUAMP_INSTALLED_EXE);
+    return 1;
+  }
+#endif
+  lua_pushnil(L);
+  return 1;
+}
+
+int lmp_spawn_fail(const char *why) {
+  fprintf(stderr, "luamp: a spawned process cannot start: %s\n", why);
+  return 1;
+}
+
+int lmp_spawned_main(int argc, char **argv, lmp_spawned_run run, void *ud) {
+  void *addr = NULL;
+  unsigned long slot;
+  long ppid;
+  char *end;
+  int rc;
+  if (argc < 2 || strcmp(argv[1], SPAWN_FLAG) != 0) return 0;
+  if (argc != 5 || sscanf(argv[2], "%p", &addr) != 1 ||
+      (slot = strtoul(argv[3], &end, 10), *end != '\0') ||
+      slot >= LMP_MAX_PROCS || (ppid = strtol(argv[4], &end, 10), *end))
+    _exit(lmp_spawn_fail("bad arguments"));
+  /* As a fork's: die with the parent, and not after it. */
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != (pid_t)ppid) _exit(1);
+  if ((rc = lmp_arena_attach(3, addr)) < 0) {
+    char why[160];
+    snprintf(why, sizeof why, "cannot map the family's arena at %p: %s",
+             addr, rc == -EADDRINUSE ? "the address is taken in this "
+             "process" : strerror(-rc));
+    _exit(lmp_spawn_fail(why));
+  }
+  lmp_pid = getpid();
+  lmp_slot_adopt((uint32_t)slot);
+  in_child = 1;
+  _exit(run(4, ud) & 0xff);
 }
 
 /* ----------------------------------------------------- Sentinel methods */
@@ -552,7 +736,8 @@ static const lmp_class sentinel_class = {
 static const lmp_class *const process_classes[] = {&sentinel_class, NULL};
 
 static const luaL_Reg proc_funcs[] = {
-  {"fork", proc_fork},         {"cpu_count", proc_cpu_count},
+  {"fork", proc_fork},         {"spawn", proc_spawn},
+  {"executable", proc_executable}, {"cpu_count", proc_cpu_count},
   {"getpid", proc_getpid},     {"getppid", proc_getppid},
   {"alive", proc_alive},       {"reaped", proc_reaped},
   {"on_exit", proc_on_exit},   {"is_child", proc_is_child},

@@ -205,6 +205,15 @@ int lmp_run_atexit(lua_State *L);
  * references, then _exit(status).  Never returns. */
 void lmp_exit_child(lua_State *L, int status);
 
+/* The start of a process made by core.spawn: when argv says it is one,
+ * dies with its parent, maps the family's arena, adopts its slot and calls
+ * run(fd, ud) with the descriptor of its bootstrap message, then exits
+ * with what run returns; otherwise returns 0.  lmp_spawn_fail prints why
+ * a spawned process cannot start and returns its exit status. */
+typedef int (*lmp_spawned_run)(int fd, void *ud);
+int lmp_spawned_main(int argc, char **argv, lmp_spawned_run run, void *ud);
+int lmp_spawn_fail(const char *why);
+
 /* --------------------------------------------------------------- classes */
 
 /* Every Lua handle to a shared object begins with this. */
