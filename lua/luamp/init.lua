@@ -7,9 +7,9 @@ local process = require "luamp.process"
 local pool = require "luamp.pool"
 local manager = require "luamp.manager"
 
-local error, getmetatable, ipairs, pcall, rawset, setmetatable, tonumber,
-  type = error, getmetatable, ipairs, pcall, rawset, setmetatable, tonumber,
-  type
+local error, getmetatable, ipairs, pairs, pcall, rawset, setmetatable,
+  tonumber, type = error, getmetatable, ipairs, pairs, pcall, rawset,
+  setmetatable, tonumber, type
 local pack, unpack = table.pack, table.unpack
 local argerror, checkself, reraise, typename =
   errors.argerror, errors.checkself, errors.reraise, errors.typename
@@ -195,8 +195,15 @@ function M.get_context(method)
     rawset(p, "_start_method", method)
     return p
   end
-  function ctx.Pool(...)
-    local ok, p = pcall(pool.Pool, ...)
+  function ctx.Pool(opts)
+    if opts == nil or type(opts) == "number" then opts = {processes = opts} end
+    if type(opts) == "table" and opts.context == nil then
+      local copy = {}
+      for k, v in pairs(opts) do copy[k] = v end
+      copy.context = method
+      opts = copy
+    end
+    local ok, p = pcall(pool.Pool, opts)
     if not ok then reraise(p, "Pool") end
     return p
   end

@@ -22,6 +22,7 @@ local errors = require "luamp.errors"
 local funcs = require "luamp.pool.funcs"
 local jobs = require "luamp.pool.jobs"
 local msgs = require "luamp.pool.messages"
+local process = require "luamp.process"
 local scheduler = require "luamp.pool.scheduler"
 local transport = require "luamp.pool.local"
 
@@ -71,7 +72,7 @@ end
 local OPTIONS = {processes = true, initializer = true, initargs = true,
                  maxtasksperchild = true, broker = true, authkey = true,
                  max_deliveries = true, lease = true, broker_timeout = true,
-                 requires = true, name = true}
+                 requires = true, name = true, context = true}
 local BROKER_ONLY = {"authkey", "max_deliveries", "lease", "broker_timeout",
                      "requires", "name"}
 
@@ -153,8 +154,14 @@ function M.Pool(opts)
   if k ~= nil and (math_type(k) ~= "integer" or k < 1) then
     argerror(1, "Pool", "maxtasksperchild must be a positive integer")
   end
+  local method = opts.context
+  if type(method) == "table" and type(method.get_start_method) == "function"
+  then
+    method = method.get_start_method()
+  end
+  if method ~= nil then process.checkmethod("Pool", method, 2) end
   local cfg = {initializer = opts.initializer, initargs = opts.initargs,
-               maxtasksperchild = k}
+               maxtasksperchild = k, start_method = method}
   local ok, t, scfg = nil, nil, cfg
   if url then
     -- The workers count their tasks themselves; the scheduler sends one

@@ -7,7 +7,7 @@ local errors = require "luamp.errors"
 local error, getmetatable, ipairs, next, pairs, pcall, rawget, rawset,
   setmetatable, tostring, type, xpcall = error, getmetatable, ipairs, next,
   pairs, pcall, rawget, rawset, setmetatable, tostring, type, xpcall
-local package = package
+local os, package = os, package
 local concat, unpack = table.concat, table.unpack
 local format = string.format
 local traceback = debug.traceback
@@ -248,7 +248,13 @@ M.checkmethod = checkmethod
 -- get_start_method([allow_none]) -> the method Processes start with; the
 -- default is fixed by the first call, unless allow_none.
 function M.get_start_method(allow_none)
-  if start_method == nil and not allow_none then start_method = "fork" end
+  if start_method == nil and not allow_none then
+    local env = os.getenv("LUAMP_START_METHOD")
+    if env ~= nil and env ~= "" and not METHODS[env] then
+      error(format("LUAMP_START_METHOD: cannot find context for %q", env), 2)
+    end
+    start_method = env ~= nil and env ~= "" and env or "fork"
+  end
   return start_method
 end
 

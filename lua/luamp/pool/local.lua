@@ -67,6 +67,7 @@ function T:start(wid)
     name = "PoolWorker-" .. counter,
     daemon = true,
   }
+  if cfg.start_method then p._start_method = cfg.start_method end
   running[wid] = 0
   local ok, e = pcall(p.start, p)
   if not ok then
