@@ -1,7 +1,7 @@
 """process.py -- Python twin of process.lua: start+join of a trivial child
-with multiprocessing's fork start method.
-Prints: start_join <ms per start+join> ms
-Usage: python3 process.py [N=500]
+with multiprocessing's fork start method, then with spawn.
+Prints: start_join <ms per start+join> ms, spawn_start_join <ms> ms
+Usage: python3 process.py [N=500] [N_SPAWN=50]
 """
 import multiprocessing as mp
 import sys
@@ -12,8 +12,8 @@ def noop():
     pass
 
 
-def once():
-    p = mp.Process(target=noop)
+def once(ctx=mp):
+    p = ctx.Process(target=noop)
     p.start()
     p.join()
     p.close()
@@ -28,6 +28,15 @@ def main():
         once()
     dt = time.perf_counter() - t0
     print("start_join %.4f ms" % (dt * 1e3 / n))
+    n_spawn = int(sys.argv[2]) if len(sys.argv) > 2 else 50
+    spawn = mp.get_context("spawn")
+    for _ in range(5):
+        once(spawn)
+    t0 = time.perf_counter()
+    for _ in range(n_spawn):
+        once(spawn)
+    dt = time.perf_counter() - t0
+    print("spawn_start_join %.4f ms" % (dt * 1e3 / n_spawn))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
  * format, and what the decoder refuses, is in codec.h).
  */
 
+#include <ctype.h>
 #include <string.h>
 
 #include "codec.h"
@@ -280,14 +281,37 @@ static void printable(char *buf, size_t sz, const unsigned char *s, size_t n) {
   buf[n] = '\0';
 }
 
+/* Requires the module a message names and this process has not loaded
+ * (a spawned child has loaded nothing of its parent's), as unpickling
+ * imports: 1 if it loaded, 0 if it is no module name or would not load. */
+static int require_module(lua_State *L, const unsigned char *mod,
+                          size_t mlen) {
+  size_t i;
+  if (mlen == 0 || mlen > 128) return 0;
+  for (i = 0; i < mlen; i++)
+    if (!(isalnum(mod[i]) || mod[i] == '_' || mod[i] == '.' ||
+          mod[i] == '-'))
+      return 0;
+  if (lua_getglobal(L, "require") != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushlstring(L, (const char *)mod, mlen);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
 /* LMP_TAG_NAME and LMP_TAG_MODULE: resolve the name in this process's
- * package.loaded. */
+ * package.loaded, requiring the module if it is not there. */
 static void decname(dec *d, int tag) {
   lua_State *L = d->L;
   const unsigned char *mod, *field = NULL;
   size_t mlen, flen = 0;
   char m[64], f[64];
-  int t;
+  int t, tries;
   mlen = getlen(d);
   mod = d->p;
   d->p += mlen;
@@ -296,8 +320,12 @@ static void decname(dec *d, int tag) {
     field = d->p;
     d->p += flen;
   }
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_type(L, -1) == LUA_TTABLE) {
+  for (tries = 0; tries < 2; tries++) {
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_type(L, -1) != LUA_TTABLE) {
+      lua_pop(L, 1);
+      break;
+    }
     lua_pushlstring(L, (const char *)mod, mlen);
     t = lua_rawget(L, -2);
     if (field != NULL && t == LUA_TTABLE) {
@@ -312,6 +340,8 @@ static void decname(dec *d, int tag) {
       lua_remove(L, -2);
       return;
     }
+    lua_pop(L, 2);
+    if (t != LUA_TNIL || tries > 0 || !require_module(L, mod, mlen)) break;
   }
   printable(m, sizeof m, mod, mlen);
   if (field == NULL)

@@ -86,6 +86,20 @@ describe("a spawned Process", function()
     q:close()
   end)
 
+  it("requires the module of a C function it is sent, as unpickling imports",
+     function()
+    local currentdir = require("lfs").currentdir
+    local q = mp.Queue()
+    local p = spawn.Process{target = function()
+      q:put({currentdir(), package.loaded.lfs ~= nil})
+    end}
+    p:start()
+    local r = q:get(20)
+    assert.is_true(p:join(20))
+    assert.are.same({currentdir(), true}, r)
+    q:close()
+  end)
+
   it("shares the family's objects: queues, values, dicts, locks", function()
     local v = mp.Value("q", 0)
     local d = mp.Dict()
