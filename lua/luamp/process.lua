@@ -305,7 +305,7 @@ end
 -- The body of a spawned child (luamp_child_main calls it with the
 -- message): the Process object is rebuilt and run as a fork's is.
 function M.spawned(bytes)
-  local fields = core.decode(bytes)
+  local fields = core.decode(bytes, true) -- requiring the modules it names
   local info = fields._spawn
   fields._spawn = nil
   package.path, package.cpath = info.path, info.cpath

@@ -17,6 +17,7 @@ typedef struct dec {
   int refs;          /* stack index of the kept values, 0 until needed */
   lua_Integer count; /* tables and functions decoded */
   int plain;         /* data only: no code, names, objects or metatables */
+  int requires;      /* require a module named and not loaded here */
 } dec;
 
 static void decvalue(dec *d);
@@ -281,9 +282,10 @@ static void printable(char *buf, size_t sz, const unsigned char *s, size_t n) {
   buf[n] = '\0';
 }
 
-/* Requires the module a message names and this process has not loaded
- * (a spawned child has loaded nothing of its parent's), as unpickling
- * imports: 1 if it loaded, 0 if it is no module name or would not load. */
+/* Requires the module a message names and this process has not loaded,
+ * when the decode asks (a spawned child's bootstrap: it has loaded nothing
+ * of its parent's), as unpickling imports: 1 if it loaded, 0 if it is no
+ * module name or would not load. */
 static int require_module(lua_State *L, const unsigned char *mod,
                           size_t mlen) {
   size_t i;
@@ -305,7 +307,8 @@ static int require_module(lua_State *L, const unsigned char *mod,
 }
 
 /* LMP_TAG_NAME and LMP_TAG_MODULE: resolve the name in this process's
- * package.loaded, requiring the module if it is not there. */
+ * package.loaded (requiring the module if it is not there and the decode
+ * asks). */
 static void decname(dec *d, int tag) {
   lua_State *L = d->L;
   const unsigned char *mod, *field = NULL;
@@ -341,7 +344,9 @@ static void decname(dec *d, int tag) {
       return;
     }
     lua_pop(L, 2);
-    if (t != LUA_TNIL || tries > 0 || !require_module(L, mod, mlen)) break;
+    if (t != LUA_TNIL || tries > 0 || !d->requires ||
+        !require_module(L, mod, mlen))
+      break;
   }
   printable(m, sizeof m, mod, mlen);
   if (field == NULL)
@@ -418,6 +423,7 @@ static void decinit(dec *d, lua_State *L, const char *p, size_t n) {
   d->depth = 0;
   d->count = 0;
   d->plain = 0;
+  d->requires = 0;
   d->refs = 0;
   if (n == 0) bad(d, "empty");
   if (*d->p++ != LMP_CODEC_VERSION) bad(d, "unknown version");
@@ -514,11 +520,20 @@ static const char *checkbytes(lua_State *L, int idx, size_t *n) {
   return p != NULL ? p : luaL_checklstring(L, idx, n);
 }
 
-/* decode(m) -> value */
+/* decode(m, [requires]) -> value; requires: a module that a name in m
+ * needs and that is not loaded here is required first. */
 int lmp_codec_decode(lua_State *L) {
   size_t n;
   const char *s = checkbytes(L, 1, &n);
-  lmp_decode(L, s, n);
+  dec d;
+  if (!lua_toboolean(L, 2)) {
+    lmp_decode(L, s, n);
+    return 1;
+  }
+  decinit(&d, L, s, n);
+  d.requires = 1;
+  decvalue(&d);
+  decdone(&d);
   return 1;
 }
 

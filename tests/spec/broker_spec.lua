@@ -451,11 +451,29 @@ describe("broker pool", function()
     assert.is_true(most <= 2 * 4 * 2, "the stream grew to " .. most)
   end)
 
+  it("raises BrokerError, not a hang, when its keys expired while its "
+     .. "process made no luamp call", function()
+    local p = pool()   -- lease 1: its keys live 3 s unless renewed
+    later(function() p:terminate() end)
+    assert.are.equal(1, p:apply(function() return 1 end))
+    os.execute("sleep 4")  -- no luamp call: nothing renews them
+    local t0 = mp.monotonic()
+    local ok, e = pcall(p.apply, p, function() return 2 end)
+    assert.is_false(ok)
+    assert.are.equal("BrokerError", e.type)
+    assert.matches("this pool's keys expired on the broker at "
+                   .. "redis://127%.0%.0%.1:%d+/0: its process made no "
+                   .. "luamp call for %d s, longer than their time to live "
+                   .. "%(3 s, three times the lease%)", e.message)
+    assert.is_true(mp.monotonic() - t0 < 2, "it was not raised at once")
+  end)
+
   it("refuses forged tasks and functions before decoding them", function()
     local broker = require "luamp.broker"
     local core = require "luamp.core"
     local dir = marker_dir()
-    local p = pool{max_deliveries = 1}
+    -- Keys that outlive the wait below, however slow the machine.
+    local p = pool{max_deliveries = 1, lease = 10}
     later(function()
       p:terminate()
       os.execute("rm -rf " .. H.q(dir))
@@ -502,7 +520,10 @@ describe("broker pool", function()
       return H.readfile(dir .. "/genuine") ~= nil
         and R:cli("XLEN", t.k.t) == "0"
         and R:cli("XPENDING", t.k.t, "w"):match("^0") ~= nil
-    end, 20), "the entries were not all taken")
+    end, 20), "the entries were not all taken: genuine "
+      .. tostring(H.readfile(dir .. "/genuine") ~= nil) .. ", XLEN "
+      .. R:cli("XLEN", t.k.t) .. ", XPENDING "
+      .. R:cli("XPENDING", t.k.t, "w"):gsub("\n", " "))
     assert.is_nil(H.readfile(dir .. "/forged"))
     assert.is_nil(H.readfile(dir .. "/flipped"))
     assert.is_nil(H.readfile(dir .. "/executed"))

@@ -81,6 +81,7 @@ function T.new(cfg, n, bo)
     error(e, 0)
   end
   self.renew_at = monotonic() + bo.ttl / 3
+  self.renewed_at = monotonic()
   self.born, self.heard_at, self.ping_at = monotonic(), monotonic(), 0
   self.ping_id = false
   return self
@@ -143,6 +144,25 @@ local function break_down(self, e)
                    fields = {url = self.bo.conn.url}}
   end
   for seq in pairs(self.entries) do fail_entry(self, seq, self.broken) end
+end
+
+-- Whether the pool's keys are gone because their owner made no luamp
+-- call for longer than their time to live (3 x lease): a pool cannot keep
+-- them alive while its process runs other Lua code or sleeps outside the
+-- pool, and what they held (tasks not begun, functions, settings) is
+-- lost.  The pool then breaks down, naming why, rather than send tasks
+-- no worker will take.
+local function expired(self)
+  local idle = monotonic() - self.renewed_at
+  if idle <= self.bo.ttl then return false end
+  local ok, n = pcall(self.cmd.call, self.cmd, {"EXISTS", self.k.meta})
+  if not ok or n ~= 0 then return false end
+  break_down(self, errors.new("BrokerError", string.format(
+    "this pool's keys expired on the broker at %s: its process made no "
+    .. "luamp call for %.0f s, longer than their time to live (%g s, three "
+    .. "times the lease)", self.bo.conn.url, idle, self.bo.ttl),
+    {url = self.bo.conn.url}))
+  return true
 end
 
 -- After a lost connection: connects again within broker_timeout; the
@@ -243,7 +263,7 @@ function T:send(wid, b)
   self.entries[self.seq] = {wid = wid, ids = b.id}
   local w = self.vw[wid]
   w.out = w.out + 1
-  if self.broken then
+  if self.broken or expired(self) then
     fail_entry(self, self.seq, self.broken)
     return
   end
@@ -329,6 +349,8 @@ local function check_workers(self)
 end
 
 local function renew(self)
+  if expired(self) then return end
+  self.renewed_at = monotonic()
   check_workers(self)
   local k, c, ttl = self.k, self.cmd, self.ttl_ms
   for _, key in ipairs({k.meta, k.t, k.r, k.done}) do
