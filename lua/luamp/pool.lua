@@ -60,11 +60,19 @@ end
 -- The Pools' work, run by every luamp call that waits.  A pool waiting in
 -- _wait_until pumps itself when its wait returns: pumping it here would
 -- take the outcomes that wait is woken by, and it would sleep on.
+-- Returns how soon it must run again whatever wakes the process (a broker
+-- pool's keys to renew, its broker to ping), or nil.
 local function pump_all()
-  local pid = core.getpid()
+  local pid, due = core.getpid(), nil
   for pool in pairs(pools) do
-    if pool._pid == pid and pool._waiting == 0 then pool._sched:pump() end
+    if pool._pid == pid then
+      if pool._waiting == 0 then pool._sched:pump() end
+      local t = pool._sched.t
+      local left = t.timeout and t:timeout()
+      if left and (due == nil or left < due) then due = left end
+    end
   end
+  return due and (due > 0.01 and due or 0.01)
 end
 
 -- ----------------------------------------------------------------- mp.Pool
@@ -216,10 +224,8 @@ function Pool:_wait_until(done, timeout, level)
       if left <= 0 then return false end
     end
     local t = sched.t
-    if t.timeout then -- the transport's own work is due by then
-      local cap = t:timeout()
-      if not left or cap < left then left = cap end
-    end
+    local cap = t.timeout and t:timeout() -- the transport's own work
+    if cap and (not left or cap < left) then left = cap end
     local list = t:waitables({})
     self._waiting = self._waiting + 1
     local ok, err = pcall(core.wait, list, left)

@@ -320,28 +320,44 @@ void lmp_take_interrupt(void) { take_interrupt(); }
  * wait that was given that state calls it, so results are collected and
  * callbacks run while the owner is blocked in any luamp call.  A wait
  * given no state runs no Lua.  An error in the service ends the wait with
- * -ECANCELED, the error kept for lmp_raise_errno to raise.
+ * -ECANCELED, the error kept for lmp_raise_errno to raise.  A service that
+ * returns a number must run again within that many seconds (a broker
+ * pool renewing its keys), wake-up or not: the waits sleep no longer.
  */
 #define SERVICE_KEY "luamp.service"
 #define SERVICE_ERR "luamp.service_error"
 
 static int in_service; /* the service does not run inside itself */
+static double service_due = -1; /* when it must run again; -1: on wake-ups */
 
 static int run_service(lua_State *L) {
   int rc;
   if (L == NULL || in_service) return 0;
   if (lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_KEY) != LUA_TFUNCTION) {
     lua_pop(L, 1);
+    service_due = -1;
     return 0;
   }
   in_service = 1;
-  rc = lua_pcall(L, 0, 0, 0);
+  rc = lua_pcall(L, 0, 1, 0);
   in_service = 0;
   if (rc != LUA_OK) {
     lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);
     return -ECANCELED;
   }
+  service_due = lua_type(L, -1) == LUA_TNUMBER
+                    ? lmp_now() + (lua_tonumber(L, -1) > 0 ? lua_tonumber(L, -1)
+                                                           : 0)
+                    : -1;
+  lua_pop(L, 1);
   return 0;
+}
+
+/* The earlier of deadline and the service's next run, for a wait given
+ * state L (-1: no limit). */
+static double wake_by(lua_State *L, double deadline) {
+  if (L == NULL || in_service || service_due < 0) return deadline;
+  return deadline < 0 || service_due < deadline ? service_due : deadline;
 }
 
 void lmp_set_service(lua_State *L, int idx) {
@@ -380,7 +396,9 @@ int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max) {
 int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
                 void *ud, double deadline) {
   _Atomic uint32_t *w = word != NULL ? word : &lmp_self->wake;
-  int rc, woken = 0;
+  /* With a service whose next run is due at a time, it runs first, so
+   * that the sleep ends by then (after its own work). */
+  int rc, woken = L != NULL && service_due >= 0;
   install_sigint(0); /* lua.c may have put its own back between calls */
   if (word != NULL) atomic_store(&lmp_self->waiting_on, LMP_OFF(word));
   for (;;) {
@@ -392,7 +410,7 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
     if (ready(ud)) { rc = 1; break; }
     if (sigint_pending) { rc = -EINTR; break; }
     if (deadline >= 0 && lmp_now() >= deadline) { rc = 0; break; }
-    lmp_futex_wait(w, seq, deadline);
+    lmp_futex_wait(w, seq, wake_by(L, deadline));
     woken = 1;
   }
   if (word != NULL) atomic_store(&lmp_self->waiting_on, 0);
@@ -433,8 +451,8 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
     if (woken && (rc = run_service(L)) < 0) break;
     if (ready != NULL && ready(ud)) { rc = 1; break; }
     if (sigint_pending) { rc = -EINTR; break; }
-    if (deadline >= 0) {
-      double left = deadline - lmp_now();
+    if (wake_by(L, deadline) >= 0) {
+      double left = wake_by(L, deadline) - lmp_now();
       if (left < 0) left = 0;
       if (left > 1e6) left = 1e6; /* we loop; keep tv_sec sane */
       ts.tv_sec = (time_t)left;

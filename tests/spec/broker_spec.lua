@@ -451,14 +451,19 @@ describe("broker pool", function()
     assert.is_true(most <= 2 * 4 * 2, "the stream grew to " .. most)
   end)
 
-  it("raises BrokerError, not a hang, when its keys expired while its "
-     .. "process made no luamp call", function()
+  it("keeps its keys while its process waits in any luamp call, and "
+     .. "raises BrokerError, not a hang, when they expired outside one",
+     function()
     local p = pool()   -- lease 1: its keys live 3 s unless renewed
     later(function() p:terminate() end)
     assert.are.equal(1, p:apply(function() return 1 end))
+    mp.sleep(4)        -- a luamp call: the pool renews them meanwhile
+    local q <close> = mp.Queue()
+    assert.has_error(function() q:get(true, 1) end)
+    assert.are.equal(2, p:apply(function() return 2 end))
     os.execute("sleep 4")  -- no luamp call: nothing renews them
     local t0 = mp.monotonic()
-    local ok, e = pcall(p.apply, p, function() return 2 end)
+    local ok, e = pcall(p.apply, p, function() return 3 end)
     assert.is_false(ok)
     assert.are.equal("BrokerError", e.type)
     assert.matches("this pool's keys expired on the broker at "

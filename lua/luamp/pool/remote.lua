@@ -461,8 +461,9 @@ function T:waitables(list)
 end
 
 -- How long a wait may last before the pool's work must run again (its
--- keys' time to live, its liveness check).
+-- keys' time to live, its liveness check); nil once it is over.
 function T:timeout()
+  if self.broken or self.closed then return nil end
   local due = self.renew_at < self.ping_at and self.renew_at or self.ping_at
   local left = due - monotonic()
   return left > 0 and left or 0
