@@ -4,7 +4,6 @@
  * made after another was closed starts afresh.
  */
 #include <errno.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <malloc.h>
@@ -193,7 +192,6 @@ static int run_spawned(int fd, void *ud) {
   luamp_host *h = luamp_new(NULL, &err);
   luaL_Buffer b;
   lua_State *L;
-  int status;
   if (h == NULL) return lmp_spawn_fail(err);
   L = h->L;
   if (((spawned_ud *)ud)->open != NULL) ((spawned_ud *)ud)->open(L);
@@ -212,19 +210,7 @@ static int run_spawned(int fd, void *ud) {
   }
   close(fd);
   luaL_pushresult(&b);
-  status = luamp_pcall(h, 1, 1);
-  if (status != LUA_OK) {
-    if (h->interrupted) { /* Ctrl-C: die of it, quietly */
-      lmp_run_atexit(L);
-      fflush(NULL);
-      lmp_slot_retire();
-      signal(SIGINT, SIG_DFL);
-      raise(SIGINT);
-    }
-    fprintf(stderr, "%s\n", lua_tostring(L, -1));
-    lmp_exit_child(L, 1);
-  }
-  lmp_exit_child(L, (int)lua_tointeger(L, -1));
+  lmp_end_child(L, lua_pcall(L, 1, 1, 0));
   return 1;
 }
 

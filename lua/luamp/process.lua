@@ -229,11 +229,13 @@ end
 -- the family's arena and receives the Process object as a message, so
 -- that nothing of the parent's state comes along but what the object
 -- names.  Set once per program, or per object through a context.
-local METHODS = {fork = true, spawn = true}
+local ALL = {"fork", "spawn"}
+local METHODS = {}
+for _, m in ipairs(ALL) do METHODS[m] = true end
 local start_method   -- nil until set or first used
 local executable     -- set_executable's, or nil for core.executable()
 
-function M.get_all_start_methods() return {"fork", "spawn"} end
+function M.get_all_start_methods() return {unpack(ALL)} end
 
 local function checkmethod(fname, method, level)
   if type(method) ~= "string" then
@@ -283,7 +285,7 @@ function M.get_executable() return executable or core.executable() end
 -- module paths travel as one message, which holds what they name until
 -- the child has its own.
 local function spawn(self, level)
-  local exe = executable or core.executable()
+  local exe = M.get_executable()
   if exe == nil then
     error("cannot spawn a process: there is no luamp executable to run "
           .. "(name one with mp.set_executable)", level + 1)

@@ -296,7 +296,7 @@ void lmp_publish(lmp_obj *o, _Atomic lmp_off *where, void *fresh);
  * finishes the repair of an operation a dead process left half done; and
  * lmp_heap_live says whether off is the start of an allocated block. */
 int lmp_heap_map(size_t size, size_t front, void **front_at);
-int lmp_heap_attach(int fd, void *addr, size_t front, void **front_at);
+int lmp_heap_attach(int fd, void *addr, void **front_at);
 int lmp_heap_fd(void);
 void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk);
 void lmp_heap_free(void *p, lmp_off *clear);

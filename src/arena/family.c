@@ -66,7 +66,7 @@ int lmp_arena_attach(int fd, void *addr) {
   void *front;
   int rc;
   if (lmp_arena_ready()) return -EEXIST;
-  if ((rc = lmp_heap_attach(fd, addr, sizeof(family), &front)) < 0)
+  if ((rc = lmp_heap_attach(fd, addr, &front)) < 0)
     return rc;
   F = front;
   return 0;

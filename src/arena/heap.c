@@ -91,6 +91,10 @@ char *lmp_base;
 static arena_hdr *H;
 static int arena_fd = -1; /* the memfd behind it, or -1 */
 
+/* The header's bytes, rounded up to a cache line: the family's tables
+ * start there. */
+#define HDR_SIZE ((sizeof(arena_hdr) + 63) & ~(size_t)63)
+
 #define BLK(off) ((block *)(lmp_base + (off)))
 #define BSIZE(b) ((b)->head & SIZEMASK)
 
@@ -148,7 +152,7 @@ int lmp_robust_lock(pthread_mutex_t *mu) {
  * (zeroed, returned in *front_at), then the heap.  -EINVAL for a bad
  * $LUAMP_ARENA, -ENOMEM when the mapping cannot be made or is too small. */
 int lmp_heap_map(size_t size, size_t front, void **front_at) {
-  size_t hdr, off;
+  size_t off;
   void *m;
   if (size == 0) {
     const char *env = getenv("LUAMP_ARENA");
@@ -158,8 +162,7 @@ int lmp_heap_map(size_t size, size_t front, void **front_at) {
   }
   if (size < LMP_ARENA_MIN) size = LMP_ARENA_MIN;
   size = (size + 4095) & ~(size_t)4095;
-  hdr = (sizeof(arena_hdr) + 63) & ~(size_t)63;
-  off = (hdr + front + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+  off = (HDR_SIZE + front + ALIGN - 1) & ~(size_t)(ALIGN - 1);
   if (off + MINBLOCK * 4 > size) return -ENOMEM;
   /* A memfd, so that a process started by exec (spawn) can map it too;
    * anonymous shared memory where there is none (forks only). */
@@ -194,7 +197,7 @@ int lmp_heap_map(size_t size, size_t front, void **front_at) {
   H->heap = off;
   H->top = off;
   BLK(off)->head = F_PREV; /* nothing before the first block to merge */
-  *front_at = lmp_base + hdr;
+  *front_at = lmp_base + HDR_SIZE;
   return 0;
 }
 
@@ -205,11 +208,9 @@ int lmp_heap_fd(void) { return arena_fd; }
 /* Maps the arena of descriptor fd at addr, where every process of its
  * family has it: -EADDRINUSE when something else is there, -EINVAL when
  * fd holds no arena, -errno. */
-int lmp_heap_attach(int fd, void *addr, size_t front, void **front_at) {
+int lmp_heap_attach(int fd, void *addr, void **front_at) {
   struct stat st;
   void *m;
-  size_t hdr = (sizeof(arena_hdr) + 63) & ~(size_t)63;
-  (void)front;
   if (fstat(fd, &st) < 0) return -errno;
   if ((size_t)st.st_size < LMP_ARENA_MIN) return -EINVAL;
   m = mmap(addr, (size_t)st.st_size, PROT_READ | PROT_WRITE,
@@ -228,7 +229,7 @@ int lmp_heap_attach(int fd, void *addr, size_t front, void **front_at) {
   arena_fd = fd;
   lmp_base = m;
   H = m;
-  *front_at = lmp_base + hdr;
+  *front_at = lmp_base + HDR_SIZE;
   return 0;
 }
 

@@ -435,19 +435,24 @@ static void decdone(dec *d) {
   if (d->refs != 0) lua_remove(d->L, d->refs);
 }
 
-void lmp_decode(lua_State *L, const char *p, size_t n) {
+/* Decodes the value of p[0..n) onto the stack, as plain data only, or
+ * requiring the modules its names need. */
+static void decode(lua_State *L, const char *p, size_t n, int plain,
+                   int requires) {
   dec d;
   decinit(&d, L, p, n);
+  d.plain = plain;
+  d.requires = requires;
   decvalue(&d);
   decdone(&d);
 }
 
+void lmp_decode(lua_State *L, const char *p, size_t n) {
+  decode(L, p, n, 0, 0);
+}
+
 void lmp_decode_plain(lua_State *L, const char *p, size_t n) {
-  dec d;
-  decinit(&d, L, p, n);
-  d.plain = 1;
-  decvalue(&d);
-  decdone(&d);
+  decode(L, p, n, 1, 0);
 }
 
 /* Decodes a message that is a table into the table at idx: its array items
@@ -525,15 +530,7 @@ static const char *checkbytes(lua_State *L, int idx, size_t *n) {
 int lmp_codec_decode(lua_State *L) {
   size_t n;
   const char *s = checkbytes(L, 1, &n);
-  dec d;
-  if (!lua_toboolean(L, 2)) {
-    lmp_decode(L, s, n);
-    return 1;
-  }
-  decinit(&d, L, s, n);
-  d.requires = 1;
-  decvalue(&d);
-  decdone(&d);
+  decode(L, s, n, 0, lua_toboolean(L, 2));
   return 1;
 }
 

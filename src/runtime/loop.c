@@ -345,10 +345,11 @@ static int run_service(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);
     return -ECANCELED;
   }
-  service_due = lua_type(L, -1) == LUA_TNUMBER
-                    ? lmp_now() + (lua_tonumber(L, -1) > 0 ? lua_tonumber(L, -1)
-                                                           : 0)
-                    : -1;
+  service_due = -1;
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    double in = lua_tonumber(L, -1);
+    service_due = lmp_now() + (in > 0 ? in : 0);
+  }
   lua_pop(L, 1);
   return 0;
 }
@@ -446,13 +447,15 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
   was_sleeping = atomic_exchange(&lmp_self->sleeping, 1);
   for (;;) {
     struct timespec ts, *tsp = NULL;
+    double wake;
     int n, i;
     if (sig_pending) lmp_service();
     if (woken && (rc = run_service(L)) < 0) break;
     if (ready != NULL && ready(ud)) { rc = 1; break; }
     if (sigint_pending) { rc = -EINTR; break; }
-    if (wake_by(L, deadline) >= 0) {
-      double left = wake_by(L, deadline) - lmp_now();
+    wake = wake_by(L, deadline);
+    if (wake >= 0) {
+      double left = wake - lmp_now();
       if (left < 0) left = 0;
       if (left > 1e6) left = 1e6; /* we loop; keep tv_sec sane */
       ts.tv_sec = (time_t)left;

@@ -213,56 +213,70 @@ static void track(child_ud *u, lmp_child *c, pid_t pid, uint32_t slot,
   u->c = c;
 }
 
+/* Pushes the handle of a child about to start and returns its record,
+ * with an arena slot prepared for it in *slot (holding a reference on
+ * every object this process holds, for the child); raises on failure. */
+static lmp_child *new_child(lua_State *L, int *slot) {
+  lmp_child *c;
+  lmp_newhandle(L, &sentinel_class, sizeof(child_ud), 0);
+  c = calloc(1, sizeof *c);
+  if (c == NULL) luaL_error(L, "not enough memory");
+  *slot = lmp_slot_prepare_child();
+  if (*slot < 0) {
+    free(c);
+    if (*slot == -EAGAIN)
+      luaL_error(L, "cannot start a process: all %d process slots of the "
+                 "family are in use", LMP_MAX_PROCS);
+    lmp_nomem(L, 0);
+  }
+  return c;
+}
+
+/* A child that did not start: its slot and record go. */
+static void drop_child(lmp_child *c, int slot) {
+  lmp_slot_release((uint32_t)slot);
+  free(c);
+}
+
+void lmp_end_child(lua_State *L, int rc) {
+  if (rc != LUA_OK) {
+    if (lmp_is_interrupt(L, -1)) { /* Ctrl-C: die of it, quietly */
+      lmp_run_atexit(L);
+      fflush(NULL);
+      lmp_slot_retire();
+      signal(SIGINT, SIG_DFL);
+      raise(SIGINT);
+    }
+    fprintf(stderr, "%s\n", luaL_tolstring(L, -1, NULL));
+    lmp_exit_child(L, 1);
+  }
+  lmp_exit_child(L, (int)lua_tointeger(L, -1));
+}
+
 /* fork(fn, daemon) -> Child.  In the child, calls fn() and exits with the
  * integer it returns (or 1 if it raises); never returns there. */
 static int proc_fork(lua_State *L) {
   int daemon = lua_toboolean(L, 2);
-  child_ud *u;
   lmp_child *c;
   int slot;
   pid_t pid;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  u = lmp_newhandle(L, &sentinel_class, sizeof *u, 0);
-  c = calloc(1, sizeof *c);
-  if (c == NULL) return luaL_error(L, "not enough memory");
-  slot = lmp_slot_prepare_child();
-  if (slot < 0) {
-    free(c);
-    if (slot == -EAGAIN)
-      return luaL_error(L, "cannot start a process: all %d process slots "
-                        "of the family are in use", LMP_MAX_PROCS);
-    return lmp_nomem(L, 0);
-  }
+  c = new_child(L, &slot);
   fflush(NULL); /* nothing buffered is printed twice */
   pid = fork();
   if (pid < 0) {
     int e = errno;
-    lmp_slot_release((uint32_t)slot);
-    free(c);
+    drop_child(c, slot);
     return luaL_error(L, "cannot start a process: %s", strerror(e));
   }
   if (pid == 0) {
-    int status;
     after_fork_child((uint32_t)slot);
     lua_pushnil(L); /* its own exit is still to run */
     lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
-    lua_settop(L, 1);
-    if (lua_pcall(L, 0, 1, 0) != LUA_OK) {
-      if (lmp_is_interrupt(L, -1)) { /* Ctrl-C: die of it, quietly */
-        lmp_run_atexit(L);
-        fflush(NULL);
-        lmp_slot_retire();
-        signal(SIGINT, SIG_DFL);
-        raise(SIGINT);
-      }
-      fprintf(stderr, "%s\n", luaL_tolstring(L, -1, NULL));
-      status = 1;
-    } else {
-      status = (int)lua_tointeger(L, -1);
-    }
-    lmp_exit_child(L, status);
+    lua_pushvalue(L, 1);
+    lmp_end_child(L, lua_pcall(L, 0, 1, 0));
   }
-  track(u, c, pid, (uint32_t)slot, daemon);
+  track(lua_touserdata(L, -1), c, pid, (uint32_t)slot, daemon);
   return 1;
 }
 
@@ -350,7 +364,6 @@ static int proc_spawn(lua_State *L) {
   const char *payload = luaL_checklstring(L, 1, &n);
   int daemon = lua_toboolean(L, 2);
   const char *exe = luaL_checkstring(L, 3);
-  child_ud *u;
   lmp_child *c;
   int slot, pfd;
   pid_t pid;
@@ -358,32 +371,20 @@ static int proc_spawn(lua_State *L) {
     return luaL_error(L, "cannot spawn a process: the arena is not in a "
                       "memfd here (memfd_create failed), so only a fork can "
                       "share it");
-  u = lmp_newhandle(L, &sentinel_class, sizeof *u, 0);
-  c = calloc(1, sizeof *c);
-  if (c == NULL) return luaL_error(L, "not enough memory");
+  c = new_child(L, &slot);
   if ((pfd = payload_fd(payload, n)) < 0) {
-    free(c);
+    drop_child(c, slot);
     return luaL_error(L, "cannot spawn a process: %s", strerror(-pfd));
-  }
-  slot = lmp_slot_prepare_child();
-  if (slot < 0) {
-    free(c);
-    close(pfd);
-    if (slot == -EAGAIN)
-      return luaL_error(L, "cannot start a process: all %d process slots "
-                        "of the family are in use", LMP_MAX_PROCS);
-    return lmp_nomem(L, 0);
   }
   fflush(NULL);
   pid = spawn_exe(exe, pfd, (uint32_t)slot);
   close(pfd);
   if (pid < 0) {
-    lmp_slot_release((uint32_t)slot);
-    free(c);
+    drop_child(c, slot);
     return luaL_error(L, "cannot spawn a process: %s: %s", exe,
                       strerror((int)-pid));
   }
-  track(u, c, pid, (uint32_t)slot, daemon);
+  track(lua_touserdata(L, -1), c, pid, (uint32_t)slot, daemon);
   return 1;
 }
 

@@ -205,6 +205,12 @@ int lmp_run_atexit(lua_State *L);
  * references, then _exit(status).  Never returns. */
 void lmp_exit_child(lua_State *L, int status);
 
+/* The end of a child whose body was called with lua_pcall, which returned
+ * rc with the body's result or error on the top of L: Ctrl-C kills it with
+ * SIGINT, quietly; another error is printed and it exits 1; otherwise it
+ * exits with the integer returned.  Never returns. */
+void lmp_end_child(lua_State *L, int rc);
+
 /* The start of a process made by core.spawn: when argv says it is one,
  * dies with its parent, maps the family's arena, adopts its slot and calls
  * run(fd, ud) with the descriptor of its bootstrap message, then exits

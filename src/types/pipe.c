@@ -222,9 +222,9 @@ static int nonblock(int fd) {
 static int pipe_new(lua_State *L) {
   int duplex = lua_isnoneornil(L, 1) || lua_toboolean(L, 1);
   int fds[2];
-  channel *ch = (channel *)lmp_obj_new(LMP_T_CHANNEL, 0, sizeof(channel));
+  lmp_off off = lmp_channel_new();
+  channel *ch = off != 0 ? (channel *)LMP_PTR(off) : NULL;
   if (ch == NULL) return lmp_nomem(L, sizeof(channel));
-  lmp_guard_init(&ch->g);
   if (duplex) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) {
       lmp_obj_discard(&ch->h);

@@ -121,6 +121,22 @@ describe("a spawned Process", function()
     d:close()
   end)
 
+  it("holds the objects it is sent while the parent lets go of them",
+     function()
+    local q = mp.Queue()
+    local d = mp.Dict()
+    d.x = 5
+    local p = spawn.Process{target = function(d) q:put(d.x) end, args = {d}}
+    p:start()
+    d = nil       -- the parent's last handle goes, before the child decodes
+    collectgarbage()
+    collectgarbage()
+    assert.are.equal(5, q:get(20))
+    assert.is_true(p:join(20))
+    assert.are.equal(0, p.exitcode)
+    q:close()
+  end)
+
   it("ends as a fork does: exit codes, signals, sentinels, join", function()
     local p = spawn.Process{target = function() error("boom") end}
     local err = os.tmpname()

@@ -81,7 +81,6 @@ function T.new(cfg, n, bo)
     error(e, 0)
   end
   self.renew_at = monotonic() + bo.ttl / 3
-  self.renewed_at = monotonic()
   self.born, self.heard_at, self.ping_at = monotonic(), monotonic(), 0
   self.ping_id = false
   return self
@@ -153,7 +152,7 @@ end
 -- lost.  The pool then breaks down, naming why, rather than send tasks
 -- no worker will take.
 local function expired(self)
-  local idle = monotonic() - self.renewed_at
+  local idle = monotonic() - (self.renew_at - self.bo.ttl / 3)
   if idle <= self.bo.ttl then return false end
   local ok, n = pcall(self.cmd.call, self.cmd, {"EXISTS", self.k.meta})
   if not ok or n ~= 0 then return false end
@@ -350,7 +349,6 @@ end
 
 local function renew(self)
   if expired(self) then return end
-  self.renewed_at = monotonic()
   check_workers(self)
   local k, c, ttl = self.k, self.cmd, self.ttl_ms
   for _, key in ipairs({k.meta, k.t, k.r, k.done}) do
