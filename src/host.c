@@ -180,45 +180,25 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
 
 LUAMP_EXPORT lua_State *luamp_state(luamp_host *h) { return h->L; }
 
-/* The body of a spawned child: a host, the bootstrap message read from
- * fd, and luamp.process's `spawned`, which decodes and runs it and returns
- * the exit status; then the end a forked child has. */
-typedef struct spawned_ud {
-  void (*open)(lua_State *L);
-} spawned_ud;
-
-static int run_spawned(int fd, void *ud) {
+/* The host of a child started by exec (spawn, or the forkserver that
+ * forks the others): luamp loaded, then the application's own functions
+ * (its `open`).  The runtime does the rest: the family's arena and slot
+ * before, the child's message or the server's requests after. */
+static lua_State *open_child_host(void *ud) {
   const char *err = NULL;
+  void (*open)(lua_State *L) = *(void (**)(lua_State *))ud;
   luamp_host *h = luamp_new(NULL, &err);
-  luaL_Buffer b;
-  lua_State *L;
-  if (h == NULL) return lmp_spawn_fail(err);
-  L = h->L;
-  if (((spawned_ud *)ud)->open != NULL) ((spawned_ud *)ud)->open(L);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "luamp.process");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "spawned");
-  luaL_buffinit(L, &b);
-  for (;;) {
-    char *p = luaL_prepbuffer(&b);
-    ssize_t r = read(fd, p, LUAL_BUFFERSIZE);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return lmp_spawn_fail(strerror(errno));
-    if (r == 0) break;
-    luaL_addsize(&b, (size_t)r);
+  if (h == NULL) {
+    lmp_spawn_fail(err);
+    return NULL;
   }
-  close(fd);
-  luaL_pushresult(&b);
-  lmp_end_child(L, lua_pcall(L, 1, 1, 0));
-  return 1;
+  if (open != NULL) open(h->L);
+  return h->L;
 }
 
 LUAMP_EXPORT int luamp_child_main(int argc, char **argv,
                                   void (*open)(lua_State *L)) {
-  spawned_ud ud;
-  ud.open = open;
-  return lmp_spawned_main(argc, argv, run_spawned, &ud);
+  return lmp_child_main(argc, argv, open_child_host, &open);
 }
 
 LUAMP_EXPORT int luamp_dofile(luamp_host *h, const char *path) {

@@ -177,6 +177,7 @@ M.get_start_method = process.get_start_method
 M.set_start_method = process.set_start_method
 M.set_executable = process.set_executable
 M.get_executable = process.get_executable
+M.set_forkserver_preload = process.set_forkserver_preload
 
 -- mp.get_context([method]) -> the whole API with Processes and Pools that
 -- start by `method` (nil: the default method); the objects they share are

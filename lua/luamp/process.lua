@@ -224,12 +224,14 @@ end
 
 -- ------------------------------------------------------------ start methods
 
--- How a Process starts, as Python names it: "fork" (the default), or
+-- How a Process starts, as Python names it: "fork" (the default);
 -- "spawn": a fresh run of an executable (see luamp_child_main) that maps
 -- the family's arena and receives the Process object as a message, so
 -- that nothing of the parent's state comes along but what the object
--- names.  Set once per program, or per object through a context.
-local ALL = {"fork", "spawn"}
+-- names; or "forkserver": the same message to a server started once as
+-- spawn starts a child, which forks the child from its own clean state.
+-- Set once per program, or per object through a context.
+local ALL = {"fork", "spawn", "forkserver"}
 local METHODS = {}
 for _, m in ipairs(ALL) do METHODS[m] = true end
 local start_method   -- nil until set or first used
@@ -281,14 +283,40 @@ end
 
 function M.get_executable() return executable or core.executable() end
 
--- Starts self as a spawned child: its fields, its parent's name and the
--- module paths travel as one message, which holds what they name until
--- the child has its own.
-local function spawn(self, level)
+-- set_forkserver_preload(names): the modules a forkserver loads once when
+-- it starts, so that its children have them already (a server already
+-- running keeps what it has).  A name that cannot be loaded is reported
+-- on the server's standard error and skipped, as Python does.
+local preload = {}
+function M.set_forkserver_preload(names)
+  if type(names) ~= "table" then
+    argerror(1, "set_forkserver_preload", "table expected, got "
+             .. type(names))
+  end
+  local list = {}
+  for i, name in ipairs(names) do
+    if type(name) ~= "string" then
+      error(format("bad argument #1 to 'set_forkserver_preload' (module "
+                   .. "name expected at [%d], got %s)", i, type(name)), 2)
+    end
+    list[i] = name
+  end
+  if #list > 64 then
+    error("bad argument #1 to 'set_forkserver_preload' (at most 64 "
+          .. "modules)", 2)
+  end
+  preload = list
+end
+
+-- Starts self by `method`, "spawn" or "forkserver": its fields, its
+-- parent's name and the module paths travel as one message, which holds
+-- what they name until the child has its own.
+local function start_from_message(self, method, level)
   local exe = M.get_executable()
   if exe == nil then
-    error("cannot spawn a process: there is no luamp executable to run "
-          .. "(name one with mp.set_executable)", level + 1)
+    error(format("cannot start a process by %s: there is no luamp "
+                 .. "executable to run (name one with mp.set_executable)",
+                 method), level + 1)
   end
   local fields = {}
   for k, v in next, self do fields[k] = v end
@@ -297,8 +325,8 @@ local function spawn(self, level)
   local ok, msg = pcall(core.message, fields, "process")
   if not ok then error(msg, level + 1) end
   local child
-  ok, child = pcall(core.spawn, msg:bytes(), self.daemon and true or false,
-                    exe)
+  ok, child = pcall(core[method], msg:bytes(), self.daemon and true or false,
+                    exe, preload)
   msg:close()
   if not ok then error(child, level + 1) end
   return child
@@ -327,8 +355,9 @@ function Process:start()
   end
   cleanup()
   local ok, child
-  if (rawget(self, "_start_method") or M.get_start_method()) == "spawn" then
-    child = spawn(self, 2)
+  local method = rawget(self, "_start_method") or M.get_start_method()
+  if method ~= "fork" then
+    child = start_from_message(self, method, 2)
   else
     ok, child = pcall(core.fork, function() return bootstrap(self) end,
                       self.daemon and true or false)

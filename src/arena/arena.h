@@ -183,10 +183,11 @@ extern uint32_t lmp_self_index;
 
 lmp_slot *lmp_slot_at(uint32_t idx);
 
-/* Reserves a slot for a child about to be forked, copying this process's
- * hold table into it (each object gains a reference for the child).
- * Returns the slot index, or -ENOMEM/-EAGAIN. */
-int lmp_slot_prepare_child(void);
+/* Reserves a slot for a child about to be started; if `inherit`, copies
+ * this process's hold table into it (each object gains a reference for
+ * the child), as a fork needs; else it starts empty.  Returns the slot
+ * index, or -ENOMEM/-EAGAIN. */
+int lmp_slot_prepare(int inherit);
 /* In the child right after fork: adopt the prepared slot. */
 void lmp_slot_adopt(uint32_t idx);
 /* Releases every block and reference the slot holds and frees it; called

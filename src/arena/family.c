@@ -19,7 +19,7 @@
  * The family's tables sit in the arena's front region, before the heap
  * (see heap.c): the process slots, the watch table and a counter.  The
  * first process of the family takes slot 0; every fork reserves one for
- * its child (lmp_slot_prepare_child) before the child exists, so that the
+ * its child (lmp_slot_prepare) before the child exists, so that the
  * child's references are counted from the start.
  */
 
@@ -286,7 +286,7 @@ void lmp_unhold(lmp_obj *o) {
 
 lmp_slot *lmp_slot_at(uint32_t idx) { return &F->slots[idx]; }
 
-int lmp_slot_prepare_child(void) {
+int lmp_slot_prepare(int inherit) {
   uint32_t i, k;
   lmp_slot *c = NULL;
   for (k = 0; k < LMP_MAX_PROCS; k++) {
@@ -321,7 +321,7 @@ int lmp_slot_prepare_child(void) {
     }
     /* The same hash layout; tombstones are dropped but probes still end at
      * the same empty entries, so copying positions is safe. */
-    for (j = 0; j < mine->cap; j++) {
+    for (j = 0; inherit && j < mine->cap; j++) {
       uint32_t n = atomic_load(&mine->e[j].n);
       if (mine->e[j].obj == 0) continue;
       t->e[j].obj = mine->e[j].obj;

@@ -12,9 +12,12 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <lualib.h>
 #include <uv.h>
 
 #include "runtime.h"
@@ -102,8 +105,12 @@ static int reap(lmp_child *c) {
   return 0;
 }
 
+static void reap_server(int block);
+static void forget_server(void);
+
 void lmp_reap_children(void) {
   lmp_child *c = children, *next;
+  reap_server(0);
   while (c != NULL) {
     next = c->next;
     if (reap(c)) maybe_free(c);
@@ -168,9 +175,8 @@ static int exitcode(const lmp_child *c) {
  * The child then runs its target and leaves through lmp_exit_child, never
  * returning into the code that called fork.
  */
-static void after_fork_child(uint32_t slot) {
+static void after_fork_child(uint32_t slot, pid_t ppid_then) {
   lmp_child *c = children, *next;
-  pid_t ppid_then = (pid_t)atomic_load(&lmp_self->pid);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != ppid_then) _exit(1);
   lmp_pid = getpid();
@@ -184,6 +190,7 @@ static void after_fork_child(uint32_t slot) {
   }
   children = NULL;
   nchildren = 0;
+  forget_server();
   in_child = 1;
   lmp_loop_after_fork();
 }
@@ -221,7 +228,7 @@ static lmp_child *new_child(lua_State *L, int *slot) {
   lmp_newhandle(L, &sentinel_class, sizeof(child_ud), 0);
   c = calloc(1, sizeof *c);
   if (c == NULL) luaL_error(L, "not enough memory");
-  *slot = lmp_slot_prepare_child();
+  *slot = lmp_slot_prepare(1);
   if (*slot < 0) {
     free(c);
     if (*slot == -EAGAIN)
@@ -270,7 +277,7 @@ static int proc_fork(lua_State *L) {
     return luaL_error(L, "cannot start a process: %s", strerror(e));
   }
   if (pid == 0) {
-    after_fork_child((uint32_t)slot);
+    after_fork_child((uint32_t)slot, lmp_pid);
     lua_pushnil(L); /* its own exit is still to run */
     lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
     lua_pushvalue(L, 1);
@@ -294,6 +301,7 @@ static int proc_fork(lua_State *L) {
  * and signalled the same way.
  */
 #define SPAWN_FLAG "--luamp-spawned"
+#define SERVER_FLAG "--luamp-forkserver"
 
 /* A close-on-exec memfd holding n bytes of p, at offset 0; -errno. */
 static int payload_fd(const char *p, size_t n) {
@@ -320,18 +328,26 @@ static int payload_fd(const char *p, size_t n) {
 
 extern char **environ;
 
-/* Starts exe with the arena at 3 and the payload at 4: the pid, or -errno. */
-static pid_t spawn_exe(const char *exe, int pfd, uint32_t slot) {
+/* argv words after the family's: a server's module paths and preloads */
+#define MAX_EXTRA 66
+
+/* Starts exe as `exe flag ADDR SLOT PPID extra...` with the arena at 3
+ * and fd4 at 4: the pid, or -errno. */
+static pid_t spawn_exe(const char *exe, const char *flag, uint32_t slot,
+                       int fd4, const char *const *extra) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t at;
   sigset_t none, all;
   char addr[32], slotstr[16], ppid[16];
-  char *argv[] = {(char *)exe, SPAWN_FLAG, addr, slotstr, ppid, NULL};
+  char *argv[6 + MAX_EXTRA] = {(char *)exe, (char *)flag, addr, slotstr,
+                               ppid};
   /* Above 4, so that placing one cannot overwrite the other. */
   int a = fcntl(lmp_arena_fd(), F_DUPFD_CLOEXEC, 10);
-  int b = fcntl(pfd, F_DUPFD_CLOEXEC, 10);
+  int b = fcntl(fd4, F_DUPFD_CLOEXEC, 10);
   pid_t pid = -1;
-  int rc = 0;
+  int rc = 0, i;
+  for (i = 0; extra != NULL && extra[i] != NULL && i < MAX_EXTRA; i++)
+    argv[5 + i] = (char *)extra[i];
   if (a < 0 || b < 0) rc = errno;
   snprintf(addr, sizeof addr, "%p", (void *)lmp_base);
   snprintf(slotstr, sizeof slotstr, "%u", (unsigned)slot);
@@ -356,6 +372,12 @@ static pid_t spawn_exe(const char *exe, int pfd, uint32_t slot) {
   return rc != 0 ? -rc : pid;
 }
 
+static int no_memfd(lua_State *L, const char *what) {
+  return luaL_error(L, "cannot %s: the arena is not in a memfd here "
+                    "(memfd_create failed), so only a fork can share it",
+                    what);
+}
+
 /* spawn(payload, daemon, exe) -> Child: exe started as a spawned child of
  * this family, whose luamp_child_main runs `payload` (the bytes of a
  * message the caller keeps until this returns). */
@@ -367,17 +389,14 @@ static int proc_spawn(lua_State *L) {
   lmp_child *c;
   int slot, pfd;
   pid_t pid;
-  if (lmp_arena_fd() < 0)
-    return luaL_error(L, "cannot spawn a process: the arena is not in a "
-                      "memfd here (memfd_create failed), so only a fork can "
-                      "share it");
+  if (lmp_arena_fd() < 0) return no_memfd(L, "spawn a process");
   c = new_child(L, &slot);
   if ((pfd = payload_fd(payload, n)) < 0) {
     drop_child(c, slot);
     return luaL_error(L, "cannot spawn a process: %s", strerror(-pfd));
   }
   fflush(NULL);
-  pid = spawn_exe(exe, pfd, (uint32_t)slot);
+  pid = spawn_exe(exe, SPAWN_FLAG, (uint32_t)slot, pfd, NULL);
   close(pfd);
   if (pid < 0) {
     drop_child(c, slot);
@@ -386,6 +405,333 @@ static int proc_spawn(lua_State *L) {
   }
   track(lua_touserdata(L, -1), c, pid, (uint32_t)slot, daemon);
   return 1;
+}
+
+/* ------------------------------------------------------ forkserver path */
+
+/*
+ * forkserver: a server started like a spawned child (so it is as clean of
+ * the parent's threads), with the modules of set_forkserver_preload loaded
+ * once, that forks every further child on request.  Each process that
+ * uses the method has its own server, on a SOCK_SEQPACKET socket: the
+ * request is the child's prepared slot with, as SCM_RIGHTS, a memfd
+ * holding its bootstrap message; the answer, its pid (or -errno).
+ *
+ * The server forks with CLONE_PARENT: the child is the requester's own,
+ * not the server's.  So it is reaped, waited for, signalled and cleaned up
+ * exactly as a fork's is (SIGCHLD, waitpid, PR_SET_PDEATHSIG on the
+ * requester), the server reports no ends, and killing the server loses no
+ * child: the next start makes a new server.  A raw clone does not do what
+ * glibc's fork does for the child's thread, so the server does it: it
+ * asks the kernel to write the child's thread id where glibc keeps it
+ * (robust and error-checking mutexes are owned by that id) and the child
+ * registers its robust-mutex list again.  Where that place cannot be
+ * found (another C library), the server says so at start and the method
+ * is not available.
+ */
+struct robust_head { /* the kernel's struct robust_list_head */
+  void *list;
+  long futex_offset;
+  void *pending;
+};
+
+static struct {
+  pid_t pid;   /* the server, or 0 */
+  pid_t owner; /* the process whose server it is */
+  int sock;    /* our end, or -1 */
+  uint32_t slot;
+} server = {0, 0, -1, 0};
+
+/* The server's end, reaped or known dead: its slot and socket go. */
+static void server_gone(void) {
+  lmp_slot_release(server.slot);
+  close(server.sock);
+  server.sock = -1;
+  server.pid = 0;
+}
+
+/* Reaps the server if it has ended; with `block`, waits until it has. */
+static void reap_server(int block) {
+  int status;
+  pid_t r;
+  if (server.pid == 0 || server.owner != getpid()) return;
+  do r = waitpid(server.pid, &status, block ? 0 : WNOHANG);
+  while (r < 0 && errno == EINTR);
+  if (r == server.pid || (r < 0 && errno == ECHILD)) server_gone();
+}
+
+/* A forked child forgets its parent's server: the socket is not its own. */
+static void forget_server(void) {
+  if (server.sock >= 0 && server.owner != getpid()) close(server.sock);
+  server.sock = -1;
+  server.pid = 0;
+}
+
+/* Stops this process's server, at its exit: it holds nothing. */
+static void stop_server(void) {
+  if (server.pid == 0 || server.owner != getpid()) return;
+  kill(server.pid, SIGKILL);
+  reap_server(1);
+}
+
+static ssize_t recv_int(int sock, int32_t *v, int *fd) {
+  char ctl[CMSG_SPACE(sizeof(int))];
+  struct iovec io = {v, sizeof *v};
+  struct msghdr m;
+  ssize_t n;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = &io;
+  m.msg_iovlen = 1;
+  if (fd != NULL) {
+    *fd = -1;
+    m.msg_control = ctl;
+    m.msg_controllen = sizeof ctl;
+  }
+  do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n > 0 && fd != NULL) {
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    if (c != NULL && c->cmsg_level == SOL_SOCKET &&
+        c->cmsg_type == SCM_RIGHTS)
+      memcpy(fd, CMSG_DATA(c), sizeof(int));
+  }
+  return n < 0 ? -errno : n == (ssize_t)sizeof *v ? n : n == 0 ? 0 : -EPROTO;
+}
+
+static int send_int(int sock, int32_t v, int fd) {
+  char ctl[CMSG_SPACE(sizeof(int))];
+  struct iovec io = {&v, sizeof v};
+  struct msghdr m;
+  ssize_t n;
+  memset(&m, 0, sizeof m);
+  m.msg_iov = &io;
+  m.msg_iovlen = 1;
+  if (fd >= 0) {
+    struct cmsghdr *c;
+    memset(ctl, 0, sizeof ctl);
+    m.msg_control = ctl;
+    m.msg_controllen = sizeof ctl;
+    c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+  }
+  do n = sendmsg(sock, &m, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n < 0 ? -errno : 0;
+}
+
+/* Starts this process's server, the modules named in the table at index
+ * `preload` loaded in it: 0, or -1 with why in `why`. */
+static int start_server(lua_State *L, const char *exe, int preload,
+                        char *why, size_t size) {
+  const char *extra[MAX_EXTRA + 1];
+  int sv[2], slot, n = 2;
+  int32_t hello;
+  ssize_t r;
+  pid_t pid;
+  /* Our module paths first, then the names (the Lua values keep them). */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, LUA_LOADLIBNAME);
+  lua_getfield(L, -1, "path");
+  lua_getfield(L, -2, "cpath");
+  extra[0] = lua_isstring(L, -2) ? lua_tostring(L, -2) : "";
+  extra[1] = lua_isstring(L, -1) ? lua_tostring(L, -1) : "";
+  lua_pop(L, 2); /* still referenced by package */
+  lua_pop(L, 2);
+  if (lua_istable(L, preload)) {
+    for (; n < MAX_EXTRA; n++) {
+      lua_rawgeti(L, preload, n - 1);
+      extra[n] = lua_tostring(L, -1); /* the table keeps it */
+      lua_pop(L, 1);
+      if (extra[n] == NULL) break;
+    }
+  }
+  extra[n] = NULL;
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    snprintf(why, size, "%s", strerror(errno));
+    return -1;
+  }
+  if ((slot = lmp_slot_prepare(0)) < 0) {
+    close(sv[0]);
+    close(sv[1]);
+    snprintf(why, size, "%s", slot == -EAGAIN ? "all process slots of the "
+             "family are in use" : "the shared arena is full");
+    return -1;
+  }
+  pid = spawn_exe(exe, SERVER_FLAG, (uint32_t)slot, sv[1], extra);
+  close(sv[1]);
+  if (pid < 0) {
+    close(sv[0]);
+    lmp_slot_release((uint32_t)slot);
+    snprintf(why, size, "%s: %s", exe, strerror((int)-pid));
+    return -1;
+  }
+  server.pid = pid;
+  server.owner = getpid();
+  server.sock = sv[0];
+  server.slot = (uint32_t)slot;
+  /* It says it is ready, or why it cannot serve; or it dies saying why
+   * on its standard error. */
+  if ((r = recv_int(server.sock, &hello, NULL)) <= 0 || hello < 0) {
+    kill(pid, SIGKILL);
+    reap_server(1);
+    snprintf(why, size, "%s: %s", exe, r < 0 ? strerror((int)-r) :
+             r == 0 ? "it exited at start (its standard error says why)" :
+             hello == -ENOTSUP ? "this C library's threads are not known "
+             "to it" : strerror(-hello));
+    return -1;
+  }
+  return 0;
+}
+
+/* forkserver(payload, daemon, exe, preload) -> Child: a child of this
+ * process forked by its forkserver (started with exe and the modules of
+ * the list preload when there is none), running `payload` as a spawned
+ * child does. */
+static int proc_forkserver(lua_State *L) {
+  size_t n;
+  const char *payload = luaL_checklstring(L, 1, &n);
+  int daemon = lua_toboolean(L, 2);
+  const char *exe = luaL_checkstring(L, 3);
+  char why[256];
+  lmp_child *c;
+  int slot, pfd, tries;
+  int32_t pid = 0;
+  pid_t asked = 0;
+  ssize_t r = 0;
+  if (lmp_arena_fd() < 0) return no_memfd(L, "start a forkserver");
+  if (server.pid != 0) reap_server(0);
+  c = new_child(L, &slot);
+  if ((pfd = payload_fd(payload, n)) < 0) {
+    drop_child(c, slot);
+    return luaL_error(L, "cannot start a process: %s", strerror(-pfd));
+  }
+  fflush(NULL);
+  for (tries = 0; tries < 2; tries++) {
+    if (server.pid == 0 && start_server(L, exe, 4, why, sizeof why) < 0) {
+      close(pfd);
+      drop_child(c, slot);
+      return luaL_error(L, "cannot start a forkserver: %s", why);
+    }
+    /* A server that died since its last start is found here: the request
+     * cannot be sent, and a new one is started once. */
+    asked = server.pid;
+    if (send_int(server.sock, (int32_t)slot, pfd) < 0) {
+      reap_server(1);
+      continue;
+    }
+    r = recv_int(server.sock, &pid, NULL);
+    break;
+  }
+  close(pfd);
+  if (tries == 2 || r <= 0) {
+    if (server.pid != 0) kill(server.pid, SIGKILL); /* if it still lives */
+    reap_server(1);
+    /* It died with our request.  Whether it forked first, the slot says:
+     * the server writes the pid there as the fork returns, and the child
+     * as it starts. */
+    pid = atomic_load(&lmp_slot_at((uint32_t)slot)->pid);
+    if (pid <= 0) {
+      drop_child(c, slot);
+      return luaL_error(L, "cannot start a process: the forkserver (pid %d) "
+                        "died while starting it", (int)asked);
+    }
+  } else if (pid < 0) {
+    drop_child(c, slot);
+    return luaL_error(L, "cannot start a process: the forkserver cannot "
+                      "fork: %s", strerror(-pid));
+  }
+  track(lua_touserdata(L, -1), c, (pid_t)pid, (uint32_t)slot, daemon);
+  return 1;
+}
+
+/* forkserver_pid() -> the pid of this process's forkserver, or nil. */
+static int proc_forkserver_pid(lua_State *L) {
+  if (server.pid != 0) reap_server(0);
+  if (server.pid == 0 || server.owner != getpid()) lua_pushnil(L);
+  else lua_pushinteger(L, server.pid);
+  return 1;
+}
+
+/* Where this thread's id is for glibc (in its thread descriptor, just
+ * before the robust list head the kernel knows), checked against the id. */
+static pid_t *thread_id_word(struct robust_head **head, size_t *len) {
+  pid_t *tid;
+  if (syscall(SYS_get_robust_list, 0, head, len) < 0 || *head == NULL)
+    return NULL;
+  tid = (pid_t *)((char *)*head - 2 * sizeof(pid_t) - sizeof(void *));
+  if (*tid != (pid_t)syscall(SYS_gettid)) return NULL;
+  /* An empty list points at itself, as does the descriptor's last entry. */
+  if ((*head)->list != *head || *(void **)((char *)*head - sizeof(void *))
+      != *head)
+    return NULL;
+  return tid;
+}
+
+static void run_payload(lua_State *L, int fd);
+
+/* The server's loop: a fork per request until the socket closes. */
+static int serve(lua_State *L, int sock, pid_t owner, char **preload) {
+  struct robust_head *head;
+  size_t len;
+  pid_t *tid;
+  /* A Ctrl-C at the terminal reaches the whole group: the server is not
+   * the one to stop, and its children get the handler back. */
+  signal(SIGINT, SIG_IGN);
+  if (preload[0] == NULL || preload[1] == NULL) return 1;
+  lua_getglobal(L, LUA_LOADLIBNAME);
+  if (lua_istable(L, -1)) {
+    lua_pushstring(L, preload[0]);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, preload[1]);
+    lua_setfield(L, -2, "cpath");
+  }
+  lua_pop(L, 1);
+  for (preload += 2; *preload != NULL; preload++) {
+    lua_getglobal(L, "require");
+    lua_pushstring(L, *preload);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      const char *msg = luaL_tolstring(L, -1, NULL);
+      /* Its first line: require's lists every path it tried. */
+      fprintf(stderr, "luamp: the forkserver cannot preload '%s': %.*s\n",
+              *preload, (int)strcspn(msg, "\n"), msg);
+      lua_pop(L, 2);
+    }
+  }
+  if ((tid = thread_id_word(&head, &len)) == NULL) {
+    send_int(sock, -ENOTSUP, -1);
+    return 1;
+  }
+  if (send_int(sock, 0, -1) < 0) return 1;
+  for (;;) {
+    int32_t slot;
+    int pfd;
+    long pid;
+    ssize_t r = recv_int(sock, &slot, &pfd);
+    if (r == 0) return 0; /* the owner closed it, or ended */
+    if (r < 0 || pfd < 0 || slot < 0 || slot >= LMP_MAX_PROCS) {
+      if (pfd >= 0) close(pfd);
+      if (r < 0 && r != -EPROTO) return 1;
+      send_int(sock, -EPROTO, -1);
+      continue;
+    }
+    fflush(NULL);
+    pid = syscall(SYS_clone, CLONE_PARENT | CLONE_CHILD_SETTID |
+                  CLONE_CHILD_CLEARTID | SIGCHLD, NULL, NULL, tid, 0);
+    if (pid == 0) {
+      close(sock);
+      syscall(SYS_set_robust_list, head, len);
+      after_fork_child((uint32_t)slot, owner);
+      signal(SIGINT, SIG_DFL);
+      lmp_sigint_own();
+      run_payload(L, pfd); /* never returns */
+    }
+    if (pid > 0) atomic_store(&lmp_slot_at((uint32_t)slot)->pid, (int32_t)pid);
+    close(pfd);
+    if (send_int(sock, pid > 0 ? (int32_t)pid : -errno, -1) < 0) return 1;
+  }
 }
 
 /* executable() -> the program a spawned child runs unless told another:
@@ -411,19 +757,50 @@ static int proc_executable(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------ the exec'd processes */
+
 int lmp_spawn_fail(const char *why) {
   fprintf(stderr, "luamp: a spawned process cannot start: %s\n", why);
   return 1;
 }
 
-int lmp_spawned_main(int argc, char **argv, lmp_spawned_run run, void *ud) {
+/* A child's bootstrap message, read from fd, run by luamp.process's
+ * `spawned`; then the end a forked child has.  Never returns. */
+static void run_payload(lua_State *L, int fd) {
+  luaL_Buffer b;
+  lua_pushnil(L); /* its own exit is still to run */
+  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "luamp.process");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "spawned");
+  luaL_buffinit(L, &b);
+  for (;;) {
+    char *p = luaL_prepbuffer(&b);
+    ssize_t r = read(fd, p, LUAL_BUFFERSIZE);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) _exit(lmp_spawn_fail(strerror(errno)));
+    if (r == 0) break;
+    luaL_addsize(&b, (size_t)r);
+  }
+  close(fd);
+  luaL_pushresult(&b);
+  lmp_end_child(L, lua_pcall(L, 1, 1, 0));
+}
+
+int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud) {
   void *addr = NULL;
   unsigned long slot;
   long ppid;
   char *end;
-  int rc;
-  if (argc < 2 || strcmp(argv[1], SPAWN_FLAG) != 0) return 0;
-  if (argc != 5 || sscanf(argv[2], "%p", &addr) != 1 ||
+  int rc, serving;
+  lua_State *L;
+  if (argc < 2) return 0;
+  if (strcmp(argv[1], SPAWN_FLAG) == 0) serving = 0;
+  else if (strcmp(argv[1], SERVER_FLAG) == 0) serving = 1;
+  else return 0;
+  if ((serving ? argc < 7 : argc != 5) ||
+      sscanf(argv[2], "%p", &addr) != 1 ||
       (slot = strtoul(argv[3], &end, 10), *end != '\0') ||
       slot >= LMP_MAX_PROCS || (ppid = strtol(argv[4], &end, 10), *end))
     _exit(lmp_spawn_fail("bad arguments"));
@@ -440,7 +817,10 @@ int lmp_spawned_main(int argc, char **argv, lmp_spawned_run run, void *ud) {
   lmp_pid = getpid();
   lmp_slot_adopt((uint32_t)slot);
   in_child = 1;
-  _exit(run(4, ud) & 0xff);
+  if ((L = open(ud)) == NULL) _exit(1);
+  if (serving) _exit(serve(L, 4, (pid_t)ppid, argv + 5));
+  run_payload(L, 4);
+  return 1; /* not reached */
 }
 
 /* ----------------------------------------------------- Sentinel methods */
@@ -605,6 +985,7 @@ int lmp_run_atexit(lua_State *L) {
     lua_pop(L, 1);
   }
   rc = shutdown_children();
+  stop_server();
   lua_pushinteger(L, rc);
   lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
   return rc;
@@ -738,6 +1119,7 @@ static const lmp_class *const process_classes[] = {&sentinel_class, NULL};
 
 static const luaL_Reg proc_funcs[] = {
   {"fork", proc_fork},         {"spawn", proc_spawn},
+  {"forkserver", proc_forkserver}, {"forkserver_pid", proc_forkserver_pid},
   {"executable", proc_executable}, {"cpu_count", proc_cpu_count},
   {"getpid", proc_getpid},     {"getppid", proc_getppid},
   {"alive", proc_alive},       {"reaped", proc_reaped},

@@ -211,13 +211,15 @@ void lmp_exit_child(lua_State *L, int status);
  * exits with the integer returned.  Never returns. */
 void lmp_end_child(lua_State *L, int rc);
 
-/* The start of a process made by core.spawn: when argv says it is one,
- * dies with its parent, maps the family's arena, adopts its slot and calls
- * run(fd, ud) with the descriptor of its bootstrap message, then exits
- * with what run returns; otherwise returns 0.  lmp_spawn_fail prints why
- * a spawned process cannot start and returns its exit status. */
-typedef int (*lmp_spawned_run)(int fd, void *ud);
-int lmp_spawned_main(int argc, char **argv, lmp_spawned_run run, void *ud);
+/* The start of a process made by exec for the family (core.spawn's child,
+ * or the forkserver of core.forkserver): when argv says it is one, dies
+ * with its parent, maps the family's arena, adopts its slot, makes its
+ * host with open(ud) (NULL: it could not, having said why) and runs: a
+ * spawned child its bootstrap message, the server its requests; then
+ * exits.  Otherwise returns 0 at once.  lmp_spawn_fail prints why such a
+ * process cannot start and returns its exit status. */
+typedef lua_State *(*lmp_child_open)(void *ud);
+int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud);
 int lmp_spawn_fail(const char *why);
 
 /* --------------------------------------------------------------- classes */

@@ -163,7 +163,7 @@ static void test_killed_holder(void) {
   ASSERT_EQ(lmp_hold(o), 0);
   ASSERT_EQ(atomic_load(&o->refs), 1);
   ASSERT_EQ(pipe(fds), 0);
-  slot = lmp_slot_prepare_child();
+  slot = lmp_slot_prepare(1);
   ASSERT_TRUE(slot > 0);
   ASSERT_EQ(atomic_load(&o->refs), 2); /* the child's share */
   pid = fork();

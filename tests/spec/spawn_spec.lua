@@ -1,13 +1,16 @@
--- spawn_spec.lua -- start methods: the API Python names them by, and the
+-- spawn_spec.lua -- start methods: the API Python names them by; the
 -- "spawn" method, whose child is a fresh run of the luamp command that
--- maps the family's arena and is given its Process object as a message.
+-- maps the family's arena and is given its Process object as a message;
+-- and "forkserver", whose server, started as a spawned child is, forks
+-- each child and is given the same message.
 
 local mp = require "luamp"
 local H = require "spec_helper"
 
 -- A target reaches globals through upvalues: busted runs this file in an
 -- environment of its own, which does not cross to another process.
-local error, os, package, rawget = error, os, package, rawget
+local error, os, package, rawget, require = error, os, package, rawget,
+                                           require
 local G = _G
 
 -- The built command, absolute: what a spawned child runs (under a stock
@@ -20,7 +23,8 @@ end
 
 describe("start methods", function()
   it("are named as Python names them", function()
-    assert.are.same({"fork", "spawn"}, mp.get_all_start_methods())
+    assert.are.same({"fork", "spawn", "forkserver"},
+                    mp.get_all_start_methods())
     assert.is_nil(mp.get_start_method(true))
     assert.are.equal("fork", mp.get_start_method())
     assert.has_error(function() mp.set_start_method("spawn") end,
@@ -51,10 +55,37 @@ describe("start methods", function()
   end)
 end)
 
-describe("a spawned Process", function()
+local core = require "luamp.core"
+
+-- Starts a process by the forkserver, so that its server runs: the
+-- server's socket and slot are there before the leak checks count.
+local function serve()
+  local p = mp.get_context("forkserver").Process{target = function() end}
+  p:start()
+  p:join()
+  return core.forkserver_pid()
+end
+
+-- Waits until pid is gone or a zombie: true if it went.
+local function gone(pid)
+  for _ = 1, 200 do
+    local f = io.open("/proc/" .. pid .. "/stat")
+    local state = f and f:read("a"):match("^%d+ %b() (%a)")
+    if f then f:close() end
+    if state == nil or state == "Z" then return true end
+    mp.sleep(0.05)
+  end
+  return false
+end
+
+for _, method in ipairs({"spawn", "forkserver"}) do
+describe("a Process started by " .. method, function()
   H.leakcheck()
-  local spawn = mp.get_context("spawn")
-  setup(function() mp.set_executable(built()) end)
+  local spawn = mp.get_context(method)
+  setup(function()
+    mp.set_executable(built())
+    if method == "forkserver" then serve() end
+  end)
 
   it("is a fresh program that gets its target, upvalues and arguments",
      function()
@@ -175,48 +206,178 @@ describe("a spawned Process", function()
   end)
 
   it("names a missing executable, and leaves no slot taken", function()
+    local server = core.forkserver_pid()
+    if server then -- a running server needs no executable: end it first
+      os.execute("kill -9 " .. server)
+      assert.is_true(gone(server))
+      assert.is_nil(core.forkserver_pid()) -- reaped, its slot free
+    end
     local before = mp.stats().processes
     mp.set_executable("/nonexistent/luamp")
     local p = spawn.Process{target = function() end}
     local ok, e = pcall(p.start, p)
     mp.set_executable(built())
     assert.is_false(ok)
-    assert.matches("cannot spawn a process: /nonexistent/luamp: No such "
-                   .. "file or directory", e, 1, true)
+    assert.matches((method == "spawn" and "cannot spawn a process: "
+                    or "cannot start a forkserver: ") .. "/nonexistent/"
+                   .. "luamp: No such file or directory", e, 1, true)
     assert.are.equal(before, mp.stats().processes)
+    if server then serve() end
   end)
 
   it("dies with its parent", function()
     local code = string.format([[
       local mp = require "luamp"
       mp.set_executable(%q)
-      local p = mp.get_context("spawn").Process{target = function()
+      local p = mp.get_context(%q).Process{target = function()
         mp.sleep(60)
       end}
       p:start()
-      io.write(p.pid, "\n")
+      io.write(p.pid, "\n", require("luamp.core").forkserver_pid() or "",
+               "\n")
       io.flush()
       mp.sleep(60)
-    ]], built())
+    ]], built(), method)
     local out = assert(io.popen(H.q(H.luamp) .. " -e " .. H.q(code)
                                 .. " & echo $!"))
     local host = tonumber(out:read("l"))
     local child = tonumber(out:read("l"))
+    local server = tonumber(out:read("l"))
     assert.is_truthy(host)
     assert.is_truthy(child)
+    assert.are.equal(method == "forkserver", server ~= nil)
     os.execute("kill -9 " .. host)
     out:close()
-    local gone = false
-    for _ = 1, 200 do
-      local f = io.open("/proc/" .. child .. "/stat")
-      local state = f and f:read("a"):match("^%d+ %b() (%a)")
-      if f then f:close() end
-      if state == nil or state == "Z" then
-        gone = true
-        break
-      end
-      mp.sleep(0.05)
+    assert.is_true(gone(child), "the child outlived its parent")
+    if server then
+      assert.is_true(gone(server), "the forkserver outlived its parent")
     end
-    assert.is_true(gone, "the spawned child outlived its parent")
+  end)
+end)
+end
+
+describe("the forkserver", function()
+  H.leakcheck()
+  local fs = mp.get_context("forkserver")
+  local dir
+  setup(function()
+    mp.set_executable(built())
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(require("lfs").mkdir(dir))
+    H.writefile(dir .. "/fs_preloaded.lua",
+                "return {pid = require('luamp').current_process().pid}")
+    package.path = dir .. "/?.lua;" .. package.path
+    serve()
+  end)
+  teardown(function()
+    package.path = package.path:gsub("^[^;]*;", "")
+    os.remove(dir .. "/fs_preloaded.lua")
+    os.remove(dir)
+    mp.set_forkserver_preload({})
+  end)
+
+  -- Ends the running server and waits until it is reaped.
+  local function stop()
+    local pid = core.forkserver_pid()
+    if pid then
+      os.execute("kill -9 " .. pid)
+      assert.is_true(gone(pid))
+      assert.is_nil(core.forkserver_pid())
+    end
+  end
+
+  it("loads its preloaded modules once, for every child", function()
+    stop()
+    mp.set_forkserver_preload({"fs_preloaded", "fs_no_such_module"})
+    local server = serve()
+    local q = mp.Queue()
+    local ps = {}
+    for i = 1, 3 do
+      ps[i] = fs.Process{target = function()
+        local m = package.loaded.fs_preloaded
+        q:put({m and m.pid, mp.current_process().pid})
+      end}
+      ps[i]:start()
+    end
+    for i = 1, 3 do
+      local r = q:get(20)
+      assert.are.equal(server, r[1]) -- loaded by the server, not the child
+      assert.are_not.equal(server, r[2])
+    end
+    for _, p in ipairs(ps) do
+      assert.is_true(p:join(20))
+      assert.are.equal(0, p.exitcode)
+    end
+    q:close()
+    mp.set_forkserver_preload({})
+  end)
+
+  it("checks the names it is given", function()
+    assert.has_error(function() mp.set_forkserver_preload("x") end,
+      "bad argument #1 to 'set_forkserver_preload' (table expected, got "
+      .. "string)")
+    assert.has_error(function() mp.set_forkserver_preload({"a", 5}) end,
+      "bad argument #1 to 'set_forkserver_preload' (module name expected "
+      .. "at [2], got number)")
+  end)
+
+  it("makes children of the process that asks, which outlive the server",
+     function()
+    local e = mp.Event()
+    local server = core.forkserver_pid()
+    local p = fs.Process{target = function() e:wait(20) os.exit(7) end}
+    p:start()
+    local f = assert(io.open("/proc/" .. p.pid .. "/stat"))
+    local ppid = tonumber(f:read("a"):match("^%d+ %b() %a (%d+)"))
+    f:close()
+    assert.are.equal(mp.current_process().pid, ppid)
+    stop()
+    e:set()
+    assert.is_true(p:join(20))
+    assert.are.equal(7, p.exitcode)
+    -- The next start makes a new server.
+    p = fs.Process{target = function() end}
+    p:start()
+    assert.is_true(p:join(20))
+    assert.are.equal(0, p.exitcode)
+    assert.is_truthy(core.forkserver_pid())
+    assert.are_not.equal(server, core.forkserver_pid())
+  end)
+
+  it("fails a start it dies in, clearly, and the next start works",
+     function()
+    local server = core.forkserver_pid()
+    local before = mp.stats().processes
+    os.execute("kill -STOP " .. server)
+    local killer = mp.Process{target = function()
+      mp.sleep(0.3)
+      os.execute("kill -9 " .. server)
+    end}
+    killer:start()
+    local t0 = mp.monotonic()
+    local p = fs.Process{target = function() end}
+    local ok, e = pcall(p.start, p)
+    assert.is_false(ok)
+    assert.are.equal("cannot start a process: the forkserver (pid " .. server
+                     .. ") died while starting it", e)
+    assert.is_true(mp.monotonic() - t0 >= 0.2)
+    assert.is_true(killer:join(20))
+    assert.are.equal(before - 1, mp.stats().processes) -- its slot too
+    assert.is_nil(p.pid)
+    p = fs.Process{target = function() end}
+    p:start()
+    assert.is_true(p:join(20))
+    assert.are.equal(0, p.exitcode)
+  end)
+
+  it("is not stopped by a Ctrl-C its group gets", function()
+    local server = core.forkserver_pid()
+    os.execute("kill -INT " .. server)
+    local p = fs.Process{target = function() end}
+    p:start()
+    assert.is_true(p:join(20))
+    assert.are.equal(0, p.exitcode)
+    assert.are.equal(server, core.forkserver_pid())
   end)
 end)
