@@ -39,6 +39,11 @@ typedef struct luamp_config {
   /* Leave the standard libraries out of the new state (the caller opens
    * what it wants before requiring luamp); 0 opens them all. */
   int no_stdlibs;
+  /* How this host starts processes: "fork", "spawn" or "forkserver"
+   * (mp.set_start_method's names); NULL means $LUAMP_START_METHOD or
+   * "fork".  An application with threads of its own wants "forkserver"
+   * or "spawn", and then must call luamp_child_main first in main. */
+  const char *start_method;
 } luamp_config;
 
 typedef struct luamp_host luamp_host;
@@ -83,13 +88,15 @@ LUAMP_EXPORT int luamp_close(luamp_host *h);
 LUAMP_EXPORT int luamp_parse_size(const char *s, size_t *out);
 
 /* Call first in main(), before anything else, with main's arguments: if
- * this process is a child that luamp started with the "spawn" start method
- * (its arguments say so), runs that child and exits; otherwise returns 0
- * at once.  A spawned child is a fresh run of the parent's executable, so
- * an application that embeds the host and uses "spawn" must call this (as
- * a Python program calls freeze_support()); the C functions it registers
- * are then its to register again in `open`, called with the child's state
- * before the child's code runs (NULL: none). */
+ * this process is a child that luamp started with the "spawn" start method,
+ * or the server of the "forkserver" method (its arguments say so), runs
+ * that child or server and exits; otherwise returns 0 at once.  Either is
+ * a fresh run of the parent's executable, so an application that embeds
+ * the host and uses "spawn" or "forkserver" must call this (as a Python
+ * program calls freeze_support()); the C functions it registers are then
+ * its to register again in `open`, called with the new state before any
+ * other code runs in it (NULL: none).  A forkserver's children are forks
+ * of the server's state and have what `open` registered there. */
 LUAMP_EXPORT int luamp_child_main(int argc, char **argv,
                                   void (*open)(lua_State *L));
 

@@ -130,6 +130,20 @@ LUAMP_EXPORT int luamp_parse_size(const char *s, size_t *out) {
   return lmp_parse_size(s, out) < 0 ? -1 : 0;
 }
 
+/* luamp.set_start_method(method): 0, or -1 with the error on the stack. */
+static int set_method(luamp_host *h, const char *method) {
+  lua_State *L = h->L;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "luamp");
+  lua_getfield(L, -1, "set_start_method");
+  lua_remove(L, -2);
+  lua_remove(L, -2);
+  lua_pushstring(L, method);
+  lua_pushboolean(L, 1);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) return -1;
+  return 0;
+}
+
 LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   static const luamp_config defaults;
   luamp_host *h;
@@ -173,6 +187,14 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   lua_pushvalue(h->L, -2);
   lua_setfield(h->L, -2, "luamp");
   lua_pop(h->L, 2);
+  if (cfg->start_method != NULL && set_method(h, cfg->start_method) < 0) {
+    static char msg[200];
+    snprintf(msg, sizeof msg, "%s", lua_tostring(h->L, -1));
+    if (err != NULL) *err = msg;
+    lua_close(h->L);
+    free(h);
+    return NULL;
+  }
   lmp_sigint_own();
   last_host = h;
   return h;

@@ -7,8 +7,9 @@
  * children find the mutex held (the hazard is shown, with a bounded wait);
  * with "spawn" each child is a fresh run of this program, which hands
  * control to luamp_child_main before anything else, registers the
- * application's functions there, and finds the mutex free: 200 Processes
- * and a Pool's map run and exit, every time. */
+ * application's functions there, and finds the mutex free; with
+ * "forkserver" each is a fork of such a run, single-threaded: 200
+ * Processes and a Pool's map run and exit, every time, by either. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -116,12 +117,15 @@ static void test_fork_hazard(void) {
   ASSERT_TRUE(wedged > 0);
 }
 
-/* 200 spawned children, twenty at a time, each takes the mutex, has one
- * thread and calls the application's function; then a spawn Pool maps. */
-static void test_spawn_runs_every_child(void) {
-  lua_Integer ok = run(
+/* 200 children started by `method`, twenty at a time, each takes the
+ * mutex, has one thread and calls the application's function; then a
+ * Pool of that method maps. */
+static void runs_every_child(const char *method) {
+  char code[1024];
+  lua_Integer ok;
+  snprintf(code, sizeof code,
     "local mp = require 'luamp'\n"
-    "local ctx = mp.get_context('spawn')\n"
+    "local ctx = mp.get_context('%s')\n"
     "local good = 0\n"
     "for wave = 1, 10 do\n"
     "  local ps = {}\n"
@@ -136,11 +140,12 @@ static void test_spawn_runs_every_child(void) {
     "    if p.exitcode == 0 then good = good + 1 end\n"
     "  end\n"
     "end\n"
-    "return good\n");
+    "return good\n", method);
+  ok = run(code);
   ASSERT_EQ((int)ok, 200);
-  ok = run(
+  snprintf(code, sizeof code,
     "local mp = require 'luamp'\n"
-    "local pool = mp.get_context('spawn').Pool(2)\n"
+    "local pool = mp.get_context('%s').Pool(2)\n"
     "local xs = {}\n"
     "for i = 1, 50 do xs[i] = i end\n"
     "local r = pool:map(function(x)\n"
@@ -150,13 +155,36 @@ static void test_spawn_runs_every_child(void) {
     "pool:join()\n"
     "local sum = 0\n"
     "for _, v in ipairs(r) do sum = sum + v end\n"
-    "return sum\n");
+    "return sum\n", method);
+  ok = run(code);
   ASSERT_EQ((int)ok, 2550);
+}
+
+static void test_spawn_runs_every_child(void) { runs_every_child("spawn"); }
+
+static void test_forkserver_runs_every_child(void) {
+  runs_every_child("forkserver");
+}
+
+/* luamp_config.start_method is the default of the host it makes. */
+static void test_config_start_method(void) {
+  ASSERT_EQ((int)run("return require('luamp').get_start_method() == "
+                     "'forkserver' and 1 or 0"), 1);
+  ASSERT_EQ((int)run(
+    "local mp = require 'luamp'\n"
+    "local p = mp.Process{target = function()\n"
+    "  os.exit(app.locked(5) and app.threads() == 1 and 0 or 3)\n"
+    "end}\n"
+    "p:start()\n"
+    "p:join(60)\n"
+    "return p.exitcode\n"), 0);
 }
 
 int main(int argc, char **argv) {
   static const check_test tests[] = {
-    CHECK(test_fork_hazard), CHECK(test_spawn_runs_every_child)};
+    CHECK(test_fork_hazard), CHECK(test_spawn_runs_every_child),
+    CHECK(test_forkserver_runs_every_child)};
+  static const check_test configured[] = {CHECK(test_config_start_method)};
   luamp_config cfg = {0};
   pthread_t th[4];
   const char *err;
@@ -171,8 +199,25 @@ int main(int argc, char **argv) {
   open_app(luamp_state(host));
   for (i = 0; i < 4; i++) pthread_create(&th[i], NULL, busy, NULL);
   rc = check_run(tests, CHECK_COUNT(tests));
+  luamp_close(host);
+  /* A host made to start by the forkserver; and a name it cannot take. */
+  cfg.start_method = "forkserver";
+  if ((host = luamp_new(&cfg, &err)) == NULL) {
+    fprintf(stderr, "test_threads: %s\n", err);
+    return 1;
+  }
+  open_app(luamp_state(host));
+  rc |= check_run(configured, CHECK_COUNT(configured));
+  luamp_close(host);
+  cfg.start_method = "vfork";
+  host = luamp_new(&cfg, &err);
+  if (host != NULL || strstr(err, "cannot find context for \"vfork\"") ==
+      NULL) {
+    fprintf(stderr, "not ok - a bad start_method: %s\n",
+            host ? "accepted" : err);
+    rc = 1;
+  }
   atomic_store(&stop, 1);
   for (i = 0; i < 4; i++) pthread_join(th[i], NULL);
-  luamp_close(host);
   return rc;
 }
