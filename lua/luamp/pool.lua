@@ -597,7 +597,14 @@ function Pool:join()
   checkself(self, Pool, "join")
   local sched = self._sched
   if sched.state == RUN then error("Pool is still running", 2) end
-  self:_wait_until(function() return sched:all_left() end, nil, 1)
+  -- Once every worker has ended, one more step: it takes the results the
+  -- last ones sent as they ended, or starts workers for tasks still to
+  -- run (a worker that reached maxtasksperchild just then).
+  self:_wait_until(function()
+    if not sched:all_left() then return false end
+    sched:pump()
+    return sched:all_left()
+  end, nil, 1)
   locked(sched, sched.release_workers)
   detach(self)
 end

@@ -19,6 +19,9 @@ local M = {}
 
 local Process = {}   -- methods
 local mt = {__name = "luamp.Process"}
+-- Registered by its name, so that a Process object sent to another process
+-- (a spawned child's own) has its metatable there.
+debug.getregistry()[mt.__name] = mt
 local getters = {}   -- computed fields: exitcode, pid, sentinel...
 
 local current        -- this process's Process object
@@ -308,9 +311,11 @@ function M.set_forkserver_preload(names)
   preload = list
 end
 
--- Starts self by `method`, "spawn" or "forkserver": its fields, its
--- parent's name and the module paths travel as one message, which holds
--- what they name until the child has its own.
+-- Starts self by `method`, "spawn" or "forkserver": the object itself (its
+-- metatable by name), with its parent's name and the module paths, is one
+-- message, which holds what it names until the child has its own, and the
+-- descriptors of the Connections it names are handed with it.  A target
+-- that names the object names the same table in the child.
 local function start_from_message(self, method, level)
   local exe = M.get_executable()
   if exe == nil then
@@ -318,15 +323,15 @@ local function start_from_message(self, method, level)
                  .. "executable to run (name one with mp.set_executable)",
                  method), level + 1)
   end
-  local fields = {}
-  for k, v in next, self do fields[k] = v end
-  fields._spawn = {parent = current.name, path = package.path,
-                   cpath = package.cpath}
-  local ok, msg = pcall(core.message, fields, "process")
+  rawset(self, "_spawn", {parent = current.name, path = package.path,
+                          cpath = package.cpath})
+  local handed = {} -- the Connections it names: their descriptors go too
+  local ok, msg = pcall(core.message, self, "process", handed)
+  rawset(self, "_spawn", nil)
   if not ok then error(msg, level + 1) end
   local child
   ok, child = pcall(core[method], msg:bytes(), self.daemon and true or false,
-                    exe, preload)
+                    exe, preload, handed)
   msg:close()
   if not ok then error(child, level + 1) end
   return child
@@ -335,12 +340,13 @@ end
 -- The body of a spawned child (luamp_child_main calls it with the
 -- message): the Process object is rebuilt and run as a fork's is.
 function M.spawned(bytes)
-  local fields = core.decode(bytes, true) -- requiring the modules it names
-  local info = fields._spawn
-  fields._spawn = nil
+  core.require_modules() -- as unpickling imports, from now on
+  local self = core.decode(bytes)
+  local info = rawget(self, "_spawn")
+  rawset(self, "_spawn", nil)
   package.path, package.cpath = info.path, info.cpath
   rawset(current, "_name", info.parent)
-  return bootstrap(setmetatable(fields, mt))
+  return bootstrap(self)
 end
 
 -- Forks; the child runs self:run() and exits (0 on return, 1 on error).

@@ -1,7 +1,9 @@
 -- process.lua -- start+join of a trivial child, the cost of one worker's
 -- whole life: fork, run an empty target, exit, reap; and the same with the
--- spawn start method (a fresh run of the luamp command).
--- Prints: start_join <ms per start+join> ms, spawn_start_join <ms> ms
+-- spawn start method (a fresh run of the luamp command) and with the
+-- forkserver (a fork of a server started once, before the clock).
+-- Prints: start_join <ms per start+join> ms, spawn_start_join <ms> ms,
+-- forkserver_start_join <ms> ms
 -- Usage: luamp process.lua [N=500] [N_SPAWN=50]
 
 local mp = require "luamp"
@@ -31,3 +33,10 @@ t0 = mp.monotonic()
 for _ = 1, N_SPAWN do once(spawn) end
 dt = mp.monotonic() - t0
 print(string.format("spawn_start_join %.4f ms", dt * 1e3 / N_SPAWN))
+
+local forkserver = mp.get_context("forkserver")
+for _ = 1, 20 do once(forkserver) end -- the server starts here
+t0 = mp.monotonic()
+for _ = 1, N do once(forkserver) end
+dt = mp.monotonic() - t0
+print(string.format("forkserver_start_join %.4f ms", dt * 1e3 / N))

@@ -1,6 +1,8 @@
 """process.py -- Python twin of process.lua: start+join of a trivial child
-with multiprocessing's fork start method, then with spawn.
-Prints: start_join <ms per start+join> ms, spawn_start_join <ms> ms
+with multiprocessing's fork start method, then with spawn, then with the
+forkserver (started before the clock).
+Prints: start_join <ms per start+join> ms, spawn_start_join <ms> ms,
+forkserver_start_join <ms> ms
 Usage: python3 process.py [N=500] [N_SPAWN=50]
 """
 import multiprocessing as mp
@@ -37,6 +39,14 @@ def main():
         once(spawn)
     dt = time.perf_counter() - t0
     print("spawn_start_join %.4f ms" % (dt * 1e3 / n_spawn))
+    forkserver = mp.get_context("forkserver")
+    for _ in range(20):  # the server starts here
+        once(forkserver)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        once(forkserver)
+    dt = time.perf_counter() - t0
+    print("forkserver_start_join %.4f ms" % (dt * 1e3 / n))
 
 
 if __name__ == "__main__":

@@ -51,10 +51,13 @@
  *               length, field name; package.loaded[module][field]
  *   0x0c        a module by name: varint length, name; package.loaded[name]
  *   0x0d        a luamp object: varint type, varint arena offset
- *   0x0e        only where a table's key would be: a value V follows, and
- *               the table gets the metatable {__index = V}
- *   0x0f        only where a table's key would be: a table M follows (a
- *               class: M.__index is M), and the table gets M as metatable
+ *   0x0e        only where a table's key would be: a table M follows,
+ *               and the table gets M as metatable
+ *   0x0f        a Connection, only in a message that starts a process
+ *               (spawn, forkserver), whose descriptors come with it:
+ *               varint k (the k-th descriptor, from 0), varint flags,
+ *               varint type and varint offset of its channel (an object
+ *               the message names; 0 0 for none)
  *   0x11        only where a table's key would be: varint length, a name;
  *               the table gets the metatable registered under that name
  *               (luaL_newmetatable) in the receiver, as in the sender
@@ -71,14 +74,12 @@
  *
  * Tables.  The array part of a table is the run of keys 1, 2, 3... that
  * lua_next yields first; the rest, holes and all, go as pairs.  A
- * metatable is sent in three forms only: one registered under its
- * __name (luaL_newmetatable), by that name (0x11), so that an error
- * object is one of the receiver's; {__index = V}, as V (0x0e), which is
- * how environments inherit from the globals (a sandbox, a test
- * framework's file environment); and a class, a metatable M with
- * M.__index == M, as M itself (0x0f), so that an object reaches its
- * methods.  Other metatables are not sent: the receiver gets a plain
- * table.
+ * metatable registered under its __name (luaL_newmetatable) goes by that
+ * name (0x11), so that an error object is one of the receiver's; any
+ * other goes as the table it is (0x0e), shared like any table: a class
+ * (M.__index == M) whose objects reach their methods, an environment's
+ * {__index = _G} that inherits from the receiver's globals, a __call
+ * that makes a table callable.
  *
  * Sharing.  The encoder numbers tables and Lua functions as it first meets
  * them and remembers them, by lua_topointer, in a small C hash; meeting one
@@ -141,8 +142,8 @@
 enum {
   LMP_TAG_NIL = 0x00, LMP_TAG_FALSE, LMP_TAG_TRUE, LMP_TAG_INT, LMP_TAG_FLOAT,
   LMP_TAG_STR, LMP_TAG_TABLE, LMP_TAG_FUNC, LMP_TAG_REF, LMP_TAG_JOIN,
-  LMP_TAG_GLOBALS, LMP_TAG_NAME, LMP_TAG_MODULE, LMP_TAG_OBJ, LMP_TAG_INDEX,
-  LMP_TAG_META,
+  LMP_TAG_GLOBALS, LMP_TAG_NAME, LMP_TAG_MODULE, LMP_TAG_OBJ, LMP_TAG_META,
+  LMP_TAG_CONN,
   LMP_TAG_KEEP = 0x10,     /* on TABLE or FUNC: a ref or join names it */
   LMP_TAG_METANAME = 0x11, /* a metatable by its registered name */
   LMP_TAG_MSG = 0x12,      /* an embedded message */
@@ -350,5 +351,13 @@ int lmp_codec_message(lua_State *L);
 int lmp_codec_message_slice(lua_State *L);
 int lmp_codec_decode(lua_State *L);
 int lmp_codec_decode_into(lua_State *L);
+int lmp_codec_require_modules(lua_State *L);
+
+/* How a handle is made of a descriptor this process was handed at its
+ * start (lmp_handed_take), registered by its type: the decoder makes the
+ * k-th into a handle once, and each later mention is that handle. */
+typedef void (*lmp_handed_make)(lua_State *L, int fd, unsigned flags,
+                                lmp_off chan);
+void lmp_codec_handed_maker(lmp_handed_make make);
 
 #endif

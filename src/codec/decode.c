@@ -148,8 +148,7 @@ static void dectable(dec *d, int tag) {
     lua_rawseti(L, -2, (lua_Integer)i);
   }
   while ((tag = gettag(d)) != LMP_TAG_NIL) {
-    if (d->plain && (tag == LMP_TAG_METANAME || tag == LMP_TAG_META ||
-                     tag == LMP_TAG_INDEX))
+    if (d->plain && (tag == LMP_TAG_METANAME || tag == LMP_TAG_META))
       lmp_codec_raise(L, "cannot receive a metatable from outside the "
                       "process family");
     if (tag == LMP_TAG_METANAME) { /* a metatable registered by name */
@@ -172,18 +171,9 @@ static void dectable(dec *d, int tag) {
       lua_setmetatable(L, -2);
       continue;
     }
-    if (tag == LMP_TAG_META) { /* a class: the metatable itself */
+    if (tag == LMP_TAG_META) { /* the metatable itself */
       decany(d, gettag(d));
       if (!lua_istable(L, -1)) bad(d, "bad metatable");
-      lua_setmetatable(L, -2);
-      continue;
-    }
-    if (tag == LMP_TAG_INDEX) { /* the metatable {__index = V} */
-      lua_createtable(L, 0, 1);
-      decany(d, gettag(d));
-      if (!lua_istable(L, -1) && !lua_isfunction(L, -1))
-        bad(d, "bad metatable");
-      lua_setfield(L, -2, "__index");
       lua_setmetatable(L, -2);
       continue;
     }
@@ -282,10 +272,14 @@ static void printable(char *buf, size_t sz, const unsigned char *s, size_t n) {
   buf[n] = '\0';
 }
 
-/* Requires the module a message names and this process has not loaded,
- * when the decode asks (a spawned child's bootstrap: it has loaded nothing
- * of its parent's), as unpickling imports: 1 if it loaded, 0 if it is no
- * module name or would not load. */
+/* Whether this process requires the modules a message names and it has
+ * not loaded, as unpickling imports: a process started from a message
+ * (spawn, forkserver) has loaded nothing of its parent's; a fork has all
+ * its parent loaded, and a name it lacks is refused. */
+static int requires_modules;
+
+/* Requires the module a message names and this process has not loaded:
+ * 1 if it loaded, 0 if it is no module name or would not load. */
 static int require_module(lua_State *L, const unsigned char *mod,
                           size_t mlen) {
   size_t i;
@@ -304,6 +298,43 @@ static int require_module(lua_State *L, const unsigned char *mod,
     return 0;
   }
   return 1;
+}
+
+/* The handles made of the descriptors this process was handed, in the
+ * registry under HANDED_KEY, by number. */
+static lmp_handed_make handed_make;
+static const char HANDED_KEY = 'h';
+
+void lmp_codec_handed_maker(lmp_handed_make make) { handed_make = make; }
+
+/* LMP_TAG_CONN: the handle of the k-th descriptor handed. */
+static void dechanded(dec *d) {
+  lua_State *L = d->L;
+  uint64_t k = getvarint(d), flags = getvarint(d);
+  uint64_t type = getvarint(d), off = getvarint(d);
+  if (d->plain) bad(d, "a connection from outside the process family");
+  if (type != 0 && (type >= LMP_T_MAX || !lmp_obj_check(off, (int)type)))
+    bad(d, "bad object reference");
+  if (handed_make == NULL || k >= LMP_MAX_HANDED)
+    bad(d, "bad connection");
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &HANDED_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 4, 0);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &HANDED_KEY);
+  }
+  if (lua_rawgeti(L, -1, (lua_Integer)k + 1) == LUA_TNIL) {
+    int fd = lmp_handed_take(k);
+    lua_pop(L, 1);
+    if (fd < 0)
+      lmp_codec_raise(L, "cannot receive a connection: %s", fd == -1 ?
+                      "only the process it starts is handed one" :
+                      "its descriptor was taken");
+    handed_make(L, fd, (unsigned)flags, type != 0 ? off : 0);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, (lua_Integer)k + 1);
+  }
+  lua_remove(L, -2);
 }
 
 /* LMP_TAG_NAME and LMP_TAG_MODULE: resolve the name in this process's
@@ -400,6 +431,9 @@ static void decother(dec *d, int tag) {
     case LMP_TAG_OBJ:
       decobject(d);
       break;
+    case LMP_TAG_CONN:
+      dechanded(d);
+      break;
     case LMP_TAG_MSG: { /* a Message again, holding what it names */
       uint64_t nobj = getvarint(d);
       size_t n = getlen(d);
@@ -423,7 +457,7 @@ static void decinit(dec *d, lua_State *L, const char *p, size_t n) {
   d->depth = 0;
   d->count = 0;
   d->plain = 0;
-  d->requires = 0;
+  d->requires = requires_modules;
   d->refs = 0;
   if (n == 0) bad(d, "empty");
   if (*d->p++ != LMP_CODEC_VERSION) bad(d, "unknown version");
@@ -435,24 +469,22 @@ static void decdone(dec *d) {
   if (d->refs != 0) lua_remove(d->L, d->refs);
 }
 
-/* Decodes the value of p[0..n) onto the stack, as plain data only, or
- * requiring the modules its names need. */
-static void decode(lua_State *L, const char *p, size_t n, int plain,
-                   int requires) {
+/* Decodes the value of p[0..n) onto the stack, or as plain data only. */
+static void decode(lua_State *L, const char *p, size_t n, int plain) {
   dec d;
   decinit(&d, L, p, n);
   d.plain = plain;
-  d.requires = requires;
+  if (plain) d.requires = 0;
   decvalue(&d);
   decdone(&d);
 }
 
 void lmp_decode(lua_State *L, const char *p, size_t n) {
-  decode(L, p, n, 0, 0);
+  decode(L, p, n, 0);
 }
 
 void lmp_decode_plain(lua_State *L, const char *p, size_t n) {
-  decode(L, p, n, 1, 0);
+  decode(L, p, n, 1);
 }
 
 /* Decodes a message that is a table into the table at idx: its array items
@@ -482,7 +514,7 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
     if (tag == LMP_TAG_METANAME) {
       d.p += getlen(&d);
       continue;
-    } else if (tag == LMP_TAG_META || tag == LMP_TAG_INDEX) {
+    } else if (tag == LMP_TAG_META) {
       decany(&d, gettag(&d));
     } else {
       decany(&d, tag);
@@ -525,13 +557,21 @@ static const char *checkbytes(lua_State *L, int idx, size_t *n) {
   return p != NULL ? p : luaL_checklstring(L, idx, n);
 }
 
-/* decode(m, [requires]) -> value; requires: a module that a name in m
- * needs and that is not loaded here is required first. */
+/* decode(m) -> value. */
 int lmp_codec_decode(lua_State *L) {
   size_t n;
   const char *s = checkbytes(L, 1, &n);
-  decode(L, s, n, 0, lua_toboolean(L, 2));
+  decode(L, s, n, 0);
   return 1;
+}
+
+/* require_modules(): from now on this process requires the modules that
+ * the messages it decodes name and it has not loaded (a process started
+ * from a message calls it first). */
+int lmp_codec_require_modules(lua_State *L) {
+  (void)L;
+  requires_modules = 1;
+  return 0;
 }
 
 /* decode_into(s, t, at) -> n: the array items of the table that s encodes,

@@ -64,6 +64,8 @@ typedef struct enc {
   const char *wire; /* no shared object may be written: why, a format of
                      * the class's name (NULL: any may) */
   struct names *names; /* the names cache, NULL until needed */
+  int conns; /* stack index of the table collecting the handed handles
+              * (Connections), or 0: they cannot be sent */
   uint32_t nref;  /* tables and functions numbered */
   size_t nobj;    /* objects written */
   seen *ents;
@@ -75,6 +77,7 @@ typedef struct enc {
 
 static void encvalue(enc *e, int idx);
 static void encother(enc *e, int idx, int t);
+static int enchanded(enc *e, int idx);
 
 void lmp_codec_raise(lua_State *L, const char *fmt, ...) {
   va_list ap;
@@ -654,7 +657,6 @@ static void enctable(enc *e, int idx) {
     npairs++;
   }
   if (lua_getmetatable(L, idx)) {
-    int t;
     if (lua_getfield(L, -1, "__name") == LUA_TSTRING &&
         luaL_getmetatable(L, lua_tostring(L, -1)) == LUA_TTABLE &&
         lua_rawequal(L, -1, -3) &&
@@ -667,28 +669,15 @@ static void enctable(enc *e, int idx) {
       lua_settop(L, top - 2);
       goto done;
     }
+    /* Any other: the table itself, sent with the value (a class, with
+     * M.__index == M; an environment's {__index = _G}; a __call). */
     lua_settop(L, top - 1);
-    t = lua_getfield(L, -1, "__index");
-    if (t == LUA_TTABLE && lua_rawequal(L, -1, -2)) { /* a class */
-      putbyte(e, LMP_TAG_META);
-      f->kind = F_FIELD;
-      lua_pushliteral(L, "(metatable)");
-      f->idx = lua_gettop(L);
-      encany(e, lua_gettop(L) - 2, LUA_TTABLE);
-      lua_settop(L, top - 2);
-    } else {
-      /* {__index = V}: one field, and a table or function as V. */
-      lua_pushnil(L);
-      if ((t == LUA_TTABLE || t == LUA_TFUNCTION) && lua_next(L, -3) &&
-          (lua_pop(L, 1), !lua_next(L, -3))) {
-        putbyte(e, LMP_TAG_INDEX);
-        f->kind = F_FIELD;
-        lua_pushliteral(L, "(metatable __index)");
-        f->idx = lua_gettop(L);
-        encany(e, lua_gettop(L) - 1, t);
-      }
-      lua_settop(L, top - 2);
-    }
+    putbyte(e, LMP_TAG_META);
+    f->kind = F_FIELD;
+    lua_pushliteral(L, "(metatable)");
+    f->idx = lua_gettop(L);
+    encany(e, top - 1, LUA_TTABLE);
+    lua_settop(L, top - 2);
   }
 done:
   putbyte(e, LMP_TAG_NIL);
@@ -840,6 +829,7 @@ static void encother(enc *e, int idx, int t) {
         e->nobj += nobj;
         break;
       }
+      if (e->conns != 0 && enchanded(e, idx)) break;
       if ((o = lmp_toobj(L, idx)) == NULL) fail(e, idx, NULL);
       if (e->wire != NULL) {
         char why[128];
@@ -862,6 +852,53 @@ static void encother(enc *e, int idx, int t) {
 }
 
 static void encvalue(enc *e, int idx) { encany(e, idx, lua_type(e->L, idx)); }
+
+/* A handle with a descriptor (a Connection), in a message that starts a
+ * process: it goes as the number of its descriptor among those handed
+ * with the message (the collecting table maps each handle to it, and
+ * lists them from 1), its flags and its channel, an object the message
+ * names.  Returns 0 if the value is no such handle. */
+static int enchanded(enc *e, int idx) {
+  lua_State *L = e->L;
+  const lmp_class *c = lmp_classof(L, idx);
+  lmp_obj *chan = NULL;
+  unsigned flags;
+  lua_Integer k;
+  const char *why;
+  char *p;
+  int fd;
+  if (c == NULL || c->handed == NULL) return 0;
+  why = c->handed(lua_touserdata(L, idx), &fd, &flags, &chan);
+  if (why != NULL) fail(e, idx, why);
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->conns) == LUA_TNUMBER) {
+    k = lua_tointeger(L, -1);
+  } else {
+    k = (lua_Integer)lua_rawlen(L, e->conns);
+    if (k >= LMP_MAX_HANDED) {
+      char why[80];
+      snprintf(why, sizeof why, "more than %d connections in one start",
+               LMP_MAX_HANDED);
+      fail(e, idx, why);
+    }
+    lua_pushvalue(L, idx);
+    lua_rawseti(L, e->conns, k + 1);
+    lua_pushvalue(L, idx);
+    lua_pushinteger(L, k);
+    lua_rawset(L, e->conns);
+  }
+  lua_pop(L, 1);
+  need(e, 41);
+  p = e->b->data + e->b->len;
+  *p++ = LMP_TAG_CONN;
+  p = putvarint(p, (uint64_t)k);
+  p = putvarint(p, flags);
+  p = putvarint(p, chan != NULL ? (uint64_t)chan->type : 0);
+  e->b->len = (size_t)(putvarint(p, chan != NULL ? LMP_OFF(chan) : 0) -
+                       e->b->data);
+  if (chan != NULL) e->nobj++;
+  return 1;
+}
 
 /* Writes the n items t[i], t[i+1]... (t at idx) as a table of n array
  * items, holes kept as nils, and the field n: what table.pack would make of
@@ -932,7 +969,7 @@ static void pieces(enc *e, lmp_pieces *pc) {
  * which only slice[1] items from index slice[0] are written (encslice). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg, lmp_pieces *pc,
-                     const char *wire) {
+                     const char *wire, int conns) {
   enc e;
   char local[LOCALBUF];
   if (b != NULL && slice == NULL) {
@@ -944,6 +981,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
       e.b = b;
       e.rope = -1;
       e.wire = wire;
+      e.conns = 0;
       putbyte(&e, LMP_CODEC_VERSION);
       encany(&e, idx, t);
       if (pc != NULL) {
@@ -967,6 +1005,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.globals = NULL;
   e.depth = e.rebuilt = 0;
   e.wire = wire;
+  e.conns = conns;
   e.names = NULL;
   e.nref = 0;
   e.nobj = 0;
@@ -1002,24 +1041,25 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
 }
 
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  size_t start = b->len, nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL);
+  size_t start = b->len;
+  size_t nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL, 0);
   /* Only now that nothing can fail does the message own its objects. */
   if (nobj > 0) lmp_msg_retain(b->data + start, b->len - start);
   return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0, NULL, NULL);
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0);
 }
 
 size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
                        const char *why) {
-  return encode(L, idx, root, b, NULL, 0, NULL, why);
+  return encode(L, idx, root, b, NULL, 0, NULL, why, 0);
 }
 
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
-  return encode(L, idx, root, b, NULL, 0, pc, NULL);
+  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0);
 }
 
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
@@ -1041,7 +1081,8 @@ void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
  * only while the objects it names are still alive elsewhere. */
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
-  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, NULL);
+  encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, NULL,
+         0);
   return 1;
 }
 
@@ -1066,20 +1107,26 @@ static void checkslice(lua_State *L, lua_Integer slice[2]) {
 int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
-  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, NULL);
+  encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, NULL,
+         0);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
-static int message(lua_State *L, const char *root, const lua_Integer *slice) {
-  encode(L, 1, root, NULL, slice, 1, NULL, NULL);
+static int message(lua_State *L, const char *root, const lua_Integer *slice,
+                   int conns) {
+  encode(L, 1, root, NULL, slice, 1, NULL, NULL, conns);
   return 1;
 }
 
-/* message(v, [root]) -> Message */
+/* message(v, [root], [handed]) -> Message.  With the table handed, the
+ * message may name Connections, which are listed there (see enchanded):
+ * a message that starts a process, handed its descriptors with it. */
 int lmp_codec_message(lua_State *L) {
   luaL_checkany(L, 1);
-  return message(L, luaL_optstring(L, 2, "value"), NULL);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  return message(L, luaL_optstring(L, 2, "value"), NULL,
+                 lua_istable(L, 3) ? 3 : 0);
 }
 
 /* message_slice(t, i, j, [root]) -> Message of table.pack(table.unpack(t,
@@ -1087,7 +1134,7 @@ int lmp_codec_message(lua_State *L) {
 int lmp_codec_message_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
-  return message(L, luaL_optstring(L, 4, "value"), slice);
+  return message(L, luaL_optstring(L, 4, "value"), slice, 0);
 }
 
 /* ---- single numbers, for Dict.incr */

@@ -106,6 +106,9 @@ static int skipvalue(side *s, pos *p, int depth, int rec) {
       return rdlen(s, p) < 0 ? -1 : rdlen(s, p);
     case LMP_TAG_OBJ:
       return rdvarint(s, p, &k) < 0 ? -1 : rdvarint(s, p, &n);
+    case LMP_TAG_CONN:
+      return rdvarint(s, p, &k) < 0 || rdvarint(s, p, &k) < 0 ||
+             rdvarint(s, p, &k) < 0 ? -1 : rdvarint(s, p, &n);
     case LMP_TAG_MSG:
       return rdvarint(s, p, &k) < 0 ? -1 : rdlen(s, p);
     case LMP_TAG_TABLE:
@@ -122,7 +125,7 @@ static int skipvalue(side *s, pos *p, int depth, int rec) {
         if (tag == LMP_TAG_METANAME) {
           (*p)++;
           if (rdlen(s, p) < 0) return -1;
-        } else if (tag == LMP_TAG_INDEX || tag == LMP_TAG_META) {
+        } else if (tag == LMP_TAG_META) {
           (*p)++;
           if (skipvalue(s, p, depth + 1, rec) < 0) return -1;
         } else if (skipvalue(s, p, depth + 1, rec) < 0 ||
@@ -288,7 +291,7 @@ typedef struct entry {
 typedef struct tview {
   entry *ent;
   size_t n, nnode;  /* entries, and how many at the end have node keys */
-  pos meta[4];      /* the metatable items (METANAME, INDEX, META) */
+  pos meta[4];      /* the metatable items (METANAME, META) */
   int nmeta;
 } tview;
 
@@ -369,7 +372,7 @@ static int readtable(side *s, pos p, tview *t) {
   for (;;) {
     if (p >= s->end) return -1;
     if (*p == LMP_TAG_NIL) break;
-    if (*p == LMP_TAG_METANAME || *p == LMP_TAG_INDEX || *p == LMP_TAG_META) {
+    if (*p == LMP_TAG_METANAME || *p == LMP_TAG_META) {
       if (t->nmeta == 4) return -1;
       t->meta[t->nmeta++] = p;
       if (*p++ == LMP_TAG_METANAME ? rdlen(s, &p) < 0

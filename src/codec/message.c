@@ -135,6 +135,7 @@ static const luaL_Reg codec_funcs[] = {
   {"message_slice", lmp_codec_message_slice},
   {"decode", lmp_codec_decode},
   {"decode_into", lmp_codec_decode_into},
+  {"require_modules", lmp_codec_require_modules},
   {NULL, NULL}
 };
 

@@ -75,7 +75,7 @@ static int wvalue(walker *w, int depth) {
           if (wlen(w) < 0) return -1;
           continue;
         }
-        if (*w->p == LMP_TAG_INDEX || *w->p == LMP_TAG_META) {
+        if (*w->p == LMP_TAG_META) {
           w->p++;
           if (wvalue(w, depth + 1) < 0) return -1;
           continue;
@@ -125,6 +125,14 @@ static int wvalue(walker *w, int depth) {
       w->nobj += in.nobj;
       return 0;
     }
+    case LMP_TAG_CONN: /* its descriptor's number and flags, then as OBJ */
+      if (wvarint(w, &k) < 0 || wvarint(w, &k) < 0) return -1;
+      if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
+      if (k == 0) return 0; /* no channel */
+      w->nobj++;
+      if (w->resign) return 0;
+      if (k < LMP_T_MAX && lmp_obj_check(n, (int)k)) w->fn(LMP_PTR(n), w->ud);
+      return 0;
     case LMP_TAG_OBJ:
       if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
       w->nobj++;

@@ -331,27 +331,74 @@ extern char **environ;
 /* argv words after the family's: a server's module paths and preloads */
 #define MAX_EXTRA 66
 
-/* Starts exe as `exe flag ADDR SLOT PPID extra...` with the arena at 3
- * and fd4 at 4: the pid, or -errno. */
+/* The descriptors of the handles (Connections) listed in the table at idx,
+ * which a message that starts a process names (see lmp_codec_message):
+ * their number, at most LMP_MAX_HANDED.  The handles keep them open. */
+static int handed_fds(lua_State *L, int idx, int *fds) {
+  int n = 0;
+  if (!lua_istable(L, idx)) return 0;
+  while (n < LMP_MAX_HANDED && lua_rawgeti(L, idx, n + 1) != LUA_TNIL) {
+    const lmp_class *c = lmp_classof(L, -1);
+    unsigned flags;
+    lmp_obj *chan;
+    if (c == NULL || c->handed == NULL ||
+        c->handed(lua_touserdata(L, -1), &fds[n], &flags, &chan) != NULL)
+      luaL_error(L, "cannot start a process: a connection it is handed "
+                 "was closed");
+    lua_pop(L, 1);
+    n++;
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+#define FIRST_HANDED 5 /* where a spawned child finds what it is handed */
+
+static int handed[LMP_MAX_HANDED]; /* what this process was handed */
+static int nhanded;
+
+static void set_handed(const int *fds, int n) {
+  int i;
+  for (i = 0; i < n && i < LMP_MAX_HANDED; i++) handed[i] = fds[i];
+  nhanded = i;
+}
+
+int lmp_handed_take(uint64_t k) {
+  int fd;
+  if (k >= (uint64_t)nhanded) return -1;
+  if ((fd = handed[k]) < 0) return -2;
+  handed[k] = -2;
+  return fd;
+}
+
+/* Starts exe as `exe flag ADDR SLOT PPID NHANDED extra...` with the arena
+ * at 3, fd4 at 4 and the nh descriptors of hfds from 5: the pid, or
+ * -errno. */
 static pid_t spawn_exe(const char *exe, const char *flag, uint32_t slot,
-                       int fd4, const char *const *extra) {
+                       int fd4, const int *hfds, int nh,
+                       const char *const *extra) {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t at;
   sigset_t none, all;
-  char addr[32], slotstr[16], ppid[16];
-  char *argv[6 + MAX_EXTRA] = {(char *)exe, (char *)flag, addr, slotstr,
-                               ppid};
-  /* Above 4, so that placing one cannot overwrite the other. */
-  int a = fcntl(lmp_arena_fd(), F_DUPFD_CLOEXEC, 10);
-  int b = fcntl(fd4, F_DUPFD_CLOEXEC, 10);
+  char addr[32], slotstr[16], ppid[16], nhstr[16];
+  char *argv[7 + MAX_EXTRA] = {(char *)exe, (char *)flag, addr, slotstr,
+                               ppid, nhstr};
+  /* Above every place they go, so that placing one cannot overwrite
+   * another. */
+  int a = fcntl(lmp_arena_fd(), F_DUPFD_CLOEXEC, 100);
+  int b = fcntl(fd4, F_DUPFD_CLOEXEC, 100);
+  int moved[LMP_MAX_HANDED];
   pid_t pid = -1;
   int rc = 0, i;
   for (i = 0; extra != NULL && extra[i] != NULL && i < MAX_EXTRA; i++)
-    argv[5 + i] = (char *)extra[i];
+    argv[6 + i] = (char *)extra[i];
+  for (i = 0; i < nh; i++)
+    if ((moved[i] = fcntl(hfds[i], F_DUPFD_CLOEXEC, 100)) < 0) rc = errno;
   if (a < 0 || b < 0) rc = errno;
   snprintf(addr, sizeof addr, "%p", (void *)lmp_base);
   snprintf(slotstr, sizeof slotstr, "%u", (unsigned)slot);
   snprintf(ppid, sizeof ppid, "%d", (int)getpid());
+  snprintf(nhstr, sizeof nhstr, "%d", nh);
   sigemptyset(&none);
   sigfillset(&all);
   posix_spawn_file_actions_init(&fa);
@@ -359,6 +406,8 @@ static pid_t spawn_exe(const char *exe, const char *flag, uint32_t slot,
   if (rc == 0) {
     posix_spawn_file_actions_adddup2(&fa, a, 3);
     posix_spawn_file_actions_adddup2(&fa, b, 4);
+    for (i = 0; i < nh; i++)
+      posix_spawn_file_actions_adddup2(&fa, moved[i], FIRST_HANDED + i);
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK |
@@ -369,6 +418,8 @@ static pid_t spawn_exe(const char *exe, const char *flag, uint32_t slot,
   posix_spawnattr_destroy(&at);
   if (a >= 0) close(a);
   if (b >= 0) close(b);
+  for (i = 0; i < nh; i++)
+    if (moved[i] >= 0) close(moved[i]);
   return rc != 0 ? -rc : pid;
 }
 
@@ -378,14 +429,16 @@ static int no_memfd(lua_State *L, const char *what) {
                     what);
 }
 
-/* spawn(payload, daemon, exe) -> Child: exe started as a spawned child of
- * this family, whose luamp_child_main runs `payload` (the bytes of a
- * message the caller keeps until this returns). */
+/* spawn(payload, daemon, exe, preload, handed) -> Child: exe started as a
+ * spawned child of this family, whose luamp_child_main runs `payload` (the
+ * bytes of a message the caller keeps until this returns), handed the
+ * descriptors of the Connections listed in `handed`. */
 static int proc_spawn(lua_State *L) {
   size_t n;
   const char *payload = luaL_checklstring(L, 1, &n);
   int daemon = lua_toboolean(L, 2);
   const char *exe = luaL_checkstring(L, 3);
+  int hfds[LMP_MAX_HANDED], nh = handed_fds(L, 5, hfds);
   lmp_child *c;
   int slot, pfd;
   pid_t pid;
@@ -396,7 +449,7 @@ static int proc_spawn(lua_State *L) {
     return luaL_error(L, "cannot spawn a process: %s", strerror(-pfd));
   }
   fflush(NULL);
-  pid = spawn_exe(exe, SPAWN_FLAG, (uint32_t)slot, pfd, NULL);
+  pid = spawn_exe(exe, SPAWN_FLAG, (uint32_t)slot, pfd, hfds, nh, NULL);
   close(pfd);
   if (pid < 0) {
     drop_child(c, slot);
@@ -474,48 +527,64 @@ static void stop_server(void) {
   reap_server(1);
 }
 
-static ssize_t recv_int(int sock, int32_t *v, int *fd) {
-  char ctl[CMSG_SPACE(sizeof(int))];
+#define MAX_FDS (1 + LMP_MAX_HANDED) /* a request's: payload, handed */
+
+/* One message of the server's socket: an int and, if fds is given, up to
+ * MAX_FDS descriptors (their number in *nfds).  Its size, 0 at the end,
+ * or -errno (-EPROTO: not an int). */
+static ssize_t recv_int(int sock, int32_t *v, int *fds, int *nfds) {
+  union {
+    char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+    struct cmsghdr align;
+  } ctl;
   struct iovec io = {v, sizeof *v};
   struct msghdr m;
   ssize_t n;
   memset(&m, 0, sizeof m);
   m.msg_iov = &io;
   m.msg_iovlen = 1;
-  if (fd != NULL) {
-    *fd = -1;
-    m.msg_control = ctl;
-    m.msg_controllen = sizeof ctl;
+  if (fds != NULL) {
+    *nfds = 0;
+    m.msg_control = ctl.buf;
+    m.msg_controllen = sizeof ctl.buf;
   }
   do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
-  if (n > 0 && fd != NULL) {
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    if (c != NULL && c->cmsg_level == SOL_SOCKET &&
-        c->cmsg_type == SCM_RIGHTS)
-      memcpy(fd, CMSG_DATA(c), sizeof(int));
+  if (n > 0 && fds != NULL) {
+    struct cmsghdr *c;
+    for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        memcpy(fds, CMSG_DATA(c), (size_t)k * sizeof(int));
+        *nfds = k;
+      }
+    }
   }
   return n < 0 ? -errno : n == (ssize_t)sizeof *v ? n : n == 0 ? 0 : -EPROTO;
 }
 
-static int send_int(int sock, int32_t v, int fd) {
-  char ctl[CMSG_SPACE(sizeof(int))];
+/* Sends an int with the nfds descriptors of fds: 0 or -errno. */
+static int send_int(int sock, int32_t v, const int *fds, int nfds) {
+  union {
+    char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
+    struct cmsghdr align;
+  } ctl;
   struct iovec io = {&v, sizeof v};
   struct msghdr m;
   ssize_t n;
   memset(&m, 0, sizeof m);
   m.msg_iov = &io;
   m.msg_iovlen = 1;
-  if (fd >= 0) {
+  if (nfds > 0) {
     struct cmsghdr *c;
-    memset(ctl, 0, sizeof ctl);
-    m.msg_control = ctl;
-    m.msg_controllen = sizeof ctl;
+    memset(ctl.buf, 0, sizeof ctl.buf);
+    m.msg_control = ctl.buf;
+    m.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
     c = CMSG_FIRSTHDR(&m);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
   }
   do n = sendmsg(sock, &m, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
@@ -560,7 +629,7 @@ static int start_server(lua_State *L, const char *exe, int preload,
              "family are in use" : "the shared arena is full");
     return -1;
   }
-  pid = spawn_exe(exe, SERVER_FLAG, (uint32_t)slot, sv[1], extra);
+  pid = spawn_exe(exe, SERVER_FLAG, (uint32_t)slot, sv[1], NULL, 0, extra);
   close(sv[1]);
   if (pid < 0) {
     close(sv[0]);
@@ -574,7 +643,7 @@ static int start_server(lua_State *L, const char *exe, int preload,
   server.slot = (uint32_t)slot;
   /* It says it is ready, or why it cannot serve; or it dies saying why
    * on its standard error. */
-  if ((r = recv_int(server.sock, &hello, NULL)) <= 0 || hello < 0) {
+  if ((r = recv_int(server.sock, &hello, NULL, NULL)) <= 0 || hello < 0) {
     kill(pid, SIGKILL);
     reap_server(1);
     snprintf(why, size, "%s: %s", exe, r < 0 ? strerror((int)-r) :
@@ -586,16 +655,17 @@ static int start_server(lua_State *L, const char *exe, int preload,
   return 0;
 }
 
-/* forkserver(payload, daemon, exe, preload) -> Child: a child of this
- * process forked by its forkserver (started with exe and the modules of
- * the list preload when there is none), running `payload` as a spawned
- * child does. */
+/* forkserver(payload, daemon, exe, preload, handed) -> Child: a child of
+ * this process forked by its forkserver (started with exe and the modules
+ * of the list preload when there is none), running `payload` as a spawned
+ * child does, handed the Connections listed in `handed`. */
 static int proc_forkserver(lua_State *L) {
   size_t n;
   const char *payload = luaL_checklstring(L, 1, &n);
   int daemon = lua_toboolean(L, 2);
   const char *exe = luaL_checkstring(L, 3);
   char why[256];
+  int fds[MAX_FDS], nh = handed_fds(L, 5, fds + 1);
   lmp_child *c;
   int slot, pfd, tries;
   int32_t pid = 0;
@@ -618,11 +688,12 @@ static int proc_forkserver(lua_State *L) {
     /* A server that died since its last start is found here: the request
      * cannot be sent, and a new one is started once. */
     asked = server.pid;
-    if (send_int(server.sock, (int32_t)slot, pfd) < 0) {
+    fds[0] = pfd;
+    if (send_int(server.sock, (int32_t)slot, fds, 1 + nh) < 0) {
       reap_server(1);
       continue;
     }
-    r = recv_int(server.sock, &pid, NULL);
+    r = recv_int(server.sock, &pid, NULL, NULL);
     break;
   }
   close(pfd);
@@ -701,20 +772,20 @@ static int serve(lua_State *L, int sock, pid_t owner, char **preload) {
     }
   }
   if ((tid = thread_id_word(&head, &len)) == NULL) {
-    send_int(sock, -ENOTSUP, -1);
+    send_int(sock, -ENOTSUP, NULL, 0);
     return 1;
   }
-  if (send_int(sock, 0, -1) < 0) return 1;
+  if (send_int(sock, 0, NULL, 0) < 0) return 1;
   for (;;) {
     int32_t slot;
-    int pfd;
+    int fds[MAX_FDS], nfds = 0, i;
     long pid;
-    ssize_t r = recv_int(sock, &slot, &pfd);
+    ssize_t r = recv_int(sock, &slot, fds, &nfds);
     if (r == 0) return 0; /* the owner closed it, or ended */
-    if (r < 0 || pfd < 0 || slot < 0 || slot >= LMP_MAX_PROCS) {
-      if (pfd >= 0) close(pfd);
+    if (r < 0 || nfds < 1 || slot < 0 || slot >= LMP_MAX_PROCS) {
+      for (i = 0; i < nfds; i++) close(fds[i]);
       if (r < 0 && r != -EPROTO) return 1;
-      send_int(sock, -EPROTO, -1);
+      send_int(sock, -EPROTO, NULL, 0);
       continue;
     }
     fflush(NULL);
@@ -726,11 +797,13 @@ static int serve(lua_State *L, int sock, pid_t owner, char **preload) {
       after_fork_child((uint32_t)slot, owner);
       signal(SIGINT, SIG_DFL);
       lmp_sigint_own();
-      run_payload(L, pfd); /* never returns */
+      set_handed(fds + 1, nfds - 1);
+      run_payload(L, fds[0]); /* never returns */
     }
     if (pid > 0) atomic_store(&lmp_slot_at((uint32_t)slot)->pid, (int32_t)pid);
-    close(pfd);
-    if (send_int(sock, pid > 0 ? (int32_t)pid : -errno, -1) < 0) return 1;
+    for (i = 0; i < nfds; i++) close(fds[i]);
+    if (send_int(sock, pid > 0 ? (int32_t)pid : -errno, NULL, 0) < 0)
+      return 1;
   }
 }
 
@@ -791,18 +864,20 @@ static void run_payload(lua_State *L, int fd) {
 int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud) {
   void *addr = NULL;
   unsigned long slot;
-  long ppid;
+  long ppid, nh, i;
   char *end;
-  int rc, serving;
+  int rc, serving, hfds[LMP_MAX_HANDED];
   lua_State *L;
   if (argc < 2) return 0;
   if (strcmp(argv[1], SPAWN_FLAG) == 0) serving = 0;
   else if (strcmp(argv[1], SERVER_FLAG) == 0) serving = 1;
   else return 0;
-  if ((serving ? argc < 7 : argc != 5) ||
+  if ((serving ? argc < 8 : argc != 6) ||
       sscanf(argv[2], "%p", &addr) != 1 ||
       (slot = strtoul(argv[3], &end, 10), *end != '\0') ||
-      slot >= LMP_MAX_PROCS || (ppid = strtol(argv[4], &end, 10), *end))
+      slot >= LMP_MAX_PROCS || (ppid = strtol(argv[4], &end, 10), *end) ||
+      (nh = strtol(argv[5], &end, 10), *end) || nh < 0 ||
+      nh > LMP_MAX_HANDED)
     _exit(lmp_spawn_fail("bad arguments"));
   /* As a fork's: die with the parent, and not after it. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -818,7 +893,12 @@ int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud) {
   lmp_slot_adopt((uint32_t)slot);
   in_child = 1;
   if ((L = open(ud)) == NULL) _exit(1);
-  if (serving) _exit(serve(L, 4, (pid_t)ppid, argv + 5));
+  if (serving) _exit(serve(L, 4, (pid_t)ppid, argv + 6));
+  for (i = 0; i < nh; i++) {
+    hfds[i] = FIRST_HANDED + (int)i;
+    fcntl(hfds[i], F_SETFD, FD_CLOEXEC);
+  }
+  set_handed(hfds, (int)nh);
   run_payload(L, 4);
   return 1; /* not reached */
 }

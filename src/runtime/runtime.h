@@ -219,6 +219,12 @@ void lmp_end_child(lua_State *L, int rc);
  * exits.  Otherwise returns 0 at once.  lmp_spawn_fail prints why such a
  * process cannot start and returns its exit status. */
 typedef lua_State *(*lmp_child_open)(void *ud);
+
+/* The descriptors a process started from a message was handed with it
+ * (the Connections it names), at most LMP_MAX_HANDED: lmp_handed_take
+ * gives the k-th (from 0) once, -1 if there is no such, -2 if taken. */
+#define LMP_MAX_HANDED 64
+int lmp_handed_take(uint64_t k);
 int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud);
 int lmp_spawn_fail(const char *why);
 
@@ -281,6 +287,10 @@ typedef struct lmp_class {
    * yet, -1 if this process cannot wait on it; *fd (preset to -1) names a
    * descriptor to poll meanwhile. */
   int (*ready)(void *h, int *fd);
+  /* A handle that can be handed to a process started from a message (a
+   * Connection): its descriptor, the flags to make it again with, and its
+   * channel (NULL: none); NULL, or why it cannot be handed now. */
+  const char *(*handed)(void *h, int *fd, unsigned *flags, lmp_obj **chan);
 } lmp_class;
 
 /* A family: the classes of one file, and the functions it adds to

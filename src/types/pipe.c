@@ -107,7 +107,12 @@ static const lmp_type chan_type = {
   .owns = chan_owns, .release = chan_release,
 };
 
-static void pipe_open(void) { lmp_type_set(LMP_T_CHANNEL, &chan_type); }
+static void conn_make(lua_State *L, int fd, unsigned flags, lmp_off chan);
+
+static void pipe_open(void) {
+  lmp_type_set(LMP_T_CHANNEL, &chan_type);
+  lmp_codec_handed_maker(conn_make);
+}
 
 typedef struct collect {
   flight *f;
@@ -679,10 +684,42 @@ static const luaL_Reg conn_meth[] = {
   {NULL, NULL}
 };
 
+/*
+ * Handing.  A process started from a message (spawn, forkserver) is handed
+ * the descriptor of every Connection its Process object names, and the
+ * message says, for each, its flags and its channel: the child makes the
+ * Connection again from them, holding the channel as any handle does.
+ */
+enum { H_READ = 1, H_WRITE = 2, H_SOCK = 4, H_PLAIN = 8 /* 2 bits */ };
+
+static const char *conn_handed(void *h, int *fd, unsigned *flags,
+                               lmp_obj **chan) {
+  conn *c = h;
+  if (c->fd < 0) return "a closed connection";
+  if (c->hgot > 0) return "a connection in the middle of a message";
+  *fd = c->fd;
+  *flags = (c->readable ? H_READ : 0) | (c->writable ? H_WRITE : 0) |
+           (c->sock ? H_SOCK : 0) | (unsigned)c->plain * H_PLAIN;
+  *chan = c->ch != NULL ? &c->ch->h : NULL;
+  return NULL;
+}
+
+static void conn_make(lua_State *L, int fd, unsigned flags, lmp_off chan) {
+  channel *ch = lmp_channel_check(chan) ? (channel *)LMP_PTR(chan) : NULL;
+  conn *c;
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  nonblock(fd);
+  c = newconn(L, fd, (flags & H_READ) != 0, (flags & H_WRITE) != 0, ch);
+  c->sock = (flags & H_SOCK) != 0;
+  c->plain = (int)(flags / H_PLAIN) & 3;
+  if (ch != NULL && c->ch == NULL) lmp_nomem(L, 64); /* the handle owns fd */
+}
+
 static const lmp_class conn_class = {
   .name = CONN, .what = "connection", .size = sizeof(conn), .nuv = 1,
   .meth = conn_meth, .getters = conn_getters, .tostring = conn_tostring,
   .close = conn_free, .closed = conn_closed, .ready = conn_ready,
+  .handed = conn_handed,
 };
 
 static const lmp_class *const pipe_classes[] = {&conn_class, NULL};

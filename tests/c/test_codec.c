@@ -161,15 +161,22 @@ static void test_tables(void) {
       "local k = {name = 'key'}\n"
       "local rk = rt({[k] = 'v', k = k})\n"
       "same(rk[rk.k], 'v', 'table key') same(rk.k.name, 'key')\n"
-      /* metatables: {__index = V} and classes (mt.__index == mt) are
-       * sent, anything else is not */
+      /* metatables are sent as tables, one per message however many
+       * values have it */
       "local m = rt(setmetatable({1}, {__index = function() return 9 end}))\n"
       "same(m[5], 9, 'inherited')\n"
       "local C = {}; C.__index = C; function C.get(o) return o.v end\n"
       "local o = rt(setmetatable({v = 4}, C))\n"
       "same(o:get(), 4, 'method') same(getmetatable(o).__index, getmetatable(o))\n"
       "local z = rt(setmetatable({1}, {__index = {}, __len = function() return 0 end}))\n"
-      "same(getmetatable(z), nil, 'other metatables')\n"
+      "same(#z, 0, 'other metatables') same(z[1], 1, 'their table')\n"
+      "local k = rt(setmetatable({n = 5}, {__call = function(s, x)\n"
+      "  return s.n + x end}))\n"
+      "same(k(2), 7, 'a callable table')\n"
+      "local shared = {__index = function(_, key) return key .. '!' end}\n"
+      "local pair = rt({setmetatable({}, shared), setmetatable({}, shared)})\n"
+      "same(getmetatable(pair[1]), getmetatable(pair[2]), 'one metatable')\n"
+      "same(pair[2].hi, 'hi!', 'its __index')\n"
       /* 200 nested tables go; 201 do not */
       "local function nest(n)\n"
       "  local t = {} local r = t\n"

@@ -389,7 +389,11 @@ describe("broker pool", function()
   it("says that globals are the worker's own", function()
     local p = pool()
     later(function() p:terminate() end)
-    local ok, e = pcall(p.apply, p, function() return undefined_global_x.y end)
+    -- A job's function: its globals are the job's (a spec's are busted's
+    -- environment, which is no job's).
+    local f = load("return function() return undefined_global_x.y end",
+                   "=job", "t", _G)()
+    local ok, e = pcall(p.apply, p, f)
     assert.is_false(ok)
     assert.matches("globals are the worker's own: make 'undefined_global_x' "
                    .. "a local", e.message)

@@ -163,14 +163,18 @@ end
 
 -- Whether process pid runs: true unless it is gone, a zombie or dead.
 -- Returns a boolean.
+-- (What a child may call reaches its helpers through upvalues, not H: a
+-- child of another start method is sent the function, and H is not a
+-- module it can load.)
+local state = H.state
 function H.alive(pid)
-  local s = H.state(pid)
+  local s = state(pid)
   return s ~= nil and s ~= "Z" and s ~= "X"
 end
 
 -- Polls pred() every `step` seconds (default 0.01) until it is true or
 -- `timeout` seconds have passed; returns whether it came true.
-function H.wait_for(pred, timeout, step)
+local function wait_for(pred, timeout, step)
   local deadline = mp.monotonic() + timeout
   repeat
     if pred() then return true end
@@ -178,6 +182,7 @@ function H.wait_for(pred, timeout, step)
   until mp.monotonic() >= deadline
   return pred() and true or false
 end
+H.wait_for = wait_for
 
 -- Polls fn() (10 s at most) until it returns want, then checks it.
 -- Returns nothing; fails the test if fn() never gave want.
@@ -198,7 +203,7 @@ end
 -- Waits (10 s at most) until process pid is asleep; raises if it never
 -- is.  Returns nothing.
 function H.until_asleep(pid)
-  assert(H.wait_for(function() return H.state(pid) == "S" end, 10, 0.001),
+  assert(wait_for(function() return state(pid) == "S" end, 10, 0.001),
     "process " .. pid .. " never slept")
 end
 
@@ -512,6 +517,57 @@ function Worker:stop()
   end
   os.remove(self.log)
   return log
+end
+
+-- ------------------------------------------------ other start methods
+
+-- With LUAMP_START_METHOD set to "spawn" or "forkserver", a Process's
+-- target is sent to its child as a message.  busted runs each spec file
+-- in an environment of its own, whose lookups go through a function that
+-- cannot be sent; so under those methods the spec files run in the
+-- globals themselves, with busted's names put there, and a target finds
+-- the globals of the process it runs in.  H.method is the method;
+-- H.fork_only is `it` under fork, and `pending` (saying so) otherwise,
+-- for what only a fork can do: run a function that cannot be sent,
+-- share the parent's copies of its values.
+H.method = os.getenv("LUAMP_START_METHOD") or ""
+if H.method == "" then H.method = "fork" end
+function H.fork_only(name, fn)
+  if H.method == "fork" then return busted.it(name, fn) end
+  return busted.pending(name .. " (a fork's alone: not under "
+                        .. H.method .. ")")
+end
+if H.method ~= "fork" then
+  local index = getmetatable(busted).__index
+  local core
+  for i = 1, math.huge do
+    local name, v = debug.getupvalue(index, i)
+    if name == nil then break end
+    if name == "busted" then core = v end
+  end
+  assert(core and core.api, "busted's core is not where it was")
+  for k, v in pairs(core.api) do rawset(_G, k, v) end
+  -- What busted puts in each test's own environment.
+  for _, name in ipairs({"finally", "pending"}) do
+    rawset(_G, name, function(...)
+      local e = core.context.get()
+      while e do
+        if e.env and e.env[name] then return e.env[name](...) end
+        e = core.context.parent(e)
+      end
+      error(name .. " is not available here", 2)
+    end)
+  end
+  local setfenv = require("busted.compatibility").setfenv
+  function core.wrap(callable)
+    setfenv((debug.getmetatable(callable) or {}).__call or callable, _G)
+  end
+  -- The forkserver starts before the leak checks count descriptors.
+  if H.method == "forkserver" then
+    local p = mp.Process{target = function() end}
+    p:start()
+    p:join()
+  end
 end
 
 return H

@@ -712,6 +712,9 @@ describe("Queue", function()
         local q = mp.Queue()
         q:put(0)
         q:get()
+        local w = mp.Process{target = function() end} -- a forkserver starts
+        w:start()
+        w:join()
         local base = mp.stats().arena_used
         local p = mp.Process{target = function()
           q:put(("ab"):rep((128 << 20) - 1) .. "yz")
