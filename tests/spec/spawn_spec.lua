@@ -9,8 +9,8 @@ local H = require "spec_helper"
 
 -- A target reaches globals through upvalues: busted runs this file in an
 -- environment of its own, which does not cross to another process.
-local error, os, package, rawget, require = error, os, package, rawget,
-                                           require
+local error, os, package, rawequal, rawget, require = error, os, package,
+  rawequal, rawget, require
 local G = _G
 
 -- The built command, absolute: what a spawned child runs (under a stock
@@ -192,6 +192,35 @@ describe("a Process started by " .. method, function()
     p:join(20)
     assert.are.equal(-9, p.exitcode)
     os.remove(err)
+  end)
+
+  it("is handed the Connections it names, which are the same ones",
+     function()
+    local a, b = mp.Pipe()
+    local r, w = mp.Pipe(false)
+    local p = spawn.Process{target = function(c, again, out)
+      local x = c:recv()
+      c:send({x * 2, rawequal(c, again), out.readable, out.writable})
+      out:send("one way")
+    end, args = {b, b, w}}
+    p:start()
+    a:send(21)
+    assert.is_true(a:poll(20), "no answer from the child")
+    assert.are.same({42, true, false, true}, a:recv())
+    assert.is_true(r:poll(20), "nothing on the one-way pipe")
+    assert.are.equal("one way", r:recv())
+    assert.is_true(p:join(20))
+    assert.are.equal(0, p.exitcode)
+    -- What the child sent and nobody read is released with the channel.
+    b:send({mp.Queue()})
+    for _, c in ipairs({a, b, r, w}) do c:close() end
+    -- A closed one is named, and nothing starts.
+    local c = select(2, mp.Pipe())
+    c:close()
+    p = spawn.Process{target = function() return c end}
+    assert.has_error(function() p:start() end,
+      "cannot send process.target<upvalue c>: a closed connection")
+    assert.is_nil(p.pid)
   end)
 
   it("refuses a target it cannot send, by its path, and starts nothing",
