@@ -295,10 +295,11 @@ static int proc_fork(lua_State *L) {
  * main must), started with posix_spawn, so that nothing of a threaded
  * parent's state (a mutex another thread held, an allocator's lock) comes
  * along.  It inherits, as descriptors 3 and 4, the arena's memfd and one
- * holding its bootstrap message, and in argv the arena's address, its
- * prepared slot (holding what the parent held, as a fork's does) and the
- * parent's pid.  It is the parent's child like a fork: reaped, waited for
- * and signalled the same way.
+ * holding its bootstrap message, from 5 those of the Connections its
+ * message names, and in argv the arena's address, its prepared slot
+ * (holding what the parent held, as a fork's does), the parent's pid and
+ * the number of Connections.  It is the parent's child like a fork:
+ * reaped, waited for and signalled the same way.
  */
 #define SPAWN_FLAG "--luamp-spawned"
 #define SERVER_FLAG "--luamp-forkserver"
@@ -468,7 +469,8 @@ static int proc_spawn(lua_State *L) {
  * once, that forks every further child on request.  Each process that
  * uses the method has its own server, on a SOCK_SEQPACKET socket: the
  * request is the child's prepared slot with, as SCM_RIGHTS, a memfd
- * holding its bootstrap message; the answer, its pid (or -errno).
+ * holding its bootstrap message and the descriptors it is handed; the
+ * answer, its pid (or -errno).
  *
  * The server forks with CLONE_PARENT: the child is the requester's own,
  * not the server's.  So it is reaped, waited for, signalled and cleaned up
@@ -861,6 +863,9 @@ static void run_payload(lua_State *L, int fd) {
   lmp_end_child(L, lua_pcall(L, 1, 1, 0));
 }
 
+#define RETRY_ENV "LUAMP_SPAWN_RETRY"
+#define MAX_RETRIES 8
+
 int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud) {
   void *addr = NULL;
   unsigned long slot;
@@ -882,7 +887,22 @@ int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud) {
   /* As a fork's: die with the parent, and not after it. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != (pid_t)ppid) _exit(1);
-  if ((rc = lmp_arena_attach(3, addr)) < 0) {
+  /* The address may be taken here by chance (this run's own layout, which
+   * address space randomisation draws anew): another run of the same
+   * program, with the same descriptors, draws another.  A few times. */
+  rc = lmp_arena_attach(3, addr);
+  if (rc == -EADDRINUSE) {
+    const char *tries = getenv(RETRY_ENV);
+    int n = tries != NULL ? atoi(tries) : 0;
+    if (n < MAX_RETRIES) {
+      char next[16];
+      snprintf(next, sizeof next, "%d", n + 1);
+      setenv(RETRY_ENV, next, 1);
+      execv("/proc/self/exe", argv);
+    }
+  }
+  unsetenv(RETRY_ENV);
+  if (rc < 0) {
     char why[160];
     snprintf(why, sizeof why, "cannot map the family's arena at %p: %s",
              addr, rc == -EADDRINUSE ? "the address is taken in this "
