@@ -19,24 +19,16 @@ local function once(ctx)
   p:close()
 end
 
-for _ = 1, 20 do once() end  -- warm up: page tables, allocator, loop
+-- Prints the mean ms of n start+joins by ctx, after `warm` ones (page
+-- tables, allocator, loop; a forkserver starts in its own).
+local function timed(name, ctx, warm, n)
+  for _ = 1, warm do once(ctx) end
+  local t0 = mp.monotonic()
+  for _ = 1, n do once(ctx) end
+  local dt = mp.monotonic() - t0
+  print(string.format("%s %.4f ms", name, dt * 1e3 / n))
+end
 
-local t0 = mp.monotonic()
-for _ = 1, N do once() end
-local dt = mp.monotonic() - t0
-
-print(string.format("start_join %.4f ms", dt * 1e3 / N))
-
-local spawn = mp.get_context("spawn")
-for _ = 1, 5 do once(spawn) end
-t0 = mp.monotonic()
-for _ = 1, N_SPAWN do once(spawn) end
-dt = mp.monotonic() - t0
-print(string.format("spawn_start_join %.4f ms", dt * 1e3 / N_SPAWN))
-
-local forkserver = mp.get_context("forkserver")
-for _ = 1, 20 do once(forkserver) end -- the server starts here
-t0 = mp.monotonic()
-for _ = 1, N do once(forkserver) end
-dt = mp.monotonic() - t0
-print(string.format("forkserver_start_join %.4f ms", dt * 1e3 / N))
+timed("start_join", mp, 20, N)
+timed("spawn_start_join", mp.get_context("spawn"), 5, N_SPAWN)
+timed("forkserver_start_join", mp.get_context("forkserver"), 20, N)

@@ -21,32 +21,24 @@ def once(ctx=mp):
     p.close()
 
 
+def timed(name, ctx, warm, n):
+    """Prints the mean ms of n start+joins, after warm ones."""
+    for _ in range(warm):
+        once(ctx)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        once(ctx)
+    dt = time.perf_counter() - t0
+    print("%s %.4f ms" % (name, dt * 1e3 / n))
+
+
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
-    for _ in range(20):  # warm up, as the Lua version does
-        once()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        once()
-    dt = time.perf_counter() - t0
-    print("start_join %.4f ms" % (dt * 1e3 / n))
     n_spawn = int(sys.argv[2]) if len(sys.argv) > 2 else 50
-    spawn = mp.get_context("spawn")
-    for _ in range(5):
-        once(spawn)
-    t0 = time.perf_counter()
-    for _ in range(n_spawn):
-        once(spawn)
-    dt = time.perf_counter() - t0
-    print("spawn_start_join %.4f ms" % (dt * 1e3 / n_spawn))
-    forkserver = mp.get_context("forkserver")
-    for _ in range(20):  # the server starts here
-        once(forkserver)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        once(forkserver)
-    dt = time.perf_counter() - t0
-    print("forkserver_start_join %.4f ms" % (dt * 1e3 / n))
+    # warm-ups as the Lua version's; the forkserver starts in its own
+    timed("start_join", mp, 20, n)
+    timed("spawn_start_join", mp.get_context("spawn"), 5, n_spawn)
+    timed("forkserver_start_join", mp.get_context("forkserver"), 20, n)
 
 
 if __name__ == "__main__":
