@@ -2,8 +2,9 @@
  * place that decides what may cross a process boundary.  encode.c writes
  * messages, decode.c reads them back, walk.c finds the shared objects a
  * message names without Lua, equal.c compares two messages' values,
- * mac.c signs bytecode, buf.c is the buffer messages are built in,
- * sha256.c hashes and signs a connection's challenge.
+ * mac.c signs bytecode and bytecode.c checks a peer's, buf.c is the
+ * buffer messages are built in, sha256.c hashes and signs a connection's
+ * challenge.
  */
 #ifndef LUAMP_CODEC_H
 #define LUAMP_CODEC_H
@@ -301,8 +302,9 @@ int lmp_msg_walk(const char *p, size_t n, void (*fn)(lmp_obj *, void *),
  * was authenticated (a broker message's HMAC): every function's bytecode
  * MAC, in embedded messages too, is rewritten under this family's key, so
  * that the message decodes here like one of our own.  Returns 0; -1 if it
- * cannot be read; -2 if it names a shared object, which no other machine
- * can name.  Never raises. */
+ * cannot be read or a function's bytecode is malformed (lmp_codecheck);
+ * -2 if it names a shared object, which no other machine can name.  Never
+ * raises. */
 int lmp_msg_resign(char *p, size_t n);
 
 /* Drops the references a message holds on luamp objects.  Call once per
@@ -310,6 +312,11 @@ int lmp_msg_resign(char *p, size_t n);
  * them, for a message encoded bare.  Never raise. */
 void lmp_msg_release(const char *p, size_t n);
 void lmp_msg_retain(const char *p, size_t n);
+
+/* Whether the n bytes at code are a binary chunk whose every count agrees
+ * with what it sizes, as Lua's loader trusts (bytecode.c): 0 if so, else
+ * -1.  lmp_msg_resign checks each function it takes as this family's. */
+int lmp_codecheck(const char *code, size_t n);
 
 /* The MAC of a function's bytecode (SipHash-2-4 under the family's key),
  * or 0 with *ok cleared when there is no arena and so no key. */

@@ -88,9 +88,11 @@ static int wvalue(walker *w, int depth) {
           wvarint(w, &k) < 0 || k > (uint64_t)(w->end - w->p) ||
           (uint64_t)(w->end - w->p) - k < 8)
         return -1;
-      if (w->resign) {
+      if (w->resign) { /* a peer's bytecode, taken as ours if well made */
         int ok;
-        uint64_t mac = lmp_codemac((const char *)w->p + 8, k, &ok);
+        uint64_t mac;
+        if (lmp_codecheck((const char *)w->p + 8, (size_t)k) < 0) return -1;
+        mac = lmp_codemac((const char *)w->p + 8, k, &ok);
         if (!ok) return -1;
         memcpy((unsigned char *)w->p, &mac, 8); /* the caller's own copy */
       }

@@ -428,6 +428,87 @@ static void test_hostile(void) {
   for (m = 0; m < nmsgs; m++) free(msgs[m]);
 }
 
+/* A peer's bytecode (lmp_codecheck): what string.dump writes passes, in
+ * whole; a prefix, a byte more, or a count that disagrees with what it
+ * sizes is refused; and any single byte changed is refused or loads. */
+typedef struct {
+  const char *p;
+  size_t n;
+} reader_state;
+
+static const char *read_once(lua_State *L, void *ud, size_t *n) {
+  reader_state *r = ud;
+  (void)L;
+  *n = r->n;
+  r->n = 0;
+  return *n ? r->p : NULL;
+}
+
+static int loads(const char *code, size_t n) {
+  int ok;
+  reader_state r;
+  r.p = code;
+  r.n = n;
+  ok = lua_load(R, read_once, &r, "=peer", "b") == LUA_OK;
+  lua_settop(R, 0);
+  return ok;
+}
+
+static void test_bytecode(void) {
+  static const char *const fns[] = {
+    "function() return 1 end",
+    "(function() local up = {} return function(x) return up, x end end)()",
+    "function(...) local a, b, c = 1.5, 'k' .. ('s'):rep(60), {...}\n"
+    "  return function() return a, b, c, nil, true, false, 7 end end",
+    "(function() local u, v = 1, 2 return function()\n"
+    "  return function() return function() return u + v end end end end)()",
+  };
+  const char *code;
+  char *tmp;
+  size_t n, k;
+  int f, strip, b;
+  for (f = 0; f < (int)(sizeof fns / sizeof fns[0]); f++)
+    for (strip = 0; strip <= 1; strip++) {
+      lua_pushfstring(S, "return string.dump(%s, %s)", fns[f],
+                      strip ? "true" : "false");
+      if (luaL_dostring(S, lua_tostring(S, -1)) != LUA_OK) {
+        CHECK_FAIL("dump %d: %s", f, lua_tostring(S, -1));
+        return;
+      }
+      code = lua_tolstring(S, -1, &n);
+      ASSERT_EQ(lmp_codecheck(code, n), 0);
+      ASSERT_TRUE(loads(code, n));
+      tmp = malloc(n + 1);
+      for (k = 0; k < n; k++) {
+        memcpy(tmp, code, k); /* exact, so ASan sees an overread */
+        if (lmp_codecheck(tmp, k) != -1) CHECK_FAIL("prefix %zu of %d", k, f);
+      }
+      memcpy(tmp, code, n);
+      tmp[n] = '\x80';
+      ASSERT_EQ(lmp_codecheck(tmp, n + 1), -1);
+      /* The closure's byte, after the 31 of the header. */
+      tmp[31]++;
+      ASSERT_EQ(lmp_codecheck(tmp, n), -1);
+      tmp[31]--;
+      for (k = 0; k < n; k++)
+        for (b = 0; b < 8; b++) {
+          tmp[k] ^= (char)(1 << b);
+          if (lmp_codecheck(tmp, n) == 0) (void)loads(tmp, n);
+          tmp[k] ^= (char)(1 << b);
+        }
+      free(tmp);
+      lua_settop(S, 0);
+    }
+  /* What Lua 5.4.4's loader would write past the upvalues with: more
+   * upvalue names than upvalues (the last count of the chunk). */
+  if (luaL_dostring(S, "local d = string.dump(function() return 1 end)\n"
+                       "return d:sub(1, -2) .. '\\x82\\x80\\x80'") != LUA_OK)
+    CHECK_FAIL("%s", lua_tostring(S, -1));
+  code = lua_tolstring(S, -1, &n);
+  ASSERT_EQ(lmp_codecheck(code, n), -1);
+  lua_settop(S, 0);
+}
+
 static int encode_args(lua_State *L) {
   lmp_encode(L, 1, "args", lmp_buf_new(L));
   return 0;
@@ -730,7 +811,8 @@ int main(void) {
     CHECK(test_buf),       CHECK(test_scalars), CHECK(test_strings),
     CHECK(test_slices),    CHECK(test_tables),  CHECK(test_functions),
     CHECK(test_names),     CHECK(test_errors),  CHECK(test_objects),
-    CHECK(test_hostile),   CHECK(test_equal),   CHECK(test_sha256),
+    CHECK(test_hostile),   CHECK(test_bytecode), CHECK(test_equal),
+    CHECK(test_sha256),
   };
   int rc;
   if (lmp_arena_init(64 << 20) != 0) {

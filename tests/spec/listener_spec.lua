@@ -159,6 +159,33 @@ describe("Listener and Client", function()
       c:close()
     end)
 
+    it("refuses a function whose bytecode miscounts what it sizes, and "
+       .. "stays usable", function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path, {authkey = "sesame"})
+      -- One more upvalue name than upvalues: Lua 5.4.4's loader would
+      -- write past the upvalues.  The count is the dump's last but the
+      -- upvalue's value, (1 name, "u") become (2 names, none, none).
+      local out = peer(path, [[
+        local core = require "luamp.core"
+        local c = mp.Client(PATH, {authkey = "sesame", timeout = 10})
+        local u = 5
+        local b = core.message(function() return u end):bytes()
+        local at
+        for i in b:gmatch("()\x81\x82u") do at = i end
+        c:send_bytes(b:sub(1, at - 1) .. "\x82\x80\x80" .. b:sub(at + 3))
+        c:send(function() return u + 1 end)
+        io.write(c:recv())
+      ]])
+      local c = l:accept(10)
+      assert.has_error(function() c:recv() end, "malformed message")
+      assert.are.equal(6, c:recv()())
+      c:send("done")
+      assert.are.equal("done", out:read("a"))
+      assert.is_true(out:close())
+      c:close()
+    end)
+
     it("lets both sides in when they share the key", function()
       local path = fresh_path()
       local l <close> = mp.Listener(path, {authkey = "sesame"})
