@@ -310,6 +310,11 @@ static void on_timer(uv_timer_t *t) {
   rconn *c = t->data;
   req *q;
   double now = lmp_now();
+  /* A deadline measures the server, not this process: replies that came
+   * while it ran other code are read before any deadline is judged (the
+   * loop runs its timers before it polls). */
+  if (c->ac != NULL && !c->connecting) redisAsyncHandleRead(c->ac);
+  if (c->ac == NULL) return;
   for (q = c->head; q != NULL; q = q->next) {
     if (!q->done && q->deadline >= 0 && q->deadline <= now) {
       char why[64];
@@ -335,14 +340,23 @@ static void arm(rconn *c) {
 
 /* Writes the commands sent since the last write, as far as the socket
  * takes them now: a wait on the loop's descriptor would not see that
- * there is something to write until the loop had run once. */
+ * there is something to write until the loop had run once.  Their
+ * deadlines start now: a request is timed from when it goes out, not
+ * from when Lua code, busy with other work since, sent it. */
 static int flush(rconn *c) {
-  if (c->unsent && c->ac != NULL) {
-    c->unsent = 0;
-    redisAsyncHandleWrite(c->ac);
-    return 1;
-  }
-  return 0;
+  req *q;
+  int timed = 0;
+  if (!c->unsent || c->ac == NULL) return 0;
+  c->unsent = 0;
+  redisAsyncHandleWrite(c->ac);
+  for (q = c->head; q != NULL; q = q->next)
+    if (!q->done && q->timeout >= 0 && q->deadline < 0) {
+      q->deadline = lmp_now() + q->timeout;
+      c->ndeadline++;
+      timed = 1;
+    }
+  if (timed && c->ac != NULL && c->nopen > 0) arm(c);
+  return 1;
 }
 
 /* Flushes every connection of the process: a command sent on one that
@@ -640,7 +654,7 @@ static int conn_send(lua_State *L) {
   q->c = c;
   q->id = c->next_id++;
   q->keep = keep;
-  q->deadline = timeout >= 0 ? lmp_now() + timeout : -1;
+  q->deadline = -1; /* set when it is written (flush) */
   q->timeout = timeout;
   if (redisAsyncCommandArgv(c->ac, on_reply, q, n, av, lv) != REDIS_OK) {
     free(q);
@@ -650,10 +664,6 @@ static int conn_send(lua_State *L) {
   else c->head = q;
   c->tail = q;
   c->unsent = 1;
-  if (q->deadline >= 0) {
-    c->ndeadline++;
-    arm(c);
-  }
   lua_pushinteger(L, q->id);
   return 1;
 }

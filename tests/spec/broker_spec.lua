@@ -585,6 +585,25 @@ describe("broker pool", function()
     assert.is_true(child:is_alive())
   end)
 
+  it("sends again the tasks and functions a lost connection took with it",
+     function()
+    local p = pool()
+    later(function() p:terminate() end)
+    assert.are.equal(2, p:apply(function(x) return 2 * x end, {1}))
+    -- The owner's command connection ends; it does not know yet, and what
+    -- it sends next (a new function, and batches) goes nowhere.
+    local t = p._sched.t
+    local id = t.cmd:call({"CLIENT", "ID"})
+    assert.are.equal("1", R:cli("CLIENT", "KILL", "ID", id))
+    local up = string.rep("y", 1000)
+    local rs = {}
+    for i = 1, 20 do
+      rs[i] = p:apply_async(function(x) return #up + x end, {i})
+    end
+    for i = 1, 20 do assert.are.equal(1000 + i, rs[i]:get(10)) end
+    assert.are_not.equal(id, t.cmd:call({"CLIENT", "ID"}))
+  end)
+
   it("raises BrokerError when the broker stops answering", function()
     local p = pool{lease = 1, broker_timeout = 1}
     later(function() p:terminate() end)

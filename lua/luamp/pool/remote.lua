@@ -44,6 +44,7 @@ function T.new(cfg, n, bo)
   local self = setmetatable({cfg = cfg, n = n, bo = bo, keys = bo.keys,
                              pid = broker.hex(core.random_bytes(8)),
                              seq = 0, entries = {}, vw = {}, out = {},
+                             unconfirmed = {},
                              last = "0-0", hash = {}, published = {},
                              read_id = false, changed = false,
                              broken = false, ttl_ms = bo.ttl * 1000},
@@ -188,6 +189,11 @@ local function reconnect(self, e)
       self.cmd:close()
       self.blk:close()
       self.cmd, self.blk, self.run_id = cmd, blk, run_id
+      -- What the old connection may have lost goes again; a batch that
+      -- did reach the broker runs twice at worst, and its first outcome
+      -- wins.
+      for _, u in ipairs(self.unconfirmed) do u.id = cmd:send(u.argv) end
+      self.renew_at = 0
     end)
     if ok then
       self.read_id, self.ping_id = false, false
@@ -228,6 +234,42 @@ function T:start(wid)
   self.out[#self.out + 1] = msgs.ready(wid)
 end
 
+-- Sends a command that must reach the broker (a batch, a function): its
+-- reply is kept until confirm sees it, and a new connection sends it
+-- again if the one it went out on ends first.  seq: the entry it is.
+local function must(self, argv, seq)
+  local u = self.unconfirmed
+  u[#u + 1] = {id = self.cmd:send(argv), argv = argv, seq = seq}
+end
+
+-- Takes the replies that came to what must reach the broker, in the order
+-- sent; a batch the broker refused fails its tasks with why.
+local function confirm(self)
+  local u, n, done = self.unconfirmed, #self.unconfirmed, 0
+  for i = 1, n do
+    local ok, v, got = pcall(self.cmd.take, self.cmd, u[i].id)
+    if not ok then
+      if errors.is(v, "BrokerError") then
+        table.move(u, done + 1, n, 1)
+        for j = n - done + 1, n do u[j] = nil end
+        error(v, 0)
+      end
+      if u[i].seq then
+        fail_entry(self, u[i].seq, {type = "BrokerError", message =
+          "the broker refused the task: " .. tostring(v),
+          fields = {url = self.bo.conn.url}})
+      end
+    elseif not got then
+      break
+    end
+    done = i
+  end
+  if done > 0 then
+    table.move(u, done + 1, n, 1)
+    for j = n - done + 1, n do u[j] = nil end
+  end
+end
+
 -- The function of fid, sealed under its hash in ns:code:H, once.
 local function publish(self, fid, fm)
   local bytes = fm:bytes()
@@ -235,8 +277,7 @@ local function publish(self, fid, fm)
   self.hash[fid] = h
   if self.published[h] then return end
   local blob = seal(self.keys.code, broker.code_ctx(h), fm, "function")
-  self.cmd:send({"SET", self.k.code .. h, blob, "PX", self.ttl_ms}, nil,
-                false)
+  must(self, {"SET", self.k.code .. h, blob, "PX", self.ttl_ms})
   self.published[h] = true
 end
 
@@ -253,8 +294,7 @@ local function send(self, wid, b)
     fail_entry(self, seq, {message = tostring(sealed)})
     return
   end
-  self.cmd:send({"XADD", self.k.t, "*", "s", seq, "p", sealed, "d", 1},
-                nil, false)
+  must(self, {"XADD", self.k.t, "*", "s", seq, "p", sealed, "d", 1}, seq)
 end
 
 function T:send(wid, b)
@@ -384,6 +424,7 @@ local function pull(self)
   blk:dispatch()
   local now = monotonic()
   if self.ping_conn ~= self.cmd then self.ping_id = false end
+  confirm(self)
   ping(self, now)
   if now >= self.renew_at then renew(self) end
   while true do
