@@ -15,8 +15,9 @@ local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall =
 local pack, unpack = table.pack, table.unpack
 local format = string.format
 local traceback = debug.traceback
-local message, message_slice, decode, newtable, flush =
-  core.message, core.message_slice, core.decode, core.newtable, core.flush
+local message, message_slice, decode, decode_into, flush =
+  core.message, core.message_slice, core.decode, core.decode_into,
+  core.flush
 local APPLY, STARCHUNK = msgs.APPLY, msgs.STARCHUNK
 
 local M = {}
@@ -79,12 +80,24 @@ local function run_apply(id, f, am)
                                      .. errtext(rm)})
 end
 
+-- A chunk's items and results, in tables the worker keeps from chunk to
+-- chunk: their memory stays the process's, where fresh tables would fault
+-- in fresh pages for every chunk.  Emptied after each, so that they hold
+-- no value (and no shared object) between chunks.
+local chunk_args, chunk_out = {}, {}
+
+local function empty(t, n)
+  for i = 1, n do t[i] = nil end
+end
+
 -- Runs a chunk of a map: the first result of each item (holes kept) in a
 -- Message, or the failure of item k.
 local function run_chunk(id, f, am, star)
-  local args = open(am)
-  local n, at = args.n, 0
-  local out = newtable(n)
+  local args, out = chunk_args, chunk_out
+  local decoded, n = pcall(decode_into, am, args, 1)
+  am:close()
+  if not decoded then error(n, 0) end
+  local at = 0
   -- One protected call for the whole chunk: `at` says which item failed.
   local ok, e = xpcall(function()
     if star then
@@ -100,8 +113,13 @@ local function run_chunk(id, f, am, star)
       end
     end
   end, on_error)
-  if not ok then return msgs.failure(id, task_error(e, last_tb), at) end
+  empty(args, n)
+  if not ok then
+    empty(out, n)
+    return msgs.failure(id, task_error(e, last_tb), at)
+  end
   local sent, rm = pcall(message_slice, out, 1, n, "result")
+  empty(out, n)
   if sent then return msgs.result(id, rm) end
   return msgs.failure(id, {message = errtext(rm)},
                       tonumber(rm:match("^cannot send result%[(%d+)%]")))
