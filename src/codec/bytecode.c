@@ -42,6 +42,12 @@ static int rdsize(rd *r, size_t limit, size_t *v) {
 
 static int rdint(rd *r, size_t *v) { return rdsize(r, INT_MAX, v); }
 
+/* A count of things of a byte or more each: no more than the bytes left,
+ * so that the loader never sizes a vector beyond what the chunk holds. */
+static int rdcount(rd *r, size_t *v) {
+  return rdint(r, v) < 0 || *v > (size_t)(r->end - r->p) ? -1 : 0;
+}
+
 static int rdskip(rd *r, size_t n) {
   if (n > (size_t)(r->end - r->p)) return -1;
   r->p += n;
@@ -70,7 +76,7 @@ static int rdfunction(rd *r, int depth, size_t *nups) {
   if (rdint(r, &ncode) < 0 || ncode > (size_t)(r->end - r->p) / 4 ||
       rdskip(r, ncode * 4) < 0)
     return -1;
-  if (rdint(r, &n) < 0) return -1;
+  if (rdcount(r, &n) < 0) return -1;
   for (i = 0; i < n; i++) {
     if (r->p == r->end) return -1;
     switch (*r->p++) {
@@ -87,21 +93,21 @@ static int rdfunction(rd *r, int depth, size_t *nups) {
   if (rdint(r, nups) < 0 || *nups > (size_t)(r->end - r->p) / 3 ||
       rdskip(r, *nups * 3) < 0) /* instack, idx, kind */
     return -1;
-  if (rdint(r, &n) < 0) return -1;
+  if (rdcount(r, &n) < 0) return -1;
   for (i = 0; i < n; i++)
     if (rdfunction(r, depth + 1, &sub) < 0) return -1;
   /* Debug information: line deltas, one per instruction or none. */
   if (rdint(r, &n) < 0 || (n != 0 && n != ncode) || rdskip(r, n) < 0)
     return -1;
-  if (rdint(r, &n) < 0) return -1; /* absolute lines: pc, line */
+  if (rdcount(r, &n) < 0) return -1; /* absolute lines: pc, line */
   for (i = 0; i < n; i++)
     if (rdint(r, &sub) < 0 || rdint(r, &sub) < 0) return -1;
-  if (rdint(r, &n) < 0) return -1; /* locals: name, startpc, endpc */
+  if (rdcount(r, &n) < 0) return -1; /* locals: name, startpc, endpc */
   for (i = 0; i < n; i++)
     if (rdstring(r) < 0 || rdint(r, &sub) < 0 || rdint(r, &sub) < 0)
       return -1;
   /* Upvalue names: one for each upvalue, or none. */
-  if (rdint(r, &n) < 0 || (n != 0 && n != *nups)) return -1;
+  if (rdcount(r, &n) < 0 || (n != 0 && n != *nups)) return -1;
   for (i = 0; i < n; i++)
     if (rdstring(r) < 0) return -1;
   return 0;
