@@ -96,7 +96,10 @@ local function run_chunk(id, f, am, star)
   local args, out = chunk_args, chunk_out
   local decoded, n = pcall(decode_into, am, args, 1)
   am:close()
-  if not decoded then error(n, 0) end
+  if not decoded then
+    chunk_args = {} -- what it decoded before it failed goes with the table
+    error(n, 0)
+  end
   local at = 0
   -- One protected call for the whole chunk: `at` says which item failed.
   local ok, e = xpcall(function()
