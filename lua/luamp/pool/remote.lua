@@ -486,6 +486,7 @@ function T:kill(wid)
   if w then w.killed = true end
   if not self.terminated and not self.broken then
     self.terminated = true
+    self.unconfirmed = {} -- nothing goes again: the stream goes
     pcall(function()
       self.cmd:send({"DEL", self.k.t}, nil, false)
       self.cmd:send({"XADD", self.k.announce, "MAXLEN", "~", 1000, "*",
@@ -512,6 +513,7 @@ end
 function T:close()
   if self.closed then return end
   self.closed = true
+  self.unconfirmed = {}
   local k = self.k
   pcall(function()
     local c = self.cmd
