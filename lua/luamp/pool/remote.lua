@@ -245,21 +245,17 @@ end
 -- Takes the replies that came to what must reach the broker, in the order
 -- sent; a batch the broker refused fails its tasks with why.
 local function confirm(self)
-  local u, n, done = self.unconfirmed, #self.unconfirmed, 0
+  local u, n, done, lost = self.unconfirmed, #self.unconfirmed, 0, nil
   for i = 1, n do
     local ok, v, got = pcall(self.cmd.take, self.cmd, u[i].id)
-    if not ok then
-      if errors.is(v, "BrokerError") then
-        table.move(u, done + 1, n, 1)
-        for j = n - done + 1, n do u[j] = nil end
-        error(v, 0)
-      end
-      if u[i].seq then
-        fail_entry(self, u[i].seq, {type = "BrokerError", message =
-          "the broker refused the task: " .. tostring(v),
-          fields = {url = self.bo.conn.url}})
-      end
-    elseif not got then
+    if not ok and errors.is(v, "BrokerError") then
+      lost = v -- this one and the rest go again on the next connection
+      break
+    elseif not ok and u[i].seq then
+      fail_entry(self, u[i].seq, {type = "BrokerError", message =
+        "the broker refused the task: " .. tostring(v),
+        fields = {url = self.bo.conn.url}})
+    elseif ok and not got then
       break
     end
     done = i
@@ -268,6 +264,7 @@ local function confirm(self)
     table.move(u, done + 1, n, 1)
     for j = n - done + 1, n do u[j] = nil end
   end
+  if lost then error(lost, 0) end
 end
 
 -- The function of fid, sealed under its hash in ns:code:H, once.
