@@ -80,15 +80,23 @@ const uint8_t *lmp_arena_key(void);
 /* ------------------------------------------------------------ objects */
 
 /* Every shared object starts with this header; its memory is reclaimed
- * when `refs` drops to zero.  References are held by processes (lmp_hold)
- * and by messages in flight. */
+ * when its references drop to zero.  References are held by processes
+ * (lmp_hold) and by messages in flight.  `refs` holds their number in its
+ * low 32 bits and, in its high 32, the slot + 1 of a process in the middle
+ * of a counted change (lmp_obj_incref_counted), or 0: read the number with
+ * lmp_obj_refs. */
 typedef struct lmp_obj {
   uint32_t magic; /* LMP_OBJ_MAGIC while live */
   uint16_t type;  /* its type: an index into the registered lmp_types */
   uint16_t kind;  /* which of its type's classes (Queue, JoinableQueue...) */
-  _Atomic int32_t refs;
   _Atomic uint32_t watchers; /* processes watching it (lmp_watch) */
+  uint32_t pad;
+  _Atomic uint64_t refs;
 } lmp_obj;
+
+static inline uint32_t lmp_obj_refs(lmp_obj *o) {
+  return (uint32_t)atomic_load(&o->refs);
+}
 
 #define LMP_OBJ_MAGIC 0x6f706d6cu /* "lmpo" */
 #define LMP_T_MAX 32              /* type numbers are 1 .. LMP_T_MAX - 1 */
@@ -135,6 +143,23 @@ void lmp_obj_incref(lmp_obj *o);
 void lmp_obj_decref(lmp_obj *o); /* destroys at zero */
 void lmp_obj_discard(lmp_obj *o);
 
+/* Counted references: a reference that a structure in the arena holds and
+ * counts in *count, a word of the arena that only this process changes
+ * meanwhile (an entry in transit, its own hold table).  incref_counted
+ * takes one reference and adds 1 to *count; decref_counted subtracts 1
+ * from *count and drops one reference (destroying o at zero).  A process
+ * killed at any instruction of either leaves *count equal to the
+ * references the structure holds once its reaper has run: the change
+ * marks o's `refs` with the process's slot in the same atomic operation
+ * as the reference itself, and records the count's value before in the
+ * slot, which together tell the reaper how far it went.  A change that
+ * finds o marked by another process waits for it (a few instructions,
+ * unless that process is preempted); if that process has died and is not
+ * yet reaped, it makes its own change unmarked, as a plain incref would,
+ * and so unprotected. */
+void lmp_obj_incref_counted(lmp_obj *o, _Atomic uint64_t *count);
+void lmp_obj_decref_counted(lmp_obj *o, _Atomic uint64_t *count);
+
 /* Checks an untrusted offset: 1 if it names a live object of `type` (or
  * of any type when type < 0). */
 int lmp_obj_check(lmp_off off, int type);
@@ -174,6 +199,12 @@ typedef struct lmp_slot {
   /* The hold table being grown: the new one until it is in place, the
    * old one until it is freed (see family.c). */
   lmp_off grow_new, grow_old, grow_tag;
+  /* A counted reference change in progress: its object (0: none), its
+   * count, the count's value before and the direction (+1 or -1). */
+  _Atomic lmp_off counting;
+  lmp_off count_at;
+  uint64_t count_before;
+  int64_t count_dir;
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
@@ -327,9 +358,12 @@ int lmp_robust_lock(pthread_mutex_t *mu);
 #endif
 
 /* family.c serves safe.c: the hooks of an object's type (NULL when none
- * are registered), and the end of a dead process's slot once its pending
- * blocks are settled. */
+ * are registered), the end of a dead process's slot once its pending
+ * blocks are settled, and the repair of its counted change. */
 const lmp_type *lmp_type_of(const lmp_obj *o);
 void lmp_slot_free(uint32_t idx);
+/* Finishes or undoes the counted reference change a dead process left
+ * half done: first of all its reaper does, before any count is read. */
+void lmp_slot_settle_counting(uint32_t idx);
 
 #endif

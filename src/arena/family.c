@@ -4,10 +4,12 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -117,11 +119,8 @@ void lmp_obj_incref(lmp_obj *o) {
 
 static void unwatch_obj(lmp_obj *o);
 
-void lmp_obj_decref(lmp_obj *o) {
-  const lmp_type *t;
-  if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
-    return;
-  t = lmp_type_of(o);
+static void obj_destroy(lmp_obj *o) {
+  const lmp_type *t = lmp_type_of(o);
   if (t != NULL && t->dtor != NULL) t->dtor(o);
   /* Watches outlive nothing they watch: a new object at this address
    * must not inherit them. */
@@ -130,16 +129,173 @@ void lmp_obj_decref(lmp_obj *o) {
   lmp_free(o);
 }
 
+void lmp_obj_decref(lmp_obj *o) {
+  /* A mark in the high half does not stop the count: its process holds
+   * one of the references, so this one is never the last. */
+  if ((uint32_t)atomic_fetch_sub_explicit(&o->refs, 1,
+                                          memory_order_acq_rel) == 1)
+    obj_destroy(o);
+}
+
 void lmp_obj_discard(lmp_obj *o) {
   lmp_obj_incref(o);
   lmp_obj_decref(o);
+}
+
+/*
+ * Counted changes (see arena.h).  The steps of one, each a single store
+ * or atomic operation:
+ *
+ *   1. the slot records the count's address, value and the direction,
+ *      then the object (`counting`);
+ *   2. o->refs gains the slot's mark, with the reference for an incref;
+ *   3. *count changes by one;
+ *   4. the mark goes, with the reference for a decref;
+ *   5. `counting` is cleared.
+ *
+ * The reaper reads them back (lmp_slot_settle_counting): o marked by the
+ * dead slot means step 2 happened and step 4 did not, and *count against
+ * the value recorded says whether step 3 did.  Unmarked, the change either
+ * did not start or is whole.
+ */
+
+#define MARK_OF(idx) ((uint64_t)((idx) + 1) << 32)
+#define MS 1000000 /* in nanoseconds */
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Has the process of slot + 1 `mark` died (a zombie counts as dead: its
+ * reaper may be the very process that waits for it)?  Without /proc to
+ * tell a zombie, after `waited` ns beyond 2 ms it is taken for dead. */
+static int marker_dead(uint32_t mark, int64_t waited) {
+  lmp_slot *s = &F->slots[(mark - 1) % LMP_MAX_PROCS];
+  int32_t pid = atomic_load(&s->pid);
+  char path[32], buf[512], *paren;
+  ssize_t n;
+  int fd;
+  if (atomic_load(&s->state) != LMP_SLOT_LIVE || pid <= 0) return 1;
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return kill(pid, 0) < 0 || waited > 2 * MS;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 1;
+  buf[n] = '\0';
+  paren = strrchr(buf, ')'); /* the name before it may hold anything */
+  return paren == NULL || paren[1] == '\0' || paren[2] == 'Z' ||
+         paren[2] == 'X';
+}
+
+/* Step 2: marks o, adding `add` references.  Another process's mark is
+ * waited for (spinning, then yielding, its holder checked each
+ * millisecond); if that process has died, 0 (the change then goes
+ * unmarked, the dead one's mark left to its reaper). */
+static int mark(lmp_obj *o, uint64_t add) {
+  uint64_t w = atomic_load(&o->refs), mine = MARK_OF(lmp_self_index);
+  int64_t since = 0, check = 0;
+  unsigned spins = 0;
+  for (;;) {
+    if ((w >> 32) == 0) {
+      if (atomic_compare_exchange_weak(&o->refs, &w, w + add + mine))
+        return 1;
+      continue;
+    }
+    if (++spins < 1000) {
+      lmp_cpu_relax();
+    } else {
+      int64_t t = now_ns();
+      if (since == 0) {
+        since = t;
+        check = t + MS;
+      } else if (t >= check) {
+        if (marker_dead((uint32_t)(w >> 32), t - since)) return 0;
+        check = t + MS;
+      }
+      sched_yield();
+    }
+    w = atomic_load(&o->refs);
+  }
+}
+
+/* Step 4 for the change of slot idx: removes its mark and `sub`
+ * references; returns the references left. */
+static uint32_t unmark(lmp_obj *o, uint32_t idx, uint64_t sub) {
+  uint64_t w = atomic_load(&o->refs), mine = MARK_OF(idx);
+  while (!atomic_compare_exchange_weak(&o->refs, &w, w - sub - mine)) {
+  }
+  return (uint32_t)(w - sub);
+}
+
+static void record(lmp_obj *o, _Atomic uint64_t *count, int64_t dir) {
+  volatile lmp_slot *s = lmp_self;
+  s->count_at = LMP_OFF(count);
+  s->count_before = atomic_load(count);
+  s->count_dir = dir;
+  atomic_store(&lmp_self->counting, LMP_OFF(o));
+}
+
+void lmp_obj_incref_counted(lmp_obj *o, _Atomic uint64_t *count) {
+  record(o, count, 1);
+  if (mark(o, 1)) {
+    atomic_fetch_add(count, 1);
+    unmark(o, lmp_self_index, 0);
+  } else {
+    atomic_fetch_add(&o->refs, 1);
+    atomic_fetch_add(count, 1);
+  }
+  atomic_store(&lmp_self->counting, 0);
+  if (lmp_self->creating == LMP_OFF(o)) lmp_self->creating = 0;
+}
+
+void lmp_obj_decref_counted(lmp_obj *o, _Atomic uint64_t *count) {
+  uint32_t left;
+  record(o, count, -1);
+  if (mark(o, 0)) {
+    atomic_fetch_sub(count, 1);
+    left = unmark(o, lmp_self_index, 1);
+  } else {
+    atomic_fetch_sub(count, 1);
+    left = (uint32_t)atomic_fetch_sub(&o->refs, 1) - 1;
+  }
+  atomic_store(&lmp_self->counting, 0);
+  if (left == 0) obj_destroy(o);
+}
+
+void lmp_slot_settle_counting(uint32_t idx) {
+  lmp_slot *s = &F->slots[idx];
+  lmp_off off = atomic_load(&s->counting);
+  _Atomic uint64_t *count;
+  lmp_obj *o;
+  uint64_t now;
+  if (off == 0) return;
+  o = LMP_PTR(off);
+  count = LMP_PTR(s->count_at);
+  if ((atomic_load(&o->refs) >> 32) == idx + 1) { /* steps 2 to 4 */
+    now = atomic_load(count);
+    if (s->count_dir > 0) { /* the reference is in: count it */
+      if (now == s->count_before) atomic_store(count, now + 1);
+      unmark(o, idx, 0);
+    } else if (now + 1 == s->count_before) { /* uncounted: drop it */
+      if (unmark(o, idx, 1) == 0) {
+        atomic_store(&s->counting, 0);
+        obj_destroy(o);
+      }
+    } else { /* still counted: whoever drops the count drops it */
+      unmark(o, idx, 0);
+    }
+  }
+  atomic_store(&s->counting, 0);
 }
 
 int lmp_obj_check(lmp_off off, int type) {
   const lmp_obj *o;
   if (!lmp_heap_live(off, sizeof(lmp_obj))) return 0;
   o = LMP_PTR(off);
-  if (o->magic != LMP_OBJ_MAGIC || atomic_load(&o->refs) <= 0) return 0;
+  if (o->magic != LMP_OBJ_MAGIC || lmp_obj_refs((lmp_obj *)o) == 0) return 0;
   return type < 0 || o->type == type;
 }
 
@@ -151,14 +307,14 @@ int lmp_obj_check(lmp_off off, int type) {
  * holds one reference on each object whose count is non-zero.  Only the
  * process itself writes its table, and its reaper reads it once it is dead,
  * so each change is ordered to leave the table readable if the process is
- * killed between any two stores: a count drops to zero (a tombstone) before
- * the reference goes, a new table is filled before it is published.  The
- * worst a kill can do is leak one reference.
+ * killed between any two stores: a count goes from zero to one (an entry
+ * written at zero first) and back to zero (a tombstone) with the reference
+ * itself, as one counted change (lmp_obj_incref_counted), and a new table
+ * is filled before it is published.  So a kill leaks no reference.
  */
 typedef struct hold_ent {
   lmp_off obj;
-  _Atomic uint32_t n;
-  uint32_t pad;
+  _Atomic uint64_t n;
 } hold_ent;
 
 typedef struct hold_tab {
@@ -197,7 +353,8 @@ static int tab_grow(lmp_slot *s) {
   t->cap = cap;
   if (old != NULL) {
     for (i = 0; i < old->cap; i++) {
-      uint32_t n = atomic_load(&old->e[i].n), j;
+      uint64_t n = atomic_load(&old->e[i].n);
+      uint32_t j;
       if (n == 0) continue;
       j = hashoff(old->e[i].obj, cap);
       while (t->e[j].obj != 0) j = (j + 1) & (cap - 1);
@@ -256,20 +413,14 @@ int lmp_hold(lmp_obj *o) {
     t = LMP_PTR(s->refs);
     e = tab_find(t, off, &fs);
   }
-  /* A reference taken and not yet recorded leaks if the process dies
-   * between the two; one recorded and not yet taken would be dropped
-   * twice.  So a held object takes its reference first; a new one (the
-   * slot names it until its first reference) records it first, and its
-   * reaper, finding the object with no reference, forgets the record. */
-  if (s->creating != off) lmp_obj_incref(o);
+  /* The entry first, at zero; then the reference, counted in it. */
   if (e == NULL) {
     e = fs;
     if (e->obj == 0) t->used++;
     atomic_store(&e->n, 0);
     e->obj = off;
   }
-  atomic_store(&e->n, 1);
-  if (s->creating == off) lmp_obj_incref(o);
+  lmp_obj_incref_counted(o, &e->n);
   return 0;
 }
 
@@ -279,7 +430,8 @@ void lmp_unhold(lmp_obj *o) {
   if (s == NULL || s->refs == 0) return;
   e = tab_find(LMP_PTR(s->refs), LMP_OFF(o), &fs);
   if (e == NULL || atomic_load(&e->n) == 0) return;
-  if (atomic_fetch_sub(&e->n, 1) == 1) lmp_obj_decref(o);
+  if (atomic_load(&e->n) > 1) atomic_fetch_sub(&e->n, 1);
+  else lmp_obj_decref_counted(o, &e->n);
 }
 
 /* --------------------------------------------------------- process slots */
@@ -308,6 +460,7 @@ int lmp_slot_prepare(int inherit) {
   c->pending_obj = 0;
   memset(c->pending_blk, 0, sizeof c->pending_blk);
   c->creating = c->grow_new = c->grow_old = 0;
+  atomic_store(&c->counting, 0);
   c->refs = 0;
   atomic_fetch_add(&F->nprocs, 1);
   {
@@ -322,7 +475,7 @@ int lmp_slot_prepare(int inherit) {
     /* The same hash layout; tombstones are dropped but probes still end at
      * the same empty entries, so copying positions is safe. */
     for (j = 0; inherit && j < mine->cap; j++) {
-      uint32_t n = atomic_load(&mine->e[j].n);
+      uint64_t n = atomic_load(&mine->e[j].n);
       if (mine->e[j].obj == 0) continue;
       t->e[j].obj = mine->e[j].obj;
       t->used++;
@@ -353,8 +506,9 @@ static void release_refs(lmp_slot *s) {
    * a process killed on the way (a clean exit cut short) leaves its
    * reaper the rest to drop, the entries dropped already at zero. */
   for (j = 0; j < t->cap; j++) {
-    if (t->e[j].obj != 0 && atomic_exchange(&t->e[j].n, 0) > 0)
-      lmp_obj_decref(LMP_PTR(t->e[j].obj));
+    if (t->e[j].obj == 0 || atomic_load(&t->e[j].n) == 0) continue;
+    atomic_store(&t->e[j].n, 1); /* handles: one reference for them all */
+    lmp_obj_decref_counted(LMP_PTR(t->e[j].obj), &t->e[j].n);
   }
   lmp_heap_free(t, &s->refs);
 }
@@ -389,7 +543,7 @@ static void settle_creating(lmp_slot *s) {
   s->creating = 0;
   if (o->magic != LMP_OBJ_MAGIC) { /* not made whole */
     lmp_free(o);
-  } else if (atomic_load(&o->refs) == 0) {
+  } else if (lmp_obj_refs(o) == 0) {
     if (s->refs != 0) { /* a hold recorded, its reference not taken */
       hold_ent *fs, *e = tab_find(LMP_PTR(s->refs), off, &fs);
       if (e != NULL) atomic_store(&e->n, 0);

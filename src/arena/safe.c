@@ -77,6 +77,7 @@ void lmp_slot_release(uint32_t idx) {
    * from is still alive (the dead process held it), so ask it.  First let
    * the heap recover, if the process died inside a heap operation. */
   lmp_heap_recover();
+  lmp_slot_settle_counting(idx);
   for (k = 0; k < LMP_PEND_MAX; k++) {
     lmp_off blk = s->pending_blk[k];
     lmp_obj *o = s->pending_obj ? LMP_PTR(s->pending_obj) : NULL;

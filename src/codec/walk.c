@@ -196,13 +196,12 @@ void lmp_msg_retain(const char *p, size_t n) {
  * entry, a list's item) takes its references after it is there, and
  * counts each in the structure as it takes it, so that a process killed
  * half-way through taking (or dropping) them leaves a count its reaper can
- * trust: at worst one reference too many is left, never one dropped
- * twice.
+ * trust (lmp_obj_incref_counted): the references of the first `count`
+ * objects the message names, exactly.
  */
 
 static void retain_one(lmp_obj *o, void *ud) {
-  lmp_obj_incref(o);
-  atomic_fetch_add((_Atomic uint64_t *)ud, 1);
+  lmp_obj_incref_counted(o, ud);
 }
 
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
@@ -211,10 +210,7 @@ void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
 
 static void unretain_one(lmp_obj *o, void *ud) {
   _Atomic uint64_t *count = ud;
-  if (atomic_load(count) > 0) {
-    atomic_fetch_sub(count, 1);
-    lmp_obj_decref(o);
-  }
+  if (atomic_load(count) > 0) lmp_obj_decref_counted(o, count);
 }
 
 void lmp_msg_unretain_counted(const char *p, size_t n,

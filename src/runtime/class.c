@@ -157,7 +157,7 @@ void lmp_pushnew(lua_State *L, lmp_obj *o) {
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     /* A handle that did take its hold lets go of it when collected;
      * one that did not leaves the object unheld. */
-    if (atomic_load(&o->refs) == 0) lmp_obj_discard(o);
+    if (lmp_obj_refs(o) == 0) lmp_obj_discard(o);
     lua_error(L);
   }
 }

@@ -49,7 +49,7 @@ static int blob_set(lua_State *L) {
 }
 
 static int blob_refs(lua_State *L) {
-  lua_pushinteger(L, atomic_load(&checkblob(L)->h.refs));
+  lua_pushinteger(L, lmp_obj_refs(&checkblob(L)->h));
   return 1;
 }
 

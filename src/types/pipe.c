@@ -71,10 +71,9 @@ typedef struct channel {
 } channel;
 
 static void release_flight(flight *f) {
-  while (atomic_load(&f->refs) > 0) {
-    uint64_t k = atomic_fetch_sub(&f->refs, 1) - 1;
-    lmp_obj_decref(LMP_PTR(f->obj[k]));
-  }
+  uint64_t k;
+  while ((k = atomic_load(&f->refs)) > 0)
+    lmp_obj_decref_counted(LMP_PTR(f->obj[k - 1]), &f->refs);
 }
 
 static void chan_dtor(lmp_obj *o) {
@@ -123,8 +122,7 @@ static void take_ref(lmp_obj *o, void *ud) {
   uint64_t k = atomic_load(&f->refs);
   if (k >= f->n) return;
   f->obj[k] = LMP_OFF(o);
-  lmp_obj_incref(o);
-  atomic_store(&f->refs, k + 1);
+  lmp_obj_incref_counted(o, &f->refs);
 }
 
 /* Records a message of nobj objects sent on ch, taking their references:

@@ -50,6 +50,17 @@
 #define F_PLAIN 4u /* the message names no shared object */
 #define MSG_MAGIC 0x67736d706d6cull /* "lmpmsg": an out-of-line block */
 
+/* A message out of line: in its own block, pending while in transit.  A
+ * message that names shared objects always is, so that its references
+ * are counted in the arena (lmp_msg_retain_counted) from the first one
+ * taken to the last one dropped, wherever a kill falls. */
+typedef struct outmsg {
+  uint64_t magic; /* MSG_MAGIC once the fields below mean what they say */
+  uint64_t len;
+  _Atomic uint64_t refs; /* references taken, of the first objects named */
+  char data[];
+} outmsg;
+
 enum { K_QUEUE, K_JOINABLE, K_SIMPLE };
 
 typedef struct ring {
@@ -184,9 +195,10 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
 
 /* A message block freed by a reaper: its references go with it. */
 static void queue_release(lmp_obj *o, lmp_off blk) {
-  uint64_t *b = LMP_PTR(blk);
+  outmsg *m = LMP_PTR(blk);
   (void)o;
-  if (b[0] == MSG_MAGIC) lmp_msg_release((const char *)(b + 2), (size_t)b[1]);
+  if (m->magic == MSG_MAGIC)
+    lmp_msg_release_counted(m->data, m->len, atomic_load(&m->refs));
 }
 
 static void queue_dtor(lmp_obj *o) {
@@ -197,15 +209,13 @@ static void queue_dtor(lmp_obj *o) {
   r = RING(q);
   for (pos = r->head; pos < r->tail;) {
     rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
-    if (h->flags & F_OUTLINE) {
+    if (h->flags & F_OUTLINE) { /* inline ones name no object */
       lmp_off off;
-      uint64_t *blk;
+      outmsg *m;
       memcpy(&off, h + 1, sizeof off);
-      blk = LMP_PTR(off);
-      lmp_msg_release((const char *)(blk + 2), (size_t)blk[1]);
-      lmp_free(blk);
-    } else if (!(h->flags & F_PAD)) {
-      lmp_msg_release((const char *)(h + 1), h->len);
+      m = LMP_PTR(off);
+      lmp_msg_unretain_counted(m->data, m->len, &m->refs);
+      lmp_free(m);
     }
     pos += sizeof(rec) + pad8(payload_len(h));
   }
@@ -287,7 +297,7 @@ static void notify_put(queue *q) {
  * F_PLAIN or 0.  0, -EAGAIN (full at the deadline), -EINTR, -ENOMEM
  * (arena exhausted). */
 static int qput(lua_State *L, queue *q, const char *p, size_t len,
-                uint64_t *blk, unsigned plain, double deadline) {
+                outmsg *blk, unsigned plain, double deadline) {
   int rc;
   for (;;) {
     qlock(q);
@@ -314,7 +324,7 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
  * decodes and frees it: lmp_take_decode); *plain says whether it names no
  * object.  0, -EAGAIN (empty at the deadline), -EINTR, -ECANCELED,
  * -ENOMEM. */
-static int qget(lua_State *L, queue *q, lmp_buf *b, uint64_t **blk,
+static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
                 int *plain, double deadline) {
   ring *r;
   rec *h;
@@ -397,7 +407,7 @@ static int queue_put(lua_State *L) {
   lmp_bufhandle *h;
   queue *q = checkq(L, &h);
   lmp_pieces pc;
-  uint64_t *blk = NULL;
+  outmsg *blk = NULL;
   const char *p;
   double deadline;
   size_t nobj;
@@ -407,23 +417,21 @@ static int queue_put(lua_State *L) {
   h->buf->len = 0;
   nobj = lmp_encode_pieces(L, 2, "value", h->buf, &pc);
   p = h->buf->data; /* with no gap: a gap's string alone passes INLINE_MAX */
-  if (pc.total > INLINE_MAX) {
-    blk = lmp_alloc_pending(&q->h, 2 * sizeof(uint64_t) + pc.total,
-                            LMP_PEND_IN);
+  if (pc.total > INLINE_MAX || nobj > 0) {
+    blk = lmp_alloc_pending(&q->h, sizeof(outmsg) + pc.total, LMP_PEND_IN);
     if (blk == NULL) return fail(L, -ENOMEM, pc.total, "Full", "");
-    blk[1] = pc.total;
-    lmp_pieces_copy(&pc, h->buf, (char *)(blk + 2));
-    p = (const char *)(blk + 2);
+    blk->len = pc.total;
+    atomic_store(&blk->refs, 0);
+    lmp_pieces_copy(&pc, h->buf, blk->data);
+    blk->magic = MSG_MAGIC;
+    p = blk->data;
   }
   lua_pop(L, 1); /* what kept the pieces */
-  /* The message owns its objects from here on; a reaper releases those of
-   * a block only once the block says it is a message. */
-  if (nobj > 0) lmp_msg_retain(p, pc.total);
-  if (blk != NULL) blk[0] = MSG_MAGIC;
+  /* The message owns its objects from here on, counted in its block. */
+  if (nobj > 0) lmp_msg_retain_counted(p, pc.total, &blk->refs);
   rc = qput(L, q, p, pc.total, blk, nobj == 0 ? F_PLAIN : 0, deadline);
   if (rc < 0) {
-    if (blk != NULL) blk[0] = 0; /* a kill now leaks rather than drops twice */
-    if (nobj > 0) lmp_msg_release(p, pc.total);
+    if (nobj > 0) lmp_msg_unretain_counted(p, pc.total, &blk->refs);
     lmp_free_pending(blk, LMP_PEND_IN);
     return fail(L, rc, pc.total, "Full", "queue is full");
   }
@@ -439,15 +447,15 @@ static int queue_put_nowait(lua_State *L) {
 /* Takes one message (at most until the deadline) and pushes its value;
  * returns 0, or rc < 0 with nothing pushed. */
 static int take(lua_State *L, queue *q, lmp_bufhandle *h, double deadline) {
-  uint64_t *blk;
+  outmsg *blk;
   int plain, rc = qget(L, q, h->buf, &blk, &plain, deadline);
   if (rc < 0) return rc;
-  if (blk != NULL) /* decode straight from the block, then free it */
-    lmp_take_decode(L, (const char *)(blk + 2), (size_t)blk[1], blk, NULL);
-  else if (plain) /* nothing to let go of if it fails */
+  if (blk == NULL) /* inline: it names no object, nothing to let go of */
     lmp_decode(L, h->buf->data, h->buf->len);
+  else if (plain) /* decode straight from the block, then free it */
+    lmp_take_decode(L, blk->data, blk->len, blk, NULL);
   else
-    lmp_take_decode(L, h->buf->data, h->buf->len, NULL, NULL);
+    lmp_take_decode(L, blk->data, blk->len, blk, &blk->refs);
   return 0;
 }
 

@@ -199,7 +199,7 @@ static shval *make(lua_State *L, char tc, uint64_t n, int is_array,
   if (n > ((uint64_t)1 << 40)) luaL_argerror(L, 2, "array too large");
   v = (shval *)lmp_obj_new(is_array ? LMP_T_ARRAY : LMP_T_VALUE, 0, size);
   if (v == NULL) {
-    if (lk != NULL && atomic_load(&lk->refs) == 0) lmp_obj_discard(lk);
+    if (lk != NULL && lmp_obj_refs(lk) == 0) lmp_obj_discard(lk);
     lmp_nomem(L, size);
   }
   v->tc = tc;

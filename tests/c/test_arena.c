@@ -161,11 +161,11 @@ static void test_killed_holder(void) {
   o = lmp_obj_new(T_TEST, 0, 64);
   ASSERT_TRUE(o != NULL);
   ASSERT_EQ(lmp_hold(o), 0);
-  ASSERT_EQ(atomic_load(&o->refs), 1);
+  ASSERT_EQ(lmp_obj_refs(o), 1);
   ASSERT_EQ(pipe(fds), 0);
   slot = lmp_slot_prepare(1);
   ASSERT_TRUE(slot > 0);
-  ASSERT_EQ(atomic_load(&o->refs), 2); /* the child's share */
+  ASSERT_EQ(lmp_obj_refs(o), 2); /* the child's share */
   pid = fork();
   if (pid == 0) {
     int k;
@@ -186,7 +186,7 @@ static void test_killed_holder(void) {
   lmp_slot_release((uint32_t)slot);
   lmp_arena_stats_get(&st);
   ASSERT_EQ(st.objects, base + 1);
-  ASSERT_EQ(atomic_load(&o->refs), 1);
+  ASSERT_EQ(lmp_obj_refs(o), 1);
   lmp_unhold(o);
   lmp_arena_stats_get(&st);
   ASSERT_EQ(st.objects, base);
@@ -206,7 +206,7 @@ static void test_hold_table(void) {
     ASSERT_EQ(lmp_hold(objs[i]), 0); /* a second handle */
   }
   for (i = 0; i < N; i++) {
-    ASSERT_EQ(atomic_load(&objs[i]->refs), 1);
+    ASSERT_EQ(lmp_obj_refs(objs[i]), 1);
     ASSERT_TRUE(lmp_obj_check(LMP_OFF(objs[i]), T_TEST));
     lmp_unhold(objs[i]);
   }
@@ -271,6 +271,81 @@ static void test_killed_in_the_middle(void) {
   check_heap("after the kills");
 }
 
+/* A counted change cut short after each of its steps (see family.c), as
+ * a killed process leaves it in its slot: the reaper leaves the count
+ * equal to the references it stands for, and the object unmarked. */
+static void test_counted_cut_short(void) {
+  lmp_obj *o = lmp_obj_new(T_TEST, 0, 64);
+  _Atomic uint64_t *count = lmp_alloc(sizeof *count);
+  int dir, step;
+  ASSERT_TRUE(o != NULL && count != NULL);
+  ASSERT_EQ(lmp_hold(o), 0);
+  for (dir = 1; dir >= -1; dir -= 2) {
+    for (step = 1; step <= 4; step++) {
+      int idx = lmp_slot_prepare(0);
+      lmp_slot *s;
+      uint64_t before = dir > 0 ? 3 : 4, mark;
+      if (idx <= 0) CHECK_FAIL("slot_prepare: %d", idx);
+      s = lmp_slot_at((uint32_t)idx);
+      mark = (uint64_t)(idx + 1) << 32;
+      /* refs: ours, and one for each in *count. */
+      atomic_store(&o->refs, 1 + before);
+      atomic_store(count, before);
+      s->count_at = LMP_OFF(count);
+      s->count_before = before;
+      s->count_dir = dir;
+      atomic_store(&s->counting, LMP_OFF(o));
+      if (step >= 2) atomic_fetch_add(&o->refs, mark + (dir > 0));
+      if (step >= 3) atomic_fetch_add(count, (uint64_t)(int64_t)dir);
+      if (step >= 4) atomic_fetch_sub(&o->refs, mark + (dir < 0));
+      lmp_slot_release((uint32_t)idx);
+      ASSERT_EQ(atomic_load(&o->refs) >> 32, 0);
+      ASSERT_EQ(lmp_obj_refs(o), 1 + atomic_load(count));
+      ASSERT_EQ(atomic_load(count),
+                step <= (dir > 0 ? 1 : 2) ? before : before + dir);
+      ASSERT_EQ(atomic_load(&s->counting), 0);
+    }
+  }
+  atomic_store(&o->refs, 1);
+  lmp_unhold(o);
+  ASSERT_TRUE(!lmp_obj_check(LMP_OFF(o), -1));
+  lmp_free((void *)count);
+}
+
+/* A child takes and drops its only handle to an object as fast as it can
+ * (each a counted change of its hold table) and is killed at random
+ * moments: every time, its reaper leaves the object with our reference
+ * alone. */
+static void test_counted_killed(void) {
+  enum { KILLS = 300 };
+  lmp_obj *o = lmp_obj_new(T_TEST, 0, 64);
+  int k;
+  ASSERT_TRUE(o != NULL);
+  ASSERT_EQ(lmp_hold(o), 0);
+  for (k = 0; k < KILLS; k++) {
+    int slot = lmp_slot_prepare(1);
+    pid_t pid;
+    ASSERT_TRUE(slot > 0);
+    pid = fork();
+    if (pid == 0) {
+      lmp_slot_adopt((uint32_t)slot);
+      for (;;) {
+        lmp_unhold(o);
+        if (lmp_hold(o) < 0) _exit(2);
+      }
+    }
+    usleep((useconds_t)(xorshift() % 2000));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    lmp_slot_release((uint32_t)slot);
+    if (lmp_obj_refs(o) != 1 || atomic_load(&o->refs) >> 32 != 0)
+      CHECK_FAIL("kill %d left refs %#llx", k,
+                 (unsigned long long)atomic_load(&o->refs));
+  }
+  lmp_unhold(o);
+  ASSERT_TRUE(!lmp_obj_check(LMP_OFF(o), -1));
+}
+
 /* Does every page of [p, p+n) have its memory?  (Pages given back to the
  * kernel have none until touched again.) */
 static int resident(const char *p, size_t n) {
@@ -311,6 +386,7 @@ int main(void) {
     CHECK(test_exhaustion),    CHECK(test_concurrent),
     CHECK(test_killed_holder), CHECK(test_hold_table),
     CHECK(test_heap_whole),    CHECK(test_large_keep_pages),
+    CHECK(test_counted_cut_short),    CHECK(test_counted_killed),
     CHECK(test_killed_in_the_middle),
   };
   int rc = lmp_arena_init(64u << 20);

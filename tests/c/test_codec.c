@@ -523,13 +523,13 @@ static void test_objects(void) {
   o = lmp_toobj(S, -1);
   ASSERT_TRUE(o != NULL);
   if (o == NULL) return;
-  refs = atomic_load(&o->refs);
+  refs = lmp_obj_refs(o);
   /* Each occurrence in a message is one reference the message owns. */
   RUN(S, "pair = {blob, {blob}}");
   b = lmp_buf_new(S);
   lua_getglobal(S, "pair");
   lmp_encode(S, -1, "value", b);
-  ASSERT_EQ(atomic_load(&o->refs), refs + 2);
+  ASSERT_EQ(lmp_obj_refs(o), refs + 2);
   lmp_decode(S, b->data, b->len);
   lua_setglobal(S, "got");
   RUN(S,
@@ -538,7 +538,7 @@ static void test_objects(void) {
       "same(blob:get():sub(1, 7), 'changed', 'the same shared object')\n");
   /* The decoded handles count in this process's hold, not as references. */
   lmp_msg_release(b->data, b->len);
-  ASSERT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lmp_obj_refs(o), refs);
   /* An encoding that fails takes no references. */
   b->len = 0;
   RUN(S, "bad = {blob, coroutine.create(print)}");
@@ -547,7 +547,7 @@ static void test_objects(void) {
   lua_pushvalue(S, -2);
   ASSERT_EQ(lua_pcall(S, 1, 1, 0), LUA_ERRRUN);
   ASSERT_STREQ(lua_tostring(S, -1), "cannot send value[2]: thread");
-  ASSERT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lmp_obj_refs(o), refs);
   /* A message after other bytes in the buffer counts from its own start;
    * the Lua encode() owns no references. */
   lua_settop(S, 0);
@@ -556,10 +556,10 @@ static void test_objects(void) {
   b->len = b->cap = 4;
   lua_getglobal(S, "blob");
   lmp_encode(S, -1, "value", b);
-  ASSERT_EQ(atomic_load(&o->refs), refs + 1);
+  ASSERT_EQ(lmp_obj_refs(o), refs + 1);
   ASSERT_TRUE(memcmp(b->data, "head", 4) == 0);
   lmp_msg_release(b->data + 4, b->len - 4);
-  ASSERT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lmp_obj_refs(o), refs);
   /* An object reached through an upvalue counts too; a failure names the
    * root it was given. */
   lua_settop(S, 0);
@@ -567,17 +567,17 @@ static void test_objects(void) {
   RUN(S, "local x = blob function usesblob() return x end");
   lua_getglobal(S, "usesblob");
   lmp_encode(S, -1, "args", b);
-  ASSERT_EQ(atomic_load(&o->refs), refs + 1);
+  ASSERT_EQ(lmp_obj_refs(o), refs + 1);
   lmp_msg_release(b->data, b->len);
-  ASSERT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lmp_obj_refs(o), refs);
   lua_pushcfunction(S, encode_args);
   lua_getglobal(S, "bad");
   ASSERT_EQ(lua_pcall(S, 1, 0, 0), LUA_ERRRUN);
   ASSERT_STREQ(lua_tostring(S, -1), "cannot send args[2]: thread");
   RUN(S, "local s = encode(blob) same(rt(blob):get(), blob:get())");
-  ASSERT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lmp_obj_refs(o), refs);
   RUN(S, "got = nil collectgarbage() collectgarbage()");
-  ASSERT_EQ(atomic_load(&o->refs), refs);
+  ASSERT_EQ(lmp_obj_refs(o), refs);
   lua_settop(S, 0);
 }
 

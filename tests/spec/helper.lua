@@ -302,6 +302,25 @@ function H.assert_whole(v, where, extra)
   end
 end
 
+-- A small value for key or place r naming obj 24 times: each a reference
+-- its container counts, so that a process storing and replacing such
+-- values spends much of its time taking and dropping references.
+local NREFS = 24
+function H.fault_refs(r, obj)
+  local v = {r = r}
+  for i = 1, NREFS do v[i] = obj end
+  return v
+end
+
+-- Checks that v, read back at `where`, is an H.fault_refs value of obj.
+function H.assert_refs(v, where, obj)
+  assert.are.equal("table", type(v), where)
+  assert.are.equal(NREFS, #v, "a torn value at " .. where)
+  for i = 1, NREFS do
+    assert.is_true(v[i] == obj, "a lost reference at " .. where)
+  end
+end
+
 -- Seeds math.random from the clock, for a test that runs at random.
 -- Returns " (random seed N)", to end its failure messages, and N.
 function H.seeded()

@@ -151,4 +151,51 @@ describe("List under SIGKILL", function()
     l:close()
     H.settled(before, why)
   end)
+  -- Items that hold a shared object: a killed writer must not leave the
+  -- object with a reference nobody will drop, not even when it is killed
+  -- between taking a reference for an item and counting it, or between
+  -- uncounting one and dropping it.
+  it("leaks no shared object held in items written by killed processes",
+     function()
+    local why, seed = H.seeded()
+    local before = H.snapshot()
+    local l = mp.List()
+    local held = mp.Dict{note = "held by items"}
+    local stop = core.blob(1)
+    stop:set("\0")
+    local function start(id)
+      return spawn(function()
+        math.randomseed(seed + id)
+        while stop:get() == "\0" do
+          local n, op = #l, math.random(5)
+          if op == 1 and n > 0 then pcall(l.pop, l) -- others pop too
+          elseif op == 2 and n > 0 then pcall(l.pop, l, 1)
+          elseif op == 3 and n > 0 then
+            local v = H.fault_refs(n, held)
+            pcall(function() l[math.random(n)] = v end)
+          else l:append(H.fault_refs(n, held)) end
+        end
+      end)
+    end
+    local workers = {}
+    for i = 1, WORKERS do workers[i] = start(i) end
+    local i -- the victim's place in workers
+    H.kill_rounds{rounds = 100, pause = 0.004, why = why,
+      victim = function()
+        i = math.random(WORKERS)
+        return workers[i]
+      end,
+      after = function(round) workers[i] = start(WORKERS + round) end}
+    stop:set("\1")
+    for _, p in ipairs(workers) do finish(p, why) end
+    do -- the items' handles go with t
+      local t = l:totable()
+      assert.are.equal(#l, t.n, "#l and totable() disagree" .. why)
+      for k = 1, t.n do H.assert_refs(t[k], "item " .. k .. why, held) end
+    end
+    l:close()
+    held:close()
+    stop:close()
+    H.settled(before, why)
+  end)
 end)
