@@ -187,6 +187,33 @@ describe("Pool with shared objects", function()
     end)
   end)
 
+  describe("when a worker goes idle", function()
+    -- Its last tasks' arguments, results and dropped functions are
+    -- garbage there: it collects them, so the objects they named go as
+    -- soon as the owner lets go of them too, not at the worker's next
+    -- collection, which an idle worker never reaches.
+    it("lets go of the objects its tasks named", function()
+      local pool <close> = mp.Pool(1)
+      local base = mp.stats().objects
+      do
+        local d, q = mp.Dict{a = 1}, mp.Queue()
+        assert.are.equal(1, pool:apply(function(x, y)
+          return x.a, y
+        end, {d, q}))
+        local l = mp.List{"upvalue"}
+        assert.are.equal("upvalue", pool:apply(function() return l[1] end))
+        assert.are.equal(base + 3, mp.stats().objects)
+      end
+      collectgarbage()
+      collectgarbage()
+      -- The function with the List is dropped from the worker's cache
+      -- with the next batch.
+      assert.are.equal(4, pool:apply(function() return 4 end))
+      H.wait_for(function() return mp.stats().objects == base end, 10, 0.01)
+      assert.are.equal(base, mp.stats().objects)
+    end)
+  end)
+
   describe("when a worker is killed", function()
     it("its task's objects are released with it", function()
       local pool <close> = mp.Pool(1)

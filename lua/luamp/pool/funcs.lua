@@ -4,6 +4,7 @@
 -- A function stays while tasks use it; of those no task uses, the most
 -- recently used are kept for reuse, up to a number and a size, and the
 -- rest are forgotten here and, with their next batch, in the workers.
+-- One that names shared objects is forgotten as soon as no task uses it.
 
 local core = require "luamp.core"
 
@@ -94,7 +95,9 @@ function C:use(fid)
 end
 
 -- A task (or imap call) no longer uses fid: once none does, it joins the
--- idle list, the oldest of which are forgotten beyond the limits.
+-- idle list, the oldest of which are forgotten beyond the limits.  One
+-- whose upvalues name shared objects is forgotten at once, so that it
+-- keeps them alive no longer than its tasks need them.
 function C:unuse(fid)
   local n = self.uses[fid] - 1
   self.uses[fid] = n
@@ -104,6 +107,10 @@ function C:unuse(fid)
   self.prev[fid], self.tail = tail or nil, fid
   self.nidle = self.nidle + 1
   self.idlebytes = self.idlebytes + #self.bytes[fid]
+  if self.msgs[fid]:objects() > 0 then
+    evict(self, fid)
+    return
+  end
   while self.nidle > IDLE_FUNCS or self.idlebytes > IDLE_BYTES do
     evict(self, self.head)
   end

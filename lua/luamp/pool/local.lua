@@ -52,6 +52,7 @@ end
 local function worker_io(inbox, outq, running, wid)
   return {
     get = function() return inbox:get() end,
+    idle = function() return inbox:qsize() == 0 end,
     put = function(m) outq:put(m) end,
     running = function(id) running[wid] = id end,
   }

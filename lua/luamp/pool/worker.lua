@@ -4,6 +4,7 @@
 --   io.get()          the next batch (luamp.pool.messages), or STOP
 --   io.put(m)         sends a message to the owner
 --   io.running(id)    says which task it runs now (0: none)
+--   io.idle()         (optional) true when no batch is waiting
 --   io.owns           true if io.put keeps the Messages of what it is
 --                     given (else they are let go of once it returns)
 
@@ -46,10 +47,21 @@ local function on_error(e)
   return e
 end
 
+-- Whether values this worker let go of may hold shared objects: it then
+-- collects its garbage before it waits for more work, so that an idle
+-- worker does not keep alive what the owner has dropped.
+local holds = false
+
+-- Notes whether the Message m names shared objects; returns m.
+local function note(m)
+  if not holds and m:objects() > 0 then holds = true end
+  return m
+end
+
 -- Decodes the Message m and lets go of it: the objects it names are held
 -- by the values now.
 local function open(m)
-  local v = decode(m)
+  local v = decode(note(m))
   m:close()
   return v
 end
@@ -75,7 +87,7 @@ local function run_apply(id, f, am)
     if plain then return msgs.values(r) end
   end
   local ok, rm = pcall(message_slice, r, 3, n, "result")
-  if ok then return msgs.result(id, rm) end
+  if ok then return msgs.result(id, note(rm)) end
   return msgs.failure(id, {message = "cannot send the result of the task: "
                                      .. errtext(rm)})
 end
@@ -94,7 +106,7 @@ end
 -- Message, or the failure of item k.
 local function run_chunk(id, f, am, star)
   local args, out = chunk_args, chunk_out
-  local decoded, n = pcall(decode_into, am, args, 1)
+  local decoded, n = pcall(decode_into, note(am), args, 1)
   am:close()
   if not decoded then
     chunk_args = {} -- what it decoded before it failed goes with the table
@@ -123,7 +135,7 @@ local function run_chunk(id, f, am, star)
   end
   local sent, rm = pcall(message_slice, out, 1, n, "result")
   empty(out, n)
-  if sent then return msgs.result(id, rm) end
+  if sent then return msgs.result(id, note(rm)) end
   return msgs.failure(id, {message = errtext(rm)},
                       tonumber(rm:match("^cannot send result%[(%d+)%]")))
 end
@@ -167,10 +179,15 @@ function M.run(cfg, wid, io)
   end
   local funcs, done, maxt = {}, 0, cfg.maxtasksperchild
   while true do
+    if holds and (io.idle == nil or io.idle()) then
+      holds = false
+      collectgarbage()
+    end
     local b = io.get()
     if msgs.is_stop(b) then break end
     if b.drop then
       for _, fid in ipairs(b.drop) do funcs[fid] = nil end
+      holds = true -- its upvalues, maybe
     end
     if b.funcs then
       for fid, fm in pairs(b.funcs) do funcs[fid] = open(fm) end
