@@ -342,9 +342,10 @@ size_t lmp_heap_count(uint32_t magic);
 /* A robust, process-shared mutex, and locking one: 1 if its last owner
  * died holding it (it is then consistent again, and the caller repairs
  * what it guards), else 0.  A lock held by another process is spun on
- * for a few hundred nanoseconds before the caller sleeps in the kernel:
- * the sections these mutexes guard are that short, and a sleep costs a
- * futex wait here and a futex wake in the holder's unlock. */
+ * for some microseconds (trylocks spaced by a pause that doubles) before
+ * the caller sleeps in the kernel: the sections these mutexes guard are
+ * that short, and a sleep costs a futex wait here and a futex wake in the
+ * holder's unlock. */
 void lmp_robust_init(pthread_mutex_t *mu);
 int lmp_robust_lock(pthread_mutex_t *mu);
 
