@@ -1,12 +1,35 @@
-/* queue_throughput_c.c -- the floor of the 64 MiB row of
- * queue_throughput.lua: one memcpy of the payload between two buffers
- * whose pages are already there, the least any carrier must do.
- * Prints: big <GB/s> GB/s (the median of ROUNDS copies)
- * Usage: queue_throughput_c [ROUNDS=16] */
+/* queue_throughput_c.c -- the floors of queue_throughput.lua.
+ *
+ * ints: what luamp's queue does for a small message, in C alone: one
+ * producer process and one consumer process share a ring of records
+ * (a length, flags, an 8-byte integer) guarded by a robust process-shared
+ * mutex; a put appends under the lock and wakes the consumer with a futex
+ * only if it sleeps; a get takes the oldest under the lock, and on an
+ * empty ring spins (4000 pauses) before it sleeps on the futex.  No Lua,
+ * no codec, no arena: the lock, the copy, the commit and the hand-over of
+ * cache lines between cores.
+ *
+ * big: one memcpy of the payload between two buffers whose pages are
+ * already there, the least any carrier must do.
+ *
+ * Prints: ints <M msg/s> M/s (the median of ROUNDS streams of N_INTS),
+ *         big <GB/s> GB/s (the median of ROUNDS copies)
+ * Usage: queue_throughput_c [ROUNDS=16] [N_INTS=200000] */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 static double now(void) {
   struct timespec ts;
@@ -19,14 +42,114 @@ static int cmp(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#define relax() __builtin_ia32_pause()
+#else
+#define relax() __asm__ __volatile__("" ::: "memory")
+#endif
+
+enum { RING = 1 << 23, WARM = 1000 };
+
+typedef struct rec {
+  uint32_t len, flags;
+  int64_t v;
+} rec;
+
+typedef struct shq {
+  pthread_mutex_t mu;
+  uint64_t head, tail;
+  _Atomic uint64_t count;
+  _Atomic uint32_t get_seq, getters;
+  char data[RING];
+} shq;
+
+static void qlock(shq *q) {
+  if (pthread_mutex_lock(&q->mu) == EOWNERDEAD)
+    pthread_mutex_consistent(&q->mu);
+}
+
+static void put(shq *q, int64_t v) {
+  rec *r;
+  qlock(q);
+  r = (rec *)(q->data + (q->tail & (RING - 1)));
+  r->len = sizeof r->v;
+  r->flags = 0;
+  r->v = v;
+  q->tail += sizeof *r; /* the commit */
+  atomic_fetch_add(&q->count, 1);
+  pthread_mutex_unlock(&q->mu);
+  if (atomic_load(&q->getters) > 0) {
+    atomic_fetch_add(&q->get_seq, 1);
+    syscall(SYS_futex, &q->get_seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+  }
+}
+
+static int64_t get(shq *q) {
+  int64_t v;
+  for (;;) {
+    uint32_t seen;
+    int k;
+    qlock(q);
+    if (q->head != q->tail) break;
+    pthread_mutex_unlock(&q->mu);
+    for (k = 0; k < 4000 && atomic_load(&q->count) == 0; k++)
+      relax();
+    if (atomic_load(&q->count) > 0) continue;
+    seen = atomic_load(&q->get_seq);
+    atomic_fetch_add(&q->getters, 1);
+    if (atomic_load(&q->count) == 0)
+      syscall(SYS_futex, &q->get_seq, FUTEX_WAIT, seen, NULL, NULL, 0);
+    atomic_fetch_sub(&q->getters, 1);
+  }
+  v = ((rec *)(q->data + (q->head & (RING - 1))))->v;
+  q->head += sizeof(rec); /* the commit */
+  atomic_fetch_sub(&q->count, 1);
+  pthread_mutex_unlock(&q->mu);
+  return v;
+}
+
+/* One stream of n small messages after WARM ones: messages per second. */
+static double stream(shq *q, long n) {
+  pthread_mutexattr_t a;
+  pid_t pid;
+  long i;
+  int64_t sum = 0;
+  double t0, dt;
+  memset(q, 0, offsetof(shq, data));
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&q->mu, &a);
+  pid = fork();
+  if (pid == 0) {
+    for (i = 0; i < WARM + n; i++) put(q, 12345);
+    _exit(0);
+  }
+  for (i = 0; i < WARM; i++) sum += get(q);
+  t0 = now();
+  for (i = 0; i < n; i++) sum += get(q);
+  dt = now() - t0;
+  waitpid(pid, NULL, 0);
+  if (sum != (int64_t)(WARM + n) * 12345) abort();
+  return (double)n / dt;
+}
+
 int main(int argc, char **argv) {
   size_t n = (size_t)64 << 20;
   int i, rounds = argc > 1 ? atoi(argv[1]) : 16;
+  long n_ints = argc > 2 ? atol(argv[2]) : 200000;
+  shq *q = mmap(NULL, sizeof *q, PROT_READ | PROT_WRITE,
+                MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   char *src = malloc(n), *dst = malloc(n);
   double *dt;
   if (rounds < 1) rounds = 16;
+  if (n_ints < 1 || n_ints + WARM > RING / (long)sizeof(rec))
+    n_ints = 200000;
   dt = malloc(sizeof *dt * (size_t)rounds);
-  if (src == NULL || dst == NULL || dt == NULL) return 1;
+  if (src == NULL || dst == NULL || dt == NULL || q == MAP_FAILED) return 1;
+  for (i = 0; i < rounds; i++) dt[i] = stream(q, n_ints);
+  qsort(dt, (size_t)rounds, sizeof *dt, cmp);
+  printf("ints %.3f M/s\n", dt[rounds / 2] / 1e6);
   memset(src, 'x', n);
   memset(dst, 0, n);
   for (i = 0; i < rounds; i++) {

@@ -1,7 +1,9 @@
 -- value.lua -- two processes each add 1 to a shared Value 100k times:
 -- under the Value's lock (read, add, write), and with the atomic add; then
 -- one v:add(1) in one process beside the floor of one method call of the
--- cheapest C function there is (s:len()).
+-- cheapest C function there is (s:len()).  The race is timed from the
+-- moment both processes have started (a Barrier) to the last one's end of
+-- its loop, so that process start-up is not part of it.
 -- Prints: locked_incr <M increments/s> M/s, atomic_add <M/s> M/s,
 --         add_call <ns> ns, call_floor <ns> ns
 -- Usage: luamp value.lua [N=100000]
@@ -12,14 +14,20 @@ local N = tonumber(arg and arg[1]) or 100000
 
 local function race(work)
   local v = mp.Value("q", 0)
+  local times = mp.Array("d", 4) -- each process's start and end
+  local start = mp.Barrier(2)
   local procs = {}
-  local t0 = mp.monotonic()
   for i = 1, 2 do
-    procs[i] = mp.Process{target = work, args = {v}}
+    procs[i] = mp.Process{target = function()
+      start:wait()
+      times[2 * i - 1] = mp.monotonic()
+      work(v)
+      times[2 * i] = mp.monotonic()
+    end}
     procs[i]:start()
   end
   for i = 1, 2 do procs[i]:join() end
-  local dt = mp.monotonic() - t0
+  local dt = math.max(times[2], times[4]) - math.min(times[1], times[3])
   assert(v.value == 2 * N, "lost increments: " .. v.value)
   return 2 * N / dt / 1e6
 end

@@ -220,36 +220,18 @@ describe("Dict under SIGKILL", function()
     local before = H.snapshot()
     local d = mp.Dict()
     local held = mp.List{"held by values"}
-    local stop = core.blob(1)
-    stop:set("\0")
-    local function start(id)
-      return spawn(function()
-        math.randomseed(seed + id)
-        while stop:get() == "\0" do
-          local r = math.random(NKEYS)
-          local op = math.random(4)
-          if op == 1 then d["k" .. r] = nil
-          elseif op == 2 then d:pop("k" .. r, nil)
-          else d["k" .. r] = H.fault_refs(r, held) end
-        end
-      end)
-    end
-    local workers = {}
-    for i = 1, WORKERS do workers[i] = start(i) end
-    local i -- the victim's place in workers
-    H.kill_rounds{rounds = 100, pause = 0.004, why = why,
-      victim = function()
-        i = math.random(WORKERS)
-        return workers[i]
-      end,
-      after = function(round) workers[i] = start(WORKERS + round) end}
-    stop:set("\1")
-    for _, p in ipairs(workers) do finish(p, why) end
+    H.kill_busy{workers = WORKERS, rounds = 100, pause = 0.004, why = why,
+      seed = seed, step = function()
+        local r = math.random(NKEYS)
+        local op = math.random(4)
+        if op == 1 then d["k" .. r] = nil
+        elseif op == 2 then d:pop("k" .. r, nil)
+        else d["k" .. r] = H.fault_refs(r, held) end
+      end}
     for k, v in pairs(d) do H.assert_refs(v, k .. why, held) end
     d:clear()
     d:close()
     held:close()
-    stop:close()
     H.settled(before, why)
   end)
 end)

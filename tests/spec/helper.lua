@@ -4,6 +4,7 @@
 -- left, no shared object or arena block is leaked and no fd is left open.
 
 local mp = require "luamp"
+local core = require "luamp.core"
 local lfs = require "lfs"
 local busted = require "busted"
 local assert = require "luassert"
@@ -302,10 +303,10 @@ function H.assert_whole(v, where, extra)
   end
 end
 
--- A small value for key or place r naming obj 24 times: each a reference
+-- A small value for key or place r naming obj 48 times: each a reference
 -- its container counts, so that a process storing and replacing such
 -- values spends much of its time taking and dropping references.
-local NREFS = 24
+local NREFS = 48
 function H.fault_refs(r, obj)
   local v = {r = r}
   for i = 1, NREFS do v[i] = obj end
@@ -364,6 +365,35 @@ function H.kill_rounds(o)
     end
   end
   return kills
+end
+
+-- Keeps o.workers processes busy calling o.step() over and over, kills
+-- one of them at random o.rounds times (after a pause of a random part of
+-- o.pause seconds) and starts another in its place; then stops them all
+-- and checks that each ended well.  Each seeds math.random with o.seed
+-- plus a number of its own; o.why ends the failure messages.
+function H.kill_busy(o)
+  local stop = core.blob(1)
+  stop:set("\0")
+  local step, seed = o.step, o.seed or 0
+  local function start(id)
+    return H.spawn(function()
+      math.randomseed(seed + id)
+      while stop:get() == "\0" do step() end
+    end)
+  end
+  local workers = {}
+  for i = 1, o.workers do workers[i] = start(i) end
+  local i -- the victim's place in workers
+  H.kill_rounds{rounds = o.rounds, pause = o.pause, why = o.why,
+    victim = function()
+      i = math.random(#workers)
+      return workers[i]
+    end,
+    after = function(round) workers[i] = start(#workers + round) end}
+  stop:set("\1")
+  for _, p in ipairs(workers) do H.finish(p, o.why) end
+  stop:close()
 end
 
 package.loaded["spec_helper"] = H

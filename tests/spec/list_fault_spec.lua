@@ -161,33 +161,16 @@ describe("List under SIGKILL", function()
     local before = H.snapshot()
     local l = mp.List()
     local held = mp.Dict{note = "held by items"}
-    local stop = core.blob(1)
-    stop:set("\0")
-    local function start(id)
-      return spawn(function()
-        math.randomseed(seed + id)
-        while stop:get() == "\0" do
-          local n, op = #l, math.random(5)
-          if op == 1 and n > 0 then pcall(l.pop, l) -- others pop too
-          elseif op == 2 and n > 0 then pcall(l.pop, l, 1)
-          elseif op == 3 and n > 0 then
-            local v = H.fault_refs(n, held)
-            pcall(function() l[math.random(n)] = v end)
-          else l:append(H.fault_refs(n, held)) end
-        end
-      end)
-    end
-    local workers = {}
-    for i = 1, WORKERS do workers[i] = start(i) end
-    local i -- the victim's place in workers
-    H.kill_rounds{rounds = 100, pause = 0.004, why = why,
-      victim = function()
-        i = math.random(WORKERS)
-        return workers[i]
-      end,
-      after = function(round) workers[i] = start(WORKERS + round) end}
-    stop:set("\1")
-    for _, p in ipairs(workers) do finish(p, why) end
+    H.kill_busy{workers = WORKERS, rounds = 100, pause = 0.004, why = why,
+      seed = seed, step = function()
+        local n, op = #l, math.random(5)
+        if op == 1 and n > 0 then pcall(l.pop, l) -- others pop too
+        elseif op == 2 and n > 0 then pcall(l.pop, l, 1)
+        elseif op == 3 and n > 0 then
+          local v = H.fault_refs(n, held)
+          pcall(function() l[math.random(n)] = v end)
+        else l:append(H.fault_refs(n, held)) end
+      end}
     do -- the items' handles go with t
       local t = l:totable()
       assert.are.equal(#l, t.n, "#l and totable() disagree" .. why)
@@ -195,7 +178,6 @@ describe("List under SIGKILL", function()
     end
     l:close()
     held:close()
-    stop:close()
     H.settled(before, why)
   end)
 end)

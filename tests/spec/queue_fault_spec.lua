@@ -225,6 +225,7 @@ describe("Queue under SIGKILL", function()
           .. "leaked in round " .. round .. why)
       end}
   end)
+
   -- Messages that name shared objects: producers killed as they take the
   -- references of a message, blocked on a full queue or putting it, and
   -- consumers killed as they take one out, decode it or let it go, leave
@@ -235,32 +236,15 @@ describe("Queue under SIGKILL", function()
     local before = H.snapshot()
     local q = mp.Queue(16)
     local held = mp.Dict{note = "named by messages"}
-    local stop = core.blob(1)
-    stop:set("\0")
-    local function start(id)
-      return H.spawn(function()
-        math.randomseed(seed + id)
-        while stop:get() == "\0" do
-          if math.random(2) == 1 then
-            pcall(q.put, q, H.fault_refs(id, held), true, 0.01)
-          else
-            local ok, v = pcall(q.get, q, true, 0.01)
-            if ok then H.assert_refs(v, "a message" .. why, held) end
-          end
+    H.kill_busy{workers = 4, rounds = 100, pause = 0.004, why = why,
+      seed = seed, step = function()
+        if math.random(2) == 1 then
+          pcall(q.put, q, H.fault_refs(0, held), true, 0.01)
+        else
+          local ok, v = pcall(q.get, q, true, 0.01)
+          if ok then H.assert_refs(v, "a message" .. why, held) end
         end
-      end)
-    end
-    local workers = {}
-    for i = 1, 4 do workers[i] = start(i) end
-    local i -- the victim's place in workers
-    H.kill_rounds{rounds = 100, pause = 0.004, why = why,
-      victim = function()
-        i = math.random(#workers)
-        return workers[i]
-      end,
-      after = function(round) workers[i] = start(4 + round) end}
-    stop:set("\1")
-    for _, p in ipairs(workers) do H.finish(p, why) end
+      end}
     while true do
       local ok, v = pcall(q.get_nowait, q)
       if not ok then break end
@@ -268,7 +252,6 @@ describe("Queue under SIGKILL", function()
     end
     q:close()
     held:close()
-    stop:close()
     H.settled(before, why)
   end)
 end)
