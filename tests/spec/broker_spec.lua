@@ -236,8 +236,9 @@ describe("broker pool", function()
       if n == 0 then require("luamp").sleep(30) end
       return n
     end, {dir})
+    -- The file exists before its pid is written: wait for the pid.
     assert.is_true(H.wait_for(function()
-      return H.readfile(dir .. "/run0") ~= nil
+      return tonumber(H.readfile(dir .. "/run0") or "") ~= nil
     end, 10))
     local victim = tonumber(H.readfile(dir .. "/run0"))
     os.execute("kill -9 " .. victim)
