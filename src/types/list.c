@@ -434,6 +434,46 @@ static int list_count(lua_State *L) {
   return 1;
 }
 
+/* clear(): takes out every item, the last first, each with its own
+ * commit as pop makes it, under one hold of the guard */
+static int list_clear(lua_State *L) {
+  list *l = checklist(L, NULL);
+  uint64_t n;
+  llock(l);
+  while ((n = LEN(l)) > 0) {
+    item *it = LMP_PTR(ARR(l)[n - 1]);
+    lmp_pending_set(&l->h, it, LMP_PEND_OUT); /* leaving, once removed */
+    atomic_store(&A(l)->len, n - 1);          /* the commit */
+    lmp_msg_unretain_counted(it->data, it->len, &it->refs);
+    lmp_free_pending(it, LMP_PEND_OUT);
+  }
+  lunlock(l);
+  return 0;
+}
+
+/* reverse(): the items in the opposite order, in a new array switched to
+ * with one store */
+static int list_reverse(lua_State *L) {
+  list *l = checklist(L, NULL);
+  array *a, *na;
+  uint64_t n, i;
+  llock(l);
+  a = A(l);
+  n = atomic_load(&a->len);
+  na = lmp_alloc_pending(&l->h, sizeof(array) + a->cap * sizeof(lmp_off),
+                         LMP_PEND_NEW);
+  if (na == NULL) {
+    lunlock(l);
+    return lmp_nomem(L, sizeof(array) + a->cap * sizeof(lmp_off));
+  }
+  for (i = 0; i < n; i++) na->o[i] = a->o[n - 1 - i];
+  na->cap = a->cap;
+  atomic_store(&na->len, n);
+  lmp_publish(&l->h, &l->arr, na);
+  lunlock(l);
+  return 0;
+}
+
 /* totable() -> a table of the items (n set), copied out under the guard */
 static int list_totable(lua_State *L) {
   list *l = checklist(L, NULL);
@@ -504,6 +544,7 @@ static const luaL_Reg list_meth[] = {
   {"insert", list_insert}, {"pop", list_pop},
   {"remove", list_remove}, {"index", list_index_of},
   {"count", list_count},   {"totable", list_totable},
+  {"clear", list_clear},   {"reverse", list_reverse},
   {NULL, NULL}
 };
 

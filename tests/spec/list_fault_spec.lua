@@ -1,5 +1,5 @@
 -- list_fault_spec.lua -- a List under fire: processes that append, set,
--- insert, pop, remove and extend are killed with SIGKILL at random
+-- insert, pop, remove, extend and reverse are killed with SIGKILL at random
 -- moments, and yet the list stays consistent (its length is the number of
 -- items a walk sees, every item decodes whole), nobody is left blocked,
 -- and once everything is closed no arena block is left behind.
@@ -31,6 +31,8 @@ local function operate(l, extra)
     l:extend{item(math.random(1000), extra), item(math.random(1000), extra)}
   elseif op == 9 then
     pcall(l.remove, l, l[1]) -- another process may have taken it first
+  elseif math.random(2) == 1 then
+    l:reverse()
   else
     for _ in ipairs(l) do end
   end
