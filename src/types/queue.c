@@ -22,9 +22,9 @@
  *
  * A record never wraps: where one would not fit before the end of the data
  * a PAD record fills the rest and the message starts again at 0.  Messages
- * larger than INLINE_MAX live out of line in their own block; the record's
- * payload is then that block's offset, and the block starts with the
- * message length.  A full ring grows (a new block, records copied in
+ * larger than INLINE_MAX, and those that name shared objects, live out of
+ * line in a block of their own (an outmsg, which counts the references
+ * the message holds); the record's payload is then that block's offset.  A full ring grows (a new block, records copied in
  * order, published with one store).
  *
  * Death, with the arena's crash-safety kit.  The queue's guard is robust.
