@@ -267,10 +267,22 @@ typedef struct barrier {
   int32_t parties, count, state;
   _Atomic uint32_t seq;
   double timeout; /* default for wait, < 0: none */
-  lmp_off action; /* encoded function, or 0 */
-  uint64_t action_len;
+  lmp_off action; /* its action, or 0 */
   wlist w;
 } barrier;
+
+/* A Barrier's action: the encoded function in a block of its own, which
+ * counts the references the function's upvalues hold, so that a process
+ * killed while it makes the Barrier leaves none behind: the block is
+ * pending (LMP_PEND_NEW) until the Barrier holds it. */
+typedef struct action {
+  uint64_t magic; /* ACTION_MAGIC once the fields below mean it */
+  uint64_t len;
+  _Atomic uint64_t refs;
+  char data[];
+} action;
+
+#define ACTION_MAGIC 0x6e6f69746361ull /* "action" */
 
 typedef struct bwait {
   barrier *b;
@@ -401,9 +413,10 @@ static int barrier_wait(lua_State *L) {
     /* The last to arrive runs the action, then lets everyone go. */
     if (b->action != 0) {
       lmp_guard_unlock(&b->g);
+      action *a = LMP_PTR(b->action);
       lua_pushcfunction(L, decode_call);
-      lua_pushlightuserdata(L, LMP_PTR(b->action));
-      lua_pushinteger(L, (lua_Integer)b->action_len);
+      lua_pushlightuserdata(L, a->data);
+      lua_pushinteger(L, (lua_Integer)a->len);
       rc = lua_pcall(L, 2, 0, 0);
       lmp_guard_lock(&b->g, &b->h);
       if (rc != LUA_OK) {
@@ -496,10 +509,23 @@ static void barrier_dtor(lmp_obj *o) {
   barrier *b = (barrier *)o;
   wl_free(&b->w);
   if (b->action) {
-    lmp_msg_release(LMP_PTR(b->action), (size_t)b->action_len);
-    lmp_free(LMP_PTR(b->action));
+    action *a = LMP_PTR(b->action);
+    lmp_msg_unretain_counted(a->data, a->len, &a->refs);
+    lmp_free(a);
   }
   lmp_guard_destroy(&b->g);
+}
+
+static int barrier_owns(lmp_obj *o, lmp_off blk) {
+  return ((barrier *)o)->action == blk;
+}
+
+/* An action a killed process was making, freed by its reaper. */
+static void barrier_release(lmp_obj *o, lmp_off blk) {
+  action *a = LMP_PTR(blk);
+  (void)o;
+  if (a->magic == ACTION_MAGIC)
+    lmp_msg_release_counted(a->data, a->len, atomic_load(&a->refs));
 }
 
 /* Barrier(parties, [action], [timeout]) */
@@ -507,8 +533,8 @@ static int barrier_new(lua_State *L) {
   lua_Integer parties = luaL_checkinteger(L, 1);
   double timeout = -1;
   barrier *b;
-  char *act = NULL;
-  size_t alen = 0;
+  lmp_buf *buf = NULL;
+  size_t nobj = 0;
   luaL_argcheck(L, parties >= 1 && parties <= INT_MAX, 1,
                 "parties must be at least 1");
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -517,31 +543,31 @@ static int barrier_new(lua_State *L) {
     luaL_argcheck(L, t == t && t >= 0, 3, "timeout must be non-negative");
     timeout = t;
   }
-  if (!lua_isnoneornil(L, 2)) {
-    lmp_buf *buf = lmp_buf_new(L);
-    lmp_encode(L, 2, "action", buf);
-    act = lmp_alloc(buf->len);
-    if (act == NULL) {
-      lmp_msg_release(buf->data, buf->len);
-      return lmp_nomem(L, buf->len);
-    }
-    memcpy(act, buf->data, buf->len);
-    alen = buf->len;
-    lua_pop(L, 1);
+  if (!lua_isnoneornil(L, 2)) { /* encoded first: it may raise */
+    buf = lmp_buf_new(L);
+    nobj = lmp_encode_bare(L, 2, "action", buf);
   }
   b = (barrier *)lmp_obj_new(LMP_T_BARRIER, 0, sizeof(barrier));
-  if (b == NULL) {
-    if (act) {
-      lmp_msg_release(act, alen);
-      lmp_free(act);
-    }
-    return lmp_nomem(L, sizeof(barrier));
-  }
+  if (b == NULL) return lmp_nomem(L, sizeof(barrier));
   lmp_guard_init(&b->g);
   b->parties = (int32_t)parties;
   b->timeout = timeout;
-  b->action = act ? LMP_OFF(act) : 0;
-  b->action_len = alen;
+  if (buf != NULL) {
+    action *a = lmp_alloc_pending(&b->h, sizeof(action) + buf->len,
+                                  LMP_PEND_NEW);
+    if (a == NULL) {
+      lmp_obj_discard(&b->h);
+      return lmp_nomem(L, buf->len);
+    }
+    a->len = buf->len;
+    atomic_store(&a->refs, 0);
+    memcpy(a->data, buf->data, buf->len);
+    a->magic = ACTION_MAGIC;
+    if (nobj > 0) lmp_msg_retain_counted(a->data, a->len, &a->refs);
+    b->action = LMP_OFF(a); /* the commit */
+    lmp_pending_clear(LMP_PEND_NEW);
+    lua_pop(L, 1);
+  }
   lmp_pushnew(L, &b->h);
   return 1;
 }
@@ -563,6 +589,7 @@ static const lmp_type cond_type = {
 };
 static const lmp_type barrier_type = {
   .name = "barrier", .dtor = barrier_dtor, .guard = offsetof(barrier, g),
+  .owns = barrier_owns, .release = barrier_release,
 };
 
 static const lmp_class cond_class = {

@@ -287,3 +287,26 @@ describe("Barrier with a killed party", function()
     assert.are.equal(0, b.n_waiting)
   end)
 end)
+
+describe("Barrier made by a process killed as it makes it", function()
+  H.leakcheck()
+
+  -- Its action's upvalues name a shared object: a process killed while
+  -- it encodes the action, copies it into the arena or makes the Barrier
+  -- leaves no reference to that object, and no block, behind.  (The
+  -- Barriers are kept, for their reaper to destroy: a process killed as
+  -- it destroys an object is another matter, see the README.)
+  it("leaks nothing its action names", function()
+    local why, seed = H.seeded()
+    local before = H.snapshot()
+    local held = mp.Dict{note = "named by actions"}
+    local refs = H.fault_refs(0, held)
+    local kept = {}
+    H.kill_busy{workers = 2, rounds = 100, pause = 0.003, why = why,
+      seed = seed, step = function()
+        kept[#kept + 1] = mp.Barrier(1, function() return refs end)
+      end}
+    held:close()
+    H.settled(before, why)
+  end)
+end)
