@@ -9,6 +9,15 @@ def identity(x):
     return x
 
 
+def pss(pid):
+    """The proportional set size of process pid, in kB."""
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
 def run(pool, n):
     t0 = time.monotonic()
     rs = [pool.apply_async(identity, (i,)) for i in range(1, n + 1)]
@@ -23,9 +32,13 @@ def main():
     with mp.Pool(workers) as pool:
         run(pool, n // 10)
         dt = run(pool, n)
+        time.sleep(0.2)
+        procs = mp.active_children()
+        kb = sum(pss(p.pid) for p in procs) / len(procs)
         pool.close()
         pool.join()
     print("apply_async %.3f k/s" % (n / dt / 1e3))
+    print("idle_worker_pss %.0f kB" % kb)
 
 
 if __name__ == "__main__":

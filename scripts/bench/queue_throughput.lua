@@ -1,6 +1,7 @@
 -- queue_throughput.lua -- one producer process, one consumer (this process), through
 -- a Queue: small integers, the 5-field record, and a 64 MiB string.
--- Prints: ints <M msg/s> M/s, records <M msg/s> M/s, big <GB/s> GB/s
+-- Prints: ints <M msg/s> M/s, records <M msg/s> M/s, arena_per_int <bytes>
+--         B, big <GB/s> GB/s
 -- Usage: luamp queue_throughput.lua [N_INTS=200000] [N_RECORDS=100000]
 --                                   [BIG_ROUNDS=32]
 
@@ -37,6 +38,17 @@ print(string.format("ints %.3f M/s", N_INTS / run(N_INTS, 12345, nil, WARM)
                     / 1e6))
 print(string.format("records %.3f M/s", N_RECS / run(N_RECS, rec, nil, WARM)
                     / 1e6))
+
+-- The arena's bytes for each small message waiting in a queue (its record
+-- and its share of the ring, which grows by doubling).
+do
+  local q = mp.Queue()
+  local used = mp.stats().arena_used
+  for _ = 1, 10000 do q:put(12345) end
+  print(string.format("arena_per_int %.1f B",
+                      (mp.stats().arena_used - used) / 10000))
+  q:close()
+end
 
 -- A stream of large messages through a queue of two: the steady state of a
 -- pipeline that hands big results on.
