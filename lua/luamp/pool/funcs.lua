@@ -70,10 +70,9 @@ local function unidle(self, fid)
   self.idlebytes = self.idlebytes - #self.bytes[fid]
 end
 
--- Forgets idle function fid, here and, with their next batch, in the
--- workers.
-local function evict(self, fid)
-  unidle(self, fid)
+-- Forgets function fid, which no task uses, here and, with their next
+-- batch, in the workers.
+local function forget(self, fid)
   self.ids[self.bytes[fid]] = nil
   self.msgs[fid]:close()
   self.msgs[fid], self.bytes[fid], self.uses[fid] = nil, nil, nil
@@ -85,6 +84,12 @@ local function evict(self, fid)
       self.drops[wid] = d
     end
   end
+end
+
+-- Forgets idle function fid.
+local function evict(self, fid)
+  unidle(self, fid)
+  forget(self, fid)
 end
 
 -- A task (or an imap call) uses fid.
@@ -102,15 +107,12 @@ function C:unuse(fid)
   local n = self.uses[fid] - 1
   self.uses[fid] = n
   if n > 0 then return end
+  if self.msgs[fid]:objects() > 0 then return forget(self, fid) end
   local tail = self.tail
   if tail then self.next[tail] = fid else self.head = fid end
   self.prev[fid], self.tail = tail or nil, fid
   self.nidle = self.nidle + 1
   self.idlebytes = self.idlebytes + #self.bytes[fid]
-  if self.msgs[fid]:objects() > 0 then
-    evict(self, fid)
-    return
-  end
   while self.nidle > IDLE_FUNCS or self.idlebytes > IDLE_BYTES do
     evict(self, self.head)
   end
