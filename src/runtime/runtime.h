@@ -118,6 +118,7 @@ typedef struct lmp_spinner {
 } lmp_spinner;
 #define LMP_SPIN_QUEUE 4000 /* a producer or consumer mid-message */
 #define LMP_SPIN_LOCK 200   /* a holder mid-section */
+#define LMP_SPIN_PIPE 256   /* a peer answering; each round polls */
 int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max);
 
 /* The Lua work this process does while it waits: fn(), called in the

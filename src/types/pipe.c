@@ -30,8 +30,8 @@
  * read by one process and then another (a child, the parent), or polled by
  * one and read by another, and no message is lost or read twice; `poll`
  * asks the kernel and takes nothing.  The descriptors are non-blocking: a
- * call that must wait sleeps in lmp_wait_fds, where Ctrl-C and child
- * reaping still reach it.  A message whose reading was cut short (Ctrl-C
+ * reader with nothing to read polls a little first (readable_now), then
+ * sleeps in lmp_wait_fds, where Ctrl-C and child reaping still reach it.  A message whose reading was cut short (Ctrl-C
  * in the middle of a large one) stays begun in this process, and its next
  * recv finishes it.
  */
@@ -486,6 +486,17 @@ static void make_room(lua_State *L, conn *c) {
   if (c->buf == NULL || c->cap < need) grow_room(L, c, need);
 }
 
+/* Whether c's descriptor has bytes (or the end of the stream, or an
+ * error) to read now: a reader's spin before it sleeps.  A process put to
+ * sleep in poll and woken by the peer's write takes tens of microseconds
+ * to run again on a virtual machine; a peer on another core that answers
+ * within the spin costs a few polls instead. */
+static int readable_now(void *ud) {
+  return lmp_fd_ready(((conn *)ud)->fd, POLLIN) != 0;
+}
+
+static lmp_spinner recv_spinner; /* this process's, for every connection */
+
 /* Reads one whole message from the descriptor, and no byte beyond it: on
  * return its c->n bytes are at c->buf, and the connection is ready for
  * the next.  Raises EOFError at the end of the stream. */
@@ -525,7 +536,7 @@ static void read_frame(lua_State *L, conn *c) {
     }
     if (errno == EINTR) continue;
     if (errno != EAGAIN) lmp_raise_errno(L, -errno, "cannot receive");
-    {
+    if (!lmp_spin(readable_now, c, &recv_spinner, LMP_SPIN_PIPE)) {
       int rc = lmp_wait_fd(L, c->fd, POLLIN, -1);
       if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
     }
