@@ -200,7 +200,8 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
 /* As lmp_encode, but the message takes no references: returns how many
  * objects it names.  lmp_msg_retain_counted then takes them, counting each
  * in *count as it goes, once the message sits where a reaper can find it;
- * lmp_msg_unretain_counted drops them, lowering *count before each drop;
+ * lmp_msg_unretain_counted drops them, last first, lowering *count before
+ * each drop;
  * lmp_msg_release_counted drops the first `count` of them (a reaper). */
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);

@@ -3,6 +3,8 @@
  * decoder does (the format is in codec.h), checking bounds and depth, and
  * skips everything but the objects.
  */
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "codec.h"
@@ -208,14 +210,56 @@ void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count) {
   lmp_msg_walk(p, n, retain_one, (void *)count);
 }
 
-static void unretain_one(lmp_obj *o, void *ud) {
-  _Atomic uint64_t *count = ud;
-  if (atomic_load(count) > 0) lmp_obj_decref_counted(o, count);
+/* The first `want` objects a message names, into objs (want > 0). */
+typedef struct collect {
+  lmp_obj **objs;
+  uint64_t n, want;
+} collect;
+
+static void collect_one(lmp_obj *o, void *ud) {
+  collect *c = ud;
+  if (c->n < c->want) c->objs[c->n++] = o;
 }
 
+/* Only the `want`-th (from 1) object a message names, in objs[0]. */
+static void collect_nth(lmp_obj *o, void *ud) {
+  collect *c = ud;
+  if (++c->n == c->want) c->objs[0] = o;
+}
+
+#define UNRETAIN_STACK 64
+
+/* Dropped last first, so that at every step those still held are the
+ * first *count, which is what a reaper that finds the drop cut short
+ * releases (lmp_msg_release_counted).  Without memory for the list of
+ * objects, one walk finds each. */
 void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count) {
-  lmp_msg_walk(p, n, unretain_one, (void *)count);
+  lmp_obj *stack[UNRETAIN_STACK], **objs = stack;
+  uint64_t k = atomic_load(count);
+  collect c;
+  if (k == 0) return;
+  if (k > UNRETAIN_STACK)
+    objs = k <= SIZE_MAX / sizeof *objs ? malloc(k * sizeof *objs) : NULL;
+  if (objs == NULL) {
+    lmp_obj *one;
+    while ((k = atomic_load(count)) > 0) {
+      c.objs = &one;
+      c.n = 0;
+      c.want = k;
+      one = NULL;
+      lmp_msg_walk(p, n, collect_nth, &c);
+      if (one == NULL) return; /* a count the message cannot hold */
+      lmp_obj_decref_counted(one, count);
+    }
+    return;
+  }
+  c.objs = objs;
+  c.n = 0;
+  c.want = k;
+  lmp_msg_walk(p, n, collect_one, &c);
+  while (c.n > 0) lmp_obj_decref_counted(objs[--c.n], count);
+  if (objs != stack) free(objs);
 }
 
 static void release_some(lmp_obj *o, void *ud) {

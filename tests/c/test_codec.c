@@ -4,9 +4,12 @@
  * measured by scripts/bench/codec_c.c.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <lualib.h>
 
@@ -581,6 +584,78 @@ static void test_objects(void) {
   lua_settop(S, 0);
 }
 
+/* A process killed while it takes or drops the counted references of a
+ * message naming two objects leaves, once its reaper has settled its last
+ * change, the references of the first `count` objects held: releasing
+ * that many (as a container's reaper does) leaves both as they were.  A
+ * drop that went first to last would leave the first object short and the
+ * second over. */
+static void test_counted_killed(void) {
+  enum { KILLS = 200, ROUNDS = 64 };
+  lmp_obj *a, *b;
+  lmp_buf *buf;
+  char *p;
+  size_t n;
+  _Atomic uint64_t *count;
+  uint32_t a0, b0;
+  unsigned long long rng = 0x9e3779b97f4a7c15ull;
+  int k;
+  RUN(S, "ka, kb = core.blob(8), core.blob(8)");
+  lua_getglobal(S, "ka");
+  a = lmp_toobj(S, -1);
+  lua_getglobal(S, "kb");
+  b = lmp_toobj(S, -1);
+  ASSERT_TRUE(a != NULL && b != NULL && a != b);
+  if (a == NULL || b == NULL) return;
+  a0 = lmp_obj_refs(a);
+  b0 = lmp_obj_refs(b);
+  /* The bytes of {ka, kb} in the arena, owning no reference. */
+  RUN(S, "kpair = {ka, kb}");
+  buf = lmp_buf_new(S);
+  lua_getglobal(S, "kpair");
+  lmp_encode(S, -1, "value", buf);
+  n = buf->len;
+  p = lmp_alloc(n);
+  count = lmp_alloc(sizeof *count);
+  ASSERT_TRUE(p != NULL && count != NULL);
+  if (p == NULL || count == NULL) return;
+  memcpy(p, buf->data, n);
+  lmp_msg_release(buf->data, n);
+  atomic_store(count, 0);
+  ASSERT_EQ(lmp_obj_refs(a), a0);
+  for (k = 0; k < KILLS; k++) {
+    int slot = lmp_slot_prepare(1), r;
+    pid_t pid;
+    ASSERT_TRUE(slot > 0);
+    if (slot <= 0) return;
+    pid = fork();
+    if (pid == 0) {
+      lmp_slot_adopt((uint32_t)slot);
+      for (;;) {
+        lmp_msg_retain_counted(p, n, count);
+        lmp_msg_unretain_counted(p, n, count);
+      }
+    }
+    for (r = 0; r < ROUNDS; r++) { /* a little time, differing each kill */
+      rng ^= rng << 13;
+      rng ^= rng >> 7;
+      rng ^= rng << 17;
+    }
+    usleep((useconds_t)(rng % 1500));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    lmp_slot_release((uint32_t)slot);
+    lmp_msg_release_counted(p, n, atomic_load(count));
+    atomic_store(count, 0);
+    if (lmp_obj_refs(a) != a0 || lmp_obj_refs(b) != b0)
+      CHECK_FAIL("kill %d left refs %u and %u, not %u and %u", k,
+                 lmp_obj_refs(a), lmp_obj_refs(b), a0, b0);
+  }
+  lmp_free((void *)count);
+  lmp_free(p);
+  RUN(S, "ka, kb, kpair = nil collectgarbage()");
+}
+
 static void test_buf(void) {
   lmp_buf b = {NULL, 0, 0};
   ASSERT_EQ(lmp_buf_reserve(&b, 10), 0);
@@ -812,7 +887,7 @@ int main(void) {
     CHECK(test_slices),    CHECK(test_tables),  CHECK(test_functions),
     CHECK(test_names),     CHECK(test_errors),  CHECK(test_objects),
     CHECK(test_hostile),   CHECK(test_bytecode), CHECK(test_equal),
-    CHECK(test_sha256),
+    CHECK(test_sha256),    CHECK(test_counted_killed),
   };
   int rc;
   if (lmp_arena_init(64 << 20) != 0) {

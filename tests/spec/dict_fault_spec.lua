@@ -219,7 +219,8 @@ describe("Dict under SIGKILL", function()
     local why, seed = H.seeded()
     local before = H.snapshot()
     local d = mp.Dict()
-    local held = mp.List{"held by values"}
+    local held = {mp.List{"held by values"}, mp.Lock(),
+                  mp.Event()}
     H.kill_busy{workers = WORKERS, rounds = 100, pause = 0.004, why = why,
       seed = seed, step = function()
         local r = math.random(NKEYS)
@@ -231,7 +232,7 @@ describe("Dict under SIGKILL", function()
     for k, v in pairs(d) do H.assert_refs(v, k .. why, held) end
     d:clear()
     d:close()
-    held:close()
+    for _, o in ipairs(held) do o:close() end
     H.settled(before, why)
   end)
 end)

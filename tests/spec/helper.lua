@@ -303,22 +303,25 @@ function H.assert_whole(v, where, extra)
   end
 end
 
--- A small value for key or place r naming obj 48 times: each a reference
--- its container counts, so that a process storing and replacing such
--- values spends much of its time taking and dropping references.
+-- A small value for key or place r naming the objects of list objs (in
+-- turn, 48 times in all): each a reference its container counts, so that
+-- a process storing and replacing such values spends much of its time
+-- taking and dropping references.  Objects told apart catch a reaper that
+-- settles a change cut short with the wrong ones.
 local NREFS = 48
-function H.fault_refs(r, obj)
+function H.fault_refs(r, objs)
   local v = {r = r}
-  for i = 1, NREFS do v[i] = obj end
+  for i = 1, NREFS do v[i] = objs[(i - 1) % #objs + 1] end
   return v
 end
 
--- Checks that v, read back at `where`, is an H.fault_refs value of obj.
-function H.assert_refs(v, where, obj)
+-- Checks that v, read back at `where`, is an H.fault_refs value of objs.
+function H.assert_refs(v, where, objs)
   assert.are.equal("table", type(v), where)
   assert.are.equal(NREFS, #v, "a torn value at " .. where)
   for i = 1, NREFS do
-    assert.is_true(v[i] == obj, "a lost reference at " .. where)
+    assert.is_true(v[i] == objs[(i - 1) % #objs + 1],
+                   "a lost reference at " .. where)
   end
 end
 

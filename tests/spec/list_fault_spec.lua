@@ -162,7 +162,8 @@ describe("List under SIGKILL", function()
     local why, seed = H.seeded()
     local before = H.snapshot()
     local l = mp.List()
-    local held = mp.Dict{note = "held by items"}
+    local held = {mp.Dict{note = "held by items"}, mp.Lock(),
+                  mp.Event()}
     H.kill_busy{workers = WORKERS, rounds = 100, pause = 0.004, why = why,
       seed = seed, step = function()
         local n, op = #l, math.random(5)
@@ -179,7 +180,7 @@ describe("List under SIGKILL", function()
       for k = 1, t.n do H.assert_refs(t[k], "item " .. k .. why, held) end
     end
     l:close()
-    held:close()
+    for _, o in ipairs(held) do o:close() end
     H.settled(before, why)
   end)
 end)

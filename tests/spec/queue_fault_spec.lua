@@ -235,7 +235,8 @@ describe("Queue under SIGKILL", function()
     local why, seed = H.seeded()
     local before = H.snapshot()
     local q = mp.Queue(16)
-    local held = mp.Dict{note = "named by messages"}
+    local held = {mp.Dict{note = "named by messages"}, mp.Lock(),
+                  mp.Event()}
     H.kill_busy{workers = 4, rounds = 100, pause = 0.004, why = why,
       seed = seed, step = function()
         if math.random(2) == 1 then
@@ -251,7 +252,7 @@ describe("Queue under SIGKILL", function()
       H.assert_refs(v, "a message left" .. why, held)
     end
     q:close()
-    held:close()
+    for _, o in ipairs(held) do o:close() end
     H.settled(before, why)
   end)
 end)
