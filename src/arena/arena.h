@@ -143,6 +143,16 @@ void lmp_obj_incref(lmp_obj *o);
 void lmp_obj_decref(lmp_obj *o); /* destroys at zero */
 void lmp_obj_discard(lmp_obj *o);
 
+/* Destruction survives a kill.  The last reference goes in the same
+ * atomic operation that marks the object as dying by this process, once
+ * its slot names it; the reaper of a process killed before the object's
+ * block is freed runs the type's dtor again, which must therefore finish
+ * what a run cut short at any instruction began: each block it frees is
+ * unlinked in the same heap operation (lmp_heap_free with the word that
+ * names the block), each reference it drops is counted
+ * (lmp_obj_decref_counted, lmp_msg_unretain_counted).  A dtor takes no
+ * pending entry: it may run inside a change that holds some. */
+
 /* Counted references: a reference that a structure in the arena holds and
  * counts in *count, a word of the arena that only this process changes
  * meanwhile (an entry in transit, its own hold table).  incref_counted
@@ -171,6 +181,7 @@ int lmp_obj_check(lmp_off off, int type);
  * references and blocks of a process killed with SIGKILL can be released
  * by its reaper. */
 #define LMP_MAX_PROCS 4096
+#define LMP_DYING_MAX 8 /* destructions a process names, one inside another */
 
 /* The pending entries of a slot: blocks in transit between the process
  * and one object (see "The crash-safety kit"). */
@@ -205,6 +216,8 @@ typedef struct lmp_slot {
   lmp_off count_at;
   uint64_t count_before;
   int64_t count_dir;
+  /* Objects being destroyed, innermost last (see family.c). */
+  lmp_off dying[LMP_DYING_MAX];
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
@@ -366,5 +379,8 @@ void lmp_slot_free(uint32_t idx);
 /* Finishes or undoes the counted reference change a dead process left
  * half done: first of all its reaper does, before any count is read. */
 void lmp_slot_settle_counting(uint32_t idx);
+/* Finishes the destructions a dead process began: next, once its
+ * counted change is settled. */
+void lmp_slot_settle_dying(uint32_t idx);
 
 #endif

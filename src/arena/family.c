@@ -119,27 +119,102 @@ void lmp_obj_incref(lmp_obj *o) {
 
 static void unwatch_obj(lmp_obj *o);
 
-static void obj_destroy(lmp_obj *o) {
-  const lmp_type *t = lmp_type_of(o);
-  if (t != NULL && t->dtor != NULL) t->dtor(o);
-  /* Watches outlive nothing they watch: a new object at this address
-   * must not inherit them. */
-  if (atomic_load(&o->watchers) > 0) unwatch_obj(o);
-  o->magic = 0;
-  lmp_free(o);
+#define MARK_OF(idx) ((uint64_t)((idx) + 1) << 32)
+
+/*
+ * Destruction (see arena.h).  An object this process destroys is named in
+ * its slot's `dying` entries, a stack (a dtor that drops the last
+ * reference of another destroys it inside its own), before the last
+ * reference goes; the operation that drops it leaves the process's mark
+ * and no count in `refs`, so the reaper tells a destruction begun (that
+ * exact word) from one that was only about to be.  The object's block is
+ * freed in the heap operation that clears its entry.  Deeper than
+ * LMP_DYING_MAX, a destruction goes unnamed.
+ */
+static int ndying; /* this process's entries in use */
+
+/* Names o in the next entry: its index, or -2 when all are in use. */
+static int dying_push(lmp_obj *o) {
+  if (ndying == LMP_DYING_MAX) return -2;
+  ((volatile lmp_slot *)lmp_self)->dying[ndying] = LMP_OFF(o);
+  return ndying++;
+}
+
+static void dying_pop(int k) {
+  ((volatile lmp_slot *)lmp_self)->dying[k] = 0;
+  ndying = k;
+}
+
+/* Destroys o, named in entry k (-2: unnamed).  A destruction taken over
+ * from a dead process may find the dtor run already (magic cleared). */
+static void obj_destroy(lmp_obj *o, int k) {
+  if (o->magic == LMP_OBJ_MAGIC) {
+    const lmp_type *t = lmp_type_of(o);
+    if (t != NULL && t->dtor != NULL) t->dtor(o);
+    /* Watches outlive nothing they watch: a new object at this address
+     * must not inherit them. */
+    if (atomic_load(&o->watchers) > 0) unwatch_obj(o);
+    o->magic = 0;
+  }
+  if (k < 0) {
+    lmp_free(o);
+  } else {
+    lmp_heap_free(o, &lmp_self->dying[k]);
+    ndying = k;
+  }
+}
+
+/* Drops `sub` references and the mark `mark` (0: none) from o->refs in
+ * one operation, which marks o dying by this process if no reference is
+ * left.  Returns the dying entry to destroy o with (or -2, unnamed), or
+ * -1 while references remain.  A mark in the high half left by another
+ * process does not stop the count: that process holds one of the
+ * references, so this drop is never the last. */
+static int drop_refs(lmp_obj *o, uint64_t sub, uint64_t mark) {
+  uint64_t w = atomic_load(&o->refs), to;
+  int k = -1;
+  for (;;) {
+    to = w - sub - mark;
+    if (to == 0) { /* the last: named before it goes */
+      if (k == -1) k = dying_push(o);
+      if (k >= 0) to = MARK_OF(lmp_self_index);
+    }
+    if (atomic_compare_exchange_weak(&o->refs, &w, to)) break;
+  }
+  if (w - sub - mark == 0) return k;
+  if (k >= 0) dying_pop(k); /* it was not the last after all */
+  return -1;
 }
 
 void lmp_obj_decref(lmp_obj *o) {
-  /* A mark in the high half does not stop the count: its process holds
-   * one of the references, so this one is never the last. */
-  if ((uint32_t)atomic_fetch_sub_explicit(&o->refs, 1,
-                                          memory_order_acq_rel) == 1)
-    obj_destroy(o);
+  int k = drop_refs(o, 1, 0);
+  if (k != -1) obj_destroy(o, k);
 }
 
 void lmp_obj_discard(lmp_obj *o) {
   lmp_obj_incref(o);
   lmp_obj_decref(o);
+}
+
+void lmp_slot_settle_dying(uint32_t idx) {
+  lmp_slot *s = &F->slots[idx];
+  int k;
+  for (k = LMP_DYING_MAX; k-- > 0;) { /* innermost first */
+    lmp_off off = s->dying[k];
+    lmp_obj *o;
+    int mine;
+    if (off == 0) continue;
+    o = LMP_PTR(off);
+    if (atomic_load(&o->refs) != MARK_OF(idx)) { /* not begun */
+      s->dying[k] = 0;
+      continue;
+    }
+    /* Ours from here: named here, marked ours, then no longer its. */
+    mine = dying_push(o);
+    atomic_store(&o->refs, mine >= 0 ? MARK_OF(lmp_self_index) : 0);
+    s->dying[k] = 0;
+    obj_destroy(o, mine);
+  }
 }
 
 /*
@@ -159,7 +234,6 @@ void lmp_obj_discard(lmp_obj *o) {
  * did not start or is whole.
  */
 
-#define MARK_OF(idx) ((uint64_t)((idx) + 1) << 32)
 #define MS 1000000 /* in nanoseconds */
 
 static int64_t now_ns(void) {
@@ -221,13 +295,10 @@ static int mark(lmp_obj *o, uint64_t add) {
   }
 }
 
-/* Step 4 for the change of slot idx: removes its mark and `sub`
- * references; returns the references left. */
-static uint32_t unmark(lmp_obj *o, uint32_t idx, uint64_t sub) {
-  uint64_t w = atomic_load(&o->refs), mine = MARK_OF(idx);
-  while (!atomic_compare_exchange_weak(&o->refs, &w, w - sub - mine)) {
-  }
-  return (uint32_t)(w - sub);
+/* Step 4 of an incref, or of a change that keeps its reference, for slot
+ * idx: removes its mark (a decref's step 4 is drop_refs). */
+static void unmark(lmp_obj *o, uint32_t idx) {
+  atomic_fetch_sub(&o->refs, MARK_OF(idx));
 }
 
 static void record(lmp_obj *o, _Atomic uint64_t *count, int64_t dir) {
@@ -242,7 +313,7 @@ void lmp_obj_incref_counted(lmp_obj *o, _Atomic uint64_t *count) {
   record(o, count, 1);
   if (mark(o, 1)) {
     atomic_fetch_add(count, 1);
-    unmark(o, lmp_self_index, 0);
+    unmark(o, lmp_self_index);
   } else {
     atomic_fetch_add(&o->refs, 1);
     atomic_fetch_add(count, 1);
@@ -252,17 +323,17 @@ void lmp_obj_incref_counted(lmp_obj *o, _Atomic uint64_t *count) {
 }
 
 void lmp_obj_decref_counted(lmp_obj *o, _Atomic uint64_t *count) {
-  uint32_t left;
+  int k;
   record(o, count, -1);
   if (mark(o, 0)) {
     atomic_fetch_sub(count, 1);
-    left = unmark(o, lmp_self_index, 1);
+    k = drop_refs(o, 1, MARK_OF(lmp_self_index));
   } else {
     atomic_fetch_sub(count, 1);
-    left = (uint32_t)atomic_fetch_sub(&o->refs, 1) - 1;
+    k = drop_refs(o, 1, 0);
   }
   atomic_store(&lmp_self->counting, 0);
-  if (left == 0) obj_destroy(o);
+  if (k != -1) obj_destroy(o, k);
 }
 
 void lmp_slot_settle_counting(uint32_t idx) {
@@ -270,22 +341,30 @@ void lmp_slot_settle_counting(uint32_t idx) {
   lmp_off off = atomic_load(&s->counting);
   _Atomic uint64_t *count;
   lmp_obj *o;
-  uint64_t now;
+  uint64_t now, w;
   if (off == 0) return;
   o = LMP_PTR(off);
   count = LMP_PTR(s->count_at);
-  if ((atomic_load(&o->refs) >> 32) == idx + 1) { /* steps 2 to 4 */
+  w = atomic_load(&o->refs);
+  /* Marked, with references: steps 2 to 4 (marked without any is a
+   * destruction begun, the change whole). */
+  if ((w >> 32) == idx + 1 && (uint32_t)w != 0) {
     now = atomic_load(count);
     if (s->count_dir > 0) { /* the reference is in: count it */
       if (now == s->count_before) atomic_store(count, now + 1);
-      unmark(o, idx, 0);
+      unmark(o, idx);
     } else if (now + 1 == s->count_before) { /* uncounted: drop it */
-      if (unmark(o, idx, 1) == 0) {
+      int k = drop_refs(o, 1, MARK_OF(idx));
+      if (k != -1) {
+        int j;
         atomic_store(&s->counting, 0);
-        obj_destroy(o);
+        /* It may have named o dying, its last drop still to come. */
+        for (j = 0; j < LMP_DYING_MAX; j++)
+          if (s->dying[j] == off) s->dying[j] = 0;
+        obj_destroy(o, k);
       }
     } else { /* still counted: whoever drops the count drops it */
-      unmark(o, idx, 0);
+      unmark(o, idx);
     }
   }
   atomic_store(&s->counting, 0);
@@ -459,6 +538,7 @@ int lmp_slot_prepare(int inherit) {
   atomic_store(&c->waiting_on, 0);
   c->pending_obj = 0;
   memset(c->pending_blk, 0, sizeof c->pending_blk);
+  memset(c->dying, 0, sizeof c->dying);
   c->creating = c->grow_new = c->grow_old = 0;
   atomic_store(&c->counting, 0);
   c->refs = 0;

@@ -78,6 +78,7 @@ void lmp_slot_release(uint32_t idx) {
    * the heap recover, if the process died inside a heap operation. */
   lmp_heap_recover();
   lmp_slot_settle_counting(idx);
+  lmp_slot_settle_dying(idx);
   for (k = 0; k < LMP_PEND_MAX; k++) {
     lmp_off blk = s->pending_blk[k];
     lmp_obj *o = s->pending_obj ? LMP_PTR(s->pending_obj) : NULL;

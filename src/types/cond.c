@@ -71,8 +71,7 @@ static void wl_remove(wlist *w, int i) {
 }
 
 static void wl_free(wlist *w) {
-  if (w->arr) lmp_free(W(w));
-  w->arr = 0;
+  if (w->arr) lmp_heap_free(W(w), &w->arr); /* one operation: a dtor's */
   w->n = w->cap = 0;
 }
 
@@ -81,7 +80,8 @@ static void wl_free(wlist *w) {
 typedef struct cond {
   lmp_obj h;
   lmp_guard g;
-  lmp_off lock; /* a Lock or RLock, referenced */
+  lmp_off lock;               /* a Lock or RLock, referenced */
+  _Atomic uint64_t lock_refs; /* 1 while it holds that reference */
   _Atomic uint32_t seq;
   wlist w;
 } cond;
@@ -161,7 +161,8 @@ static void cond_dtor(lmp_obj *o) {
   cond *c = (cond *)o;
   wl_free(&c->w);
   lmp_guard_destroy(&c->g);
-  if (c->lock != 0) lmp_obj_decref(LMP_PTR(c->lock));
+  if (atomic_load(&c->lock_refs) > 0)
+    lmp_obj_decref_counted(LMP_PTR(c->lock), &c->lock_refs);
 }
 
 #define checkcond(L) ((cond *)lmp_checkobj(L, 1))
@@ -244,15 +245,15 @@ static int cond_new(lua_State *L) {
     lmp_lock *nl = lmp_lock_new(1);
     if (nl == NULL) return lmp_nomem(L, sizeof(lmp_lock));
     lk = &nl->h;
+    /* Held from here (the handle goes with the stack): while the
+     * Condition is made, the slot names it, not the lock. */
+    lmp_pushnew(L, lk);
   }
   c = (cond *)lmp_obj_new(LMP_T_COND, 0, sizeof(cond));
-  if (c == NULL) {
-    if (lua_isnoneornil(L, 1)) lmp_obj_discard(lk); /* made here */
-    return lmp_nomem(L, sizeof(cond));
-  }
+  if (c == NULL) return lmp_nomem(L, sizeof(cond));
   lmp_guard_init(&c->g);
-  lmp_obj_incref(lk);
   c->lock = LMP_OFF(lk);
+  lmp_obj_incref_counted(lk, &c->lock_refs);
   lmp_pushnew(L, &c->h);
   return 1;
 }
@@ -511,7 +512,7 @@ static void barrier_dtor(lmp_obj *o) {
   if (b->action) {
     action *a = LMP_PTR(b->action);
     lmp_msg_unretain_counted(a->data, a->len, &a->refs);
-    lmp_free(a);
+    lmp_heap_free(a, &b->action);
   }
   lmp_guard_destroy(&b->g);
 }

@@ -153,21 +153,25 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
   return 0;
 }
 
-static void free_entry(entry *e) {
-  lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
-  lmp_free(e);
-}
-
+/* Run again after a kill cut it short, it finishes the job: each entry
+ * is freed with the slot's word that names it, then the table with the
+ * dict's. */
 static void dict_dtor(lmp_obj *o) {
   dict *d = (dict *)o;
   table *t;
   uint64_t i;
+  if (atomic_load(&d->tab) != 0) { /* 0: never made whole, or freed */
+    t = TAB(d);
+    for (i = 0; i < t->cap; i++) {
+      if (t->s[i].off > DELETED) {
+        entry *e = LMP_PTR(t->s[i].off);
+        lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
+        lmp_heap_free(e, &t->s[i].off);
+      }
+    }
+    lmp_heap_free(t, (lmp_off *)&d->tab);
+  }
   lmp_guard_destroy(&d->g);
-  if (atomic_load(&d->tab) == 0) return; /* never made whole */
-  t = TAB(d);
-  for (i = 0; i < t->cap; i++)
-    if (t->s[i].off > DELETED) free_entry(LMP_PTR(t->s[i].off));
-  lmp_free(t);
 }
 
 /* Takes entry e out of slot i (e leaving, LMP_PEND_OUT, before the store

@@ -66,22 +66,26 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
 static void llock(list *l) { lmp_guard_lock(&l->g, &l->h); }
 static void lunlock(list *l) { lmp_guard_unlock(&l->g); }
 
-static void free_item(lmp_off off) {
-  item *it = LMP_PTR(off);
-  lmp_msg_unretain_counted(it->data, it->len, &it->refs);
-  lmp_free(it);
-}
-
+/* Run again after a kill cut it short, it finishes the job: each item is
+ * freed with the array's word that names it, then the array with the
+ * list's. */
 static void list_dtor(lmp_obj *o) {
   list *l = (list *)o;
   lmp_off *a;
   uint64_t i, n;
+  if (atomic_load(&l->arr) != 0) { /* 0: never made whole, or freed */
+    a = ARR(l);
+    n = LEN(l);
+    for (i = 0; i < n; i++) {
+      if (a[i] != 0) {
+        item *it = LMP_PTR(a[i]);
+        lmp_msg_unretain_counted(it->data, it->len, &it->refs);
+        lmp_heap_free(it, &a[i]);
+      }
+    }
+    lmp_heap_free(A(l), (lmp_off *)&l->arr);
+  }
   lmp_guard_destroy(&l->g);
-  if (atomic_load(&l->arr) == 0) return; /* never made whole */
-  a = ARR(l);
-  n = LEN(l);
-  for (i = 0; i < n; i++) free_item(a[i]);
-  lmp_free(A(l));
 }
 
 /* Unlocks l and drops item off, which the caller registered as leaving

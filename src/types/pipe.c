@@ -68,6 +68,7 @@ typedef struct channel {
   lmp_guard g;
   lmp_off head; /* the records, newest first */
   uint64_t last_id;
+  lmp_off freeing; /* a record the dtor unlinked and is freeing */
 } channel;
 
 static void release_flight(flight *f) {
@@ -76,13 +77,18 @@ static void release_flight(flight *f) {
     lmp_obj_decref_counted(LMP_PTR(f->obj[k - 1]), &f->refs);
 }
 
+/* Run again after a kill cut it short, it finishes the job: a record's
+ * references go (counted), then it is unlinked, named in `freeing`, and
+ * freed with that word. */
 static void chan_dtor(lmp_obj *o) {
   channel *ch = (channel *)o;
+  if (ch->freeing != 0) lmp_heap_free(LMP_PTR(ch->freeing), &ch->freeing);
   while (ch->head != 0) {
     flight *f = LMP_PTR(ch->head);
-    ch->head = f->next;
     release_flight(f);
-    lmp_free(f);
+    ((volatile channel *)ch)->freeing = ch->head; /* in this order */
+    ((volatile channel *)ch)->head = f->next;
+    lmp_heap_free(f, &ch->freeing);
   }
   lmp_guard_destroy(&ch->g);
 }

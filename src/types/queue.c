@@ -201,25 +201,27 @@ static void queue_release(lmp_obj *o, lmp_off blk) {
     lmp_msg_release_counted(m->data, m->len, atomic_load(&m->refs));
 }
 
+/* Run again after a kill cut it short, it finishes the job: each message
+ * is freed with the record's word that names it, then the ring with the
+ * queue's. */
 static void queue_dtor(lmp_obj *o) {
   queue *q = (queue *)o;
   ring *r;
   uint64_t pos;
-  if (atomic_load(&q->ring) == 0) return; /* never made whole */
-  r = RING(q);
-  for (pos = r->head; pos < r->tail;) {
-    rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
-    if (h->flags & F_OUTLINE) { /* inline ones name no object */
-      lmp_off off;
-      outmsg *m;
-      memcpy(&off, h + 1, sizeof off);
-      m = LMP_PTR(off);
-      lmp_msg_unretain_counted(m->data, m->len, &m->refs);
-      lmp_free(m);
+  if (atomic_load(&q->ring) != 0) { /* 0: never made whole, or freed */
+    r = RING(q);
+    for (pos = r->head; pos < r->tail;) {
+      rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
+      lmp_off *at = (lmp_off *)(void *)(h + 1);
+      if ((h->flags & F_OUTLINE) && *at != 0) { /* inline: no object */
+        outmsg *m = LMP_PTR(*at);
+        lmp_msg_unretain_counted(m->data, m->len, &m->refs);
+        lmp_heap_free(m, at);
+      }
+      pos += sizeof(rec) + pad8(payload_len(h));
     }
-    pos += sizeof(rec) + pad8(payload_len(h));
+    lmp_heap_free(r, (lmp_off *)&q->ring);
   }
-  lmp_free(r);
   lmp_guard_destroy(&q->g);
 }
 

@@ -26,7 +26,8 @@ typedef struct shval {
   uint8_t pad;
   uint32_t pad2;
   uint64_t n; /* elements */
-  lmp_off lock;
+  lmp_off lock;               /* a Lock or RLock, referenced, or 0 */
+  _Atomic uint64_t lock_refs; /* 1 while it holds that reference */
   _Alignas(8) char data[];
 } shval;
 
@@ -161,7 +162,8 @@ static uint64_t to_bits(lua_State *L, int idx, char tc, int arg,
 
 static void shval_dtor(lmp_obj *o) {
   shval *v = (shval *)o;
-  if (v->lock) lmp_obj_decref(LMP_PTR(v->lock));
+  if (atomic_load(&v->lock_refs) > 0)
+    lmp_obj_decref_counted(LMP_PTR(v->lock), &v->lock_refs);
 }
 
 /* A handle keeps a handle of the lock, if there is one, as its user
@@ -190,6 +192,9 @@ static shval *make(lua_State *L, char tc, uint64_t n, int is_array,
     lmp_lock *nl = lmp_lock_new(1);
     if (nl == NULL) lmp_nomem(L, sizeof(lmp_lock));
     lk = &nl->h;
+    /* Held from here (the handle goes with the stack): while the Value is
+     * made, the slot names the Value, not the lock. */
+    lmp_pushnew(L, lk);
   } else if (!lua_isboolean(L, lockidx)) {
     lk = lmp_toobj(L, lockidx);
     luaL_argcheck(L, lk != NULL && lk->type == LMP_T_LOCK, lockidx,
@@ -198,17 +203,14 @@ static shval *make(lua_State *L, char tc, uint64_t n, int is_array,
   size = sizeof(shval) + (size_t)n * (size_t)es;
   if (n > ((uint64_t)1 << 40)) luaL_argerror(L, 2, "array too large");
   v = (shval *)lmp_obj_new(is_array ? LMP_T_ARRAY : LMP_T_VALUE, 0, size);
-  if (v == NULL) {
-    if (lk != NULL && lmp_obj_refs(lk) == 0) lmp_obj_discard(lk);
-    lmp_nomem(L, size);
-  }
+  if (v == NULL) lmp_nomem(L, size);
   v->tc = tc;
   v->esize = (uint8_t)es;
   v->is_array = (uint8_t)is_array;
   v->n = n;
   if (lk != NULL) {
-    lmp_obj_incref(lk);
     v->lock = LMP_OFF(lk);
+    lmp_obj_incref_counted(lk, &v->lock_refs);
   }
   return v;
 }

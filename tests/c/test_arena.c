@@ -11,7 +11,7 @@
 
 #include "arena/arena.h"
 
-enum { T_TEST = 1 }; /* a type of shared object with no hooks */
+enum { T_TEST = 1, T_BAG }; /* T_TEST: a type of shared object with no hooks */
 
 #include "check.h"
 
@@ -346,6 +346,79 @@ static void test_counted_killed(void) {
   ASSERT_TRUE(!lmp_obj_check(LMP_OFF(o), -1));
 }
 
+/* A bag: a shared object that owns blocks and counts references to
+ * another object, and whose dtor lets go of them the way every type's
+ * does, so that a run cut short can run again. */
+enum { BAG_BLOCKS = 48, BAG_REFS = 16 };
+typedef struct bag {
+  lmp_obj h;
+  lmp_off tag;
+  lmp_off blk[BAG_BLOCKS];
+  lmp_off other;
+  _Atomic uint64_t nrefs;
+} bag;
+
+static void bag_dtor(lmp_obj *o) {
+  bag *b = (bag *)o;
+  int i;
+  for (i = 0; i < BAG_BLOCKS; i++)
+    if (b->blk[i] != 0) lmp_heap_free(LMP_PTR(b->blk[i]), &b->blk[i]);
+  while (atomic_load(&b->nrefs) > 0)
+    lmp_obj_decref_counted(LMP_PTR(b->other), &b->nrefs);
+}
+
+static const lmp_type bag_type = {.name = "bag", .dtor = bag_dtor};
+
+/* A child makes bags (each holding blocks and references to `other`) and
+ * drops them, as fast as it can, and is killed at random moments, many
+ * of them inside a bag's destruction: every time, once its reaper has
+ * run, no block, object or reference of its is left. */
+static void test_destroy_killed(void) {
+  enum { KILLS = 300 };
+  lmp_obj *other = lmp_obj_new(T_TEST, 0, 64);
+  lmp_arena_stats st;
+  size_t blocks, objects;
+  int k;
+  lmp_type_set(T_BAG, &bag_type);
+  ASSERT_TRUE(other != NULL);
+  ASSERT_EQ(lmp_hold(other), 0);
+  lmp_arena_stats_get(&st);
+  blocks = st.blocks;
+  objects = st.objects;
+  for (k = 0; k < KILLS; k++) {
+    int slot = lmp_slot_prepare(1);
+    pid_t pid;
+    ASSERT_TRUE(slot > 0);
+    pid = fork();
+    if (pid == 0) {
+      lmp_slot_adopt((uint32_t)slot);
+      for (;;) {
+        bag *b = (bag *)lmp_obj_new(T_BAG, 0, sizeof(bag));
+        int i;
+        if (b == NULL || lmp_hold(&b->h) < 0) _exit(2);
+        b->other = LMP_OFF(other);
+        for (i = 0; i < BAG_BLOCKS; i++)
+          if (lmp_heap_alloc(64, &b->tag, 0, &b->blk[i]) == NULL) _exit(2);
+        for (i = 0; i < BAG_REFS; i++)
+          lmp_obj_incref_counted(other, &b->nrefs);
+        lmp_unhold(&b->h);
+      }
+    }
+    usleep((useconds_t)(xorshift() % 2000));
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    lmp_slot_release((uint32_t)slot);
+    lmp_arena_stats_get(&st);
+    if (lmp_obj_refs(other) != 1 || st.blocks != blocks ||
+        st.objects != objects)
+      CHECK_FAIL("kill %d left %u references, %zu blocks, %zu objects "
+                 "(not 1, %zu, %zu)", k, lmp_obj_refs(other), st.blocks,
+                 st.objects, blocks, objects);
+  }
+  lmp_unhold(other);
+  ASSERT_TRUE(!lmp_obj_check(LMP_OFF(other), -1));
+}
+
 /* Does every page of [p, p+n) have its memory?  (Pages given back to the
  * kernel have none until touched again.) */
 static int resident(const char *p, size_t n) {
@@ -387,6 +460,7 @@ int main(void) {
     CHECK(test_killed_holder), CHECK(test_hold_table),
     CHECK(test_heap_whole),    CHECK(test_large_keep_pages),
     CHECK(test_counted_cut_short),    CHECK(test_counted_killed),
+    CHECK(test_destroy_killed),
     CHECK(test_killed_in_the_middle),
   };
   int rc = lmp_arena_init(64u << 20);

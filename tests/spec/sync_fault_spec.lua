@@ -291,22 +291,45 @@ end)
 describe("Barrier made by a process killed as it makes it", function()
   H.leakcheck()
 
-  -- Its action's upvalues name a shared object: a process killed while
+  -- Its action's upvalues name shared objects: a process killed while
   -- it encodes the action, copies it into the arena or makes the Barrier
-  -- leaves no reference to that object, and no block, behind.  (The
-  -- Barriers are kept, for their reaper to destroy: a process killed as
-  -- it destroys an object is another matter, see the README.)
+  -- leaves no reference to them, and no block, behind.  (The Barriers
+  -- are kept, for their reaper to destroy.)
   it("leaks nothing its action names", function()
     local why, seed = H.seeded()
     local before = H.snapshot()
-    local held = mp.Dict{note = "named by actions"}
+    local held = {mp.Dict{note = "named by actions"}, mp.Lock()}
     local refs = H.fault_refs(0, held)
     local kept = {}
     H.kill_busy{workers = 2, rounds = 100, pause = 0.003, why = why,
       seed = seed, step = function()
         kept[#kept + 1] = mp.Barrier(1, function() return refs end)
       end}
-    held:close()
+    for _, o in ipairs(held) do o:close() end
+    H.settled(before, why)
+  end)
+end)
+
+describe("Objects destroyed by a process killed as it destroys them", function()
+  H.leakcheck()
+
+  -- A Barrier's action, a Value's lock and a Condition's lock are
+  -- references their object holds: a process killed as it destroys the
+  -- object (its last handle closed) leaves its reaper to drop them.
+  it("leave nothing their actions and locks name", function()
+    local why, seed = H.seeded()
+    local before = H.snapshot()
+    local held = {mp.Dict{note = "named by actions"}, mp.Lock()}
+    local refs = H.fault_refs(0, held)
+    H.kill_busy{workers = 2, rounds = 100, pause = 0.003, why = why,
+      seed = seed, step = function()
+        local b = mp.Barrier(1, function() return refs end)
+        local v, c = mp.Value("i", 1), mp.Condition()
+        b:close()
+        v:close()
+        c:close()
+      end}
+    for _, o in ipairs(held) do o:close() end
     H.settled(before, why)
   end)
 end)
