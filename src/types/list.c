@@ -257,8 +257,19 @@ static int list_newindex(lua_State *L) {
   return 0;
 }
 
+/* The length, read under the guard: the array that holds it may be
+ * replaced and freed by another process between reading where it is and
+ * reading it. */
+static uint64_t locked_len(list *l) {
+  uint64_t n;
+  llock(l);
+  n = LEN(l);
+  lunlock(l);
+  return n;
+}
+
 static int list_len(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)LEN(checklist(L, NULL)));
+  lua_pushinteger(L, (lua_Integer)locked_len(checklist(L, NULL)));
   return 1;
 }
 
@@ -515,7 +526,7 @@ static int list_totable(lua_State *L) {
 
 static void list_describe(lua_State *L, void *h) {
   list *l = (list *)((lmp_handle *)h)->obj;
-  lua_pushfstring(L, "%I items", (lua_Integer)LEN(l));
+  lua_pushfstring(L, "%I items", (lua_Integer)locked_len(l));
 }
 
 /* List([t]) */

@@ -312,6 +312,32 @@ static void test_counted_cut_short(void) {
   lmp_free((void *)count);
 }
 
+/* Runs step(ud) over and over in a child that adopts a slot prepared
+ * here, kills it at a random moment within 2 ms, reaps it and releases
+ * its slot, as a parent does. */
+static void run_killed(void (*step)(void *), void *ud) {
+  int slot = lmp_slot_prepare(1);
+  pid_t pid;
+  if (slot <= 0) {
+    CHECK_FAIL("slot_prepare: %d", slot);
+    return;
+  }
+  pid = fork();
+  if (pid == 0) {
+    lmp_slot_adopt((uint32_t)slot);
+    for (;;) step(ud);
+  }
+  usleep((useconds_t)(xorshift() % 2000));
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  lmp_slot_release((uint32_t)slot);
+}
+
+static void rehold(void *ud) {
+  lmp_unhold(ud);
+  if (lmp_hold(ud) < 0) _exit(2);
+}
+
 /* A child takes and drops its only handle to an object as fast as it can
  * (each a counted change of its hold table) and is killed at random
  * moments: every time, its reaper leaves the object with our reference
@@ -323,21 +349,7 @@ static void test_counted_killed(void) {
   ASSERT_TRUE(o != NULL);
   ASSERT_EQ(lmp_hold(o), 0);
   for (k = 0; k < KILLS; k++) {
-    int slot = lmp_slot_prepare(1);
-    pid_t pid;
-    ASSERT_TRUE(slot > 0);
-    pid = fork();
-    if (pid == 0) {
-      lmp_slot_adopt((uint32_t)slot);
-      for (;;) {
-        lmp_unhold(o);
-        if (lmp_hold(o) < 0) _exit(2);
-      }
-    }
-    usleep((useconds_t)(xorshift() % 2000));
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    lmp_slot_release((uint32_t)slot);
+    run_killed(rehold, o);
     if (lmp_obj_refs(o) != 1 || atomic_load(&o->refs) >> 32 != 0)
       CHECK_FAIL("kill %d left refs %#llx", k,
                  (unsigned long long)atomic_load(&o->refs));
@@ -369,6 +381,18 @@ static void bag_dtor(lmp_obj *o) {
 
 static const lmp_type bag_type = {.name = "bag", .dtor = bag_dtor};
 
+/* Makes a bag of blocks and references to `other`, and drops it. */
+static void bag_cycle(void *other) {
+  bag *b = (bag *)lmp_obj_new(T_BAG, 0, sizeof(bag));
+  int i;
+  if (b == NULL || lmp_hold(&b->h) < 0) _exit(2);
+  b->other = LMP_OFF(other);
+  for (i = 0; i < BAG_BLOCKS; i++)
+    if (lmp_heap_alloc(64, &b->tag, 0, &b->blk[i]) == NULL) _exit(2);
+  for (i = 0; i < BAG_REFS; i++) lmp_obj_incref_counted(other, &b->nrefs);
+  lmp_unhold(&b->h);
+}
+
 /* A child makes bags (each holding blocks and references to `other`) and
  * drops them, as fast as it can, and is killed at random moments, many
  * of them inside a bag's destruction: every time, once its reaper has
@@ -386,28 +410,7 @@ static void test_destroy_killed(void) {
   blocks = st.blocks;
   objects = st.objects;
   for (k = 0; k < KILLS; k++) {
-    int slot = lmp_slot_prepare(1);
-    pid_t pid;
-    ASSERT_TRUE(slot > 0);
-    pid = fork();
-    if (pid == 0) {
-      lmp_slot_adopt((uint32_t)slot);
-      for (;;) {
-        bag *b = (bag *)lmp_obj_new(T_BAG, 0, sizeof(bag));
-        int i;
-        if (b == NULL || lmp_hold(&b->h) < 0) _exit(2);
-        b->other = LMP_OFF(other);
-        for (i = 0; i < BAG_BLOCKS; i++)
-          if (lmp_heap_alloc(64, &b->tag, 0, &b->blk[i]) == NULL) _exit(2);
-        for (i = 0; i < BAG_REFS; i++)
-          lmp_obj_incref_counted(other, &b->nrefs);
-        lmp_unhold(&b->h);
-      }
-    }
-    usleep((useconds_t)(xorshift() % 2000));
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    lmp_slot_release((uint32_t)slot);
+    run_killed(bag_cycle, other);
     lmp_arena_stats_get(&st);
     if (lmp_obj_refs(other) != 1 || st.blocks != blocks ||
         st.objects != objects)

@@ -239,16 +239,12 @@ describe("Dict under SIGKILL", function()
   -- A process killed as it destroys a Dict (its last handle closed) leaves
   -- its reaper to finish: the entries, their references and the table.
   it("leaks nothing of Dicts whose destroyers were killed", function()
-    local why, seed = H.seeded()
-    local before = H.snapshot()
-    local held = {mp.List{"held by values"}, mp.Lock(), mp.Event()}
-    H.kill_busy{workers = WORKERS, rounds = 100, pause = 0.004, why = why,
-      seed = seed, step = function()
-        local d = mp.Dict()
-        for k = 1, 4 do d["k" .. k] = H.fault_refs(k, held) end
-        d:close()
-      end}
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
+    H.destroy_killed{workers = WORKERS, held = function()
+      return {mp.List{"held by values"}, mp.Lock(), mp.Event()}
+    end, step = function(held)
+      local d = mp.Dict()
+      for k = 1, 4 do d["k" .. k] = H.fault_refs(k, held) end
+      d:close()
+    end}
   end)
 end)

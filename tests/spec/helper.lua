@@ -325,6 +325,22 @@ function H.assert_refs(v, where, objs)
   end
 end
 
+-- Kills processes at random moments (H.kill_busy) as each makes a shared
+-- object whose values name the objects o.held() returns, fills it and
+-- destroys it, over and over (o.step(held)); then checks that nothing is
+-- left once those are closed.  o.workers, o.rounds, o.pause: kill_busy's
+-- (2, 100, 0.004).
+function H.destroy_killed(o)
+  local why, seed = H.seeded()
+  local before = H.snapshot()
+  local held, step = o.held(), o.step
+  H.kill_busy{workers = o.workers or 2, rounds = o.rounds or 100,
+    pause = o.pause or 0.004, why = why, seed = seed,
+    step = function() step(held) end}
+  for _, x in ipairs(held) do x:close() end
+  H.settled(before, why)
+end
+
 -- Seeds math.random from the clock, for a test that runs at random.
 -- Returns " (random seed N)", to end its failure messages, and N.
 function H.seeded()

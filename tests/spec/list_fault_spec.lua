@@ -187,16 +187,12 @@ describe("List under SIGKILL", function()
   -- A process killed as it destroys a List (its last handle closed) leaves
   -- its reaper to finish: the items, their references and the array.
   it("leaks nothing of Lists whose destroyers were killed", function()
-    local why, seed = H.seeded()
-    local before = H.snapshot()
-    local held = {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
-    H.kill_busy{workers = WORKERS, rounds = 100, pause = 0.004, why = why,
-      seed = seed, step = function()
-        local l = mp.List()
-        for k = 1, 4 do l:append(H.fault_refs(k, held)) end
-        l:close()
-      end}
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
+    H.destroy_killed{workers = WORKERS, held = function()
+      return {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
+    end, step = function(held)
+      local l = mp.List()
+      for k = 1, 4 do l:append(H.fault_refs(k, held)) end
+      l:close()
+    end}
   end)
 end)

@@ -772,6 +772,32 @@ describe("List", function()
       a:close()
     end)
 
+    it("tells its length whole while another process rebuilds it",
+       function()
+      -- Inserts at the front and removals publish a new array each and
+      -- free the old one, whose block the next item may take: a length
+      -- read from an array just replaced would be another block's bytes.
+      local l = mp.List{1, 2, 3, 4, 5, 6, 7, 8}
+      local stop = mp.Event()
+      local p = spawn(function()
+        local pad = ("x"):rep(200)
+        while not stop:is_set() do
+          for _ = 1, 8 do l:insert(1, pad) end
+          for _ = 1, 8 do l:pop(1) end
+        end
+      end)
+      local bad
+      for _ = 1, 200000 do
+        local n = #l
+        if n < 8 or n > 16 then bad = n break end
+      end
+      stop:set()
+      finish(p)
+      assert.is_nil(bad, "a length of " .. tostring(bad)
+        .. " for a list of 8 to 16 items")
+      l:close()
+    end)
+
     it("may hold itself; taking itself out frees it", function()
       local b = mp.List()
       b:append(b)

@@ -146,17 +146,13 @@ describe("Pipe messages naming shared objects", function()
   -- leaves its reaper to drop those messages' records and references.
   it("leave nothing behind when their Pipe's destroyer is killed",
      function()
-    local why, seed = H.seeded()
-    local before = H.snapshot()
-    local held = {mp.Dict{note = "named by messages"}, mp.Lock()}
-    H.kill_busy{workers = 2, rounds = 60, pause = 0.004, why = why,
-      seed = seed, step = function()
-        local a, b = mp.Pipe()
-        for k = 1, 4 do a:send(H.fault_refs(k, held)) end
-        a:close()
-        b:close()
-      end}
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
+    H.destroy_killed{rounds = 60, held = function()
+      return {mp.Dict{note = "named by messages"}, mp.Lock()}
+    end, step = function(held)
+      local a, b = mp.Pipe()
+      for k = 1, 4 do a:send(H.fault_refs(k, held)) end
+      a:close()
+      b:close()
+    end}
   end)
 end)

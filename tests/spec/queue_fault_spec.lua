@@ -260,17 +260,12 @@ describe("Queue under SIGKILL", function()
   -- messages in it leaves its reaper to finish: the messages, their
   -- references and the ring.
   it("leaks nothing of Queues whose destroyers were killed", function()
-    local why, seed = H.seeded()
-    local before = H.snapshot()
-    local held = {mp.Dict{note = "named by messages"}, mp.Lock(),
-                  mp.Event()}
-    H.kill_busy{workers = 2, rounds = 100, pause = 0.004, why = why,
-      seed = seed, step = function()
-        local q = mp.Queue()
-        for k = 1, 4 do q:put(H.fault_refs(k, held)) end
-        q:close()
-      end}
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
+    H.destroy_killed{held = function()
+      return {mp.Dict{note = "named by messages"}, mp.Lock(), mp.Event()}
+    end, step = function(held)
+      local q = mp.Queue()
+      for k = 1, 4 do q:put(H.fault_refs(k, held)) end
+      q:close()
+    end}
   end)
 end)

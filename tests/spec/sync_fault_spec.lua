@@ -317,19 +317,15 @@ describe("Objects destroyed by a process killed as it destroys them", function()
   -- references their object holds: a process killed as it destroys the
   -- object (its last handle closed) leaves its reaper to drop them.
   it("leave nothing their actions and locks name", function()
-    local why, seed = H.seeded()
-    local before = H.snapshot()
-    local held = {mp.Dict{note = "named by actions"}, mp.Lock()}
-    local refs = H.fault_refs(0, held)
-    H.kill_busy{workers = 2, rounds = 100, pause = 0.003, why = why,
-      seed = seed, step = function()
-        local b = mp.Barrier(1, function() return refs end)
-        local v, c = mp.Value("i", 1), mp.Condition()
-        b:close()
-        v:close()
-        c:close()
-      end}
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
+    H.destroy_killed{pause = 0.003, held = function()
+      return {mp.Dict{note = "named by actions"}, mp.Lock()}
+    end, step = function(held)
+      local refs = H.fault_refs(0, held)
+      local b = mp.Barrier(1, function() return refs end)
+      local v, c = mp.Value("i", 1), mp.Condition()
+      b:close()
+      v:close()
+      c:close()
+    end}
   end)
 end)
