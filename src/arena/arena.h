@@ -344,6 +344,11 @@ int lmp_heap_map(size_t size, size_t front, void **front_at);
 int lmp_heap_attach(int fd, void *addr, void **front_at);
 int lmp_heap_fd(void);
 void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk);
+/* The same for a shared object: placed so that its bytes from offset 16
+ * (the reference count) to LMP_OBJ_LINE_END share one cache line: the
+ * guard that follows the header, and the field after it (heap.c). */
+#define LMP_OBJ_LINE_END 80
+void *lmp_heap_alloc_obj(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk);
 void lmp_heap_free(void *p, lmp_off *clear);
 void lmp_heap_recover(void);
 int lmp_heap_live(lmp_off off, size_t n);

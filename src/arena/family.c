@@ -101,8 +101,8 @@ const char *lmp_type_name(int type) {
 
 lmp_obj *lmp_obj_new(int type, int kind, size_t size) {
   /* Named in the slot by the allocation's own heap operation. */
-  lmp_obj *o = lmp_heap_alloc(size, &lmp_self->creating_tag, 0,
-                              &lmp_self->creating);
+  lmp_obj *o = lmp_heap_alloc_obj(size, &lmp_self->creating_tag, 0,
+                                  &lmp_self->creating);
   if (o == NULL) return NULL;
   memset(o, 0, size);
   o->type = (uint16_t)type;

@@ -434,7 +434,54 @@ static uint64_t block_need(size_t n) {
   return need < MINBLOCK ? MINBLOCK : need;
 }
 
-void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk) {
+/*
+ * Shared objects start 48 bytes into a cache line, so that the 40 bytes
+ * after their 24-byte header (a type's guard, whose mutex is the word
+ * every process takes in turn) sit in the next line whole, with the
+ * field after the guard beside them: a line of 64 bytes holds the header's
+ * reference count, the mutex, its holder and that field.  A mutex that
+ * straddled two lines made a queue between two processes a quarter
+ * slower.  The block is taken larger and what is before and after the
+ * placed one goes back, in the same operation.
+ */
+#define LINE 64
+#define OBJ_PHASE 48
+
+static lmp_off alloc_phased_locked(uint64_t need) {
+  lmp_off off = alloc_locked(need + LINE + MINBLOCK), next;
+  uint64_t have, lead, rest;
+  if (off == 0) return 0;
+  have = BSIZE(BLK(off));
+  lead = (OBJ_PHASE + LINE - (off + TAG) % LINE) % LINE;
+  if (lead != 0 && lead < MINBLOCK) lead += LINE;
+  if (lead != 0) { /* the head goes back; its block before is in use */
+    SET(BLK(off + lead)->head, (have - lead) | F_INUSE);
+    make_free(off, lead);
+    SET(H->used, H->used - lead);
+    off += lead;
+    have -= lead;
+  }
+  rest = have - need;
+  if (rest < MINBLOCK) return off;
+  next = off + have;
+  if (next == H->top) { /* the tail goes back to the top */
+    SET(H->top, off + need);
+    SET(BLK(H->top)->head, F_PREV);
+  } else { /* as a free block, with the free one after it, if any */
+    if (!(BLK(next)->head & F_INUSE)) {
+      rest += BSIZE(BLK(next));
+      bin_remove(next);
+    }
+    SET(BLK(off + need)->head, F_PREV);
+    make_free(off + need, rest);
+  }
+  SET(BLK(off)->head, (BLK(off)->head & F_PREV) | need | F_INUSE);
+  SET(H->used, H->used - (have - need));
+  return off;
+}
+
+static void *heap_alloc(size_t n, int phased, lmp_off *tag, lmp_off v,
+                        lmp_off *blk) {
   lmp_off off;
   if (n > H->size) {
     errno = ENOMEM;
@@ -442,7 +489,8 @@ void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk) {
   }
   lock_heap();
   op_begin(OP_ALLOC, 0, 0);
-  off = alloc_locked(block_need(n));
+  off = phased ? alloc_phased_locked(block_need(n))
+               : alloc_locked(block_need(n));
   if (off != 0 && blk != NULL) {
     /* A block named pending is read by a reaper's hooks, which look for
      * their magic in its first words: whatever a former block left there
@@ -458,6 +506,14 @@ void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk) {
     return NULL;
   }
   return lmp_base + off + TAG;
+}
+
+void *lmp_heap_alloc(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk) {
+  return heap_alloc(n, 0, tag, v, blk);
+}
+
+void *lmp_heap_alloc_obj(size_t n, lmp_off *tag, lmp_off v, lmp_off *blk) {
+  return heap_alloc(n, 1, tag, v, blk);
 }
 
 void *lmp_alloc(size_t n) { return lmp_heap_alloc(n, NULL, 0, NULL); }

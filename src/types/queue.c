@@ -76,13 +76,16 @@ typedef struct rec {
 typedef struct queue {
   lmp_obj h; /* kind: K_QUEUE, K_JOINABLE or K_SIMPLE */
   lmp_guard g;
+  _Atomic int64_t count; /* in the guard's cache line (lmp_obj_new) */
   _Atomic lmp_off ring;
   int64_t maxsize; /* 0: unbounded */
-  _Atomic int64_t count;
   int64_t unfinished; /* JoinableQueue: puts not yet task_done */
   _Atomic uint32_t get_seq, put_seq, join_seq; /* futex words */
   _Atomic uint32_t getters, putters;
 } queue;
+
+_Static_assert(offsetof(queue, count) + sizeof(int64_t) <= LMP_OBJ_LINE_END,
+               "a queue's count shares its lock's cache line");
 
 static uint64_t pad8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
 

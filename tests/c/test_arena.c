@@ -236,6 +236,47 @@ static void check_heap(const char *when) {
   if (rc != 0) CHECK_FAIL("heap broken %s: %s", when, why);
 }
 
+/* Objects mixed with blocks of every size, made and freed at random:
+ * each object starts OBJ_PHASE bytes into a cache line (its guard and
+ * the field after it in the next line), the heap stays whole and gives
+ * back all it took. */
+static void test_object_placement(void) {
+  enum { N = 400 };
+  static void *p[N];
+  static int isobj[N];
+  size_t base = used();
+  int round, i;
+  for (round = 0; round < 20000; round++) {
+    int k = (int)(xorshift() % N);
+    if (p[k] != NULL) {
+      if (isobj[k]) lmp_obj_discard(p[k]);
+      else lmp_free(p[k]);
+      p[k] = NULL;
+      continue;
+    }
+    isobj[k] = (int)(xorshift() % 2);
+    if (isobj[k]) {
+      lmp_obj *o = lmp_obj_new(T_TEST, 0, 24 + (size_t)(xorshift() % 300));
+      ASSERT_TRUE(o != NULL);
+      if ((LMP_OFF(o) + 16) % 64 != 0)
+        CHECK_FAIL("object at %llu, not 48 bytes into a line",
+                   (unsigned long long)LMP_OFF(o));
+      p[k] = o;
+    } else {
+      p[k] = lmp_alloc(1 + (size_t)(xorshift() % 2000));
+      ASSERT_TRUE(p[k] != NULL);
+    }
+  }
+  check_heap("after placing objects");
+  for (i = 0; i < N; i++) {
+    if (p[i] == NULL) continue;
+    if (isobj[i]) lmp_obj_discard(p[i]);
+    else lmp_free(p[i]);
+  }
+  check_heap("after freeing them");
+  ASSERT_EQ(used(), base);
+}
+
 /* What the tests before it did leaves the heap whole. */
 static void test_heap_whole(void) {
   check_heap("after the unit tests");
@@ -258,7 +299,12 @@ static void test_killed_in_the_middle(void) {
         r ^= r << 17;
         j = (int)(r % 32);
         lmp_free(keep[j]);
-        keep[j] = lmp_alloc((size_t)(r >> 40) % (r % 7 == 0 ? 400000 : 3000));
+        if (r % 3 == 0) /* placed as an object is */
+          keep[j] = lmp_heap_alloc_obj((size_t)(r >> 40) % 3000, NULL, 0,
+                                       NULL);
+        else
+          keep[j] = lmp_alloc((size_t)(r >> 40) %
+                              (r % 7 == 0 ? 400000 : 3000));
       }
     }
     usleep((useconds_t)(xorshift() % 3000));
@@ -461,9 +507,9 @@ int main(void) {
     CHECK(test_parse_size),    CHECK(test_patterns),
     CHECK(test_exhaustion),    CHECK(test_concurrent),
     CHECK(test_killed_holder), CHECK(test_hold_table),
-    CHECK(test_heap_whole),    CHECK(test_large_keep_pages),
-    CHECK(test_counted_cut_short),    CHECK(test_counted_killed),
-    CHECK(test_destroy_killed),
+    CHECK(test_object_placement), CHECK(test_heap_whole),
+    CHECK(test_large_keep_pages), CHECK(test_counted_cut_short),
+    CHECK(test_counted_killed),   CHECK(test_destroy_killed),
     CHECK(test_killed_in_the_middle),
   };
   int rc = lmp_arena_init(64u << 20);
