@@ -165,8 +165,9 @@ void lmp_obj_discard(lmp_obj *o);
  * slot, which together tell the reaper how far it went.  A change that
  * finds o marked by another process waits for it (a few instructions,
  * unless that process is preempted); if that process has died and is not
- * yet reaped, it makes its own change unmarked, as a plain incref would,
- * and so unprotected. */
+ * yet reaped, it settles the dead one's change itself, as the reaper
+ * would, and goes on marked.  Only where /proc cannot tell a dead process
+ * from a slow one does it go on unmarked after 2 ms, and so unprotected. */
 void lmp_obj_incref_counted(lmp_obj *o, _Atomic uint64_t *count);
 void lmp_obj_decref_counted(lmp_obj *o, _Atomic uint64_t *count);
 

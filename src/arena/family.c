@@ -29,6 +29,9 @@ typedef struct family {
   _Atomic uint32_t nprocs;  /* live slots */
   uint32_t slot_hint;       /* where the next free slot may be */
   pthread_mutex_t watch_lock;
+  /* Held while a dead process's counted change is settled, by its reaper
+   * or by a process that found its mark in the way. */
+  pthread_mutex_t settle_lock;
   uint32_t nwatch; /* entries in use, from the start of watch[] */
   struct {
     lmp_off obj;
@@ -50,6 +53,7 @@ int lmp_arena_init(size_t size) {
   if ((rc = lmp_heap_map(size, sizeof(family), &front)) < 0) return rc;
   F = front;
   lmp_robust_init(&F->watch_lock);
+  lmp_robust_init(&F->settle_lock);
   lmp_self_index = 0;
   lmp_self = &F->slots[0];
   atomic_store(&lmp_self->pid, (int32_t)getpid());
@@ -242,36 +246,45 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Has the process of slot + 1 `mark` died (a zombie counts as dead: its
- * reaper may be the very process that waits for it)?  Without /proc to
- * tell a zombie, after `waited` ns beyond 2 ms it is taken for dead. */
-static int marker_dead(uint32_t mark, int64_t waited) {
-  lmp_slot *s = &F->slots[(mark - 1) % LMP_MAX_PROCS];
+/* Has the process of slot idx died?  2: it has (a zombie counts: its
+ * reaper may be the very process that asks); 1: it is taken for dead,
+ * with no /proc to tell a zombie, after `waited` ns beyond 2 ms; 0: it
+ * lives. */
+static int slot_dead(uint32_t idx, int64_t waited) {
+  lmp_slot *s = &F->slots[idx % LMP_MAX_PROCS];
   int32_t pid = atomic_load(&s->pid);
   char path[32], buf[512], *paren;
   ssize_t n;
   int fd;
-  if (atomic_load(&s->state) != LMP_SLOT_LIVE || pid <= 0) return 1;
+  if (atomic_load(&s->state) != LMP_SLOT_LIVE || pid <= 0) return 2;
   snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
   fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return kill(pid, 0) < 0 || waited > 2 * MS;
+  if (fd < 0) {
+    if (kill(pid, 0) < 0 && errno == ESRCH) return 2;
+    return waited > 2 * MS;
+  }
   n = read(fd, buf, sizeof buf - 1);
   close(fd);
-  if (n <= 0) return 1;
+  if (n <= 0) return 2;
   buf[n] = '\0';
   paren = strrchr(buf, ')'); /* the name before it may hold anything */
   return paren == NULL || paren[1] == '\0' || paren[2] == 'Z' ||
-         paren[2] == 'X';
+                 paren[2] == 'X'
+             ? 2
+             : 0;
 }
 
 /* Step 2: marks o, adding `add` references.  Another process's mark is
  * waited for (spinning, then yielding, its holder checked each
- * millisecond); if that process has died, 0 (the change then goes
- * unmarked, the dead one's mark left to its reaper). */
+ * millisecond).  If that process has died, this one settles the change
+ * it left, as its reaper would (lmp_slot_settle_counting), and marks o
+ * after all; only if it cannot tell (no /proc) does it return 0, and the
+ * change goes unmarked, the mark left to the reaper. */
 static int mark(lmp_obj *o, uint64_t add) {
   uint64_t w = atomic_load(&o->refs), mine = MARK_OF(lmp_self_index);
   int64_t since = 0, check = 0;
   unsigned spins = 0;
+  uint32_t settled = 0; /* the slot + 1 whose change this one settled */
   for (;;) {
     if ((w >> 32) == 0) {
       if (atomic_compare_exchange_weak(&o->refs, &w, w + add + mine))
@@ -286,7 +299,17 @@ static int mark(lmp_obj *o, uint64_t add) {
         since = t;
         check = t + MS;
       } else if (t >= check) {
-        if (marker_dead((uint32_t)(w >> 32), t - since)) return 0;
+        uint32_t holder = (uint32_t)(w >> 32);
+        int dead = slot_dead(holder - 1, t - since);
+        if (dead == 2 && settled != holder) {
+          lmp_slot_settle_counting(holder - 1);
+          settled = holder;
+          since = 0;
+          spins = 0;
+          w = atomic_load(&o->refs);
+          continue;
+        }
+        if (dead != 0) return 0;
         check = t + MS;
       }
       sched_yield();
@@ -336,13 +359,24 @@ void lmp_obj_decref_counted(lmp_obj *o, _Atomic uint64_t *count) {
   if (k != -1) obj_destroy(o, k);
 }
 
+/* Settles the dead slot's change under the settle lock: its reaper and a
+ * process that found its mark may both try, one after the other, and one
+ * killed on the way leaves it to the next (a settling is whole once its
+ * mark is gone, and then not done again). */
 void lmp_slot_settle_counting(uint32_t idx) {
   lmp_slot *s = &F->slots[idx];
-  lmp_off off = atomic_load(&s->counting);
+  lmp_off off;
   _Atomic uint64_t *count;
   lmp_obj *o;
   uint64_t now, w;
-  if (off == 0) return;
+  int k = -1;
+  if (atomic_load(&s->counting) == 0) return;
+  lmp_robust_lock(&F->settle_lock);
+  off = atomic_load(&s->counting);
+  if (off == 0) {
+    pthread_mutex_unlock(&F->settle_lock);
+    return;
+  }
   o = LMP_PTR(off);
   count = LMP_PTR(s->count_at);
   w = atomic_load(&o->refs);
@@ -354,20 +388,21 @@ void lmp_slot_settle_counting(uint32_t idx) {
       if (now == s->count_before) atomic_store(count, now + 1);
       unmark(o, idx);
     } else if (now + 1 == s->count_before) { /* uncounted: drop it */
-      int k = drop_refs(o, 1, MARK_OF(idx));
-      if (k != -1) {
+      k = drop_refs(o, 1, MARK_OF(idx));
+      if (k != -1) { /* the last: o is this process's to destroy */
         int j;
-        atomic_store(&s->counting, 0);
         /* It may have named o dying, its last drop still to come. */
         for (j = 0; j < LMP_DYING_MAX; j++)
           if (s->dying[j] == off) s->dying[j] = 0;
-        obj_destroy(o, k);
       }
     } else { /* still counted: whoever drops the count drops it */
       unmark(o, idx);
     }
   }
   atomic_store(&s->counting, 0);
+  pthread_mutex_unlock(&F->settle_lock);
+  /* Outside the lock: a dtor's counted changes may settle others. */
+  if (k != -1) obj_destroy(o, k);
 }
 
 int lmp_obj_check(lmp_off off, int type) {

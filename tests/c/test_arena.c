@@ -358,6 +358,55 @@ static void test_counted_cut_short(void) {
   lmp_free((void *)count);
 }
 
+/* A counted change that finds the mark of a process that died in the
+ * middle of its own (here a slot with no process) settles that change
+ * itself, as the reaper would, and then makes its own marked: the dead
+ * one's record is cleared before any reaper runs, and the counts agree. */
+static void test_counted_dead_marker(void) {
+  lmp_obj *o = lmp_obj_new(T_TEST, 0, 64);
+  _Atomic uint64_t *dc = lmp_alloc(sizeof *dc), *wc = lmp_alloc(sizeof *wc);
+  int dir, step;
+  ASSERT_TRUE(o != NULL && dc != NULL && wc != NULL);
+  ASSERT_EQ(lmp_hold(o), 0);
+  for (dir = 1; dir >= -1; dir -= 2) {
+    for (step = 2; step <= 3; step++) {
+      int idx = lmp_slot_prepare(0);
+      lmp_slot *s;
+      uint64_t before = dir > 0 ? 0 : 1, mark, want;
+      if (idx <= 0) CHECK_FAIL("slot_prepare: %d", idx);
+      s = lmp_slot_at((uint32_t)idx);
+      mark = (uint64_t)(idx + 1) << 32;
+      /* refs: ours, and one for each in *dc; the dead one's change cut
+       * short after `step`. */
+      atomic_store(&o->refs, 1 + before);
+      atomic_store(dc, before);
+      atomic_store(wc, 0);
+      s->count_at = LMP_OFF(dc);
+      s->count_before = before;
+      s->count_dir = dir;
+      atomic_store(&s->counting, LMP_OFF(o));
+      atomic_fetch_add(&o->refs, mark + (dir > 0));
+      if (step >= 3) atomic_fetch_add(dc, (uint64_t)(int64_t)dir);
+      lmp_obj_incref_counted(o, wc);
+      ASSERT_EQ(atomic_load(&s->counting), 0);
+      ASSERT_EQ(atomic_load(&o->refs) >> 32, 0);
+      /* An incref's reference is in and counted; a decref's is dropped
+       * once its count went, else still counted. */
+      want = dir > 0 ? before + 1 : step >= 3 ? before - 1 : before;
+      ASSERT_EQ(atomic_load(dc), want);
+      ASSERT_EQ(atomic_load(wc), 1);
+      ASSERT_EQ(lmp_obj_refs(o), 1 + want + 1);
+      lmp_slot_release((uint32_t)idx);
+      ASSERT_EQ(lmp_obj_refs(o), 1 + want + 1);
+    }
+  }
+  atomic_store(&o->refs, 1);
+  lmp_unhold(o);
+  ASSERT_TRUE(!lmp_obj_check(LMP_OFF(o), -1));
+  lmp_free((void *)dc);
+  lmp_free((void *)wc);
+}
+
 /* Runs step(ud) over and over in a child that adopts a slot prepared
  * here, kills it at a random moment within 2 ms, reaps it and releases
  * its slot, as a parent does. */
@@ -509,7 +558,8 @@ int main(void) {
     CHECK(test_killed_holder), CHECK(test_hold_table),
     CHECK(test_object_placement), CHECK(test_heap_whole),
     CHECK(test_large_keep_pages), CHECK(test_counted_cut_short),
-    CHECK(test_counted_killed),   CHECK(test_destroy_killed),
+    CHECK(test_counted_killed),   CHECK(test_counted_dead_marker),
+    CHECK(test_destroy_killed),
     CHECK(test_killed_in_the_middle),
   };
   int rc = lmp_arena_init(64u << 20);
