@@ -229,13 +229,14 @@ void lmp_slot_settle_dying(uint32_t idx) {
  *      then the object (`counting`);
  *   2. o->refs gains the slot's mark, with the reference for an incref;
  *   3. *count changes by one;
- *   4. the mark goes, with the reference for a decref;
+ *   4. the mark goes, with the reference for a decref (and if that was
+ *      the last, the dying mark comes in the same operation);
  *   5. `counting` is cleared.
  *
  * The reaper reads them back (lmp_slot_settle_counting): o marked by the
- * dead slot means step 2 happened and step 4 did not, and *count against
- * the value recorded says whether step 3 did.  Unmarked, the change either
- * did not start or is whole.
+ * dead slot, with references, means step 2 happened and step 4 did not,
+ * and *count against the value recorded says whether step 3 did.
+ * Unmarked, or marked dying, the change either did not start or is whole.
  */
 
 #define MS 1000000 /* in nanoseconds */
