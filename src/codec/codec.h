@@ -209,6 +209,31 @@ void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count);
 void lmp_msg_release_counted(const char *p, size_t n, uint64_t count);
 
+/* A counted message block: a message in an arena block of its own that
+ * counts, in `refs`, the references it has taken, for a structure that
+ * keeps messages (a queue's out-of-line message, a List's item, a
+ * Barrier's action).  `magic` says the rest means what it says, so that
+ * the reaper of a process killed while it made one releases exactly what
+ * it took (lmp_cmsg_release).
+ *   lmp_cmsg_alloc   a block for n bytes, pending `which` for o (NULL: the
+ *                    arena is exhausted); copy the message into data, then
+ *   lmp_cmsg_seal    marks it whole and takes the references of the nobj
+ *                    objects it names;
+ *   lmp_cmsg_drop    drops them and frees the block in the heap operation
+ *                    that zeroes *clear, the word naming it (a dtor's);
+ *   lmp_cmsg_release a type's `release` hook for such blocks. */
+typedef struct lmp_cmsg {
+  uint64_t magic;
+  uint64_t len;
+  _Atomic uint64_t refs;
+  char data[];
+} lmp_cmsg;
+
+lmp_cmsg *lmp_cmsg_alloc(lmp_obj *o, size_t n, int which);
+void lmp_cmsg_seal(lmp_cmsg *m, size_t nobj);
+void lmp_cmsg_drop(lmp_cmsg *m, lmp_off *clear);
+void lmp_cmsg_release(lmp_obj *o, lmp_off blk);
+
 /* A message in pieces, for a carrier that copies it once to where it is
  * going: the encoder's bytes are in b, with a gap at each gaps[i] where the
  * string strs[i] (lens[i] bytes, at least LMP_PIECES_MIN) belongs; total

@@ -273,3 +273,33 @@ static void release_some(lmp_obj *o, void *ud) {
 void lmp_msg_release_counted(const char *p, size_t n, uint64_t count) {
   lmp_msg_walk(p, n, release_some, &count);
 }
+
+/* ------------------------------------------------ counted message blocks */
+
+#define CMSG_MAGIC 0x67736d706d6cull /* "lmpmsg" */
+
+lmp_cmsg *lmp_cmsg_alloc(lmp_obj *o, size_t n, int which) {
+  lmp_cmsg *m = lmp_alloc_pending(o, sizeof(lmp_cmsg) + n, which);
+  if (m == NULL) return NULL;
+  /* (The heap zeroed magic and len: a reaper finds no message yet.) */
+  atomic_store(&m->refs, 0);
+  m->len = n;
+  return m;
+}
+
+void lmp_cmsg_seal(lmp_cmsg *m, size_t nobj) {
+  ((volatile lmp_cmsg *)m)->magic = CMSG_MAGIC; /* after the bytes */
+  if (nobj > 0) lmp_msg_retain_counted(m->data, m->len, &m->refs);
+}
+
+void lmp_cmsg_drop(lmp_cmsg *m, lmp_off *clear) {
+  lmp_msg_unretain_counted(m->data, m->len, &m->refs);
+  lmp_heap_free(m, clear);
+}
+
+void lmp_cmsg_release(lmp_obj *o, lmp_off blk) {
+  lmp_cmsg *m = LMP_PTR(blk);
+  (void)o;
+  if (m->magic == CMSG_MAGIC)
+    lmp_msg_release_counted(m->data, m->len, atomic_load(&m->refs));
+}

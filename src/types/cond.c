@@ -272,18 +272,11 @@ typedef struct barrier {
   wlist w;
 } barrier;
 
-/* A Barrier's action: the encoded function in a block of its own, which
- * counts the references the function's upvalues hold, so that a process
- * killed while it makes the Barrier leaves none behind: the block is
- * pending (LMP_PEND_NEW) until the Barrier holds it. */
-typedef struct action {
-  uint64_t magic; /* ACTION_MAGIC once the fields below mean it */
-  uint64_t len;
-  _Atomic uint64_t refs;
-  char data[];
-} action;
-
-#define ACTION_MAGIC 0x6e6f69746361ull /* "action" */
+/* A Barrier's action: the encoded function in a counted message block,
+ * so that a process killed while it makes the Barrier leaves none of the
+ * references its upvalues hold behind: the block is pending
+ * (LMP_PEND_NEW) until the Barrier holds it. */
+typedef lmp_cmsg action;
 
 typedef struct bwait {
   barrier *b;
@@ -509,24 +502,12 @@ static void barrier_describe(lua_State *L, void *h) {
 static void barrier_dtor(lmp_obj *o) {
   barrier *b = (barrier *)o;
   wl_free(&b->w);
-  if (b->action) {
-    action *a = LMP_PTR(b->action);
-    lmp_msg_unretain_counted(a->data, a->len, &a->refs);
-    lmp_heap_free(a, &b->action);
-  }
+  if (b->action) lmp_cmsg_drop(LMP_PTR(b->action), &b->action);
   lmp_guard_destroy(&b->g);
 }
 
 static int barrier_owns(lmp_obj *o, lmp_off blk) {
   return ((barrier *)o)->action == blk;
-}
-
-/* An action a killed process was making, freed by its reaper. */
-static void barrier_release(lmp_obj *o, lmp_off blk) {
-  action *a = LMP_PTR(blk);
-  (void)o;
-  if (a->magic == ACTION_MAGIC)
-    lmp_msg_release_counted(a->data, a->len, atomic_load(&a->refs));
 }
 
 /* Barrier(parties, [action], [timeout]) */
@@ -554,17 +535,13 @@ static int barrier_new(lua_State *L) {
   b->parties = (int32_t)parties;
   b->timeout = timeout;
   if (buf != NULL) {
-    action *a = lmp_alloc_pending(&b->h, sizeof(action) + buf->len,
-                                  LMP_PEND_NEW);
+    action *a = lmp_cmsg_alloc(&b->h, buf->len, LMP_PEND_NEW);
     if (a == NULL) {
       lmp_obj_discard(&b->h);
       return lmp_nomem(L, buf->len);
     }
-    a->len = buf->len;
-    atomic_store(&a->refs, 0);
     memcpy(a->data, buf->data, buf->len);
-    a->magic = ACTION_MAGIC;
-    if (nobj > 0) lmp_msg_retain_counted(a->data, a->len, &a->refs);
+    lmp_cmsg_seal(a, nobj);
     b->action = LMP_OFF(a); /* the commit */
     lmp_pending_clear(LMP_PEND_NEW);
     lua_pop(L, 1);
@@ -590,7 +567,7 @@ static const lmp_type cond_type = {
 };
 static const lmp_type barrier_type = {
   .name = "barrier", .dtor = barrier_dtor, .guard = offsetof(barrier, g),
-  .owns = barrier_owns, .release = barrier_release,
+  .owns = barrier_owns, .release = lmp_cmsg_release,
 };
 
 static const lmp_class cond_class = {

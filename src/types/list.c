@@ -25,14 +25,8 @@
 
 #define LIST "luamp.List"
 #define MINCAP 8
-#define ITEM_MAGIC 0x6d657469u /* "item" */
 
-typedef struct item {
-  uint32_t magic, pad;
-  uint64_t len;
-  _Atomic uint64_t refs; /* references the value has taken so far */
-  char data[];
-} item;
+typedef lmp_cmsg item; /* a counted message block */
 
 typedef struct array {
   uint64_t cap;
@@ -77,11 +71,7 @@ static void list_dtor(lmp_obj *o) {
     a = ARR(l);
     n = LEN(l);
     for (i = 0; i < n; i++) {
-      if (a[i] != 0) {
-        item *it = LMP_PTR(a[i]);
-        lmp_msg_unretain_counted(it->data, it->len, &it->refs);
-        lmp_heap_free(it, &a[i]);
-      }
+      if (a[i] != 0) lmp_cmsg_drop(LMP_PTR(a[i]), &a[i]);
     }
     lmp_heap_free(A(l), (lmp_off *)&l->arr);
   }
@@ -95,14 +85,6 @@ static void drop_unlock(list *l, lmp_off off) {
   lunlock(l);
   lmp_msg_unretain_counted(it->data, it->len, &it->refs);
   lmp_free_pending(it, LMP_PEND_OUT);
-}
-
-/* A pending item freed by a reaper: its references go with it. */
-static void list_release(lmp_obj *o, lmp_off blk) {
-  item *it = LMP_PTR(blk);
-  (void)o;
-  if (it->magic == ITEM_MAGIC)
-    lmp_msg_release_counted(it->data, it->len, atomic_load(&it->refs));
 }
 
 /* A new array of cap places holding the current items, with item `put`
@@ -152,13 +134,10 @@ static item *newitem(lua_State *L, list *l, lmp_bufhandle *h, int idx) {
   size_t nobj;
   h->buf->len = 0;
   nobj = lmp_encode_bare(L, idx, "value", h->buf);
-  it = lmp_alloc_pending(&l->h, sizeof(item) + h->buf->len, LMP_PEND_IN);
+  it = lmp_cmsg_alloc(&l->h, h->buf->len, LMP_PEND_IN);
   if (it == NULL) lmp_nomem(L, sizeof(item) + h->buf->len);
-  it->magic = ITEM_MAGIC;
-  it->len = h->buf->len;
-  atomic_store(&it->refs, 0);
   memcpy(it->data, h->buf->data, h->buf->len);
-  if (nobj > 0) lmp_msg_retain_counted(it->data, it->len, &it->refs);
+  lmp_cmsg_seal(it, nobj);
   return it;
 }
 
@@ -569,7 +548,7 @@ static const luaL_Reg list_metameth[] = {
 
 static const lmp_type list_type = {
   .name = "list", .dtor = list_dtor, .guard = offsetof(list, g),
-  .owns = owns_locked, .release = list_release,
+  .owns = owns_locked, .release = lmp_cmsg_release,
 };
 
 static const lmp_class list_class = {

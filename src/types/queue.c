@@ -23,9 +23,10 @@
  * A record never wraps: where one would not fit before the end of the data
  * a PAD record fills the rest and the message starts again at 0.  Messages
  * larger than INLINE_MAX, and those that name shared objects, live out of
- * line in a block of their own (an outmsg, which counts the references
- * the message holds); the record's payload is then that block's offset.  A full ring grows (a new block, records copied in
- * order, published with one store).
+ * line in a block of their own (an lmp_cmsg, which counts the references
+ * the message holds); the record's payload is then that block's offset.
+ * A full ring grows (a new block, records copied in order, published with
+ * one store).
  *
  * Death, with the arena's crash-safety kit.  The queue's guard is robust.
  * Every change is prepared where no reader looks (beyond tail, or in a
@@ -48,18 +49,12 @@
 #define F_PAD 1u
 #define F_OUTLINE 2u
 #define F_PLAIN 4u /* the message names no shared object */
-#define MSG_MAGIC 0x67736d706d6cull /* "lmpmsg": an out-of-line block */
 
-/* A message out of line: in its own block, pending while in transit.  A
+/* A message out of line is an lmp_cmsg, pending while in transit.  A
  * message that names shared objects always is, so that its references
- * are counted in the arena (lmp_msg_retain_counted) from the first one
- * taken to the last one dropped, wherever a kill falls. */
-typedef struct outmsg {
-  uint64_t magic; /* MSG_MAGIC once the fields below mean what they say */
-  uint64_t len;
-  _Atomic uint64_t refs; /* references taken, of the first objects named */
-  char data[];
-} outmsg;
+ * are counted in the arena from the first one taken to the last one
+ * dropped, wherever a kill falls. */
+typedef lmp_cmsg outmsg;
 
 enum { K_QUEUE, K_JOINABLE, K_SIMPLE };
 
@@ -196,14 +191,6 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
   return 0;
 }
 
-/* A message block freed by a reaper: its references go with it. */
-static void queue_release(lmp_obj *o, lmp_off blk) {
-  outmsg *m = LMP_PTR(blk);
-  (void)o;
-  if (m->magic == MSG_MAGIC)
-    lmp_msg_release_counted(m->data, m->len, atomic_load(&m->refs));
-}
-
 /* Run again after a kill cut it short, it finishes the job: each message
  * is freed with the record's word that names it, then the ring with the
  * queue's. */
@@ -216,11 +203,8 @@ static void queue_dtor(lmp_obj *o) {
     for (pos = r->head; pos < r->tail;) {
       rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
       lmp_off *at = (lmp_off *)(void *)(h + 1);
-      if ((h->flags & F_OUTLINE) && *at != 0) { /* inline: no object */
-        outmsg *m = LMP_PTR(*at);
-        lmp_msg_unretain_counted(m->data, m->len, &m->refs);
-        lmp_heap_free(m, at);
-      }
+      if ((h->flags & F_OUTLINE) && *at != 0) /* inline: no object */
+        lmp_cmsg_drop(LMP_PTR(*at), at);
       pos += sizeof(rec) + pad8(payload_len(h));
     }
     lmp_heap_free(r, (lmp_off *)&q->ring);
@@ -423,17 +407,14 @@ static int queue_put(lua_State *L) {
   nobj = lmp_encode_pieces(L, 2, "value", h->buf, &pc);
   p = h->buf->data; /* with no gap: a gap's string alone passes INLINE_MAX */
   if (pc.total > INLINE_MAX || nobj > 0) {
-    blk = lmp_alloc_pending(&q->h, sizeof(outmsg) + pc.total, LMP_PEND_IN);
+    blk = lmp_cmsg_alloc(&q->h, pc.total, LMP_PEND_IN);
     if (blk == NULL) return fail(L, -ENOMEM, pc.total, "Full", "");
-    blk->len = pc.total;
-    atomic_store(&blk->refs, 0);
     lmp_pieces_copy(&pc, h->buf, blk->data);
-    blk->magic = MSG_MAGIC;
+    /* The message owns its objects from here on, counted in its block. */
+    lmp_cmsg_seal(blk, nobj);
     p = blk->data;
   }
   lua_pop(L, 1); /* what kept the pieces */
-  /* The message owns its objects from here on, counted in its block. */
-  if (nobj > 0) lmp_msg_retain_counted(p, pc.total, &blk->refs);
   rc = qput(L, q, p, pc.total, blk, nobj == 0 ? F_PLAIN : 0, deadline);
   if (rc < 0) {
     if (nobj > 0) lmp_msg_unretain_counted(p, pc.total, &blk->refs);
@@ -591,7 +572,7 @@ static const luaL_Reg squeue_meth[] = {
 
 static const lmp_type queue_type = {
   .name = "queue", .dtor = queue_dtor, .guard = offsetof(queue, g),
-  .owns = owns_locked, .repair = queue_repair, .release = queue_release,
+  .owns = owns_locked, .repair = queue_repair, .release = lmp_cmsg_release,
 };
 
 #define QUEUECLASS(cname, k, m)                                            \
