@@ -14,12 +14,7 @@
 #include <lualib.h>
 
 #include "codec/codec.h"
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "twin.h"
 
 int main(int argc, char **argv) {
   long n = argc > 1 ? atol(argv[1]) : 1000000, i;

@@ -15,11 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "twin.h"
 
 /* A message: 4-byte length, then 8 bytes of payload. */
 static void sendmsg8(int fd, uint64_t v) {

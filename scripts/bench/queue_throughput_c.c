@@ -31,16 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
+#include "twin.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define relax() __builtin_ia32_pause()
@@ -148,7 +139,7 @@ int main(int argc, char **argv) {
   dt = malloc(sizeof *dt * (size_t)rounds);
   if (src == NULL || dst == NULL || dt == NULL || q == MAP_FAILED) return 1;
   for (i = 0; i < rounds; i++) dt[i] = stream(q, n_ints);
-  qsort(dt, (size_t)rounds, sizeof *dt, cmp);
+  qsort(dt, (size_t)rounds, sizeof *dt, cmp_double);
   printf("ints %.3f M/s\n", dt[rounds / 2] / 1e6);
   memset(src, 'x', n);
   memset(dst, 0, n);
@@ -158,7 +149,7 @@ int main(int argc, char **argv) {
     dt[i] = now() - t0;
     src[i] = dst[n - 1 - (size_t)i]; /* keep each copy observable */
   }
-  qsort(dt, (size_t)rounds, sizeof *dt, cmp);
+  qsort(dt, (size_t)rounds, sizeof *dt, cmp_double);
   printf("big %.3f GB/s\n", (double)n / dt[rounds / 2] / 1e9);
   return dst[0] == 0;
 }

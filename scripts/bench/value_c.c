@@ -12,22 +12,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "twin.h"
+
 typedef struct shared {
   _Atomic long word;
   _Atomic int arrived;
   double t[4];
 } shared;
-
-static double now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
 
 static double race(shared *sh, long n) {
   pid_t pid[2];
@@ -65,7 +56,7 @@ int main(int argc, char **argv) {
   r = malloc(sizeof *r * (size_t)rounds);
   if (sh == MAP_FAILED || r == NULL) return 1;
   for (i = 0; i < rounds; i++) r[i] = race(sh, n);
-  qsort(r, (size_t)rounds, sizeof *r, cmp);
+  qsort(r, (size_t)rounds, sizeof *r, cmp_double);
   printf("atomic_add %.3f M/s\n", r[rounds / 2] / 1e6);
   return 0;
 }
