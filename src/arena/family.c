@@ -303,6 +303,9 @@ static int mark(lmp_obj *o, uint64_t add) {
         uint32_t holder = (uint32_t)(w >> 32);
         int dead = slot_dead(holder - 1, t - since);
         if (dead == 2 && settled != holder) {
+          /* Its change is on o, of which this process holds a reference
+           * besides: the settling drops none that is the last, so no dtor
+           * runs inside this change (whose record it would reuse). */
           lmp_slot_settle_counting(holder - 1);
           settled = holder;
           since = 0;
