@@ -200,6 +200,9 @@ typedef struct lmp_slot {
   _Atomic int32_t pid;
   uint32_t parent;           /* parent's slot index */
   _Atomic uint32_t sleeping; /* 1 while blocked in the event loop */
+  /* 1 while in lmp_wait_on, which may sleep in a futex wait on `wake` or
+   * `waiting_on`: only then does a wake-up make the system call. */
+  _Atomic uint32_t in_futex;
   uint32_t gen;
   lmp_off refs;                /* the hold table: see family.c */
   _Atomic lmp_off waiting_on;  /* futex word it sleeps on, 0 for `wake` */

@@ -575,6 +575,7 @@ int lmp_slot_prepare(int inherit) {
   atomic_store(&c->pid, 0);
   atomic_store(&c->sleeping, 0);
   atomic_store(&c->waiting_on, 0);
+  atomic_store(&c->in_futex, 0);
   c->pending_obj = 0;
   memset(c->pending_blk, 0, sizeof c->pending_blk);
   memset(c->dying, 0, sizeof c->dying);
@@ -736,8 +737,19 @@ void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline) {
 void lmp_wake(uint32_t idx) {
   lmp_slot *s = &F->slots[idx];
   lmp_off w = atomic_load(&s->waiting_on);
-  lmp_futex_bump(&s->wake, INT_MAX);
-  if (w != 0) lmp_futex_bump((_Atomic uint32_t *)LMP_PTR(w), INT_MAX);
+  _Atomic uint32_t *ow = w != 0 ? (_Atomic uint32_t *)LMP_PTR(w) : NULL;
+  /* The words are bumped first, and `in_futex` read after (both
+   * sequentially consistent); a waiter sets it before it reads the word it
+   * will sleep on.  So a waker that finds it 0 bumped before the waiter
+   * read its word, and the waiter, which then checks its condition, sees
+   * the change: no wait can miss this wake-up, and a process that is not
+   * in a futex wait (most often, one busy running Lua) costs no syscall. */
+  atomic_fetch_add(&s->wake, 1);
+  if (ow != NULL) atomic_fetch_add(ow, 1);
+  if (atomic_load(&s->in_futex)) {
+    syscall(SYS_futex, &s->wake, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    if (ow != NULL) syscall(SYS_futex, ow, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+  }
   if (atomic_load(&s->sleeping) && s != lmp_self) {
     pid_t pid = atomic_load(&s->pid);
     if (pid > 0) kill(pid, SIGURG);

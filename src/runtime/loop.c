@@ -400,8 +400,13 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
   /* With a service whose next run is due at a time, it runs first, so
    * that the sleep ends by then (after its own work). */
   int rc, woken = L != NULL && service_due >= 0;
+  /* A wait inside another's service leaves the outer one as it was. */
+  lmp_off was_on = atomic_load(&lmp_self->waiting_on);
+  uint32_t was_in;
   install_sigint(0); /* lua.c may have put its own back between calls */
   if (word != NULL) atomic_store(&lmp_self->waiting_on, LMP_OFF(word));
+  /* Before the word is read: see lmp_wake. */
+  was_in = atomic_exchange(&lmp_self->in_futex, 1);
   for (;;) {
     uint32_t seq = atomic_load(w);
     /* The loop runs when a signal asked for it; a plain wake-up costs no
@@ -414,7 +419,8 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
     lmp_futex_wait(w, seq, wake_by(L, deadline));
     woken = 1;
   }
-  if (word != NULL) atomic_store(&lmp_self->waiting_on, 0);
+  atomic_store(&lmp_self->in_futex, was_in);
+  atomic_store(&lmp_self->waiting_on, was_on);
   return rc;
 }
 
