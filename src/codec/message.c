@@ -15,7 +15,9 @@
  * process's, in its hold table (lmp_hold), one per object the bytes name,
  * embedded messages included: so close, __gc, __close and the reaper of a
  * killed process all release them.  `nobj` counts them, so that closing a
- * message that names no object (most do not) costs no walk.
+ * message that names no object (most do not) costs no walk, and such a
+ * message has no __gc at all (lmp_newhandle_plain): the collector frees
+ * its bytes with it.
  */
 typedef struct message {
   size_t len;
@@ -97,11 +99,15 @@ static const luaL_Reg msg_meth[] = {
 const lmp_class lmp_message_class = {
   .name = MESSAGE, .what = "message", .size = sizeof(message),
   .meth = msg_meth, .metameth = msg_metameth, .tostring = msg_tostring,
-  .close = msg_close, .closed = msg_closed,
+  .close = msg_close, .closed = msg_closed, .plain = 1,
 };
 
 void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
-  message *m = lmp_newhandle(L, &lmp_message_class, sizeof(message) + n, 0);
+  /* A message that names no object holds nothing but its bytes: it needs
+   * no finalizer. */
+  message *m = nobj == 0
+    ? lmp_newhandle_plain(L, &lmp_message_class, sizeof(message) + n)
+    : lmp_newhandle(L, &lmp_message_class, sizeof(message) + n, 0);
   holding h = {0, SIZE_MAX, 0};
   m->len = n;
   m->nobj = 0;

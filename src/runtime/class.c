@@ -122,15 +122,28 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
 
 /* ------------------------------------------------------------- handles */
 
-void *lmp_newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv) {
+/* A new marked handle of class c, with the metatable the registry keeps
+ * at `key`. */
+static void *newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv,
+                       const void *key) {
   size_t at = (size + MARK - 1) & ~(MARK - 1);
   uintptr_t m = (uintptr_t)c ^ mark_key;
   char *h = lua_newuserdatauv(L, at + MARK, nuv);
   memset(h, 0, at);
   memcpy(h + at, &m, MARK);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, c);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, key);
   lua_setmetatable(L, -2);
   return h;
+}
+
+void *lmp_newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv) {
+  return newhandle(L, c, size, nuv, c);
+}
+
+/* The plain metatable of a class is kept in the registry under the
+ * address of its `plain` field. */
+void *lmp_newhandle_plain(lua_State *L, const lmp_class *c, size_t size) {
+  return newhandle(L, c, size, 0, &c->plain);
 }
 
 void lmp_pushobj(lua_State *L, lmp_obj *o) {
@@ -298,6 +311,18 @@ static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
     lua_setfield(L, mt, "__eq");
   }
   setfuncs(L, mt, c->metameth, c, methods, f);
+  if (c->plain) { /* the same metatable but for __gc */
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, mt)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+    lua_pushnil(L);
+    lua_setfield(L, -2, "__gc");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &c->plain);
+  }
   lua_settop(L, mt - 1);
 }
 

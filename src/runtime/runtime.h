@@ -284,6 +284,9 @@ typedef struct lmp_class {
    * whether it is closed. */
   void (*close)(void *h);
   int (*closed)(void *h);
+  /* Its handles may be made without a finalizer (lmp_newhandle_plain),
+   * for those that own nothing close would release. */
+  int plain;
   /* mp.wait: 1 if a wait on the handle would not block now, 0 if not
    * yet, -1 if this process cannot wait on it; *fd (preset to -1) names a
    * descriptor to poll meanwhile. */
@@ -317,6 +320,10 @@ lmp_obj *lmp_checkobj(lua_State *L, int idx);
  * nuv user values) with c's metatable and mark.  Raises only when out of
  * memory. */
 void *lmp_newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv);
+/* The same for a class with `plain` set, without __gc: a handle that owns
+ * nothing but its own bytes, which the collector then frees without a
+ * finalizer to call (one call per handle, and a cycle's delay). */
+void *lmp_newhandle_plain(lua_State *L, const lmp_class *c, size_t size);
 
 /* The class of the value at idx, or NULL if it is no luamp handle.  Never
  * raises. */

@@ -248,6 +248,30 @@ describe("Pool with shared objects", function()
         "attempt to use a closed message")
     end)
 
+    it("release what they name when collected; a plain one needs no "
+       .. "finalizer", function()
+      local before = mp.stats().objects
+      do
+        local m = core.message({mp.Queue()})
+        assert.is_function(getmetatable(m).__gc)
+      end
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(before, mp.stats().objects)
+      -- A message of plain values owns nothing but its bytes: it is a
+      -- Message like any other, without a __gc to call.
+      local p = core.message({1, "two", {3}})
+      assert.are.equal("luamp.Message", getmetatable(p).__name)
+      assert.is_nil(getmetatable(p).__gc)
+      assert.are.same({1, "two", {3}}, core.decode(p))
+      do
+        local c <close> = p
+      end
+      assert.are.equal("luamp.Message (closed)", tostring(p))
+      assert.has_error(function() core.decode(p) end,
+        "attempt to use a closed message")
+    end)
+
     it("travel inside another message and through a queue as they are",
        function()
       local q = mp.Queue()
