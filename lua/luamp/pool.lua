@@ -30,8 +30,8 @@ local error, getmetatable, math_type, next, pairs, pcall, setmetatable,
   tostring, type = error, getmetatable, math.type, next, pairs, pcall,
   setmetatable, tostring, type
 local format = string.format
-local message, message_slice, monotonic, newtable =
-  core.message, core.message_slice, core.monotonic, core.newtable
+local message, message_slice, monotonic = core.message,
+  core.message_slice, core.monotonic
 local argerror, checkself, checkoptions = errors.argerror, errors.checkself,
   errors.checkoptions
 local RUN, CLOSE, TERMINATE = scheduler.RUN, scheduler.CLOSE,
@@ -364,7 +364,11 @@ local function iterator(it, fname)
 end
 
 -- Adds the chunks of a map to the scheduler, each sent as soon as it is
--- encoded, so that the workers start while the rest is being encoded.
+-- encoded, so that the workers start while the rest is being encoded;
+-- between two chunks the outcomes that came are taken in, so that a
+-- worker that is done gets the next chunk at once.  The table of results
+-- (the map's largest allocation: the first touch of its pages) is made
+-- once the first chunk is on its way.
 local function add_chunks(sched, job, fid, items, n, chunksize, kind)
   for at = 1, n, chunksize do
     local last = at + chunksize - 1
@@ -388,6 +392,8 @@ local function add_chunks(sched, job, fid, items, n, chunksize, kind)
     end
     sched:add(job, fid, am, kind, at, last - at + 1)
     sched:dispatch_now()
+    if not job.out then job.out = jobs.new_out(n) end
+    if not sched:collect_now() then return end -- the pool failed
   end
 end
 
@@ -424,24 +430,31 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
   local fid = fid_of(self, f)
   local sched = self._sched
   local res = jobs.new_result(self, true, callback, error_callback)
-  local out = newtable(n, 1)
-  out.n = n
-  local job = jobs.new_map(res, out, (n + chunksize - 1) // chunksize,
+  local job = jobs.new_map(res, (n + chunksize - 1) // chunksize,
                            jobs.new_progress(progress, n))
   if n == 0 then
+    local out = jobs.new_out(0)
     sched.funcs:use(fid) -- no task: the function goes straight to idle
     sched.funcs:unuse(fid)
     jobs.settle(sched, res, true, out)
     sched:pump() -- its callback
     return res
   end
+  -- The map uses its function until its last chunk is added: the first
+  -- chunks may be done (and let go of it) before the last is sent.
+  sched.funcs:use(fid)
   local ok, e = pcall(locked, sched, add_chunks, job, fid, items, n,
                       chunksize, star and msgs.STARCHUNK or msgs.CHUNK)
+  sched.funcs:unuse(fid)
   if not ok then error(e, 3) end
   if not e then
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)
   end
+  -- Outcomes taken in while the chunks were sent may have settled jobs
+  -- (this one too): their callbacks run now, before anyone sees them
+  -- ready.
+  sched:pump()
   return res
 end
 

@@ -676,6 +676,24 @@ describe("Pool", function()
       assert.are.equal(13, skipped(2, 100, {}))
     end)
 
+    it("keeps its function while its first chunks end before its last is "
+       .. "sent", function()
+      -- The first chunk (of 1000 items) fails at once, while the owner
+      -- makes the table of 2M results; the function, whose upvalue is a
+      -- shared object, is let go of as soon as no task uses it.
+      local pool <close> = mp.Pool(1)
+      local seen = mp.Value("i", 0)
+      local items = {}
+      for i = 1, 2000000 do items[i] = i end
+      raises(mp.RemoteError, "first", pool.map, pool, function(x)
+        if x == 1 then error("first", 0) end
+        seen:add(1)
+        return x
+      end, items, 1000)
+      assert.are.equal(4, pool:apply(function(x) return x * 2 end, {2}))
+      assert.are.equal(1999000, seen.value)
+    end)
+
     it("rejects a bad chunksize, iterable or function", function()
       local pool <close> = mp.Pool(1)
       local msg = "bad argument #3 to 'map' (chunksize must be a positive "

@@ -19,8 +19,8 @@ local msgs = require "luamp.pool.messages"
 local error, format, getmetatable, pcall, setmetatable, tostring, type,
   unpack = error, string.format, getmetatable, pcall, setmetatable,
   tostring, type, table.unpack
-local decode, decode_into, monotonic = core.decode, core.decode_into,
-  core.monotonic
+local decode, decode_into, monotonic, newtable = core.decode,
+  core.decode_into, core.monotonic, core.newtable
 local argerror, checkself = errors.argerror, errors.checkself
 
 local M = {}
@@ -218,9 +218,18 @@ end
 local Map = {}
 Map.__index = Map
 
-function M.new_map(res, out, chunks, progress)
-  return setmetatable({res = res, out = out, left = chunks,
+-- A map of `chunks` chunks for AsyncResult res; its table of results is
+-- made by new_out and set as `out` before the first outcome comes.
+function M.new_map(res, chunks, progress)
+  return setmetatable({res = res, out = false, left = chunks,
                        progress = progress}, Map)
+end
+
+-- The table of n results, made at its full size.
+function M.new_out(n)
+  local out = newtable(n, 1)
+  out.n = n
+  return out
 end
 
 function Map:_done(sched, at, n, m)

@@ -30,7 +30,7 @@ local jobs = require "luamp.pool.jobs"
 local assert, error, ipairs, next, pairs, pcall, remove, setmetatable,
   tostring = assert, error, ipairs, next, pairs, pcall, table.remove,
   setmetatable, tostring
-local message_slice = core.message_slice
+local message_slice, newtable = core.message_slice, core.newtable
 local APPLY = msgs.APPLY
 
 local DEPTH = 2       -- batches in flight per worker
@@ -171,7 +171,11 @@ local function send_one(self, w, nw)
   if want > MAXBATCH then want = MAXBATCH end
   local bq, tk, tf, ta, tw, tgen, funcs =
     self.bq, self.tk, self.tf, self.ta, self.tw, self.tgen, self.funcs
-  local ids, fids, args, kinds, carried = {}, {}, {}, {}, nil
+  -- Made at their size at once: grown item by item, each array would be
+  -- reallocated up to seven times.
+  local want_n = bt - bh + 1 < want and bt - bh + 1 or want
+  local ids, fids, args, kinds, carried = newtable(want_n, 0),
+    newtable(want_n, 0), newtable(want_n, 0), newtable(want_n, 0), nil
   local n, wid = 0, w.id
   while n < want and bh <= bt do
     local s = bq[bh]
@@ -373,6 +377,15 @@ local function drain(self)
       workers[msgs.worker_of(m)].ready = true
     end
   end
+  return true
+end
+
+-- Inside a step already under way: takes in the outcomes that came and
+-- sends the workers more work, so that a long step (the encoding of a
+-- map's chunks) keeps them busy.  False if the pool failed.
+function S:collect_now()
+  if not drain(self) then return false end
+  dispatch(self)
   return true
 end
 
