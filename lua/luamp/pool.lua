@@ -42,7 +42,8 @@ local APPLY = msgs.APPLY
 local M = {}
 
 local LAZY_AHEAD = 4  -- imap: chunks in flight per worker
-local PUMP_EVERY = 32 -- apply_async: collect outcomes every so many tasks
+local PUMP_EVERY = 32 -- apply_async: collect outcomes every so many tasks,
+                      -- or more (see submit_apply)
 local EAGER = 8       -- apply_async: tasks a worker may be sent at once
 
 local Pool = {__name = "luamp.Pool"}
@@ -183,7 +184,8 @@ function M.Pool(opts)
   end
   if not ok then error(t, 2) end
   n = n or t.n -- a broker pool's default: from the workers alive
-  local self = setmetatable({_n = n, _pid = core.getpid(), _nsub = 0,
+  local self = setmetatable({_n = n, _pid = core.getpid(),
+                             _pump_every = PUMP_EVERY, _pump_in = PUMP_EVERY,
                              _waiting = 0}, Pool)
   self._sched = scheduler.new(t, funcs.new(), scfg, n)
   local started, e = pcall(self._sched.start_all, self._sched)
@@ -295,15 +297,30 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   -- luamp call; when many pile up they wait for the next pump, which
   -- sends them several to a batch.  Now and then take outcomes in: they
   -- free workers for more.
-  local nsub = self._nsub + 1
-  self._nsub = nsub
   if not sched:submit(res, fid, am, APPLY,
                       sched.live < EAGER * self._n and EAGER) then
     am:close()
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)
   end
-  if nsub % PUMP_EVERY == 0 then sched:pump() end
+  local left = self._pump_in - 1
+  if left > 0 then
+    self._pump_in = left
+  else
+    sched:pump()
+    -- A pump that finds every worker done with all it had finds them
+    -- asleep, waiting for this process, and each batch it sends wakes one
+    -- up: dear, on a small batch.  So the next pump waits for twice as
+    -- many tasks (up to what one pump can send), and batches grow until
+    -- the workers are still busy when it comes; then it comes as often
+    -- as at first.
+    local every = PUMP_EVERY
+    if sched.starved then
+      every = self._pump_every * 2
+      if every > sched:room() then every = sched:room() end
+    end
+    self._pump_every, self._pump_in = every, every
+  end
   return res
 end
 

@@ -60,6 +60,7 @@ function M.new(t, funcs, cfg, n)
     -- work for after the step: callbacks, in order
     dq = {}, dh = 1, dt = 0,
     busy = false,
+    starved = false, -- at the last step, every worker had done all it had
   }, S)
 end
 
@@ -269,6 +270,9 @@ end
 
 function S:dispatch(depth) return locked(self, dispatch, depth) end
 
+-- How many tasks one dispatch can send at most.
+function S:room() return self.n * DEPTH * MAXBATCH end
+
 -- The same, inside a step already under way.
 S.dispatch_now = dispatch
 
@@ -428,10 +432,21 @@ local function stop_idle(self)
   end
 end
 
+-- Whether every worker has sent the outcomes of all it was sent: then
+-- the workers wait for this process.
+local function starved(self)
+  for wid = 1, self.n do
+    local w = self.workers[wid]
+    if w and w.mleft[1] then return false end
+  end
+  return true
+end
+
 -- One step: collects outcomes, notices dead workers, sends more work.
 local function step(self)
   if self.state == M.TERMINATE then return end
   if not drain(self) then return end
+  self.starved = starved(self)
   if self.t:ended() then
     for wid = 1, self.n do
       local w = self.workers[wid]
