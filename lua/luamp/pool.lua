@@ -404,7 +404,7 @@ local function add_chunks(sched, job, fid, items, n, chunksize, kind)
     end
     if not ok then
       sched:cancel(job)
-      job.res._ready = true -- the caller gets the error, not the result
+      jobs.abandon(job.res) -- the caller gets the error, not the result
       error(am, 0)
     end
     sched:add(job, fid, am, kind, at, last - at + 1)
