@@ -13,7 +13,7 @@ local msgs = require "luamp.pool.messages"
 
 local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall =
   getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall
-local pack, unpack = table.pack, table.unpack
+local move, pack, unpack = table.move, table.pack, table.unpack
 local format = string.format
 local traceback = debug.traceback
 local message, message_slice, decode, decode_into, flush =
@@ -86,7 +86,9 @@ local function run_apply(id, f, am)
     end
     if plain then return msgs.values(r) end
   end
-  local ok, rm = pcall(message_slice, r, 3, n, "result")
+  -- The results alone, so that the path of a bad one counts from them.
+  local ok, rm = pcall(message_slice, move(r, 3, n, 1, {}), 1, n - 2,
+                       "result")
   if ok then return msgs.result(id, note(rm)) end
   return msgs.failure(id, {message = "cannot send the result of the task: "
                                      .. errtext(rm)})
