@@ -280,7 +280,8 @@ describe("Pool", function()
         local n = 0
         for _, p in ipairs(mp.active_children()) do
           local f = assert(io.open("/proc/" .. p.pid .. "/status"))
-          n = n + tonumber(f:read("a"):match("voluntary_ctxt_switches:%s*(%d+)"))
+          local status = f:read("a")
+          n = n + tonumber(status:match("voluntary_ctxt_switches:%s*(%d+)"))
           f:close()
         end
         return n
