@@ -9,13 +9,19 @@ def identity(x):
     return x
 
 
-def pss(pid):
-    """The proportional set size of process pid, in kB."""
-    with open("/proc/%d/smaps_rollup" % pid) as f:
+def proc(pid, name, key):
+    """A number from /proc/pid/name, after key."""
+    with open("/proc/%d/%s" % (pid, name)) as f:
         for line in f:
-            if line.startswith("Pss:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def sleeps(procs):
+    """The workers' voluntary context switches: their sleeps."""
+    return sum(proc(p.pid, "status", "voluntary_ctxt_switches")
+               for p in procs)
 
 
 def run(pool, n):
@@ -31,13 +37,16 @@ def main():
     workers = int(sys.argv[2]) if len(sys.argv) > 2 else 2
     with mp.Pool(workers) as pool:
         run(pool, n // 10)
-        dt = run(pool, n)
-        time.sleep(0.2)
         procs = mp.active_children()
-        kb = sum(pss(p.pid) for p in procs) / len(procs)
+        slept = sleeps(procs)
+        dt = run(pool, n)
+        slept = sleeps(procs) - slept
+        time.sleep(0.2)
+        kb = sum(proc(p.pid, "smaps_rollup", "Pss") for p in procs) / len(procs)
         pool.close()
         pool.join()
     print("apply_async %.3f k/s" % (n / dt / 1e3))
+    print("worker_sleeps %.1f /1k" % (slept / n * 1e3))
     print("idle_worker_pss %.0f kB" % kb)
 
 

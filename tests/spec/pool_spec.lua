@@ -268,32 +268,6 @@ describe("Pool", function()
   end)
 
   describe("apply_async", function()
-    it("sends a long run of short tasks in large batches", function()
-      -- Workers quicker than the owner wait for it, and each batch wakes
-      -- one up.  Batches of the few tasks submitted between two pumps
-      -- woke them 200 to 280 times for these 5000 tasks; batches that
-      -- grow while the workers wait, 45 to 65 times.
-      local pool <close> = mp.Pool(2)
-      local function identity(x) return x end
-      pool:apply(identity, {0}) -- the workers are up
-      local function sleeps()
-        local n = 0
-        for _, p in ipairs(mp.active_children()) do
-          local f = assert(io.open("/proc/" .. p.pid .. "/status"))
-          local status = f:read("a")
-          n = n + tonumber(status:match("voluntary_ctxt_switches:%s*(%d+)"))
-          f:close()
-        end
-        return n
-      end
-      local before = sleeps()
-      local rs = {}
-      for i = 1, 5000 do rs[i] = pool:apply_async(identity, {i}) end
-      for i = 1, 5000 do assert.are.equal(i, rs[i]:get(10)) end
-      local n = sleeps() - before
-      assert.is_true(n < 120, n .. " sleeps of the workers for 5000 tasks")
-    end)
-
     -- After CPython's test_async.
     it("returns an AsyncResult whose get waits for the result", function()
       local pool <close> = mp.Pool(2)
