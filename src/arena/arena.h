@@ -222,6 +222,9 @@ typedef struct lmp_slot {
   int64_t count_dir;
   /* Objects being destroyed, innermost last (see family.c). */
   lmp_off dying[LMP_DYING_MAX];
+  /* The futex word of the robust mutex it sleeps on, 0 for none (see
+   * lmp_robust_record). */
+  _Atomic lmp_off lock_wait;
 } lmp_slot;
 
 enum { LMP_SLOT_FREE = 0, LMP_SLOT_RESERVED, LMP_SLOT_LIVE, LMP_SLOT_DEAD };
@@ -255,6 +258,9 @@ void lmp_unhold(lmp_obj *o);
 /* Bumps a futex word in the arena and wakes `n` of its sleepers (INT_MAX
  * for all). */
 void lmp_futex_bump(_Atomic uint32_t *word, int n);
+/* Wakes every sleeper on the word at offset `word` (0: none) without
+ * changing it: each looks again.  Harmless on a word no one sleeps on. */
+void lmp_futex_wake_all(lmp_off word);
 /* Sleeps on word while it holds `seen`, at most until deadline (monotonic
  * seconds; negative = no limit).  Returns when woken, on a signal or at
  * the deadline; callers re-check their condition. */
@@ -370,6 +376,16 @@ size_t lmp_heap_count(uint32_t magic);
  * holder's unlock. */
 void lmp_robust_init(pthread_mutex_t *mu);
 int lmp_robust_lock(pthread_mutex_t *mu);
+/* A sleeper that was woken to take a robust mutex and died before it
+ * took it consumed the one wake-up its unlocker made: the mutex is free,
+ * and the other sleepers on it sleep on.  So a process says in its slot
+ * which mutex it sleeps on (lmp_robust_record tells the arena where:
+ * its slot's `lock_wait`, the mutex's futex word), and its reaper wakes
+ * every sleeper of that word (lmp_futex_wake_all), each of which looks
+ * again.  A word that a change bumps for one sleeper (a queue's, for its
+ * getters) is the same case: the reaper wakes every sleeper on the
+ * slot's `waiting_on`. */
+void lmp_robust_record(_Atomic lmp_off *at);
 
 /* The pause of a spin loop: tells the core a spin is what it runs. */
 #if defined(__x86_64__) || defined(__i386__)

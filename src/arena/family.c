@@ -56,6 +56,7 @@ int lmp_arena_init(size_t size) {
   lmp_robust_init(&F->settle_lock);
   lmp_self_index = 0;
   lmp_self = &F->slots[0];
+  lmp_robust_record(&lmp_self->lock_wait);
   atomic_store(&lmp_self->pid, (int32_t)getpid());
   atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
   lmp_self->gen = 1;
@@ -576,6 +577,7 @@ int lmp_slot_prepare(int inherit) {
   atomic_store(&c->sleeping, 0);
   atomic_store(&c->waiting_on, 0);
   atomic_store(&c->in_futex, 0);
+  atomic_store(&c->lock_wait, 0);
   c->pending_obj = 0;
   memset(c->pending_blk, 0, sizeof c->pending_blk);
   memset(c->dying, 0, sizeof c->dying);
@@ -612,6 +614,7 @@ int lmp_slot_prepare(int inherit) {
 void lmp_slot_adopt(uint32_t idx) {
   lmp_self_index = idx;
   lmp_self = &F->slots[idx];
+  lmp_robust_record(&lmp_self->lock_wait);
   atomic_store(&lmp_self->pid, (int32_t)getpid());
   atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
 }
@@ -710,6 +713,11 @@ void lmp_pending_clear(int which) {
 void lmp_futex_bump(_Atomic uint32_t *word, int n) {
   atomic_fetch_add(word, 1);
   syscall(SYS_futex, word, FUTEX_WAKE, n, NULL, NULL, 0);
+}
+
+void lmp_futex_wake_all(lmp_off word) {
+  if (word != 0)
+    syscall(SYS_futex, LMP_PTR(word), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
 void lmp_futex_wait(_Atomic uint32_t *word, uint32_t seen, double deadline) {

@@ -135,6 +135,28 @@ void lmp_robust_init(pthread_mutex_t *mu) {
 
 #define LOCK_TRIES 8 /* trylocks before sleeping */
 
+static _Atomic lmp_off *lock_wait_at; /* this process's slot's lock_wait */
+
+void lmp_robust_record(_Atomic lmp_off *at) { lock_wait_at = at; }
+
+/* The futex word of a glibc mutex: its lock word, which a sleeper waits
+ * on and an unlock wakes. */
+static uint32_t *mutex_word(pthread_mutex_t *mu) {
+  return (uint32_t *)&mu->__data.__lock;
+}
+
+/* Takes mu, asleep in the kernel if it must: then the slot names the
+ * word it sleeps on for the reaper (see lmp_robust_record).  The sleep's
+ * rc: 0 or EOWNERDEAD. */
+static int robust_sleep(pthread_mutex_t *mu) {
+  int rc;
+  if (lock_wait_at == NULL) return pthread_mutex_lock(mu);
+  atomic_store(lock_wait_at, LMP_OFF(mutex_word(mu)));
+  rc = pthread_mutex_lock(mu);
+  atomic_store(lock_wait_at, 0);
+  return rc;
+}
+
 int lmp_robust_lock(pthread_mutex_t *mu) {
   int i, rc;
   /* Between two trylocks a pause that doubles (4 to 512 cpu pauses,
@@ -148,7 +170,7 @@ int lmp_robust_lock(pthread_mutex_t *mu) {
     int k;
     for (k = 0; k < 4 << i; k++) lmp_cpu_relax();
   }
-  if (rc == EBUSY) rc = pthread_mutex_lock(mu);
+  if (rc == EBUSY) rc = robust_sleep(mu);
   if (rc == EOWNERDEAD) {
     pthread_mutex_consistent(mu);
     return 1;
@@ -294,7 +316,7 @@ static void heap_recover(void) {
 }
 
 static void lock_heap(void) {
-  if (pthread_mutex_lock(&H->lock) == EOWNERDEAD) {
+  if (robust_sleep(&H->lock) == EOWNERDEAD) {
     heap_recover();
     pthread_mutex_consistent(&H->lock);
   }

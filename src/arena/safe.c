@@ -73,6 +73,10 @@ void lmp_slot_release(uint32_t idx) {
   lmp_slot *s = lmp_slot_at(idx);
   int k;
   if (atomic_load(&s->state) == LMP_SLOT_FREE) return;
+  /* A wake-up it was handed and can no longer pass on, on its way to a
+   * mutex or to a queue's message: every other sleeper looks again. */
+  lmp_futex_wake_all(atomic_exchange(&s->lock_wait, 0));
+  lmp_futex_wake_all(atomic_exchange(&s->waiting_on, 0));
   /* Blocks it had in transit: the object they were going to or coming
    * from is still alive (the dead process held it), so ask it.  First let
    * the heap recover, if the process died inside a heap operation. */

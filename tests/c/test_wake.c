@@ -1,12 +1,20 @@
-/* test_wake.c -- the wake-up protocol between processes: a process asleep
- * in lmp_wait on its own wake word, and another that changes what it waits
- * for and wakes it with lmp_wake, which makes the futex system call only
- * when the sleeper says it may be in a futex wait.  No wake-up may be
- * lost, wherever it falls: before the sleeper reads its word, between its
- * check and its sleep, or while it sleeps. */
+/* test_wake.c -- the wake-up protocols between processes.  A process
+ * asleep in lmp_wait on its own wake word, and another that changes what
+ * it waits for and wakes it with lmp_wake, which makes the futex system
+ * call only when the sleeper says it may be in a futex wait: no wake-up
+ * may be lost, wherever it falls (before the sleeper reads its word,
+ * between its check and its sleep, or while it sleeps).  And processes
+ * asleep on a robust mutex, or on a word bumped for one of them (a
+ * queue's for its getters): the one woken dies before it takes what it
+ * was woken for, and the others still get it. */
+#include <linux/futex.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +30,7 @@ enum { T_TEST = 1 }; /* a type of shared object with no hooks */
 typedef struct turn {
   lmp_obj h;
   _Atomic uint32_t n; /* whose turn: odd the child's, even the parent's */
+  _Atomic uint32_t word; /* a word to sleep on, for the sleepers of n */
 } turn;
 
 typedef struct want {
@@ -91,9 +100,140 @@ static void test_handoffs_lose_no_wakeup(void) {
   lmp_unhold(&t->h);
 }
 
+typedef struct lockbox {
+  lmp_obj h;
+  pthread_mutex_t mu;
+} lockbox;
+
+/* Waits until process pid sleeps in a futex wait (its system call, in
+ * /proc/<pid>/syscall, is futex's); 0 if it did not within PATIENCE. */
+static int asleep_in_futex(pid_t pid) {
+  char path[64], buf[64];
+  double until = lmp_now() + PATIENCE;
+  snprintf(path, sizeof path, "/proc/%d/syscall", (int)pid);
+  while (lmp_now() < until) {
+    FILE *f = fopen(path, "r");
+    size_t n = 0;
+    if (f != NULL) {
+      n = fread(buf, 1, sizeof buf - 1, f);
+      fclose(f);
+    }
+    buf[n] = '\0';
+    if (strtol(buf, NULL, 10) == SYS_futex) return 1;
+    usleep(1000);
+  }
+  return 0;
+}
+
+/* Waits until pid ends (PATIENCE at most); its status, or -1. */
+static int ended_within(pid_t pid) {
+  double until = lmp_now() + PATIENCE;
+  int status;
+  while (lmp_now() < until) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return status;
+    usleep(1000);
+  }
+  return -1;
+}
+
+/* The parent holds a robust mutex; two processes sleep on it, the first
+ * asleep first.  The unlock wakes that one (a futex wakes its sleepers
+ * in order), which ends without taking the mutex, as a process killed
+ * just then would.  The mutex is free, its one wake-up spent: the second
+ * sleeper sleeps on until the first one's reaper wakes it. */
+static void test_lock_wakeup_lost_to_a_death(void) {
+  lockbox *b = (lockbox *)lmp_obj_new(T_TEST, 0, sizeof(lockbox));
+  _Atomic uint32_t *word;
+  int first = lmp_slot_prepare(0), second = lmp_slot_prepare(0), status;
+  pid_t p1, p2;
+  ASSERT_TRUE(b != NULL && first > 0 && second > 0);
+  if (b == NULL) return;
+  ASSERT_EQ(lmp_hold(&b->h), 0);
+  lmp_robust_init(&b->mu);
+  word = (_Atomic uint32_t *)&b->mu.__data.__lock;
+  ASSERT_EQ(lmp_robust_lock(&b->mu), 0);
+  p1 = fork();
+  if (p1 == 0) { /* asleep on the mutex as glibc's lock sleeps on it */
+    uint32_t v;
+    lmp_slot_adopt((uint32_t)first);
+    atomic_store(&lmp_self->lock_wait, LMP_OFF(word));
+    v = atomic_fetch_or(word, FUTEX_WAITERS) | FUTEX_WAITERS;
+    while (atomic_load(word) == v)
+      syscall(SYS_futex, word, FUTEX_WAIT, v, NULL, NULL, 0);
+    _exit(0); /* woken: gone without taking it */
+  }
+  ASSERT_TRUE(p1 > 0 && asleep_in_futex(p1));
+  p2 = fork();
+  if (p2 == 0) {
+    lmp_slot_adopt((uint32_t)second);
+    if (lmp_robust_lock(&b->mu) != 0) _exit(4);
+    pthread_mutex_unlock(&b->mu);
+    _exit(0);
+  }
+  ASSERT_TRUE(p2 > 0 && asleep_in_futex(p2));
+  pthread_mutex_unlock(&b->mu);
+  ASSERT_EQ(ended_within(p1), 0);
+  lmp_slot_release((uint32_t)first); /* the reaper's part */
+  status = ended_within(p2);
+  if (status == -1) {
+    kill(p2, SIGKILL);
+    waitpid(p2, NULL, 0);
+  }
+  ASSERT_EQ(status, 0); /* it took the mutex */
+  lmp_slot_release((uint32_t)second);
+  lmp_unhold(&b->h);
+}
+
+/* Two processes sleep on a word, the first asleep first, waiting for a
+ * flag; the parent sets it and bumps the word for one sleeper, as a
+ * queue's put does for its getters.  The first, woken, ends without
+ * looking (killed just then), and the second must still hear of it. */
+static void test_bump_lost_to_a_death(void) {
+  turn *t = (turn *)lmp_obj_new(T_TEST, 0, sizeof(turn));
+  int first = lmp_slot_prepare(0), second = lmp_slot_prepare(0), status;
+  pid_t p1, p2;
+  ASSERT_TRUE(t != NULL && first > 0 && second > 0);
+  if (t == NULL) return;
+  ASSERT_EQ(lmp_hold(&t->h), 0);
+  atomic_store(&t->n, 0);
+  atomic_store(&t->word, 0);
+  p1 = fork();
+  if (p1 == 0) { /* asleep on the word as lmp_wait_on sleeps on it */
+    uint32_t v = atomic_load(&t->word);
+    lmp_slot_adopt((uint32_t)first);
+    atomic_store(&lmp_self->waiting_on, LMP_OFF(&t->word));
+    while (atomic_load(&t->word) == v)
+      syscall(SYS_futex, &t->word, FUTEX_WAIT, v, NULL, NULL, 0);
+    _exit(0); /* woken: gone without looking */
+  }
+  ASSERT_TRUE(p1 > 0 && asleep_in_futex(p1));
+  p2 = fork();
+  if (p2 == 0) {
+    want w = {t, 1};
+    lmp_slot_adopt((uint32_t)second);
+    _exit(lmp_wait_on(NULL, &t->word, is_turn, &w,
+                      lmp_now() + 2 * PATIENCE) == 1 ? 0 : 5);
+  }
+  ASSERT_TRUE(p2 > 0 && asleep_in_futex(p2));
+  atomic_store(&t->n, 1);
+  lmp_futex_bump(&t->word, 1);
+  ASSERT_EQ(ended_within(p1), 0);
+  lmp_slot_release((uint32_t)first); /* the reaper's part */
+  status = ended_within(p2);
+  if (status == -1) {
+    kill(p2, SIGKILL);
+    waitpid(p2, NULL, 0);
+  }
+  ASSERT_EQ(status, 0); /* it saw the flag */
+  lmp_slot_release((uint32_t)second);
+  lmp_unhold(&t->h);
+}
+
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_handoffs_lose_no_wakeup),
+    CHECK(test_lock_wakeup_lost_to_a_death),
+    CHECK(test_bump_lost_to_a_death),
   };
   int rc = lmp_arena_init(16u << 20);
   if (rc < 0) {
