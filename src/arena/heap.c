@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -94,6 +95,12 @@ static int arena_fd = -1; /* the memfd behind it, or -1 */
 /* The header's bytes, rounded up to a cache line: the family's tables
  * start there. */
 #define HDR_SIZE ((sizeof(arena_hdr) + 63) & ~(size_t)63)
+
+/* A block handed out begins TAG bytes in, where a free block's list
+ * links were: heap_alloc zeroes them through the undo log. */
+_Static_assert(offsetof(block, next) == TAG &&
+                   offsetof(block, prev) + sizeof(lmp_off) == MINBLOCK,
+               "a block's first words are its links");
 
 #define BLK(off) ((block *)(lmp_base + (off)))
 #define BSIZE(b) ((b)->head & SIZEMASK)
@@ -516,8 +523,13 @@ static void *heap_alloc(size_t n, int phased, lmp_off *tag, lmp_off v,
   if (off != 0 && blk != NULL) {
     /* A block named pending is read by a reaper's hooks, which look for
      * their magic in its first words: whatever a former block left there
-     * must not pass for it. */
-    memset(lmp_base + off + TAG, 0, MINBLOCK - TAG);
+     * must not pass for it.  Those words were the free block's list
+     * links: zeroed through the undo log, so that an allocation undone
+     * after a kill gives them back (zeroed in place, they left the block
+     * in its bin with its links cut, and a later allocation could hand
+     * out a block still in use). */
+    SET(BLK(off)->next, 0);
+    SET(BLK(off)->prev, 0);
     SET(*tag, v);
     SET(*blk, off + TAG);
   }
