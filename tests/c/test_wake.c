@@ -136,6 +136,22 @@ static int ended_within(pid_t pid) {
   return -1;
 }
 
+/* The end of a lost wake-up: the first sleeper p1, woken, ends (well);
+ * its reaper's part runs (lmp_slot_release of slot `first`); then the
+ * second, p2, must end within PATIENCE.  p2's status, or -1 when it slept
+ * on (it is then killed). */
+static int second_after_first(pid_t p1, int first, pid_t p2) {
+  int status;
+  ASSERT_EQ(ended_within(p1), 0);
+  lmp_slot_release((uint32_t)first);
+  status = ended_within(p2);
+  if (status == -1) {
+    kill(p2, SIGKILL);
+    waitpid(p2, NULL, 0);
+  }
+  return status;
+}
+
 /* The parent holds a robust mutex; two processes sleep on it, the first
  * asleep first.  The unlock wakes that one (a futex wakes its sleepers
  * in order), which ends without taking the mutex, as a process killed
@@ -144,7 +160,7 @@ static int ended_within(pid_t pid) {
 static void test_lock_wakeup_lost_to_a_death(void) {
   lockbox *b = (lockbox *)lmp_obj_new(T_TEST, 0, sizeof(lockbox));
   _Atomic uint32_t *word;
-  int first = lmp_slot_prepare(0), second = lmp_slot_prepare(0), status;
+  int first = lmp_slot_prepare(0), second = lmp_slot_prepare(0);
   pid_t p1, p2;
   ASSERT_TRUE(b != NULL && first > 0 && second > 0);
   if (b == NULL) return;
@@ -172,14 +188,7 @@ static void test_lock_wakeup_lost_to_a_death(void) {
   }
   ASSERT_TRUE(p2 > 0 && asleep_in_futex(p2));
   pthread_mutex_unlock(&b->mu);
-  ASSERT_EQ(ended_within(p1), 0);
-  lmp_slot_release((uint32_t)first); /* the reaper's part */
-  status = ended_within(p2);
-  if (status == -1) {
-    kill(p2, SIGKILL);
-    waitpid(p2, NULL, 0);
-  }
-  ASSERT_EQ(status, 0); /* it took the mutex */
+  ASSERT_EQ(second_after_first(p1, first, p2), 0); /* it took the mutex */
   lmp_slot_release((uint32_t)second);
   lmp_unhold(&b->h);
 }
@@ -190,7 +199,7 @@ static void test_lock_wakeup_lost_to_a_death(void) {
  * looking (killed just then), and the second must still hear of it. */
 static void test_bump_lost_to_a_death(void) {
   turn *t = (turn *)lmp_obj_new(T_TEST, 0, sizeof(turn));
-  int first = lmp_slot_prepare(0), second = lmp_slot_prepare(0), status;
+  int first = lmp_slot_prepare(0), second = lmp_slot_prepare(0);
   pid_t p1, p2;
   ASSERT_TRUE(t != NULL && first > 0 && second > 0);
   if (t == NULL) return;
@@ -217,14 +226,7 @@ static void test_bump_lost_to_a_death(void) {
   ASSERT_TRUE(p2 > 0 && asleep_in_futex(p2));
   atomic_store(&t->n, 1);
   lmp_futex_bump(&t->word, 1);
-  ASSERT_EQ(ended_within(p1), 0);
-  lmp_slot_release((uint32_t)first); /* the reaper's part */
-  status = ended_within(p2);
-  if (status == -1) {
-    kill(p2, SIGKILL);
-    waitpid(p2, NULL, 0);
-  }
-  ASSERT_EQ(status, 0); /* it saw the flag */
+  ASSERT_EQ(second_after_first(p1, first, p2), 0); /* it saw the flag */
   lmp_slot_release((uint32_t)second);
   lmp_unhold(&t->h);
 }
