@@ -48,7 +48,7 @@ local EAGER = 8       -- apply_async: tasks a worker may be sent at once
 
 local Pool = {__name = "luamp.Pool"}
 Pool.__index = Pool
-local AsyncResult = jobs.AsyncResult
+local AsyncResult, new_result = jobs.AsyncResult, jobs.new_result
 
 local pools = setmetatable({}, {__mode = "k"}) -- pools this process owns
 
@@ -254,9 +254,7 @@ end
 -- the method (level 4 from here).
 local function fid_of(self, f)
   local funcs = self._sched.funcs
-  local fid = funcs.cache[f]
-  if fid and funcs.msgs[fid] then return fid end
-  local ok
+  local ok, fid
   ok, fid = pcall(funcs.id, funcs, f)
   if not ok then error(fid, 4) end
   local t = self._sched.t
@@ -290,8 +288,10 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
       error(e, 3)
     end
   end
-  local fid = fid_of(self, f)
-  local res = jobs.new_result(self, false, callback, error_callback)
+  local funcs = sched.funcs
+  local fid = funcs.cache[f]
+  if not (fid and funcs.msgs[fid]) then fid = fid_of(self, f) end
+  local res = new_result(self, false, callback, error_callback)
   -- While few tasks are out, each goes to a worker at once, so that they
   -- run even if this process then computes for a long time without a
   -- luamp call; when many pile up they wait for the next pump, which

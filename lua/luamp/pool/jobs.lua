@@ -25,6 +25,10 @@ local argerror, checkself = errors.argerror, errors.checkself
 
 local M = {}
 
+local KIND, VALUES_FIRST, result_message = msgs.KIND, msgs.VALUES_FIRST,
+  msgs.result_message
+
+
 -- Decodes Message m and lets go of it.
 local function open(m)
   local ok, v = pcall(decode, m)
@@ -53,52 +57,55 @@ local AsyncResult = {__name = "luamp.AsyncResult"}
 AsyncResult.__index = AsyncResult
 M.AsyncResult = AsyncResult
 
--- A result's fields are the items of its array: a table of eight items
--- takes half the time and memory of one of eight named fields, and there
+-- A result's fields are the items of its array: a table of nine items
+-- takes half the time and memory of one of nine named fields, and there
 -- is one such table for every task an apply_async submits.
 local POOL <const>, READY <const>, OK <const>, VALUE <const>, MAP <const>,
-  FIRST <const>, CALLBACK <const>, ERRBACK <const> = 1, 2, 3, 4, 5, 6, 7, 8
+  FIRST <const>, LAST <const>, CALLBACK <const>, ERRBACK <const> =
+  1, 2, 3, 4, 5, 6, 7, 8, 9
 
 -- A result: of a map, whose VALUE is the table; or of an apply (MAP
 -- false), whose VALUE is a table holding the results from index FIRST to
--- its n, or their Message until they are first needed.  READY once its
+-- LAST, or their Message until they are first needed.  READY once its
 -- outcome is in, OK if that is a success; CALLBACK and ERRBACK, or false.
 function M.new_result(pool, map, callback, error_callback)
   -- Every item is set here, so that the table never grows.
-  return setmetatable({pool, false, false, false, map, 1, callback or false,
-                       error_callback or false}, AsyncResult)
+  return setmetatable({pool, false, false, false, map, 1, 0,
+                       callback or false, error_callback or false},
+                      AsyncResult)
 end
 
 -- Marks res as settled with nothing: its caller gets an error instead.
 function M.abandon(res) res[READY] = true end
 
--- The values of an apply (a table, and the index of the first), decoded
--- now if they were not yet; a value this process cannot receive makes the
--- task fail.
+-- The values of an apply (a table, and the indexes of the first and the
+-- last), decoded now if they were not yet; a value this process cannot
+-- receive makes the task fail.
 local function apply_values(res)
   local v = res[VALUE]
   if res[OK] and type(v) == "userdata" then
     local ok, t = pcall(open, v)
     if ok then
+      res[FIRST], res[LAST] = 1, t.n
       v = t
     else
       res[OK] = false
       v = errors.new("RemoteError", "cannot receive the result of the " ..
                      "task: " .. tostring(t), {value = t})
     end
-    res[VALUE], res[FIRST] = v, 1
+    res[VALUE] = v
   end
-  return v, res[FIRST]
+  return v, res[FIRST], res[LAST]
 end
 
 -- Runs a result's callback, once the scheduler's step is over.
 local function call_back(res)
-  local value, first = res[VALUE], 1
-  if not res[MAP] then value, first = apply_values(res) end
+  local value, first, last = res[VALUE], 1, 0
+  if not res[MAP] then value, first, last = apply_values(res) end
   if res[OK] then
     local cb = res[CALLBACK]
     if cb then
-      if res[MAP] then cb(value) else cb(unpack(value, first, value.n)) end
+      if res[MAP] then cb(value) else cb(unpack(value, first, last)) end
     end
   else
     local cb = res[ERRBACK]
@@ -114,14 +121,19 @@ local function settle(sched, res, ok, value)
 end
 M.settle = settle
 
--- An apply's result is its own job.
+-- An apply's result is its own job: its results, in the message (values)
+-- or in a Message of their own, decoded when first needed.  (The hot path
+-- of every apply_async: settle, inline.)
 function AsyncResult:_done(sched, at, n, m)
-  if msgs.is_values(m) then
-    self[FIRST] = 3
-    settle(sched, self, true, m)
+  if self[READY] then return end
+  local count = m[KIND]
+  if count >= 0 then -- a values message: its results follow the count
+    self[FIRST], self[LAST] = VALUES_FIRST, VALUES_FIRST + count - 1
   else
-    settle(sched, self, true, msgs.result_message(m))
+    m = result_message(m)
   end
+  self[READY], self[OK], self[VALUE] = true, true, m
+  if self[CALLBACK] or self[ERRBACK] then sched:defer(call_back, self) end
 end
 
 function AsyncResult:_failed(sched, at, n, e) settle(sched, self, false, e) end
@@ -175,14 +187,14 @@ function AsyncResult:get(timeout)
                  tostring(timeout) .. " s", nil, 2)
   end
   local v = self[VALUE]
-  if self[MAP] then
-    if not self[OK] then error(v, 2) end
-    return v
+  if self[OK] and not self[MAP] then
+    if type(v) == "table" then return unpack(v, self[FIRST], self[LAST]) end
+    local first, last
+    v, first, last = apply_values(self)
+    if self[OK] then return unpack(v, first, last) end
   end
-  local first
-  v, first = apply_values(self)
   if not self[OK] then error(v, 2) end
-  return unpack(v, first, v.n)
+  return v
 end
 
 -- ---------------------------------------------------------------- progress

@@ -31,7 +31,7 @@ local assert, error, ipairs, next, pairs, pcall, remove, setmetatable,
   tostring = assert, error, ipairs, next, pairs, pcall, table.remove,
   setmetatable, tostring
 local message_slice, newtable = core.message_slice, core.newtable
-local APPLY = msgs.APPLY
+local APPLY, ID, KIND, FAILURE = msgs.APPLY, msgs.ID, msgs.KIND, msgs.FAILURE
 
 local DEPTH = 2       -- batches in flight per worker
 local MAXBATCH = 64   -- tasks in one batch, when many are waiting
@@ -109,7 +109,10 @@ function S:add(job, fid, args, kind, at, n, depth)
   self.tj[s], self.tf[s], self.ta[s], self.tk[s], self.tat[s],
     self.tn[s], self.tw[s] = job, fid, args, kind, at, n, 0
   self.live = self.live + 1
-  self.funcs:use(fid)
+  local funcs = self.funcs -- (as in free_slot)
+  local uses = funcs.uses
+  local u = uses[fid]
+  if u > 0 then uses[fid] = u + 1 else funcs:use(fid) end
   local bt = self.bt + 1
   self.bt, self.bq[bt] = bt, s
   if depth then dispatch(self, depth) end
@@ -131,18 +134,24 @@ end
 
 -- Empties slot s; returns the job, position and size of its task.
 local function free_slot(self, s)
-  local job, at, n, args = self.tj[s], self.tat[s], self.tn[s], self.ta[s]
-  local fid = self.tf[s]
+  local tj, ta, fid = self.tj, self.ta, self.tf[s]
+  local job, args = tj[s], ta[s]
   -- An empty slot is one without a job; its other fields are numbers that
   -- the next task overwrites, and the arguments, which are let go of.
-  self.tj[s], self.ta[s] = nil, nil
-  self.tgen[s] = (self.tgen[s] + 1) % 1024
+  tj[s], ta[s] = nil, nil
+  local tgen = self.tgen
+  tgen[s] = (tgen[s] + 1) % 1024
   local nfree = self.nfree + 1
   self.free[nfree], self.nfree = s, nfree
   self.live = self.live - 1
-  self.funcs:unuse(fid)
+  -- The cache's count of the function's uses, kept here without a call
+  -- while it stays above zero.
+  local funcs = self.funcs
+  local uses = funcs.uses
+  local u = uses[fid]
+  if u > 1 then uses[fid] = u - 1 else funcs:unuse(fid) end
   args:close()
-  return job, at, n
+  return job, self.tat[s], self.tn[s]
 end
 
 function S:backlog() return self.bt - self.bh + 1 end
@@ -177,7 +186,7 @@ local function send_one(self, w, nw)
   local want_n = bt - bh + 1 < want and bt - bh + 1 or want
   local ids, fids, args, kinds, carried = newtable(want_n, 0),
     newtable(want_n, 0), newtable(want_n, 0), newtable(want_n, 0), nil
-  local n, wid = 0, w.id
+  local n, wid, last = 0, w.id, nil
   while n < want and bh <= bt do
     local s = bq[bh]
     local kind = tk[s]
@@ -186,10 +195,13 @@ local function send_one(self, w, nw)
     if n > 0 and (kind ~= APPLY or kinds[1] ~= APPLY) then break end
     bq[bh], bh, n = nil, bh + 1, n + 1
     local fid = tf[s]
-    local fm = funcs:for_worker(wid, fid)
-    if fm then
-      carried = carried or {}
-      carried[fid] = fm
+    if fid ~= last then -- (tasks in a row mostly share their function)
+      last = fid
+      local fm = funcs:for_worker(wid, fid)
+      if fm then
+        carried = carried or {}
+        carried[fid] = fm
+      end
     end
     ids[n], fids[n], args[n], kinds[n] = s + SLOTS * tgen[s], fid, ta[s], kind
     tw[s] = wid
@@ -280,27 +292,28 @@ S.dispatch_now = dispatch
 
 -- The outcome m of one task reaches its job.
 local function deliver(self, m)
-  local id = msgs.task_id(m)
+  local id = m[ID]
   local s = id % SLOTS
-  if self.tgen[s] ~= id // SLOTS or not self.tj[s] then return end
+  if not self.tj[s] or self.tgen[s] ~= id // SLOTS then return end
   local w = self.workers[self.tw[s]]
   if w then -- one outcome less to come from its oldest batch
+    local mleft = w.mleft
     local carried = w.mfuncs[1]
     if carried then -- which it has read, functions and all
       self.funcs:known_by(w.id, carried)
       w.mfuncs[1] = false
     end
-    local left = w.mleft[1] - 1
+    local left = mleft[1] - 1
     if left > 0 then
-      w.mleft[1] = left
+      mleft[1] = left
     else
-      remove(w.mleft, 1)
+      remove(mleft, 1)
       remove(w.mfirst, 1)
       remove(w.mfuncs, 1)
     end
   end
   local job, at, n = free_slot(self, s)
-  if msgs.is_failure(m) then
+  if m[KIND] == FAILURE then
     local err, k = msgs.failure_error(m)
     job:_failed(self, at, n, jobs.remote_error(err), k)
   else
@@ -370,7 +383,7 @@ local function drain(self)
     end
     local m = buf[i]
     buf[i], self.rh = nil, i + 1
-    if msgs.is_outcome(m) then
+    if m[ID] ~= nil then -- msgs.is_outcome(m)
       deliver(self, m)
     elseif msgs.is_init_failure(m) then
       init_failed(self, errors.new("ProcessError", "the pool's initializer "
