@@ -3,10 +3,16 @@
 -- Prints: apply_async <k tasks/s> k/s, worker_sleeps <n> /1k (the times
 --         the workers went to sleep, waiting for work, per 1000 tasks: each
 --         costs a wake-up), idle_worker_pss <kB> kB (the mean proportional
---         set size of a worker once the pool is idle)
+--         set size of a worker once the pool is idle), transport_floor <k
+--         tasks/s> k/s (the same round trips over the Pool's transport
+--         alone, with no scheduler, no AsyncResult and no function cache:
+--         what the queues, the codec and the workers' loop cost) and
+--         floor_owner_cpu <us> us (the owner's CPU time a task there)
 -- Usage: luamp pool_apply.lua [N=20000] [WORKERS=2]
 
 local mp = require "luamp"
+local core = require "luamp.core"
+local msgs = require "luamp.pool.messages"
 
 local N = tonumber(arg and arg[1]) or 20000
 local WORKERS = tonumber(arg and arg[2]) or 2
@@ -39,6 +45,66 @@ local function sleeps(workers)
   return n
 end
 
+-- This process's CPU time so far, in seconds (to the nanosecond).
+local function cpu()
+  local f = assert(io.open("/proc/self/schedstat"))
+  local ns = tonumber(f:read("a"):match("^%d+"))
+  f:close()
+  return ns / 1e9
+end
+
+-- The transport alone: the owner sends each worker batches of BATCH tasks
+-- (their arguments in Messages, as the scheduler's), two batches in flight
+-- per worker, and takes the outcomes off one queue; a worker decodes each
+-- task's arguments, calls the function and puts its outcome (a values
+-- message) as the Pool's workers do.  Returns tasks/s and the owner's CPU
+-- seconds a task.
+local function floor(n)
+  local BATCH = 64
+  local outq, inbox, workers = core.Queue(), {}, {}
+  for w = 1, WORKERS do
+    inbox[w] = core.Queue()
+    workers[w] = mp.Process{daemon = true, target = function()
+      while true do
+        local b = inbox[w]:get()
+        if not b then return end
+        for i = 1, #b.id do
+          local args = core.decode(b.a[i])
+          outq:put(msgs.values(table.pack(b.id[i], true,
+                                          identity(args[1]))))
+        end
+      end
+    end}
+    workers[w]:start()
+  end
+  local c0, t0 = cpu(), mp.monotonic()
+  local sent, got, buf, out, w = 0, 0, {}, {}, 0
+  while got < n do
+    while sent < n and sent - got < 2 * WORKERS * BATCH do
+      local ids, args = {}, {}
+      for i = 1, BATCH do
+        sent = sent + 1
+        ids[i], args[i] = sent, core.message({sent}, "args")
+      end
+      w = w % WORKERS + 1
+      inbox[w]:put({id = ids, a = args})
+      for i = 1, BATCH do args[i]:close() end
+    end
+    mp.wait({outq})
+    local k = outq:_drain(buf)
+    for i = 1, k do
+      local m = buf[i]
+      out[m[1]], buf[i] = m, nil
+    end
+    got = got + k
+  end
+  local dt, dc = mp.monotonic() - t0, cpu() - c0
+  for i = 1, n do assert(out[i][3] == i) end
+  for k = 1, WORKERS do inbox[k]:put(false) end
+  for k = 1, WORKERS do workers[k]:join() end
+  return n / dt, dc / n
+end
+
 local pool = mp.Pool(WORKERS)
 run(pool, N // 10) -- warm up: the workers are up and know the function
 local workers = mp.active_children()
@@ -56,3 +122,8 @@ pool:join()
 print(string.format("apply_async %.3f k/s", N / dt / 1e3))
 print(string.format("worker_sleeps %.1f /1k", slept / N * 1e3))
 print(string.format("idle_worker_pss %.0f kB", kb / #workers))
+
+floor(N // 10) -- warm up
+local rate, owner = floor(N * 5)
+print(string.format("transport_floor %.3f k/s", rate / 1e3))
+print(string.format("floor_owner_cpu %.2f us", owner * 1e6))
