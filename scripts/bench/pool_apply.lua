@@ -82,13 +82,13 @@ local function floor(n)
   while got < n do
     while sent < n and sent - got < 2 * WORKERS * BATCH do
       local ids, args = {}, {}
-      for i = 1, BATCH do
-        sent = sent + 1
-        ids[i], args[i] = sent, core.message({sent}, "args")
+      for i = 1, math.min(BATCH, n - sent) do
+        ids[i], args[i] = sent + i, core.message({sent + i}, "args")
       end
+      sent = sent + #ids
       w = w % WORKERS + 1
       inbox[w]:put({id = ids, a = args})
-      for i = 1, BATCH do args[i]:close() end
+      for i = 1, #args do args[i]:close() end
     end
     mp.wait({outq})
     local k = outq:_drain(buf)
