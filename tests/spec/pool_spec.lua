@@ -190,6 +190,24 @@ describe("Pool", function()
       assert.are.equal(0, select("#", pool:apply(function() end)))
     end)
 
+    it("returns many values, and nils, from a task's outcome or from a "
+       .. "message of their own", function()
+      local pool <close> = mp.Pool(1)
+      -- Eight plain values or fewer travel in the outcome itself, more in
+      -- a Message of their own: both keep the count.
+      local few = table.pack(pool:apply(function() return nil, 2, nil end))
+      assert.are.same({n = 3, nil, 2, nil}, few)
+      local many = table.pack(pool:apply(function()
+        return 1, 2, 3, 4, 5, 6, 7, 8, 9, nil, 11, nil
+      end))
+      assert.are.same({n = 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, nil, 11, nil},
+                      many)
+      local got
+      pool:apply_async(function() return 1, 2, 3, 4, 5, 6, 7, 8, 9, nil end,
+                       nil, function(...) got = table.pack(...) end):wait(10)
+      assert.are.same({n = 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, nil}, got)
+    end)
+
     it("keeps the nils of an argument table with n", function()
       local pool <close> = mp.Pool(1)
       local r = table.pack(pool:apply(function(...)

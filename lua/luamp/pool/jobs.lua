@@ -28,7 +28,6 @@ local M = {}
 local KIND, VALUES_FIRST, result_message = msgs.KIND, msgs.VALUES_FIRST,
   msgs.result_message
 
-
 -- Decodes Message m and lets go of it.
 local function open(m)
   local ok, v = pcall(decode, m)
