@@ -295,16 +295,22 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
     rc = qwait(L, q, &q->put_seq, &q->putters, has_room, deadline);
     if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
+  /* Counted in at once, while the line the lock is in is still this
+   * process's (a waiting getter's trylock may take it later); a getter
+   * that sees the count first waits for the lock, and so for the record. */
+  atomic_fetch_add(&q->count, 1);
   rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, plain);
   if (rc == 0) {
-    atomic_fetch_add(&q->count, 1);
     if (q->h.kind == K_JOINABLE) q->unfinished++;
+  } else {
+    atomic_fetch_sub(&q->count, 1); /* not put after all */
   }
   /* Still under the lock: once it is released a consumer may take and free
    * the block, so the reaper must not find it registered as ours then. */
   if (blk != NULL && rc == 0) lmp_pending_clear(LMP_PEND_IN);
   qunlock(q);
   if (rc == 0) notify_get(q);
+  else notify_put(q); /* the room it held for a moment */
   return rc;
 }
 
@@ -326,6 +332,9 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
     rc = qwait(L, q, &q->get_seq, &q->getters, has_item, deadline);
     if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
+  /* Counted out at once, while the line the lock is in is still this
+   * process's: later, a waiting putter's trylock may have taken it. */
+  atomic_fetch_sub(&q->count, 1);
   r = RING(q);
   h = (rec *)(r->data + (r->head & (r->cap - 1)));
   if (h->flags & F_PAD) { /* commit skipping the padding */
@@ -340,7 +349,9 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
   } else {
     b->len = 0;
     if (lmp_buf_reserve(b, h->len) < 0) {
+      atomic_fetch_add(&q->count, 1); /* it stays */
       qunlock(q);
+      notify_get(q);
       return -ENOMEM;
     }
     memcpy(b->data, h + 1, h->len);
@@ -348,7 +359,6 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
   }
   *plain = (h->flags & F_PLAIN) != 0;
   r->head += sizeof(rec) + pad8(payload_len(h)); /* the commit */
-  atomic_fetch_sub(&q->count, 1);
   qunlock(q);
   notify_put(q);
   if (atomic_load(&q->count) > 0 && atomic_load(&q->getters) > 0)
