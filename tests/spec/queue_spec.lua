@@ -502,6 +502,37 @@ describe("Queue", function()
       raises(mp.Empty, EMPTY, q.get, q, false)
       finish(p)
     end)
+
+    it("counts only what it holds when its ring cannot grow", function()
+      -- Small messages until the ring can grow no more: the put that
+      -- fails leaves the count as it was, and the queue gives back every
+      -- message it took, in order, and takes more once it has room.
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        local q = mp.Queue()
+        local n = 0
+        while true do
+          local ok, e = pcall(q.put, q, n + 1)
+          if not ok then
+            print((tostring(e):gsub(":.*", "")))
+            break
+          end
+          n = n + 1
+        end
+        print(n > 1000, q:qsize() == n, q:empty())
+        for i = 1, 10 do assert(q:get() == i) end
+        q:put("after")
+        local k, last = 10, nil
+        while not q:empty() do
+          last = q:get()
+          k = k + 1
+        end
+        print(k == n + 1, last, q:qsize())
+      ]], "LUAMP_ARENA=2M timeout -s KILL 20")
+      assert.are.equal(0, status, err)
+      assert.are.equal("shared memory exhausted\ntrue\ttrue\tfalse\n"
+        .. "true\tafter\t0\n", out)
+    end)
   end)
 
   describe("_drain", function()
