@@ -254,8 +254,7 @@ end
 -- the method (level 4 from here).
 local function fid_of(self, f)
   local funcs = self._sched.funcs
-  local ok, fid
-  ok, fid = pcall(funcs.id, funcs, f)
+  local ok, fid = pcall(funcs.id, funcs, f)
   if not ok then error(fid, 4) end
   local t = self._sched.t
   if t.check then

@@ -109,10 +109,7 @@ function S:add(job, fid, args, kind, at, n, depth)
   self.tj[s], self.tf[s], self.ta[s], self.tk[s], self.tat[s],
     self.tn[s], self.tw[s] = job, fid, args, kind, at, n, 0
   self.live = self.live + 1
-  local funcs = self.funcs -- (as in free_slot)
-  local uses = funcs.uses
-  local u = uses[fid]
-  if u > 0 then uses[fid] = u + 1 else funcs:use(fid) end
+  self.funcs:use(fid)
   local bt = self.bt + 1
   self.bt, self.bq[bt] = bt, s
   if depth then dispatch(self, depth) end
@@ -144,12 +141,7 @@ local function free_slot(self, s)
   local nfree = self.nfree + 1
   self.free[nfree], self.nfree = s, nfree
   self.live = self.live - 1
-  -- The cache's count of the function's uses, kept here without a call
-  -- while it stays above zero.
-  local funcs = self.funcs
-  local uses = funcs.uses
-  local u = uses[fid]
-  if u > 1 then uses[fid] = u - 1 else funcs:unuse(fid) end
+  self.funcs:unuse(fid)
   args:close()
   return job, self.tat[s], self.tn[s]
 end
