@@ -9,10 +9,18 @@
 #include "types.h"
 
 /*
- * Layout.  A queue object holds a robust mutex, its counters and the offset
- * of its ring.  The ring is one arena block: capacity, head and tail (byte
- * positions that only grow; the index is the position modulo the
- * capacity) and the data.  A message is a record:
+ * Layout.  A queue has two ends, each with its own robust mutex: puts
+ * take the tail's, gets the head's, so that a producer and a consumer in
+ * two processes do not wait for each other, and each end's lock, position
+ * and notes stay in its own cache line.  The ring is one arena block: its
+ * capacity and the data.  A position is one 64-bit word, committed with
+ * one store: the number of messages that passed that end (high 32 bits)
+ * and the byte position (low 32 bits), both counting up modulo 2^32;
+ * a byte's index in the data is its position modulo the capacity (a power
+ * of two, at most RING_MAX).  The messages waiting are the difference of
+ * the two counts, the bytes in use that of the two positions.
+ *
+ * A message is a record:
  *
  *   u32 length | u32 flags | payload, padded to 8 bytes
  *
@@ -21,30 +29,43 @@
  * decoding fail.
  *
  * A record never wraps: where one would not fit before the end of the data
- * a PAD record fills the rest and the message starts again at 0.  Messages
- * larger than INLINE_MAX, and those that name shared objects, live out of
- * line in a block of their own (an lmp_cmsg, which counts the references
- * the message holds); the record's payload is then that block's offset.
- * A full ring grows (a new block, records copied in order, published with
- * one store).
+ * a PAD record fills the rest and the message starts again at 0, in the
+ * same commit.  Messages larger than INLINE_MAX, and those that name
+ * shared objects, live out of line in a block of their own (an lmp_cmsg,
+ * which counts the references the message holds); the record's payload is
+ * then that block's offset.  A full ring grows, with both locks held: a new
+ * block twice as large (or more) gets every record at the same position
+ * (no record crosses a multiple of the old capacity, so none crosses one
+ * of the new), and is published with one store.  The positions do not
+ * change.
  *
- * Death, with the arena's crash-safety kit.  The queue's guard is robust.
- * Every change is prepared where no reader looks (beyond tail, or in a
- * block not yet published) and committed with one store (tail for a put,
- * head for a get, the ring offset for a growth: lmp_publish), and `count`
- * is recomputed from head and tail by the next locker after a death
- * (queue_repair).  A process killed at any point therefore leaves either
- * the whole message in the queue or none of it.  An out-of-line block in
- * transit is pending (LMP_PEND_IN on its way in, LMP_PEND_OUT on its way
- * out, LMP_PEND_NEW for a new ring), so the reaper of a killed process
- * frees it unless the queue owns it.
+ * Each end keeps the other's position as it last read it (seen_head,
+ * seen_tail) and reads the other's line only when that copy says the ring
+ * is full, or empty: a producer ahead of its consumer, or behind it, does
+ * not pull the other's line over for every message.
+ *
+ * Death, with the arena's crash-safety kit.  Both locks are robust guards.
+ * Every change is prepared where no reader looks (beyond the tail, or in a
+ * block not yet published) and committed with one store (the tail's word
+ * for a put, the head's for a get, the ring's offset for a growth:
+ * lmp_publish), so a process killed at any point leaves either the whole
+ * message in the queue or none of it, and nothing to recount.  An
+ * out-of-line block in transit is pending (LMP_PEND_IN on its way in,
+ * LMP_PEND_OUT on its way out, LMP_PEND_NEW for a new ring), so the reaper
+ * of a killed process frees it unless the queue owns it.  Whether it does
+ * is asked under the tail's lock (the type's guard) or, when a process died
+ * holding the head's, under that one: the ring cannot change under either,
+ * and the records between the two positions cannot either (only a put
+ * writes a record, beyond the tail, and a get moves the head past records
+ * it leaves as they were).
  */
 
 #define QUEUE "luamp.Queue"
 #define JQUEUE "luamp.JoinableQueue"
 #define SQUEUE "luamp.SimpleQueue"
 
-#define RING_MIN ((uint64_t)16 << 10)
+#define RING_MIN ((uint32_t)16 << 10)
+#define RING_MAX ((uint32_t)1 << 31)
 #define INLINE_MAX ((size_t)16 << 10)
 #define F_PAD 1u
 #define F_OUTLINE 2u
@@ -59,8 +80,7 @@ typedef lmp_cmsg outmsg;
 enum { K_QUEUE, K_JOINABLE, K_SIMPLE };
 
 typedef struct ring {
-  uint64_t cap; /* a power of two */
-  uint64_t head, tail;
+  uint64_t cap; /* a power of two, at most RING_MAX */
   char data[];
 } ring;
 
@@ -68,125 +88,170 @@ typedef struct rec {
   uint32_t len, flags;
 } rec;
 
+/* A position word: messages that passed (high half), bytes (low half). */
+#define W_COUNT(w) ((uint32_t)((w) >> 32))
+#define W_POS(w) ((uint32_t)(w))
+#define W_MAKE(count, pos) (((uint64_t)(uint32_t)(count) << 32) | (uint32_t)(pos))
+/* Where both start: 1000 messages and 1 MiB short of the wrap, so that
+ * every queue crosses it early (and every spec with it). */
+#define W_START W_MAKE(-1000, -(1 << 20))
+
+/* The object starts 16 bytes before a cache line (lmp_obj_new), and has
+ * five: the tail's lock (bytes 16 to 80), the tail and the producers'
+ * notes (80 to 144), the head's lock (144 to 208), the head and the
+ * consumers' notes (208 to 272), and what both ends read and seldom write
+ * (272 to 336).  A consumer that waits reads the tail, and a producer that
+ * checks for room the head, without taking the line of the lock the other
+ * side is taking. */
 typedef struct queue {
   lmp_obj h; /* kind: K_QUEUE, K_JOINABLE or K_SIMPLE */
-  lmp_guard g;
-  _Atomic int64_t count; /* in the guard's cache line (lmp_obj_new) */
+  lmp_guard g; /* the tail's lock, and the type's guard */
+  char pad0[80 - 24 - sizeof(lmp_guard)];
+  _Atomic uint64_t tail;
+  _Atomic uint64_t seen_head; /* the head as a put last read it */
+  int64_t unfinished; /* JoinableQueue: puts not yet task_done */
+  char pad1[144 - 104];
+  lmp_guard hg; /* the head's lock */
+  char pad2[208 - 144 - sizeof(lmp_guard)];
+  _Atomic uint64_t head;
+  _Atomic uint64_t seen_tail; /* the tail as a get last read it */
+  char pad3[272 - 224];
   _Atomic lmp_off ring;
   int64_t maxsize; /* 0: unbounded */
-  int64_t unfinished; /* JoinableQueue: puts not yet task_done */
   _Atomic uint32_t get_seq, put_seq, join_seq; /* futex words */
   _Atomic uint32_t getters, putters;
+  char pad4[336 - 308];
 } queue;
 
-_Static_assert(offsetof(queue, count) + sizeof(int64_t) <= LMP_OBJ_LINE_END,
-               "a queue's count shares its lock's cache line");
+#define LINE_OF(field) ((offsetof(queue, field) + 48) / 64)
+_Static_assert(LMP_OBJ_LINE_END == 80, "the object's lines are as drawn");
+_Static_assert(LINE_OF(g) == 1 && LINE_OF(tail) == 2 &&
+               LINE_OF(unfinished) == 2 && LINE_OF(hg) == 3 &&
+               LINE_OF(head) == 4 && LINE_OF(seen_tail) == 4 &&
+               LINE_OF(ring) == 5 && LINE_OF(putters) == 5 &&
+               sizeof(queue) == 336,
+               "each end's lock, and each end's notes, have a line of "
+               "their own");
 
-static uint64_t pad8(uint64_t n) { return (n + 7) & ~(uint64_t)7; }
+static uint32_t pad8(uint32_t n) { return (n + 7) & ~(uint32_t)7; }
 
 static ring *RING(queue *q) { return LMP_PTR(atomic_load(&q->ring)); }
 
-static uint64_t payload_len(const rec *h);
-
-/* After a process died holding the guard: recount the messages. */
-static void queue_repair(lmp_obj *o) {
-  queue *q = (queue *)o;
-  ring *r;
-  uint64_t pos;
-  int64_t n = 0;
-  if (atomic_load(&q->ring) == 0) return;
-  r = RING(q);
-  pos = r->head;
-  while (pos < r->tail) {
-    rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
-    if (!(h->flags & F_PAD)) n++;
-    pos += sizeof(rec) + pad8(payload_len(h));
-  }
-  atomic_store(&q->count, n);
+static rec *REC(ring *r, uint32_t pos) {
+  return (rec *)(r->data + (pos & (r->cap - 1)));
 }
 
-static void qlock(queue *q) { lmp_guard_lock(&q->g, &q->h); }
-static void qunlock(queue *q) { lmp_guard_unlock(&q->g); }
+/* The messages waiting: the head is read first, so that the tail read
+ * after it is never behind it. */
+static uint32_t waiting(queue *q) {
+  uint64_t h = atomic_load(&q->head);
+  return W_COUNT(atomic_load(&q->tail)) - W_COUNT(h);
+}
 
-static uint64_t payload_len(const rec *h) {
+static void tlock(queue *q) { lmp_guard_lock(&q->g, &q->h); }
+static void tunlock(queue *q) { lmp_guard_unlock(&q->g); }
+static void hlock(queue *q) { lmp_guard_lock(&q->hg, &q->h); }
+static void hunlock(queue *q) { lmp_guard_unlock(&q->hg); }
+
+static uint32_t payload_len(const rec *h) {
   return (h->flags & F_OUTLINE) ? sizeof(lmp_off) : h->len;
 }
 
-/* Moves the records into a ring of at least `need` free bytes; -ENOMEM. */
-static int grow(queue *q, uint64_t need) {
-  ring *r = RING(q), *nr;
-  uint64_t cap = r->cap * 2, used = r->tail - r->head, pos, out = 0;
-  while (cap - used < need + sizeof(rec) * 2) cap *= 2;
-  nr = lmp_alloc_pending(&q->h, sizeof(ring) + cap, LMP_PEND_NEW);
-  if (nr == NULL) return -ENOMEM;
-  nr->cap = cap;
-  for (pos = r->head; pos < r->tail;) {
-    rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
-    uint64_t size = sizeof(rec) + pad8(payload_len(h));
-    if (!(h->flags & F_PAD)) {
-      memcpy(nr->data + out, h, size);
-      out += size;
-    }
-    pos += sizeof(rec) + pad8(payload_len(h));
+static uint32_t rec_size(const rec *h) {
+  return sizeof(rec) + pad8(payload_len(h));
+}
+
+/* Moves the records into a ring with at least `need` free bytes beyond
+ * the tail's index, at the same positions; the caller holds the tail's
+ * lock and takes the head's here.  -ENOMEM. */
+static int grow(queue *q, uint32_t need) {
+  ring *r, *nr;
+  uint32_t head, tail, pos;
+  uint64_t cap;
+  hlock(q);
+  r = RING(q);
+  head = W_POS(atomic_load(&q->head));
+  tail = W_POS(atomic_load(&q->tail));
+  cap = r->cap * 2;
+  /* Room for the record, and for a PAD before it if it falls at the end. */
+  while (cap - (uint32_t)(tail - head) < (uint64_t)need * 2) cap *= 2;
+  nr = cap > RING_MAX ? NULL
+                      : lmp_alloc_pending(&q->h, sizeof(ring) + cap,
+                                          LMP_PEND_NEW);
+  if (nr == NULL) {
+    hunlock(q);
+    return -ENOMEM;
   }
-  nr->head = 0;
-  nr->tail = out;
+  nr->cap = cap;
+  for (pos = head; pos != tail; pos += rec_size(REC(r, pos))) {
+    rec *h = REC(r, pos);
+    memcpy(REC(nr, pos), h,
+           (h->flags & F_PAD) ? sizeof(rec) : rec_size(h));
+  }
   lmp_publish(&q->h, &q->ring, nr);
+  hunlock(q);
   return 0;
 }
 
-/* Appends a record; the caller holds the lock.  `outline` is the offset of
- * an out-of-line block (len is then the message length); `plain` adds
- * F_PLAIN.  -ENOMEM. */
+/* Appends a record and commits it; the caller holds the tail's lock.
+ * `outline` is the offset of an out-of-line block (len is then the
+ * message length); `plain` adds F_PLAIN.  -ENOMEM. */
 static int append(queue *q, const char *p, size_t len, lmp_off outline,
                   unsigned plain) {
-  uint64_t plen = outline ? sizeof(lmp_off) : len;
-  uint64_t need = sizeof(rec) + pad8(plen);
+  uint32_t plen = outline ? sizeof(lmp_off) : (uint32_t)len;
+  uint32_t size = sizeof(rec) + pad8(plen), need, room;
+  uint64_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+  uint32_t tail = W_POS(t), pos;
   ring *r = RING(q);
-  uint64_t idx = r->tail & (r->cap - 1), room = r->cap - idx;
   rec *h;
-  if (room < need) need += room; /* a PAD record to the end */
-  if (r->cap - (r->tail - r->head) < need) {
-    if (grow(q, need) < 0) return -ENOMEM;
-    r = RING(q);
-    idx = r->tail & (r->cap - 1);
-    room = r->cap - idx;
-    need = sizeof(rec) + pad8(plen);
+  room = r->cap - (tail & (r->cap - 1));
+  need = room < size ? room + size : size; /* a PAD record to the end */
+  if (r->cap - (uint32_t)(tail - W_POS(atomic_load(&q->seen_head))) < need) {
+    atomic_store(&q->seen_head, atomic_load(&q->head));
+    if (r->cap - (uint32_t)(tail - W_POS(atomic_load(&q->seen_head))) <
+        need) {
+      if (grow(q, size) < 0) return -ENOMEM;
+      r = RING(q);
+      room = r->cap - (tail & (r->cap - 1));
+      need = room < size ? room + size : size;
+    }
   }
-  if (room < sizeof(rec) + pad8(plen)) {
-    h = (rec *)(r->data + idx);
-    h->len = (uint32_t)(room - sizeof(rec));
+  pos = tail;
+  if (room < size) {
+    h = REC(r, pos);
+    h->len = room - sizeof(rec);
     h->flags = F_PAD;
-    r->tail += room; /* commits only the padding */
-    idx = 0;
+    pos += room;
   }
-  h = (rec *)(r->data + idx);
+  h = REC(r, pos);
   h->len = (uint32_t)(outline ? (len > UINT32_MAX ? UINT32_MAX : len) : len);
   h->flags = (outline ? F_OUTLINE : 0) | plain;
   if (outline) memcpy(h + 1, &outline, sizeof outline);
   else memcpy(h + 1, p, len);
-  atomic_thread_fence(memory_order_release);
-  r->tail += sizeof(rec) + pad8(plen); /* the commit */
+  /* The commit, released: a get that sees the word sees the record. */
+  atomic_store_explicit(&q->tail, W_MAKE(W_COUNT(t) + 1, pos + size),
+                        memory_order_release);
   return 0;
 }
 
 /* Does the queue own block blk (in a record or as its ring)?  The caller
- * holds the lock. */
+ * holds one of the two locks (see Layout). */
 static int owns_locked(lmp_obj *o, lmp_off blk) {
   queue *q = (queue *)o;
   ring *r;
-  uint64_t pos;
+  uint32_t pos, tail;
   if (atomic_load(&q->ring) == 0) return 0; /* still being made */
   r = RING(q);
   if (LMP_OFF(r) == blk) return 1;
-  for (pos = r->head; pos < r->tail;) {
-    rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
+  tail = W_POS(atomic_load(&q->tail));
+  for (pos = W_POS(atomic_load(&q->head)); pos != tail;
+       pos += rec_size(REC(r, pos))) {
+    rec *h = REC(r, pos);
     if (h->flags & F_OUTLINE) {
       lmp_off off;
       memcpy(&off, h + 1, sizeof off);
       if (off == blk) return 1;
     }
-    pos += sizeof(rec) + pad8(payload_len(h));
   }
   return 0;
 }
@@ -197,18 +262,20 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
 static void queue_dtor(lmp_obj *o) {
   queue *q = (queue *)o;
   ring *r;
-  uint64_t pos;
+  uint32_t pos, tail;
   if (atomic_load(&q->ring) != 0) { /* 0: never made whole, or freed */
     r = RING(q);
-    for (pos = r->head; pos < r->tail;) {
-      rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
+    tail = W_POS(atomic_load(&q->tail));
+    for (pos = W_POS(atomic_load(&q->head)); pos != tail;
+         pos += rec_size(REC(r, pos))) {
+      rec *h = REC(r, pos);
       lmp_off *at = (lmp_off *)(void *)(h + 1);
       if ((h->flags & F_OUTLINE) && *at != 0) /* inline: no object */
         lmp_cmsg_drop(LMP_PTR(*at), at);
-      pos += sizeof(rec) + pad8(payload_len(h));
     }
     lmp_heap_free(r, (lmp_off *)&q->ring);
   }
+  lmp_guard_destroy(&q->hg);
   lmp_guard_destroy(&q->g);
 }
 
@@ -219,6 +286,7 @@ static queue *queue_new(int64_t maxsize, int kind) {
   ring *r;
   if (q == NULL) return NULL;
   lmp_guard_init(&q->g);
+  lmp_guard_init(&q->hg);
   /* Pending until published, so that a kill in between leaks no ring. */
   r = lmp_alloc_pending(&q->h, sizeof(ring) + RING_MIN, LMP_PEND_NEW);
   if (r == NULL) {
@@ -226,7 +294,7 @@ static queue *queue_new(int64_t maxsize, int kind) {
     return NULL;
   }
   r->cap = RING_MIN;
-  r->head = r->tail = 0;
+  q->tail = q->seen_head = q->head = q->seen_tail = W_START;
   q->maxsize = maxsize > 0 ? maxsize : 0;
   lmp_publish(&q->h, &q->ring, r);
   return q;
@@ -234,19 +302,41 @@ static queue *queue_new(int64_t maxsize, int kind) {
 
 static int has_room(void *ud) {
   queue *q = ud;
-  return q->maxsize == 0 || atomic_load(&q->count) < q->maxsize;
+  return q->maxsize == 0 || waiting(q) < q->maxsize;
 }
 
-static int has_item(void *ud) {
-  return atomic_load(&((queue *)ud)->count) > 0;
+static int has_item(void *ud) { return waiting(ud) > 0; }
+
+/* With the tail's lock held: room for one more message, by the head as
+ * last seen, else as it is now. */
+static int has_room_locked(queue *q) {
+  uint32_t tc;
+  if (q->maxsize == 0) return 1;
+  tc = W_COUNT(atomic_load_explicit(&q->tail, memory_order_relaxed));
+  if (tc - W_COUNT(atomic_load(&q->seen_head)) < q->maxsize) return 1;
+  atomic_store(&q->seen_head, atomic_load(&q->head));
+  return tc - W_COUNT(atomic_load(&q->seen_head)) < q->maxsize;
+}
+
+/* With the head's lock held: a message to take, by the tail as last seen,
+ * else as it is now (acquired: its record is there). */
+static int has_item_locked(queue *q) {
+  uint32_t hc = W_COUNT(atomic_load_explicit(&q->head, memory_order_relaxed));
+  if (W_COUNT(atomic_load_explicit(&q->seen_tail, memory_order_relaxed)) !=
+      hc)
+    return 1;
+  atomic_store_explicit(&q->seen_tail, atomic_load(&q->tail),
+                        memory_order_relaxed);
+  return W_COUNT(atomic_load_explicit(&q->seen_tail,
+                                      memory_order_relaxed)) != hc;
 }
 
 static int all_done(void *ud) {
   queue *q = ud;
   int done;
-  qlock(q);
+  tlock(q);
   done = q->unfinished == 0;
-  qunlock(q);
+  tunlock(q);
   return done;
 }
 
@@ -289,28 +379,19 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
                 outmsg *blk, unsigned plain, double deadline) {
   int rc;
   for (;;) {
-    qlock(q);
-    if (has_room(q)) break;
-    qunlock(q);
+    tlock(q);
+    if (has_room_locked(q)) break;
+    tunlock(q);
     rc = qwait(L, q, &q->put_seq, &q->putters, has_room, deadline);
     if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
-  /* Counted in at once, while the line the lock is in is still this
-   * process's (a waiting getter's trylock may take it later); a getter
-   * that sees the count first waits for the lock, and so for the record. */
-  atomic_fetch_add(&q->count, 1);
   rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, plain);
-  if (rc == 0) {
-    if (q->h.kind == K_JOINABLE) q->unfinished++;
-  } else {
-    atomic_fetch_sub(&q->count, 1); /* not put after all */
-  }
+  if (rc == 0 && q->h.kind == K_JOINABLE) q->unfinished++;
   /* Still under the lock: once it is released a consumer may take and free
    * the block, so the reaper must not find it registered as ours then. */
   if (blk != NULL && rc == 0) lmp_pending_clear(LMP_PEND_IN);
-  qunlock(q);
+  tunlock(q);
   if (rc == 0) notify_get(q);
-  else notify_put(q); /* the room it held for a moment */
   return rc;
 }
 
@@ -321,25 +402,26 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
  * -ENOMEM. */
 static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
                 int *plain, double deadline) {
+  uint64_t hw;
+  uint32_t pos;
   ring *r;
   rec *h;
   int rc;
   *blk = NULL;
   for (;;) {
-    qlock(q);
-    if (has_item(q)) break;
-    qunlock(q);
+    hlock(q);
+    if (has_item_locked(q)) break;
+    hunlock(q);
     rc = qwait(L, q, &q->get_seq, &q->getters, has_item, deadline);
     if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
-  /* Counted out at once, while the line the lock is in is still this
-   * process's: later, a waiting putter's trylock may have taken it. */
-  atomic_fetch_sub(&q->count, 1);
+  hw = atomic_load_explicit(&q->head, memory_order_relaxed);
+  pos = W_POS(hw);
   r = RING(q);
-  h = (rec *)(r->data + (r->head & (r->cap - 1)));
-  if (h->flags & F_PAD) { /* commit skipping the padding */
-    r->head += sizeof(rec) + pad8(h->len);
-    h = (rec *)(r->data + (r->head & (r->cap - 1)));
+  h = REC(r, pos);
+  if (h->flags & F_PAD) { /* skipped in the same commit */
+    pos += rec_size(h);
+    h = REC(r, pos);
   }
   if (h->flags & F_OUTLINE) {
     lmp_off off;
@@ -348,20 +430,18 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
     lmp_pending_set(&q->h, *blk, LMP_PEND_OUT);
   } else {
     b->len = 0;
-    if (lmp_buf_reserve(b, h->len) < 0) {
-      atomic_fetch_add(&q->count, 1); /* it stays */
-      qunlock(q);
-      notify_get(q);
+    if (lmp_buf_reserve(b, h->len) < 0) { /* it stays */
+      hunlock(q);
       return -ENOMEM;
     }
     memcpy(b->data, h + 1, h->len);
     b->len = h->len;
   }
   *plain = (h->flags & F_PLAIN) != 0;
-  r->head += sizeof(rec) + pad8(payload_len(h)); /* the commit */
-  qunlock(q);
+  atomic_store(&q->head, W_MAKE(W_COUNT(hw) + 1, pos + rec_size(h)));
+  hunlock(q);
   notify_put(q);
-  if (atomic_load(&q->count) > 0 && atomic_load(&q->getters) > 0)
+  if (atomic_load(&q->getters) > 0 && waiting(q) > 0)
     lmp_futex_bump(&q->get_seq, 1); /* pass the baton */
   return 0;
 }
@@ -479,7 +559,7 @@ static int queue_drain(lua_State *L) {
   lua_Integer n = 0;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  while (atomic_load(&q->count) > 0) {
+  while (waiting(q) > 0) {
     int rc = take(L, q, h, 0);
     if (rc == -EAGAIN) break;
     if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
@@ -490,18 +570,18 @@ static int queue_drain(lua_State *L) {
 }
 
 static int queue_qsize(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)atomic_load(&checkq(L, NULL)->count));
+  lua_pushinteger(L, (lua_Integer)waiting(checkq(L, NULL)));
   return 1;
 }
 
 static int queue_empty(lua_State *L) {
-  lua_pushboolean(L, atomic_load(&checkq(L, NULL)->count) == 0);
+  lua_pushboolean(L, waiting(checkq(L, NULL)) == 0);
   return 1;
 }
 
 static int queue_full(lua_State *L) {
   queue *q = checkq(L, NULL);
-  lua_pushboolean(L, q->maxsize > 0 && atomic_load(&q->count) >= q->maxsize);
+  lua_pushboolean(L, q->maxsize > 0 && waiting(q) >= q->maxsize);
   return 1;
 }
 
@@ -509,18 +589,19 @@ static int queue_full(lua_State *L) {
 static int queue_recount(lua_State *L) {
   queue *q = checkq(L, NULL);
   ring *r;
-  uint64_t pos;
+  uint32_t pos, tail;
   lua_Integer n = 0;
-  qlock(q);
+  tlock(q);
+  hlock(q);
   r = RING(q);
-  for (pos = r->head; pos < r->tail;) {
-    rec *h = (rec *)(r->data + (pos & (r->cap - 1)));
-    if (!(h->flags & F_PAD)) n++;
-    pos += sizeof(rec) + pad8(payload_len(h));
-  }
-  lua_pushinteger(L, (lua_Integer)atomic_load(&q->count));
+  tail = W_POS(atomic_load(&q->tail));
+  for (pos = W_POS(atomic_load(&q->head)); pos != tail;
+       pos += rec_size(REC(r, pos)))
+    if (!(REC(r, pos)->flags & F_PAD)) n++;
+  lua_pushinteger(L, (lua_Integer)waiting(q));
   lua_pushinteger(L, n);
-  qunlock(q);
+  hunlock(q);
+  tunlock(q);
   return 2;
 }
 
@@ -532,13 +613,13 @@ static int queue_maxsize(lua_State *L) {
 static int queue_task_done(lua_State *L) {
   queue *q = checkq(L, NULL);
   int zero;
-  qlock(q);
+  tlock(q);
   if (q->unfinished <= 0) {
-    qunlock(q);
+    tunlock(q);
     return luaL_error(L, "task_done() called too many times");
   }
   zero = --q->unfinished == 0;
-  qunlock(q);
+  tunlock(q);
   if (zero) lmp_futex_bump(&q->join_seq, INT_MAX);
   return 0;
 }
@@ -556,7 +637,7 @@ static int queue_join(lua_State *L) {
 /* mp.wait: ready when a get would not block. */
 static int queue_ready(void *h, int *fd) {
   (void)fd;
-  return atomic_load(&((queue *)((lmp_handle *)h)->obj)->count) > 0;
+  return waiting((queue *)((lmp_handle *)h)->obj) > 0;
 }
 
 /* ---------------------------------------------------------------- classes */
@@ -582,7 +663,7 @@ static const luaL_Reg squeue_meth[] = {
 
 static const lmp_type queue_type = {
   .name = "queue", .dtor = queue_dtor, .guard = offsetof(queue, g),
-  .owns = owns_locked, .repair = queue_repair, .release = lmp_cmsg_release,
+  .owns = owns_locked, .release = lmp_cmsg_release,
 };
 
 #define QUEUECLASS(cname, k, m)                                            \

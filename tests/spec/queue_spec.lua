@@ -535,6 +535,45 @@ describe("Queue", function()
     end)
   end)
 
+    it("grow while their records wrap around the ring's end, and give "
+       .. "them back in order", function()
+      -- The head is moved into the ring first, so that the messages that
+      -- make it grow wrap around its end (behind a padding record).
+      local q = mp.Queue()
+      local function msg(i) return ("%05d"):format(i) .. ("m"):rep(495) end
+      for i = 1, 25 do q:put(msg(i)) end
+      for i = 1, 25 do assert.are.equal(msg(i), q:get(false)) end
+      for i = 26, 525 do
+        q:put(msg(i))
+        assert.are.equal(i - 25, q:qsize())
+      end
+      assert.are.same({500, 500}, {q:_recount()})
+      for i = 26, 525 do assert.are.equal(msg(i), q:get(false)) end
+      assert.are.same({0, 0}, {q:_recount()})
+      raises(mp.Empty, EMPTY, q.get, q, false)
+    end)
+
+    it("keep their count and order across the wrap of their positions",
+       function()
+      -- A queue's positions and counts start short of their wrap (1000
+      -- messages, 1 MiB); 3000 messages of 1 KiB cross both, with ten
+      -- waiting at every step.
+      local q = mp.Queue(10)
+      local body = ("w"):rep(1000)
+      for i = 1, 10 do q:put(i .. body) end
+      for i = 11, 3000 do
+        assert.is_true(q:full())
+        assert.are.equal(i - 10 .. body, q:get(false))
+        assert.are.equal(9, q:qsize())
+        q:put(i .. body, false)
+        assert.are.equal(10, q:qsize())
+      end
+      raises(mp.Full, "queue is full", q.put, q, "one more", false)
+      for i = 2991, 3000 do assert.are.equal(i .. body, q:get(false)) end
+      assert.is_true(q:empty())
+      assert.are.same({0, 0}, {q:_recount()})
+    end)
+
   describe("_drain", function()
     it("takes every waiting message, in order, without blocking", function()
       local q = mp.Queue()
