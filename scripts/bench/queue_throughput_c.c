@@ -2,13 +2,15 @@
  *
  * ints: what luamp's queue does for a small message, in C alone: one
  * producer process and one consumer process share a ring of records
- * (a length, flags, an 8-byte integer) guarded by a robust process-shared
- * mutex, taken as luamp takes it (trylocks with pauses that double
- * between them, then a sleep in the kernel); a put appends under the lock
- * and wakes the consumer with a futex only if it sleeps; a get takes the
- * oldest under the lock, and on an empty ring spins (4000 pauses) before
- * it sleeps on the futex.  No Lua, no codec, no arena: the lock, the
- * copy, the commit and the hand-over of cache lines between cores.
+ * (a length, flags, an 8-byte integer) with two ends, each with a robust
+ * process-shared mutex taken as luamp takes it (trylocks with pauses that
+ * double between them, then a sleep in the kernel), and each end's lock,
+ * and its position with what it last saw of the other's, on lines of
+ * their own; a put appends under the tail's lock and wakes the consumer
+ * with a futex only if it sleeps; a get takes the oldest under the head's
+ * lock, and on an empty ring spins (4000 pauses) before it sleeps on the
+ * futex.  No Lua, no codec, no arena: the locks, the copy, the commit and
+ * the hand-over of cache lines between cores.
  *
  * big: one memcpy of the payload between two buffers whose pages are
  * already there, the least any carrier must do.
@@ -48,59 +50,71 @@ typedef struct rec {
 } rec;
 
 typedef struct shq {
-  pthread_mutex_t mu;
-  uint64_t head, tail;
-  _Atomic uint64_t count;
-  _Atomic uint32_t get_seq, getters;
-  char data[RING];
+  _Alignas(64) pthread_mutex_t tmu;
+  _Alignas(64) _Atomic uint64_t tail;
+  uint64_t seen_head;
+  _Alignas(64) pthread_mutex_t hmu;
+  _Alignas(64) _Atomic uint64_t head;
+  uint64_t seen_tail;
+  _Alignas(64) _Atomic uint32_t get_seq, getters;
+  _Alignas(64) char data[RING];
 } shq;
 
 /* As lmp_robust_lock: 8 trylocks, 4 to 512 pauses between them. */
-static void qlock(shq *q) {
+static void qlock(pthread_mutex_t *mu) {
   int i, rc, k;
-  for (i = 0; (rc = pthread_mutex_trylock(&q->mu)) == EBUSY && i < 8; i++)
+  for (i = 0; (rc = pthread_mutex_trylock(mu)) == EBUSY && i < 8; i++)
     for (k = 0; k < 4 << i; k++) relax();
-  if (rc == EBUSY) rc = pthread_mutex_lock(&q->mu);
-  if (rc == EOWNERDEAD) pthread_mutex_consistent(&q->mu);
+  if (rc == EBUSY) rc = pthread_mutex_lock(mu);
+  if (rc == EOWNERDEAD) pthread_mutex_consistent(mu);
 }
 
+/* The ring holds every message of a stream: room is never short, and the
+ * head is not read (luamp's put reads it only when its copy says full). */
 static void put(shq *q, int64_t v) {
   rec *r;
-  qlock(q);
-  r = (rec *)(q->data + (q->tail & (RING - 1)));
+  uint64_t t;
+  qlock(&q->tmu);
+  t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+  r = (rec *)(q->data + (t & (RING - 1)));
   r->len = sizeof r->v;
   r->flags = 0;
   r->v = v;
-  q->tail += sizeof *r; /* the commit */
-  atomic_fetch_add(&q->count, 1);
-  pthread_mutex_unlock(&q->mu);
+  atomic_store_explicit(&q->tail, t + sizeof *r, memory_order_release);
+  pthread_mutex_unlock(&q->tmu);
   if (atomic_load(&q->getters) > 0) {
     atomic_fetch_add(&q->get_seq, 1);
     syscall(SYS_futex, &q->get_seq, FUTEX_WAKE, 1, NULL, NULL, 0);
   }
 }
 
+static int has_item(shq *q) {
+  return atomic_load(&q->tail) != atomic_load(&q->head);
+}
+
 static int64_t get(shq *q) {
   int64_t v;
+  uint64_t h;
   for (;;) {
     uint32_t seen;
     int k;
-    qlock(q);
-    if (q->head != q->tail) break;
-    pthread_mutex_unlock(&q->mu);
-    for (k = 0; k < 4000 && atomic_load(&q->count) == 0; k++)
-      relax();
-    if (atomic_load(&q->count) > 0) continue;
+    qlock(&q->hmu);
+    h = atomic_load_explicit(&q->head, memory_order_relaxed);
+    if (q->seen_tail != h) break;
+    q->seen_tail = atomic_load_explicit(&q->tail, memory_order_acquire);
+    if (q->seen_tail != h) break;
+    pthread_mutex_unlock(&q->hmu);
+    for (k = 0; k < 4000 && !has_item(q); k++) relax();
+    if (has_item(q)) continue;
     seen = atomic_load(&q->get_seq);
     atomic_fetch_add(&q->getters, 1);
-    if (atomic_load(&q->count) == 0)
+    if (!has_item(q))
       syscall(SYS_futex, &q->get_seq, FUTEX_WAIT, seen, NULL, NULL, 0);
     atomic_fetch_sub(&q->getters, 1);
   }
-  v = ((rec *)(q->data + (q->head & (RING - 1))))->v;
-  q->head += sizeof(rec); /* the commit */
-  atomic_fetch_sub(&q->count, 1);
-  pthread_mutex_unlock(&q->mu);
+  v = ((rec *)(q->data + (h & (RING - 1))))->v;
+  atomic_store(&q->head, h + sizeof(rec)); /* the commit */
+  pthread_mutex_unlock(&q->hmu);
   return v;
 }
 
@@ -115,7 +129,8 @@ static double stream(shq *q, long n) {
   pthread_mutexattr_init(&a);
   pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
   pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(&q->mu, &a);
+  pthread_mutex_init(&q->tmu, &a);
+  pthread_mutex_init(&q->hmu, &a);
   pid = fork();
   if (pid == 0) {
     for (i = 0; i < WARM + n; i++) put(q, 12345);

@@ -226,6 +226,100 @@ describe("Queue under SIGKILL", function()
       end}
   end)
 
+  -- A child gets in a loop from a queue of inline and out-of-line
+  -- messages and is killed at a random moment, often inside a get,
+  -- holding the head's lock: the next getter takes the lock over, and
+  -- the messages left are the ones the child had not taken, in order.
+  it("gives the rest, in order, after a getter dies holding the head's "
+     .. "lock", function()
+    local why = H.seeded()
+    local function msg(i)
+      return i % 5 == 0 and i .. ("o"):rep(INLINE_MAX + 100) or i .. "|"
+    end
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local q -- this round's queue
+    local N = 1500
+    H.kill_rounds{rounds = 30, pause = 0.003, why = why,
+      start = function()
+        q = mp.Queue()
+        for i = 1, N do q:put(msg(i)) end
+        local p = mp.Process{target = function()
+          while true do q:get() end
+        end}
+        p:start()
+        H.wait_for(function() return q:qsize() < N end, 10, 0.0005)
+        return p
+      end,
+      after = function(round)
+        local count, found = q:_recount()
+        assert.are.equal(found, count, "the count is off" .. why)
+        assert(count < N, "the getter took nothing" .. why)
+        for i = N - count + 1, N do
+          assert.are.equal(msg(i), q:get_nowait(), "message " .. i .. why)
+        end
+        local ok, e = pcall(q.get_nowait, q)
+        assert.is_false(ok, "more messages than counted" .. why)
+        assert.are.equal(mp.Empty, e.type)
+        q:put("marker")
+        assert.are.equal("marker", q:get_nowait())
+        q:close()
+        assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks "
+          .. "leaked in round " .. round .. why)
+      end}
+  end)
+
+  -- A child puts into a queue nobody reads, so that its ring grows again
+  -- and again (a growth holds both ends' locks and moves every record),
+  -- and is killed at a random moment: the queue holds the messages the
+  -- child put, in order, and takes more.
+  it("holds what was put, in order, after a putter dies growing its ring",
+     function()
+    local why = H.seeded()
+    local body = ("g"):rep(200)
+    collectgarbage()
+    local blocks = mp.stats().arena_blocks
+    local q -- this round's queue
+    H.kill_rounds{rounds = 30, pause = 0.01, why = why,
+      start = function()
+        q = mp.Queue()
+        q:put(1 .. body)
+        assert.are.equal(1 .. body, q:get()) -- the positions move on
+        local p = mp.Process{target = function()
+          local i = 0
+          while true do
+            i = i + 1
+            q:put(i % 50 == 0 and {i, body, mp.Value("i", i)} or i .. body)
+          end
+        end}
+        p:start()
+        H.wait_for(function() return q:qsize() > 0 end, 10, 0.0005)
+        return p
+      end,
+      after = function(round)
+        local count, found = q:_recount()
+        assert.are.equal(found, count, "the count is off" .. why)
+        for i = 1, count do
+          local m = q:get_nowait()
+          if i % 50 == 0 then
+            assert.are.equal(i, m[1], "message " .. i .. why)
+            assert.are.equal(i, m[3].value, "message " .. i .. why)
+          else
+            assert.are.equal(i .. body, m, "message " .. i .. why)
+          end
+        end
+        local ok, e = pcall(q.get_nowait, q)
+        assert.is_false(ok, "more messages than counted" .. why)
+        assert.are.equal(mp.Empty, e.type)
+        q:put("marker")
+        assert.are.equal("marker", q:get_nowait())
+        q:close()
+        collectgarbage()
+        assert.are.equal(blocks, mp.stats().arena_blocks, "arena blocks "
+          .. "leaked in round " .. round .. why)
+      end}
+  end)
+
   -- Messages that name shared objects: producers killed as they take the
   -- references of a message, blocked on a full queue or putting it, and
   -- consumers killed as they take one out, decode it or let it go, leave
