@@ -91,7 +91,8 @@ typedef struct rec {
 /* A position word: messages that passed (high half), bytes (low half). */
 #define W_COUNT(w) ((uint32_t)((w) >> 32))
 #define W_POS(w) ((uint32_t)(w))
-#define W_MAKE(count, pos) (((uint64_t)(uint32_t)(count) << 32) | (uint32_t)(pos))
+#define W_MAKE(count, pos)                                                 \
+  (((uint64_t)(uint32_t)(count) << 32) | (uint32_t)(pos))
 /* Where both start: 1000 messages and 1 MiB short of the wrap, so that
  * every queue crosses it early (and every spec with it). */
 #define W_START W_MAKE(-1000, -(1 << 20))
