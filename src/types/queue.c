@@ -97,8 +97,8 @@ typedef struct rec {
  * every queue crosses it early (and every spec with it). */
 #define W_START W_MAKE(-1000, -(1 << 20))
 
-/* The object starts 16 bytes before a cache line (lmp_obj_new), and has
- * five: the tail's lock (bytes 16 to 80), the tail and the producers'
+/* The object starts 16 bytes before a cache line (lmp_obj_new), and spans
+ * five lines: the tail's lock (bytes 16 to 80), the tail and the producers'
  * notes (80 to 144), the head's lock (144 to 208), the head and the
  * consumers' notes (208 to 272), and what both ends read and seldom write
  * (272 to 336).  A consumer that waits reads the tail, and a producer that
@@ -162,9 +162,9 @@ static uint32_t rec_size(const rec *h) {
   return sizeof(rec) + pad8(payload_len(h));
 }
 
-/* Moves the records into a ring with at least `need` free bytes beyond
- * the tail's index, at the same positions; the caller holds the tail's
- * lock and takes the head's here.  -ENOMEM. */
+/* Moves the records, at the same positions, into a ring with room for a
+ * record of `need` bytes after the tail (and a PAD before it); the caller
+ * holds the tail's lock and takes the head's here.  -ENOMEM. */
 static int grow(queue *q, uint32_t need) {
   ring *r, *nr;
   uint32_t head, tail, pos;
