@@ -194,6 +194,11 @@ static int grow(queue *q, uint32_t need) {
   return 0;
 }
 
+/* The bytes free after the tail, by the head as a put last saw it. */
+static uint32_t free_bytes(queue *q, ring *r, uint32_t tail) {
+  return r->cap - (tail - W_POS(atomic_load(&q->seen_head)));
+}
+
 /* Appends a record and commits it; the caller holds the tail's lock.
  * `outline` is the offset of an out-of-line block (len is then the
  * message length); `plain` adds F_PLAIN.  -ENOMEM. */
@@ -207,14 +212,12 @@ static int append(queue *q, const char *p, size_t len, lmp_off outline,
   rec *h;
   room = r->cap - (tail & (r->cap - 1));
   need = room < size ? room + size : size; /* a PAD record to the end */
-  if (r->cap - (uint32_t)(tail - W_POS(atomic_load(&q->seen_head))) < need) {
+  if (free_bytes(q, r, tail) < need) {
     atomic_store(&q->seen_head, atomic_load(&q->head));
-    if (r->cap - (uint32_t)(tail - W_POS(atomic_load(&q->seen_head))) <
-        need) {
+    if (free_bytes(q, r, tail) < need) {
       if (grow(q, size) < 0) return -ENOMEM;
       r = RING(q);
       room = r->cap - (tail & (r->cap - 1));
-      need = room < size ? room + size : size;
     }
   }
   pos = tail;

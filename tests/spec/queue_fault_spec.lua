@@ -58,6 +58,14 @@ local function consumer(q, results_path)
   results:close()
 end
 
+-- Starts a child running target, and returns it once ready() is true.
+local function started(target, ready)
+  local p = mp.Process{target = target}
+  p:start()
+  H.wait_for(ready, 10, 0.0005)
+  return p
+end
+
 -- The end of a round: q, whose messages were all taken, holds no more,
 -- takes another, and once closed leaves the arena with `blocks` blocks.
 local function drained(q, blocks, why)
@@ -212,16 +220,13 @@ describe("Queue under SIGKILL", function()
       start = function()
         q = mp.Queue()
         for i = 1, 3 do q:put(("o"):rep(20000 + i)) end
-        local p = mp.Process{target = function()
+        return started(function()
           local seq = 0
           while true do
             seq = seq + 1
             q:put(body .. seq)
           end
-        end}
-        p:start()
-        H.wait_for(function() return q:qsize() >= 4 end, 10, 0.0005)
-        return p
+        end, function() return q:qsize() >= 4 end)
       end,
       after = function(round)
         local count, found = q:_recount()
@@ -252,12 +257,9 @@ describe("Queue under SIGKILL", function()
       start = function()
         q = mp.Queue()
         for i = 1, N do q:put(msg(i)) end
-        local p = mp.Process{target = function()
+        return started(function()
           while true do q:get() end
-        end}
-        p:start()
-        H.wait_for(function() return q:qsize() < N end, 10, 0.0005)
-        return p
+        end, function() return q:qsize() < N end)
       end,
       after = function(round)
         local count, found = q:_recount()
@@ -286,16 +288,13 @@ describe("Queue under SIGKILL", function()
         q = mp.Queue()
         q:put(1 .. body)
         assert.are.equal(1 .. body, q:get()) -- the positions move on
-        local p = mp.Process{target = function()
+        return started(function()
           local i = 0
           while true do
             i = i + 1
             q:put(i % 50 == 0 and {i, body, mp.Value("i", i)} or i .. body)
           end
-        end}
-        p:start()
-        H.wait_for(function() return q:qsize() > 0 end, 10, 0.0005)
-        return p
+        end, function() return q:qsize() > 0 end)
       end,
       after = function(round)
         local count, found = q:_recount()
