@@ -154,6 +154,19 @@ describe("Pool", function()
       end
     end)
 
+    it("runs its workers' collector in generational mode, unless the "
+       .. "initializer chose otherwise", function()
+      -- collectgarbage(mode) returns the mode it replaces.
+      local function mode() return collectgarbage("generational") end
+      local pool <close> = mp.Pool(1)
+      assert.are.equal("generational", pool:apply(mode))
+      assert.are.equal("incremental", collectgarbage("incremental"))
+      local chosen <close> = mp.Pool{processes = 1, initializer = function()
+        collectgarbage("incremental")
+      end}
+      assert.are.equal("incremental", chosen:apply(mode))
+    end)
+
     it("shows its size and state", function()
       local pool = mp.Pool(2)
       assert.are.equal("luamp.Pool (2 processes, RUN)", tostring(pool))

@@ -168,6 +168,12 @@ end
 -- it printed is lost when the pool ends it.
 function M.run(cfg, wid, io)
   core.set_service(nil) -- the owner's pools are not ours
+  -- Most of what a worker makes dies with its task (the arguments, the
+  -- results, their tables): a generational collector frees it young, at a
+  -- fraction of an incremental cycle's cost, and keeps the heap, and so
+  -- the pages the worker writes, near what lives.  An initializer may
+  -- choose otherwise.
+  collectgarbage("generational")
   if cfg.initializer then
     local ia = cfg.initargs or {}
     local ok, e = xpcall(cfg.initializer, on_error,
