@@ -117,6 +117,7 @@ local function run_chunk(id, f, am, star)
   local at = 0
   -- One protected call for the whole chunk: `at` says which item failed.
   local ok, e = xpcall(function()
+    local f, args, out = f, args, out -- locals, not upvalues, per item
     if star then
       for i = 1, n do
         at = i
