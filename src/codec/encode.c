@@ -59,6 +59,8 @@ typedef struct enc {
              * +3 the buffer encode() moves to, +4 the gap strings */
   int rope;  /* gaps made so far, or -1 when there are to be none */
   size_t gaps[ROPEMAX]; /* where each gap is in b */
+  const char *gstrs[ROPEMAX]; /* the bytes that fill each gap, kept alive */
+  size_t glens[ROPEMAX];      /* by what the rope table (slot + 4) holds */
   int depth;  /* tables and functions entered */
   int rebuilt; /* the names cache was built during this call */
   const char *wire; /* no shared object may be written: why, a format of
@@ -351,6 +353,28 @@ static void putref(enc *e, const seen *s) {
   puttagv(e, LMP_TAG_REF, s->idx);
 }
 
+/* Writes the header hdr (hl bytes) and leaves a gap for the n bytes at s,
+ * which belong to the value at idx (a string, or a Message), when they are
+ * long enough and gaps may still be made: the value goes into the rope
+ * table, which keeps the bytes alive until the message is written out.
+ * Returns whether it did. */
+static int putgap(enc *e, int idx, const char *hdr, size_t hl, const char *s,
+                  size_t n) {
+  lua_State *L = e->L;
+  if (n < ROPEMIN || e->rope < 0 || e->rope >= ROPEMAX) return 0;
+  if (e->rope == 0) {
+    lua_createtable(L, ROPEMAX, 0);
+    lua_replace(L, e->slot + 4);
+  }
+  lua_pushvalue(L, idx);
+  lua_rawseti(L, e->slot + 4, e->rope + 1);
+  putbytes(e, hdr, hl);
+  e->gaps[e->rope] = e->b->len;
+  e->gstrs[e->rope] = s;
+  e->glens[e->rope++] = n;
+  return 1;
+}
+
 /* A string of 64 bytes or more: its length is reserved exactly, and the
  * bytes are copied once (or not at all, in a gap). */
 static void putlong(enc *e, int idx, const char *s, size_t n) {
@@ -358,18 +382,7 @@ static void putlong(enc *e, int idx, const char *s, size_t n) {
   size_t hl;
   hdr[0] = LMP_TAG_STR;
   hl = (size_t)(putvarint(hdr + 1, n) - hdr);
-  if (n >= ROPEMIN && e->rope >= 0 && e->rope < ROPEMAX) {
-    lua_State *L = e->L;
-    if (e->rope == 0) {
-      lua_createtable(L, ROPEMAX, 0);
-      lua_replace(L, e->slot + 4);
-    }
-    lua_pushvalue(L, idx);
-    lua_rawseti(L, e->slot + 4, e->rope + 1);
-    putbytes(e, hdr, hl);
-    e->gaps[e->rope++] = e->b->len;
-    return;
-  }
+  if (putgap(e, idx, hdr, hl, s, n)) return;
   need(e, hl + n);
   p = e->b->data + e->b->len;
   memcpy(p, hdr, hl);
@@ -820,12 +833,15 @@ static void encother(enc *e, int idx, int t) {
         snprintf(why, sizeof why, e->wire, "Message's object");
         fail(e, idx, why);
       }
-      if (m != NULL) { /* a Message: as it is */
-        puttagv(e, LMP_TAG_MSG, nobj);
-        need(e, 10);
-        e->b->len = (size_t)(putvarint(e->b->data + e->b->len, n) -
-                             e->b->data);
-        putbytes(e, m, n);
+      if (m != NULL) { /* a Message: as it is, a long one in a gap */
+        char hdr[21];
+        size_t hl;
+        hdr[0] = LMP_TAG_MSG;
+        hl = (size_t)(putvarint(putvarint(hdr + 1, nobj), n) - hdr);
+        if (!putgap(e, idx, hdr, hl, m, n)) {
+          putbytes(e, hdr, hl);
+          putbytes(e, m, n);
+        }
         e->nobj += nobj;
         break;
       }
@@ -929,7 +945,8 @@ static void encslice(enc *e, int idx, lua_Integer i, lua_Integer n) {
   e->depth--;
 }
 
-/* Pushes the message in b as a string, filling its gaps. */
+/* Pushes the message in b as a string, filling its gaps (a Message's
+ * bytes are copied into a string first: lua_concat joins strings). */
 static void pushmsg(enc *e) {
   lua_State *L = e->L;
   size_t at = 0;
@@ -937,28 +954,34 @@ static void pushmsg(enc *e) {
   if (!lua_checkstack(L, 2 * e->rope + 1)) nomem(e);
   for (i = 0; i < e->rope; i++) {
     lua_pushlstring(L, e->b->data + at, e->gaps[i] - at);
-    lua_rawgeti(L, e->slot + 4, i + 1);
+    if (lua_rawgeti(L, e->slot + 4, i + 1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushlstring(L, e->gstrs[i], e->glens[i]);
+    }
     at = e->gaps[i];
   }
   lua_pushlstring(L, e->b->data + at, e->b->len - at);
   lua_concat(L, 2 * e->rope + 1);
 }
 
-/* Describes the gaps left in b for pc, and leaves at e->slot what keeps
- * their strings alive. */
-static void pieces(enc *e, lmp_pieces *pc) {
-  lua_State *L = e->L;
+/* Describes the gaps left in b for pc; the rope table (slot + 4) keeps
+ * what fills them alive. */
+static void fillpieces(const enc *e, lmp_pieces *pc) {
   int i;
   pc->n = e->rope;
   pc->total = e->b->len;
   for (i = 0; i < e->rope; i++) {
-    lua_rawgeti(L, e->slot + 4, i + 1);
     pc->gaps[i] = e->gaps[i];
-    pc->strs[i] = lua_tolstring(L, -1, &pc->lens[i]);
-    pc->total += pc->lens[i];
-    lua_pop(L, 1); /* the table keeps it */
+    pc->strs[i] = e->gstrs[i];
+    pc->lens[i] = e->glens[i];
+    pc->total += e->glens[i];
   }
-  lua_copy(L, e->slot + 4, e->slot);
+}
+
+/* The same, leaving at e->slot what keeps the pieces alive. */
+static void pieces(enc *e, lmp_pieces *pc) {
+  fillpieces(e, pc);
+  lua_copy(e->L, e->slot + 4, e->slot);
 }
 
 /* Appends the encoding of the value at idx to b and returns how many
@@ -1000,7 +1023,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.local.len = 0;
   e.local.cap = sizeof local;
   e.b = b ? b : &e.local;
-  e.rope = (b != NULL && pc == NULL) || asmsg ? -1 : 0;
+  e.rope = b != NULL && pc == NULL ? -1 : 0;
   e.root = root ? root : "value";
   e.globals = NULL;
   e.depth = e.rebuilt = 0;
@@ -1026,7 +1049,9 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   } else if (b != NULL) {
     lua_settop(L, e.slot - 1);
   } else if (asmsg) { /* a Message of the bytes, wherever they are */
-    lmp_msg_push(L, e.b->data, e.b->len, e.nobj);
+    lmp_pieces mp;
+    fillpieces(&e, &mp);
+    lmp_msg_push_pieces(L, &mp, e.b, e.nobj);
     lua_replace(L, e.slot);
     lua_settop(L, e.slot);
   } else if (e.b == &e.local && e.rope == 0) { /* nothing on the stack */

@@ -102,19 +102,22 @@ const lmp_class lmp_message_class = {
   .close = msg_close, .closed = msg_closed, .plain = 1,
 };
 
-void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
+/* Pushes a Message of n bytes, not yet filled in nor open. */
+static message *newmsg(lua_State *L, size_t n, size_t nobj) {
   /* A message that names no object holds nothing but its bytes: it needs
    * no finalizer. */
   message *m = nobj == 0
     ? lmp_newhandle_plain(L, &lmp_message_class, sizeof(message) + n)
     : lmp_newhandle(L, &lmp_message_class, sizeof(message) + n, 0);
-  holding h = {0, SIZE_MAX, 0};
   m->len = n;
-  m->nobj = 0;
-  m->open = 0;
-  memcpy(m->data, p, n);
+  return m;
+}
+
+/* Takes the holds of the objects m's bytes name, and opens it. */
+static void openmsg(lua_State *L, message *m, size_t nobj) {
+  holding h = {0, SIZE_MAX, 0};
   if (nobj > 0) {
-    lmp_msg_walk(m->data, n, hold_one, &h);
+    lmp_msg_walk(m->data, m->len, hold_one, &h);
     if (h.failed) {
       unhold(m, h.n);
       lmp_nomem(L, 0);
@@ -122,6 +125,19 @@ void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
   }
   m->nobj = h.n;
   m->open = 1;
+}
+
+void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
+  message *m = newmsg(L, n, nobj);
+  memcpy(m->data, p, n);
+  openmsg(L, m, nobj);
+}
+
+void lmp_msg_push_pieces(lua_State *L, const lmp_pieces *pc,
+                         const lmp_buf *b, size_t nobj) {
+  message *m = newmsg(L, pc->total, nobj);
+  lmp_pieces_copy(pc, b, m->data);
+  openmsg(L, m, nobj);
 }
 
 const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj) {

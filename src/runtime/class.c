@@ -123,13 +123,15 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
 /* ------------------------------------------------------------- handles */
 
 /* A new marked handle of class c, with the metatable the registry keeps
- * at `key`. */
+ * at `key`.  Its first c->size bytes (the class's struct) are zeroed; what
+ * lies beyond, in a handle of variable size (a Message's bytes), is the
+ * caller's to fill. */
 static void *newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv,
                        const void *key) {
   size_t at = (size + MARK - 1) & ~(MARK - 1);
   uintptr_t m = (uintptr_t)c ^ mark_key;
   char *h = lua_newuserdatauv(L, at + MARK, nuv);
-  memset(h, 0, at);
+  memset(h, 0, c->size < at ? c->size : at);
   memcpy(h + at, &m, MARK);
   lua_rawgetp(L, LUA_REGISTRYINDEX, key);
   lua_setmetatable(L, -2);

@@ -57,6 +57,7 @@ static lua_State *newstate(void) {
   lua_register(L, "decode_into", lmp_codec_decode_into);
   lua_newtable(L);
   lmp_family_open(L, &lmp_blob_family); /* core.blob(n): a shared object */
+  lmp_family_open(L, &lmp_codec_family); /* core.message(v) */
   lua_setglobal(L, "core");
   /* A C function reachable from no module, and a light userdata. */
   lua_pushcfunction(L, unnamed);
@@ -761,7 +762,17 @@ static void test_strings(void) {
       "local t = vals[10]\n"
       "same(t[1], mid) same(t[4], mid .. 'z') same(t[mid], big)\n"
       "same(t[3], select(2, t[2]()), 'a table shared with an upvalue')\n"
-      "same(#encode(mid), 1 + 1 + 3 + 20000, 'no padding')\n");
+      "same(#encode(mid), 1 + 1 + 3 + 20000, 'no padding')\n"
+      /* long Messages fill gaps too, in a string as in a Message */
+      "local lm, sm = core.message(big), core.message('small')\n"
+      "local v = {lm, mid, sm, core.message({lm, mid})}\n"
+      "local m = encode(v)\n"
+      "same(m, encbuf(v), 'the same bytes with Messages')\n"
+      "local w = decode(m)\n"
+      "same(decode(w[1]), big) same(w[2], mid) same(decode(w[3]), 'small')\n"
+      "local nested = decode(w[4])\n"
+      "same(decode(nested[1]), big) same(nested[2], mid)\n"
+      "same(core.message(v):bytes(), m, 'a Message of the same bytes')\n");
   /* A big string is reserved at its exact size: no doubling, no slack. */
   RUN(S, "bigstr = ('q'):rep(1 << 20)");
   lua_getglobal(S, "bigstr");

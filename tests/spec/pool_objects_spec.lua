@@ -283,5 +283,59 @@ describe("Pool with shared objects", function()
       assert.are.equal(d, core.decode(got.inner))
       got.inner:close()
     end)
+
+    -- Long strings and long Messages are copied once, straight from where
+    -- they are into the message being made; at most 16 a message, the
+    -- rest with the other bytes.  Each must land in its place.
+    it("keep long strings and long Messages whole and in order, however "
+       .. "many", function()
+      local function long(i, n)
+        return string.char(64 + i) .. ("x"):rep(n - 2) .. string.char(96 + i)
+      end
+      local strs = {n = 20}
+      for i = 1, 20 do strs[i] = long(i, (16 << 10) + i * 1000) end
+      strs[7] = "short"
+      local d = mp.Dict{k = 1}
+      local m = core.message({strs, d, tail = long(26, 40000)})
+      assert.are.equal(1, m:objects())
+      local back = core.decode(m)
+      assert.are.same(strs, back[1])
+      assert.are.equal(d, back[2])
+      assert.are.equal(long(26, 40000), back.tail)
+      -- Long Messages inside a Message, and inside a queue's message,
+      -- themselves holding long strings and a shared object.
+      local inner = {}
+      for i = 1, 18 do
+        inner[i] = core.message(i % 5 == 0 and {long(i, 70000), d}
+                                or long(i, 20000 + i))
+      end
+      local outer = core.message({inner, last = core.message("short")})
+      assert.are.equal(3, outer:objects()) -- inner 5, 10 and 15
+      local q = mp.Queue()
+      q:put({outer = outer, inner = inner})
+      for _, im in ipairs(inner) do im:close() end
+      outer:close()
+      collectgarbage()
+      local got = q:get(true, 5)
+      local o = core.decode(got.outer)
+      for i = 1, 18 do
+        local v = core.decode(o[1][i])
+        local w = core.decode(got.inner[i])
+        if i % 5 == 0 then
+          assert.are.equal(long(i, 70000), v[1])
+          assert.are.equal(d, v[2])
+          assert.are.equal(long(i, 70000), w[1])
+          assert.are.equal(d, w[2])
+        else
+          assert.are.equal(long(i, 20000 + i), v)
+          assert.are.equal(long(i, 20000 + i), w)
+        end
+        o[1][i]:close()
+        got.inner[i]:close()
+      end
+      assert.are.equal("short", core.decode(o.last))
+      o.last:close()
+      got.outer:close()
+    end)
   end)
 end)
