@@ -1,7 +1,8 @@
 -- queue_throughput.lua -- one producer process, one consumer (this process), through
 -- a Queue: small integers, the 5-field record, and a 64 MiB string.
 -- Prints: ints <M msg/s> M/s, records <M msg/s> M/s, arena_per_int <bytes>
---         B, big <GB/s> GB/s
+--         B, big <GB/s> GB/s, and rtt <us> us: the round trip of a small
+--         message to an echoing child and back, through two queues
 -- Usage: luamp queue_throughput.lua [N_INTS=200000] [N_RECORDS=100000]
 --                                   [BIG_ROUNDS=32]
 
@@ -48,6 +49,27 @@ do
   print(string.format("arena_per_int %.1f B",
                       (mp.stats().arena_used - used) / 10000))
   q:close()
+end
+
+-- Round trips: a small integer to a child that puts it back on another
+-- queue, the next one sent once the last is back.
+do
+  local there, back = mp.Queue(), mp.Queue()
+  local p = mp.Process{target = function()
+    while true do
+      local v = there:get()
+      if not v then return end
+      back:put(v)
+    end
+  end}
+  p:start()
+  local n = N_INTS // 10
+  for i = 1, WARM do there:put(i); back:get() end
+  local t0 = mp.monotonic()
+  for i = 1, n do there:put(i); back:get() end
+  print(string.format("rtt %.3f us", (mp.monotonic() - t0) / n * 1e6))
+  there:put(false)
+  p:join()
 end
 
 -- A stream of large messages through a queue of two: the steady state of a

@@ -25,6 +25,31 @@ def run(n, item, maxsize, warm):
     return dt
 
 
+def echo(there, back):
+    while True:
+        v = there.get()
+        if not v:
+            return
+        back.put(v)
+
+
+def rtt(n, warm):
+    there, back = mp.Queue(), mp.Queue()
+    p = mp.Process(target=echo, args=(there, back))
+    p.start()
+    for i in range(1, warm + 1):
+        there.put(i)
+        back.get()
+    t0 = time.monotonic()
+    for i in range(1, n + 1):
+        there.put(i)
+        back.get()
+    dt = time.monotonic() - t0
+    there.put(False)
+    p.join()
+    return dt / n
+
+
 def main():
     n_ints = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
     n_recs = int(sys.argv[2]) if len(sys.argv) > 2 else 100000
@@ -34,6 +59,7 @@ def main():
     warm = 1000
     print("ints %.3f M/s" % (n_ints / run(n_ints, 12345, 0, warm) / 1e6))
     print("records %.3f M/s" % (n_recs / run(n_recs, rec, 0, warm) / 1e6))
+    print("rtt %.3f us" % (rtt(n_ints // 10, warm) * 1e6))
     big = "x" * (64 << 20)
     dt = run(big_rounds, big, 2, 4)
     print("big %.3f GB/s" % (big_rounds * len(big) / dt / 1e9))

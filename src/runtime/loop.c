@@ -378,19 +378,22 @@ int lmp_raise_errno(lua_State *L, int rc, const char *what) {
   return luaL_error(L, "%s: %s", what, strerror(-rc));
 }
 
-#define SPIN_MIN 16 /* rounds a spin keeps however often spins fail */
+/* Pauses a spin keeps however often spins fail: 16 rounds of one pause,
+ * and never fewer than 4 rounds. */
+#define SPIN_MIN 16
 
-int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max) {
-  int i, rounds = s->rounds > 0 ? s->rounds : max;
+int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max, int gap) {
+  int i, k, rounds = s->rounds > 0 ? s->rounds : max;
+  int least = SPIN_MIN / gap > 4 ? SPIN_MIN / gap : 4;
   if (rounds > max) rounds = max;
   for (i = 0; i < rounds; i++) {
     if (ready(ud)) {
       s->rounds = rounds < max / 2 ? 2 * rounds : max;
       return 1;
     }
-    lmp_cpu_relax();
+    for (k = 0; k < gap; k++) lmp_cpu_relax();
   }
-  s->rounds = rounds / 2 > SPIN_MIN ? rounds / 2 : SPIN_MIN;
+  s->rounds = rounds / 2 > least ? rounds / 2 : least;
   return 0;
 }
 

@@ -104,22 +104,28 @@ int lmp_wait_fd(lua_State *L, int fd, short ev, double deadline);
 /* Is fd ready for `ev` now, without waiting?  1, 0 or -errno. */
 int lmp_fd_ready(int fd, short ev);
 
-/* Checks ready(ud) a number of times, pausing the core between checks
- * (for a condition another core is about to make true): 1 once it holds,
- * 0 if it never did.  Never sleeps.  How many times adapts, per process
- * and per kind of wait (an lmp_spinner, zero-initialised, of the caller's):
- * a spin that succeeds lets the next one go on longer, up to `max`; one
- * that fails halves the next, down to a few rounds.  So a peer running on
- * another core is waited for without a sleep, and when the peer cannot
- * run meanwhile (more runnable processes than cores) little time is
- * spent spinning for it. */
+/* Checks ready(ud) a number of times, pausing the core `gap` times
+ * between checks (for a condition another core is about to make true): 1
+ * once it holds, 0 if it never did.  Never sleeps.  How many times adapts,
+ * per process and per kind of wait (an lmp_spinner, zero-initialised, of
+ * the caller's): a spin that succeeds lets the next one go on longer, up
+ * to `max`; one that fails halves the next, down to a few rounds.  So a
+ * peer running on another core is waited for without a sleep, and when
+ * the peer cannot run meanwhile (more runnable processes than cores)
+ * little time is spent spinning for it.  The gap is what a check costs
+ * the peer: a check that reads a cache line the peer writes takes it from
+ * the peer's core, and the peer's next write must take it back. */
 typedef struct lmp_spinner {
   int rounds; /* the next spin's; 0: not yet set */
 } lmp_spinner;
-#define LMP_SPIN_QUEUE 4000 /* a producer or consumer mid-message */
-#define LMP_SPIN_LOCK 200   /* a holder mid-section */
-#define LMP_SPIN_PIPE 256   /* a peer answering; each round polls */
-int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max);
+/* A queue's other end mid-message: checks 64 pauses (some 0.7 µs) apart,
+ * so that a producer writes several messages for each time a waiting
+ * consumer takes the line of the queue's tail from it. */
+#define LMP_SPIN_QUEUE 62
+#define LMP_SPIN_QUEUE_GAP 64
+#define LMP_SPIN_LOCK 200   /* a holder mid-section; gap 1 */
+#define LMP_SPIN_PIPE 256   /* a peer answering; each round polls; gap 1 */
+int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max, int gap);
 
 /* The Lua work this process does while it waits: fn(), called in the
  * waiting state after each wake-up (a Pool's result collection).  Kept in

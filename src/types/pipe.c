@@ -542,7 +542,7 @@ static void read_frame(lua_State *L, conn *c) {
     }
     if (errno == EINTR) continue;
     if (errno != EAGAIN) lmp_raise_errno(L, -errno, "cannot receive");
-    if (!lmp_spin(readable_now, c, &recv_spinner, LMP_SPIN_PIPE)) {
+    if (!lmp_spin(readable_now, c, &recv_spinner, LMP_SPIN_PIPE, 1)) {
       int rc = lmp_wait_fd(L, c->fd, POLLIN, -1);
       if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
     }

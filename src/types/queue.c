@@ -354,7 +354,8 @@ static int qwait(lua_State *L, queue *q, _Atomic uint32_t *word,
   int rc;
   if (deadline == 0) return ready(q);
   static lmp_spinner spinner; /* this process's, for every queue */
-  if (lmp_spin(ready, q, &spinner, LMP_SPIN_QUEUE)) return 1;
+  if (lmp_spin(ready, q, &spinner, LMP_SPIN_QUEUE,
+                LMP_SPIN_QUEUE_GAP)) return 1;
   atomic_fetch_add(sleepers, 1);
   rc = lmp_wait_on(L, word, ready, q, deadline);
   atomic_fetch_sub(sleepers, 1);

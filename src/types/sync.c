@@ -95,7 +95,7 @@ int lmp_lock_acquire(lua_State *L, lmp_lock *l, double deadline, int *died) {
     if (!try_take(&a)) return 0;
     goto got;
   }
-  if (lmp_spin(free_and_taken, &a, &spinner, LMP_SPIN_LOCK)) goto got;
+  if (lmp_spin(free_and_taken, &a, &spinner, LMP_SPIN_LOCK, 1)) goto got;
   atomic_fetch_add(&l->nwait, 1);
   for (;;) {
     double until = lmp_now() + DEATH_CHECK;
