@@ -56,7 +56,7 @@ typedef struct enc {
   const char *root;
   const void *globals; /* the globals table, NULL until needed */
   int slot; /* stack: slot = scratch memory, +1 names cache, +2 dumps,
-             * +3 the buffer encode() moves to, +4 the gap strings */
+             * +3 the buffer encode() moves to, +4 what fills the gaps */
   int rope;  /* gaps made so far, or -1 when there are to be none */
   size_t gaps[ROPEMAX]; /* where each gap is in b */
   const char *gstrs[ROPEMAX]; /* the bytes that fill each gap, kept alive */

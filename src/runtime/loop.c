@@ -378,8 +378,8 @@ int lmp_raise_errno(lua_State *L, int rc, const char *what) {
   return luaL_error(L, "%s: %s", what, strerror(-rc));
 }
 
-/* Pauses a spin keeps however often spins fail: 16 rounds of one pause,
- * and never fewer than 4 rounds. */
+/* However often spins fail, the next one keeps this many pauses' worth of
+ * rounds, and at least 4 rounds. */
 #define SPIN_MIN 16
 
 int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max, int gap) {
