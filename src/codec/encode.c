@@ -17,10 +17,12 @@ static const char NAMES_KEY = 'n'; /* registry: value -> encoded name */
 static const char DUMPS_KEY = 'd'; /* registry: function -> len, MAC, dump */
 
 /* encode() builds its message in a C array of LOCALBUF bytes, moving to
- * an lmp_buf in a stack slot only when that overflows.  Strings of ROPEMIN
- * bytes or more it does not copy at all: it leaves a gap for each of the
- * first ROPEMAX of them and fills the gaps as lua_concat builds the result,
- * so that their bytes are copied once, straight into the message. */
+ * an lmp_buf in a stack slot only when that overflows.  Strings and
+ * Messages of ROPEMIN bytes or more it does not copy at all: it leaves a
+ * gap for each of the first ROPEMAX of them, which is filled as the result
+ * is made (a string by lua_concat; a Message, or what a queue or pipe
+ * carries, by lmp_pieces_copy), so that their bytes are copied once,
+ * straight into the message. */
 #define LOCALBUF 1024
 #define ROPEMIN LMP_PIECES_MIN
 #define ROPEMAX LMP_PIECES_MAX
