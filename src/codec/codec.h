@@ -304,10 +304,13 @@ void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,
  * process every object it names (nobj: how many, or any non-zero number
  * when unknown; 0 takes no walk).  Raises when the arena is exhausted. */
 void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj);
-/* The same, of a message in pieces (its long strings and Messages copied
- * once, straight into the new one). */
-void lmp_msg_push_pieces(lua_State *L, const lmp_pieces *pc,
-                         const lmp_buf *b, size_t nobj);
+/* The same in two steps, for a maker that writes the bytes in place (a
+ * message in pieces, its long strings copied once): lmp_msg_new pushes a
+ * Message of n bytes, closed, and returns where they go; lmp_msg_open,
+ * once they are written, takes the holds of the Message on the top of the
+ * stack and opens it. */
+char *lmp_msg_new(lua_State *L, size_t n, size_t nobj);
+void lmp_msg_open(lua_State *L, size_t nobj);
 /* The bytes of the Message at idx (and how many objects it holds, when
  * nobj is not NULL), or NULL if it is not a Message; raises if it is
  * closed. */

@@ -1053,7 +1053,8 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   } else if (asmsg) { /* a Message of the bytes, wherever they are */
     lmp_pieces mp;
     fillpieces(&e, &mp);
-    lmp_msg_push_pieces(L, &mp, e.b, e.nobj);
+    lmp_pieces_copy(&mp, e.b, lmp_msg_new(L, mp.total, e.nobj));
+    lmp_msg_open(L, e.nobj);
     lua_replace(L, e.slot);
     lua_settop(L, e.slot);
   } else if (e.b == &e.local && e.rope == 0) { /* nothing on the stack */

@@ -102,19 +102,18 @@ const lmp_class lmp_message_class = {
   .close = msg_close, .closed = msg_closed, .plain = 1,
 };
 
-/* Pushes a Message of n bytes, not yet filled in nor open. */
-static message *newmsg(lua_State *L, size_t n, size_t nobj) {
+char *lmp_msg_new(lua_State *L, size_t n, size_t nobj) {
   /* A message that names no object holds nothing but its bytes: it needs
    * no finalizer. */
   message *m = nobj == 0
     ? lmp_newhandle_plain(L, &lmp_message_class, sizeof(message) + n)
     : lmp_newhandle(L, &lmp_message_class, sizeof(message) + n, 0);
   m->len = n;
-  return m;
+  return m->data;
 }
 
-/* Takes the holds of the objects m's bytes name, and opens it. */
-static void openmsg(lua_State *L, message *m, size_t nobj) {
+void lmp_msg_open(lua_State *L, size_t nobj) {
+  message *m = lua_touserdata(L, -1);
   holding h = {0, SIZE_MAX, 0};
   if (nobj > 0) {
     lmp_msg_walk(m->data, m->len, hold_one, &h);
@@ -128,16 +127,8 @@ static void openmsg(lua_State *L, message *m, size_t nobj) {
 }
 
 void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj) {
-  message *m = newmsg(L, n, nobj);
-  memcpy(m->data, p, n);
-  openmsg(L, m, nobj);
-}
-
-void lmp_msg_push_pieces(lua_State *L, const lmp_pieces *pc,
-                         const lmp_buf *b, size_t nobj) {
-  message *m = newmsg(L, pc->total, nobj);
-  lmp_pieces_copy(pc, b, m->data);
-  openmsg(L, m, nobj);
+  memcpy(lmp_msg_new(L, n, nobj), p, n);
+  lmp_msg_open(L, nobj);
 }
 
 const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj) {
@@ -149,16 +140,3 @@ const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj) {
   if (nobj != NULL) *nobj = m->nobj;
   return m->data;
 }
-
-static const lmp_class *const codec_classes[] = {&lmp_message_class, NULL};
-
-static const luaL_Reg codec_funcs[] = {
-  {"message", lmp_codec_message},
-  {"message_slice", lmp_codec_message_slice},
-  {"decode", lmp_codec_decode},
-  {"decode_into", lmp_codec_decode_into},
-  {"require_modules", lmp_codec_require_modules},
-  {NULL, NULL}
-};
-
-const lmp_family lmp_codec_family = {codec_classes, codec_funcs, NULL};
