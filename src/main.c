@@ -380,12 +380,22 @@ static struct {
   char **argv;
 } cmd;
 
+/* The collector runs in generational mode, as lua(1)'s does: most of what
+ * a job makes (a task's arguments, a message, its decoded values) dies
+ * young.  Every process of the program starts so: this one, its forks, the
+ * children it spawns and the broker's workers.  A script may switch back
+ * with collectgarbage("incremental"). */
+static void collect_generational(lua_State *L) {
+  lua_gc(L, LUA_GCGEN, 0, 0);
+}
+
 /* As lua.c's pmain, and like it run as a protected C function, so that
  * tracebacks end as lua(1)'s do; true if all went well. */
 static int pmain(lua_State *L) {
   int argc = cmd.argc, args = cmd.args, script = cmd.script;
   char **argv = cmd.argv;
   int optlim = script < argc ? script : argc;
+  collect_generational(L);
   if (args & has_E) default_paths(L);
   createargtable(L, argv, argc, script);
   if (!(args & has_E) && handle_luainit(L) != LUA_OK) return 0;
@@ -409,6 +419,7 @@ static int pmain(lua_State *L) {
  * traceback; its exit status. */
 static int subcommand(lua_State *L) {
   int i;
+  collect_generational(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "luamp.worker");
   lua_call(L, 1, 1);
@@ -461,7 +472,8 @@ int main(int argc, char **argv) {
   lua_State *L;
   int args, script = argc, status, ok, exitcode;
 
-  luamp_child_main(argc, argv, NULL); /* a spawned child does not return */
+  /* A spawned child does not return. */
+  luamp_child_main(argc, argv, collect_generational);
   memset(&cfg, 0, sizeof cfg);
   if (argv[0] != NULL && argv[0][0] != '\0') progname = argv[0];
   if (argc > 1 && is_subcommand(argv[1])) return run_subcommand(argc, argv);

@@ -549,6 +549,35 @@ describe("the luamp command beside lua5.4", function()
     assert.matches("PUC%-Rio\nhello\n$", r[2])
   end)
 
+  it("collects garbage in generational mode, as lua5.4 does", function()
+    -- collectgarbage(mode) returns the mode it leaves
+    local r = same([[-e 'print(collectgarbage("incremental"))']])
+    assert.are.equal("generational\n", r[2])
+    r = same([[-e 'collectgarbage("incremental")' ]] ..
+             [[-e 'print(collectgarbage("generational"))']])
+    assert.are.equal("incremental\n", r[2])
+  end)
+
+  it("starts its children in generational mode, forked or spawned",
+     function()
+    for _, how in ipairs{"fork", "spawn", "forkserver"} do
+      local status, out, err = run_script(([[
+        local mp = require "luamp"
+        mp.set_start_method("%s")
+        local q = mp.Queue()
+        local p = mp.Process{target = function(q)
+          q:put(collectgarbage("incremental"))
+        end, args = {q}}
+        p:start()
+        print(q:get(10))
+        p:join()
+      ]]):format(how))
+      assert.are.equal("", err, how)
+      assert.are.equal(0, status, how)
+      assert.are.equal("generational\n", out, how)
+    end
+  end)
+
   it("handles -- and - as lua5.4 does", function()
     local path = tmpfile("print(arg[0], ...)")
     same("-- " .. q(path) .. " -x y")
