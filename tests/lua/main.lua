@@ -511,7 +511,11 @@ do
   -- descriptor and its pid
   local function runback (luaprg)
     -- shell script to run 'luaprg' in background and echo its pid
-    local shellprg = string.format('%s -e "%s" & echo $!', progname, luaprg)
+    -- (luamp: the pid is echoed by the shell that then becomes the
+    -- interpreter, so that it comes before anything the script prints;
+    -- with "& echo $!" a script that started fast enough printed first)
+    local shellprg = string.format(
+      [[sh -c 'echo $$; exec "$0" -e "$1"' %s "%s" &]], progname, luaprg)
     local f = io.popen(shellprg, "r")   -- run shell script
     local pid = f:read()   -- get pid for Lua script
     print("(if test fails now, it may leave a Lua script running in \z
