@@ -458,11 +458,17 @@ static const void *globals(enc *e) {
 
 /* The names cache, registry[NAMES_KEY]: a userdata holding a set of the
  * addresses of module tables, so that telling an ordinary table from a
- * module costs no Lua call, with the map value -> encoded name as its user
- * value.  The map's keys are strong, so no address in the set can be
- * reused by a new table while the cache lives. */
+ * module costs no Lua call, with the map value -> where its encoded name
+ * lies in the text (position << 32 | length) as its first user value and
+ * the text, one block, as its second.  The map's keys are strong, so no
+ * address in the set can be reused by a new table while the cache lives.
+ * Building it makes no new string: a forked child that builds its own
+ * adds nothing to the string table it shares with its parent, whose
+ * growth would rewrite every string in it, and so copy every page that
+ * holds one. */
 typedef struct names {
   size_t mask;
+  const char *text; /* the encoded names (user value 2) */
   const void *mods[1]; /* open addressing, mask + 1 slots */
 } names;
 
@@ -473,28 +479,54 @@ static int ismodule(const names *nm, const void *p) {
   return 0;
 }
 
+/* The names' text while it is built: a userdata at stack index slot,
+ * replaced by one twice its size when it is full. */
+typedef struct text {
+  char *p;
+  size_t len, cap;
+  int slot;
+} text;
+
+static void addtext(lua_State *L, text *t, const char *s, size_t n) {
+  if (n > t->cap - t->len) {
+    size_t cap = t->cap * 2;
+    char *p;
+    while (n > cap - t->len) cap *= 2;
+    p = lua_newuserdatauv(L, cap, 0);
+    memcpy(p, t->p, t->len);
+    lua_replace(L, t->slot);
+    t->p = p;
+    t->cap = cap;
+  }
+  memcpy(t->p + t->len, s, n);
+  t->len += n;
+}
+
 /* Records map[value at v] = the encoding of module[.field], unless the
  * value already has a name. */
-static void addname(lua_State *L, int map, int v, const char *mod,
+static void addname(lua_State *L, int map, text *t, int v, const char *mod,
                     size_t mlen, const char *field, size_t flen) {
   char tmp[24];
-  luaL_Buffer B;
+  size_t at = t->len;
   lua_pushvalue(L, v);
   if (lua_rawget(L, map) != LUA_TNIL) {
     lua_pop(L, 1);
     return;
   }
   lua_pop(L, 1);
-  lua_pushvalue(L, v);
-  luaL_buffinit(L, &B);
   tmp[0] = field ? LMP_TAG_NAME : LMP_TAG_MODULE;
-  luaL_addlstring(&B, tmp, (size_t)(putvarint(tmp + 1, mlen) - tmp));
-  luaL_addlstring(&B, mod, mlen);
+  addtext(L, t, tmp, (size_t)(putvarint(tmp + 1, mlen) - tmp));
+  addtext(L, t, mod, mlen);
   if (field) {
-    luaL_addlstring(&B, tmp, (size_t)(putvarint(tmp, flen) - tmp));
-    luaL_addlstring(&B, field, flen);
+    addtext(L, t, tmp, (size_t)(putvarint(tmp, flen) - tmp));
+    addtext(L, t, field, flen);
   }
-  luaL_pushresult(&B);
+  if (t->len - at > 0xffffffffu || at > 0x7fffffffu) { /* not nameable */
+    t->len = at;
+    return;
+  }
+  lua_pushvalue(L, v);
+  lua_pushinteger(L, (lua_Integer)((uint64_t)at << 32 | (t->len - at)));
   lua_rawset(L, map);
 }
 
@@ -506,9 +538,14 @@ static void buildnames(enc *e) {
   int map, loaded, pass;
   size_t nmods = 0, cap = 8;
   names *nm;
+  text t;
   if (!lua_checkstack(L, 16)) nomem(e);
   lua_createtable(L, 0, 256);
   map = lua_gettop(L);
+  t.cap = 4096;
+  t.len = 0;
+  t.p = lua_newuserdatauv(L, t.cap, 0);
+  t.slot = lua_gettop(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
     loaded = lua_gettop(L);
     for (pass = 0; pass < 2; pass++) {
@@ -516,7 +553,7 @@ static void buildnames(enc *e) {
       while (lua_next(L, loaded)) {
         size_t mlen;
         const char *mod;
-        int t = lua_type(L, -1);
+        int vt = lua_type(L, -1);
         if (lua_type(L, -2) != LUA_TSTRING) {
           lua_pop(L, 1);
           continue;
@@ -526,10 +563,10 @@ static void buildnames(enc *e) {
           lua_pop(L, 1);
           continue;
         }
-        if ((t == LUA_TTABLE && lua_topointer(L, -1) != globals(e)) ||
+        if ((vt == LUA_TTABLE && lua_topointer(L, -1) != globals(e)) ||
             lua_iscfunction(L, -1))
-          addname(L, map, lua_gettop(L), mod, mlen, NULL, 0);
-        if (t == LUA_TTABLE) {
+          addname(L, map, &t, lua_gettop(L), mod, mlen, NULL, 0);
+        if (vt == LUA_TTABLE) {
           int m = lua_gettop(L);
           nmods++;
           lua_pushnil(L);
@@ -537,7 +574,7 @@ static void buildnames(enc *e) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
               size_t flen;
               const char *field = lua_tolstring(L, -2, &flen);
-              addname(L, map, lua_gettop(L), mod, mlen, field, flen);
+              addname(L, map, &t, lua_gettop(L), mod, mlen, field, flen);
             }
             lua_pop(L, 1);
           }
@@ -548,8 +585,9 @@ static void buildnames(enc *e) {
   }
   lua_pop(L, 1); /* package.loaded */
   while (cap < 2 * nmods) cap *= 2;
-  nm = lua_newuserdatauv(L, offsetof(names, mods) + cap * sizeof(void *), 1);
+  nm = lua_newuserdatauv(L, offsetof(names, mods) + cap * sizeof(void *), 2);
   nm->mask = cap - 1;
+  nm->text = t.p;
   memset(nm->mods, 0, cap * sizeof(void *));
   lua_pushnil(L);
   while (lua_next(L, map)) {
@@ -563,10 +601,12 @@ static void buildnames(enc *e) {
   }
   lua_pushvalue(L, map);
   lua_setiuservalue(L, -2, 1);
+  lua_pushvalue(L, t.slot);
+  lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
   lua_replace(L, e->slot + 1);
-  lua_pop(L, 1); /* map */
+  lua_pop(L, 2); /* the text, the map */
   e->names = nm;
   e->rebuilt = 1;
 }
@@ -588,10 +628,9 @@ static int putname(enc *e, int idx, const void *p, int table) {
   if (table && !ismodule(e->names, p)) return 0;
   lua_getiuservalue(L, e->slot + 1, 1);
   lua_pushvalue(L, idx);
-  if (lua_rawget(L, -2) == LUA_TSTRING) {
-    size_t n;
-    const char *s = lua_tolstring(L, -1, &n);
-    putbytes(e, s, n);
+  if (lua_rawget(L, -2) == LUA_TNUMBER) {
+    uint64_t at = (uint64_t)lua_tointeger(L, -1);
+    putbytes(e, e->names->text + (at >> 32), (size_t)(at & 0xffffffffu));
     lua_pop(L, 2);
     return 1;
   }
