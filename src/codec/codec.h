@@ -393,6 +393,12 @@ int lmp_codec_decode(lua_State *L);
 int lmp_codec_decode_into(lua_State *L);
 int lmp_codec_require_modules(lua_State *L);
 
+/* Before a fork (lmp_on_fork_parent): the names cache of modules and C
+ * functions made, or made again if package.loaded has changed since, so
+ * that children inherit it; the parent and each child compare it with
+ * package.loaded once more at their next encode. */
+void lmp_codec_before_fork(lua_State *L);
+
 /* How a handle is made of a descriptor this process was handed at its
  * start (lmp_handed_take), registered by its type: the decoder makes the
  * k-th into a handle once, and each later mention is that handle. */

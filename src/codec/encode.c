@@ -469,6 +469,8 @@ static const void *globals(enc *e) {
 typedef struct names {
   size_t mask;
   const char *text; /* the encoded names (user value 2) */
+  lua_Integer nloaded; /* entries of package.loaded when it was made */
+  int recheck; /* made before a fork: compare nloaded at the next encode */
   const void *mods[1]; /* open addressing, mask + 1 slots */
 } names;
 
@@ -530,16 +532,34 @@ static void addname(lua_State *L, int map, text *t, int v, const char *mod,
   lua_rawset(L, map);
 }
 
-/* Builds the names cache from package.loaded into the names slot and the
- * registry.  Modules other than _G go first, so that string.format is
- * named after string even if a global also holds it. */
-static void buildnames(enc *e) {
-  lua_State *L = e->L;
+/* The number of entries of package.loaded. */
+static lua_Integer loadedcount(lua_State *L) {
+  lua_Integer n = 0;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      n++;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  return n;
+}
+
+/* Makes the names cache from package.loaded, stores it in the registry
+ * and pushes it.  Modules other than _G go first, so that string.format
+ * is named after string even if a global also holds it. */
+static names *makenames(lua_State *L) {
   int map, loaded, pass;
   size_t nmods = 0, cap = 8;
+  lua_Integer nloaded = 0;
+  const void *g;
   names *nm;
   text t;
-  if (!lua_checkstack(L, 16)) nomem(e);
+  luaL_checkstack(L, 16, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  g = lua_topointer(L, -1);
+  lua_pop(L, 1);
   lua_createtable(L, 0, 256);
   map = lua_gettop(L);
   t.cap = 4096;
@@ -554,6 +574,7 @@ static void buildnames(enc *e) {
         size_t mlen;
         const char *mod;
         int vt = lua_type(L, -1);
+        if (pass == 0) nloaded++;
         if (lua_type(L, -2) != LUA_TSTRING) {
           lua_pop(L, 1);
           continue;
@@ -563,7 +584,7 @@ static void buildnames(enc *e) {
           lua_pop(L, 1);
           continue;
         }
-        if ((vt == LUA_TTABLE && lua_topointer(L, -1) != globals(e)) ||
+        if ((vt == LUA_TTABLE && lua_topointer(L, -1) != g) ||
             lua_iscfunction(L, -1))
           addname(L, map, &t, lua_gettop(L), mod, mlen, NULL, 0);
         if (vt == LUA_TTABLE) {
@@ -588,6 +609,8 @@ static void buildnames(enc *e) {
   nm = lua_newuserdatauv(L, offsetof(names, mods) + cap * sizeof(void *), 2);
   nm->mask = cap - 1;
   nm->text = t.p;
+  nm->nloaded = nloaded;
+  nm->recheck = 0;
   memset(nm->mods, 0, cap * sizeof(void *));
   lua_pushnil(L);
   while (lua_next(L, map)) {
@@ -605,10 +628,29 @@ static void buildnames(enc *e) {
   lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
-  lua_replace(L, e->slot + 1);
-  lua_pop(L, 2); /* the text, the map */
-  e->names = nm;
+  lua_replace(L, map);
+  lua_pop(L, 1); /* the text */
+  return nm;
+}
+
+/* Builds the names cache into the names slot. */
+static void buildnames(enc *e) {
+  if (!lua_checkstack(e->L, 16)) nomem(e);
+  e->names = makenames(e->L);
+  lua_replace(e->L, e->slot + 1);
   e->rebuilt = 1;
+}
+
+void lmp_codec_before_fork(lua_State *L) {
+  names *nm = NULL;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY) == LUA_TUSERDATA)
+    nm = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (nm == NULL || nm->nloaded != loadedcount(L)) {
+    nm = makenames(L);
+    lua_pop(L, 1);
+  }
+  nm->recheck = 1;
 }
 
 /* Writes the name of the value at idx (at address p) and returns 1, or
@@ -620,6 +662,10 @@ static int putname(enc *e, int idx, const void *p, int table) {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY) == LUA_TUSERDATA) {
       e->names = lua_touserdata(L, -1);
       lua_replace(L, e->slot + 1);
+      if (e->names->recheck) { /* made before a fork: still whole? */
+        e->names->recheck = 0;
+        if (e->names->nloaded != loadedcount(L)) buildnames(e);
+      }
     } else {
       lua_pop(L, 1);
       buildnames(e);

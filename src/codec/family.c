@@ -15,4 +15,6 @@ static const luaL_Reg codec_funcs[] = {
   {NULL, NULL}
 };
 
-const lmp_family lmp_codec_family = {codec_classes, codec_funcs, NULL};
+static void codec_open(void) { lmp_on_fork_parent(lmp_codec_before_fork); }
+
+const lmp_family lmp_codec_family = {codec_classes, codec_funcs, codec_open};

@@ -274,14 +274,25 @@ static void merge_fastbins(void) {
 #endif
 }
 
+static void (*parent_hooks[8])(lua_State *L);
+static int nparent_hooks;
+
+void lmp_on_fork_parent(void (*fn)(lua_State *L)) {
+  int i;
+  for (i = 0; i < nparent_hooks; i++)
+    if (parent_hooks[i] == fn) return;
+  if (nparent_hooks < 8) parent_hooks[nparent_hooks++] = fn;
+}
+
 /* fork(fn, daemon) -> Child.  In the child, calls fn() and exits with the
  * integer it returns (or 1 if it raises); never returns there. */
 static int proc_fork(lua_State *L) {
   int daemon = lua_toboolean(L, 2);
   lmp_child *c;
-  int slot;
+  int slot, i;
   pid_t pid;
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  for (i = 0; i < nparent_hooks; i++) parent_hooks[i](L);
   c = new_child(L, &slot);
   fflush(NULL); /* nothing buffered is printed twice */
   merge_fastbins();

@@ -142,6 +142,12 @@ struct uv_loop_s *lmp_uv_loop(void);
  * cross a fork, such as a socket to a server.  At most 8. */
 void lmp_on_fork_child(void (*fn)(void));
 
+/* Has fn(L) run in the parent just before each fork, L the forking state:
+ * for what every child would otherwise make for itself, made once and
+ * inherited (the codec's names cache).  fn may raise; then nothing is
+ * forked.  At most 8. */
+void lmp_on_fork_parent(void (*fn)(lua_State *L));
+
 /* Runs the loop once without blocking (reaps children, fires timers);
  * lmp_service_pending only if a signal has asked for it since. */
 void lmp_service(void);
@@ -308,7 +314,8 @@ typedef struct lmp_class {
 typedef struct lmp_family {
   const lmp_class *const *classes; /* NULL-terminated */
   const luaL_Reg *funcs;
-  void (*open)(void); /* registers arena types no class names, or NULL */
+  void (*open)(void); /* registers arena types no class names and fork
+                       * hooks, or NULL */
 } lmp_family;
 
 /* Binds a family into L and adds its funcs to the table on the top. */

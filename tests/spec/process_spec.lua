@@ -212,6 +212,36 @@ describe("Process", function()
                      " kB more to send its first table")
     end)
 
+    it("sends a module loaded after the start by name, from the child, and "
+       .. "from a parent that forked it", function()
+      local q, back = mp.Queue(), mp.Queue()
+      local p = mp.Process{target = function(q, back)
+        package.loaded["spec.late_child"] = {from = "child"}
+        package.loaded["spec.late_parent"] = {}
+        q:put(package.loaded["spec.late_child"])
+        local t = back:get(true, 10)
+        q:put(rawequal(t, package.loaded["spec.late_parent"]))
+      end, args = {q, back}}
+      p:start()
+      local mine = {from = "parent"}
+      package.loaded["spec.late_child"] = mine
+      package.loaded["spec.late_parent"] = {}
+      local got = q:get(true, 10)
+      back:put(package.loaded["spec.late_parent"])
+      local parents = q:get(true, 10)
+      p:join()
+      package.loaded["spec.late_child"] = nil
+      package.loaded["spec.late_parent"] = nil
+      q:close()
+      back:close()
+      assert.is_true(rawequal(mine, got), "the child's by name")
+      -- the parent's names are made again only when it forks
+      if mp.get_start_method() == "fork" then
+        assert.is_true(parents, "the parent's by name")
+      end
+      assert.are.equal(0, p.exitcode)
+    end)
+
     it("gives the child its args and upvalues alive, however the parent "
        .. "drops them", function()
       local q = mp.Queue()
