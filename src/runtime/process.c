@@ -284,15 +284,23 @@ void lmp_on_fork_parent(void (*fn)(lua_State *L)) {
   if (nparent_hooks < 8) parent_hooks[nparent_hooks++] = fn;
 }
 
+/* Runs the hooks of lmp_on_fork_parent; a lua_CFunction, so that the
+ * forkserver, which runs unprotected, can call it protected. */
+static int run_parent_hooks(lua_State *L) {
+  int i;
+  for (i = 0; i < nparent_hooks; i++) parent_hooks[i](L);
+  return 0;
+}
+
 /* fork(fn, daemon) -> Child.  In the child, calls fn() and exits with the
  * integer it returns (or 1 if it raises); never returns there. */
 static int proc_fork(lua_State *L) {
   int daemon = lua_toboolean(L, 2);
   lmp_child *c;
-  int slot, i;
+  int slot;
   pid_t pid;
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  for (i = 0; i < nparent_hooks; i++) parent_hooks[i](L);
+  run_parent_hooks(L);
   c = new_child(L, &slot);
   fflush(NULL); /* nothing buffered is printed twice */
   merge_fastbins();
@@ -816,6 +824,10 @@ static int serve(lua_State *L, int sock, pid_t owner, char **preload) {
       send_int(sock, -EPROTO, NULL, 0);
       continue;
     }
+    /* As before a fork of proc_fork's; a hook that fails (for want of
+     * memory) leaves its work to the child. */
+    lua_pushcfunction(L, run_parent_hooks);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) lua_pop(L, 1);
     fflush(NULL);
     pid = syscall(SYS_clone, CLONE_PARENT | CLONE_CHILD_SETTID |
                   CLONE_CHILD_CLEARTID | SIGCHLD, NULL, NULL, tid, 0);

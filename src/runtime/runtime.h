@@ -142,10 +142,11 @@ struct uv_loop_s *lmp_uv_loop(void);
  * cross a fork, such as a socket to a server.  At most 8. */
 void lmp_on_fork_child(void (*fn)(void));
 
-/* Has fn(L) run in the parent just before each fork, L the forking state:
- * for what every child would otherwise make for itself, made once and
- * inherited (the codec's names cache).  fn may raise; then nothing is
- * forked.  At most 8. */
+/* Has fn(L) run in the parent just before each fork, L the forking state
+ * (a forkserver's too): for what every child would otherwise make for
+ * itself, made once and inherited (the codec's names cache).  fn may
+ * raise; then nothing is forked, or, in a forkserver, the child makes
+ * it.  At most 8. */
 void lmp_on_fork_parent(void (*fn)(lua_State *L));
 
 /* Runs the loop once without blocking (reaps children, fires timers);
