@@ -663,6 +663,7 @@ static int putname(enc *e, int idx, const void *p, int table) {
       e->names = lua_touserdata(L, -1);
       lua_replace(L, e->slot + 1);
       if (e->names->recheck) { /* made before a fork: still whole? */
+        if (!lua_checkstack(L, 4)) nomem(e);
         e->names->recheck = 0;
         if (e->names->nloaded != loadedcount(L)) buildnames(e);
       }
