@@ -481,32 +481,16 @@ static int ismodule(const names *nm, const void *p) {
   return 0;
 }
 
-/* The names' text while it is built: a userdata at stack index slot,
- * replaced by one twice its size when it is full. */
-typedef struct text {
-  char *p;
-  size_t len, cap;
-  int slot;
-} text;
-
-static void addtext(lua_State *L, text *t, const char *s, size_t n) {
-  if (n > t->cap - t->len) {
-    size_t cap = t->cap * 2;
-    char *p;
-    while (n > cap - t->len) cap *= 2;
-    p = lua_newuserdatauv(L, cap, 0);
-    memcpy(p, t->p, t->len);
-    lua_replace(L, t->slot);
-    t->p = p;
-    t->cap = cap;
-  }
-  memcpy(t->p + t->len, s, n);
-  t->len += n;
+/* Appends n bytes at s to the names' text b. */
+static void addtext(lua_State *L, lmp_buf *b, const char *s, size_t n) {
+  if (lmp_buf_reserve(b, n) < 0) lmp_codec_raise(L, "not enough memory");
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
 }
 
 /* Records map[value at v] = the encoding of module[.field], unless the
  * value already has a name. */
-static void addname(lua_State *L, int map, text *t, int v, const char *mod,
+static void addname(lua_State *L, int map, lmp_buf *t, int v, const char *mod,
                     size_t mlen, const char *field, size_t flen) {
   char tmp[24];
   size_t at = t->len;
@@ -546,26 +530,28 @@ static lua_Integer loadedcount(lua_State *L) {
   return n;
 }
 
+/* Whether names cache nm was made from a package.loaded of another size. */
+static int stale(lua_State *L, const names *nm) {
+  return nm->nloaded != loadedcount(L);
+}
+
 /* Makes the names cache from package.loaded, stores it in the registry
  * and pushes it.  Modules other than _G go first, so that string.format
  * is named after string even if a global also holds it. */
 static names *makenames(lua_State *L) {
-  int map, loaded, pass;
+  int map, text, loaded, pass;
   size_t nmods = 0, cap = 8;
-  lua_Integer nloaded = 0;
   const void *g;
   names *nm;
-  text t;
+  lmp_buf *t;
   luaL_checkstack(L, 16, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   g = lua_topointer(L, -1);
   lua_pop(L, 1);
   lua_createtable(L, 0, 256);
   map = lua_gettop(L);
-  t.cap = 4096;
-  t.len = 0;
-  t.p = lua_newuserdatauv(L, t.cap, 0);
-  t.slot = lua_gettop(L);
+  t = lmp_buf_new(L);
+  text = lua_gettop(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
     loaded = lua_gettop(L);
     for (pass = 0; pass < 2; pass++) {
@@ -574,7 +560,6 @@ static names *makenames(lua_State *L) {
         size_t mlen;
         const char *mod;
         int vt = lua_type(L, -1);
-        if (pass == 0) nloaded++;
         if (lua_type(L, -2) != LUA_TSTRING) {
           lua_pop(L, 1);
           continue;
@@ -586,7 +571,7 @@ static names *makenames(lua_State *L) {
         }
         if ((vt == LUA_TTABLE && lua_topointer(L, -1) != g) ||
             lua_iscfunction(L, -1))
-          addname(L, map, &t, lua_gettop(L), mod, mlen, NULL, 0);
+          addname(L, map, t, lua_gettop(L), mod, mlen, NULL, 0);
         if (vt == LUA_TTABLE) {
           int m = lua_gettop(L);
           nmods++;
@@ -595,7 +580,7 @@ static names *makenames(lua_State *L) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
               size_t flen;
               const char *field = lua_tolstring(L, -2, &flen);
-              addname(L, map, &t, lua_gettop(L), mod, mlen, field, flen);
+              addname(L, map, t, lua_gettop(L), mod, mlen, field, flen);
             }
             lua_pop(L, 1);
           }
@@ -608,8 +593,8 @@ static names *makenames(lua_State *L) {
   while (cap < 2 * nmods) cap *= 2;
   nm = lua_newuserdatauv(L, offsetof(names, mods) + cap * sizeof(void *), 2);
   nm->mask = cap - 1;
-  nm->text = t.p;
-  nm->nloaded = nloaded;
+  nm->text = t->data; /* it grows no more */
+  nm->nloaded = loadedcount(L);
   nm->recheck = 0;
   memset(nm->mods, 0, cap * sizeof(void *));
   lua_pushnil(L);
@@ -624,7 +609,7 @@ static names *makenames(lua_State *L) {
   }
   lua_pushvalue(L, map);
   lua_setiuservalue(L, -2, 1);
-  lua_pushvalue(L, t.slot);
+  lua_pushvalue(L, text);
   lua_setiuservalue(L, -2, 2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &NAMES_KEY);
@@ -646,7 +631,7 @@ void lmp_codec_before_fork(lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &NAMES_KEY) == LUA_TUSERDATA)
     nm = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (nm == NULL || nm->nloaded != loadedcount(L)) {
+  if (nm == NULL || stale(L, nm)) {
     nm = makenames(L);
     lua_pop(L, 1);
   }
@@ -665,7 +650,7 @@ static int putname(enc *e, int idx, const void *p, int table) {
       if (e->names->recheck) { /* made before a fork: still whole? */
         if (!lua_checkstack(L, 4)) nomem(e);
         e->names->recheck = 0;
-        if (e->names->nloaded != loadedcount(L)) buildnames(e);
+        if (stale(L, e->names)) buildnames(e);
       }
     } else {
       lua_pop(L, 1);
