@@ -296,8 +296,7 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   -- luamp call; when many pile up they wait for the next pump, which
   -- sends them several to a batch.  Now and then take outcomes in: they
   -- free workers for more.
-  if not sched:submit(res, fid, am, APPLY,
-                      sched.live < EAGER * self._n and EAGER) then
+  if not sched:submit(res, fid, am, APPLY, EAGER * self._n, EAGER) then
     am:close()
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)

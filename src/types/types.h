@@ -33,7 +33,7 @@ enum {
 /* The families, in the order core.c opens them into luamp.core. */
 #define LMP_FAMILIES(X) \
   X(blob) X(queue) X(pipe) X(wait) X(sync) X(cond) X(value) X(dict) X(list) \
-  X(listener)
+  X(listener) X(board)
 
 #define LMP_DECLARE_FAMILY(name) extern const lmp_family lmp_##name##_family;
 LMP_FAMILIES(LMP_DECLARE_FAMILY)

@@ -10,9 +10,10 @@
 -- one it was running fails with WorkerLostError; the rest, which it never
 -- started, go to other workers; and a new worker takes its place.
 --
--- A task lives in a slot, a set of parallel arrays indexed by a small
--- number that is reused, so that a task costs no table of its own; it
--- travels as its id, its slot plus SLOTS times the slot's generation, so
+-- The books of the tasks are kept in C, on a board (luamp.core.Board):
+-- each task in a slot, a small number that is reused, so that a task costs
+-- no table of its own; the backlog of those not sent; each worker's
+-- batches in flight.  A task travels as its id, which the board makes so
 -- that a slot's new task is never taken for its old one.
 --
 -- One step at a time.  Every change to this state happens inside
@@ -27,15 +28,13 @@ local errors = require "luamp.errors"
 local msgs = require "luamp.pool.messages"
 local jobs = require "luamp.pool.jobs"
 
-local assert, error, ipairs, next, pairs, pcall, remove, setmetatable,
-  tostring = assert, error, ipairs, next, pairs, pcall, table.remove,
-  setmetatable, tostring
-local message_slice, newtable = core.message_slice, core.newtable
-local APPLY, ID, KIND, FAILURE = msgs.APPLY, msgs.ID, msgs.KIND, msgs.FAILURE
+local assert, error, ipairs, next, pairs, pcall, setmetatable, tostring =
+  assert, error, ipairs, next, pairs, pcall, setmetatable, tostring
+local message_slice = core.message_slice
+local ID, KIND, FAILURE = msgs.ID, msgs.KIND, msgs.FAILURE
 
 local DEPTH = 2       -- batches in flight per worker
 local MAXBATCH = 64   -- tasks in one batch, when many are waiting
-local SLOTS = 1 << 24 -- task id = slot + SLOTS * generation
 
 local S = {}
 S.__index = S
@@ -49,12 +48,9 @@ function M.new(t, funcs, cfg, n)
   return setmetatable({
     t = t, funcs = funcs, cfg = cfg, n = n, state = M.RUN,
     workers = {}, lazy = {},
-    -- the slots: job, function id, arguments (a Message), kind, position
-    -- and size of a chunk, worker (0: not sent), generation
-    tj = {}, tf = {}, ta = {}, tk = {}, tat = {}, tn = {}, tw = {},
-    tgen = {}, nslot = 0, free = {}, nfree = 0, live = 0,
-    -- the backlog: slots not sent yet, in order
-    bq = {}, bh = 1, bt = 0,
+    board = core.Board(n),
+    -- what batches carried, by serial: {worker, {[fid] = Message}}
+    carried = {},
     -- outcomes taken in, and the next to read
     rbuf = {}, rh = 1, rn = 0,
     -- work for after the step: callbacks, in order
@@ -81,10 +77,7 @@ M.locked = locked
 -- Starts worker wid; raises the transport's error if it cannot.
 local function start_worker(self, wid)
   self.t:start(wid)
-  -- For each batch in flight, in order: the id of its first task, how
-  -- many of its outcomes are still to come, and the functions it carries.
-  self.workers[wid] = {id = wid, sent = 0, mfirst = {}, mleft = {},
-                       mfuncs = {}}
+  self.workers[wid] = {id = wid, sent = 0} -- sent: tasks, for its quota
 end
 
 function S:start_all()
@@ -95,129 +88,77 @@ end
 
 local dispatch
 
--- Adds a task at the end of the backlog; returns its slot.  With depth,
--- then sends work to the workers as dispatch(depth) does.
+-- Adds a task at the end of the backlog.  With depth, then sends work to
+-- the workers as dispatch(depth) does.
 function S:add(job, fid, args, kind, at, n, depth)
-  local s, nfree = nil, self.nfree
-  if nfree > 0 then
-    s = self.free[nfree]
-    self.free[nfree], self.nfree = nil, nfree - 1
-  else
-    s = self.nslot + 1
-    self.nslot, self.tgen[s] = s, 0
-  end
-  self.tj[s], self.tf[s], self.ta[s], self.tk[s], self.tat[s],
-    self.tn[s], self.tw[s] = job, fid, args, kind, at, n, 0
-  self.live = self.live + 1
+  self.board:add(job, fid, args, kind, at, n)
   self.funcs:use(fid)
-  local bt = self.bt + 1
-  self.bt, self.bq[bt] = bt, s
   if depth then dispatch(self, depth) end
-  return s
 end
 
 -- Adds a task as a step of its own (S:add under `locked`), without the
--- cost of a protected call when it sends nothing (adding cannot raise).
--- False if a step is under way.
-function S:submit(job, fid, args, kind, depth)
+-- cost of a protected call when it sends nothing (adding cannot raise but
+-- for memory).  Once more than `limit` tasks are on the board, it sends
+-- nothing; else it sends as dispatch(depth) does.  False if a step is
+-- under way.
+function S:submit(job, fid, args, kind, limit, depth)
   if self.busy then return false end
-  if depth then return locked(self, S.add, job, fid, args, kind, nil, nil,
-                              depth) end
   self.busy = true
-  S.add(self, job, fid, args, kind)
+  local _, live = self.board:add(job, fid, args, kind)
+  self.funcs:use(fid)
   self.busy = false
+  if live <= limit then return locked(self, dispatch, depth) end
   return true
 end
 
 -- Empties slot s; returns the job, position and size of its task.
 local function free_slot(self, s)
-  local tj, ta, fid = self.tj, self.ta, self.tf[s]
-  local job, args = tj[s], ta[s]
-  -- An empty slot is one without a job; its other fields are numbers that
-  -- the next task overwrites, and the arguments, which are let go of.
-  tj[s], ta[s] = nil, nil
-  local tgen = self.tgen
-  tgen[s] = (tgen[s] + 1) % 1024
-  local nfree = self.nfree + 1
-  self.free[nfree], self.nfree = s, nfree
-  self.live = self.live - 1
+  local job, at, n, fid = self.board:free(s)
   self.funcs:unuse(fid)
-  args:close()
-  return job, self.tat[s], self.tn[s]
+  return job, at, n
 end
 
-function S:backlog() return self.bt - self.bh + 1 end
+function S:backlog() return self.board:backlog() end
+
+-- How many tasks are on the board.
+function S:live() return self.board:live() end
 
 -- Takes back the tasks of a job not sent yet (the last ones added), as
 -- when the input of a map turns out unsendable.
 function S:cancel(job)
-  local bq, tj = self.bq, self.tj
-  while self.bt >= self.bh and tj[bq[self.bt]] == job do
-    free_slot(self, bq[self.bt])
-    bq[self.bt], self.bt = nil, self.bt - 1
-  end
-  if self.bh > self.bt then self.bh, self.bt = 1, 0 end
+  local fids = self.board:cancel(job)
+  for i = 1, #fids do self.funcs:unuse(fids[i]) end
 end
 
 -- --------------------------------------------------------------- sending
 
 -- Sends one batch to worker w; false when there is nothing to send.
 local function send_one(self, w, nw)
-  local bh, bt = self.bh, self.bt
-  if bt < bh then return false end
+  local board = self.board
+  local left = board:backlog()
+  if left == 0 then return false end
   local quota = self.cfg.maxtasksperchild
   local want = quota and quota - w.sent or self.cfg.batch or MAXBATCH
   if want <= 0 then return false end
-  local even = (bt - bh + nw * DEPTH) // (nw * DEPTH)
+  local even = (left - 1 + nw * DEPTH) // (nw * DEPTH)
   if want > even then want = even end
   if want > MAXBATCH then want = MAXBATCH end
-  local bq, tk, tf, ta, tw, tgen, funcs =
-    self.bq, self.tk, self.tf, self.ta, self.tw, self.tgen, self.funcs
-  -- Made at their size at once: grown item by item, each array would be
-  -- reallocated up to seven times.
-  local want_n = bt - bh + 1 < want and bt - bh + 1 or want
-  local ids, fids, args, kinds, carried = newtable(want_n, 0),
-    newtable(want_n, 0), newtable(want_n, 0), newtable(want_n, 0), nil
-  local n, wid, last = 0, w.id, nil
-  while n < want and bh <= bt do
-    local s = bq[bh]
-    local kind = tk[s]
-    -- A chunk is a batch already: one per batch, so that the workers
-    -- share the end of a map evenly.
-    if n > 0 and (kind ~= APPLY or kinds[1] ~= APPLY) then break end
-    bq[bh], bh, n = nil, bh + 1, n + 1
-    local fid = tf[s]
-    if fid ~= last then -- (tasks in a row mostly share their function)
-      last = fid
-      local fm = funcs:for_worker(wid, fid)
-      if fm then
-        carried = carried or {}
-        carried[fid] = fm
-      end
+  local wid, funcs = w.id, self.funcs
+  local ids, fids, args, kinds, serial, used = board:take(wid, want)
+  local carried
+  for i = 1, #used do -- (tasks in a row mostly share their function)
+    local fid = used[i]
+    local fm = funcs:for_worker(wid, fid)
+    if fm then
+      carried = carried or {}
+      carried[fid] = fm
     end
-    ids[n], fids[n], args[n], kinds[n] = s + SLOTS * tgen[s], fid, ta[s], kind
-    tw[s] = wid
   end
-  if bh > bt then bh, bt = 1, 0 end
-  self.bh, self.bt = bh, bt
-  w.sent = w.sent + n
-  local m = #w.mleft + 1
-  w.mfirst[m], w.mleft[m], w.mfuncs[m] = ids[1], n, carried or false
+  w.sent = w.sent + #ids
+  if carried then self.carried[serial] = {wid, carried} end
   self.t:send(wid, msgs.batch(ids, fids, args, kinds, carried,
                               funcs:take_drops(wid)))
   return true
-end
-
--- Puts tasks that never ran (slots, in order) back at the front of the
--- backlog.
-local function requeue(self, slots)
-  local tw, bq = self.tw, self.bq
-  for i = #slots, 1, -1 do
-    local s = slots[i]
-    tw[s] = 0
-    self.bh = self.bh - 1
-    bq[self.bh] = s
-  end
 end
 
 -- When the backlog is empty but a worker is idle while another has a
@@ -226,34 +167,30 @@ end
 -- of the backlog: so no task waits behind a long one while a worker has
 -- nothing to do.  True if it took one.
 local function steal(self)
+  local board = self.board
   local victim, most, idle = nil, 1, false
   for wid = 1, self.n do
     local w = self.workers[wid]
     if w and not w.dead and not w.stopped then
-      local k = #w.mleft
+      local k = board:inflight(wid)
       if k == 0 then idle = true elseif k > most then victim, most = w, k end
     end
   end
   if not idle or not victim then return false end
   local b = self.t:take_back(victim.id)
   if not b then return false end -- it took it first
-  -- The worker never saw this batch: its drops are still to send.
+  -- The worker never saw this batch: its drops are still to send, and
+  -- the functions it carried are not known there.
   self.funcs:untake_drops(victim.id, b.drop)
-  for k = 1, #victim.mfirst do
-    if victim.mfirst[k] == b.id[1] then
-      remove(victim.mfirst, k)
-      remove(victim.mleft, k)
-      remove(victim.mfuncs, k)
-      break
-    end
-  end
+  local serial = board:untake(victim.id, b.id[1])
+  if serial then self.carried[serial] = nil end
   victim.sent = victim.sent - #b.id
   local slots = {}
-  for i, id in ipairs(b.id) do slots[i] = id % SLOTS end
+  for i, id in ipairs(b.id) do slots[i] = board:slot(id) end
   -- The batch taken back holds Messages of its own: the slots keep theirs.
   for _, am in ipairs(b.a) do am:close() end
   if b.funcs then for _, fm in pairs(b.funcs) do fm:close() end end
-  requeue(self, slots)
+  board:requeue(slots)
   return true
 end
 
@@ -265,7 +202,8 @@ function dispatch(self, depth)
   for level = 1, depth or DEPTH do
     for wid = 1, nw do
       local w = workers[wid]
-      if w and not w.dead and not w.stopped and #w.mleft < level then
+      if w and not w.dead and not w.stopped
+         and self.board:inflight(wid) < level then
         if not send_one(self, w, nw) then return end
       end
     end
@@ -284,27 +222,17 @@ S.dispatch_now = dispatch
 
 -- The outcome m of one task reaches its job.
 local function deliver(self, m)
-  local id = m[ID]
-  local s = id % SLOTS
-  if not self.tj[s] or self.tgen[s] ~= id // SLOTS then return end
-  local w = self.workers[self.tw[s]]
-  if w then -- one outcome less to come from its oldest batch
-    local mleft = w.mleft
-    local carried = w.mfuncs[1]
-    if carried then -- which it has read, functions and all
-      self.funcs:known_by(w.id, carried)
-      w.mfuncs[1] = false
-    end
-    local left = mleft[1] - 1
-    if left > 0 then
-      mleft[1] = left
-    else
-      remove(mleft, 1)
-      remove(w.mfirst, 1)
-      remove(w.mfuncs, 1)
+  local job, at, n, fid, serial = self.board:done(m[ID])
+  if not job then return end
+  if serial then -- the first outcome of its batch: the worker has read it,
+    -- functions and all
+    local c = self.carried[serial]
+    if c then
+      self.carried[serial] = nil
+      self.funcs:known_by(c[1], c[2])
     end
   end
-  local job, at, n = free_slot(self, s)
+  self.funcs:unuse(fid)
   if m[KIND] == FAILURE then
     local err, k = msgs.failure_error(m)
     job:_failed(self, at, n, jobs.remote_error(err), k)
@@ -313,28 +241,32 @@ local function deliver(self, m)
   end
 end
 
+-- Worker wid is gone: what its batches in flight carried is forgotten.
+local function forget_worker(self, wid)
+  local serials = self.board:forget(wid)
+  for i = 1, #serials do self.carried[serials[i]] = nil end
+  self.t:forget(wid)
+  self.funcs:forget_worker(wid)
+end
+
 local function fail_all(self, e)
-  for s = 1, self.nslot do
-    if self.tj[s] then
-      local job, at, n = free_slot(self, s)
-      job:_failed(self, at, n, e)
-    end
+  local board = self.board
+  for _, s in ipairs(board:slots()) do
+    local job, at, n = free_slot(self, s)
+    job:_failed(self, at, n, e)
   end
   for job in pairs(self.lazy) do
     job:_failed(self, nil, nil, e)
     self.lazy[job] = nil
     self.funcs:unuse(job.fid)
   end
-  self.bq, self.bh, self.bt = {}, 1, 0
+  board:clear_backlog()
 end
 
 -- Lets go of the workers, which have left or are leaving (waits for them).
 local function release_workers(self)
   for wid = 1, self.n do
-    if self.workers[wid] then
-      self.t:forget(wid)
-      self.funcs:forget_worker(wid)
-    end
+    if self.workers[wid] then forget_worker(self, wid) end
   end
   self.workers = {}
 end
@@ -402,25 +334,22 @@ end
 -- replace it.
 local function worker_ended(self, w)
   local wid = w.id
-  local running = self.t:running(wid)
-  local tj, tw, tgen, redo = self.tj, self.tw, self.tgen, {}
-  for s = 1, self.nslot do
-    if tw[s] == wid and tj[s] then
-      if s + SLOTS * tgen[s] == running then
-        local job, at, n = free_slot(self, s)
-        job:_failed(self, at, n, errors.new("WorkerLostError",
-          "the worker running the task died"))
-      else
-        redo[#redo + 1] = s
-      end
+  local running, board, redo = self.t:running(wid), self.board, {}
+  for _, s in ipairs(board:slots(wid)) do
+    if board:id(s) == running then
+      local job, at, n = free_slot(self, s)
+      job:_failed(self, at, n, errors.new("WorkerLostError",
+        "the worker running the task died"))
+    else
+      redo[#redo + 1] = s
     end
   end
-  requeue(self, redo) -- the tasks it had not started
-  self.t:forget(wid)
-  self.funcs:forget_worker(wid)
+  board:requeue(redo) -- the tasks it had not started
+  forget_worker(self, wid)
   self.workers[wid] = nil
   if self.state ~= M.TERMINATE and not self.init_error
-     and (self.state == M.RUN or self:backlog() > 0 or self.live > 0) then
+     and (self.state == M.RUN or self:backlog() > 0
+          or self.board:live() > 0) then
     start_worker(self, wid)
   end
 end
@@ -430,28 +359,20 @@ local function stop_idle(self)
   if self:backlog() > 0 or next(self.lazy) then return end
   for wid = 1, self.n do
     local w = self.workers[wid]
-    if w and not w.stopped and not w.mleft[1] then
+    if w and not w.stopped and self.board:inflight(wid) == 0 then
       w.stopped = true
       self.t:stop(wid)
     end
   end
 end
 
--- Whether every worker has sent the outcomes of all it was sent: then
--- the workers wait for this process.
-local function starved(self)
-  for wid = 1, self.n do
-    local w = self.workers[wid]
-    if w and w.mleft[1] then return false end
-  end
-  return true
-end
-
 -- One step: collects outcomes, notices dead workers, sends more work.
 local function step(self)
   if self.state == M.TERMINATE then return end
   if not drain(self) then return end
-  self.starved = starved(self)
+  -- Every worker has sent the outcomes of all it was sent: the workers
+  -- wait for this process.
+  self.starved = self.board:starved()
   if self.t:ended() then
     for wid = 1, self.n do
       local w = self.workers[wid]
@@ -471,7 +392,7 @@ local function step(self)
     end
   end
   dispatch(self)
-  if self.bt < self.bh and steal(self) then dispatch(self) end
+  if self.board:backlog() == 0 and steal(self) then dispatch(self) end
   if self.state == M.CLOSE then stop_idle(self) end
 end
 

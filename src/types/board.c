@@ -1,0 +1,540 @@
+/* board.c -- Board: the books a Pool's scheduler keeps of its tasks, in C:
+ * the slots, the backlog of tasks not sent yet, and each worker's batches
+ * in flight.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "types.h"
+
+#define BOARD "luamp.Board"
+
+/*
+ * The scheduler (lua/luamp/pool/scheduler.lua) decides what goes where;
+ * the board records it.  Every task of the pool passes here three times
+ * (added, taken into a batch, done), and each is one call, not the
+ * hundred VM instructions and the dozen table writes it took in Lua.
+ *
+ * A task lives in a slot, a small number that is reused; it travels as
+ * its id, the slot plus SLOTS times the slot's generation, so that an
+ * outcome for a slot's old task is never taken for its new one.  The
+ * Lua values of a task, its job and its arguments (a Message, which the
+ * board closes when the task is done), are in the board's two user
+ * values, tables indexed by slot; the rest is here.
+ *
+ * The backlog is a ring of slots: added at the back, taken from the front,
+ * put back at the front (a batch taken back, a dead worker's tasks) and
+ * cancelled from the back.  Each worker has a ring of its batches in
+ * flight, oldest first: a worker runs its batches in order and sends the
+ * outcome of each task as it ends, so an outcome always counts against
+ * the oldest.  A batch has a serial number, which the scheduler keys what
+ * it carried by (the functions the worker learns once it reads it).
+ */
+
+#define SLOTS ((lua_Integer)1 << 24)
+#define GENS 1024
+
+typedef struct task {
+  lua_Integer at, n; /* a chunk's position and size; 0 for an apply */
+  int32_t fid;       /* its function's id */
+  int32_t wid;       /* the worker it was sent to; 0: not sent */
+  uint16_t gen;
+  uint8_t kind;
+  uint8_t live;
+} task;
+
+typedef struct batch {
+  lua_Integer first; /* the id of its first task */
+  lua_Integer serial;
+  int left;          /* outcomes still to come */
+  int seen;          /* one has come */
+} batch;
+
+typedef struct ring {  /* a ring of batches, or (in board.bq) of slots */
+  void *v;
+  int head, n, cap;
+} ring;
+
+typedef struct board {
+  task *t;
+  int nslot, cap;    /* slots made, and room for */
+  int *free;         /* freed slots, a stack (room for cap) */
+  int nfree, live;
+  ring bq;           /* the backlog: ints */
+  ring *w;           /* per worker (1..nw): batches */
+  int nw;
+  lua_Integer serial;
+  int closed;
+} board;
+
+static const lmp_class board_class;
+
+/* ------------------------------------------------------------ the books */
+
+/* Room for one more item in r (of items of `size` bytes); -1 when out of
+ * memory, r unchanged. */
+static int ring_reserve(ring *r, size_t size) {
+  int cap, i;
+  char *v;
+  if (r->n < r->cap) return 0;
+  cap = r->cap ? r->cap * 2 : 16;
+  v = malloc((size_t)cap * size);
+  if (v == NULL) return -1;
+  for (i = 0; i < r->n; i++)
+    memcpy(v + (size_t)i * size,
+           (char *)r->v + (size_t)((r->head + i) % r->cap) * size, size);
+  free(r->v);
+  r->v = v;
+  r->head = 0;
+  r->cap = cap;
+  return 0;
+}
+
+#define AT(r, type, i) (((type *)(r)->v)[((r)->head + (i)) % (r)->cap])
+
+static int *slot_at(ring *r, int i) { return &AT(r, int, i); }
+static batch *batch_at(ring *r, int i) { return &AT(r, batch, i); }
+
+static void ring_push_back(ring *r) { r->n++; }
+
+static void ring_push_front(ring *r) {
+  r->head = (r->head + r->cap - 1) % r->cap;
+  r->n++;
+}
+
+static void ring_pop_front(ring *r) {
+  r->head = (r->head + 1) % r->cap;
+  r->n--;
+}
+
+static lua_Integer task_id(const board *b, int s) {
+  return s + SLOTS * b->t[s].gen;
+}
+
+/* A free slot; -1 when out of memory. */
+static int slot_new(board *b) {
+  int s;
+  if (b->nfree > 0) return b->free[--b->nfree];
+  if (b->nslot == b->cap) {
+    int cap = b->cap ? b->cap * 2 : 64;
+    task *t = realloc(b->t, (size_t)(cap + 1) * sizeof *t);
+    int *f;
+    if (t == NULL) return -1;
+    b->t = t;
+    f = realloc(b->free, (size_t)cap * sizeof *f);
+    if (f == NULL) return -1;
+    b->free = f;
+    b->cap = cap;
+  }
+  s = ++b->nslot;
+  b->t[s].gen = 0;
+  return s;
+}
+
+/* Empties slot s (its Lua values are the caller's to let go of). */
+static void slot_free(board *b, int s) {
+  task *t = &b->t[s];
+  t->live = 0;
+  t->gen = (uint16_t)((t->gen + 1) % GENS);
+  b->free[b->nfree++] = s;
+  b->live--;
+}
+
+/* The live slot of task id, or 0 (an outcome of a task no longer here). */
+static int slot_of(const board *b, lua_Integer id) {
+  lua_Integer s = id % SLOTS;
+  if (id < 0 || s < 1 || s > b->nslot || !b->t[s].live
+      || b->t[s].gen != id / SLOTS) return 0;
+  return (int)s;
+}
+
+/* One outcome of worker wid's oldest batch has come: the serial of that
+ * batch if it is the first (0 if not, or if wid has none in flight). */
+static lua_Integer batch_outcome(board *b, int wid) {
+  ring *r;
+  batch *bt;
+  lua_Integer first = 0;
+  if (wid < 1 || wid > b->nw || b->w[wid].n == 0) return 0;
+  r = &b->w[wid];
+  bt = batch_at(r, 0);
+  if (!bt->seen) {
+    bt->seen = 1;
+    first = bt->serial;
+  }
+  if (--bt->left == 0) ring_pop_front(r);
+  return first;
+}
+
+/* ------------------------------------------------------------- bindings */
+
+static board *checkboard(lua_State *L) {
+  board *b = lmp_checkhandle(L, 1);
+  if (b->closed) luaL_error(L, "attempt to use a closed board");
+  return b;
+}
+
+static int nomemory(lua_State *L) {
+  return luaL_error(L, "not enough memory");
+}
+
+/* Pushes the Lua value of slot s kept in user value uv, and clears it
+ * there when `clear`. */
+static void getslot(lua_State *L, int uv, int s, int clear) {
+  lua_getiuservalue(L, 1, uv);
+  lua_rawgeti(L, -1, s);
+  if (clear) {
+    lua_pushnil(L);
+    lua_rawseti(L, -3, s);
+  }
+  lua_remove(L, -2);
+}
+
+/* Frees slot s and pushes its job, position, size and function id; its
+ * arguments (a Message) are closed. */
+static int pushfreed(lua_State *L, board *b, int s) {
+  task *t = &b->t[s];
+  getslot(L, 2, s, 1);
+  if (lmp_classof(L, -1) == &lmp_message_class)
+    lmp_message_class.close(lua_touserdata(L, -1));
+  lua_pop(L, 1);
+  getslot(L, 1, s, 1);
+  if (t->at > 0) {
+    lua_pushinteger(L, t->at);
+    lua_pushinteger(L, t->n);
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  lua_pushinteger(L, t->fid);
+  slot_free(b, s);
+  return 4;
+}
+
+/* Board(nworkers) -> a board for workers 1..nworkers */
+static int board_new(lua_State *L) {
+  lua_Integer nw = luaL_checkinteger(L, 1);
+  board *b;
+  luaL_argcheck(L, nw >= 1 && nw <= 1 << 16, 1, "out of range");
+  b = lmp_newhandle(L, &board_class, sizeof *b, 2);
+  b->w = calloc((size_t)nw + 1, sizeof *b->w);
+  if (b->w == NULL) return nomemory(L);
+  b->nw = (int)nw;
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 2);
+  return 1;
+}
+
+/* b:add(job, fid, args, kind, [at, n]) -> slot, live: a task at the back
+ * of the backlog; live counts the tasks on the board. */
+static int board_add(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer fid = luaL_checkinteger(L, 3);
+  lua_Integer kind = luaL_checkinteger(L, 5);
+  lua_Integer at = luaL_optinteger(L, 6, 0), n = luaL_optinteger(L, 7, 0);
+  task *t;
+  int s;
+  luaL_checkany(L, 2);
+  if (ring_reserve(&b->bq, sizeof(int)) < 0 || (s = slot_new(b)) < 0)
+    return nomemory(L);
+  t = &b->t[s];
+  t->at = at;
+  t->n = n;
+  t->fid = (int32_t)fid;
+  t->wid = 0;
+  t->kind = (uint8_t)kind;
+  t->live = 1;
+  b->live++;
+  *slot_at(&b->bq, b->bq.n) = s;
+  ring_push_back(&b->bq);
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 2);
+  lua_rawseti(L, -2, s);
+  lua_getiuservalue(L, 1, 2);
+  lua_pushvalue(L, 4);
+  lua_rawseti(L, -2, s);
+  lua_pushinteger(L, s);
+  lua_pushinteger(L, b->live);
+  return 2;
+}
+
+/* b:take(wid, want) -> ids, fids, args, kinds, serial, used: up to `want`
+ * tasks from the front of the backlog, in a batch sent to worker wid:
+ * their ids, function ids, arguments and kinds; the batch's serial; the
+ * function ids it uses (each once, unless they alternate).  Tasks of kind
+ * 0 (applies) share a batch; a task of another kind (a chunk, a batch
+ * already) goes alone.  Nothing when the backlog is empty. */
+static int board_take(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer wid = luaL_checkinteger(L, 2);
+  lua_Integer want = luaL_checkinteger(L, 3);
+  int n = 0, nused = 0, i;
+  int32_t last = -1;
+  uint8_t kind1 = 0;
+  batch *bt;
+  luaL_argcheck(L, wid >= 1 && wid <= b->nw, 2, "no such worker");
+  if (b->bq.n == 0 || want < 1) return 0;
+  if (want > b->bq.n) want = b->bq.n;
+  if (ring_reserve(&b->w[wid], sizeof(batch)) < 0) return nomemory(L);
+  lua_settop(L, 3);
+  lua_getiuservalue(L, 1, 2); /* 4: the arguments */
+  for (i = 0; i < 4; i++) lua_createtable(L, (int)want, 0); /* 5..8 */
+  lua_createtable(L, 1, 0); /* 9: the functions used */
+  while (n < want && b->bq.n > 0) {
+    int s = *slot_at(&b->bq, 0);
+    task *t = &b->t[s];
+    if (n == 0) kind1 = t->kind;
+    else if (t->kind != 0 || kind1 != 0) break;
+    ring_pop_front(&b->bq);
+    n++;
+    t->wid = (int32_t)wid;
+    lua_pushinteger(L, task_id(b, s));
+    lua_rawseti(L, 5, n);
+    lua_pushinteger(L, t->fid);
+    lua_rawseti(L, 6, n);
+    lua_rawgeti(L, 4, s);
+    lua_rawseti(L, 7, n);
+    lua_pushinteger(L, t->kind);
+    lua_rawseti(L, 8, n);
+    if (t->fid != last) {
+      last = t->fid;
+      lua_pushinteger(L, last);
+      lua_rawseti(L, 9, ++nused);
+    }
+  }
+  bt = batch_at(&b->w[wid], b->w[wid].n);
+  ring_push_back(&b->w[wid]);
+  lua_rawgeti(L, 5, 1);
+  bt->first = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  bt->serial = ++b->serial;
+  bt->left = n;
+  bt->seen = 0;
+  lua_pushinteger(L, bt->serial);
+  lua_insert(L, 9);
+  return 6;
+}
+
+/* b:done(id) -> job, at, n, fid, serial: task id's outcome has come; its
+ * slot is freed (its arguments closed) and its job, position and size (nil
+ * for an apply) and function id returned, with the serial of its batch
+ * when this is the batch's first outcome.  Nothing if the task is no
+ * longer on the board. */
+static int board_done(lua_State *L) {
+  board *b = checkboard(L);
+  int s = slot_of(b, luaL_checkinteger(L, 2));
+  lua_Integer serial;
+  if (s == 0) return 0;
+  serial = batch_outcome(b, b->t[s].wid);
+  pushfreed(L, b, s);
+  if (serial == 0) return 4;
+  lua_pushinteger(L, serial);
+  return 5;
+}
+
+static int checkslot(lua_State *L, board *b, int arg) {
+  lua_Integer s = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, s >= 1 && s <= b->nslot && b->t[s].live, arg,
+                "no such task");
+  return (int)s;
+}
+
+/* b:free(slot) -> job, at, n, fid: as done, for a task that will have no
+ * outcome (its worker died, the pool failed, its job was cancelled). */
+static int board_free(lua_State *L) {
+  board *b = checkboard(L);
+  return pushfreed(L, b, checkslot(L, b, 2));
+}
+
+/* b:id(slot) -> the id of the slot's task */
+static int board_id(lua_State *L) {
+  board *b = checkboard(L);
+  lua_pushinteger(L, task_id(b, checkslot(L, b, 2)));
+  return 1;
+}
+
+/* b:slot(id) -> the slot of task id, which is on the board */
+static int board_slot(lua_State *L) {
+  board *b = checkboard(L);
+  int s = slot_of(b, luaL_checkinteger(L, 2));
+  luaL_argcheck(L, s != 0, 2, "no such task");
+  lua_pushinteger(L, s);
+  return 1;
+}
+
+/* b:slots([wid]) -> the slots of every task, or of those sent to worker
+ * wid, in the order of their slots. */
+static int board_slots(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer wid = luaL_optinteger(L, 2, -1);
+  int s, n = 0;
+  lua_createtable(L, wid < 0 ? b->live : 0, 0);
+  for (s = 1; s <= b->nslot; s++) {
+    if (b->t[s].live && (wid < 0 || b->t[s].wid == wid)) {
+      lua_pushinteger(L, s);
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  return 1;
+}
+
+/* b:requeue(slots) -> tasks taken back (never run) go to the front of the
+ * backlog, in the order given. */
+static int board_requeue(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer i, n;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = (lua_Integer)lua_rawlen(L, 2);
+  for (i = n; i >= 1; i--) {
+    int s;
+    lua_rawgeti(L, 2, i);
+    s = checkslot(L, b, -1);
+    lua_pop(L, 1);
+    if (ring_reserve(&b->bq, sizeof(int)) < 0) return nomemory(L);
+    b->t[s].wid = 0;
+    ring_push_front(&b->bq);
+    *slot_at(&b->bq, 0) = s;
+  }
+  return 0;
+}
+
+/* b:cancel(job) -> fids: frees the tasks of job at the back of the
+ * backlog (the last ones added, not sent); their function ids. */
+static int board_cancel(lua_State *L) {
+  board *b = checkboard(L);
+  int n = 0;
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  lua_newtable(L); /* 3 */
+  lua_getiuservalue(L, 1, 1); /* 4 */
+  while (b->bq.n > 0) {
+    int s = *slot_at(&b->bq, b->bq.n - 1), same;
+    lua_rawgeti(L, 4, s);
+    same = lua_rawequal(L, -1, 2);
+    lua_pop(L, 1);
+    if (!same) break;
+    b->bq.n--;
+    pushfreed(L, b, s);
+    lua_rawseti(L, 3, ++n); /* the fid */
+    lua_pop(L, 3);
+  }
+  lua_settop(L, 3);
+  return 1;
+}
+
+/* b:clear_backlog(): forgets the backlog (its tasks freed already). */
+static int board_clear_backlog(lua_State *L) {
+  board *b = checkboard(L);
+  b->bq.n = 0;
+  b->bq.head = 0;
+  return 0;
+}
+
+/* b:backlog() -> tasks not sent */
+static int board_backlog(lua_State *L) {
+  lua_pushinteger(L, checkboard(L)->bq.n);
+  return 1;
+}
+
+/* b:live() -> tasks on the board */
+static int board_live(lua_State *L) {
+  lua_pushinteger(L, checkboard(L)->live);
+  return 1;
+}
+
+static int checkwid(lua_State *L, board *b) {
+  lua_Integer wid = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, wid >= 1 && wid <= b->nw, 2, "no such worker");
+  return (int)wid;
+}
+
+/* b:inflight(wid) -> worker wid's batches whose outcomes are not all in */
+static int board_inflight(lua_State *L) {
+  board *b = checkboard(L);
+  lua_pushinteger(L, b->w[checkwid(L, b)].n);
+  return 1;
+}
+
+/* b:starved() -> whether no worker has a batch in flight */
+static int board_starved(lua_State *L) {
+  board *b = checkboard(L);
+  int wid;
+  for (wid = 1; wid <= b->nw; wid++)
+    if (b->w[wid].n > 0) break;
+  lua_pushboolean(L, wid > b->nw);
+  return 1;
+}
+
+/* b:untake(wid, first) -> serial: worker wid's batch whose first task is
+ * `first` was taken back before the worker read it; nothing if there is
+ * no such batch. */
+static int board_untake(lua_State *L) {
+  board *b = checkboard(L);
+  ring *r = &b->w[checkwid(L, b)];
+  lua_Integer first = luaL_checkinteger(L, 3), serial;
+  int i;
+  for (i = 0; i < r->n; i++)
+    if (batch_at(r, i)->first == first) break;
+  if (i == r->n) return 0;
+  serial = batch_at(r, i)->serial;
+  for (; i < r->n - 1; i++) *batch_at(r, i) = *batch_at(r, i + 1);
+  r->n--;
+  lua_pushinteger(L, serial);
+  return 1;
+}
+
+/* b:forget(wid) -> serials: worker wid is gone, with its batches in
+ * flight; their serials. */
+static int board_forget(lua_State *L) {
+  board *b = checkboard(L);
+  ring *r = &b->w[checkwid(L, b)];
+  int i;
+  lua_createtable(L, r->n, 0);
+  for (i = 0; i < r->n; i++) {
+    lua_pushinteger(L, batch_at(r, i)->serial);
+    lua_rawseti(L, -2, i + 1);
+  }
+  r->n = 0;
+  r->head = 0;
+  return 1;
+}
+
+/* Lets go of the books; the tasks' Lua values go with the user values. */
+static void board_free_all(void *h) {
+  board *b = h;
+  int wid;
+  if (b->closed) return;
+  b->closed = 1;
+  free(b->t);
+  free(b->free);
+  free(b->bq.v);
+  if (b->w != NULL)
+    for (wid = 0; wid <= b->nw; wid++) free(b->w[wid].v);
+  free(b->w);
+}
+
+static int board_closed(void *h) { return ((board *)h)->closed; }
+
+static const luaL_Reg board_meth[] = {
+  {"add", board_add}, {"take", board_take}, {"done", board_done},
+  {"free", board_free}, {"id", board_id}, {"slot", board_slot},
+  {"slots", board_slots},
+  {"requeue", board_requeue}, {"cancel", board_cancel},
+  {"clear_backlog", board_clear_backlog}, {"backlog", board_backlog},
+  {"live", board_live}, {"inflight", board_inflight},
+  {"starved", board_starved}, {"untake", board_untake},
+  {"forget", board_forget}, {NULL, NULL}
+};
+
+static const lmp_class board_class = {
+  .name = BOARD, .what = "board", .size = sizeof(board), .nuv = 2,
+  .meth = board_meth, .close = board_free_all, .closed = board_closed,
+};
+
+static const lmp_class *const board_classes[] = {&board_class, NULL};
+
+static const luaL_Reg board_funcs[] = {{"Board", board_new}, {NULL, NULL}};
+
+const lmp_family lmp_board_family = {board_classes, board_funcs, NULL};
