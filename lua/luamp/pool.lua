@@ -449,18 +449,18 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
                            jobs.new_progress(progress, n))
   if n == 0 then
     local out = jobs.new_out(0)
-    sched.funcs:use(fid) -- no task: the function goes straight to idle
-    sched.funcs:unuse(fid)
+    sched:use(fid) -- no task: the function goes straight to idle
+    sched:unuse(fid)
     jobs.settle(sched, res, true, out)
     sched:pump() -- its callback
     return res
   end
   -- The map uses its function until its last chunk is added: the first
   -- chunks may be done (and let go of it) before the last is sent.
-  sched.funcs:use(fid)
+  sched:use(fid)
   local ok, e = pcall(locked, sched, add_chunks, job, fid, items, n,
                       chunksize, star and msgs.STARCHUNK or msgs.CHUNK)
-  sched.funcs:unuse(fid)
+  sched:unuse(fid)
   if not ok then error(e, 3) end
   if not e then
     error("the pool is busy: it cannot take a task from inside its own "

@@ -30,6 +30,11 @@
  * outcome of each task as it ends, so an outcome always counts against
  * the oldest.  A batch has a serial number, which the scheduler keys what
  * it carried by (the functions the worker learns once it reads it).
+ *
+ * The board also counts the uses of each function id (its tasks, and the
+ * maps and lazy jobs that hold it): the function cache
+ * (lua/luamp/pool/funcs.lua) hears only when a function comes into use
+ * and when it falls out of it.
  */
 
 #define SLOTS ((lua_Integer)1 << 24)
@@ -63,6 +68,8 @@ typedef struct board {
   int nfree, live;
   ring bq;           /* the backlog: ints */
   ring *w;           /* per worker (1..nw): batches */
+  lua_Integer *uses; /* per function id */
+  int nuses;         /* room for ids 0..nuses-1 */
   int nw;
   lua_Integer serial;
   int closed;
@@ -149,6 +156,28 @@ static int slot_of(const board *b, lua_Integer id) {
   return (int)s;
 }
 
+/* Counts one more use of function id fid: 1 if it was unused, 0 if not,
+ * -1 when out of memory. */
+static int fid_use(board *b, int32_t fid) {
+  if (fid >= b->nuses) {
+    int n = b->nuses ? b->nuses : 16, i;
+    lua_Integer *u;
+    while (n <= fid) n *= 2;
+    u = realloc(b->uses, (size_t)n * sizeof *u);
+    if (u == NULL) return -1;
+    for (i = b->nuses; i < n; i++) u[i] = 0;
+    b->uses = u;
+    b->nuses = n;
+  }
+  return b->uses[fid]++ == 0;
+}
+
+/* Counts one use less of fid: 1 if it is now unused. */
+static int fid_unuse(board *b, int32_t fid) {
+  if (fid < 0 || fid >= b->nuses || b->uses[fid] == 0) return 0;
+  return --b->uses[fid] == 0;
+}
+
 /* One outcome of worker wid's oldest batch has come: the serial of that
  * batch if it is the first (0 if not, or if wid has none in flight). */
 static lua_Integer batch_outcome(board *b, int wid) {
@@ -190,8 +219,9 @@ static void getslot(lua_State *L, int uv, int s, int clear) {
   lua_remove(L, -2);
 }
 
-/* Frees slot s and pushes its job, position, size and function id; its
- * arguments (a Message) are closed. */
+/* Frees slot s and pushes its job, position and size, and its function
+ * id if that is now unused (else false); its arguments (a Message) are
+ * closed. */
 static int pushfreed(lua_State *L, board *b, int s) {
   task *t = &b->t[s];
   getslot(L, 2, s, 1);
@@ -206,7 +236,8 @@ static int pushfreed(lua_State *L, board *b, int s) {
     lua_pushnil(L);
     lua_pushnil(L);
   }
-  lua_pushinteger(L, t->fid);
+  if (fid_unuse(b, t->fid)) lua_pushinteger(L, t->fid);
+  else lua_pushboolean(L, 0);
   slot_free(b, s);
   return 4;
 }
@@ -227,17 +258,20 @@ static int board_new(lua_State *L) {
   return 1;
 }
 
-/* b:add(job, fid, args, kind, [at, n]) -> slot, live: a task at the back
- * of the backlog; live counts the tasks on the board. */
+/* b:add(job, fid, args, kind, [at, n]) -> slot, live, first: a task at
+ * the back of the backlog; live counts the tasks on the board, and first
+ * says whether the task's function was unused. */
 static int board_add(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer fid = luaL_checkinteger(L, 3);
   lua_Integer kind = luaL_checkinteger(L, 5);
   lua_Integer at = luaL_optinteger(L, 6, 0), n = luaL_optinteger(L, 7, 0);
   task *t;
-  int s;
+  int s, first;
   luaL_checkany(L, 2);
-  if (ring_reserve(&b->bq, sizeof(int)) < 0 || (s = slot_new(b)) < 0)
+  luaL_argcheck(L, fid >= 0 && fid < INT32_MAX, 3, "out of range");
+  if (ring_reserve(&b->bq, sizeof(int)) < 0 || (s = slot_new(b)) < 0
+      || (first = fid_use(b, (int32_t)fid)) < 0)
     return nomemory(L);
   t = &b->t[s];
   t->at = at;
@@ -257,7 +291,27 @@ static int board_add(lua_State *L) {
   lua_rawseti(L, -2, s);
   lua_pushinteger(L, s);
   lua_pushinteger(L, b->live);
-  return 2;
+  lua_pushboolean(L, first);
+  return 3;
+}
+
+/* b:use(fid) -> whether fid was unused: a use of it other than a task's
+ * (a map while it adds its chunks, a lazy job while its input lasts). */
+static int board_use(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer fid = luaL_checkinteger(L, 2);
+  int first;
+  luaL_argcheck(L, fid >= 0 && fid < INT32_MAX, 2, "out of range");
+  if ((first = fid_use(b, (int32_t)fid)) < 0) return nomemory(L);
+  lua_pushboolean(L, first);
+  return 1;
+}
+
+/* b:unuse(fid) -> whether fid is now unused: the end of such a use. */
+static int board_unuse(lua_State *L) {
+  board *b = checkboard(L);
+  lua_pushboolean(L, fid_unuse(b, (int32_t)luaL_checkinteger(L, 2)));
+  return 1;
 }
 
 /* b:take(wid, want) -> ids, fids, args, kinds, serial, used: up to `want`
@@ -319,9 +373,9 @@ static int board_take(lua_State *L) {
 
 /* b:done(id) -> job, at, n, fid, serial: task id's outcome has come; its
  * slot is freed (its arguments closed) and its job, position and size (nil
- * for an apply) and function id returned, with the serial of its batch
- * when this is the batch's first outcome.  Nothing if the task is no
- * longer on the board. */
+ * for an apply) returned, its function id if that is now unused (else
+ * false), and the serial of its batch when this is the batch's first
+ * outcome.  Nothing if the task is no longer on the board. */
 static int board_done(lua_State *L) {
   board *b = checkboard(L);
   int s = slot_of(b, luaL_checkinteger(L, 2));
@@ -341,7 +395,7 @@ static int checkslot(lua_State *L, board *b, int arg) {
   return (int)s;
 }
 
-/* b:free(slot) -> job, at, n, fid: as done, for a task that will have no
+/* b:free(slot) -> job, at, n, fid: as done (fid, if now unused), for a task that will have no
  * outcome (its worker died, the pool failed, its job was cancelled). */
 static int board_free(lua_State *L) {
   board *b = checkboard(L);
@@ -401,7 +455,8 @@ static int board_requeue(lua_State *L) {
 }
 
 /* b:cancel(job) -> fids: frees the tasks of job at the back of the
- * backlog (the last ones added, not sent); their function ids. */
+ * backlog (the last ones added, not sent); the function ids that are now
+ * unused. */
 static int board_cancel(lua_State *L) {
   board *b = checkboard(L);
   int n = 0;
@@ -417,7 +472,8 @@ static int board_cancel(lua_State *L) {
     if (!same) break;
     b->bq.n--;
     pushfreed(L, b, s);
-    lua_rawseti(L, 3, ++n); /* the fid */
+    if (lua_toboolean(L, -1)) lua_rawseti(L, 3, ++n); /* an unused fid */
+    else lua_pop(L, 1);
     lua_pop(L, 3);
   }
   lua_settop(L, 3);
@@ -513,6 +569,7 @@ static void board_free_all(void *h) {
   if (b->w != NULL)
     for (wid = 0; wid <= b->nw; wid++) free(b->w[wid].v);
   free(b->w);
+  free(b->uses);
 }
 
 static int board_closed(void *h) { return ((board *)h)->closed; }
@@ -525,7 +582,8 @@ static const luaL_Reg board_meth[] = {
   {"clear_backlog", board_clear_backlog}, {"backlog", board_backlog},
   {"live", board_live}, {"inflight", board_inflight},
   {"starved", board_starved}, {"untake", board_untake},
-  {"forget", board_forget}, {NULL, NULL}
+  {"forget", board_forget}, {"use", board_use}, {"unuse", board_unuse},
+  {NULL, NULL}
 };
 
 static const lmp_class board_class = {

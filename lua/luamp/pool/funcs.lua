@@ -5,6 +5,8 @@
 -- recently used are kept for reuse, up to a number and a size, and the
 -- rest are forgotten here and, with their next batch, in the workers.
 -- One that names shared objects is forgotten as soon as no task uses it.
+-- The uses of each are counted on the scheduler's board, which says when
+-- one comes into use (activate) and when it falls out of it (release).
 
 local core = require "luamp.core"
 
@@ -25,7 +27,6 @@ function M.new()
     ids = {},        -- id by bytes: the same bytes, the same id
     msgs = {},       -- the Message of each id
     bytes = {},      -- the bytes of each id
-    uses = {},       -- tasks (and imap calls) using each id
     n = 0,
     known = {},      -- per worker: the ids it has
     drops = {},      -- per worker: the ids it may forget, not yet told
@@ -51,8 +52,7 @@ function C:id(f)
   else
     fid = self.n + 1
     self.n = fid
-    self.ids[bytes], self.msgs[fid], self.bytes[fid], self.uses[fid] =
-      fid, m, bytes, 0
+    self.ids[bytes], self.msgs[fid], self.bytes[fid] = fid, m, bytes
   end
   if type(f) == "function" and getupvalue(f, 1) == nil then
     self.cache[f] = fid
@@ -75,7 +75,7 @@ end
 local function forget(self, fid)
   self.ids[self.bytes[fid]] = nil
   self.msgs[fid]:close()
-  self.msgs[fid], self.bytes[fid], self.uses[fid] = nil, nil, nil
+  self.msgs[fid], self.bytes[fid] = nil, nil
   for wid, known in pairs(self.known) do
     if known[fid] then
       known[fid] = nil
@@ -92,21 +92,16 @@ local function evict(self, fid)
   forget(self, fid)
 end
 
--- A task (or an imap call) uses fid.
-function C:use(fid)
-  local n = self.uses[fid]
-  if n == 0 and (self.prev[fid] or self.head == fid) then unidle(self, fid) end
-  self.uses[fid] = n + 1
+-- Function fid, unused, comes into use (by a task, a map or an imap).
+function C:activate(fid)
+  if self.prev[fid] or self.head == fid then unidle(self, fid) end
 end
 
--- A task (or imap call) no longer uses fid: once none does, it joins the
--- idle list, the oldest of which are forgotten beyond the limits.  One
--- whose upvalues name shared objects is forgotten at once, so that it
--- keeps them alive no longer than its tasks need them.
-function C:unuse(fid)
-  local n = self.uses[fid] - 1
-  self.uses[fid] = n
-  if n > 0 then return end
+-- Function fid falls out of use: it joins the idle list, the oldest of
+-- which are forgotten beyond the limits.  One whose upvalues name shared
+-- objects is forgotten at once, so that it keeps them alive no longer
+-- than its tasks need them.
+function C:release(fid)
   if self.msgs[fid]:objects() > 0 then return forget(self, fid) end
   local tail = self.tail
   if tail then self.next[tail] = fid else self.head = fid end

@@ -91,8 +91,8 @@ local dispatch
 -- Adds a task at the end of the backlog.  With depth, then sends work to
 -- the workers as dispatch(depth) does.
 function S:add(job, fid, args, kind, at, n, depth)
-  self.board:add(job, fid, args, kind, at, n)
-  self.funcs:use(fid)
+  local _, _, first = self.board:add(job, fid, args, kind, at, n)
+  if first then self.funcs:activate(fid) end
   if depth then dispatch(self, depth) end
 end
 
@@ -104,17 +104,27 @@ end
 function S:submit(job, fid, args, kind, limit, depth)
   if self.busy then return false end
   self.busy = true
-  local _, live = self.board:add(job, fid, args, kind)
-  self.funcs:use(fid)
+  local _, live, first = self.board:add(job, fid, args, kind)
+  if first then self.funcs:activate(fid) end
   self.busy = false
   if live <= limit then return locked(self, dispatch, depth) end
   return true
 end
 
+-- A use of function fid other than a task's (a map, a lazy job) begins.
+function S:use(fid)
+  if self.board:use(fid) then self.funcs:activate(fid) end
+end
+
+-- ... and ends.
+function S:unuse(fid)
+  if self.board:unuse(fid) then self.funcs:release(fid) end
+end
+
 -- Empties slot s; returns the job, position and size of its task.
 local function free_slot(self, s)
-  local job, at, n, fid = self.board:free(s)
-  self.funcs:unuse(fid)
+  local job, at, n, unused = self.board:free(s)
+  if unused then self.funcs:release(unused) end
   return job, at, n
 end
 
@@ -127,7 +137,7 @@ function S:live() return self.board:live() end
 -- when the input of a map turns out unsendable.
 function S:cancel(job)
   local fids = self.board:cancel(job)
-  for i = 1, #fids do self.funcs:unuse(fids[i]) end
+  for i = 1, #fids do self.funcs:release(fids[i]) end
 end
 
 -- --------------------------------------------------------------- sending
@@ -222,7 +232,7 @@ S.dispatch_now = dispatch
 
 -- The outcome m of one task reaches its job.
 local function deliver(self, m)
-  local job, at, n, fid, serial = self.board:done(m[ID])
+  local job, at, n, unused, serial = self.board:done(m[ID])
   if not job then return end
   if serial then -- the first outcome of its batch: the worker has read it,
     -- functions and all
@@ -232,7 +242,7 @@ local function deliver(self, m)
       self.funcs:known_by(c[1], c[2])
     end
   end
-  self.funcs:unuse(fid)
+  if unused then self.funcs:release(unused) end
   if m[KIND] == FAILURE then
     local err, k = msgs.failure_error(m)
     job:_failed(self, at, n, jobs.remote_error(err), k)
@@ -258,7 +268,7 @@ local function fail_all(self, e)
   for job in pairs(self.lazy) do
     job:_failed(self, nil, nil, e)
     self.lazy[job] = nil
-    self.funcs:unuse(job.fid)
+    self:unuse(job.fid)
   end
   board:clear_backlog()
 end
@@ -437,7 +447,7 @@ local function refill(self)
     end
     if job.exhausted and self.lazy[job] then
       self.lazy[job] = nil
-      self.funcs:unuse(job.fid)
+      self:unuse(job.fid)
     end
   end
   return added
@@ -458,7 +468,7 @@ end
 -- Adds lazy job `job` (imap), which reads its input as its results are
 -- taken.
 function S:add_lazy(job)
-  self.funcs:use(job.fid) -- for as long as the input lasts
+  self:use(job.fid) -- for as long as the input lasts
   self.lazy[job] = true
 end
 
