@@ -283,6 +283,19 @@ void lmp_decode(lua_State *L, const char *p, size_t n);
  * a metatable raises "cannot receive ...". */
 void lmp_decode_plain(lua_State *L, const char *p, size_t n);
 
+/* The items of an array message from the (skip+1)-th on, decoded into the
+ * table at idx from position `at` on (as decode_into, with the first
+ * `skip` items read and dropped); returns how many it set.  Raises as
+ * lmp_decode. */
+lua_Integer lmp_decode_into(lua_State *L, const char *p, size_t n, int idx,
+                            lua_Integer at, int skip);
+/* The first k items of the array message [p, p+n), when they are all
+ * integers, into v[0..k-1], read without Lua: returns the length of the
+ * message's array part (its items 1, 2, 3... up to the first nil; the
+ * rest travel as pairs), or -1 when the message is no such array (or
+ * cannot be read).  Never raises. */
+lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k);
+
 /* lmp_decode under lua_pcall: pushes the value (LUA_OK) or the error, and
  * returns the status, so a caller can free what holds the message either
  * way before it raises. */

@@ -491,7 +491,7 @@ void lmp_decode_plain(lua_State *L, const char *p, size_t n) {
  * go to t[at], t[at+1]... (raw, holes skipped), its other fields are read
  * and dropped.  Returns the number of array items. */
 static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
-                               lua_Integer at) {
+                               lua_Integer at, uint64_t skip) {
   dec d;
   uint64_t narr, i;
   int tag;
@@ -506,9 +506,13 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
   lua_pushvalue(L, idx); /* what a ref to the message's table names */
   keep(&d, tag);
   lua_pop(L, 1);
-  for (i = 0; i < narr; i++) {
+  for (i = 0; i < narr && i < skip; i++) {
     decany(&d, gettag(&d));
-    lua_rawseti(L, idx, (lua_Integer)((lua_Unsigned)at + i)); /* wraps */
+    lua_pop(L, 1);
+  }
+  for (; i < narr; i++) {
+    decany(&d, gettag(&d));
+    lua_rawseti(L, idx, (lua_Integer)((lua_Unsigned)at + i - skip)); /* wraps */
   }
   while ((tag = gettag(&d)) != LMP_TAG_NIL) {
     if (tag == LMP_TAG_METANAME) {
@@ -525,7 +529,56 @@ static lua_Integer decode_into(lua_State *L, const char *p, size_t n, int idx,
   }
   d.depth--;
   decdone(&d);
-  return (lua_Integer)narr;
+  return (lua_Integer)(narr > skip ? narr - skip : 0);
+}
+
+lua_Integer lmp_decode_into(lua_State *L, const char *p, size_t n, int idx,
+                            lua_Integer at, int skip) {
+  return decode_into(L, p, n, lua_absindex(L, idx), at,
+                     skip > 0 ? (uint64_t)skip : 0);
+}
+
+/* A varint at *pp, before end, without raising: 0, or -1. */
+static int peekvarint(const unsigned char **pp, const unsigned char *end,
+                      uint64_t *v) {
+  const unsigned char *q = *pp;
+  uint64_t x = 0;
+  int shift;
+  for (shift = 0; shift < 64 && q < end; shift += 7) {
+    x |= (uint64_t)(*q & 0x7f) << shift;
+    if (!(*q++ & 0x80)) {
+      *v = x;
+      *pp = q;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k) {
+  const unsigned char *q = (const unsigned char *)p, *end = q + n;
+  uint64_t narr, z;
+  int i;
+  if (n < 3 || *q++ != LMP_CODEC_VERSION
+      || (*q >= 0x80 || (*q & ~LMP_TAG_KEEP) != LMP_TAG_TABLE))
+    return -1;
+  q++;
+  if (peekvarint(&q, end, &narr) < 0 || narr < (uint64_t)k || q == end)
+    return -1;
+  q++; /* the size hint */
+  for (i = 0; i < k; i++) {
+    int tag;
+    if (q == end) return -1;
+    tag = *q++;
+    if (tag >= LMP_TAG_FIXINT) {
+      v[i] = tag - LMP_TAG_FIXINT;
+    } else if (tag == LMP_TAG_INT && peekvarint(&q, end, &z) == 0) {
+      v[i] = (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1);
+    } else {
+      return -1;
+    }
+  }
+  return (lua_Integer)narr; /* no more than n */
 }
 
 static int decode_raw(lua_State *L) {
@@ -582,6 +635,6 @@ int lmp_codec_decode_into(lua_State *L) {
   lua_Integer at;
   luaL_checktype(L, 2, LUA_TTABLE);
   at = luaL_checkinteger(L, 3);
-  lua_pushinteger(L, decode_into(L, s, n, 2, at));
+  lua_pushinteger(L, decode_into(L, s, n, 2, at, 0));
   return 1;
 }

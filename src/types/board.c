@@ -31,6 +31,14 @@
  * the oldest.  A batch has a serial number, which the scheduler keys what
  * it carried by (the functions the worker learns once it reads it).
  *
+ * Outcomes.  The scheduler hears of most outcomes through b:done, once
+ * they are decoded.  The commonest, an apply's plain results, the board
+ * settles itself as it takes them off the workers' queue (b:settle), with
+ * no table of their own: the job of an apply (kind 0) is a result record
+ * (lua/luamp/pool/jobs.lua), an array whose fields are at fixed places,
+ * and the results go into it.  A record already settled, or with a
+ * callback to run, goes the scheduler's way.
+ *
  * The board also counts the uses of each function id (its tasks, and the
  * maps and lazy jobs that hold it): the function cache
  * (lua/luamp/pool/funcs.lua) hears only when a function comes into use
@@ -38,6 +46,16 @@
  */
 
 #define SLOTS ((lua_Integer)1 << 24)
+
+/* A result record's fields (jobs.lua: READY... ERRBACK, VALUES). */
+enum {
+  R_READY = 2, R_OK = 3, R_VALUE = 4, R_FIRST = 6, R_LAST = 7,
+  R_CALLBACK = 8, R_ERRBACK = 9, R_VALUES = 10
+};
+
+/* The first items of a worker's outcome: the task's id, then the count of
+ * its results (plain values, which follow) or a negative kind. */
+enum { O_ID, O_COUNT, O_HEAD };
 #define GENS 1024
 
 typedef struct task {
@@ -395,8 +413,99 @@ static int checkslot(lua_State *L, board *b, int arg) {
   return (int)s;
 }
 
-/* b:free(slot) -> job, at, n, fid: as done (fid, if now unused), for a task that will have no
- * outcome (its worker died, the pool failed, its job was cancelled). */
+typedef struct settling {
+  board *b;
+  int jobs;            /* stack index of the jobs table */
+  int serials, unused; /* ... of the tables these go to */
+  lua_Integer ns, nu;  /* how many are there */
+} settling;
+
+/* Whether field k of the table at idx is false or nil. */
+static int unset(lua_State *L, int idx, int k) {
+  int set;
+  lua_rawgeti(L, idx, k);
+  set = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return !set;
+}
+
+/* Whether the value on the top is a record the board can settle: one not
+ * settled yet, without callbacks. */
+static int settleable(lua_State *L) {
+  return lua_type(L, -1) == LUA_TTABLE && unset(L, -1, R_READY)
+         && unset(L, -1, R_CALLBACK) && unset(L, -1, R_ERRBACK);
+}
+
+/* An outcome offered by the queue: taken (1) if it is an apply's plain
+ * results, all in its array part (none after a nil), and its record can
+ * be settled here; or if its task is gone. */
+static int settle_one(lua_State *L, const char *p, size_t n, void *ud) {
+  settling *st = ud;
+  board *b = st->b;
+  lua_Integer head[O_HEAD], serial, count;
+  lua_Integer narr = lmp_decode_head(p, n, head, O_HEAD);
+  int s, top = lua_gettop(L);
+  if (narr < 0 || head[O_COUNT] < 0) return 0;
+  if ((s = slot_of(b, head[O_ID])) == 0) return 1; /* its task is gone */
+  if (b->t[s].kind != 0 || narr != O_HEAD + head[O_COUNT]) return 0;
+  lua_rawgeti(L, st->jobs, s);
+  if (!settleable(L)) {
+    lua_settop(L, top);
+    return 0;
+  }
+  count = lmp_decode_into(L, p, n, -1, R_VALUES, O_HEAD);
+  lua_pushinteger(L, R_VALUES);
+  lua_rawseti(L, -2, R_FIRST);
+  lua_pushinteger(L, R_VALUES + count - 1);
+  lua_rawseti(L, -2, R_LAST);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, -2, R_VALUE);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, R_OK);
+  lua_pushboolean(L, 1);
+  lua_rawseti(L, -2, R_READY);
+  if ((serial = batch_outcome(b, b->t[s].wid)) != 0) {
+    lua_pushinteger(L, serial);
+    lua_rawseti(L, st->serials, ++st->ns);
+  }
+  pushfreed(L, b, s);
+  if (lua_toboolean(L, -1)) {
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, st->unused, ++st->nu);
+  }
+  lua_settop(L, top);
+  return 1;
+}
+
+/* b:settle(q, buf, serials, unused) -> n, ns, nu: takes the outcomes
+ * waiting in Queue q, without blocking: those of applies whose records it
+ * can settle, it settles (as b:done and the record's _done would); the
+ * rest go to buf[1..n], decoded, for the scheduler to deliver.  The
+ * serials of the batches whose first outcome it took go to
+ * serials[1..ns], and the function ids no longer in use to
+ * unused[1..nu]. */
+static int board_settle(lua_State *L) {
+  settling st;
+  lua_Integer n;
+  st.b = checkboard(L);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  luaL_checktype(L, 5, LUA_TTABLE);
+  lua_settop(L, 5);
+  lua_getiuservalue(L, 1, 1);
+  st.jobs = 6;
+  st.serials = 4;
+  st.unused = 5;
+  st.ns = st.nu = 0;
+  n = lmp_queue_drain(L, 2, 3, settle_one, &st);
+  lua_pushinteger(L, n);
+  lua_pushinteger(L, st.ns);
+  lua_pushinteger(L, st.nu);
+  return 3;
+}
+
+/* b:free(slot) -> job, at, n, fid: as done (fid if now unused), for a
+ * task that will have no outcome (its worker died, the pool failed, its
+ * job was cancelled). */
 static int board_free(lua_State *L) {
   board *b = checkboard(L);
   return pushfreed(L, b, checkslot(L, b, 2));
@@ -582,7 +691,7 @@ static const luaL_Reg board_meth[] = {
   {"clear_backlog", board_clear_backlog}, {"backlog", board_backlog},
   {"live", board_live}, {"inflight", board_inflight},
   {"starved", board_starved}, {"untake", board_untake},
-  {"forget", board_forget}, {"use", board_use}, {"unuse", board_unuse},
+  {"forget", board_forget}, {"settle", board_settle}, {"use", board_use}, {"unuse", board_unuse},
   {NULL, NULL}
 };
 

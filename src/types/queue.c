@@ -525,19 +525,57 @@ static int queue_put_nowait(lua_State *L) {
   return queue_put(L);
 }
 
-/* Takes one message (at most until the deadline) and pushes its value;
- * returns 0, or rc < 0 with nothing pushed. */
-static int take(lua_State *L, queue *q, lmp_bufhandle *h, double deadline) {
-  outmsg *blk;
-  int plain, rc = qget(L, q, h->buf, &blk, &plain, deadline);
-  if (rc < 0) return rc;
+/* Pushes the value of the message qget took: in h's buffer, or in blk. */
+static void give(lua_State *L, lmp_bufhandle *h, outmsg *blk, int plain) {
   if (blk == NULL) /* inline: it names no object, nothing to let go of */
     lmp_decode(L, h->buf->data, h->buf->len);
   else if (plain) /* decode straight from the block, then free it */
     lmp_take_decode(L, blk->data, blk->len, blk, NULL);
   else
     lmp_take_decode(L, blk->data, blk->len, blk, &blk->refs);
+}
+
+/* Takes one message (at most until the deadline) and pushes its value;
+ * returns 0, or rc < 0 with nothing pushed. */
+static int take(lua_State *L, queue *q, lmp_bufhandle *h, double deadline) {
+  outmsg *blk;
+  int plain, rc = qget(L, q, h->buf, &blk, &plain, deadline);
+  if (rc < 0) return rc;
+  give(L, h, blk, plain);
   return 0;
+}
+
+/* Takes the messages waiting now, without blocking: each inline one is
+ * offered first (when offer is not NULL), and those not taken by the offer
+ * are decoded into the table at tidx, from 1 on; returns how many. */
+static lua_Integer drain(lua_State *L, queue *q, lmp_bufhandle *h, int tidx,
+                         lmp_offer offer, void *ud) {
+  lua_Integer n = 0;
+  while (waiting(q) > 0) {
+    outmsg *blk;
+    int plain, rc = qget(L, q, h->buf, &blk, &plain, 0);
+    if (rc == -EAGAIN) break;
+    if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
+    if (blk == NULL && offer != NULL
+        && offer(L, h->buf->data, h->buf->len, ud))
+      continue;
+    give(L, h, blk, plain);
+    lua_rawseti(L, tidx, ++n);
+  }
+  return n;
+}
+
+lua_Integer lmp_queue_drain(lua_State *L, int idx, int tidx,
+                            lmp_offer offer, void *ud) {
+  const lmp_class *c = lmp_classof(L, idx);
+  lmp_obj *o;
+  if (c == NULL || c->type != LMP_T_QUEUE)
+    luaL_typeerror(L, idx, "luamp.Queue");
+  if ((o = lmp_toobj(L, idx)) == NULL)
+    luaL_error(L, "attempt to use a closed queue");
+  luaL_checktype(L, tidx, LUA_TTABLE);
+  return drain(L, (queue *)o, lua_touserdata(L, idx), lua_absindex(L, tidx),
+               offer, ud);
 }
 
 /* get([block], [timeout]) -> value: raises Empty when it cannot. */
@@ -561,16 +599,9 @@ static int queue_get_nowait(lua_State *L) {
 static int queue_drain(lua_State *L) {
   lmp_bufhandle *h;
   queue *q = checkq(L, &h);
-  lua_Integer n = 0;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  while (waiting(q) > 0) {
-    int rc = take(L, q, h, 0);
-    if (rc == -EAGAIN) break;
-    if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
-    lua_rawseti(L, 2, ++n);
-  }
-  lua_pushinteger(L, n);
+  lua_pushinteger(L, drain(L, q, h, 2, NULL, NULL));
   return 1;
 }
 

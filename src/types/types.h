@@ -42,6 +42,16 @@ LMP_FAMILIES(LMP_DECLARE_FAMILY)
 /* The bytes of the shared Array at idx (value.c) and their number, or
  * NULL if it is none; raises if it is closed. */
 char *lmp_array_bytes(lua_State *L, int idx, size_t *size);
+/* Takes the messages waiting now in the Queue at idx (queue.c), without
+ * blocking, as its _drain does: each that sits whole in the ring (it
+ * names no object) is first offered to offer(L, p, n, ud), which returns
+ * 1 if it took it (it must not keep p), 0 if not; the rest are decoded
+ * into the table at tidx, from 1 on.  Returns how many went to the table.
+ * Raises as _drain does (a message it could not decode is lost). */
+typedef int (*lmp_offer)(lua_State *L, const char *p, size_t n, void *ud);
+lua_Integer lmp_queue_drain(lua_State *L, int idx, int tidx,
+                            lmp_offer offer, void *ud);
+
 /* A duplex Connection (pipe.c), on the top of L, of a connected stream
  * socket, which the Connection owns once this returns.  With chan (a
  * channel of lmp_channel_new, which the peer shares) the peer is of this

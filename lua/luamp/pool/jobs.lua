@@ -58,19 +58,23 @@ M.AsyncResult = AsyncResult
 
 -- A result's fields are the items of its array: a table of nine items
 -- takes half the time and memory of one of nine named fields, and there
--- is one such table for every task an apply_async submits.
+-- is one such table for every task an apply_async submits.  The
+-- scheduler's board (src/types/board.c) knows these places: it settles an
+-- apply's plain results into the record itself, from VALUES on.
 local POOL <const>, READY <const>, OK <const>, VALUE <const>, MAP <const>,
-  FIRST <const>, LAST <const>, CALLBACK <const>, ERRBACK <const> =
-  1, 2, 3, 4, 5, 6, 7, 8, 9
+  FIRST <const>, LAST <const>, CALLBACK <const>, ERRBACK <const>,
+  VALUES <const> = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 
 -- A result: of a map, whose VALUE is the table; or of an apply (MAP
 -- false), whose VALUE is a table holding the results from index FIRST to
--- LAST, or their Message until they are first needed.  READY once its
--- outcome is in, OK if that is a success; CALLBACK and ERRBACK, or false.
+-- LAST (the record itself, when the board settled it), or their Message
+-- until they are first needed.  READY once its outcome is in, OK if that
+-- is a success; CALLBACK and ERRBACK, or false.
 function M.new_result(pool, map, callback, error_callback)
-  -- Every item is set here, so that the table never grows.
+  -- Every item is set here, so that the table never grows; and the place
+  -- of the first value, which the board may fill.
   return setmetatable({pool, false, false, false, map, 1, 0,
-                       callback or false, error_callback or false},
+                       callback or false, error_callback or false, nil},
                       AsyncResult)
 end
 

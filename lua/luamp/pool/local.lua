@@ -11,8 +11,12 @@
 --   t:take_back(wid)        takes back the oldest batch wid has not begun
 --                           reading, or nil
 --   t:stop(wid)             wid leaves once the work sent is done
---   t:collect(buf)          -> n: the messages the workers sent, now in
---                           buf[1..n]; never blocks
+--   t:collect(buf, [board, serials, unused])
+--                           -> n, [ns, nu]: the messages the workers
+--                           sent, now in buf[1..n]; never blocks.  With
+--                           a board, the outcomes it can settle itself
+--                           are settled there (board:settle), not put in
+--                           buf; a transport may ignore it
 --   t:ended()               -> whether any worker may have ended since the
 --                           last call (cheap)
 --   t:exitcode(wid)         nil while wid runs
@@ -88,8 +92,9 @@ end
 
 function T:stop(wid) self.workers[wid].inbox:put(msgs.STOP) end
 
-function T:collect(buf)
+function T:collect(buf, board, serials, unused)
   if self.outq:qsize() == 0 then return 0 end
+  if board then return board:settle(self.outq, buf, serials, unused) end
   return self.outq:_drain(buf)
 end
 

@@ -51,8 +51,9 @@ function M.new(t, funcs, cfg, n)
     board = core.Board(n),
     -- what batches carried, by serial: {worker, {[fid] = Message}}
     carried = {},
-    -- outcomes taken in, and the next to read
-    rbuf = {}, rh = 1, rn = 0,
+    -- outcomes taken in, and the next to read; what the board says of
+    -- the outcomes it settled itself
+    rbuf = {}, rh = 1, rn = 0, rserials = {}, runused = {},
     -- work for after the step: callbacks, in order
     dq = {}, dh = 1, dt = 0,
     busy = false,
@@ -230,18 +231,21 @@ S.dispatch_now = dispatch
 
 -- ---------------------------------------------------------------- outcomes
 
+-- The first outcome of batch `serial` has come: the worker has read it,
+-- functions and all.
+local function batch_read(self, serial)
+  local c = self.carried[serial]
+  if c then
+    self.carried[serial] = nil
+    self.funcs:known_by(c[1], c[2])
+  end
+end
+
 -- The outcome m of one task reaches its job.
 local function deliver(self, m)
   local job, at, n, unused, serial = self.board:done(m[ID])
   if not job then return end
-  if serial then -- the first outcome of its batch: the worker has read it,
-    -- functions and all
-    local c = self.carried[serial]
-    if c then
-      self.carried[serial] = nil
-      self.funcs:known_by(c[1], c[2])
-    end
-  end
+  if serial then batch_read(self, serial) end
   if unused then self.funcs:release(unused) end
   if m[KIND] == FAILURE then
     local err, k = msgs.failure_error(m)
@@ -312,8 +316,18 @@ local function drain(self)
   while true do
     local i = self.rh
     if i > self.rn then
-      self.rn, i = self.t:collect(buf), 1
-      if self.rn == 0 then break end
+      local serials, unused = self.rserials, self.runused
+      local n, ns, nu = self.t:collect(buf, self.board, serials, unused)
+      for k = 1, ns or 0 do
+        batch_read(self, serials[k])
+        serials[k] = nil
+      end
+      for k = 1, nu or 0 do
+        self.funcs:release(unused[k])
+        unused[k] = nil
+      end
+      self.rn, i = n, 1
+      if n == 0 then break end
     end
     local m = buf[i]
     buf[i], self.rh = nil, i + 1
