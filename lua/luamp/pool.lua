@@ -271,7 +271,9 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   if sched.state ~= RUN or self._pid ~= core.getpid() then
     checkrunning(self)
   end
-  if type(f) ~= "function" and not callable(f) then
+  local funcs = sched.funcs
+  local fid = funcs.cache[f] -- (only functions are there)
+  if not fid and type(f) ~= "function" and not callable(f) then
     argerror(1, fname, "function expected, got " .. type(f), 2)
   end
   if args ~= nil and type(args) ~= "table" then
@@ -287,8 +289,6 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
       error(e, 3)
     end
   end
-  local funcs = sched.funcs
-  local fid = funcs.cache[f]
   if not (fid and funcs.msgs[fid]) then fid = fid_of(self, f) end
   local res = new_result(self, false, callback, error_callback)
   -- While few tasks are out, each goes to a worker at once, so that they

@@ -691,7 +691,8 @@ static const luaL_Reg board_meth[] = {
   {"clear_backlog", board_clear_backlog}, {"backlog", board_backlog},
   {"live", board_live}, {"inflight", board_inflight},
   {"starved", board_starved}, {"untake", board_untake},
-  {"forget", board_forget}, {"settle", board_settle}, {"use", board_use}, {"unuse", board_unuse},
+  {"forget", board_forget}, {"settle", board_settle},
+  {"use", board_use}, {"unuse", board_unuse},
   {NULL, NULL}
 };
 

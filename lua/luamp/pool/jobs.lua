@@ -190,6 +190,9 @@ function AsyncResult:get(timeout)
                  tostring(timeout) .. " s", nil, 2)
   end
   local v = self[VALUE]
+  if v == self then -- (settled by the board: its values are its own)
+    return unpack(self, self[FIRST], self[LAST])
+  end
   if self[OK] and not self[MAP] then
     if type(v) == "table" then return unpack(v, self[FIRST], self[LAST]) end
     local first, last
