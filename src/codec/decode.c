@@ -563,8 +563,9 @@ lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k) {
       || (*q >= 0x80 || (*q & ~LMP_TAG_KEEP) != LMP_TAG_TABLE))
     return -1;
   q++;
-  if (peekvarint(&q, end, &narr) < 0 || narr < (uint64_t)k || q == end)
-    return -1;
+  if (peekvarint(&q, end, &narr) < 0 || narr < (uint64_t)k
+      || narr > (uint64_t)(end - q) || q == end)
+    return -1; /* (each item takes a byte at least) */
   q++; /* the size hint */
   for (i = 0; i < k; i++) {
     int tag;

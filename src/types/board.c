@@ -74,7 +74,7 @@ typedef struct batch {
   int seen;          /* one has come */
 } batch;
 
-typedef struct ring {  /* a ring of batches, or (in board.bq) of slots */
+typedef struct ring {  /* a ring of batches, or (in board.bq) of task ids */
   void *v;
   int head, n, cap;
 } ring;
@@ -84,7 +84,9 @@ typedef struct board {
   int nslot, cap;    /* slots made, and room for */
   int *free;         /* freed slots, a stack (room for cap) */
   int nfree, live;
-  ring bq;           /* the backlog: ints */
+  ring bq;           /* the backlog: task ids */
+  int nback;         /* the tasks in it (it may hold the ids of tasks
+                      * freed since, which are skipped) */
   ring *w;           /* per worker (1..nw): batches */
   lua_Integer *uses; /* per function id */
   int nuses;         /* room for ids 0..nuses-1 */
@@ -118,7 +120,7 @@ static int ring_reserve(ring *r, size_t size) {
 
 #define AT(r, type, i) (((type *)(r)->v)[((r)->head + (i)) % (r)->cap])
 
-static int *slot_at(ring *r, int i) { return &AT(r, int, i); }
+static lua_Integer *id_at(ring *r, int i) { return &AT(r, lua_Integer, i); }
 static batch *batch_at(ring *r, int i) { return &AT(r, batch, i); }
 
 static void ring_push_back(ring *r) { r->n++; }
@@ -157,9 +159,11 @@ static int slot_new(board *b) {
   return s;
 }
 
-/* Empties slot s (its Lua values are the caller's to let go of). */
+/* Empties slot s (its Lua values are the caller's to let go of).  A task
+ * not sent leaves the backlog: its id there names nothing now. */
 static void slot_free(board *b, int s) {
   task *t = &b->t[s];
+  if (t->wid == 0) b->nback--;
   t->live = 0;
   t->gen = (uint16_t)((t->gen + 1) % GENS);
   b->free[b->nfree++] = s;
@@ -172,6 +176,26 @@ static int slot_of(const board *b, lua_Integer id) {
   if (id < 0 || s < 1 || s > b->nslot || !b->t[s].live
       || b->t[s].gen != id / SLOTS) return 0;
   return (int)s;
+}
+
+/* The slot of the task at the front (back) of the backlog, 0 if there is
+ * none; the ids of tasks freed since they were added are dropped. */
+static int backlog_front(board *b) {
+  while (b->bq.n > 0) {
+    int s = slot_of(b, *id_at(&b->bq, 0));
+    if (s != 0 && b->t[s].wid == 0) return s;
+    ring_pop_front(&b->bq);
+  }
+  return 0;
+}
+
+static int backlog_back(board *b) {
+  while (b->bq.n > 0) {
+    int s = slot_of(b, *id_at(&b->bq, b->bq.n - 1));
+    if (s != 0 && b->t[s].wid == 0) return s;
+    b->bq.n--;
+  }
+  return 0;
 }
 
 /* Counts one more use of function id fid: 1 if it was unused, 0 if not,
@@ -225,28 +249,32 @@ static int nomemory(lua_State *L) {
   return luaL_error(L, "not enough memory");
 }
 
-/* Pushes the Lua value of slot s kept in user value uv, and clears it
- * there when `clear`. */
-static void getslot(lua_State *L, int uv, int s, int clear) {
-  lua_getiuservalue(L, 1, uv);
-  lua_rawgeti(L, -1, s);
-  if (clear) {
-    lua_pushnil(L);
-    lua_rawseti(L, -3, s);
-  }
-  lua_remove(L, -2);
+/* Frees slot s: its arguments (a Message) closed, its Lua values let go
+ * of.  Returns its function id if that is now unused, else -1. */
+static lua_Integer release(lua_State *L, board *b, int s) {
+  int32_t fid = b->t[s].fid;
+  lua_getiuservalue(L, 1, 2);
+  if (lua_rawgeti(L, -1, s) == LUA_TUSERDATA
+      && lmp_classof(L, -1) == &lmp_message_class)
+    lmp_message_class.close(lua_touserdata(L, -1));
+  lua_pushnil(L);
+  lua_rawseti(L, -3, s);
+  lua_getiuservalue(L, 1, 1);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, s);
+  lua_pop(L, 3);
+  slot_free(b, s);
+  return fid_unuse(b, fid) ? fid : -1;
 }
 
-/* Frees slot s and pushes its job, position and size, and its function
- * id if that is now unused (else false); its arguments (a Message) are
- * closed. */
+/* Frees slot s (release) and pushes its job, position and size, and its
+ * function id if that is now unused (else false). */
 static int pushfreed(lua_State *L, board *b, int s) {
   task *t = &b->t[s];
-  getslot(L, 2, s, 1);
-  if (lmp_classof(L, -1) == &lmp_message_class)
-    lmp_message_class.close(lua_touserdata(L, -1));
-  lua_pop(L, 1);
-  getslot(L, 1, s, 1);
+  lua_Integer unused;
+  lua_getiuservalue(L, 1, 1);
+  lua_rawgeti(L, -1, s);
+  lua_remove(L, -2);
   if (t->at > 0) {
     lua_pushinteger(L, t->at);
     lua_pushinteger(L, t->n);
@@ -254,9 +282,8 @@ static int pushfreed(lua_State *L, board *b, int s) {
     lua_pushnil(L);
     lua_pushnil(L);
   }
-  if (fid_unuse(b, t->fid)) lua_pushinteger(L, t->fid);
+  if ((unused = release(L, b, s)) >= 0) lua_pushinteger(L, unused);
   else lua_pushboolean(L, 0);
-  slot_free(b, s);
   return 4;
 }
 
@@ -288,7 +315,7 @@ static int board_add(lua_State *L) {
   int s, first;
   luaL_checkany(L, 2);
   luaL_argcheck(L, fid >= 0 && fid < INT32_MAX, 3, "out of range");
-  if (ring_reserve(&b->bq, sizeof(int)) < 0 || (s = slot_new(b)) < 0
+  if (ring_reserve(&b->bq, sizeof(lua_Integer)) < 0 || (s = slot_new(b)) < 0
       || (first = fid_use(b, (int32_t)fid)) < 0)
     return nomemory(L);
   t = &b->t[s];
@@ -299,8 +326,9 @@ static int board_add(lua_State *L) {
   t->kind = (uint8_t)kind;
   t->live = 1;
   b->live++;
-  *slot_at(&b->bq, b->bq.n) = s;
+  *id_at(&b->bq, b->bq.n) = task_id(b, s);
   ring_push_back(&b->bq);
+  b->nback++;
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 2);
   lua_rawseti(L, -2, s);
@@ -347,19 +375,21 @@ static int board_take(lua_State *L) {
   uint8_t kind1 = 0;
   batch *bt;
   luaL_argcheck(L, wid >= 1 && wid <= b->nw, 2, "no such worker");
-  if (b->bq.n == 0 || want < 1) return 0;
-  if (want > b->bq.n) want = b->bq.n;
+  if (b->nback == 0 || want < 1) return 0;
+  if (want > b->nback) want = b->nback;
   if (ring_reserve(&b->w[wid], sizeof(batch)) < 0) return nomemory(L);
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 2); /* 4: the arguments */
   for (i = 0; i < 4; i++) lua_createtable(L, (int)want, 0); /* 5..8 */
   lua_createtable(L, 1, 0); /* 9: the functions used */
-  while (n < want && b->bq.n > 0) {
-    int s = *slot_at(&b->bq, 0);
+  while (n < want) {
+    int s = backlog_front(b);
     task *t = &b->t[s];
+    if (s == 0) break; /* (nback says there is one) */
     if (n == 0) kind1 = t->kind;
     else if (t->kind != 0 || kind1 != 0) break;
     ring_pop_front(&b->bq);
+    b->nback--;
     n++;
     t->wid = (int32_t)wid;
     lua_pushinteger(L, task_id(b, s));
@@ -376,6 +406,7 @@ static int board_take(lua_State *L) {
       lua_rawseti(L, 9, ++nused);
     }
   }
+  if (n == 0) return 0;
   bt = batch_at(&b->w[wid], b->w[wid].n);
   ring_push_back(&b->w[wid]);
   lua_rawgeti(L, 5, 1);
@@ -442,7 +473,7 @@ static int settleable(lua_State *L) {
 static int settle_one(lua_State *L, const char *p, size_t n, void *ud) {
   settling *st = ud;
   board *b = st->b;
-  lua_Integer head[O_HEAD], serial, count;
+  lua_Integer head[O_HEAD], serial, count, unused;
   lua_Integer narr = lmp_decode_head(p, n, head, O_HEAD);
   int s, top = lua_gettop(L);
   if (narr < 0 || head[O_COUNT] < 0) return 0;
@@ -468,9 +499,8 @@ static int settle_one(lua_State *L, const char *p, size_t n, void *ud) {
     lua_pushinteger(L, serial);
     lua_rawseti(L, st->serials, ++st->ns);
   }
-  pushfreed(L, b, s);
-  if (lua_toboolean(L, -1)) {
-    lua_pushvalue(L, -1);
+  if ((unused = release(L, b, s)) >= 0) {
+    lua_pushinteger(L, unused);
     lua_rawseti(L, st->unused, ++st->nu);
   }
   lua_settop(L, top);
@@ -555,10 +585,12 @@ static int board_requeue(lua_State *L) {
     lua_rawgeti(L, 2, i);
     s = checkslot(L, b, -1);
     lua_pop(L, 1);
-    if (ring_reserve(&b->bq, sizeof(int)) < 0) return nomemory(L);
+    if (b->t[s].wid == 0) continue; /* in the backlog already */
+    if (ring_reserve(&b->bq, sizeof(lua_Integer)) < 0) return nomemory(L);
     b->t[s].wid = 0;
     ring_push_front(&b->bq);
-    *slot_at(&b->bq, 0) = s;
+    *id_at(&b->bq, 0) = task_id(b, s);
+    b->nback++;
   }
   return 0;
 }
@@ -573,14 +605,15 @@ static int board_cancel(lua_State *L) {
   lua_settop(L, 2);
   lua_newtable(L); /* 3 */
   lua_getiuservalue(L, 1, 1); /* 4 */
-  while (b->bq.n > 0) {
-    int s = *slot_at(&b->bq, b->bq.n - 1), same;
+  for (;;) {
+    int s = backlog_back(b), same;
+    if (s == 0) break;
     lua_rawgeti(L, 4, s);
     same = lua_rawequal(L, -1, 2);
     lua_pop(L, 1);
     if (!same) break;
     b->bq.n--;
-    pushfreed(L, b, s);
+    pushfreed(L, b, s); /* (nback too) */
     if (lua_toboolean(L, -1)) lua_rawseti(L, 3, ++n); /* an unused fid */
     else lua_pop(L, 1);
     lua_pop(L, 3);
@@ -594,12 +627,13 @@ static int board_clear_backlog(lua_State *L) {
   board *b = checkboard(L);
   b->bq.n = 0;
   b->bq.head = 0;
+  b->nback = 0;
   return 0;
 }
 
 /* b:backlog() -> tasks not sent */
 static int board_backlog(lua_State *L) {
-  lua_pushinteger(L, checkboard(L)->bq.n);
+  lua_pushinteger(L, checkboard(L)->nback);
   return 1;
 }
 

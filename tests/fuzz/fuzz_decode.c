@@ -1,4 +1,5 @@
-/* fuzz_decode.c -- libFuzzer target for the message decoder: lmp_decode and
+/* fuzz_decode.c -- libFuzzer target for the message decoder: lmp_decode,
+ * the outcome reader (lmp_decode_head, lmp_decode_into) and
  * lmp_msg_release must survive any bytes.  Run with LUAMP_FUZZ_SEEDS=dir to
  * write a starting corpus of real encoder outputs into dir instead.
  *
@@ -30,6 +31,36 @@ static int pdecode(lua_State *L) {
   return 1;
 }
 
+/* Reads an outcome as the Pool's board does: its head without Lua, then
+ * the rest into a table. */
+static int pinto(lua_State *L) {
+  const char *p = lua_touserdata(L, 1);
+  size_t n = (size_t)lua_tointeger(L, 2);
+  lua_Integer head[2];
+  lua_Integer narr = lmp_decode_head(p, n, head, 2);
+  if (narr >= 0 && (narr < 2 || (size_t)narr > n)) abort();
+  lua_newtable(L);
+  lmp_decode_into(L, p, n, -1, 10, 2);
+  return 1;
+}
+
+/* Calls f on the fuzzer's bytes; it may fail only as a decoder does. */
+static void run(lua_CFunction f, const uint8_t *data, size_t size) {
+  lua_settop(L, 0);
+  lua_pushcfunction(L, f);
+  lua_pushlightuserdata(L, (void *)data);
+  lua_pushinteger(L, (lua_Integer)size);
+  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+    const char *err = lua_tostring(L, -1);
+    if (err == NULL || (strncmp(err, "malformed message: ", 19) != 0 &&
+                        strncmp(err, "cannot receive ", 15) != 0)) {
+      fprintf(stderr, "unexpected error: %s\n", err ? err : "(not a string)");
+      abort();
+    }
+  }
+  lua_settop(L, 0);
+}
+
 /* Values the seeds encode: every tag, shared references, joins, names,
  * the globals, an object, deep nesting and a large array. */
 static const char *const seeds[] = {
@@ -56,6 +87,7 @@ static const char *const seeds[] = {
   "{core.message({1, blob, 'x'}), core.message(core.message('in'))}",
   "setmetatable({type = 'Empty', message = 'm'}, "
   "debug.getregistry()['luamp.Error'])",
+  "{16777217, 2, 'x', 4}", "{-5, 1, nil, 3}", "{1 << 40, -1, {}}",
   NULL
 };
 
@@ -115,19 +147,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   /* Fuzzed releases drop references the input never owned; keep the live
    * object far from zero so that it stays live. */
   atomic_store(&live->refs, 1 << 30);
-  lua_settop(L, 0);
-  lua_pushcfunction(L, pdecode);
-  lua_pushlightuserdata(L, (void *)data);
-  lua_pushinteger(L, (lua_Integer)size);
-  if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
-    const char *err = lua_tostring(L, -1);
-    if (err == NULL || (strncmp(err, "malformed message: ", 19) != 0 &&
-                        strncmp(err, "cannot receive ", 15) != 0)) {
-      fprintf(stderr, "unexpected error: %s\n", err ? err : "(not a string)");
-      abort();
-    }
-  }
-  lua_settop(L, 0);
+  run(pdecode, data, size);
+  run(pinto, data, size);
   lmp_msg_release((const char *)data, size);
   return 0;
 }
