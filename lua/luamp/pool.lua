@@ -279,25 +279,35 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   if args ~= nil and type(args) ~= "table" then
     argerror(2, fname, "table expected, got " .. type(args), 2)
   end
-  local ok, am = pcall(message, args or EMPTY_ARGS, "args")
-  if not ok then error(am, 3) end
-  local t = sched.t
-  if t.check then
-    local sent, e = pcall(t.check, t, am, args or EMPTY_ARGS, "args")
-    if not sent then
-      am:close()
-      error(e, 3)
-    end
-  end
-  if not (fid and funcs.msgs[fid]) then fid = fid_of(self, f) end
-  local res = new_result(self, false, callback, error_callback)
+  local t, res = sched.t, nil
   -- While few tasks are out, each goes to a worker at once, so that they
   -- run even if this process then computes for a long time without a
   -- luamp call; when many pile up they wait for the next pump, which
   -- sends them several to a batch.  Now and then take outcomes in: they
   -- free workers for more.
-  if not sched:submit(res, fid, am, APPLY, EAGER * self._n, EAGER) then
-    am:close()
+  if fid and funcs.msgs[fid] and not t.check then
+    -- The common case, in one call to the board: the arguments' Message,
+    -- the AsyncResult and the task.
+    res = sched:apply(AsyncResult, self, fid, args or EMPTY_ARGS, callback,
+                      error_callback, EAGER * self._n, EAGER, 3)
+  else
+    local ok, am = pcall(message, args or EMPTY_ARGS, "args")
+    if not ok then error(am, 3) end
+    if t.check then
+      local sent, e = pcall(t.check, t, am, args or EMPTY_ARGS, "args")
+      if not sent then
+        am:close()
+        error(e, 3)
+      end
+    end
+    if not (fid and funcs.msgs[fid]) then fid = fid_of(self, f) end
+    res = new_result(self, false, callback, error_callback)
+    if not sched:submit(res, fid, am, APPLY, EAGER * self._n, EAGER) then
+      am:close()
+      res = nil
+    end
+  end
+  if not res then
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)
   end

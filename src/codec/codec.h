@@ -324,6 +324,13 @@ void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj);
  * stack and opens it. */
 char *lmp_msg_new(lua_State *L, size_t n, size_t nobj);
 void lmp_msg_open(lua_State *L, size_t nobj);
+/* Pushes a new Message of the value at idx (as core.message(v, root)).
+ * An error it raises (a value that cannot be sent, memory) begins with
+ * the position that error(msg, where) would name if the Lua function
+ * that called the running C function raised it (where = 0: none); so a
+ * binding raises at its caller's caller's line, say, without a protected
+ * call of its own. */
+void lmp_msg_encode(lua_State *L, int idx, const char *root, int where);
 /* The bytes of the Message at idx (and how many objects it holds, when
  * nobj is not NULL), or NULL if it is not a Message; raises if it is
  * closed. */

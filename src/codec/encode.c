@@ -70,6 +70,9 @@ typedef struct enc {
   struct names *names; /* the names cache, NULL until needed */
   int conns; /* stack index of the table collecting the handed handles
               * (Connections), or 0: they cannot be sent */
+  int where; /* the level whose position an error names (as error(msg,
+              * level) would), counted from the C function that encodes;
+              * 0: none */
   uint32_t nref;  /* tables and functions numbered */
   size_t nobj;    /* objects written */
   seen *ents;
@@ -92,8 +95,22 @@ void lmp_codec_raise(lua_State *L, const char *fmt, ...) {
   __builtin_unreachable();
 }
 
+/* Raises the message on the top of the stack, after the position of
+ * level e->where when there is one. */
+static __attribute__((noreturn)) void raise_at(enc *e) {
+  lua_State *L = e->L;
+  if (e->where > 0) {
+    luaL_where(L, e->where);
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+  }
+  lua_error(L);
+  __builtin_unreachable();
+}
+
 static __attribute__((noreturn)) void nomem(enc *e) {
-  lmp_codec_raise(e->L, "not enough memory");
+  lua_pushliteral(e->L, "not enough memory");
+  raise_at(e);
 }
 
 static int isident(const char *s, size_t n) {
@@ -231,8 +248,7 @@ static __attribute__((noreturn)) void fail(enc *e, int idx, const char *why) {
   lua_pushlstring(L, path, n);
   lua_pushfstring(L, ": %s", why);
   lua_concat(L, 3);
-  lua_error(L);
-  __builtin_unreachable();
+  raise_at(e);
 }
 
 /* Makes room for n more bytes.  A message outgrowing encode()'s C array
@@ -1065,7 +1081,7 @@ static void pieces(enc *e, lmp_pieces *pc) {
  * which only slice[1] items from index slice[0] are written (encslice). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg, lmp_pieces *pc,
-                     const char *wire, int conns) {
+                     const char *wire, int conns, int where) {
   enc e;
   char local[LOCALBUF];
   if (b != NULL && slice == NULL) {
@@ -1078,6 +1094,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
       e.rope = -1;
       e.wire = wire;
       e.conns = 0;
+      e.where = where;
       putbyte(&e, LMP_CODEC_VERSION);
       encany(&e, idx, t);
       if (pc != NULL) {
@@ -1102,6 +1119,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.depth = e.rebuilt = 0;
   e.wire = wire;
   e.conns = conns;
+  e.where = where;
   e.names = NULL;
   e.nref = 0;
   e.nobj = 0;
@@ -1141,24 +1159,24 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
 
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   size_t start = b->len;
-  size_t nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL, 0);
+  size_t nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0);
   /* Only now that nothing can fail does the message own its objects. */
   if (nobj > 0) lmp_msg_retain(b->data + start, b->len - start);
   return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0);
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0);
 }
 
 size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
                        const char *why) {
-  return encode(L, idx, root, b, NULL, 0, NULL, why, 0);
+  return encode(L, idx, root, b, NULL, 0, NULL, why, 0, 0);
 }
 
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
-  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0);
+  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, 0);
 }
 
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
@@ -1181,7 +1199,7 @@ void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
   encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, NULL,
-         0);
+         0, 0);
   return 1;
 }
 
@@ -1207,15 +1225,19 @@ int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
   encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, NULL,
-         0);
+         0, 0);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
 static int message(lua_State *L, const char *root, const lua_Integer *slice,
                    int conns) {
-  encode(L, 1, root, NULL, slice, 1, NULL, NULL, conns);
+  encode(L, 1, root, NULL, slice, 1, NULL, NULL, conns, 0);
   return 1;
+}
+
+void lmp_msg_encode(lua_State *L, int idx, const char *root, int where) {
+  encode(L, idx, root, NULL, NULL, 1, NULL, NULL, 0, where);
 }
 
 /* message(v, [root], [handed]) -> Message.  With the table handed, the

@@ -49,8 +49,8 @@
 
 /* A result record's fields (jobs.lua: READY... ERRBACK, VALUES). */
 enum {
-  R_READY = 2, R_OK = 3, R_VALUE = 4, R_FIRST = 6, R_LAST = 7,
-  R_CALLBACK = 8, R_ERRBACK = 9, R_VALUES = 10
+  R_POOL = 1, R_READY, R_OK, R_VALUE, R_MAP, R_FIRST, R_LAST, R_CALLBACK,
+  R_ERRBACK, R_VALUES
 };
 
 /* The first items of a worker's outcome: the task's id, then the count of
@@ -303,18 +303,13 @@ static int board_new(lua_State *L) {
   return 1;
 }
 
-/* b:add(job, fid, args, kind, [at, n]) -> slot, live, first: a task at
- * the back of the backlog; live counts the tasks on the board, and first
- * says whether the task's function was unused. */
-static int board_add(lua_State *L) {
-  board *b = checkboard(L);
-  lua_Integer fid = luaL_checkinteger(L, 3);
-  lua_Integer kind = luaL_checkinteger(L, 5);
-  lua_Integer at = luaL_optinteger(L, 6, 0), n = luaL_optinteger(L, 7, 0);
+/* Adds a task at the back of the backlog: its job and arguments at stack
+ * indexes job and args; pushes its slot, the tasks on the board and
+ * whether its function was unused. */
+static int add(lua_State *L, board *b, int job, int args, lua_Integer fid,
+               lua_Integer kind, lua_Integer at, lua_Integer n) {
   task *t;
   int s, first;
-  luaL_checkany(L, 2);
-  luaL_argcheck(L, fid >= 0 && fid < INT32_MAX, 3, "out of range");
   if (ring_reserve(&b->bq, sizeof(lua_Integer)) < 0 || (s = slot_new(b)) < 0
       || (first = fid_use(b, (int32_t)fid)) < 0)
     return nomemory(L);
@@ -330,14 +325,76 @@ static int board_add(lua_State *L) {
   ring_push_back(&b->bq);
   b->nback++;
   lua_getiuservalue(L, 1, 1);
-  lua_pushvalue(L, 2);
+  lua_pushvalue(L, job);
   lua_rawseti(L, -2, s);
   lua_getiuservalue(L, 1, 2);
-  lua_pushvalue(L, 4);
+  lua_pushvalue(L, args);
   lua_rawseti(L, -2, s);
+  lua_pop(L, 2);
   lua_pushinteger(L, s);
   lua_pushinteger(L, b->live);
   lua_pushboolean(L, first);
+  return 3;
+}
+
+static lua_Integer checkfid(lua_State *L, int arg) {
+  lua_Integer fid = luaL_checkinteger(L, arg);
+  luaL_argcheck(L, fid >= 0 && fid < INT32_MAX, arg, "out of range");
+  return fid;
+}
+
+/* b:add(job, fid, args, kind, [at, n]) -> slot, live, first: a task at
+ * the back of the backlog; live counts the tasks on the board, and first
+ * says whether the task's function was unused. */
+static int board_add(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer fid = checkfid(L, 3);
+  lua_Integer kind = luaL_checkinteger(L, 5);
+  lua_Integer at = luaL_optinteger(L, 6, 0), n = luaL_optinteger(L, 7, 0);
+  luaL_checkany(L, 2);
+  return add(L, b, 2, 4, fid, kind, at, n);
+}
+
+/* Sets field k of the table on the top to the value at idx, or to false
+ * if that is false or nil. */
+static void setor(lua_State *L, int k, int idx) {
+  if (lua_toboolean(L, idx)) lua_pushvalue(L, idx);
+  else lua_pushboolean(L, 0);
+  lua_rawseti(L, -2, k);
+}
+
+/* b:apply(mt, pool, fid, args, callback, errback, level) -> record, live,
+ * first: an apply submitted in one call.  Its arguments (a table) are
+ * encoded into a Message (if they cannot be sent, the error is raised at
+ * `level`, as error(msg, level) in the caller would raise it); its result
+ * record is made, as jobs.lua's new_result makes one, with metatable mt;
+ * and the task is added as add adds it. */
+static int board_apply(lua_State *L) {
+  board *b = checkboard(L);
+  lua_Integer fid = checkfid(L, 4);
+  int k;
+  lua_Integer level = luaL_checkinteger(L, 8);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  luaL_checktype(L, 5, LUA_TTABLE);
+  lua_settop(L, 7);
+  lmp_msg_encode(L, 5, "args", level < 0 || level > 100 ? 0 : (int)level);
+  lua_createtable(L, R_VALUES, 0); /* 9 */
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, R_POOL);
+  for (k = R_READY; k <= R_MAP; k++) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, k);
+  }
+  lua_pushinteger(L, 1);
+  lua_rawseti(L, -2, R_FIRST);
+  lua_pushinteger(L, 0);
+  lua_rawseti(L, -2, R_LAST);
+  setor(L, R_CALLBACK, 6);
+  setor(L, R_ERRBACK, 7);
+  lua_pushvalue(L, 2);
+  lua_setmetatable(L, 9);
+  add(L, b, 9, 8, fid, 0, 0, 0);
+  lua_remove(L, -3); /* the slot */
   return 3;
 }
 
@@ -718,7 +775,7 @@ static void board_free_all(void *h) {
 static int board_closed(void *h) { return ((board *)h)->closed; }
 
 static const luaL_Reg board_meth[] = {
-  {"add", board_add}, {"take", board_take}, {"done", board_done},
+  {"add", board_add}, {"apply", board_apply}, {"take", board_take}, {"done", board_done},
   {"free", board_free}, {"id", board_id}, {"slot", board_slot},
   {"slots", board_slots},
   {"requeue", board_requeue}, {"cancel", board_cancel},

@@ -415,6 +415,13 @@ print(select(2, pcall(function() mp.Pool(1) end)))
         function() pool:apply(tostring, 5) end)
       raises_here("cannot send args[1]: userdata (FILE*)",
         function() pool:apply(tostring, {fd}) end)
+      -- Once the function is known, a task is submitted in one call to the
+      -- board, which encodes the arguments itself: the same error, here.
+      assert.are.equal("1", pool:apply(tostring, {1}))
+      raises_here("cannot send args[1]: userdata (FILE*)",
+        function() pool:apply(tostring, {fd}) end)
+      raises_here("cannot send args[2].x: userdata (FILE*)",
+        function() pool:apply_async(tostring, {1, {x = fd}}) end)
       raises_here("cannot send func<upvalue fd>: userdata (FILE*)",
         function() pool:apply(function() return fd end) end)
       raises_here("cannot send func<upvalue fd>: userdata (FILE*)",

@@ -112,6 +112,24 @@ function S:submit(job, fid, args, kind, limit, depth)
   return true
 end
 
+-- Submits an apply of function fid (known to the funcs) to `args` in one
+-- call to the board, which makes the arguments' Message and the result's
+-- record (an AsyncResult, of metatable mt, for `pool`) and adds the task;
+-- then, with at most `limit` tasks on the board, sends work as
+-- dispatch(depth) does.  Returns the record, or nil if a step is under
+-- way.  Arguments that cannot be sent raise at `level`, as error(e,
+-- level) in the caller would.  Nothing here needs `locked`: the board is
+-- whole whenever its allocations may run a finalizer (before the task is
+-- added).
+function S:apply(mt, pool, fid, args, callback, errback, limit, depth, level)
+  if self.busy then return nil end
+  local res, live, first = self.board:apply(mt, pool, fid, args, callback,
+                                            errback, level + 1)
+  if first then self.funcs:activate(fid) end
+  if live <= limit then locked(self, dispatch, depth) end
+  return res
+end
+
 -- A use of function fid other than a task's (a map, a lazy job) begins.
 function S:use(fid)
   if self.board:use(fid) then self.funcs:activate(fid) end
