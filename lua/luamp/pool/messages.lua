@@ -22,7 +22,8 @@
 
 local M = {}
 
--- Task kinds.
+-- Task kinds.  The scheduler's board (src/types/board.c) knows APPLY as 0:
+-- applies share a batch, and their plain results it settles itself.
 M.APPLY, M.CHUNK, M.STARCHUNK = 0, 1, 2
 
 M.STOP = false

@@ -97,17 +97,14 @@ function S:add(job, fid, args, kind, at, n, depth)
   if depth then dispatch(self, depth) end
 end
 
--- Adds a task as a step of its own (S:add under `locked`), without the
--- cost of a protected call when it sends nothing (adding cannot raise but
--- for memory).  Once more than `limit` tasks are on the board, it sends
--- nothing; else it sends as dispatch(depth) does.  False if a step is
--- under way.
+-- Adds a task between steps; with at most `limit` tasks on the board,
+-- then sends work as dispatch(depth) does (a step of its own).  False if
+-- a step is under way.  Adding needs no `locked`: the board is whole
+-- whenever a finalizer may run.
 function S:submit(job, fid, args, kind, limit, depth)
   if self.busy then return false end
-  self.busy = true
   local _, live, first = self.board:add(job, fid, args, kind)
   if first then self.funcs:activate(fid) end
-  self.busy = false
   if live <= limit then return locked(self, dispatch, depth) end
   return true
 end
@@ -174,8 +171,9 @@ local function send_one(self, w, nw)
   if want > MAXBATCH then want = MAXBATCH end
   local wid, funcs = w.id, self.funcs
   local ids, fids, args, kinds, serial, used = board:take(wid, want)
+  if not ids then return false end
   local carried
-  for i = 1, #used do -- (tasks in a row mostly share their function)
+  for i = 1, #used do -- (each function once, when tasks in a row share it)
     local fid = used[i]
     local fm = funcs:for_worker(wid, fid)
     if fm then
