@@ -252,6 +252,12 @@ typedef struct lmp_pieces {
 } lmp_pieces;
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc);
+/* The same for the array of the n values on the stack from index first,
+ * as if they were a table {...} (nils kept, no field n), made without
+ * the table. */
+size_t lmp_encode_array_pieces(lua_State *L, int first, int n,
+                               const char *root, lmp_buf *b,
+                               lmp_pieces *pc);
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst);
 
 /* One number as a whole message, for Dict.incr: lmp_msg_number returns

@@ -1009,6 +1009,26 @@ static int enchanded(enc *e, int idx) {
  * items, holes kept as nils, and the field n: what table.pack would make of
  * those values.  An item that cannot be sent is named by its index in t, so
  * a path reads root[k] for the k-th item of the whole table. */
+/* The array of the n values on the stack from index first: {...} with its
+ * nils kept in the array part, and no field n. */
+static void encstack(enc *e, int first, int n) {
+  lua_State *L = e->L;
+  frame *f;
+  int c;
+  enter(e);
+  f = &e->frames[e->depth - 1];
+  f->kind = F_INDEX;
+  e->nref++; /* the decoder numbers this table, as any other */
+  puttagv(e, LMP_TAG_TABLE, (uint64_t)n);
+  putbyte(e, 0);
+  for (c = 0; c < n; c++) {
+    f->i = c + 1;
+    encany(e, first + c, lua_type(L, first + c));
+  }
+  putbyte(e, LMP_TAG_NIL);
+  e->depth--;
+}
+
 static void encslice(enc *e, int idx, lua_Integer i, lua_Integer n) {
   lua_State *L = e->L;
   lua_Integer c;
@@ -1078,7 +1098,9 @@ static void pieces(enc *e, lmp_pieces *pc) {
  * b NULL it pushes the message as a string instead, or, with asmsg, as a
  * Message.  With pc, long strings are left out of b (see lmp_pieces), and
  * what keeps them is pushed.  With slice, the value at idx is a table of
- * which only slice[1] items from index slice[0] are written (encslice). */
+ * which only slice[1] items from index slice[0] are written (encslice);
+ * with slice and idx 0, the slice[1] values on the stack from index
+ * slice[0] are written as an array (encstack). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg, lmp_pieces *pc,
                      const char *wire, int conns, int where) {
@@ -1105,7 +1127,7 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
       return 0;
     }
   }
-  idx = lua_absindex(L, idx);
+  if (idx != 0) idx = lua_absindex(L, idx);
   if (!lua_checkstack(L, LMP_CODEC_ENTRYSTACK))
     lmp_codec_raise(L, "stack overflow");
   e.L = L;
@@ -1130,7 +1152,9 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
   e.slot = lua_gettop(L) + 1;
   lua_settop(L, e.slot + 4); /* see enc.slot */
   putbyte(&e, LMP_CODEC_VERSION);
-  if (slice != NULL)
+  if (slice != NULL && idx == 0)
+    encstack(&e, (int)slice[0], (int)slice[1]);
+  else if (slice != NULL)
     encslice(&e, idx, slice[0], slice[1]);
   else
     encvalue(&e, idx);
@@ -1177,6 +1201,15 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
   return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, 0);
+}
+
+size_t lmp_encode_array_pieces(lua_State *L, int first, int n,
+                               const char *root, lmp_buf *b,
+                               lmp_pieces *pc) {
+  lua_Integer slice[2];
+  slice[0] = lua_absindex(L, first);
+  slice[1] = n;
+  return encode(L, 0, root, b, slice, 0, pc, NULL, 0, 0);
 }
 
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {

@@ -484,6 +484,33 @@ static int fail(lua_State *L, int rc, size_t want, const char *etype,
   return lmp_raise_errno(L, rc, "queue");
 }
 
+/* Puts the message encoded in pieces pc (in h's buffer, and in what the
+ * top of the stack keeps alive, which it pops), which names nobj objects;
+ * raises Full when it cannot by the deadline. */
+static int put_encoded(lua_State *L, queue *q, lmp_bufhandle *h,
+                       const lmp_pieces *pc, size_t nobj, double deadline) {
+  outmsg *blk = NULL;
+  const char *p = h->buf->data; /* with no gap: a gap's string alone
+                                 * passes INLINE_MAX */
+  int rc;
+  if (pc->total > INLINE_MAX || nobj > 0) {
+    blk = lmp_cmsg_alloc(&q->h, pc->total, LMP_PEND_IN);
+    if (blk == NULL) return fail(L, -ENOMEM, pc->total, "Full", "");
+    lmp_pieces_copy(pc, h->buf, blk->data);
+    /* The message owns its objects from here on, counted in its block. */
+    lmp_cmsg_seal(blk, nobj);
+    p = blk->data;
+  }
+  lua_pop(L, 1); /* what kept the pieces */
+  rc = qput(L, q, p, pc->total, blk, nobj == 0 ? F_PLAIN : 0, deadline);
+  if (rc < 0) {
+    if (nobj > 0) lmp_msg_unretain_counted(p, pc->total, &blk->refs);
+    lmp_free_pending(blk, LMP_PEND_IN);
+    return fail(L, rc, pc->total, "Full", "queue is full");
+  }
+  return 0;
+}
+
 /* put(v, [block], [timeout]): raises Full when it cannot.  A message
  * too large to sit in the ring is encoded in pieces, its long strings
  * copied once, straight into its own block. */
@@ -491,32 +518,27 @@ static int queue_put(lua_State *L) {
   lmp_bufhandle *h;
   queue *q = checkq(L, &h);
   lmp_pieces pc;
-  outmsg *blk = NULL;
-  const char *p;
   double deadline;
   size_t nobj;
-  int rc;
   luaL_checkany(L, 2);
   deadline = lmp_block_deadline(L, 3);
   h->buf->len = 0;
   nobj = lmp_encode_pieces(L, 2, "value", h->buf, &pc);
-  p = h->buf->data; /* with no gap: a gap's string alone passes INLINE_MAX */
-  if (pc.total > INLINE_MAX || nobj > 0) {
-    blk = lmp_cmsg_alloc(&q->h, pc.total, LMP_PEND_IN);
-    if (blk == NULL) return fail(L, -ENOMEM, pc.total, "Full", "");
-    lmp_pieces_copy(&pc, h->buf, blk->data);
-    /* The message owns its objects from here on, counted in its block. */
-    lmp_cmsg_seal(blk, nobj);
-    p = blk->data;
-  }
-  lua_pop(L, 1); /* what kept the pieces */
-  rc = qput(L, q, p, pc.total, blk, nobj == 0 ? F_PLAIN : 0, deadline);
-  if (rc < 0) {
-    if (nobj > 0) lmp_msg_unretain_counted(p, pc.total, &blk->refs);
-    lmp_free_pending(blk, LMP_PEND_IN);
-    return fail(L, rc, pc.total, "Full", "queue is full");
-  }
-  return 0;
+  return put_encoded(L, q, h, &pc, nobj, deadline);
+}
+
+/* _put_values(...): puts the array of its arguments, the message of
+ * {...} with its nils kept and no field n, without making the table;
+ * blocks while the queue is full. */
+static int queue_put_values(lua_State *L) {
+  lmp_bufhandle *h;
+  queue *q = checkq(L, &h);
+  lmp_pieces pc;
+  size_t nobj;
+  h->buf->len = 0;
+  nobj = lmp_encode_array_pieces(L, 2, lua_gettop(L) - 1, "value", h->buf,
+                                 &pc);
+  return put_encoded(L, q, h, &pc, nobj, -1);
 }
 
 static int queue_put_nowait(lua_State *L) {
@@ -683,7 +705,8 @@ static int queue_ready(void *h, int *fd) {
   {"get", queue_get},       {"get_nowait", queue_get_nowait},              \
   {"qsize", queue_qsize},   {"empty", queue_empty},                        \
   {"full", queue_full},     {"maxsize", queue_maxsize},                    \
-  {"_recount", queue_recount}, {"_drain", queue_drain}
+  {"_recount", queue_recount}, {"_drain", queue_drain},                     \
+  {"_put_values", queue_put_values}
 
 static const luaL_Reg queue_meth[] = {QUEUE_METHODS, {NULL, NULL}};
 

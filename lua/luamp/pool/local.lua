@@ -58,6 +58,8 @@ local function worker_io(inbox, outq, running, wid)
     get = function() return inbox:get() end,
     idle = function() return inbox:qsize() == 0 end,
     put = function(m) outq:put(m) end,
+    -- msgs.values' message, put from its parts: id, count, results
+    put_values = function(...) outq:_put_values(...) end,
     running = function(id) running[wid] = id end,
   }
 end

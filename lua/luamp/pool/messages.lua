@@ -11,7 +11,9 @@
 -- Worker to owner:
 --   values(r)               an apply's results (r: table.pack(id, true,
 --                           results...), of plain values: nil, booleans,
---                           numbers, strings)
+--                           numbers, strings); a transport's worker may
+--                           put the same message from its parts, with no
+--                           table: put_values(id, count, results...)
 --   result(id, msg)         a task's results in a Message (table.pack of
 --                           an apply's results, or a chunk's first results)
 --   failure(id, err, k)     the task failed: err = {message, traceback,

@@ -5,6 +5,8 @@
 --   io.put(m)         sends a message to the owner
 --   io.running(id)    says which task it runs now (0: none)
 --   io.idle()         (optional) true when no batch is waiting
+--   io.put_values(id, n, ...)  (optional) sends an apply's plain results:
+--                     the message msgs.values makes, with no table
 --   io.owns           true if io.put keeps the Messages of what it is
 --                     given (else they are let go of once it returns)
 
@@ -13,7 +15,7 @@ local msgs = require "luamp.pool.messages"
 
 local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall =
   getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall
-local move, pack, unpack = table.move, table.pack, table.unpack
+local pack, select, unpack = table.pack, select, table.unpack
 local format = string.format
 local traceback = debug.traceback
 local message, message_slice, decode, decode_into, flush =
@@ -66,32 +68,46 @@ local function open(m)
   return v
 end
 
--- Runs an apply: its outcome, with its results as they are when they are a
--- few plain values (nil, booleans, numbers, strings), else in a Message,
--- so that a value the owner cannot receive fails this task alone.
-local function run_apply(id, f, am)
-  local args = open(am)
-  local r = pack(id, xpcall(f, on_error, unpack(args, 1, args.n or #args)))
-  if not r[2] then return msgs.failure(id, task_error(r[3], last_tb)) end
-  local n = r.n
-  if n <= PLAIN_MAX + 2 then
-    local plain = true
-    for i = 3, n do
-      local t = type(r[i])
-      if t ~= "number" and t ~= "string" and t ~= "boolean" and t ~= "nil"
-      then
-        plain = false
-        break
-      end
+-- Whether all its arguments are plain values: nil, booleans, numbers,
+-- strings.
+local function plain(...)
+  for i = 1, select("#", ...) do
+    local t = type((select(i, ...)))
+    if t ~= "number" and t ~= "string" and t ~= "boolean" and t ~= "nil" then
+      return false
     end
-    if plain then return msgs.values(r) end
+  end
+  return true
+end
+
+-- An apply's outcome: its results as they are when they are a few plain
+-- values, else in a Message, so that a value the owner cannot receive
+-- fails this task alone.  Plain results go straight from the call when
+-- the transport can put them so (io.put_values, which makes no table),
+-- flushed first as send does; nothing is returned then.
+local function outcome(io, id, ok, ...)
+  if not ok then return msgs.failure(id, task_error((...), last_tb)) end
+  local n = select("#", ...)
+  if n <= PLAIN_MAX and plain(...) then
+    local put = io.put_values
+    if not put then return msgs.values(pack(id, true, ...)) end
+    flush()
+    local sent, err = pcall(put, id, n, ...) -- (msgs.values' message)
+    if sent then return nil end
+    return msgs.failure(id, {message = "cannot send the outcome of the " ..
+                                       "task: " .. errtext(err)})
   end
   -- The results alone, so that the path of a bad one counts from them.
-  local ok, rm = pcall(message_slice, move(r, 3, n, 1, {}), 1, n - 2,
-                       "result")
-  if ok then return msgs.result(id, note(rm)) end
+  local sent, rm = pcall(message_slice, pack(...), 1, n, "result")
+  if sent then return msgs.result(id, note(rm)) end
   return msgs.failure(id, {message = "cannot send the result of the task: "
                                      .. errtext(rm)})
+end
+
+-- Runs an apply: its outcome, or nothing if it sent it.
+local function run_apply(io, id, f, am)
+  local args = open(am)
+  return outcome(io, id, xpcall(f, on_error, unpack(args, 1, args.n or #args)))
 end
 
 -- A chunk's items and results, in tables the worker keeps from chunk to
@@ -215,7 +231,8 @@ function M.run_batch(b, funcs, io)
     local id, kind = ids[i], kinds[i]
     io.running(id)
     if kind == APPLY then
-      send(io, run_apply(id, funcs[fids[i]], args[i]))
+      local m = run_apply(io, id, funcs[fids[i]], args[i])
+      if m then send(io, m) end
     else
       send(io, run_chunk(id, funcs[fids[i]], args[i], kind == STARCHUNK))
     end
