@@ -1005,41 +1005,41 @@ static int enchanded(enc *e, int idx) {
   return 1;
 }
 
-/* Writes the n items t[i], t[i+1]... (t at idx) as a table of n array
- * items, holes kept as nils, and the field n: what table.pack would make of
- * those values.  An item that cannot be sent is named by its index in t, so
- * a path reads root[k] for the k-th item of the whole table. */
-/* The array of the n values on the stack from index first: {...} with its
- * nils kept in the array part, and no field n. */
-static void encstack(enc *e, int first, int n) {
-  lua_State *L = e->L;
+/* Opens the array part of a table of n items, entered as an index path,
+ * with `hint` pairs to follow; returns its frame. */
+static frame *openarray(enc *e, uint64_t n, int hint) {
   frame *f;
-  int c;
   enter(e);
   f = &e->frames[e->depth - 1];
   f->kind = F_INDEX;
   e->nref++; /* the decoder numbers this table, as any other */
-  puttagv(e, LMP_TAG_TABLE, (uint64_t)n);
-  putbyte(e, 0);
+  puttagv(e, LMP_TAG_TABLE, n);
+  putbyte(e, hint);
+  return f;
+}
+
+/* The array of the n values on the stack from index first: {...} with its
+ * nils kept in the array part, and no field n. */
+static void encstack(enc *e, int first, int n) {
+  frame *f = openarray(e, (uint64_t)n, 0);
+  int c;
   for (c = 0; c < n; c++) {
     f->i = c + 1;
-    encany(e, first + c, lua_type(L, first + c));
+    encany(e, first + c, lua_type(e->L, first + c));
   }
   putbyte(e, LMP_TAG_NIL);
   e->depth--;
 }
 
+/* Writes the n items t[i], t[i+1]... (t at idx) as a table of n array
+ * items, holes kept as nils, and the field n: what table.pack would make of
+ * those values.  An item that cannot be sent is named by its index in t, so
+ * a path reads root[k] for the k-th item of the whole table. */
 static void encslice(enc *e, int idx, lua_Integer i, lua_Integer n) {
   lua_State *L = e->L;
   lua_Integer c;
-  frame *f;
   int top = lua_gettop(L) + 1;
-  enter(e);
-  f = &e->frames[e->depth - 1];
-  f->kind = F_INDEX;
-  e->nref++; /* the decoder numbers this table, as any other */
-  puttagv(e, LMP_TAG_TABLE, (uint64_t)n);
-  putbyte(e, 1);
+  frame *f = openarray(e, (uint64_t)n, 1);
   for (c = 0; c < n; c++) {
     f->i = i + c;
     encany(e, top, lua_rawgeti(L, idx, i + c));
