@@ -23,9 +23,10 @@
  * board closes when the task is done), are in the board's two user
  * values, tables indexed by slot; the rest is here.
  *
- * The backlog is a ring of slots: added at the back, taken from the front,
- * put back at the front (a batch taken back, a dead worker's tasks) and
- * cancelled from the back.  Each worker has a ring of its batches in
+ * The backlog is a ring of task ids: added at the back, taken from the
+ * front, put back at the front (a batch taken back, a dead worker's
+ * tasks) and cancelled from the back; a task freed while in it leaves an
+ * id that names nothing, which is skipped.  Each worker has a ring of its batches in
  * flight, oldest first: a worker runs its batches in order and sends the
  * outcome of each task as it ends, so an outcome always counts against
  * the oldest.  A batch has a serial number, which the scheduler keys what
@@ -37,7 +38,9 @@
  * no table of their own: the job of an apply (kind 0) is a result record
  * (lua/luamp/pool/jobs.lua), an array whose fields are at fixed places,
  * and the results go into it.  A record already settled, or with a
- * callback to run, goes the scheduler's way.
+ * callback to run, goes the scheduler's way.  An apply of a function the
+ * workers can be sent by id is submitted in one call too (b:apply): its
+ * arguments' Message, its record and its task.
  *
  * The board also counts the uses of each function id (its tasks, and the
  * maps and lazy jobs that hold it): the function cache
@@ -46,6 +49,7 @@
  */
 
 #define SLOTS ((lua_Integer)1 << 24)
+#define GENS 1024 /* generations of a slot, before its ids come again */
 
 /* A result record's fields (jobs.lua: READY... ERRBACK, VALUES). */
 enum {
@@ -56,7 +60,6 @@ enum {
 /* The first items of a worker's outcome: the task's id, then the count of
  * its results (plain values, which follow) or a negative kind. */
 enum { O_ID, O_COUNT, O_HEAD };
-#define GENS 1024
 
 typedef struct task {
   lua_Integer at, n; /* a chunk's position and size; 0 for an apply */
