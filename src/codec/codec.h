@@ -152,6 +152,31 @@ enum {
   LMP_TAG_FIXINT = 0x80    /* 0x80..0xff */
 };
 
+/* For the readers that work without Lua (the walker, the comparer, an
+ * outcome's head, a lone number): lmp_varint_read reads the varint at
+ * *p, before end, and moves *p past it, returning 0, or -1 when it is cut
+ * short or longer than 64 bits; lmp_unzigzag turns an integer tag's
+ * varint back into the integer. */
+static inline int lmp_varint_read(const unsigned char **p,
+                                  const unsigned char *end, uint64_t *v) {
+  const unsigned char *q = *p;
+  uint64_t x = 0;
+  int shift;
+  for (shift = 0; shift < 64 && q < end; shift += 7) {
+    x |= (uint64_t)(*q & 0x7f) << shift;
+    if (!(*q++ & 0x80)) {
+      *v = x;
+      *p = q;
+      return 0;
+    }
+  }
+  return -1;
+}
+
+static inline lua_Integer lmp_unzigzag(uint64_t z) {
+  return (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1);
+}
+
 /* ------------------------------------------------------------ buffers */
 
 /* A growable byte buffer.  lmp_buf_new pushes it as a userdata whose __gc

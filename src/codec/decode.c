@@ -112,7 +112,7 @@ static inline __attribute__((always_inline)) void decany(dec *d, int tag) {
       break;
     case LMP_TAG_INT: {
       uint64_t z = getvarint(d);
-      lua_pushinteger(L, (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1));
+      lua_pushinteger(L, lmp_unzigzag(z));
       break;
     }
     case LMP_TAG_FLOAT: {
@@ -538,23 +538,6 @@ lua_Integer lmp_decode_into(lua_State *L, const char *p, size_t n, int idx,
                      skip > 0 ? (uint64_t)skip : 0);
 }
 
-/* A varint at *pp, before end, without raising: 0, or -1. */
-static int peekvarint(const unsigned char **pp, const unsigned char *end,
-                      uint64_t *v) {
-  const unsigned char *q = *pp;
-  uint64_t x = 0;
-  int shift;
-  for (shift = 0; shift < 64 && q < end; shift += 7) {
-    x |= (uint64_t)(*q & 0x7f) << shift;
-    if (!(*q++ & 0x80)) {
-      *v = x;
-      *pp = q;
-      return 0;
-    }
-  }
-  return -1;
-}
-
 lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k) {
   const unsigned char *q = (const unsigned char *)p, *end = q + n;
   uint64_t narr, z;
@@ -563,7 +546,7 @@ lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k) {
       || (*q >= 0x80 || (*q & ~LMP_TAG_KEEP) != LMP_TAG_TABLE))
     return -1;
   q++;
-  if (peekvarint(&q, end, &narr) < 0 || narr < (uint64_t)k
+  if (lmp_varint_read(&q, end, &narr) < 0 || narr < (uint64_t)k
       || narr > (uint64_t)(end - q) || q == end)
     return -1; /* (each item takes a byte at least) */
   q++; /* the size hint */
@@ -573,8 +556,8 @@ lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k) {
     tag = *q++;
     if (tag >= LMP_TAG_FIXINT) {
       v[i] = tag - LMP_TAG_FIXINT;
-    } else if (tag == LMP_TAG_INT && peekvarint(&q, end, &z) == 0) {
-      v[i] = (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1);
+    } else if (tag == LMP_TAG_INT && lmp_varint_read(&q, end, &z) == 0) {
+      v[i] = lmp_unzigzag(z);
     } else {
       return -1;
     }

@@ -1297,8 +1297,7 @@ int lmp_codec_message_slice(lua_State *L) {
  * returns 1 (an integer in *i), 2 (a float in *f), or 0. */
 int lmp_msg_number(const char *msg, size_t n, lua_Integer *i, lua_Number *f) {
   const unsigned char *p = (const unsigned char *)msg, *end = p + n;
-  uint64_t z = 0;
-  int shift;
+  uint64_t z;
   if (n < 2 || p[0] != LMP_CODEC_VERSION) return 0;
   if (p[1] >= LMP_TAG_FIXINT) {
     *i = p[1] - LMP_TAG_FIXINT;
@@ -1310,14 +1309,10 @@ int lmp_msg_number(const char *msg, size_t n, lua_Integer *i, lua_Number *f) {
     return 2;
   }
   if (p[1] != LMP_TAG_INT) return 0;
-  for (p += 2, shift = 0; p < end && shift < 64; p++, shift += 7) {
-    z |= (uint64_t)(*p & 0x7f) << shift;
-    if (*p < 0x80) {
-      *i = (lua_Integer)((z >> 1) ^ (~(z & 1) + 1));
-      return p + 1 == end;
-    }
-  }
-  return 0;
+  p += 2;
+  if (lmp_varint_read(&p, end, &z) < 0) return 0;
+  *i = lmp_unzigzag(z);
+  return p == end;
 }
 
 /* Writes the message of one number into out (16 bytes at least); returns

@@ -46,16 +46,7 @@ typedef struct eq {
 /* ------------------------------------------------------------ reading */
 
 static int rdvarint(const side *s, pos *p, uint64_t *v) {
-  int shift;
-  *v = 0;
-  for (shift = 0; shift < 64; shift += 7) {
-    unsigned c;
-    if (*p >= s->end) return -1;
-    c = *(*p)++;
-    *v |= (uint64_t)(c & 0x7f) << shift;
-    if (c < 0x80) return 0;
-  }
-  return -1;
+  return lmp_varint_read(p, s->end, v);
 }
 
 static int rdskip(const side *s, pos *p, uint64_t n) {
@@ -231,7 +222,7 @@ static int number(const side *s, pos p, lua_Integer *i, lua_Number *f) {
   if (*p == LMP_TAG_INT) {
     p++;
     if (rdvarint(s, &p, &z) < 0) return 0;
-    *i = (lua_Integer)((z >> 1) ^ (~(z & 1) + 1));
+    *i = lmp_unzigzag(z);
     return 1;
   }
   if (*p == LMP_TAG_FLOAT && s->end - p >= 9) {

@@ -20,16 +20,7 @@ typedef struct walker {
 } walker;
 
 static int wvarint(walker *w, uint64_t *v) {
-  int shift;
-  *v = 0;
-  for (shift = 0; shift < 64; shift += 7) {
-    unsigned c;
-    if (w->p == w->end) return -1;
-    c = *w->p++;
-    *v |= (uint64_t)(c & 0x7f) << shift;
-    if (c < 0x80) return 0;
-  }
-  return -1;
+  return lmp_varint_read(&w->p, w->end, v);
 }
 
 static int wskip(walker *w, uint64_t n) {

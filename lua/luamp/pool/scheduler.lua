@@ -146,9 +146,6 @@ end
 
 function S:backlog() return self.board:backlog() end
 
--- How many tasks are on the board.
-function S:live() return self.board:live() end
-
 -- Takes back the tasks of a job not sent yet (the last ones added), as
 -- when the input of a map turns out unsendable.
 function S:cancel(job)
