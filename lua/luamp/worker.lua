@@ -91,7 +91,6 @@ function M.exec(pid, seq, sealed)
     put = function(m) out[#out + 1] = m end,
     running = function() end,
   })
-  for _, am in ipairs(b.a) do am:close() end
   for _, m in ipairs(out) do
     local err = msgs.is_failure(m) and (msgs.failure_error(m))
     local name = err and err.message:match("%(global '([%w_]+)'%)")

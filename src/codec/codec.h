@@ -177,6 +177,16 @@ static inline lua_Integer lmp_unzigzag(uint64_t z) {
   return (lua_Integer)((z & 1) ? ~(z >> 1) : z >> 1);
 }
 
+/* Writes v as a varint at p (10 bytes at most); returns the byte after. */
+static inline char *lmp_varint_put(char *p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = (char)(v | 0x80);
+    v >>= 7;
+  }
+  *p++ = (char)v;
+  return p;
+}
+
 /* ------------------------------------------------------------ buffers */
 
 /* A growable byte buffer.  lmp_buf_new pushes it as a userdata whose __gc
@@ -229,6 +239,10 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
  * each drop;
  * lmp_msg_release_counted drops the first `count` of them (a reaper). */
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
+/* As lmp_encode_bare, its errors raised at level `where`, as
+ * lmp_msg_encode's. */
+size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
+                          lmp_buf *b, int where);
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
 void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count);
@@ -355,6 +369,20 @@ void lmp_msg_push(lua_State *L, const char *p, size_t n, size_t nobj);
  * stack and opens it. */
 char *lmp_msg_new(lua_State *L, size_t n, size_t nobj);
 void lmp_msg_open(lua_State *L, size_t nobj);
+/* A Message's holds, for a keeper of encoded bytes of its own (a Pool's
+ * board): lmp_msg_hold holds for this process every object the message
+ * [p, p+n) names and returns how many (raising, with none held, when the
+ * arena is exhausted); lmp_msg_unhold drops the first nobj of them. */
+size_t lmp_msg_hold(lua_State *L, const char *p, size_t n);
+void lmp_msg_unhold(const char *p, size_t n, size_t nobj);
+/* Pushes a new Message of an array of n Messages, copies of the messages
+ * in s (their bytes, and how many objects each names): what message{m1,
+ * m2...} makes of Messages m1, m2..., without them. */
+typedef struct lmp_span {
+  const char *p;
+  size_t n, nobj;
+} lmp_span;
+void lmp_msg_push_array(lua_State *L, const lmp_span *s, int n);
 /* Pushes a new Message of the value at idx (as core.message(v, root)).
  * An error it raises (a value that cannot be sent, memory) begins with
  * the position that error(msg, where) would name if the Lua function

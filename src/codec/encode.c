@@ -270,14 +270,6 @@ static inline void need(enc *e, size_t n) {
   if (e->b->cap - e->b->len < n) grow(e, n);
 }
 
-static inline char *putvarint(char *p, uint64_t v) {
-  while (v >= 0x80) {
-    *p++ = (char)(v | 0x80);
-    v >>= 7;
-  }
-  *p++ = (char)v;
-  return p;
-}
 
 static inline void putbyte(enc *e, int c) {
   need(e, 1);
@@ -290,7 +282,7 @@ static void puttagv(enc *e, int tag, uint64_t v) {
   need(e, 11);
   p = e->b->data + e->b->len;
   *p++ = (char)tag;
-  e->b->len = (size_t)(putvarint(p, v) - e->b->data);
+  e->b->len = (size_t)(lmp_varint_put(p, v) - e->b->data);
 }
 
 static void putbytes(enc *e, const char *s, size_t n) {
@@ -399,7 +391,7 @@ static void putlong(enc *e, int idx, const char *s, size_t n) {
   char hdr[11], *p;
   size_t hl;
   hdr[0] = LMP_TAG_STR;
-  hl = (size_t)(putvarint(hdr + 1, n) - hdr);
+  hl = (size_t)(lmp_varint_put(hdr + 1, n) - hdr);
   if (putgap(e, idx, hdr, hl, s, n)) return;
   need(e, hl + n);
   p = e->b->data + e->b->len;
@@ -440,7 +432,7 @@ static inline __attribute__((always_inline)) void encany(enc *e, int idx,
           *p++ = (char)(LMP_TAG_FIXINT + v);
         } else {
           *p++ = LMP_TAG_INT;
-          p = putvarint(p, v < 0 ? ~z : z);
+          p = lmp_varint_put(p, v < 0 ? ~z : z);
         }
       } else {
         lua_Number v = lua_tonumber(L, idx);
@@ -517,10 +509,10 @@ static void addname(lua_State *L, int map, lmp_buf *t, int v, const char *mod,
   }
   lua_pop(L, 1);
   tmp[0] = field ? LMP_TAG_NAME : LMP_TAG_MODULE;
-  addtext(L, t, tmp, (size_t)(putvarint(tmp + 1, mlen) - tmp));
+  addtext(L, t, tmp, (size_t)(lmp_varint_put(tmp + 1, mlen) - tmp));
   addtext(L, t, mod, mlen);
   if (field) {
-    addtext(L, t, tmp, (size_t)(putvarint(tmp, flen) - tmp));
+    addtext(L, t, tmp, (size_t)(lmp_varint_put(tmp, flen) - tmp));
     addtext(L, t, field, flen);
   }
   if (t->len - at > 0xffffffffu || at > 0x7fffffffu) { /* not nameable */
@@ -842,7 +834,7 @@ static void putcode(enc *e, int idx) {
   n = b->len - start;
   mac = lmp_codemac(b->data + start, n, &ok);
   if (!ok) fail(e, idx, "function (no shared arena to sign it with)");
-  hl = (size_t)(putvarint(hdr, n) - hdr);
+  hl = (size_t)(lmp_varint_put(hdr, n) - hdr);
   memcpy(hdr + hl, &mac, 8);
   hl += 8;
   need(e, hl);
@@ -886,8 +878,8 @@ static void encfunction(enc *e, int idx) {
       need(e, 21);
       p = e->b->data + e->b->len;
       *p++ = LMP_TAG_JOIN;
-      p = putvarint(p, s->idx);
-      e->b->len = (size_t)(putvarint(p, s->n) - e->b->data);
+      p = lmp_varint_put(p, s->idx);
+      e->b->len = (size_t)(lmp_varint_put(p, s->n) - e->b->data);
       continue;
     }
     addseen(e, id, pos, fidx, (uint32_t)i);
@@ -926,7 +918,7 @@ static void encother(enc *e, int idx, int t) {
         char hdr[21];
         size_t hl;
         hdr[0] = LMP_TAG_MSG;
-        hl = (size_t)(putvarint(putvarint(hdr + 1, nobj), n) - hdr);
+        hl = (size_t)(lmp_varint_put(lmp_varint_put(hdr + 1, nobj), n) - hdr);
         if (!putgap(e, idx, hdr, hl, m, n)) {
           putbytes(e, hdr, hl);
           putbytes(e, m, n);
@@ -946,8 +938,8 @@ static void encother(enc *e, int idx, int t) {
       need(e, 21);
       p = e->b->data + e->b->len;
       *p++ = LMP_TAG_OBJ;
-      p = putvarint(p, o->type);
-      e->b->len = (size_t)(putvarint(p, LMP_OFF(o)) - e->b->data);
+      p = lmp_varint_put(p, o->type);
+      e->b->len = (size_t)(lmp_varint_put(p, LMP_OFF(o)) - e->b->data);
       e->nobj++;
       break;
     }
@@ -996,10 +988,10 @@ static int enchanded(enc *e, int idx) {
   need(e, 41);
   p = e->b->data + e->b->len;
   *p++ = LMP_TAG_CONN;
-  p = putvarint(p, (uint64_t)k);
-  p = putvarint(p, flags);
-  p = putvarint(p, chan != NULL ? (uint64_t)chan->type : 0);
-  e->b->len = (size_t)(putvarint(p, chan != NULL ? LMP_OFF(chan) : 0) -
+  p = lmp_varint_put(p, (uint64_t)k);
+  p = lmp_varint_put(p, flags);
+  p = lmp_varint_put(p, chan != NULL ? (uint64_t)chan->type : 0);
+  e->b->len = (size_t)(lmp_varint_put(p, chan != NULL ? LMP_OFF(chan) : 0) -
                        e->b->data);
   if (chan != NULL) e->nobj++;
   return 1;
@@ -1193,6 +1185,11 @@ size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
   return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0);
 }
 
+size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
+                          lmp_buf *b, int where) {
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, where);
+}
+
 size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
                        const char *why) {
   return encode(L, idx, root, b, NULL, 0, NULL, why, 0, 0);
@@ -1326,7 +1323,7 @@ size_t lmp_msg_put_number(char *out, int isint, lua_Integer i, lua_Number f) {
       *p++ = (char)(LMP_TAG_FIXINT + i);
     } else {
       *p++ = LMP_TAG_INT;
-      p = putvarint(p, i < 0 ? ~z : z);
+      p = lmp_varint_put(p, i < 0 ? ~z : z);
     }
   } else {
     *p++ = LMP_TAG_FLOAT;

@@ -46,17 +46,11 @@ static void unhold_one(lmp_obj *o, void *ud) {
   }
 }
 
-/* Drops the first n holds of the message's objects. */
-static void unhold(const message *m, size_t n) {
-  holding h = {0, n, 0};
-  if (n > 0) lmp_msg_walk(m->data, m->len, unhold_one, &h);
-}
-
 static void msg_close(void *ud) {
   message *m = ud;
   if (!m->open) return;
   m->open = 0;
-  unhold(m, m->nobj);
+  lmp_msg_unhold(m->data, m->len, m->nobj);
   m->nobj = 0;
 }
 
@@ -112,17 +106,25 @@ char *lmp_msg_new(lua_State *L, size_t n, size_t nobj) {
   return m->data;
 }
 
+size_t lmp_msg_hold(lua_State *L, const char *p, size_t n) {
+  holding h = {0, SIZE_MAX, 0};
+  lmp_msg_walk(p, n, hold_one, &h);
+  if (h.failed) {
+    holding u = {0, h.n, 0};
+    if (h.n > 0) lmp_msg_walk(p, n, unhold_one, &u);
+    lmp_nomem(L, 0);
+  }
+  return h.n;
+}
+
+void lmp_msg_unhold(const char *p, size_t n, size_t nobj) {
+  holding h = {0, nobj, 0};
+  if (nobj > 0) lmp_msg_walk(p, n, unhold_one, &h);
+}
+
 void lmp_msg_open(lua_State *L, size_t nobj) {
   message *m = lua_touserdata(L, -1);
-  holding h = {0, SIZE_MAX, 0};
-  if (nobj > 0) {
-    lmp_msg_walk(m->data, m->len, hold_one, &h);
-    if (h.failed) {
-      unhold(m, h.n);
-      lmp_nomem(L, 0);
-    }
-  }
-  m->nobj = h.n;
+  m->nobj = nobj > 0 ? lmp_msg_hold(L, m->data, m->len) : 0;
   m->open = 1;
 }
 
@@ -139,4 +141,36 @@ const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj) {
   *n = m->len;
   if (nobj != NULL) *nobj = m->nobj;
   return m->data;
+}
+
+/* The bytes an array of n Messages takes: its head, and each message's
+ * head and bytes. */
+static size_t array_size(const lmp_span *s, int n) {
+  size_t total = 1 + 1 + 10 + 1 + 1; /* version, tag, count, hint, end */
+  int i;
+  for (i = 0; i < n; i++) total += 1 + 10 + 10 + s[i].n;
+  return total;
+}
+
+void lmp_msg_push_array(lua_State *L, const lmp_span *s, int n) {
+  size_t nobj = 0, cap = array_size(s, n);
+  message *m;
+  char *p;
+  int i;
+  for (i = 0; i < n; i++) nobj += s[i].nobj;
+  p = lmp_msg_new(L, cap, nobj);
+  m = lua_touserdata(L, -1);
+  *p++ = LMP_CODEC_VERSION;
+  *p++ = LMP_TAG_TABLE;
+  p = lmp_varint_put(p, (uint64_t)n);
+  *p++ = 0; /* no pairs */
+  for (i = 0; i < n; i++) {
+    *p++ = LMP_TAG_MSG;
+    p = lmp_varint_put(lmp_varint_put(p, s[i].nobj), s[i].n);
+    memcpy(p, s[i].p, s[i].n);
+    p += s[i].n;
+  }
+  *p++ = LMP_TAG_NIL;
+  m->len = (size_t)(p - m->data);
+  lmp_msg_open(L, nobj);
 }

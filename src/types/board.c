@@ -61,8 +61,16 @@ enum {
  * its results (plain values, which follow) or a negative kind. */
 enum { O_ID, O_COUNT, O_HEAD };
 
+#define INLINE_ARGS 24 /* arguments' bytes kept in the task itself */
+
 typedef struct task {
   lua_Integer at, n; /* a chunk's position and size; 0 for an apply */
+  union {
+    char *p;                /* when alen > INLINE_ARGS */
+    char in[INLINE_ARGS];
+  } args;            /* the arguments' bytes, when the board keeps them */
+  size_t alen;       /* their length; 0: they are a Message (user value 2) */
+  size_t nobj;       /* the holds they take */
   int32_t fid;       /* its function's id */
   int32_t wid;       /* the worker it was sent to; 0: not sent */
   uint16_t gen;
@@ -95,6 +103,10 @@ typedef struct board {
   int nuses;         /* room for ids 0..nuses-1 */
   int nw;
   lua_Integer serial;
+  lmp_buf scratch;   /* where an apply's arguments are encoded */
+  lmp_span *spans;   /* a batch's arguments, as take picks them */
+  int *picks;        /* ... and its tasks' slots */
+  int nspans;        /* room there */
   int closed;
 } board;
 
@@ -142,6 +154,35 @@ static lua_Integer task_id(const board *b, int s) {
   return s + SLOTS * b->t[s].gen;
 }
 
+static const char *args_of(const task *t) {
+  return t->alen > INLINE_ARGS ? t->args.p : t->args.in;
+}
+
+/* Keeps the message in b->scratch as the arguments of t, holding the
+ * nobj objects it names; -1 when out of memory, nothing kept.  Raises when
+ * the arena is exhausted, with nothing held. */
+static int args_keep(lua_State *L, board *b, task *t, size_t nobj) {
+  const char *p = b->scratch.data;
+  size_t n = b->scratch.len, held = nobj > 0 ? lmp_msg_hold(L, p, n) : 0;
+  char *to = t->args.in;
+  if (n > INLINE_ARGS && (to = t->args.p = malloc(n)) == NULL) {
+    lmp_msg_unhold(p, n, held);
+    return -1;
+  }
+  memcpy(to, p, n);
+  t->alen = n;
+  t->nobj = held;
+  return 0;
+}
+
+/* Lets go of task t's arguments' bytes, if the board keeps them. */
+static void args_drop(task *t) {
+  if (t->alen == 0) return;
+  lmp_msg_unhold(args_of(t), t->alen, t->nobj);
+  if (t->alen > INLINE_ARGS) free(t->args.p);
+  t->alen = t->nobj = 0;
+}
+
 /* A free slot; -1 when out of memory. */
 static int slot_new(board *b) {
   int s;
@@ -181,17 +222,8 @@ static int slot_of(const board *b, lua_Integer id) {
   return (int)s;
 }
 
-/* The slot of the task at the front (back) of the backlog, 0 if there is
- * none; the ids of tasks freed since they were added are dropped. */
-static int backlog_front(board *b) {
-  while (b->bq.n > 0) {
-    int s = slot_of(b, *id_at(&b->bq, 0));
-    if (s != 0 && b->t[s].wid == 0) return s;
-    ring_pop_front(&b->bq);
-  }
-  return 0;
-}
-
+/* The slot of the task at the back of the backlog, 0 if there is none;
+ * the ids of tasks freed since they were added are dropped. */
 static int backlog_back(board *b) {
   while (b->bq.n > 0) {
     int s = slot_of(b, *id_at(&b->bq, b->bq.n - 1));
@@ -252,20 +284,27 @@ static int nomemory(lua_State *L) {
   return luaL_error(L, "not enough memory");
 }
 
-/* Frees slot s: its arguments (a Message) closed, its Lua values let go
- * of.  Returns its function id if that is now unused, else -1. */
+/* Frees slot s: its arguments let go of (their bytes, or their Message
+ * closed), and its job.  Returns its function id if that is now unused,
+ * else -1. */
 static lua_Integer release(lua_State *L, board *b, int s) {
-  int32_t fid = b->t[s].fid;
-  lua_getiuservalue(L, 1, 2);
-  if (lua_rawgeti(L, -1, s) == LUA_TUSERDATA
-      && lmp_classof(L, -1) == &lmp_message_class)
-    lmp_message_class.close(lua_touserdata(L, -1));
-  lua_pushnil(L);
-  lua_rawseti(L, -3, s);
+  task *t = &b->t[s];
+  int32_t fid = t->fid;
+  if (t->alen > 0) {
+    args_drop(t);
+  } else {
+    lua_getiuservalue(L, 1, 2);
+    if (lua_rawgeti(L, -1, s) == LUA_TUSERDATA
+        && lmp_classof(L, -1) == &lmp_message_class)
+      lmp_message_class.close(lua_touserdata(L, -1));
+    lua_pushnil(L);
+    lua_rawseti(L, -3, s);
+    lua_pop(L, 2);
+  }
   lua_getiuservalue(L, 1, 1);
   lua_pushnil(L);
   lua_rawseti(L, -2, s);
-  lua_pop(L, 3);
+  lua_pop(L, 1);
   slot_free(b, s);
   return fid_unuse(b, fid) ? fid : -1;
 }
@@ -306,17 +345,28 @@ static int board_new(lua_State *L) {
   return 1;
 }
 
-/* Adds a task at the back of the backlog: its job and arguments at stack
- * indexes job and args; pushes its slot, the tasks on the board and
+/* Adds a task at the back of the backlog: its job at stack index job,
+ * its arguments the bytes in `a` (args_keep), or a Message at stack index
+ * args when a is NULL; pushes its slot, the tasks on the board and
  * whether its function was unused. */
-static int add(lua_State *L, board *b, int job, int args, lua_Integer fid,
-               lua_Integer kind, lua_Integer at, lua_Integer n) {
+static int add(lua_State *L, board *b, int job, int args, task *a,
+               lua_Integer fid, lua_Integer kind, lua_Integer at,
+               lua_Integer n) {
   task *t;
   int s, first;
   if (ring_reserve(&b->bq, sizeof(lua_Integer)) < 0 || (s = slot_new(b)) < 0
-      || (first = fid_use(b, (int32_t)fid)) < 0)
+      || (first = fid_use(b, (int32_t)fid)) < 0) {
+    if (a != NULL) args_drop(a);
     return nomemory(L);
+  }
   t = &b->t[s];
+  if (a != NULL) {
+    t->args = a->args;
+    t->alen = a->alen;
+    t->nobj = a->nobj;
+  } else {
+    t->alen = t->nobj = 0;
+  }
   t->at = at;
   t->n = n;
   t->fid = (int32_t)fid;
@@ -330,10 +380,13 @@ static int add(lua_State *L, board *b, int job, int args, lua_Integer fid,
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, job);
   lua_rawseti(L, -2, s);
-  lua_getiuservalue(L, 1, 2);
-  lua_pushvalue(L, args);
-  lua_rawseti(L, -2, s);
-  lua_pop(L, 2);
+  lua_pop(L, 1);
+  if (a == NULL) {
+    lua_getiuservalue(L, 1, 2);
+    lua_pushvalue(L, args);
+    lua_rawseti(L, -2, s);
+    lua_pop(L, 1);
+  }
   lua_pushinteger(L, s);
   lua_pushinteger(L, b->live);
   lua_pushboolean(L, first);
@@ -355,7 +408,7 @@ static int board_add(lua_State *L) {
   lua_Integer kind = luaL_checkinteger(L, 5);
   lua_Integer at = luaL_optinteger(L, 6, 0), n = luaL_optinteger(L, 7, 0);
   luaL_checkany(L, 2);
-  return add(L, b, 2, 4, fid, kind, at, n);
+  return add(L, b, 2, 4, NULL, fid, kind, at, n);
 }
 
 /* Sets field k of the table on the top to the value at idx, or to false
@@ -368,20 +421,24 @@ static void setor(lua_State *L, int k, int idx) {
 
 /* b:apply(mt, pool, fid, args, callback, errback, level) -> record, live,
  * first: an apply submitted in one call.  Its arguments (a table) are
- * encoded into a Message (if they cannot be sent, the error is raised at
- * `level`, as error(msg, level) in the caller would raise it); its result
- * record is made, as jobs.lua's new_result makes one, with metatable mt;
- * and the task is added as add adds it. */
+ * encoded into bytes the board keeps (if they cannot be sent, the error
+ * is raised at `level`, as error(msg, level) in the caller would raise
+ * it); its result record is made, as jobs.lua's new_result makes one,
+ * with metatable mt; and the task is added as add adds it. */
 static int board_apply(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer fid = checkfid(L, 4);
   int k;
   lua_Integer level = luaL_checkinteger(L, 8);
+  size_t nobj;
+  task a;
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 5, LUA_TTABLE);
   lua_settop(L, 7);
-  lmp_msg_encode(L, 5, "args", level < 0 || level > 100 ? 0 : (int)level);
-  lua_createtable(L, R_VALUES, 0); /* 9 */
+  b->scratch.len = 0;
+  nobj = lmp_encode_bare_at(L, 5, "args", &b->scratch,
+                            level < 0 || level > 100 ? 0 : (int)level);
+  lua_createtable(L, R_VALUES, 0); /* 8 */
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, R_POOL);
   for (k = R_READY; k <= R_MAP; k++) {
@@ -395,8 +452,9 @@ static int board_apply(lua_State *L) {
   setor(L, R_CALLBACK, 6);
   setor(L, R_ERRBACK, 7);
   lua_pushvalue(L, 2);
-  lua_setmetatable(L, 9);
-  add(L, b, 9, 8, fid, 0, 0, 0);
+  lua_setmetatable(L, 8);
+  if (args_keep(L, b, &a, nobj) < 0) return nomemory(L);
+  add(L, b, 8, 0, &a, fid, 0, 0, 0);
   lua_remove(L, -3); /* the slot */
   return 3;
 }
@@ -420,61 +478,102 @@ static int board_unuse(lua_State *L) {
   return 1;
 }
 
+/* Room for n tasks in a batch (b->spans, b->picks); -1 when out of
+ * memory. */
+static int batch_reserve(board *b, int n) {
+  lmp_span *sp;
+  int *pk;
+  if (n <= b->nspans) return 0;
+  if ((sp = realloc(b->spans, (size_t)n * sizeof *sp)) == NULL) return -1;
+  b->spans = sp;
+  if ((pk = realloc(b->picks, (size_t)n * sizeof *pk)) == NULL) return -1;
+  b->picks = pk;
+  b->nspans = n;
+  return 0;
+}
+
+/* Picks up to `want` tasks from the front of the backlog for a batch, into
+ * b->picks (their slots) and b->spans (their arguments), changing
+ * nothing: applies (kind 0) share a batch, a task of another kind goes
+ * alone.  Returns how many, and in *used how many ids of the backlog they
+ * take from its front (those of freed tasks among them). */
+static int pick(lua_State *L, board *b, int want, int *used) {
+  int n = 0, i;
+  uint8_t kind1 = 0;
+  for (i = 0; i < b->bq.n && n < want; i++) {
+    int s = slot_of(b, *id_at(&b->bq, i));
+    task *t = &b->t[s];
+    lmp_span *sp = &b->spans[n];
+    if (s == 0 || t->wid != 0) continue; /* freed since */
+    if (n == 0) kind1 = t->kind;
+    else if (t->kind != 0 || kind1 != 0) break;
+    if (t->alen > 0) {
+      sp->p = args_of(t);
+      sp->n = t->alen;
+      sp->nobj = t->nobj;
+    } else { /* a Message, which user value 2 (at 4) keeps alive */
+      lua_rawgeti(L, 4, s);
+      sp->p = lmp_tomsg(L, -1, &sp->n, &sp->nobj);
+      lua_pop(L, 1);
+      if (sp->p == NULL) luaL_error(L, "a task without arguments");
+    }
+    b->picks[n++] = s;
+  }
+  *used = i;
+  return n;
+}
+
 /* b:take(wid, want) -> ids, fids, args, kinds, serial, used: up to `want`
- * tasks from the front of the backlog, in a batch sent to worker wid:
- * their ids, function ids, arguments and kinds; the batch's serial; the
- * function ids it uses (each once, unless they alternate).  Tasks of kind
- * 0 (applies) share a batch; a task of another kind (a chunk, a batch
- * already) goes alone.  Nothing when the backlog is empty. */
+ * tasks from the front of the backlog, in a batch sent to worker wid
+ * (pick): their ids, function ids, arguments (one Message of an array of
+ * Messages) and kinds; the batch's serial; the function ids it uses (each
+ * once, unless they alternate).  Nothing when the backlog is empty. */
 static int board_take(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer wid = luaL_checkinteger(L, 2);
   lua_Integer want = luaL_checkinteger(L, 3);
-  int n = 0, nused = 0, i;
+  int n, nused = 0, used, i;
   int32_t last = -1;
-  uint8_t kind1 = 0;
   batch *bt;
   luaL_argcheck(L, wid >= 1 && wid <= b->nw, 2, "no such worker");
   if (b->nback == 0 || want < 1) return 0;
   if (want > b->nback) want = b->nback;
-  if (ring_reserve(&b->w[wid], sizeof(batch)) < 0) return nomemory(L);
+  if (ring_reserve(&b->w[wid], sizeof(batch)) < 0
+      || batch_reserve(b, (int)want) < 0)
+    return nomemory(L);
   lua_settop(L, 3);
-  lua_getiuservalue(L, 1, 2); /* 4: the arguments */
-  for (i = 0; i < 4; i++) lua_createtable(L, (int)want, 0); /* 5..8 */
-  lua_createtable(L, 1, 0); /* 9: the functions used */
-  while (n < want) {
-    int s = backlog_front(b);
+  lua_getiuservalue(L, 1, 2); /* 4 */
+  if ((n = pick(L, b, (int)want, &used)) == 0) return 0;
+  /* What may raise comes first, so that an error leaves the books as they
+   * were. */
+  for (i = 0; i < 3; i++) lua_createtable(L, n, 0); /* 5..7 */
+  lua_createtable(L, 1, 0); /* 8: the functions used */
+  lmp_msg_push_array(L, b->spans, n); /* 9: the arguments */
+  for (i = 0; i < used; i++) ring_pop_front(&b->bq);
+  b->nback -= n;
+  for (i = 0; i < n; i++) {
+    int s = b->picks[i];
     task *t = &b->t[s];
-    if (s == 0) break; /* (nback says there is one) */
-    if (n == 0) kind1 = t->kind;
-    else if (t->kind != 0 || kind1 != 0) break;
-    ring_pop_front(&b->bq);
-    b->nback--;
-    n++;
     t->wid = (int32_t)wid;
     lua_pushinteger(L, task_id(b, s));
-    lua_rawseti(L, 5, n);
+    lua_rawseti(L, 5, i + 1);
     lua_pushinteger(L, t->fid);
-    lua_rawseti(L, 6, n);
-    lua_rawgeti(L, 4, s);
-    lua_rawseti(L, 7, n);
+    lua_rawseti(L, 6, i + 1);
     lua_pushinteger(L, t->kind);
-    lua_rawseti(L, 8, n);
+    lua_rawseti(L, 7, i + 1);
     if (t->fid != last) {
       last = t->fid;
       lua_pushinteger(L, last);
-      lua_rawseti(L, 9, ++nused);
+      lua_rawseti(L, 8, ++nused);
     }
   }
-  if (n == 0) return 0;
   bt = batch_at(&b->w[wid], b->w[wid].n);
   ring_push_back(&b->w[wid]);
-  lua_rawgeti(L, 5, 1);
-  bt->first = lua_tointeger(L, -1);
-  lua_pop(L, 1);
+  bt->first = task_id(b, b->picks[0]);
   bt->serial = ++b->serial;
   bt->left = n;
   bt->seen = 0;
+  lua_insert(L, 7); /* the arguments after the function ids */
   lua_pushinteger(L, bt->serial);
   lua_insert(L, 9);
   return 6;
@@ -763,9 +862,11 @@ static int board_forget(lua_State *L) {
 /* Lets go of the books; the tasks' Lua values go with the user values. */
 static void board_free_all(void *h) {
   board *b = h;
-  int wid;
+  int wid, s;
   if (b->closed) return;
   b->closed = 1;
+  for (s = 1; s <= b->nslot; s++)
+    if (b->t[s].live) args_drop(&b->t[s]);
   free(b->t);
   free(b->free);
   free(b->bq.v);
@@ -773,6 +874,9 @@ static void board_free_all(void *h) {
     for (wid = 0; wid <= b->nw; wid++) free(b->w[wid].v);
   free(b->w);
   free(b->uses);
+  lmp_buf_free(&b->scratch);
+  free(b->spans);
+  free(b->picks);
 }
 
 static int board_closed(void *h) { return ((board *)h)->closed; }

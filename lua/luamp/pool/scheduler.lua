@@ -211,8 +211,9 @@ local function steal(self)
   victim.sent = victim.sent - #b.id
   local slots = {}
   for i, id in ipairs(b.id) do slots[i] = board:slot(id) end
-  -- The batch taken back holds Messages of its own: the slots keep theirs.
-  for _, am in ipairs(b.a) do am:close() end
+  -- The batch taken back holds its arguments' Message: the board keeps
+  -- them still.
+  b.a:close()
   if b.funcs then for _, fm in pairs(b.funcs) do fm:close() end end
   board:requeue(slots)
   return true

@@ -226,7 +226,8 @@ end
 -- sending each outcome through io as soon as it is known; returns how
 -- many tasks it ran.
 function M.run_batch(b, funcs, io)
-  local ids, fids, args, kinds = b.id, b.f, b.a, b.k
+  local ids, fids, kinds = b.id, b.f, b.k
+  local args = open(b.a) -- (a Message each)
   for i = 1, #ids do
     local id, kind = ids[i], kinds[i]
     io.running(id)
