@@ -18,19 +18,24 @@
  *
  * A task lives in a slot, a small number that is reused; it travels as
  * its id, the slot plus SLOTS times the slot's generation, so that an
- * outcome for a slot's old task is never taken for its new one.  The
- * Lua values of a task, its job and its arguments (a Message, which the
- * board closes when the task is done), are in the board's two user
- * values, tables indexed by slot; the rest is here.
+ * outcome for a slot's old task is never taken for its new one.  A
+ * task's job is in the board's first user value, a table indexed by
+ * slot.  Its arguments are either bytes the board keeps in the task
+ * itself (an apply submitted by b:apply), holding for this process the
+ * shared objects they name as a Message would, or a Message, in the
+ * second user value; either is let go of when the task is done.  A batch
+ * takes its tasks' arguments with it as one Message, an array of a
+ * Message each, copied from either.
  *
  * The backlog is a ring of task ids: added at the back, taken from the
  * front, put back at the front (a batch taken back, a dead worker's
  * tasks) and cancelled from the back; a task freed while in it leaves an
- * id that names nothing, which is skipped.  Each worker has a ring of its batches in
- * flight, oldest first: a worker runs its batches in order and sends the
- * outcome of each task as it ends, so an outcome always counts against
- * the oldest.  A batch has a serial number, which the scheduler keys what
- * it carried by (the functions the worker learns once it reads it).
+ * id that names nothing, which is skipped.  Each worker has a ring of its
+ * batches in flight, oldest first: a worker runs its batches in order and
+ * sends the outcome of each task as it ends, so an outcome always counts
+ * against the oldest.  A batch has a serial number, which the scheduler
+ * keys what it carried by (the functions the worker learns once it reads
+ * it).
  *
  * Outcomes.  The scheduler hears of most outcomes through b:done, once
  * they are decoded.  The commonest, an apply's plain results, the board
@@ -40,7 +45,7 @@
  * and the results go into it.  A record already settled, or with a
  * callback to run, goes the scheduler's way.  An apply of a function the
  * workers can be sent by id is submitted in one call too (b:apply): its
- * arguments' Message, its record and its task.
+ * arguments' bytes, its record and its task.
  *
  * The board also counts the uses of each function id (its tasks, and the
  * maps and lazy jobs that hold it): the function cache
