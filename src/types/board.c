@@ -888,8 +888,8 @@ static int board_closed(void *h) { return ((board *)h)->closed; }
 
 static const luaL_Reg board_meth[] = {
   {"add", board_add}, {"apply", board_apply}, {"take", board_take},
-  {"done", board_done}, {"free", board_free}, {"id", board_id}, {"slot", board_slot},
-  {"slots", board_slots},
+  {"done", board_done}, {"free", board_free}, {"id", board_id},
+  {"slot", board_slot}, {"slots", board_slots},
   {"requeue", board_requeue}, {"cancel", board_cancel},
   {"clear_backlog", board_clear_backlog}, {"backlog", board_backlog},
   {"live", board_live}, {"inflight", board_inflight},
