@@ -266,31 +266,30 @@ end
 
 local EMPTY_ARGS = {n = 0}
 
+-- While few tasks are out, each goes to a worker at once, so that they
+-- run even if this process then computes for a long time without a luamp
+-- call; when many pile up they wait for the next pump, which sends them
+-- several to a batch.  Now and then take outcomes in: they free workers
+-- for more.
 local function submit_apply(self, f, args, callback, error_callback, fname)
   local sched = self._sched
-  if sched.state ~= RUN or self._pid ~= core.getpid() then
-    checkrunning(self)
-  end
-  local funcs = sched.funcs
-  local fid = funcs.cache[f] -- (only functions are there)
-  if not fid and type(f) ~= "function" and not callable(f) then
-    argerror(1, fname, "function expected, got " .. type(f), 2)
-  end
-  if args ~= nil and type(args) ~= "table" then
-    argerror(2, fname, "table expected, got " .. type(args), 2)
-  end
-  local t, res = sched.t, nil
-  -- While few tasks are out, each goes to a worker at once, so that they
-  -- run even if this process then computes for a long time without a
-  -- luamp call; when many pile up they wait for the next pump, which
-  -- sends them several to a batch.  Now and then take outcomes in: they
-  -- free workers for more.
-  if fid and funcs.msgs[fid] and not t.check then
-    -- The common case, in one call to the board: the arguments' Message,
-    -- the AsyncResult and the task.
-    res = sched:apply(AsyncResult, self, fid, args or EMPTY_ARGS, callback,
-                      error_callback, EAGER * self._n, EAGER, 3)
-  else
+  -- The common case, a function the pool knows: one call to the board
+  -- encodes the arguments and makes the AsyncResult and the task.
+  local res = sched:apply(AsyncResult, self, f, args, callback,
+                          error_callback, EAGER * self._n, EAGER, fname, 3)
+  if not res then
+    -- The general way, which says what is wrong if anything is.
+    if sched.state ~= RUN or self._pid ~= core.getpid() then
+      checkrunning(self)
+    end
+    local funcs, t = sched.funcs, sched.t
+    local fid = funcs.cache[f] -- (only functions are there)
+    if not fid and type(f) ~= "function" and not callable(f) then
+      argerror(1, fname, "function expected, got " .. type(f), 2)
+    end
+    if args ~= nil and type(args) ~= "table" then
+      argerror(2, fname, "table expected, got " .. type(args), 2)
+    end
     local ok, am = pcall(message, args or EMPTY_ARGS, "args")
     if not ok then error(am, 3) end
     if t.check then
@@ -300,16 +299,13 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
         error(e, 3)
       end
     end
-    if not (fid and funcs.msgs[fid]) then fid = fid_of(self, f) end
+    if not fid then fid = fid_of(self, f) end
     res = new_result(self, false, callback, error_callback)
     if not sched:submit(res, fid, am, APPLY, EAGER * self._n, EAGER) then
       am:close()
-      res = nil
+      error("the pool is busy: it cannot take a task from inside its own "
+            .. "step (a finalizer?)", 3)
     end
-  end
-  if not res then
-    error("the pool is busy: it cannot take a task from inside its own "
-          .. "step (a finalizer?)", 3)
   end
   local left = self._pump_in - 1
   if left > 0 then

@@ -108,6 +108,7 @@ typedef struct board {
   int nuses;         /* room for ids 0..nuses-1 */
   int nw;
   lua_Integer serial;
+  pid_t pid;         /* the process that made it, whose books these are */
   lmp_buf scratch;   /* where an apply's arguments are encoded */
   lmp_span *spans;   /* a batch's arguments, as take picks them */
   int *picks;        /* ... and its tasks' slots */
@@ -343,6 +344,7 @@ static int board_new(lua_State *L) {
   b->w = calloc((size_t)nw + 1, sizeof *b->w);
   if (b->w == NULL) return nomemory(L);
   b->nw = (int)nw;
+  b->pid = lmp_pid;
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
   lua_newtable(L);
@@ -424,25 +426,38 @@ static void setor(lua_State *L, int k, int idx) {
   lua_rawseti(L, -2, k);
 }
 
-/* b:apply(mt, pool, fid, args, callback, errback, level) -> record, live,
- * first: an apply submitted in one call.  Its arguments (a table) are
- * encoded into bytes the board keeps (if they cannot be sent, the error
- * is raised at `level`, as error(msg, level) in the caller would raise
- * it); its result record is made, as jobs.lua's new_result makes one,
- * with metatable mt; and the task is added as add adds it. */
+/* b:apply(mt, pool, fid, args, callback, errback, fname, level) ->
+ * record, live, first: an apply submitted in one call.  Its arguments (a
+ * table, or nil for none) are encoded into bytes the board keeps; an error
+ * (arguments that are not a table, or that cannot be sent) is raised at
+ * `level`, as error(msg, level) in the caller would raise it, the
+ * arguments named as argument 2 of fname.  Its result record is made, as
+ * jobs.lua's new_result makes one, with metatable mt; and the task is
+ * added as add adds it.  Nothing, and no task, in another process than
+ * the board's (a fork of it). */
 static int board_apply(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer fid = checkfid(L, 4);
-  int k;
-  lua_Integer level = luaL_checkinteger(L, 8);
+  const char *fname = luaL_checkstring(L, 8);
+  lua_Integer level = luaL_checkinteger(L, 9);
+  int k, where = level < 0 || level > 100 ? 0 : (int)level;
   size_t nobj;
   task a;
   luaL_checktype(L, 2, LUA_TTABLE);
-  luaL_checktype(L, 5, LUA_TTABLE);
+  if (b->pid != lmp_pid) return 0;
+  if (lua_isnoneornil(L, 5)) {
+    lua_newtable(L);
+    lua_replace(L, 5);
+  } else if (!lua_istable(L, 5)) {
+    luaL_where(L, where);
+    lua_pushfstring(L, "bad argument #2 to '%s' (table expected, got %s)",
+                    fname, luaL_typename(L, 5));
+    lua_concat(L, 2);
+    return lua_error(L);
+  }
   lua_settop(L, 7);
   b->scratch.len = 0;
-  nobj = lmp_encode_bare_at(L, 5, "args", &b->scratch,
-                            level < 0 || level > 100 ? 0 : (int)level);
+  nobj = lmp_encode_bare_at(L, 5, "args", &b->scratch, where);
   lua_createtable(L, R_VALUES, 0); /* 8 */
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, R_POOL);

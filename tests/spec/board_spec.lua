@@ -4,6 +4,7 @@
 -- function, and the outcomes the board settles into an apply's record.
 
 local core = require "luamp.core"
+local mp = require "luamp"
 local msgs = require "luamp.pool.messages"
 local H = require "spec_helper"
 
@@ -186,16 +187,18 @@ describe("Board", function()
      function()
     local b, mt, pool = core.Board(1), {}, {}
     local q, big = core.Queue(), string.rep("x", 100)
-    local r1 = b:apply(mt, pool, 1, {q, 1}, nil, nil, 1)
-    local r2, live, first = b:apply(mt, pool, 1, {big}, print, nil, 1)
+    local r1 = b:apply(mt, pool, 1, {q, 1}, nil, nil, "f", 1)
+    local r2, live, first = b:apply(mt, pool, 1, {big}, print, nil, "f", 1)
     assert.are.equal(mt, getmetatable(r1))
     assert.are.equal(pool, r1[1])
     assert.are.equal(print, r2[8]) -- its callback
     assert.are.same({2, false}, {live, first})
     -- An argument that cannot be sent adds nothing.
     assert.has_error(function()
-      b:apply(mt, pool, 1, {1, coroutine.create(print)}, nil, nil, 1)
+      b:apply(mt, pool, 1, {1, coroutine.create(print)}, nil, nil, "f", 1)
     end, "cannot send args[2]: thread")
+    assert.has_error(function() b:apply(mt, pool, 1, 7, nil, nil, "f", 1) end,
+                     "bad argument #2 to 'f' (table expected, got number)")
     assert.are.equal(2, b:live())
     q:put("kept")
     q:close() -- the board's hold keeps the queue alive
@@ -214,8 +217,19 @@ describe("Board", function()
     b:done(ids[1])
     -- A board closed with tasks on it lets go of their holds too.
     local q2 = core.Queue()
-    b:apply(mt, pool, 1, {q2}, nil, nil, 1)
+    b:apply(mt, pool, 1, {q2}, nil, nil, "f", 1)
     q2:close()
+    b:apply(mt, pool, 1, nil, nil, nil, "f", 1) -- no arguments
+    -- A fork's copy of the board is not the pool's: it adds nothing.
+    local out = core.Queue()
+    local p = mp.Process{target = function()
+      out:put(select("#", b:apply(mt, pool, 1, {}, nil, nil, "f", 1)))
+      out:put(b:live())
+    end}
+    p:start()
+    p:join()
+    assert.are.same({0, 3}, {out:get(), out:get()})
+    out:close()
     b:close()
   end)
 

@@ -275,6 +275,23 @@ describe("Pool", function()
       assert.are.equal(102, pool:apply(count))
     end)
 
+    it("sends again a function it has forgotten", function()
+      -- 80 functions without upvalues, known by identity: more than the
+      -- 64 idle ones it keeps, so the first are forgotten, here and in
+      -- the worker, and must go again.
+      local pool <close> = mp.Pool(1)
+      local fs = {}
+      for i = 1, 80 do
+        fs[i] = load("return function(x) return x + " .. i .. " end")()
+      end
+      for round = 1, 2 do
+        for i = 1, 80 do
+          assert.are.equal(i + round, pool:apply(fs[i], {round}))
+          assert.are.equal(i + round, pool:apply_async(fs[i], {round}):get())
+        end
+      end
+    end)
+
     it("does not keep the functions of finished tasks", function()
       -- 20 closures, each with its own 1 MiB upvalue.
       local pool <close> = mp.Pool(1)

@@ -16,6 +16,7 @@ local getupvalue = debug.getupvalue
 local message = core.message
 
 local IDLE_FUNCS, IDLE_BYTES = 64, 1 << 20
+local WEAK_KEYS = {__mode = "k"}
 
 local C = {}
 C.__index = C
@@ -30,7 +31,10 @@ function M.new()
     n = 0,
     known = {},      -- per worker: the ids it has
     drops = {},      -- per worker: the ids it may forget, not yet told
-    cache = setmetatable({}, {__mode = "k"}), -- id by function identity
+    -- id by function identity, for as long as the id is known here; and
+    -- the functions cached under each id
+    cache = setmetatable({}, {__mode = "k"}),
+    cached = {},
     -- The idle ones, oldest first, as a list linked both ways.
     prev = {}, next = {}, head = false, tail = false, nidle = 0,
     idlebytes = 0,
@@ -42,7 +46,7 @@ end
 -- first.  Raises the encoder's error as it is (no position).
 function C:id(f)
   local fid = self.cache[f]
-  if fid and self.msgs[fid] then return fid end
+  if fid then return fid end
   local ok, m = pcall(message, f, "func")
   if not ok then error(m, 0) end
   local bytes = m:bytes()
@@ -56,6 +60,9 @@ function C:id(f)
   end
   if type(f) == "function" and getupvalue(f, 1) == nil then
     self.cache[f] = fid
+    local fs = self.cached[fid] or setmetatable({}, WEAK_KEYS)
+    fs[f] = true
+    self.cached[fid] = fs
   end
   return fid
 end
@@ -73,6 +80,11 @@ end
 -- Forgets function fid, which no task uses, here and, with their next
 -- batch, in the workers.
 local function forget(self, fid)
+  local fs = self.cached[fid]
+  if fs then
+    for f in pairs(fs) do self.cache[f] = nil end
+    self.cached[fid] = nil
+  end
   self.ids[self.bytes[fid]] = nil
   self.msgs[fid]:close()
   self.msgs[fid], self.bytes[fid] = nil, nil
@@ -154,6 +166,7 @@ function C:close()
     m:close()
     self.msgs[fid] = nil
   end
+  self.cache, self.cached = setmetatable({}, WEAK_KEYS), {}
 end
 
 return M

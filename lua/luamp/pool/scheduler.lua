@@ -42,11 +42,16 @@ S.__index = S
 local M = {}
 
 M.RUN, M.CLOSE, M.TERMINATE = "RUN", "CLOSE", "TERMINATE"
+local RUN = M.RUN
 
 -- A scheduler for n workers over transport t, with function cache funcs.
 function M.new(t, funcs, cfg, n)
   return setmetatable({
     t = t, funcs = funcs, cfg = cfg, n = n, state = M.RUN,
+    -- the functions an apply may be submitted with in one call (S:apply):
+    -- those the function cache knows by identity, unless the transport
+    -- checks what it sends
+    quick = t.check and {} or funcs.cache,
     workers = {}, lazy = {},
     board = core.Board(n),
     -- what batches carried, by serial: {worker, {[fid] = Message}}
@@ -109,19 +114,25 @@ function S:submit(job, fid, args, kind, limit, depth)
   return true
 end
 
--- Submits an apply of function fid (known to the funcs) to `args` in one
--- call to the board, which makes the arguments' Message and the result's
--- record (an AsyncResult, of metatable mt, for `pool`) and adds the task;
--- then, with at most `limit` tasks on the board, sends work as
--- dispatch(depth) does.  Returns the record, or nil if a step is under
--- way.  Arguments that cannot be sent raise at `level`, as error(e,
--- level) in the caller would.  Nothing here needs `locked`: the board is
--- whole whenever its allocations may run a finalizer (before the task is
--- added).
-function S:apply(mt, pool, fid, args, callback, errback, limit, depth, level)
-  if self.busy then return nil end
+-- Submits an apply of function f to `args` in one call to the board,
+-- which encodes the arguments, makes the result's record (an AsyncResult,
+-- of metatable mt, for `pool`) and adds the task; then, with at most
+-- `limit` tasks on the board, sends work as dispatch(depth) does.
+-- Returns the record; nil, having done nothing, unless f is a function
+-- the function cache knows by identity, the pool runs, no step is under
+-- way, this process is the pool's and its transport has no check: the
+-- caller then takes the general way (submit).  Arguments that are not a
+-- table (fname's argument 2) or cannot be sent raise at `level`, as
+-- error(e, level) in the caller would.  Nothing here needs `locked`: the
+-- board is whole whenever its allocations may run a finalizer (before the
+-- task is added).
+function S:apply(mt, pool, f, args, callback, errback, limit, depth, fname,
+                 level)
+  local fid = self.quick[f]
+  if not fid or self.state ~= RUN or self.busy then return nil end
   local res, live, first = self.board:apply(mt, pool, fid, args, callback,
-                                            errback, level + 1)
+                                            errback, fname, level + 1)
+  if not res then return nil end -- (a fork's)
   if first then self.funcs:activate(fid) end
   if live <= limit then locked(self, dispatch, depth) end
   return res
