@@ -418,11 +418,11 @@ static int board_add(lua_State *L) {
   return add(L, b, 2, 4, NULL, fid, kind, at, n);
 }
 
-/* Sets field k of the table on the top to the value at idx, or to false
- * if that is false or nil. */
-static void setor(lua_State *L, int k, int idx) {
-  if (lua_toboolean(L, idx)) lua_pushvalue(L, idx);
-  else lua_pushboolean(L, 0);
+/* Sets field k of the table on the top to the value at idx, unless that
+ * is false or nil. */
+static void setif(lua_State *L, int k, int idx) {
+  if (!lua_toboolean(L, idx)) return;
+  lua_pushvalue(L, idx);
   lua_rawseti(L, -2, k);
 }
 
@@ -440,7 +440,7 @@ static int board_apply(lua_State *L) {
   lua_Integer fid = checkfid(L, 4);
   const char *fname = luaL_checkstring(L, 8);
   lua_Integer level = luaL_checkinteger(L, 9);
-  int k, where = level < 0 || level > 100 ? 0 : (int)level;
+  int where = level < 0 || level > 100 ? 0 : (int)level;
   size_t nobj;
   task a;
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -458,19 +458,17 @@ static int board_apply(lua_State *L) {
   lua_settop(L, 7);
   b->scratch.len = 0;
   nobj = lmp_encode_bare_at(L, 5, "args", &b->scratch, where);
+  /* Its places all made, so that it never grows; those false are left nil,
+   * which reads the same. */
   lua_createtable(L, R_VALUES, 0); /* 8 */
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, R_POOL);
-  for (k = R_READY; k <= R_MAP; k++) {
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, -2, k);
-  }
   lua_pushinteger(L, 1);
   lua_rawseti(L, -2, R_FIRST);
   lua_pushinteger(L, 0);
   lua_rawseti(L, -2, R_LAST);
-  setor(L, R_CALLBACK, 6);
-  setor(L, R_ERRBACK, 7);
+  setif(L, R_CALLBACK, 6);
+  setif(L, R_ERRBACK, 7);
   lua_pushvalue(L, 2);
   lua_setmetatable(L, 8);
   if (args_keep(L, b, &a, nobj) < 0) return nomemory(L);

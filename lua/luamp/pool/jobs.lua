@@ -69,7 +69,8 @@ local POOL <const>, READY <const>, OK <const>, VALUE <const>, MAP <const>,
 -- false), whose VALUE is a table holding the results from index FIRST to
 -- LAST (the record itself, when the board settled it), or their Message
 -- until they are first needed.  READY once its outcome is in, OK if that
--- is a success; CALLBACK and ERRBACK, or false.
+-- is a success; CALLBACK and ERRBACK, or false.  (In a record the board
+-- made, what is false here is nil: it reads the same.)
 function M.new_result(pool, map, callback, error_callback)
   -- Every item is set here, so that the table never grows; and the place
   -- of the first value, which the board may fill.
