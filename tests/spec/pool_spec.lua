@@ -532,6 +532,26 @@ describe("Pool", function()
       assert.is_false(bad:successful())
     end)
 
+    it("ready and successful say false of a known function's task too",
+       function()
+      -- The function is known once its first task is in: the second is
+      -- submitted the short way, its record made by the board.
+      local pool <close> = mp.Pool(1)
+      local go = mp.Event()
+      local function gated(e, fail) -- (no upvalue, not even _ENV)
+        if not e:wait(10) or fail then return e.no.no end
+      end
+      local rs = {}
+      for i = 1, 3 do rs[i] = pool:apply_async(gated, {go, i == 3}) end
+      assert.are.equal(false, rs[2]:ready())
+      assert.are.equal(false, rs[2]:wait(0.05))
+      fails("AsyncResult not ready", rs[2].successful, rs[2])
+      go:set()
+      assert.is_true(rs[3]:wait(10))
+      assert.are.equal(true, rs[2]:successful())
+      assert.are.equal(false, rs[3]:successful())
+    end)
+
     it("wait(0) and a negative wait do not wait", function()
       local pool <close> = mp.Pool(1)
       local go = mp.Event()

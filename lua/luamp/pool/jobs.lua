@@ -146,7 +146,7 @@ function AsyncResult:_failed(sched, at, n, e) settle(sched, self, false, e) end
 function AsyncResult:ready()
   checkself(self, AsyncResult, "ready")
   if not self[READY] and self[POOL] then self[POOL]:_pump() end
-  return self[READY]
+  return self[READY] == true
 end
 
 -- r:successful() -> whether the task returned; raises if not ready
@@ -154,7 +154,7 @@ function AsyncResult:successful()
   checkself(self, AsyncResult, "successful")
   if not self:ready() then error("AsyncResult not ready", 2) end
   if not self[MAP] then apply_values(self) end
-  return self[OK]
+  return self[OK] == true
 end
 
 -- Waits for res as r:wait does, for the method fname; a misuse is raised
