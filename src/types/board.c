@@ -24,7 +24,7 @@
  * itself (an apply submitted by b:apply), holding for this process the
  * shared objects they name as a Message would, or a Message, in the
  * second user value; either is let go of when the task is done.  A batch
- * takes its tasks' arguments with it as one Message, an array of a
+ * of applies takes their arguments with it as one Message, an array of a
  * Message each, copied from either.
  *
  * The backlog is a ring of task ids: added at the back, taken from the
@@ -543,9 +543,11 @@ static int pick(lua_State *L, board *b, int want, int *used) {
 
 /* b:take(wid, want) -> ids, fids, args, kinds, serial, used: up to `want`
  * tasks from the front of the backlog, in a batch sent to worker wid
- * (pick): their ids, function ids, arguments (one Message of an array of
- * Messages) and kinds; the batch's serial; the function ids it uses (each
- * once, unless they alternate).  Nothing when the backlog is empty. */
+ * (pick): their ids, function ids, arguments and kinds; the batch's
+ * serial; the function ids it uses (each once, unless they alternate).
+ * The arguments of applies are one Message of an array of a Message each;
+ * those of a chunk (alone in its batch: it may be large) its own Message,
+ * not copied.  Nothing when the backlog is empty. */
 static int board_take(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer wid = luaL_checkinteger(L, 2);
@@ -566,7 +568,12 @@ static int board_take(lua_State *L) {
    * were. */
   for (i = 0; i < 3; i++) lua_createtable(L, n, 0); /* 5..7 */
   lua_createtable(L, 1, 0); /* 8: the functions used */
-  lmp_msg_push_array(L, b->spans, n); /* 9: the arguments */
+  if (b->t[b->picks[0]].kind == 0) /* 9: the arguments */
+    lmp_msg_push_array(L, b->spans, n);
+  else if (b->t[b->picks[0]].alen == 0)
+    lua_rawgeti(L, 4, b->picks[0]); /* a chunk's Message, not copied */
+  else
+    lmp_msg_push(L, b->spans[0].p, b->spans[0].n, b->spans[0].nobj);
   for (i = 0; i < used; i++) ring_pop_front(&b->bq);
   b->nback -= n;
   for (i = 0; i < n; i++) {
