@@ -54,11 +54,11 @@ local function cpu()
 end
 
 -- The transport alone: the owner sends each worker batches of BATCH tasks
--- (their arguments in Messages, as the scheduler's), two batches in flight
--- per worker, and takes the outcomes off one queue; a worker decodes each
--- task's arguments, calls the function and puts its outcome (a values
--- message) as the Pool's workers do.  Returns tasks/s and the owner's CPU
--- seconds a task.
+-- (their arguments in one Message, as the scheduler's), two batches in
+-- flight per worker, and takes the outcomes off one queue; a worker
+-- decodes a batch's arguments, calls the function for each task and puts
+-- its outcome (a values message) as the Pool's workers do.  Returns
+-- tasks/s and the owner's CPU seconds a task.
 local function floor(n)
   local BATCH = 64
   local outq, inbox, workers = core.Queue(), {}, {}
@@ -68,10 +68,11 @@ local function floor(n)
       while true do
         local b = inbox[w]:get()
         if not b then return end
+        local args = core.decode(b.a)
+        b.a:close()
         for i = 1, #b.id do
-          local args = core.decode(b.a[i])
           outq:put(msgs.values(table.pack(b.id[i], true,
-                                          identity(args[1]))))
+                                          identity(args[i][1]))))
         end
       end
     end}
@@ -83,12 +84,13 @@ local function floor(n)
     while sent < n and sent - got < 2 * WORKERS * BATCH do
       local ids, args = {}, {}
       for i = 1, math.min(BATCH, n - sent) do
-        ids[i], args[i] = sent + i, core.message({sent + i}, "args")
+        ids[i], args[i] = sent + i, {sent + i}
       end
       sent = sent + #ids
       w = w % WORKERS + 1
-      inbox[w]:put({id = ids, a = args})
-      for i = 1, #args do args[i]:close() end
+      local am = core.message(args, "args")
+      inbox[w]:put({id = ids, a = am})
+      am:close()
     end
     mp.wait({outq})
     local k = outq:_drain(buf)
