@@ -143,23 +143,29 @@ const char *lmp_tomsg(lua_State *L, int idx, size_t *n, size_t *nobj) {
   return m->data;
 }
 
-/* The bytes an array of n Messages takes: its head, and each message's
- * head and bytes. */
+static size_t varint_len(uint64_t v) {
+  size_t n = 1;
+  for (; v >= 0x80; v >>= 7) n++;
+  return n;
+}
+
+/* The bytes an array of n Messages takes: its head (the version, the
+ * table's tag and count, no pairs), each message's head and bytes, and
+ * the end. */
 static size_t array_size(const lmp_span *s, int n) {
-  size_t total = 1 + 1 + 10 + 1 + 1; /* version, tag, count, hint, end */
+  size_t total = 2 + varint_len((uint64_t)n) + 1 + 1;
   int i;
-  for (i = 0; i < n; i++) total += 1 + 10 + 10 + s[i].n;
+  for (i = 0; i < n; i++)
+    total += 1 + varint_len(s[i].nobj) + varint_len(s[i].n) + s[i].n;
   return total;
 }
 
 void lmp_msg_push_array(lua_State *L, const lmp_span *s, int n) {
-  size_t nobj = 0, cap = array_size(s, n);
-  message *m;
+  size_t nobj = 0;
   char *p;
   int i;
   for (i = 0; i < n; i++) nobj += s[i].nobj;
-  p = lmp_msg_new(L, cap, nobj);
-  m = lua_touserdata(L, -1);
+  p = lmp_msg_new(L, array_size(s, n), nobj);
   *p++ = LMP_CODEC_VERSION;
   *p++ = LMP_TAG_TABLE;
   p = lmp_varint_put(p, (uint64_t)n);
@@ -170,7 +176,6 @@ void lmp_msg_push_array(lua_State *L, const lmp_span *s, int n) {
     memcpy(p, s[i].p, s[i].n);
     p += s[i].n;
   }
-  *p++ = LMP_TAG_NIL;
-  m->len = (size_t)(p - m->data);
+  *p = LMP_TAG_NIL;
   lmp_msg_open(L, nobj);
 }

@@ -71,7 +71,10 @@ describe("Board", function()
     assert.are.same({1, 1, 1}, fids)
     assert.are.same({APPLY, APPLY, APPLY}, kinds)
     assert.are.same({1}, used)
-    -- The arguments travel as one Message: an array of a Message each.
+    -- The arguments travel as one Message: an array of a Message each,
+    -- byte for byte what message{m1, m2, m3} makes.
+    local ms = {args(1), args(2), args(3)}
+    assert.are.equal(core.message(ms):bytes(), as:bytes())
     local am = core.decode(as)
     assert.are.equal(3, #am)
     assert.are.same({2, n = 1}, core.decode(am[2]))
