@@ -166,7 +166,8 @@ function C:close()
     m:close()
     self.msgs[fid] = nil
   end
-  self.cache, self.cached = setmetatable({}, WEAK_KEYS), {}
+  for f in pairs(self.cache) do self.cache[f] = nil end
+  self.cached = {}
 end
 
 return M
