@@ -239,10 +239,6 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
  * each drop;
  * lmp_msg_release_counted drops the first `count` of them (a reaper). */
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
-/* As lmp_encode_bare, its errors raised at level `where`, as
- * lmp_msg_encode's. */
-size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
-                          lmp_buf *b, int where);
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
 void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count);
@@ -291,6 +287,9 @@ typedef struct lmp_pieces {
 } lmp_pieces;
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc);
+/* The same, its errors raised at level `where`, as lmp_msg_encode's. */
+size_t lmp_encode_pieces_at(lua_State *L, int idx, const char *root,
+                            lmp_buf *b, lmp_pieces *pc, int where);
 /* The same for the array of the n values on the stack from index first,
  * as if they were a table {...} (nils kept, no field n), made without
  * the table. */
@@ -371,9 +370,10 @@ char *lmp_msg_new(lua_State *L, size_t n, size_t nobj);
 void lmp_msg_open(lua_State *L, size_t nobj);
 /* A Message's holds, for a keeper of encoded bytes of its own (a Pool's
  * board): lmp_msg_hold holds for this process every object the message
- * [p, p+n) names and returns how many (raising, with none held, when the
- * arena is exhausted); lmp_msg_unhold drops the first nobj of them. */
-size_t lmp_msg_hold(lua_State *L, const char *p, size_t n);
+ * [p, p+n) names, and says how many in *held: 0, or -ENOMEM when the
+ * arena is exhausted, none held.  lmp_msg_unhold drops the first nobj of
+ * them.  Neither raises. */
+int lmp_msg_hold(const char *p, size_t n, size_t *held);
 void lmp_msg_unhold(const char *p, size_t n, size_t nobj);
 /* Pushes a new Message of an array of n Messages, copies of the messages
  * in s (their bytes, and how many objects each names): what message{m1,

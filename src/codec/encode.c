@@ -1185,11 +1185,6 @@ size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
   return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0);
 }
 
-size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
-                          lmp_buf *b, int where) {
-  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, where);
-}
-
 size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
                        const char *why) {
   return encode(L, idx, root, b, NULL, 0, NULL, why, 0, 0);
@@ -1198,6 +1193,11 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
   return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, 0);
+}
+
+size_t lmp_encode_pieces_at(lua_State *L, int idx, const char *root,
+                            lmp_buf *b, lmp_pieces *pc, int where) {
+  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, where);
 }
 
 size_t lmp_encode_array_pieces(lua_State *L, int first, int n,

@@ -3,6 +3,7 @@
  * another message or through a queue or pipe, and still name live objects
  * when it is decoded, whatever its sender did meanwhile.
  */
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -106,15 +107,15 @@ char *lmp_msg_new(lua_State *L, size_t n, size_t nobj) {
   return m->data;
 }
 
-size_t lmp_msg_hold(lua_State *L, const char *p, size_t n) {
+int lmp_msg_hold(const char *p, size_t n, size_t *held) {
   holding h = {0, SIZE_MAX, 0};
   lmp_msg_walk(p, n, hold_one, &h);
   if (h.failed) {
-    holding u = {0, h.n, 0};
-    if (h.n > 0) lmp_msg_walk(p, n, unhold_one, &u);
-    lmp_nomem(L, 0);
+    lmp_msg_unhold(p, n, h.n);
+    return -ENOMEM;
   }
-  return h.n;
+  *held = h.n;
+  return 0;
 }
 
 void lmp_msg_unhold(const char *p, size_t n, size_t nobj) {
@@ -124,7 +125,9 @@ void lmp_msg_unhold(const char *p, size_t n, size_t nobj) {
 
 void lmp_msg_open(lua_State *L, size_t nobj) {
   message *m = lua_touserdata(L, -1);
-  m->nobj = nobj > 0 ? lmp_msg_hold(L, m->data, m->len) : 0;
+  m->nobj = 0;
+  if (nobj > 0 && lmp_msg_hold(m->data, m->len, &m->nobj) < 0)
+    lmp_nomem(L, 0);
   m->open = 1;
 }
 

@@ -23,9 +23,10 @@
  * slot.  Its arguments are either bytes the board keeps in the task
  * itself (an apply submitted by b:apply), holding for this process the
  * shared objects they name as a Message would, or a Message, in the
- * second user value; either is let go of when the task is done.  A batch
- * of applies takes their arguments with it as one Message, an array of a
- * Message each, copied from either.
+ * second user value (a chunk's, and large arguments); either is let go of
+ * when the task is done.  A batch of several tasks takes their arguments
+ * with it as one Message, an array of a Message each, copied from either;
+ * a task alone in its batch, its own Message.
  *
  * The backlog is a ring of task ids: added at the back, taken from the
  * front, put back at the front (a batch taken back, a dead worker's
@@ -67,6 +68,10 @@ enum {
 enum { O_ID, O_COUNT, O_HEAD };
 
 #define INLINE_ARGS 24 /* arguments' bytes kept in the task itself */
+/* Arguments of this many bytes or more are a Message of their own, and go
+ * in a batch alone: not copied again into a batch's array, but straight
+ * into the transport, as a chunk's are. */
+#define BIG_ARGS LMP_PIECES_MIN
 
 typedef struct task {
   lua_Integer at, n; /* a chunk's position and size; 0 for an apply */
@@ -165,12 +170,13 @@ static const char *args_of(const task *t) {
 }
 
 /* Keeps the message in b->scratch as the arguments of t, holding the
- * nobj objects it names; -1 when out of memory, nothing kept.  Raises when
- * the arena is exhausted, with nothing held. */
-static int args_keep(lua_State *L, board *b, task *t, size_t nobj) {
+ * nobj objects it names: 0, or -1 when out of memory, -2 when the arena
+ * is, with nothing kept or held. */
+static int args_keep(board *b, task *t, size_t nobj) {
   const char *p = b->scratch.data;
-  size_t n = b->scratch.len, held = nobj > 0 ? lmp_msg_hold(L, p, n) : 0;
+  size_t n = b->scratch.len, held = 0;
   char *to = t->args.in;
+  if (nobj > 0 && lmp_msg_hold(p, n, &held) < 0) return -2;
   if (n > INLINE_ARGS && (to = t->args.p = malloc(n)) == NULL) {
     lmp_msg_unhold(p, n, held);
     return -1;
@@ -440,8 +446,9 @@ static int board_apply(lua_State *L) {
   lua_Integer fid = checkfid(L, 4);
   const char *fname = luaL_checkstring(L, 8);
   lua_Integer level = luaL_checkinteger(L, 9);
-  int where = level < 0 || level > 100 ? 0 : (int)level;
+  int where = level < 0 || level > 100 ? 0 : (int)level, rc;
   size_t nobj;
+  lmp_pieces pc;
   task a;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (b->pid != lmp_pid) return 0;
@@ -456,8 +463,6 @@ static int board_apply(lua_State *L) {
     return lua_error(L);
   }
   lua_settop(L, 7);
-  b->scratch.len = 0;
-  nobj = lmp_encode_bare_at(L, 5, "args", &b->scratch, where);
   /* Its places all made, so that it never grows; those false are left nil,
    * which reads the same. */
   lua_createtable(L, R_VALUES, 0); /* 8 */
@@ -471,9 +476,19 @@ static int board_apply(lua_State *L) {
   setif(L, R_ERRBACK, 7);
   lua_pushvalue(L, 2);
   lua_setmetatable(L, 8);
-  if (args_keep(L, b, &a, nobj) < 0) return nomemory(L);
-  add(L, b, 8, 0, &a, fid, 0, 0, 0);
-  lua_remove(L, -3); /* the slot */
+  b->scratch.len = 0;
+  nobj = lmp_encode_pieces_at(L, 5, "args", &b->scratch, &pc, where); /* 9 */
+  if (pc.total >= BIG_ARGS) { /* a Message, which goes alone (pick) */
+    lmp_pieces_copy(&pc, &b->scratch, lmp_msg_new(L, pc.total, nobj));
+    lmp_msg_open(L, nobj); /* 10 */
+    add(L, b, 8, 10, NULL, fid, 0, 0, 0);
+  } else { /* (no pieces: in the scratch buffer alone) */
+    if ((rc = args_keep(b, &a, nobj)) < 0)
+      return rc == -1 ? nomemory(L) : lmp_nomem(L, 0);
+    add(L, b, 8, 0, &a, fid, 0, 0, 0);
+  }
+  lua_pushvalue(L, 8);
+  lua_replace(L, -4); /* the record for the slot */
   return 3;
 }
 
@@ -512,19 +527,17 @@ static int batch_reserve(board *b, int n) {
 
 /* Picks up to `want` tasks from the front of the backlog for a batch, into
  * b->picks (their slots) and b->spans (their arguments), changing
- * nothing: applies (kind 0) share a batch, a task of another kind goes
- * alone.  Returns how many, and in *used how many ids of the backlog they
- * take from its front (those of freed tasks among them). */
+ * nothing: applies (kind 0) share a batch; a task of another kind, or
+ * with BIG_ARGS of arguments, goes alone.  Returns how many, and in *used
+ * how many ids of the backlog they take from its front (those of freed
+ * tasks among them). */
 static int pick(lua_State *L, board *b, int want, int *used) {
-  int n = 0, i;
-  uint8_t kind1 = 0;
-  for (i = 0; i < b->bq.n && n < want; i++) {
+  int n = 0, i, alone = 0;
+  for (i = 0; i < b->bq.n && n < want && !alone; i++) {
     int s = slot_of(b, *id_at(&b->bq, i));
     task *t = &b->t[s];
     lmp_span *sp = &b->spans[n];
     if (s == 0 || t->wid != 0) continue; /* freed since */
-    if (n == 0) kind1 = t->kind;
-    else if (t->kind != 0 || kind1 != 0) break;
     if (t->alen > 0) {
       sp->p = args_of(t);
       sp->n = t->alen;
@@ -535,6 +548,8 @@ static int pick(lua_State *L, board *b, int want, int *used) {
       lua_pop(L, 1);
       if (sp->p == NULL) luaL_error(L, "a task without arguments");
     }
+    alone = t->kind != 0 || sp->n >= BIG_ARGS;
+    if (alone && n > 0) break; /* (for the next batch) */
     b->picks[n++] = s;
   }
   *used = i;
@@ -545,9 +560,10 @@ static int pick(lua_State *L, board *b, int want, int *used) {
  * tasks from the front of the backlog, in a batch sent to worker wid
  * (pick): their ids, function ids, arguments and kinds; the batch's
  * serial; the function ids it uses (each once, unless they alternate).
- * The arguments of applies are one Message of an array of a Message each;
- * those of a chunk (alone in its batch: it may be large) its own Message,
- * not copied.  Nothing when the backlog is empty. */
+ * The arguments of several tasks are one Message of an array of a Message
+ * each; those of a task alone (a chunk, large arguments: what may be
+ * large goes alone) its own Message, as it is.  Nothing when the backlog
+ * is empty. */
 static int board_take(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer wid = luaL_checkinteger(L, 2);
@@ -568,10 +584,10 @@ static int board_take(lua_State *L) {
    * were. */
   for (i = 0; i < 3; i++) lua_createtable(L, n, 0); /* 5..7 */
   lua_createtable(L, 1, 0); /* 8: the functions used */
-  if (b->t[b->picks[0]].kind == 0) /* 9: the arguments */
+  if (n > 1) /* 9: the arguments */
     lmp_msg_push_array(L, b->spans, n);
   else if (b->t[b->picks[0]].alen == 0)
-    lua_rawgeti(L, 4, b->picks[0]); /* a chunk's Message, not copied */
+    lua_rawgeti(L, 4, b->picks[0]); /* its Message, not copied */
   else
     lmp_msg_push(L, b->spans[0].p, b->spans[0].n, b->spans[0].nobj);
   for (i = 0; i < used; i++) ring_pop_front(&b->bq);

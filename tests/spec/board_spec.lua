@@ -238,6 +238,30 @@ describe("Board", function()
     b:close()
   end)
 
+  it("sends large arguments alone, as their own Message", function()
+    local b, mt, pool = core.Board(1), {}, {}
+    local q, big = core.Queue(), string.rep("y", 64 << 10)
+    b:apply(mt, pool, 1, {1}, nil, nil, "f", 1)
+    b:apply(mt, pool, 1, {big, q}, nil, nil, "f", 1)
+    b:apply(mt, pool, 1, {3}, nil, nil, "f", 1)
+    b:apply(mt, pool, 1, {4}, nil, nil, "f", 1)
+    q:close() -- held by the board, as a Message holds it
+    local ids1 = b:take(1, 64) -- the first, up to the large one
+    local ids2, _, as2 = b:take(1, 64)
+    local ids3, _, as3 = b:take(1, 64)
+    assert.are.same({1, 1, 2}, {#ids1, #ids2, #ids3})
+    local a2 = core.decode(as2)
+    assert.are.equal(big, a2[1])
+    a2[2]:put("alive")
+    assert.are.equal("alive", a2[2]:get())
+    a2[2]:close()
+    assert.are.equal(2, #core.decode(as3))
+    for _, ids in ipairs{ids1, ids2, ids3} do
+      for _, id in ipairs(ids) do b:done(id) end
+    end
+    assert.are.equal(0, b:live())
+  end)
+
   it("rejects what is not a queue, and is closed once", function()
     local b = core.Board(1)
     assert.has_error(function() b:settle({}, {}, {}, {}) end)

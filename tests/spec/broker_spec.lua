@@ -505,13 +505,10 @@ describe("broker pool", function()
     conn:call({"SET", t.k.code .. he, core.seal(bad.code, broker.code_ctx(he),
                                                  em, "function")})
     local function entry(keys, seq, fh, arg, flip)
-      -- (a batch's arguments: a Message of an array of a Message each)
-      local am = core.message({arg, n = 1})
-      local a = core.message({am})
+      local am = core.message({arg, n = 1}) -- (one task: its Message)
       local s = core.seal(keys.msg, broker.task_ctx(t.pid, seq),
-                          {id = {1}, f = {fh}, a = a, k = {0}}, "task")
+                          {id = {1}, f = {fh}, a = am, k = {0}}, "task")
       am:close()
-      a:close()
       if flip then
         local at = #s - 3
         s = s:sub(1, at - 1) .. string.char(s:byte(at) ~ 1) .. s:sub(at + 1)
@@ -523,12 +520,10 @@ describe("broker pool", function()
     entry(good, 9003, he, "touch " .. dir .. "/executed") -- forged function
     -- a genuine entry of another pool, replayed into this one
     local am = core.message({dir .. "/replayed", n = 1})
-    local a = core.message({am})
     local other = core.seal(good.msg, broker.task_ctx("0123456789abcdef",
                                                       9005),
-                            {id = {1}, f = {h}, a = a, k = {0}}, "task")
+                            {id = {1}, f = {h}, a = am, k = {0}}, "task")
     am:close()
-    a:close()
     conn:call({"XADD", t.k.t, "*", "s", 9005, "p", other, "d", 1})
     entry(good, 9004, h, dir .. "/genuine")       -- the control
     assert.is_true(H.wait_for(function()

@@ -4,11 +4,11 @@
 --
 -- Owner to worker:
 --   batch{ids, fids, args, kinds, funcs, drop}  tasks to run, in order: the
---       task ids, their function ids, their arguments (for applies, one
---       Message of an array of a Message each; for a chunk, which goes
---       alone, its Message), their kinds (APPLY, CHUNK, STARCHUNK); the
---       functions the worker does not have yet ({[fid] = Message}) and the
---       ids of those it may forget
+--       task ids, their function ids, their arguments (of several tasks,
+--       one Message of an array of a Message each; of one, its Message),
+--       their kinds (APPLY, CHUNK, STARCHUNK); the functions the worker
+--       does not have yet ({[fid] = Message}) and the ids of those it may
+--       forget
 --   STOP  leave once the work sent is done
 -- Worker to owner:
 --   values(r)               an apply's results (r: table.pack(id, true,

@@ -227,8 +227,8 @@ end
 -- many tasks it ran.
 function M.run_batch(b, funcs, io)
   local ids, fids, kinds = b.id, b.f, b.k
-  -- (applies: a Message of a Message each; a chunk, alone: its Message)
-  local args = kinds[1] == APPLY and open(b.a) or {b.a}
+  -- (several tasks: a Message of a Message each; one: its Message)
+  local args = #ids == 1 and {b.a} or open(b.a)
   for i = 1, #ids do
     local id, kind = ids[i], kinds[i]
     io.running(id)
