@@ -115,6 +115,7 @@ typedef struct board {
   lua_Integer serial;
   pid_t pid;         /* the process that made it, whose books these are */
   lmp_buf scratch;   /* where an apply's arguments are encoded */
+  unsigned applies;  /* b:apply calls begun, nested ones too */
   lmp_span *spans;   /* a batch's arguments, as take picks them */
   int *picks;        /* ... and its tasks' slots */
   int nspans;        /* room there */
@@ -440,13 +441,15 @@ static void setif(lua_State *L, int k, int idx) {
  * arguments named as argument 2 of fname.  Its result record is made, as
  * jobs.lua's new_result makes one, with metatable mt; and the task is
  * added as add adds it.  Nothing, and no task, in another process than
- * the board's (a fork of it). */
+ * the board's (a fork of it), or when another apply ran while the
+ * arguments were encoded. */
 static int board_apply(lua_State *L) {
   board *b = checkboard(L);
   lua_Integer fid = checkfid(L, 4);
   const char *fname = luaL_checkstring(L, 8);
   lua_Integer level = luaL_checkinteger(L, 9);
   int where = level < 0 || level > 100 ? 0 : (int)level, rc;
+  unsigned seq;
   size_t nobj;
   lmp_pieces pc;
   task a;
@@ -476,13 +479,21 @@ static int board_apply(lua_State *L) {
   setif(L, R_ERRBACK, 7);
   lua_pushvalue(L, 2);
   lua_setmetatable(L, 8);
+  /* The encoder may run Lua (a metamethod it reads, a finalizer when it
+   * allocates), which may apply again, in the same scratch buffer: then
+   * these bytes are lost, and nothing is done here (the caller encodes
+   * the arguments again, its own way). */
+  seq = ++b->applies;
   b->scratch.len = 0;
   nobj = lmp_encode_pieces_at(L, 5, "args", &b->scratch, &pc, where); /* 9 */
   if (pc.total >= BIG_ARGS) { /* a Message, which goes alone (pick) */
-    lmp_pieces_copy(&pc, &b->scratch, lmp_msg_new(L, pc.total, nobj));
-    lmp_msg_open(L, nobj); /* 10 */
+    char *to = lmp_msg_new(L, pc.total, nobj); /* 10 */
+    if (b->applies != seq) return 0;
+    lmp_pieces_copy(&pc, &b->scratch, to);
+    lmp_msg_open(L, nobj);
     add(L, b, 8, 10, NULL, fid, 0, 0, 0);
   } else { /* (no pieces: in the scratch buffer alone) */
+    if (b->applies != seq) return 0;
     if ((rc = args_keep(b, &a, nobj)) < 0)
       return rc == -1 ? nomemory(L) : lmp_nomem(L, 0);
     add(L, b, 8, 0, &a, fid, 0, 0, 0);

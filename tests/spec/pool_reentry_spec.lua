@@ -136,6 +136,35 @@ describe("Pool re-entered", function()
     assert.are.equal(2, seen[1])
     assert.are.equal("from the callback", e)
   end)
+
+  it("by an apply while another's arguments are encoded: both whole",
+     function()
+    -- Asking whether the arguments' metatable has a __gc runs this
+    -- __index, which submits to the same pool in the middle of the first
+    -- apply.  The metatable is registered by its name (before the workers
+    -- fork), so it is sent by name, and its __index is not.
+    local NAME = "luamp.spec.reentry"
+    local reg = debug.getregistry()
+    local meta = {__name = NAME}
+    reg[NAME] = meta
+    local pool <close> = mp.Pool(1)
+    local function echo(...) return ... end -- (no upvalue: known by
+    pool:apply(echo, {0})                   -- identity from now on)
+    local nested
+    setmetatable(meta, {__index = function(_, k)
+      if k == "__gc" then
+        nested = nested or pool:apply_async(echo, {"nested", 1})
+      end
+    end})
+    -- Small arguments, and large ones (a Message of their own).
+    for _, big in ipairs{"", string.rep("z", 64 << 10)} do
+      nested = nil
+      local r = pool:apply_async(echo, setmetatable({"outer", big}, meta))
+      assert.are.same({"outer", big}, {r:get(10)})
+      assert.are.same({"nested", 1}, {nested:get(10)})
+    end
+    reg[NAME] = nil
+  end)
 end)
 
 describe("Pool output", function()

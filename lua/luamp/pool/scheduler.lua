@@ -120,8 +120,9 @@ end
 -- `limit` tasks on the board, sends work as dispatch(depth) does.
 -- Returns the record; nil, having done nothing, unless f is a function
 -- the function cache knows by identity, the pool runs, no step is under
--- way, this process is the pool's and its transport has no check: the
--- caller then takes the general way (submit).  Arguments that are not a
+-- way, this process is the pool's, its transport has no check, and no
+-- other apply ran while the arguments were encoded (a metamethod's, a
+-- finalizer's): the caller then takes the general way (submit).  Arguments that are not a
 -- table (fname's argument 2) or cannot be sent raise at `level`, as
 -- error(e, level) in the caller would.  Nothing here needs `locked`: the
 -- board is whole whenever its allocations may run a finalizer (before the
@@ -132,7 +133,7 @@ function S:apply(mt, pool, f, args, callback, errback, limit, depth, fname,
   if not fid or self.state ~= RUN or self.busy then return nil end
   local res, live, first = self.board:apply(mt, pool, fid, args, callback,
                                             errback, fname, level + 1)
-  if not res then return nil end -- (a fork's)
+  if not res then return nil end -- (a fork's, or another apply meanwhile)
   if first then self.funcs:activate(fid) end
   if live <= limit then locked(self, dispatch, depth) end
   return res
