@@ -287,7 +287,11 @@ typedef struct lmp_pieces {
 } lmp_pieces;
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc);
-/* The same, its errors raised at level `where`, as lmp_msg_encode's. */
+/* The same; an error it raises (a value that cannot be sent, memory)
+ * begins with the position that error(msg, where) would name if the Lua
+ * function that called the running C function raised it (where = 0:
+ * none), so a binding raises at its caller's caller's line, say, without
+ * a protected call of its own. */
 size_t lmp_encode_pieces_at(lua_State *L, int idx, const char *root,
                             lmp_buf *b, lmp_pieces *pc, int where);
 /* The same for the array of the n values on the stack from index first,
@@ -383,13 +387,6 @@ typedef struct lmp_span {
   size_t n, nobj;
 } lmp_span;
 void lmp_msg_push_array(lua_State *L, const lmp_span *s, int n);
-/* Pushes a new Message of the value at idx (as core.message(v, root)).
- * An error it raises (a value that cannot be sent, memory) begins with
- * the position that error(msg, where) would name if the Lua function
- * that called the running C function raised it (where = 0: none); so a
- * binding raises at its caller's caller's line, say, without a protected
- * call of its own. */
-void lmp_msg_encode(lua_State *L, int idx, const char *root, int where);
 /* The bytes of the Message at idx (and how many objects it holds, when
  * nobj is not NULL), or NULL if it is not a Message; raises if it is
  * closed. */

@@ -1266,10 +1266,6 @@ static int message(lua_State *L, const char *root, const lua_Integer *slice,
   return 1;
 }
 
-void lmp_msg_encode(lua_State *L, int idx, const char *root, int where) {
-  encode(L, idx, root, NULL, NULL, 1, NULL, NULL, 0, where);
-}
-
 /* message(v, [root], [handed]) -> Message.  With the table handed, the
  * message may name Connections, which are listed there (see enchanded):
  * a message that starts a process, handed its descriptors with it. */

@@ -507,10 +507,8 @@ static int board_apply(lua_State *L) {
  * (a map while it adds its chunks, a lazy job while its input lasts). */
 static int board_use(lua_State *L) {
   board *b = checkboard(L);
-  lua_Integer fid = luaL_checkinteger(L, 2);
-  int first;
-  luaL_argcheck(L, fid >= 0 && fid < INT32_MAX, 2, "out of range");
-  if ((first = fid_use(b, (int32_t)fid)) < 0) return nomemory(L);
+  int first = fid_use(b, (int32_t)checkfid(L, 2));
+  if (first < 0) return nomemory(L);
   lua_pushboolean(L, first);
   return 1;
 }
@@ -518,7 +516,7 @@ static int board_use(lua_State *L) {
 /* b:unuse(fid) -> whether fid is now unused: the end of such a use. */
 static int board_unuse(lua_State *L) {
   board *b = checkboard(L);
-  lua_pushboolean(L, fid_unuse(b, (int32_t)luaL_checkinteger(L, 2)));
+  lua_pushboolean(L, fid_unuse(b, (int32_t)checkfid(L, 2)));
   return 1;
 }
 

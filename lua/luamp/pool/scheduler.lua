@@ -122,11 +122,11 @@ end
 -- the function cache knows by identity, the pool runs, no step is under
 -- way, this process is the pool's, its transport has no check, and no
 -- other apply ran while the arguments were encoded (a metamethod's, a
--- finalizer's): the caller then takes the general way (submit).  Arguments that are not a
--- table (fname's argument 2) or cannot be sent raise at `level`, as
--- error(e, level) in the caller would.  Nothing here needs `locked`: the
--- board is whole whenever its allocations may run a finalizer (before the
--- task is added).
+-- finalizer's): the caller then takes the general way (submit).
+-- Arguments that are not a table (fname's argument 2) or cannot be sent
+-- raise at `level`, as error(e, level) in the caller would.  Nothing
+-- here needs `locked`: the board is whole whenever its allocations may
+-- run a finalizer (before the task is added).
 function S:apply(mt, pool, f, args, callback, errback, limit, depth, fname,
                  level)
   local fid = self.quick[f]
