@@ -21,7 +21,11 @@
  * program that receives big messages makes a big string for each; glibc
  * gives every allocation of that size fresh pages from the kernel, which
  * must be faulted in and zeroed, at a cost several times the copy itself.
- * A kept block has its pages already.
+ * A kept block has its pages already.  And the part of a block that
+ * grows by LMP_POPULATE_MIN or more has its fresh pages faulted in at once
+ * (lmp_populate), since Lua writes all of it (a table's slots, a string's
+ * bytes, a message's), rather than in a trap for each page as it writes:
+ * a 200k-item map's table of results is some 800 pages.
  */
 #define BIG_BLOCK ((size_t)1 << 20)
 #define KEEP_BLOCKS 4
@@ -92,6 +96,12 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (ptr == NULL && nsize >= BIG_BLOCK) {
     void *p = take_kept(h, nsize);
     if (p != NULL) return p;
+  }
+  if (ptr == NULL) osize = 0; /* osize was the kind of object */
+  if (nsize >= osize + LMP_POPULATE_MIN) {
+    char *p = realloc(ptr, nsize);
+    if (p != NULL) lmp_populate(p + osize, nsize - osize);
+    return p;
   }
   return realloc(ptr, nsize);
 }

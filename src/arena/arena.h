@@ -59,6 +59,15 @@ void *lmp_calloc(size_t n);
 void lmp_free(void *p);
 size_t lmp_usable(const void *p); /* bytes the block can hold */
 
+/* Faults in, for writing, the pages that hold [p, p + n) and are not yet
+ * this process's own, in one system call rather than a trap for each page
+ * at its first write.  For memory about to be written whole (a large
+ * block just allocated).  Below LMP_POPULATE_MIN bytes it does nothing;
+ * 0, or -errno (-EINVAL: a kernel before 5.14, which lacks
+ * MADV_POPULATE_WRITE; it is not asked again). */
+#define LMP_POPULATE_MIN ((size_t)64 << 10)
+int lmp_populate(void *p, size_t n);
+
 typedef struct lmp_arena_stats {
   size_t size;      /* bytes reserved for the arena */
   size_t used;      /* bytes in allocated blocks, headers included */

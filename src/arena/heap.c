@@ -539,6 +539,9 @@ static void *heap_alloc(size_t n, int phased, lmp_off *tag, lmp_off v,
     errno = ENOMEM;
     return NULL;
   }
+  /* A large block is a message about to be copied in, or an object about
+   * to be made: its pages are this process's at once. */
+  lmp_populate(lmp_base + off + TAG, n);
   return lmp_base + off + TAG;
 }
 
@@ -595,6 +598,22 @@ static void free_locked(lmp_off off, lmp_off clear) {
   }
   op_end();
   if (dropping) madvise((void *)drop[0], drop[1] - drop[0], MADV_REMOVE);
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+
+int lmp_populate(void *p, size_t n) {
+  static int unsupported;
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), from, to;
+  if (n < LMP_POPULATE_MIN) return 0;
+  if (unsupported) return -EINVAL;
+  from = (uintptr_t)p & ~(page - 1);
+  to = ((uintptr_t)p + n + page - 1) & ~(page - 1);
+  if (madvise((void *)from, to - from, MADV_POPULATE_WRITE) == 0) return 0;
+  if (errno == EINVAL) unsupported = 1;
+  return -errno;
 }
 
 void lmp_heap_free(void *p, lmp_off *clear) {

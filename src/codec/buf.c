@@ -13,7 +13,8 @@
 /* The buffer doubles, so that a message built from many small appends
  * copies each byte a bounded number of times; but an append that doubling
  * would not hold gets exactly the room it asks for, so that a big string is
- * copied in once and carries no slack. */
+ * copied in once and carries no slack.  The room it makes is faulted in
+ * at once (lmp_populate): a message fills at least half of it. */
 int lmp_buf_reserve(lmp_buf *b, size_t extra) {
   size_t cap;
   char *p;
@@ -23,6 +24,7 @@ int lmp_buf_reserve(lmp_buf *b, size_t extra) {
   if (cap < b->len + extra) cap = b->len + extra;
   p = realloc(b->data, cap);
   if (p == NULL) return -ENOMEM;
+  lmp_populate(p + b->len, cap - b->len);
   b->data = p;
   b->cap = cap;
   return 0;

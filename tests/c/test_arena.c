@@ -1,6 +1,7 @@
 /* test_arena.c -- unit tests of the shared arena: allocation patterns,
  * several processes allocating at once, exhaustion, object references and
  * the release of a killed process's references. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -560,6 +561,31 @@ static void test_large_keep_pages(void) {
   check_heap("after the large blocks");
 }
 
+/* lmp_populate faults in the pages that hold a large range, and leaves a
+ * small range, and the pages around the large one, to their first
+ * write. */
+static void test_populate(void) {
+  enum { PAGE = 4096, PAGES = 256 };
+  char *m = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  int rc;
+  ASSERT_TRUE(m != MAP_FAILED);
+  ASSERT_EQ(lmp_populate(m + PAGE + 100, LMP_POPULATE_MIN - 1), 0);
+  ASSERT_EQ(resident(m + PAGE, PAGE), 0);
+  rc = lmp_populate(m + 4 * PAGE + 100, 64 * PAGE);
+  if (rc == -EINVAL) { /* a kernel before 5.14 */
+    fprintf(stderr, "  (MADV_POPULATE_WRITE unsupported: not checked)\n");
+    munmap(m, PAGES * PAGE);
+    return;
+  }
+  ASSERT_EQ(rc, 0);
+  ASSERT_EQ(resident(m + 4 * PAGE, 65 * PAGE), 1); /* 100 bytes into 68 */
+  ASSERT_EQ(resident(m + 3 * PAGE, PAGE), 0);
+  ASSERT_EQ(resident(m + 69 * PAGE, PAGE), 0);
+  ASSERT_EQ(m[4 * PAGE + 100], 0); /* still zero: nothing written */
+  munmap(m, PAGES * PAGE);
+}
+
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_parse_size),    CHECK(test_patterns),
@@ -569,7 +595,7 @@ int main(void) {
     CHECK(test_large_keep_pages), CHECK(test_counted_cut_short),
     CHECK(test_counted_killed),   CHECK(test_counted_dead_marker),
     CHECK(test_destroy_killed),
-    CHECK(test_killed_in_the_middle),
+    CHECK(test_killed_in_the_middle), CHECK(test_populate),
   };
   int rc = lmp_arena_init(64u << 20);
   if (rc < 0) {
