@@ -170,6 +170,35 @@ describe("Pool", function()
       assert.are.equal("incremental", chosen:apply(mode))
     end)
 
+    it("starts its workers' collector afresh, not where the owner's was",
+       function()
+      -- An incremental full collection puts the next off until the heap
+      -- doubles, and going back to generational mode keeps that: a
+      -- worker forked now would fill fresh pages with garbage until its
+      -- heap doubled.  Its own collector collects at a fifth of it.
+      local keep = {}
+      for i = 1, 30000 do keep[i] = {i} end
+      collectgarbage("incremental")
+      collectgarbage()
+      collectgarbage("generational")
+      local pool <close> = mp.Pool(1)
+      local grew, heap = pool:apply(function()
+        local c0 = collectgarbage("count")
+        local prev, t = c0, nil
+        for i = 1, 1e6 do
+          t = {i}
+          local c = collectgarbage("count")
+          if c < prev then return prev - c0, c0 end
+          prev = c
+        end
+        return nil, t
+      end)
+      assert.is_not_nil(grew, "the worker never collected")
+      assert.is_true(grew < heap * 0.35, ("the worker's heap grew by %d "
+        .. "of %d kB before it collected"):format(grew // 1, heap // 1))
+      assert.are.equal(30000, #keep)
+    end)
+
     it("shows its size and state", function()
       local pool = mp.Pool(2)
       assert.are.equal("luamp.Pool (2 processes, RUN)", tostring(pool))

@@ -189,8 +189,14 @@ function M.run(cfg, wid, io)
   -- results, their tables): a generational collector frees it young, at a
   -- fraction of an incremental cycle's cost, and keeps the heap, and so
   -- the pages the worker writes, near what lives.  An initializer may
-  -- choose otherwise.
+  -- choose otherwise.  It starts afresh: the fork's copy of the owner's
+  -- collector may have put its next collection off until the heap grows
+  -- by as much again (after one that freed little), which the worker
+  -- would spend in fresh pages of its own.  Setting the mode forgets
+  -- that, and a step collects what the owner left young and sets the
+  -- next collection at a fifth of the heap.
   collectgarbage("generational")
+  collectgarbage("step")
   if cfg.initializer then
     local ia = cfg.initargs or {}
     local ok, e = xpcall(cfg.initializer, on_error,
