@@ -21,11 +21,12 @@
  * program that receives big messages makes a big string for each; glibc
  * gives every allocation of that size fresh pages from the kernel, which
  * must be faulted in and zeroed, at a cost several times the copy itself.
- * A kept block has its pages already.  And the part of a block that
- * grows by LMP_POPULATE_MIN or more has its fresh pages faulted in at once
- * (lmp_populate), since Lua writes all of it (a table's slots, a string's
- * bytes, a message's), rather than in a trap for each page as it writes:
- * a 200k-item map's table of results is some 800 pages.
+ * A kept block has its pages already.  A block that grows by
+ * LMP_POPULATE_MIN or more into fresh pages (the heap's growth, or a
+ * mapping of its own) has them faulted in at once (lmp_populate_grown),
+ * since Lua writes all of it (a table's slots, a string's bytes, a
+ * message's), rather than in a trap for each page as it writes: a
+ * 200k-item map's table of results is some 800 pages.
  */
 #define BIG_BLOCK ((size_t)1 << 20)
 #define KEEP_BLOCKS 4
@@ -99,8 +100,8 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   if (ptr == NULL) osize = 0; /* osize was the kind of object */
   if (nsize >= osize + LMP_POPULATE_MIN) {
-    char *p = realloc(ptr, nsize);
-    if (p != NULL) lmp_populate(p + osize, nsize - osize);
+    void *brk = lmp_brk(), *p = realloc(ptr, nsize);
+    if (p != NULL) lmp_populate_grown(p, osize, nsize, brk);
     return p;
   }
   return realloc(ptr, nsize);

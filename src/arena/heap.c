@@ -539,9 +539,6 @@ static void *heap_alloc(size_t n, int phased, lmp_off *tag, lmp_off v,
     errno = ENOMEM;
     return NULL;
   }
-  /* A large block is a message about to be copied in, or an object about
-   * to be made: its pages are this process's at once. */
-  lmp_populate(lmp_base + off + TAG, n);
   return lmp_base + off + TAG;
 }
 
@@ -607,13 +604,27 @@ static void free_locked(lmp_off off, lmp_off clear) {
 int lmp_populate(void *p, size_t n) {
   static int unsupported;
   uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), from, to;
-  if (n < LMP_POPULATE_MIN) return 0;
   if (unsupported) return -EINVAL;
   from = (uintptr_t)p & ~(page - 1);
   to = ((uintptr_t)p + n + page - 1) & ~(page - 1);
-  if (madvise((void *)from, to - from, MADV_POPULATE_WRITE) == 0) return 0;
+  if (from == to || madvise((void *)from, to - from, MADV_POPULATE_WRITE) == 0)
+    return 0;
   if (errno == EINVAL) unsupported = 1;
   return -errno;
+}
+
+void *lmp_brk(void) { return sbrk(0); }
+
+void lmp_populate_grown(void *p, size_t osize, size_t n, void *brk) {
+  extern char end; /* the heap begins past it */
+  char *now;
+  if (n < osize + LMP_POPULATE_MIN) return;
+  now = sbrk(0);
+  if ((char *)p >= &end && (char *)p < now) { /* in the heap */
+    if (now > (char *)brk) lmp_populate(brk, (size_t)(now - (char *)brk));
+  } else {
+    lmp_populate((char *)p + osize, n - osize);
+  }
 }
 
 void lmp_heap_free(void *p, lmp_off *clear) {

@@ -13,18 +13,20 @@
 /* The buffer doubles, so that a message built from many small appends
  * copies each byte a bounded number of times; but an append that doubling
  * would not hold gets exactly the room it asks for, so that a big string is
- * copied in once and carries no slack.  The room it makes is faulted in
- * at once (lmp_populate): a message fills at least half of it. */
+ * copied in once and carries no slack.  Fresh room is faulted in at once
+ * (lmp_populate_grown): a message fills at least half of it. */
 int lmp_buf_reserve(lmp_buf *b, size_t extra) {
   size_t cap;
   char *p;
+  void *brk;
   if (b->cap - b->len >= extra) return 0;
   if (extra > SIZE_MAX / 2 - b->len) return -ENOMEM;
   cap = b->cap ? b->cap * 2 : 128;
   if (cap < b->len + extra) cap = b->len + extra;
+  brk = lmp_brk();
   p = realloc(b->data, cap);
   if (p == NULL) return -ENOMEM;
-  lmp_populate(p + b->len, cap - b->len);
+  lmp_populate_grown(p, b->cap, cap, brk);
   b->data = p;
   b->cap = cap;
   return 0;

@@ -561,29 +561,41 @@ static void test_large_keep_pages(void) {
   check_heap("after the large blocks");
 }
 
-/* lmp_populate faults in the pages that hold a large range, and leaves a
- * small range, and the pages around the large one, to their first
- * write. */
+/* lmp_populate_grown faults in the fresh pages of a grown block: the
+ * grown part of a mapping of its own, or the heap's growth during the
+ * call; not a growth below LMP_POPULATE_MIN, nor the heap's pages when
+ * the break did not move. */
 static void test_populate(void) {
-  enum { PAGE = 4096, PAGES = 256 };
+  enum { PAGE = 4096, PAGES = 256, GROW = 64 * PAGE };
   char *m = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  int rc;
+  char *brk0, *brk1;
   ASSERT_TRUE(m != MAP_FAILED);
-  ASSERT_EQ(lmp_populate(m + PAGE + 100, LMP_POPULATE_MIN - 1), 0);
-  ASSERT_EQ(resident(m + PAGE, PAGE), 0);
-  rc = lmp_populate(m + 4 * PAGE + 100, 64 * PAGE);
-  if (rc == -EINVAL) { /* a kernel before 5.14 */
+  if (lmp_populate(m, PAGE) == -EINVAL) { /* a kernel before 5.14 */
     fprintf(stderr, "  (MADV_POPULATE_WRITE unsupported: not checked)\n");
     munmap(m, PAGES * PAGE);
     return;
   }
-  ASSERT_EQ(rc, 0);
+  lmp_populate_grown(m + 4 * PAGE + 100, 0, LMP_POPULATE_MIN - 1, lmp_brk());
+  ASSERT_EQ(resident(m + 4 * PAGE, PAGE), 0);
+  lmp_populate_grown(m + 4 * PAGE + 100, 0, GROW, lmp_brk());
   ASSERT_EQ(resident(m + 4 * PAGE, 65 * PAGE), 1); /* 100 bytes into 68 */
   ASSERT_EQ(resident(m + 3 * PAGE, PAGE), 0);
   ASSERT_EQ(resident(m + 69 * PAGE, PAGE), 0);
-  ASSERT_EQ(m[4 * PAGE + 100], 0); /* still zero: nothing written */
+  ASSERT_EQ(m[4 * PAGE + 100], 0); /* nothing written */
+  lmp_populate_grown(m + 100 * PAGE, 32 * PAGE, 96 * PAGE, lmp_brk());
+  ASSERT_EQ(resident(m + 132 * PAGE, 64 * PAGE), 1);
+  ASSERT_EQ(resident(m + 131 * PAGE, PAGE), 0); /* the old part: not asked */
   munmap(m, PAGES * PAGE);
+  /* The heap: its growth, only when the break moved during the call. */
+  brk0 = lmp_brk();
+  ASSERT_TRUE(sbrk(GROW) != (void *)-1);
+  brk1 = lmp_brk();
+  lmp_populate_grown(brk0, 0, GROW, brk1);
+  ASSERT_EQ(resident(brk0, (size_t)(brk1 - brk0)), 0);
+  lmp_populate_grown(brk0, 0, GROW, brk0);
+  ASSERT_EQ(resident(brk0, (size_t)(brk1 - brk0)), 1);
+  ASSERT_TRUE(sbrk(-(intptr_t)GROW) != (void *)-1);
 }
 
 int main(void) {
