@@ -63,17 +63,18 @@ size_t lmp_usable(const void *p); /* bytes the block can hold */
  * call rather than a trap for each page at its first write: for fresh
  * memory about to be written.  0, or -errno (-EINVAL: a kernel before
  * 5.14, which lacks MADV_POPULATE_WRITE; it is not asked again).  A page
- * that is already the process's costs a walk of the page tables, which on
- * a virtual machine comes near a fault's cost: hence lmp_populate_grown,
- * which asks only for pages that are surely fresh. */
+ * that is already the process's is walked for nothing, and on a virtual
+ * machine that walk costs more than writing the page: hence
+ * lmp_populate_grown, which asks only for pages that are surely fresh. */
 int lmp_populate(void *p, size_t n);
 
 /* For a block of the process's heap that realloc grew from osize to n
  * bytes (p its address now, brk the heap's break before the call, from
  * lmp_brk): faults in the pages that are surely fresh, and only those,
  * the heap's growth during the call, or the grown part of a block that
- * has a mapping of its own (glibc gives a large block one).  Does nothing
- * for a growth below LMP_POPULATE_MIN bytes. */
+ * has a mapping of its own (glibc gives a large block one; a block of
+ * another thread's arena is taken for one, and its pages may be walked
+ * for nothing).  Does nothing for a growth below LMP_POPULATE_MIN bytes. */
 #define LMP_POPULATE_MIN ((size_t)16 << 10)
 void *lmp_brk(void);
 void lmp_populate_grown(void *p, size_t osize, size_t n, void *brk);
