@@ -208,6 +208,36 @@ static void preload_front(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* A stock lua5.4's allocator, wrapped so that a block that grows into
+ * fresh pages has them faulted in at once, as the host's allocator does
+ * (host.c).  The first allocator wrapped is the only one: a state with
+ * another keeps its own as it is. */
+static struct {
+  lua_Alloc f;
+  void *ud;
+} stock;
+
+static void *stock_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  size_t had = ptr == NULL ? 0 : osize; /* else osize is the object's kind */
+  void *brk, *p;
+  if (nsize < had + LMP_POPULATE_MIN) return stock.f(ud, ptr, osize, nsize);
+  brk = lmp_brk();
+  p = stock.f(ud, ptr, osize, nsize);
+  if (p != NULL) lmp_populate_grown(p, had, nsize, brk);
+  return p;
+}
+
+static void wrap_stock_alloc(lua_State *L) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(L, &ud);
+  if (f == stock_alloc) return;
+  if (stock.f == NULL) {
+    stock.f = f;
+    stock.ud = ud;
+  }
+  if (f == stock.f && ud == stock.ud) lua_setallocf(L, stock_alloc, ud);
+}
+
 /* Replaces os.exit in the state's os table, if it has one. */
 static void patch_os_exit(lua_State *L) {
   if (lua_getglobal(L, "os") == LUA_TTABLE) {
@@ -245,6 +275,7 @@ LUAMP_EXPORT int luaopen_luamp(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, "luamp.sentinel");
+    wrap_stock_alloc(L);
   }
   lua_pop(L, 1);
   lua_getglobal(L, "require");
