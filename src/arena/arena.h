@@ -72,9 +72,9 @@ int lmp_populate(void *p, size_t n);
  * bytes (p its address now, brk the heap's break before the call, from
  * lmp_brk): faults in the pages that are surely fresh, and only those,
  * the heap's growth during the call, or the grown part of a block that
- * has a mapping of its own (glibc gives a large block one; a block of
- * another thread's arena is taken for one, and its pages may be walked
- * for nothing).  Does nothing for a growth below LMP_POPULATE_MIN bytes. */
+ * glibc gave a mapping of its own (as it does a large block: the block
+ * starts two words into a page, outside the heap).  Does nothing for a
+ * growth below LMP_POPULATE_MIN bytes. */
 #define LMP_POPULATE_MIN ((size_t)16 << 10)
 void *lmp_brk(void);
 void lmp_populate_grown(void *p, size_t osize, size_t n, void *brk);

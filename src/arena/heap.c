@@ -622,7 +622,11 @@ void lmp_populate_grown(void *p, size_t osize, size_t n, void *brk) {
   now = sbrk(0);
   if ((char *)p >= &end && (char *)p < now) { /* in the heap */
     if (now > (char *)brk) lmp_populate(brk, (size_t)(now - (char *)brk));
-  } else {
+  } else if (((uintptr_t)p & ((uintptr_t)getpagesize() - 1)) ==
+             2 * sizeof(size_t)) {
+    /* glibc's mapping of one large block: a page-aligned mapping whose
+     * first two words are the block's header.  (Another allocator's
+     * block, or one of another thread's arena, is not taken for one.) */
     lmp_populate((char *)p + osize, n - osize);
   }
 }

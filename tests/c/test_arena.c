@@ -562,11 +562,13 @@ static void test_large_keep_pages(void) {
 }
 
 /* lmp_populate_grown faults in the fresh pages of a grown block: the
- * grown part of a mapping of its own, or the heap's growth during the
- * call; not a growth below LMP_POPULATE_MIN, nor the heap's pages when
- * the break did not move. */
+ * grown part of glibc's mapping of one block (which starts two words into
+ * a page), or the heap's growth during the call; not a growth below
+ * LMP_POPULATE_MIN, nor another allocator's block, nor the heap's pages
+ * when the break did not move. */
 static void test_populate(void) {
   enum { PAGE = 4096, PAGES = 256, GROW = 64 * PAGE };
+  const size_t head = 2 * sizeof(size_t); /* glibc's block header */
   char *m = mmap(NULL, PAGES * PAGE, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   char *brk0, *brk1;
@@ -576,15 +578,19 @@ static void test_populate(void) {
     munmap(m, PAGES * PAGE);
     return;
   }
-  lmp_populate_grown(m + 4 * PAGE + 100, 0, LMP_POPULATE_MIN - 1, lmp_brk());
+  lmp_populate_grown(m + 4 * PAGE + head, 0, LMP_POPULATE_MIN - 1,
+                     lmp_brk());
   ASSERT_EQ(resident(m + 4 * PAGE, PAGE), 0);
   lmp_populate_grown(m + 4 * PAGE + 100, 0, GROW, lmp_brk());
-  ASSERT_EQ(resident(m + 4 * PAGE, 65 * PAGE), 1); /* 100 bytes into 68 */
+  ASSERT_EQ(resident(m + 4 * PAGE, PAGE), 0); /* not glibc's mapping */
+  lmp_populate_grown(m + 4 * PAGE + head, 0, GROW, lmp_brk());
+  ASSERT_EQ(resident(m + 4 * PAGE, 65 * PAGE), 1); /* a few bytes into 68 */
   ASSERT_EQ(resident(m + 3 * PAGE, PAGE), 0);
   ASSERT_EQ(resident(m + 69 * PAGE, PAGE), 0);
-  ASSERT_EQ(m[4 * PAGE + 100], 0); /* nothing written */
-  lmp_populate_grown(m + 100 * PAGE, 32 * PAGE, 96 * PAGE, lmp_brk());
-  ASSERT_EQ(resident(m + 132 * PAGE, 64 * PAGE), 1);
+  ASSERT_EQ(m[4 * PAGE + head], 0); /* nothing written */
+  lmp_populate_grown(m + 100 * PAGE + head, 32 * PAGE, 96 * PAGE,
+                     lmp_brk());
+  ASSERT_EQ(resident(m + 133 * PAGE, 63 * PAGE), 1);
   ASSERT_EQ(resident(m + 131 * PAGE, PAGE), 0); /* the old part: not asked */
   munmap(m, PAGES * PAGE);
   /* The heap: its growth, only when the break moved during the call. */
