@@ -501,6 +501,22 @@ static int readable_now(void *ud) {
   return lmp_fd_ready(((conn *)ud)->fd, POLLIN) != 0;
 }
 
+/* The same spin while no byte of a message has come: each round tries to
+ * read its header instead of polling, so that the read that finds the
+ * message has taken its header too, a system call fewer on the way of
+ * every message.  It reads no further than the header (no byte of the
+ * next message is taken), and is ready when it read some, or met the end
+ * of the stream or an error (which read_frame's own read meets next). */
+static int header_now(void *ud) {
+  conn *c = ud;
+  ssize_t r = read(c->fd, c->hdr + c->hgot, 4 - c->hgot);
+  if (r > 0) {
+    c->hgot += (size_t)r;
+    return 1;
+  }
+  return r == 0 || (errno != EAGAIN && errno != EINTR);
+}
+
 static lmp_spinner recv_spinner; /* this process's, for every connection */
 
 /* Reads one whole message from the descriptor, and no byte beyond it: on
@@ -542,7 +558,16 @@ static void read_frame(lua_State *L, conn *c) {
     }
     if (errno == EINTR) continue;
     if (errno != EAGAIN) lmp_raise_errno(L, -errno, "cannot receive");
-    if (!lmp_spin(readable_now, c, &recv_spinner, LMP_SPIN_PIPE, 1)) {
+    if (!body && c->hgot < 4) {
+      size_t had = c->hgot;
+      if (lmp_spin(header_now, c, &recv_spinner, LMP_SPIN_PIPE, 1)) {
+        if (c->hgot > had && header_done(c, &c->n, &want)) make_room(L, c);
+        continue;
+      }
+    } else if (lmp_spin(readable_now, c, &recv_spinner, LMP_SPIN_PIPE, 1)) {
+      continue;
+    }
+    {
       int rc = lmp_wait_fd(L, c->fd, POLLIN, -1);
       if (rc < 0) lmp_raise_errno(L, rc, "cannot receive");
     }

@@ -538,6 +538,68 @@ describe("Pipe", function()
       b:close()
       go:close()
     end)
+    it("waits through a header that comes a byte at a time, and takes no "
+       .. "byte of the message after it", function()
+      local a, b = mp.Pipe(false)
+      local p = spawn(function()
+        local f = assert(io.open("/proc/self/fd/" .. b:fileno(), "wb"))
+        f:setvbuf("no")
+        for _, c in ipairs{"\0", "\0", "\0", "\5"} do
+          f:write(c) -- the reader meets each part of the header alone
+          mp.sleep(0.02)
+        end
+        f:write("hello", "\0\0\0\3", "abc", "\0\0")
+        f:close()
+      end)
+      b:close() -- the child's is the only writer: its end ends the stream
+      assert.are.equal("hello", a:recv_bytes())
+      assert.are.equal("abc", a:recv_bytes())
+      local ok, e = pcall(a.recv_bytes, a)
+      assert.is_false(ok)
+      assert.are.equal("EOFError", e.type)
+      assert.are.equal("connection closed in the middle of a message",
+                       e.message)
+      finish(p)
+      a:close()
+    end)
+
+    it("keeps a fast exchange of small messages whole and apart (a reader "
+       .. "that spins reads no further than a header)", function()
+      -- Both ends in children, so that a stream out of step fails the
+      -- join rather than hang the spec.
+      local a, b = mp.Pipe()
+      local echo = spawn(function()
+        a:close()
+        while true do
+          local m = b:recv_bytes()
+          if m == "" then break end
+          b:send_bytes(m)
+        end
+      end)
+      local driver = spawn(function()
+        b:close()
+        for i = 1, 3000 do
+          local m = ("x"):rep(i % 41) .. i
+          a:send_bytes(m)
+          local got = a:recv_bytes()
+          if got ~= m then
+            error(("round trip %d: sent %q, got %q"):format(i, m, got))
+          end
+        end
+        a:send_bytes("")
+      end)
+      a:close()
+      b:close()
+      finally(function()
+        for _, p in ipairs{driver, echo} do
+          if p:is_alive() then p:kill() end
+          p:join()
+        end
+      end)
+      finish(driver, " (the driver)")
+      finish(echo, " (the echo)")
+    end)
+
     it("raises EOFError when the other end closes inside a message",
        function()
       local a, b = mp.Pipe(false)
