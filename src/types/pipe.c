@@ -30,8 +30,9 @@
  * read by one process and then another (a child, the parent), or polled by
  * one and read by another, and no message is lost or read twice; `poll`
  * asks the kernel and takes nothing.  The descriptors are non-blocking: a
- * reader with nothing to read polls a little first (readable_now), then
- * sleeps in lmp_wait_fds, where Ctrl-C and child reaping still reach it.  A message whose reading was cut short (Ctrl-C
+ * reader with nothing to read spins a little first (header_now,
+ * readable_now), then sleeps in lmp_wait_fds, where Ctrl-C and child
+ * reaping still reach it.  A message whose reading was cut short (Ctrl-C
  * in the middle of a large one) stays begun in this process, and its next
  * recv finishes it.
  */
