@@ -218,13 +218,9 @@ static struct {
 } stock;
 
 static void *stock_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  size_t had = ptr == NULL ? 0 : osize; /* else osize is the object's kind */
-  void *brk, *p;
-  if (nsize < had + LMP_POPULATE_MIN) return stock.f(ud, ptr, osize, nsize);
-  brk = lmp_brk();
-  p = stock.f(ud, ptr, osize, nsize);
-  if (p != NULL) lmp_populate_grown(p, had, nsize, brk);
-  return p;
+  /* (For a new block, osize is the kind of object.) */
+  return lmp_realloc_fresh(stock.f, ud, ptr, osize, ptr == NULL ? 0 : osize,
+                           nsize);
 }
 
 static void wrap_stock_alloc(lua_State *L) {

@@ -98,13 +98,9 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     void *p = take_kept(h, nsize);
     if (p != NULL) return p;
   }
-  if (ptr == NULL) osize = 0; /* osize was the kind of object */
-  if (nsize >= osize + LMP_POPULATE_MIN) {
-    void *brk = lmp_brk(), *p = realloc(ptr, nsize);
-    if (p != NULL) lmp_populate_grown(p, osize, nsize, brk);
-    return p;
-  }
-  return realloc(ptr, nsize);
+  /* (For a new block, osize is the kind of object.) */
+  return lmp_realloc_fresh(lmp_realloc_plain, NULL, ptr, osize,
+                           ptr == NULL ? 0 : osize, nsize);
 }
 
 /* The message handler: a traceback for strings, tostring for objects; it

@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* ------------------------------------------------------------- memory */
 
@@ -73,11 +74,32 @@ int lmp_populate(void *p, size_t n);
  * lmp_brk): faults in the pages that are surely fresh, and only those,
  * the heap's growth during the call, or the grown part of a block that
  * glibc gave a mapping of its own (as it does a large block: the block
- * starts two words into a page, outside the heap).  Does nothing for a
- * growth below LMP_POPULATE_MIN bytes. */
+ * starts two words into a page, outside the heap).  For a growth of
+ * LMP_POPULATE_MIN bytes or more: lmp_realloc_fresh asks no less. */
 #define LMP_POPULATE_MIN ((size_t)16 << 10)
 void *lmp_brk(void);
 void lmp_populate_grown(void *p, size_t osize, size_t n, void *brk);
+
+/* f(ud, ptr, osize, n), a realloc in the shape of a lua_Alloc, for a block
+ * that held `had` bytes (0 for a new one): when it grows by
+ * LMP_POPULATE_MIN or more, its fresh pages are faulted in at once
+ * (lmp_populate_grown).  A smaller one costs a compare. */
+typedef void *(*lmp_realloc_fn)(void *ud, void *ptr, size_t osize, size_t n);
+static inline void *lmp_realloc_plain(void *ud, void *ptr, size_t osize,
+                                      size_t n) {
+  (void)ud;
+  (void)osize;
+  return realloc(ptr, n);
+}
+static inline void *lmp_realloc_fresh(lmp_realloc_fn f, void *ud, void *ptr,
+                                      size_t osize, size_t had, size_t n) {
+  void *brk, *p;
+  if (n < had + LMP_POPULATE_MIN) return f(ud, ptr, osize, n);
+  brk = lmp_brk();
+  p = f(ud, ptr, osize, n);
+  if (p != NULL) lmp_populate_grown(p, had, n, brk);
+  return p;
+}
 
 typedef struct lmp_arena_stats {
   size_t size;      /* bytes reserved for the arena */

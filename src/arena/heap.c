@@ -617,9 +617,7 @@ void *lmp_brk(void) { return sbrk(0); }
 
 void lmp_populate_grown(void *p, size_t osize, size_t n, void *brk) {
   extern char end; /* the heap begins past it */
-  char *now;
-  if (n < osize + LMP_POPULATE_MIN) return;
-  now = sbrk(0);
+  char *now = sbrk(0);
   if ((char *)p >= &end && (char *)p < now) { /* in the heap */
     if (now > (char *)brk) lmp_populate(brk, (size_t)(now - (char *)brk));
   } else if (((uintptr_t)p & ((uintptr_t)getpagesize() - 1)) ==

@@ -18,15 +18,12 @@
 int lmp_buf_reserve(lmp_buf *b, size_t extra) {
   size_t cap;
   char *p;
-  void *brk;
   if (b->cap - b->len >= extra) return 0;
   if (extra > SIZE_MAX / 2 - b->len) return -ENOMEM;
   cap = b->cap ? b->cap * 2 : 128;
   if (cap < b->len + extra) cap = b->len + extra;
-  brk = lmp_brk();
-  p = realloc(b->data, cap);
+  p = lmp_realloc_fresh(lmp_realloc_plain, NULL, b->data, b->cap, b->cap, cap);
   if (p == NULL) return -ENOMEM;
-  lmp_populate_grown(p, b->cap, cap, brk);
   b->data = p;
   b->cap = cap;
   return 0;

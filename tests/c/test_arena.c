@@ -561,11 +561,19 @@ static void test_large_keep_pages(void) {
   check_heap("after the large blocks");
 }
 
+/* A realloc that returns the block ud names, wherever it is. */
+static void *at(void *ud, void *ptr, size_t osize, size_t n) {
+  (void)ptr;
+  (void)osize;
+  (void)n;
+  return ud;
+}
+
 /* lmp_populate_grown faults in the fresh pages of a grown block: the
  * grown part of glibc's mapping of one block (which starts two words into
  * a page), or the heap's growth during the call; not a growth below
- * LMP_POPULATE_MIN, nor another allocator's block, nor the heap's pages
- * when the break did not move. */
+ * LMP_POPULATE_MIN (lmp_realloc_fresh asks for none), nor another
+ * allocator's block, nor the heap's pages when the break did not move. */
 static void test_populate(void) {
   enum { PAGE = 4096, PAGES = 256, GROW = 64 * PAGE };
   const size_t head = 2 * sizeof(size_t); /* glibc's block header */
@@ -578,12 +586,13 @@ static void test_populate(void) {
     munmap(m, PAGES * PAGE);
     return;
   }
-  lmp_populate_grown(m + 4 * PAGE + head, 0, LMP_POPULATE_MIN - 1,
-                     lmp_brk());
+  ASSERT_TRUE(lmp_realloc_fresh(at, m + 4 * PAGE + head, NULL, 0, 0,
+                                LMP_POPULATE_MIN - 1) == m + 4 * PAGE + head);
   ASSERT_EQ(resident(m + 4 * PAGE, PAGE), 0);
   lmp_populate_grown(m + 4 * PAGE + 100, 0, GROW, lmp_brk());
   ASSERT_EQ(resident(m + 4 * PAGE, PAGE), 0); /* not glibc's mapping */
-  lmp_populate_grown(m + 4 * PAGE + head, 0, GROW, lmp_brk());
+  ASSERT_TRUE(lmp_realloc_fresh(at, m + 4 * PAGE + head, NULL, 0, 0,
+                                GROW) == m + 4 * PAGE + head);
   ASSERT_EQ(resident(m + 4 * PAGE, 65 * PAGE), 1); /* a few bytes into 68 */
   ASSERT_EQ(resident(m + 3 * PAGE, PAGE), 0);
   ASSERT_EQ(resident(m + 69 * PAGE, PAGE), 0);
