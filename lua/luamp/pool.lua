@@ -216,6 +216,11 @@ function Pool:_wait_until(done, timeout, level)
     error("the pool belongs to another process", level + 2)
   end
   local sched = self._sched
+  if not pools[self] then -- joined or terminated: all has come there is
+    if done() then return true end
+    error("the pool has ended: what it was waiting for will not come",
+          level + 2)
+  end
   local deadline = timeout and monotonic() + timeout
   while true do
     sched:pump()
@@ -631,6 +636,7 @@ function Pool:join()
   checkself(self, Pool, "join")
   local sched = self._sched
   if sched.state == RUN then error("Pool is still running", 2) end
+  if self._joined then return end -- again: nothing left to wait for
   -- Once every worker has ended, one more step: it takes the results the
   -- last ones sent as they ended, or starts workers for tasks still to
   -- run (a worker that reached maxtasksperchild just then).
@@ -641,6 +647,7 @@ function Pool:join()
   end, nil, 1)
   locked(sched, sched.release_workers)
   detach(self)
+  self._joined = true
 end
 
 Pool.__close = Pool.terminate

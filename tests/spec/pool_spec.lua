@@ -304,6 +304,23 @@ describe("Pool", function()
       assert.are.equal(102, pool:apply(count))
     end)
 
+    it("keeps its copy when batches sent before it was heard to have it "
+       .. "carry the function again", function()
+      -- Six tasks at once: their batches all leave before the worker's
+      -- first outcome says that it has the function, and each carries it.
+      local pool <close> = mp.Pool(1)
+      local n = 0
+      local function count() n = n + 1; return n end
+      local rs = {}
+      for i = 1, 6 do rs[i] = pool:apply_async(count) end
+      for i = 1, 6 do assert.are.equal(i, rs[i]:get(5)) end
+      local m = 0
+      local function count2() m = m + 1; return m end
+      local got = pool:map(count2, range(1, 6), 1)
+      assert.are.same({1, 2, 3, 4, 5, 6}, {table.unpack(got, 1, 6)})
+      assert.are.equal(7, pool:apply(count2))
+    end)
+
     it("sends again a function it has forgotten", function()
       -- 80 functions without upvalues, known by identity: more than the
       -- 64 idle ones it keeps, so the first are forgotten, here and in
@@ -1189,6 +1206,40 @@ describe("Pool", function()
       assert.is_true(calls <= 1000 + workers * 4 + 4, "imap_unordered read "
         .. calls .. " items for 1000 results")
     end)
+
+    it("runs the rest of its input on close and join, after a loop left "
+       .. "early, whether its iterator is kept or collected", function()
+      -- In a process of its own, under a time limit: a join that waits
+      -- for input nobody reads fails the test rather than hangs it.
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        for _, keep in ipairs{true, false} do
+          local pool = mp.Pool(2)
+          local ran = mp.Value("i", 0)
+          local function task(x)
+            ran:add(1)
+            return x * x
+          end
+          local read = 0
+          local function input()
+            if read < 100 then read = read + 1; return read end
+          end
+          local it = pool:imap(task, input)
+          for v in it do if v >= 9 then break end end
+          if not keep then it = nil; collectgarbage(); collectgarbage() end
+          pool:close()
+          pool:join()
+          local rest = {}
+          if keep then for v in it do rest[#rest + 1] = v end end
+          print(keep, read, ran.value, #rest, rest[1], rest[#rest],
+                #mp.active_children())
+        end
+      ]], "timeout 60")
+      assert.are.equal("", err)
+      assert.are.equal(0, status)
+      assert.are.equal("true\t100\t100\t97\t16\t10000\t0\n"
+        .. "false\t100\t100\t0\tnil\tnil\t0\n", out)
+    end)
   end)
 
   describe("close, terminate and join", function()
@@ -1209,6 +1260,27 @@ describe("Pool", function()
       assert.are.equal(0, #mp.active_children())
       assert.are.equal(100, r:get(0)[10])
       assert.are.equal(25, a:get(0))
+    end)
+
+    it("join again returns; an ended pool's results and iterators give "
+       .. "what came", function()
+      local pool = mp.Pool(2)
+      local r = pool:apply_async(sqr, {6})
+      local it = pool:imap(sqr, {1, 2, 3})
+      assert.are.same({n = 3, 1, 4, 9}, drain(it))
+      pool:close()
+      pool:join()
+      pool:join()
+      assert.is_nil(it())
+      assert.is_nil(it())
+      assert.are.equal(36, r:get())
+      assert.is_true(r:ready())
+      local p2 = mp.Pool(1)
+      local r2 = p2:apply_async(sqr, {2, 10})
+      p2:terminate()
+      p2:join()
+      p2:join()
+      raises(mp.ProcessError, "the pool was terminated", r2.get, r2, 1)
     end)
 
     it("every submit raises \"Pool not running\" after close or terminate",

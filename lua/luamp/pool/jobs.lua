@@ -300,11 +300,15 @@ end
 
 -- Whether it may read more of its input now: the input is not over and
 -- not being read (the input's own luamp calls run the pool meanwhile),
--- and not too much is in flight or waiting to be taken.
-function Lazy:wants_more()
+-- and not too much is in flight or waiting to be taken.  Once the pool is
+-- closing, results that wait to be taken no longer hold the input back:
+-- all of it is work the pool was given, and its workers leave only when
+-- that is done, taken or not (as Python's imap, which reads its whole
+-- input at once).
+function Lazy:wants_more(closing)
   return not self.exhausted and not self.reading
     and self.inflight < self.window
-    and self.pos - self.yielded < self.window * self.chunksize
+    and (closing or self.pos - self.yielded < self.window * self.chunksize)
 end
 
 -- Reads the next chunk of the input: the items, at their places in the

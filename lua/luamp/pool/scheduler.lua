@@ -470,7 +470,8 @@ end
 local function refill(self)
   local added = false
   for job in pairs(self.lazy) do
-    while job:wants_more() and self.state ~= M.TERMINATE do
+    while self.state ~= M.TERMINATE and job:wants_more(self.state == M.CLOSE)
+    do
       local items, at, n = job:read()
       if n > 0 then
         local ok, am = pcall(message_slice, items, at, at + n - 1,

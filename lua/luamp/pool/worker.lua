@@ -220,8 +220,13 @@ function M.run(cfg, wid, io)
       for _, fid in ipairs(b.drop) do funcs[fid] = nil end
       holds = true -- its upvalues, maybe
     end
+    -- A function comes with every batch sent before this worker was
+    -- heard to have it; the copy it has stays, with what its tasks left
+    -- in its upvalues.
     if b.funcs then
-      for fid, fm in pairs(b.funcs) do funcs[fid] = open(fm) end
+      for fid, fm in pairs(b.funcs) do
+        if funcs[fid] == nil then funcs[fid] = open(fm) else fm:close() end
+      end
     end
     done = done + M.run_batch(b, funcs, io)
     if maxt and done >= maxt then break end
