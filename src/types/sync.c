@@ -175,7 +175,7 @@ typedef struct sem {
  * exits cleanly drops its records: see sem_exit); returns how many.  A
  * bounded semaphore never goes above its start value. */
 static int32_t reclaim(sem *s) {
-  int32_t back = 0;
+  int64_t back = 0, most = s->h.kind == K_BSEM ? s->maxvalue : INT32_MAX;
   int i;
   for (i = 0; i < MAX_HOLDERS; i++) {
     if (s->holders[i].pid != 0 && lmp_pid_dead(s->holders[i].pid)) {
@@ -184,11 +184,10 @@ static int32_t reclaim(sem *s) {
       s->holders[i].n = 0;
     }
   }
-  if (s->h.kind == K_BSEM && s->value + back > s->maxvalue)
-    back = s->maxvalue - s->value;
+  if (s->value + back > most) back = most - s->value;
   if (back < 0) back = 0;
-  s->value += back;
-  return back;
+  s->value += (int32_t)back;
+  return (int32_t)back;
 }
 
 /* Records that `me` took (delta > 0) or gave back (delta < 0) units.  A
@@ -285,10 +284,12 @@ static int sem_acquire(lua_State *L, sem *s, double deadline, int *died) {
   return rc;
 }
 
-/* 0, or -ERANGE for a bounded semaphore released above its start. */
+/* 0, or -ERANGE for a bounded semaphore released above its start, or any
+ * released above the largest count it can hold (INT32_MAX). */
 static int sem_release(sem *s, int32_t n) {
+  int64_t most = s->h.kind == K_BSEM ? s->maxvalue : INT32_MAX;
   lmp_guard_lock(&s->g, &s->h);
-  if (s->h.kind == K_BSEM && s->value + n > s->maxvalue) {
+  if ((int64_t)s->value + n > most) {
     lmp_guard_unlock(&s->g);
     return -ERANGE;
   }
@@ -307,8 +308,6 @@ typedef struct event {
   lmp_obj h;
   _Atomic uint32_t flag, seq;
 } event;
-
-static int event_is(void *ud) { return atomic_load(&((event *)ud)->flag); }
 
 /* --------------------------------------------------------- Lua bindings */
 
@@ -387,8 +386,8 @@ static int sem_acquire_l(lua_State *L) {
 static int sem_release_l(lua_State *L) {
   sem *s = (sem *)lmp_checkobj(L, 1);
   lua_Integer n = luaL_optinteger(L, 2, 1);
-  luaL_argcheck(L, n >= 1 && n <= INT_MAX, 2, "n must be at least 1");
-  if (sem_release(s, (int32_t)n) < 0)
+  luaL_argcheck(L, n >= 1, 2, "n must be at least 1");
+  if (n > INT32_MAX || sem_release(s, (int32_t)n) < 0)
     return luaL_error(L, "semaphore or lock released too many times");
   return 0;
 }
@@ -443,12 +442,29 @@ static int event_clear(lua_State *L) {
   return 0;
 }
 
-/* wait([timeout]) -> the flag at the end */
+/* A waiter's view of an event: it wakes once the flag is set, or once a
+ * set came since it began (the flag may be cleared again by then). */
+typedef struct event_wait_ud {
+  event *e;
+  uint32_t seq; /* e->seq when the wait began */
+} event_wait_ud;
+
+static int event_set_since(void *ud) {
+  event_wait_ud *w = ud;
+  return atomic_load(&w->e->flag) || atomic_load(&w->e->seq) != w->seq;
+}
+
+/* wait([timeout]) -> the flag at the end, as Python's: a set followed at
+ * once by a clear wakes every waiter, and they answer false. */
 static int event_wait(lua_State *L) {
-  event *e = (event *)lmp_checkobj(L, 1);
-  int rc = lmp_wait_on(L, &e->seq, event_is, e, lmp_opt_deadline(L, 2));
+  event_wait_ud w;
+  int rc;
+  w.e = (event *)lmp_checkobj(L, 1);
+  w.seq = atomic_load(&w.e->seq);
+  rc = lmp_wait_on(L, &w.e->seq, event_set_since, &w,
+                   lmp_opt_deadline(L, 2));
   if (rc < 0) return lmp_raise_errno(L, rc, "cannot wait");
-  lua_pushboolean(L, rc);
+  lua_pushboolean(L, atomic_load(&w.e->flag));
   return 1;
 }
 

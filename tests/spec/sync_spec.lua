@@ -239,6 +239,24 @@ describe("Semaphore", function()
     assert.are.equal(3, s:get_value())
   end)
 
+  it("raises on a release past the largest count, which stays", function()
+    local top = 2147483647
+    local s = mp.Semaphore(top)
+    for _, n in ipairs{1, top, 2 ^ 31, 2 ^ 32 + 1} do
+      assert.has_error(function() s:release(math.tointeger(n)) end,
+        "semaphore or lock released too many times")
+    end
+    assert.are.equal(top, s:get_value())
+    returns({n = 1, true}, s:acquire(false))
+    assert.are.equal(top - 1, s:get_value())
+    s:release()
+    assert.are.equal(top, s:get_value())
+    local b = mp.BoundedSemaphore(top)
+    assert.has_error(function() b:release(top) end,
+      "semaphore or lock released too many times")
+    assert.are.equal(top, b:get_value())
+  end)
+
   it("rejects a negative start value", function()
     local ok, e = pcall(mp.Semaphore, -1)
     assert.is_false(ok)
@@ -587,6 +605,33 @@ describe("Event", function()
     e:set()
     for _ = 1, 4 do assert.is_true(q:get(true, 10)) end
     for i = 1, 4 do finish(ps[i]) end
+  end)
+
+  it("wakes every waiter on a set cleared at once; they answer false",
+     function()
+    -- As Python's: the waiters sleeping at the set wake, though the flag
+    -- is down again when they look.
+    local e, q = mp.Event(), mp.Queue()
+    local ps = {}
+    for i = 1, 3 do
+      ps[i] = spawn(function()
+        q:put("waiting")
+        local t0 = mp.monotonic()
+        local r = table.pack(e:wait(10))
+        q:put({r.n, r[1], mp.monotonic() - t0})
+      end)
+    end
+    for _ = 1, 3 do assert.are.equal("waiting", q:get(true, 10)) end
+    for i = 1, 3 do until_asleep(ps[i].pid) end
+    e:set()
+    e:clear()
+    for _ = 1, 3 do
+      local r = q:get(true, 10)
+      assert.are.same({1, false}, {r[1], r[2]})
+      took(r[3], 0, 5, "the wake-up")
+    end
+    for i = 1, 3 do finish(ps[i]) end
+    assert.is_false(e:wait(0))
   end)
 
   it("set in a child is seen by the parent (made after the child started)",
