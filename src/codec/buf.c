@@ -30,9 +30,30 @@ int lmp_buf_reserve(lmp_buf *b, size_t extra) {
 }
 
 void lmp_buf_free(lmp_buf *b) {
+  lmp_buf *n = b->next;
   free(b->data);
   b->data = NULL;
   b->len = b->cap = 0;
+  b->claim = 0;
+  b->next = NULL;
+  while (n != NULL) {
+    lmp_buf *next = n->next;
+    free(n->data);
+    free(n);
+    n = next;
+  }
+}
+
+lmp_buf *lmp_buf_claim(lua_State *L, lmp_buf *b, void *frame) {
+  uintptr_t f = (uintptr_t)frame;
+  while (b->claim > f) { /* an operation this one runs inside */
+    if (b->next == NULL && (b->next = calloc(1, sizeof *b)) == NULL)
+      luaL_error(L, "not enough memory");
+    b = b->next;
+  }
+  b->claim = f;
+  b->len = 0;
+  return b;
 }
 
 static int buf_close(lua_State *L) {
@@ -53,8 +74,7 @@ static const luaL_Reg buf_metameth[] = {
 
 lmp_buf *lmp_buf_new(lua_State *L) {
   lmp_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-  b->data = NULL;
-  b->len = b->cap = 0;
+  memset(b, 0, sizeof *b);
   if (luaL_newmetatable(L, BUF)) luaL_setfuncs(L, buf_metameth, 0);
   lua_setmetatable(L, -2);
   return b;

@@ -195,11 +195,31 @@ static inline char *lmp_varint_put(char *p, uint64_t v) {
 typedef struct lmp_buf {
   char *data;
   size_t len, cap;
+  /* Of a buffer that many operations use in turn (a handle's): the C
+   * frame of the one using it (0: none), and the next buffer of its chain,
+   * for an operation that runs inside that one (see lmp_buf_claim). */
+  uintptr_t claim;
+  struct lmp_buf *next;
 } lmp_buf;
 
 lmp_buf *lmp_buf_new(lua_State *L);
 int lmp_buf_reserve(lmp_buf *b, size_t extra); /* 0 or -ENOMEM */
-void lmp_buf_free(lmp_buf *b);
+void lmp_buf_free(lmp_buf *b); /* and the rest of its chain */
+
+/* The frame of the calling function, for lmp_buf_claim. */
+#define LMP_FRAME() __builtin_frame_address(0)
+
+/* An empty buffer of b's chain for an operation that runs in the function
+ * whose C frame is `frame` (LMP_FRAME() there), to be let go of with
+ * lmp_buf_unclaim; raises when there is no memory.  Encoding and decoding
+ * may run Lua (a finalizer the collector runs as they allocate), which
+ * may use the same handle: a buffer whose operation is still under way,
+ * its frame above this one on the C stack (which grows down), is passed
+ * over for the next of the chain, made when first needed.  One whose
+ * operation ended by an error, its claim left at this frame or below, is
+ * taken over. */
+lmp_buf *lmp_buf_claim(lua_State *L, lmp_buf *b, void *frame);
+static inline void lmp_buf_unclaim(lmp_buf *b) { b->claim = 0; }
 
 /* The handle of a shared object that encodes values into itself (a
  * queue, a dict, a list): a scratch buffer, kept in user value 1, that

@@ -422,11 +422,13 @@ static int set_value(lua_State *L, dict *d, lmp_bufhandle *h, int kidx,
   entry *e;
   size_t nobj;
   int rc;
+  lmp_buf *b;
   getkey(L, kidx, arg, intable, &k);
   if (lua_isnil(L, vidx)) return delete(d, &k);
-  h->buf->len = 0;
-  nobj = lmp_encode_bare(L, vidx, "value", h->buf);
-  e = newentry(L, d, &k, h->buf->data, h->buf->len, nobj);
+  b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  nobj = lmp_encode_bare(L, vidx, "value", b);
+  e = newentry(L, d, &k, b->data, b->len, nobj);
+  lmp_buf_unclaim(b);
   rc = store(d, &k, e, mode);
   if (rc < 0) return lmp_nomem(L, 0);
   return rc;
@@ -437,13 +439,15 @@ static int set_value(lua_State *L, dict *d, lmp_bufhandle *h, int kidx,
 static int push_lookup(lua_State *L, dict *d, lmp_bufhandle *h, int kidx) {
   key k;
   int rc, top = lua_gettop(L);
+  lmp_buf *b;
   getkey(L, kidx, 2, 0, &k);
-  rc = lookup(d, &k, h->buf);
+  b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  rc = lookup(d, &k, b);
   lua_settop(L, top); /* the key's bytes, if getkey pushed them */
+  if (rc > 0) lmp_decode(L, b->data, b->len);
+  lmp_buf_unclaim(b);
   if (rc < 0) return lmp_nomem(L, 0);
-  if (rc == 0) return 0;
-  lmp_decode(L, h->buf->data, h->buf->len);
-  return 1;
+  return rc > 0;
 }
 
 /* d[k] for a key that names no method (d.get is the method, d:get("get")

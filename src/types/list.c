@@ -132,11 +132,12 @@ static int copy_item(list *l, uint64_t i, lmp_buf *b) {
 static item *newitem(lua_State *L, list *l, lmp_bufhandle *h, int idx) {
   item *it;
   size_t nobj;
-  h->buf->len = 0;
-  nobj = lmp_encode_bare(L, idx, "value", h->buf);
-  it = lmp_cmsg_alloc(&l->h, h->buf->len, LMP_PEND_IN);
-  if (it == NULL) lmp_nomem(L, sizeof(item) + h->buf->len);
-  memcpy(it->data, h->buf->data, h->buf->len);
+  lmp_buf *b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  nobj = lmp_encode_bare(L, idx, "value", b);
+  it = lmp_cmsg_alloc(&l->h, b->len, LMP_PEND_IN);
+  if (it == NULL) lmp_nomem(L, sizeof(item) + b->len);
+  memcpy(it->data, b->data, b->len);
+  lmp_buf_unclaim(b);
   lmp_cmsg_seal(it, nobj);
   return it;
 }
@@ -182,15 +183,17 @@ static int list_field(lua_State *L) {
   int isint;
   lua_Integer k = lua_tointegerx(L, 2, &isint);
   int rc = 1;
+  lmp_buf *b;
   if (!isint || lua_type(L, 2) != LUA_TNUMBER) return 0;
+  b = lmp_buf_claim(L, h->buf, LMP_FRAME());
   llock(l);
   if (k >= 1 && (uint64_t)k <= LEN(l))
-    rc = copy_item(l, (uint64_t)k - 1, h->buf);
+    rc = copy_item(l, (uint64_t)k - 1, b);
   lunlock(l);
+  if (rc == 0) lmp_decode(L, b->data, b->len);
+  lmp_buf_unclaim(b);
   if (rc < 0) return lmp_nomem(L, 0);
-  if (rc == 1) return 0;
-  lmp_decode(L, h->buf->data, h->buf->len);
-  return 1;
+  return rc == 0;
 }
 
 /* With the guard held: raises for the index at 2, outside 1 .. n + 1, and
@@ -371,18 +374,24 @@ static int64_t find_locked(list *l, const char *p, size_t n) {
 /* Equality is by content (lmp_msg_equal): numbers as Lua compares them,
  * tables as maps whatever order their keys were set in, shared objects by
  * identity. */
-static void encode_probe(lua_State *L, lmp_bufhandle *h, int idx) {
-  h->buf->len = 0;
-  lmp_encode_bare(L, idx, "value", h->buf); /* only compared: no refs */
+static lmp_buf *encode_probe(lua_State *L, lmp_bufhandle *h, int idx,
+                             void *frame) {
+  lmp_buf *b = lmp_buf_claim(L, h->buf, frame);
+  lmp_encode_bare(L, idx, "value", b); /* only compared: no refs */
+  return b;
 }
 
 /* Takes the guard and finds the first item equal to the value at 2: its
  * 0-based index, or -1. */
 static int64_t lock_find(lua_State *L, list *l, lmp_bufhandle *h) {
+  lmp_buf *b;
+  int64_t i;
   luaL_checkany(L, 2);
-  encode_probe(L, h, 2);
+  b = encode_probe(L, h, 2, LMP_FRAME());
   llock(l);
-  return find_locked(l, h->buf->data, h->buf->len);
+  i = find_locked(l, b->data, b->len);
+  lmp_buf_unclaim(b);
+  return i;
 }
 
 /* remove(v): the first item equal to v; raises if there is none */
@@ -415,15 +424,17 @@ static int list_count(lua_State *L) {
   list *l = checklist(L, &h);
   lua_Integer c = 0;
   uint64_t i, len;
+  lmp_buf *b;
   luaL_checkany(L, 2);
-  encode_probe(L, h, 2);
+  b = encode_probe(L, h, 2, LMP_FRAME());
   llock(l);
   len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(ARR(l)[i]);
-    if (lmp_msg_equal(it->data, it->len, h->buf->data, h->buf->len)) c++;
+    if (lmp_msg_equal(it->data, it->len, b->data, b->len)) c++;
   }
   lunlock(l);
+  lmp_buf_unclaim(b);
   lua_pushinteger(L, c);
   return 1;
 }

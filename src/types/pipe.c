@@ -415,18 +415,20 @@ static int conn_send(lua_State *L) {
   channel *ch = c->ch;
   uint64_t flight = 0;
   size_t nobj;
+  lmp_buf *b;
   int rc;
   luaL_checkany(L, 2);
-  c->enc->len = 0;
+  b = lmp_buf_claim(L, c->enc, LMP_FRAME());
   if (c->plain) /* a shared object raises, with its path */
-    nobj = lmp_encode_wire(L, 2, "value", c->enc,
+    nobj = lmp_encode_wire(L, 2, "value", b,
                            "a shared %s cannot leave its process family");
   else
-    nobj = lmp_encode_bare(L, 2, "value", c->enc);
-  if (nobj > 0 && (ch == NULL || (flight = flight_add(ch, c->enc->data,
-                                                      c->enc->len, nobj)) == 0))
+    nobj = lmp_encode_bare(L, 2, "value", b);
+  if (nobj > 0 && (ch == NULL
+                   || (flight = flight_add(ch, b->data, b->len, nobj)) == 0))
     return lmp_nomem(L, sizeof(flight) + nobj * sizeof(lmp_off));
-  rc = send_frame(L, c, c->enc->data, c->enc->len, flight);
+  rc = send_frame(L, c, b->data, b->len, flight);
+  lmp_buf_unclaim(b);
   if (rc < 0) { /* the message never left: its references go */
     if (flight != 0) flight_drop(ch, flight);
     return send_failed(L, rc);
@@ -630,32 +632,49 @@ static int conn_recv_bytes_into(lua_State *L) {
   return 1;
 }
 
-/* recv() -> value. */
+static int decode_plain(lua_State *L) {
+  lmp_decode_plain(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+/* recv() -> value.  The decoding may run Lua (a finalizer the collector
+ * runs as it allocates) that reads from c too: the message's bytes are
+ * lent out meanwhile, so that such a read fills a buffer of its own, and
+ * decoded under lua_pcall, so that they are not lost to an error. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
+  uint64_t flight;
+  char *body;
+  size_t n, cap;
   int rc;
   read_frame(L, c);
-  if (c->plain == OUTSIDE) { /* not authenticated: data, nothing else */
-    c->flight = 0;
-    lmp_decode_plain(L, c->buf, (size_t)c->n);
-    return 1;
-  }
+  flight = c->flight;
+  c->flight = 0;
   if (c->plain == TRUSTED) { /* its functions signed here, and no object */
-    c->flight = 0;
     rc = lmp_msg_resign(c->buf, (size_t)c->n);
     if (rc == -2)
       return luaL_error(L, "cannot receive value: it names a shared object "
                         "of another process family");
     if (rc < 0) return luaL_error(L, "malformed message");
-    lmp_decode(L, c->buf, (size_t)c->n);
-    return 1;
   }
-  if (c->flight == 0) { /* it names no object: nothing to let go of */
-    lmp_decode(L, c->buf, (size_t)c->n);
-    return 1;
+  body = c->buf, n = (size_t)c->n, cap = c->cap;
+  c->buf = NULL;
+  c->cap = 0;
+  if (c->plain == OUTSIDE) { /* not authenticated: data, nothing else */
+    lua_pushcfunction(L, decode_plain);
+    lua_pushlightuserdata(L, body);
+    lua_pushinteger(L, (lua_Integer)n);
+    rc = lua_pcall(L, 2, 1, 0);
+  } else {
+    rc = lmp_decode_protected(L, body, n);
   }
-  rc = lmp_decode_protected(L, c->buf, (size_t)c->n);
-  landed(c);
+  if (c->buf == NULL && c->fd >= 0) { /* its own again */
+    c->buf = body;
+    c->cap = cap;
+  } else {
+    free(body);
+  }
+  if (flight != 0 && c->ch != NULL) flight_drop(c->ch, flight);
   if (rc != LUA_OK) return lua_error(L);
   return 1;
 }

@@ -484,25 +484,29 @@ static int fail(lua_State *L, int rc, size_t want, const char *etype,
   return lmp_raise_errno(L, rc, "queue");
 }
 
-/* Puts the message encoded in pieces pc (in h's buffer, and in what the
- * top of the stack keeps alive, which it pops), which names nobj objects;
- * raises Full when it cannot by the deadline. */
-static int put_encoded(lua_State *L, queue *q, lmp_bufhandle *h,
+/* Puts the message encoded in pieces pc (in b, claimed, which it lets go
+ * of, and in what the top of the stack keeps alive, which it pops), which
+ * names nobj objects; raises Full when it cannot by the deadline. */
+static int put_encoded(lua_State *L, queue *q, lmp_buf *b,
                        const lmp_pieces *pc, size_t nobj, double deadline) {
   outmsg *blk = NULL;
-  const char *p = h->buf->data; /* with no gap: a gap's string alone
-                                 * passes INLINE_MAX */
+  const char *p = b->data; /* with no gap: a gap's string alone passes
+                            * INLINE_MAX */
   int rc;
   if (pc->total > INLINE_MAX || nobj > 0) {
     blk = lmp_cmsg_alloc(&q->h, pc->total, LMP_PEND_IN);
-    if (blk == NULL) return fail(L, -ENOMEM, pc->total, "Full", "");
-    lmp_pieces_copy(pc, h->buf, blk->data);
+    if (blk == NULL) {
+      lmp_buf_unclaim(b);
+      return fail(L, -ENOMEM, pc->total, "Full", "");
+    }
+    lmp_pieces_copy(pc, b, blk->data);
     /* The message owns its objects from here on, counted in its block. */
     lmp_cmsg_seal(blk, nobj);
     p = blk->data;
   }
   lua_pop(L, 1); /* what kept the pieces */
   rc = qput(L, q, p, pc->total, blk, nobj == 0 ? F_PLAIN : 0, deadline);
+  lmp_buf_unclaim(b);
   if (rc < 0) {
     if (nobj > 0) lmp_msg_unretain_counted(p, pc->total, &blk->refs);
     lmp_free_pending(blk, LMP_PEND_IN);
@@ -520,11 +524,12 @@ static int queue_put(lua_State *L) {
   lmp_pieces pc;
   double deadline;
   size_t nobj;
+  lmp_buf *b;
   luaL_checkany(L, 2);
   deadline = lmp_block_deadline(L, 3);
-  h->buf->len = 0;
-  nobj = lmp_encode_pieces(L, 2, "value", h->buf, &pc);
-  return put_encoded(L, q, h, &pc, nobj, deadline);
+  b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  nobj = lmp_encode_pieces(L, 2, "value", b, &pc);
+  return put_encoded(L, q, b, &pc, nobj, deadline);
 }
 
 /* _put_values(...): puts the array of its arguments, the message of
@@ -535,10 +540,9 @@ static int queue_put_values(lua_State *L) {
   queue *q = checkq(L, &h);
   lmp_pieces pc;
   size_t nobj;
-  h->buf->len = 0;
-  nobj = lmp_encode_array_pieces(L, 2, lua_gettop(L) - 1, "value", h->buf,
-                                 &pc);
-  return put_encoded(L, q, h, &pc, nobj, -1);
+  lmp_buf *b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  nobj = lmp_encode_array_pieces(L, 2, lua_gettop(L) - 1, "value", b, &pc);
+  return put_encoded(L, q, b, &pc, nobj, -1);
 }
 
 static int queue_put_nowait(lua_State *L) {
@@ -547,10 +551,10 @@ static int queue_put_nowait(lua_State *L) {
   return queue_put(L);
 }
 
-/* Pushes the value of the message qget took: in h's buffer, or in blk. */
-static void give(lua_State *L, lmp_bufhandle *h, outmsg *blk, int plain) {
+/* Pushes the value of the message qget took: in b, or in blk. */
+static void give(lua_State *L, lmp_buf *b, outmsg *blk, int plain) {
   if (blk == NULL) /* inline: it names no object, nothing to let go of */
-    lmp_decode(L, h->buf->data, h->buf->len);
+    lmp_decode(L, b->data, b->len);
   else if (plain) /* decode straight from the block, then free it */
     lmp_take_decode(L, blk->data, blk->len, blk, NULL);
   else
@@ -558,32 +562,35 @@ static void give(lua_State *L, lmp_bufhandle *h, outmsg *blk, int plain) {
 }
 
 /* Takes one message (at most until the deadline) and pushes its value;
- * returns 0, or rc < 0 with nothing pushed. */
-static int take(lua_State *L, queue *q, lmp_bufhandle *h, double deadline) {
+ * returns 0, or rc < 0 with nothing pushed.  b is claimed. */
+static int take(lua_State *L, queue *q, lmp_buf *b, double deadline) {
   outmsg *blk;
-  int plain, rc = qget(L, q, h->buf, &blk, &plain, deadline);
+  int plain, rc = qget(L, q, b, &blk, &plain, deadline);
   if (rc < 0) return rc;
-  give(L, h, blk, plain);
+  give(L, b, blk, plain);
   return 0;
 }
 
 /* Takes the messages waiting now, without blocking: each inline one is
  * offered first (when offer is not NULL), and those not taken by the offer
  * are decoded into the table at tidx, from 1 on; returns how many. */
-static lua_Integer drain(lua_State *L, queue *q, lmp_bufhandle *h, int tidx,
+static lua_Integer drain(lua_State *L, queue *q, lmp_buf *b, int tidx,
                          lmp_offer offer, void *ud) {
   lua_Integer n = 0;
   while (waiting(q) > 0) {
     outmsg *blk;
-    int plain, rc = qget(L, q, h->buf, &blk, &plain, 0);
+    int plain, rc = qget(L, q, b, &blk, &plain, 0);
     if (rc == -EAGAIN) break;
-    if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
-    if (blk == NULL && offer != NULL
-        && offer(L, h->buf->data, h->buf->len, ud))
+    if (rc < 0) {
+      lmp_buf_unclaim(b);
+      return fail(L, rc, 0, "Empty", "queue is empty");
+    }
+    if (blk == NULL && offer != NULL && offer(L, b->data, b->len, ud))
       continue;
-    give(L, h, blk, plain);
+    give(L, b, blk, plain);
     lua_rawseti(L, tidx, ++n);
   }
+  lmp_buf_unclaim(b);
   return n;
 }
 
@@ -596,15 +603,20 @@ lua_Integer lmp_queue_drain(lua_State *L, int idx, int tidx,
   if ((o = lmp_toobj(L, idx)) == NULL)
     luaL_error(L, "attempt to use a closed queue");
   luaL_checktype(L, tidx, LUA_TTABLE);
-  return drain(L, (queue *)o, lua_touserdata(L, idx), lua_absindex(L, tidx),
-               offer, ud);
+  return drain(L, (queue *)o,
+               lmp_buf_claim(L, ((lmp_bufhandle *)lua_touserdata(L, idx))->buf,
+                             LMP_FRAME()),
+               lua_absindex(L, tidx), offer, ud);
 }
 
 /* get([block], [timeout]) -> value: raises Empty when it cannot. */
 static int queue_get(lua_State *L) {
   lmp_bufhandle *h;
   queue *q = checkq(L, &h);
-  int rc = take(L, q, h, lmp_block_deadline(L, 2));
+  double deadline = lmp_block_deadline(L, 2);
+  lmp_buf *b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  int rc = take(L, q, b, deadline);
+  lmp_buf_unclaim(b);
   if (rc < 0) return fail(L, rc, 0, "Empty", "queue is empty");
   return 1;
 }
@@ -623,7 +635,8 @@ static int queue_drain(lua_State *L) {
   queue *q = checkq(L, &h);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  lua_pushinteger(L, drain(L, q, h, 2, NULL, NULL));
+  lua_pushinteger(L, drain(L, q, lmp_buf_claim(L, h->buf, LMP_FRAME()), 2,
+                          NULL, NULL));
   return 1;
 }
 

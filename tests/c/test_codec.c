@@ -658,7 +658,7 @@ static void test_counted_killed(void) {
 }
 
 static void test_buf(void) {
-  lmp_buf b = {NULL, 0, 0};
+  lmp_buf b = {0};
   ASSERT_EQ(lmp_buf_reserve(&b, 10), 0);
   ASSERT_EQ(b.cap, 128);
   b.len = 128;
@@ -732,7 +732,7 @@ static void test_slices(void) {
 }
 
 static void test_strings(void) {
-  lmp_buf b = {NULL, 0, 0};
+  lmp_buf b = {0};
   lua_register(S, "encbuf", encbuf);
   RUN(S,
       "local big, mid = ('b'):rep(1 << 20), ('m'):rep(20000)\n"

@@ -397,6 +397,19 @@ describe("Dict", function()
       assert.are.same({t = 1}, d:get("zz", {t = 1}))
       d:close()
     end)
+    it("stays whole when a finalizer stores in the same handle during a "
+       .. "read", function()
+      local d = mp.Dict()
+      d.k = {1, string.rep("x", 200), {a = 1}}
+      local bad, first = H.finalizer_inside(20000, function() return d.k end,
+        function() d.other = {string.rep("r", 300)} end,
+        function(v)
+          return type(v) == "table" and v[2] == string.rep("x", 200)
+            and v[3].a == 1
+        end)
+      assert.are.equal(0, bad, tostring(first))
+      d:close()
+    end)
   end)
 
   describe("setdefault", function()

@@ -276,6 +276,28 @@ function H.child_pids()
   return pids
 end
 
+-- Calls outer() n times, each after making garbage whose finalizer calls
+-- inner(), so that the collector runs inner inside outer as outer's
+-- decoding allocates (the collector set to run often meanwhile).  Returns
+-- how many calls raised or returned a value that whole(v) refuses, and
+-- the first such error or value.
+function H.finalizer_inside(n, outer, inner, whole)
+  local mt = {__gc = function() inner() end}
+  local was = collectgarbage("incremental")
+  local bad, first = 0, nil
+  for _ = 1, n do
+    setmetatable({}, mt)
+    local ok, v = pcall(outer)
+    if not ok or not whole(v) then
+      bad = bad + 1
+      first = first or v
+    end
+  end
+  collectgarbage(was)
+  collectgarbage()
+  return bad, first
+end
+
 -- A string of len bytes that repeats "<tag>", so that a reader can tell
 -- a whole value from a torn one.  Returns the string.
 function H.payload(tag, len)

@@ -119,6 +119,18 @@ describe("List", function()
       assert.is_nil(l.nosuchmethod)
       l:close()
     end)
+    it("stays whole when a finalizer stores in the same handle during a "
+       .. "read", function()
+      local l = mp.List{{1, string.rep("x", 200), {a = 1}}, 0}
+      local bad, first = H.finalizer_inside(20000, function() return l[1] end,
+        function() l[2] = {string.rep("r", 300)} end,
+        function(v)
+          return type(v) == "table" and v[2] == string.rep("x", 200)
+            and v[3].a == 1
+        end)
+      assert.are.equal(0, bad, tostring(first))
+      l:close()
+    end)
   end)
 
   describe("values", function()

@@ -53,6 +53,31 @@ describe("Pipe", function()
   end)
 
   describe("send and recv", function()
+    it("stay whole when a finalizer receives on the same connection "
+       .. "during a recv", function()
+      local a, b = mp.Pipe()
+      local i = 0
+      local bad, first = H.finalizer_inside(10000, function()
+        i = i + 1
+        a:send({i, string.rep("x", i % 300), {a = i}})
+        a:send({i})
+        local got = {}
+        while b:poll(0) do got[#got + 1] = b:recv() end
+        return got
+      end, function() if b:poll(0) then b:recv() end end, function(got)
+        for _, v in ipairs(got) do
+          if v[2] ~= nil and (v[2] ~= string.rep("x", v[1] % 300)
+                              or v[3].a ~= v[1]) then
+            return false
+          end
+        end
+        return true
+      end)
+      assert.are.equal(0, bad, tostring(first))
+      a:close()
+      b:close()
+    end)
+
     it("carry values both ways between processes", function()
       local a, b = mp.Pipe()
       local p = spawn(function()

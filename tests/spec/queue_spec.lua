@@ -69,6 +69,26 @@ describe("Queue", function()
       assert.is_true(q:empty())
     end)
 
+    it("stay whole when a finalizer puts on the same handle during a get",
+       function()
+      -- The get decodes a message its handle holds while the collector
+      -- may run the finalizer, whose put must not write over it.
+      local q = mp.Queue()
+      local note = "released: " .. string.rep("r", 50)
+      for i = 1, 200 do q:put({i, string.rep("x", i % 100), {a = i}}) end
+      local bad, first = H.finalizer_inside(20000, function()
+        local v = q:get(false)
+        if type(v) == "table" then q:put(v) end
+        return v
+      end, function() q:put(note) end, function(v)
+        if type(v) == "string" then return v == note end
+        return type(v) == "table" and v[2] == string.rep("x", v[1] % 100)
+          and v[3].a == v[1]
+      end)
+      assert.are.equal(0, bad, tostring(first))
+      q:close()
+    end)
+
     it("put returns nothing, get returns one value", function()
       local q = mp.Queue()
       assert.are.equal(0, select("#", q:put(1)))
