@@ -737,11 +737,16 @@ static int dict_clear(lua_State *L) {
   uint64_t i;
   dlock(d);
   t = TAB(d);
+  /* #d reads the count without the guard: it goes to 0 at once, and the
+   * entries follow (a process killed among them leaves the next locker a
+   * recount). */
+  atomic_store(&d->count, 0);
   for (i = 0; i < t->cap; i++) {
     entry *e;
     if (t->s[i].off <= DELETED) continue;
     e = LMP_PTR(t->s[i].off);
-    take_out(d, t, (int64_t)i, e, DELETED);
+    lmp_pending_set(&d->h, e, LMP_PEND_OUT);
+    t->s[i].off = DELETED; /* the commit */
     lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, LMP_PEND_OUT);
   }

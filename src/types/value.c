@@ -289,15 +289,40 @@ static int checkindex(lua_State *L, shval *v, int idx) {
   return (int)i;
 }
 
+/* What reads or writes more than one element at once (a 'c' array's
+ * string, totable) holds v's lock meanwhile, as Python's synchronized
+ * arrays do, so that two such never interleave: this takes it, unless v
+ * has none or this process holds it already, and returns what to let go
+ * of (NULL for nothing).  Nothing may run Lua while it is held. */
+static lmp_lock *hold_whole(lua_State *L, shval *v) {
+  lmp_lock *l;
+  int died, rc;
+  if (v->lock == 0) return NULL;
+  l = (lmp_lock *)LMP_PTR(v->lock);
+  if (lmp_lock_owned(l)) return NULL;
+  rc = lmp_lock_acquire(L, l, -1, &died);
+  if (rc < 0) lmp_raise_errno(L, rc, "cannot acquire");
+  return l;
+}
+
+static void release_whole(lmp_lock *l) {
+  if (l != NULL) lmp_lock_release(l);
+}
+
 /* The 'c' array as a string: .value stops at the first NUL, as Python's
  * c_char arrays do; :raw() is every byte. */
 static void push_cstring(lua_State *L, shval *v, int whole) {
   size_t n = (size_t)v->n;
+  luaL_Buffer b;
+  char *p = luaL_buffinitsize(L, &b, n);
+  lmp_lock *l = hold_whole(L, v);
+  memcpy(p, v->data, n);
+  release_whole(l);
   if (!whole) {
-    const char *z = memchr(v->data, '\0', n);
-    if (z != NULL) n = (size_t)(z - v->data);
+    const char *z = memchr(p, '\0', n);
+    if (z != NULL) n = (size_t)(z - p);
   }
-  lua_pushlstring(L, v->data, n);
+  luaL_pushresultsize(&b, n);
 }
 
 /* v.value; a.value, for a 'c' array: the string up to its first NUL. */
@@ -343,8 +368,10 @@ static int val_newindex(lua_State *L) {
         return luaL_argerror(L, 3, lua_pushfstring(L, "string too long (%I "
                              "bytes for %I)", (lua_Integer)n,
                              (lua_Integer)v->n));
+      lmp_lock *l = hold_whole(L, v);
       memcpy(v->data, s, n);
       if (n < v->n) v->data[n] = '\0';
+      release_whole(l);
     } else {
       return luaL_error(L, "only 'c' arrays have a value field");
     }
@@ -365,12 +392,19 @@ static int val_len(lua_State *L) {
   return 1;
 }
 
+/* totable(): every element, read together under the lock. */
 static int val_totable(lua_State *L) {
   shval *v = checkval(L);
-  uint64_t i;
+  uint64_t i, *snap;
+  lmp_lock *l;
+  luaL_argcheck(L, v->n <= (uint64_t)INT_MAX, 1, "array too large");
+  snap = lua_newuserdatauv(L, (size_t)v->n * sizeof *snap + 1, 0);
+  l = hold_whole(L, v);
+  for (i = 0; i < v->n; i++) snap[i] = load(v, i);
+  release_whole(l);
   lua_createtable(L, (int)v->n, 0);
   for (i = 0; i < v->n; i++) {
-    push_bits(L, v->tc, load(v, i));
+    push_bits(L, v->tc, snap[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   return 1;

@@ -578,6 +578,31 @@ describe("Dict", function()
       assert.are.same({after = 1}, d:totable())
       d:close()
     end)
+
+    it("is seen by #d in another process as all or nothing", function()
+      local d, lock, n = mp.Dict(), mp.Lock(), 500
+      local stop = mp.Value("i", 0)
+      local p = H.spawn(function()
+        while stop.value == 0 do
+          lock:acquire()
+          for i = 1, n do d[i] = i end
+          lock:release()
+          d:clear()
+        end
+      end)
+      local bad, reads, t0 = 0, 0, mp.monotonic()
+      while mp.monotonic() - t0 < 0.5 do
+        lock:acquire()
+        local k = #d
+        lock:release()
+        reads = reads + 1
+        if k ~= 0 and k ~= n then bad = bad + 1 end
+      end
+      stop.value = 1
+      H.finish(p)
+      assert.are.equal(0, bad, bad .. " sizes between of " .. reads)
+      d:close()
+    end)
   end)
 
   describe("incr", function()

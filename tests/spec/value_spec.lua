@@ -555,6 +555,35 @@ describe("Array", function()
         .. "expected for typecode 'c')", errmsg(function() a[1] = "xy" end))
     end)
 
+    it("read and write value whole under the lock, as Python's do",
+       function()
+      -- A writer in another process puts two strings by turns; a reader
+      -- never sees part of one and part of the other, nor does totable.
+      local a = mp.Array("c", 64)
+      local A, B = ("a"):rep(64), ("b"):rep(64)
+      a.value = A
+      local stop = mp.Value("i", 0)
+      local p = spawn(function()
+        while stop.value == 0 do a.value = A; a.value = B end
+      end)
+      local torn, reads, t0 = 0, 0, mp.monotonic()
+      while mp.monotonic() - t0 < 0.5 do
+        local v = reads % 2 == 0 and a.value
+          or table.concat(a:totable())
+        reads = reads + 1
+        if v ~= A and v ~= B then torn = torn + 1 end
+      end
+      stop.value = 1
+      finish(p)
+      assert.is_true(reads > 100, reads .. " reads")
+      assert.are.equal(0, torn, torn .. " torn of " .. reads)
+      -- This process holding the lock already is no deadlock.
+      a:get_lock():with(function()
+        a.value = "held"
+        assert.are.equal("held", a.value)
+      end)
+    end)
+
     it("can be made from a string, binary-safe", function()
       local a = mp.Array('c', "a\0b")
       assert.are.equal(3, #a)
