@@ -73,12 +73,22 @@ static int core_wait(lua_State *L) {
     it->h = lua_touserdata(L, -1);
     it->fd = -1;
     it->pollix = -1;
-    if (it->cls == NULL || it->cls->ready == NULL ||
-        (it->cls->type != 0 && ((lmp_handle *)it->h)->obj == NULL) ||
-        it->cls->ready(it->h, &it->fd) < 0) {
-      /* No position: the Lua front adds the caller's. */
+    /* No position in these errors: the Lua front adds the caller's. */
+    if (it->cls == NULL || it->cls->ready == NULL) {
       lua_pushfstring(L, "bad argument #1 to 'wait' (item %d is not a "
                       "connection, sentinel or queue of this process)", i + 1);
+      return lua_error(L);
+    }
+    if ((it->cls->type != 0 && ((lmp_handle *)it->h)->obj == NULL) ||
+        (it->cls->closed != NULL && it->cls->closed(it->h))) {
+      lua_pushfstring(L, "bad argument #1 to 'wait' (item %d is a closed "
+                      "%s)", i + 1, it->cls->what);
+      return lua_error(L);
+    }
+    if (it->cls->ready(it->h, &it->fd) < 0) {
+      lua_pushfstring(L, "bad argument #1 to 'wait' (item %d is a %s "
+                      "that this process cannot read or wait for)", i + 1,
+                      it->cls->what);
       return lua_error(L);
     }
     if (it->fd >= 0) {

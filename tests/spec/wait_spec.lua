@@ -219,11 +219,19 @@ describe("wait", function()
       closed:close()
       local gone = mp.Queue()
       gone:close()
-      for i, bad in ipairs{3, "x", {}, print, closed, w, gone} do
+      for i, bad in ipairs{3, "x", {}, print} do
         assert.has_error(function() mp.wait({q, bad}, 0) end,
           "bad argument #1 to 'wait' (item 2 is not a connection, sentinel "
           .. "or queue of this process)", "case " .. i)
       end
+      -- What it is, said, for one of luamp's own that cannot be waited on.
+      assert.has_error(function() mp.wait({q, closed}, 0) end,
+        "bad argument #1 to 'wait' (item 2 is a closed connection)")
+      assert.has_error(function() mp.wait({q, gone}, 0) end,
+        "bad argument #1 to 'wait' (item 2 is a closed queue)")
+      assert.has_error(function() mp.wait({q, w}, 0) end,
+        "bad argument #1 to 'wait' (item 2 is a connection that this "
+        .. "process cannot read or wait for)")
       r:close()
       w:close()
     end)
