@@ -207,6 +207,26 @@ function Pool:_pump()
   if self._pid == core.getpid() then self._sched:pump() end
 end
 
+-- The pool's work after a submission, whose callbacks may raise.  The task
+-- is in by then, and its handle must reach the caller: a callback's error
+-- here is held, and raised by the pool's next call (raise_held), before
+-- that call does anything.  Ctrl-C is not held.
+local function pump_submitted(sched)
+  local ok, e = pcall(sched.pump, sched)
+  if not ok then
+    if core.is_interrupt(e) then error(e, 0) end
+    if sched.held_error == nil then sched.held_error = {e} end
+  end
+end
+
+local function raise_held(sched)
+  local held = sched.held_error
+  if held then
+    sched.held_error = nil
+    error(held[1], 0) -- as the callback raised it
+  end
+end
+
 -- Pumps until done() or the timeout; true if done.  Ctrl-C terminates
 -- the pool (its workers are gone at once) and raises.  What the wait
 -- itself raises is raised at `level` (1: the caller of the function that
@@ -216,6 +236,7 @@ function Pool:_wait_until(done, timeout, level)
     error("the pool belongs to another process", level + 2)
   end
   local sched = self._sched
+  raise_held(sched)
   if not pools[self] then -- joined or terminated: all has come there is
     if done() then return true end
     error("the pool has ended: what it was waiting for will not come",
@@ -278,6 +299,7 @@ local EMPTY_ARGS = {n = 0}
 -- for more.
 local function submit_apply(self, f, args, callback, error_callback, fname)
   local sched = self._sched
+  raise_held(sched)
   -- The common case, a function the pool knows: one call to the board
   -- encodes the arguments and makes the AsyncResult and the task.
   local res = sched:apply(AsyncResult, self, f, args, callback,
@@ -316,7 +338,7 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   if left > 0 then
     self._pump_in = left
   else
-    sched:pump()
+    pump_submitted(sched)
     -- A pump that finds every worker done with all it had finds them
     -- asleep, waiting for this process, and each batch it sends wakes one
     -- up: dear, on a small batch.  So the next pump waits for twice as
@@ -426,6 +448,7 @@ end
 local function submit_map(self, f, iterable, opt, callback, error_callback,
                           fname, star)
   checkrunning(self)
+  raise_held(self._sched)
   if not callable(f) then argerror(1, fname, "function expected, got " ..
     type(f), 2) end
   local chunksize, progress = options(opt, fname, 3)
@@ -463,7 +486,7 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
     sched:use(fid) -- no task: the function goes straight to idle
     sched:unuse(fid)
     jobs.settle(sched, res, true, out)
-    sched:pump() -- its callback
+    pump_submitted(sched) -- its callback
     return res
   end
   -- The map uses its function until its last chunk is added: the first
@@ -480,7 +503,7 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
   -- Outcomes taken in while the chunks were sent may have settled jobs
   -- (this one too): their callbacks run now, before anyone sees them
   -- ready.
-  sched:pump()
+  pump_submitted(sched)
   return res
 end
 
@@ -524,6 +547,7 @@ end
 
 local function submit_lazy(self, f, iterable, opt, fname, ordered)
   checkrunning(self)
+  raise_held(self._sched)
   if not callable(f) then argerror(1, fname, "function expected, got " ..
     type(f), 2) end
   local chunksize, progress = options(opt, fname, 3)
@@ -537,7 +561,7 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)
   end
-  sched:pump()
+  pump_submitted(sched)
   local pool = self
   -- The iterator for a generic for: each result in turn, nil at the end.
   return function()

@@ -137,6 +137,36 @@ describe("Pool re-entered", function()
     assert.are.equal("from the callback", e)
   end)
 
+  it("by a callback that raises during a submission: every task that "
+     .. "runs has its handle, and the error comes once", function()
+    -- The error of a callback run after a task went in is raised by the
+    -- pool's next call, before that call submits anything.
+    local pool <close> = mp.Pool(2)
+    local runs = mp.Value("i", 0)
+    local first = true
+    local function cb()
+      if first then
+        first = false
+        error("callback boom", 0)
+      end
+    end
+    local handles, errs = {}, {}
+    for _ = 1, 200 do
+      local ok, r = pcall(pool.apply_async, pool,
+        function() runs:add(1) end, {}, cb)
+      if ok then handles[#handles + 1] = r else errs[#errs + 1] = r end
+    end
+    for _, r in ipairs(handles) do
+      local ok, e = pcall(r.get, r, 10)
+      if not ok then errs[#errs + 1] = e end
+    end
+    pool:close()
+    pool:join()
+    assert.are.same({"callback boom"}, errs)
+    assert.are.equal(#handles, runs.value)
+    assert.is_true(#handles >= 199, #handles .. " handles")
+  end)
+
   it("by an apply while another's arguments are encoded: both whole",
      function()
     -- Asking whether the arguments' metatable has a __gc runs this
