@@ -628,6 +628,9 @@ end
 -- pool:close(): no more tasks; the workers leave when the work is done.
 function Pool:close()
   checkself(self, Pool, "close")
+  if self._pid ~= core.getpid() then
+    error("the pool belongs to another process", 2)
+  end
   if self._sched.state == RUN then
     self._sched:close()
     self:_pump()
@@ -652,6 +655,9 @@ end
 -- pool:terminate(): the workers are stopped now; unfinished tasks fail.
 function Pool:terminate()
   checkself(self, Pool, "terminate")
+  if self._pid ~= core.getpid() then
+    error("the pool belongs to another process", 2)
+  end
   terminate(self)
 end
 
@@ -659,6 +665,9 @@ end
 function Pool:join()
   checkself(self, Pool, "join")
   local sched = self._sched
+  if self._pid ~= core.getpid() then
+    error("the pool belongs to another process", 2)
+  end
   if sched.state == RUN then error("Pool is still running", 2) end
   if self._joined then return end -- again: nothing left to wait for
   -- Once every worker has ended, one more step: it takes the results the
@@ -674,7 +683,10 @@ function Pool:join()
   self._joined = true
 end
 
-Pool.__close = Pool.terminate
+-- (In a fork, whose copy of the pool is not its own: nothing.)
+Pool.__close = function(self)
+  if self._pid == core.getpid() then terminate(self) end
+end
 
 -- A pool dropped without close or terminate ends with its handle.  Its
 -- workers are killed; waiting for them would run luamp work inside a

@@ -238,7 +238,10 @@ static int cond_new(lua_State *L) {
   lmp_obj *lk = NULL;
   cond *c;
   if (!lua_isnoneornil(L, 1)) {
+    const lmp_class *lc = lmp_classof(L, 1);
     lk = lmp_toobj(L, 1);
+    luaL_argcheck(L, lk != NULL || lc == NULL || lc->type != LMP_T_LOCK, 1,
+                  "the lock given is closed");
     luaL_argcheck(L, lk != NULL && lk->type == LMP_T_LOCK, 1,
                   "a Lock or RLock expected");
   } else {

@@ -196,7 +196,10 @@ static shval *make(lua_State *L, char tc, uint64_t n, int is_array,
      * made, the slot names the Value, not the lock. */
     lmp_pushnew(L, lk);
   } else if (!lua_isboolean(L, lockidx)) {
+    const lmp_class *lc = lmp_classof(L, lockidx);
     lk = lmp_toobj(L, lockidx);
+    luaL_argcheck(L, lk != NULL || lc == NULL || lc->type != LMP_T_LOCK,
+                  lockidx, "the lock given is closed");
     luaL_argcheck(L, lk != NULL && lk->type == LMP_T_LOCK, lockidx,
                   "lock must be a boolean, a Lock or an RLock");
   }

@@ -258,6 +258,21 @@ print(select(2, pcall(function() mp.Pool(1) end)))
         raises_here("attempt to use a closed " .. what,
           function() l:with(print) end)
       end
+      -- Given closed to what takes a lock: said so.
+      for _, name in ipairs{"Lock", "RLock"} do
+        local l = mp[name]()
+        l:close()
+        for _, make in ipairs{
+          function() return mp.Condition(l) end,
+          function() return mp.Value("i", 0, l) end,
+          function() return mp.Array("i", 3, l) end,
+        } do
+          local ok, e = pcall(make)
+          assert.is_false(ok)
+          assert.matches("bad argument #%d to '[%w_.]+' %(the lock given "
+            .. "is closed%)$", e)
+        end
+      end
     end)
 
     it("when the release fails", function()
@@ -535,6 +550,9 @@ print(select(2, pcall(function() mp.Pool(1) end)))
       raises_here_in_child(foreign, function() pool:apply(print) end)
       raises_here_in_child(foreign,
         function() pool:close(); pool:join() end)
+      raises_here_in_child(foreign, function() pool:terminate() end)
+      raises_here_in_child(foreign, function() pool:join() end)
+      assert.are.equal(2, pool:apply(math.abs, {-2}))
     end)
   end)
 
