@@ -324,7 +324,8 @@ local function start_from_message(self, method, level)
                  method), level + 1)
   end
   rawset(self, "_spawn", {parent = current.name, path = package.path,
-                          cpath = package.cpath})
+                          cpath = package.cpath,
+                          method = M.get_start_method(true)})
   local handed = {} -- the Connections it names: their descriptors go too
   local ok, msg = pcall(core.message, self, "process", handed)
   rawset(self, "_spawn", nil)
@@ -345,6 +346,7 @@ function M.spawned(bytes)
   local info = rawget(self, "_spawn")
   rawset(self, "_spawn", nil)
   package.path, package.cpath = info.path, info.cpath
+  start_method = info.method -- the parent's, as Python's spawn passes it
   rawset(current, "_name", info.parent)
   return bootstrap(self)
 end

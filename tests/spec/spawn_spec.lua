@@ -117,6 +117,21 @@ describe("a Process started by " .. method, function()
     q:close()
   end)
 
+  it("has its parent's start method, as Python's does", function()
+    local q = mp.Queue()
+    local was = mp.get_start_method(true)
+    mp.set_start_method(method, true)
+    local p = spawn.Process{target = function(q)
+      q:put(mp.get_start_method(true) or "none")
+    end, args = {q}}
+    p:start()
+    local r = q:get(20)
+    assert.is_true(p:join(20))
+    mp.set_start_method(was, true)
+    assert.are.equal(method, r)
+    q:close()
+  end)
+
   it("requires the module of a C function it is sent, as unpickling imports",
      function()
     local currentdir = require("lfs").currentdir
