@@ -657,7 +657,9 @@ static int conn_recv(lua_State *L) {
                         "of another process family");
     if (rc < 0) return luaL_error(L, "malformed message");
   }
-  body = c->buf, n = (size_t)c->n, cap = c->cap;
+  body = c->buf;
+  n = (size_t)c->n;
+  cap = c->cap;
   c->buf = NULL;
   c->cap = 0;
   if (c->plain == OUTSIDE) { /* not authenticated: data, nothing else */
