@@ -36,8 +36,11 @@ typedef struct luamp_config {
   /* A libuv loop (uv_loop_t *) the host should use instead of making its
    * own; NULL for the host's own.  The caller keeps ownership. */
   void *loop;
-  /* Leave the standard libraries out of the new state (the caller opens
-   * what it wants before requiring luamp); 0 opens them all. */
+  /* Leave the standard libraries out of the new state: the caller opens
+   * what it wants (luamp's own Lua needs base, package, coroutine, table,
+   * io, os, string, math and debug), then `require "luamp"` loads it, from
+   * package.preload.  0 opens them all, and luamp.  start_method must then
+   * be NULL. */
   int no_stdlibs;
   /* How this host starts processes: "fork", "spawn" or "forkserver"
    * (mp.set_start_method's names); NULL means $LUAMP_START_METHOD or
@@ -76,8 +79,8 @@ LUAMP_EXPORT int luamp_pcall(luamp_host *h, int narg, int nres);
  * host failed because Ctrl-C interrupted it, else 0. */
 LUAMP_EXPORT int luamp_interrupted(luamp_host *h);
 
-/* Ends the host: joins non-daemon children (or, if Ctrl-C ended its last
- * chunk, ends every child at once), terminates daemon children, closes the
+/* Ends the host: terminates daemon children, joins the others (or, if
+ * Ctrl-C ended its last chunk, ends every child at once), closes the
  * state and frees the host.  Returns the number of children that had to be
  * terminated, or -1 when Ctrl-C interrupted the wait (every child has then
  * been ended).  Never raises.  A new host may be made afterwards. */

@@ -179,13 +179,34 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
     return NULL;
   }
   lua_setallocf(h->L, host_alloc, h);
-  if (!cfg->no_stdlibs) luaL_openlibs(h->L);
   lua_pushboolean(h->L, 1);
   lua_setfield(h->L, LUA_REGISTRYINDEX, LMP_HOSTED);
+  if (cfg->no_stdlibs) {
+    /* luamp's own Lua needs the standard libraries: the caller's
+     * `require "luamp"` loads it, once it has opened them. */
+    if (cfg->start_method != NULL) {
+      if (err != NULL) *err = "a start method cannot be set with no_stdlibs "
+                              "(set it once luamp is required)";
+      lua_close(h->L);
+      free(h);
+      return NULL;
+    }
+    luaL_getsubtable(h->L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(h->L, luaopen_luamp);
+    lua_setfield(h->L, -2, "luamp");
+    lua_pop(h->L, 1);
+    lmp_sigint_own();
+    last_host = h;
+    return h;
+  }
+  luaL_openlibs(h->L);
   lua_pushcfunction(h->L, luaopen_luamp);
   lua_pushliteral(h->L, "luamp");
   if (luamp_pcall(h, 1, 1) != LUA_OK) {
-    if (err != NULL) *err = "cannot load the luamp module";
+    static char msg[200];
+    snprintf(msg, sizeof msg, "cannot load the luamp module: %s",
+             lua_tostring(h->L, -1));
+    if (err != NULL) *err = msg;
     lua_close(h->L);
     free(h);
     return NULL;

@@ -111,17 +111,20 @@ static void unlock_heap(void);
 int lmp_parse_size(const char *s, size_t *out) {
   char *end;
   unsigned long long v;
+  int shift = 0;
   if (s == NULL || *s < '0' || *s > '9') return -EINVAL;
   errno = 0;
   v = strtoull(s, &end, 10);
   if (errno != 0) return -EINVAL;
   switch (*end) {
-    case 'k': case 'K': v <<= 10; end++; break;
-    case 'm': case 'M': v <<= 20; end++; break;
-    case 'g': case 'G': v <<= 30; end++; break;
-    case 't': case 'T': v <<= 40; end++; break;
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
     default: break;
   }
+  if (v > (SIZE_MAX >> shift)) return -EINVAL; /* it would wrap */
+  v <<= shift;
   if (*end == 'i') end++;
   if (*end == 'b' || *end == 'B') end++;
   if (*end != '\0') return -EINVAL;

@@ -1089,19 +1089,19 @@ int lmp_terminate_children(double grace, int daemons_only) {
 
 /*
  * The end of a process's main code, as Python's atexit handler does it:
- * wait for the non-daemon children, then terminate the daemon ones.  A
- * Ctrl-C during the wait ends every child at once.  Returns -EINTR when it
- * was interrupted, else the number of children that had to be terminated.
+ * terminate the daemon children, then wait for the others.  A Ctrl-C
+ * during the wait ends every child at once.  Returns -EINTR when it was
+ * interrupted, else the number of children that had to be terminated.
  */
 static int shutdown_children(void) {
-  int none = 0, rc;
+  int none = 0, rc, n = lmp_terminate_children(0.5, 1);
   rc = lmp_wait(NULL, ready_none, &none, -1); /* no Lua runs here */
   if (rc < 0) {
     lmp_take_interrupt();
     lmp_terminate_children(0.5, 0);
     return -EINTR;
   }
-  return lmp_terminate_children(0.5, 1);
+  return n;
 }
 
 int lmp_run_atexit(lua_State *L) {

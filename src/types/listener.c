@@ -21,6 +21,7 @@
 typedef struct listener {
   int fd;
   char *path; /* the socket file to remove on close, or NULL */
+  pid_t owner; /* the process that made it: only it removes the file */
 } listener;
 
 /* User values of a Listener: 1 its address, 2 last_accepted, 3 its
@@ -32,7 +33,7 @@ static void listener_free(void *h) {
   listener *l = h;
   if (l->fd >= 0) close(l->fd);
   l->fd = -1;
-  if (l->path) unlink(l->path);
+  if (l->path && l->owner == lmp_pid) unlink(l->path);
   free(l->path);
   l->path = NULL;
 }
@@ -333,6 +334,9 @@ static void checkaddr(lua_State *L, int idx, addr *a) {
     memcpy(host, s, n);
     host[n] = '\0';
     strcpy(port, colon + 1);
+    if (strspn(port, "0123456789") != strlen(port) || atol(port) > 65535)
+      luaL_argerror(L, idx, "\"host:port\" with a port from 0 to 65535 "
+                            "expected");
   }
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
@@ -399,6 +403,7 @@ static int listener_new(lua_State *L) {
     const struct sockaddr_un *un = (const struct sockaddr_un *)&a.ss;
     if (un->sun_path[0] != '\0' && !(l->path = strdup(un->sun_path)))
       return lmp_nomem(L, 0);
+    l->owner = lmp_pid;
     pushaddr(L, (struct sockaddr *)&a.ss, a.len);
   } else {
     getsockname(l->fd, (struct sockaddr *)&got, &glen);

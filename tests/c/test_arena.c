@@ -229,6 +229,13 @@ static void test_parse_size(void) {
   ASSERT_EQ(n, 512 << 10);
   ASSERT_EQ(lmp_parse_size("12x", &n), -22);
   ASSERT_EQ(lmp_parse_size("", &n), -22);
+  /* A unit that would carry the size past 64 bits is refused, not
+   * wrapped. */
+  ASSERT_EQ(lmp_parse_size("16777215T", &n), 0);
+  ASSERT_EQ(n, 16777215ull << 40);
+  ASSERT_EQ(lmp_parse_size("16777216T", &n), -22);
+  ASSERT_EQ(lmp_parse_size("17179869185G", &n), -22);
+  ASSERT_EQ(lmp_parse_size("99999999999G", &n), -22);
 }
 
 static void check_heap(const char *when) {

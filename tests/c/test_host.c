@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <lualib.h>
 
 #include <luamp.h>
 
@@ -63,13 +64,42 @@ static void one_host(void) {
   ASSERT_EQ(luamp_close(h), 0);
 }
 
+/* A host made with no standard libraries: the application opens them,
+ * then requires luamp, which works as in any host. */
+static void test_no_stdlibs(void) {
+  luamp_config cfg;
+  const char *err = NULL;
+  luamp_host *h;
+  lua_State *L;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.arena_size = 64u << 20;
+  cfg.no_stdlibs = 1;
+  cfg.start_method = "spawn";
+  ASSERT_EQ(luamp_new(&cfg, &err) == NULL, 1);
+  ASSERT_EQ(err != NULL && strstr(err, "no_stdlibs") != NULL, 1);
+  cfg.start_method = NULL;
+  h = luamp_new(&cfg, &err);
+  if (h == NULL) {
+    CHECK_FAIL("luamp_new: %s", err);
+    return;
+  }
+  L = luamp_state(h);
+  lua_getglobal(L, "string");
+  ASSERT_EQ(lua_isnil(L, -1), 1); /* nothing opened */
+  lua_pop(L, 1);
+  luaL_openlibs(L);
+  expect(h, waits, "false Empty from the child 0");
+  ASSERT_EQ(luamp_close(h), 0);
+}
+
 static void test_first_host(void) { one_host(); }
 
 static void test_second_host_after_the_first_closed(void) { one_host(); }
 
 int main(void) {
   static const check_test tests[] = {
-    CHECK(test_first_host), CHECK(test_second_host_after_the_first_closed)
+    CHECK(test_first_host), CHECK(test_second_host_after_the_first_closed),
+    CHECK(test_no_stdlibs)
   };
   return check_run(tests, CHECK_COUNT(tests));
 }

@@ -433,6 +433,21 @@ describe("the luamp command", function()
       assert.is_true(dt < 1.5, "luamp returned after " .. dt .. " s")
       assert.is_false(alive(pid), "the daemon is still running")
     end)
+
+    it("terminates the daemons first, then waits for the others, as "
+       .. "Python does", function()
+      -- The daemon would print after 0.3 s, while the other runs on.
+      local status, out, err = run_script([[
+        local mp = require "luamp"
+        mp.Process{target = function() mp.sleep(1) end}:start()
+        mp.Process{daemon = true, target = function()
+          mp.sleep(0.3)
+          print("the daemon ran on")
+        end}:start()
+        print("main end")
+      ]])
+      assert.are.same({0, "main end\n", ""}, {status, out, err})
+    end)
   end)
 end)
 

@@ -417,5 +417,34 @@ describe("Listener and Client", function()
       .. "65535 expected)")
     assert.has_error(function() mp.Client("/nonexistent/luamp.sock") end,
       "cannot connect to /nonexistent/luamp.sock: No such file or directory")
+    for _, addr in ipairs{"127.0.0.1:99999", "127.0.0.1:65536",
+                          "127.0.0.1:80x", "127.0.0.1:-1"} do
+      assert.has_error(function() mp.Listener(addr) end,
+        "bad argument #1 to 'Listener' (\"host:port\" with a port from 0 "
+        .. "to 65535 expected)", addr)
+      assert.has_error(function() mp.Client(addr) end,
+        "bad argument #1 to 'Client' (\"host:port\" with a port from 0 "
+        .. "to 65535 expected)", addr)
+    end
+  end)
+
+  it("leaves its socket file to the process that made it", function()
+    -- A child that closes its inherited copy removes nothing.
+    local path = os.tmpname()
+    os.remove(path)
+    local l = mp.Listener(path)
+    local p = H.spawn(function() l:close() end)
+    H.finish(p)
+    assert.are.equal("socket", require("lfs").attributes(path, "mode"),
+      "the socket file was removed")
+    local c = mp.Client(path)
+    local s = l:accept()
+    c:send("still here")
+    assert.are.equal("still here", s:recv())
+    c:close()
+    s:close()
+    l:close()
+    assert.is_nil(require("lfs").attributes(path), "its maker's close "
+      .. "removes it")
   end)
 end)
