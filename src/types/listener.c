@@ -234,6 +234,31 @@ fail:
   lmp_raise_errno(L, rc, "cannot connect");
 }
 
+/* Raises Lua's argument error for a key of the options table at idx that
+ * is not one of `known` (NULL-ended), naming the options there are. */
+static void checkopts(lua_State *L, int idx, const char *const known[]) {
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (; known[i] != NULL; i++)
+        if (strcmp(lua_tostring(L, -1), known[i]) == 0) break;
+    if (lua_type(L, -1) != LUA_TSTRING || known[i] == NULL) {
+      int n = 1;
+      lua_pushfstring(L, "unknown option '%s' (the options are ",
+                      luaL_tolstring(L, -1, NULL));
+      for (i = 0; known[i] != NULL; i++, n += 2) {
+        lua_pushstring(L, i == 0 ? "" : known[i + 1] ? ", " : " and ");
+        lua_pushstring(L, known[i]);
+      }
+      lua_pushliteral(L, ")");
+      lua_concat(L, n + 1);
+      luaL_argerror(L, idx, lua_tostring(L, -1));
+    }
+  }
+}
+
 /* The authkey in the options table at idx (a string), or NULL. */
 static const char *optkey(lua_State *L, int idx, size_t *klen) {
   const char *k = NULL;
@@ -365,7 +390,9 @@ static int listener_new(lua_State *L) {
   socklen_t glen = sizeof got;
   checkaddr(L, 1, &a);
   if (!lua_isnoneornil(L, 2)) {
+    static const char *const known[] = {"backlog", "authkey", NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
+    checkopts(L, 2, known);
     if (lua_getfield(L, 2, "backlog") != LUA_TNIL) {
       if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 1 ||
           lua_tointeger(L, -1) > 65535)
@@ -512,8 +539,10 @@ static int client_new(lua_State *L) {
   int fd, rc;
   checkaddr(L, 1, &a);
   if (!lua_isnoneornil(L, 2)) {
+    static const char *const known[] = {"timeout", "authkey", NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_settop(L, 2);
+    checkopts(L, 2, known);
     key = optkey(L, 2, &klen); /* kept alive by the options, at 2 */
     lua_getfield(L, 2, "timeout");
     deadline = lmp_opt_deadline(L, 3);

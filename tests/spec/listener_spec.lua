@@ -428,6 +428,23 @@ describe("Listener and Client", function()
     end
   end)
 
+  it("refuse options they do not know, naming those they do", function()
+    assert.has_error(function() mp.Listener("127.0.0.1:0", {backlg = 1}) end,
+      "bad argument #2 to 'Listener' (unknown option 'backlg' (the options "
+      .. "are backlog and authkey))")
+    assert.has_error(function() mp.Client("127.0.0.1:1", {timout = 1}) end,
+      "bad argument #2 to 'Client' (unknown option 'timout' (the options "
+      .. "are timeout and authkey))")
+    local l = mp.Listener("127.0.0.1:0", {backlog = 4})
+    local c = mp.Client(l.address, {timeout = 5})
+    local s = l:accept(5)
+    c:send(1)
+    assert.are.equal(1, s:recv())
+    c:close()
+    s:close()
+    l:close()
+  end)
+
   it("leaves its socket file to the process that made it", function()
     -- A child that closes its inherited copy removes nothing.
     local path = os.tmpname()
