@@ -478,6 +478,16 @@ local function usage(msg)
   return 2
 end
 
+-- The broker's configuration from url, or LUAMP_BROKER; nil and why.
+local function config(url)
+  if url == nil and (os.getenv("LUAMP_BROKER") or "") == "" then
+    return nil, "a broker URL is needed (or LUAMP_BROKER)"
+  end
+  local ok, cfg = pcall(broker.config, url, 1)
+  if not ok then return nil, tostring(cfg) end
+  return cfg
+end
+
 local function worker_main(args)
   local url, c, key, name, exit_on_loss = nil, core.cpu_count(), nil, nil,
     false
@@ -511,7 +521,8 @@ local function worker_main(args)
     end
     i = i + 1
   end
-  local cfg = broker.config(url, 1)
+  local cfg, why = config(url)
+  if not cfg then return usage(why) end
   key = broker.authkey(key, 1)
   core.interrupt_on_sigterm()
   for _, m in ipairs(requires) do require(m) end
@@ -542,7 +553,8 @@ end
 
 -- luamp workers URL: the live workers.
 local function workers_main(args)
-  local cfg = broker.config(args[1], 1)
+  local cfg, why = config(args[1])
+  if not cfg then return usage(why) end
   local conn = broker.connect(cfg, "cli", 5)
   local k = broker.names(cfg.ns, "-")
   local wids = conn:call({"SMEMBERS", k.workers})

@@ -816,5 +816,16 @@ describe("broker pool", function()
     assert.matches("pid " .. W1.pid .. " slots 2 busy %d+ pools", out2)
     assert.matches("%d+ workers?, 0 pools on " .. R.url:gsub(":[^:@/]*@", "")
                    :gsub("%p", "%%%0"), out2)
+    -- No URL, or a bad one: a usage message, not a traceback.
+    for _, args in ipairs{"worker", "workers", "worker http://x"} do
+      local st3, out3, err3 = H.run("env -u LUAMP_BROKER " .. H.q(H.luamp)
+                                    .. " " .. args)
+      assert.are.same({2, ""}, {st3, out3}, args)
+      assert.matches(args == "worker http://x"
+        and "^luamp: bad broker URL: the URL must start with redis://"
+        or "^luamp: a broker URL is needed %(or LUAMP_BROKER%)\nusage:",
+        err3)
+      assert.is_nil(err3:find("traceback", 1, true), args)
+    end
   end)
 end)
