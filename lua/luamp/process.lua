@@ -462,6 +462,9 @@ function M.Process(opts)
   end
   local self = {}
   for k, v in pairs(opts) do
+    if getters[k] and k ~= "daemon" and k ~= "name" then
+      argerror(1, "Process", "field '" .. tostring(k) .. "' is read-only")
+    end
     if k ~= "daemon" and k ~= "name" then self[k] = v end
   end
   counter = counter + 1

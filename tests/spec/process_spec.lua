@@ -59,6 +59,16 @@ describe("Process", function()
       os.remove(path)
     end)
 
+    it("refuses a read-only field among the fields it is given", function()
+      for _, k in ipairs{"exitcode", "pid", "ident", "sentinel"} do
+        assert.has_error(function() mp.Process{target = print, [k] = 1} end,
+          "bad argument #1 to 'Process' (field '" .. k .. "' is read-only)")
+      end
+      local p = mp.Process{target = print, payload = "mine"}
+      assert.are.equal("mine", p.payload)
+      assert.is_nil(p.exitcode)
+    end)
+
     it("keeps the name and daemon flag it is given", function()
       local p = mp.Process{target = print, name = "worker-7", daemon = true}
       assert.are.equal("worker-7", p.name)
