@@ -1046,12 +1046,17 @@ static int child_ready(void *h, int *fd) {
 
 /* --------------------------------------------------------- shutdown */
 
+/* Whether none is left running of the children *ud names: NOT_DAEMONS,
+ * ALL or DAEMONS. */
+enum { NOT_DAEMONS, ALL, DAEMONS };
+
 static int ready_none(void *ud) {
-  int daemons = *(int *)ud, left = 0;
+  int which = *(int *)ud, left = 0;
   lmp_child *c;
   lmp_reap_children();
   for (c = children; c != NULL; c = c->next)
-    if (!c->ended && (daemons || !c->daemon)) left++;
+    if (!c->ended && (which == ALL || (which == DAEMONS) == (c->daemon != 0)))
+      left++;
   return left == 0;
 }
 
@@ -1064,14 +1069,14 @@ static void signal_all(int sig, int daemons_only) {
 /* Ends every child still running: SIGTERM, then SIGKILL after `grace`
  * seconds, then waits for them all.  Returns how many had to be ended. */
 int lmp_terminate_children(double grace, int daemons_only) {
-  int n = 0, all = 1;
+  int n = 0, which = daemons_only ? DAEMONS : ALL;
   lmp_child *c, *next;
   lmp_reap_children();
   for (c = children; c != NULL; c = c->next)
     if (!c->ended && (!daemons_only || c->daemon)) n++;
   if (n == 0) return 0;
   signal_all(SIGTERM, daemons_only);
-  if (lmp_wait(NULL, ready_none, &all, lmp_now() + grace) != 1) {
+  if (lmp_wait(NULL, ready_none, &which, lmp_now() + grace) != 1) {
     signal_all(SIGKILL, daemons_only);
     for (c = children; c != NULL; c = next) {
       int status;
@@ -1094,8 +1099,8 @@ int lmp_terminate_children(double grace, int daemons_only) {
  * interrupted, else the number of children that had to be terminated.
  */
 static int shutdown_children(void) {
-  int none = 0, rc, n = lmp_terminate_children(0.5, 1);
-  rc = lmp_wait(NULL, ready_none, &none, -1); /* no Lua runs here */
+  int which = NOT_DAEMONS, rc, n = lmp_terminate_children(0.5, 1);
+  rc = lmp_wait(NULL, ready_none, &which, -1); /* no Lua runs here */
   if (rc < 0) {
     lmp_take_interrupt();
     lmp_terminate_children(0.5, 0);
