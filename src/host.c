@@ -151,8 +151,44 @@ static int set_method(luamp_host *h, const char *method) {
   return 0;
 }
 
+/* Loads luamp into h's new state as cfg says: NULL, or why it could not.
+ * With no_stdlibs, luamp's own Lua (which needs the standard libraries)
+ * is left to the caller's `require "luamp"`, once it has opened them. */
+static const char *load_luamp(luamp_host *h, const luamp_config *cfg) {
+  static char msg[200];
+  lua_State *L = h->L;
+  if (cfg->no_stdlibs) {
+    if (cfg->start_method != NULL)
+      return "a start method cannot be set with no_stdlibs (set it once "
+             "luamp is required)";
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_luamp);
+    lua_setfield(L, -2, "luamp");
+    lua_pop(L, 1);
+    return NULL;
+  }
+  luaL_openlibs(L);
+  lua_pushcfunction(L, luaopen_luamp);
+  lua_pushliteral(L, "luamp");
+  if (luamp_pcall(h, 1, 1) != LUA_OK) {
+    snprintf(msg, sizeof msg, "cannot load the luamp module: %s",
+             lua_tostring(L, -1));
+    return msg;
+  }
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "luamp");
+  lua_pop(L, 2);
+  if (cfg->start_method != NULL && set_method(h, cfg->start_method) < 0) {
+    snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+    return msg;
+  }
+  return NULL;
+}
+
 LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   static const luamp_config defaults;
+  const char *why;
   luamp_host *h;
   int rc;
   if (cfg == NULL) cfg = &defaults;
@@ -181,44 +217,8 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   lua_setallocf(h->L, host_alloc, h);
   lua_pushboolean(h->L, 1);
   lua_setfield(h->L, LUA_REGISTRYINDEX, LMP_HOSTED);
-  if (cfg->no_stdlibs) {
-    /* luamp's own Lua needs the standard libraries: the caller's
-     * `require "luamp"` loads it, once it has opened them. */
-    if (cfg->start_method != NULL) {
-      if (err != NULL) *err = "a start method cannot be set with no_stdlibs "
-                              "(set it once luamp is required)";
-      lua_close(h->L);
-      free(h);
-      return NULL;
-    }
-    luaL_getsubtable(h->L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-    lua_pushcfunction(h->L, luaopen_luamp);
-    lua_setfield(h->L, -2, "luamp");
-    lua_pop(h->L, 1);
-    lmp_sigint_own();
-    last_host = h;
-    return h;
-  }
-  luaL_openlibs(h->L);
-  lua_pushcfunction(h->L, luaopen_luamp);
-  lua_pushliteral(h->L, "luamp");
-  if (luamp_pcall(h, 1, 1) != LUA_OK) {
-    static char msg[200];
-    snprintf(msg, sizeof msg, "cannot load the luamp module: %s",
-             lua_tostring(h->L, -1));
-    if (err != NULL) *err = msg;
-    lua_close(h->L);
-    free(h);
-    return NULL;
-  }
-  luaL_getsubtable(h->L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushvalue(h->L, -2);
-  lua_setfield(h->L, -2, "luamp");
-  lua_pop(h->L, 2);
-  if (cfg->start_method != NULL && set_method(h, cfg->start_method) < 0) {
-    static char msg[200];
-    snprintf(msg, sizeof msg, "%s", lua_tostring(h->L, -1));
-    if (err != NULL) *err = msg;
+  if ((why = load_luamp(h, cfg)) != NULL) {
+    if (err != NULL) *err = why;
     lua_close(h->L);
     free(h);
     return NULL;

@@ -368,6 +368,8 @@ lua_Integer lmp_decode_head(const char *p, size_t n, lua_Integer *v, int k);
  * returns the status, so a caller can free what holds the message either
  * way before it raises. */
 int lmp_decode_protected(lua_State *L, const char *p, size_t n);
+/* The same with lmp_decode_plain. */
+int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n);
 
 /* Take out, decode, release: pushes the value of the message [p, p+n)
  * that this process has taken out of a shared object, then drops the

@@ -570,11 +570,26 @@ static int decode_raw(lua_State *L) {
   return 1;
 }
 
-int lmp_decode_protected(lua_State *L, const char *p, size_t n) {
-  lua_pushcfunction(L, decode_raw);
+static int decode_plain_raw(lua_State *L) {
+  lmp_decode_plain(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+/* Runs decoder f on [p, p+n) under lua_pcall. */
+static int protected(lua_State *L, lua_CFunction f, const char *p,
+                     size_t n) {
+  lua_pushcfunction(L, f);
   lua_pushlightuserdata(L, (void *)p);
   lua_pushinteger(L, (lua_Integer)n);
   return lua_pcall(L, 2, 1, 0);
+}
+
+int lmp_decode_protected(lua_State *L, const char *p, size_t n) {
+  return protected(L, decode_raw, p, n);
+}
+
+int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n) {
+  return protected(L, decode_plain_raw, p, n);
 }
 
 void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,

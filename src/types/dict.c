@@ -176,12 +176,12 @@ static void dict_dtor(lmp_obj *o) {
 
 /* Takes entry e out of slot i (e leaving, LMP_PEND_OUT, before the store
  * that commits it), the guard held; `now` replaces it (DELETED, or a new
- * entry registered as LMP_PEND_IN, which the commit makes the dict's). */
+ * entry registered as LMP_PEND_IN, which the commit makes the dict's).
+ * The count is the caller's. */
 static void take_out(dict *d, table *t, int64_t i, entry *e, lmp_off now) {
   lmp_pending_set(&d->h, e, LMP_PEND_OUT);
   t->s[i].off = now; /* the commit */
-  if (now == DELETED) atomic_fetch_sub(&d->count, 1);
-  else lmp_pending_clear(LMP_PEND_IN);
+  if (now != DELETED) lmp_pending_clear(LMP_PEND_IN);
 }
 
 /* Unlocks d and drops entry e, taken out with take_out. */
@@ -401,6 +401,7 @@ static int delete(dict *d, key *k) {
   }
   e = LMP_PTR(t->s[i].off);
   take_out(d, t, i, e, DELETED);
+  atomic_fetch_sub(&d->count, 1);
   drop_unlock(d, e);
   return 1;
 }
@@ -522,6 +523,7 @@ static int dict_pop(lua_State *L) {
   }
   e = LMP_PTR(t->s[i].off);
   take_out(d, t, i, e, DELETED);
+  atomic_fetch_sub(&d->count, 1);
   dunlock(d);
   /* The entry keeps its references while its value is decoded. */
   lmp_take_decode(L, VAL(e), e->vlen, e, &e->refs);
@@ -745,8 +747,7 @@ static int dict_clear(lua_State *L) {
     entry *e;
     if (t->s[i].off <= DELETED) continue;
     e = LMP_PTR(t->s[i].off);
-    lmp_pending_set(&d->h, e, LMP_PEND_OUT);
-    t->s[i].off = DELETED; /* the commit */
+    take_out(d, t, (int64_t)i, e, DELETED);
     lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, LMP_PEND_OUT);
   }

@@ -632,11 +632,6 @@ static int conn_recv_bytes_into(lua_State *L) {
   return 1;
 }
 
-static int decode_plain(lua_State *L) {
-  lmp_decode_plain(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
-  return 1;
-}
-
 /* recv() -> value.  The decoding may run Lua (a finalizer the collector
  * runs as it allocates) that reads from c too: the message's bytes are
  * lent out meanwhile, so that such a read fills a buffer of its own, and
@@ -662,14 +657,10 @@ static int conn_recv(lua_State *L) {
   cap = c->cap;
   c->buf = NULL;
   c->cap = 0;
-  if (c->plain == OUTSIDE) { /* not authenticated: data, nothing else */
-    lua_pushcfunction(L, decode_plain);
-    lua_pushlightuserdata(L, body);
-    lua_pushinteger(L, (lua_Integer)n);
-    rc = lua_pcall(L, 2, 1, 0);
-  } else {
+  if (c->plain == OUTSIDE) /* not authenticated: data, nothing else */
+    rc = lmp_decode_plain_protected(L, body, n);
+  else
     rc = lmp_decode_protected(L, body, n);
-  }
   if (c->buf == NULL && c->fd >= 0) { /* its own again */
     c->buf = body;
     c->cap = cap;
