@@ -1240,6 +1240,28 @@ describe("Pool", function()
       assert.are.equal("true\t100\t100\t97\t16\t10000\t0\n"
         .. "false\t100\t100\t0\tnil\tnil\t0\n", out)
     end)
+
+    it("lets the workers of a closed pool go when its input ends after "
+       .. "its last results came", function()
+      -- Eight items on one worker: the last chunks fill its window, so
+      -- the input's end is read only once their results are in, and
+      -- that read must let the worker leave.
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        for n = 7, 10 do
+          local pool = mp.Pool(1)
+          local read = 0
+          local it = pool:imap(function(x) return x end, function()
+            if read < n then read = read + 1; return read end
+          end)
+          it()
+          pool:close()
+          pool:join()
+          io.write(read, " ")
+        end
+      ]], "timeout 60")
+      assert.are.same({0, "7 8 9 10 ", ""}, {status, out, err})
+    end)
   end)
 
   describe("close, terminate and join", function()

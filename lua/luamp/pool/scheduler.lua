@@ -466,9 +466,11 @@ local function run_deferred(self)
 end
 
 -- Reads more of each lazy job's input (outside any step: the input is the
--- user's), and adds what it read as tasks.  True if it added any.
+-- user's), and adds what it read as tasks.  True if it added any, or an
+-- input ended: the step after it has tasks to send, or, on a closed pool,
+-- idle workers to let go.
 local function refill(self)
-  local added = false
+  local changed = false
   for job in pairs(self.lazy) do
     while self.state ~= M.TERMINATE and job:wants_more(self.state == M.CLOSE)
     do
@@ -480,7 +482,7 @@ local function refill(self)
           job.inflight = job.inflight + 1
           -- (between steps: nothing can hold the lock here)
           assert(locked(self, S.add, job, job.fid, am, msgs.CHUNK, at, n))
-          added = true
+          changed = true
         else
           job:unsendable(at, am)
         end
@@ -489,9 +491,10 @@ local function refill(self)
     if job.exhausted and self.lazy[job] then
       self.lazy[job] = nil
       self:unuse(job.fid)
+      changed = true
     end
   end
-  return added
+  return changed
 end
 
 -- The Pool's work, done whenever the owner is in a luamp call: one step,
