@@ -46,7 +46,7 @@ local PUMP_EVERY = 32 -- apply_async: collect outcomes every so many tasks,
                       -- or more (see submit_apply)
 local EAGER = 8       -- apply_async: tasks a worker may be sent at once
 
-local Pool = {__name = "luamp.Pool"}
+local Pool = {__name = "luamp.Pool", __send = false}
 Pool.__index = Pool
 local AsyncResult, new_result = jobs.AsyncResult, jobs.new_result
 

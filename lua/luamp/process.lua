@@ -136,9 +136,11 @@ function mt.__close(self)
   self:close()
 end
 
+-- (__index calls getters in a tail call: their caller is the user's.)
 function getters.exitcode(self)
+  checkclosed(self)
   local code = rawget(self, "_exitcode")
-  if code ~= nil or rawget(self, "_closed") then return code end
+  if code ~= nil then return code end
   local child = rawget(self, "_child")
   if not child or not child:ours() then return nil end
   code = child:exitcode()
@@ -158,6 +160,7 @@ function getters.daemon(self)
 end
 
 function getters.pid(self)
+  checkclosed(self)
   return rawget(self, "_pid")
 end
 getters.ident = getters.pid
@@ -173,7 +176,6 @@ local function sentinel(p, level)
 end
 M.sentinel = sentinel
 
--- (__index calls getters in a tail call: their caller is the user's.)
 function getters.sentinel(self)
   local child = sentinel(self)
   return child

@@ -719,6 +719,22 @@ static void enctable(enc *e, int idx) {
     return;
   }
   if (putname(e, idx, tp, 1)) return;
+  switch (luaL_getmetafield(L, idx, "__send")) { /* a class may refuse */
+    case LUA_TNIL:
+      break;
+    case LUA_TBOOLEAN:
+      if (!lua_toboolean(L, -1)) {
+        char why[128];
+        const char *name = luaL_getmetafield(L, idx, "__name") ==
+            LUA_TSTRING ? lua_tostring(L, -1) : "such";
+        snprintf(why, sizeof why, "%.80s objects cannot be passed "
+                 "between processes", name);
+        fail(e, idx, why);
+      }
+      /* fallthrough */
+    default:
+      lua_pop(L, 1);
+  }
   enter(e);
   f = &e->frames[e->depth - 1];
   pos = e->b->len;

@@ -845,6 +845,24 @@ describe("Pool", function()
       assert.are.equal(0, #mp.active_children() - 2)
     end)
 
+    -- As CPython's Pool.__reduce__: "pool objects cannot be passed
+    -- between processes or pickled".
+    it("refuses to send a Pool or an AsyncResult, naming it", function()
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(sqr, {3})
+      fails("cannot send args[1]: luamp.Pool objects cannot be passed "
+        .. "between processes", pool.apply, pool, sqr, {pool})
+      fails("cannot send args[1].r: luamp.AsyncResult objects cannot be "
+        .. "passed between processes", pool.apply, pool, sqr, {{r = r}})
+      local q = mp.Queue()
+      fails("cannot send value<upvalue pool>: luamp.Pool objects cannot be "
+        .. "passed between processes", q.put, q,
+        function() return pool end)
+      assert.are.equal(9, r:get(10))
+      assert.are.equal(16, pool:apply(sqr, {4}))
+      q:close()
+    end)
+
     -- After CPython's test_map_no_failfast.
     it("fails as a whole on the first error, and the other tasks still run",
        function()

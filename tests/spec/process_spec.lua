@@ -633,6 +633,11 @@ describe("Process", function()
         "process object is closed")
       assert.has_error(function() return p.sentinel end,
         "process object is closed")
+      for _, field in ipairs{"exitcode", "pid", "ident"} do
+        assert.has_error(function() return p[field] end,
+          "process object is closed")
+      end
+      assert.are.equal("Process-", p.name:sub(1, 8))
     end)
 
     it("raises while the process is running", function()
@@ -659,7 +664,8 @@ describe("Process", function()
       end)
       assert.are.equal("done", readfile(path))
       assert.is_true(dt >= 0.19 and dt < 1.5, "the scope took " .. dt)
-      assert.are.equal(0, outer.exitcode)
+      assert.has_error(function() return outer.exitcode end,
+        "process object is closed")
       assert.has_error(function() outer:start() end,
         "process object is closed")
       os.remove(path)

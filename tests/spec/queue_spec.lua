@@ -242,6 +242,16 @@ describe("Queue", function()
       closed:close()
       assert.has_error(function() q:put{closed} end,
         "cannot send value[1]: closed luamp.Lock")
+      -- A class whose metatable says __send = false.
+      local Handle = {__name = "my.Handle", __send = false}
+      assert.has_error(function()
+        q:put({1, {h = setmetatable({}, Handle)}})
+      end, "cannot send value[2].h: my.Handle objects cannot be passed "
+        .. "between processes")
+      assert.has_error(function()
+        q:put(setmetatable({}, {__send = false}))
+      end, "cannot send value: such objects cannot be passed between "
+        .. "processes")
       -- A shared object reached before the bad value is not kept either.
       local inner = mp.Queue()
       assert.has_error(function()

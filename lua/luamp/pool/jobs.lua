@@ -52,7 +52,7 @@ end
 
 -- -------------------------------------------------------------- AsyncResult
 
-local AsyncResult = {__name = "luamp.AsyncResult"}
+local AsyncResult = {__name = "luamp.AsyncResult", __send = false}
 AsyncResult.__index = AsyncResult
 M.AsyncResult = AsyncResult
 
