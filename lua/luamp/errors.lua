@@ -53,6 +53,23 @@ function M.argerror(n, fname, msg, level)
         (level or 1) + 2)
 end
 
+-- Checks the optional timeout t, argument n of fname, and returns it as a
+-- number: nil, or a number (a numeric string too, as luaL_checknumber
+-- takes), not NaN.
+function M.checktimeout(t, n, fname, level)
+  if t == nil then return nil end
+  local x = type(t) == "string" and tonumber(t) or t
+  if type(x) ~= "number" then
+    M.argerror(n, fname, "number expected, got " .. M.typename(t),
+               (level or 1) + 1)
+  end
+  if x ~= x then
+    M.argerror(n, fname, "timeout must be a number, not NaN",
+               (level or 1) + 1)
+  end
+  return x
+end
+
 -- The name of v's type as luaL_typeerror gives it: its metatable's
 -- __name if it has one.
 function M.typename(v)

@@ -11,8 +11,9 @@ local error, getmetatable, ipairs, pairs, pcall, rawset, setmetatable,
   tonumber, type = error, getmetatable, ipairs, pairs, pcall, rawset,
   setmetatable, tonumber, type
 local pack, unpack = table.pack, table.unpack
-local argerror, checkself, reraise, typename =
-  errors.argerror, errors.checkself, errors.reraise, errors.typename
+local argerror, checkself, checktimeout, reraise, typename =
+  errors.argerror, errors.checkself, errors.checktimeout, errors.reraise,
+  errors.typename
 
 local M = {}
 
@@ -102,16 +103,7 @@ local function wait_for(self, predicate, timeout)
   if not callable(predicate) then
     argerror(1, "wait_for", "function expected, got " .. typename(predicate))
   end
-  if timeout ~= nil then
-    local t = type(timeout) == "string" and tonumber(timeout) or timeout
-    if type(t) ~= "number" then
-      argerror(2, "wait_for", "number expected, got " .. typename(timeout))
-    end
-    if t ~= t then
-      argerror(2, "wait_for", "timeout must be a number, not NaN")
-    end
-    timeout = t
-  end
+  timeout = checktimeout(timeout, 2, "wait_for")
   local result = predicate()
   local endtime = timeout and core.monotonic() + timeout
   while not result do
@@ -154,9 +146,7 @@ function M.wait(objects, timeout)
   if type(objects) ~= "table" then
     argerror(1, "wait", "table expected, got " .. type(objects))
   end
-  if timeout ~= nil and type(timeout) ~= "number" then
-    argerror(2, "wait", "number expected, got " .. type(timeout))
-  end
+  timeout = checktimeout(timeout, 2, "wait")
   local list = {}
   for i = 1, #objects do
     local o = objects[i]

@@ -12,8 +12,8 @@ local concat, unpack = table.concat, table.unpack
 local format = string.format
 local traceback = debug.traceback
 local stderr = io.stderr
-local argerror, checkself, checkoptions = errors.argerror, errors.checkself,
-  errors.checkoptions
+local argerror, checkself, checkoptions, checktimeout = errors.argerror,
+  errors.checkself, errors.checkoptions, errors.checktimeout
 
 local M = {}
 
@@ -37,16 +37,6 @@ end
 
 -- These raise at the caller of the method that calls them, or as `level`
 -- says (see luamp.errors).
-
-local function checktimeout(fname, t, level)
-  level = (level or 1) + 1
-  if t ~= nil and type(t) ~= "number" then
-    argerror(1, fname, "number expected, got " .. type(t), level)
-  end
-  if t ~= t then
-    argerror(1, fname, "timeout must be a number, not NaN", level)
-  end
-end
 
 local function checkclosed(self, level)
   if rawget(self, "_closed") then
@@ -381,7 +371,7 @@ end
 -- Waits for the child to end; true if it has (false after a timeout).
 function Process:join(timeout)
   checkself(self, mt, "join")
-  checktimeout("join", timeout)
+  timeout = checktimeout(timeout, 1, "join")
   checkclosed(self)
   if self._parent_pid ~= core.getpid() then
     error("can only join a child process", 2)

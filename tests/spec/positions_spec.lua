@@ -189,6 +189,33 @@ print(select(2, pcall(function() mp.Pool(1) end)))
     end)
   end)
 
+  describe("timeouts", function()
+    it("take a numeric string, as luaL_checknumber does", function()
+      local p = mp.Process{target = mp.sleep, args = {5}}
+      p:start()
+      local a, b = mp.Pipe()
+      local pool <close> = mp.Pool(1)
+      local r = pool:apply_async(mp.sleep, {5})
+      local c = mp.Condition()
+      local t0 = mp.monotonic()
+      assert.is_false(p:join("0.05"))
+      assert.are.same({}, mp.wait({a, p}, "0.05"))
+      assert.is_false(r:wait("0.05"))
+      H.raises(mp.TimeoutError, "the result is not ready after 0.05 s",
+        r.get, r, "0.05")
+      c:acquire()
+      assert.is_false(c:wait_for(function() return false end, "0.05"))
+      c:release()
+      local dt = mp.monotonic() - t0
+      assert.is_true(dt >= 0.2 and dt < 3, "took " .. dt)
+      p:kill()
+      p:join()
+      pool:terminate()
+      a:close()
+      b:close()
+    end)
+  end)
+
   describe("mp.wait", function()
     it("with arguments of the wrong type", function()
       raises_here("bad argument #1 to 'wait' (table expected, got number)",

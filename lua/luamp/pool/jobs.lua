@@ -21,7 +21,7 @@ local error, format, getmetatable, pcall, setmetatable, tostring, type,
   tostring, type, table.unpack
 local decode, decode_into, monotonic, newtable = core.decode,
   core.decode_into, core.monotonic, core.newtable
-local argerror, checkself = errors.argerror, errors.checkself
+local checkself, checktimeout = errors.checkself, errors.checktimeout
 
 local M = {}
 
@@ -161,12 +161,7 @@ end
 -- at `level` (1: the caller of the function that calls wait_result).
 local function wait_result(res, timeout, fname, level)
   level = level + 1
-  if timeout ~= nil and type(timeout) ~= "number" then
-    argerror(1, fname, "number expected, got " .. type(timeout), level)
-  end
-  if timeout ~= timeout then
-    argerror(1, fname, "timeout must be a number, not NaN", level)
-  end
+  timeout = checktimeout(timeout, 1, fname, level)
   if res[READY] then return true end
   local ready = res[POOL]:_wait_until(function() return res[READY] end,
                                       timeout, level)
