@@ -563,7 +563,12 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
   end
   pump_submitted(sched)
   local pool = self
-  -- The iterator for a generic for: each result in turn, nil at the end.
+  -- The iterator for a generic for, each result in turn and nil at the
+  -- end, and its closing value, which ends the progress line however the
+  -- loop ends (a break, an error).
+  local closing = job.progress and setmetatable({}, {__close = function()
+    job.progress:finish()
+  end})
   return function()
     local key
     local function ready()
@@ -597,22 +602,26 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
       job.input_error = nil
       error(e.err, e.level)
     end
-    if job.progress then job.progress:step(0, true) end
+    if job.progress then job.progress:finish() end
     return nil
-  end
+  end, nil, nil, closing
 end
 
 -- for r in pool:imap(f, iterable, [chunksize | options]) do ... end
 function Pool:imap(f, iterable, opt)
   checkself(self, Pool, "imap")
-  local r = submit_lazy(self, f, iterable, opt, "imap", true)
-  return r -- not a tail call: error levels count this frame
+  local it, _, _, closing = submit_lazy(self, f, iterable, opt, "imap",
+                                        true)
+  return it, nil, nil, closing -- not a tail call: error levels count this
+                               -- frame
 end
 
 function Pool:imap_unordered(f, iterable, opt)
   checkself(self, Pool, "imap_unordered")
-  local r = submit_lazy(self, f, iterable, opt, "imap_unordered", false)
-  return r -- not a tail call: error levels count this frame
+  local it, _, _, closing = submit_lazy(self, f, iterable, opt, "imap_unordered",
+                                        false)
+  return it, nil, nil, closing -- not a tail call: error levels count this
+                               -- frame
 end
 
 -- ----------------------------------------------------------- ending a pool

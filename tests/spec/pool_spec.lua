@@ -1477,6 +1477,42 @@ describe("Pool", function()
       assert.is_truthy(tty:find("\r", 1, true))
     end)
 
+    it("ends the line of an imap left by a break or an error", function()
+      local status, tty = on_tty([[
+        local mp = require "luamp"
+        local pool = mp.Pool(2)
+        local t = {}
+        for i = 1, 40 do t[i] = i end
+        local function slow(x) mp.sleep(0.01) return x end
+        local n = 0
+        for _ in pool:imap(slow, t, {progress = true}) do
+          n = n + 1
+          if n == 3 then break end
+        end
+        local ok = pcall(function()
+          for _ in pool:imap_unordered(function(x)
+            if x == 4 then error("boom") end
+            return x
+          end, {1, 2, 3, 4}, {progress = true}) do end
+        end)
+        assert(not ok)
+        pool:map(slow, {1, 2, 3}, {progress = true})
+        pool:close()
+        pool:join()
+      ]])
+      assert.are.equal(0, status, tty)
+      local lines = final_lines(tty)
+      assert.are.equal(3, #lines, tty)
+      assert.matches("^%d+/40 done, ", lines[1])
+      assert.matches("^%d/4 done, ", lines[2])
+      assert.matches("^3/3 done, ", lines[3])
+      -- Nothing of the first two is drawn after its line ended.
+      assert.is_nil(tty:find("/40 done", tty:find("/4 done", 1, true),
+                             true), tty)
+      assert.is_nil(tty:find("/4 done", tty:find("3/3 done", 1, true),
+                             true), tty)
+    end)
+
     it("follows LUAMP_PROGRESS=1 when the call does not say", function()
       local status, tty = on_tty((JOB:gsub("OPT", "nil")),
         "LUAMP_PROGRESS=1")

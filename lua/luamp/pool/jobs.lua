@@ -222,15 +222,27 @@ function Progress:line()
     self.done, self.total and tostring(self.total) or "?", rate, el, eta)
 end
 
+-- n more done; `final` ends the line (finish).  An ended line is not
+-- drawn again.
 function Progress:step(n, final)
+  if self.over then return end
   self.done = self.done + n
   local now = monotonic()
   if final or now - self.last >= 0.1 then
     self.last = now
     io.stderr:write(self:line())
-    if final then io.stderr:write("\n") end
+    if final then
+      self.over = true
+      io.stderr:write("\n")
+    end
     io.stderr:flush()
   end
+end
+
+-- Ends the line as it stands: the job is over, done or not (an error, an
+-- imap left early).
+function Progress:finish()
+  self:step(0, true)
 end
 
 -- --------------------------------------------------------------------- Map
@@ -272,9 +284,7 @@ function Map:_done(sched, at, n, m)
 end
 
 function Map:_failed(sched, at, n, e)
-  if self.progress and not self.res[READY] then
-    io.stderr:write("\n")
-  end
+  if self.progress and not self.res[READY] then self.progress:finish() end
   settle(sched, self.res, false, e)
 end
 
