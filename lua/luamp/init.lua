@@ -180,6 +180,9 @@ function M.get_context(method)
   if ctx then return ctx end
   ctx = setmetatable({}, {__index = M, __name = "luamp.Context"})
   function ctx.get_start_method() return method end
+  function ctx.set_start_method()
+    error("cannot set start method of concrete context", 2)
+  end
   function ctx.Process(opts)
     local ok, p = pcall(process.Process, opts)
     if not ok then reraise(p, "Process") end

@@ -236,7 +236,7 @@ function M.get_all_start_methods() return {unpack(ALL)} end
 
 local function checkmethod(fname, method, level)
   if type(method) ~= "string" then
-    argerror(1, fname, "string expected, got " .. type(method), level + 1)
+    argerror(1, fname, "string expected, got " .. type(method), level)
   end
   if not METHODS[method] then
     error(format("cannot find context for %q", method), level + 1)

@@ -76,7 +76,8 @@ static int core_wait(lua_State *L) {
     /* No position in these errors: the Lua front adds the caller's. */
     if (it->cls == NULL || it->cls->ready == NULL) {
       lua_pushfstring(L, "bad argument #1 to 'wait' (item %d is not a "
-                      "connection, sentinel or queue of this process)", i + 1);
+                      "connection, listener, process, sentinel or queue of "
+                      "this process)", i + 1);
       return lua_error(L);
     }
     if ((it->cls->type != 0 && ((lmp_handle *)it->h)->obj == NULL) ||

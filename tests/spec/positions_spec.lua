@@ -189,6 +189,19 @@ print(select(2, pcall(function() mp.Pool(1) end)))
     end)
   end)
 
+  describe("start methods", function()
+    it("of the wrong type", function()
+      raises_here("bad argument #1 to 'set_start_method' (string expected, "
+        .. "got number)", function() mp.set_start_method(42, true) end)
+      raises_here("bad argument #1 to 'get_context' (string expected, got "
+        .. "boolean)", function() mp.get_context(true) end)
+      raises_here("bad argument #1 to 'Pool' (string expected, got number)",
+        function() mp.Pool{context = 5} end)
+      raises_here('cannot find context for "bogus"',
+        function() mp.set_start_method("bogus", true) end)
+    end)
+  end)
+
   describe("timeouts", function()
     it("take a numeric string, as luaL_checknumber does", function()
       local p = mp.Process{target = mp.sleep, args = {5}}
@@ -226,7 +239,7 @@ print(select(2, pcall(function() mp.Pool(1) end)))
         .. "NaN)",
         function() mp.wait({}, 0/0) end)
       raises_here("bad argument #1 to 'wait' (item 1 is not a connection, "
-        .. "sentinel or queue of this process)",
+        .. "listener, process, sentinel or queue of this process)",
         function() mp.wait{5} end)
     end)
 

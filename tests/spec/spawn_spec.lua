@@ -52,6 +52,11 @@ describe("start methods", function()
     assert.has_error(function() ctx.Process{target = 5} end,
       "bad argument #1 to 'Process' (field 'target' is not callable "
       .. "(a number value))")
+    -- As Python: a concrete context's method is its own for good.
+    assert.has_error(function() ctx.set_start_method("forkserver") end,
+      "cannot set start method of concrete context")
+    assert.are.equal("spawn", ctx.get_start_method())
+    assert.are.equal("fork", mp.get_start_method())
   end)
 end)
 

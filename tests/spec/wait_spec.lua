@@ -221,8 +221,8 @@ describe("wait", function()
       gone:close()
       for i, bad in ipairs{3, "x", {}, print} do
         assert.has_error(function() mp.wait({q, bad}, 0) end,
-          "bad argument #1 to 'wait' (item 2 is not a connection, sentinel "
-          .. "or queue of this process)", "case " .. i)
+          "bad argument #1 to 'wait' (item 2 is not a connection, listener, "
+          .. "process, sentinel or queue of this process)", "case " .. i)
       end
       -- What it is, said, for one of luamp's own that cannot be waited on.
       assert.has_error(function() mp.wait({q, closed}, 0) end,
