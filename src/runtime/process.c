@@ -1101,7 +1101,9 @@ int lmp_terminate_children(double grace, int daemons_only) {
 static int shutdown_children(void) {
   int which = NOT_DAEMONS, rc, n = lmp_terminate_children(0.5, 1);
   rc = lmp_wait(NULL, ready_none, &which, -1); /* no Lua runs here */
-  if (rc < 0) {
+  /* A Ctrl-C that came with the children's ends (the same one, sent to
+   * the whole group) is one all the same. */
+  if (rc < 0 || lmp_defer_interrupt()) {
     lmp_take_interrupt();
     lmp_terminate_children(0.5, 0);
     return -EINTR;

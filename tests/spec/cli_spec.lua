@@ -353,6 +353,22 @@ describe("the luamp command", function()
       assert.is_true(wait_for(function() return not alive(child) end, 1),
         "the child outlived the host")
     end)
+
+    it("exits 130 when it comes with the end of the last child", function()
+      -- As a Ctrl-C to the whole group can: the host, stopped, is sent
+      -- SIGINT, its child ends, and it wakes to both at once.
+      local ready = tmpfile()
+      local fh, host, child = start_host(ready, true)
+      assert.is_true(wait_for(function() return state(host) == "S" end, 5),
+        "the host did not block waiting for its child")
+      os.execute("kill -STOP " .. host)
+      assert.is_true(wait_for(function() return state(host) == "T" end, 5))
+      os.execute("kill -INT " .. host .. "; kill -9 " .. child)
+      assert.is_true(wait_for(function() return state(child) == "Z" end, 5),
+        "the child did not end")
+      os.execute("kill -CONT " .. host)
+      assert.are.same({"exit", 130}, {finish_host(fh, host)})
+    end)
   end)
 
   describe("when the host is killed", function()
