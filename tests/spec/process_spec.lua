@@ -376,6 +376,28 @@ describe("Process", function()
       assert.are.equal(7, p.exitcode)
     end)
 
+    it("is n after os.exit(n, true), which closes the child's state first",
+       function()
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        local p = mp.Process{target = function()
+          local t <close> = setmetatable({}, {__close = function()
+            io.write("closed ")
+          end})
+          local g = setmetatable({}, {__gc = function()
+            io.write("collected ")
+          end})
+          os.exit(3, true)
+        end}
+        p:start()
+        p:join()
+        io.write(p.exitcode)
+      ]])
+      assert.are.equal(0, status, err)
+      assert.are.equal("closed collected 3", out)
+      assert.are.equal("", err)
+    end)
+
     it("is 1 after an error, with the error under Process <name>: on stderr",
        function()
       local status, out, err = H.luamp_e([[
