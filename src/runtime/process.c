@@ -198,8 +198,20 @@ static void after_fork_child(uint32_t slot, pid_t ppid_then) {
 
 /* Leaves a child process: the Lua exit hook (join its own children), stdio,
  * the arena references, then _exit.  Never returns. */
+static void (*exit_hooks[8])(void); /* lmp_on_exit's */
+static int nexit_hooks;
+
+void lmp_on_exit(void (*fn)(void)) {
+  int i;
+  for (i = 0; i < nexit_hooks; i++)
+    if (exit_hooks[i] == fn) return;
+  if (nexit_hooks < 8 && atexit(fn) == 0) exit_hooks[nexit_hooks++] = fn;
+}
+
 void lmp_exit_child(lua_State *L, int status) {
+  int i;
   if (L != NULL) lmp_run_atexit(L);
+  for (i = 0; i < nexit_hooks; i++) exit_hooks[i]();
   fflush(NULL);
   lmp_slot_retire();
   _exit(status & 0xff);

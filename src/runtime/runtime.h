@@ -215,9 +215,15 @@ int lmp_run_atexit(lua_State *L);
  * finalizer that does). */
 #define LMP_HOSTED "luamp.hosted"
 
-/* Leaves a forked child: its exit (lmp_run_atexit), stdio, its arena
- * references, then _exit(status).  Never returns. */
+/* Leaves a forked child: its exit (lmp_run_atexit), the functions given
+ * to lmp_on_exit, stdio, its arena references, then _exit(status).  Never
+ * returns. */
 void lmp_exit_child(lua_State *L, int status);
+
+/* Has fn run when this process leaves: by exit() (atexit) and, in a
+ * child, which leaves by _exit, by lmp_exit_child.  For what the process
+ * made outside itself, such as a socket file.  At most 8. */
+void lmp_on_exit(void (*fn)(void));
 
 /* The end of a child whose body was called with lua_pcall, which returned
  * rc with the body's result or error on the top of L: Ctrl-C kills it with

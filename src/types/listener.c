@@ -22,7 +22,27 @@ typedef struct listener {
   int fd;
   char *path; /* the socket file to remove on close, or NULL */
   pid_t owner; /* the process that made it: only it removes the file */
+  struct listener *next, *prev; /* in `files`, while it has a path */
 } listener;
+
+/* The listeners with a socket file, whose files a process that leaves
+ * without closing them (os.exit, a child's end) removes too, as Python's
+ * do. */
+static listener *files;
+
+static void remove_files(void) {
+  listener *l;
+  for (l = files; l != NULL; l = l->next)
+    if (l->owner == getpid()) unlink(l->path);
+}
+
+static void add_file(listener *l) {
+  lmp_on_exit(remove_files);
+  l->prev = NULL;
+  l->next = files;
+  if (files != NULL) files->prev = l;
+  files = l;
+}
 
 /* User values of a Listener: 1 its address, 2 last_accepted, 3 its
  * authkey (a string, or nil). */
@@ -33,7 +53,11 @@ static void listener_free(void *h) {
   listener *l = h;
   if (l->fd >= 0) close(l->fd);
   l->fd = -1;
-  if (l->path && l->owner == lmp_pid) unlink(l->path);
+  if (l->path == NULL) return;
+  if (l->owner == lmp_pid) unlink(l->path);
+  if (l->prev != NULL) l->prev->next = l->next;
+  else files = l->next;
+  if (l->next != NULL) l->next->prev = l->prev;
   free(l->path);
   l->path = NULL;
 }
@@ -428,9 +452,14 @@ static int listener_new(lua_State *L) {
   }
   if (a.ss.ss_family == AF_UNIX) {
     const struct sockaddr_un *un = (const struct sockaddr_un *)&a.ss;
-    if (un->sun_path[0] != '\0' && !(l->path = strdup(un->sun_path)))
-      return lmp_nomem(L, 0);
     l->owner = lmp_pid;
+    if (un->sun_path[0] != '\0') {
+      if ((l->path = strdup(un->sun_path)) == NULL) {
+        unlink(un->sun_path);
+        return lmp_nomem(L, 0);
+      }
+      add_file(l);
+    }
     pushaddr(L, (struct sockaddr *)&a.ss, a.len);
   } else {
     getsockname(l->fd, (struct sockaddr *)&got, &glen);

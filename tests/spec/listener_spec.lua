@@ -464,4 +464,30 @@ describe("Listener and Client", function()
     assert.is_nil(require("lfs").attributes(path), "its maker's close "
       .. "removes it")
   end)
+
+  it("has its socket file removed by a maker that leaves without closing it",
+     function()
+    local lfs = require "lfs"
+    local path = os.tmpname()
+    os.remove(path)
+    -- A child that makes one and ends; the parent's, inherited, stays.
+    local mine = mp.Listener(path .. ".parent")
+    local p = H.spawn(function()
+      local l = mp.Listener(path .. ".child")
+      assert(l.address == path .. ".child")
+    end)
+    H.finish(p)
+    assert.is_nil(lfs.attributes(path .. ".child"), "the child's file stayed")
+    assert.are.equal("socket", lfs.attributes(path .. ".parent", "mode"))
+    mine:close()
+    -- A program that ends by os.exit, which closes nothing.
+    local status, out, err = H.luamp_e(([[
+      local mp = require "luamp"
+      local l = mp.Listener(%q)
+      io.write(require("lfs").attributes(%q, "mode"))
+      os.exit(0)
+    ]]):format(path, path))
+    assert.are.same({0, "socket", ""}, {status, out, err})
+    assert.is_nil(lfs.attributes(path), "os.exit left the file")
+  end)
 end)
