@@ -78,20 +78,19 @@ end
 -- what those raise is raised again at the caller.
 
 -- lock:with(fn, ...) -> what fn returns: fn runs holding the lock, which
--- is released whether fn returns or raises.
+-- is released whether fn returns or raises, and whenever a Ctrl-C comes
+-- (core.with).
+local with = core.with
 local function with_for(mt)
   return function(self, fn, ...)
     checkself(self, mt, "with")
     if not callable(fn) then
       argerror(1, "with", "function expected, got " .. typename(fn))
     end
-    local ok, e = pcall(self.acquire, self)
-    if not ok then reraise(e) end
-    local r = pack(pcall(fn, ...))
-    ok, e = pcall(self.release, self)
-    if not ok then reraise(e) end
-    if not r[1] then error(r[2], 0) end
-    return unpack(r, 2, r.n)
+    local r = pack(pcall(with, self, fn, ...))
+    if not r[1] then reraise(r[2]) end -- from acquire or release
+    if not r[2] then error(r[3], 0) end -- from fn
+    return unpack(r, 3, r.n)
   end
 end
 

@@ -212,10 +212,20 @@ void lmp_service(void) {
 
 /* ---------------------------------------------------------------- SIGINT */
 
+/* The interrupt is raised at a call or at the next instruction of Lua
+ * code, never at a return: a return hook runs before the results are
+ * moved, and a luamp call that has done its work (a message taken, a
+ * lock acquired) would lose them.  So it comes after that call, as
+ * Python's handler runs after the C call that returned its result.  A
+ * deferred one (lmp_defer_interrupt) is not raised. */
 static void int_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
-  lmp_raise_interrupt(L);
+  if (sigint_pending) lmp_raise_interrupt(L);
+}
+
+static void set_int_hook(lua_State *L) {
+  lua_sethook(L, int_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
 }
 
 static void on_sigint(int sig) {
@@ -230,8 +240,7 @@ static void on_sigint(int sig) {
   sigint_pending = 1;
   sig_pending = 1;
   if (int_L != NULL) /* as lua.c does: the hook raises at the next step */
-    lua_sethook(int_L, int_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT,
-                1);
+    set_int_hook(int_L);
   bump_self();
   errno = saved;
 }
@@ -307,7 +316,9 @@ int lmp_defer_interrupt(void) {
 }
 
 void lmp_resume_interrupt(int pending) {
-  if (pending) sigint_pending = pending;
+  if (!pending) return;
+  sigint_pending = pending;
+  if (int_L != NULL) set_int_hook(int_L);
 }
 
 void lmp_take_interrupt(void) { take_interrupt(); }

@@ -306,7 +306,9 @@ static void sem_dtor(lmp_obj *o) { lmp_guard_destroy(&((sem *)o)->g); }
 
 typedef struct event {
   lmp_obj h;
-  _Atomic uint32_t flag, seq;
+  _Atomic uint32_t flag;
+  _Atomic uint32_t sets; /* how many sets there have been */
+  _Atomic uint32_t seq;  /* the futex word, which any wake-up bumps */
 } event;
 
 /* --------------------------------------------------------- Lua bindings */
@@ -432,6 +434,7 @@ static int event_is_set(lua_State *L) {
 static int event_set(lua_State *L) {
   event *e = (event *)lmp_checkobj(L, 1);
   atomic_store(&e->flag, 1);
+  atomic_fetch_add(&e->sets, 1);
   lmp_futex_bump(&e->seq, INT_MAX);
   lmp_notify_watchers(&e->h);
   return 0;
@@ -443,15 +446,17 @@ static int event_clear(lua_State *L) {
 }
 
 /* A waiter's view of an event: it wakes once the flag is set, or once a
- * set came since it began (the flag may be cleared again by then). */
+ * set came since it began (the flag may be cleared again by then).  Sets
+ * are counted apart from the futex word, which a wake-up of this process
+ * for anything else (a signal, a child's end) bumps too. */
 typedef struct event_wait_ud {
   event *e;
-  uint32_t seq; /* e->seq when the wait began */
+  uint32_t sets; /* e->sets when the wait began */
 } event_wait_ud;
 
 static int event_set_since(void *ud) {
   event_wait_ud *w = ud;
-  return atomic_load(&w->e->flag) || atomic_load(&w->e->seq) != w->seq;
+  return atomic_load(&w->e->flag) || atomic_load(&w->e->sets) != w->sets;
 }
 
 /* wait([timeout]) -> the flag at the end, as Python's: a set followed at
@@ -460,7 +465,7 @@ static int event_wait(lua_State *L) {
   event_wait_ud w;
   int rc;
   w.e = (event *)lmp_checkobj(L, 1);
-  w.seq = atomic_load(&w.e->seq);
+  w.sets = atomic_load(&w.e->sets);
   rc = lmp_wait_on(L, &w.e->seq, event_set_since, &w,
                    lmp_opt_deadline(L, 2));
   if (rc < 0) return lmp_raise_errno(L, rc, "cannot wait");
@@ -478,6 +483,37 @@ static int sync_Event(lua_State *L) {
   if (e == NULL) return lmp_nomem(L, sizeof(event));
   lmp_pushnew(L, &e->h);
   return 1;
+}
+
+/* -------------------------------------------------------------------- with */
+
+/* with(obj, fn, ...) -> true and what fn returned, or false and what it
+ * raised: fn runs holding obj (by its acquire and release methods: a
+ * lock, a semaphore, a condition), which is released however fn ends.
+ * What acquire or release raise is raised.  No Lua code runs between the
+ * acquire and the call of fn, nor between fn's end and the release, and
+ * a Ctrl-C that comes then waits for the release: once acquired, obj is
+ * released, whenever the interrupt comes. */
+static int sync_with(lua_State *L) {
+  int n = lua_gettop(L), status, pending, released;
+  luaL_checkany(L, 2);
+  lua_getfield(L, 1, "acquire");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 0);
+  lua_pushboolean(L, 1); /* at n + 1: true, or false after an error */
+  for (int i = 2; i <= n; i++) lua_pushvalue(L, i);
+  status = lua_pcall(L, n - 2, LUA_MULTRET, 0);
+  pending = lmp_defer_interrupt();
+  lua_getfield(L, 1, "release");
+  lua_pushvalue(L, 1);
+  released = lua_pcall(L, 1, 0, 0);
+  lmp_resume_interrupt(pending);
+  if (released != LUA_OK) return lua_error(L);
+  if (status != LUA_OK) {
+    lua_pushboolean(L, 0);
+    lua_replace(L, n + 1);
+  }
+  return lua_gettop(L) - n;
 }
 
 /* ---------------------------------------------------------------- classes */
@@ -531,7 +567,7 @@ static const lmp_class *const sync_classes[] = {
 static const luaL_Reg sync_funcs[] = {
   {"Lock", sync_Lock}, {"RLock", sync_RLock},
   {"Semaphore", sync_Semaphore}, {"BoundedSemaphore", sync_BoundedSemaphore},
-  {"Event", sync_Event}, {NULL, NULL}
+  {"Event", sync_Event}, {"with", sync_with}, {NULL, NULL}
 };
 
 const lmp_family lmp_sync_family = {sync_classes, sync_funcs, NULL};

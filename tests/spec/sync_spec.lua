@@ -573,6 +573,26 @@ describe("Event", function()
     assert.is_false(e:wait(0))
   end)
 
+  it("keeps waiting through wake-ups that are no set", function()
+    -- A child's end (SIGCHLD) and a SIGURG (how one process wakes
+    -- another) end no wait: only a set does.
+    local e = mp.Event()
+    local p = spawn(function() mp.sleep(0.05) end)
+    local dt, r = timed(function() return e:wait(0.6) end)
+    finish(p)
+    assert.is_false(r)
+    took(dt, 0.55, 3, "wait(0.6) while a child ended")
+    local me = mp.current_process().pid
+    p = spawn(function()
+      mp.sleep(0.05)
+      os.execute("kill -URG " .. me)
+    end)
+    dt, r = timed(function() return e:wait(0.6) end)
+    finish(p)
+    assert.is_false(r)
+    took(dt, 0.55, 3, "wait(0.6) through a SIGURG")
+  end)
+
   it("wakes a waiter in another process within 0.5 s of set", function()
     local e, q = mp.Event(), mp.Queue()
     local p = spawn(function()
@@ -725,5 +745,72 @@ describe("Ctrl-C", function()
       "BoundedSemaphore\tfalse\t" .. I,
       "Event\tfalse\t" .. I,
       "done", ""}, "\n"), out)
+  end)
+
+  -- Runs a luamp chunk: `setup`, then `body`, during which a child stops
+  -- this process once it sleeps (in body's blocking call), makes that call
+  -- ready (`ready`), sends SIGINT and resumes it: the process wakes to
+  -- both at once.  Returns status, stdout and stderr.
+  local function both_at_once(setup, ready, body)
+    return H.luamp_e(H.PROC .. [[
+      local mp = require "luamp"
+      local me, armed = mp.current_process().pid, mp.Value("i", 0)
+      ]] .. setup .. [[
+      local p = mp.Process{target = function()
+        while armed.value == 0 or state(me) ~= "S" do mp.sleep(0.001) end
+        os.execute("kill -STOP " .. me)
+        while state(me) ~= "T" do mp.sleep(0.001) end
+        ]] .. ready .. [[
+        os.execute("kill -INT " .. me .. "; kill -CONT " .. me)
+      end}
+      p:start()
+      armed.value = 1
+      ]] .. body .. [[
+      p:join()
+    ]], "timeout -s KILL 30")
+  end
+
+  it("that comes as a get succeeds comes after it: the message is the "
+     .. "caller's", function()
+    local status, out, err = both_at_once("local q = mp.Queue()",
+      "q:put('precious')", [[
+      local function body()
+        local ok, m = pcall(function() return q:get() end)
+        return "not reached", ok, m
+      end
+      -- The handler reads body's locals where the interrupt came.
+      local r = table.pack(xpcall(body, function(e)
+        local _, ok = debug.getlocal(2, 1)
+        local _, m = debug.getlocal(2, 2)
+        return {e = e, ok = ok, m = m}
+      end))
+      print(r[1], r[2].e, r[2].ok, r[2].m, q:qsize())
+    ]])
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\tluamp.KeyboardInterrupt: interrupted\ttrue\t"
+      .. "precious\t0\n", out)
+  end)
+
+  it("that comes as with acquires its lock leaves the lock released",
+     function()
+    local status, out, err = both_at_once([[
+      local l, held, go = mp.Lock(), mp.Event(), mp.Event()
+      local holder = mp.Process{target = function()
+        l:acquire()
+        held:set()
+        go:wait(30)
+        l:release()
+      end}
+      holder:start()
+      held:wait(10)
+    ]], "go:set()", [[
+      local ran = false
+      local ok, e = pcall(l.with, l, function() ran = true end)
+      holder:join()
+      print(ok, tostring(e), ran, l:owned(), l:acquire(false))
+    ]])
+    assert.are.equal(0, status, err)
+    assert.are.equal("false\tluamp.KeyboardInterrupt: interrupted\tfalse\t"
+      .. "false\ttrue\n", out)
   end)
 end)
