@@ -436,11 +436,15 @@ static int set_value(lua_State *L, dict *d, lmp_bufhandle *h, int kidx,
 }
 
 /* Pushes the value of the key at kidx and returns 1, or returns 0 when it
- * is absent. */
+ * is absent.  nil and NaN are absent, as from a table: no key is either. */
 static int push_lookup(lua_State *L, dict *d, lmp_bufhandle *h, int kidx) {
   key k;
   int rc, top = lua_gettop(L);
   lmp_buf *b;
+  if (lua_isnil(L, kidx) ||
+      (lua_type(L, kidx) == LUA_TNUMBER && !lua_isinteger(L, kidx) &&
+       lua_tonumber(L, kidx) != lua_tonumber(L, kidx)))
+    return 0;
   getkey(L, kidx, 2, 0, &k);
   b = lmp_buf_claim(L, h->buf, LMP_FRAME());
   rc = lookup(d, &k, b);

@@ -302,13 +302,17 @@ static int list_extend(lua_State *L) {
   return 0;
 }
 
-/* insert(i, v): before position i (1 .. #l + 1) */
+/* insert(i, v): before position i (1 .. #l + 1); insert(v) appends, as
+ * table.insert does */
 static int list_insert(lua_State *L) {
   lmp_bufhandle *h;
-  list *l = checklist(L, &h);
-  int64_t i = checkindex(L, 2);
+  list *l;
+  int64_t i;
   item *it;
   uint64_t n;
+  if (lua_gettop(L) == 2) return list_append(L);
+  l = checklist(L, &h);
+  i = checkindex(L, 2);
   luaL_checkany(L, 3);
   it = newitem(L, l, h, 3);
   llock(l);
@@ -345,7 +349,9 @@ static int list_pop(lua_State *L) {
   int64_t i;
   llock(l);
   n = LEN(l);
-  if (lua_isnoneornil(L, 2) && n == 0) {
+  /* Nothing at #l + 1 (pop() or pop(1) of an empty list), as
+   * table.remove has it. */
+  if ((lua_isnoneornil(L, 2) && n == 0) || (uint64_t)k == n + 1) {
     lunlock(l);
     return 0;
   }

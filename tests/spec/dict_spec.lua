@@ -217,8 +217,13 @@ describe("Dict", function()
         local want = "^bad argument #%d to '%a+' %(string, number or boolean "
           .. "expected, got " .. tname .. "%)$"
         assert.matches(want, errmsg(function() d[key] = 1 end))
-        assert.matches(want, errmsg(function() return d[key] end))
-        assert.matches(want, errmsg(function() return d:get(key) end))
+        if key == nil then -- read as from a table: no key is nil
+          assert.is_nil(d[key])
+          assert.are.equal(7, d:get(key, 7))
+        else
+          assert.matches(want, errmsg(function() return d[key] end))
+          assert.matches(want, errmsg(function() return d:get(key) end))
+        end
         assert.matches(want, errmsg(function() return d:pop(key, 0) end))
         assert.matches(want, errmsg(function() return d:incr(key, 1, 0) end))
         assert.matches(want, errmsg(function() return d:add(key, 1) end))
@@ -228,6 +233,7 @@ describe("Dict", function()
         errmsg(function() d:update{[{}] = 1} end))
       assert.are.equal("bad argument #2 to 'newindex' (key is NaN)",
         errmsg(function() d[0 / 0] = 1 end))
+      assert.is_nil(d[0 / 0])
       assert.are.equal(0, #d)
       d:close()
     end)

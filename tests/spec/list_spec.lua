@@ -283,9 +283,15 @@ describe("List", function()
         .. "items))")
       assert.has_error(function() l:insert("a", "x") end,
         "bad argument #1 to 'insert' (number expected, got string)")
-      assert.has_error(function() l:insert(1) end,
-        "bad argument #2 to 'insert' (value expected)")
       assert.are.same({1, 2, n = 2}, l:totable())
+      l:close()
+    end)
+
+    it("appends with one argument, as table.insert does", function()
+      local l = mp.List{1, 2}
+      l:insert("x")
+      l:insert(3, "y")
+      assert.are.same({1, 2, "y", "x", n = 4}, l:totable())
       l:close()
     end)
   end)
@@ -379,9 +385,13 @@ describe("List", function()
       assert.has_error(function() l:pop(0) end,
         "bad argument #1 to 'pop' (index 0 out of range (list has 3 "
         .. "items))")
-      assert.has_error(function() l:pop(4) end,
-        "bad argument #1 to 'pop' (index 4 out of range (list has 3 "
+      assert.has_error(function() l:pop(5) end,
+        "bad argument #1 to 'pop' (index 5 out of range (list has 3 "
         .. "items))")
+      -- #l + 1 is nothing, as table.remove has it: pop(1) of an empty
+      -- list is nil.
+      assert.is_nil(l:pop(4))
+      assert.is_nil(mp.List():pop(1))
       assert.has_error(function() l:pop(-4) end,
         "bad argument #1 to 'pop' (index -4 out of range (list has 3 "
         .. "items))")
