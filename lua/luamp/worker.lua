@@ -109,8 +109,9 @@ function M.exec(pid, seq, sealed)
       local sent, e = pcall(core.seal, keys.msg, ctx, m, "result")
       if not sent then
         close_outcome(m)
-        out[i] = {m[1], 2, {message = "cannot send the result of the "
-                               .. "task: " .. tostring(e)}}
+        out[i] = msgs.failure(msgs.task_id(m), {message = "cannot send the "
+          .. (msgs.is_failure(m) and "error" or "result") .. " of the task: "
+          .. tostring(e)})
       end
     end
     s = core.seal(keys.msg, ctx, out, "outcome")

@@ -189,6 +189,28 @@ describe("broker pool", function()
       q:close()
       assert.are.equal(2, p:apply(function() return 2 end))
     end)
+
+    it("fails a task whose result or error holds a shared object, and "
+       .. "stays usable", function()
+      local function made(x)
+        return require("luamp").Value("i", x)
+      end
+      local ok, e = pcall(p.apply, p, made, {3})
+      assert.is_false(ok)
+      assert.are.equal("RemoteError", e.type)
+      assert.matches("^cannot send the result of the task: .*cannot cross "
+                     .. "to another machine", e.message)
+      ok, e = pcall(p.map, p, made, {1, 2})
+      assert.is_false(ok)
+      assert.are.equal("RemoteError", e.type)
+      assert.matches("^cannot send the result of the task", e.message)
+      ok, e = pcall(p.apply, p, function() error(require("luamp").Queue()) end)
+      assert.is_false(ok)
+      assert.are.equal("RemoteError", e.type)
+      assert.matches("^cannot send the error of the task", e.message)
+      assert.are.same({n = 2, 1, 4},
+                      p:map(function(x) return x * x end, {1, 2}))
+    end)
   end)
 
   it("raises BrokerError naming the URL when the broker is down", function()
