@@ -60,17 +60,23 @@ function M.parse(url)
   local rest, q = url:match("^([^?]*)%??(.*)$")
   local scheme, body = rest:match("^([%w+]+)://(.*)$")
   if scheme == "redis" then
-    local auth, hostport, db = body:match("^(.-)@?([^@/]*)/?(%d*)$")
-    if auth == nil then return nil, "cannot read the URL" end
-    if body:find("@", 1, true) == nil then auth = "" end
-    local host, port = hostport:match("^%[(.+)%]:?(%d*)$")
-    if not host then host, port = hostport:match("^([^:]*):?(%d*)$") end
+    -- The credentials end at the last "@" (a password may hold one).
+    local auth, where = body:match("^(.*)@([^@]*)$")
+    if not auth then auth, where = "", body end
+    local hostport, db = where:match("^([^/]*)/?(.*)$")
+    local host, port = hostport:match("^%[(.+)%]:?(.*)$")
+    if not host then host, port = hostport:match("^([^:]*):?(.*)$") end
     if not host or host == "" then return nil, "no host in the URL" end
+    if port ~= "" and not (port:match("^%d+$") and tonumber(port) < 65536)
+    then
+      return nil, "bad port '" .. port .. "'"
+    end
     cfg.host, cfg.port = host, tonumber(port) or M.DEFAULT_PORT
-    if db ~= "" then cfg.db = tonumber(db) end
+    if db ~= "" then cfg.db = db:match("^%d+$") and tonumber(db) end
     if auth ~= "" then
-      local pw = auth:match("^[^:]*:(.*)$") or auth
-      cfg.password = unescape(pw)
+      local user, pw = auth:match("^([^:]*):(.*)$")
+      if user ~= nil and user ~= "" then cfg.user = unescape(user) end
+      cfg.password = unescape(pw or auth)
     end
   elseif scheme == "redis+unix" then
     local auth, path = body:match("^(.-)@?(/.*)$")
@@ -300,8 +306,9 @@ function M.connect(cfg, role, timeout, level)
   end
   local self = setmetatable({c = c, cfg = cfg, timeout = timeout}, Conn)
   local ids = {}
-  if cfg.password then
-    ids[#ids + 1] = c:send({"AUTH", cfg.password}, timeout)
+  if cfg.password then -- an ACL user's, or the default user's
+    ids[#ids + 1] = c:send(cfg.user and {"AUTH", cfg.user, cfg.password}
+                                     or {"AUTH", cfg.password}, timeout)
   end
   if cfg.db ~= 0 then ids[#ids + 1] = c:send({"SELECT", cfg.db}, timeout) end
   ids[#ids + 1] = c:send({"CLIENT", "SETNAME", format("luamp-%s:%d", role,

@@ -738,9 +738,32 @@ describe("broker pool", function()
                           .. "redis+unix://"}, {broker.parse("http://x")})
     assert.are.same({nil, "unknown parameter 'x'"},
                     {broker.parse("redis://h?x=1")})
+    -- An ACL user; a password with an "@"; a db or port that is no number.
+    c = assert(broker.parse("redis://alice:a@b:c@h:1/2"))
+    assert.are.same({"alice", "a@b:c", "h", 1, 2},
+                    {c.user, c.password, c.host, c.port, c.db})
+    assert.are.same({nil, "bad database number"},
+                    {broker.parse("redis://:pw@127.0.0.1:6379/abc")})
+    assert.are.same({nil, "bad port '99999'"},
+                    {broker.parse("redis://h:99999")})
+    assert.are.same({nil, "bad port 'x'"}, {broker.parse("redis://h:x/1")})
     local ok, e = pcall(mp.Pool, {broker = "http://x", authkey = KEY})
     assert.is_false(ok)
     assert.matches("bad broker URL: the URL must start with redis://", e)
+  end)
+
+  it("logs in as the ACL user the URL names", function()
+    assert.are.equal("OK", R:cli("ACL", "SETUSER", "alice", "on",
+                                 ">alice-pw", "~*", "&*", "+@all"))
+    later(function() R:cli("ACL", "DELUSER", "alice") end)
+    local url = ("redis://alice:alice-pw@127.0.0.1:%d/0"):format(R.port)
+    local p = pool{broker = url}
+    later(function() p:terminate() end)
+    assert.are.equal(6, p:apply(function(x) return x * 2 end, {3}))
+    local ok, e = pcall(pool, {broker = url:gsub("alice%-pw", "wrong")})
+    assert.is_false(ok)
+    assert.are.equal("AuthenticationError", e.type)
+    assert.matches("refused the password", e.message)
   end)
 
   it("serves a broker on a Unix socket", function()
