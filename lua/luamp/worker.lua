@@ -208,8 +208,11 @@ function W:serve(pid, m)
   local why = errors.is(settings, "WireError") and "build" or "bad MAC"
   say(self, "refusing pool %s: %s", pid,
       tostring(settings.message or settings))
-  self.cmd:send({"HINCRBY", broker.names(self.cfg.ns, pid).refused, why, 1},
-                nil, false)
+  -- (The owner keeps it alive with the pool's other keys; it goes a
+  -- minute after that owner does.)
+  local key = broker.names(self.cfg.ns, pid).refused
+  self.cmd:send({"HINCRBY", key, why, 1}, nil, false)
+  self.cmd:send({"PEXPIRE", key, 60000}, nil, false)
 end
 
 -- Pool p ended: its executors go.

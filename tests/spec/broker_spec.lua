@@ -851,6 +851,26 @@ describe("broker pool", function()
     assert.is_true(took < 5, "took " .. took)
   end)
 
+  it("a task longer than broker_timeout, served while a worker with "
+     .. "another key refuses the pool, is no AuthenticationError", function()
+    local bad = H.worker(R, {c = 1, key = "another-key-0123456789abcdef"})
+    local p = pool{broker_timeout = 1}
+    later(function()
+      bad:stop()
+      p:terminate()
+    end)
+    local r = p:apply_async(function()
+      require("luamp").sleep(3)
+      return "done"
+    end)
+    assert.are.equal("done", r:get(20))
+    local log = bad:stop()
+    assert.matches("refusing pool", log)
+    -- The workers' count of refusals expires with the pool's keys.
+    local ttl = tonumber(R:cli("PTTL", p._sched.t.k.refused))
+    assert.is_true(ttl > 0, "the refusals' key has no expiry: " .. ttl)
+  end)
+
   it("luamp keygen and luamp workers", function()
     local st, out = H.run(H.q(H.luamp) .. " keygen")
     assert.are.equal(0, st)

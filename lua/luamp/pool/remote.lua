@@ -370,6 +370,13 @@ local function check_workers(self)
   end
   if self.warned_refused and not self.heard and next(self.entries)
      and monotonic() - self.warned_refused > self.bo.broker_timeout then
+    -- A worker that has taken a task has accepted the pool, even if none
+    -- has finished one yet.
+    local pending = c:call({"XPENDING", self.k.t, "w"})
+    if tonumber(pending[1]) and tonumber(pending[1]) > 0 then
+      self.heard = true
+      return
+    end
     break_down(self, {type = "AuthenticationError", message = "no worker "
       .. "accepted this pool's tasks, and some refused them: does every "
       .. "worker have the pool's authkey?"})
@@ -388,7 +395,7 @@ local function renew(self)
   if expired(self) then return end
   check_workers(self)
   local k, c, ttl = self.k, self.cmd, self.ttl_ms
-  for _, key in ipairs({k.meta, k.t, k.r, k.done}) do
+  for _, key in ipairs({k.meta, k.t, k.r, k.done, k.refused}) do
     c:send({"PEXPIRE", key, ttl}, nil, false)
   end
   for h in pairs(self.published) do
