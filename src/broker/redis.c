@@ -738,6 +738,25 @@ static int conn_wait(lua_State *L) {
   return take(L, c, q, prev);
 }
 
+static int all_done(void *ud) {
+  rconn *c = ud;
+  req *q;
+  if (c->ac == NULL) return 1;
+  for (q = c->head; q != NULL; q = q->next)
+    if (!q->done) return 0;
+  return 1;
+}
+
+/* c:settle(timeout) -> whether every request sent on c has its reply:
+ * writes what was sent and waits for the replies, running no Lua (a
+ * finalizer's last words: a pool dropped without close). */
+static int conn_settle(lua_State *L) {
+  rconn *c = checkconn(L, 1);
+  int rc = loop_wait(NULL, all_done, c, lmp_now() + luaL_checknumber(L, 2));
+  lua_pushboolean(L, rc == 1);
+  return 1;
+}
+
 /* c:flush(): writes what every connection was sent, now. */
 static int conn_flush(lua_State *L) {
   checkconn(L, 1);
@@ -793,6 +812,7 @@ static int conn_fd(lua_State *L) {
 static const luaL_Reg conn_meth[] = {
   {"send", conn_send}, {"take", conn_take}, {"wait", conn_wait},
   {"dispatch", conn_dispatch}, {"flush", conn_flush},
+  {"settle", conn_settle},
   {"alive", conn_alive},
   {"errors", conn_errors}, {"pending", conn_pending}, {"fd", conn_fd},
   {NULL, NULL}

@@ -584,6 +584,34 @@ describe("broker pool", function()
     end, 5), "keys left: " .. R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
   end)
 
+  it("takes its tasks off the broker when its owner ends without close",
+     function()
+    -- An error, the end of the script, a pool dropped and collected (its
+    -- owner then killed, so that no exit work runs): each time the tasks
+    -- not begun are gone from the broker when the owner is.
+    for _, ending in ipairs{
+      'error("the owner fails")',
+      '',
+      'p = nil; collectgarbage(); collectgarbage(); '
+        .. 'os.execute("kill -9 " .. mp.current_process().pid)',
+    } do
+      local st, out = H.run(H.q(H.luamp) .. " -e " .. H.q(string.format([[
+        local mp = require "luamp"
+        local p = mp.Pool{broker = %q, authkey = %q, lease = 5}
+        print(p._sched.t.pid)
+        io.stdout:flush()
+        p:map_async(function() require("luamp").sleep(30) end,
+                    {1, 2, 3, 4, 5, 6}, 1)
+        mp.sleep(0.2)
+        %s
+      ]], R.url, KEY, ending)))
+      local pid = out:match("%x+")
+      assert.is_not_nil(pid, out)
+      assert.are.equal("0", R:cli("EXISTS", "luamp:p:" .. pid .. ":t"),
+        "the tasks stayed after: " .. ending .. " (status " .. st .. ")")
+    end
+  end)
+
   it("closes its broker connections in a forked child", function()
     local function owners()
       local n = 0

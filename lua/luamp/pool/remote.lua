@@ -484,7 +484,10 @@ function T:running() return 0 end
 function T:forget(wid) self.vw[wid] = nil end
 
 -- terminate: the tasks not begun vanish with the stream, and the workers
--- are told to stop what they run for this pool.
+-- are told to stop what they run for this pool.  Both are on the broker
+-- before this returns (or a second has passed): a pool dropped without
+-- close is killed from its finalizer, and its connection may be closed
+-- right after, at the end of the program too.
 function T:kill(wid)
   local w = self.vw[wid]
   if w then w.killed = true end
@@ -492,9 +495,10 @@ function T:kill(wid)
     self.terminated = true
     self.unconfirmed = {} -- nothing goes again: the stream goes
     pcall(function()
-      self.cmd:send({"DEL", self.k.t}, nil, false)
+      self.cmd:send({"DEL", self.k.t}, 1, false)
       self.cmd:send({"XADD", self.k.announce, "MAXLEN", "~", 1000, "*",
-                     "pool", self.pid, "event", "terminate"}, nil, false)
+                     "pool", self.pid, "event", "terminate"}, 1, false)
+      self.cmd.c:settle(1)
     end)
   end
 end
