@@ -482,6 +482,14 @@ local function usage(msg)
   return 2
 end
 
+-- What stops a command before it serves: said on one line (without the
+-- place in luamp's own code that raised it), status 1.
+local function fail(msg)
+  msg = tostring(msg):gsub("^luamp/[%w/_]+%.lua:%d+: ", "")
+  io.stderr:write("luamp: " .. msg .. "\n")
+  return 1
+end
+
 -- The broker's configuration from url, or LUAMP_BROKER; nil and why.
 local function config(url)
   if url == nil and (os.getenv("LUAMP_BROKER") or "") == "" then
@@ -506,7 +514,9 @@ local function worker_main(args)
     elseif a == "--authkey-file" then
       i = i + 1
       if not args[i] then return usage("--authkey-file wants a file") end
-      key = broker.keyfile(args[i], "the authkey file")
+      local ok, k = pcall(broker.keyfile, args[i], "the authkey file")
+      if not ok then return fail(k) end
+      key = k
     elseif a == "--require" then
       i = i + 1
       if not args[i] then return usage("--require wants a module") end
@@ -527,7 +537,14 @@ local function worker_main(args)
   end
   local cfg, why = config(url)
   if not cfg then return usage(why) end
-  key = broker.authkey(key, 1)
+  if key == nil and os.getenv("LUAMP_AUTHKEY") == nil
+     and os.getenv("LUAMP_AUTHKEY_FILE") == nil then
+    return fail("no authkey: give --authkey-file F, or set LUAMP_AUTHKEY or "
+                .. "LUAMP_AUTHKEY_FILE (`luamp keygen` makes one)")
+  end
+  local ok, k = pcall(broker.authkey, key)
+  if not ok then return fail(k) end
+  key = k
   core.interrupt_on_sigterm()
   for _, m in ipairs(requires) do require(m) end
   local hostname = broker.hostname()
@@ -545,13 +562,19 @@ local function worker_main(args)
     if core.is_interrupt(e) or not errors.is(e, "BrokerError") then
       if self.cmd and self.cmd:alive() then self:stop() end
       if core.is_interrupt(e) then return 0 end
+      -- A refused password, say: one line.  Anything else is a bug.
+      if errors.is(e) then return fail(e) end
       error(e, 0)
     end
     say(self, "%s", e.message)
     for _, p in pairs(self.pools) do self:drop(p) end
     for _, c in ipairs({self.cmd, self.blk, self.ann}) do pcall(c.close, c) end
     if exit_on_loss then return 1 end
-    core.sleep(1)
+    local slept, why = pcall(core.sleep, 1)
+    if not slept then
+      if core.is_interrupt(why) then return 0 end
+      error(why, 0)
+    end
   end
 end
 

@@ -921,4 +921,49 @@ describe("broker pool", function()
       assert.is_nil(err3:find("traceback", 1, true), args)
     end
   end)
+
+  it("luamp worker says in one line why it cannot serve, status 1",
+     function()
+    local url = H.q(R.url)
+    local bad_pw = H.q((R.url:gsub(":[^:@/]*@", ":wrong@")))
+    for _, case in ipairs{
+      {"env -u LUAMP_AUTHKEY -u LUAMP_AUTHKEY_FILE", url,
+       "luamp: no authkey: give --authkey-file F, or set LUAMP_AUTHKEY or "
+       .. "LUAMP_AUTHKEY_FILE (`luamp keygen` makes one)\n"},
+      {"", url .. " --authkey-file /nonexistent/key",
+       "luamp: cannot read the authkey file: /nonexistent/key: No such file "
+       .. "or directory\n"},
+      {"LUAMP_AUTHKEY=short", url,
+       "luamp: authkey must have at least 16 bytes (`luamp keygen` makes "
+       .. "one)\n"},
+      {"LUAMP_AUTHKEY=" .. KEY, bad_pw .. " --exit-on-broker-loss",
+       {pattern = "^luamp: luamp%.AuthenticationError: redis://[^ ]* "
+                  .. "refused the password: WRONGPASS[^\n]*\n$"}},
+    } do
+      local st, out, err = H.run("env " .. case[1] .. " timeout 20 "
+                                 .. H.q(H.luamp) .. " worker " .. case[2])
+      assert.are.same({1, ""}, {st, out}, case[2])
+      if type(case[3]) == "table" then
+        assert.matches(case[3].pattern, err)
+      else
+        assert.are.equal(case[3], err)
+      end
+    end
+  end)
+
+  it("luamp worker ends with status 0 on SIGTERM while the broker is down",
+     function()
+    -- Between two tries to connect (asleep, most of the time) or in one:
+    -- either way it leaves cleanly.
+    local log = os.tmpname()
+    local st, out = H.run(string.format("LUAMP_AUTHKEY=%s timeout 30 sh -c "
+      .. "'%s worker redis://127.0.0.1:1/0 -c 1 >%s 2>&1 & pid=$!; "
+      .. "until grep -q \"cannot connect\" %s; do sleep 0.05; done; "
+      .. "kill -TERM $pid; wait $pid; echo status=$?'", H.q(KEY),
+      H.luamp, log, log))
+    local text = H.readfile(log) or ""
+    os.remove(log)
+    assert.are.same({0, "status=0\n"}, {st, out}, text)
+    assert.is_nil(text:find("Interrupt", 1, true), text)
+  end)
 end)
