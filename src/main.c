@@ -161,9 +161,27 @@ static const char *get_prompt(lua_State *L, int firstline) {
   return p;
 }
 
-/* Reads a line and pushes it, a leading '=' made "return"; 0 at the end
- * of input.  Input that is not a terminal is echoed after the prompt, as
- * readline does for lua(1), so that a transcript reads the same. */
+#define DROPPED (-2) /* loadline: Ctrl-C dropped the statement */
+
+static int noop(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+/* Ctrl-C at the prompt drops what was typed, as Python's and a shell's
+ * prompts do.  The interrupt it left pending is taken here, by a call
+ * that it interrupts, so that it does not fall on the next line's code. */
+static void drop_interrupt(lua_State *L) {
+  lua_pushcfunction(L, noop);
+  if (luamp_pcall(host, 0, 0) != LUA_OK) lua_pop(L, 1);
+  fputs("\n", stdout);
+  fflush(stdout);
+}
+
+/* Reads a line and pushes it, a leading '=' made "return": 1; 0 at the
+ * end of input; DROPPED after a Ctrl-C.  Input that is not a terminal is
+ * echoed after the prompt, as readline does for lua(1), so that a
+ * transcript reads the same. */
 static int pushline(lua_State *L, int firstline) {
   char b[MAXINPUT];
   size_t l;
@@ -171,8 +189,12 @@ static int pushline(lua_State *L, int firstline) {
   fputs(prmt, stdout);
   fflush(stdout);
   if (fgets(b, sizeof b, stdin) == NULL) {
+    int interrupted = ferror(stdin) && errno == EINTR;
     lua_pop(L, 1);
-    return 0;
+    if (!interrupted) return 0;
+    clearerr(stdin);
+    drop_interrupt(L);
+    return DROPPED;
   }
   lua_pop(L, 1);
   l = strlen(b);
@@ -204,8 +226,9 @@ static int multiline(lua_State *L) {
   for (;;) {
     size_t len;
     const char *line = lua_tolstring(L, 1, &len);
-    int status = luaL_loadbuffer(L, line, len, "=stdin");
-    if (!incomplete(L, status) || !pushline(L, 0)) return status;
+    int status = luaL_loadbuffer(L, line, len, "=stdin"), more;
+    if (!incomplete(L, status)) return status;
+    if ((more = pushline(L, 0)) != 1) return more == DROPPED ? more : status;
     lua_pushliteral(L, "\n");
     lua_insert(L, -2);
     lua_concat(L, 3);
@@ -215,7 +238,7 @@ static int multiline(lua_State *L) {
 static int loadline(lua_State *L) {
   int status;
   lua_settop(L, 0);
-  if (!pushline(L, 1)) return -1;
+  if ((status = pushline(L, 1)) != 1) return status == DROPPED ? status : -1;
   if ((status = addreturn(L)) != LUA_OK) status = multiline(L);
   lua_remove(L, 1);
   return status;
@@ -239,6 +262,7 @@ static void doREPL(lua_State *L) {
   const char *oldprogname = progname;
   progname = NULL;
   while ((status = loadline(L)) != -1) {
+    if (status == DROPPED) continue;
     if (status == LUA_OK) status = luamp_pcall(host, 0, LUA_MULTRET);
     if (status == LUA_OK) l_print(L);
     else report(L, status);

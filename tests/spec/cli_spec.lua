@@ -284,6 +284,39 @@ describe("the luamp command", function()
     end)
   end)
 
+  describe("-i and Ctrl-C", function()
+    it("drops the statement being typed and reads on", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir " .. q(dir) .. " && mkfifo " .. q(dir)
+                        .. "/in"))
+      local status, out = H.run(limit .. "sh -c " .. q(string.format([[
+        cd %s
+        %s -i <in >out 2>&1 & pid=$!
+        exec 3>in
+        echo 'x = {' >&3
+        until grep -q '>> ' out &&
+              [ "$(cut -d' ' -f3 /proc/$pid/stat)" = S ]; do
+          sleep 0.01
+        done
+        kill -INT $pid
+        until grep -q '>> $' out && [ "$(tail -c 2 out)" = '> ' ]; do
+          sleep 0.01
+        done
+        echo 'print("after", x)' >&3
+        exec 3>&-
+        wait $pid
+        echo "status $?"
+        cat out]], q(dir), luamp)))
+      os.execute("rm -rf " .. q(dir))
+      assert.are.equal(0, status)
+      assert.are.equal("status 0\n", out:match("^status %d+\n"), out)
+      assert.matches("> x = {\n>> \n> print%(\"after\", x%)\nafter\tnil\n",
+                     out)
+      assert.is_nil(out:find("error object", 1, true), out)
+    end)
+  end)
+
   describe("--arena", function()
     local size = "-e 'io.write(require(\"luamp\").stats().arena_size)'"
 
