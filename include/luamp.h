@@ -34,7 +34,11 @@ typedef struct luamp_config {
    * the first host or module of a process sets it. */
   size_t arena_size;
   /* A libuv loop (uv_loop_t *) the host should use instead of making its
-   * own; NULL for the host's own.  The caller keeps ownership. */
+   * own; NULL for the host's own.  The caller keeps ownership.  The hosts
+   * alive at once share the first one's loop; once the last is closed,
+   * its handles on the loop are closed too (run the loop once, e.g.
+   * uv_run(loop, UV_RUN_NOWAIT), before uv_loop_close), and the next host
+   * takes the loop it is given. */
   void *loop;
   /* Leave the standard libraries out of the new state: the caller opens
    * what it wants (luamp's own Lua needs base, package, coroutine, table,

@@ -43,6 +43,7 @@ struct luamp_host {
 };
 
 static luamp_host *last_host; /* keeps the state reachable for leak checks */
+static int nhosts;            /* alive: the last to close ends the runtime */
 
 static void *take_kept(luamp_host *h, size_t n) {
   int i, best = -1;
@@ -225,6 +226,7 @@ LUAMP_EXPORT luamp_host *luamp_new(const luamp_config *cfg, const char **err) {
   }
   lmp_sigint_own();
   last_host = h;
+  nhosts++;
   return h;
 }
 
@@ -277,5 +279,6 @@ LUAMP_EXPORT int luamp_close(luamp_host *h) {
   free_kept(h);
   if (last_host == h) last_host = NULL;
   free(h);
+  if (--nhosts == 0) lmp_runtime_end();
   return n;
 }

@@ -145,6 +145,24 @@ int lmp_loop_init(void *userloop, void (*hook)(void)) {
 
 static void close_cb(uv_handle_t *h) { (void)h; }
 
+void lmp_loop_end(void) {
+  int i;
+  if (loop == NULL || loop_pid != getpid()) return;
+  for (i = 0; i < nwatched; i++) /* (libuv then sets SIG_DFL back) */
+    if (!uv_is_closing((uv_handle_t *)watched[i].h))
+      uv_close((uv_handle_t *)watched[i].h, close_cb);
+  nwatched = 0;
+  if (wake_fd >= 0) close(wake_fd);
+  wake_fd = -1;
+  if (loop == &own_loop) {
+    uv_run(loop, UV_RUN_NOWAIT); /* the closes */
+    uv_loop_close(loop);
+  }
+  loop = NULL;
+  loop_pid = 0;
+  service_hook = NULL;
+}
+
 static void close_all(uv_handle_t *h, void *arg) {
   int *closed = arg;
   if (h->type == UV_SIGNAL) {

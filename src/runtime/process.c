@@ -125,14 +125,21 @@ static void on_chld(uv_signal_t *h, int sig) {
   lmp_reap_children();
 }
 
+static pid_t runtime_pid; /* the process whose runtime is up */
+
 int lmp_runtime_init(void *loop) {
   int rc;
-  static pid_t done;
-  if (done == getpid()) return 0;
+  if (runtime_pid == getpid()) return 0;
   if ((rc = lmp_loop_init(loop, lmp_reap_children)) < 0) return rc;
   if ((rc = lmp_loop_signal(&chld_h, SIGCHLD, on_chld)) < 0) return rc;
-  lmp_pid = done = getpid();
+  lmp_pid = runtime_pid = getpid();
   return 0;
+}
+
+void lmp_runtime_end(void) {
+  if (runtime_pid != getpid() || nchildren > 0) return;
+  lmp_loop_end();
+  runtime_pid = 0;
 }
 
 int lmp_pid_dead(pid_t pid) {

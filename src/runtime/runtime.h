@@ -183,8 +183,14 @@ void lmp_resume_interrupt(int pending);
 
 /* The runtime of this process: its loop (an embedder's libuv loop, or
  * NULL for one of its own), SIGCHLD and SIGURG watched.  Once per
- * process; 0 or -errno. */
+ * process, until lmp_runtime_end; 0 or -errno. */
 int lmp_runtime_init(void *loop);
+
+/* Lets go of the loop once no host uses it (no child left): its signal
+ * watchers are closed (an embedder's loop finishes those closes when it
+ * next runs; the runtime's own loop is run and closed here), and the next
+ * lmp_runtime_init starts afresh, on the loop it is given. */
+void lmp_runtime_end(void);
 
 extern pid_t lmp_pid; /* getpid(), kept current across forks */
 
@@ -375,6 +381,7 @@ int lmp_loop_init(void *loop, void (*hook)(void));
 int lmp_loop_signal(struct uv_signal_s *h, int sig,
                     void (*cb)(struct uv_signal_s *, int));
 void lmp_loop_after_fork(void);
+void lmp_loop_end(void);
 void lmp_take_interrupt(void);
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <lualib.h>
+#include <uv.h>
 
 #include <luamp.h>
 
@@ -92,6 +93,55 @@ static void test_no_stdlibs(void) {
   ASSERT_EQ(luamp_close(h), 0);
 }
 
+static void count_open(uv_handle_t *h, void *arg) {
+  if (!uv_is_closing(h)) (*(int *)arg)++;
+}
+
+/* Handles on loop not being closed. */
+static int open_handles(uv_loop_t *loop) {
+  int n = 0;
+  uv_walk(loop, count_open, &n);
+  return n;
+}
+
+/* A host on the application's loop a, closed; then one on its loop b:
+ * each runs on the loop it was given, and once closed leaves the loop
+ * free to close. */
+static void test_hosts_on_lent_loops(void) {
+  uv_loop_t a, b;
+  luamp_config cfg;
+  const char *err = NULL;
+  luamp_host *h;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.arena_size = 64u << 20;
+  ASSERT_EQ(uv_loop_init(&a), 0);
+  ASSERT_EQ(uv_loop_init(&b), 0);
+  cfg.loop = &a;
+  h = luamp_new(&cfg, &err);
+  if (h == NULL) {
+    CHECK_FAIL("luamp_new: %s", err);
+    return;
+  }
+  ASSERT_EQ(open_handles(&a) > 0, 1);
+  expect(h, waits, "false Empty from the child 0");
+  ASSERT_EQ(luamp_close(h), 0);
+  ASSERT_EQ(open_handles(&a), 0);
+  uv_run(&a, UV_RUN_NOWAIT);
+  ASSERT_EQ(uv_loop_close(&a), 0);
+  cfg.loop = &b;
+  h = luamp_new(&cfg, &err);
+  if (h == NULL) {
+    CHECK_FAIL("luamp_new: %s", err);
+    return;
+  }
+  ASSERT_EQ(open_handles(&b) > 0, 1);
+  expect(h, waits, "false Empty from the child 0");
+  expect(h, pool, "1 4 9 / 7");
+  ASSERT_EQ(luamp_close(h), 0);
+  uv_run(&b, UV_RUN_NOWAIT);
+  ASSERT_EQ(uv_loop_close(&b), 0);
+}
+
 static void test_first_host(void) { one_host(); }
 
 static void test_second_host_after_the_first_closed(void) { one_host(); }
@@ -99,7 +149,7 @@ static void test_second_host_after_the_first_closed(void) { one_host(); }
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_first_host), CHECK(test_second_host_after_the_first_closed),
-    CHECK(test_no_stdlibs)
+    CHECK(test_no_stdlibs), CHECK(test_hosts_on_lent_loops)
   };
   return check_run(tests, CHECK_COUNT(tests));
 }
