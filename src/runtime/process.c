@@ -866,10 +866,27 @@ static int serve(lua_State *L, int sock, pid_t owner, char **preload) {
   }
 }
 
+/* Puts the first executable `luamp` on $PATH in path: 1, or 0. */
+static int luamp_on_path(char *path, size_t size) {
+  const char *dirs = getenv("PATH"), *end;
+  if (dirs == NULL) return 0;
+  for (;; dirs = end + 1) {
+    size_t len;
+    end = strchr(dirs, ':');
+    len = end != NULL ? (size_t)(end - dirs) : strlen(dirs);
+    if (snprintf(path, size, "%.*s/luamp", (int)(len ? len : 1),
+                 len ? dirs : ".") < (int)size &&
+        access(path, X_OK) == 0)
+      return 1;
+    if (end == NULL) return 0;
+  }
+}
+
 /* executable() -> the program a spawned child runs unless told another:
  * this process's own when a luamp host runs it (the luamp command, or an
- * application embedding one), else the installed luamp command; nil when
- * neither can be found. */
+ * application embedding one), else the installed luamp command, else the
+ * luamp command on $PATH (a module installed under another prefix than
+ * the one it was built for); nil when none can be found. */
 static int proc_executable(lua_State *L) {
   char path[4096];
   ssize_t n;
@@ -885,6 +902,10 @@ static int proc_executable(lua_State *L) {
     return 1;
   }
 #endif
+  if (luamp_on_path(path, sizeof path)) {
+    lua_pushstring(L, path);
+    return 1;
+  }
   lua_pushnil(L);
   return 1;
 }

@@ -735,6 +735,31 @@ describe_stock("the luamp module in a stock lua5.4", function()
     return H.run(env .. " " .. limit .. "lua5.4 -e " .. q(code))
   end
 
+  it("finds the luamp command on PATH for a spawned child", function()
+    -- The module as installed under another prefix than the one it was
+    -- built for: the command is not where it looks first.
+    local bin = tmpfile()
+    local cmd = prog:sub(1, 1) == "/" and prog or os.getenv("PWD") .. "/"
+      .. prog
+    assert(os.execute("mkdir " .. q(bin) .. " && ln -s " .. q(cmd) .. " "
+                      .. q(bin .. "/luamp")))
+    local status, out, err = H.run("env PATH=" .. q(bin) .. ":/usr/bin:/bin "
+      .. env .. " " .. limit .. "lua5.4 -e " .. q([[
+        local mp = require "luamp"
+        local exe = mp.get_executable()
+        local p = mp.get_context("spawn").Process{target = os.exit,
+                                                 args = {7}}
+        p:start()
+        p:join()
+        io.write(tostring(exe), " ", p.exitcode)
+      ]]))
+    assert.are.equal(0, status, err)
+    -- (the installed command, where there is one, comes first)
+    local exe = out:match("^(%S+) 7$")
+    assert.is_not_nil(exe, out .. err)
+    assert.is_truthy(exe == bin .. "/luamp" or exe:match("/bin/luamp$"), out)
+  end)
+
   it("waits for the children that are not daemons when the state closes, "
      .. "and terminates the daemons", function()
     local done, pidfile = tmpfile(), tmpfile()
