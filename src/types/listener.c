@@ -333,9 +333,11 @@ static void pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
 
 /* Reads the address at idx into *a: a string with no ':' outside brackets
  * or that starts with "\0" or has a '/' is a Unix socket; "host:port",
- * "[v6]:port" or {host, port} is TCP.  Raises the argument error of
- * `fname` when it is none of these. */
-static void checkaddr(lua_State *L, int idx, addr *a) {
+ * "[v6]:port" or {host, port} is TCP, an empty host being every IPv4
+ * address for a listener (`passive`) and this host for a client, as in
+ * Python.
+ * Raises the argument error of `fname` when it is none of these. */
+static void checkaddr(lua_State *L, int idx, addr *a, int passive) {
   char host[256], port[16];
   const char *s;
   size_t n;
@@ -388,10 +390,10 @@ static void checkaddr(lua_State *L, int idx, addr *a) {
                             "expected");
   }
   memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
+  hints.ai_family = host[0] ? AF_UNSPEC : AF_INET; /* as Python's '' */
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  rc = getaddrinfo(host, port, &hints, &res);
+  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
   if (rc != 0) {
     lua_pushfstring(L, "cannot resolve '%s': %s", host, gai_strerror(rc));
     luaL_argerror(L, idx, lua_tostring(L, -1));
@@ -412,7 +414,7 @@ static int listener_new(lua_State *L) {
   size_t klen = 0;
   struct sockaddr_storage got;
   socklen_t glen = sizeof got;
-  checkaddr(L, 1, &a);
+  checkaddr(L, 1, &a, 1);
   if (!lua_isnoneornil(L, 2)) {
     static const char *const known[] = {"backlog", "authkey", NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -566,7 +568,7 @@ static int client_new(lua_State *L) {
   const char *key = NULL;
   size_t klen = 0;
   int fd, rc;
-  checkaddr(L, 1, &a);
+  checkaddr(L, 1, &a, 0);
   if (!lua_isnoneornil(L, 2)) {
     static const char *const known[] = {"timeout", "authkey", NULL};
     luaL_checktype(L, 2, LUA_TTABLE);

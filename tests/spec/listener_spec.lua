@@ -325,6 +325,23 @@ describe("Listener and Client", function()
     end
   end)
 
+  it("take an empty host as Python does: every IPv4 address, and this host "
+     .. "for a client", function()
+    for _, addr in ipairs{":0", {"", 0}} do
+      local l <close> = mp.Listener(addr)
+      local port = l.address:match("^0%.0%.0%.0:(%d+)$")
+      assert.is_not_nil(port, l.address)
+      local c = mp.Client(type(addr) == "table" and {"", tonumber(port)}
+                          or ":" .. port)
+      local s = l:accept(5)
+      c:send("hi")
+      assert.are.equal("hi", s:recv())
+      assert.matches("^127%.0%.0%.1:%d+$", l.last_accepted)
+      c:close()
+      s:close()
+    end
+  end)
+
   it("accept times out with TimeoutError; mp.wait sees a waiting client",
      function()
     local l <close> = mp.Listener("127.0.0.1:0")
