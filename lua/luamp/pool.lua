@@ -91,6 +91,9 @@ local function positive(opts, name, default)
   if type(v) ~= "number" or v ~= v or v <= 0 then
     argerror(1, "Pool", name .. " must be a positive number", 3)
   end
+  if v >= 1e9 then -- (seconds: the broker's keys live a few times that)
+    argerror(1, "Pool", name .. " must be below 1e9 seconds", 3)
+  end
   return v
 end
 

@@ -235,6 +235,25 @@ describe("broker pool", function()
     assert.matches("authkey is an option of broker pools", e2)
   end)
 
+  it("checks its options before it touches the broker", function()
+    local before = R:dbsize()
+    for _, case in ipairs{
+      {{lease = math.huge}, "lease must be below 1e9 seconds"},
+      {{lease = 0}, "lease must be a positive number"},
+      {{lease = 0 / 0}, "lease must be a positive number"},
+      {{broker_timeout = "5"}, "broker_timeout must be a positive number"},
+      {{max_deliveries = 1.5}, "max_deliveries must be a positive integer"},
+    } do
+      local opts = case[1]
+      opts.broker, opts.authkey = R.url, KEY
+      local ok, e = pcall(mp.Pool, opts)
+      assert.is_false(ok)
+      assert.are.equal("bad argument #1 to 'Pool' (" .. case[2] .. ")",
+                       tostring(e):match("bad argument.*"))
+    end
+    assert.are.equal(before, R:dbsize())
+  end)
+
   it("leaves no key of a pool behind once it is closed", function()
     local before = R:dbsize()
     local p = pool()
@@ -778,6 +797,20 @@ describe("broker pool", function()
     local ok, e = pcall(mp.Pool, {broker = "http://x", authkey = KEY})
     assert.is_false(ok)
     assert.matches("bad broker URL: the URL must start with redis://", e)
+  end)
+
+  it("leaves nothing on the broker when a command is refused as it is "
+     .. "made", function()
+    assert.are.equal("OK", R:cli("ACL", "SETUSER", "noxadd", "on",
+                                 ">noxadd-pw", "~*", "&*", "+@all", "-xadd"))
+    later(function() R:cli("ACL", "DELUSER", "noxadd") end)
+    local before, pools = R:dbsize(), R:cli("SCARD", "luamp:pools")
+    local url = ("redis://noxadd:noxadd-pw@127.0.0.1:%d/0"):format(R.port)
+    local ok, e = pcall(pool, {broker = url})
+    assert.is_false(ok)
+    assert.matches("NOPERM", tostring(e))
+    assert.are.equal(before, R:dbsize(), R:cli("KEYS", "*"))
+    assert.are.equal(pools, R:cli("SCARD", "luamp:pools"))
   end)
 
   it("logs in as the ACL user the URL names", function()

@@ -76,7 +76,13 @@ function T.new(cfg, n, bo)
     self.n = n or (slots > 0 and 2 * slots or 2)
     self.nolive = slots == 0
   end)
-  if not ok then
+  if not ok then -- what was made of it goes (a command refused midway)
+    pcall(function()
+      local c, k = self.cmd, self.k
+      local ids = {c:send({"DEL", k.t, k.meta}, 1),
+                   c:send({"SREM", k.pools, self.pid}, 1)}
+      for _, id in ipairs(ids) do c:wait(id) end
+    end)
     self.cmd:close()
     if self.blk then self.blk:close() end
     error(e, 0)
