@@ -813,6 +813,23 @@ describe("broker pool", function()
     assert.are.equal(pools, R:cli("SCARD", "luamp:pools"))
   end)
 
+  it("fails a task the broker refuses (out of memory), saying why, and "
+     .. "stays usable", function()
+    local p = pool()
+    later(function()
+      R:cli("CONFIG", "SET", "maxmemory", "0")
+      p:terminate()
+    end)
+    assert.are.equal(1, p:apply(function() return 1 end))
+    assert.are.equal("OK", R:cli("CONFIG", "SET", "maxmemory", "1"))
+    local ok, e = pcall(p.apply, p, function() return 2 end)
+    assert.is_false(ok)
+    assert.are.equal("BrokerError", e.type)
+    assert.matches("^the broker refused the task: redis: OOM ", e.message)
+    assert.are.equal("OK", R:cli("CONFIG", "SET", "maxmemory", "0"))
+    assert.are.equal(3, p:apply(function() return 3 end))
+  end)
+
   it("logs in as the ACL user the URL names", function()
     assert.are.equal("OK", R:cli("ACL", "SETUSER", "alice", "on",
                                  ">alice-pw", "~*", "&*", "+@all"))
