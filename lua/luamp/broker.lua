@@ -92,6 +92,9 @@ function M.parse(url)
   cfg.url = cfg.path and format("redis+unix://%s?db=%d", cfg.path, cfg.db)
     or format("redis://%s:%d/%d", cfg.host:find(":", 1, true)
               and "[" .. cfg.host .. "]" or cfg.host, cfg.port, cfg.db)
+  if cfg.ns ~= "luamp" then -- (a namespace of its own is part of it)
+    cfg.url = cfg.url .. (cfg.path and "&" or "?") .. "ns=" .. cfg.ns
+  end
   return cfg
 end
 

@@ -769,7 +769,7 @@ describe("broker pool", function()
     local broker = require "luamp.broker"
     local c = assert(broker.parse("redis://:s%40cret@10.0.0.5:6380/2?ns=etl"))
     assert.are.same({"10.0.0.5", 6380, "s@cret", 2, "etl",
-                     "redis://10.0.0.5:6380/2"},
+                     "redis://10.0.0.5:6380/2?ns=etl"},
                     {c.host, c.port, c.password, c.db, c.ns, c.url})
     c = assert(broker.parse("redis://localhost"))
     assert.are.same({"localhost", 6379, 0, "luamp"},
