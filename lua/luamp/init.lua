@@ -125,6 +125,24 @@ for _, name in ipairs{"Lock", "RLock", "Semaphore", "BoundedSemaphore",
 end
 condition.__index.wait_for = wait_for
 
+-- pairs(a) on an Array or a List walks it as pairs walks a table: its
+-- items from 1 to #a (as long as it was when the walk began), a List's
+-- nils left out.
+local function walk(n)
+  return function(a, i)
+    while i < n do
+      i = i + 1
+      local v = a[i]
+      if v ~= nil then return i, v end
+    end
+  end
+end
+for _, name in ipairs{"Array", "List"} do
+  core.metatable("luamp." .. name).__pairs = function(a)
+    return walk(#a), a, 0
+  end
+end
+
 -- q:join_thread() and q:cancel_join_thread(): a luamp queue has no feeder
 -- thread (a put is in the arena when it returns), so there is nothing to
 -- wait for or to cancel; these exist for code written for Python.

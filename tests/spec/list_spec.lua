@@ -206,6 +206,15 @@ describe("List", function()
       l:close()
     end)
 
+    it("and pairs walk it as a table's, pairs leaving out nils",
+       function()
+      local l = mp.List{10, nil, 30, n = 3}
+      local got = {}
+      for i, v in pairs(l) do got[#got + 1] = {i, v} end
+      assert.are.same({{1, 10}, {3, 30}}, got)
+      l:close()
+    end)
+
     it("reads each item when it reaches it", function()
       local l = mp.List(range(0, 9))
       local f, s, i = ipairs(l)

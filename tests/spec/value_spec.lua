@@ -461,11 +461,15 @@ describe("Array", function()
       assert.are.same({7, 0, -9}, a:totable())
     end)
 
-    it("works with ipairs and a numeric for, as a table does", function()
+    it("works with ipairs, pairs and a numeric for, as a table does",
+       function()
       local a = mp.Array('h', {5, -6, 7})
       local seen = {}
       for i, x in ipairs(a) do seen[i] = x end
       assert.are.same({5, -6, 7}, seen)
+      seen = {}
+      for i, x in pairs(a) do seen[#seen + 1] = {i, x} end
+      assert.are.same({{1, 5}, {2, -6}, {3, 7}}, seen)
       local sum = 0
       for i = 1, #a do sum = sum + a[i] end
       assert.are.equal(6, sum)
