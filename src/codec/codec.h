@@ -145,7 +145,8 @@ enum {
   LMP_TAG_STR, LMP_TAG_TABLE, LMP_TAG_FUNC, LMP_TAG_REF, LMP_TAG_JOIN,
   LMP_TAG_GLOBALS, LMP_TAG_NAME, LMP_TAG_MODULE, LMP_TAG_OBJ, LMP_TAG_META,
   LMP_TAG_CONN,
-  LMP_TAG_KEEP = 0x10,     /* on TABLE or FUNC: a ref or join names it */
+  LMP_TAG_KEEP = 0x10,     /* on TABLE or FUNC: a ref or join names it;
+                            * on OBJ: the object comes again */
   LMP_TAG_METANAME = 0x11, /* a metatable by its registered name */
   LMP_TAG_MSG = 0x12,      /* an embedded message */
   LMP_TAG_SHORTSTR = 0x40, /* 0x40..0x7f */

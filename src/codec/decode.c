@@ -61,17 +61,23 @@ static inline void denter(dec *d) {
   d->depth++;
 }
 
+/* The table of kept values: refs by their numbers, objects met again by
+ * -(offset + 1). */
+static void refs(dec *d) {
+  if (d->refs == 0) { /* slip it in under everything decoded so far */
+    lua_newtable(d->L);
+    lua_insert(d->L, d->base);
+    d->refs = d->base;
+  }
+}
+
 /* Numbers the table or function on the top and keeps it if a ref or join
  * will name it. */
 static inline void keep(dec *d, int tag) {
   lua_State *L = d->L;
   d->count++;
   if (!(tag & LMP_TAG_KEEP)) return;
-  if (d->refs == 0) { /* slip it in under everything decoded so far */
-    lua_newtable(L);
-    lua_insert(L, d->base);
-    d->refs = d->base;
-  }
+  refs(d);
   lua_pushvalue(L, -1);
   lua_rawseti(L, d->refs, d->count);
 }
@@ -386,11 +392,24 @@ static void decname(dec *d, int tag) {
   lmp_codec_raise(L, "cannot receive C function %s.%s: not loaded here", m, f);
 }
 
-static void decobject(dec *d) {
+/* An object; one that comes again in the message (kept) is the same
+ * handle each time. */
+static void decobject(dec *d, int kept) {
+  lua_State *L = d->L;
   uint64_t type = getvarint(d), off = getvarint(d);
+  lua_Integer key = -(lua_Integer)off - 1;
   if (type == 0 || type >= LMP_T_MAX || !lmp_obj_check(off, (int)type))
     bad(d, "bad object reference");
-  lmp_pushobj(d->L, LMP_PTR(off));
+  if (d->refs != 0 && !kept) {
+    if (lua_rawgeti(L, d->refs, key) != LUA_TNIL) return;
+    lua_pop(L, 1);
+  }
+  lmp_pushobj(L, LMP_PTR(off));
+  if (kept) {
+    refs(d);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, d->refs, key);
+  }
 }
 
 /* Tables, functions, names, objects, refs and the rarer scalars. */
@@ -429,7 +448,8 @@ static void decother(dec *d, int tag) {
       decname(d, tag);
       break;
     case LMP_TAG_OBJ:
-      decobject(d);
+    case LMP_TAG_OBJ | LMP_TAG_KEEP:
+      decobject(d, tag & LMP_TAG_KEEP);
       break;
     case LMP_TAG_CONN:
       dechanded(d);

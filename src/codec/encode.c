@@ -952,6 +952,13 @@ static void encother(enc *e, int idx, int t) {
         fail(e, idx, why);
       }
       need(e, 21);
+      { /* Met again, it is marked at its first place, where the decoder
+         * keeps the handle it makes for every later one: one object is one
+         * handle in a message, as a table is one table. */
+        const seen *s = findseen(e, o);
+        if (s != NULL) e->b->data[s->pos] |= LMP_TAG_KEEP;
+        else addseen(e, o, e->b->len, 0, 0);
+      }
       p = e->b->data + e->b->len;
       *p++ = LMP_TAG_OBJ;
       p = lmp_varint_put(p, o->type);

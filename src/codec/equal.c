@@ -96,6 +96,7 @@ static int skipvalue(side *s, pos *p, int depth, int rec) {
     case LMP_TAG_NAME:
       return rdlen(s, p) < 0 ? -1 : rdlen(s, p);
     case LMP_TAG_OBJ:
+    case LMP_TAG_OBJ | LMP_TAG_KEEP:
       return rdvarint(s, p, &k) < 0 ? -1 : rdvarint(s, p, &n);
     case LMP_TAG_CONN:
       return rdvarint(s, p, &k) < 0 || rdvarint(s, p, &k) < 0 ||
@@ -260,21 +261,23 @@ static pos string(const side *s, pos p, size_t *n) {
 }
 
 /* The same value written the same way: names, objects, messages. */
+/* Whether the values at a and b, whose tags are the same but for KEEP,
+ * are written the same past their tags. */
 static int samebytes(eq *e, pos a, pos b) {
   pos ea = a, eb = b;
   if (skipvalue(&e->s[0], &ea, 0, 0) < 0 || skipvalue(&e->s[1], &eb, 0, 0) < 0)
     return 0;
-  return ea - a == eb - b && memcmp(a, b, (size_t)(ea - a)) == 0;
+  return ea - a == eb - b && memcmp(a + 1, b + 1, (size_t)(ea - a - 1)) == 0;
 }
 
 /* ------------------------------------------------------------ tables */
 
-enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_BYTES, K_NODE };
+enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_OBJ, K_BYTES, K_NODE };
 
 typedef struct entry {
   int kind;
   uint64_t num; /* K_INT, K_FLOAT (its bits), K_BOOL */
-  pos s;        /* K_STR, K_BYTES */
+  pos s;        /* K_STR, K_OBJ (past its tag), K_BYTES */
   size_t len;
   pos k, v;     /* the key (NULL for one of the array part) and value */
 } entry;
@@ -319,7 +322,10 @@ static void keykind(const side *s, entry *x) {
              (*x->k & ~LMP_TAG_KEEP) == LMP_TAG_FUNC ||
              *x->k == LMP_TAG_REF) {
     x->kind = K_NODE;
-  } else { /* objects, names, messages: as written (readtable sets len) */
+  } else if ((*x->k & ~LMP_TAG_KEEP) == LMP_TAG_OBJ) {
+    x->kind = K_OBJ; /* (KEEP or not: readtable sets len) */
+    x->s = x->k + 1;
+  } else { /* names, messages: as written (readtable sets len) */
     x->kind = K_BYTES;
     x->s = x->k;
   }
@@ -335,7 +341,7 @@ static int cmpentry(const void *pa, const void *pb) {
              : (lua_Integer)a->num > (lua_Integer)b->num;
     case K_FLOAT: case K_BOOL:
       return a->num < b->num ? -1 : a->num > b->num;
-    case K_STR: case K_BYTES:
+    case K_STR: case K_OBJ: case K_BYTES:
       c = memcmp(a->s, b->s, a->len < b->len ? a->len : b->len);
       return c != 0 ? c : a->len < b->len ? -1 : a->len > b->len;
     default:
@@ -376,7 +382,7 @@ static int readtable(side *s, pos p, tview *t) {
     x.v = p;
     if (skipvalue(s, &p, 0, 0) < 0) return -1;
     keykind(s, &x);
-    if (x.kind == K_BYTES) x.len = (size_t)(x.v - x.k);
+    if (x.kind == K_OBJ || x.kind == K_BYTES) x.len = (size_t)(x.v - x.s);
     if (x.kind == K_NODE) t->nnode++;
     if (addentry(t, &cap, &x) < 0) return -1;
   }

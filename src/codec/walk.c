@@ -129,6 +129,7 @@ static int wvalue(walker *w, int depth) {
       if (k < LMP_T_MAX && lmp_obj_check(n, (int)k)) w->fn(LMP_PTR(n), w->ud);
       return 0;
     case LMP_TAG_OBJ:
+    case LMP_TAG_OBJ | LMP_TAG_KEEP:
       if (wvarint(w, &k) < 0 || wvarint(w, &n) < 0) return -1;
       w->nobj++;
       if (w->resign) return 0;

@@ -412,6 +412,17 @@ describe("List", function()
   end)
 
   describe("remove, index and count", function()
+    it("compare items that name an object more than once by what they "
+       .. "hold", function()
+      local lock = mp.Lock()
+      local l = mp.List{{lock, [lock] = 1, a = lock}, {lock}}
+      assert.are.equal(1, l:index({lock, [lock] = 1, a = lock}))
+      assert.are.equal(2, l:index({lock}))
+      assert.are.equal(1, l:count({lock, a = lock, [lock] = 1}))
+      assert.are.equal(0, l:count({lock, [lock] = 2, a = lock}))
+      l:close()
+    end)
+
     it("remove takes out the first equal item", function()
       local l = mp.List{"a", "b", "a", "c"}
       assert.are.equal(0, select("#", l:remove("a")))
