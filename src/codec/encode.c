@@ -646,9 +646,27 @@ void lmp_codec_before_fork(lua_State *L) {
   nm->recheck = 1;
 }
 
+/* Whether package.loaded still has the table at idx under the module name
+ * `text` (the name as written, n bytes: its tag, length and bytes). */
+static int still_loaded(lua_State *L, int idx, const char *text, size_t n) {
+  size_t i = 1;
+  int same;
+  while (i < n && (text[i] & 0x80)) i++; /* the length's varint */
+  if (++i > n) return 0;
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushlstring(L, text + i, n - i);
+  same = lua_istable(L, -2) && lua_rawget(L, -2) != LUA_TNIL &&
+         lua_rawequal(L, -1, idx);
+  lua_pop(L, 2);
+  return same;
+}
+
 /* Writes the name of the value at idx (at address p) and returns 1, or
  * returns 0 when it has none.  For a table that is not a module this costs
- * no Lua call. */
+ * no Lua call.  A module table is sent by its name only while
+ * package.loaded has it there: one that was replaced or unloaded since the
+ * names were read has the names read again, and travels as a table if it
+ * is none of them now. */
 static int putname(enc *e, int idx, const void *p, int table) {
   lua_State *L = e->L;
   if (e->names == NULL) {
@@ -670,8 +688,15 @@ static int putname(enc *e, int idx, const void *p, int table) {
   lua_pushvalue(L, idx);
   if (lua_rawget(L, -2) == LUA_TNUMBER) {
     uint64_t at = (uint64_t)lua_tointeger(L, -1);
-    putbytes(e, e->names->text + (at >> 32), (size_t)(at & 0xffffffffu));
+    const char *text = e->names->text + (at >> 32);
+    size_t n = (size_t)(at & 0xffffffffu);
     lua_pop(L, 2);
+    if (table && !still_loaded(L, idx, text, n)) {
+      if (e->rebuilt) return 0;
+      buildnames(e);
+      return putname(e, idx, p, table);
+    }
+    putbytes(e, text, n);
     return 1;
   }
   lua_pop(L, 2);

@@ -283,6 +283,33 @@ describe("Process", function()
       assert.are.equal(0, p.exitcode)
     end)
 
+    it("sends a module replaced or unloaded since as the table it is, never "
+       .. "by the name it lost", function()
+      -- (A fresh program: its names are read at its first send.)
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        local q = mp.Queue()
+        local old = {version = 1}
+        package.loaded["spec.reloaded"] = old
+        q:put(old)
+        assert(rawequal(old, q:get()), "not sent by name")
+        local new = {version = 2}
+        package.loaded["spec.reloaded"] = new
+        q:put({old})
+        local got = q:get()[1]
+        assert(not rawequal(new, got), "the old one came as the new")
+        assert(not rawequal(old, got) and got.version == 1)
+        q:put(new)
+        assert(rawequal(new, q:get()), "the new one not by name")
+        package.loaded["spec.reloaded"] = nil
+        q:put(new)
+        got = q:get()
+        assert(not rawequal(new, got) and got.version == 2)
+        io.write("ok ", q:qsize())
+      ]])
+      assert.are.same({0, "ok 0", ""}, {status, out, err})
+    end)
+
     it("gives the child its args and upvalues alive, however the parent "
        .. "drops them", function()
       local q = mp.Queue()
