@@ -189,8 +189,10 @@ int lmp_robust_lock(pthread_mutex_t *mu) {
 }
 
 /* Maps the arena: the heap header, `front` bytes for the family's tables
- * (zeroed, returned in *front_at), then the heap.  -EINVAL for a bad
- * $LUAMP_ARENA, -ENOMEM when the mapping cannot be made or is too small. */
+ * (zeroed, returned in *front_at), then the heap, of `size` bytes (the
+ * arena's size as the user gives it: the header and the tables come on
+ * top).  -EINVAL for a bad $LUAMP_ARENA, -ENOMEM when the mapping cannot
+ * be made. */
 int lmp_heap_map(size_t size, size_t front, void **front_at) {
   size_t off;
   void *m;
@@ -203,7 +205,9 @@ int lmp_heap_map(size_t size, size_t front, void **front_at) {
   if (size < LMP_ARENA_MIN) size = LMP_ARENA_MIN;
   size = (size + 4095) & ~(size_t)4095;
   off = (HDR_SIZE + front + ALIGN - 1) & ~(size_t)(ALIGN - 1);
-  if (off + MINBLOCK * 4 > size) return -ENOMEM;
+  off = (off + 4095) & ~(size_t)4095; /* the heap's pages its own */
+  if (size > SIZE_MAX - off) return -ENOMEM;
+  size += off;
   /* A memfd, so that a process started by exec (spawn) can map it too;
    * anonymous shared memory where there is none (forks only). */
   arena_fd = memfd_create("luamp-arena", MFD_CLOEXEC);
@@ -752,7 +756,7 @@ size_t lmp_heap_count(uint32_t magic) {
 
 void lmp_heap_stats(lmp_arena_stats *st) {
   lock_heap();
-  st->size = H->size;
+  st->size = H->size - H->heap; /* the heap's: what may be allocated */
   st->used = H->used;
   st->reserved = H->top - H->heap;
   st->blocks = H->blocks;

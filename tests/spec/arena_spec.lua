@@ -154,6 +154,26 @@ describe("The shared arena", function()
       assert.matches("\nagain\t1048576\n$", out)
     end)
 
+    it("holds what its size says: the family's own tables come on top",
+       function()
+      -- The smallest arena, 1 MiB: 7 blocks of 128 KiB fit, not 8.
+      local code, out, err = H.run("LUAMP_ARENA=1 " .. H.q(H.luamp) .. " -e "
+        .. H.q([[
+        local core = require "luamp.core"
+        local mp = require "luamp"
+        local held, ok, msg = {}
+        repeat
+          ok, msg = pcall(core.blob, 128 << 10)
+          if ok then held[#held + 1] = msg end
+        until not ok
+        print(mp.stats().arena_size, #held)
+        print(msg)
+      ]]))
+      assert.are.equal(0, code, err)
+      assert.matches("^1048576\t7\n", out)
+      assert.matches("bytes wanted, %d+ of 1048576 in use", out)
+    end)
+
     it("refuses a malformed LUAMP_ARENA with a clear message", function()
       local code, _, err = H.run("LUAMP_ARENA=lots " .. H.q(H.luamp) ..
                                  " -e 'print(1)'")
