@@ -393,14 +393,23 @@ local function options(opt, fname, argn)
                            or chunksize < 1) then
     argerror(argn, fname, "chunksize must be a positive integer", 3)
   end
+  -- No chunk has more items than a table can hold: a larger chunksize is
+  -- the same, and sums of it would wrap.
+  if chunksize and chunksize > 1 << 31 then chunksize = 1 << 31 end
   if progress == nil then progress = os.getenv("LUAMP_PROGRESS") == "1" end
   return chunksize, progress
 end
 
--- An iterable: an array, or a function called until it returns nil.
+-- An iterable: an array (its items as `it[i]` reads them, metamethods
+-- and all; `n` or `#it` of them), or a function called until it returns
+-- nil.
 local function iterator(it, fname)
   if type(it) == "table" then
     local i, n = 0, it.n or #it
+    if math_type(n) ~= "integer" or n < 0 then
+      argerror(2, fname, "its n must be a count (an integer from 0), not "
+               .. tostring(n), 3)
+    end
     return function()
       i = i + 1
       if i <= n then return true, it[i] end
@@ -457,7 +466,9 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
   local chunksize, progress = options(opt, fname, 3)
   local next_item, n = iterator(iterable, fname)
   local items = iterable
-  if not n then
+  -- The items in a table that is read as it is (the codec reads tables
+  -- raw): an iterator's, or those of a table with metamethods (a proxy).
+  if not n or getmetatable(iterable) ~= nil then
     items, n = {}, 0
     while true do
       local more, v = next_item()

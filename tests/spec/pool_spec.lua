@@ -826,6 +826,59 @@ describe("Pool", function()
         pool.map, pool, 5, {1})
       fails("bad argument #2 to 'imap' (table or function expected, got "
         .. "nil)", pool.imap, pool, sqr, nil)
+      for _, n in ipairs{-1, 1.5, "2"} do
+        fails("bad argument #2 to 'map' (its n must be a count (an integer "
+          .. "from 0), not " .. n .. ")", pool.map, pool, sqr, {1, 2, n = n})
+        fails("bad argument #2 to 'imap' (its n must be a count (an integer "
+          .. "from 0), not " .. n .. ")", pool.imap, pool, sqr, {1, n = n})
+      end
+      assert.are.same({n = 1, 4}, pool:map(sqr, {2}))
+    end)
+
+    it("takes any chunksize, however large", function()
+      local pool <close> = mp.Pool(2)
+      for _, cs in ipairs{math.maxinteger, math.maxinteger - 1, 1 << 61} do
+        assert.are.same({n = 3, 1, 4, 9}, pool:map(sqr, {1, 2, 3}, cs))
+        assert.are.same({n = 3, 1, 4, 9},
+                        pool:map_async(sqr, {1, 2, 3}, cs):get(10))
+        local got = {}
+        for r in pool:imap(sqr, {1, 2, 3}, cs) do got[#got + 1] = r end
+        assert.are.same({1, 4, 9}, got)
+      end
+    end)
+
+    it("reads a table's items as indexing reads them (a proxy)", function()
+      local pool <close> = mp.Pool(2)
+      local backing = {10, 20, 30}
+      local proxy = setmetatable({}, {__index = backing,
+                                      __len = function() return 3 end})
+      assert.are.same({n = 3, 100, 400, 900}, pool:map(sqr, proxy))
+      local args = setmetatable({}, {__index = {{2, 3}, {4, 5}},
+                                     __len = function() return 2 end})
+      assert.are.same({n = 2, 6, 20},
+        pool:starmap(function(a, b) return a * b end, args))
+      local got = {}
+      for r in pool:imap(sqr, proxy) do got[#got + 1] = r end
+      assert.are.same({100, 400, 900}, got)
+    end)
+
+    it("fails a task, not its worker, for arguments unpack refuses",
+       function()
+      local pool <close> = mp.Pool(1)
+      local function worker_pid() return mp.current_process().pid end
+      local pid = pool:apply(worker_pid)
+      local ok, e = pcall(pool.apply, pool, function(...)
+        return select("#", ...)
+      end, {n = 1.5})
+      assert.is_false(ok)
+      assert.are.equal("RemoteError", e.type)
+      assert.are.equal("the arguments' n must be a count (an integer from "
+        .. "0), not 1.5", e.message)
+      ok, e = pcall(pool.apply, pool, select, {"#", n = 2000000})
+      assert.is_false(ok)
+      assert.are.equal("RemoteError", e.type)
+      assert.matches("too many results to unpack", e.message)
+      assert.are.equal(pid, pool:apply(worker_pid))
     end)
 
     -- After CPython's test_map_unplicklable.

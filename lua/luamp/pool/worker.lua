@@ -104,10 +104,21 @@ local function outcome(io, id, ok, ...)
                                      .. errtext(rm)})
 end
 
+-- f(args...), args spread under the protection of the caller's xpcall:
+-- an `n` unpack refuses fails the task, not the worker.
+local function spread(f, args)
+  local n = args.n
+  if n == nil then return f(unpack(args, 1, #args)) end
+  if math.type(n) ~= "integer" or n < 0 then
+    error("the arguments' n must be a count (an integer from 0), not "
+          .. tostring(n), 0)
+  end
+  return f(unpack(args, 1, n))
+end
+
 -- Runs an apply: its outcome, or nothing if it sent it.
 local function run_apply(io, id, f, am)
-  local args = open(am)
-  return outcome(io, id, xpcall(f, on_error, unpack(args, 1, args.n or #args)))
+  return outcome(io, id, xpcall(spread, on_error, f, open(am)))
 end
 
 -- A chunk's items and results, in tables the worker keeps from chunk to
