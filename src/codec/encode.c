@@ -582,10 +582,16 @@ static names *makenames(lua_State *L) {
           addname(L, map, t, lua_gettop(L), mod, mlen, NULL, 0);
         if (vt == LUA_TTABLE) {
           int m = lua_gettop(L);
+          /* luamp's own Lua functions go by name too: a copy would carry
+           * the sender's state (mp.current_process would answer the
+           * sender's process), and every process has luamp. */
+          int own = mlen == 5 && memcmp(mod, "luamp", 5) == 0;
           nmods++;
           lua_pushnil(L);
           while (lua_next(L, m)) {
-            if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
+            if (lua_type(L, -2) == LUA_TSTRING &&
+                (lua_iscfunction(L, -1) ||
+                 (own && lua_type(L, -1) == LUA_TFUNCTION))) {
               size_t flen;
               const char *field = lua_tolstring(L, -2, &flen);
               addname(L, map, t, lua_gettop(L), mod, mlen, field, flen);
@@ -900,6 +906,7 @@ static void encfunction(enc *e, int idx) {
     putref(e, s);
     return;
   }
+  if (putname(e, idx, NULL, 0)) return; /* one of luamp's own */
   pos = e->b->len;
   fidx = ++e->nref;
   addseen(e, fp, pos, fidx, 0);

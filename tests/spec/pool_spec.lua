@@ -862,6 +862,18 @@ describe("Pool", function()
       assert.are.same({100, 400, 900}, got)
     end)
 
+    it("runs luamp's own functions as the worker's: they go by name",
+       function()
+      local pool <close> = mp.Pool(1)
+      local me = mp.current_process()
+      local p = pool:apply(mp.current_process)
+      assert.matches("^PoolWorker%-%d+$", p.name)
+      assert.are_not.equal(me.pid, p.pid)
+      assert.are.equal(me.pid, pool:apply(mp.parent_process).pid)
+      assert.are.same({}, pool:apply(mp.active_children))
+      assert.are.same({n = 2}, pool:map(mp.sleep, {0, 0}))
+    end)
+
     it("fails a task, not its worker, for arguments unpack refuses",
        function()
       local pool <close> = mp.Pool(1)
