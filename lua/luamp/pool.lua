@@ -476,6 +476,7 @@ local function submit_map(self, f, iterable, opt, callback, error_callback,
       n = n + 1
       items[n] = v
     end
+    checkrunning(self) -- (the input's code may have ended the pool)
   end
   if star then
     for i = 1, n do

@@ -862,6 +862,18 @@ describe("Pool", function()
       assert.are.same({100, 400, 900}, got)
     end)
 
+    it("says the pool is not running when its input terminated it",
+       function()
+      local pool = mp.Pool(2)
+      local i = 0
+      fails("Pool not running", pool.map, pool, sqr, function()
+        i = i + 1
+        if i == 3 then pool:terminate() end
+        if i <= 5 then return i end
+      end)
+      pool:join()
+    end)
+
     it("runs luamp's own functions as the worker's: they go by name",
        function()
       local pool <close> = mp.Pool(1)
