@@ -260,9 +260,9 @@ static pos string(const side *s, pos p, size_t *n) {
   return p;
 }
 
-/* The same value written the same way: names, objects, messages. */
-/* Whether the values at a and b, whose tags are the same but for KEEP,
- * are written the same past their tags. */
+/* The same value written the same way (names, objects, messages): the
+ * values at a and b, whose tags are the same but for KEEP, are written
+ * the same past their tags. */
 static int samebytes(eq *e, pos a, pos b) {
   pos ea = a, eb = b;
   if (skipvalue(&e->s[0], &ea, 0, 0) < 0 || skipvalue(&e->s[1], &eb, 0, 0) < 0)

@@ -203,8 +203,6 @@ static void after_fork_child(uint32_t slot, pid_t ppid_then) {
   lmp_loop_after_fork();
 }
 
-/* Leaves a child process: the Lua exit hook (join its own children), stdio,
- * the arena references, then _exit.  Never returns. */
 static void (*exit_hooks[8])(void); /* lmp_on_exit's */
 static int nexit_hooks;
 
@@ -215,6 +213,8 @@ void lmp_on_exit(void (*fn)(void)) {
   if (nexit_hooks < 8 && atexit(fn) == 0) exit_hooks[nexit_hooks++] = fn;
 }
 
+/* Leaves a child process: the Lua exit hook (join its own children), the
+ * exit hooks, stdio, the arena references, then _exit.  Never returns. */
 void lmp_exit_child(lua_State *L, int status) {
   int i;
   if (L != NULL) lmp_run_atexit(L);
