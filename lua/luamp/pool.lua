@@ -627,16 +627,14 @@ function Pool:imap(f, iterable, opt)
   checkself(self, Pool, "imap")
   local it, _, _, closing = submit_lazy(self, f, iterable, opt, "imap",
                                         true)
-  return it, nil, nil, closing -- not a tail call: error levels count this
-                               -- frame
+  return it, nil, nil, closing -- (no tail call: error levels count this)
 end
 
 function Pool:imap_unordered(f, iterable, opt)
   checkself(self, Pool, "imap_unordered")
-  local it, _, _, closing = submit_lazy(self, f, iterable, opt, "imap_unordered",
-                                        false)
-  return it, nil, nil, closing -- not a tail call: error levels count this
-                               -- frame
+  local it, _, _, closing = submit_lazy(self, f, iterable, opt,
+                                        "imap_unordered", false)
+  return it, nil, nil, closing -- (no tail call: error levels count this)
 end
 
 -- ----------------------------------------------------------- ending a pool
