@@ -93,16 +93,11 @@ static int core_os_exit(lua_State *L) {
     status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
   else
     status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
-  if (lmp_is_child()) {
-    /* A child leaves as ever (its own children joined, never the
-     * parent's exit handlers), its state closed first if asked. */
-    if (lua_toboolean(L, 2)) {
-      lmp_run_atexit(L);
-      lua_close(L);
-      L = NULL;
-    }
-    lmp_exit_child(L, status);
-  }
+  /* A child leaves as ever, its own children joined, whatever `close`
+   * says: its state is a copy of its parent's, the parent's pending
+   * to-be-closed variables and objects included, whose clean-up is the
+   * parent's to run, as a Python child leaves by os._exit. */
+  if (lmp_is_child()) lmp_exit_child(L, status);
   if (lmp_run_atexit(L) == -EINTR) status = 130;
   if (lua_toboolean(L, 2)) lua_close(L);
   exit(status);
