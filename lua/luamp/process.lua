@@ -183,7 +183,9 @@ end
 
 local function report(e)
   if core.is_interrupt(e) then return e end
-  if type(e) ~= "string" then
+  if type(e) == "number" then -- as lua.c's message handler
+    e = tostring(e)
+  elseif type(e) ~= "string" then
     local m = getmetatable(e)
     e = (m and m.__tostring) and tostring(e)
       or format("(error object is a %s value)", type(e))

@@ -438,6 +438,20 @@ describe("Process", function()
       assert.matches("stack traceback", err, 1, true)
     end)
 
+    it("is 1 after an error that is a number, which is printed as lua's is",
+       function()
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        local p = mp.Process{name = "n", target = function() error(42) end}
+        p:start()
+        p:join()
+        io.write(p.exitcode)
+      ]])
+      assert.are.equal(0, status, err)
+      assert.are.equal("1", out)
+      assert.matches("^Process n:\n42\nstack traceback", err)
+    end)
+
     it("is 1 after an error even if the child had handled a Ctrl-C",
        function()
       -- The parent sends SIGINT once the child has written `ready` and is
