@@ -183,10 +183,18 @@ static int exitcode(const lmp_child *c) {
  * The child then runs its target and leaves through lmp_exit_child, never
  * returning into the code that called fork.
  */
+/* A child reads no input, as Python's: its stdin is /dev/null, so that its
+ * stdio cannot read ahead (and take from its parent) what the input
+ * holds. */
+static void child_stdin(void) {
+  if (freopen("/dev/null", "r", stdin) == NULL) close(STDIN_FILENO);
+}
+
 static void after_fork_child(uint32_t slot, pid_t ppid_then) {
   lmp_child *c = children, *next;
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != ppid_then) _exit(1);
+  child_stdin();
   lmp_pid = getpid();
   lmp_slot_adopt(slot);
   while (c != NULL) {
@@ -965,6 +973,7 @@ int lmp_child_main(int argc, char **argv, lmp_child_open open, void *ud) {
   /* As a fork's: die with the parent, and not after it. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != (pid_t)ppid) _exit(1);
+  child_stdin();
   /* The address may be taken here by chance (this run's own layout, which
    * address space randomisation draws anew): another run of the same
    * program, with the same descriptors, draws another.  A few times. */

@@ -438,6 +438,25 @@ describe("Process", function()
       assert.matches("stack traceback", err, 1, true)
     end)
 
+    it("gives a child no input: its stdin is /dev/null, as Python's",
+       function()
+      -- A child that read its parent's stdin would take, through its
+      -- stdio's read-ahead, lines the parent has not read yet.
+      local status, out, err = H.run("printf 'line1\\nline2\\n' | "
+        .. H.q(H.luamp) .. " -e " .. H.q([[
+        local mp = require "luamp"
+        local p = mp.Process{target = function()
+          io.write("child ", tostring(io.read("l")), " ")
+          io.flush()
+        end}
+        p:start()
+        p:join()
+        io.write("parent ", io.read("l"), " ", io.read("l"))
+      ]]))
+      assert.are.same({0, "child nil parent line1 line2", ""},
+                      {status, out, err})
+    end)
+
     it("is 1 after an error that is a number, which is printed as lua's is",
        function()
       local status, out, err = H.luamp_e([[
