@@ -260,6 +260,11 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
  * each drop;
  * lmp_msg_release_counted drops the first `count` of them (a reaper). */
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b);
+/* The same two, raising at `where` as lmp_encode_pieces_at does. */
+size_t lmp_encode_wire_at(lua_State *L, int idx, const char *root,
+                          lmp_buf *b, const char *why, int where);
+size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
+                          lmp_buf *b, int where);
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
 void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count);

@@ -1245,6 +1245,16 @@ size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
   return encode(L, idx, root, b, NULL, 0, NULL, why, 0, 0);
 }
 
+size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
+                          lmp_buf *b, int where) {
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, where);
+}
+
+size_t lmp_encode_wire_at(lua_State *L, int idx, const char *root,
+                          lmp_buf *b, const char *why, int where) {
+  return encode(L, idx, root, b, NULL, 0, NULL, why, 0, where);
+}
+
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
   return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, 0);

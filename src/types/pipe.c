@@ -419,11 +419,13 @@ static int conn_send(lua_State *L) {
   int rc;
   luaL_checkany(L, 2);
   b = lmp_buf_claim(L, c->enc, LMP_FRAME());
+  /* (what cannot be sent is raised at the caller's line) */
   if (c->plain) /* a shared object raises, with its path */
-    nobj = lmp_encode_wire(L, 2, "value", b,
-                           "a shared %s cannot leave its process family");
+    nobj = lmp_encode_wire_at(L, 2, "value", b,
+                              "a shared %s cannot leave its process family",
+                              1);
   else
-    nobj = lmp_encode_bare(L, 2, "value", b);
+    nobj = lmp_encode_bare_at(L, 2, "value", b, 1);
   if (nobj > 0 && (ch == NULL
                    || (flight = flight_add(ch, b->data, b->len, nobj)) == 0))
     return lmp_nomem(L, sizeof(flight) + nobj * sizeof(lmp_off));

@@ -528,7 +528,8 @@ static int queue_put(lua_State *L) {
   luaL_checkany(L, 2);
   deadline = lmp_block_deadline(L, 3);
   b = lmp_buf_claim(L, h->buf, LMP_FRAME());
-  nobj = lmp_encode_pieces(L, 2, "value", b, &pc);
+  /* (what cannot be sent is raised at the caller's line) */
+  nobj = lmp_encode_pieces_at(L, 2, "value", b, &pc, 1);
   return put_encoded(L, q, b, &pc, nobj, deadline);
 }
 

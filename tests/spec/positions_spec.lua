@@ -189,6 +189,22 @@ print(select(2, pcall(function() mp.Pool(1) end)))
     end)
   end)
 
+  describe("values that cannot be sent", function()
+    it("are refused at the line of the put or send", function()
+      local q = mp.Queue()
+      local a, b = mp.Pipe()
+      raises_here("cannot send value[2]: userdata (FILE*)",
+        function() q:put({1, io.stdout}) end)
+      raises_here("cannot send value[2]: userdata (FILE*)",
+        function() q:put_nowait({1, io.stdout}) end)
+      raises_here("cannot send value: thread",
+        function() a:send(coroutine.create(print)) end)
+      a:close()
+      b:close()
+      q:close()
+    end)
+  end)
+
   describe("start methods", function()
     it("of the wrong type", function()
       raises_here("bad argument #1 to 'set_start_method' (string expected, "
