@@ -353,7 +353,8 @@ static int list_pop(lua_State *L) {
    * table.remove has it. */
   if ((lua_isnoneornil(L, 2) && n == 0) || (uint64_t)k == n + 1) {
     lunlock(l);
-    return 0;
+    lua_pushnil(L);
+    return 1;
   }
   /* -1 is the last, as in Python (and string.sub) */
   i = k < 0 ? (int64_t)n + k : k - 1;

@@ -399,8 +399,9 @@ describe("List", function()
         .. "items))")
       -- #l + 1 is nothing, as table.remove has it: pop(1) of an empty
       -- list is nil.
-      assert.is_nil(l:pop(4))
-      assert.is_nil(mp.List():pop(1))
+      assert.are.same({n = 1}, table.pack(l:pop(4)))
+      assert.are.same({n = 1}, table.pack(mp.List():pop(1)))
+      assert.are.same({n = 1}, table.pack(mp.List():pop()))
       assert.has_error(function() l:pop(-4) end,
         "bad argument #1 to 'pop' (index -4 out of range (list has 3 "
         .. "items))")
