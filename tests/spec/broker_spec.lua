@@ -362,7 +362,9 @@ describe("broker pool", function()
     W1:kill("STOP") -- only the stranger may take the task
     local bad = H.worker(R, {c = 1, key = "another-key-0123456789abcdef"})
     local dir = marker_dir()
-    local p = pool()
+    -- (long enough a broker_timeout that no AuthenticationError comes
+    -- before W1 is back)
+    local p = pool{broker_timeout = 10}
     later(function()
       W1:kill("CONT")
       bad:stop()
@@ -914,7 +916,8 @@ describe("broker pool", function()
      function()
     W1:kill("STOP")
     local bad = H.worker(R, {c = 1, key = "another-key-0123456789abcdef"})
-    local p = pool{broker_timeout = 1}
+    -- Within broker_timeout, whatever the lease (its keys' renewal).
+    local p = pool{broker_timeout = 1, lease = 20}
     later(function()
       W1:kill("CONT")
       bad:stop()

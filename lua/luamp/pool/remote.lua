@@ -427,6 +427,9 @@ local function ping(self, now)
     self.ping_id = self.cmd:send({"PING"}, bt / 2)
     self.ping_conn = self.cmd
     self.ping_at = now + bt / 4
+    -- Until a worker is heard from, whether some refuse the pool, or
+    -- none is alive, is looked at as often (renew looks after that).
+    if not self.heard and next(self.entries) then check_workers(self) end
   end
 end
 
