@@ -543,9 +543,26 @@ static int stale(lua_State *L, const names *nm) {
   return nm->nloaded != loadedcount(L);
 }
 
+/* Which pass of makenames names the values of module mod: 0 for Lua's
+ * own libraries and luamp, which every process has, 1 for the other
+ * modules, 2 for _G.  A value gets the first name found, so a function
+ * reachable under two names goes by the one a receiver surely has
+ * (string.format, not a module's alias of it), whatever order lua_next
+ * takes. */
+static int namepass(const char *mod, size_t mlen) {
+  static const char *const own[] = {
+    "string", "table", "math", "io", "os", "coroutine", "utf8", "debug",
+    "package", "luamp", NULL
+  };
+  int i;
+  if (mlen == 2 && memcmp(mod, "_G", 2) == 0) return 2;
+  for (i = 0; own[i] != NULL; i++)
+    if (strlen(own[i]) == mlen && memcmp(own[i], mod, mlen) == 0) return 0;
+  return 1;
+}
+
 /* Makes the names cache from package.loaded, stores it in the registry
- * and pushes it.  Modules other than _G go first, so that string.format
- * is named after string even if a global also holds it. */
+ * and pushes it, the modules in the order namepass says. */
 static names *makenames(lua_State *L) {
   int map, text, loaded, pass;
   size_t nmods = 0, cap = 8;
@@ -562,7 +579,7 @@ static names *makenames(lua_State *L) {
   text = lua_gettop(L);
   if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE) {
     loaded = lua_gettop(L);
-    for (pass = 0; pass < 2; pass++) {
+    for (pass = 0; pass < 3; pass++) {
       lua_pushnil(L);
       while (lua_next(L, loaded)) {
         size_t mlen;
@@ -573,7 +590,7 @@ static names *makenames(lua_State *L) {
           continue;
         }
         mod = lua_tolstring(L, -2, &mlen);
-        if ((mlen == 2 && memcmp(mod, "_G", 2) == 0) != pass) {
+        if (namepass(mod, mlen) != pass) {
           lua_pop(L, 1);
           continue;
         }

@@ -122,6 +122,32 @@ describe("a Process started by " .. method, function()
     q:close()
   end)
 
+  it("gets a C function by a name it has, whatever aliases the parent "
+     .. "made", function()
+    -- (A fresh program: its names are read at its first send.  With
+    -- twenty modules that alias it, any order but Lua's libraries first
+    -- would name it after one the child cannot load.)
+    local status, out, err = H.luamp_e(([[
+      local mp = require "luamp"
+      mp.set_executable(%q)
+      for i = 1, 20 do package.loaded["alias" .. i] = {fmt = string.format} end
+      local fmt = string.format
+      local q = mp.Queue()
+      local p = mp.get_context(%q).Process{target = function(q)
+        q:put(fmt("%%d-%%s", 7, "ok"))
+      end, args = {q}}
+      p:start()
+      io.write(q:get(20), " ")
+      p:join()
+      local p2 = mp.get_context(%q).Process{target = string.format,
+                                            args = {"%%d", 1}}
+      p2:start()
+      p2:join()
+      io.write(p.exitcode, " ", p2.exitcode)
+    ]]):format(built(), method, method), "timeout 60")
+    assert.are.same({0, "7-ok 0 0", ""}, {status, out, err})
+  end)
+
   it("has its parent's start method, as Python's does", function()
     local q = mp.Queue()
     local was = mp.get_start_method(true)
