@@ -130,23 +130,31 @@ describe("The shared arena", function()
   end)
 
   describe("when exhausted", function()
-    it("raises an error naming the option, and recovers once memory is freed",
-       function()
-      -- A small arena makes exhaustion quick.
-      local code, out, err = H.run("LUAMP_ARENA=8M " .. H.q(H.luamp) .. " -e " ..
-        H.q([[
+    -- Runs code in a luamp whose arena is `size`, after blocks of `block`
+    -- bytes have filled it: `held` has them, `msg` is the error that the
+    -- next one raised.
+    local function filled(size, block, code)
+      return H.run("LUAMP_ARENA=" .. size .. " " .. H.q(H.luamp) .. " -e "
+        .. H.q(([[
         local core = require "luamp.core"
         local held, ok, msg = {}
         repeat
-          ok, msg = pcall(core.blob, 1 << 20)
+          ok, msg = pcall(core.blob, %d)
           if ok then held[#held + 1] = msg end
         until not ok
+        ]]):format(block) .. code))
+    end
+
+    it("raises an error naming the option, and recovers once memory is freed",
+       function()
+      -- A small arena makes exhaustion quick.
+      local code, out, err = filled("8M", 1 << 20, [[
         print(#held > 0 and #held < 8, msg)
         held[#held]:close()
         held[#held] = nil
         local again = core.blob(1 << 20)
         print("again", again:len())
-      ]]))
+      ]])
       assert.are.equal(0, code, err)
       assert.matches("^true\t[^\n]*shared memory exhausted: %d+ bytes wanted",
                      out)
@@ -157,18 +165,10 @@ describe("The shared arena", function()
     it("holds what its size says: the family's own tables come on top",
        function()
       -- The smallest arena, 1 MiB: 7 blocks of 128 KiB fit, not 8.
-      local code, out, err = H.run("LUAMP_ARENA=1 " .. H.q(H.luamp) .. " -e "
-        .. H.q([[
-        local core = require "luamp.core"
-        local mp = require "luamp"
-        local held, ok, msg = {}
-        repeat
-          ok, msg = pcall(core.blob, 128 << 10)
-          if ok then held[#held + 1] = msg end
-        until not ok
-        print(mp.stats().arena_size, #held)
+      local code, out, err = filled("1", 128 << 10, [[
+        print(require("luamp").stats().arena_size, #held)
         print(msg)
-      ]]))
+      ]])
       assert.are.equal(0, code, err)
       assert.matches("^1048576\t7\n", out)
       assert.matches("bytes wanted, %d+ of 1048576 in use", out)
