@@ -126,10 +126,14 @@ end
 -- Checks the keys of the options table opts, argument #n of fname:
 -- strict, every key must be in `known` (a set); else only the keys that
 -- look like a misspelling of a known one are refused (tables whose other
--- fields are the user's own, as Process{...}).
+-- fields are the user's own, as Process{...}).  A key that is no string
+-- ({print}, meant as {target = print}) is refused either way.
 function M.checkoptions(opts, known, n, fname, strict, level)
   for k in pairs(opts) do
-    if not known[k] then
+    if type(k) ~= "string" then -- {f}, meant as {target = f}?
+      M.argerror(n, fname, "unknown option [" .. tostring(k) .. "] "
+                 .. "(options are named)", (level or 1) + 1)
+    elseif not known[k] then
       local near = nearest(k, known)
       if strict or near then
         M.argerror(n, fname, "unknown option '" .. tostring(k) .. "'" ..

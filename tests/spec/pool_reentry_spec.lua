@@ -269,6 +269,11 @@ describe("Options", function()
     assert.are.equal("bad argument #1 to 'Process' (unknown option 'taget' "
       .. "(did you mean 'target'?))",
       H.errmsg(mp.Process, {taget = print}))
+    -- A positional value, meant as target = print, is no field either.
+    assert.are.equal("bad argument #1 to 'Process' (unknown option [1] "
+      .. "(options are named))", H.errmsg(mp.Process, {print}))
+    assert.are.equal("bad argument #1 to 'Pool' (unknown option [1] "
+      .. "(options are named))", H.errmsg(mp.Pool, {2}))
     local p = mp.Process{target = print, names = {"a"}, greeting = "hi"}
     assert.are.same({"a"}, p.names)
     assert.are.equal("hi", p.greeting)
