@@ -862,6 +862,25 @@ describe("Pool", function()
       assert.are.same({100, 400, 900}, got)
     end)
 
+    it("names a result that cannot be sent by its place in the input",
+       function()
+      local pool <close> = mp.Pool(2)
+      local t = {}
+      for i = 1, 20 do t[i] = i end
+      local function bad17(x)
+        if x == 17 then return coroutine.create(print) end
+        return x
+      end
+      local ok, e = pcall(pool.map, pool, bad17, t, 10)
+      assert.is_false(ok)
+      assert.are.equal("cannot send result[17]: thread", e.message)
+      ok, e = pcall(function()
+        for _ in pool:imap(bad17, t, 10) do end
+      end)
+      assert.is_false(ok)
+      assert.are.equal("cannot send result[17]: thread", e.message)
+    end)
+
     it("says the pool is not running when its input terminated it",
        function()
       local pool = mp.Pool(2)

@@ -275,6 +275,12 @@ local function deliver(self, m)
   if unused then self.funcs:release(unused) end
   if m[KIND] == FAILURE then
     local err, k = msgs.failure_error(m)
+    if at and at > 1 and type(err) == "table"
+       and type(err.message) == "string" then
+      -- A chunk's worker counts its results from 1; the input, from at.
+      err.message = err.message:gsub("^cannot send result%[(%d+)%]",
+        function(i) return "cannot send result[" .. at + i - 1 .. "]" end, 1)
+    end
     job:_failed(self, at, n, jobs.remote_error(err), k)
   else
     job:_done(self, at, n, m)
