@@ -618,7 +618,7 @@ describe("broker pool", function()
   it("lets the keys of a pool whose owner was killed expire", function()
     local st, out = H.run(H.q(H.luamp) .. " -e " .. H.q(string.format([[
       local mp = require "luamp"
-      local p = mp.Pool{broker = %q, authkey = %q, lease = 1}
+      local p = mp.Pool{broker = %q, authkey = %q, lease = 3}
       print(p._sched.t.pid)
       io.stdout:flush()
       p:apply_async(function() require("luamp").sleep(30) end)
@@ -630,7 +630,7 @@ describe("broker pool", function()
     assert.are_not.equal("", R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
     assert.is_true(H.wait_for(function()
       return R:cli("KEYS", "luamp:p:" .. pid .. ":*") == ""
-    end, 5), "keys left: " .. R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
+    end, 15), "keys left: " .. R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
   end)
 
   it("takes its tasks off the broker when its owner ends without close",
@@ -963,13 +963,13 @@ describe("broker pool", function()
   it("a task longer than broker_timeout, served while a worker with "
      .. "another key refuses the pool, is no AuthenticationError", function()
     local bad = H.worker(R, {c = 1, key = "another-key-0123456789abcdef"})
-    local p = pool{broker_timeout = 1}
+    local p = pool{broker_timeout = 2}
     later(function()
       bad:stop()
       p:terminate()
     end)
     local r = p:apply_async(function()
-      require("luamp").sleep(3)
+      require("luamp").sleep(5)
       return "done"
     end)
     assert.are.equal("done", r:get(20))
