@@ -70,6 +70,12 @@ function M.checktimeout(t, n, fname, level)
   return x
 end
 
+-- The text of error e without a place in luamp's own code at its start
+-- ("luamp/pool/remote.lua:256: "), for a message said to the user.
+function M.unplaced(e)
+  return (tostring(e):gsub("^luamp/[%w/_]+%.lua:%d+: ", ""))
+end
+
 -- The name of v's type as luaL_typeerror gives it: its metatable's
 -- __name if it has one.
 function M.typename(v)

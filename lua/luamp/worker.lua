@@ -485,8 +485,7 @@ end
 -- What stops a command before it serves: said on one line (without the
 -- place in luamp's own code that raised it), status 1.
 local function fail(msg)
-  msg = tostring(msg):gsub("^luamp/[%w/_]+%.lua:%d+: ", "")
-  io.stderr:write("luamp: " .. msg .. "\n")
+  io.stderr:write("luamp: " .. errors.unplaced(msg) .. "\n")
   return 1
 end
 

@@ -259,8 +259,7 @@ local function confirm(self)
       break
     elseif not ok and u[i].seq then
       fail_entry(self, u[i].seq, {type = "BrokerError", message =
-        "the broker refused the task: "
-          .. tostring(v):gsub("^luamp/[%w/_]+%.lua:%d+: ", ""),
+        "the broker refused the task: " .. errors.unplaced(v),
         fields = {url = self.bo.conn.url}})
     elseif ok and not got then
       break
