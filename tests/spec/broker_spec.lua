@@ -626,8 +626,10 @@ describe("broker pool", function()
       os.execute("kill -9 " .. mp.current_process().pid)
     ]], R.url, KEY)))
     assert.are.equal(137, st)
-    local pid = out:match("%x+")
-    assert.are_not.equal("", R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
+    local pid = out:match("^(%x+)\n")
+    assert.is_not_nil(pid, out)
+    assert.are_not.equal("", R:cli("KEYS", "luamp:p:" .. pid .. ":*"),
+                         "no key of pool " .. pid .. " after: " .. out)
     assert.is_true(H.wait_for(function()
       return R:cli("KEYS", "luamp:p:" .. pid .. ":*") == ""
     end, 15), "keys left: " .. R:cli("KEYS", "luamp:p:" .. pid .. ":*"))
