@@ -109,6 +109,13 @@ static int gc_sentinel(lua_State *L) {
   return 0;
 }
 
+/* service_soon(): the service runs at the next wait (lmp_service_soon). */
+static int core_service_soon(lua_State *L) {
+  (void)L;
+  lmp_service_soon();
+  return 0;
+}
+
 /* set_service(fn | nil): the Lua work to run while this process waits
  * (see loop.c). */
 static int core_set_service(lua_State *L) {
@@ -161,7 +168,7 @@ static const luaL_Reg core_funcs[] = {
   {"newtable", core_newtable},
   {"watch", core_watch},
   {"unwatch", core_unwatch},
-  {"set_service", core_set_service},
+  {"set_service", core_set_service}, {"service_soon", core_service_soon},
   {"sleep", core_sleep},
   {"monotonic", core_monotonic},
   {"isatty", core_isatty},

@@ -340,6 +340,9 @@ local function submit_apply(self, f, args, callback, error_callback, fname)
   local left = self._pump_in - 1
   if left > 0 then
     self._pump_in = left
+    -- (a wait in another luamp call pumps it, if nothing sooner does: a
+    -- broker pool's tasks wake no worker until they are sent)
+    if sched.t.timeout then core.service_soon() end
   else
     pump_submitted(sched)
     -- A pump that finds every worker done with all it had finds them

@@ -577,6 +577,12 @@ static int redis_connect(lua_State *L) {
   c->fd = ac->c.fd;
   /* Not into a program a child runs (hiredis makes it without). */
   fcntl(c->fd, F_SETFD, fcntl(c->fd, F_GETFD) | FD_CLOEXEC);
+  /* What comes on it wakes this process wherever it waits (a queue's get,
+   * mp.sleep), as the runtime's SIGURG does: the wait then runs the loop,
+   * which reads it, and the pools' work (a broker pool's callbacks). */
+  fcntl(c->fd, F_SETOWN, getpid());
+  fcntl(c->fd, F_SETSIG, SIGURG);
+  fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_ASYNC);
   c->connecting = 1;
   c->next_id = 1;
   ac->data = c;

@@ -395,6 +395,8 @@ void lmp_set_service(lua_State *L, int idx) {
   lua_setfield(L, LUA_REGISTRYINDEX, SERVICE_KEY);
 }
 
+void lmp_service_soon(void) { service_due = lmp_now(); }
+
 int lmp_raise_errno(lua_State *L, int rc, const char *what) {
   if (rc == -ECANCELED) {
     lua_getfield(L, LUA_REGISTRYINDEX, SERVICE_ERR);

@@ -131,6 +131,9 @@ int lmp_spin(lmp_ready_fn ready, void *ud, lmp_spinner *s, int max, int gap);
  * waiting state after each wake-up (a Pool's result collection).  Kept in
  * L's registry; nil removes it. */
 void lmp_set_service(lua_State *L, int idx);
+/* Has the service run at the next wait, woken or not (work it has to send
+ * that nothing else would wake this process for). */
+void lmp_service_soon(void);
 
 /* The process's libuv loop, for layers above that put handles on it (the
  * broker's connections); they wait on it through lmp_wait_fd on

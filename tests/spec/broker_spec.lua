@@ -213,6 +213,34 @@ describe("broker pool", function()
     end)
   end)
 
+  it("does its work while its owner waits in another luamp call", function()
+    -- A task is sent, its result taken and its callback run during a
+    -- queue's get or an mp.sleep, as a local pool's are: at once, not at
+    -- the pool's next ping (every broker_timeout / 4 = 5 s here).
+    local p = pool{broker_timeout = 20, lease = 30}
+    later(function() p:terminate() end)
+    assert.are.equal(1, p:apply(function() return 1 end)) -- warm
+    for _ = 1, 2 do
+      local q = mp.Queue()
+      local t0 = mp.monotonic()
+      p:apply_async(function() return "hi" end, nil,
+                    function(v) q:put({v, mp.monotonic()}) end)
+      local r = q:get(true, 15)
+      assert.are.equal("hi", r[1])
+      assert.is_true(r[2] - t0 < 2.5, "the callback came after "
+                     .. (r[2] - t0) .. " s")
+      local at
+      t0 = mp.monotonic()
+      p:apply_async(function() return 7 end, nil,
+                    function() at = mp.monotonic() end)
+      mp.sleep(3)
+      assert.is_not_nil(at, "no callback during the sleep")
+      assert.is_true(at - t0 < 2.5, "the callback came after "
+                     .. (at - t0) .. " s")
+      q:close()
+    end
+  end)
+
   it("raises BrokerError naming the URL when the broker is down", function()
     local url = "redis://:x@127.0.0.1:1/0"
     local took, ok, e = H.timed(function()
@@ -364,7 +392,7 @@ describe("broker pool", function()
     local dir = marker_dir()
     -- (long enough a broker_timeout that no AuthenticationError comes
     -- before W1 is back)
-    local p = pool{broker_timeout = 10}
+    local p = pool{broker_timeout = 30}
     later(function()
       W1:kill("CONT")
       bad:stop()
