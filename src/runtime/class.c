@@ -65,7 +65,13 @@ static inline __attribute__((always_inline)) void *tohandle(lua_State *L,
   int i;
   if (h == NULL) return NULL;
   if (markof(L, idx, h) == lua_touserdata(L, UV_CLASS)) return h;
-  if (!lua_getmetatable(L, idx)) return NULL;
+  /* Another class's handle: its class's metatable (not the handle's own,
+   * which may be one of its own: see own_metatable). */
+  {
+    const lmp_class *c = lmp_classof(L, idx);
+    if (c == NULL) return NULL;
+    lua_rawgetp(L, LUA_REGISTRYINDEX, c);
+  }
   /* An upvalue past the closure's last is none, and equal to nothing. */
   for (i = UV_FIRSTMT; i < UV_FIRSTMT + MAXFAMILY; i++) {
     if (lua_rawequal(L, -1, lua_upvalueindex(i))) {
@@ -122,6 +128,70 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
 
 /* ------------------------------------------------------------- handles */
 
+/*
+ * Hot handles.  A class with fields (v.value, a[i], d[k]) has a function
+ * for __index, so that a method call on its handle costs two calls into C,
+ * the lookup's and the method's, where a string's costs one.  Its handles
+ * count their method lookups, and their field reads down (see countof); at
+ * the HOT-th lookup more than reads, a handle gets a metatable of its own
+ * (the class's, copied), whose __index is a table of its own: its cache.
+ * Lua finds there, with no call, each method the handle has looked up
+ * since; what the cache lacks goes to the __index of the cache's own
+ * metatable, a closure that knows the handle (at UV_SELF) and looks up as
+ * the class's __index does, keeping a method it finds.  A handle used a
+ * few times (one received, read once) makes no tables.
+ */
+#define HOT 8
+#define UV_SELF (UV_FIRSTMT + MAXFAMILY)
+
+static int indexed(const lmp_class *c) {
+  return c->field != NULL || c->getters != NULL;
+}
+
+static int cache_index(lua_State *L);
+
+/* Gives the handle at 1 a metatable of its own with a cache; called from
+ * the class's __index, whose upvalues the cache's __index shares. */
+static void own_metatable(lua_State *L) {
+  int i, mt, top = lua_gettop(L);
+  lua_getmetatable(L, 1);
+  mt = lua_gettop(L);
+  lua_createtable(L, 0, 12);
+  lua_pushnil(L);
+  while (lua_next(L, mt)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_createtable(L, 0, 4); /* the cache */
+  lua_createtable(L, 0, 1); /* its metatable */
+  for (i = 1; i < UV_SELF; i++) lua_pushvalue(L, lua_upvalueindex(i));
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, cache_index, UV_SELF);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, 1);
+  lua_settop(L, top);
+}
+
+/* The count of a handle of c, past its struct (a class with fields makes
+ * its handles of its own size).  A method lookup counts up; a field read
+ * counts down, to -HOT at the least, so that a handle whose fields are read
+ * as often as its methods are looked up stays as it is: a hot handle's
+ * fields cost a lookup more. */
+static inline intptr_t *countof(void *h, const lmp_class *c) {
+  return (intptr_t *)((char *)h + ((c->size + MARK - 1) & ~(MARK - 1)));
+}
+
+/* A field read of a handle of c, once the getter or field function, which
+ * checked it, has returned. */
+static inline int fieldread(void *h, const lmp_class *c, int results) {
+  intptr_t *n = countof(h, c);
+  if (*n > -HOT) --*n;
+  return results;
+}
+
 /* A new marked handle of class c, with the metatable the registry keeps
  * at `key`.  Its first c->size bytes (the class's struct) are zeroed; what
  * lies beyond, in a handle of variable size (a Message's bytes), is the
@@ -129,10 +199,12 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
 static void *newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv,
                        const void *key) {
   size_t at = (size + MARK - 1) & ~(MARK - 1);
+  size_t count = indexed(c) ? sizeof(intptr_t) : 0; /* at countof */
   uintptr_t m = (uintptr_t)c ^ mark_key;
-  char *h = lua_newuserdatauv(L, at + MARK, nuv);
+  char *h = lua_newuserdatauv(L, at + count + MARK, nuv);
   memset(h, 0, c->size < at ? c->size : at);
-  memcpy(h + at, &m, MARK);
+  memset(h + at, 0, count);
+  memcpy(h + at + count, &m, MARK);
   lua_rawgetp(L, LUA_REGISTRYINDEX, key);
   lua_setmetatable(L, -2);
   return h;
@@ -230,19 +302,47 @@ static int class_eq(lua_State *L) {
  * Getters and field functions find the handle and the key at 1 and 2 and
  * return what they push last. */
 static int class_index(lua_State *L) {
-  const lmp_class *c;
+  const lmp_class *c = lua_touserdata(L, UV_CLASS);
+  void *h = lua_touserdata(L, 1);
   if (lua_type(L, 2) == LUA_TSTRING) {
     lua_pushvalue(L, 2); /* __index is called with the handle and the key */
     switch (lua_rawget(L, UV_METHODS)) {
       case LUA_TNIL:
         break;
       case LUA_TLIGHTUSERDATA:
-        return ((const luaL_Reg *)lua_touserdata(L, -1))->func(L);
+        return fieldread(h, c,
+                         ((const luaL_Reg *)lua_touserdata(L, -1))->func(L));
       default:
+        /* (checked by its mark: __index can be handed any userdata by
+         * debug.setmetatable) */
+        if (markof(L, 1, h) == c && ++*countof(h, c) == HOT)
+          own_metatable(L);
         return 1;
     }
   }
-  c = lua_touserdata(L, UV_CLASS);
+  return c->field != NULL ? fieldread(h, c, c->field(L)) : 0;
+}
+
+/* __index of a hot handle's cache (see own_metatable), called with the
+ * cache and the key. */
+static int cache_index(lua_State *L) {
+  const lmp_class *c = lua_touserdata(L, UV_CLASS);
+  int t = LUA_TNIL;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_pushvalue(L, 2);
+    t = lua_rawget(L, UV_METHODS);
+    if (t != LUA_TNIL && t != LUA_TLIGHTUSERDATA) {
+      lua_pushvalue(L, 2);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, 1);
+      return 1;
+    }
+  }
+  lua_pushvalue(L, lua_upvalueindex(UV_SELF));
+  lua_replace(L, 1);
+  if (t == LUA_TLIGHTUSERDATA)
+    return ((const luaL_Reg *)lua_touserdata(L, 3))->func(L);
+  lua_settop(L, 2);
   return c->field != NULL ? c->field(L) : 0;
 }
 
@@ -299,9 +399,9 @@ static void build(lua_State *L, const lmp_class *c, const lmp_family *f) {
       lua_setfield(L, methods, g->name);
     }
   }
-  if (c->field != NULL || c->getters != NULL)
+  if (indexed(c)) {
     setclosure(L, mt, "__index", class_index, c, methods, f);
-  else {
+  } else {
     lua_pushvalue(L, methods);
     lua_setfield(L, mt, "__index");
   }

@@ -710,3 +710,102 @@ describe("Array", function()
     assert.are.equal("luamp.Array('c', 2)", tostring(mp.RawArray('c', "ab")))
   end)
 end)
+
+-- A handle whose methods are called often gets a metatable of its own, a
+-- cache of its methods (see class.c): it must read and write as before,
+-- stay one object with the others, check self as before, and go with the
+-- collector.
+describe("a handle used many times", function()
+  local HOT = 40 -- past the lookups that make a handle's cache
+
+  it("reads its fields live and keeps its methods", function()
+    local v = mp.Value("q", 0)
+    for _ = 1, HOT do v:add(1) end
+    assert.are.equal(HOT, v.value)
+    v.value = 7
+    assert.are.equal(7, v.value)
+    assert.are.equal(8, v:add(1))
+    assert.are.equal("q", v.typecode)
+    assert.are.equal("luamp.Value", getmetatable(v).__name)
+    assert.are.equal("luamp.Value('q', 8)", tostring(v))
+    assert.is_nil(v[1])
+    local a = mp.Array("i", {1, 2, 3})
+    for _ = 1, HOT do a:totable() end
+    a[2] = 20
+    assert.are.same({1, 20, 3}, {a[1], a[2], a[3]})
+    assert.is_nil(a[4])
+    assert.are.equal(3, #a)
+    local seen = {}
+    for i, x in pairs(a) do seen[i] = x end
+    assert.are.same({1, 20, 3}, seen)
+    local d = mp.Dict{x = 1}
+    for _ = 1, HOT do d:get("x") end
+    d.y = 2
+    assert.are.equal(1, d.x)
+    assert.are.equal(2, d.y)
+    assert.is_nil(d.z)
+    d.x = nil
+    assert.is_nil(d.x)
+    d.get = "a value"  -- a method's name stays the method's, as before
+    assert.are.equal("function", type(d.get))
+    assert.are.equal("a value", d:get("get"))
+    local l = mp.List{1}
+    for i = 1, HOT do l:append(i) end
+    assert.are.equal(HOT + 1, #l)
+    assert.are.equal(HOT, l[HOT + 1])
+    local r, w = mp.Pipe()
+    for i = 1, HOT do w:send(i); assert.are.equal(i, r:recv()) end
+    assert.is_false(w.closed)
+    w:close()
+    assert.is_true(w.closed)
+    r:close()
+  end)
+
+  it("is the same object where it is sent, and checks self as before",
+     function()
+    local v = mp.Value("i", 0)
+    for _ = 1, HOT do v:add(1) end
+    local q = mp.Queue()
+    q:put(v)
+    local back = q:get()
+    assert.is_true(back == v)
+    back:add(1)
+    assert.are.equal(HOT + 1, v.value)
+    local p = H.spawn(function()
+      local u = q:get(true, 10)
+      for _ = 1, HOT do u:add(1) end
+    end)
+    q:put(v)
+    H.finish(p)
+    assert.are.equal(2 * HOT + 1, v.value)
+    -- a method of Value on an Array (its sibling) as before, on another
+    -- class's handle a type error
+    local a = mp.Array("i", 2)
+    assert.are.same({0, 0}, v.totable(a))
+    local e = H.errmsg(v.add, mp.Dict(), 1)
+    assert.matches("bad argument #1 to .-%(luamp.Value expected, got "
+                   .. "luamp.Dict%)", e)
+    e = H.errmsg(v.add, "x", 1)
+    assert.matches("luamp.Value expected, got string", e)
+  end)
+
+  it("is collected, with what it holds", function()
+    collectgarbage()
+    collectgarbage()
+    local before = mp.stats().arena_blocks
+    do
+      local d = mp.Dict{k = ("v"):rep(100)}
+      local l = mp.List{1, 2}
+      local v = mp.Value("q", 0)
+      for _ = 1, HOT do
+        d:get("k")
+        l:append(3)
+        v:add(1)
+      end
+      assert.is_true(mp.stats().arena_blocks > before)
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.are.equal(before, mp.stats().arena_blocks)
+  end)
+end)
