@@ -17,8 +17,10 @@
  * true, as in Python.
  *
  * A Barrier follows Python's threading.Barrier: `count` processes have
- * arrived; its state is filling, draining (the last one arrived: all
- * leave), resetting or broken.  Its waiters are listed too, so that a
+ * arrived; its state is filling, acting (the last one arrived runs the
+ * action: as under Python's lock, which the action holds, no one enters,
+ * leaves or times out meanwhile, and a reset waits for the round's end),
+ * draining (all leave), resetting or broken.  Its waiters are listed too, so that a
  * waiter that dies breaks the barrier for the others instead of leaving
  * them waiting for a departure that cannot come.
  */
@@ -263,7 +265,12 @@ static int cond_new(lua_State *L) {
 
 /* -------------------------------------------------------------- Barrier */
 
-enum { FILLING = 0, DRAINING = 1, RESETTING = -1, BROKEN = -2 };
+enum { FILLING = 0, DRAINING = 1, ACTING = 2, RESETTING = -1, BROKEN = -2 };
+
+/* The previous round is not over: who arrives waits. */
+#define CLOSED(st) ((st) == DRAINING || (st) == RESETTING || (st) == ACTING)
+/* This round is not over: who arrived waits. */
+#define OPEN(st) ((st) == FILLING || (st) == ACTING)
 
 typedef struct barrier {
   lmp_obj h;
@@ -303,7 +310,7 @@ static void check_dead(barrier *b) {
   if (dead) {
     /* A party that died waiting for the others can never be let go with
      * them: the round is broken, for those waiting and those to come. */
-    if (b->state == FILLING) b->state = BROKEN;
+    if (OPEN(b->state)) b->state = BROKEN;
     else if (b->count <= 0 && (b->state == DRAINING || b->state == RESETTING))
       b->state = FILLING;
     lmp_futex_bump(&b->seq, INT_MAX);
@@ -319,8 +326,7 @@ static int bready(void *ud) {
     bw->next_check = lmp_now() + DEATH_CHECK;
     check_dead(b);
   }
-  r = bw->enter ? (b->state != DRAINING && b->state != RESETTING)
-                : b->state != FILLING;
+  r = bw->enter ? !CLOSED(b->state) : !OPEN(b->state);
   lmp_guard_unlock(&b->g);
   return r;
 }
@@ -374,6 +380,19 @@ static int decode_call(lua_State *L) {
   return 0;
 }
 
+/* Runs the action of the barrier whose handle is at 1: the function itself
+ * in the process that made the barrier (and its forks), so that what it
+ * changes stays, as in Python; elsewhere its copy.  Protected. */
+static int run_action(lua_State *L, action *a) {
+  if (lua_getiuservalue(L, 1, 1) != LUA_TNIL)
+    return lua_pcall(L, 0, 0, 0);
+  lua_pop(L, 1);
+  lua_pushcfunction(L, decode_call);
+  lua_pushlightuserdata(L, a->data);
+  lua_pushinteger(L, (lua_Integer)a->len);
+  return lua_pcall(L, 2, 0, 0);
+}
+
 /* wait([timeout]) -> arrival index 0 .. parties-1 */
 static int barrier_wait(lua_State *L) {
   barrier *b = checkbarrier(L);
@@ -387,7 +406,7 @@ static int barrier_wait(lua_State *L) {
     deadline = lmp_opt_deadline(L, 2);
   lmp_guard_lock(&b->g, &b->h);
   /* Wait for the previous round to drain. */
-  while (b->state == DRAINING || b->state == RESETTING) {
+  while (CLOSED(b->state)) {
     rc = bsleep(L, b, 1, -1);
     if (rc < 0) {
       lmp_guard_unlock(&b->g);
@@ -409,12 +428,9 @@ static int barrier_wait(lua_State *L) {
   if (index + 1 == b->parties) {
     /* The last to arrive runs the action, then lets everyone go. */
     if (b->action != 0) {
+      b->state = ACTING;
       lmp_guard_unlock(&b->g);
-      action *a = LMP_PTR(b->action);
-      lua_pushcfunction(L, decode_call);
-      lua_pushlightuserdata(L, a->data);
-      lua_pushinteger(L, (lua_Integer)a->len);
-      rc = lua_pcall(L, 2, 0, 0);
+      rc = run_action(L, LMP_PTR(b->action));
       lmp_guard_lock(&b->g, &b->h);
       if (rc != LUA_OK) {
         bbreak(b);
@@ -423,10 +439,12 @@ static int barrier_wait(lua_State *L) {
         return lua_error(L);
       }
     }
-    b->state = DRAINING;
+    /* (aborted, or a party died, while it acted: broken for the others,
+     * as Python's abort after the action) */
+    if (b->state != BROKEN) b->state = DRAINING;
     lmp_futex_bump(&b->seq, INT_MAX);
   } else {
-    while (b->state == FILLING) {
+    while (OPEN(b->state)) {
       rc = bsleep(L, b, 0, deadline);
       if (rc < 0) {
         bbreak(b);
@@ -438,6 +456,7 @@ static int barrier_wait(lua_State *L) {
         bbreak(b);
         break;
       }
+      if (rc == 0) deadline = -1; /* the action runs: it is the round's */
     }
     if (b->state < 0) { /* broken or reset while we waited */
       bexit(b, ticket);
@@ -522,11 +541,15 @@ static int barrier_new(lua_State *L) {
   size_t nobj = 0;
   luaL_argcheck(L, parties >= 1 && parties <= INT_MAX, 1,
                 "parties must be at least 1");
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isnoneornil(L, 2) && lua_type(L, 2) != LUA_TFUNCTION) {
+    if (luaL_getmetafield(L, 2, "__call") == LUA_TNIL)
+      luaL_typeerror(L, 2, "function");
+    lua_pop(L, 1);
+  }
   if (!lua_isnoneornil(L, 3)) {
     lua_Number t = luaL_checknumber(L, 3);
-    luaL_argcheck(L, t == t && t >= 0, 3, "timeout must be non-negative");
-    timeout = t;
+    luaL_argcheck(L, t == t, 3, "timeout must be a number");
+    timeout = t > 0 ? t : 0; /* negative: no wait, as in every timeout */
   }
   if (!lua_isnoneornil(L, 2)) { /* encoded first: it may raise */
     buf = lmp_buf_new(L);
@@ -550,6 +573,10 @@ static int barrier_new(lua_State *L) {
     lua_pop(L, 1);
   }
   lmp_pushnew(L, &b->h);
+  if (buf != NULL) {
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 1);
+  }
   return 1;
 }
 
@@ -580,7 +607,8 @@ static const lmp_class cond_class = {
 };
 static const lmp_class barrier_class = {
   .name = BARRIER, .what = "barrier", .type = LMP_T_BARRIER, .group = 2,
-  .obj = &barrier_type, .size = sizeof(lmp_handle), .meth = barrier_meth,
+  .obj = &barrier_type, .size = sizeof(lmp_handle), .nuv = 1,
+  .meth = barrier_meth,
   .getters = barrier_getters, .describe = barrier_describe,
 };
 

@@ -505,7 +505,22 @@ describe("Barrier", function()
       assert.are.equal("bad argument #2 to 'Barrier' (function expected, "
         .. "got number)", msg(2, 5))
       assert.are.equal("bad argument #3 to 'Barrier' (timeout must be "
-        .. "non-negative)", msg(2, nil, -1))
+        .. "a number)", msg(2, nil, 0 / 0))
+    end)
+
+    it("takes a callable table for its action, and a negative timeout as "
+       .. "none to wait", function()
+      local calls = 0
+      local b = mp.Barrier(1, setmetatable({}, {__call = function()
+        calls = calls + 1
+      end}))
+      assert.are.equal(0, b:wait())
+      assert.are.equal(1, calls)
+      local t = mp.Barrier(2, nil, -1)
+      local took_ = timed(function()
+        assert.is_true(is_broken(t.wait, t))
+      end)
+      assert.is_true(took_ < 1, took_)
     end)
   end)
 
@@ -600,6 +615,120 @@ describe("Barrier", function()
     assert.is_true(q:get(true, 10))
     finish(p)
     assert.is_true(b.broken)
+  end)
+
+  it("runs the action itself in the process that made it, so that what it "
+     .. "changes stays", function()
+    local n, seen = 0, nil
+    local b
+    b = mp.Barrier(1, function()
+      n = n + 1
+      seen = b and b.parties
+    end)
+    assert.are.equal(0, b:wait())
+    assert.are.equal(0, b:wait())
+    assert.are.equal(2, n)
+    assert.are.equal(1, seen)
+    -- a child forked after has its own copy of it, as in Python
+    local q = mp.Queue()
+    finish(spawn(function()
+      b:wait()
+      q:put(n)
+    end))
+    assert.are.equal(3, q:get(true, 10))
+    assert.are.equal(2, n)
+  end)
+
+  -- While the last arriver runs the action, Python's lock is held: no one
+  -- enters, leaves or times out, and abort and reset wait for the round.
+  describe("while its action runs", function()
+    -- A barrier of 2 whose action says it started and waits for go.
+    local function acting()
+      local started, go = mp.Event(), mp.Event()
+      local b = mp.Barrier(2, function()
+        started:set()
+        assert(go:wait(30), "go was not set")
+      end)
+      return b, started, go
+    end
+
+    it("keeps a party that comes for the next round", function()
+      local b, started, go = acting()
+      local q = mp.Queue()
+      local ps = {}
+      for i = 1, 2 do
+        ps[i] = spawn(function() q:put(b:wait(30)) end)
+      end
+      assert.is_true(started:wait(30))
+      local called = mp.Event()
+      local late = spawn(function()
+        called:set()
+        q:put(is_broken(b.wait, b, 1) and "broken" or "passed")
+      end)
+      assert.is_true(called:wait(30))
+      mp.sleep(0.3) -- the late party waits to enter (else: no test)
+      go:set()
+      local got = {}
+      for i = 1, 3 do got[i] = q:get(true, 30) end
+      table.sort(got, function(x, y) return tostring(x) < tostring(y) end)
+      -- the round's two parties, and the late one alone in the next
+      assert.are.same({0, 1, "broken"}, got)
+      finish_all(ps)
+      finish(late)
+    end)
+
+    it("lets the party that ran it go when it is aborted meanwhile, and "
+       .. "stays broken", function()
+      local b, started, go = acting()
+      local q = mp.Queue()
+      local ps = {}
+      for i = 1, 2 do
+        ps[i] = spawn(function()
+          local ok, r = pcall(b.wait, b, 30)
+          q:put(ok and r or r.type)
+        end)
+      end
+      assert.is_true(started:wait(30))
+      b:abort()
+      go:set()
+      local got = {q:get(true, 30), q:get(true, 30)}
+      table.sort(got, function(x, y) return tostring(x) < tostring(y) end)
+      assert.are.same({1, "BrokenBarrierError"}, got)
+      finish_all(ps)
+      assert.is_true(b.broken)
+    end)
+
+    it("ends the round as it would have when it is reset meanwhile",
+       function()
+      local b, started, go = acting()
+      local q = mp.Queue()
+      local ps = {}
+      for i = 1, 2 do
+        ps[i] = spawn(function() q:put(b:wait(30)) end)
+      end
+      assert.is_true(started:wait(30))
+      b:reset()
+      go:set()
+      local got = {q:get(true, 30), q:get(true, 30)}
+      table.sort(got)
+      assert.are.same({0, 1}, got)
+      finish_all(ps)
+      assert.is_false(b.broken)
+    end)
+
+    it("does not time out the parties waiting for it", function()
+      local b = mp.Barrier(2, function() mp.sleep(1) end)
+      local q = mp.Queue()
+      local p = spawn(function()
+        local ok, r = pcall(b.wait, b, 0.5)
+        q:put(ok and r or r.type)
+      end)
+      reaches(1, function() return b.n_waiting end)
+      assert.are.equal(1, b:wait(30))
+      assert.are.equal(0, q:get(true, 30))
+      finish(p)
+      assert.is_false(b.broken)
+    end)
   end)
 
   it("counts n_waiting as parties arrive", function()
