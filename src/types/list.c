@@ -349,9 +349,9 @@ static int list_pop(lua_State *L) {
   int64_t i;
   llock(l);
   n = LEN(l);
-  /* Nothing at #l + 1 (pop() or pop(1) of an empty list), as
+  /* Nothing at #l + 1 (pop(), pop(-1) or pop(1) of an empty list), as
    * table.remove has it. */
-  if ((lua_isnoneornil(L, 2) && n == 0) || (uint64_t)k == n + 1) {
+  if ((k == -1 && n == 0) || (uint64_t)k == n + 1) {
     lunlock(l);
     lua_pushnil(L);
     return 1;
@@ -366,12 +366,14 @@ static int list_pop(lua_State *L) {
   return take_unlock(L, l, (uint64_t)i);
 }
 
-/* The 0-based index of the first item equal to the message (p, n), or
- * -1; the caller holds the guard. */
-static int64_t find_locked(list *l, const char *p, size_t n) {
+/* The 0-based index of the first item from `from` up to (not including)
+ * `to` equal to the message (p, n), or -1; the caller holds the guard. */
+static int64_t find_locked(list *l, const char *p, size_t n, uint64_t from,
+                           uint64_t to) {
   lmp_off *a = ARR(l);
   uint64_t i, len = LEN(l);
-  for (i = 0; i < len; i++) {
+  if (to > len) to = len;
+  for (i = from; i < to; i++) {
     item *it = LMP_PTR(a[i]);
     if (lmp_msg_equal(it->data, it->len, p, n)) return (int64_t)i;
   }
@@ -388,15 +390,34 @@ static lmp_buf *encode_probe(lua_State *L, lmp_bufhandle *h, int idx,
   return b;
 }
 
-/* Takes the guard and finds the first item equal to the value at 2: its
+/* Positions i and j of a list of n items (1-based, negative from the end,
+ * as string.sub counts them) as the 0-based bounds [from, to) of the items
+ * from i to j, clamped to the list. */
+static uint64_t pos_from(lua_Integer i, uint64_t n) {
+  uint64_t back = (uint64_t)0 - (uint64_t)i; /* -i, for i < 0 */
+  if (i < 0) return back >= n ? 0 : n - back;
+  return i == 0 ? 0 : (uint64_t)i - 1 > n ? n : (uint64_t)i - 1;
+}
+
+static uint64_t pos_to(lua_Integer j, uint64_t n) {
+  uint64_t back = (uint64_t)0 - (uint64_t)j;
+  if (j < 0) return back > n ? 0 : n - back + 1;
+  return (uint64_t)j > n ? n : (uint64_t)j;
+}
+
+/* Takes the guard and finds the first item equal to the value at 2, at
+ * the positions i (at 3, 1 by default) to j (at 4, -1 by default): its
  * 0-based index, or -1. */
 static int64_t lock_find(lua_State *L, list *l, lmp_bufhandle *h) {
   lmp_buf *b;
   int64_t i;
+  lua_Integer from = luaL_optinteger(L, 3, 1), to = luaL_optinteger(L, 4, -1);
+  uint64_t n;
   luaL_checkany(L, 2);
   b = encode_probe(L, h, 2, LMP_FRAME());
   llock(l);
-  i = find_locked(l, b->data, b->len);
+  n = LEN(l);
+  i = find_locked(l, b->data, b->len, pos_from(from, n), pos_to(to, n));
   lmp_buf_unclaim(b);
   return i;
 }
@@ -405,7 +426,9 @@ static int64_t lock_find(lua_State *L, list *l, lmp_bufhandle *h) {
 static int list_remove(lua_State *L) {
   lmp_bufhandle *h;
   list *l = checklist(L, &h);
-  int64_t i = lock_find(L, l, h);
+  int64_t i;
+  lua_settop(L, 2); /* the whole list */
+  i = lock_find(L, l, h);
   if (i < 0) {
     lunlock(l);
     return luaL_error(L, "value not in list");
@@ -414,7 +437,8 @@ static int list_remove(lua_State *L) {
   return 0;
 }
 
-/* index(v) -> the 1-based index of the first item equal to v */
+/* index(v, [i], [j]) -> the 1-based index of the first item equal to v
+ * from position i to position j (as string.sub counts them) */
 static int list_index_of(lua_State *L) {
   lmp_bufhandle *h;
   list *l = checklist(L, &h);

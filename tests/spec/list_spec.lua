@@ -382,6 +382,7 @@ describe("List", function()
     it("returns nil on an empty list", function()
       local l = mp.List()
       assert.is_nil(l:pop())
+      assert.is_nil(l:pop(-1)) -- pop(-1) is pop()
       l:append(1)
       assert.are.equal(1, l:pop())
       assert.is_nil(l:pop())
@@ -440,6 +441,26 @@ describe("List", function()
       assert.are.equal(1, l:index("a"))
       assert.are.equal(2, l:index("b"))
       assert.has_error(function() l:index("zz") end, "value not in list")
+      l:close()
+    end)
+
+    it("index looks from position i to position j, counted as string.sub "
+       .. "counts them", function()
+      local l = mp.List{"a", "b", "a", "c"}
+      assert.are.equal(3, l:index("a", 2))
+      assert.are.equal(3, l:index("a", 2, 3))
+      assert.are.equal(3, l:index("a", -2))
+      assert.are.equal(4, l:index("c", -1, -1))
+      assert.are.equal(1, l:index("a", 0))
+      assert.are.equal(1, l:index("a", math.mininteger, math.maxinteger))
+      for _, r in ipairs{{2, 2}, {-1}, {1, -5}, {5}, {math.maxinteger}} do
+        assert.has_error(function() l:index("a", r[1], r[2]) end,
+                         "value not in list")
+      end
+      assert.matches("bad argument #2 to 'index' %(number expected, got "
+                     .. "string%)", H.errmsg(function() l:index("a", "x") end))
+      l:remove("a") -- the first, whatever remove is given after it
+      assert.are.same({"b", "a", "c", n = 3}, l:totable())
       l:close()
     end)
 
