@@ -406,6 +406,10 @@ local function signal(self, signum, what)
   if not child then
     error("cannot " .. what .. " a process that was never started", 3)
   end
+  -- (a sibling's copy cannot know whether the pid is still the child's)
+  if self._parent_pid ~= core.getpid() then
+    error("can only " .. what .. " a child process", 3)
+  end
   child:signal(signum)
 end
 

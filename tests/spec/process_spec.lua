@@ -667,6 +667,26 @@ describe("Process", function()
   end)
 
   describe("terminate and kill", function()
+    -- A sibling's copy cannot know whether the pid is still the process's:
+    -- it says so rather than do nothing.
+    H.fork_only("can only signal a child process", function()
+      local sibling = mp.Process{target = function() mp.sleep(30) end}
+      sibling:start()
+      local got = in_child(function()
+        local out = {}
+        for _, m in ipairs{"terminate", "kill"} do
+          local ok, e = pcall(sibling[m], sibling)
+          out[#out + 1] = tostring(ok) .. "|" .. e
+        end
+        return table.concat(out, "|")
+      end)
+      assert.is_true(sibling:is_alive())
+      sibling:kill()
+      sibling:join()
+      assert.are.equal("false|can only terminate a child process|false|"
+                       .. "can only kill a child process", got)
+    end)
+
     it("cannot signal a process that was never started", function()
       assert.has_error(function() mp.Process{}:terminate() end,
         "cannot terminate a process that was never started")
