@@ -429,6 +429,22 @@ static int val_get_lock(lua_State *L) {
   return 1;
 }
 
+/* acquire(...), release(), with(fn, ...): its lock's (get_lock), as
+ * Python's synchronized wrapper has them. */
+static int lock_call(lua_State *L, const char *name) {
+  int n = lua_gettop(L);
+  val_get_lock(L);
+  lua_replace(L, 1);
+  lua_getfield(L, 1, name);
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static int val_acquire(lua_State *L) { return lock_call(L, "acquire"); }
+static int val_release(lua_State *L) { return lock_call(L, "release"); }
+static int val_with(lua_State *L) { return lock_call(L, "with"); }
+
 /* get_obj() -> the Value or Array itself.  Python's synchronized wrapper
  * gives its raw object; here each element is read and written atomically
  * through the handle already, and the lock is only for compound steps, so
@@ -512,7 +528,8 @@ static const luaL_Reg val_meth[] = {
   {"totable", val_totable}, {"get_lock", val_get_lock},
   {"add", val_add},         {"cas", val_cas},
   {"raw", val_raw},         {"get_obj", val_get_obj},
-  {NULL, NULL}
+  {"acquire", val_acquire}, {"release", val_release},
+  {"with", val_with},       {NULL, NULL}
 };
 
 static const luaL_Reg val_metameth[] = {
