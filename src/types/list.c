@@ -390,21 +390,6 @@ static lmp_buf *encode_probe(lua_State *L, lmp_bufhandle *h, int idx,
   return b;
 }
 
-/* Positions i and j of a list of n items (1-based, negative from the end,
- * as string.sub counts them) as the 0-based bounds [from, to) of the items
- * from i to j, clamped to the list. */
-static uint64_t pos_from(lua_Integer i, uint64_t n) {
-  uint64_t back = (uint64_t)0 - (uint64_t)i; /* -i, for i < 0 */
-  if (i < 0) return back >= n ? 0 : n - back;
-  return i == 0 ? 0 : (uint64_t)i - 1 > n ? n : (uint64_t)i - 1;
-}
-
-static uint64_t pos_to(lua_Integer j, uint64_t n) {
-  uint64_t back = (uint64_t)0 - (uint64_t)j;
-  if (j < 0) return back > n ? 0 : n - back + 1;
-  return (uint64_t)j > n ? n : (uint64_t)j;
-}
-
 /* Takes the guard and finds the first item equal to the value at 2, at
  * the positions i (at 3, 1 by default) to j (at 4, -1 by default): its
  * 0-based index, or -1. */
@@ -417,7 +402,8 @@ static int64_t lock_find(lua_State *L, list *l, lmp_bufhandle *h) {
   b = encode_probe(L, h, 2, LMP_FRAME());
   llock(l);
   n = LEN(l);
-  i = find_locked(l, b->data, b->len, pos_from(from, n), pos_to(to, n));
+  i = find_locked(l, b->data, b->len, lmp_pos_from(from, n),
+                  lmp_pos_to(to, n));
   lmp_buf_unclaim(b);
   return i;
 }

@@ -100,4 +100,19 @@ int lmp_lock_owned(lmp_lock *l);
 int32_t lmp_lock_release_all(lmp_lock *l);
 int lmp_lock_restore(lmp_lock *l, int32_t levels, int *died);
 
+/* Positions i and j of a sequence of n items (1-based, negative from the
+ * end, as string.sub counts them) as the 0-based bounds [from, to) of the
+ * items from i to j, clamped to the sequence (List:index, Array:totable). */
+static inline uint64_t lmp_pos_from(lua_Integer i, uint64_t n) {
+  uint64_t back = (uint64_t)0 - (uint64_t)i; /* -i, for i < 0 */
+  if (i < 0) return back >= n ? 0 : n - back;
+  return i == 0 ? 0 : (uint64_t)i - 1 > n ? n : (uint64_t)i - 1;
+}
+
+static inline uint64_t lmp_pos_to(lua_Integer j, uint64_t n) {
+  uint64_t back = (uint64_t)0 - (uint64_t)j;
+  if (j < 0) return back > n ? 0 : n - back + 1;
+  return (uint64_t)j > n ? n : (uint64_t)j;
+}
+
 #endif

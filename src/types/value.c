@@ -396,19 +396,26 @@ static int val_len(lua_State *L) {
 }
 
 /* totable(): every element, read together under the lock. */
+/* totable([i], [j]) -> the elements from position i to position j (as
+ * string.sub counts them: 1 and -1 by default), in a table from 1: Python's
+ * a[i:j], read at once under the lock. */
 static int val_totable(lua_State *L) {
   shval *v = checkval(L);
-  uint64_t i, *snap;
+  lua_Integer i = luaL_optinteger(L, 2, 1), j = luaL_optinteger(L, 3, -1);
+  uint64_t k, from, to, *snap;
   lmp_lock *l;
-  luaL_argcheck(L, v->n <= (uint64_t)INT_MAX, 1, "array too large");
-  snap = lua_newuserdatauv(L, (size_t)v->n * sizeof *snap + 1, 0);
+  from = lmp_pos_from(i, v->n);
+  to = lmp_pos_to(j, v->n);
+  if (to < from) to = from;
+  luaL_argcheck(L, to - from <= (uint64_t)INT_MAX, 1, "array too large");
+  snap = lua_newuserdatauv(L, (size_t)(to - from) * sizeof *snap + 1, 0);
   l = hold_whole(L, v);
-  for (i = 0; i < v->n; i++) snap[i] = load(v, i);
+  for (k = from; k < to; k++) snap[k - from] = load(v, k);
   release_whole(l);
-  lua_createtable(L, (int)v->n, 0);
-  for (i = 0; i < v->n; i++) {
-    push_bits(L, v->tc, snap[i]);
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  lua_createtable(L, (int)(to - from), 0);
+  for (k = 0; k < to - from; k++) {
+    push_bits(L, v->tc, snap[k]);
+    lua_rawseti(L, -2, (lua_Integer)k + 1);
   }
   return 1;
 }

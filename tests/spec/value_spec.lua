@@ -485,6 +485,15 @@ describe("Array", function()
         .. "(array has 3 elements))",
         errmsg(function() a[-1] = 1 end))
       assert.are.same({7, 0, -9}, a:totable())
+      -- from position i to j, as string.sub counts them (Python's a[i:j])
+      assert.are.same({0, -9}, a:totable(2))
+      assert.are.same({0}, a:totable(2, 2))
+      assert.are.same({0, -9}, a:totable(-2))
+      assert.are.same({7, 0}, a:totable(1, -2))
+      assert.are.same({}, a:totable(3, 2))
+      assert.are.same({7, 0, -9}, a:totable(math.mininteger,
+                                            math.maxinteger))
+      assert.are.same({}, a:totable(4))
     end)
 
     it("works with ipairs, pairs and a numeric for, as a table does",
