@@ -76,6 +76,16 @@ function M.unplaced(e)
   return (tostring(e):gsub("^luamp/[%w/_]+%.lua:%d+: ", ""))
 end
 
+-- An error value as text, as lua.c's message handler gives it: a string
+-- or number itself, else its __tostring, else what it is.
+function M.text(e)
+  local t = type(e)
+  if t == "string" or t == "number" then return tostring(e) end
+  local m = getmetatable(e)
+  if m and m.__tostring then return tostring(e) end
+  return format("(error object is a %s value)", t)
+end
+
 -- The name of v's type as luaL_typeerror gives it: its metatable's
 -- __name if it has one.
 function M.typename(v)

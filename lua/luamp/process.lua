@@ -183,13 +183,7 @@ end
 
 local function report(e)
   if core.is_interrupt(e) then return e end
-  if type(e) == "number" then -- as lua.c's message handler
-    e = tostring(e)
-  elseif type(e) ~= "string" then
-    local m = getmetatable(e)
-    e = (m and m.__tostring) and tostring(e)
-      or format("(error object is a %s value)", type(e))
-  end
+  e = errors.text(e) -- as lua.c's message handler
   -- The frames below the child's own code (xpcall, fork, start and the
   -- parent's caller) are not its story: cut them.
   local tb = traceback(e, 2)

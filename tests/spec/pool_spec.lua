@@ -645,6 +645,15 @@ describe("Pool", function()
         .. line_no .. ": in "), e.traceback)
     end)
 
+    it("says a number error value as lua5.4 does, and keeps it", function()
+      local pool <close> = mp.Pool(1)
+      local e = raises(mp.RemoteError, "42", pool.apply, pool, function()
+        error(42)
+      end)
+      assert.are.equal("42", e.message)
+      assert.are.equal(42, e.value)
+    end)
+
     it("keeps a table error value as that table", function()
       local pool <close> = mp.Pool(1)
       local e = raises(mp.RemoteError, "(error object is a table value)",

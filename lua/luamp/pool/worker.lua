@@ -11,12 +11,12 @@
 --                     given (else they are let go of once it returns)
 
 local core = require "luamp.core"
+local errors = require "luamp.errors"
 local msgs = require "luamp.pool.messages"
 
-local getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall =
-  getmetatable, ipairs, pairs, pcall, tonumber, tostring, type, xpcall
+local ipairs, pairs, pcall, tonumber, tostring, type, xpcall =
+  ipairs, pairs, pcall, tonumber, tostring, type, xpcall
 local pack, select, unpack = table.pack, select, table.unpack
-local format = string.format
 local traceback = debug.traceback
 local message, message_slice, decode, decode_into, flush =
   core.message, core.message_slice, core.decode, core.decode_into,
@@ -27,14 +27,7 @@ local M = {}
 
 local PLAIN_MAX = 8 -- results sent as they are, not in a Message of their own
 
--- An error value as text.
-function M.errtext(e)
-  if type(e) == "string" then return e end
-  local m = getmetatable(e)
-  if m and m.__tostring then return tostring(e) end
-  return format("(error object is a %s value)", type(e))
-end
-local errtext = M.errtext
+local errtext = errors.text
 
 -- A task's error as it travels back: its text, the worker's traceback,
 -- and the value itself when it can be sent.
