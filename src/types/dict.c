@@ -534,6 +534,41 @@ static int dict_pop(lua_State *L) {
   return 1;
 }
 
+static int pushkey_p(lua_State *L) {
+  entry *e = lua_touserdata(L, 1);
+  pushkey(L, KEY(e), e->klen);
+  return 1;
+}
+
+/* popitem() -> k, v: takes an item out (any one), as one step; raises
+ * when d is empty, as Python does. */
+static int dict_popitem(lua_State *L) {
+  dict *d = checkdict(L, NULL);
+  table *t;
+  uint64_t i;
+  entry *e;
+  dlock(d);
+  t = TAB(d);
+  for (i = t->cap; i > 0 && t->s[i - 1].off <= DELETED; i--) continue;
+  if (i == 0) {
+    dunlock(d);
+    return luaL_error(L, "popitem(): dictionary is empty");
+  }
+  e = LMP_PTR(t->s[i - 1].off);
+  take_out(d, t, (int64_t)i - 1, e, DELETED);
+  atomic_fetch_sub(&d->count, 1);
+  dunlock(d);
+  lua_pushcfunction(L, pushkey_p);
+  lua_pushlightuserdata(L, e);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) { /* out of memory: e goes */
+    lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
+    lmp_free_pending(e, LMP_PEND_OUT);
+    return lua_error(L);
+  }
+  lmp_take_decode(L, VAL(e), e->vlen, e, &e->refs);
+  return 2;
+}
+
 /* incr(k, n, [init]) -> the new value: atomically adds n to the number
  * stored under k (init, if given, stands for an absent value). */
 static int dict_incr(lua_State *L) {
@@ -837,8 +872,9 @@ static const luaL_Reg dict_meth[] = {
   {"pop", dict_pop},         {"update", dict_update},
   {"keys", dict_keys},       {"values", dict_values},
   {"items", dict_items},     {"clear", dict_clear},
-  {"totable", dict_totable}, {"incr", dict_incr},
-  {"add", dict_add},         {NULL, NULL}
+  {"totable", dict_totable}, {"copy", dict_totable},
+  {"incr", dict_incr},       {"add", dict_add},
+  {"popitem", dict_popitem}, {NULL, NULL}
 };
 
 static const luaL_Reg dict_metameth[] = {

@@ -449,6 +449,50 @@ describe("Dict", function()
     end)
   end)
 
+  describe("popitem and copy", function()
+    it("popitem takes each item out once, as a key and its value", function()
+      local d = mp.Dict{a = 1, b = {x = 2}, [3] = true}
+      local got = {}
+      for _ = 1, 3 do
+        local k, v = d:popitem()
+        assert.is_nil(got[k])
+        got[k] = v
+      end
+      assert.are.same({a = 1, b = {x = 2}, [3] = true}, got)
+      assert.are.equal(0, #d)
+      assert.has_error(function() d:popitem() end,
+                       "popitem(): dictionary is empty")
+      d:close()
+    end)
+
+    it("popitem hands over a shared value alive, and leaks nothing",
+       function()
+      collectgarbage()
+      local before = mp.stats().arena_blocks
+      local l = mp.List{1, 2}
+      local d = mp.Dict{l = l}
+      local k, v = d:popitem()
+      assert.are.equal("l", k)
+      assert.is_true(v == l)
+      l, v = nil, nil
+      d:close()
+      collectgarbage()
+      collectgarbage()
+      assert.are.equal(before, mp.stats().arena_blocks)
+    end)
+
+    it("copy is a plain table of its items, as Python's proxy gives",
+       function()
+      local d = mp.Dict{a = 1, b = {2}}
+      local c = d:copy()
+      assert.is_nil(getmetatable(c))
+      assert.are.same({a = 1, b = {2}}, c)
+      c.a = 5
+      assert.are.equal(1, d.a)
+      d:close()
+    end)
+  end)
+
   describe("pop", function()
     it("removes and returns the value", function()
       local d = mp.Dict{a = {x = 1}, b = 2}
