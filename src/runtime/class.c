@@ -232,6 +232,15 @@ void lmp_pushobj(lua_State *L, lmp_obj *o) {
   if (c->bind != NULL) c->bind(L, o);
 }
 
+void lmp_snapshot(lua_State *L, int idx, const lmp_class *c) {
+  idx = lua_absindex(L, idx);
+  if (lmp_classof(L, idx) != c) return;
+  lua_getfield(L, idx, "totable"); /* the method, with its upvalues */
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 1);
+  lua_replace(L, idx);
+}
+
 /* Pushes o, freeing it if that raises. */
 static int pushnew(lua_State *L) {
   lmp_pushobj(L, lua_touserdata(L, 1));

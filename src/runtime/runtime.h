@@ -357,6 +357,10 @@ void *lmp_newhandle(lua_State *L, const lmp_class *c, size_t size, int nuv);
  * finalizer to call (one call per handle, and a cycle's delay). */
 void *lmp_newhandle_plain(lua_State *L, const lmp_class *c, size_t size);
 
+/* Replaces a handle of class c at idx with what its totable method gives
+ * (a snapshot of a Dict's or List's items); anything else stays. */
+void lmp_snapshot(lua_State *L, int idx, const lmp_class *c);
+
 /* The class of the value at idx, or NULL if it is no luamp handle.  Never
  * raises. */
 const lmp_class *lmp_classof(lua_State *L, int idx);

@@ -761,12 +761,7 @@ static const lmp_class dict_class;
 static int dict_update(lua_State *L) {
   lmp_bufhandle *h;
   dict *d = checkdict(L, &h);
-  if (lmp_classof(L, 2) == &dict_class) {
-    lua_getfield(L, 2, "totable"); /* the method, with its upvalues */
-    lua_pushvalue(L, 2);
-    lua_call(L, 1, 1);
-    lua_replace(L, 2);
-  }
+  lmp_snapshot(L, 2, &dict_class);
   luaL_argexpected(L, lua_type(L, 2) == LUA_TTABLE, 2, "table or Dict");
   update(L, d, h, 2);
   return 0;
@@ -799,9 +794,12 @@ static void dict_describe(lua_State *L, void *h) {
   lua_pushfstring(L, "%I keys", (lua_Integer)atomic_load(&d->count));
 }
 
+/* Dict([t or Dict]), Namespace([t or Dict]) */
 static int new_dict(lua_State *L, int kind) {
   dict *d;
-  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  lmp_snapshot(L, 1, &dict_class);
+  luaL_argexpected(L, lua_isnoneornil(L, 1) || lua_istable(L, 1), 1,
+                   "table or Dict");
   d = (dict *)lmp_obj_new(LMP_T_DICT, kind, sizeof(dict));
   if (d == NULL) return lmp_nomem(L, sizeof(dict));
   lmp_guard_init(&d->g);

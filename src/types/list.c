@@ -291,12 +291,7 @@ static const lmp_class list_class;
 static int list_extend(lua_State *L) {
   lmp_bufhandle *h;
   list *l = checklist(L, &h);
-  if (lmp_classof(L, 2) == &list_class) {
-    lua_getfield(L, 2, "totable"); /* the method, with its upvalues */
-    lua_pushvalue(L, 2);
-    lua_call(L, 1, 1);
-    lua_replace(L, 2);
-  }
+  lmp_snapshot(L, 2, &list_class);
   luaL_argexpected(L, lua_type(L, 2) == LUA_TTABLE, 2, "table or List");
   extend(L, l, h, 2);
   return 0;
@@ -537,10 +532,13 @@ static void list_describe(lua_State *L, void *h) {
 }
 
 /* List([t]) */
+/* List([t or List]) */
 static int list_List(lua_State *L) {
   list *l;
   array *a;
-  if (!lua_isnoneornil(L, 1)) luaL_checktype(L, 1, LUA_TTABLE);
+  lmp_snapshot(L, 1, &list_class);
+  luaL_argexpected(L, lua_isnoneornil(L, 1) || lua_istable(L, 1), 1,
+                   "table or List");
   l = (list *)lmp_obj_new(LMP_T_LIST, 0, sizeof(list));
   if (l == NULL) return lmp_nomem(L, sizeof(list));
   lmp_guard_init(&l->g);

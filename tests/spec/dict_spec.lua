@@ -53,11 +53,23 @@ describe("Dict", function()
       d:close()
     end)
 
+    it("copies another Dict's items, as Python's dict(d) does", function()
+      local src = mp.Dict{a = 1, b = {2}}
+      local d = mp.Dict(src)
+      assert.are.same({a = 1, b = {2}}, d:totable())
+      d.a = 5
+      assert.are.equal(1, src.a)
+      local m <close> = mp.Manager()
+      assert.are.same({a = 1, b = {2}}, m:dict(src):totable())
+      assert.matches("table or Dict expected, got luamp.List",
+                     H.errmsg(mp.Dict, mp.List{}))
+    end)
+
     it("rejects an argument that is neither a table nor nil", function()
       assert.has_error(function() mp.Dict(5) end,
-        "bad argument #1 to 'Dict' (table expected, got number)")
+        "bad argument #1 to 'Dict' (table or Dict expected, got number)")
       assert.has_error(function() mp.Dict("a=1") end,
-        "bad argument #1 to 'Dict' (table expected, got string)")
+        "bad argument #1 to 'Dict' (table or Dict expected, got string)")
     end)
 
     it("shows its key count, and (closed) once closed", function()

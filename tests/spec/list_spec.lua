@@ -33,11 +33,21 @@ describe("List", function()
       l:close()
     end)
 
+    it("copies another List's items, as Python's list(l) does", function()
+      local src = mp.List{1, {2}, 3}
+      local l = mp.List(src)
+      assert.are.same({1, {2}, 3, n = 3}, l:totable())
+      l:append(4)
+      assert.are.equal(3, #src)
+      local m <close> = mp.Manager()
+      assert.are.same({1, {2}, 3, n = 3}, m:list(src):totable())
+    end)
+
     it("rejects an argument that is neither a table nor nil", function()
       assert.has_error(function() mp.List(5) end,
-        "bad argument #1 to 'List' (table expected, got number)")
+        "bad argument #1 to 'List' (table or List expected, got number)")
       assert.has_error(function() mp.List("abc") end,
-        "bad argument #1 to 'List' (table expected, got string)")
+        "bad argument #1 to 'List' (table or List expected, got string)")
     end)
 
     it("shows its length, and (closed) once closed", function()
