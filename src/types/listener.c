@@ -405,7 +405,25 @@ static void checkaddr(lua_State *L, int idx, addr *a, int passive) {
 
 /* ------------------------------------------------------------- Listener */
 
-/* Listener(address, [{backlog = n}]) */
+/* An address of this process's own for a Listener given none, as
+ * Python's arbitrary_address: a Unix socket in $TMPDIR (or /tmp). */
+static void own_address(lua_State *L, int idx) {
+  static unsigned n;
+  const char *dir = getenv("TMPDIR");
+  unsigned r = 0;
+  if (dir == NULL || dir[0] == '\0' ||
+      strlen(dir) > sizeof(((struct sockaddr_un *)0)->sun_path) - 40)
+    dir = "/tmp";
+  if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
+    r = (unsigned)lmp_now();
+  lua_pushfstring(L, "%s/luamp-listener-%d-%d-", dir, (int)lmp_pid,
+                  (int)++n);
+  lua_pushfstring(L, "%I", (lua_Integer)r);
+  lua_concat(L, 2);
+  lua_replace(L, idx);
+}
+
+/* Listener([address], [{backlog = n, authkey = k}]) */
 static int listener_new(lua_State *L) {
   addr a;
   listener *l;
@@ -414,6 +432,10 @@ static int listener_new(lua_State *L) {
   size_t klen = 0;
   struct sockaddr_storage got;
   socklen_t glen = sizeof got;
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 2);
+    own_address(L, 1);
+  }
   checkaddr(L, 1, &a, 1);
   if (!lua_isnoneornil(L, 2)) {
     static const char *const known[] = {"backlog", "authkey", NULL};

@@ -50,6 +50,19 @@ describe("Listener and Client", function()
                      "attempt to use a closed listener")
   end)
 
+  it("picks a Unix socket path of its own when given no address, as "
+     .. "Python's does", function()
+    local l = mp.Listener()
+    local l2 = mp.Listener(nil, {authkey = "a key of sixteen bytes"})
+    assert.matches("^/.*/luamp%-listener%-%d+%-%d+%-%d+$", l.address)
+    assert.are_not.equal(l.address, l2.address)
+    exchange(l)
+    local path = l.address
+    l:close()
+    l2:close()
+    assert.is_nil(io.open(path))
+  end)
+
   it("take only plain data from outside the family, and send no shared "
      .. "object there", function()
     local path = os.tmpname()
