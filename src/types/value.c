@@ -359,27 +359,30 @@ static int is_value_key(lua_State *L, int idx) {
   return n == 5 && memcmp(k, "value", 5) == 0;
 }
 
+/* v.value = (the value at idx) */
+static int set_value(lua_State *L, shval *v, int idx) {
+  if (!v->is_array) {
+    store(v, 0, to_bits(L, idx, v->tc, idx, 0));
+  } else if (v->tc == 'c') {
+    size_t n;
+    const char *s = luaL_checklstring(L, idx, &n);
+    if (n > v->n)
+      return luaL_argerror(L, idx, lua_pushfstring(L, "string too long (%I "
+                           "bytes for %I)", (lua_Integer)n,
+                           (lua_Integer)v->n));
+    lmp_lock *l = hold_whole(L, v);
+    memcpy(v->data, s, n);
+    if (n < v->n) v->data[n] = '\0';
+    release_whole(l);
+  } else {
+    return luaL_error(L, "only 'c' arrays have a value field");
+  }
+  return 0;
+}
+
 static int val_newindex(lua_State *L) {
   shval *v = checkval(L);
-  if (is_value_key(L, 2)) {
-    if (!v->is_array) {
-      store(v, 0, to_bits(L, 3, v->tc, 3, 0));
-    } else if (v->tc == 'c') {
-      size_t n;
-      const char *s = luaL_checklstring(L, 3, &n);
-      if (n > v->n)
-        return luaL_argerror(L, 3, lua_pushfstring(L, "string too long (%I "
-                             "bytes for %I)", (lua_Integer)n,
-                             (lua_Integer)v->n));
-      lmp_lock *l = hold_whole(L, v);
-      memcpy(v->data, s, n);
-      if (n < v->n) v->data[n] = '\0';
-      release_whole(l);
-    } else {
-      return luaL_error(L, "only 'c' arrays have a value field");
-    }
-    return 0;
-  }
+  if (is_value_key(L, 2)) return set_value(L, v, 3);
   if (v->is_array && lua_type(L, 2) == LUA_TNUMBER) {
     int i = checkindex(L, v, 2);
     store(v, (uint64_t)i, to_bits(L, 3, v->tc, 3, 0));
@@ -434,6 +437,19 @@ static int val_get_lock(lua_State *L) {
                       v->is_array ? "Array" : "Value");
   lua_getiuservalue(L, 1, 1);
   return 1;
+}
+
+/* get() and set(x): `value` read and written, as a Manager's ValueProxy
+ * has them in Python. */
+static int val_get(lua_State *L) {
+  lua_settop(L, 1);
+  return val_value(L);
+}
+
+static int val_set(lua_State *L) {
+  shval *v = checkval(L);
+  luaL_checkany(L, 2);
+  return set_value(L, v, 2);
 }
 
 /* acquire(...), release(), with(fn, ...): its lock's (get_lock), as
@@ -536,7 +552,8 @@ static const luaL_Reg val_meth[] = {
   {"add", val_add},         {"cas", val_cas},
   {"raw", val_raw},         {"get_obj", val_get_obj},
   {"acquire", val_acquire}, {"release", val_release},
-  {"with", val_with},       {NULL, NULL}
+  {"with", val_with},       {"get", val_get},
+  {"set", val_set},         {NULL, NULL}
 };
 
 static const luaL_Reg val_metameth[] = {

@@ -285,6 +285,21 @@ describe("Value", function()
     end)
   end)
 
+  it("has get and set, as a Manager's ValueProxy in Python", function()
+    local v = mp.Value("i", 1)
+    assert.are.equal(1, v:get())
+    v:set(5)
+    assert.are.equal(5, v.value)
+    assert.matches("bad argument #1 to 'set' %(integer expected for "
+                   .. "typecode 'i', got float 1.5%)",
+                   H.errmsg(function() v:set(1.5) end))
+    local c = mp.Array("c", 4)
+    c:set("ab")
+    assert.are.equal("ab", c:get())
+    assert.matches("only 'c' arrays have a value field",
+                   H.errmsg(function() mp.Array("i", 2):get() end))
+  end)
+
   describe("get_lock", function()
     it("lends the Value its lock's acquire, release and with", function()
       local v = mp.Value("i", 0)
@@ -697,6 +712,21 @@ describe("Array", function()
       assert.are.same({0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, a:totable())
       a:close()
     end
+  end)
+
+  it("has get and set, as a Manager's ValueProxy in Python", function()
+    local v = mp.Value("i", 1)
+    assert.are.equal(1, v:get())
+    v:set(5)
+    assert.are.equal(5, v.value)
+    assert.matches("bad argument #1 to 'set' %(integer expected for "
+                   .. "typecode 'i', got float 1.5%)",
+                   H.errmsg(function() v:set(1.5) end))
+    local c = mp.Array("c", 4)
+    c:set("ab")
+    assert.are.equal("ab", c:get())
+    assert.matches("only 'c' arrays have a value field",
+                   H.errmsg(function() mp.Array("i", 2):get() end))
   end)
 
   describe("get_lock", function()
