@@ -377,6 +377,13 @@ int lmp_decode_protected(lua_State *L, const char *p, size_t n);
 /* The same with lmp_decode_plain. */
 int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n);
 
+/* Copy out, decode, let go: for a reader that copied the message [p, p+n)
+ * out of a shared structure under its lock and, before the unlock, held
+ * the objects it names (lmp_msg_hold: `held` of them), so that no writer
+ * frees one before its new handle holds it.  Pushes the value, drops those
+ * holds, and raises the decoding error if there was one. */
+void lmp_held_decode(lua_State *L, const char *p, size_t n, size_t held);
+
 /* Take out, decode, release: pushes the value of the message [p, p+n)
  * that this process has taken out of a shared object, then drops the
  * message's references (the counted ones in *count when count is not

@@ -612,6 +612,12 @@ int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n) {
   return protected(L, decode_plain_raw, p, n);
 }
 
+void lmp_held_decode(lua_State *L, const char *p, size_t n, size_t held) {
+  int rc = lmp_decode_protected(L, p, n);
+  lmp_msg_unhold(p, n, held);
+  if (rc != LUA_OK) lua_error(L);
+}
+
 void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,
                      _Atomic uint64_t *count) {
   int rc = lmp_decode_protected(L, p, n);

@@ -283,8 +283,17 @@ static void pushkey(lua_State *L, const char *p, size_t n) {
 
 /* -------------------------------------------------------------- the core */
 
-/* Copies the value of key k into b; 1 if the key exists, -ENOMEM. */
-static int lookup(dict *d, key *k, lmp_buf *b) {
+/* Holds the objects that the copy [p, p+n) of entry e's value names, the
+ * guard held: a writer may drop the entry's own references as soon as it
+ * is released (see lmp_held_decode).  0 or -ENOMEM. */
+static int hold_copy(entry *e, const char *p, size_t n, size_t *held) {
+  *held = 0;
+  return atomic_load(&e->refs) == 0 ? 0 : lmp_msg_hold(p, n, held);
+}
+
+/* Copies the value of key k into b, holding what it names (*held); 1 if
+ * the key exists, -ENOMEM. */
+static int lookup(dict *d, key *k, lmp_buf *b, size_t *held) {
   table *t;
   int64_t i;
   int found = 0;
@@ -297,7 +306,7 @@ static int lookup(dict *d, key *k, lmp_buf *b) {
     if (lmp_buf_reserve(b, e->vlen) == 0) {
       memcpy(b->data, VAL(e), e->vlen);
       b->len = e->vlen;
-      found = 1;
+      found = hold_copy(e, b->data, b->len, held) < 0 ? -ENOMEM : 1;
     } else {
       found = -ENOMEM;
     }
@@ -441,15 +450,16 @@ static int push_lookup(lua_State *L, dict *d, lmp_bufhandle *h, int kidx) {
   key k;
   int rc, top = lua_gettop(L);
   lmp_buf *b;
+  size_t held = 0;
   if (lua_isnil(L, kidx) ||
       (lua_type(L, kidx) == LUA_TNUMBER && !lua_isinteger(L, kidx) &&
        lua_tonumber(L, kidx) != lua_tonumber(L, kidx)))
     return 0;
   getkey(L, kidx, 2, 0, &k);
   b = lmp_buf_claim(L, h->buf, LMP_FRAME());
-  rc = lookup(d, &k, b);
+  rc = lookup(d, &k, b, &held);
   lua_settop(L, top); /* the key's bytes, if getkey pushed them */
-  if (rc > 0) lmp_decode(L, b->data, b->len);
+  if (rc > 0) lmp_held_decode(L, b->data, b->len, held);
   lmp_buf_unclaim(b);
   if (rc < 0) return lmp_nomem(L, 0);
   return rc > 0;
@@ -642,6 +652,21 @@ static int dict_incr(lua_State *L) {
   return 1;
 }
 
+/* Lets go of what the values of a snapshot's records from pos on hold:
+ * each record is its key's length (4 bytes), how many objects its value
+ * holds (4), its value's length (8), the key and the value. */
+static void unhold_records(lmp_buf *b, size_t pos) {
+  while (pos < b->len) {
+    uint32_t klen, held;
+    uint64_t vlen;
+    memcpy(&klen, b->data + pos, 4);
+    memcpy(&held, b->data + pos + 4, 4);
+    memcpy(&vlen, b->data + pos + 8, 8);
+    lmp_msg_unhold(b->data + pos + 16 + klen, (size_t)vlen, held);
+    pos += 16 + klen + vlen;
+  }
+}
+
 /* A snapshot of the keys (or keys and values), copied out under the guard
  * into a C buffer (nothing there can raise), then built into a table.
  * what: 0 keys, 1 values, 2 items {k, v}, 3 a table k -> v. */
@@ -652,6 +677,7 @@ static int snapshot(lua_State *L, dict *d, int what) {
   size_t pos;
   lua_Integer n = 0;
   int full = 0;
+  uint32_t held32;
   dlock(d);
   t = TAB(d);
   for (i = 0; i < t->cap && !full; i++) {
@@ -668,19 +694,42 @@ static int snapshot(lua_State *L, dict *d, int what) {
     memcpy(b->data + b->len + 8, &vlen, 8);
     memcpy(b->data + b->len + 16, KEY(e), e->klen);
     memcpy(b->data + b->len + 16 + e->klen, VAL(e), vlen);
+    if (vlen > 0) {
+      size_t held;
+      if (hold_copy(e, b->data + b->len + 16 + e->klen, vlen, &held) < 0) {
+        full = 1;
+        break;
+      }
+      held32 = (uint32_t)held; /* (a message names under 2^32 objects) */
+    } else {
+      held32 = 0;
+    }
+    memcpy(b->data + b->len + 4, &held32, 4);
     b->len += 16 + e->klen + vlen;
   }
   dunlock(d);
-  if (full) return luaL_error(L, "not enough memory");
+  if (full) {
+    unhold_records(b, 0);
+    return luaL_error(L, "not enough memory");
+  }
   lua_newtable(L);
   for (pos = 0; pos < b->len;) {
     uint32_t klen;
     uint64_t vlen;
     memcpy(&klen, b->data + pos, 4);
+    memcpy(&held32, b->data + pos + 4, 4);
     memcpy(&vlen, b->data + pos + 8, 8);
     n++;
     if (what != 1) pushkey(L, b->data + pos + 16, klen);
-    if (what > 0) lmp_decode(L, b->data + pos + 16 + klen, (size_t)vlen);
+    if (what > 0) {
+      const char *v = b->data + pos + 16 + klen;
+      int rc = lmp_decode_protected(L, v, (size_t)vlen);
+      lmp_msg_unhold(v, (size_t)vlen, held32);
+      if (rc != LUA_OK) {
+        unhold_records(b, pos + 16 + klen + vlen);
+        return lua_error(L);
+      }
+    }
     if (what == 0 || what == 1) {
       lua_rawseti(L, -2, n);
     } else if (what == 2) {

@@ -117,14 +117,23 @@ static list *checklist(lua_State *L, lmp_bufhandle **hp) {
   return l;
 }
 
-/* Copies item i (0-based) into b under the guard held by the caller. */
-static int copy_item(list *l, uint64_t i, lmp_buf *b) {
+/* Holds the objects that the copy [p, p+n) of item it names, the guard
+ * held: a writer may drop the item's own references as soon as it is
+ * released (see lmp_held_decode).  0 or -ENOMEM. */
+static int hold_copy(item *it, const char *p, size_t n, size_t *held) {
+  *held = 0;
+  return atomic_load(&it->refs) == 0 ? 0 : lmp_msg_hold(p, n, held);
+}
+
+/* Copies item i (0-based) into b under the guard held by the caller,
+ * holding what it names (*held). */
+static int copy_item(list *l, uint64_t i, lmp_buf *b, size_t *held) {
   item *it = LMP_PTR(ARR(l)[i]);
   b->len = 0;
   if (lmp_buf_reserve(b, it->len) < 0) return -ENOMEM;
   memcpy(b->data, it->data, it->len);
   b->len = it->len;
-  return 0;
+  return hold_copy(it, b->data, b->len, held);
 }
 
 /* The value at idx as a new item registered as LMP_PEND_IN, which then
@@ -184,13 +193,14 @@ static int list_field(lua_State *L) {
   lua_Integer k = lua_tointegerx(L, 2, &isint);
   int rc = 1;
   lmp_buf *b;
+  size_t held = 0;
   if (!isint || lua_type(L, 2) != LUA_TNUMBER) return 0;
   b = lmp_buf_claim(L, h->buf, LMP_FRAME());
   llock(l);
   if (k >= 1 && (uint64_t)k <= LEN(l))
-    rc = copy_item(l, (uint64_t)k - 1, b);
+    rc = copy_item(l, (uint64_t)k - 1, b, &held);
   lunlock(l);
-  if (rc == 0) lmp_decode(L, b->data, b->len);
+  if (rc == 0) lmp_held_decode(L, b->data, b->len, held);
   lmp_buf_unclaim(b);
   if (rc < 0) return lmp_nomem(L, 0);
   return rc == 0;
@@ -491,6 +501,19 @@ static int list_reverse(lua_State *L) {
   return 0;
 }
 
+/* Lets go of what the items copied into b from pos on hold: each record
+ * is the item's length (8 bytes), how many objects it holds (8), and the
+ * item. */
+static void unhold_records(lmp_buf *b, size_t pos) {
+  while (pos < b->len) {
+    uint64_t n, held;
+    memcpy(&n, b->data + pos, 8);
+    memcpy(&held, b->data + pos + 8, 8);
+    lmp_msg_unhold(b->data + pos + 16, (size_t)n, (size_t)held);
+    pos += 16 + n;
+  }
+}
+
 /* totable() -> a table of the items (n set), copied out under the guard */
 static int list_totable(lua_State *L) {
   list *l = checklist(L, NULL);
@@ -503,23 +526,41 @@ static int list_totable(lua_State *L) {
   len = LEN(l);
   for (i = 0; i < len; i++) {
     item *it = LMP_PTR(ARR(l)[i]);
-    if (lmp_buf_reserve(b, 8 + it->len) < 0) {
+    size_t held;
+    uint64_t h64;
+    if (lmp_buf_reserve(b, 16 + it->len) < 0) {
       full = 1;
       break;
     }
     memcpy(b->data + b->len, &it->len, 8);
-    memcpy(b->data + b->len + 8, it->data, it->len);
-    b->len += 8 + it->len;
+    memcpy(b->data + b->len + 16, it->data, it->len);
+    if (hold_copy(it, b->data + b->len + 16, it->len, &held) < 0) {
+      full = 1;
+      break;
+    }
+    h64 = held;
+    memcpy(b->data + b->len + 8, &h64, 8);
+    b->len += 16 + it->len;
   }
   lunlock(l);
-  if (full) return luaL_error(L, "not enough memory");
+  if (full) {
+    unhold_records(b, 0);
+    return luaL_error(L, "not enough memory");
+  }
   lua_createtable(L, (int)len, 1);
   for (pos = 0; pos < b->len;) {
-    uint64_t n;
+    uint64_t n, held;
+    int rc;
     memcpy(&n, b->data + pos, 8);
-    lmp_decode(L, b->data + pos + 8, (size_t)n);
+    memcpy(&held, b->data + pos + 8, 8);
+    rc = lmp_decode_protected(L, b->data + pos + 16, (size_t)n);
+    lmp_msg_unhold(b->data + pos + 16, (size_t)n, (size_t)held);
+    if (rc != LUA_OK) {
+      unhold_records(b, pos + 16 + n);
+      return lua_error(L);
+    }
     lua_rawseti(L, -2, ++k);
-    pos += 8 + n;
+    pos += 16 + n;
   }
   lua_pushinteger(L, k);
   lua_setfield(L, -2, "n");

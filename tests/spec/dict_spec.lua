@@ -1109,3 +1109,39 @@ describe("Dict", function()
     end)
   end)
 end)
+
+-- A reader copies a value out under the dict's lock and decodes it after;
+-- a writer that replaces the value meanwhile drops the entry's references.
+-- The reader holds what the copy names until its handles do.
+describe("Dict read while another process replaces a shared value", function()
+  it("gives the old object or the new one, never a freed one", function()
+    local d = mp.Dict()
+    d.x = mp.Dict{a = 1}
+    local function writer()
+      local stop = mp.monotonic() + 1.5
+      while mp.monotonic() < stop do
+        local nd = mp.Dict{a = 1}
+        d.x = nd
+        nd:close()
+      end
+    end
+    local function reader(how)
+      return function()
+        local stop = mp.monotonic() + 1.5
+        while mp.monotonic() < stop do
+          local nd
+          if how == "index" then nd = d.x
+          elseif how == "values" then nd = d:values()[1]
+          else nd = d:totable().x end
+          assert(nd.a == 1, "a read object lost its field")
+          nd:close()
+        end
+      end
+    end
+    local ps = {H.spawn(writer)}
+    for _, how in ipairs{"index", "values", "totable"} do
+      ps[#ps + 1] = H.spawn(reader(how))
+    end
+    for _, p in ipairs(ps) do H.finish(p) end
+  end)
+end)

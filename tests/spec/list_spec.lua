@@ -882,3 +882,32 @@ describe("List", function()
     end)
   end)
 end)
+
+-- As for a Dict: a reader holds what its copy of an item names until its
+-- handles do, whatever a writer does to the item meanwhile.
+describe("List read while another process replaces a shared item", function()
+  it("gives the old object or the new one, never a freed one", function()
+    local l = mp.List{mp.Dict{a = 1}}
+    local function writer()
+      local stop = mp.monotonic() + 1.5
+      while mp.monotonic() < stop do
+        local nd = mp.Dict{a = 1}
+        l[1] = nd
+        nd:close()
+      end
+    end
+    local function reader(how)
+      return function()
+        local stop = mp.monotonic() + 1.5
+        while mp.monotonic() < stop do
+          local nd = how == "index" and l[1] or l:totable()[1]
+          assert(nd.a == 1, "a read object lost its field")
+          nd:close()
+        end
+      end
+    end
+    local ps = {H.spawn(writer), H.spawn(reader("index")),
+                H.spawn(reader("totable"))}
+    for _, p in ipairs(ps) do H.finish(p) end
+  end)
+end)
