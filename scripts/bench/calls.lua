@@ -18,10 +18,6 @@ local lock = mp.Lock()
 local q = mp.Queue()
 local r, w = mp.Pipe()
 local s = "abc"
--- A Value whose method lookups have led its field reads (see "The cost of
--- one call" in the README): it has a metatable of its own.
-local hot = mp.Value("q", 0)
-for _ = 1, 16 do hot:add(0) end
 
 -- Each case is called N times in a loop of its own (the loop's cost, some
 -- 2 ns, is part of every figure).
@@ -30,7 +26,6 @@ local cases = {
   {"value_read", function(n) for _ = 1, n do local _ = v.value end end},
   {"value_write", function(n) for i = 1, n do v.value = i end end},
   {"value_add", function(n) for _ = 1, n do v:add(1) end end},
-  {"value_read_hot", function(n) for _ = 1, n do local _ = hot.value end end},
   {"array_read", function(n) for _ = 1, n do local _ = a[3] end end},
   {"array_write", function(n) for i = 1, n do a[3] = i end end},
   {"dict_read", function(n) for _ = 1, n do local _ = d.k end end},

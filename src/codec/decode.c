@@ -613,7 +613,12 @@ int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n) {
 }
 
 void lmp_held_decode(lua_State *L, const char *p, size_t n, size_t held) {
-  int rc = lmp_decode_protected(L, p, n);
+  int rc;
+  if (held == 0) { /* nothing to let go of: no protected call */
+    lmp_decode(L, p, n);
+    return;
+  }
+  rc = lmp_decode_protected(L, p, n);
   lmp_msg_unhold(p, n, held);
   if (rc != LUA_OK) lua_error(L);
 }

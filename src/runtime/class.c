@@ -132,30 +132,50 @@ lmp_obj *lmp_toobj(lua_State *L, int idx) {
  * Hot handles.  A class with fields (v.value, a[i], d[k]) has a function
  * for __index, so that a method call on its handle costs two calls into C,
  * the lookup's and the method's, where a string's costs one.  Its handles
- * count their method lookups, and their field reads down (see countof); at
- * the HOT-th lookup more than reads, a handle gets a metatable of its own
- * (the class's, copied), whose __index is a table of its own: its cache.
- * Lua finds there, with no call, each method the handle has looked up
- * since; what the cache lacks goes to the __index of the cache's own
- * metatable, a closure that knows the handle (at UV_SELF) and looks up as
- * the class's __index does, keeping a method it finds.  A handle used a
- * few times (one received, read once) makes no tables.
+ * count their method lookups, in a word past their struct (countof); at
+ * the HOT-th, a handle gets a metatable of its own (its class's, copied),
+ * whose __index is a table of its own: its cache.  Lua finds there, with
+ * no call, each method the handle has looked up since; what the cache
+ * lacks goes to the __index of the cache's own metatable, a closure over
+ * the handle (UV_SELF) and the cache (UV_CACHE) that looks up as the
+ * class's __index does and keeps a method it finds.  A field read then
+ * costs a table lookup more, so a hot handle counts those, and after COLD
+ * of them it takes its class's metatable back and counts its lookups
+ * again.  Going hot makes three tables and a closure (1 to 2 us): a handle
+ * used a few times makes none, and one read more than called pays little.
  */
-#define HOT 8
+#define HOT 64
+#define COLD (8 * HOT)
 #define UV_SELF (UV_FIRSTMT + MAXFAMILY)
+#define UV_CACHE (UV_SELF + 1)
 
 static int indexed(const lmp_class *c) {
   return c->field != NULL || c->getters != NULL;
 }
 
+/* The count of a handle of c, past its struct (a class with fields makes
+ * its handles of its own size). */
+static inline intptr_t *countof(void *h, const lmp_class *c) {
+  return (intptr_t *)((char *)h + ((c->size + MARK - 1) & ~(MARK - 1)));
+}
+
 static int cache_index(lua_State *L);
 
-/* Gives the handle at 1 a metatable of its own with a cache; called from
- * the class's __index, whose upvalues the cache's __index shares. */
-static void own_metatable(lua_State *L) {
+/* Gives the handle at 1, of class c, a metatable of its own with a cache,
+ * if it has its class's (or the class's plain one); called from the
+ * class's __index, whose upvalues the cache's __index shares. */
+static void own_metatable(lua_State *L, const lmp_class *c) {
   int i, mt, top = lua_gettop(L);
-  lua_getmetatable(L, 1);
+  if (!lua_getmetatable(L, 1)) return;
   mt = lua_gettop(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, c) != LUA_TTABLE ||
+      (!lua_rawequal(L, mt, -1) &&
+       (lua_rawgetp(L, LUA_REGISTRYINDEX, &c->plain) != LUA_TTABLE ||
+        !lua_rawequal(L, mt, -1)))) {
+    lua_settop(L, top);
+    return;
+  }
+  lua_settop(L, mt);
   lua_createtable(L, 0, 12);
   lua_pushnil(L);
   while (lua_next(L, mt)) {
@@ -167,7 +187,8 @@ static void own_metatable(lua_State *L) {
   lua_createtable(L, 0, 1); /* its metatable */
   for (i = 1; i < UV_SELF; i++) lua_pushvalue(L, lua_upvalueindex(i));
   lua_pushvalue(L, 1);
-  lua_pushcclosure(L, cache_index, UV_SELF);
+  lua_pushvalue(L, -(UV_SELF + 2)); /* the cache */
+  lua_pushcclosure(L, cache_index, UV_CACHE);
   lua_setfield(L, -2, "__index");
   lua_setmetatable(L, -2);
   lua_setfield(L, -2, "__index");
@@ -175,21 +196,16 @@ static void own_metatable(lua_State *L) {
   lua_settop(L, top);
 }
 
-/* The count of a handle of c, past its struct (a class with fields makes
- * its handles of its own size).  A method lookup counts up; a field read
- * counts down, to -HOT at the least, so that a handle whose fields are read
- * as often as its methods are looked up stays as it is: a hot handle's
- * fields cost a lookup more. */
-static inline intptr_t *countof(void *h, const lmp_class *c) {
-  return (intptr_t *)((char *)h + ((c->size + MARK - 1) & ~(MARK - 1)));
-}
-
-/* A field read of a handle of c, once the getter or field function, which
- * checked it, has returned. */
-static inline int fieldread(void *h, const lmp_class *c, int results) {
-  intptr_t *n = countof(h, c);
-  if (*n > -HOT) --*n;
-  return results;
+/* The handle at 1 (UV_SELF's, of class c), read COLD times while hot,
+ * takes its class's metatable back (the plain one if it has no __gc). */
+static void own_no_more(lua_State *L, const lmp_class *c) {
+  int top = lua_gettop(L);
+  lua_getmetatable(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX,
+              lua_getfield(L, -1, "__gc") == LUA_TNIL ? (const void *)&c->plain
+                                                      : (const void *)c);
+  if (lua_istable(L, -1)) lua_setmetatable(L, 1);
+  lua_settop(L, top);
 }
 
 /* A new marked handle of class c, with the metatable the registry keeps
@@ -311,44 +327,51 @@ static int class_eq(lua_State *L) {
  * Getters and field functions find the handle and the key at 1 and 2 and
  * return what they push last. */
 static int class_index(lua_State *L) {
-  const lmp_class *c = lua_touserdata(L, UV_CLASS);
-  void *h = lua_touserdata(L, 1);
+  const lmp_class *c;
   if (lua_type(L, 2) == LUA_TSTRING) {
     lua_pushvalue(L, 2); /* __index is called with the handle and the key */
     switch (lua_rawget(L, UV_METHODS)) {
       case LUA_TNIL:
         break;
       case LUA_TLIGHTUSERDATA:
-        return fieldread(h, c,
-                         ((const luaL_Reg *)lua_touserdata(L, -1))->func(L));
-      default:
-        /* (checked by its mark: __index can be handed any userdata by
-         * debug.setmetatable) */
-        if (markof(L, 1, h) == c && ++*countof(h, c) == HOT)
-          own_metatable(L);
+        return ((const luaL_Reg *)lua_touserdata(L, -1))->func(L);
+      default: {
+        /* (checked by its mark: __index can be handed anything) */
+        void *h = lua_touserdata(L, 1);
+        c = lua_touserdata(L, UV_CLASS);
+        if (h != NULL && markof(L, 1, h) == c && ++*countof(h, c) == HOT)
+          own_metatable(L, c);
         return 1;
+      }
     }
   }
-  return c->field != NULL ? fieldread(h, c, c->field(L)) : 0;
+  c = lua_touserdata(L, UV_CLASS);
+  return c->field != NULL ? c->field(L) : 0;
 }
 
-/* __index of a hot handle's cache (see own_metatable), called with the
- * cache and the key. */
+/* __index of a hot handle's cache (see own_metatable): the cache at 1 and
+ * the key at 2. */
 static int cache_index(lua_State *L) {
   const lmp_class *c = lua_touserdata(L, UV_CLASS);
   int t = LUA_TNIL;
+  intptr_t *n;
   if (lua_type(L, 2) == LUA_TSTRING) {
     lua_pushvalue(L, 2);
     t = lua_rawget(L, UV_METHODS);
     if (t != LUA_TNIL && t != LUA_TLIGHTUSERDATA) {
       lua_pushvalue(L, 2);
       lua_pushvalue(L, -2);
-      lua_rawset(L, 1);
+      lua_rawset(L, lua_upvalueindex(UV_CACHE));
       return 1;
     }
   }
   lua_pushvalue(L, lua_upvalueindex(UV_SELF));
   lua_replace(L, 1);
+  n = countof(lua_touserdata(L, 1), c);
+  if (++*n >= COLD) {
+    *n = 0;
+    own_no_more(L, c);
+  }
   if (t == LUA_TLIGHTUSERDATA)
     return ((const luaL_Reg *)lua_touserdata(L, 3))->func(L);
   lua_settop(L, 2);

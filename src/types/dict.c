@@ -723,11 +723,15 @@ static int snapshot(lua_State *L, dict *d, int what) {
     if (what != 1) pushkey(L, b->data + pos + 16, klen);
     if (what > 0) {
       const char *v = b->data + pos + 16 + klen;
-      int rc = lmp_decode_protected(L, v, (size_t)vlen);
-      lmp_msg_unhold(v, (size_t)vlen, held32);
-      if (rc != LUA_OK) {
-        unhold_records(b, pos + 16 + klen + vlen);
-        return lua_error(L);
+      if (held32 == 0) {
+        lmp_decode(L, v, (size_t)vlen);
+      } else {
+        int rc = lmp_decode_protected(L, v, (size_t)vlen);
+        lmp_msg_unhold(v, (size_t)vlen, held32);
+        if (rc != LUA_OK) {
+          unhold_records(b, pos + 16 + klen + vlen);
+          return lua_error(L);
+        }
       }
     }
     if (what == 0 || what == 1) {

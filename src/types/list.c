@@ -553,11 +553,15 @@ static int list_totable(lua_State *L) {
     int rc;
     memcpy(&n, b->data + pos, 8);
     memcpy(&held, b->data + pos + 8, 8);
-    rc = lmp_decode_protected(L, b->data + pos + 16, (size_t)n);
-    lmp_msg_unhold(b->data + pos + 16, (size_t)n, (size_t)held);
-    if (rc != LUA_OK) {
-      unhold_records(b, pos + 16 + n);
-      return lua_error(L);
+    if (held == 0) {
+      lmp_decode(L, b->data + pos + 16, (size_t)n);
+    } else {
+      rc = lmp_decode_protected(L, b->data + pos + 16, (size_t)n);
+      lmp_msg_unhold(b->data + pos + 16, (size_t)n, (size_t)held);
+      if (rc != LUA_OK) {
+        unhold_records(b, pos + 16 + n);
+        return lua_error(L);
+      }
     }
     lua_rawseti(L, -2, ++k);
     pos += 16 + n;

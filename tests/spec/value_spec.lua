@@ -807,7 +807,7 @@ end)
 -- stay one object with the others, check self as before, and go with the
 -- collector.
 describe("a handle used many times", function()
-  local HOT = 40 -- past the lookups that make a handle's cache
+  local HOT = 100 -- past the lookups that make a handle's cache (64)
 
   it("reads its fields live and keeps its methods", function()
     local v = mp.Value("q", 0)
@@ -878,6 +878,40 @@ describe("a handle used many times", function()
                    .. "luamp.Dict%)", e)
     e = H.errmsg(v.add, "x", 1)
     assert.matches("luamp.Value expected, got string", e)
+  end)
+
+  it("gives its class's metatable back once read more than called",
+     function()
+    local v = mp.Value("q", 0)
+    local class = getmetatable(v)
+    for _ = 1, HOT do v:add(1) end
+    assert.are_not.equal(class, getmetatable(v))
+    for _ = 1, 600 do assert.are.equal(HOT, v.value) end
+    assert.are.equal(class, getmetatable(v))
+    for _ = 1, HOT do v:add(1) end
+    assert.are_not.equal(class, getmetatable(v))
+    assert.are.equal(2 * HOT, v.value)
+  end)
+
+  it("survives its metamethods called with anything", function()
+    local v = mp.Value("i", 0)
+    local idx = getmetatable(v).__index
+    -- a string, a table, a nil as self: no crash, and no method taken on
+    assert.are.equal("function", type(idx("0123456789abcdef", "add")))
+    assert.are.equal("function",
+                     type(idx({1, 2, 3, 4, 5, 6, 7, 8, 9}, "add")))
+    for _ = 1, HOT do v:add(1) end
+    local cache = getmetatable(v).__index
+    local ci = getmetatable(cache).__index
+    assert.are.equal("function", type(ci({}, "add")))
+    assert.are.equal("function", type(ci("not a table", "add")))
+    assert.are.equal(HOT, ci("anything", "value"))
+    -- a handle whose metatable debug took away stays without one
+    local w = mp.Value("i", 0)
+    local widx = getmetatable(w).__index
+    debug.setmetatable(w, nil)
+    for _ = 1, HOT do widx(w, "add") end
+    assert.is_nil(debug.getmetatable(w))
   end)
 
   it("is collected, with what it holds", function()
