@@ -161,15 +161,43 @@ lmp_lock *lmp_lock_new(int recursive) {
 
 enum { K_SEM, K_BSEM };
 
+typedef struct holder {
+  int32_t pid, n;
+} holder;
+
 typedef struct sem {
   lmp_obj h; /* kind: K_SEM or K_BSEM */
   lmp_guard g;
   int32_t value, maxvalue;
   _Atomic uint32_t seq, nwait;
-  struct {
-    int32_t pid, n;
-  } holders[MAX_HOLDERS];
+  holder holders[MAX_HOLDERS];
+  /* The journal of a change under the guard (the count and the holders'
+   * records change in several steps): what they were, and whether a
+   * change is under way.  A process killed in the middle leaves `open`
+   * set, and the next locker puts both back (sem_repair), as if the
+   * change had never begun. */
+  int32_t was_value;
+  _Atomic int32_t open;
+  holder was[MAX_HOLDERS];
 } sem;
+
+/* Opens and closes the journal around a change, the guard held. */
+static void begin(sem *s) {
+  s->was_value = s->value;
+  memcpy(s->was, s->holders, sizeof s->was);
+  atomic_store(&s->open, 1); /* (a full fence: no step of the change
+                              * comes before it) */
+}
+
+static void commit(sem *s) { atomic_store(&s->open, 0); }
+
+static void sem_repair(lmp_obj *o) {
+  sem *s = (sem *)o;
+  if (!atomic_load(&s->open)) return;
+  s->value = s->was_value;
+  memcpy(s->holders, s->was, sizeof s->holders);
+  atomic_store(&s->open, 0);
+}
 
 /* Gives back the units of holders that died holding them (a process that
  * exits cleanly drops its records: see sem_exit); returns how many.  A
@@ -177,6 +205,7 @@ typedef struct sem {
 static int32_t reclaim(sem *s) {
   int64_t back = 0, most = s->h.kind == K_BSEM ? s->maxvalue : INT32_MAX;
   int i;
+  begin(s);
   for (i = 0; i < MAX_HOLDERS; i++) {
     if (s->holders[i].pid != 0 && lmp_pid_dead(s->holders[i].pid)) {
       back += s->holders[i].n;
@@ -187,6 +216,7 @@ static int32_t reclaim(sem *s) {
   if (s->value + back > most) back = most - s->value;
   if (back < 0) back = 0;
   s->value += (int32_t)back;
+  commit(s);
   return (int32_t)back;
 }
 
@@ -225,8 +255,10 @@ static void sem_exit(lmp_obj *o) {
   sem *s = (sem *)o;
   int i;
   lmp_guard_lock(&s->g, &s->h);
+  begin(s);
   for (i = 0; i < MAX_HOLDERS; i++)
     if (s->holders[i].pid == lmp_pid) s->holders[i].pid = s->holders[i].n = 0;
+  commit(s);
   lmp_guard_unlock(&s->g);
 }
 
@@ -247,8 +279,10 @@ static int sem_try(void *ud) {
     if (reclaim(s) > 0) a->died = 1;
   }
   if (s->value > 0) {
+    begin(s);
     s->value--;
     note_holder(s, a->me, 1);
+    commit(s);
     ok = 1;
   }
   lmp_guard_unlock(&s->g);
@@ -293,8 +327,10 @@ static int sem_release(sem *s, int32_t n) {
     lmp_guard_unlock(&s->g);
     return -ERANGE;
   }
+  begin(s);
   s->value += n;
   note_holder(s, self_pid(), -n);
+  commit(s);
   lmp_guard_unlock(&s->g);
   if (atomic_load(&s->nwait) > 0) lmp_futex_bump(&s->seq, n);
   return 0;
@@ -536,7 +572,7 @@ static const luaL_Reg event_meth[] = {
 static const lmp_type lock_type = {.name = "lock"};
 static const lmp_type sem_type = {
   .name = "semaphore", .dtor = sem_dtor, .guard = offsetof(sem, g),
-  .on_exit = sem_exit,
+  .on_exit = sem_exit, .repair = sem_repair,
 };
 static const lmp_type event_type = {.name = "event"};
 

@@ -159,6 +159,47 @@ describe("Semaphore units", function()
     assert.are.equal(0, s:get_value())
   end)
 
+  -- A count and the records of who holds what change in several steps:
+  -- a kill among them must leave the semaphore as before the change (a
+  -- journal the next locker puts back), or a unit is lost for good, or
+  -- given twice.
+  for _, kind in ipairs{"Semaphore", "BoundedSemaphore"} do
+    it("of a " .. kind .. " survive kills at any moment of acquire and "
+       .. "release", function()
+      local s = mp[kind](1)
+      local lost, extra = 0, 0
+      for _ = 1, 120 do
+        local ps = {}
+        for i = 1, 2 do
+          ps[i] = mp.Process{target = function()
+            while true do
+              s:acquire()
+              s:release()
+            end
+          end}
+          ps[i]:start()
+        end
+        mp.sleep(0.001 + math.random() * 0.003)
+        for i = 1, 2 do
+          ps[i]:kill()
+          ps[i]:join()
+          ps[i]:close()
+        end
+        if not s:acquire(true, 2) then
+          lost = lost + 1
+          s:release()
+        else
+          if s:acquire(false) then
+            extra = extra + 1
+            s:release()
+          end
+          s:release()
+        end
+      end
+      assert.are.same({0, 0, 1}, {lost, extra, s:get_value()})
+    end)
+  end
+
   it("of a BoundedSemaphore never exceed its start value", function()
     -- The child takes the unit; this process releases it (any process
     -- may), then the child dies: one unit exists, not two.
