@@ -241,6 +241,7 @@ typedef struct lmp_slot {
   _Atomic uint32_t state;    /* LMP_SLOT_* */
   _Atomic int32_t pid;
   uint32_t parent;           /* parent's slot index */
+  _Atomic uint32_t nkids;    /* slots it prepared and has not released */
   _Atomic uint32_t sleeping; /* 1 while blocked in the event loop */
   /* 1 while in lmp_wait_on, which may sleep in a futex wait on `wake` or
    * `waiting_on`: only then does a wake-up make the system call. */
@@ -248,6 +249,7 @@ typedef struct lmp_slot {
   uint32_t gen;
   lmp_off refs;                /* the hold table: see family.c */
   _Atomic lmp_off waiting_on;  /* futex word it sleeps on, 0 for `wake` */
+  _Atomic lmp_off owed;        /* futex word it owes a wake-up (lmp_owe) */
   lmp_off pending_obj;         /* the object the pending blocks go with */
   lmp_off pending_blk[LMP_PEND_MAX];
   /* An object being made, until its first reference is taken: its
@@ -284,8 +286,14 @@ int lmp_slot_prepare(int inherit);
 /* In the child right after fork: adopt the prepared slot. */
 void lmp_slot_adopt(uint32_t idx);
 /* Releases every block and reference the slot holds and frees it; called
- * by the reaper of the process that had it.  Idempotent. */
+ * by the reaper of the process that had it.  Idempotent.  The slots of its
+ * children still there (orphans, which the kernel kills with it: no
+ * parent of theirs will reap them) are released too, once each has ended
+ * (lmp_slot_wait_end). */
 void lmp_slot_release(uint32_t idx);
+/* Waits up to ms milliseconds for the process of slot idx, which has been
+ * told to end, to end; 1 if it has.  Never raises. */
+int lmp_slot_wait_end(uint32_t idx, int ms);
 /* At a clean exit: releases this process's references (its reaper frees
  * the slot). */
 void lmp_slot_retire(void);
@@ -300,6 +308,17 @@ void lmp_unhold(lmp_obj *o);
 /* Bumps a futex word in the arena and wakes `n` of its sleepers (INT_MAX
  * for all). */
 void lmp_futex_bump(_Atomic uint32_t *word, int n);
+/* A wake-up owed: a change that sleepers on `word` wait for is made after
+ * lmp_owe and before lmp_paid, which comes once they are woken.  The
+ * reaper of a process killed in between wakes them all (a spurious
+ * wake-up at worst: a sleeper looks again), so no change is left unseen
+ * by a sleeper that a kill kept from being woken. */
+static inline void lmp_owe(_Atomic uint32_t *word) {
+  atomic_store_explicit(&lmp_self->owed, LMP_OFF(word), memory_order_relaxed);
+}
+static inline void lmp_paid(void) {
+  atomic_store_explicit(&lmp_self->owed, 0, memory_order_release);
+}
 /* Wakes every sleeper on the word at offset `word` (0: none) without
  * changing it: each looks again.  Harmless on a word no one sleeps on. */
 void lmp_futex_wake_all(lmp_off word);

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -573,9 +574,12 @@ int lmp_slot_prepare(int inherit) {
   F->slot_hint = i + 1;
   c->gen++;
   c->parent = lmp_self_index;
+  atomic_store(&c->nkids, 0);
+  if (lmp_self != NULL) atomic_fetch_add(&lmp_self->nkids, 1);
   atomic_store(&c->pid, 0);
   atomic_store(&c->sleeping, 0);
   atomic_store(&c->waiting_on, 0);
+  atomic_store(&c->owed, 0);
   atomic_store(&c->in_futex, 0);
   atomic_store(&c->lock_wait, 0);
   c->pending_obj = 0;
@@ -685,6 +689,23 @@ void lmp_slot_free(uint32_t idx) {
   atomic_store(&s->pid, 0);
   atomic_fetch_sub(&F->nprocs, 1);
   atomic_store(&s->state, LMP_SLOT_FREE);
+}
+
+int lmp_slot_wait_end(uint32_t idx, int ms) {
+  lmp_slot *s = &F->slots[idx % LMP_MAX_PROCS];
+  int32_t pid = atomic_load(&s->pid);
+  struct pollfd p;
+  int fd, r;
+  if (pid <= 0) return 0;
+  /* A pidfd is readable once the process has ended (a zombie too). */
+  fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  if (fd < 0) return errno == ESRCH || slot_dead(idx, 0) == 2;
+  p.fd = fd;
+  p.events = POLLIN;
+  do r = poll(&p, 1, ms);
+  while (r < 0 && errno == EINTR);
+  close(fd);
+  return r > 0 || slot_dead(idx, 0) == 2;
 }
 
 /* -------------------------------------------------------------- pending */

@@ -3,6 +3,7 @@
  * that frees a dead process's blocks in transit.
  */
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 
 #include "arena.h"
@@ -69,14 +70,37 @@ static int owns(lmp_obj *o, const lmp_type *t, lmp_off blk) {
   return found;
 }
 
+/* The slots of the children of the process of slot idx, which ended
+ * before them: the kernel kills them with it (PR_SET_PDEATHSIG), and
+ * their slots are released once they have (a child still being started,
+ * with no pid yet, is left). */
+static void release_orphans(uint32_t idx) {
+  uint32_t i;
+  for (i = 0; i < LMP_MAX_PROCS; i++) {
+    lmp_slot *o = lmp_slot_at(i);
+    uint32_t st = atomic_load(&o->state);
+    if (i == idx || o->parent != idx || st == LMP_SLOT_FREE) continue;
+    if (lmp_slot_wait_end(i, 1000)) lmp_slot_release(i);
+  }
+}
+
 void lmp_slot_release(uint32_t idx) {
   lmp_slot *s = lmp_slot_at(idx);
   int k;
   if (atomic_load(&s->state) == LMP_SLOT_FREE) return;
+  if (atomic_load(&s->nkids) > 0) release_orphans(idx);
+  if (s->parent == lmp_self_index && lmp_self != NULL &&
+      atomic_load(&lmp_self->nkids) > 0)
+    atomic_fetch_sub(&lmp_self->nkids, 1);
   /* A wake-up it was handed and can no longer pass on, on its way to a
    * mutex or to a queue's message: every other sleeper looks again. */
   lmp_futex_wake_all(atomic_exchange(&s->lock_wait, 0));
   lmp_futex_wake_all(atomic_exchange(&s->waiting_on, 0));
+  /* A wake-up it owed for a change it made (lmp_owe). */
+  {
+    lmp_off w = atomic_exchange(&s->owed, 0);
+    if (w != 0) lmp_futex_bump(LMP_PTR(w), INT_MAX);
+  }
   /* Blocks it had in transit: the object they were going to or coming
    * from is still alive (the dead process held it), so ask it.  First let
    * the heap recover, if the process died inside a heap operation. */

@@ -141,6 +141,7 @@ static int cond_wait_core(lua_State *L, cond *c, double deadline) {
 static int cond_notify_core(cond *c, int n) {
   uint32_t i = 0;
   int k = 0;
+  lmp_owe(&c->seq);
   lmp_guard_lock(&c->g, &c->h);
   while (i < c->w.n && k < n) {
     waiter *x = &W(&c->w)[i];
@@ -156,6 +157,7 @@ static int cond_notify_core(cond *c, int n) {
   }
   lmp_guard_unlock(&c->g);
   if (k > 0) lmp_futex_bump(&c->seq, INT_MAX);
+  lmp_paid();
   return k;
 }
 

@@ -390,6 +390,7 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
     rc = qwait(L, q, &q->put_seq, &q->putters, has_room, deadline);
     if (rc <= 0) return rc < 0 ? rc : -EAGAIN;
   }
+  lmp_owe(&q->get_seq);
   rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, plain);
   if (rc == 0 && q->h.kind == K_JOINABLE) q->unfinished++;
   /* Still under the lock: once it is released a consumer may take and free
@@ -397,6 +398,7 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
   if (blk != NULL && rc == 0) lmp_pending_clear(LMP_PEND_IN);
   tunlock(q);
   if (rc == 0) notify_get(q);
+  lmp_paid();
   return rc;
 }
 
@@ -443,9 +445,11 @@ static int qget(lua_State *L, queue *q, lmp_buf *b, outmsg **blk,
     b->len = h->len;
   }
   *plain = (h->flags & F_PLAIN) != 0;
+  lmp_owe(&q->put_seq);
   atomic_store(&q->head, W_MAKE(W_COUNT(hw) + 1, pos + rec_size(h)));
   hunlock(q);
   notify_put(q);
+  lmp_paid();
   if (atomic_load(&q->getters) > 0 && waiting(q) > 0)
     lmp_futex_bump(&q->get_seq, 1); /* pass the baton */
   return 0;
@@ -690,9 +694,11 @@ static int queue_task_done(lua_State *L) {
     tunlock(q);
     return luaL_error(L, "task_done() called too many times");
   }
+  lmp_owe(&q->join_seq);
   zero = --q->unfinished == 0;
   tunlock(q);
   if (zero) lmp_futex_bump(&q->join_seq, INT_MAX);
+  lmp_paid();
   return 0;
 }
 

@@ -469,9 +469,11 @@ static int event_is_set(lua_State *L) {
 
 static int event_set(lua_State *L) {
   event *e = (event *)lmp_checkobj(L, 1);
+  lmp_owe(&e->seq);
   atomic_store(&e->flag, 1);
   atomic_fetch_add(&e->sets, 1);
   lmp_futex_bump(&e->seq, INT_MAX);
+  lmp_paid();
   lmp_notify_watchers(&e->h);
   return 0;
 }

@@ -231,11 +231,56 @@ static void test_bump_lost_to_a_death(void) {
   lmp_unhold(&t->h);
 }
 
+/* A process sleeps on a word, waiting for a flag; another sets the flag
+ * after lmp_owe and ends before its bump (killed just then).  Its reaper
+ * owes the sleeper the wake-up, and gives it. */
+static void test_owed_wakeup_given_by_the_reaper(void) {
+  turn *t = (turn *)lmp_obj_new(T_TEST, 0, sizeof(turn));
+  int sleeper = lmp_slot_prepare(0), setter = lmp_slot_prepare(0);
+  pid_t p1, p2;
+  int status = -1;
+  ASSERT_TRUE(t != NULL && sleeper > 0 && setter > 0);
+  if (t == NULL) return;
+  ASSERT_EQ(lmp_hold(&t->h), 0);
+  atomic_store(&t->n, 0);
+  atomic_store(&t->word, 0);
+  p1 = fork();
+  if (p1 == 0) {
+    want w = {t, 1};
+    lmp_slot_adopt((uint32_t)sleeper);
+    _exit(lmp_wait_on(NULL, &t->word, is_turn, &w,
+                      lmp_now() + 2 * PATIENCE) == 1 ? 0 : 5);
+  }
+  ASSERT_TRUE(p1 > 0 && asleep_in_futex(p1));
+  p2 = fork();
+  if (p2 == 0) {
+    lmp_slot_adopt((uint32_t)setter);
+    lmp_owe(&t->word);
+    atomic_store(&t->n, 1);
+    _exit(0); /* gone before its bump */
+  }
+  ASSERT_TRUE(p2 > 0);
+  waitpid(p2, NULL, 0);
+  ASSERT_TRUE(asleep_in_futex(p1)); /* nobody woke it */
+  lmp_slot_release((uint32_t)setter);
+  {
+    /* Woken now, not at its deadline (where it would see the flag too). */
+    double until = lmp_now() + PATIENCE;
+    while (waitpid(p1, &status, WNOHANG) == 0 && lmp_now() < until)
+      usleep(1000);
+  }
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  if (!WIFEXITED(status)) waitpid(p1, &status, 0);
+  lmp_slot_release((uint32_t)sleeper);
+  lmp_unhold(&t->h);
+}
+
 int main(void) {
   static const check_test tests[] = {
     CHECK(test_handoffs_lose_no_wakeup),
     CHECK(test_lock_wakeup_lost_to_a_death),
     CHECK(test_bump_lost_to_a_death),
+    CHECK(test_owed_wakeup_given_by_the_reaper),
   };
   int rc = lmp_arena_init(16u << 20);
   if (rc < 0) {

@@ -426,3 +426,45 @@ describe("Pool under faults", function()
     end)
   end)
 end)
+
+-- A process killed with children of its own (a Pool's workers, a child
+-- of its own that passes large messages): the kernel kills them with it,
+-- and no parent of theirs reaps them.  Whoever reaps the killed process
+-- releases their slots and what they hold, once they have ended.
+describe("a process killed with children of its own", function()
+  H.leakcheck()
+
+  it("leaves no slot, object or block of theirs behind", function()
+    local q = mp.Queue()
+    local start = mp.stats().processes
+    for round = 1, 4 do
+      local ready = mp.Queue()
+      local mid = mp.Process{target = function()
+        if round % 2 == 1 then
+          local pool = mp.Pool(2)
+          ready:put(true)
+          pool:map(function() mp.sleep(60) end, {1, 2, 3, 4})
+        else
+          local g = mp.Process{target = function()
+            ready:put(true)
+            local big = string.rep("z", 1 << 20)
+            while true do q:put(big); q:get() end
+          end}
+          g:start()
+          mp.sleep(60)
+        end
+      end}
+      mid:start()
+      assert.is_true(ready:get(true, 10))
+      mid:kill()
+      assert.is_true(mid:join(10))
+      assert.are.equal(-9, mid.exitcode)
+      mid:close()
+      ready:close()
+      assert.are.equal(start, mp.stats().processes,
+                       "slots left after round " .. round)
+    end
+    while pcall(q.get_nowait, q) do end
+    q:close()
+  end)
+end)
