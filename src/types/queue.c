@@ -110,7 +110,11 @@ typedef struct queue {
   char pad0[80 - 24 - sizeof(lmp_guard)];
   _Atomic uint64_t tail;
   _Atomic uint64_t seen_head; /* the head as a put last read it */
-  int64_t unfinished; /* JoinableQueue: puts not yet task_done */
+  /* JoinableQueue: task_done calls so far.  The puts are counted by the
+   * tail itself (its count, from W_START's), so a put's task is counted by
+   * the commit of its message, with nothing for a kill to split. */
+  uint32_t done;
+  uint32_t pad_done;
   char pad1[144 - 104];
   lmp_guard hg; /* the head's lock */
   char pad2[208 - 144 - sizeof(lmp_guard)];
@@ -127,7 +131,7 @@ typedef struct queue {
 #define LINE_OF(field) ((offsetof(queue, field) + 48) / 64)
 _Static_assert(LMP_OBJ_LINE_END == 80, "the object's lines are as drawn");
 _Static_assert(LINE_OF(g) == 1 && LINE_OF(tail) == 2 &&
-               LINE_OF(unfinished) == 2 && LINE_OF(hg) == 3 &&
+               LINE_OF(done) == 2 && LINE_OF(hg) == 3 &&
                LINE_OF(head) == 4 && LINE_OF(seen_tail) == 4 &&
                LINE_OF(ring) == 5 && LINE_OF(putters) == 5 &&
                sizeof(queue) == 336,
@@ -335,11 +339,17 @@ static int has_item_locked(queue *q) {
                                       memory_order_relaxed)) != hc;
 }
 
+/* A JoinableQueue's puts not yet task_done; the tail's lock held, or the
+ * tail read once. */
+static uint32_t unfinished(queue *q) {
+  return W_COUNT(atomic_load(&q->tail)) - W_COUNT(W_START) - q->done;
+}
+
 static int all_done(void *ud) {
   queue *q = ud;
   int done;
   tlock(q);
-  done = q->unfinished == 0;
+  done = unfinished(q) == 0;
   tunlock(q);
   return done;
 }
@@ -392,7 +402,6 @@ static int qput(lua_State *L, queue *q, const char *p, size_t len,
   }
   lmp_owe(&q->get_seq);
   rc = append(q, p, len, blk ? LMP_OFF(blk) : 0, plain);
-  if (rc == 0 && q->h.kind == K_JOINABLE) q->unfinished++;
   /* Still under the lock: once it is released a consumer may take and free
    * the block, so the reaper must not find it registered as ours then. */
   if (blk != NULL && rc == 0) lmp_pending_clear(LMP_PEND_IN);
@@ -690,12 +699,13 @@ static int queue_task_done(lua_State *L) {
   queue *q = checkq(L, NULL);
   int zero;
   tlock(q);
-  if (q->unfinished <= 0) {
+  if (unfinished(q) == 0) {
     tunlock(q);
     return luaL_error(L, "task_done() called too many times");
   }
   lmp_owe(&q->join_seq);
-  zero = --q->unfinished == 0;
+  q->done++;
+  zero = unfinished(q) == 0;
   tunlock(q);
   if (zero) lmp_futex_bump(&q->join_seq, INT_MAX);
   lmp_paid();
