@@ -180,9 +180,11 @@ function W:refresh()
     local m = c:wait(metas[i])
     if not m or m == 0 then
       c:send({"SREM", self.k.pools, pid}, nil, false)
+      self.ended[pid] = nil
     else
       alive[pid] = true
-      if not self.pools[pid] and not self.refused[pid] then
+      if not self.pools[pid] and not self.refused[pid] and
+         not self.ended[pid] then
         self:serve(pid, m)
       end
     end
@@ -237,7 +239,10 @@ function W:executors(p)
 end
 
 local function lease_ms(p) return math.floor(p.lease * 1000) end
-local function ttl_ms(p) return math.floor(p.lease * 3000) end
+-- (three leases, 3 s at the least, as the owner has it: luamp.pool)
+local function ttl_ms(p)
+  return math.floor((p.lease * 3 > 3 and p.lease * 3 or 3) * 1000)
+end
 
 -- Gives entries back to the stream: mode "ids" (one more delivery) or
 -- "return" (a clean stop: none).
@@ -322,10 +327,15 @@ function W:fetched()
   self.fetch_id = false
   if not ok then
     if not self.blk:alive() then error(v, 0) end
-    -- A stream went (NOGROUP): its pool ended.
+    -- A stream went (NOGROUP): its pool ended.  Its settings may stay
+    -- until they expire (an owner killed as it ended the pool): it is not
+    -- served again, or every read would fail on it, for every pool.
     local gone = tostring(v):match("No such key '([^']+)'")
     for _, p in ipairs(self.fetch_order) do
-      if p.k.t == gone then self:drop(p) end
+      if p.k.t == gone then
+        self.ended[p.pid] = true
+        self:drop(p)
+      end
     end
     self:refresh()
     return
@@ -506,7 +516,10 @@ local function worker_main(args)
   local i = 1
   while i <= #args do
     local a = args[i]
-    if a == "-c" then
+    if a == "-h" or a == "--help" then
+      io.stdout:write(USAGE, "\n")
+      return 0
+    elseif a == "-c" then
       i = i + 1
       c = math.tointeger(tonumber(args[i] or ""))
       if not c or c < 1 then return usage("-c wants a positive integer") end
@@ -552,7 +565,8 @@ local function worker_main(args)
     cfg = cfg, keys = state.keys, c = c, name = name, host = hostname,
     wid = format("%s-%d-%s", name or hostname, core.getpid(),
                  broker.hex(core.random_bytes(3))),
-    k = broker.names(cfg.ns, "-"), pools = {}, refused = {}, inflight = 0,
+    k = broker.names(cfg.ns, "-"), pools = {}, refused = {}, ended = {},
+    inflight = 0,
     fetch_id = false, ann_id = false, timeout = 10, nerr = 0,
     beat_at = 0, refresh_at = 0,
   }, W)
@@ -608,7 +622,10 @@ end
 -- Runs a subcommand: worker, workers or keygen; the exit status.
 function M.main(cmd, args)
   core_pool = require("luamp.pool").Pool
-  if cmd == "keygen" then
+  if args[1] == "-h" or args[1] == "--help" then
+    io.stdout:write(USAGE, "\n")
+    return 0
+  elseif cmd == "keygen" then
     print(broker.keygen())
     return 0
   elseif cmd == "workers" then

@@ -80,7 +80,7 @@ static void release_orphans(uint32_t idx) {
     lmp_slot *o = lmp_slot_at(i);
     uint32_t st = atomic_load(&o->state);
     if (i == idx || o->parent != idx || st == LMP_SLOT_FREE) continue;
-    if (lmp_slot_wait_end(i, 1000)) lmp_slot_release(i);
+    if (lmp_slot_wait_end(i, 5000)) lmp_slot_release(i);
   }
 }
 

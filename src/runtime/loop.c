@@ -187,8 +187,15 @@ static void close_all(uv_handle_t *h, void *arg) {
  * inherited handle but our own signal watchers (which carry on, with the
  * same handlers) is closed without running.
  */
+static int in_service; /* the service does not run inside itself */
+static double service_due = -1; /* when it must run again; -1: on wake-ups */
+
 void lmp_loop_after_fork(void) {
   int closed = 0;
+  /* A child forked from inside the service (a Pool's callback) runs its
+   * own from the start. */
+  in_service = 0;
+  service_due = -1;
   if (loop == NULL) return;
   uv_loop_fork(loop);
   uv_walk(loop, close_all, &closed);
@@ -356,8 +363,6 @@ void lmp_take_interrupt(void) { take_interrupt(); }
 #define SERVICE_KEY "luamp.service"
 #define SERVICE_ERR "luamp.service_error"
 
-static int in_service; /* the service does not run inside itself */
-static double service_due = -1; /* when it must run again; -1: on wake-ups */
 
 static int run_service(lua_State *L) {
   int rc;

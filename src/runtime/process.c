@@ -344,6 +344,9 @@ static int proc_fork(lua_State *L) {
     lua_pushvalue(L, 1);
     lmp_end_child(L, lua_pcall(L, 0, 1, 0));
   }
+  /* (the child writes it too, but a reaper of this process may need it
+   * before the child has run) */
+  atomic_store(&lmp_slot_at((uint32_t)slot)->pid, (int32_t)pid);
   track(lua_touserdata(L, -1), c, pid, (uint32_t)slot, daemon);
   return 1;
 }

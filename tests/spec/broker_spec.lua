@@ -663,6 +663,51 @@ describe("broker pool", function()
     end
   end)
 
+  it("leaves the workers serving other pools when one's stream is gone",
+     function()
+    -- An owner killed as it ended its pool can leave the pool's settings
+    -- without its stream: the workers' read over every stream must not
+    -- fail on it until the settings expire.
+    local a = pool()
+    assert.are.equal(1, a:apply(function() return 1 end))
+    R:cli("DEL", a._sched.t.k.t)
+    local b = pool()
+    later(function()
+      a:terminate()
+      b:terminate()
+    end)
+    local t0 = mp.monotonic()
+    assert.are.equal(2, b:apply_async(function() return 2 end):get(20))
+    assert.is_true(mp.monotonic() - t0 < 5, mp.monotonic() - t0)
+  end)
+
+  it("takes a lease of any length", function()
+    for _, lease in ipairs{1.5, 2.0, 0.1} do
+      local p = pool{lease = lease}
+      later(function() p:terminate() end)
+      local r = p:apply_async(function() return "result" end)
+      -- an owner busy in plain Lua for longer than a short lease: what
+      -- the worker keeps lives three leases, 3 s at the least
+      local until_ = mp.monotonic() + 1.5
+      while mp.monotonic() < until_ do end
+      assert.are.equal("result", r:get(10), "lease " .. lease)
+    end
+  end)
+
+  it("sends a task at once, not at its owner's next luamp call", function()
+    local p = pool()
+    later(function() p:terminate() end)
+    assert.are.equal(1, p:apply(function() return 1 end))
+    local sent = mp.monotonic()
+    local r = p:apply_async(function()
+      return require("luamp").monotonic()
+    end)
+    local until_ = sent + 1.5 -- plain Lua: no luamp call
+    while mp.monotonic() < until_ do end
+    local began = r:get(10)
+    assert.is_true(began - sent < 1, began - sent)
+  end)
+
   it("closes its broker connections in a forked child", function()
     local function owners()
       local n = 0
@@ -1006,6 +1051,17 @@ describe("broker pool", function()
         or "^luamp: a broker URL is needed %(or LUAMP_BROKER%)\nusage:",
         err3)
       assert.is_nil(err3:find("traceback", 1, true), args)
+    end
+  end)
+
+  it("luamp worker, workers and keygen print their usage for --help",
+     function()
+    for _, cmd in ipairs{"worker --help", "worker -h", "workers --help",
+                         "keygen --help", "worker " .. H.q(R.url) ..
+                         " --help"} do
+      local st, out = H.run(H.q(H.luamp) .. " " .. cmd)
+      assert.are.equal(0, st, cmd)
+      assert.matches("^usage: luamp worker URL", out, 1, false)
     end
   end)
 

@@ -106,6 +106,30 @@ describe("Pool re-entered", function()
     assert.are.equal(1, first:get())
   end)
 
+  it("by a callback that starts a process, whose own pools then work",
+     function()
+    -- The child is forked from inside this process's pool work; its own
+    -- pool's work runs in its waits all the same.
+    local pool <close> = mp.Pool(1)
+    local out = mp.Queue()
+    local child
+    local r = pool:apply_async(function() return 1 end, nil, function()
+      child = mp.Process{target = function()
+        local lp = mp.Pool(1)
+        local q = mp.Queue()
+        lp:apply_async(function() return "own" end, nil,
+                       function(v) q:put(v) end)
+        local ok, v = pcall(q.get, q, true, 10)
+        out:put(ok and v or "its pool's callback never ran")
+        lp:terminate()
+      end}
+      child:start()
+    end)
+    r:get(10)
+    assert.are.equal("own", out:get(true, 20))
+    child:join()
+  end)
+
   it("by a callback that waits for another result of its pool", function()
     local pool <close> = mp.Pool(2)
     local later = pool:apply_async(function() mp.sleep(0.05); return "b" end)

@@ -47,7 +47,8 @@ function T.new(cfg, n, bo)
                              unconfirmed = {},
                              last = "0-0", hash = {}, published = {},
                              read_id = false, changed = false,
-                             broken = false, ttl_ms = bo.ttl * 1000},
+                             broken = false,
+                             ttl_ms = math.floor(bo.ttl * 1000)},
                             T)
   self.k = broker.names(bo.conn.ns, self.pid)
   local meta = seal(bo.keys.msg, broker.meta_ctx(self.pid), {
@@ -310,7 +311,12 @@ function T:send(wid, b)
     return
   end
   guarded(self, send, wid, b)
-  if self.broken then fail_entry(self, self.seq, self.broken) end
+  if self.broken then
+    fail_entry(self, self.seq, self.broken)
+  else
+    -- out now, not at this process's next wait: it may compute for long
+    self.cmd.c:flush()
+  end
 end
 
 function T:take_back() return nil end
@@ -497,14 +503,25 @@ function T:forget(wid) self.vw[wid] = nil end
 -- before this returns (or a second has passed): a pool dropped without
 -- close is killed from its finalizer, and its connection may be closed
 -- right after, at the end of the program too.
+-- The commands that take the pool's keys off the broker: the workers drop
+-- it at once (its stream gone) and no longer list it (its settings gone).
+local function unlist(self)
+  local k = self.k
+  local del = {"DEL", k.t, k.r, k.done, k.meta, k.refused}
+  for h in pairs(self.published) do del[#del + 1] = k.code .. h end
+  return del, {"SREM", k.pools, self.pid}
+end
+
 function T:kill(wid)
   local w = self.vw[wid]
   if w then w.killed = true end
   if not self.terminated and not self.broken then
     self.terminated = true
-    self.unconfirmed = {} -- nothing goes again: the stream goes
+    self.unconfirmed = {} -- nothing goes again: the keys go
     pcall(function()
-      self.cmd:send({"DEL", self.k.t}, 1, false)
+      local del, srem = unlist(self)
+      self.cmd:send(del, 1, false)
+      self.cmd:send(srem, 1, false)
       self.cmd:send({"XADD", self.k.announce, "MAXLEN", "~", 1000, "*",
                      "pool", self.pid, "event", "terminate"}, 1, false)
       self.cmd.c:settle(1)
@@ -534,11 +551,10 @@ function T:close()
   local k = self.k
   pcall(function()
     local c = self.cmd
-    local del = {"DEL", k.t, k.r, k.done, k.meta, k.refused}
-    for h in pairs(self.published) do del[#del + 1] = k.code .. h end
+    local del, srem = unlist(self)
     local ids = {
       c:send(del),
-      c:send({"SREM", k.pools, self.pid}),
+      c:send(srem),
       c:send({"XADD", k.announce, "MAXLEN", "~", 1000, "*", "pool",
               self.pid, "event", "closed"}),
     }
