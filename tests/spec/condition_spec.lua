@@ -659,13 +659,28 @@ describe("Barrier", function()
       return b, started, go
     end
 
+    -- Two children wait at b, each putting on q its index or its error's
+    -- type; outcomes(q, n) takes n of those, sorted.
+    local function two_parties(b)
+      local q, ps = mp.Queue(), {}
+      for i = 1, 2 do
+        ps[i] = spawn(function()
+          local ok, r = pcall(b.wait, b, 30)
+          q:put(ok and r or r.type)
+        end)
+      end
+      return ps, q
+    end
+    local function outcomes(q, n)
+      local got = {}
+      for i = 1, n do got[i] = q:get(true, 30) end
+      table.sort(got, function(x, y) return tostring(x) < tostring(y) end)
+      return got
+    end
+
     it("keeps a party that comes for the next round", function()
       local b, started, go = acting()
-      local q = mp.Queue()
-      local ps = {}
-      for i = 1, 2 do
-        ps[i] = spawn(function() q:put(b:wait(30)) end)
-      end
+      local ps, q = two_parties(b)
       assert.is_true(started:wait(30))
       local called = mp.Event()
       local late = spawn(function()
@@ -675,11 +690,8 @@ describe("Barrier", function()
       assert.is_true(called:wait(30))
       mp.sleep(0.3) -- the late party waits to enter (else: no test)
       go:set()
-      local got = {}
-      for i = 1, 3 do got[i] = q:get(true, 30) end
-      table.sort(got, function(x, y) return tostring(x) < tostring(y) end)
       -- the round's two parties, and the late one alone in the next
-      assert.are.same({0, 1, "broken"}, got)
+      assert.are.same({0, 1, "broken"}, outcomes(q, 3))
       finish_all(ps)
       finish(late)
     end)
@@ -687,20 +699,11 @@ describe("Barrier", function()
     it("lets the party that ran it go when it is aborted meanwhile, and "
        .. "stays broken", function()
       local b, started, go = acting()
-      local q = mp.Queue()
-      local ps = {}
-      for i = 1, 2 do
-        ps[i] = spawn(function()
-          local ok, r = pcall(b.wait, b, 30)
-          q:put(ok and r or r.type)
-        end)
-      end
+      local ps, q = two_parties(b)
       assert.is_true(started:wait(30))
       b:abort()
       go:set()
-      local got = {q:get(true, 30), q:get(true, 30)}
-      table.sort(got, function(x, y) return tostring(x) < tostring(y) end)
-      assert.are.same({1, "BrokenBarrierError"}, got)
+      assert.are.same({1, "BrokenBarrierError"}, outcomes(q, 2))
       finish_all(ps)
       assert.is_true(b.broken)
     end)
@@ -708,17 +711,11 @@ describe("Barrier", function()
     it("ends the round as it would have when it is reset meanwhile",
        function()
       local b, started, go = acting()
-      local q = mp.Queue()
-      local ps = {}
-      for i = 1, 2 do
-        ps[i] = spawn(function() q:put(b:wait(30)) end)
-      end
+      local ps, q = two_parties(b)
       assert.is_true(started:wait(30))
       b:reset()
       go:set()
-      local got = {q:get(true, 30), q:get(true, 30)}
-      table.sort(got)
-      assert.are.same({0, 1}, got)
+      assert.are.same({0, 1}, outcomes(q, 2))
       finish_all(ps)
       assert.is_false(b.broken)
     end)

@@ -714,47 +714,7 @@ describe("Array", function()
     end
   end)
 
-  it("has get and set, as a Manager's ValueProxy in Python", function()
-    local v = mp.Value("i", 1)
-    assert.are.equal(1, v:get())
-    v:set(5)
-    assert.are.equal(5, v.value)
-    assert.matches("bad argument #1 to 'set' %(integer expected for "
-                   .. "typecode 'i', got float 1.5%)",
-                   H.errmsg(function() v:set(1.5) end))
-    local c = mp.Array("c", 4)
-    c:set("ab")
-    assert.are.equal("ab", c:get())
-    assert.matches("only 'c' arrays have a value field",
-                   H.errmsg(function() mp.Array("i", 2):get() end))
-  end)
-
   describe("get_lock", function()
-    it("lends the Value its lock's acquire, release and with", function()
-      local v = mp.Value("i", 0)
-      local l = v:get_lock()
-      assert.is_true(v:acquire())
-      assert.is_true(l:owned())
-      v:release()
-      assert.is_false(l:locked())
-      local a, b = v:with(function(x, y)
-        assert.is_true(l:owned())
-        v.value = v.value + x
-        return x + y, "two"
-      end, 1, 2)
-      assert.are.same({3, "two"}, {a, b})
-      assert.are.equal(1, v.value)
-      local ok, e = pcall(v.with, v, function() error("in fn", 0) end)
-      assert.are.same({false, "in fn"}, {ok, e})
-      assert.is_false(l:locked())
-      local arr = mp.Array("i", 2, mp.Lock())
-      assert.is_true(arr:acquire(false))
-      assert.is_false(arr:acquire(false))
-      arr:release()
-      assert.matches("this Value has no lock", H.errmsg(function()
-        mp.RawValue("i", 0):acquire()
-      end))
-    end)
 
     it("is an RLock by default and absent with lock = false", function()
       assert.matches("^luamp%.RLock ", tostring(mp.Array('i', 2):get_lock()))
