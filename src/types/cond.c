@@ -20,9 +20,9 @@
  * arrived; its state is filling, acting (the last one arrived runs the
  * action: as under Python's lock, which the action holds, no one enters,
  * leaves or times out meanwhile, and a reset waits for the round's end),
- * draining (all leave), resetting or broken.  Its waiters are listed too, so that a
- * waiter that dies breaks the barrier for the others instead of leaving
- * them waiting for a departure that cannot come.
+ * draining (all leave), resetting or broken.  Its waiters are listed
+ * too, so that a waiter that dies breaks the barrier for the others
+ * instead of leaving them waiting for a departure that cannot come.
  */
 
 #define COND "luamp.Condition"

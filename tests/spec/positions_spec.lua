@@ -399,9 +399,11 @@ print(select(2, pcall(function() mp.Pool(1) end)))
   describe("Manager", function()
     it("factories with bad arguments", function()
       local m <close> = mp.Manager()
-      raises_here("bad argument #1 to 'dict' (table or Dict expected, got number)",
+      raises_here("bad argument #1 to 'dict' (table or Dict expected, got "
+        .. "number)",
         function() m:dict(5) end)
-      raises_here("bad argument #1 to 'list' (table or List expected, got number)",
+      raises_here("bad argument #1 to 'list' (table or List expected, got "
+        .. "number)",
         function() m:list(5) end)
       raises_here("bad argument #1 to 'Queue' (number expected, got string)",
         function() m:Queue("x") end)
