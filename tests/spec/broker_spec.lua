@@ -694,20 +694,6 @@ describe("broker pool", function()
     end
   end)
 
-  it("sends a task at once, not at its owner's next luamp call", function()
-    local p = pool()
-    later(function() p:terminate() end)
-    assert.are.equal(1, p:apply(function() return 1 end))
-    local sent = mp.monotonic()
-    local r = p:apply_async(function()
-      return require("luamp").monotonic()
-    end)
-    local until_ = sent + 1.5 -- plain Lua: no luamp call
-    while mp.monotonic() < until_ do end
-    local began = r:get(10)
-    assert.is_true(began - sent < 1, began - sent)
-  end)
-
   it("closes its broker connections in a forked child", function()
     local function owners()
       local n = 0

@@ -311,12 +311,7 @@ function T:send(wid, b)
     return
   end
   guarded(self, send, wid, b)
-  if self.broken then
-    fail_entry(self, self.seq, self.broken)
-  else
-    -- out now, not at this process's next wait: it may compute for long
-    self.cmd.c:flush()
-  end
+  if self.broken then fail_entry(self, self.seq, self.broken) end
 end
 
 function T:take_back() return nil end
