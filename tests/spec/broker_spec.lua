@@ -402,7 +402,11 @@ describe("broker pool", function()
       io.open(d .. "/ran", "w"):close()
       return 1
     end, {dir})
-    r:wait(1.5)
+    -- (the stranger has seen the pool and refused it when its log says so)
+    assert.is_true(H.wait_for(function()
+      r:wait(0.1)
+      return (H.readfile(bad.log) or ""):find("refusing pool", 1, true) ~= nil
+    end, 15), "the stranger did not refuse the pool")
     assert.is_false(r:ready())
     assert.is_nil(H.readfile(dir .. "/ran"))
     local log = bad:stop()
