@@ -200,7 +200,7 @@ static void own_metatable(lua_State *L, const lmp_class *c) {
  * takes its class's metatable back (the plain one if it has no __gc). */
 static void own_no_more(lua_State *L, const lmp_class *c) {
   int top = lua_gettop(L);
-  lua_getmetatable(L, 1);
+  if (!lua_getmetatable(L, 1)) return;
   lua_rawgetp(L, LUA_REGISTRYINDEX,
               lua_getfield(L, -1, "__gc") == LUA_TNIL ? (const void *)&c->plain
                                                       : (const void *)c);
