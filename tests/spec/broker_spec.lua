@@ -402,7 +402,9 @@ describe("broker pool", function()
       io.open(d .. "/ran", "w"):close()
       return 1
     end, {dir})
-    -- (the stranger has seen the pool and refused it when its log says so)
+    r:wait(1.5)
+    -- (the stranger has seen the pool and refused it when its log says
+    -- so: under load, that may come later)
     assert.is_true(H.wait_for(function()
       r:wait(0.1)
       return (H.readfile(bad.log) or ""):find("refusing pool", 1, true) ~= nil
