@@ -493,11 +493,6 @@ function T:running() return 0 end
 
 function T:forget(wid) self.vw[wid] = nil end
 
--- terminate: the tasks not begun vanish with the stream, and the workers
--- are told to stop what they run for this pool.  Both are on the broker
--- before this returns (or a second has passed): a pool dropped without
--- close is killed from its finalizer, and its connection may be closed
--- right after, at the end of the program too.
 -- The commands that take the pool's keys off the broker: the workers drop
 -- it at once (its stream gone) and no longer list it (its settings gone).
 local function unlist(self)
@@ -507,6 +502,11 @@ local function unlist(self)
   return del, {"SREM", k.pools, self.pid}
 end
 
+-- terminate: the pool's keys go, the tasks not begun with its stream, and
+-- the workers are told to stop what they run for this pool.  Both are on
+-- the broker before this returns (or a second has passed): a pool dropped
+-- without close is killed from its finalizer, and its connection may be
+-- closed right after, at the end of the program too.
 function T:kill(wid)
   local w = self.vw[wid]
   if w then w.killed = true end
