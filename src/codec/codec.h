@@ -377,12 +377,20 @@ int lmp_decode_protected(lua_State *L, const char *p, size_t n);
 /* The same with lmp_decode_plain. */
 int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n);
 
-/* Copy out, decode, let go: for a reader that copied the message [p, p+n)
- * out of a shared structure under its lock and, before the unlock, held
- * the objects it names (lmp_msg_hold: `held` of them), so that no writer
- * frees one before its new handle holds it.  Pushes the value, drops those
- * holds, and raises the decoding error if there was one. */
+/* Copy out, decode, let go: for a reader that copies the message [p, p+n)
+ * out of a shared structure under its lock.  Before the unlock,
+ * lmp_hold_copy holds the objects the copy names, if the message took any
+ * references (`refs`, its counted block's), so that no writer frees one
+ * before its new handle holds it: 0 (*held of them) or -ENOMEM, none held.
+ * After it, lmp_held_decode pushes the value, drops those holds, and raises
+ * the decoding error if there was one; lmp_held_decode_status returns it
+ * instead (on the stack), for a caller with more to let go of first.  A
+ * message that holds nothing is decoded without a protected call. */
+int lmp_hold_copy(_Atomic uint64_t *refs, const char *p, size_t n,
+                  size_t *held);
 void lmp_held_decode(lua_State *L, const char *p, size_t n, size_t held);
+int lmp_held_decode_status(lua_State *L, const char *p, size_t n,
+                           size_t held);
 
 /* Take out, decode, release: pushes the value of the message [p, p+n)
  * that this process has taken out of a shared object, then drops the

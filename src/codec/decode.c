@@ -612,15 +612,26 @@ int lmp_decode_plain_protected(lua_State *L, const char *p, size_t n) {
   return protected(L, decode_plain_raw, p, n);
 }
 
-void lmp_held_decode(lua_State *L, const char *p, size_t n, size_t held) {
+int lmp_hold_copy(_Atomic uint64_t *refs, const char *p, size_t n,
+                  size_t *held) {
+  *held = 0;
+  return atomic_load(refs) == 0 ? 0 : lmp_msg_hold(p, n, held);
+}
+
+int lmp_held_decode_status(lua_State *L, const char *p, size_t n,
+                           size_t held) {
   int rc;
   if (held == 0) { /* nothing to let go of: no protected call */
     lmp_decode(L, p, n);
-    return;
+    return LUA_OK;
   }
   rc = lmp_decode_protected(L, p, n);
   lmp_msg_unhold(p, n, held);
-  if (rc != LUA_OK) lua_error(L);
+  return rc;
+}
+
+void lmp_held_decode(lua_State *L, const char *p, size_t n, size_t held) {
+  if (lmp_held_decode_status(L, p, n, held) != LUA_OK) lua_error(L);
 }
 
 void lmp_take_decode(lua_State *L, const char *p, size_t n, void *blk,

@@ -275,9 +275,9 @@ typedef struct lmp_handle {
  *             that looks the key up in the methods table, where its named
  *             fields are too (v.value: a getter), and only then hands it
  *             to the class's field function (a[i], d[k]); a handle of
- *             such a class whose methods are looked up more than its
- *             fields are read gets a metatable of its own, whose __index
- *             is a table that keeps its methods (class.c: hot handles)
+ *             such a class whose methods have been looked up 64 times
+ *             gets a metatable of its own, whose __index is a table that
+ *             keeps its methods (class.c: hot handles)
  *   __gc, __close   the one idempotent close, also the method `close`
  *   __tostring "luamp.Queue (0x...)", "luamp.Queue (closed)", or with the
  *             class's words: "luamp.Lock (0x..., unlocked)"

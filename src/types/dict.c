@@ -283,14 +283,6 @@ static void pushkey(lua_State *L, const char *p, size_t n) {
 
 /* -------------------------------------------------------------- the core */
 
-/* Holds the objects that the copy [p, p+n) of entry e's value names, the
- * guard held: a writer may drop the entry's own references as soon as it
- * is released (see lmp_held_decode).  0 or -ENOMEM. */
-static int hold_copy(entry *e, const char *p, size_t n, size_t *held) {
-  *held = 0;
-  return atomic_load(&e->refs) == 0 ? 0 : lmp_msg_hold(p, n, held);
-}
-
 /* Copies the value of key k into b, holding what it names (*held); 1 if
  * the key exists, -ENOMEM. */
 static int lookup(dict *d, key *k, lmp_buf *b, size_t *held) {
@@ -306,7 +298,8 @@ static int lookup(dict *d, key *k, lmp_buf *b, size_t *held) {
     if (lmp_buf_reserve(b, e->vlen) == 0) {
       memcpy(b->data, VAL(e), e->vlen);
       b->len = e->vlen;
-      found = hold_copy(e, b->data, b->len, held) < 0 ? -ENOMEM : 1;
+      found = lmp_hold_copy(&e->refs, b->data, b->len, held) < 0 ? -ENOMEM
+                                                                   : 1;
     } else {
       found = -ENOMEM;
     }
@@ -696,7 +689,8 @@ static int snapshot(lua_State *L, dict *d, int what) {
     memcpy(b->data + b->len + 16 + e->klen, VAL(e), vlen);
     if (vlen > 0) {
       size_t held;
-      if (hold_copy(e, b->data + b->len + 16 + e->klen, vlen, &held) < 0) {
+      if (lmp_hold_copy(&e->refs, b->data + b->len + 16 + e->klen, vlen,
+                        &held) < 0) {
         full = 1;
         break;
       }
@@ -722,16 +716,10 @@ static int snapshot(lua_State *L, dict *d, int what) {
     n++;
     if (what != 1) pushkey(L, b->data + pos + 16, klen);
     if (what > 0) {
-      const char *v = b->data + pos + 16 + klen;
-      if (held32 == 0) {
-        lmp_decode(L, v, (size_t)vlen);
-      } else {
-        int rc = lmp_decode_protected(L, v, (size_t)vlen);
-        lmp_msg_unhold(v, (size_t)vlen, held32);
-        if (rc != LUA_OK) {
-          unhold_records(b, pos + 16 + klen + vlen);
-          return lua_error(L);
-        }
+      if (lmp_held_decode_status(L, b->data + pos + 16 + klen, (size_t)vlen,
+                                 held32) != LUA_OK) {
+        unhold_records(b, pos + 16 + klen + vlen);
+        return lua_error(L);
       }
     }
     if (what == 0 || what == 1) {

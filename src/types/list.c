@@ -117,14 +117,6 @@ static list *checklist(lua_State *L, lmp_bufhandle **hp) {
   return l;
 }
 
-/* Holds the objects that the copy [p, p+n) of item it names, the guard
- * held: a writer may drop the item's own references as soon as it is
- * released (see lmp_held_decode).  0 or -ENOMEM. */
-static int hold_copy(item *it, const char *p, size_t n, size_t *held) {
-  *held = 0;
-  return atomic_load(&it->refs) == 0 ? 0 : lmp_msg_hold(p, n, held);
-}
-
 /* Copies item i (0-based) into b under the guard held by the caller,
  * holding what it names (*held). */
 static int copy_item(list *l, uint64_t i, lmp_buf *b, size_t *held) {
@@ -133,7 +125,7 @@ static int copy_item(list *l, uint64_t i, lmp_buf *b, size_t *held) {
   if (lmp_buf_reserve(b, it->len) < 0) return -ENOMEM;
   memcpy(b->data, it->data, it->len);
   b->len = it->len;
-  return hold_copy(it, b->data, b->len, held);
+  return lmp_hold_copy(&it->refs, b->data, b->len, held);
 }
 
 /* The value at idx as a new item registered as LMP_PEND_IN, which then
@@ -534,7 +526,8 @@ static int list_totable(lua_State *L) {
     }
     memcpy(b->data + b->len, &it->len, 8);
     memcpy(b->data + b->len + 16, it->data, it->len);
-    if (hold_copy(it, b->data + b->len + 16, it->len, &held) < 0) {
+    if (lmp_hold_copy(&it->refs, b->data + b->len + 16, it->len, &held) <
+        0) {
       full = 1;
       break;
     }
@@ -550,18 +543,12 @@ static int list_totable(lua_State *L) {
   lua_createtable(L, (int)len, 1);
   for (pos = 0; pos < b->len;) {
     uint64_t n, held;
-    int rc;
     memcpy(&n, b->data + pos, 8);
     memcpy(&held, b->data + pos + 8, 8);
-    if (held == 0) {
-      lmp_decode(L, b->data + pos + 16, (size_t)n);
-    } else {
-      rc = lmp_decode_protected(L, b->data + pos + 16, (size_t)n);
-      lmp_msg_unhold(b->data + pos + 16, (size_t)n, (size_t)held);
-      if (rc != LUA_OK) {
-        unhold_records(b, pos + 16 + n);
-        return lua_error(L);
-      }
+    if (lmp_held_decode_status(L, b->data + pos + 16, (size_t)n,
+                               (size_t)held) != LUA_OK) {
+      unhold_records(b, pos + 16 + n);
+      return lua_error(L);
     }
     lua_rawseti(L, -2, ++k);
     pos += 16 + n;
