@@ -1025,6 +1025,10 @@ describe("broker pool", function()
       return "done"
     end)
     assert.are.equal("done", r:get(20))
+    -- (the stranger's refusal may come after the task, under load)
+    assert.is_true(H.wait_for(function()
+      return (H.readfile(bad.log) or ""):find("refusing pool", 1, true) ~= nil
+    end, 15), "the stranger did not refuse the pool")
     local log = bad:stop()
     assert.matches("refusing pool", log)
     -- The workers' count of refusals expires with the pool's keys.
