@@ -15,6 +15,7 @@ local a = mp.Array("q", 8)
 local d = mp.Dict{k = 1}
 local l = mp.List{1, 2, 3}
 local lock = mp.Lock()
+local sem = mp.Semaphore(2)
 local q = mp.Queue()
 local r, w = mp.Pipe()
 local s = "abc"
@@ -36,6 +37,9 @@ local cases = {
   {"conn_closed", function(n) for _ = 1, n do local _ = w.closed end end},
   {"lock_pair", function(n)
     for _ = 1, n do lock:acquire(); lock:release() end
+  end},
+  {"sem_pair", function(n)
+    for _ = 1, n do sem:acquire(); sem:release() end
   end},
   {"locked_incr", function(n)
     local vl = v:get_lock()

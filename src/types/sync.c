@@ -170,13 +170,17 @@ typedef struct sem {
   lmp_guard g;
   int32_t value, maxvalue;
   _Atomic uint32_t seq, nwait;
+  /* The holders' records in use lie below `top`; every one above it is
+   * free (pid 0, n 0), so a search stops there. */
+  int32_t top;
   holder holders[MAX_HOLDERS];
   /* The journal of a change under the guard (the count and the holders'
    * records change in several steps): what they were, and whether a
    * change is under way.  A process killed in the middle leaves `open`
-   * set, and the next locker puts both back (sem_repair), as if the
-   * change had never begun. */
-  int32_t was_value;
+   * set, and the next locker puts them back (sem_repair), as if the
+   * change had never begun.  Only the records below `top` are kept: a
+   * change writes no other but the one at `top`, which it may take. */
+  int32_t was_value, was_top;
   _Atomic int32_t open;
   holder was[MAX_HOLDERS];
 } sem;
@@ -184,18 +188,27 @@ typedef struct sem {
 /* Opens and closes the journal around a change, the guard held. */
 static void begin(sem *s) {
   s->was_value = s->value;
-  memcpy(s->was, s->holders, sizeof s->was);
+  s->was_top = s->top;
+  memcpy(s->was, s->holders, (size_t)s->top * sizeof(holder));
   atomic_store(&s->open, 1); /* (a full fence: no step of the change
                               * comes before it) */
 }
 
-static void commit(sem *s) { atomic_store(&s->open, 0); }
+/* Lowers `top` past the records a change freed, and closes the journal. */
+static void commit(sem *s) {
+  while (s->top > 0 && s->holders[s->top - 1].pid == 0) s->top--;
+  atomic_store(&s->open, 0);
+}
 
 static void sem_repair(lmp_obj *o) {
   sem *s = (sem *)o;
+  int32_t i;
   if (!atomic_load(&s->open)) return;
   s->value = s->was_value;
-  memcpy(s->holders, s->was, sizeof s->holders);
+  memcpy(s->holders, s->was, (size_t)s->was_top * sizeof(holder));
+  for (i = s->was_top; i < MAX_HOLDERS; i++)
+    s->holders[i].pid = s->holders[i].n = 0;
+  s->top = s->was_top;
   atomic_store(&s->open, 0);
 }
 
@@ -206,7 +219,7 @@ static int32_t reclaim(sem *s) {
   int64_t back = 0, most = s->h.kind == K_BSEM ? s->maxvalue : INT32_MAX;
   int i;
   begin(s);
-  for (i = 0; i < MAX_HOLDERS; i++) {
+  for (i = 0; i < s->top; i++) {
     if (s->holders[i].pid != 0 && lmp_pid_dead(s->holders[i].pid)) {
       back += s->holders[i].n;
       s->holders[i].pid = 0;
@@ -226,7 +239,7 @@ static int32_t reclaim(sem *s) {
  * records never count more units than are out. */
 static void note_holder(sem *s, pid_t me, int delta) {
   int i, free_i = -1;
-  for (i = 0; i < MAX_HOLDERS; i++) {
+  for (i = 0; i < s->top; i++) {
     if (s->holders[i].pid == me) {
       s->holders[i].n += delta;
       if (s->holders[i].n <= 0) s->holders[i].pid = s->holders[i].n = 0;
@@ -234,12 +247,14 @@ static void note_holder(sem *s, pid_t me, int delta) {
     }
     if (s->holders[i].pid == 0 && free_i < 0) free_i = i;
   }
+  if (free_i < 0 && s->top < MAX_HOLDERS) free_i = s->top;
   if (delta > 0 && free_i >= 0) { /* else untracked: more holders than fit */
+    if (free_i == s->top) s->top++;
     s->holders[free_i].n = delta;
     s->holders[free_i].pid = me;
     return;
   }
-  for (i = 0; i < MAX_HOLDERS && delta < 0; i++) {
+  for (i = 0; i < s->top && delta < 0; i++) {
     if (s->holders[i].pid != 0) {
       int32_t take = -delta < s->holders[i].n ? -delta : s->holders[i].n;
       s->holders[i].n -= take;
@@ -256,7 +271,7 @@ static void sem_exit(lmp_obj *o) {
   int i;
   lmp_guard_lock(&s->g, &s->h);
   begin(s);
-  for (i = 0; i < MAX_HOLDERS; i++)
+  for (i = 0; i < s->top; i++)
     if (s->holders[i].pid == lmp_pid) s->holders[i].pid = s->holders[i].n = 0;
   commit(s);
   lmp_guard_unlock(&s->g);
