@@ -334,6 +334,8 @@ int lmp_is_interrupt(lua_State *L, int idx) {
 
 int lmp_was_interrupted(void) { return interrupted; }
 
+int lmp_interrupt_pending(void) { return sigint_pending; }
+
 int lmp_defer_interrupt(void) {
   int pending = sigint_pending;
   sigint_pending = 0;

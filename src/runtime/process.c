@@ -598,7 +598,8 @@ static void stop_server(void) {
 /* One message of the server's socket: an int and, if fds is given, up to
  * MAX_FDS descriptors (their number in *nfds).  Its size, 0 at the end,
  * or -errno (-EPROTO: not an int). */
-static ssize_t recv_int(int sock, int32_t *v, int *fds, int *nfds) {
+static ssize_t recv_int(int sock, int32_t *v, int *fds, int *nfds,
+                        int intr) {
   union {
     char buf[CMSG_SPACE(MAX_FDS * sizeof(int))];
     struct cmsghdr align;
@@ -614,8 +615,8 @@ static ssize_t recv_int(int sock, int32_t *v, int *fds, int *nfds) {
     m.msg_control = ctl.buf;
     m.msg_controllen = sizeof ctl.buf;
   }
-  do n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
-  while (n < 0 && errno == EINTR);
+  while ((n = recvmsg(sock, &m, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+    if (intr && lmp_interrupt_pending()) return -EINTR;
   if (n > 0 && fds != NULL) {
     struct cmsghdr *c;
     for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
@@ -658,7 +659,8 @@ static int send_int(int sock, int32_t v, const int *fds, int nfds) {
 }
 
 /* Starts this process's server, the modules named in the table at index
- * `preload` loaded in it: 0, or -1 with why in `why`. */
+ * `preload` loaded in it: 0, or -1 with why in `why`, or -EINTR if Ctrl-C
+ * came before it answered (it is then ended). */
 static int start_server(lua_State *L, const char *exe, int preload,
                         char *why, size_t size) {
   const char *extra[MAX_EXTRA + 1];
@@ -709,9 +711,10 @@ static int start_server(lua_State *L, const char *exe, int preload,
   server.slot = (uint32_t)slot;
   /* It says it is ready, or why it cannot serve; or it dies saying why
    * on its standard error. */
-  if ((r = recv_int(server.sock, &hello, NULL, NULL)) <= 0 || hello < 0) {
+  if ((r = recv_int(server.sock, &hello, NULL, NULL, 1)) <= 0 || hello < 0) {
     kill(pid, SIGKILL);
     reap_server(1);
+    if (r == -EINTR) return -EINTR;
     snprintf(why, size, "%s: %s", exe, r < 0 ? strerror((int)-r) :
              r == 0 ? "it exited at start (its standard error says why)" :
              hello == -ENOTSUP ? "this C library's threads are not known "
@@ -746,9 +749,11 @@ static int proc_forkserver(lua_State *L) {
   }
   fflush(NULL);
   for (tries = 0; tries < 2; tries++) {
-    if (server.pid == 0 && start_server(L, exe, 4, why, sizeof why) < 0) {
+    int rc = server.pid == 0 ? start_server(L, exe, 4, why, sizeof why) : 0;
+    if (rc < 0) {
       close(pfd);
       drop_child(c, slot);
+      if (rc == -EINTR) return lmp_raise_interrupt(L);
       return luaL_error(L, "cannot start a forkserver: %s", why);
     }
     /* A server that died since its last start is found here: the request
@@ -759,19 +764,23 @@ static int proc_forkserver(lua_State *L) {
       reap_server(1);
       continue;
     }
-    r = recv_int(server.sock, &pid, NULL, NULL);
+    r = recv_int(server.sock, &pid, NULL, NULL, 1);
     break;
   }
   close(pfd);
   if (tries == 2 || r <= 0) {
+    /* Ctrl-C while the server did not answer (it may be stopped) ends it
+     * too, as a server that died with the request. */
     if (server.pid != 0) kill(server.pid, SIGKILL); /* if it still lives */
     reap_server(1);
     /* It died with our request.  Whether it forked first, the slot says:
      * the server writes the pid there as the fork returns, and the child
-     * as it starts. */
+     * as it starts.  One that did is this start's, and an interrupt is
+     * raised at the next step of the caller. */
     pid = atomic_load(&lmp_slot_at((uint32_t)slot)->pid);
     if (pid <= 0) {
       drop_child(c, slot);
+      if (r == -EINTR) return lmp_raise_interrupt(L);
       return luaL_error(L, "cannot start a process: the forkserver (pid %d) "
                         "died while starting it", (int)asked);
     }
@@ -846,7 +855,7 @@ static int serve(lua_State *L, int sock, pid_t owner, char **preload) {
     int32_t slot;
     int fds[MAX_FDS], nfds = 0, i;
     long pid;
-    ssize_t r = recv_int(sock, &slot, fds, &nfds);
+    ssize_t r = recv_int(sock, &slot, fds, &nfds, 0);
     if (r == 0) return 0; /* the owner closed it, or ended */
     if (r < 0 || nfds < 1 || slot < 0 || slot >= LMP_MAX_PROCS) {
       for (i = 0; i < nfds; i++) close(fds[i]);

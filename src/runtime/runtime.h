@@ -177,6 +177,9 @@ int lmp_raise_interrupt(lua_State *L);
 int lmp_is_interrupt(lua_State *L, int idx);
 /* Whether SIGINT ever interrupted this process's luamp code. */
 int lmp_was_interrupted(void);
+/* Whether a Ctrl-C waits to be raised (a blocking system call of one's
+ * own, restarted on EINTR, ends on it). */
+int lmp_interrupt_pending(void);
 /* A Ctrl-C that must wait (a Condition taking its lock back): the first
  * takes and returns the pending SIGINT, the second puts it back. */
 int lmp_defer_interrupt(void);

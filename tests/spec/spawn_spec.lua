@@ -446,6 +446,35 @@ describe("the forkserver", function()
     assert.are.equal(0, p.exitcode)
   end)
 
+  -- A server stopped (SIGSTOP) never answers: Ctrl-C in the start that
+  -- waits for it ends the server, raises, and the next start makes a new
+  -- one.
+  it("ends a start it does not answer on Ctrl-C", function()
+    local status, out, err = H.luamp_e(H.CTRL_C .. [[
+      local core = require "luamp.core"
+      local fs = mp.get_context("forkserver")
+      local p = fs.Process{target = function() end}
+      p:start()
+      p:join()
+      local server = core.forkserver_pid()
+      os.execute("kill -STOP " .. server)
+      local late, killer, ok, e = interrupted(function()
+        p = fs.Process{target = function() end}
+        p:start()
+      end)
+      killer:terminate()
+      killer:join()
+      print(ok, type(e) == "table" and e.type, tostring(e), p.pid,
+            late >= 0 and late < 10, state(server))
+      p = fs.Process{target = function() os.exit(3) end}
+      p:start()
+      print(p:join(20), p.exitcode, core.forkserver_pid() ~= server)
+    ]], "timeout -s KILL 60")
+    assert.are.equal("false\tKeyboardInterrupt\tluamp.KeyboardInterrupt: "
+      .. "interrupted\tnil\ttrue\tnil\ntrue\t3\ttrue\n", out, err)
+    assert.are.equal(0, status, err)
+  end)
+
   it("is not stopped by a Ctrl-C its group gets", function()
     local server = core.forkserver_pid()
     os.execute("kill -INT " .. server)
