@@ -308,20 +308,35 @@ static int lookup(dict *d, key *k, lmp_buf *b, size_t *held) {
   return found;
 }
 
+/* The bytes an entry for a key of kn bytes and a value of vn takes. */
+static size_t entry_size(size_t kn, size_t vn) {
+  return sizeof(entry) + ((kn + 7) & ~(size_t)7) + vn;
+}
+
+/* Fills new entry e (its first 16 bytes zeroed by the heap) with key
+ * [k, k+kn) and the message [v, v+vn), its magic last: a reaper that
+ * finds the magic finds the count of references, 0 until the entry takes
+ * them. */
+static void fill_entry(entry *e, const char *k, size_t kn, const char *v,
+                       size_t vn) {
+  atomic_store(&e->refs, 0);
+  e->klen = (uint32_t)kn;
+  e->vlen = vn;
+  memcpy(e->data, k, kn);
+  memcpy((char *)VAL(e), v, vn);
+  atomic_signal_fence(memory_order_release); /* (a kill is a signal) */
+  e->pad = ENTRY_MAGIC;
+}
+
 /* A new entry for key k and the message [v, v+vn) (encoded without taking
  * references), registered as LMP_PEND_IN; then the entry takes them.
  * Raises when the arena is exhausted. */
 static entry *newentry(lua_State *L, dict *d, key *k, const char *v,
                        size_t vn, size_t nobj) {
-  size_t kpad = (k->n + 7) & ~(size_t)7;
-  entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + vn, LMP_PEND_IN);
-  if (e == NULL) lmp_nomem(L, sizeof(entry) + kpad + vn);
-  e->klen = (uint32_t)k->n;
-  e->pad = ENTRY_MAGIC;
-  e->vlen = vn;
-  atomic_store(&e->refs, 0);
-  memcpy(e->data, k->p, k->n);
-  memcpy(e->data + kpad, v, vn);
+  size_t size = entry_size(k->n, vn);
+  entry *e = lmp_alloc_pending(&d->h, size, LMP_PEND_IN);
+  if (e == NULL) lmp_nomem(L, size);
+  fill_entry(e, k->p, k->n, v, vn);
   if (nobj > 0) lmp_msg_retain_counted(VAL(e), vn, &e->refs);
   return e;
 }
@@ -625,19 +640,12 @@ static int dict_incr(lua_State *L) {
   }
   mn = lmp_msg_put_number(msg, kind == 1, vi, vf);
   {
-    size_t kpad = (k.n + 7) & ~(size_t)7;
-    entry *e = lmp_alloc_pending(&d->h, sizeof(entry) + kpad + mn,
-                                 LMP_PEND_IN);
+    entry *e = lmp_alloc_pending(&d->h, entry_size(k.n, mn), LMP_PEND_IN);
     if (e == NULL) {
       dunlock(d);
-      return lmp_nomem(L, sizeof(entry) + kpad + mn);
+      return lmp_nomem(L, entry_size(k.n, mn));
     }
-    e->klen = (uint32_t)k.n;
-    e->pad = ENTRY_MAGIC;
-    e->vlen = mn;
-    atomic_store(&e->refs, 0);
-    memcpy(e->data, k.p, k.n);
-    memcpy(e->data + kpad, msg, mn);
+    fill_entry(e, k.p, k.n, msg, mn);
     if (put_unlock(d, &k, i, e) < 0) return lmp_nomem(L, 0);
   }
   if (kind == 1) lua_pushinteger(L, vi);
