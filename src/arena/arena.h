@@ -162,7 +162,8 @@ typedef struct lmp_type {
   void (*repair)(lmp_obj *o);
   /* The reaper is about to free block blk, which a dead process had in
    * transit and the object does not own: drop the references its message
-   * holds. */
+   * holds (for a batch, see lmp_alloc_at, free the blocks it names that
+   * the object does not own). */
   void (*release)(lmp_obj *o, lmp_off blk);
   /* A process that holds the object exits cleanly. */
   void (*on_exit)(lmp_obj *o);
@@ -400,6 +401,16 @@ void lmp_pending_clear(int which);
  * instant o owns exactly one of the two and the reaper frees the other.
  * The caller holds o's guard. */
 void lmp_publish(lmp_obj *o, _Atomic lmp_off *where, void *fresh);
+
+/* Allocates n bytes and stores the new block's offset in *where, a word
+ * of the arena, in the same heap operation (which zeroes the block's first
+ * 16 bytes, as for a pending block): a kill leaves no block, or one that
+ * *where names.  This is how a batch is filled: one pending block that
+ * names many blocks in transit to its object (a List's extend, a Dict's
+ * update), which a pending entry each could not hold; the type's
+ * `release` frees those that the object does not own.  NULL when the
+ * arena is exhausted. */
+void *lmp_alloc_at(size_t n, lmp_off *where);
 
 /* ---------------------------------------------- within the arena layer */
 

@@ -715,6 +715,10 @@ void *lmp_alloc_pending(lmp_obj *o, size_t n, int which) {
                         &lmp_self->pending_blk[which]);
 }
 
+void *lmp_alloc_at(size_t n, lmp_off *where) {
+  return lmp_heap_alloc(n, where, 0, where);
+}
+
 void lmp_free_pending(void *p, int which) {
   lmp_heap_free(p, &lmp_self->pending_blk[which]);
 }

@@ -265,6 +265,12 @@ size_t lmp_encode_wire_at(lua_State *L, int idx, const char *root,
                           lmp_buf *b, const char *why, int where);
 size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
                           lmp_buf *b, int where);
+/* As lmp_encode_bare for the value at idx, an item of a table under the
+ * key at `key` (a container's batch, each item a message of its own): an
+ * error names it as the whole table's root[key] would (root.key for a
+ * name) and goes on with its path below. */
+size_t lmp_encode_bare_item(lua_State *L, int idx, int key, const char *root,
+                            lmp_buf *b);
 void lmp_msg_retain_counted(const char *p, size_t n, _Atomic uint64_t *count);
 void lmp_msg_unretain_counted(const char *p, size_t n,
                               _Atomic uint64_t *count);
@@ -278,6 +284,8 @@ void lmp_msg_release_counted(const char *p, size_t n, uint64_t count);
  * it took (lmp_cmsg_release).
  *   lmp_cmsg_alloc   a block for n bytes, pending `which` for o (NULL: the
  *                    arena is exhausted); copy the message into data, then
+ *                    (lmp_cmsg_alloc_at: one that *where names, a word of
+ *                    a batch, see lmp_alloc_at)
  *   lmp_cmsg_seal    marks it whole and takes the references of the nobj
  *                    objects it names;
  *   lmp_cmsg_drop    drops them and frees the block in the heap operation
@@ -291,6 +299,7 @@ typedef struct lmp_cmsg {
 } lmp_cmsg;
 
 lmp_cmsg *lmp_cmsg_alloc(lmp_obj *o, size_t n, int which);
+lmp_cmsg *lmp_cmsg_alloc_at(size_t n, lmp_off *where);
 void lmp_cmsg_seal(lmp_cmsg *m, size_t nobj);
 void lmp_cmsg_drop(lmp_cmsg *m, lmp_off *clear);
 void lmp_cmsg_release(lmp_obj *o, lmp_off blk);

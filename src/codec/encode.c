@@ -1095,6 +1095,24 @@ static void encstack(enc *e, int first, int n) {
   e->depth--;
 }
 
+/* Writes the value at idx as the item of a table under the key at key,
+ * entered as that table's index or field path, as encvalue would write
+ * it there. */
+static void encitem(enc *e, int idx, int key) {
+  frame *f;
+  enter(e);
+  f = &e->frames[e->depth - 1];
+  if (lua_isinteger(e->L, key)) {
+    f->kind = F_INDEX;
+    f->i = lua_tointeger(e->L, key);
+  } else {
+    f->kind = F_FIELD;
+    f->idx = key;
+  }
+  encvalue(e, idx);
+  e->depth--;
+}
+
 /* Writes the n items t[i], t[i+1]... (t at idx) as a table of n array
  * items, holes kept as nils, and the field n: what table.pack would make of
  * those values.  An item that cannot be sent is named by its index in t, so
@@ -1167,7 +1185,7 @@ static void pieces(enc *e, lmp_pieces *pc) {
  * slice[0] are written as an array (encstack). */
 static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
                      const lua_Integer *slice, int asmsg, lmp_pieces *pc,
-                     const char *wire, int conns, int where) {
+                     const char *wire, int conns, int where, int key) {
   enc e;
   char local[LOCALBUF];
   if (b != NULL && slice == NULL) {
@@ -1220,6 +1238,8 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
     encstack(&e, (int)slice[0], (int)slice[1]);
   else if (slice != NULL)
     encslice(&e, idx, slice[0], slice[1]);
+  else if (key != 0)
+    encitem(&e, idx, lua_absindex(L, key));
   else
     encvalue(&e, idx);
   if (pc != NULL) {
@@ -1247,39 +1267,44 @@ static size_t encode(lua_State *L, int idx, const char *root, lmp_buf *b,
 
 size_t lmp_encode(lua_State *L, int idx, const char *root, lmp_buf *b) {
   size_t start = b->len;
-  size_t nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0);
+  size_t nobj = encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0, 0);
   /* Only now that nothing can fail does the message own its objects. */
   if (nobj > 0) lmp_msg_retain(b->data + start, b->len - start);
   return nobj;
 }
 
 size_t lmp_encode_bare(lua_State *L, int idx, const char *root, lmp_buf *b) {
-  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0);
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0, 0);
+}
+
+size_t lmp_encode_bare_item(lua_State *L, int idx, int key, const char *root,
+                            lmp_buf *b) {
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, 0, key);
 }
 
 size_t lmp_encode_wire(lua_State *L, int idx, const char *root, lmp_buf *b,
                        const char *why) {
-  return encode(L, idx, root, b, NULL, 0, NULL, why, 0, 0);
+  return encode(L, idx, root, b, NULL, 0, NULL, why, 0, 0, 0);
 }
 
 size_t lmp_encode_bare_at(lua_State *L, int idx, const char *root,
                           lmp_buf *b, int where) {
-  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, where);
+  return encode(L, idx, root, b, NULL, 0, NULL, NULL, 0, where, 0);
 }
 
 size_t lmp_encode_wire_at(lua_State *L, int idx, const char *root,
                           lmp_buf *b, const char *why, int where) {
-  return encode(L, idx, root, b, NULL, 0, NULL, why, 0, where);
+  return encode(L, idx, root, b, NULL, 0, NULL, why, 0, where, 0);
 }
 
 size_t lmp_encode_pieces(lua_State *L, int idx, const char *root, lmp_buf *b,
                          lmp_pieces *pc) {
-  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, 0);
+  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, 0, 0);
 }
 
 size_t lmp_encode_pieces_at(lua_State *L, int idx, const char *root,
                             lmp_buf *b, lmp_pieces *pc, int where) {
-  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, where);
+  return encode(L, idx, root, b, NULL, 0, pc, NULL, 0, where, 0);
 }
 
 size_t lmp_encode_array_pieces(lua_State *L, int first, int n,
@@ -1288,7 +1313,7 @@ size_t lmp_encode_array_pieces(lua_State *L, int first, int n,
   lua_Integer slice[2];
   slice[0] = lua_absindex(L, first);
   slice[1] = n;
-  return encode(L, 0, root, b, slice, 0, pc, NULL, 0, 0);
+  return encode(L, 0, root, b, slice, 0, pc, NULL, 0, 0, 0);
 }
 
 void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
@@ -1311,7 +1336,7 @@ void lmp_pieces_copy(const lmp_pieces *pc, const lmp_buf *b, char *dst) {
 int lmp_codec_encode(lua_State *L) {
   luaL_checkany(L, 1);
   encode(L, 1, luaL_optstring(L, 2, "value"), NULL, NULL, 0, NULL, NULL,
-         0, 0);
+         0, 0, 0);
   return 1;
 }
 
@@ -1337,14 +1362,14 @@ int lmp_codec_encode_slice(lua_State *L) {
   lua_Integer slice[2];
   checkslice(L, slice);
   encode(L, 1, luaL_optstring(L, 4, "value"), NULL, slice, 0, NULL, NULL,
-         0, 0);
+         0, 0, 0);
   return 1;
 }
 
 /* Pushes a Message of the value at 1 (or of its slice). */
 static int message(lua_State *L, const char *root, const lua_Integer *slice,
                    int conns) {
-  encode(L, 1, root, NULL, slice, 1, NULL, NULL, conns, 0);
+  encode(L, 1, root, NULL, slice, 1, NULL, NULL, conns, 0, 0);
   return 1;
 }
 

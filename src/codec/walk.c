@@ -279,6 +279,14 @@ lmp_cmsg *lmp_cmsg_alloc(lmp_obj *o, size_t n, int which) {
   return m;
 }
 
+lmp_cmsg *lmp_cmsg_alloc_at(size_t n, lmp_off *where) {
+  lmp_cmsg *m = lmp_alloc_at(sizeof(lmp_cmsg) + n, where);
+  if (m == NULL) return NULL;
+  atomic_store(&m->refs, 0);
+  m->len = n;
+  return m;
+}
+
 void lmp_cmsg_seal(lmp_cmsg *m, size_t nobj) {
   ((volatile lmp_cmsg *)m)->magic = CMSG_MAGIC; /* after the bytes */
   if (nobj > 0) lmp_msg_retain_counted(m->data, m->len, &m->refs);

@@ -21,6 +21,17 @@
  * (lmp_publish), instead of moving offsets in place.  Items in transit are
  * pending (LMP_PEND_IN coming, LMP_PEND_OUT leaving), and the next locker
  * after a death settles the dead holder's pending blocks.
+ *
+ * An extend is one change too, all its items or none, for readers and for
+ * a kill alike.  Its values are encoded first (one that cannot be sent
+ * raises before anything is made), then made into items that a batch
+ * names, one block pending as LMP_PEND_IN (lmp_alloc_at).  Under the
+ * guard the array gets room first, then the list names the batch (the
+ * journal opens), the items go beyond the end, the length takes them in,
+ * the batch is marked done (the commit) and the journal closes.  A
+ * process killed with the journal open has its change undone by the next
+ * locker (list_repair puts the length back unless the batch is done), and
+ * its reaper frees the items of a batch not done (list_release).
  */
 
 #define LIST "luamp.List"
@@ -38,7 +49,18 @@ typedef struct list {
   lmp_obj h;
   lmp_guard g;
   _Atomic lmp_off arr;
+  _Atomic lmp_off batch; /* the journal: an extend under way, or 0 */
 } list;
+
+#define BATCH_MAGIC 0x6863746162747369ull /* "istbatch", no item's */
+
+typedef struct batch {
+  _Atomic uint64_t magic; /* BATCH_MAGIC once n and o[] are set */
+  uint64_t n;             /* items */
+  uint64_t len_was;       /* the list's length before */
+  _Atomic uint64_t done;  /* 1 once the items are the list's */
+  lmp_off o[];            /* each item, as it is made */
+} batch;
 
 static array *A(list *l) { return LMP_PTR(atomic_load(&l->arr)); }
 static lmp_off *ARR(list *l) { return A(l)->o; }
@@ -59,6 +81,47 @@ static int owns_locked(lmp_obj *o, lmp_off blk) {
 
 static void llock(list *l) { lmp_guard_lock(&l->g, &l->h); }
 static void lunlock(list *l) { lmp_guard_unlock(&l->g); }
+
+/* After a process died holding the guard: an extend it left under way
+ * is undone, unless it was done. */
+static void list_repair(lmp_obj *o) {
+  list *l = (list *)o;
+  lmp_off at = atomic_load(&l->batch);
+  batch *b;
+  if (at == 0) return;
+  b = LMP_PTR(at);
+  if (!atomic_load(&b->done)) atomic_store(&A(l)->len, b->len_was);
+  atomic_store(&l->batch, 0);
+}
+
+/* Frees the items of batch b that are not the list's (all of them, unless
+ * it is done), each with the word that names it, so that a run cut short
+ * can be run again. */
+static void batch_free_items(batch *b) {
+  uint64_t i;
+  if (atomic_load(&b->done)) return;
+  for (i = 0; i < b->n; i++)
+    if (b->o[i] != 0) lmp_cmsg_drop(LMP_PTR(b->o[i]), &b->o[i]);
+}
+
+/* A pending block freed by a reaper: an item's references go with it, a
+ * batch's items with it. */
+static void list_release(lmp_obj *o, lmp_off blk) {
+  batch *b = LMP_PTR(blk);
+  if (atomic_load(&b->magic) != BATCH_MAGIC) {
+    lmp_cmsg_release(o, blk);
+    return;
+  }
+  if (atomic_load(&b->done)) return;
+  {
+    uint64_t i;
+    for (i = 0; i < b->n; i++) {
+      if (b->o[i] == 0) continue;
+      lmp_cmsg_release(o, b->o[i]);
+      lmp_heap_free(LMP_PTR(b->o[i]), &b->o[i]);
+    }
+  }
+}
 
 /* Run again after a kill cut it short, it finishes the job: each item is
  * freed with the array's word that names it, then the array with the
@@ -273,17 +336,105 @@ static int list_append(lua_State *L) {
   return 0;
 }
 
-/* Appends t[1] .. t[#t] (t.n if it has one) of the table at t. */
+/* The values t[1] .. t[n] of the table at t encoded into b, one record
+ * each: the message's length (8 bytes), how many objects it names (8),
+ * the message.  Raises, naming the value's path, for one that cannot be
+ * sent. */
+static void encode_items(lua_State *L, int t, lua_Integer n, lmp_buf *b) {
+  lua_Integer i;
+  int top = lua_gettop(L);
+  lua_pushinteger(L, 0); /* the key, for an error's path */
+  for (i = 1; i <= n; i++) {
+    size_t at = b->len;
+    uint64_t len, nobj;
+    if (lmp_buf_reserve(b, 16) < 0) luaL_error(L, "not enough memory");
+    b->len += 16;
+    lua_pushinteger(L, i);
+    lua_replace(L, top + 1);
+    lua_rawgeti(L, t, i);
+    nobj = lmp_encode_bare_item(L, top + 2, top + 1, "value", b);
+    lua_settop(L, top + 1);
+    len = b->len - at - 16;
+    memcpy(b->data + at, &len, 8);
+    memcpy(b->data + at + 8, &nobj, 8);
+  }
+  lua_settop(L, top);
+}
+
+/* A batch pending as LMP_PEND_IN for l, of the n items recorded in b, each
+ * holding its references; NULL when the arena is exhausted (nothing is
+ * left made). */
+static batch *make_batch(list *l, lmp_buf *b, uint64_t n) {
+  batch *bt = lmp_alloc_pending(&l->h, sizeof(batch) + n * sizeof(lmp_off),
+                                LMP_PEND_IN);
+  size_t pos = 0;
+  uint64_t i;
+  if (bt == NULL) return NULL;
+  memset(bt->o, 0, n * sizeof(lmp_off));
+  bt->n = n;
+  bt->len_was = 0;
+  atomic_store(&bt->done, 0);
+  atomic_store(&bt->magic, BATCH_MAGIC); /* after n and o[] */
+  for (i = 0; i < n; i++) {
+    uint64_t len, nobj;
+    item *it;
+    memcpy(&len, b->data + pos, 8);
+    memcpy(&nobj, b->data + pos + 8, 8);
+    it = lmp_cmsg_alloc_at((size_t)len, &bt->o[i]);
+    if (it == NULL) {
+      batch_free_items(bt);
+      lmp_free_pending(bt, LMP_PEND_IN);
+      return NULL;
+    }
+    memcpy(it->data, b->data + pos + 16, (size_t)len);
+    lmp_cmsg_seal(it, (size_t)nobj);
+    pos += 16 + (size_t)len;
+  }
+  return bt;
+}
+
+/* Links the items of batch bt in at the end, as one change (see the top
+ * of the file); the caller holds the guard.  0, or -ENOMEM with nothing
+ * changed. */
+static int link_batch(list *l, batch *bt) {
+  array *a = A(l);
+  uint64_t n = atomic_load(&a->len), cap = a->cap, i;
+  if (n + bt->n > cap) {
+    while (n + bt->n > cap) cap *= 2;
+    if (rebuild(l, cap, UINT64_MAX, 0) < 0) return -ENOMEM;
+    a = A(l);
+  }
+  bt->len_was = n;
+  atomic_store(&l->batch, LMP_OFF(bt)); /* the journal opens */
+  for (i = 0; i < bt->n; i++) a->o[n + i] = bt->o[i];
+  atomic_store(&a->len, n + bt->n);
+  atomic_store(&bt->done, 1); /* the commit */
+  atomic_store(&l->batch, 0);
+  return 0;
+}
+
+/* Appends t[1] .. t[#t] (t.n if it has one) of the table at t, as one
+ * change: all of them or, on an error, none. */
 static void extend(lua_State *L, list *l, lmp_bufhandle *h, int t) {
-  lua_Integer i, n;
+  lua_Integer n;
+  lmp_buf *b;
+  batch *bt;
+  int rc;
   lua_getfield(L, t, "n");
   n = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_Integer)luaL_len(L, t);
   lua_pop(L, 1);
-  for (i = 1; i <= n; i++) {
-    lua_rawgeti(L, t, i);
-    append(L, l, h, lua_gettop(L));
-    lua_pop(L, 1);
-  }
+  if (n <= 0) return;
+  b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  encode_items(L, t, n, b);
+  bt = make_batch(l, b, (uint64_t)n);
+  lmp_buf_unclaim(b);
+  if (bt == NULL) lmp_nomem(L, 0);
+  llock(l);
+  rc = link_batch(l, bt);
+  lunlock(l);
+  if (rc < 0) batch_free_items(bt);
+  lmp_free_pending(bt, LMP_PEND_IN);
+  if (rc < 0) lmp_nomem(L, 0);
 }
 
 static const lmp_class list_class;
@@ -606,7 +757,7 @@ static const luaL_Reg list_metameth[] = {
 
 static const lmp_type list_type = {
   .name = "list", .dtor = list_dtor, .guard = offsetof(list, g),
-  .owns = owns_locked, .release = lmp_cmsg_release,
+  .owns = owns_locked, .repair = list_repair, .release = list_release,
 };
 
 static const lmp_class list_class = {

@@ -1,8 +1,9 @@
 -- list_fault_spec.lua -- a List under fire: processes that append, set,
 -- insert, pop, remove, extend and reverse are killed with SIGKILL at random
 -- moments, and yet the list stays consistent (its length is the number of
--- items a walk sees, every item decodes whole), nobody is left blocked,
--- and once everything is closed no arena block is left behind.
+-- items a walk sees, every item decodes whole), an extend is there whole
+-- or not at all, nobody is left blocked, and once everything is closed no
+-- arena block is left behind.
 
 local mp = require "luamp"
 local core = require "luamp.core"
@@ -164,6 +165,56 @@ describe("List under SIGKILL", function()
     l:close()
     H.settled(before, why)
   end)
+  -- A child extends the list by runs of N items, each run tagged (its
+  -- first few items naming shared objects), and is killed at a random
+  -- moment (encoding, making the items, linking them in): the list then
+  -- holds whole runs only, every item with its references, and nothing
+  -- is leaked.
+  it("leaves each extend done or not done, never half", function()
+    local why = H.seeded()
+    local before = H.snapshot()
+    local l = mp.List()
+    local held = {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
+    local N, REFS = 1000, 4
+    H.kill_rounds{rounds = 80, pause = 0.003, why = why,
+      start = function()
+        local p = spawn(function()
+          local ts = {{}, {}} -- two runs, made once, added in turn
+          for r = 1, 2 do
+            for k = 1, N do
+              ts[r][k] = k <= REFS and H.fault_refs(r, held) or r
+            end
+          end
+          while true do
+            l:extend(ts[1])
+            l:extend(ts[2])
+          end
+        end)
+        H.wait_for(function() return #l > 0 end, 10, 0.0005) -- it is busy
+        return p
+      end,
+      after = function(round)
+        local t = l:totable()
+        assert.are.equal(0, t.n % N, t.n .. " items, not runs of " .. N
+          .. ", in round " .. round .. why)
+        for at = 1, t.n, N do
+          for k = at, at + N - 1 do
+            local v = t[k]
+            if k - at < REFS then
+              H.assert_refs(v, "item " .. k .. why, held)
+              v = v.r
+            end
+            assert.are.equal(t[at].r, v, "runs mixed at item " .. k
+              .. " in round " .. round .. why)
+          end
+        end
+        l:clear() -- each round starts empty
+      end}
+    l:close()
+    for _, o in ipairs(held) do o:close() end
+    H.settled(before, why)
+  end)
+
   -- Items that hold a shared object: a killed writer must not leave the
   -- object with a reference nobody will drop, not even when it is killed
   -- between taking a reference for an item and counting it, or between

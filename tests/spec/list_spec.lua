@@ -273,6 +273,67 @@ describe("List", function()
       l:close()
       o:close()
     end)
+
+    it("extend with an item that cannot be sent raises naming it, and "
+       .. "adds nothing", function()
+      local l = mp.List{0}
+      assert.has_error(function() l:extend{1, 2, 3, 4, io.stdout} end,
+        "cannot send value[5]: userdata (FILE*)")
+      assert.has_error(function() l:extend{1, {f = {io.stderr}}} end,
+        "cannot send value[2].f[1]: userdata (FILE*)")
+      assert.are.same({0, n = 1}, l:totable())
+      l:close()
+    end)
+
+    it("extend is seen by another process all at once", function()
+      local l, n = mp.List(), 400
+      local items = range(1, n)
+      local stop = mp.Value("i", 0)
+      local p = spawn(function()
+        while stop.value == 0 do
+          l:extend(items)
+          l:clear()
+        end
+      end)
+      local bad, reads, t0 = {}, 0, mp.monotonic()
+      while mp.monotonic() - t0 < 0.5 do
+        local k = #l
+        local t = l:totable()
+        reads = reads + 1
+        if k ~= 0 and k ~= n then bad[#bad + 1] = "#l " .. k end
+        if t.n ~= 0 and t.n ~= n then bad[#bad + 1] = "totable " .. t.n end
+      end
+      stop.value = 1
+      finish(p)
+      assert.are.equal(0, #bad, #bad .. " of " .. reads .. " reads saw part"
+        .. " of an extend: " .. table.concat(bad, ", ", 1, math.min(5, #bad)))
+      l:close()
+    end)
+
+    it("extend from two processes at once keeps each one's items together",
+       function()
+      local l, n = mp.List(), 500
+      local go = mp.Event()
+      local ps = {}
+      for id = 1, 2 do
+        ps[id] = spawn(function()
+          local t = {}
+          for i = 1, n do t[i] = id end
+          go:wait(10)
+          for _ = 1, 20 do l:extend(t) end
+        end)
+      end
+      go:set()
+      for id = 1, 2 do finish(ps[id]) end
+      local t = l:totable()
+      assert.are.equal(40 * n, t.n)
+      for at = 1, t.n, n do
+        for i = at + 1, at + n - 1 do
+          assert(t[i] == t[at], "items of two extends mixed at " .. i)
+        end
+      end
+      l:close()
+    end)
   end)
 
   describe("insert", function()
