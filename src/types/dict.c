@@ -25,6 +25,20 @@
  * after a death (dict_repair).  Every operation holds the guard, so each is
  * atomic; pairs() walks a snapshot of the keys, so it sees every key that
  * exists for the whole walk exactly once, whatever others do meanwhile.
+ *
+ * An update is one change too, all its pairs or none, for readers and for
+ * a kill alike.  Its keys and values are encoded first (one that cannot
+ * be sent raises before anything is made), then made into entries that a
+ * batch names, one block pending as LMP_PEND_IN (lmp_alloc_at).  Under
+ * the guard the table grows first if it must, then the dict names the
+ * batch (the journal opens) and each entry goes into its slot, the batch
+ * recording first what the slot held; the batch is then marked committed
+ * and the journal closes.  The entries replaced are the batch's to free,
+ * once the guard is let go.  A process killed with the journal open has
+ * its slots put back by the next locker, unless the batch was committed
+ * (dict_repair), and its reaper frees what the batch holds that the dict
+ * does not: the new entries, or once committed the replaced ones
+ * (dict_release).
  */
 
 #define DICT "luamp.Dict"
@@ -60,7 +74,28 @@ typedef struct dict {
   lmp_guard g;
   _Atomic lmp_off tab;
   _Atomic int64_t count;
+  _Atomic lmp_off batch; /* the journal: an update under way, or 0 */
 } dict;
+
+#define BATCH_MAGIC 0x68637462u /* "btch" */
+
+typedef struct brec {
+  lmp_off e;     /* the new entry, once made */
+  lmp_off old;   /* what its slot held: an entry, EMPTY or DELETED */
+  uint64_t slot; /* its slot */
+  uint64_t hash;
+} brec;
+
+typedef struct batch {
+  uint32_t zero;             /* (an entry's klen, never 0) */
+  _Atomic uint32_t magic;    /* BATCH_MAGIC once n and r[] are set, where
+                              * an entry has ENTRY_MAGIC */
+  uint64_t n;                /* records */
+  uint64_t used_was;         /* the table's `used` before */
+  _Atomic uint64_t done;     /* records whose slot has been changed */
+  _Atomic uint64_t committed;
+  brec r[];
+} batch;
 
 static table *TAB(dict *d) { return LMP_PTR(atomic_load(&d->tab)); }
 
@@ -78,14 +113,25 @@ static uint64_t hashkey(const char *k, size_t n) {
   return h < 2 ? h + 2 : h;
 }
 
-/* After a process died holding the guard: recount. */
+/* After a process died holding the guard: puts back the slots of an
+ * update it left under way, unless committed, and recounts. */
 static void dict_repair(lmp_obj *o) {
   dict *d = (dict *)o;
   table *t;
   uint64_t i;
   int64_t n = 0;
+  lmp_off at = atomic_load(&d->batch);
   if (atomic_load(&d->tab) == 0) return;
   t = TAB(d);
+  if (at != 0) {
+    batch *b = LMP_PTR(at);
+    if (!atomic_load(&b->committed)) {
+      for (i = atomic_load(&b->done); i-- > 0;)
+        t->s[b->r[i].slot].off = b->r[i].old;
+      t->used = b->used_was;
+    }
+    atomic_store(&d->batch, 0);
+  }
   for (i = 0; i < t->cap; i++)
     if (t->s[i].off > DELETED) n++;
   atomic_store(&d->count, n);
@@ -191,12 +237,44 @@ static void drop_unlock(dict *d, entry *e) {
   lmp_free_pending(e, LMP_PEND_OUT);
 }
 
-/* A pending entry freed by a reaper: its references go with it. */
+/* Frees entry e, with its references, and zeroes the word *at that names
+ * it (a batch's) in the same heap operation. */
+static void free_entry_at(entry *e, lmp_off *at) {
+  lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
+  lmp_heap_free(e, at);
+}
+
+/* Frees the entries of batch b that the dict does not own: the new ones
+ * (field e) or, once committed, the ones they replaced (field old); each
+ * with the word that names it, so that a run cut short can be run
+ * again.  A reaper's release (dead) drops the references each counts. */
+static void batch_free(batch *b, int dead) {
+  int committed = (int)atomic_load(&b->committed);
+  uint64_t i;
+  for (i = 0; i < b->n; i++) {
+    lmp_off *at = committed ? &b->r[i].old : &b->r[i].e;
+    entry *e;
+    if (*at <= DELETED) continue;
+    e = LMP_PTR(*at);
+    if (dead) {
+      if (e->pad == ENTRY_MAGIC)
+        lmp_msg_release_counted(VAL(e), e->vlen, atomic_load(&e->refs));
+      lmp_heap_free(e, at);
+    } else {
+      free_entry_at(e, at);
+    }
+  }
+}
+
+/* A pending entry freed by a reaper: its references go with it; a
+ * batch's entries that the dict does not own go with it. */
 static void dict_release(lmp_obj *o, lmp_off blk) {
   entry *e = LMP_PTR(blk);
   (void)o;
   if (e->pad == ENTRY_MAGIC)
     lmp_msg_release_counted(VAL(e), e->vlen, atomic_load(&e->refs));
+  else if (atomic_load(&((batch *)e)->magic) == BATCH_MAGIC)
+    batch_free((batch *)e, 1);
 }
 
 /* ----------------------------------------------------------------- keys */
@@ -794,14 +872,129 @@ static int dict_len(lua_State *L) {
   return 1;
 }
 
-/* Sets every pair of the table at t, in one locked pass per key. */
-static void update(lua_State *L, dict *d, lmp_bufhandle *h, int t) {
+/* The pairs of the table at t encoded into b, one record each: the key's
+ * length (8 bytes), the value's (8), how many objects the value names
+ * (8), the key's hash (8), the key and the value.  Raises, naming the key
+ * or the value's path, for a pair that cannot be stored.  Returns how
+ * many there are. */
+static uint64_t encode_pairs(lua_State *L, int t, lmp_buf *b) {
+  uint64_t n = 0;
+  int top = lua_gettop(L);
   lua_pushnil(L);
-  while (lua_next(L, t)) {
-    int top = lua_gettop(L);
-    set_value(L, d, h, top - 1, top, t, 1, SET_ALWAYS);
-    lua_settop(L, top - 1);
+  while (lua_next(L, t)) { /* key at top + 1, value at top + 2 */
+    key k;
+    size_t at = b->len;
+    uint64_t h[4];
+    getkey(L, top + 1, t, 1, &k);
+    if (lmp_buf_reserve(b, 32 + k.n) < 0) luaL_error(L, "not enough memory");
+    memcpy(b->data + at + 32, k.p, k.n);
+    b->len += 32 + k.n;
+    h[0] = k.n;
+    h[3] = k.h;
+    lua_settop(L, top + 2); /* the key's bytes, if getkey pushed them */
+    h[2] = lmp_encode_bare_item(L, top + 2, top + 1, "value", b);
+    h[1] = b->len - at - 32 - k.n;
+    memcpy(b->data + at, h, 32);
+    lua_settop(L, top + 1);
+    n++;
   }
+  return n;
+}
+
+/* A batch pending as LMP_PEND_IN for d, of the n pairs recorded in b,
+ * each a new entry holding its references; NULL when the arena is
+ * exhausted (nothing is left made). */
+static batch *make_batch(dict *d, lmp_buf *b, uint64_t n) {
+  batch *bt = lmp_alloc_pending(&d->h, sizeof(batch) + n * sizeof(brec),
+                                LMP_PEND_IN);
+  size_t pos = 0;
+  uint64_t i;
+  if (bt == NULL) return NULL;
+  memset(bt->r, 0, n * sizeof(brec));
+  bt->n = n;
+  bt->used_was = 0;
+  atomic_store(&bt->done, 0);
+  atomic_store(&bt->committed, 0);
+  atomic_store(&bt->magic, BATCH_MAGIC); /* after n and r[] */
+  for (i = 0; i < n; i++) {
+    uint64_t h[4];
+    const char *k;
+    entry *e;
+    memcpy(h, b->data + pos, 32);
+    k = b->data + pos + 32;
+    e = lmp_alloc_at(entry_size(h[0], h[1]), &bt->r[i].e);
+    if (e == NULL) {
+      batch_free(bt, 0);
+      lmp_free_pending(bt, LMP_PEND_IN);
+      return NULL;
+    }
+    bt->r[i].hash = h[3];
+    fill_entry(e, k, h[0], k + h[0], h[1]);
+    if (h[2] > 0) lmp_msg_retain_counted(VAL(e), h[1], &e->refs);
+    pos += 32 + h[0] + h[1];
+  }
+  return bt;
+}
+
+/* Puts the entries of batch bt in their slots, as one change (see the top
+ * of the file); the caller holds the guard.  The entries they replace are
+ * left to the batch.  0, or -ENOMEM with nothing changed. */
+static int link_batch(dict *d, batch *bt) {
+  table *t = TAB(d);
+  uint64_t i, fresh = 0;
+  int64_t added = 0;
+  /* Room for them all, or else for the keys not there, which take slots */
+  for (i = 0; (t->used + bt->n) * 4 > t->cap * 3 && i < bt->n; i++) {
+    entry *e = LMP_PTR(bt->r[i].e);
+    if (find(t, KEY(e), e->klen, bt->r[i].hash, NULL) < 0) fresh++;
+  }
+  if ((t->used + fresh) * 4 > t->cap * 3) {
+    if (resize(d, (uint64_t)atomic_load(&d->count) + fresh) < 0)
+      return -ENOMEM;
+    t = TAB(d);
+  }
+  bt->used_was = t->used;
+  atomic_store(&d->batch, LMP_OFF(bt)); /* the journal opens */
+  for (i = 0; i < bt->n; i++) {
+    entry *e = LMP_PTR(bt->r[i].e);
+    int64_t ins = -1, j = find(t, KEY(e), e->klen, bt->r[i].hash, &ins);
+    if (j < 0) {
+      j = ins;
+      added++;
+    }
+    bt->r[i].slot = (uint64_t)j;
+    bt->r[i].old = t->s[j].off;
+    atomic_store(&bt->done, i + 1); /* recorded before the slot changes */
+    if (t->s[j].off == EMPTY) t->used++;
+    t->s[j].hash = bt->r[i].hash;
+    t->s[j].off = bt->r[i].e;
+  }
+  atomic_fetch_add(&d->count, added);
+  atomic_store(&bt->committed, 1); /* the commit */
+  atomic_store(&d->batch, 0);
+  return 0;
+}
+
+/* Sets every pair of the table at t, as one change: all of them or, on
+ * an error, none. */
+static void update(lua_State *L, dict *d, lmp_bufhandle *h, int t) {
+  lmp_buf *b = lmp_buf_claim(L, h->buf, LMP_FRAME());
+  uint64_t n = encode_pairs(L, t, b);
+  batch *bt;
+  int rc;
+  if (n == 0) {
+    lmp_buf_unclaim(b);
+    return;
+  }
+  bt = make_batch(d, b, n);
+  lmp_buf_unclaim(b);
+  if (bt == NULL) lmp_nomem(L, 0);
+  dlock(d);
+  rc = link_batch(d, bt);
+  dunlock(d);
+  batch_free(bt, 0); /* the entries replaced, or on an error the new */
+  lmp_free_pending(bt, LMP_PEND_IN);
+  if (rc < 0) lmp_nomem(L, 0);
 }
 
 static const lmp_class dict_class;

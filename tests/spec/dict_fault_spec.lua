@@ -2,8 +2,9 @@
 -- pop, add, update, incr and walk keys are killed with SIGKILL at random
 -- moments, 200 times, and yet the dict stays consistent (its count is the
 -- number of keys a walk sees, every value decodes whole), no increment is
--- counted twice, nobody is left blocked, and once everything is closed no
--- arena block, and no shared object held in a value, is left behind.
+-- counted twice, an update is there whole or not at all, nobody is left
+-- blocked, and once everything is closed no arena block, and no shared
+-- object held in a value, is left behind.
 --
 -- Workers append a line to an acks file after each incr of "total" has
 -- returned (one write(2) per line, so a killed writer leaves whole lines):
@@ -179,6 +180,59 @@ describe("Dict under SIGKILL", function()
         d["k" .. n] = n
       end}
     d:close()
+    H.settled(before, why)
+  end)
+
+  -- A child updates N keys at once, over and over, each update's values
+  -- tagged (the first few naming shared objects), and is killed at a
+  -- random moment (encoding, making the entries, putting them in, freeing
+  -- those they replaced): every key then has the value of one update,
+  -- every value its references, and nothing is leaked.
+  it("leaves each update done or not done, never half", function()
+    local why = H.seeded()
+    local before = H.snapshot()
+    local d = mp.Dict()
+    local held = {mp.List{"held by values"}, mp.Lock(), mp.Event()}
+    local N, REFS = 1000, 4
+    H.kill_rounds{rounds = 80, pause = 0.003, why = why,
+      start = function()
+        local p = spawn(function()
+          local ts = {{}, {}} -- two updates, made once, done in turn
+          for r = 1, 2 do
+            for k = 1, N do
+              ts[r]["k" .. k] = k <= REFS and H.fault_refs(r, held) or r
+            end
+          end
+          while true do
+            d:update(ts[1])
+            d:update(ts[2])
+          end
+        end)
+        H.wait_for(function() return #d > 0 end, 10, 0.0005) -- it is busy
+        return p
+      end,
+      after = function(round)
+        local count, r = #d, nil
+        local t = d:totable()
+        local n = 0
+        for k, v in pairs(t) do
+          n = n + 1
+          if tonumber(k:sub(2)) <= REFS then
+            H.assert_refs(v, k .. why, held)
+            v = v.r
+          end
+          r = r or v
+          assert.are.equal(r, v, "two updates mixed at " .. k
+            .. " in round " .. round .. why)
+        end
+        assert.is_true(n == 0 or n == N, n .. " keys of " .. N
+          .. " in round " .. round .. why)
+        assert.are.equal(n, count, "the count is off in round " .. round
+          .. why)
+        d:clear() -- each round starts empty
+      end}
+    d:close()
+    for _, o in ipairs(held) do o:close() end
     H.settled(before, why)
   end)
 

@@ -581,6 +581,55 @@ describe("Dict", function()
       l:close()
       d:close()
     end)
+
+    it("with a pair that cannot be stored raises naming it, and stores "
+       .. "nothing", function()
+      local d = mp.Dict{a = 1}
+      assert.has_error(function() d:update{1, 2, 3, 4, io.stdout} end,
+        "cannot send value[5]: userdata (FILE*)")
+      assert.has_error(function()
+        d:update{"x", "y", b = 2, c = {f = {io.stderr}}}
+      end, "cannot send value.c.f[1]: userdata (FILE*)")
+      assert.has_error(function() d:update{1, 2, [{}] = 3} end,
+        "bad argument #1 to 'update' (key string, number or boolean "
+        .. "expected, got table)")
+      assert.are.same({a = 1}, d:totable())
+      assert.are.equal(1, #d)
+      d:close()
+    end)
+
+    it("is seen by another process all at once", function()
+      local d, n = mp.Dict(), 300
+      local A, B = {}, {}
+      for i = 1, n do A["k" .. i], B["k" .. i] = "A", "B" end
+      local stop = mp.Value("i", 0)
+      local p = spawn(function()
+        while stop.value == 0 do
+          d:update(A)
+          d:update(B)
+          d:clear()
+        end
+      end)
+      local bad, reads, t0 = {}, 0, mp.monotonic()
+      while mp.monotonic() - t0 < 0.5 do
+        local k = #d
+        local t = d:totable()
+        local a, b = 0, 0
+        for _, v in pairs(t) do
+          if v == "A" then a = a + 1 else b = b + 1 end
+        end
+        reads = reads + 1
+        if k ~= 0 and k ~= n then bad[#bad + 1] = "#d " .. k end
+        if not (a == 0 and (b == 0 or b == n) or a == n and b == 0) then
+          bad[#bad + 1] = a .. " A and " .. b .. " B"
+        end
+      end
+      stop.value = 1
+      finish(p)
+      assert.are.equal(0, #bad, #bad .. " of " .. reads .. " reads saw part"
+        .. " of an update: " .. table.concat(bad, ", ", 1, math.min(5, #bad)))
+      d:close()
+    end)
   end)
 
   describe("keys, values, items and totable", function()

@@ -434,7 +434,7 @@ print(select(2, pcall(function() mp.Pool(1) end)))
 
     it("Namespace with fields it cannot hold", function()
       local m <close> = mp.Manager()
-      raises_here("cannot send value: userdata (FILE*)",
+      raises_here("cannot send value.f: userdata (FILE*)",
         function() m:Namespace{f = io.stdout} end)
       raises_here("bad argument #1 to 'Namespace' (key string, number or "
         .. "boolean expected, got table)",
