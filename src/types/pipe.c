@@ -637,7 +637,11 @@ static int conn_recv_bytes_into(lua_State *L) {
 /* recv() -> value.  The decoding may run Lua (a finalizer the collector
  * runs as it allocates) that reads from c too: the message's bytes are
  * lent out meanwhile, so that such a read fills a buffer of its own, and
- * decoded under lua_pcall, so that they are not lost to an error. */
+ * decoded under lua_pcall, so that they are not lost to an error.  A
+ * message that send did not make (one sent with send_bytes: frames do not
+ * tell them apart, so that recv_bytes reads either, as in Python) is
+ * known by its first byte, which is not the codec's version: it is taken
+ * and dropped, and raises saying so. */
 static int conn_recv(lua_State *L) {
   conn *c = checkreadable(L);
   uint64_t flight;
@@ -645,6 +649,12 @@ static int conn_recv(lua_State *L) {
   size_t n, cap;
   int rc;
   read_frame(L, c);
+  if (c->n == 0 || c->buf[0] != LMP_CODEC_VERSION) {
+    landed(c);
+    return luaL_error(L, "cannot receive a value: the message (%I bytes) "
+                      "is not one that send makes (sent with send_bytes? "
+                      "recv_bytes reads it)", (lua_Integer)c->n);
+  }
   flight = c->flight;
   c->flight = 0;
   if (c->plain == TRUSTED) { /* its functions signed here, and no object */

@@ -255,15 +255,35 @@ describe("Pipe", function()
       b:close()
     end)
 
-    it("recv of bytes that are not an encoded value raises; the stream "
+    it("recv of bytes sent with send_bytes raises saying so; the stream "
        .. "stays in step", function()
       local a, b = mp.Pipe()
+      local function says(n)
+        return "cannot receive a value: the message (" .. n .. " bytes) is "
+          .. "not one that send makes (sent with send_bytes? recv_bytes "
+          .. "reads it)"
+      end
       b:send_bytes("not a value")
       b:send("a value")
+      b:send_bytes("")
+      b:send_bytes("\0\255")
+      b:send({1, "two"})
+      assert.has_error(function() a:recv() end, says(11))
+      assert.are.equal("a value", a:recv())
+      assert.has_error(function() a:recv() end, says(0))
+      assert.has_error(function() a:recv() end, says(2))
+      assert.are.same({1, "two"}, a:recv())
+      assert.is_false(a:poll())
+      -- The bytes of a value are a value, as a pickle is in Python; bytes
+      -- that only begin as one are a malformed message.
+      b:send_bytes(core.message({3}):bytes())
+      assert.are.same({3}, a:recv())
+      b:send_bytes(core.message({3}):bytes():sub(1, -2))
       local ok, e = pcall(a.recv, a)
       assert.is_false(ok)
       assert.matches("^malformed message: ", e)
-      assert.are.equal("a value", a:recv())
+      b:send("last")
+      assert.are.equal("last", a:recv())
       a:close()
       b:close()
     end)
