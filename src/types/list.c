@@ -657,17 +657,21 @@ static void unhold_records(lmp_buf *b, size_t pos) {
   }
 }
 
-/* totable() -> a table of the items (n set), copied out under the guard */
+/* totable([i], [j]) -> a table of the items from position i to position
+ * j (as string.sub counts them: 1 and -1 by default), n set: Python's
+ * l[i:j], copied out under the guard at once */
 static int list_totable(lua_State *L) {
   list *l = checklist(L, NULL);
+  lua_Integer from = luaL_optinteger(L, 2, 1), to = luaL_optinteger(L, 3, -1);
   lmp_buf *b = lmp_buf_new(L);
-  uint64_t i, len;
+  uint64_t i, first, len;
   size_t pos;
   lua_Integer k = 0;
   int full = 0;
   llock(l);
-  len = LEN(l);
-  for (i = 0; i < len; i++) {
+  first = lmp_pos_from(from, LEN(l));
+  len = lmp_pos_to(to, LEN(l));
+  for (i = first; i < len; i++) {
     item *it = LMP_PTR(ARR(l)[i]);
     size_t held;
     uint64_t h64;
@@ -691,7 +695,7 @@ static int list_totable(lua_State *L) {
     unhold_records(b, 0);
     return luaL_error(L, "not enough memory");
   }
-  lua_createtable(L, (int)len, 1);
+  lua_createtable(L, len > first ? (int)(len - first) : 0, 1);
   for (pos = 0; pos < b->len;) {
     uint64_t n, held;
     memcpy(&n, b->data + pos, 8);

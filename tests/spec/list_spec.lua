@@ -767,6 +767,24 @@ describe("List", function()
       assert.is_nil(getmetatable(t))
       l:close()
     end)
+
+    it("gives the items from position i to position j, counted as "
+       .. "string.sub counts them: Python's slices", function()
+      local l = mp.List{"a", "b", {"c"}, nil, "e", n = 5}
+      assert.are.same({"b", {"c"}, n = 2}, l:totable(2, 3))
+      assert.are.same({{"c"}, nil, "e", n = 3}, l:totable(3))
+      assert.are.same({nil, "e", n = 2}, l:totable(-2))
+      assert.are.same({"a", "b", n = 2}, l:totable(-100, -4))
+      assert.are.same({"a", "b", {"c"}, nil, "e", n = 5}, l:totable(0, 99))
+      assert.are.same({n = 0}, l:totable(4, 2))
+      assert.are.same({n = 0}, l:totable(6))
+      local e = mp.List()
+      assert.are.same({n = 0}, e:totable(1, 1))
+      assert.has_error(function() l:totable("x") end,
+        "bad argument #1 to 'totable' (number expected, got string)")
+      l:close()
+      e:close()
+    end)
   end)
 
   describe("from several processes at once", function()
