@@ -194,7 +194,7 @@ describe("Dict under SIGKILL", function()
     local d = mp.Dict()
     local held = {mp.List{"held by values"}, mp.Lock(), mp.Event()}
     local N, REFS = 1000, 4
-    H.kill_rounds{rounds = 80, pause = 0.003, why = why,
+    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
       start = function()
         local p = spawn(function()
           local ts = {{}, {}} -- two updates, made once, done in turn

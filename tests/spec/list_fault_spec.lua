@@ -176,7 +176,7 @@ describe("List under SIGKILL", function()
     local l = mp.List()
     local held = {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
     local N, REFS = 1000, 4
-    H.kill_rounds{rounds = 80, pause = 0.003, why = why,
+    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
       start = function()
         local p = spawn(function()
           local ts = {{}, {}} -- two runs, made once, added in turn
