@@ -299,6 +299,34 @@ describe("Pool under faults", function()
     end)
   end)
 
+  describe("a task the arena has no room for", function()
+    it("fails with RemoteError, and the pool still ends", function()
+      -- A 2 MiB arena, and arguments of 3 MiB: the batch cannot reach
+      -- its worker, which must not be left waiting for its outcome.
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        local big = string.rep("x", 3 << 20)
+        local pool = mp.Pool(1)
+        local r = pool:apply_async(function(s) return #s end, {big})
+        local ok, e = pcall(r.get, r, 10)
+        print(ok, e.type, e.message:match("^cannot send the task: "
+          .. "shared memory exhausted: %d+ bytes wanted") ~= nil)
+        ok, e = pcall(pool.map, pool, function(s) return #s end,
+                      {"a", big, "b"})
+        print(ok, e.type)
+        print(pool:apply(function() return "still serving" end))
+        pool:close()
+        pool:join()
+        print("joined", #mp.active_children())
+      ]], "timeout -s KILL 20 env LUAMP_ARENA=2M")
+      assert.are.equal(0, status, err)
+      assert.are.equal("false\tRemoteError\ttrue\n"
+        .. "false\tRemoteError\n"
+        .. "still serving\n"
+        .. "joined\t0\n", out)
+    end)
+  end)
+
   describe("an initializer", function()
     it("that raises gives a ProcessError with its message, without "
        .. "restarting workers", function()

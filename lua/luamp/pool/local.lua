@@ -7,7 +7,9 @@
 --   T.new(cfg, n)           a transport for n workers (cfg: initializer,
 --                           initargs, maxtasksperchild)
 --   t:start(wid)            starts worker wid (raises if it cannot)
---   t:send(wid, batch)      sends a batch of tasks to worker wid
+--   t:send(wid, batch)      sends a batch of tasks to worker wid; false
+--                           and the error if it could not, having kept
+--                           nothing of it
 --   t:take_back(wid)        takes back the oldest batch wid has not begun
 --                           reading, or nil
 --   t:stop(wid)             wid leaves once the work sent is done
@@ -84,7 +86,12 @@ function T:start(wid)
   self.workers[wid] = {proc = p, inbox = inbox}
 end
 
-function T:send(wid, batch) self.workers[wid].inbox:put(batch) end
+-- (A full arena is the error: the inbox is left as it was.)
+function T:send(wid, batch)
+  local inbox = self.workers[wid].inbox
+  local ok, e = pcall(inbox.put, inbox, batch) -- (e names no line here)
+  if not ok then return false, e end
+end
 
 function T:take_back(wid)
   local inbox = self.workers[wid].inbox

@@ -192,8 +192,26 @@ local function send_one(self, w, nw)
   end
   w.sent = w.sent + #ids
   if carried then self.carried[serial] = {wid, carried} end
-  self.t:send(wid, msgs.batch(ids, fids, args, kinds, carried,
-                              funcs:take_drops(wid)))
+  local drops = funcs:take_drops(wid)
+  local sent, e = self.t:send(wid, msgs.batch(ids, fids, args, kinds,
+                                              carried, drops))
+  if sent == false then
+    -- The batch did not leave (the arena is full): the books go back to
+    -- what they were, as when a batch is taken back, and its tasks fail
+    -- with the reason, as a task whose result cannot be sent back does,
+    -- rather than wait on this worker for good.
+    funcs:untake_drops(wid, drops)
+    board:untake(wid, ids[1])
+    self.carried[serial] = nil
+    w.sent = w.sent - #ids
+    local err = errors.new("RemoteError", "cannot send the task: "
+                           .. tostring(e), {value = e})
+    for i = 1, #ids do
+      local job, at, n = free_slot(self, board:slot(ids[i]))
+      job:_failed(self, at, n, err)
+    end
+    return false
+  end
   return true
 end
 
