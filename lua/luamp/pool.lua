@@ -610,7 +610,9 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
     local r = key and job.results[key]
     if r then
       job.results[key] = nil
-      if not ordered then job.qhead = job.qhead + 1 end
+      if not ordered then
+        job.queue[job.qhead], job.qhead = nil, job.qhead + 1
+      end
       job.yielded = job.yielded + 1
       if not r[1] then error(r[2], 2) end
       return r[2]

@@ -1331,6 +1331,30 @@ describe("Pool", function()
         .. calls .. " items for 1000 results")
     end)
 
+    it("keeps nothing of the results it has yielded, over an endless input",
+       function()
+      local pool <close> = mp.Pool(2)
+      for _, name in ipairs{"imap", "imap_unordered"} do
+        local calls, n, at = 0, 0, {}
+        for _ in pool[name](pool, function(x) return x end, function()
+          calls = calls + 1
+          return calls
+        end, 100) do
+          n = n + 1
+          if n % 50000 == 0 then
+            collectgarbage()
+            collectgarbage()
+            at[n // 50000] = collectgarbage("count")
+            if n == 200000 then break end
+          end
+        end
+        -- 150,000 results more, and less than 16 bytes for each.
+        local grew = (at[4] - at[1]) * 1024
+        assert.is_true(grew < 150000, ("%s: the owner grew by %d bytes "
+          .. "over 150,000 results"):format(name, grew))
+      end
+    end)
+
     it("runs the rest of its input on close and join, after a loop left "
        .. "early, whether its iterator is kept or collected", function()
       -- In a process of its own, under a time limit: a join that waits

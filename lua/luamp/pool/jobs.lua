@@ -298,7 +298,8 @@ M.Lazy = Lazy
 function M.new_lazy(fid, next_item, chunksize, ordered, window, progress)
   return setmetatable({
     fid = fid, next_item = next_item, pos = 0, chunksize = chunksize,
-    inflight = 0, results = {}, queue = {}, qhead = 1, yielded = 0,
+    inflight = 0, results = {}, queue = {}, qhead = 1, qtail = 0,
+    yielded = 0,
     ordered = ordered, window = window, progress = progress,
   }, Lazy)
 end
@@ -351,6 +352,15 @@ function Lazy:unsendable(at, err)
   self.pos = at - 1 -- none of this chunk was sent
 end
 
+-- imap_unordered: position `at` has its outcome, to be yielded after
+-- those before it in the queue.  The queue's ends are counted, since the
+-- iterator clears the positions it has taken (so that an endless input
+-- keeps none of them) and `#` cannot find the end past that gap.
+local function queue(self, at)
+  local t = self.qtail + 1
+  self.queue[t], self.qtail = at, t
+end
+
 function Lazy:_done(sched, at, n, m)
   local ok, r = pcall(open, msgs.result_message(m))
   if not ok then
@@ -361,9 +371,7 @@ function Lazy:_done(sched, at, n, m)
   self.inflight = self.inflight - 1
   for i = 1, r.n do
     self.results[at + i - 1] = {true, r[i]}
-    if not self.ordered then
-      self.queue[#self.queue + 1] = at + i - 1
-    end
+    if not self.ordered then queue(self, at + i - 1) end
   end
   if self.progress then self.progress:step(r.n) end
 end
@@ -384,7 +392,7 @@ function Lazy:_failed(sched, at, n, e, k)
     else
       self.results[where] = self.results[where] or {false, e}
     end
-    if not self.ordered then self.queue[#self.queue + 1] = where end
+    if not self.ordered then queue(self, where) end
   end
 end
 
