@@ -90,7 +90,10 @@ end
 function T:send(wid, batch)
   local inbox = self.workers[wid].inbox
   local ok, e = pcall(inbox.put, inbox, batch) -- (e names no line here)
-  if not ok then return false, e end
+  if not ok then
+    if core.is_interrupt(e) then error(e, 0) end
+    return false, e
+  end
 end
 
 function T:take_back(wid)
