@@ -21,6 +21,7 @@ local core = require "luamp.core"
 local errors = require "luamp.errors"
 local funcs = require "luamp.pool.funcs"
 local jobs = require "luamp.pool.jobs"
+local FAILED = jobs.FAILED
 local msgs = require "luamp.pool.messages"
 local process = require "luamp.process"
 local scheduler = require "luamp.pool.scheduler"
@@ -572,9 +573,11 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
   local next_item, n = iterator(iterable, fname)
   local fid = fid_of(self, f)
   local sched = self._sched
+  -- (A table with no metamethods is sliced as it is, as map reads it.)
+  local source = n and getmetatable(iterable) == nil and iterable or nil
   local job = jobs.new_lazy(fid, next_item, chunksize or 1, ordered,
                             self._n * LAZY_AHEAD,
-                            jobs.new_progress(progress, n))
+                            jobs.new_progress(progress, n), source, n)
   if not locked(sched, sched.add_lazy, job) then
     error("the pool is busy: it cannot take a task from inside its own "
           .. "step (a finalizer?)", 3)
@@ -587,43 +590,53 @@ local function submit_lazy(self, f, iterable, opt, fname, ordered)
   local closing = job.progress and setmetatable({}, {__close = function()
     job.progress:finish()
   end})
-  return function()
-    local key
-    local function ready()
-      if job.fatal then return true end
-      if ordered then
-        key = job.yielded + 1
-        if job.results[key] then return true end
-      elseif job.queue[job.qhead] then
-        key = job.queue[job.qhead]
-        return true
-      end
-      if job.input_error and job.yielded + 1 >= job.input_error.at
-         and job.inflight == 0 then
-        return true
-      end
-      return job.exhausted and job.inflight == 0
-        and job.yielded >= job.pos
+  -- The chunk being yielded (see Lazy in jobs.lua): its outcome, how many
+  -- of its results have been taken, and how many it has.
+  local key, cur, taken, size = nil, nil, 0, 0
+  local function ready()
+    if job.fatal then return true end
+    if ordered then
+      key = job.yielded + 1
+      if job.results[key] ~= nil then return true end
+    elseif job.queue[job.qhead] then
+      key = job.queue[job.qhead]
+      return true
     end
-    pool:_wait_until(ready, nil, 1)
-    if job.fatal then error(job.fatal, 2) end
-    local r = key and job.results[key]
-    if r then
+    if job.input_error and job.yielded + 1 >= job.input_error.at
+       and job.inflight == 0 then
+      return true
+    end
+    return job.exhausted and job.inflight == 0
+      and job.yielded >= job.pos
+  end
+  -- A step of the scheduler (the input pulled, tasks handed out,
+  -- callbacks run) comes with each chunk, not with each result.
+  return function()
+    if taken == size then
+      key, cur = nil, nil
+      pool:_wait_until(ready, nil, 1)
+      if job.fatal then error(job.fatal, 2) end
+      local r = key and job.results[key]
+      if r == nil then
+        if job.input_error and job.yielded + 1 >= job.input_error.at then
+          local e = job.input_error
+          job.input_error = nil
+          error(e.err, e.level)
+        end
+        if job.progress then job.progress:finish() end
+        return nil
+      end
       job.results[key] = nil
       if not ordered then
         job.queue[job.qhead], job.qhead = nil, job.qhead + 1
       end
-      job.yielded = job.yielded + 1
-      if not r[1] then error(r[2], 2) end
-      return r[2]
+      cur, taken, size = r, 0, r.n
     end
-    if job.input_error and job.yielded + 1 >= job.input_error.at then
-      local e = job.input_error
-      job.input_error = nil
-      error(e.err, e.level)
-    end
-    if job.progress then job.progress:finish() end
-    return nil
+    taken = taken + 1
+    job.yielded = job.yielded + 1
+    local failed = cur[FAILED]
+    if failed ~= nil then error(failed, 2) end
+    return cur[taken]
   end, nil, nil, closing
 end
 

@@ -1191,6 +1191,42 @@ describe("Pool", function()
       assert.are.same({"bad 2", "bad 6"}, sorted(errs))
     end)
 
+    -- A chunk's results come back together: one whose task raised has
+    -- none, and each of its positions raises that error.
+    it("raises a chunk's error at each of its positions", function()
+      local pool <close> = mp.Pool(2)
+      local function f(x)
+        if x % 4 == 2 then error("bad " .. x, 0) end
+        return x
+      end
+      for _, how in ipairs{"imap", "imap_unordered"} do
+        local it = pool[how](pool, f, range(1, 10), 3)
+        local seq = {}
+        for i = 1, 11 do
+          local ok, v = pcall(it)
+          seq[i] = ok and tostring(v) or v.message
+        end
+        if how == "imap_unordered" then table.sort(seq) end
+        assert.are.same(how == "imap"
+          and {"bad 2", "bad 2", "bad 2", "bad 6", "bad 6", "bad 6", "7",
+               "8", "9", "bad 10", "nil"}
+          or {"7", "8", "9", "bad 10", "bad 2", "bad 2", "bad 2", "bad 6",
+              "bad 6", "bad 6", "nil"}, seq, how)
+      end
+    end)
+
+    it("reads a table with metamethods through them, one without as it is",
+       function()
+      local pool <close> = mp.Pool(2)
+      local proxy = setmetatable({n = 5}, {__index = function(_, k)
+        return k * 10
+      end})
+      assert.are.same({n = 5, 11, 21, 31, 41, 51},
+        drain(pool:imap(function(x) return x + 1 end, proxy, 2)))
+      assert.are.same({n = 5, 2, 3, 4, 5, 6},
+        drain(pool:imap(function(x) return x + 1 end, {1, 2, 3, 4, 5}, 2)))
+    end)
+
     it("ends after an input error, also an item that cannot be sent",
        function()
       -- In a separate host, under a time limit: a hang fails the test.

@@ -295,8 +295,20 @@ local Lazy = {}
 Lazy.__index = Lazy
 M.Lazy = Lazy
 
-function M.new_lazy(fid, next_item, chunksize, ordered, window, progress)
+-- Each chunk's outcome is kept in `results` at the position of its first
+-- item until the iterator takes it: the table of its results (n set), or
+-- for a failure {n = n, [FAILED] = the error}, which each of its
+-- positions raises.  (The iterator yields a chunk's results from it, with
+-- no table or step of the scheduler for each.)
+local FAILED = {}
+M.FAILED = FAILED
+
+-- (source: a table whose n items are the input, read as it is, in the
+-- place of next_item.)
+function M.new_lazy(fid, next_item, chunksize, ordered, window, progress,
+                    source, n)
   return setmetatable({
+    source = source, total = n,
     fid = fid, next_item = next_item, pos = 0, chunksize = chunksize,
     inflight = 0, results = {}, queue = {}, qhead = 1, qtail = 0,
     yielded = 0,
@@ -317,31 +329,47 @@ function Lazy:wants_more(closing)
     and (closing or self.pos - self.yielded < self.window * self.chunksize)
 end
 
--- Reads the next chunk of the input: the items, at their places in the
--- whole input (so that an unsendable one is named by that place), the
--- place of the first, and how many.  Runs the user's input function: the
--- scheduler calls it outside its step.
-function Lazy:read()
-  local c, at, n = {}, self.pos + 1, 0
-  self.reading = true
-  while n < self.chunksize do
-    local ok, more, v = pcall(self.next_item)
-    if not ok then -- the input raised: deliver that at its position, as
-      -- it was raised
-      self.input_error = {at = self.pos + 1, err = more, level = 0}
-      self.exhausted = true
-      break
-    end
+-- Puts the next chunk's items of the input function in c, at their places
+-- in the whole input; self.pos counts them as they come, since the input
+-- may raise.
+local function fill(self, c)
+  local next_item, pos = self.next_item, self.pos
+  for _ = 1, self.chunksize do
+    local more, v = next_item()
     if not more then
       self.exhausted = true
-      break
+      return
     end
-    self.pos = self.pos + 1
-    c[self.pos] = v
-    n = n + 1
+    pos = pos + 1
+    c[pos] = v
+    self.pos = pos -- (as it goes: the input may raise)
+  end
+end
+
+-- Reads the next chunk of the input: a table holding the items at their
+-- places in the whole input (so that an unsendable one is named by that
+-- place; the source table itself if there is one), the place of the
+-- first, and how many.  Runs the user's input function: the scheduler
+-- calls it outside its step.
+function Lazy:read()
+  local at = self.pos + 1
+  if self.source then
+    local n = self.total - self.pos
+    if n > self.chunksize then n = self.chunksize end
+    self.pos = self.pos + n
+    if self.pos == self.total then self.exhausted = true end
+    return self.source, at, n
+  end
+  local c = {}
+  self.reading = true
+  local ok, e = pcall(fill, self, c)
+  if not ok then -- the input raised: deliver that at its position, as it
+    -- was raised
+    self.input_error = {at = self.pos + 1, err = e, level = 0}
+    self.exhausted = true
   end
   self.reading = false
-  return c, at, n
+  return c, at, self.pos - at + 1
 end
 
 -- A chunk it read could not be encoded: the input ends there.
@@ -352,8 +380,8 @@ function Lazy:unsendable(at, err)
   self.pos = at - 1 -- none of this chunk was sent
 end
 
--- imap_unordered: position `at` has its outcome, to be yielded after
--- those before it in the queue.  The queue's ends are counted, since the
+-- imap_unordered: the chunk at position `at` has its outcome, to be
+-- yielded after those before it in the queue.  The queue's ends are counted, since the
 -- iterator clears the positions it has taken (so that an endless input
 -- keeps none of them) and `#` cannot find the end past that gap.
 local function queue(self, at)
@@ -369,10 +397,8 @@ function Lazy:_done(sched, at, n, m)
     return
   end
   self.inflight = self.inflight - 1
-  for i = 1, r.n do
-    self.results[at + i - 1] = {true, r[i]}
-    if not self.ordered then queue(self, at + i - 1) end
-  end
+  self.results[at] = r
+  if not self.ordered then queue(self, at) end
   if self.progress then self.progress:step(r.n) end
 end
 
@@ -382,18 +408,11 @@ function Lazy:_failed(sched, at, n, e, k)
     return
   end
   self.inflight = self.inflight - 1
-  -- Every position of the chunk gets an outcome: the error where it was
-  -- raised (or, when the worker was lost, at every position), so that
-  -- the iteration never waits for results that will not come.
-  for i = 1, n do
-    local where = at + i - 1
-    if k == nil or i == k then
-      self.results[where] = {false, e}
-    else
-      self.results[where] = self.results[where] or {false, e}
-    end
-    if not self.ordered then queue(self, where) end
-  end
+  -- Every position of the chunk raises the error (the one it was raised
+  -- at, k, and the others, whose results did not come back), so that the
+  -- iteration never waits for results that will not come.
+  self.results[at] = {n = n, [FAILED] = e}
+  if not self.ordered then queue(self, at) end
 end
 
 return M
