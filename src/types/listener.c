@@ -68,14 +68,18 @@ static void listener_free(void *h) {
  * With an authkey, each side of a new connection proves it knows the key
  * before anything else crosses, as Python's multiprocessing.connection
  * does: the side that accepted sends a challenge ("LMPA" and 32 random
- * bytes), the other answers with HMAC-SHA-256(key, challenge) and hears
- * one byte back (1: welcome, 0: failure); then the roles swap.  The key
- * itself never crosses.  A wrong answer raises AuthenticationError on
- * both sides, and the connection is closed.
+ * bytes), the other answers with HMAC-SHA-256(key, challenge), framed as
+ * a message is (a length of 32 first), and hears one byte back (1:
+ * welcome, 0: failure); then the roles swap.  The key itself never
+ * crosses.  A wrong answer raises AuthenticationError on both sides, and
+ * the connection is closed.  A peer with no key sends a message where the
+ * answer should be: its length is not the answer's (or its bytes are
+ * not), so the challenger fails at once rather than wait for 32 bytes.
  */
 
 #define CHALLENGE 32
 static const unsigned char AUTH_MAGIC[4] = {'L', 'M', 'P', 'A'};
+static const unsigned char ANSWER_LEN[4] = {0, 0, 0, LMP_SHA256_SIZE};
 
 /* Fills buf with n random bytes for a challenge or a nonce: 0, or -1.
  * A fuzzing build makes them fixed, so that a stored transcript of a
@@ -117,15 +121,19 @@ static int xfer(lua_State *L, int fd, void *buf, size_t n, int out,
 static int challenge(lua_State *L, int fd, const char *key, size_t klen,
                      double deadline) {
   unsigned char msg[4 + CHALLENGE], want[LMP_SHA256_SIZE];
-  unsigned char got[LMP_SHA256_SIZE], ok, diff = 0;
+  unsigned char got[4 + LMP_SHA256_SIZE], ok = 0, diff = 0;
   int rc, i;
   memcpy(msg, AUTH_MAGIC, 4);
   if (nonce(msg + 4, CHALLENGE) < 0) return -EIO;
   if ((rc = xfer(L, fd, msg, sizeof msg, 1, deadline)) < 0) return rc;
-  if ((rc = xfer(L, fd, got, sizeof got, 0, deadline)) < 0) return rc;
-  lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, want);
-  for (i = 0; i < LMP_SHA256_SIZE; i++) diff |= want[i] ^ got[i];
-  ok = diff == 0;
+  if ((rc = xfer(L, fd, got, 4, 0, deadline)) < 0) return rc;
+  if (memcmp(got, ANSWER_LEN, 4) == 0) {
+    if ((rc = xfer(L, fd, got + 4, LMP_SHA256_SIZE, 0, deadline)) < 0)
+      return rc;
+    lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, want);
+    for (i = 0; i < LMP_SHA256_SIZE; i++) diff |= want[i] ^ got[4 + i];
+    ok = diff == 0;
+  }
   if ((rc = xfer(L, fd, &ok, 1, 1, deadline)) < 0 && ok) return rc;
   return ok ? 0 : -EACCES;
 }
@@ -134,14 +142,15 @@ static int challenge(lua_State *L, int fd, const char *key, size_t klen,
  * -EPROTO when what came is no challenge. */
 static int answer(lua_State *L, int fd, const char *key, size_t klen,
                   double deadline) {
-  unsigned char msg[4 + CHALLENGE], dig[LMP_SHA256_SIZE], ok = 0;
+  unsigned char msg[4 + CHALLENGE], dig[4 + LMP_SHA256_SIZE], ok = 0;
   int rc;
   /* The magic first: a peer without a key sends its kin hello, shorter
    * than a challenge. */
   if ((rc = xfer(L, fd, msg, 4, 0, deadline)) < 0) return rc;
   if (memcmp(msg, AUTH_MAGIC, 4) != 0) return -EPROTO;
   if ((rc = xfer(L, fd, msg + 4, CHALLENGE, 0, deadline)) < 0) return rc;
-  lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, dig);
+  memcpy(dig, ANSWER_LEN, 4);
+  lmp_hmac_sha256(key, klen, msg + 4, CHALLENGE, dig + 4);
   if ((rc = xfer(L, fd, dig, sizeof dig, 1, deadline)) < 0) return rc;
   if ((rc = xfer(L, fd, &ok, 1, 0, deadline)) < 0) return rc;
   return ok == 1 ? 0 : -EPERM;

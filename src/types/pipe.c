@@ -533,6 +533,12 @@ static void read_frame(lua_State *L, conn *c) {
     char *dst;
     ssize_t r;
     int body = header_done(c, &c->n, &want);
+    if (body && c->got == 0 && c->plain == OUTSIDE &&
+        memcmp(c->hdr, "LMPA", 4) == 0)
+      /* a Listener's challenge (see listener.c), to a Client without a
+       * key, where a length should be */
+      lmp_throw(L, "AuthenticationError", "the peer asks for an authkey, "
+                "and this connection has none");
     if (body) {
       if (c->got == c->n) { /* whole (an empty body at once) */
         c->hgot = c->got = 0;

@@ -232,16 +232,18 @@ static void put_frames(out *o, const char *code) {
 }
 
 /* The peer's half of an authkey's handshake, in the order luamp's side
- * reads it. */
+ * reads it; an answer is framed as a message. */
 static void put_auth(out *o, int connects) {
-  unsigned char z[32], hello[36] = "LMPA";
+  unsigned char z[32], hello[36] = "LMPA", len[4] = {0, 0, 0, 32};
   memset(z, 'z', sizeof z);
   memset(hello + 4, 'c', 32);
   if (connects) { /* luamp answers first */
     put(o, hello, sizeof hello);
     put(o, "\1", 1);
+    put(o, len, sizeof len);
     put_hmac(o, KEY, strlen(KEY), z, sizeof z);
   } else {
+    put(o, len, sizeof len);
     put_hmac(o, KEY, strlen(KEY), z, sizeof z);
     put(o, hello, sizeof hello);
     put(o, "\1", 1);

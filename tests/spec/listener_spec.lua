@@ -251,6 +251,34 @@ describe("Listener and Client", function()
       assert.is_true(out:close())
     end)
 
+    -- A client without the key whose first message is shorter than an
+    -- answer: the listener used to wait for the answer's 32 bytes, and
+    -- the client for the rest of a "message" the challenge began.  Both
+    -- now fail at once, as Python's do.
+    it("fails at once on both sides for a client without the key",
+       function()
+      local path = fresh_path()
+      local l <close> = mp.Listener(path, {authkey = "sesame"})
+      for _, first in ipairs{"c:send('hi')", ""} do
+        local out = peer(path, [[
+          local c = mp.Client(PATH, {timeout = 10})
+          ]] .. first .. [[
+          local ok, e = pcall(c.recv, c)
+          io.write(tostring(ok), " ", tostring(e))
+          c:close()
+        ]])
+        local t0 = mp.monotonic()
+        raises("AuthenticationError", first == "" and "the connection "
+               .. "closed during authentication" or "digest received was "
+               .. "wrong", l.accept, l, 10)
+        H.took(mp.monotonic() - t0, 0, 5, "the refusal")
+        assert.are.equal("false luamp.AuthenticationError: the peer asks "
+                         .. "for an authkey, and this connection has none",
+                         out:read("a"))
+        assert.is_true(out:close())
+      end
+    end)
+
     it("makes a client with a key refuse a listener without one",
        function()
       local path = fresh_path()
