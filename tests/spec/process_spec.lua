@@ -466,6 +466,25 @@ describe("Process", function()
                       {status, out, err})
     end)
 
+    it("drops the input its parent's stdin had read ahead", function()
+      -- The parent's first read takes both lines into stdin's buffer; the
+      -- child's copy of that buffer is emptied, not read.
+      local status, out, err = H.run("printf 'line1\\nline2\\n' | "
+        .. H.q(H.luamp) .. " -e " .. H.q([[
+        local mp = require "luamp"
+        local first = io.read("l")
+        local p = mp.Process{target = function()
+          io.write("child ", tostring(io.read("l")), " ")
+          io.flush()
+        end}
+        p:start()
+        p:join()
+        io.write("parent ", first, " ", io.read("l"))
+      ]]))
+      assert.are.same({0, "child nil parent line1 line2", ""},
+                      {status, out, err})
+    end)
+
     it("is 1 after an error that is a number, which is printed as lua's is",
        function()
       local status, out, err = H.luamp_e([[
