@@ -25,8 +25,11 @@
 #include "runtime.h"
 
 #define SENTINEL "luamp.Sentinel"
-#define ATEXIT_KEY "luamp.atexit"      /* registry: the Lua exit hook */
-#define ATEXIT_DONE "luamp.atexit_done" /* registry: its result, once run */
+/* Registry keys, light userdata: a string key is made (allocated and
+ * interned) again by each child that looks it up after its parent's
+ * collector took it. */
+static const char atexit_key;  /* the Lua exit hook */
+static const char atexit_done; /* its result, once run */
 
 /*
  * A child record lives in C memory, not in the arena: only the process
@@ -351,8 +354,6 @@ static int proc_fork(lua_State *L) {
   }
   if (pid == 0) {
     after_fork_child((uint32_t)slot, lmp_pid);
-    lua_pushnil(L); /* its own exit is still to run */
-    lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
     lua_pushvalue(L, 1);
     lmp_end_child(L, lua_pcall(L, 0, 1, 0));
   }
@@ -953,8 +954,6 @@ int lmp_spawn_fail(const char *why) {
  * `spawned`; then the end a forked child has.  Never returns. */
 static void run_payload(lua_State *L, int fd) {
   luaL_Buffer b;
-  lua_pushnil(L); /* its own exit is still to run */
-  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "luamp.process");
   lua_call(L, 1, 1);
@@ -1184,17 +1183,10 @@ static int shutdown_children(void) {
   return n;
 }
 
-int lmp_run_atexit(lua_State *L) {
+/* The hook, the children and the server: lmp_run_atexit's work. */
+static int run_exit(lua_State *L) {
   int rc;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE) == LUA_TNUMBER) {
-    rc = (int)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    return rc;
-  }
-  lua_pop(L, 1);
-  lua_pushinteger(L, 0); /* once, even if the hook raises */
-  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY) == LUA_TFUNCTION) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &atexit_key) == LUA_TFUNCTION) {
     if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
       fprintf(stderr, "luamp: error at exit: %s\n", lua_tostring(L, -1));
       lua_pop(L, 1);
@@ -1204,8 +1196,36 @@ int lmp_run_atexit(lua_State *L) {
   }
   rc = shutdown_children();
   stop_server();
+  return rc;
+}
+
+/* A child, forked or spawned, has one end, where it leaves; its state is
+ * a copy of its parent's (registry and all) or one of its own.  Its end
+ * is marked here, once begun, rather than in its registry: a write there
+ * would be one more page copied from its parent's, and the mark would
+ * have to be cleared first, at the fork, at the cost of another. */
+static pid_t ended_pid; /* a child: its pid, once its end has begun */
+static int ended_rc;
+
+int lmp_run_atexit(lua_State *L) {
+  int rc;
+  if (in_child) {
+    if (ended_pid == lmp_pid) return ended_rc;
+    ended_pid = lmp_pid; /* once, even if the hook raises */
+    ended_rc = 0;
+    return ended_rc = run_exit(L);
+  }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &atexit_done) == LUA_TNUMBER) {
+    rc = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return rc;
+  }
+  lua_pop(L, 1);
+  lua_pushinteger(L, 0); /* once, even if the hook raises */
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &atexit_done);
+  rc = run_exit(L);
   lua_pushinteger(L, rc);
-  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_DONE);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &atexit_done);
   return rc;
 }
 
@@ -1312,7 +1332,7 @@ static int proc_alive(lua_State *L) {
 static int proc_on_exit(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   lua_settop(L, 1);
-  lua_setfield(L, LUA_REGISTRYINDEX, ATEXIT_KEY);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &atexit_key);
   return 0;
 }
 

@@ -215,9 +215,10 @@ int lmp_is_child(void);
  * after `grace` seconds.  Returns how many there were. */
 int lmp_terminate_children(double grace, int daemons_only);
 
-/* The end of a process's main code, once per Lua state: runs its Lua exit
- * hook (core.on_exit), waits for its non-daemon children and terminates
- * the daemon ones (all of them at once after a Ctrl-C, then -EINTR).
+/* The end of a process's main code, once per Lua state (in a child, once,
+ * as it leaves): runs its Lua exit hook (core.on_exit), waits for its
+ * non-daemon children and terminates the daemon ones (all of them at
+ * once after a Ctrl-C, then -EINTR).
  * Errors in the hook are printed, not raised.  Returns what
  * lmp_terminate_children returned, or -EINTR. */
 int lmp_run_atexit(lua_State *L);
