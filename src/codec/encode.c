@@ -666,7 +666,10 @@ void lmp_codec_before_fork(lua_State *L) {
     nm = makenames(L);
     lua_pop(L, 1);
   }
-  nm->recheck = 1;
+  /* Written only when it changes: after a fork the cache's page is its
+   * child's too, and a write would copy it, in every fork of a loop that
+   * sends nothing between them. */
+  if (!nm->recheck) nm->recheck = 1;
 }
 
 /* Whether package.loaded still has the table at idx under the module name
