@@ -26,6 +26,8 @@ local getters = {}   -- computed fields: exitcode, pid, sentinel...
 
 local current        -- this process's Process object
 local parent         -- its parent, or nil in the main process
+local parent_of      -- in a child: what parent is made of, when first asked
+local ParentProcess  -- parent's metatable
 local children = {}  -- started here and not yet seen to end, in order
 local counter = 0    -- processes made here, for their names
 
@@ -194,16 +196,17 @@ end
 
 -- The first Lua code a new child runs: it becomes the current process,
 -- with no children of its own yet, and runs `run`.  The value returned is
--- the exit status.
+-- the exit status.  Every page it writes is a page fault, a copy of its
+-- parent's: it makes no table (its parent's object is made when asked
+-- for), empties the list of children it inherits in place, which is most
+-- often empty already, and calls no metamethod.
 local function bootstrap(self)
-  parent = setmetatable({name = current.name, _pid = self._parent_pid},
-                        M.ParentProcess)
+  parent, parent_of = nil, current
   current = self
-  children = {}
+  for i = #children, 1, -1 do children[i] = nil end
   counter = 0
-  self._pid = core.getpid()
-  self._child = nil
-  local ok, err = xpcall(self.run, report, self)
+  rawset(self, "_pid", core.getpid())
+  local ok, err = xpcall(rawget(self, "run") or Process.run, report, self)
   if not ok then
     if core.is_interrupt(err) then error(err, 0) end -- dies of the SIGINT
     stderr:write("Process ", tostring(self.name), ":\n", err, "\n")
@@ -355,8 +358,7 @@ function Process:start()
   if method ~= "fork" then
     child = start_from_message(self, method, 2)
   else
-    ok, child = pcall(core.fork, function() return bootstrap(self) end,
-                      self.daemon and true or false)
+    ok, child = pcall(core.fork, bootstrap, rawget(self, "_daemon"), self)
     if not ok then error(child, 2) end
   end
   self._child = child
@@ -478,7 +480,7 @@ M.class = Process
 M.metatable = mt
 
 -- The parent of a child process: a name, a pid and is_alive().
-local ParentProcess = {__name = "luamp.ParentProcess"}
+ParentProcess = {__name = "luamp.ParentProcess"}
 ParentProcess.__index = function(self, k)
   if k == "pid" or k == "ident" then return rawget(self, "_pid") end
   return ParentProcess[k]
@@ -502,7 +504,14 @@ current = setmetatable({
 }, mt)
 
 function M.current_process() return current end
-function M.parent_process() return parent end
+function M.parent_process()
+  if parent == nil and parent_of ~= nil then
+    parent = setmetatable({name = parent_of.name,
+                           _pid = rawget(current, "_parent_pid")},
+                          ParentProcess)
+  end
+  return parent
+end
 
 -- The children started here that are still running (those that have
 -- ended are reaped as a side effect, as in Python).

@@ -334,14 +334,15 @@ static int run_parent_hooks(lua_State *L) {
   return 0;
 }
 
-/* fork(fn, daemon) -> Child.  In the child, calls fn() and exits with the
- * integer it returns (or 1 if it raises); never returns there. */
+/* fork(fn, daemon, ...) -> Child.  In the child, calls fn(...) and exits
+ * with the integer it returns (or 1 if it raises); never returns there. */
 static int proc_fork(lua_State *L) {
-  int daemon = lua_toboolean(L, 2);
+  int daemon = lua_toboolean(L, 2), nargs = lua_gettop(L) - 2, i;
   lmp_child *c;
   int slot;
   pid_t pid;
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checkstack(L, nargs + 2, "too many arguments"); /* for the child */
   run_parent_hooks(L);
   c = new_child(L, &slot);
   fflush(NULL); /* nothing buffered is printed twice */
@@ -354,8 +355,9 @@ static int proc_fork(lua_State *L) {
   }
   if (pid == 0) {
     after_fork_child((uint32_t)slot, lmp_pid);
-    lua_pushvalue(L, 1);
-    lmp_end_child(L, lua_pcall(L, 0, 1, 0));
+    for (i = 1; i <= nargs + 2; i++)
+      if (i != 2) lua_pushvalue(L, i);
+    lmp_end_child(L, lua_pcall(L, nargs < 0 ? 0 : nargs, 1, 0));
   }
   /* (the child writes it too, but a reaper of this process may need it
    * before the child has run) */
