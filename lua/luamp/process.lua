@@ -143,8 +143,11 @@ function getters.exitcode(self)
   return code
 end
 
+-- A name not given is made when asked, from the identity: a string made
+-- at each start is a slot of the string table written, a page fault.
 function getters.name(self)
-  return rawget(self, "_name")
+  return rawget(self, "_name") or
+    "Process-" .. concat(rawget(self, "_identity"), ":")
 end
 
 function getters.daemon(self)
@@ -361,8 +364,8 @@ function Process:start()
     ok, child = pcall(core.fork, bootstrap, rawget(self, "_daemon"), self)
     if not ok then error(child, 2) end
   end
-  self._child = child
-  self._pid = child:pid()
+  rawset(self, "_child", child)
+  rawset(self, "_pid", child:pid())
   children[#children + 1] = self
 end
 
@@ -378,7 +381,7 @@ function Process:join(timeout)
   if not child then error("can only join a started process", 2) end
   local ended = child:wait(timeout)
   if ended then
-    self._exitcode = child:exitcode()
+    rawset(self, "_exitcode", child:exitcode())
     forget(self)
   end
   return ended
@@ -423,11 +426,11 @@ function Process:close()
       error("cannot close a process while it is still running; " ..
             "call join() or terminate() first", 2)
     end
-    self._exitcode = code
+    rawset(self, "_exitcode", code)
     child:close()
   end
   forget(self)
-  self._closed = true
+  rawset(self, "_closed", true)
 end
 
 -- mp.Process{target=f, args={...}, name="x", daemon=false, ...}: any other
@@ -454,25 +457,29 @@ function M.Process(opts)
     argerror(1, "Process", "field 'name' must be a string, got " ..
              type(opts.name))
   end
-  local self = {}
-  for k, v in pairs(opts) do
+  for k in pairs(opts) do
     if getters[k] and k ~= "daemon" and k ~= "name" then
       argerror(1, "Process", "field '" .. tostring(k) .. "' is read-only")
     end
-    if k ~= "daemon" and k ~= "name" then self[k] = v end
   end
   counter = counter + 1
-  local identity = {}
-  for i, n in ipairs(current._identity) do identity[i] = n end
+  local identity = {unpack(current._identity)}
   identity[#identity + 1] = counter
-  self._identity = identity
-  self._name = opts.name or "Process-" .. concat(identity, ":")
-  if opts.daemon == nil then
-    self._daemon = current.daemon
+  local daemon = opts.daemon
+  if daemon == nil then
+    daemon = current.daemon
   else
-    self._daemon = opts.daemon and true or false
+    daemon = daemon and true or false
   end
-  self._parent_pid = core.getpid()
+  -- Made at its size, with room (when neither args nor name is given) for
+  -- the four fields start, join and close add: a table that grows is made
+  -- anew at each power of 2, a block more to write.
+  local self = {target = opts.target, args = opts.args, _identity = identity,
+                _name = opts.name, _daemon = daemon,
+                _parent_pid = core.getpid()}
+  for k, v in pairs(opts) do
+    if k ~= "daemon" and k ~= "name" then self[k] = v end
+  end
   return setmetatable(self, mt)
 end
 
