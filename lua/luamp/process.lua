@@ -177,13 +177,17 @@ function getters.sentinel(self)
 end
 
 -- The default run: target(table.unpack(args)).
-function Process:run()
-  checkself(self, mt, "run")
+local function run(self)
   local target = self.target
   if target == nil then return end
   local args = self.args
   if args == nil then return target() end
   return target(unpack(args, 1, args.n or #args))
+end
+
+function Process:run()
+  checkself(self, mt, "run")
+  return run(self)
 end
 
 local function report(e)
@@ -209,7 +213,9 @@ local function bootstrap(self)
   for i = #children, 1, -1 do children[i] = nil end
   counter = 0
   rawset(self, "_pid", core.getpid())
-  local ok, err = xpcall(rawget(self, "run") or Process.run, report, self)
+  -- (not Process.run, whose check of self is the first run of some code
+  -- pages in the child)
+  local ok, err = xpcall(rawget(self, "run") or run, report, self)
   if not ok then
     if core.is_interrupt(err) then error(err, 0) end -- dies of the SIGINT
     stderr:write("Process ", tostring(self.name), ":\n", err, "\n")

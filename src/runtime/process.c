@@ -202,7 +202,7 @@ static void child_stdin(void) {
     close(fd);
   }
   __fpurge(stdin);
-  clearerr(stdin);
+  clearerr_unlocked(stdin); /* (no lock to write: the child is alone) */
 }
 
 static void after_fork_child(uint32_t slot, pid_t ppid_then) {
