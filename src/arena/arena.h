@@ -296,7 +296,7 @@ void lmp_slot_release(uint32_t idx);
  * told to end, to end; 1 if it has.  Never raises. */
 int lmp_slot_wait_end(uint32_t idx, int ms);
 /* At a clean exit: releases this process's references (its reaper frees
- * the slot). */
+ * the slot and its table of them). */
 void lmp_slot_retire(void);
 
 /* This process takes (hold) or gives up (unhold) one reference to `o`.

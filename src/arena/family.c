@@ -623,21 +623,27 @@ void lmp_slot_adopt(uint32_t idx) {
   atomic_store(&lmp_self->state, LMP_SLOT_LIVE);
 }
 
-/* Drops every reference in the slot's table and frees the table. */
-static void release_refs(lmp_slot *s) {
+/* Drops every reference in the slot's table.  A process killed on the
+ * way (a clean exit cut short) leaves its reaper the rest to drop, the
+ * entries dropped already at zero. */
+static void drop_held(lmp_slot *s) {
   hold_tab *t;
   uint32_t j;
   if (s->refs == 0) return;
   t = LMP_PTR(s->refs);
-  /* The table stays named until it is freed, in the same heap operation:
-   * a process killed on the way (a clean exit cut short) leaves its
-   * reaper the rest to drop, the entries dropped already at zero. */
   for (j = 0; j < t->cap; j++) {
     if (t->e[j].obj == 0 || atomic_load(&t->e[j].n) == 0) continue;
     atomic_store(&t->e[j].n, 1); /* handles: one reference for them all */
     lmp_obj_decref_counted(LMP_PTR(t->e[j].obj), &t->e[j].n);
   }
-  lmp_heap_free(t, &s->refs);
+}
+
+/* Drops every reference in the slot's table and frees the table, which
+ * stays named until it is freed, in the same heap operation. */
+static void release_refs(lmp_slot *s) {
+  if (s->refs == 0) return;
+  drop_held(s);
+  lmp_heap_free(LMP_PTR(s->refs), &s->refs);
 }
 
 void lmp_slot_retire(void) {
@@ -653,7 +659,10 @@ void lmp_slot_retire(void) {
         types[o->type]->on_exit(o);
     }
   }
-  release_refs(lmp_self);
+  /* The table itself is freed by the reaper (lmp_slot_free), whose heap
+   * pages are mapped already: here the heap's lock and lists would be the
+   * first touch of their pages, a page fault each. */
+  drop_held(lmp_self);
   atomic_store(&lmp_self->state, LMP_SLOT_DEAD);
 }
 
