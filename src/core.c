@@ -84,6 +84,47 @@ static int core_is_interrupt(lua_State *L) {
   return 1;
 }
 
+/* hold_interrupt(), release_interrupt(): a stretch that Ctrl-C does not
+ * cut, its interrupt raised at the release (lmp_hold_interrupt). */
+static int core_hold_interrupt(lua_State *L) {
+  (void)L;
+  lmp_hold_interrupt();
+  return 0;
+}
+
+static int core_release_interrupt(lua_State *L) {
+  (void)L;
+  lmp_release_interrupt();
+  return 0;
+}
+
+static int optholds(lua_State *L) {
+  lua_Integer holds = luaL_optinteger(L, 1, 0);
+  return holds > INT_MAX ? INT_MAX : (int)holds;
+}
+
+/* interrupt_due([holds]) -> whether a Ctrl-C waits, and no more than
+ * `holds` holds (default 0) keep it back. */
+static int core_interrupt_due(lua_State *L) {
+  lua_pushboolean(L, lmp_interrupt_due(optholds(L)));
+  return 1;
+}
+
+/* interrupt_point([holds]): raises KeyboardInterrupt if interrupt_due:
+ * for code that defers the interrupt, at a place where it may stop. */
+static int core_interrupt_point(lua_State *L) {
+  if (lmp_interrupt_due(optholds(L))) return lmp_raise_interrupt(L);
+  return 0;
+}
+
+/* interrupt_later(): the KeyboardInterrupt just caught comes again, at
+ * the next Lua instruction that may raise it (lmp_interrupt_later). */
+static int core_interrupt_later(lua_State *L) {
+  (void)L;
+  lmp_interrupt_later();
+  return 0;
+}
+
 /* os.exit for luamp processes: a child leaves through its own exit path
  * (never the parent's atexit handlers); the main process first waits for
  * its children as at the end of a script. */
@@ -177,6 +218,11 @@ static const luaL_Reg core_funcs[] = {
   {"interrupted", core_interrupted},
   {"interrupt_on_sigterm", core_interrupt_on_sigterm},
   {"is_interrupt", core_is_interrupt},
+  {"hold_interrupt", core_hold_interrupt},
+  {"release_interrupt", core_release_interrupt},
+  {"interrupt_due", core_interrupt_due},
+  {"interrupt_point", core_interrupt_point},
+  {"interrupt_later", core_interrupt_later},
   {NULL, NULL}
 };
 
@@ -265,6 +311,11 @@ LUAMP_EXPORT int luaopen_luamp(lua_State *L) {
   if ((rc = lmp_runtime_init(NULL)) < 0)
     return luaL_error(L, "cannot start the event loop: error %d", rc);
   lmp_sigint_install(L);
+  /* A Pool's bookkeeping, in its owner and its workers, is not cut by
+   * Ctrl-C: the interrupt comes once it returns to the caller's code, or
+   * runs a callback or an input function, or waits.  luamp's other
+   * modules that it calls are its own code there. */
+  lmp_interrupt_defer_in("@luamp/pool", "@luamp/");
   luaL_requiref(L, "luamp.core", open_core, 0);
   lua_pop(L, 1);
   preload_front(L);

@@ -49,6 +49,10 @@ static int sigterm_taken; /* lmp_sigterm_interrupts was called */
 static volatile sig_atomic_t sigint_pending; /* set by SIGINT */
 static volatile sig_atomic_t interrupted;    /* ever interrupted */
 static lua_State *int_L;
+static int int_held; /* lmp_hold_interrupt's holds */
+/* lmp_interrupt_defer_in's chunk-name prefixes, and their lengths */
+static const char *defer_src, *through_src;
+static size_t defer_len, through_len;
 
 /* The signals watched, each with the handler libuv installed, which ours
  * chains to. */
@@ -225,6 +229,7 @@ void lmp_loop_after_fork(void) {
    * own from the start. */
   in_service = 0;
   service_due = -1;
+  int_held = 0; /* (a child forked inside a hold of its parent's) */
   if (loop == NULL) return;
   sigint_pending = 0;
   interrupted = 0;
@@ -270,15 +275,44 @@ void lmp_service(void) {
  * moved, and a luamp call that has done its work (a message taken, a
  * lock acquired) would lose them.  So it comes after that call, as
  * Python's handler runs after the C call that returned its result.  A
- * deferred one (lmp_defer_interrupt) is not raised. */
-static void int_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  if (sigint_pending) lmp_raise_interrupt(L);
+ * deferred one (lmp_defer_interrupt) is not raised; a held one
+ * (lmp_hold_interrupt) is raised when the hold ends.
+ *
+ * Nor is it raised in the code of the chunks that lmp_interrupt_defer_in
+ * names (a Pool's bookkeeping, whose steps must not stop half-way): the
+ * hook then runs at every instruction and call until the innermost Lua
+ * function is another's, and raises it there, at its first instruction
+ * after the call into luamp returned, or at its entry when that code
+ * calls it (a callback).  A luamp call of that code that waits still ends
+ * with the interrupt, unless it is held. */
+static void int_hook(lua_State *L, lua_Debug *ar);
+
+static int deferring(lua_State *L) {
+  lua_Debug ar;
+  int level;
+  if (defer_src == NULL) return 0;
+  for (level = 0; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "S", &ar)) return 0;
+    if (ar.what[0] == 'C') continue; /* to the Lua code that called it */
+    if (strncmp(ar.source, defer_src, defer_len) == 0) return 1;
+    if (strncmp(ar.source, through_src, through_len) != 0) return 0;
+  }
+  return 0;
 }
 
 static void set_int_hook(lua_State *L) {
   lua_sethook(L, int_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
+}
+
+static void int_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  if (!sigint_pending || int_held) return; /* (the release sets it again) */
+  if (deferring(L)) {
+    set_int_hook(L);
+    return;
+  }
+  lmp_raise_interrupt(L);
 }
 
 static void on_sigint(int sig) {
@@ -377,6 +411,26 @@ void lmp_resume_interrupt(int pending) {
 }
 
 void lmp_take_interrupt(void) { take_interrupt(); }
+
+void lmp_hold_interrupt(void) { int_held++; }
+
+void lmp_release_interrupt(void) {
+  if (int_held > 0 && --int_held == 0 && sigint_pending && int_L != NULL)
+    set_int_hook(int_L);
+}
+
+int lmp_interrupt_due(int holds) {
+  return sigint_pending && int_held <= holds;
+}
+
+void lmp_interrupt_later(void) { lmp_resume_interrupt(1); }
+
+void lmp_interrupt_defer_in(const char *defer, const char *through) {
+  defer_src = defer;
+  defer_len = defer != NULL ? strlen(defer) : 0;
+  through_src = through != NULL ? through : defer;
+  through_len = through_src != NULL ? strlen(through_src) : 0;
+}
 
 /* ------------------------------------------------------------------ wait */
 
@@ -483,7 +537,7 @@ int lmp_wait_on(lua_State *L, _Atomic uint32_t *word, lmp_ready_fn ready,
     if (sig_pending) lmp_service();
     if (woken && (rc = run_service(L)) < 0) break;
     if (ready(ud)) { rc = 1; break; }
-    if (sigint_pending) { rc = -EINTR; break; }
+    if (sigint_pending && !int_held) { rc = -EINTR; break; }
     if (deadline >= 0 && lmp_now() >= deadline) { rc = 0; break; }
     lmp_futex_wait(w, seq, wake_by(L, deadline));
     woken = 1;
@@ -528,7 +582,7 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
     if (sig_pending) lmp_service();
     if (woken && (rc = run_service(L)) < 0) break;
     if (ready != NULL && ready(ud)) { rc = 1; break; }
-    if (sigint_pending) { rc = -EINTR; break; }
+    if (sigint_pending && !int_held) { rc = -EINTR; break; }
     wake = wake_by(L, deadline);
     if (wake >= 0) {
       double left = wake - lmp_now();

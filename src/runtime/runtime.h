@@ -184,6 +184,25 @@ int lmp_interrupt_pending(void);
  * takes and returns the pending SIGINT, the second puts it back. */
 int lmp_defer_interrupt(void);
 void lmp_resume_interrupt(int pending);
+/* Work that a Ctrl-C must not cut (a Pool's step): while a hold lasts,
+ * the interrupt is not raised, in Lua code or in a wait (which goes on
+ * waiting); once the last hold is released, the next Lua instruction
+ * that may raise it does.  Holds nest.  Never raise. */
+void lmp_hold_interrupt(void);
+void lmp_release_interrupt(void);
+/* Whether a Ctrl-C waits to be raised, and no more than `holds` holds
+ * keep it back (0: it is raised at the next Lua instruction). */
+int lmp_interrupt_due(int holds);
+/* A Ctrl-C that was raised, caught, and must come again: it is pending,
+ * as if SIGINT had just come. */
+void lmp_interrupt_later(void);
+/* Lua code that a Ctrl-C waits for: while the innermost Lua function
+ * running is of a chunk whose name begins with `defer`, looking through
+ * C functions and those of chunks beginning with `through` to the Lua
+ * function that called them, the interrupt is raised in no instruction
+ * of it, but in the first of any other Lua code that runs (see loop.c).
+ * NULL: none.  The strings must outlive their use. */
+void lmp_interrupt_defer_in(const char *defer, const char *through);
 
 /* ----------------------------------------------------------- processes */
 
