@@ -214,12 +214,16 @@ end
 -- The pool's work after a submission, whose callbacks may raise.  The task
 -- is in by then, and its handle must reach the caller: a callback's error
 -- here is held, and raised by the pool's next call (raise_held), before
--- that call does anything.  Ctrl-C is not held.
+-- that call does anything.  A Ctrl-C comes again, in the caller's code
+-- once the handle is there (the runtime raises none in the pool's).
 local function pump_submitted(sched)
   local ok, e = pcall(sched.pump, sched)
   if not ok then
-    if core.is_interrupt(e) then error(e, 0) end
-    if sched.held_error == nil then sched.held_error = {e} end
+    if core.is_interrupt(e) then
+      core.interrupt_later()
+    elseif sched.held_error == nil then
+      sched.held_error = {e}
+    end
   end
 end
 
@@ -432,9 +436,16 @@ end
 -- between two chunks the outcomes that came are taken in, so that a
 -- worker that is done gets the next chunk at once.  The table of results
 -- (the map's largest allocation: the first touch of its pages) is made
--- once the first chunk is on its way.
+-- once the first chunk is on its way.  A Ctrl-C, which the step holds, is
+-- raised between two chunks (unless an outer step holds it too): the
+-- chunks not sent are taken back, and the map is abandoned.
 local function add_chunks(sched, job, fid, items, n, chunksize, kind)
   for at = 1, n, chunksize do
+    if at > 1 and core.interrupt_due(1) then
+      sched:cancel(job)
+      jobs.abandon(job.res)
+      core.interrupt_point(1)
+    end
     local last = at + chunksize - 1
     if last > n then last = n end
     local ok, am = pcall(message_slice, items, at, last, "iterable")

@@ -297,6 +297,161 @@ describe("Pool under faults", function()
       until left == 0 or mp.monotonic() > t0 + 1
       assert.are.equal(0, left, "workers outlived the host")
     end)
+
+    -- Ctrl-C over and over while the pool's work is done inside other
+    -- luamp calls (mp.sleep, r:ready), which the owner catches each time
+    -- and goes on where it was.  An interrupt may come in the middle of
+    -- the pool's bookkeeping: a step, its callbacks' queue, a submission.
+    -- An interrupter child sends this process SIGINT, each once the last
+    -- was caught, 0.2 to 3 ms after; drive(f) runs f() until it returns,
+    -- catching each interrupt and counting it for the interrupter.
+    local OVER_AND_OVER = [[
+      io.stdout:setvbuf("no")
+      local mp = require "luamp"
+      local owner = mp.current_process().pid
+      local sent, caught, stop = mp.Value("q", 0), mp.Value("q", 0),
+        mp.Value("i", 0)
+      local interrupter = mp.Process{target = function()
+        local sh = io.popen("sh", "w")
+        sh:setvbuf("no")
+        while stop.value == 0 do
+          while caught.value < sent.value and stop.value == 0 do
+            mp.sleep(0.0002)
+          end
+          mp.sleep(0.0002 + math.random() * 0.003)
+          if stop.value ~= 0 then break end
+          sent:add(1)
+          sh:write("kill -INT " .. owner .. "\n")
+        end
+        sh:close()
+      end}
+      local others = {}
+      local function drive(f)
+        interrupter:start()
+        while true do
+          local ok, e = pcall(f)
+          if ok then break end
+          if type(e) == "table" and e.type == mp.KeyboardInterrupt then
+            caught:add(1)
+          else
+            others[#others + 1] = tostring(e)
+            stop.value = 1
+            interrupter:join()
+            break
+          end
+        end
+      end
+    ]]
+
+    it("caught over and over leaves every result ready with its outcome, "
+       .. "and runs each callback once", function()
+      local status, out, err = H.luamp_e(OVER_AND_OVER .. [[
+        local pool = mp.Pool(2)
+        -- Callbacks in C (their __call): each is whole or not run.
+        local log, maps = {}, {}
+        local cb = setmetatable(log, {__call = table.insert})
+        local mcb = setmetatable(maps, {__call = table.insert})
+        local function work(x)
+          if x % 97 == 0 then error("no " .. x, 0) end
+          return 3 * x
+        end
+        local items = {}
+        for i = 1, 40 do items[i] = i end
+        -- Rounds of 500 applies and a map, until 150 interrupts have
+        -- been caught.  An interrupt comes after a call returns, so a
+        -- handle may not reach rs: its callback still runs once.
+        local rs, ms, sub, checked = {}, {}, 0, 0
+        local round_end, phase, deadline, late = 500, "submit", nil, false
+        local function all_ready()
+          for i = checked + 1, sub do
+            if rs[i] and not rs[i]:ready() then return false end
+            checked = i
+          end
+          for _, m in ipairs(ms) do
+            if not m:ready() then return false end
+          end
+          return true
+        end
+        drive(function()
+          while true do
+            if phase == "submit" then
+              while sub < round_end do
+                sub = sub + 1
+                local i = sub
+                local r = pool:apply_async(work, {i}, cb, cb)
+                rs[i] = r
+                if i % 25 == 0 then mp.sleep(0.0005) end
+              end
+              local m = pool:map_async(work, items, 3, mcb)
+              ms[#ms + 1] = m
+              deadline = mp.monotonic() + 10
+              phase = "wait"
+            elseif phase == "wait" then
+              while not all_ready() and mp.monotonic() < deadline do
+                mp.sleep(0.001)
+              end
+              if not all_ready() then
+                late, phase = true, "stop"
+              elseif caught.value >= 150 then
+                phase = "stop"
+              else
+                round_end, phase = round_end + 500, "submit"
+              end
+            else
+              stop.value = 1
+              interrupter:join()
+              return
+            end
+          end
+        end)
+        local ran, wrong, twice, missing, handles = {}, 0, 0, 0, 0
+        for _, v in ipairs(log) do
+          local i = type(v) == "table" and tonumber(v.message:match("%d+"))
+            or v // 3
+          if ran[i] then twice = twice + 1 end
+          ran[i] = true
+        end
+        for i = 1, sub do
+          local r = rs[i]
+          if r then
+            handles = handles + 1
+            local ok, v = pcall(r.get, r, 0)
+            if i % 97 == 0 then
+              ok = not ok and v.type == mp.RemoteError
+            else
+              ok = ok and v == 3 * i
+            end
+            if not ok then wrong = wrong + 1 end
+            if not ran[i] then missing = missing + 1 end
+          end
+        end
+        local mwrong, mran = 0, {}
+        for _, t in ipairs(maps) do
+          if mran[t] then twice = twice + 1 end
+          mran[t] = true
+        end
+        for _, m in ipairs(ms) do
+          local ok, t = pcall(m.get, m, 0)
+          if not ok or t.n ~= 40 or t[40] ~= 120 then mwrong = mwrong + 1 end
+          if not mran[t] then missing = missing + 1 end
+        end
+        local ok, m = pcall(function()
+          return pool:map_async(work, {1, 2, 3}):get(10)
+        end)
+        pool:terminate()
+        print("caught " .. tostring(caught.value >= 150),
+              "late " .. tostring(late), "errors " .. #others,
+              "tasks " .. tostring(handles >= 1000),
+              "wrong " .. wrong, "missing " .. missing, "twice " .. twice,
+              "maps " .. tostring(#ms >= 2),
+              "maps wrong " .. mwrong, "after " .. tostring(ok and m[3]),
+              table.concat(others, "; "))
+      ]], "timeout -s KILL 60 env --default-signal=INT")
+      assert.are.equal(0, status, err)
+      assert.are.equal("caught true\tlate false\terrors 0\ttasks true\t"
+        .. "wrong 0\tmissing 0\ttwice 0\tmaps true\tmaps wrong 0\t"
+        .. "after 9\t\n", out)
+    end)
   end)
 
   describe("a task the arena has no room for", function()

@@ -22,6 +22,15 @@
 -- skipped, not run inside its own step.  No user code runs inside a step:
 -- callbacks are deferred to after it, input functions (imap) are read
 -- between steps, a job at a time.
+--
+-- Nor does Ctrl-C cut a step: it holds the interrupt (the waits it makes
+-- go on, a worker's join say), which is raised once the step is over.
+-- The bookkeeping between steps, in this module and the others of the
+-- Pool, is not cut either: the runtime raises no interrupt in their code
+-- (core.c), but in the caller's once the pool's call returns, or in a
+-- callback or input function as it is called, or in a wait of the pool's.
+-- So that a callback is not lost to an interrupt raised as it is called,
+-- the deferred work raises a waiting interrupt before it takes the next.
 
 local core = require "luamp.core"
 local errors = require "luamp.errors"
@@ -31,6 +40,8 @@ local jobs = require "luamp.pool.jobs"
 local assert, error, ipairs, next, pairs, pcall, setmetatable, tostring =
   assert, error, ipairs, next, pairs, pcall, setmetatable, tostring
 local message_slice = core.message_slice
+local hold_interrupt, release_interrupt, interrupt_point =
+  core.hold_interrupt, core.release_interrupt, core.interrupt_point
 local ID, KIND, FAILURE = msgs.ID, msgs.KIND, msgs.FAILURE
 
 local DEPTH = 2       -- batches in flight per worker
@@ -67,11 +78,14 @@ function M.new(t, funcs, cfg, n)
 end
 
 -- Runs f(self, ...) as one step: nothing else changes the scheduler
--- meanwhile.  Returns false (and does nothing) if a step is under way.
+-- meanwhile, and Ctrl-C waits for its end.  Returns false (and does
+-- nothing) if a step is under way.
 local function locked(self, f, ...)
   if self.busy then return false end
   self.busy = true
+  hold_interrupt()
   local ok, e = pcall(f, self, ...)
+  release_interrupt()
   self.busy = false
   if not ok then error(e, 0) end
   return true
@@ -479,9 +493,11 @@ function S:defer(f, arg)
 end
 
 -- Runs what steps deferred.  A callback that raises leaves the rest for
--- the next run; one that calls into the pool finds it between steps.
+-- the next run; one that calls into the pool finds it between steps.  A
+-- Ctrl-C that waits is raised before the next is taken.
 local function run_deferred(self)
   while self.dh <= self.dt do
+    interrupt_point()
     local d = self.dq[self.dh]
     self.dq[self.dh], self.dh = nil, self.dh + 1
     if self.dh > self.dt then self.dh, self.dt = 1, 0 end
