@@ -452,6 +452,46 @@ describe("Pool under faults", function()
         .. "wrong 0\tmissing 0\ttwice 0\tmaps true\tmaps wrong 0\t"
         .. "after 9\t\n", out)
     end)
+
+    -- The input sends its process SIGINT once, before its 12th item (by
+    -- a child: os.execute's would ignore it), and is interrupted.
+    it("that interrupts an imap's input comes out of the call that read "
+       .. "it, and the input goes on", function()
+      local status, out, err = H.luamp_e([[
+        local mp = require "luamp"
+        local me = mp.current_process().pid
+        local pool <close> = mp.Pool(2)
+        local n, fired = 0, false
+        local function input()
+          if n == 11 and not fired then
+            fired = true
+            io.popen("kill -INT " .. me):close()
+            while true do end -- (interrupted here)
+          end
+          n = n + 1
+          if n <= 20 then return n end
+        end
+        local it = pool:imap(function(x) return 2 * x end, input)
+        local got, interrupts = {}, 0
+        while true do
+          local ok, v = pcall(it)
+          if not ok then
+            assert(v.type == mp.KeyboardInterrupt, tostring(v))
+            interrupts = interrupts + 1
+          elseif v == nil then
+            break
+          else
+            got[#got + 1] = v
+          end
+        end
+        print(interrupts, table.concat(got, " "), tostring(pool))
+      ]], "timeout -s KILL 30 env --default-signal=INT")
+      assert.are.equal(0, status, err)
+      local want = {}
+      for i = 1, 20 do want[i] = 2 * i end
+      assert.are.equal("1\t" .. table.concat(want, " ")
+        .. "\tluamp.Pool (2 processes, RUN)\n", out)
+    end)
   end)
 
   describe("a task the arena has no room for", function()

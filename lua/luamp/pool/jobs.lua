@@ -19,8 +19,8 @@ local msgs = require "luamp.pool.messages"
 local error, format, getmetatable, pcall, setmetatable, tostring, type,
   unpack = error, string.format, getmetatable, pcall, setmetatable,
   tostring, type, table.unpack
-local decode, decode_into, monotonic, newtable = core.decode,
-  core.decode_into, core.monotonic, core.newtable
+local decode, decode_into, is_interrupt, monotonic, newtable = core.decode,
+  core.decode_into, core.is_interrupt, core.monotonic, core.newtable
 local checkself, checktimeout = errors.checkself, errors.checktimeout
 
 local M = {}
@@ -349,8 +349,9 @@ end
 -- Reads the next chunk of the input: a table holding the items at their
 -- places in the whole input (so that an unsendable one is named by that
 -- place; the source table itself if there is one), the place of the
--- first, and how many.  Runs the user's input function: the scheduler
--- calls it outside its step.
+-- first, and how many; and a Ctrl-C that interrupted the input, for the
+-- caller to raise (the input goes on at the next read).  Runs the user's
+-- input function: the scheduler calls it outside its step.
 function Lazy:read()
   local at = self.pos + 1
   if self.source then
@@ -360,16 +361,18 @@ function Lazy:read()
     if self.pos == self.total then self.exhausted = true end
     return self.source, at, n
   end
-  local c = {}
+  local c, interrupt = {}, nil
   self.reading = true
   local ok, e = pcall(fill, self, c)
-  if not ok then -- the input raised: deliver that at its position, as it
-    -- was raised
+  if not ok and is_interrupt(e) then
+    interrupt = e
+  elseif not ok then -- the input raised: deliver that at its position, as
+    -- it was raised
     self.input_error = {at = self.pos + 1, err = e, level = 0}
     self.exhausted = true
   end
   self.reading = false
-  return c, at, self.pos - at + 1
+  return c, at, self.pos - at + 1, interrupt
 end
 
 -- A chunk it read could not be encoded: the input ends there.

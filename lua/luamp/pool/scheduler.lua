@@ -508,13 +508,14 @@ end
 -- Reads more of each lazy job's input (outside any step: the input is the
 -- user's), and adds what it read as tasks.  True if it added any, or an
 -- input ended: the step after it has tasks to send, or, on a closed pool,
--- idle workers to let go.
+-- idle workers to let go.  A Ctrl-C that interrupted the input is raised
+-- once what was read before it is added.
 local function refill(self)
   local changed = false
   for job in pairs(self.lazy) do
     while self.state ~= M.TERMINATE and job:wants_more(self.state == M.CLOSE)
     do
-      local items, at, n = job:read()
+      local items, at, n, interrupt = job:read()
       if n > 0 then
         local ok, am = pcall(message_slice, items, at, at + n - 1,
                              "iterable")
@@ -527,6 +528,7 @@ local function refill(self)
           job:unsendable(at, am)
         end
       end
+      if interrupt then error(interrupt, 0) end
     end
     if job.exhausted and self.lazy[job] then
       self.lazy[job] = nil
