@@ -384,9 +384,10 @@ function Lazy:unsendable(at, err)
 end
 
 -- imap_unordered: the chunk at position `at` has its outcome, to be
--- yielded after those before it in the queue.  The queue's ends are counted, since the
--- iterator clears the positions it has taken (so that an endless input
--- keeps none of them) and `#` cannot find the end past that gap.
+-- yielded after those before it in the queue.  The queue's ends are
+-- counted, since the iterator clears the positions it has taken (so that
+-- an endless input keeps none of them) and `#` cannot find the end past
+-- that gap.
 local function queue(self, at)
   local t = self.qtail + 1
   self.queue[t], self.qtail = at, t
