@@ -40,7 +40,6 @@ static uv_loop_t own_loop;
 static uv_loop_t *loop;
 static uv_signal_t urg_h;
 static pid_t loop_pid;
-static volatile sig_atomic_t loop_parents; /* a child's, not yet taken */
 static void (*service_hook)(void); /* process.c's reaper */
 static void (*fork_hooks[8])(void); /* lmp_on_fork_child's */
 static int nfork_hooks;
@@ -99,22 +98,17 @@ static void call_prev(const struct sigaction *sa, int sig, siginfo_t *si,
 
 static void on_signal(int sig, siginfo_t *si, void *uc) {
   int saved = errno, i;
-  /* libuv's handler writes to the loop's signal pipe: in a child whose
-   * loop is still its parent's (see take_loop), the parent's pipe. */
-  for (i = 0; i < nwatched && !loop_parents; i++)
+  for (i = 0; i < nwatched; i++)
     if (watched[i].sig == sig) call_prev(&watched[i].uv, sig, si, uc);
   sig_pending = 1;
   bump_self();
   errno = saved;
 }
 
-static void take_loop(void);
-
 int lmp_loop_signal(uv_signal_t *h, int sig, uv_signal_cb cb) {
   struct sigaction sa;
   int rc;
   if (nwatched == MAXSIG) return -ENOSPC;
-  take_loop();
   if ((rc = uv_signal_init(loop, h)) < 0) return rc;
   if ((rc = uv_signal_start(h, cb, sig)) < 0) return rc;
   /* A watched signal must not keep uv_run(UV_RUN_DEFAULT) alive. */
@@ -139,7 +133,6 @@ static void on_urg(uv_signal_t *h, int sig) {
 
 int lmp_loop_init(void *userloop, void (*hook)(void)) {
   int rc;
-  take_loop();
   if (loop != NULL && loop_pid == getpid()) return 0;
   if (userloop != NULL) {
     loop = userloop;
@@ -193,50 +186,33 @@ static void close_all(uv_handle_t *h, void *arg) {
 
 /*
  * The child's loop.  The parent's loop comes across the fork with its
- * handles and its kernel state (epoll set, signal pipe, eventfds) shared
- * with the parent.  uv_loop_fork gives the child its own kernel state;
- * then every inherited handle but our own signal watchers (which carry
- * on, with the same handlers) is closed without running.
- *
- * A child makes it its own when it first uses it (take_loop: a wait that
- * services it or polls, a signal watcher, a broker connection), not at
- * the fork: some ten system calls and three page faults that a child
- * which never waits does without.  Until then nothing touches the
- * parent's: our signal handlers do not pass a signal on to libuv's,
- * which would write it to the parent's signal pipe (the service that
- * follows reaps all the same), and every way to the loop goes through
- * take_loop first.  A loop the embedding application gave is its own at
- * once, since the application may run it itself.
+ * handles and its kernel state (epoll set, signal pipe) shared with the
+ * parent.  uv_loop_fork gives the child its own kernel state; then every
+ * inherited handle but our own signal watchers (which carry on, with the
+ * same handlers) is closed without running.
  */
 static int in_service; /* the service does not run inside itself */
 static double service_due = -1; /* when it must run again; -1: on wake-ups */
 
-static void take_loop(void) {
-  int closed = 0;
-  if (!loop_parents) return;
-  loop_parents = 0;
-  uv_loop_fork(loop);
-  uv_walk(loop, close_all, &closed);
-  if (closed > 0) uv_run(loop, UV_RUN_NOWAIT);
-  /* The parent's eventfd is shared with it: get our own. */
-  if (wake_fd >= 0) close(wake_fd);
-  wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  loop_pid = getpid();
-}
-
 void lmp_loop_after_fork(void) {
+  int closed = 0;
   /* A child forked from inside the service (a Pool's callback) runs its
    * own from the start. */
   in_service = 0;
   service_due = -1;
   int_held = 0; /* (a child forked inside a hold of its parent's) */
   if (loop == NULL) return;
+  uv_loop_fork(loop);
+  uv_walk(loop, close_all, &closed);
+  if (closed > 0) uv_run(loop, UV_RUN_NOWAIT);
+  loop_pid = getpid();
   sigint_pending = 0;
   interrupted = 0;
   sig_pending = 0;
   polling = 0;
-  loop_parents = 1;
-  if (loop != &own_loop) take_loop();
+  /* The parent's eventfd is shared with it: get our own. */
+  if (wake_fd >= 0) close(wake_fd);
+  wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   for (int i = 0; i < nfork_hooks; i++) fork_hooks[i]();
   /* A child is ended by SIGTERM as ever, whatever its parent made of it. */
   if (sigterm_taken) {
@@ -252,10 +228,7 @@ void lmp_on_fork_child(void (*fn)(void)) {
   if (nfork_hooks < 8) fork_hooks[nfork_hooks++] = fn;
 }
 
-uv_loop_t *lmp_uv_loop(void) {
-  take_loop();
-  return loop;
-}
+uv_loop_t *lmp_uv_loop(void) { return loop; }
 
 void lmp_service_pending(void) {
   if (sig_pending) lmp_service();
@@ -263,7 +236,6 @@ void lmp_service_pending(void) {
 
 void lmp_service(void) {
   sig_pending = 0;
-  take_loop();
   if (loop != NULL) uv_run(loop, UV_RUN_NOWAIT);
   if (service_hook != NULL) service_hook();
 }
@@ -565,7 +537,6 @@ int lmp_wait_fds(lua_State *L, struct pollfd *fds, int nfds,
    * Lua) left no trace here, unlike a futex word's. */
   int rc, woken = 1, was_polling = polling, was_sleeping;
   install_sigint(0);
-  take_loop(); /* wake_fd */
   if (nfds + 1 > 8) {
     all = malloc(sizeof(struct pollfd) * (size_t)(nfds + 1));
     if (all == NULL) return -ENOMEM;

@@ -825,27 +825,6 @@ describe("Process", function()
       p:join()
       assert.are.equal(15, p.exitcode)
     end)
-
-    it("reaps a grandchild that ended before the child first waited",
-       function()
-      -- The grandchild's SIGCHLD comes before the child has used its loop,
-      -- which it makes its own at its first wait.
-      local p = mp.Process{target = function()
-        local g = mp.Process{target = function() os.exit(5) end}
-        g:start()
-        local stat, deadline = "", os.time() + 10
-        repeat
-          local f = io.open("/proc/" .. g.pid .. "/stat")
-          stat = f and f:read("a") or ""
-          if f then f:close() end
-        until stat:match("%) Z ") or os.time() > deadline
-        if not g:join(10) then os.exit(1) end
-        os.exit(10 + g.exitcode)
-      end}
-      p:start()
-      assert.is_true(p:join(30))
-      assert.are.equal(15, p.exitcode)
-    end)
   end)
 end)
 
