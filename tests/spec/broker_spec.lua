@@ -712,9 +712,9 @@ describe("broker pool", function()
     -- going: counted once their number holds)
     H.wait_for(function()
       local n = owners()
-      mp.sleep(0.1)
+      mp.sleep(0.5)
       return owners() == n
-    end, 5)
+    end, 10)
     local before = owners()
     local p = pool()
     assert.are.equal(before + 2, owners())
@@ -726,7 +726,9 @@ describe("broker pool", function()
     end)
     p:close()
     p:join()
-    assert.is_true(H.wait_for(function() return owners() == before end, 2),
+    -- (at most as many as before: a connection of a test before that was
+    -- still closing may have gone meanwhile too)
+    assert.is_true(H.wait_for(function() return owners() <= before end, 2),
                    "connections left: " .. owners() - before)
     assert.is_true(child:is_alive())
   end)
