@@ -447,21 +447,31 @@ describe("Process", function()
       assert.matches("stack traceback", err, 1, true)
     end)
 
-    it("gives a child no input: its stdin is /dev/null, as Python's",
-       function()
-      -- A child that read its parent's stdin would take, through its
-      -- stdio's read-ahead, lines the parent has not read yet.
-      local status, out, err = H.run("printf 'line1\\nline2\\n' | "
-        .. H.q(H.luamp) .. " -e " .. H.q([[
+    -- Runs a script that starts a child reading a line, its parent having
+    -- read `before` (a Lua expression, as `first`) and reading `after`,
+    -- with two lines on stdin: the status, stdout and stderr.
+    local function stdin_run(before, after)
+      return H.run("printf 'line1\\nline2\\n' | " .. H.q(H.luamp) .. " -e "
+        .. H.q([[
         local mp = require "luamp"
+        local first = ]] .. before .. [[
+
         local p = mp.Process{target = function()
           io.write("child ", tostring(io.read("l")), " ")
           io.flush()
         end}
         p:start()
         p:join()
-        io.write("parent ", io.read("l"), " ", io.read("l"))
+        io.write("parent ", ]] .. after .. [[)
       ]]))
+    end
+
+    it("gives a child no input: its stdin is /dev/null, as Python's",
+       function()
+      -- A child that read its parent's stdin would take, through its
+      -- stdio's read-ahead, lines the parent has not read yet.
+      local status, out, err = stdin_run("nil",
+                                         'io.read("l"), " ", io.read("l")')
       assert.are.same({0, "child nil parent line1 line2", ""},
                       {status, out, err})
     end)
@@ -469,18 +479,8 @@ describe("Process", function()
     it("drops the input its parent's stdin had read ahead", function()
       -- The parent's first read takes both lines into stdin's buffer; the
       -- child's copy of that buffer is emptied, not read.
-      local status, out, err = H.run("printf 'line1\\nline2\\n' | "
-        .. H.q(H.luamp) .. " -e " .. H.q([[
-        local mp = require "luamp"
-        local first = io.read("l")
-        local p = mp.Process{target = function()
-          io.write("child ", tostring(io.read("l")), " ")
-          io.flush()
-        end}
-        p:start()
-        p:join()
-        io.write("parent ", first, " ", io.read("l"))
-      ]]))
+      local status, out, err = stdin_run('io.read("l")',
+                                         'first, " ", io.read("l")')
       assert.are.same({0, "child nil parent line1 line2", ""},
                       {status, out, err})
     end)
