@@ -218,9 +218,11 @@ return 'ok'
 
 -- Keeps the entries a worker runs from being taken back: for each id
 -- still pending to this consumer, its idle time is reset.  Returns the
--- ids that are no longer its own.
+-- ids that are no longer its own, or 'gone' when the stream is: the
+-- pool ended, or its keys expired with its owner.
 -- KEYS: t.  ARGV: consumer, ids...
 M.RENEW = [==[
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
 local lost = {}
 for i = 2, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], 'w', ARGV[i], ARGV[i], 1)

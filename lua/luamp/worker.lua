@@ -387,8 +387,21 @@ function W:announced()
 end
 
 -- Leases: the entries held stay this worker's; those of every worker
--- whose lease lapsed go back to their streams.
+-- whose lease lapsed go back to their streams.  A pool whose stream is
+-- gone ended (or its keys expired with its owner): its executors stop
+-- now, even with every slot busy and no read to tell.
 function W:leases(now)
+  for _, p in pairs(self.pools) do
+    if p.renew_id then
+      local ok, v, done = try(self.cmd.take, self.cmd, p.renew_id)
+      if not ok and not self.cmd:alive() then error(v, 0) end
+      if not ok or done then p.renew_id = nil end
+      if ok and v == "gone" then
+        self.ended[p.pid] = true
+        self:drop(p)
+      end
+    end
+  end
   for _, p in pairs(self.pools) do
     p.renew_at = p.renew_at or now + p.lease / 3
     p.reap_at = p.reap_at or now + p.lease / 2
@@ -396,9 +409,9 @@ function W:leases(now)
       p.renew_at = now + p.lease / 3
       local args = {self.wid}
       for id in pairs(p.held) do args[#args + 1] = id end
-      if #args > 1 then
-        self.cmd:send(self.cmd:eval_argv(broker.RENEW, {p.k.t}, args), nil,
-                      false)
+      if #args > 1 and not p.renew_id then
+        p.renew_id = self.cmd:send(self.cmd:eval_argv(broker.RENEW,
+                                                      {p.k.t}, args))
       end
     end
     if now >= p.reap_at then

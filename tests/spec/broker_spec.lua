@@ -687,6 +687,34 @@ describe("broker pool", function()
     assert.is_true(mp.monotonic() - t0 < 5, mp.monotonic() - t0)
   end)
 
+  it("stops a pool's tasks once its stream is gone, every slot busy",
+     function()
+    -- With no slot free the worker reads no stream, and the pool's
+    -- settings stay while its owner lives: the renewal of the leases is
+    -- what tells it.
+    local a, dir = pool(), marker_dir()
+    local rs = {}
+    for i = 1, 2 do
+      rs[i] = a:apply_async(function(d, n)
+        local f = io.open(d .. "/" .. n, "w")
+        f:close()
+        require("luamp").sleep(30)
+      end, {dir, i})
+    end
+    assert.is_true(H.wait_for(function()
+      return count_files(dir, "^%d$") == 2
+    end, 10), "the tasks did not start")
+    R:cli("DEL", a._sched.t.k.t)
+    local b = pool()
+    later(function()
+      a:terminate()
+      b:terminate()
+    end)
+    local t0 = mp.monotonic()
+    assert.are.equal(2, b:apply_async(function() return 2 end):get(20))
+    assert.is_true(mp.monotonic() - t0 < 5, mp.monotonic() - t0)
+  end)
+
   it("takes a lease of any length", function()
     for _, lease in ipairs{1.5, 2.0, 0.1} do
       local p = pool{lease = lease}
