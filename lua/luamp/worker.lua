@@ -397,6 +397,7 @@ function W:leases(now)
       if not ok and not self.cmd:alive() then error(v, 0) end
       if not ok or done then p.renew_id = nil end
       if ok and v == "gone" then
+        say(self, "pool %s ended: its running tasks stop", p.pid)
         self.ended[p.pid] = true
         self:drop(p)
       end

@@ -14,6 +14,29 @@ local H = {}
 H.luamp = os.getenv("LUAMP") or "build/luamp"
 H.build = os.getenv("LUAMP_BUILD") or "build"
 
+-- The passes that repeat the normal tree's host pass (under a stock
+-- lua5.4, under the other start methods, under the sanitizers) set
+-- LUAMP_SPEC_SHORT: their loops of kills and of random trials run a
+-- quarter as many rounds (H.rounds: each kind of round still runs), and
+-- the tests whose time goes to waiting out leases and timeouts or to
+-- moving hundreds of MiB (H.long_it) run in the host pass alone: what
+-- they test is the same code in every pass.
+H.SHORT = (os.getenv("LUAMP_SPEC_SHORT") or "") ~= ""
+
+-- n rounds, or a quarter of them (one at the least) in a short pass.
+function H.rounds(n)
+  return H.SHORT and math.max(1, n // 4) or n
+end
+
+-- `it`, or in a short pass `pending` (saying why).
+function H.long_it(name, fn)
+  if H.SHORT then
+    return busted.pending(name .. " (long: run by the normal tree's "
+                          .. "host pass alone)")
+  end
+  return busted.it(name, fn)
+end
+
 local function fdcount()
   local n = 0
   for name in lfs.dir("/proc/self/fd") do
@@ -382,7 +405,8 @@ function H.kill(p, why)
 end
 
 -- The fault specs' harness: kills processes with SIGKILL at random
--- moments, o.rounds times; returns the number of processes killed.
+-- moments, H.rounds(o.rounds) times; returns the number of processes
+-- killed.
 -- Each round:
 --   o.start(round), if given, starts a process (and may wait until it is
 --     busy) and returns it;
@@ -395,7 +419,7 @@ end
 --     replacement.
 function H.kill_rounds(o)
   local kills = 0
-  for round = 1, o.rounds do
+  for round = 1, H.rounds(o.rounds) do
     local p = o.start and o.start(round)
     mp.sleep(math.random() * o.pause)
     if o.victim then p = o.victim(round, p) end
@@ -587,6 +611,12 @@ function Worker:kill(sig)
                            self.pid))
 end
 
+-- The last lines of its log, for a failure's message.
+function Worker:log_tail()
+  local log = H.readfile(self.log) or ""
+  return "\n" .. log:sub(-1500)
+end
+
 -- Waits for the worker to end (10 s at most); its log, and whether it
 -- ended.
 function Worker:wait()
@@ -602,7 +632,9 @@ function Worker:stop()
   self:kill("TERM")
   local log, ended = self:wait()
   if not ended then
-    for _, k in ipairs(kids) do os.execute("kill -9 " .. k .. " 2>/dev/null") end
+    for _, k in ipairs(kids) do
+      os.execute("kill -9 " .. k .. " 2>/dev/null")
+    end
     self:kill("KILL")
   end
   os.remove(self.log)

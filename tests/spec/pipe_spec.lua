@@ -757,7 +757,7 @@ describe("Pipe", function()
       b:close()
     end)
 
-    it("carry 256 MiB between processes", function()
+    H.long_it("carry 256 MiB between processes", function()
       local status, out, err = H.luamp_e([[
         local mp = require "luamp"
         local a, b = mp.Pipe(false)

@@ -77,8 +77,8 @@ describe("Pool re-entered", function()
   it("by finalizers of pools dropped while another hands out tasks",
      function()
     local main <close> = mp.Pool(2)
-    local rs = {}
-    for i = 1, 200 do
+    local rs, n = {}, H.rounds(200)
+    for i = 1, n do
       local pool = mp.Pool(1)
       assert.are.equal(i, pool:apply(function(x) return x end, {i}))
       pool = nil
@@ -87,7 +87,7 @@ describe("Pool re-entered", function()
     end
     collectgarbage()
     collectgarbage()
-    for i = 1, 200 do assert.are.equal(2 * i, rs[i]:get(10)) end
+    for i = 1, n do assert.are.equal(2 * i, rs[i]:get(10)) end
     main:close()
     main:join()
     H.reaches(0, function() return #mp.active_children() end)

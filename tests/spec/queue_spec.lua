@@ -854,7 +854,7 @@ describe("Queue", function()
       assert.are.equal(before.arena_blocks, after.arena_blocks)
     end)
 
-    it("carries 256 MiB between processes", function()
+    H.long_it("carries 256 MiB between processes", function()
       local status, out, err = H.luamp_e([[
         local mp = require "luamp"
         local q = mp.Queue()
