@@ -372,12 +372,32 @@ static void flush_all(void) {
   if (wrote) uv_run(loop(), UV_RUN_NOWAIT);
 }
 
+/* What loop_wait waits for.  The sleep checks it at each of its own
+ * wake-ups too: the loop may run inside the sleep (for SIGURG, which a
+ * reply's arrival sends, or in the Pools' service) and read the reply
+ * there, after which the loop's descriptor has nothing to say, and the
+ * sleep would last until the next timer. */
+typedef struct lwait {
+  int (*ready)(void *);
+  void *ud;
+} lwait;
+
+static int lwait_ready(void *p) {
+  lwait *w = p;
+  flush_all(); /* what the service sent meanwhile */
+  return w->ready(w->ud);
+}
+
 /* Waits, running the loop, until ready(ud) or the deadline: 1, 0 or a
- * -errno of lmp_wait_fd (-EINTR: Ctrl-C). */
+ * -errno of lmp_wait_fds (-EINTR: Ctrl-C). */
 static int loop_wait(lua_State *L, int (*ready)(void *), void *ud,
                      double deadline) {
   uv_loop_t *lp = loop();
+  lwait w;
+  w.ready = ready;
+  w.ud = ud;
   for (;;) {
+    struct pollfd p;
     int rc, t;
     double d = deadline;
     flush_all();
@@ -388,7 +408,10 @@ static int loop_wait(lua_State *L, int (*ready)(void *), void *ud,
     t = uv_backend_timeout(lp);
     if (t >= 0 && (d < 0 || lmp_now() + t / 1000.0 < d))
       d = lmp_now() + t / 1000.0;
-    rc = lmp_wait_fd(L, uv_backend_fd(lp), POLLIN, d);
+    p.fd = uv_backend_fd(lp);
+    p.events = POLLIN;
+    p.revents = 0;
+    rc = lmp_wait_fds(L, &p, 1, lwait_ready, &w, d);
     if (rc < 0) return rc;
   }
 }

@@ -719,6 +719,27 @@ describe("broker pool", function()
                    .. " s; the worker's log: " .. W1:log_tail())
   end)
 
+  it("ends a wait for a reply when it comes, whatever ran meanwhile",
+     function()
+    -- A local pool's callback, run while a call on the connection waits,
+    -- sends on it too: the loop that the wait runs reads the reply, and
+    -- the wait ends then, not at the request's deadline.
+    local broker = require "luamp.broker"
+    local c = broker.connect(broker.config(R.url), "test", 5)
+    local lp = mp.Pool(1)
+    later(function()
+      lp:terminate()
+      c:close()
+    end)
+    lp:apply_async(function() require("luamp").sleep(0.3) end, nil,
+                   function() c:send({"PING"}, nil, false) end)
+    local took, v = H.timed(function()
+      return c:call({"BLPOP", "luamp:test:none", 1}, 5)
+    end)
+    assert.is_nil(v)
+    assert.is_true(took >= 0.9 and took < 2.5, "took " .. took)
+  end)
+
   H.long_it("takes a lease of any length", function()
     for _, lease in ipairs{1.5, 2.0, 0.1} do
       local p = pool{lease = lease}

@@ -538,23 +538,29 @@ function T:timeout()
   return left > 0 and left or 0
 end
 
--- The pool is over: its keys go, and the workers are told.
+-- The pool is over: its keys go, and the workers are told, within a
+-- second in all (terminate has done it already).
 function T:close()
   if self.closed then return end
   self.closed = true
   self.unconfirmed = {}
   local k = self.k
-  pcall(function()
-    local c = self.cmd
-    local del, srem = unlist(self)
-    local ids = {
-      c:send(del),
-      c:send(srem),
-      c:send({"XADD", k.announce, "MAXLEN", "~", 1000, "*", "pool",
-              self.pid, "event", "closed"}),
-    }
-    for _, id in ipairs(ids) do c:wait(id, 1) end
-  end)
+  if not self.terminated then
+    pcall(function()
+      local c = self.cmd
+      local del, srem = unlist(self)
+      local ids = {
+        c:send(del),
+        c:send(srem),
+        c:send({"XADD", k.announce, "MAXLEN", "~", 1000, "*", "pool",
+                self.pid, "event", "closed"}),
+      }
+      local deadline = monotonic() + 1
+      for _, id in ipairs(ids) do
+        c:wait(id, math.max(0, deadline - monotonic()))
+      end
+    end)
+  end
   self.cmd:close()
   self.blk:close()
 end
