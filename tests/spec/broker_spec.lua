@@ -68,6 +68,21 @@ end
 local undo = {}
 local function later(fn) undo[#undo + 1] = fn end
 
+-- Takes pool a's stream off the broker (its settings stay), then checks
+-- that a new pool's task runs within 5 s (w: the worker, for its log).
+local function stream_gone(a, w)
+  R:cli("DEL", a._sched.t.k.t)
+  local b = pool()
+  later(function()
+    a:terminate()
+    b:terminate()
+  end)
+  local t0 = mp.monotonic()
+  assert.are.equal(2, b:apply_async(function() return 2 end):get(20))
+  assert.is_true(mp.monotonic() - t0 < 5, mp.monotonic() - t0
+                 .. " s; the worker's log: " .. w:log_tail())
+end
+
 describe("broker pool", function()
   local W1
 
@@ -678,16 +693,7 @@ describe("broker pool", function()
     -- fail on it until the settings expire.
     local a = pool()
     assert.are.equal(1, a:apply(function() return 1 end))
-    R:cli("DEL", a._sched.t.k.t)
-    local b = pool()
-    later(function()
-      a:terminate()
-      b:terminate()
-    end)
-    local t0 = mp.monotonic()
-    assert.are.equal(2, b:apply_async(function() return 2 end):get(20))
-    assert.is_true(mp.monotonic() - t0 < 5, mp.monotonic() - t0
-                   .. " s; the worker's log: " .. W1:log_tail())
+    stream_gone(a, W1)
   end)
 
   it("stops a pool's tasks once its stream is gone, every slot busy",
@@ -696,9 +702,9 @@ describe("broker pool", function()
     -- settings stay while its owner lives: the renewal of the leases is
     -- what tells it.
     local a, dir = pool(), marker_dir()
-    local rs = {}
+    later(function() os.execute("rm -rf " .. H.q(dir)) end)
     for i = 1, 2 do
-      rs[i] = a:apply_async(function(d, n)
+      a:apply_async(function(d, n)
         local f = io.open(d .. "/" .. n, "w")
         f:close()
         require("luamp").sleep(30)
@@ -707,16 +713,7 @@ describe("broker pool", function()
     assert.is_true(H.wait_for(function()
       return count_files(dir, "^%d$") == 2
     end, 10), "the tasks did not start")
-    R:cli("DEL", a._sched.t.k.t)
-    local b = pool()
-    later(function()
-      a:terminate()
-      b:terminate()
-    end)
-    local t0 = mp.monotonic()
-    assert.are.equal(2, b:apply_async(function() return 2 end):get(20))
-    assert.is_true(mp.monotonic() - t0 < 5, mp.monotonic() - t0
-                   .. " s; the worker's log: " .. W1:log_tail())
+    stream_gone(a, W1)
   end)
 
   it("ends a wait for a reply when it comes, whatever ran meanwhile",
