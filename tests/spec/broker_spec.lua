@@ -641,7 +641,7 @@ describe("broker pool", function()
      function()
     local st, out = H.run(H.q(H.luamp) .. " -e " .. H.q(string.format([[
       local mp = require "luamp"
-      local p = mp.Pool{broker = %q, authkey = %q, lease = 3}
+      local p = mp.Pool{broker = %q, authkey = %q, lease = 1}
       print(p._sched.t.pid)
       io.stdout:flush()
       p:apply_async(function() require("luamp").sleep(30) end)
