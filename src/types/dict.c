@@ -1027,6 +1027,9 @@ static int dict_clear(lua_State *L) {
     lmp_msg_unretain_counted(VAL(e), e->vlen, &e->refs);
     lmp_free_pending(e, LMP_PEND_OUT);
   }
+  /* The table it grew to, full of deleted marks, goes too, as Python's
+   * clear lets go of its table (without the memory, it stays). */
+  (void)resize(d, 0);
   dunlock(d);
   return 0;
 }

@@ -605,7 +605,8 @@ static int list_count(lua_State *L) {
 }
 
 /* clear(): takes out every item, the last first, each with its own
- * commit as pop makes it, under one hold of the guard */
+ * commit as pop makes it, under one hold of the guard; then the array
+ * shrinks */
 static int list_clear(lua_State *L) {
   list *l = checklist(L, NULL);
   uint64_t n;
@@ -617,6 +618,9 @@ static int list_clear(lua_State *L) {
     lmp_msg_unretain_counted(it->data, it->len, &it->refs);
     lmp_free_pending(it, LMP_PEND_OUT);
   }
+  /* The array it grew to goes too, as Python's clear lets go of it
+   * (without the memory, it stays). */
+  if (A(l)->cap > MINCAP) (void)rebuild(l, MINCAP, 0, 0);
   lunlock(l);
   return 0;
 }

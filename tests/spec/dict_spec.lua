@@ -690,6 +690,20 @@ describe("Dict", function()
       d:close()
     end)
 
+    it("lets go of the table it grew to, as Python's does", function()
+      collectgarbage()
+      local d = mp.Dict()
+      local before = mp.stats().arena_used
+      for i = 1, 5000 do d[i] = true end
+      assert.is_true(mp.stats().arena_used - before > 64 * 1024)
+      d:clear()
+      assert.are.equal(before, mp.stats().arena_used)
+      for i = 1, 100 do d[i] = i end
+      assert.are.equal(100, #d)
+      assert.are.equal(55, d[55])
+      d:close()
+    end)
+
     it("is seen by #d in another process as all or nothing", function()
       local d, lock, n = mp.Dict(), mp.Lock(), 500
       local stop = mp.Value("i", 0)

@@ -397,6 +397,20 @@ describe("List", function()
       assert.are.equal(base.arena_blocks, mp.stats().arena_blocks)
     end)
 
+    it("clear lets go of the array it grew to, as Python's does",
+       function()
+      collectgarbage()
+      local l = mp.List()
+      local before = mp.stats().arena_used
+      l:extend(H.range(1, 5000))
+      assert.is_true(mp.stats().arena_used - before > 32 * 1024)
+      l:clear()
+      assert.are.equal(before, mp.stats().arena_used)
+      l:extend({1, 2, 3})
+      assert.are.same({1, 2, 3, n = 3}, l:totable())
+      l:close()
+    end)
+
     it("reverse turns the items around, in place", function()
       local d = mp.Dict()
       local l = mp.List{1, "two", d, {4}, 5}
