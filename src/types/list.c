@@ -53,6 +53,7 @@ typedef struct list {
 } list;
 
 #define BATCH_MAGIC 0x6863746162747369ull /* "istbatch", no item's */
+#define CLEAR_MAGIC 0x7261656c63747369ull /* "istclear", nor a batch's */
 
 typedef struct batch {
   _Atomic uint64_t magic; /* BATCH_MAGIC once n and o[] are set */
@@ -61,6 +62,11 @@ typedef struct batch {
   _Atomic uint64_t done;  /* 1 once the items are the list's */
   lmp_off o[];            /* each item, as it is made */
 } batch;
+
+/* A clear is the same journal the other way (CLEAR_MAGIC): the batch
+ * names every item of the list, the length goes to 0, and once done the
+ * items are the batch's, to be freed; a clear cut short before that
+ * leaves the list whole (list_repair). */
 
 static array *A(list *l) { return LMP_PTR(atomic_load(&l->arr)); }
 static lmp_off *ARR(list *l) { return A(l)->o; }
@@ -105,14 +111,15 @@ static void batch_free_items(batch *b) {
 }
 
 /* A pending block freed by a reaper: an item's references go with it, a
- * batch's items with it. */
+ * batch's items with it (an extend's unless done, a clear's once done). */
 static void list_release(lmp_obj *o, lmp_off blk) {
   batch *b = LMP_PTR(blk);
-  if (atomic_load(&b->magic) != BATCH_MAGIC) {
+  uint64_t magic = atomic_load(&b->magic);
+  if (magic != BATCH_MAGIC && magic != CLEAR_MAGIC) {
     lmp_cmsg_release(o, blk);
     return;
   }
-  if (atomic_load(&b->done)) return;
+  if ((magic == CLEAR_MAGIC) != (atomic_load(&b->done) != 0)) return;
   {
     uint64_t i;
     for (i = 0; i < b->n; i++) {
@@ -604,13 +611,31 @@ static int list_count(lua_State *L) {
   return 1;
 }
 
-/* clear(): takes out every item, the last first, each with its own
- * commit as pop makes it, under one hold of the guard; then the array
- * shrinks */
+/* clear(): takes out every item as one change, all or none for a kill
+ * too (see batch), and lets go of the array the list grew to; the items
+ * are freed after the guard is let go.  Without the memory for the batch,
+ * the items go one by one under the guard, each with its own commit as
+ * pop makes it. */
 static int list_clear(lua_State *L) {
   list *l = checklist(L, NULL);
-  uint64_t n;
+  uint64_t n, i;
+  batch *bt;
   llock(l);
+  n = LEN(l);
+  bt = n == 0 ? NULL
+              : lmp_alloc_pending(&l->h, sizeof(batch) + n * sizeof(lmp_off),
+                                  LMP_PEND_IN);
+  if (bt != NULL) {
+    memcpy(bt->o, ARR(l), n * sizeof(lmp_off));
+    bt->n = n;
+    bt->len_was = n;
+    atomic_store(&bt->done, 0);
+    atomic_store(&bt->magic, CLEAR_MAGIC); /* after n and o[] */
+    atomic_store(&l->batch, LMP_OFF(bt));  /* the journal opens */
+    atomic_store(&A(l)->len, 0);
+    atomic_store(&bt->done, 1); /* the commit: the items are the batch's */
+    atomic_store(&l->batch, 0);
+  }
   while ((n = LEN(l)) > 0) {
     item *it = LMP_PTR(ARR(l)[n - 1]);
     lmp_pending_set(&l->h, it, LMP_PEND_OUT); /* leaving, once removed */
@@ -622,6 +647,11 @@ static int list_clear(lua_State *L) {
    * (without the memory, it stays). */
   if (A(l)->cap > MINCAP) (void)rebuild(l, MINCAP, 0, 0);
   lunlock(l);
+  if (bt != NULL) {
+    for (i = 0; i < bt->n; i++)
+      if (bt->o[i] != 0) lmp_cmsg_drop(LMP_PTR(bt->o[i]), &bt->o[i]);
+    lmp_free_pending(bt, LMP_PEND_IN);
+  }
   return 0;
 }
 

@@ -215,6 +215,46 @@ describe("List under SIGKILL", function()
     H.settled(before, why)
   end)
 
+  -- A child fills the list with a run of N items (its first few naming
+  -- shared objects) and clears it, over and over, and is killed at a
+  -- random moment: the list is then empty or whole, and nothing leaks.
+  it("leaves each clear done or not done, never half", function()
+    local why = H.seeded()
+    local before = H.snapshot()
+    local l = mp.List()
+    local held = {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
+    local N, REFS = 1000, 4
+    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
+      start = function()
+        local p = spawn(function()
+          local t = {}
+          for k = 1, N do t[k] = k <= REFS and H.fault_refs(k, held) or k end
+          while true do
+            l:extend(t)
+            l:clear()
+          end
+        end)
+        H.wait_for(function() return #l > 0 end, 10, 0.0005) -- it is busy
+        return p
+      end,
+      after = function(round)
+        local t = l:totable()
+        assert.is_true(t.n == 0 or t.n == N, t.n .. " items, not 0 or "
+          .. N .. ", in round " .. round .. why)
+        for k = 1, t.n do
+          if k <= REFS then
+            H.assert_refs(t[k], "item " .. k .. why, held)
+          else
+            assert.are.equal(k, t[k], "item " .. k .. why)
+          end
+        end
+        l:clear() -- each round starts empty
+      end}
+    l:close()
+    for _, o in ipairs(held) do o:close() end
+    H.settled(before, why)
+  end)
+
   -- Items that hold a shared object: a killed writer must not leave the
   -- object with a reference nobody will drop, not even when it is killed
   -- between taking a reference for an item and counting it, or between

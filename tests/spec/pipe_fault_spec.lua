@@ -93,17 +93,22 @@ describe("Pipe messages naming shared objects", function()
     local dicts = {}
     for k = 1, 5 do dicts[k] = mp.Dict{i = k} end
     local a, b
-    local received = 0
+    local received, sent = 0, mp.Event()
     H.kill_rounds{rounds = 30, pause = 0.01, why = why,
       start = function()
         a, b = mp.Pipe()
-        return spawn(function()
+        sent:clear()
+        local p = spawn(function()
           local i = 0
           while true do
             i = i % 5 + 1
             b:send({i = i, d = dicts[i], pad = ("x"):rep(i * 100)})
+            if i == 1 then sent:set() end
           end
         end)
+        -- (one message whole at least, in every round)
+        assert.is_true(sent:wait(10), "the sender did not start" .. why)
+        return p
       end,
       after = function()
         -- Every whole message is read; one the victim was cut off in the
@@ -113,6 +118,7 @@ describe("Pipe messages naming shared objects", function()
         a:close()
       end}
     assert.is_true(received > 0, "no message came through" .. why)
+    sent:close()
     for k = 1, 5 do dicts[k]:close() end
     H.settled(before, why)
   end)
