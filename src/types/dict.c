@@ -38,7 +38,8 @@
  * its slots put back by the next locker, unless the batch was committed
  * (dict_repair), and its reaper frees what the batch holds that the dict
  * does not: the new entries, or once committed the replaced ones
- * (dict_release).
+ * (dict_release).  A clear is such a batch whose records put DELETED in
+ * every slot (clear_batch).
  */
 
 #define DICT "luamp.Dict"
@@ -1009,11 +1010,58 @@ static int dict_update(lua_State *L) {
   return 0;
 }
 
+/* Takes every entry out of d as one change, through a batch whose
+ * records replace each entry by DELETED (the journal of an update: a
+ * kill before the commit has the next locker put the entries back, and
+ * once committed the entries are the batch's to free); NULL, with
+ * nothing changed, when the arena has no room for the batch.  The guard
+ * is held. */
+static batch *clear_batch(dict *d) {
+  table *t = TAB(d);
+  uint64_t i, n = 0;
+  batch *bt;
+  for (i = 0; i < t->cap; i++)
+    if (t->s[i].off > DELETED) n++;
+  if (n == 0) return NULL;
+  bt = lmp_alloc_pending(&d->h, sizeof(batch) + n * sizeof(brec),
+                         LMP_PEND_IN);
+  if (bt == NULL) return NULL;
+  bt->zero = 0;
+  bt->n = n;
+  bt->used_was = t->used;
+  atomic_store(&bt->done, 0);
+  atomic_store(&bt->committed, 0);
+  for (i = 0, n = 0; i < t->cap; i++) {
+    if (t->s[i].off <= DELETED) continue;
+    bt->r[n].e = DELETED;
+    bt->r[n].old = t->s[i].off;
+    bt->r[n].slot = i;
+    bt->r[n].hash = t->s[i].hash;
+    n++;
+  }
+  atomic_store(&bt->magic, BATCH_MAGIC); /* after n and r[] */
+  atomic_store(&d->batch, LMP_OFF(bt));  /* the journal opens */
+  for (i = 0; i < n; i++) {
+    atomic_store(&bt->done, i + 1); /* recorded before the slot changes */
+    t->s[bt->r[i].slot].off = DELETED;
+  }
+  atomic_store(&d->count, 0);
+  atomic_store(&bt->committed, 1); /* the commit */
+  atomic_store(&d->batch, 0);
+  return bt;
+}
+
+/* clear(): every key goes as one change, all or none for a kill too (see
+ * clear_batch), and so does the table the dict grew to; the entries are
+ * freed after the guard is let go.  Without the memory for the batch,
+ * they go one by one under the guard. */
 static int dict_clear(lua_State *L) {
   dict *d = checkdict(L, NULL);
   table *t;
   uint64_t i;
+  batch *bt;
   dlock(d);
+  bt = clear_batch(d);
   t = TAB(d);
   /* #d reads the count without the guard: it goes to 0 at once, and the
    * entries follow (a process killed among them leaves the next locker a
@@ -1031,6 +1079,10 @@ static int dict_clear(lua_State *L) {
    * clear lets go of its table (without the memory, it stays). */
   (void)resize(d, 0);
   dunlock(d);
+  if (bt != NULL) {
+    batch_free(bt, 0); /* the entries, now the batch's */
+    lmp_free_pending(bt, LMP_PEND_IN);
+  }
   return 0;
 }
 

@@ -31,7 +31,8 @@
  * the batch is marked done (the commit) and the journal closes.  A
  * process killed with the journal open has its change undone by the next
  * locker (list_repair puts the length back unless the batch is done), and
- * its reaper frees the items of a batch not done (list_release).
+ * its reaper frees the items of a batch not done (list_release).  A clear
+ * is the same journal the other way (see batch).
  */
 
 #define LIST "luamp.List"

@@ -236,6 +236,53 @@ describe("Dict under SIGKILL", function()
     H.settled(before, why)
   end)
 
+  -- A child fills the dict with N keys at once (the first few values
+  -- naming shared objects) and clears it, over and over, and is killed
+  -- at a random moment: the dict is then empty or whole, its count
+  -- right, and nothing leaks.
+  it("leaves each clear done or not done, never half", function()
+    local why = H.seeded()
+    local before = H.snapshot()
+    local d = mp.Dict()
+    local held = {mp.List{"held by values"}, mp.Lock(), mp.Event()}
+    local N, REFS = 1000, 4
+    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
+      start = function()
+        local p = spawn(function()
+          local t = {}
+          for k = 1, N do
+            t["k" .. k] = k <= REFS and H.fault_refs(k, held) or k
+          end
+          while true do
+            d:update(t)
+            d:clear()
+          end
+        end)
+        H.wait_for(function() return #d > 0 end, 10, 0.0005) -- it is busy
+        return p
+      end,
+      after = function(round)
+        local count, n = #d, 0
+        for k, v in pairs(d:totable()) do
+          n = n + 1
+          local i = tonumber(k:sub(2))
+          if i <= REFS then
+            H.assert_refs(v, k .. why, held)
+          else
+            assert.are.equal(i, v, k .. why)
+          end
+        end
+        assert.is_true(n == 0 or n == N, n .. " keys of " .. N
+          .. " in round " .. round .. why)
+        assert.are.equal(n, count, "the count is off in round " .. round
+          .. why)
+        d:clear() -- each round starts empty
+      end}
+    d:close()
+    for _, o in ipairs(held) do o:close() end
+    H.settled(before, why)
+  end)
+
   -- pop copies the value out before it lets the entry go: a child killed
   -- then must not take the entry's memory with it.
   it("gives back the entries of pops killed halfway", function()
