@@ -21,6 +21,18 @@ local NKEYS = 64
 
 local value = H.fault_value -- the value for key r
 
+-- The shared objects that the values of H.kill_changes's children name.
+local function held_objects()
+  return {mp.List{"held by values"}, mp.Lock(), mp.Event()}
+end
+
+-- After a kill: n keys seen of N (none or all), and #d (count) is n.
+local function whole_or_none(n, count, N, round, why)
+  assert.is_true(n == 0 or n == N, n .. " keys of " .. N .. " in round "
+    .. round .. why)
+  assert.are.equal(n, count, "the count is off in round " .. round .. why)
+end
+
 -- One random operation on d; extra goes into the values stored.
 local function operate(d, acks, extra)
   local r = math.random(NKEYS)
@@ -189,33 +201,24 @@ describe("Dict under SIGKILL", function()
   -- those they replaced): every key then has the value of one update,
   -- every value its references, and nothing is leaked.
   it("leaves each update done or not done, never half", function()
-    local why = H.seeded()
-    local before = H.snapshot()
-    local d = mp.Dict()
-    local held = {mp.List{"held by values"}, mp.Lock(), mp.Event()}
     local N, REFS = 1000, 4
-    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
-      start = function()
-        local p = spawn(function()
-          local ts = {{}, {}} -- two updates, made once, done in turn
-          for r = 1, 2 do
-            for k = 1, N do
-              ts[r]["k" .. k] = k <= REFS and H.fault_refs(r, held) or r
-            end
+    H.kill_changes{make = mp.Dict, held = held_objects,
+      values = function(held)
+        local ts = {{}, {}} -- two updates, made once, done in turn
+        for r = 1, 2 do
+          for k = 1, N do
+            ts[r]["k" .. k] = k <= REFS and H.fault_refs(r, held) or r
           end
-          while true do
-            d:update(ts[1])
-            d:update(ts[2])
-          end
-        end)
-        H.wait_for(function() return #d > 0 end, 10, 0.0005) -- it is busy
-        return p
+        end
+        return ts
       end,
-      after = function(round)
-        local count, r = #d, nil
-        local t = d:totable()
-        local n = 0
-        for k, v in pairs(t) do
+      step = function(d, ts)
+        d:update(ts[1])
+        d:update(ts[2])
+      end,
+      check = function(d, round, why, held)
+        local count, r, n = #d, nil, 0
+        for k, v in pairs(d:totable()) do
           n = n + 1
           if tonumber(k:sub(2)) <= REFS then
             H.assert_refs(v, k .. why, held)
@@ -225,15 +228,8 @@ describe("Dict under SIGKILL", function()
           assert.are.equal(r, v, "two updates mixed at " .. k
             .. " in round " .. round .. why)
         end
-        assert.is_true(n == 0 or n == N, n .. " keys of " .. N
-          .. " in round " .. round .. why)
-        assert.are.equal(n, count, "the count is off in round " .. round
-          .. why)
-        d:clear() -- each round starts empty
+        whole_or_none(n, count, N, round, why)
       end}
-    d:close()
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
   end)
 
   -- A child fills the dict with N keys at once (the first few values
@@ -241,27 +237,20 @@ describe("Dict under SIGKILL", function()
   -- at a random moment: the dict is then empty or whole, its count
   -- right, and nothing leaks.
   it("leaves each clear done or not done, never half", function()
-    local why = H.seeded()
-    local before = H.snapshot()
-    local d = mp.Dict()
-    local held = {mp.List{"held by values"}, mp.Lock(), mp.Event()}
     local N, REFS = 1000, 4
-    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
-      start = function()
-        local p = spawn(function()
-          local t = {}
-          for k = 1, N do
-            t["k" .. k] = k <= REFS and H.fault_refs(k, held) or k
-          end
-          while true do
-            d:update(t)
-            d:clear()
-          end
-        end)
-        H.wait_for(function() return #d > 0 end, 10, 0.0005) -- it is busy
-        return p
+    H.kill_changes{make = mp.Dict, held = held_objects,
+      values = function(held)
+        local t = {}
+        for k = 1, N do
+          t["k" .. k] = k <= REFS and H.fault_refs(k, held) or k
+        end
+        return t
       end,
-      after = function(round)
+      step = function(d, t)
+        d:update(t)
+        d:clear()
+      end,
+      check = function(d, round, why, held)
         local count, n = #d, 0
         for k, v in pairs(d:totable()) do
           n = n + 1
@@ -272,15 +261,8 @@ describe("Dict under SIGKILL", function()
             assert.are.equal(i, v, k .. why)
           end
         end
-        assert.is_true(n == 0 or n == N, n .. " keys of " .. N
-          .. " in round " .. round .. why)
-        assert.are.equal(n, count, "the count is off in round " .. round
-          .. why)
-        d:clear() -- each round starts empty
+        whole_or_none(n, count, N, round, why)
       end}
-    d:close()
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
   end)
 
   -- pop copies the value out before it lets the entry go: a child killed

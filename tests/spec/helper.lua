@@ -386,6 +386,35 @@ function H.destroy_killed(o)
   H.settled(before, why)
 end
 
+-- Kills, o.rounds (40) times at a random moment, a child that changes
+-- container c = o.make() over and over: it makes its values once
+-- (o.values(held), held being o.held(), shared objects its values may
+-- name) and then runs o.step(c, values) in a loop.  Once it is busy
+-- (#c > 0) it is killed; o.check(c, round, why, held) then judges what
+-- it left, and c is cleared for the next round.  At the end nothing may
+-- be left once c and held are closed.
+function H.kill_changes(o)
+  local why = H.seeded()
+  local before = H.snapshot()
+  local c, held = o.make(), o.held()
+  H.kill_rounds{rounds = o.rounds or 40, pause = 0.003, why = why,
+    start = function()
+      local p = H.spawn(function()
+        local values = o.values(held)
+        while true do o.step(c, values) end
+      end)
+      H.wait_for(function() return #c > 0 end, 10, 0.0005) -- it is busy
+      return p
+    end,
+    after = function(round)
+      o.check(c, round, why, held)
+      c:clear() -- each round starts empty
+    end}
+  c:close()
+  for _, x in ipairs(held) do x:close() end
+  H.settled(before, why)
+end
+
 -- Seeds math.random from the clock, for a test that runs at random.
 -- Returns " (random seed N)", to end its failure messages, and N.
 function H.seeded()

@@ -14,6 +14,11 @@ local ROUNDS = 120
 local WORKERS = 3
 local item = H.fault_value
 
+-- The shared objects that the items of H.kill_changes's children name.
+local function held_objects()
+  return {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
+end
+
 -- An index taken from #l may be past the end by the time it is used
 -- (other processes popped meanwhile; pop() of an empty list is nil): then,
 -- and only then, the call fails, with the range it missed.
@@ -171,29 +176,22 @@ describe("List under SIGKILL", function()
   -- holds whole runs only, every item with its references, and nothing
   -- is leaked.
   it("leaves each extend done or not done, never half", function()
-    local why = H.seeded()
-    local before = H.snapshot()
-    local l = mp.List()
-    local held = {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
     local N, REFS = 1000, 4
-    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
-      start = function()
-        local p = spawn(function()
-          local ts = {{}, {}} -- two runs, made once, added in turn
-          for r = 1, 2 do
-            for k = 1, N do
-              ts[r][k] = k <= REFS and H.fault_refs(r, held) or r
-            end
+    H.kill_changes{make = mp.List, held = held_objects,
+      values = function(held)
+        local ts = {{}, {}} -- two runs, made once, added in turn
+        for r = 1, 2 do
+          for k = 1, N do
+            ts[r][k] = k <= REFS and H.fault_refs(r, held) or r
           end
-          while true do
-            l:extend(ts[1])
-            l:extend(ts[2])
-          end
-        end)
-        H.wait_for(function() return #l > 0 end, 10, 0.0005) -- it is busy
-        return p
+        end
+        return ts
       end,
-      after = function(round)
+      step = function(l, ts)
+        l:extend(ts[1])
+        l:extend(ts[2])
+      end,
+      check = function(l, round, why, held)
         local t = l:totable()
         assert.are.equal(0, t.n % N, t.n .. " items, not runs of " .. N
           .. ", in round " .. round .. why)
@@ -208,36 +206,25 @@ describe("List under SIGKILL", function()
               .. " in round " .. round .. why)
           end
         end
-        l:clear() -- each round starts empty
       end}
-    l:close()
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
   end)
 
   -- A child fills the list with a run of N items (its first few naming
   -- shared objects) and clears it, over and over, and is killed at a
   -- random moment: the list is then empty or whole, and nothing leaks.
   it("leaves each clear done or not done, never half", function()
-    local why = H.seeded()
-    local before = H.snapshot()
-    local l = mp.List()
-    local held = {mp.Dict{note = "held by items"}, mp.Lock(), mp.Event()}
     local N, REFS = 1000, 4
-    H.kill_rounds{rounds = 40, pause = 0.003, why = why,
-      start = function()
-        local p = spawn(function()
-          local t = {}
-          for k = 1, N do t[k] = k <= REFS and H.fault_refs(k, held) or k end
-          while true do
-            l:extend(t)
-            l:clear()
-          end
-        end)
-        H.wait_for(function() return #l > 0 end, 10, 0.0005) -- it is busy
-        return p
+    H.kill_changes{make = mp.List, held = held_objects,
+      values = function(held)
+        local t = {}
+        for k = 1, N do t[k] = k <= REFS and H.fault_refs(k, held) or k end
+        return t
       end,
-      after = function(round)
+      step = function(l, t)
+        l:extend(t)
+        l:clear()
+      end,
+      check = function(l, round, why, held)
         local t = l:totable()
         assert.is_true(t.n == 0 or t.n == N, t.n .. " items, not 0 or "
           .. N .. ", in round " .. round .. why)
@@ -248,11 +235,7 @@ describe("List under SIGKILL", function()
             assert.are.equal(k, t[k], "item " .. k .. why)
           end
         end
-        l:clear() -- each round starts empty
       end}
-    l:close()
-    for _, o in ipairs(held) do o:close() end
-    H.settled(before, why)
   end)
 
   -- Items that hold a shared object: a killed writer must not leave the
