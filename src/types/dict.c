@@ -1067,7 +1067,7 @@ static int dict_clear(lua_State *L) {
    * entries follow (a process killed among them leaves the next locker a
    * recount). */
   atomic_store(&d->count, 0);
-  for (i = 0; i < t->cap; i++) {
+  for (i = 0; bt == NULL && i < t->cap; i++) { /* no batch: one by one */
     entry *e;
     if (t->s[i].off <= DELETED) continue;
     e = LMP_PTR(t->s[i].off);

@@ -636,13 +636,14 @@ static int list_clear(lua_State *L) {
     atomic_store(&A(l)->len, 0);
     atomic_store(&bt->done, 1); /* the commit: the items are the batch's */
     atomic_store(&l->batch, 0);
-  }
-  while ((n = LEN(l)) > 0) {
-    item *it = LMP_PTR(ARR(l)[n - 1]);
-    lmp_pending_set(&l->h, it, LMP_PEND_OUT); /* leaving, once removed */
-    atomic_store(&A(l)->len, n - 1);          /* the commit */
-    lmp_msg_unretain_counted(it->data, it->len, &it->refs);
-    lmp_free_pending(it, LMP_PEND_OUT);
+  } else {
+    while ((n = LEN(l)) > 0) {
+      item *it = LMP_PTR(ARR(l)[n - 1]);
+      lmp_pending_set(&l->h, it, LMP_PEND_OUT); /* leaving, once removed */
+      atomic_store(&A(l)->len, n - 1);          /* the commit */
+      lmp_msg_unretain_counted(it->data, it->len, &it->refs);
+      lmp_free_pending(it, LMP_PEND_OUT);
+    }
   }
   /* The array it grew to goes too, as Python's clear lets go of it
    * (without the memory, it stays). */
